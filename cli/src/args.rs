@@ -1,0 +1,251 @@
+//! The command line, as clap structs. Parsing validates shape only; it
+//! reads no files and asks no service (that happens in `cmd::*`).
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::exit;
+
+/// Switch a running Nix-managed machine to a new generation without
+/// touching what must keep running.
+#[derive(Debug, Parser)]
+#[command(name = "safe-switch", version, after_long_help = exit::HELP, after_help = exit::HELP)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Plan the switch between two generation directories, offline.
+    Diff(DiffArgs),
+    /// Plan the switch from the running generation to a new one, with the
+    /// live state from systemd.
+    Plan(PlanArgs),
+    /// Plan only, as a CI gate: exit 3 when anything touches a protected
+    /// unit.
+    Check(CheckArgs),
+    /// Plan, then carry out the safe part of the switch.
+    Switch(SwitchArgs),
+    /// Carry out exactly a plan saved with `plan --out`.
+    Apply(ApplyArgs),
+    /// Show which packages change between two store paths.
+    ClosureDiff(ClosureDiffArgs),
+}
+
+/// Arguments of `diff`.
+#[derive(Debug, Args)]
+pub struct DiffArgs {
+    /// The running generation (a toplevel directory).
+    pub old: PathBuf,
+    /// The new generation (a toplevel directory).
+    pub new: PathBuf,
+    /// A live-state snapshot (JSON). Without it, every unit of the old
+    /// generation counts as active.
+    #[arg(long, value_name = "STATE.json")]
+    pub live: Option<PathBuf>,
+    /// Protection.
+    #[command(flatten)]
+    pub protect: ProtectArgs,
+    /// Output.
+    #[command(flatten)]
+    pub output: OutputArgs,
+}
+
+/// Where the new generation comes from.
+#[derive(Debug, Args, Clone, Default)]
+pub struct SourceArgs {
+    /// A prebuilt generation (a system toplevel).
+    #[arg(long, value_name = "PATH", conflicts_with = "flake")]
+    pub toplevel: Option<PathBuf>,
+    /// The overlay flake (`./ci`), or `REF#attr` naming a complete
+    /// configuration.
+    #[arg(long, value_name = "REF")]
+    pub flake: Option<String>,
+    /// The overlay's module output to use (default: `default`).
+    #[arg(long, value_name = "NAME", requires = "flake")]
+    pub module: Option<String>,
+    /// The base flake (default: the policy file's `base`, else /etc/nixos).
+    #[arg(long, value_name = "REF", requires = "flake")]
+    pub base: Option<String>,
+    /// The base's configuration to extend (default: the host name, then
+    /// `default`).
+    #[arg(long, value_name = "NAME", requires = "flake")]
+    pub host: Option<String>,
+    /// Print the generated wrapper flake.
+    #[arg(long, requires = "flake")]
+    pub show_wrapper: bool,
+}
+
+/// Arguments of `plan`.
+#[derive(Debug, Args)]
+pub struct PlanArgs {
+    /// The new generation.
+    #[command(flatten)]
+    pub source: SourceArgs,
+    /// Protection.
+    #[command(flatten)]
+    pub protect: ProtectArgs,
+    /// Output.
+    #[command(flatten)]
+    pub output: OutputArgs,
+    /// Save the plan for `apply`.
+    #[arg(long, value_name = "PLAN.json")]
+    pub out: Option<PathBuf>,
+}
+
+/// When `check` fails.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
+pub enum FailOn {
+    /// Fail when anything touches a protected unit (deferred or refused).
+    #[default]
+    Blocked,
+    /// Fail only when actions were deferred.
+    Deferred,
+    /// Never fail because of protection.
+    Never,
+}
+
+/// Arguments of `check`.
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    /// The new generation.
+    #[command(flatten)]
+    pub source: SourceArgs,
+    /// Protection.
+    #[command(flatten)]
+    pub protect: ProtectArgs,
+    /// Output.
+    #[command(flatten)]
+    pub output: OutputArgs,
+    /// When to exit 3.
+    #[arg(long, value_enum, default_value_t = FailOn::Blocked)]
+    pub fail_on: FailOn,
+}
+
+/// How a switch is carried out.
+#[derive(Debug, Args, Clone)]
+pub struct ApplyOptions {
+    /// Seconds to wait for each systemd job.
+    #[arg(long, value_name = "SECONDS", default_value_t = 90)]
+    pub job_timeout: u64,
+    /// Run in this process instead of a transient systemd unit.
+    #[arg(long)]
+    pub no_isolate: bool,
+    /// Re-activate the previous generation when units fail or a protected
+    /// unit was disturbed.
+    #[arg(long)]
+    pub rollback_on_failure: bool,
+}
+
+/// Arguments of `switch`.
+#[derive(Debug, Args)]
+pub struct SwitchArgs {
+    /// The new generation.
+    #[command(flatten)]
+    pub source: SourceArgs,
+    /// Protection.
+    #[command(flatten)]
+    pub protect: ProtectArgs,
+    /// Output.
+    #[command(flatten)]
+    pub output: OutputArgs,
+    /// How to apply.
+    #[command(flatten)]
+    pub apply: ApplyOptions,
+}
+
+/// Arguments of `apply`.
+#[derive(Debug, Args)]
+pub struct ApplyArgs {
+    /// A plan saved with `plan --out`.
+    pub plan: PathBuf,
+    /// How to apply.
+    #[command(flatten)]
+    pub apply: ApplyOptions,
+}
+
+/// Arguments of `closure-diff`.
+#[derive(Debug, Args)]
+pub struct ClosureDiffArgs {
+    /// The old store path (e.g. /run/current-system).
+    pub old: PathBuf,
+    /// The new store path.
+    pub new: PathBuf,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// What happens to actions that touch a protected unit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum OnProtected {
+    /// Drop them and apply the rest.
+    Defer,
+    /// Refuse the whole switch (exit 3).
+    Refuse,
+}
+
+/// Protection options shared by the planning commands.
+#[derive(Debug, Args, Clone, Default)]
+pub struct ProtectArgs {
+    /// Units that must not be stopped or restarted: names (`sshd` covers
+    /// sshd.service, sshd.socket and sshd@*.service), full unit names, or
+    /// globs. Comma-separated; may repeat.
+    #[arg(long, value_name = "UNITS", value_delimiter = ',')]
+    pub protect: Vec<String>,
+    /// The policy file.
+    #[arg(long, value_name = "PATH")]
+    pub policy: Option<PathBuf>,
+    /// What to do when an action touches a protected unit (default: the
+    /// policy's mode, else defer).
+    #[arg(long, value_enum, value_name = "MODE")]
+    pub on_protected: Option<OnProtected>,
+    /// Read the caller's cgroup from this file instead of
+    /// /proc/self/cgroup.
+    #[arg(long, value_name = "PATH", hide = true)]
+    pub cgroup_file: Option<PathBuf>,
+    /// Print why this unit gets its action.
+    #[arg(long, value_name = "UNIT")]
+    pub explain: Option<String>,
+}
+
+/// Report formats.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    /// Human-readable text.
+    #[default]
+    Text,
+    /// The versioned JSON plan (docs/plan-schema.md).
+    Json,
+    /// JUnit XML.
+    Junit,
+    /// GitLab Code Quality JSON.
+    Codequality,
+    /// Markdown for a merge-request comment or a job summary.
+    Markdown,
+}
+
+/// Output options shared by the planning commands.
+#[derive(Debug, Args, Clone, Default)]
+pub struct OutputArgs {
+    /// Output format on standard output.
+    #[arg(long, value_enum, default_value_t = Format::Text)]
+    pub format: Format,
+    /// Shorthand for `--format json`.
+    #[arg(long, conflicts_with = "format")]
+    pub json: bool,
+    /// Also write a report: `FORMAT=PATH`. May repeat.
+    #[arg(long, value_name = "FORMAT=PATH")]
+    pub report: Vec<String>,
+}
+
+impl OutputArgs {
+    /// The format for standard output.
+    pub fn stdout_format(&self) -> Format {
+        if self.json { Format::Json } else { self.format }
+    }
+}

@@ -1,0 +1,8 @@
+//! One module per subcommand.
+
+pub mod apply;
+pub mod check;
+pub mod closure_diff;
+pub mod diff;
+pub mod plan;
+pub mod switch;

@@ -1,0 +1,50 @@
+//! The `safe-switch` command-line program: argument parsing, the glue
+//! between the planners, executors and reports, and the exit-code policy.
+//!
+//! Architecture Invariant: decisions about units are made in the library
+//! crates; this crate only wires inputs to them and renders their results.
+
+pub mod args;
+pub mod cmd;
+pub mod exit;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+use crate::args::{Cli, Command};
+use crate::exit::Outcome;
+
+/// Runs the program and returns its exit code.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(outcome) => outcome.into(),
+        Err(err) => {
+            if is_broken_pipe(&err) {
+                return ExitCode::from(exit::OK);
+            }
+            eprintln!("error: {err:#}");
+            ExitCode::from(exit::ERROR)
+        }
+    }
+}
+
+/// Runs one parsed command line.
+pub fn run(cli: Cli) -> anyhow::Result<Outcome> {
+    match cli.command {
+        Command::Diff(a) => cmd::diff::run(a),
+        Command::Plan(a) => cmd::plan::run(a),
+        Command::Check(a) => cmd::check::run(a),
+        Command::Switch(a) => cmd::switch::run(a),
+        Command::Apply(a) => cmd::apply::run(a),
+        Command::ClosureDiff(a) => cmd::closure_diff::run(a),
+    }
+}
+
+fn is_broken_pipe(err: &anyhow::Error) -> bool {
+    err.chain().any(|e| {
+        e.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    })
+}

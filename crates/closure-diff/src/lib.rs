@@ -1,0 +1,1 @@
+//! closure-diff (work in progress).

@@ -1,0 +1,1 @@
+//! launchd-plan (work in progress).

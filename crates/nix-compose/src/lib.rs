@@ -1,0 +1,1 @@
+//! nix-compose (work in progress).

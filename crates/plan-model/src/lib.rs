@@ -1,0 +1,25 @@
+//! The shared model of safe-switch: what a planner is given and what it
+//! returns.
+//!
+//! Planners (`systemd-plan`, `launchd-plan`) are pure functions from an old
+//! generation, a new generation, a [`LiveState`] and a protection policy to a
+//! [`Plan`]. Executors (`systemd-live`) carry a [`Plan`] out; reports (the
+//! `safe-switch` binary) render it. This crate holds only those values and
+//! the small amount of logic that is a property of the values themselves
+//! (ordering, phase lists, unit-name helpers).
+//!
+//! Architecture Invariant: this crate does no IO. Serialization is part of
+//! its contract: the JSON form of [`Plan`] is a documented, versioned schema
+//! (`docs/plan-schema.md`), so fields are added, never renamed.
+
+#![warn(missing_docs)]
+
+mod live;
+mod plan;
+pub mod unit_name;
+
+pub use live::{LiveState, LiveUnit};
+pub use plan::{
+    Action, Deferral, Diagnostic, Edge, Generation, KeyChange, Mode, Phase, Plan, ProtectedUnit,
+    Protection, ProtectionSource, Reason, Rule, Severity, Step, UnitPlan, FORMAT_VERSION,
+};

@@ -1,0 +1,126 @@
+//! A snapshot of the service manager's state, as the planner sees it.
+//!
+//! On a host the snapshot comes from systemd over D-Bus (`systemd-live`); in
+//! tests and offline `diff` runs it is loaded from a JSON file. Both produce
+//! the same value, so the planner cannot tell the difference.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// The live state of the service manager: every loaded unit, by name.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LiveState {
+    /// Loaded units, keyed by unit name. A `BTreeMap` keeps iteration, and
+    /// so every plan, deterministic.
+    #[serde(default)]
+    pub units: BTreeMap<String, LiveUnit>,
+    /// The canonical path of the running service manager binary
+    /// (`/proc/1/exe`), when known. Used for the re-exec decision.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub manager_exe: Option<String>,
+}
+
+/// One loaded unit as the service manager reports it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LiveUnit {
+    /// `ActiveState`: `active`, `reloading`, `inactive`, `failed`,
+    /// `activating`, `deactivating` (or `maintenance`, `refreshing`).
+    pub active_state: String,
+    /// `SubState`, e.g. `running`, `exited`, `dead`, `auto-restart`.
+    #[serde(default)]
+    pub sub_state: String,
+    /// `LoadState`: `loaded`, `masked`, `not-found`, ...
+    #[serde(default = "loaded")]
+    pub load_state: String,
+    /// `FragmentPath`: the file the unit was loaded from; empty for
+    /// transient and some generated units.
+    #[serde(default)]
+    pub fragment_path: String,
+    /// `DropInPaths`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub drop_in_paths: Vec<String>,
+    /// The `following` field of `ListUnits`: set for aliases that follow
+    /// another unit (device units mostly); such entries are not examined.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub following: String,
+    /// `MainPID` of a service (0 when none).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub main_pid: u32,
+    /// `InvocationID`, as 32 lowercase hex digits (empty when none).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub invocation_id: String,
+    /// `ExecMainStatus` of a service, used to tell failed auto-restarts.
+    #[serde(default, skip_serializing_if = "is_zero_i32")]
+    pub exec_main_status: i32,
+    /// Dependency properties as systemd reports them, keyed by property name
+    /// (`Requires`, `RequiredBy`, `BindsTo`, `BoundBy`, `PartOf`,
+    /// `ConsistsOf`, `Conflicts`, `ConflictedBy`, `Triggers`,
+    /// `TriggeredBy`, ...). Only non-empty lists are kept.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub deps: BTreeMap<String, Vec<String>>,
+}
+
+fn loaded() -> String {
+    "loaded".to_owned()
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
+}
+
+fn is_zero_i32(n: &i32) -> bool {
+    *n == 0
+}
+
+impl LiveUnit {
+    /// Tells whether the unit counts as "active before" the switch in the
+    /// sense of NixOS's switch: not inactive and not following another unit.
+    /// Failed, activating, deactivating and reloading units are included.
+    pub fn is_active_before(&self) -> bool {
+        self.following.is_empty() && self.active_state != "inactive"
+    }
+
+    /// Tells whether the unit is running or starting (`active`,
+    /// `activating`, `reloading`, `refreshing`).
+    pub fn is_running(&self) -> bool {
+        matches!(self.active_state.as_str(), "active" | "activating" | "reloading" | "refreshing")
+    }
+}
+
+impl LiveState {
+    /// Parses a live-state snapshot from its JSON form.
+    pub fn from_json(text: &str) -> Result<LiveState, serde_json::Error> {
+        serde_json::from_str(text)
+    }
+
+    /// Returns the unit's live state, if it is loaded.
+    pub fn get(&self, unit: &str) -> Option<&LiveUnit> {
+        self.units.get(unit)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_minimal_snapshot() {
+        let live = LiveState::from_json(
+            r#"{"units":{"a.service":{"active_state":"active","fragment_path":"/etc/systemd/system/a.service"}}}"#,
+        )
+        .unwrap();
+        let a = live.get("a.service").unwrap();
+        assert!(a.is_active_before());
+        assert_eq!(a.load_state, "loaded");
+    }
+
+    #[test]
+    fn rejects_unknown_fields() {
+        let err = LiveState::from_json(r#"{"units":{"a.service":{"active_state":"active","bogus":1}}}"#)
+            .unwrap_err();
+        assert!(err.to_string().contains("bogus"), "{err}");
+    }
+}

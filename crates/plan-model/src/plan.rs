@@ -1,0 +1,519 @@
+//! The plan: what a switch will do to each unit, and why.
+//!
+//! A [`Plan`] is an inert value. It is built by a planner, may be rewritten
+//! by the protection analysis (which moves actions into a [`Deferral`]),
+//! is printed, serialized and snapshotted, and only then carried out by an
+//! executor, which performs exactly the actions listed here and nothing else.
+
+use serde::{Deserialize, Serialize};
+
+/// The version of the JSON form of [`Plan`]. Bump it when a field changes
+/// meaning or disappears; adding an optional field does not need a bump.
+pub const FORMAT_VERSION: u32 = 1;
+
+/// A complete switch plan from one generation to another.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Plan {
+    /// Always [`FORMAT_VERSION`] when produced by this version.
+    pub format_version: u32,
+    /// The running generation.
+    pub old: Generation,
+    /// The generation being switched to.
+    pub new: Generation,
+    /// One entry per unit that the switch changes or acts on, sorted by
+    /// unit name.
+    pub units: Vec<UnitPlan>,
+    /// Global steps (swapoff, activation script, re-exec, daemon-reload,
+    /// ...), in execution order.
+    pub steps: Vec<Step>,
+    /// What is protected and how protection changed this plan.
+    #[serde(default)]
+    pub protection: Protection,
+    /// Problems found in the inputs that did not stop planning, and things
+    /// the planner could not model.
+    #[serde(default)]
+    pub diagnostics: Vec<Diagnostic>,
+}
+
+/// Identifies a generation (a system toplevel).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Generation {
+    /// The toplevel path as given (e.g. `/run/current-system` resolved to
+    /// its store path).
+    pub path: String,
+    /// The content of `init-interface-version`, when present.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub init_interface_version: Option<String>,
+}
+
+/// The plan for one unit.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UnitPlan {
+    /// The unit name, e.g. `sshd.service`.
+    pub unit: String,
+    /// The actions that will be carried out, in phase order (a service that
+    /// is stopped before activation and started after it has
+    /// `[stop, start]`). Empty when the unit changed but nothing is done to
+    /// the running instance, or when every action was deferred.
+    pub actions: Vec<Action>,
+    /// Why the unit gets these actions: the rules that fired, in the order
+    /// they fired.
+    pub reasons: Vec<Reason>,
+    /// The unit-file keys that differ between the generations.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub changes: Vec<KeyChange>,
+    /// Actions that protection removed from this unit, with the chain of
+    /// relations that led to a protected unit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deferral: Option<Deferral>,
+}
+
+/// What a switch does to a running unit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Action {
+    /// Stopped before the activation script runs.
+    Stop,
+    /// Reloaded after activation.
+    Reload,
+    /// Restarted after activation.
+    Restart,
+    /// Started after activation.
+    Start,
+    /// Changed, but deliberately not restarted ("NOT restarting").
+    Skip,
+}
+
+impl Action {
+    /// The phase this action belongs to.
+    pub fn phase(self) -> Phase {
+        match self {
+            Action::Stop => Phase::Stop,
+            Action::Reload => Phase::Reload,
+            Action::Restart => Phase::Restart,
+            Action::Start => Phase::Start,
+            Action::Skip => Phase::Skip,
+        }
+    }
+
+    /// The lowercase verb, as printed and serialized.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Action::Stop => "stop",
+            Action::Reload => "reload",
+            Action::Restart => "restart",
+            Action::Start => "start",
+            Action::Skip => "skip",
+        }
+    }
+}
+
+impl std::fmt::Display for Action {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The phases of a switch, in the order NixOS's switch runs them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Phase {
+    /// `swapoff` of swap devices that disappeared from fstab.
+    Swapoff,
+    /// Units stopped before activation.
+    Stop,
+    /// Changed units that are left running as they are.
+    Skip,
+    /// The generation's activation script.
+    Activate,
+    /// Re-execution of the service manager.
+    Reexec,
+    /// `daemon-reload`.
+    DaemonReload,
+    /// Restart of `sysinit-reactivation.target`.
+    SysinitReactivation,
+    /// Unit reloads.
+    Reload,
+    /// Unit restarts.
+    Restart,
+    /// Unit starts.
+    Start,
+}
+
+/// A rule that fired and its particulars.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Reason {
+    /// Which rule.
+    pub rule: Rule,
+    /// Human-readable particulars, e.g. the socket name or the fstab line.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+}
+
+/// The rules a planner applies. Each has a stable kebab-case identifier in
+/// JSON and a one-line explanation ([`Rule::explain`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+#[non_exhaustive]
+pub enum Rule {
+    /// A key that matters changed: the unit must be restarted.
+    UnitChanged,
+    /// `X-Reload-Triggers` changed.
+    ReloadTriggers,
+    /// Only `ExecReload` changed.
+    ExecReloadChanged,
+    /// Only `[Mount] Options` changed.
+    MountOptionsChanged,
+    /// `X-ReloadIfChanged=true`: reload instead of restart.
+    ReloadIfChanged,
+    /// `X-RestartIfChanged=false`: left running.
+    RestartIfChangedFalse,
+    /// `RefuseManualStop=true`: left running.
+    RefuseManualStop,
+    /// `X-OnlyManualStart=true`: left running / not started.
+    OnlyManualStart,
+    /// `X-StopIfChanged=false`: restarted in place after activation.
+    StopIfChangedFalse,
+    /// Not a service: restarted in place after activation.
+    RestartNonService,
+    /// A changed service is stopped before activation and started after.
+    StopStart,
+    /// The service is socket-activated: stopped, and left to its socket.
+    SocketActivated,
+    /// The socket of a changed socket-activated service is restarted.
+    SocketOfChangedService,
+    /// `X-NotSocketActivated=true`: started directly despite its socket.
+    NotSocketActivated,
+    /// The unit is gone from the new generation.
+    UnitRemoved,
+    /// The unit is masked in the new generation.
+    UnitMasked,
+    /// A template instance lost the drop-ins that made it managed.
+    InstanceDropInsRemoved,
+    /// `X-StopOnRemoval=false`: a removed unit keeps running.
+    StopOnRemovalFalse,
+    /// An active target is started again so new units come up.
+    TargetStart,
+    /// `X-StopOnReconfiguration=true`: the target is stopped first.
+    StopOnReconfiguration,
+    /// The target is not started (`RefuseManualStart`, `X-OnlyManualStart`
+    /// or a sleep target).
+    TargetNotStarted,
+    /// A changed slice, path or basic target: applied by daemon-reload.
+    AppliedByDaemonReload,
+    /// A changed socket unit is left alone, as NixOS's switch does.
+    SocketChangeIgnored,
+    /// A changed mount unit is restarted.
+    MountChanged,
+    /// `-.mount` and `nix.mount` are reloaded, never restarted.
+    RootMountReload,
+    /// An fstab entry changed device or type.
+    FstabChanged,
+    /// An fstab entry changed options only.
+    FstabOptionsChanged,
+    /// An fstab entry disappeared.
+    FstabRemoved,
+    /// The root or `/nix` file system is never unmounted.
+    FstabRootKept,
+    /// Requested by the activation script's restart list.
+    ActivationRestartList,
+    /// Requested by the activation script's reload list.
+    ActivationReloadList,
+    /// A reload target that is no longer active is started instead.
+    ReloadFallbackStart,
+    /// Left over from an interrupted earlier switch.
+    Resumed,
+    /// A new unit, started by the target that wants it.
+    NewUnit,
+}
+
+impl Rule {
+    /// The rule's stable identifier (the JSON form).
+    pub fn id(self) -> String {
+        match serde_json::to_value(self) {
+            Ok(serde_json::Value::String(s)) => s,
+            _ => format!("{self:?}"),
+        }
+    }
+
+    /// A one-line explanation of the rule.
+    pub fn explain(self) -> &'static str {
+        match self {
+            Rule::UnitChanged => "unit file changed",
+            Rule::ReloadTriggers => "X-Reload-Triggers changed",
+            Rule::ExecReloadChanged => "only ExecReload changed",
+            Rule::MountOptionsChanged => "only mount Options changed",
+            Rule::ReloadIfChanged => "X-ReloadIfChanged=true: reload instead of restart",
+            Rule::RestartIfChangedFalse => "X-RestartIfChanged=false: not restarted",
+            Rule::RefuseManualStop => "RefuseManualStop=true: not restarted",
+            Rule::OnlyManualStart => "X-OnlyManualStart=true: not restarted or started",
+            Rule::StopIfChangedFalse => "X-StopIfChanged=false: restarted after activation",
+            Rule::RestartNonService => "not a service: restarted after activation",
+            Rule::StopStart => "stopped before activation, started after",
+            Rule::SocketActivated => "socket-activated: stopped, its socket brings it back",
+            Rule::SocketOfChangedService => "socket of a changed socket-activated service",
+            Rule::NotSocketActivated => "X-NotSocketActivated=true: started directly",
+            Rule::UnitRemoved => "removed from the new generation",
+            Rule::UnitMasked => "masked in the new generation",
+            Rule::InstanceDropInsRemoved => "instance drop-ins removed from the new generation",
+            Rule::StopOnRemovalFalse => "X-StopOnRemoval=false: removed but left running",
+            Rule::TargetStart => "active target started again",
+            Rule::StopOnReconfiguration => "X-StopOnReconfiguration=true: stopped first",
+            Rule::TargetNotStarted => "target not started again",
+            Rule::AppliedByDaemonReload => "applied by daemon-reload, never restarted",
+            Rule::SocketChangeIgnored => "changed socket units are left alone",
+            Rule::MountChanged => "mount unit changed",
+            Rule::RootMountReload => "root and /nix mounts are reloaded, never restarted",
+            Rule::FstabChanged => "fstab entry changed device or type",
+            Rule::FstabOptionsChanged => "fstab entry changed options",
+            Rule::FstabRemoved => "fstab entry removed",
+            Rule::FstabRootKept => "root and /nix are never unmounted",
+            Rule::ActivationRestartList => "requested by the activation script (restart list)",
+            Rule::ActivationReloadList => "requested by the activation script (reload list)",
+            Rule::ReloadFallbackStart => "no longer active: started instead of reloaded",
+            Rule::Resumed => "left over from an interrupted switch",
+            Rule::NewUnit => "new unit",
+        }
+    }
+}
+
+/// One unit-file key that differs between the generations.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyChange {
+    /// Section name without brackets, e.g. `Service`.
+    pub section: String,
+    /// Key name, e.g. `ExecStart`.
+    pub key: String,
+    /// Values in the old generation; `None` when the key was absent.
+    pub old: Option<Vec<String>>,
+    /// Values in the new generation; `None` when the key is absent.
+    pub new: Option<Vec<String>>,
+}
+
+/// A global step of the switch.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "step", rename_all = "kebab-case")]
+pub enum Step {
+    /// `swapoff` a device whose fstab entry disappeared.
+    Swapoff {
+        /// The device, as written in fstab.
+        device: String,
+    },
+    /// Run the new generation's activation script.
+    Activate {
+        /// Path of the script.
+        script: String,
+    },
+    /// Re-execute the service manager.
+    Reexec {
+        /// Why: which of the binary or `system.conf` changed.
+        reasons: Vec<String>,
+    },
+    /// Reload the service manager's configuration.
+    DaemonReload,
+    /// Restart `sysinit-reactivation.target`.
+    RestartSysinitReactivation,
+}
+
+impl Step {
+    /// The phase this step runs in.
+    pub fn phase(&self) -> Phase {
+        match self {
+            Step::Swapoff { .. } => Phase::Swapoff,
+            Step::Activate { .. } => Phase::Activate,
+            Step::Reexec { .. } => Phase::Reexec,
+            Step::DaemonReload => Phase::DaemonReload,
+            Step::RestartSysinitReactivation => Phase::SysinitReactivation,
+        }
+    }
+}
+
+/// How protection treats a plan that touches a protected unit.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Mode {
+    /// Drop the actions that touch protected units, apply the rest.
+    #[default]
+    Defer,
+    /// Refuse the whole switch.
+    Refuse,
+}
+
+/// The protection part of a plan.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Protection {
+    /// The mode in force.
+    pub mode: Mode,
+    /// Every protection in force, explicit and implicit.
+    #[serde(default)]
+    pub protected: Vec<ProtectedUnit>,
+    /// True when `mode` is `refuse` and something touched a protected unit:
+    /// the switch must not be carried out.
+    #[serde(default)]
+    pub refused: bool,
+}
+
+/// One protection and the units it matched.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProtectedUnit {
+    /// The selector as written (`sshd`, `docker*.service`,
+    /// `gitlab-runner.service`).
+    pub selector: String,
+    /// Where it came from.
+    pub source: ProtectionSource,
+    /// The units it matched in either generation or the live state.
+    #[serde(default)]
+    pub units: Vec<String>,
+    /// Allowed actions on these units (D-Bus may be reloaded but never
+    /// restarted); empty means nothing may stop or restart them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allow: Vec<Action>,
+}
+
+/// Where a protection came from.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+pub enum ProtectionSource {
+    /// `--protect` on the command line.
+    CommandLine,
+    /// The policy file.
+    Policy {
+        /// Path of the policy file.
+        path: String,
+    },
+    /// Built in (D-Bus, logind, the caller's own cgroup).
+    Implicit {
+        /// Why, e.g. `the D-Bus broker` or `holds this process (cgroup ...)`.
+        why: String,
+    },
+}
+
+/// Actions removed from a unit because they would touch a protected unit.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Deferral {
+    /// The actions that will not be carried out.
+    pub actions: Vec<Action>,
+    /// The protected unit that would have been touched.
+    pub touches: String,
+    /// What would have happened to it (`stop` or `restart`).
+    pub effect: Action,
+    /// The relations from the protected unit back to this unit; empty when
+    /// the unit is itself protected.
+    pub chain: Vec<Edge>,
+}
+
+/// One relation in a reason chain: `from` has `relation=` `to`, as in
+/// `sshd.service Requires=network-setup.service`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Edge {
+    /// The unit that holds the relation.
+    pub from: String,
+    /// The relation, as a unit-file key or D-Bus property (`Requires`).
+    pub relation: String,
+    /// The unit it points at.
+    pub to: String,
+}
+
+/// A problem found while planning.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Diagnostic {
+    /// How bad it is.
+    pub severity: Severity,
+    /// What happened, as one sentence.
+    pub message: String,
+    /// The unit concerned, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unit: Option<String>,
+    /// The file concerned, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    /// The 1-based line in `path`, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub line: Option<u32>,
+}
+
+/// Severity of a [`Diagnostic`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Severity {
+    /// Worth knowing; the plan is still complete.
+    Info,
+    /// The plan may be incomplete or surprising here.
+    Warning,
+}
+
+impl Plan {
+    /// Returns the units that get `action`, in name order, skipping deferred
+    /// actions (they are not in `actions`).
+    pub fn units_with(&self, action: Action) -> Vec<&str> {
+        self.units
+            .iter()
+            .filter(|u| u.actions.contains(&action))
+            .map(|u| u.unit.as_str())
+            .collect()
+    }
+
+    /// Returns the plan entry for `unit`.
+    pub fn unit(&self, unit: &str) -> Option<&UnitPlan> {
+        self.units.iter().find(|u| u.unit == unit)
+    }
+
+    /// Returns the entries whose actions protection deferred.
+    pub fn deferred(&self) -> impl Iterator<Item = &UnitPlan> {
+        self.units.iter().filter(|u| u.deferral.is_some())
+    }
+
+    /// Tells whether the plan would touch a protected unit if carried out
+    /// without protection: something was deferred or the plan was refused.
+    pub fn touches_protected(&self) -> bool {
+        self.protection.refused || self.deferred().next().is_some()
+    }
+
+    /// Tells whether the plan contains a global step of this phase.
+    pub fn has_step(&self, phase: Phase) -> bool {
+        self.steps.iter().any(|s| s.phase() == phase)
+    }
+
+    /// Returns the plan as pretty-printed JSON with a trailing newline.
+    pub fn to_json(&self) -> String {
+        // Serializing plain structs of strings and vectors cannot fail.
+        let mut s = serde_json::to_string_pretty(self).unwrap_or_default();
+        s.push('\n');
+        s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rule_ids_are_kebab_case() {
+        assert_eq!(Rule::RestartIfChangedFalse.id(), "restart-if-changed-false");
+        assert_eq!(Rule::StopStart.id(), "stop-start");
+    }
+
+    #[test]
+    fn json_round_trip() {
+        let plan = Plan {
+            format_version: FORMAT_VERSION,
+            old: Generation { path: "/a".into(), init_interface_version: None },
+            new: Generation { path: "/b".into(), init_interface_version: Some("systemd 2".into()) },
+            units: vec![UnitPlan {
+                unit: "x.service".into(),
+                actions: vec![Action::Stop, Action::Start],
+                reasons: vec![Reason { rule: Rule::StopStart, detail: None }],
+                changes: vec![],
+                deferral: None,
+            }],
+            steps: vec![Step::Activate { script: "/b/activate".into() }, Step::DaemonReload],
+            protection: Protection::default(),
+            diagnostics: vec![],
+        };
+        let json = plan.to_json();
+        let back: Plan = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, plan);
+        assert_eq!(plan.units_with(Action::Start), vec!["x.service"]);
+        assert!(json.contains("\"step\": \"daemon-reload\""), "{json}");
+    }
+}

@@ -1,0 +1,1 @@
+//! systemd-live (work in progress).

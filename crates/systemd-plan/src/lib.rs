@@ -1,0 +1,1 @@
+//! systemd-plan (work in progress).
