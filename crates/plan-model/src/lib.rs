@@ -16,10 +16,13 @@
 
 mod live;
 mod plan;
+pub mod policy;
+mod source;
 pub mod unit_name;
 
 pub use live::{LiveState, LiveUnit};
+pub use source::{FlakeInput, Provenance};
 pub use plan::{
     Action, Deferral, Diagnostic, Edge, Generation, KeyChange, Mode, Phase, Plan, ProtectedUnit,
-    Protection, ProtectionSource, Reason, Rule, Severity, Step, UnitPlan, FORMAT_VERSION,
+    Protection, ProtectionSource, Reason, Refusal, Rule, Severity, Step, UnitPlan, FORMAT_VERSION,
 };

@@ -44,6 +44,10 @@ pub struct Generation {
     /// The content of `init-interface-version`, when present.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub init_interface_version: Option<String>,
+    /// Where the generation came from (prebuilt, a flake attribute, or a
+    /// composition of a base and an overlay), when safe-switch obtained it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provenance: Option<crate::Provenance>,
 }
 
 /// The plan for one unit.
@@ -225,6 +229,28 @@ pub enum Rule {
     Resumed,
     /// A new unit, started by the target that wants it.
     NewUnit,
+    /// Only keys that need no action changed (`Description`, removed
+    /// `X-Reload-Triggers`, ...).
+    IgnoredKeysChanged,
+    /// A launchd job is new in this generation: its plist is installed and
+    /// the job bootstrapped.
+    PlistAdded,
+    /// A launchd job's plist changed: launchd only reads a plist when the job
+    /// is bootstrapped, so the job is booted out and bootstrapped again.
+    PlistChanged,
+    /// A launchd job is gone from the new generation: it is booted out and
+    /// its installed plist deleted.
+    PlistRemoved,
+    /// A launchd plist changed bytes but not content (formatting or
+    /// encoding): the file is replaced and the job left alone.
+    PlistReformatted,
+    /// A launchd job of the generation is not loaded: it is bootstrapped.
+    JobNotLoaded,
+    /// `nix.conf` or `machines` changed: nix-darwin signals the Nix daemon,
+    /// which makes it exit and launchd start it again.
+    NixConfChanged,
+    /// A protected launchd job keeps its old plist installed and loaded.
+    OldPlistKept,
 }
 
 impl Rule {
@@ -273,6 +299,14 @@ impl Rule {
             Rule::ReloadFallbackStart => "no longer active: started instead of reloaded",
             Rule::Resumed => "left over from an interrupted switch",
             Rule::NewUnit => "new unit",
+            Rule::IgnoredKeysChanged => "only keys that need no action changed",
+            Rule::PlistAdded => "new launchd job: plist installed, job bootstrapped",
+            Rule::PlistChanged => "launchd plist changed: job booted out and bootstrapped",
+            Rule::PlistRemoved => "launchd job removed: booted out, plist deleted",
+            Rule::PlistReformatted => "plist bytes changed, content equal: file replaced only",
+            Rule::JobNotLoaded => "launchd job not loaded: bootstrapped",
+            Rule::NixConfChanged => "nix.conf or machines changed: Nix daemon restarted",
+            Rule::OldPlistKept => "protected: old plist kept installed and loaded",
         }
     }
 }
@@ -351,6 +385,27 @@ pub struct Protection {
     /// the switch must not be carried out.
     #[serde(default)]
     pub refused: bool,
+    /// In `refuse` mode, every action that would touch a protected unit,
+    /// with its reason chain. The actions stay in the plan (it is not
+    /// carried out at all), so this list says why.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub refusals: Vec<Refusal>,
+}
+
+/// An action that made protection refuse the plan.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Refusal {
+    /// The unit whose actions would touch a protected unit.
+    pub unit: String,
+    /// Those actions.
+    pub actions: Vec<Action>,
+    /// The protected unit that would be touched.
+    pub touches: String,
+    /// What would happen to it (`stop` or `restart`).
+    pub effect: Action,
+    /// The relations from the protected unit back to this unit, as in
+    /// [`Deferral::chain`].
+    pub chain: Vec<Edge>,
 }
 
 /// One protection and the units it matched.
@@ -497,8 +552,12 @@ mod tests {
     fn json_round_trip() {
         let plan = Plan {
             format_version: FORMAT_VERSION,
-            old: Generation { path: "/a".into(), init_interface_version: None },
-            new: Generation { path: "/b".into(), init_interface_version: Some("systemd 2".into()) },
+            old: Generation { path: "/a".into(), init_interface_version: None, provenance: None },
+            new: Generation {
+                path: "/b".into(),
+                init_interface_version: Some("systemd 2".into()),
+                provenance: None,
+            },
             units: vec![UnitPlan {
                 unit: "x.service".into(),
                 actions: vec![Action::Stop, Action::Start],
