@@ -1,0 +1,734 @@
+//! The test bed: a throwaway systemd as PID 1 of new PID and mount
+//! namespaces.
+//!
+//! [`TestBed::boot`] prepares a private directory (the namespace's `/run`,
+//! a directory that plays the Nix store, the generations, SSH keys and a
+//! boot script) and starts
+//! `unshare --pid --fork --mount --mount-proc --kill-child <boot script>`.
+//! The boot script, inside the new namespaces:
+//!
+//! 1. makes every mount private (`mount --make-rprivate /`), so nothing it
+//!    mounts is seen by the host;
+//! 2. moves itself into a cgroup of its own (`/testbed-<id>` in each
+//!    cgroup hierarchy systemd tracks processes with), so that systemd takes
+//!    that cgroup as its root and parallel test beds never share a unit's
+//!    cgroup (systemd kills by cgroup);
+//! 3. bind-mounts the host directory `<root>/run` onto `/run`, so that the
+//!    host reaches the sockets systemd and D-Bus create there;
+//! 4. mounts a tmpfs on `/etc/systemd` holding two symlinks,
+//!    `system -> <generation>/etc/systemd/system` and
+//!    `system.conf -> <generation>/etc/systemd/system.conf`, which a
+//!    generation's `activate` replaces, as on NixOS where they point into
+//!    `/etc/static`;
+//! 5. bind-mounts a copy of the few Debian units a system needs
+//!    ([`BASE_UNITS`], plus [`LOGIND_UNITS`] on request) onto
+//!    `/lib/systemd/system`, and an empty tmpfs onto
+//!    `/lib/systemd/system-generators` (the host's SysV scripts would
+//!    otherwise become failing units);
+//! 6. `exec`s `/lib/systemd/systemd --system --unit=<target>`.
+//!
+//! `/run/current-system` is a symlink to the booted generation. After boot,
+//! the bed starts `dbus.service` (nothing pulls it in by itself) and, when
+//! asked, `systemd-logind.service`, then waits until the boot job finished
+//! and sshd (when the generation has it) accepts connections.
+//!
+//! Dropping the [`TestBed`] SIGKILLs the namespace's PID 1 by PID, which
+//! kills every process of the namespace; it then removes the bed's cgroups
+//! and its directory. As a safety net, the `unshare` process gets SIGKILL
+//! when the thread that booted the bed dies, and `unshare --kill-child`
+//! passes that on to systemd, so even a test process that aborts leaves no
+//! systemd behind.
+
+use std::fs;
+use std::io::Read;
+use std::net::TcpStream;
+use std::os::unix::fs::{PermissionsExt, symlink};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use crate::error::{Error, Result, io};
+use crate::exec::{self, Output};
+use crate::generation::{BuildContext, Generation, SshdSettings};
+use crate::ssh::{self, SshKeys, SshSession};
+
+/// Debian units every test bed gets: the targets a unit with default
+/// dependencies pulls in (without them a restart fails with "Unit
+/// sysinit.target not found"), the slices, D-Bus, and what
+/// `systemctl exit` needs.
+pub const BASE_UNITS: &[&str] = &[
+    "sysinit.target",
+    "basic.target",
+    "sockets.target",
+    "timers.target",
+    "paths.target",
+    "slices.target",
+    "swap.target",
+    "local-fs.target",
+    "local-fs-pre.target",
+    "network.target",
+    "network-pre.target",
+    "network-online.target",
+    "nss-user-lookup.target",
+    "shutdown.target",
+    "umount.target",
+    "final.target",
+    "exit.target",
+    "systemd-exit.service",
+    "user.slice",
+    "dbus.socket",
+    "dbus.service",
+];
+
+/// The extra Debian units for a test bed with `systemd-logind` (which
+/// NixOS's switch asks for the logged-in users).
+pub const LOGIND_UNITS: &[&str] = &[
+    "systemd-logind.service",
+    "dbus-org.freedesktop.login1.service",
+    "user-runtime-dir@.service",
+    "user@.service",
+];
+
+/// Where Debian keeps its units (on a merged-/usr system this is
+/// `/usr/lib/systemd/system`).
+const DISTRO_UNITS: &str = "/lib/systemd/system";
+
+/// How to boot a test bed.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// The generation to boot. It is built into the bed's directory and
+    /// becomes `/run/current-system`.
+    pub generation: Generation,
+    /// The unit systemd starts at boot (default `multi-user.target`).
+    pub target: String,
+    /// Also start `systemd-logind.service` after D-Bus.
+    pub logind: bool,
+    /// More units to copy from the distribution's unit directory.
+    pub extra_distro_units: Vec<String>,
+    /// The deadline of every single wait (boot, each `systemctl`, ...).
+    pub timeout: Duration,
+    /// Keep the bed's directory after teardown (for debugging); also
+    /// switched on by the environment variable `TESTBED_KEEP=1`.
+    pub keep: bool,
+}
+
+impl Config {
+    /// A configuration booting `generation` into `multi-user.target`.
+    pub fn new(generation: Generation) -> Self {
+        Config {
+            generation,
+            target: "multi-user.target".to_owned(),
+            logind: false,
+            extra_distro_units: Vec::new(),
+            timeout: Duration::from_secs(30),
+            keep: std::env::var_os("TESTBED_KEEP").is_some_and(|v| v == "1"),
+        }
+    }
+
+    /// Also start systemd-logind.
+    pub fn with_logind(mut self) -> Self {
+        self.logind = true;
+        self
+    }
+}
+
+/// Whether this process can host a test bed: root, and the programs it
+/// uses are installed. Returns the reason when it cannot.
+pub fn unsupported_reason() -> Option<String> {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        return Some("it must run as root (it creates PID and mount namespaces)".to_owned());
+    }
+    for program in [
+        "/lib/systemd/systemd",
+        "/usr/bin/dbus-daemon",
+        "/usr/sbin/sshd",
+        "/usr/bin/ssh",
+        "/usr/bin/ssh-keygen",
+        "/usr/bin/unshare",
+        "/usr/bin/nsenter",
+    ] {
+        if !Path::new(program).exists() {
+            return Some(format!("{program} is missing (scripts/deps installs it)"));
+        }
+    }
+    None
+}
+
+/// Decides whether a test that needs a test bed runs. Returns `true` when
+/// it can. Otherwise, under `CI=true` it panics (such tests must run in
+/// CI), and elsewhere it prints why the test is skipped and returns
+/// `false`.
+pub fn available(test: &str) -> bool {
+    match unsupported_reason() {
+        None => true,
+        Some(reason) => {
+            if std::env::var("CI").is_ok_and(|v| v == "true") {
+                panic!("{test}: cannot run under CI=true: {reason}");
+            }
+            eprintln!("SKIPPED {test}: {reason}");
+            false
+        }
+    }
+}
+
+/// A booted test bed. See the module documentation for what it is made of.
+pub struct TestBed {
+    root: PathBuf,
+    keep: bool,
+    unshare: Child,
+    pid: u32,
+    cgroup: String,
+    keys: SshKeys,
+    port: u16,
+    timeout: Duration,
+    boot_time: Duration,
+    torn_down: bool,
+}
+
+static BEDS: AtomicU32 = AtomicU32::new(0);
+
+impl TestBed {
+    /// Boots a test bed for `config`: about one second. Fails with
+    /// [`Error::Unsupported`] when the machine cannot host one (see
+    /// [`unsupported_reason`]) and with [`Error::Boot`] (carrying the boot
+    /// console) when systemd does not come up.
+    pub fn boot(config: &Config) -> Result<TestBed> {
+        if let Some(reason) = unsupported_reason() {
+            return Err(Error::Unsupported(reason));
+        }
+        let started = Instant::now();
+        let dir = tempfile::Builder::new()
+            .prefix("testbed-")
+            .tempdir()
+            .map_err(io("creating", std::env::temp_dir()))?;
+        let root = dir.keep();
+        let id = format!(
+            "{}-{}",
+            std::process::id(),
+            BEDS.fetch_add(1, Ordering::Relaxed)
+        );
+        match Self::boot_in(config, root.clone(), id, started) {
+            Ok(bed) => Ok(bed),
+            Err(err) => {
+                if !config.keep {
+                    let _ = fs::remove_dir_all(&root);
+                }
+                Err(err)
+            }
+        }
+    }
+
+    fn boot_in(config: &Config, root: PathBuf, id: String, started: Instant) -> Result<TestBed> {
+        let run = root.join("run");
+        for dir in ["run/testbed", "store", "generations", "distro-units"] {
+            fs::create_dir_all(root.join(dir)).map_err(io("creating", root.join(dir)))?;
+        }
+        fs::write(run.join("testbed/marker"), format!("{id}\n"))
+            .map_err(io("writing", run.join("testbed/marker")))?;
+        let keys = SshKeys::generate(&root.join("ssh"))?;
+        let port = ssh::free_port()?;
+
+        let ctx = build_context(&root, &keys, port);
+        let generation = config.generation.build(&root.join("generations"), &ctx)?;
+        symlink(&generation, run.join("current-system"))
+            .map_err(io("linking", run.join("current-system")))?;
+
+        let mut units: Vec<String> = BASE_UNITS.iter().map(|s| (*s).to_owned()).collect();
+        if config.logind {
+            units.extend(LOGIND_UNITS.iter().map(|s| (*s).to_owned()));
+        }
+        units.extend(config.extra_distro_units.iter().cloned());
+        copy_distro_units(Path::new(DISTRO_UNITS), &root.join("distro-units"), &units)?;
+
+        let cgroup = format!("testbed-{id}");
+        let script = root.join("boot.sh");
+        fs::write(
+            &script,
+            boot_script(&root, &generation, &cgroup_roots(), &cgroup, &config.target),
+        )
+        .map_err(io("writing", &script))?;
+        fs::set_permissions(&script, fs::Permissions::from_mode(0o755))
+            .map_err(io("chmod", &script))?;
+
+        let console_path = root.join("console.log");
+        let console = fs::File::create(&console_path).map_err(io("creating", &console_path))?;
+        let console_err = console
+            .try_clone()
+            .map_err(io("duplicating", &console_path))?;
+        let mut cmd = Command::new("unshare");
+        cmd.args([
+            "--pid",
+            "--fork",
+            "--mount",
+            "--mount-proc",
+            "--kill-child=SIGKILL",
+        ])
+        .arg(&script)
+        .env_clear()
+        .env(
+            "PATH",
+            "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+        )
+        .env("LANG", "C.UTF-8")
+        .stdin(Stdio::null())
+        .stdout(console)
+        .stderr(console_err)
+        // Its own process group: a Ctrl-C meant for the test runner must
+        // not reach the namespace's systemd (which would take SIGINT as
+        // Ctrl-Alt-Del).
+        .process_group(0);
+        // SAFETY: the closure runs in the forked child before exec and only
+        // calls prctl, which is async-signal-safe.
+        unsafe {
+            cmd.pre_exec(|| {
+                // Dies with the thread that booted the bed; --kill-child then
+                // takes systemd down too.
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let command = exec::describe(&cmd);
+        let unshare = cmd
+            .spawn()
+            .map_err(|source| Error::Spawn { command, source })?;
+
+        let mut bed = TestBed {
+            root,
+            keep: config.keep,
+            unshare,
+            pid: 0,
+            cgroup,
+            keys,
+            port,
+            timeout: config.timeout,
+            boot_time: Duration::ZERO,
+            torn_down: false,
+        };
+        bed.pid = bed.wait_boot_step("the namespace's PID 1", |bed| bed.find_pid1())?;
+        let private = bed.run_dir().join("systemd/private");
+        bed.wait_boot_step("systemd's private socket", |_| {
+            Ok(private.exists().then_some(()))
+        })?;
+
+        let mut start = vec!["start", "dbus.socket", "dbus.service"];
+        if config.logind {
+            start.push("systemd-logind.service");
+        }
+        bed.systemctl(&start)
+            .map_err(|e| bed.boot_error(format!("starting D-Bus: {e}")))?;
+        let state = bed.run(&["systemctl", "is-system-running", "--wait"])?;
+        let state = state.stdout.trim().to_owned();
+        if state != "running" && state != "degraded" {
+            return Err(bed.boot_error(format!("the system is {state:?} after boot")));
+        }
+        if config
+            .generation
+            .units()
+            .iter()
+            .any(|u| u == crate::generation::SSHD_UNIT)
+        {
+            let port = bed.port;
+            bed.wait_boot_step("sshd to accept connections", |_| {
+                Ok(TcpStream::connect(("127.0.0.1", port)).ok().map(|_| ()))
+            })?;
+        }
+        bed.boot_time = started.elapsed();
+        Ok(bed)
+    }
+
+    /// Polls `probe` during boot, failing early with the console when the
+    /// namespace died.
+    fn wait_boot_step<T>(
+        &mut self,
+        what: &str,
+        mut probe: impl FnMut(&Self) -> Result<Option<T>>,
+    ) -> Result<T> {
+        let timeout = self.timeout;
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(value) = probe(self)? {
+                return Ok(value);
+            }
+            if let Ok(Some(status)) = self.unshare.try_wait() {
+                return Err(self.boot_error(format!(
+                    "unshare exited ({status}) while waiting for {what}"
+                )));
+            }
+            if Instant::now() >= deadline {
+                return Err(
+                    self.boot_error(format!("timed out after {timeout:?} waiting for {what}"))
+                );
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    fn boot_error(&self, reason: String) -> Error {
+        Error::Boot {
+            reason,
+            console: self.console(),
+        }
+    }
+
+    /// The host PID of unshare's only child, the namespace's PID 1.
+    fn find_pid1(&self) -> Result<Option<u32>> {
+        let id = self.unshare.id();
+        let path = format!("/proc/{id}/task/{id}/children");
+        let text = fs::read_to_string(&path).unwrap_or_default();
+        Ok(text.split_whitespace().next().and_then(|p| p.parse().ok()))
+    }
+
+    /// The host PID of the namespace's PID 1 (systemd).
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    /// How long [`TestBed::boot`] took, from the first file written to sshd
+    /// accepting connections.
+    pub fn boot_time(&self) -> Duration {
+        self.boot_time
+    }
+
+    /// The bed's private directory on the host.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// The host directory mounted on the namespace's `/run`.
+    pub fn run_dir(&self) -> PathBuf {
+        self.root.join("run")
+    }
+
+    /// The D-Bus address of the namespace's system bus, usable from the
+    /// host (e.g. as `DBUS_SYSTEM_BUS_ADDRESS`). Inside the namespace the
+    /// default address works.
+    pub fn dbus_address(&self) -> String {
+        format!(
+            "unix:path={}",
+            self.run_dir().join("dbus/system_bus_socket").display()
+        )
+    }
+
+    /// The generation `/run/current-system` points to now.
+    pub fn current_generation(&self) -> Result<PathBuf> {
+        let link = self.run_dir().join("current-system");
+        fs::read_link(&link).map_err(io("reading", link))
+    }
+
+    /// The names of the generations whose `activate` ran, in order.
+    pub fn activations(&self) -> Vec<String> {
+        fs::read_to_string(self.run_dir().join("testbed/activations"))
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_owned)
+            .collect()
+    }
+
+    /// The directory that plays the Nix store for this bed's generations.
+    pub fn store_dir(&self) -> PathBuf {
+        self.root.join("store")
+    }
+
+    /// Builds another generation (e.g. the one to switch to) next to the
+    /// booted one, with this bed's sshd settings, and returns its path.
+    pub fn build_generation(&self, generation: &Generation) -> Result<PathBuf> {
+        generation.build(
+            &self.root.join("generations"),
+            &build_context(&self.root, &self.keys, self.port),
+        )
+    }
+
+    /// The loopback port of the bed's sshd.
+    pub fn ssh_port(&self) -> u16 {
+        self.port
+    }
+
+    /// The bed's SSH keys.
+    pub fn ssh_keys(&self) -> &SshKeys {
+        &self.keys
+    }
+
+    /// An `ssh` command that runs `remote` as root in the bed.
+    pub fn ssh_command(&self, remote: &str) -> Command {
+        ssh::ssh_command(self.port, &self.keys.client_key, remote)
+    }
+
+    /// Opens an SSH session that prints a tick every `interval` and waits
+    /// for its first tick.
+    pub fn ssh_session(&self, interval: Duration) -> Result<SshSession> {
+        let mut session = SshSession::start(self.port, &self.keys.client_key, interval)?;
+        session.wait_for_ticks(1, self.timeout)?;
+        Ok(session)
+    }
+
+    /// A command that runs `program` inside the bed's namespaces (via
+    /// `nsenter -t <pid> -m -p`), for callers that need to stream its output
+    /// or set its environment. Its working directory is `/`.
+    pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        let mut cmd = Command::new("nsenter");
+        cmd.arg("-t")
+            .arg(self.pid.to_string())
+            .args(["-m", "-p", "--wd=/", "--"])
+            .arg(program)
+            .env("SYSTEMD_PAGER", "")
+            .env("SYSTEMD_COLORS", "0")
+            .env_remove("DBUS_SYSTEM_BUS_ADDRESS");
+        cmd
+    }
+
+    /// Runs `argv` inside the bed with the bed's timeout and returns its
+    /// output, whatever its exit status.
+    pub fn run(&self, argv: &[&str]) -> Result<Output> {
+        let (program, args) = argv
+            .split_first()
+            .ok_or_else(|| Error::Unsupported("empty command".to_owned()))?;
+        exec::run(self.command(program).args(args), self.timeout)
+    }
+
+    /// Runs `systemctl <args>` inside the bed; a non-zero exit is an error.
+    /// Returns standard output.
+    pub fn systemctl(&self, args: &[&str]) -> Result<String> {
+        let mut argv = vec!["systemctl", "--no-pager"];
+        argv.extend_from_slice(args);
+        Ok(self.run(&argv)?.check()?.stdout)
+    }
+
+    /// One property of a unit, as `systemctl show -p <prop> --value`
+    /// prints it (e.g. `MainPID`, `InvocationID`, `ActiveState`).
+    pub fn unit_property(&self, unit: &str, property: &str) -> Result<String> {
+        Ok(self
+            .systemctl(&["show", "-p", property, "--value", unit])?
+            .trim_end_matches('\n')
+            .to_owned())
+    }
+
+    /// A unit's `MainPID` (0 when it has none).
+    pub fn main_pid(&self, unit: &str) -> Result<u32> {
+        let text = self.unit_property(unit, "MainPID")?;
+        text.parse().map_err(|_| Error::Failed {
+            command: format!("systemctl show -p MainPID {unit}"),
+            status: format!("unexpected value {text:?}"),
+            stdout: String::new(),
+            stderr: String::new(),
+        })
+    }
+
+    /// A unit's `ActiveState` (`active`, `inactive`, `failed`, ...).
+    pub fn active_state(&self, unit: &str) -> Result<String> {
+        self.unit_property(unit, "ActiveState")
+    }
+
+    /// A unit's `InvocationID` (empty when it never ran).
+    pub fn invocation_id(&self, unit: &str) -> Result<String> {
+        self.unit_property(unit, "InvocationID")
+    }
+
+    /// Waits until `unit`'s `ActiveState` is `state`.
+    pub fn wait_for_state(&self, unit: &str, state: &str) -> Result<()> {
+        exec::poll(&format!("{unit} to be {state}"), self.timeout, || {
+            Ok((self.active_state(unit)? == state).then_some(()))
+        })
+    }
+
+    /// What the bed's systemd and the boot script printed so far.
+    pub fn console(&self) -> String {
+        let mut text = String::new();
+        if let Ok(mut file) = fs::File::open(self.root.join("console.log")) {
+            let _ = file.read_to_string(&mut text);
+        }
+        text
+    }
+
+    /// Stops the bed and reports what could not be cleaned up. Dropping the
+    /// bed does the same and ignores such errors.
+    pub fn shutdown(mut self) -> Result<()> {
+        self.teardown()
+    }
+
+    fn teardown(&mut self) -> Result<()> {
+        if self.torn_down {
+            return Ok(());
+        }
+        self.torn_down = true;
+        if self.pid != 0 {
+            // SAFETY: kill has no memory-safety preconditions; the PID is
+            // the namespace's PID 1, which is unshare's child and cannot be
+            // reused before unshare reaps it.
+            unsafe {
+                libc::kill(self.pid as libc::pid_t, libc::SIGKILL);
+            }
+        }
+        // unshare exits once its child is gone, and the kernel reaps every
+        // process of the namespace before the namespace's init is reaped.
+        if exec::wait_timeout(&mut self.unshare, self.timeout).is_none() {
+            let _ = self.unshare.kill();
+            let _ = self.unshare.wait();
+        }
+        let cgroups = remove_cgroups(&self.cgroup, self.timeout);
+        if self.keep {
+            eprintln!("test bed kept in {}", self.root.display());
+            return cgroups;
+        }
+        let removed = fs::remove_dir_all(&self.root).map_err(io("removing", &self.root));
+        cgroups.and(removed)
+    }
+}
+
+impl Drop for TestBed {
+    fn drop(&mut self) {
+        let _ = self.teardown();
+    }
+}
+
+impl std::fmt::Debug for TestBed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TestBed")
+            .field("root", &self.root)
+            .field("pid", &self.pid)
+            .field("port", &self.port)
+            .finish()
+    }
+}
+
+fn build_context(root: &Path, keys: &SshKeys, port: u16) -> BuildContext {
+    BuildContext {
+        store: root.join("store"),
+        sshd: Some(SshdSettings {
+            port,
+            host_key: keys.host_key.clone(),
+            authorized_keys: keys.authorized_keys.clone(),
+        }),
+    }
+}
+
+/// Copies the named units (and alias symlinks among them) from the
+/// distribution's unit directory. A name that does not exist there is
+/// skipped: the set differs a little between systemd versions.
+fn copy_distro_units(from: &Path, to: &Path, names: &[String]) -> Result<()> {
+    for name in names {
+        let src = from.join(name);
+        let dst = to.join(name);
+        match fs::symlink_metadata(&src) {
+            Err(_) => continue,
+            Ok(meta) if meta.file_type().is_symlink() => {
+                let target = fs::read_link(&src).map_err(io("reading", &src))?;
+                if target.is_relative() && target.components().count() == 1 {
+                    // An alias within the directory (e.g.
+                    // dbus-org.freedesktop.login1.service): keep it an alias.
+                    symlink(&target, &dst).map_err(io("linking", &dst))?;
+                } else {
+                    fs::copy(&src, &dst).map_err(io("copying", &src))?;
+                }
+            }
+            Ok(_) => {
+                fs::copy(&src, &dst).map_err(io("copying", &src))?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The cgroup hierarchies systemd tracks processes in: the unified one, and
+/// on a hybrid or legacy host also the named `systemd` one.
+fn cgroup_roots() -> Vec<PathBuf> {
+    let base = Path::new("/sys/fs/cgroup");
+    if base.join("cgroup.procs").exists() {
+        return vec![base.to_path_buf()];
+    }
+    ["unified", "systemd"]
+        .iter()
+        .map(|h| base.join(h))
+        .filter(|p| p.join("cgroup.procs").exists())
+        .collect()
+}
+
+/// Removes `<hierarchy>/<name>` and everything below it in every mounted
+/// cgroup hierarchy, deepest first, retrying while the kernel still
+/// releases the killed processes.
+fn remove_cgroups(name: &str, timeout: Duration) -> Result<()> {
+    let base = Path::new("/sys/fs/cgroup");
+    let mut tops = vec![base.join(name)];
+    if let Ok(entries) = fs::read_dir(base) {
+        tops.extend(entries.flatten().map(|e| e.path().join(name)));
+    }
+    let deadline = Instant::now() + timeout;
+    for top in tops.into_iter().filter(|p| p.is_dir()) {
+        loop {
+            let mut dirs = Vec::new();
+            collect_dirs(&top, &mut dirs);
+            dirs.reverse();
+            let failed = dirs.iter().filter(|d| fs::remove_dir(d).is_err()).count();
+            if failed == 0 || !top.exists() {
+                break;
+            }
+            if Instant::now() >= deadline {
+                return Err(Error::Timeout {
+                    what: format!("removing cgroup {}", top.display()),
+                    timeout,
+                });
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    Ok(())
+}
+
+/// Collects `dir` and its subdirectories, parents before children.
+fn collect_dirs(dir: &Path, out: &mut Vec<PathBuf>) {
+    out.push(dir.to_path_buf());
+    if let Ok(entries) = fs::read_dir(dir) {
+        for entry in entries.flatten() {
+            if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                collect_dirs(&entry.path(), out);
+            }
+        }
+    }
+}
+
+/// Quotes a path for a POSIX shell script.
+fn sh_quote(path: &Path) -> String {
+    format!("'{}'", path.display().to_string().replace('\'', r"'\''"))
+}
+
+/// The script that builds the namespace's view of the system and becomes
+/// systemd.
+fn boot_script(
+    root: &Path,
+    generation: &Path,
+    cgroup_roots: &[PathBuf],
+    cgroup: &str,
+    target: &str,
+) -> String {
+    let mut join = String::new();
+    for hierarchy in cgroup_roots {
+        let dir = hierarchy.join(cgroup);
+        join.push_str(&format!(
+            "mkdir -p {d}\necho 0 > {d}/cgroup.procs\n",
+            d = sh_quote(&dir)
+        ));
+    }
+    format!(
+        r#"#!/bin/sh
+# Boot script of a test bed: runs as PID 1 of fresh PID and mount
+# namespaces, prepares the view of the system, then becomes systemd.
+set -eu
+mount --make-rprivate /
+{join}mount --bind {run} /run
+mount -t tmpfs -o mode=0755 testbed-etc-systemd /etc/systemd
+ln -s {generation}/etc/systemd/system /etc/systemd/system
+ln -s {generation}/etc/systemd/system.conf /etc/systemd/system.conf
+mount -t tmpfs -o mode=0755 testbed-generators /lib/systemd/system-generators
+mount --bind {units} /lib/systemd/system
+echo "testbed: exec systemd --unit={target}"
+exec /lib/systemd/systemd --system --unit={target} --log-target=console --show-status=false
+"#,
+        run = sh_quote(&root.join("run")),
+        generation = sh_quote(generation),
+        units = sh_quote(&root.join("distro-units")),
+    )
+}

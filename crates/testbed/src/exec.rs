@@ -1,0 +1,158 @@
+//! Running programs with a deadline and captured output.
+//!
+//! Every program the test bed starts is awaited with a timeout: a wedged
+//! `systemctl` or `ssh` must fail a test, not hang the test run.
+
+use std::io::Read;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use crate::error::{Error, Result};
+
+/// The captured result of a finished program.
+#[derive(Clone, Debug)]
+pub struct Output {
+    /// The command line, for messages.
+    pub command: String,
+    /// How it exited.
+    pub status: ExitStatus,
+    /// Standard output, lossily decoded.
+    pub stdout: String,
+    /// Standard error, lossily decoded.
+    pub stderr: String,
+}
+
+impl Output {
+    /// Whether the program exited with status 0.
+    pub fn success(&self) -> bool {
+        self.status.success()
+    }
+
+    /// The exit code, or `None` when the program was killed by a signal.
+    pub fn code(&self) -> Option<i32> {
+        self.status.code()
+    }
+
+    /// Turns a non-zero exit into [`Error::Failed`].
+    pub fn check(self) -> Result<Output> {
+        if self.success() {
+            Ok(self)
+        } else {
+            Err(Error::Failed {
+                command: self.command,
+                status: self.status.to_string(),
+                stdout: self.stdout,
+                stderr: self.stderr,
+            })
+        }
+    }
+}
+
+/// Renders a command line for messages.
+pub(crate) fn describe(cmd: &Command) -> String {
+    let mut out = cmd.get_program().to_string_lossy().into_owned();
+    for arg in cmd.get_args() {
+        out.push(' ');
+        let arg = arg.to_string_lossy();
+        if arg.contains(char::is_whitespace) || arg.is_empty() {
+            out.push_str(&format!("'{arg}'"));
+        } else {
+            out.push_str(&arg);
+        }
+    }
+    out
+}
+
+/// Runs `cmd` to completion with captured output, killing it when it runs
+/// longer than `timeout`. Standard input is closed.
+pub fn run(cmd: &mut Command, timeout: Duration) -> Result<Output> {
+    let command = describe(cmd);
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|source| Error::Spawn {
+            command: command.clone(),
+            source,
+        })?;
+    let stdout = drain(child.stdout.take());
+    let stderr = drain(child.stderr.take());
+    let status = wait_timeout(&mut child, timeout);
+    let status = match status {
+        Some(status) => status,
+        None => {
+            // The deadline passed: kill the program so that no stray is left
+            // behind, then report the timeout.
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(Error::Timeout {
+                what: command,
+                timeout,
+            });
+        }
+    };
+    let stdout = stdout.join().unwrap_or_default();
+    let stderr = stderr.join().unwrap_or_default();
+    Ok(Output {
+        command,
+        status,
+        stdout,
+        stderr,
+    })
+}
+
+/// Reads a pipe to its end on a separate thread, so that a chatty program
+/// never blocks on a full pipe while we wait for it.
+fn drain<R: Read + Send + 'static>(pipe: Option<R>) -> thread::JoinHandle<String> {
+    thread::spawn(move || {
+        let mut buf = Vec::new();
+        if let Some(mut pipe) = pipe {
+            let _ = pipe.read_to_end(&mut buf);
+        }
+        String::from_utf8_lossy(&buf).into_owned()
+    })
+}
+
+/// Waits for `child` to exit for at most `timeout`; `None` when it is still
+/// running.
+pub(crate) fn wait_timeout(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
+    let deadline = Instant::now() + timeout;
+    let mut pause = Duration::from_millis(2);
+    loop {
+        match child.try_wait() {
+            Ok(Some(status)) => return Some(status),
+            Ok(None) => {}
+            Err(_) => return None,
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        thread::sleep(pause);
+        pause = (pause * 2).min(Duration::from_millis(50));
+    }
+}
+
+/// Polls `probe` until it returns `Some`, for at most `timeout`.
+pub(crate) fn poll<T>(
+    what: &str,
+    timeout: Duration,
+    mut probe: impl FnMut() -> Result<Option<T>>,
+) -> Result<T> {
+    let deadline = Instant::now() + timeout;
+    let mut pause = Duration::from_millis(2);
+    loop {
+        if let Some(value) = probe()? {
+            return Ok(value);
+        }
+        if Instant::now() >= deadline {
+            return Err(Error::Timeout {
+                what: what.to_owned(),
+                timeout,
+            });
+        }
+        thread::sleep(pause);
+        pause = (pause * 2).min(Duration::from_millis(50));
+    }
+}
