@@ -20,6 +20,27 @@ pub struct LiveState {
     /// (`/proc/1/exe`), when known. Used for the re-exec decision.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub manager_exe: Option<String>,
+    /// Units the activation script asked to restart
+    /// (`/run/nixos/activation-restart-list`, a deprecated NixOS interface).
+    /// The script writes the list while it runs, so a plan made beforehand
+    /// knows it only when the caller supplies it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub activation_restart_list: Vec<String>,
+    /// Units the activation script asked to reload
+    /// (`/run/nixos/activation-reload-list`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub activation_reload_list: Vec<String>,
+    /// Starts left over from an interrupted switch (`/run/nixos/start-list`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pending_start: Vec<String>,
+    /// Restarts left over from an interrupted switch
+    /// (`/run/nixos/restart-list`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pending_restart: Vec<String>,
+    /// Reloads left over from an interrupted switch
+    /// (`/run/nixos/reload-list`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pending_reload: Vec<String>,
 }
 
 /// One loaded unit as the service manager reports it.

@@ -1,0 +1,174 @@
+//! Comparing two versions of a unit, as NixOS's switch compares them.
+//!
+//! The verdict is one of equal, reload or restart:
+//!
+//! - `[Install]` is never compared: it only matters to `systemctl enable`,
+//!   and NixOS installs units through `.wants` links instead.
+//! - In `[Unit]`, keys that change how the unit is described or stopped but
+//!   not what runs (`Description`, `Documentation`, `OnFailure`, ...) are
+//!   ignored. `X-Reload-Triggers` is ignored too, except that adding or
+//!   changing it asks for a reload (removing it does not).
+//! - `[Service] ExecReload` asks for a reload when added or changed, and
+//!   for nothing when removed.
+//! - `[Mount] Options` asks for a reload when changed (not when added or
+//!   removed).
+//! - Any other difference asks for a restart, which wins over a reload.
+//!   So do two or more sections that exist only in the new version.
+//!
+//! Every differing key is reported as a [`KeyChange`], ignored keys
+//! included, so a reader sees all that changed and the verdict explains
+//! which keys mattered.
+
+use std::collections::BTreeSet;
+
+use plan_model::{KeyChange, Rule};
+
+use crate::unit_file::UnitFile;
+
+/// The `[Unit]` keys whose changes need no action.
+pub const IGNORED_UNIT_KEYS: &[&str] = &[
+    "X-Reload-Triggers",
+    "Description",
+    "Documentation",
+    "OnFailure",
+    "OnSuccess",
+    "OnFailureJobMode",
+    "IgnoreOnIsolate",
+    "StopWhenUnneeded",
+    "RefuseManualStart",
+    "RefuseManualStop",
+    "AllowIsolate",
+    "CollectMode",
+    "SourcePath",
+];
+
+/// What a difference between two versions of a unit needs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Verdict {
+    /// Nothing (no difference, or only ignored keys differ).
+    Equal,
+    /// A reload.
+    Reload,
+    /// A restart (or stop and start).
+    Restart,
+}
+
+/// The result of [`compare_units`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Comparison {
+    /// What the difference needs.
+    pub verdict: Verdict,
+    /// For [`Verdict::Reload`], the rules that asked for it.
+    pub reload_rules: Vec<Rule>,
+    /// Every key that differs, in section and key order.
+    pub changes: Vec<KeyChange>,
+}
+
+/// Compares two versions of a unit.
+pub fn compare_units(old: &UnitFile, new: &UnitFile) -> Comparison {
+    let mut restart = false;
+    let mut reload_rules = BTreeSet::new();
+    let mut changes = Vec::new();
+
+    let mut keys: BTreeSet<(&str, &str)> = BTreeSet::new();
+    for unit in [old, new] {
+        for (section, keys_of) in unit.sections().filter(|(s, _)| *s != "Install") {
+            keys.extend(keys_of.keys().map(|k| (section, k.as_str())));
+        }
+    }
+    for (section, key) in keys {
+        let before = old.section(section).and_then(|s| s.get(key));
+        let after = new.section(section).and_then(|s| s.get(key));
+        if before == after {
+            continue;
+        }
+        changes.push(KeyChange {
+            section: section.to_owned(),
+            key: key.to_owned(),
+            old: before.cloned(),
+            new: after.cloned(),
+        });
+        match (section, key) {
+            ("Unit", "X-Reload-Triggers") => {
+                if after.is_some() {
+                    reload_rules.insert(Rule::ReloadTriggers);
+                }
+            }
+            ("Unit", key) if IGNORED_UNIT_KEYS.contains(&key) => {}
+            ("Service", "ExecReload") => {
+                if after.is_some() {
+                    reload_rules.insert(Rule::ExecReloadChanged);
+                }
+            }
+            ("Mount", "Options") if before.is_some() && after.is_some() => {
+                reload_rules.insert(Rule::MountOptionsChanged);
+            }
+            _ => restart = true,
+        }
+    }
+    let new_sections =
+        new.sections().filter(|(s, _)| *s != "Install" && old.section(s).is_none()).count();
+    if new_sections >= 2 {
+        restart = true;
+    }
+    let verdict = if restart {
+        Verdict::Restart
+    } else if reload_rules.is_empty() {
+        Verdict::Equal
+    } else {
+        Verdict::Reload
+    };
+    if verdict != Verdict::Reload {
+        reload_rules.clear();
+    }
+    Comparison { verdict, reload_rules: reload_rules.into_iter().collect(), changes }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+
+    fn unit(text: &str) -> UnitFile {
+        UnitFile::parse("x.service", Path::new("x.service"), text).unwrap()
+    }
+
+    fn verdict(old: &str, new: &str) -> Verdict {
+        compare_units(&unit(old), &unit(new)).verdict
+    }
+
+    #[test]
+    fn classifies_like_nixos() {
+        let base = "[Unit]\nDescription=a\n[Service]\nExecStart=/bin/a\n";
+        assert_eq!(verdict(base, base), Verdict::Equal);
+        assert_eq!(verdict(base, "[Unit]\nDescription=b\n[Service]\nExecStart=/bin/a\n"), Verdict::Equal);
+        assert_eq!(verdict(base, "[Unit]\nDescription=a\n[Service]\nExecStart=/bin/b\n"), Verdict::Restart);
+        assert_eq!(
+            verdict(base, "[Unit]\nDescription=a\nX-Reload-Triggers=/x\n[Service]\nExecStart=/bin/a\n"),
+            Verdict::Reload
+        );
+        assert_eq!(
+            verdict("[Unit]\nX-Reload-Triggers=/x\n[Service]\nExecStart=/bin/a\n", "[Service]\nExecStart=/bin/a\n"),
+            Verdict::Equal
+        );
+        assert_eq!(verdict(base, &format!("{base}ExecReload=/bin/kill -HUP $MAINPID\n")), Verdict::Reload);
+        assert_eq!(verdict(&format!("{base}ExecReload=/bin/r\n"), base), Verdict::Equal);
+        assert_eq!(verdict("[Mount]\nWhat=a\nOptions=ro\n", "[Mount]\nWhat=a\nOptions=rw\n"), Verdict::Reload);
+        assert_eq!(verdict("[Mount]\nWhat=a\n", "[Mount]\nWhat=a\nOptions=rw\n"), Verdict::Restart);
+        assert_eq!(verdict(base, &format!("{base}[Install]\nWantedBy=multi-user.target\n")), Verdict::Equal);
+        assert_eq!(verdict("[Service]\nA=b\n", "[Service]\nA=b\n[Unit]\nDescription=x\n[X-Foo]\nB=c\n"), Verdict::Restart);
+    }
+
+    #[test]
+    fn restart_wins_and_changes_are_listed() {
+        let c = compare_units(
+            &unit("[Unit]\nDescription=a\n[Service]\nExecStart=/bin/a\n"),
+            &unit("[Unit]\nDescription=b\nX-Reload-Triggers=/t\n[Service]\nExecStart=/bin/b\n"),
+        );
+        assert_eq!(c.verdict, Verdict::Restart);
+        assert!(c.reload_rules.is_empty());
+        let keys: Vec<_> = c.changes.iter().map(|k| format!("{}.{}", k.section, k.key)).collect();
+        assert_eq!(keys, ["Service.ExecStart", "Unit.Description", "Unit.X-Reload-Triggers"]);
+    }
+}

@@ -1,0 +1,143 @@
+//! A generation's systemd-relevant content, as an in-memory value.
+//!
+//! [`GenerationUnits`] is what the loader builds from a toplevel directory
+//! and what the planner and the protection analysis read. Everything in it
+//! is already parsed; nothing here touches the file system.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use plan_model::unit_name;
+
+use crate::fstab::Fstab;
+use crate::unit_file::UnitFile;
+
+/// The identity of a file that is compared between generations (the
+/// systemd binary, `system.conf`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FileIdentity {
+    /// The path after following symlinks. When a link points outside the
+    /// machine's file system (a store path that is not present), this is the
+    /// path the link names.
+    pub path: String,
+    /// The content, when the file could be read.
+    pub content: Option<Vec<u8>>,
+}
+
+impl FileIdentity {
+    /// Tells whether two identities denote the same file: equal paths, or,
+    /// when both could be read, equal content.
+    pub fn same_as(&self, other: &FileIdentity) -> bool {
+        if self.path == other.path {
+            return true;
+        }
+        match (&self.content, &other.content) {
+            (Some(a), Some(b)) => a == b,
+            _ => false,
+        }
+    }
+}
+
+/// The unit-relevant content of one generation (a system toplevel).
+#[derive(Clone, Debug, Default)]
+pub struct GenerationUnits {
+    pub(crate) root: PathBuf,
+    pub(crate) units: BTreeMap<String, UnitFile>,
+    pub(crate) deps: BTreeMap<String, BTreeMap<String, Vec<String>>>,
+    pub(crate) fstab: Option<Fstab>,
+    pub(crate) system_conf: Option<FileIdentity>,
+    pub(crate) systemd_exe: Option<FileIdentity>,
+    pub(crate) init_interface_version: Option<String>,
+    pub(crate) activate: Option<PathBuf>,
+}
+
+impl GenerationUnits {
+    /// Builds a generation from parts, for tests and for callers that have
+    /// the units from elsewhere. `units` are keyed by their name.
+    pub fn from_units(root: impl Into<PathBuf>, units: impl IntoIterator<Item = UnitFile>) -> GenerationUnits {
+        GenerationUnits {
+            root: root.into(),
+            units: units.into_iter().map(|u| (u.name.clone(), u)).collect(),
+            ..GenerationUnits::default()
+        }
+    }
+
+    /// The toplevel directory as given to the loader.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Returns the unit as systemd would load it from this generation.
+    ///
+    /// Names with a fragment or drop-in directory of their own are looked
+    /// up directly. An instance without either (`getty@tty1.service`)
+    /// falls back to its template (`getty@.service`) with the template's
+    /// drop-ins; the returned unit's [`UnitFile::name`] is then the
+    /// template's. Masked units are returned too: check
+    /// [`UnitFile::is_masked`].
+    pub fn unit(&self, name: &str) -> Option<&UnitFile> {
+        if let Some(unit) = self.units.get(name) {
+            return Some(unit);
+        }
+        let (template, _) = unit_name::split_instance(name)?;
+        self.units.get(&template)
+    }
+
+    /// Tells whether `name` has a fragment of its own or through its
+    /// template, and is not masked.
+    pub fn has_unit(&self, name: &str) -> bool {
+        self.unit(name).is_some_and(|u| !u.is_masked())
+    }
+
+    /// Iterates over every unit name with a fragment or drop-in directory of
+    /// its own (templates included, as `foo@.service`), in name order.
+    pub fn unit_names(&self) -> impl Iterator<Item = &str> {
+        self.units.keys().map(String::as_str)
+    }
+
+    /// Iterates over every unit with its merged content, in name order.
+    pub fn units(&self) -> impl Iterator<Item = (&str, &UnitFile)> {
+        self.units.iter().map(|(name, unit)| (name.as_str(), unit))
+    }
+
+    /// Returns the units linked into `<unit>.<kind>/` (`kind` is `wants`,
+    /// `requires` or `upholds`), as NixOS installs `wantedBy` and
+    /// `requiredBy`.
+    pub fn linked(&self, unit: &str, kind: &str) -> &[String] {
+        self.deps.get(unit).and_then(|kinds| kinds.get(kind)).map_or(&[], Vec::as_slice)
+    }
+
+    /// Iterates over `(unit, kind, linked units)` for every `.wants`,
+    /// `.requires` and `.upholds` directory, in name order.
+    pub fn linked_all(&self) -> impl Iterator<Item = (&str, &str, &[String])> {
+        self.deps.iter().flat_map(|(unit, kinds)| {
+            kinds.iter().map(move |(kind, units)| (unit.as_str(), kind.as_str(), units.as_slice()))
+        })
+    }
+
+    /// The parsed `etc/fstab`, if the generation has one.
+    pub fn fstab(&self) -> Option<&Fstab> {
+        self.fstab.as_ref()
+    }
+
+    /// `etc/systemd/system.conf`, if present.
+    pub fn system_conf(&self) -> Option<&FileIdentity> {
+        self.system_conf.as_ref()
+    }
+
+    /// The systemd binary the generation runs (`systemd/lib/systemd/systemd`),
+    /// if the generation links a systemd package.
+    pub fn systemd_exe(&self) -> Option<&FileIdentity> {
+        self.systemd_exe.as_ref()
+    }
+
+    /// The content of `init-interface-version`, trimmed, if present.
+    pub fn init_interface_version(&self) -> Option<&str> {
+        self.init_interface_version.as_deref()
+    }
+
+    /// The activation script's path, if the generation has one.
+    pub fn activate(&self) -> Option<&Path> {
+        self.activate.as_deref()
+    }
+}

@@ -1,0 +1,423 @@
+//! The loader: the only part of this crate that reads the file system.
+//!
+//! It turns a generation directory (a system toplevel) into a
+//! [`GenerationUnits`] value: every unit in `etc/systemd/system` with its
+//! drop-ins, the `.wants`/`.requires`/`.upholds` links, `etc/fstab`,
+//! `etc/systemd/system.conf`, the systemd binary, `init-interface-version`
+//! and the activation script.
+//!
+//! Symlinks are followed the way NixOS lays a generation out: unit files
+//! and whole directories are links into the store, relative or absolute.
+//! An absolute link is first looked up inside the generation directory
+//! (so a fixture can carry its own `nix/store`), then on the machine. A
+//! link to `/dev/null` masks a unit or a drop-in. A link that leads
+//! nowhere is an error, because a real generation is a closed store
+//! closure and a dangling link means the input is not what it claims.
+
+use std::collections::BTreeMap;
+use std::ffi::OsString;
+use std::fs;
+use std::io;
+use std::path::{Component, Path, PathBuf};
+
+use plan_model::unit_name;
+
+use crate::fstab::Fstab;
+use crate::generation::{FileIdentity, GenerationUnits};
+use crate::unit_file::{ParseError, UnitFile};
+
+/// Why a generation could not be loaded. Every variant names the path.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// The generation directory itself is missing or not a directory.
+    #[error("{}: not a generation directory: {reason}", path.display())]
+    NotAGeneration {
+        /// The directory as given.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The generation has no `etc/systemd/system` directory.
+    #[error("{}: the generation has no etc/systemd/system directory", path.display())]
+    NoUnitDirectory {
+        /// The generation directory.
+        path: PathBuf,
+    },
+    /// A file or directory could not be read.
+    #[error("{}: cannot read: {source}", path.display())]
+    Io {
+        /// The path inside the generation.
+        path: PathBuf,
+        /// The underlying error.
+        source: io::Error,
+    },
+    /// A file is not valid UTF-8.
+    #[error("{}:{line}: not valid UTF-8", path.display())]
+    NotUtf8 {
+        /// The path inside the generation.
+        path: PathBuf,
+        /// The line with the first invalid byte.
+        line: u32,
+    },
+    /// A file name in the unit directory is not valid UTF-8.
+    #[error("{}: file name is not valid UTF-8", path.display())]
+    NameNotUtf8 {
+        /// The path inside the generation.
+        path: PathBuf,
+    },
+    /// A symlink points at something that does not exist.
+    #[error("{}: dangling symlink (to {})", path.display(), target.display())]
+    Dangling {
+        /// The path inside the generation.
+        path: PathBuf,
+        /// The first path on the way that does not exist.
+        target: PathBuf,
+    },
+    /// Following symlinks did not end.
+    #[error("{}: too many levels of symbolic links", path.display())]
+    SymlinkLoop {
+        /// The path inside the generation.
+        path: PathBuf,
+    },
+    /// A unit file or drop-in has a syntax error.
+    #[error(transparent)]
+    Parse(#[from] ParseError),
+}
+
+/// Where a path leads after following symlinks.
+#[derive(Debug)]
+enum Resolved {
+    /// An existing file or directory, by its physical path.
+    Found(PathBuf),
+    /// `/dev/null`: a mask.
+    DevNull,
+    /// Nothing: the first missing path, joined with what was left to
+    /// resolve.
+    Missing(PathBuf),
+}
+
+/// The longest chain of symlinks followed, as in the kernel.
+const MAX_SYMLINKS: u32 = 40;
+
+/// Follows symlinks component by component. Absolute link targets are
+/// looked up inside `root` first.
+fn resolve(root: &Path, path: &Path) -> Result<Resolved, LoadError> {
+    let mut pending: Vec<OsString> = Vec::new();
+    let mut cur = PathBuf::new();
+    push_components(path, &mut cur, &mut pending);
+    let mut hops = 0;
+    while let Some(part) = pending.pop() {
+        if part == ".." {
+            if cur.file_name().is_some() {
+                cur.pop();
+            } else {
+                cur.push("..");
+            }
+            continue;
+        }
+        let next = cur.join(&part);
+        let meta = match fs::symlink_metadata(&next) {
+            Ok(meta) => meta,
+            Err(err) if err.kind() == io::ErrorKind::NotFound || err.kind() == io::ErrorKind::NotADirectory => {
+                let mut missing = next;
+                while let Some(rest) = pending.pop() {
+                    missing.push(rest);
+                }
+                return Ok(Resolved::Missing(missing));
+            }
+            Err(source) => return Err(LoadError::Io { path: path.to_owned(), source }),
+        };
+        if !meta.file_type().is_symlink() {
+            cur = next;
+            continue;
+        }
+        hops += 1;
+        if hops > MAX_SYMLINKS {
+            return Err(LoadError::SymlinkLoop { path: path.to_owned() });
+        }
+        let target = fs::read_link(&next).map_err(|source| LoadError::Io { path: path.to_owned(), source })?;
+        if target == Path::new("/dev/null") && pending.is_empty() {
+            return Ok(Resolved::DevNull);
+        }
+        if target.is_absolute() {
+            let inside = root.join(target.strip_prefix("/").unwrap_or(&target));
+            let start = if fs::symlink_metadata(&inside).is_ok() { inside } else { target };
+            cur = PathBuf::new();
+            push_components(&start, &mut cur, &mut pending);
+        } else {
+            push_components(&target, &mut PathBuf::new(), &mut pending);
+        }
+    }
+    if cur == Path::new("/dev/null") {
+        return Ok(Resolved::DevNull);
+    }
+    Ok(Resolved::Found(cur))
+}
+
+/// Pushes `path`'s components onto the stack of parts still to resolve
+/// (last component first, so that `pop` yields them in order). A leading
+/// `/` resets `cur` to the root directory.
+fn push_components(path: &Path, cur: &mut PathBuf, pending: &mut Vec<OsString>) {
+    let mut parts = Vec::new();
+    for component in path.components() {
+        match component {
+            Component::RootDir => *cur = PathBuf::from("/"),
+            Component::Prefix(p) => *cur = PathBuf::from(p.as_os_str()),
+            Component::CurDir => {}
+            Component::ParentDir => parts.push(OsString::from("..")),
+            Component::Normal(n) => parts.push(n.to_owned()),
+        }
+    }
+    pending.extend(parts.into_iter().rev());
+}
+
+/// Reads a file as UTF-8 text.
+fn read_text(shown: &Path, physical: &Path) -> Result<String, LoadError> {
+    let bytes = fs::read(physical).map_err(|source| LoadError::Io { path: shown.to_owned(), source })?;
+    String::from_utf8(bytes).map_err(|err| {
+        let valid = err.utf8_error().valid_up_to();
+        let line = err.as_bytes()[..valid].iter().filter(|&&b| b == b'\n').count() + 1;
+        LoadError::NotUtf8 { path: shown.to_owned(), line: u32::try_from(line).unwrap_or(u32::MAX) }
+    })
+}
+
+/// A unit file or drop-in as found on disk.
+enum Source {
+    Masked,
+    Text { shown: PathBuf, text: String },
+}
+
+/// Resolves and reads one unit file or drop-in.
+fn read_source(root: &Path, shown: &Path) -> Result<Source, LoadError> {
+    match resolve(root, shown)? {
+        Resolved::DevNull => Ok(Source::Masked),
+        Resolved::Missing(target) => Err(LoadError::Dangling { path: shown.to_owned(), target }),
+        Resolved::Found(physical) => {
+            Ok(Source::Text { shown: shown.to_owned(), text: read_text(shown, &physical)? })
+        }
+    }
+}
+
+/// Lists a directory's entries by name, sorted.
+fn list_dir(shown: &Path, physical: &Path) -> Result<Vec<String>, LoadError> {
+    let io_err = |source| LoadError::Io { path: shown.to_owned(), source };
+    let mut names = Vec::new();
+    for entry in fs::read_dir(physical).map_err(io_err)? {
+        let entry = entry.map_err(io_err)?;
+        let name = entry
+            .file_name()
+            .into_string()
+            .map_err(|name| LoadError::NameNotUtf8 { path: shown.join(name) })?;
+        names.push(name);
+    }
+    names.sort();
+    Ok(names)
+}
+
+/// Resolves a path that must be an existing directory; `None` when it
+/// does not exist or is not a directory.
+fn resolve_dir(root: &Path, shown: &Path) -> Result<Option<PathBuf>, LoadError> {
+    match resolve(root, shown)? {
+        Resolved::Found(physical) if physical.is_dir() => Ok(Some(physical)),
+        _ => Ok(None),
+    }
+}
+
+/// The kinds of link directories next to unit files.
+const LINK_KINDS: [&str; 3] = ["wants", "requires", "upholds"];
+
+/// Loads a generation directory.
+pub fn load(root: &Path) -> Result<GenerationUnits, LoadError> {
+    match fs::metadata(root) {
+        Ok(meta) if meta.is_dir() => {}
+        Ok(_) => {
+            return Err(LoadError::NotAGeneration { path: root.to_owned(), reason: "not a directory".into() });
+        }
+        Err(err) => return Err(LoadError::NotAGeneration { path: root.to_owned(), reason: err.to_string() }),
+    }
+    let unit_dir_shown = root.join("etc/systemd/system");
+    let Some(unit_dir) = resolve_dir(root, &unit_dir_shown)? else {
+        return Err(LoadError::NoUnitDirectory { path: root.to_owned() });
+    };
+
+    let mut fragments: BTreeMap<String, Source> = BTreeMap::new();
+    let mut drop_in_dirs: BTreeMap<String, Vec<(String, Source)>> = BTreeMap::new();
+    let mut deps: BTreeMap<String, BTreeMap<String, Vec<String>>> = BTreeMap::new();
+
+    for name in list_dir(&unit_dir_shown, &unit_dir)? {
+        let shown = unit_dir_shown.join(&name);
+        if let Some(unit) = name.strip_suffix(".d").filter(|u| unit_name::is_valid(u)) {
+            let Some(dir) = resolve_dir(root, &shown)? else { continue };
+            let mut files = Vec::new();
+            for file in list_dir(&shown, &dir)? {
+                if file.ends_with(".conf") {
+                    files.push((file.clone(), read_source(root, &shown.join(&file))?));
+                }
+            }
+            drop_in_dirs.insert(unit.to_owned(), files);
+        } else if let Some((unit, kind)) =
+            name.rsplit_once('.').filter(|(u, k)| LINK_KINDS.contains(k) && unit_name::is_valid(u))
+        {
+            let Some(dir) = resolve_dir(root, &shown)? else { continue };
+            let linked = list_dir(&shown, &dir)?.into_iter().filter(|n| unit_name::is_valid(n)).collect();
+            deps.entry(unit.to_owned()).or_default().insert(kind.to_owned(), linked);
+        } else if unit_name::is_valid(&name) {
+            fragments.insert(name.clone(), read_source(root, &shown)?);
+        }
+    }
+
+    let mut units = BTreeMap::new();
+    let names: std::collections::BTreeSet<&String> = fragments.keys().chain(drop_in_dirs.keys()).collect();
+    for name in names {
+        let template = unit_name::split_instance(name).map(|(template, _)| template);
+        let fragment = fragments.get(name).or_else(|| template.as_ref().and_then(|t| fragments.get(t)));
+        let Some(fragment) = fragment else {
+            // Drop-ins without a fragment do not make a unit.
+            continue;
+        };
+        let mut unit = UnitFile { name: name.clone(), ..UnitFile::default() };
+        let Source::Text { shown, text } = fragment else {
+            unit.masked = true;
+            units.insert(name.clone(), unit);
+            continue;
+        };
+        unit.apply(shown, text)?;
+        unit.fragment = Some(shown.clone());
+
+        // systemd orders all drop-ins of a unit by file name; a drop-in in
+        // the instance's own directory replaces the template's drop-in of
+        // the same name, and a link to /dev/null removes it.
+        let mut by_name: BTreeMap<&str, &Source> = BTreeMap::new();
+        if let Some(template) = &template {
+            for (file, source) in drop_in_dirs.get(template).into_iter().flatten() {
+                by_name.insert(file, source);
+            }
+        }
+        for (file, source) in drop_in_dirs.get(name).into_iter().flatten() {
+            by_name.insert(file, source);
+            if let Source::Text { shown, .. } = source {
+                unit.own_drop_ins.push(shown.clone());
+            }
+        }
+        for source in by_name.values() {
+            if let Source::Text { shown, text } = source {
+                unit.apply(shown, text)?;
+                unit.drop_ins.push(shown.clone());
+            }
+        }
+        unit.finish();
+        units.insert(name.clone(), unit);
+    }
+
+    let fstab = match resolve(root, &root.join("etc/fstab"))? {
+        Resolved::Found(physical) => Some(Fstab::parse(&read_text(&root.join("etc/fstab"), &physical)?)),
+        _ => None,
+    };
+    let system_conf = identity(root, &root.join("etc/systemd/system.conf"), true)?;
+    let systemd_exe = match fs::symlink_metadata(root.join("systemd")) {
+        Ok(_) => identity(root, &root.join("systemd/lib/systemd/systemd"), false)?,
+        Err(_) => None,
+    };
+    let init_path = root.join("init-interface-version");
+    let init_interface_version = match resolve(root, &init_path)? {
+        Resolved::Found(physical) => Some(read_text(&init_path, &physical)?.trim().to_owned()),
+        _ => None,
+    };
+    let activate = fs::symlink_metadata(root.join("activate")).ok().map(|_| root.join("activate"));
+
+    Ok(GenerationUnits {
+        root: root.to_owned(),
+        units,
+        deps,
+        fstab,
+        system_conf,
+        systemd_exe,
+        init_interface_version,
+        activate,
+    })
+}
+
+/// Computes a file's identity for the re-exec decision. A file that does
+/// not exist on this machine is identified by the path its link names.
+fn identity(root: &Path, shown: &Path, read: bool) -> Result<Option<FileIdentity>, LoadError> {
+    if fs::symlink_metadata(shown).is_err() && !shown.starts_with(root.join("systemd")) {
+        return Ok(None);
+    }
+    Ok(match resolve(root, shown)? {
+        Resolved::Found(physical) => Some(FileIdentity {
+            path: physical.display().to_string(),
+            content: if read {
+                Some(fs::read(&physical).map_err(|source| LoadError::Io { path: shown.to_owned(), source })?)
+            } else {
+                None
+            },
+        }),
+        Resolved::Missing(target) if target.is_absolute() => {
+            Some(FileIdentity { path: target.display().to_string(), content: None })
+        }
+        Resolved::Missing(_) | Resolved::DevNull => None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::symlink;
+
+    fn write(path: &Path, text: &str) {
+        fs::create_dir_all(path.parent().unwrap()).unwrap();
+        fs::write(path, text).unwrap();
+    }
+
+    #[test]
+    fn loads_nixos_layout_with_templates_and_masks() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("gen");
+        let store = root.join("nix/store/abc-units");
+        write(&store.join("a.service"), "[Service]\nExecStart=/bin/a\n");
+        write(&store.join("t@.service"), "[Service]\nExecStart=/bin/t %i\n");
+        write(&store.join("t@.service.d/10-x.conf"), "[Service]\nEnvironment=X=template\n");
+        write(&store.join("t@.service.d/20-y.conf"), "[Service]\nEnvironment=Y=template\n");
+        write(&store.join("t@one.service.d/15-z.conf"), "[Service]\nEnvironment=Z=one\n");
+        symlink("/dev/null", store.join("t@one.service.d/20-y.conf")).unwrap();
+        symlink("/dev/null", store.join("m.service")).unwrap();
+        fs::create_dir_all(store.join("multi-user.target.wants")).unwrap();
+        symlink("../a.service", store.join("multi-user.target.wants/a.service")).unwrap();
+        fs::create_dir_all(root.join("etc/systemd")).unwrap();
+        symlink("/nix/store/abc-units", root.join("etc/systemd/system")).unwrap();
+
+        let g = load(&root).unwrap();
+        assert_eq!(g.unit("a.service").unwrap().get("Service", "ExecStart"), Some("/bin/a"));
+        assert!(g.unit("m.service").unwrap().is_masked());
+        let one = g.unit("t@one.service").unwrap();
+        assert_eq!(one.values("Service", "Environment"), ["X=template", "Z=one"]);
+        assert_eq!(one.own_drop_ins().len(), 1);
+        let two = g.unit("t@two.service").unwrap();
+        assert_eq!(two.name(), "t@.service");
+        assert_eq!(two.values("Service", "Environment"), ["X=template", "Y=template"]);
+        assert_eq!(g.linked("multi-user.target", "wants"), ["a.service"]);
+    }
+
+    #[test]
+    fn dangling_links_and_missing_unit_dir_are_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        let err = load(root).unwrap_err();
+        assert!(matches!(err, LoadError::NoUnitDirectory { .. }), "{err}");
+        fs::create_dir_all(root.join("etc/systemd/system")).unwrap();
+        symlink("/nix/store/nope/x.service", root.join("etc/systemd/system/x.service")).unwrap();
+        let err = load(root).unwrap_err().to_string();
+        assert!(err.contains("x.service: dangling symlink (to /nix/store/nope/x.service)"), "{err}");
+    }
+
+    #[test]
+    fn symlink_loops_end() {
+        let dir = tempfile::tempdir().unwrap();
+        let units = dir.path().join("etc/systemd/system");
+        fs::create_dir_all(&units).unwrap();
+        symlink("b.service", units.join("a.service")).unwrap();
+        symlink("a.service", units.join("b.service")).unwrap();
+        let err = load(dir.path()).unwrap_err();
+        assert!(matches!(err, LoadError::SymlinkLoop { .. }), "{err}");
+    }
+}

@@ -1,0 +1,598 @@
+//! The planner: NixOS's switch semantics as a pure function.
+//!
+//! [`plan`] follows the order of `switch-to-configuration`:
+//!
+//! 1. Work left over from an interrupted switch is resumed.
+//! 2. Every unit that is active (per the live state) and was loaded from
+//!    `/etc/systemd/system` is examined: removed or masked units are
+//!    stopped (unless `X-StopOnRemoval=false`), active targets are started
+//!    again, and other units are compared ([`crate::compare`]) and, when
+//!    changed, classified by [`Planner::modified`].
+//! 3. fstab entries are compared: changed mounts are restarted or
+//!    reloaded, vanished mounts stopped, vanished swaps turned off.
+//! 4. The global steps: activation, re-exec when the systemd binary or
+//!    `system.conf` changed, daemon-reload, and the restart of
+//!    `sysinit-reactivation.target`.
+//! 5. The activation script's restart and reload requests are applied.
+//! 6. Reloads of units that are not running become starts.
+//!
+//! New units are listed (they come up because the targets that want them
+//! are started) but get no action of their own, exactly as in NixOS.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use plan_model::{
+    Action, Diagnostic, Generation, KeyChange, LiveState, LiveUnit, Plan, Reason, Rule, Severity, Step,
+    UnitPlan, FORMAT_VERSION, unit_name,
+};
+
+use crate::compare::{Verdict, compare_units};
+use crate::fstab::{Fstab, automount_unit, mount_unit};
+use crate::generation::GenerationUnits;
+use crate::unit_file::UnitFile;
+
+/// Where NixOS installs the units it manages.
+const UNIT_DIR: &str = "/etc/systemd/system";
+
+/// Targets that are never started again by a switch.
+const SLEEP_TARGETS: &[&str] = &["suspend.target", "hibernate.target", "hybrid-sleep.target"];
+
+/// Units that cannot be restarted directly; their changes apply on
+/// daemon-reload.
+const NOT_RESTARTABLE: &[&str] = &["sysinit.target", "basic.target", "multi-user.target", "graphical.target"];
+
+/// The file systems that are never unmounted by a switch.
+const ROOT_MOUNTS: &[&str] = &["/", "/nix"];
+
+/// The live state assumed when none is given: every non-template, unmasked
+/// unit of the old generation is active and was loaded from
+/// `/etc/systemd/system`, and every fstab file system and swap of the old
+/// generation is active (as units from the fstab generator).
+pub fn assumed_live_state(old: &GenerationUnits) -> LiveState {
+    let mut live = LiveState::default();
+    for (name, unit) in old.units() {
+        if unit_name::is_template(name) || unit.is_masked() {
+            continue;
+        }
+        let fragment_path = match unit_name::split_instance(name) {
+            Some((template, _)) if !own_fragment(unit, name) => format!("{UNIT_DIR}/{template}"),
+            _ => format!("{UNIT_DIR}/{name}"),
+        };
+        live.units.insert(name.to_owned(), assumed(fragment_path));
+    }
+    if let Some(fstab) = old.fstab() {
+        for (mount_point, entry) in &fstab.file_systems {
+            let unit = if entry.is_automount() { automount_unit(mount_point) } else { mount_unit(mount_point) };
+            live.units.entry(unit.clone()).or_insert_with(|| assumed(format!("/run/systemd/generator/{unit}")));
+        }
+        for device in fstab.swaps.keys() {
+            let unit = format!("{}.swap", crate::fstab::escape_path(device));
+            live.units.entry(unit.clone()).or_insert_with(|| assumed(format!("/run/systemd/generator/{unit}")));
+        }
+    }
+    live
+}
+
+fn assumed(fragment_path: String) -> LiveUnit {
+    LiveUnit {
+        active_state: "active".to_owned(),
+        sub_state: "running".to_owned(),
+        fragment_path,
+        ..LiveUnit::default()
+    }
+}
+
+/// Tells whether `unit` was loaded from a fragment named `name` (and not
+/// from its template's fragment).
+fn own_fragment(unit: &UnitFile, name: &str) -> bool {
+    unit.fragment().and_then(|p| p.file_name()).is_some_and(|f| f == name)
+}
+
+/// Plans the switch from `old` to `new` given the live state.
+pub fn plan(old: &GenerationUnits, new: &GenerationUnits, live: &LiveState) -> Plan {
+    let mut planner = Planner { old, new, live, entries: BTreeMap::new(), steps: Vec::new(), diagnostics: Vec::new() };
+    let generation = |g: &GenerationUnits| Generation {
+        path: g.root().display().to_string(),
+        init_interface_version: g.init_interface_version().map(str::to_owned),
+        ..Generation::default()
+    };
+    let (old_generation, new_generation) = (generation(old), generation(new));
+
+    if old.init_interface_version() != new.init_interface_version() {
+        planner.diagnostics.push(Diagnostic {
+            severity: Severity::Warning,
+            message: format!(
+                "init-interface-version differs ({} -> {}): the new generation's init is incompatible with the \
+                 running one, so the switch changes no units and the new generation takes effect only after a reboot",
+                old.init_interface_version().unwrap_or("none"),
+                new.init_interface_version().unwrap_or("none"),
+            ),
+            unit: None,
+            path: Some(new.root().join("init-interface-version").display().to_string()),
+            line: None,
+        });
+    } else {
+        planner.run();
+    }
+
+    let Planner { entries, steps, diagnostics, .. } = planner;
+    let units = entries
+        .into_iter()
+        .filter(|(_, e)| e.keep())
+        .map(|(unit, e)| e.into_plan(unit))
+        .collect();
+    Plan {
+        format_version: FORMAT_VERSION,
+        old: old_generation,
+        new: new_generation,
+        units,
+        steps,
+        protection: Default::default(),
+        diagnostics,
+    }
+}
+
+/// What the switch does to one unit, as a set of flags while planning.
+#[derive(Default)]
+struct Entry {
+    stop: bool,
+    skip: bool,
+    reload: bool,
+    restart: bool,
+    start: bool,
+    reasons: Vec<Reason>,
+    changes: Vec<KeyChange>,
+    /// Entries that say something even without actions.
+    informative: bool,
+}
+
+impl Entry {
+    fn keep(&self) -> bool {
+        self.stop || self.skip || self.reload || self.restart || self.start || self.informative
+    }
+
+    fn into_plan(self, unit: String) -> UnitPlan {
+        let mut actions = Vec::new();
+        for (on, action) in [
+            (self.stop, Action::Stop),
+            (self.skip, Action::Skip),
+            (self.reload, Action::Reload),
+            (self.restart, Action::Restart),
+            (self.start, Action::Start),
+        ] {
+            if on {
+                actions.push(action);
+            }
+        }
+        UnitPlan { unit, actions, reasons: self.reasons, changes: self.changes, deferral: None }
+    }
+}
+
+struct Planner<'a> {
+    old: &'a GenerationUnits,
+    new: &'a GenerationUnits,
+    live: &'a LiveState,
+    entries: BTreeMap<String, Entry>,
+    steps: Vec<Step>,
+    diagnostics: Vec<Diagnostic>,
+}
+
+/// An action being recorded.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Set {
+    Stop,
+    Skip,
+    Reload,
+    Restart,
+    Start,
+}
+
+impl<'a> Planner<'a> {
+    fn entry(&mut self, unit: &str) -> &mut Entry {
+        self.entries.entry(unit.to_owned()).or_default()
+    }
+
+    fn reason(&mut self, unit: &str, rule: Rule, detail: Option<String>) {
+        let entry = self.entry(unit);
+        let reason = Reason { rule, detail };
+        if !entry.reasons.contains(&reason) {
+            entry.reasons.push(reason);
+        }
+    }
+
+    fn note(&mut self, unit: &str, rule: Rule, detail: Option<String>) {
+        self.reason(unit, rule, detail);
+        self.entry(unit).informative = true;
+    }
+
+    fn set(&mut self, unit: &str, set: Set, rule: Rule, detail: Option<String>) {
+        self.reason(unit, rule, detail);
+        let entry = self.entry(unit);
+        match set {
+            Set::Stop => entry.stop = true,
+            Set::Skip => entry.skip = true,
+            Set::Reload => entry.reload = true,
+            Set::Restart => entry.restart = true,
+            Set::Start => entry.start = true,
+        }
+    }
+
+    fn is(&self, unit: &str, set: Set) -> bool {
+        self.entries.get(unit).is_some_and(|e| match set {
+            Set::Stop => e.stop,
+            Set::Skip => e.skip,
+            Set::Reload => e.reload,
+            Set::Restart => e.restart,
+            Set::Start => e.start,
+        })
+    }
+
+    fn active_before(&self, unit: &str) -> bool {
+        self.live.get(unit).is_some_and(LiveUnit::is_active_before)
+    }
+
+    fn run(&mut self) {
+        self.resume();
+        self.examine_units();
+        self.fstab();
+        self.global_steps();
+        self.activation_lists();
+        self.reload_fallback();
+        self.new_units();
+    }
+
+    /// Work recorded by an interrupted switch is carried out again.
+    fn resume(&mut self) {
+        let live = self.live;
+        for (list, set) in [
+            (&live.pending_start, Set::Start),
+            (&live.pending_restart, Set::Restart),
+            (&live.pending_reload, Set::Reload),
+        ] {
+            for unit in list {
+                self.set(unit, set, Rule::Resumed, None);
+            }
+        }
+    }
+
+    fn examine_units(&mut self) {
+        let live = self.live;
+        for (name, state) in &live.units {
+            if !state.is_active_before() || !state.fragment_path.starts_with(UNIT_DIR) {
+                continue;
+            }
+            let Some(old_unit) = self.old.unit(name).filter(|u| !u.is_masked()) else { continue };
+            if !matches!(state.active_state.as_str(), "active" | "activating") {
+                continue;
+            }
+            let new_unit = self.new.unit(name);
+            let changes = new_unit
+                .filter(|n| !n.is_masked())
+                .map(|n| compare_units(old_unit, n))
+                .map(|c| c.changes)
+                .unwrap_or_default();
+            if !changes.is_empty() {
+                self.entry(name).changes = changes;
+            }
+
+            let removal = match new_unit {
+                None => Some((Rule::UnitRemoved, None)),
+                Some(n) if n.is_masked() => Some((Rule::UnitMasked, None)),
+                Some(_) if self.instance_drop_ins_removed(name) => Some((Rule::InstanceDropInsRemoved, None)),
+                Some(_) => None,
+            };
+            if let Some((rule, detail)) = removal {
+                if old_unit.bool_or("Unit", "X-StopOnRemoval", true) {
+                    self.set(name, Set::Stop, rule, detail);
+                } else {
+                    self.note(name, rule, detail);
+                    self.note(name, Rule::StopOnRemovalFalse, None);
+                }
+                continue;
+            }
+            let Some(new_unit) = new_unit else { continue };
+
+            if unit_name::unit_type(name) == Some("target") {
+                self.target(name, new_unit);
+                continue;
+            }
+            let comparison = compare_units(old_unit, new_unit);
+            match comparison.verdict {
+                Verdict::Restart => {
+                    self.reason(name, Rule::UnitChanged, None);
+                    self.modified(name, Some(new_unit), false);
+                }
+                Verdict::Reload => {
+                    if !self.is(name, Set::Restart) {
+                        for rule in comparison.reload_rules {
+                            self.set(name, Set::Reload, rule, None);
+                        }
+                    }
+                }
+                Verdict::Equal => {
+                    if !comparison.changes.is_empty() {
+                        self.note(name, Rule::IgnoredKeysChanged, None);
+                    }
+                }
+            }
+        }
+    }
+
+    /// An instance whose drop-ins made it a NixOS-managed unit, and whose
+    /// new generation has none, counts as removed.
+    fn instance_drop_ins_removed(&self, name: &str) -> bool {
+        if unit_name::split_instance(name).is_none() {
+            return false;
+        }
+        let has_fragment = |g: &GenerationUnits| g.units.get(name).is_some_and(|u| own_fragment(u, name));
+        if has_fragment(self.old) || has_fragment(self.new) {
+            return false;
+        }
+        let managed = |g: &GenerationUnits| g.units.get(name).is_some_and(|u| !u.own_drop_ins().is_empty());
+        managed(self.old) && !managed(self.new)
+    }
+
+    /// An active target is started again so that new units it wants come
+    /// up; targets are never compared.
+    fn target(&mut self, name: &str, new_unit: &UnitFile) {
+        let changed = self.entries.get(name).is_some_and(|e| !e.changes.is_empty());
+        let refusal = if SLEEP_TARGETS.contains(&name) {
+            Some("a sleep target".to_owned())
+        } else if new_unit.bool_or("Unit", "RefuseManualStart", false) {
+            Some("RefuseManualStart=true".to_owned())
+        } else if new_unit.bool_or("Unit", "X-OnlyManualStart", false) {
+            Some("X-OnlyManualStart=true".to_owned())
+        } else {
+            None
+        };
+        match refusal {
+            None => self.set(name, Set::Start, Rule::TargetStart, None),
+            Some(why) if changed => self.note(name, Rule::TargetNotStarted, Some(why)),
+            Some(why) => self.reason(name, Rule::TargetNotStarted, Some(why)),
+        }
+        if new_unit.bool_or("Unit", "X-StopOnReconfiguration", false) {
+            self.set(name, Set::Stop, Rule::StopOnReconfiguration, None);
+        }
+    }
+
+    /// Classifies a changed unit (`handle_modified_unit`). In list mode
+    /// (the activation script's restart list) a restart replaces every
+    /// stop and start.
+    fn modified(&mut self, name: &str, new_unit: Option<&UnitFile>, list_mode: bool) {
+        let empty = UnitFile::default();
+        let unit = new_unit.unwrap_or(&empty);
+        let unit_type = unit_name::unit_type(name);
+        if NOT_RESTARTABLE.contains(&name) || matches!(unit_type, Some("path" | "slice")) {
+            self.note(name, Rule::AppliedByDaemonReload, None);
+            return;
+        }
+        if unit_type == Some("mount") {
+            if name == "-.mount" || name == "nix.mount" {
+                self.set(name, Set::Reload, Rule::RootMountReload, None);
+            } else {
+                self.set(name, Set::Restart, Rule::MountChanged, None);
+            }
+            return;
+        }
+        if unit_type == Some("socket") {
+            self.note(name, Rule::SocketChangeIgnored, None);
+            return;
+        }
+        let (stop, start) = if list_mode { (Set::Restart, Set::Restart) } else { (Set::Stop, Set::Start) };
+
+        if unit.bool_or("Service", "X-ReloadIfChanged", false)
+            && !self.is(name, Set::Restart)
+            && !self.is(name, if list_mode { Set::Restart } else { Set::Stop })
+        {
+            self.set(name, Set::Reload, Rule::ReloadIfChanged, None);
+            return;
+        }
+        let skip = if !unit.bool_or("Service", "X-RestartIfChanged", true) {
+            Some(Rule::RestartIfChangedFalse)
+        } else if unit.bool_or("Unit", "RefuseManualStop", false) {
+            Some(Rule::RefuseManualStop)
+        } else if unit.bool_or("Unit", "X-OnlyManualStart", false) {
+            Some(Rule::OnlyManualStart)
+        } else {
+            None
+        };
+        if let Some(rule) = skip {
+            self.set(name, Set::Skip, rule, None);
+        } else if !unit.bool_or("Service", "X-StopIfChanged", true) {
+            self.set(name, Set::Restart, Rule::StopIfChangedFalse, None);
+        } else if unit_type != Some("service") {
+            self.set(name, Set::Restart, Rule::RestartNonService, None);
+        } else {
+            let mut sockets: Vec<String> = unit.words("Service", "Sockets").into_iter().map(str::to_owned).collect();
+            if sockets.is_empty() {
+                sockets.push(format!("{}.socket", self.base_name(name).trim_end_matches('@')));
+            }
+            let mut activated_by = Vec::new();
+            for socket in &sockets {
+                if self.active_before(socket) {
+                    self.set(socket, stop, Rule::SocketOfChangedService, Some(name.to_owned()));
+                    if self.new.has_unit(socket) {
+                        self.set(socket, start, Rule::SocketOfChangedService, Some(name.to_owned()));
+                        activated_by.push(socket.clone());
+                    }
+                } else if self.new.has_unit(socket) {
+                    activated_by.push(socket.clone());
+                }
+            }
+            let not_socket_activated = unit.bool_or("Service", "X-NotSocketActivated", false);
+            if !activated_by.is_empty() && not_socket_activated {
+                self.reason(name, Rule::NotSocketActivated, Some(activated_by.join(" ")));
+            }
+            let socket_activated = !activated_by.is_empty() && !not_socket_activated;
+            let (rule, detail) = if socket_activated {
+                (Rule::SocketActivated, Some(activated_by.join(" ")))
+            } else if list_mode {
+                (Rule::ActivationRestartList, None)
+            } else {
+                (Rule::StopStart, None)
+            };
+            self.set(name, stop, rule, detail);
+            if !socket_activated {
+                self.set(name, start, rule, None);
+            }
+        }
+        if let Some(entry) = self.entries.get_mut(name) {
+            entry.reload = false;
+        }
+    }
+
+    /// The unit name `handle_modified_unit` derives socket names from: the
+    /// unit's stem, or for an instance without a fragment of its own the
+    /// template's stem (`foo@`).
+    fn base_name(&self, name: &str) -> String {
+        if let Some((template, _)) = unit_name::split_instance(name) {
+            let own = |g: &GenerationUnits| g.units.get(name).is_some_and(|u| own_fragment(u, name));
+            if !own(self.old) && !own(self.new) {
+                return unit_name::stem(&template).to_owned();
+            }
+        }
+        unit_name::stem(name).to_owned()
+    }
+
+    fn fstab(&mut self) {
+        let empty = Fstab::default();
+        let Some(old) = self.old.fstab() else { return };
+        let new = self.new.fstab().unwrap_or(&empty);
+        for (mount_point, before) in &old.file_systems {
+            let unit = mount_unit(mount_point);
+            match new.file_systems.get(mount_point) {
+                Some(after) if after.fs_type != before.fs_type || after.device != before.device => {
+                    let detail = Some(format!(
+                        "{mount_point}: {} {} -> {} {}",
+                        before.device, before.fs_type, after.device, after.fs_type
+                    ));
+                    if ROOT_MOUNTS.contains(&mount_point.as_str()) {
+                        if after.options != before.options {
+                            self.set(&unit, Set::Reload, Rule::FstabRootKept, detail);
+                        } else {
+                            self.set(&unit, Set::Skip, Rule::FstabRootKept, detail);
+                        }
+                    } else {
+                        self.set(&unit, Set::Restart, Rule::FstabChanged, detail);
+                    }
+                }
+                Some(after) if after.options != before.options => {
+                    let detail = Some(format!("{mount_point}: {} -> {}", before.options, after.options));
+                    self.set(&unit, Set::Reload, Rule::FstabOptionsChanged, detail);
+                }
+                Some(_) => {}
+                None => {
+                    let unit = if before.is_automount() { automount_unit(mount_point) } else { unit };
+                    let detail = Some(format!("{mount_point} ({} {})", before.device, before.fs_type));
+                    self.set(&unit, Set::Stop, Rule::FstabRemoved, detail);
+                }
+            }
+        }
+        for device in old.swaps.keys() {
+            if !new.swaps.contains_key(device) {
+                self.steps.push(Step::Swapoff { device: device.clone() });
+            }
+        }
+    }
+
+    fn global_steps(&mut self) {
+        match self.new.activate() {
+            Some(script) => self.steps.push(Step::Activate { script: script.display().to_string() }),
+            None => self.diagnostics.push(Diagnostic {
+                severity: Severity::Info,
+                message: "the new generation has no activate script; activation is skipped".to_owned(),
+                unit: None,
+                path: Some(self.new.root().join("activate").display().to_string()),
+                line: None,
+            }),
+        }
+        let mut reasons = Vec::new();
+        let running = match &self.live.manager_exe {
+            Some(path) => Some(path.clone()),
+            None => self.old.systemd_exe().map(|id| id.path.clone()),
+        };
+        if let (Some(running), Some(next)) = (running, self.new.systemd_exe())
+            && running != next.path
+        {
+            reasons.push(format!("systemd binary changed: {running} -> {}", next.path));
+        }
+        match (self.old.system_conf(), self.new.system_conf()) {
+            (Some(a), Some(b)) if a.same_as(b) => {}
+            (None, None) => {}
+            (None, Some(_)) => reasons.push("system.conf added".to_owned()),
+            (Some(_), None) => reasons.push("system.conf removed".to_owned()),
+            (Some(_), Some(_)) => reasons.push("system.conf changed".to_owned()),
+        }
+        if !reasons.is_empty() {
+            self.steps.push(Step::Reexec { reasons });
+        }
+        self.steps.push(Step::DaemonReload);
+        if self.new.has_unit("sysinit-reactivation.target") {
+            self.steps.push(Step::RestartSysinitReactivation);
+        }
+    }
+
+    fn activation_lists(&mut self) {
+        let live = self.live;
+        for unit in &live.activation_restart_list {
+            if !self.active_before(unit) {
+                self.set(unit, Set::Start, Rule::ActivationRestartList, None);
+                continue;
+            }
+            self.reason(unit, Rule::ActivationRestartList, None);
+            let new_unit = self.new.unit(unit).filter(|u| !u.is_masked());
+            self.modified(unit, new_unit, true);
+        }
+        for unit in &live.activation_reload_list {
+            if self.active_before(unit) && !self.is(unit, Set::Restart) && !self.is(unit, Set::Stop) {
+                self.set(unit, Set::Reload, Rule::ActivationReloadList, None);
+            }
+        }
+    }
+
+    /// A unit due for a reload that is not running is started instead,
+    /// unless it refuses manual starts.
+    fn reload_fallback(&mut self) {
+        let reloads: Vec<String> =
+            self.entries.iter().filter(|(_, e)| e.reload).map(|(name, _)| name.clone()).collect();
+        for name in reloads {
+            let running = self.live.get(&name).is_some_and(|u| matches!(u.active_state.as_str(), "active" | "activating"));
+            if running {
+                continue;
+            }
+            self.entry(&name).reload = false;
+            let refusal = match self.new.unit(&name).filter(|u| !u.is_masked()) {
+                None => Some("no unit file in the new generation".to_owned()),
+                Some(u) if u.bool_or("Unit", "RefuseManualStart", false) => Some("RefuseManualStart=true".to_owned()),
+                Some(u) if u.bool_or("Unit", "X-OnlyManualStart", false) => Some("X-OnlyManualStart=true".to_owned()),
+                Some(_) => None,
+            };
+            match refusal {
+                None => self.set(&name, Set::Start, Rule::ReloadFallbackStart, None),
+                Some(why) => self.note(&name, Rule::ReloadFallbackStart, Some(format!("not started: {why}"))),
+            }
+        }
+    }
+
+    /// Units new in this generation, with the units whose `.wants`,
+    /// `.requires` or `.upholds` links pull them in.
+    fn new_units(&mut self) {
+        let mut pulled_by: BTreeMap<&str, BTreeSet<String>> = BTreeMap::new();
+        for (unit, kind, linked) in self.new.linked_all() {
+            for name in linked {
+                pulled_by.entry(name.as_str()).or_default().insert(format!("{unit} ({kind})"));
+            }
+        }
+        let new = self.new;
+        for (name, unit) in new.units() {
+            if unit_name::is_template(name) || unit.is_masked() || self.old.has_unit(name) {
+                continue;
+            }
+            let detail = match pulled_by.get(name) {
+                Some(by) => format!("pulled in by {}", by.iter().cloned().collect::<Vec<_>>().join(", ")),
+                None => "no unit pulls it in; the switch does not start it".to_owned(),
+            };
+            self.note(name, Rule::NewUnit, Some(detail));
+        }
+    }
+}

@@ -1,0 +1,288 @@
+//! Unit files, read the way systemd reads them.
+//!
+//! A [`UnitFile`] is the merged view of one unit: its fragment followed by
+//! its drop-ins, folded into `section → key → values`. The folding follows
+//! `systemd.syntax(7)` and `systemd.unit(5)`:
+//!
+//! - `[Section]` headers open a section; repeated headers merge in order.
+//! - Repeated keys accumulate values; an empty assignment (`Key=`) clears
+//!   everything assigned before it, in this file and in earlier files.
+//! - Comments are whole lines whose first non-blank character is `#` or
+//!   `;`. A `#` or `;` inside a value is part of the value, and so are
+//!   quotes: systemd hands the raw value to each key's own parser.
+//! - A line ending in an odd number of backslashes continues on the next
+//!   line; the backslash becomes a space. Comment lines inside a continued
+//!   value are skipped, as systemd does.
+//! - Assignments before the first section header are ignored, as systemd
+//!   ignores them (with a warning).
+//! - A line that is neither a comment, a section header nor `key=value`
+//!   is an error naming the file and line: systemd refuses to load such a
+//!   unit, so the planner must not guess.
+//!
+//! This module does no IO: the loader reads the bytes and hands them here.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+/// The keys of one section, each with its values in assignment order.
+pub type Section = BTreeMap<String, Vec<String>>;
+
+/// A syntax error in a unit file or drop-in.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{path}:{line}: {message}", path = path.display())]
+pub struct ParseError {
+    /// The file, as found in the generation.
+    pub path: PathBuf,
+    /// The 1-based line number (the first line of a continued value).
+    pub line: u32,
+    /// What is wrong with the line.
+    pub message: String,
+}
+
+/// One unit as systemd would load it: fragment plus drop-ins, merged.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct UnitFile {
+    pub(crate) name: String,
+    pub(crate) fragment: Option<PathBuf>,
+    pub(crate) drop_ins: Vec<PathBuf>,
+    pub(crate) own_drop_ins: Vec<PathBuf>,
+    pub(crate) masked: bool,
+    pub(crate) sections: BTreeMap<String, Section>,
+}
+
+impl UnitFile {
+    /// Parses a single file's text as a unit named `name` (for tests and
+    /// tools; the loader merges drop-ins with [`UnitFile::apply`]).
+    pub fn parse(name: &str, path: &Path, text: &str) -> Result<UnitFile, ParseError> {
+        let mut unit = UnitFile { name: name.to_owned(), ..UnitFile::default() };
+        unit.apply(path, text)?;
+        unit.fragment = Some(path.to_owned());
+        unit.finish();
+        Ok(unit)
+    }
+
+    /// The unit's name. For an instance that has no fragment or drop-ins
+    /// of its own this is the template's name (`getty@.service`).
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The fragment's path inside the generation (before symlinks are
+    /// followed), or `None` for a masked unit.
+    pub fn fragment(&self) -> Option<&Path> {
+        self.fragment.as_deref()
+    }
+
+    /// Every drop-in applied, in the order applied.
+    pub fn drop_ins(&self) -> &[PathBuf] {
+        &self.drop_ins
+    }
+
+    /// The drop-ins from the unit's own `<name>.d/` directory (for an
+    /// instance: not the template's).
+    pub fn own_drop_ins(&self) -> &[PathBuf] {
+        &self.own_drop_ins
+    }
+
+    /// Tells whether the unit is masked (its fragment links to `/dev/null`).
+    pub fn is_masked(&self) -> bool {
+        self.masked
+    }
+
+    /// Iterates over the sections in name order.
+    pub fn sections(&self) -> impl Iterator<Item = (&str, &Section)> {
+        self.sections.iter().map(|(name, section)| (name.as_str(), section))
+    }
+
+    /// Returns one section.
+    pub fn section(&self, section: &str) -> Option<&Section> {
+        self.sections.get(section)
+    }
+
+    /// Returns every value assigned to `key` in `section`, after resets;
+    /// empty when the key is absent.
+    pub fn values(&self, section: &str, key: &str) -> &[String] {
+        self.sections.get(section).and_then(|s| s.get(key)).map_or(&[], Vec::as_slice)
+    }
+
+    /// Returns the last value of `key` in `section`: what systemd uses for a
+    /// single-valued setting.
+    pub fn get(&self, section: &str, key: &str) -> Option<&str> {
+        self.values(section, key).last().map(String::as_str)
+    }
+
+    /// Returns the whitespace-separated words of every value of `key`, as
+    /// systemd reads list settings such as `Requires=` or `Sockets=`.
+    pub fn words(&self, section: &str, key: &str) -> Vec<&str> {
+        self.values(section, key).iter().flat_map(|v| v.split_whitespace()).collect()
+    }
+
+    /// Returns a boolean setting as systemd parses booleans
+    /// (`parse_boolean`: `1 yes y true t on` and `0 no n false f off`, in
+    /// any case). `None` when the key is absent or the value is not a
+    /// boolean (systemd ignores such an assignment and keeps the default).
+    pub fn get_bool(&self, section: &str, key: &str) -> Option<bool> {
+        self.get(section, key).and_then(parse_boolean)
+    }
+
+    /// Returns a boolean setting, or `default` when absent or invalid.
+    pub fn bool_or(&self, section: &str, key: &str, default: bool) -> bool {
+        self.get_bool(section, key).unwrap_or(default)
+    }
+
+    /// Folds one file's text into this unit.
+    pub(crate) fn apply(&mut self, path: &Path, text: &str) -> Result<(), ParseError> {
+        let mut section: Option<String> = None;
+        let mut continued: Option<(String, u32)> = None;
+        for (index, raw) in text.split('\n').enumerate() {
+            let number = u32::try_from(index + 1).unwrap_or(u32::MAX);
+            let raw = raw.strip_suffix('\r').unwrap_or(raw);
+            let start = raw.trim_start();
+            if start.starts_with('#') || start.starts_with(';') {
+                continue;
+            }
+            let (mut line, first) = match continued.take() {
+                Some((mut acc, first)) => {
+                    acc.push_str(raw);
+                    (acc, first)
+                }
+                None => (raw.to_owned(), number),
+            };
+            if ends_in_unescaped_backslash(&line) {
+                line.pop();
+                line.push(' ');
+                continued = Some((line, first));
+                continue;
+            }
+            self.apply_line(path, &mut section, &line, first)?;
+        }
+        if let Some((line, first)) = continued {
+            // A continuation at the end of the file: systemd keeps what came
+            // before the backslash.
+            self.apply_line(path, &mut section, &line, first)?;
+        }
+        Ok(())
+    }
+
+    fn apply_line(
+        &mut self,
+        path: &Path,
+        section: &mut Option<String>,
+        line: &str,
+        number: u32,
+    ) -> Result<(), ParseError> {
+        let error = |message: String| ParseError { path: path.to_owned(), line: number, message };
+        let line = line.trim();
+        if line.is_empty() {
+            return Ok(());
+        }
+        if let Some(rest) = line.strip_prefix('[') {
+            let name = rest
+                .strip_suffix(']')
+                .filter(|name| !name.is_empty() && !name.contains(['[', ']']))
+                .ok_or_else(|| error(format!("invalid section header {line:?}")))?;
+            self.sections.entry(name.to_owned()).or_default();
+            *section = Some(name.to_owned());
+            return Ok(());
+        }
+        let (key, value) = line.split_once('=').ok_or_else(|| error(format!("missing '=' in {line:?}")))?;
+        let key = key.trim();
+        if key.is_empty() {
+            return Err(error(format!("missing key name in {line:?}")));
+        }
+        let Some(section) = section else {
+            // systemd ignores assignments outside of any section.
+            return Ok(());
+        };
+        let values = self.sections.entry(section.clone()).or_default().entry(key.to_owned()).or_default();
+        let value = value.trim();
+        if value.is_empty() {
+            values.clear();
+        } else {
+            values.push(value.to_owned());
+        }
+        Ok(())
+    }
+
+    /// Drops keys that an empty assignment left without values, and
+    /// sections left empty, so that `Key=` compares equal to no `Key` at
+    /// all, as it does for systemd.
+    pub(crate) fn finish(&mut self) {
+        for section in self.sections.values_mut() {
+            section.retain(|_, values| !values.is_empty());
+        }
+        self.sections.retain(|_, keys| !keys.is_empty());
+    }
+}
+
+/// Tells whether a line ends in a backslash that is not itself escaped.
+fn ends_in_unescaped_backslash(line: &str) -> bool {
+    let trailing = line.bytes().rev().take_while(|&b| b == b'\\').count();
+    trailing % 2 == 1
+}
+
+/// Parses a boolean the way systemd's `parse_boolean` does.
+pub fn parse_boolean(value: &str) -> Option<bool> {
+    match value.to_ascii_lowercase().as_str() {
+        "1" | "yes" | "y" | "true" | "t" | "on" => Some(true),
+        "0" | "no" | "n" | "false" | "f" | "off" => Some(false),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> UnitFile {
+        UnitFile::parse("t.service", Path::new("t.service"), text).unwrap()
+    }
+
+    #[test]
+    fn values_keep_hashes_semicolons_and_quotes() {
+        let u = parse("[Service]\nExecStart=/bin/sh -c \"a ;b\" # not a comment\nEnvironment=\"A=1\" \"B=2\"\n");
+        assert_eq!(u.values("Service", "ExecStart"), ["/bin/sh -c \"a ;b\" # not a comment"]);
+        assert_eq!(u.get("Service", "Environment"), Some("\"A=1\" \"B=2\""));
+    }
+
+    #[test]
+    fn empty_assignment_resets() {
+        let u = parse("[Unit]\nAfter=a\nAfter=b\nAfter=\nAfter=c\nWants=x\nWants=\n");
+        assert_eq!(u.values("Unit", "After"), ["c"]);
+        assert!(u.values("Unit", "Wants").is_empty());
+        assert!(u.section("Unit").unwrap().get("Wants").is_none());
+    }
+
+    #[test]
+    fn continuation_and_comments() {
+        let u = parse("[Service]\n  # comment\n; other\nExecStart=/bin/foo \\\n# skipped\n  --bar\nA=x\\\\\nB=y\n");
+        assert_eq!(u.values("Service", "ExecStart"), ["/bin/foo   --bar"]);
+        assert_eq!(u.values("Service", "A"), ["x\\\\"]);
+        assert_eq!(u.values("Service", "B"), ["y"]);
+    }
+
+    #[test]
+    fn garbage_names_file_and_line() {
+        let err = UnitFile::parse("t.service", Path::new("dir/t.service"), "[Unit]\nDescription=x\nthis is garbage\n")
+            .unwrap_err();
+        assert_eq!(err.to_string(), "dir/t.service:3: missing '=' in \"this is garbage\"");
+        let err = UnitFile::parse("t.service", Path::new("t"), "[Unit\n").unwrap_err();
+        assert_eq!(err.line, 1);
+    }
+
+    #[test]
+    fn booleans_follow_systemd() {
+        let u = parse("[Unit]\nA=True\nB=off\nC=maybe\n");
+        assert_eq!(u.get_bool("Unit", "A"), Some(true));
+        assert_eq!(u.get_bool("Unit", "B"), Some(false));
+        assert_eq!(u.get_bool("Unit", "C"), None);
+        assert!(u.bool_or("Unit", "D", true));
+    }
+
+    #[test]
+    fn assignments_outside_sections_are_ignored() {
+        let u = parse("Foo=bar\n[Unit]\nA=b\n[Unit]\nC=d\n");
+        assert_eq!(u.sections().count(), 1);
+        assert_eq!(u.get("Unit", "C"), Some("d"));
+    }
+}
