@@ -232,9 +232,6 @@ pub enum Rule {
     /// Only keys that need no action changed (`Description`, removed
     /// `X-Reload-Triggers`, ...).
     IgnoredKeysChanged,
-    /// Only keys that need no action changed (`Description`, removed
-    /// `X-Reload-Triggers`, ...).
-    IgnoredKeysChanged,
     /// A launchd job is new in this generation: its plist is installed and
     /// the job bootstrapped.
     PlistAdded,
@@ -302,7 +299,6 @@ impl Rule {
             Rule::ReloadFallbackStart => "no longer active: started instead of reloaded",
             Rule::Resumed => "left over from an interrupted switch",
             Rule::NewUnit => "new unit",
-            Rule::IgnoredKeysChanged => "only keys that need no action changed",
             Rule::IgnoredKeysChanged => "only keys that need no action changed",
             Rule::PlistAdded => "new launchd job: plist installed, job bootstrapped",
             Rule::PlistChanged => "launchd plist changed: job booted out and bootstrapped",
