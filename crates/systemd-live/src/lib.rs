@@ -1,1 +1,42 @@
-//! systemd-live (work in progress).
+//! The live side of safe-switch on systemd: reading the service manager's
+//! state and carrying out a [`plan_model::Plan`] on a running host.
+//!
+//! The crate has three layers:
+//!
+//! - [`ServiceManager`] is the narrow, domain-shaped view of systemd that
+//!   the rest of the crate needs: a snapshot, jobs queued and awaited as a
+//!   batch, daemon-reload and re-exec, unit status, transient units.
+//!   [`SystemdBus`] implements it over D-Bus with zbus; a recording fake
+//!   (feature `fake`) implements it in memory for tests.
+//! - [`RunDir`] owns `/run/safe-switch/`: the exclusive lock and the
+//!   persisted progress of an apply, so that an interrupted apply can say
+//!   where it stopped and be resumed.
+//! - [`apply`] (the executor) carries out a plan phase by phase, exactly as
+//!   listed, checks job results and protected units, and returns an
+//!   [`ApplyReport`].
+//!
+//! Architecture Invariant: zbus types never leave the `dbus` module. The
+//! executor makes no decision about *what* to do to a unit; that is the
+//! planner's job. It only decides *how* to carry the plan out.
+
+mod dbus;
+mod error;
+mod executor;
+#[cfg(any(test, feature = "fake"))]
+pub mod fake;
+mod manager;
+mod rundir;
+
+pub use dbus::SystemdBus;
+pub use error::Error;
+pub use executor::{
+    apply, resume, ApplyOptions, ApplyReport, Host, JobRecord, PhaseRecord, ProcessHost,
+    Progress, ProtectedCheck, StderrProgress, UnitFailure,
+};
+pub use manager::{
+    JobKind, JobOutcome, JobResult, ServiceManager, TransientExit, TransientSpec, UnitStatus,
+};
+pub use rundir::{
+    phase_name, Interrupted, LockGuard, PersistedJob, PhaseState, ProgressFile, RunDir,
+    DEFAULT_RUN_DIR,
+};

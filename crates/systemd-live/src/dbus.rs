@@ -1,0 +1,677 @@
+//! The zbus adapter: [`ServiceManager`] over systemd's D-Bus API on the
+//! system bus.
+//!
+//! This module is the only one that knows zbus. It connects to the system
+//! bus (honouring `DBUS_SYSTEM_BUS_ADDRESS`), never to systemd's private
+//! socket: systemd answers there with its well-known name as sender, which
+//! zbus rejects, and NixOS's switch uses the bus too.
+//!
+//! Every public method runs its async body with `zbus::block_on`, so the
+//! rest of the crate stays synchronous. Inside, calls are pipelined: a
+//! snapshot issues every `GetAll` at once and joins the replies, and a
+//! phase queues all its jobs before awaiting any of them.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::future::Future;
+use std::num::NonZeroUsize;
+use std::pin::pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Poll, Waker};
+use std::time::{Duration, Instant};
+
+use futures_util::future::{join, join4, join_all, try_join_all};
+use futures_util::StreamExt;
+use plan_model::{LiveState, LiveUnit};
+use zbus::proxy::CacheProperties;
+use zbus::{Connection, OwnedObjectPath, OwnedVariant, Variant};
+
+use crate::manager::{
+    JobKind, JobOutcome, JobResult, ServiceManager, TransientExit, TransientSpec, UnitStatus,
+};
+use crate::Error;
+
+const UNIT_INTERFACE: &str = "org.freedesktop.systemd1.Unit";
+const SERVICE_INTERFACE: &str = "org.freedesktop.systemd1.Service";
+
+/// The dependency properties of `org.freedesktop.systemd1.Unit` kept in a
+/// snapshot: every relation through which a job on one unit can reach
+/// another, in both directions.
+pub(crate) const DEPENDENCY_PROPERTIES: &[&str] = &[
+    "Requires",
+    "Requisite",
+    "Wants",
+    "BindsTo",
+    "PartOf",
+    "Upholds",
+    "Conflicts",
+    "PropagatesStopTo",
+    "PropagatesReloadTo",
+    "Triggers",
+    "OnFailure",
+    "OnSuccess",
+    "RequiredBy",
+    "RequisiteOf",
+    "WantedBy",
+    "BoundBy",
+    "ConsistsOf",
+    "UpheldBy",
+    "ConflictedBy",
+    "StopPropagatedFrom",
+    "ReloadPropagatedFrom",
+    "TriggeredBy",
+    "OnFailureOf",
+    "OnSuccessOf",
+];
+
+#[zbus::proxy(
+    interface = "org.freedesktop.systemd1.Manager",
+    default_service = "org.freedesktop.systemd1",
+    default_path = "/org/freedesktop/systemd1"
+)]
+trait Manager {
+    fn subscribe(&self) -> zbus::Result<()>;
+
+    #[allow(clippy::type_complexity)]
+    fn list_units(
+        &self,
+    ) -> zbus::Result<
+        Vec<(String, String, String, String, String, String, OwnedObjectPath, u32, String, OwnedObjectPath)>,
+    >;
+
+    fn get_unit(&self, name: &str) -> zbus::Result<OwnedObjectPath>;
+
+    fn load_unit(&self, name: &str) -> zbus::Result<OwnedObjectPath>;
+
+    fn start_unit(&self, name: &str, mode: &str) -> zbus::Result<OwnedObjectPath>;
+
+    fn stop_unit(&self, name: &str, mode: &str) -> zbus::Result<OwnedObjectPath>;
+
+    fn restart_unit(&self, name: &str, mode: &str) -> zbus::Result<OwnedObjectPath>;
+
+    fn reload_unit(&self, name: &str, mode: &str) -> zbus::Result<OwnedObjectPath>;
+
+    fn reload(&self) -> zbus::Result<()>;
+
+    fn reexecute(&self) -> zbus::Result<()>;
+
+    fn reset_failed(&self) -> zbus::Result<()>;
+
+    fn cancel_job(&self, id: u32) -> zbus::Result<()>;
+
+    fn start_transient_unit(
+        &self,
+        name: &str,
+        mode: &str,
+        properties: &[(&str, Variant<'_>)],
+        aux: &[(&str, &[(&str, Variant<'_>)])],
+    ) -> zbus::Result<OwnedObjectPath>;
+
+    #[zbus(signal)]
+    fn job_removed(&self, id: u32, job: OwnedObjectPath, unit: String, result: String)
+        -> zbus::Result<()>;
+
+    #[zbus(signal)]
+    fn reloading(&self, active: bool) -> zbus::Result<()>;
+}
+
+#[zbus::proxy(
+    interface = "org.freedesktop.systemd1.Unit",
+    default_service = "org.freedesktop.systemd1"
+)]
+trait Unit {
+    fn unref(&self) -> zbus::Result<()>;
+}
+
+#[zbus::proxy(
+    interface = "org.freedesktop.DBus.Properties",
+    default_service = "org.freedesktop.systemd1"
+)]
+trait Props {
+    fn get_all(&self, interface: &str) -> zbus::Result<HashMap<String, OwnedVariant>>;
+
+    fn get(&self, interface: &str, name: &str) -> zbus::Result<OwnedVariant>;
+}
+
+/// systemd on the D-Bus system bus.
+pub struct SystemdBus {
+    conn: Connection,
+    address: String,
+}
+
+impl std::fmt::Debug for SystemdBus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SystemdBus").field("address", &self.address).finish()
+    }
+}
+
+fn call_err(call: impl Into<String>) -> impl FnOnce(zbus::Error) -> Error {
+    let call = call.into();
+    move |e| Error::Call { call, message: error_message(&e) }
+}
+
+/// Renders a zbus error as systemd's own message when there is one
+/// (`Unit foo.service not found.`), else zbus's description.
+fn error_message(e: &zbus::Error) -> String {
+    match e {
+        zbus::Error::MethodError(name, Some(text), _) => format!("{text} ({})", name.as_str()),
+        other => other.to_string(),
+    }
+}
+
+impl SystemdBus {
+    /// Connects to the system bus (`DBUS_SYSTEM_BUS_ADDRESS`, else the
+    /// default socket) and subscribes to the manager's signals.
+    pub fn connect() -> Result<SystemdBus, Error> {
+        let address = std::env::var("DBUS_SYSTEM_BUS_ADDRESS")
+            .unwrap_or_else(|_| "unix:path=/var/run/dbus/system_bus_socket".to_owned());
+        zbus::block_on(async {
+            let conn = zbus::connection::Builder::system()
+                // A phase of hundreds of jobs produces as many JobRemoved
+                // signals; they must not fill the queue while the calls
+                // that queue the jobs are still waiting for replies.
+                .max_queued(NonZeroUsize::new(1 << 16).unwrap_or(NonZeroUsize::MIN))
+                .method_timeout(Duration::from_secs(25))
+                .build()
+                .await
+                .map_err(|e| Error::Connect { address: address.clone(), message: error_message(&e) })?;
+            let manager = manager(&conn).await?;
+            manager.subscribe().await.map_err(|e| Error::Connect {
+                address: address.clone(),
+                message: format!("org.freedesktop.systemd1 did not answer: {}", error_message(&e)),
+            })?;
+            Ok(SystemdBus { conn, address })
+        })
+    }
+
+    /// The bus address in use.
+    pub fn address(&self) -> &str {
+        &self.address
+    }
+}
+
+async fn manager(conn: &Connection) -> Result<ManagerProxy<'static>, Error> {
+    ManagerProxy::builder(conn)
+        .cache_properties(CacheProperties::No)
+        .build()
+        .await
+        .map_err(call_err("Manager proxy"))
+}
+
+async fn props(conn: &Connection, path: OwnedObjectPath) -> Result<PropsProxy<'static>, Error> {
+    PropsProxy::builder(conn)
+        .path(path)
+        .cache_properties(CacheProperties::No)
+        .build()
+        .await
+        .map_err(call_err("Properties proxy"))
+}
+
+fn str_prop(map: &HashMap<String, OwnedVariant>, key: &str) -> String {
+    map.get(key).and_then(|v| <&str>::try_from(v).ok()).unwrap_or_default().to_owned()
+}
+
+fn strv_prop(map: &HashMap<String, OwnedVariant>, key: &str) -> Vec<String> {
+    match map.get(key).map(|v| &**v) {
+        Some(Variant::Array(a)) => {
+            a.iter().filter_map(|x| <&str>::try_from(x).ok().map(str::to_owned)).collect()
+        }
+        _ => Vec::new(),
+    }
+}
+
+fn bytes_hex(v: Option<&OwnedVariant>) -> String {
+    match v.map(|v| &**v) {
+        Some(Variant::Array(a)) => {
+            a.iter().filter_map(|x| u8::try_from(x).ok()).map(|b| format!("{b:02x}")).collect()
+        }
+        _ => String::new(),
+    }
+}
+
+fn u32_of(v: Result<OwnedVariant, zbus::Error>) -> u32 {
+    v.ok().and_then(|v| u32::try_from(v).ok()).unwrap_or(0)
+}
+
+fn i32_of(v: Result<OwnedVariant, zbus::Error>) -> i32 {
+    v.ok().and_then(|v| i32::try_from(v).ok()).unwrap_or(0)
+}
+
+fn string_of(v: Result<OwnedVariant, zbus::Error>) -> String {
+    v.ok().and_then(|v| String::try_from(v).ok()).unwrap_or_default()
+}
+
+/// Builds a [`LiveUnit`] from the `Unit` interface's properties. Pure, so
+/// the conversion is tested without a bus.
+pub(crate) fn live_unit_from(
+    unit: &HashMap<String, OwnedVariant>,
+    main_pid: u32,
+    exec_main_status: i32,
+) -> LiveUnit {
+    let mut deps = BTreeMap::new();
+    for key in DEPENDENCY_PROPERTIES {
+        let v = strv_prop(unit, key);
+        if !v.is_empty() {
+            deps.insert((*key).to_owned(), v);
+        }
+    }
+    LiveUnit {
+        active_state: str_prop(unit, "ActiveState"),
+        sub_state: str_prop(unit, "SubState"),
+        load_state: str_prop(unit, "LoadState"),
+        fragment_path: str_prop(unit, "FragmentPath"),
+        drop_in_paths: strv_prop(unit, "DropInPaths"),
+        following: str_prop(unit, "Following"),
+        main_pid,
+        invocation_id: bytes_hex(unit.get("InvocationID")),
+        exec_main_status,
+        deps,
+    }
+}
+
+/// A future that resolves after `d`, driven by a short-lived thread so it
+/// does not depend on which runtime polls it.
+fn delay(d: Duration) -> impl Future<Output = ()> {
+    struct State {
+        fired: bool,
+        waker: Option<Waker>,
+    }
+    let state = Arc::new(Mutex::new(State { fired: false, waker: None }));
+    let thread_state = Arc::clone(&state);
+    std::thread::spawn(move || {
+        std::thread::sleep(d);
+        if let Ok(mut s) = thread_state.lock() {
+            s.fired = true;
+            if let Some(w) = s.waker.take() {
+                w.wake();
+            }
+        }
+    });
+    std::future::poll_fn(move |cx| match state.lock() {
+        Ok(s) if s.fired => Poll::Ready(()),
+        Ok(mut s) => {
+            s.waker = Some(cx.waker().clone());
+            Poll::Pending
+        }
+        Err(_) => Poll::Ready(()),
+    })
+}
+
+/// Races `fut` against a delay; `None` when the delay won.
+async fn with_timeout<T>(d: Duration, fut: impl Future<Output = T>) -> Option<T> {
+    let mut fut = pin!(fut);
+    let mut timer = pin!(delay(d));
+    std::future::poll_fn(|cx| {
+        if let Poll::Ready(v) = fut.as_mut().poll(cx) {
+            return Poll::Ready(Some(v));
+        }
+        timer.as_mut().poll(cx).map(|()| None)
+    })
+    .await
+}
+
+fn job_id(path: &str) -> Option<u32> {
+    path.rsplit('/').next()?.parse().ok()
+}
+
+impl SystemdBus {
+    async fn snapshot_async(&self) -> Result<LiveState, Error> {
+        let manager = manager(&self.conn).await?;
+        let listed = manager.list_units().await.map_err(call_err("ListUnits"))?;
+        // One GetAll per unit for the Unit interface, plus MainPID and
+        // ExecMainStatus for services, all in flight at once: the bus and
+        // systemd answer them back to back instead of one round trip each.
+        let fetches = listed.into_iter().map(|entry| {
+            let (name, path) = (entry.0, entry.6);
+            async move {
+                let p = props(&self.conn, path).await?;
+                let unit = p.get_all(UNIT_INTERFACE).await;
+                let unit = match unit {
+                    Ok(u) => u,
+                    // A unit can be garbage-collected between ListUnits and
+                    // GetAll; it is simply not loaded any more.
+                    Err(zbus::Error::MethodError(..)) => return Ok(None),
+                    Err(e) => return Err(call_err(format!("GetAll({name})"))(e)),
+                };
+                let (main_pid, status) = if name.ends_with(".service") {
+                    let (pid, status) = join(
+                        p.get(SERVICE_INTERFACE, "MainPID"),
+                        p.get(SERVICE_INTERFACE, "ExecMainStatus"),
+                    )
+                    .await;
+                    (u32_of(pid), i32_of(status))
+                } else {
+                    (0, 0)
+                };
+                Ok::<_, Error>(Some((name, live_unit_from(&unit, main_pid, status))))
+            }
+        });
+        let units = try_join_all(fetches).await?.into_iter().flatten().collect();
+        let manager_exe = std::fs::canonicalize("/proc/1/exe")
+            .ok()
+            .map(|p| p.to_string_lossy().into_owned());
+        Ok(LiveState { units, manager_exe, ..Default::default() })
+    }
+
+    async fn status_async(&self, name: &str) -> Result<UnitStatus, Error> {
+        let manager = manager(&self.conn).await?;
+        let path = match manager.load_unit(name).await {
+            Ok(p) => p,
+            Err(_) => return Ok(UnitStatus { load_state: "not-found".into(), ..Default::default() }),
+        };
+        let p = props(&self.conn, path).await?;
+        let (load, active, sub, inv) = join4(
+            p.get(UNIT_INTERFACE, "LoadState"),
+            p.get(UNIT_INTERFACE, "ActiveState"),
+            p.get(UNIT_INTERFACE, "SubState"),
+            p.get(UNIT_INTERFACE, "InvocationID"),
+        )
+        .await;
+        let mut st = UnitStatus {
+            load_state: string_of(load),
+            active_state: string_of(active),
+            sub_state: string_of(sub),
+            invocation_id: bytes_hex(inv.ok().as_ref()),
+            ..Default::default()
+        };
+        if name.ends_with(".service") {
+            let (pid, result, code, status) = join4(
+                p.get(SERVICE_INTERFACE, "MainPID"),
+                p.get(SERVICE_INTERFACE, "Result"),
+                p.get(SERVICE_INTERFACE, "ExecMainCode"),
+                p.get(SERVICE_INTERFACE, "ExecMainStatus"),
+            )
+            .await;
+            st.main_pid = u32_of(pid);
+            st.result = string_of(result);
+            st.exec_main_code = i32_of(code);
+            st.exec_main_status = i32_of(status);
+        }
+        Ok(st)
+    }
+
+    async fn run_jobs_async(
+        &self,
+        jobs: &[(JobKind, String)],
+        timeout: Duration,
+        on_done: &mut dyn FnMut(&JobOutcome),
+    ) -> Result<Vec<JobOutcome>, Error> {
+        let manager = manager(&self.conn).await?;
+        // The signal stream exists before the first job is queued, so no
+        // JobRemoved can be missed, however fast a job finishes.
+        let mut removed = manager.receive_job_removed().await.map_err(call_err("AddMatch(JobRemoved)"))?;
+        let queued_at = Instant::now();
+        let calls = jobs.iter().map(|(kind, unit)| {
+            let m = &manager;
+            async move {
+                let r = match kind {
+                    JobKind::Stop => m.stop_unit(unit, "replace").await,
+                    JobKind::Reload => m.reload_unit(unit, "replace").await,
+                    JobKind::Restart => m.restart_unit(unit, "replace").await,
+                    JobKind::Start => m.start_unit(unit, "replace").await,
+                };
+                r.map(|p| p.as_str().to_owned()).map_err(|e| error_message(&e))
+            }
+        });
+        let replies = join_all(calls).await;
+        let mut results: Vec<Option<JobResult>> = vec![None; jobs.len()];
+        let mut pending: HashMap<String, usize> = HashMap::new();
+        for (i, reply) in replies.into_iter().enumerate() {
+            match reply {
+                Ok(path) => {
+                    pending.insert(path, i);
+                }
+                Err(message) => {
+                    let r = JobResult::NotQueued { message };
+                    on_done(&JobOutcome { unit: jobs[i].1.clone(), kind: jobs[i].0, result: r.clone() });
+                    results[i] = Some(r);
+                }
+            }
+        }
+        let deadline = queued_at + timeout;
+        while !pending.is_empty() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let Some(next) = with_timeout(left, removed.next()).await else { break };
+            let Some(signal) = next else { break };
+            let Ok(args) = signal.args() else { continue };
+            if let Some(i) = pending.remove(args.job.as_str()) {
+                let r = if args.result == "done" {
+                    JobResult::Done
+                } else {
+                    JobResult::Failed { systemd_result: args.result.clone() }
+                };
+                on_done(&JobOutcome { unit: jobs[i].1.clone(), kind: jobs[i].0, result: r.clone() });
+                results[i] = Some(r);
+            }
+        }
+        // Whatever is still pending ran out of time: cancel it, so that it
+        // does not hold up the jobs of later phases.
+        let timed_out: Vec<(String, usize)> = pending.into_iter().collect();
+        for (path, i) in &timed_out {
+            if let Some(id) = job_id(path) {
+                // The job may have finished in the meantime; a failed
+                // cancel then means there was nothing left to cancel.
+                let _ = manager.cancel_job(id).await;
+            }
+            let r = JobResult::TimedOut { seconds: timeout.as_secs() };
+            on_done(&JobOutcome { unit: jobs[*i].1.clone(), kind: jobs[*i].0, result: r.clone() });
+            results[*i] = Some(r);
+        }
+        Ok(results
+            .into_iter()
+            .zip(jobs)
+            .map(|(r, (kind, unit))| JobOutcome {
+                unit: unit.clone(),
+                kind: *kind,
+                result: r.unwrap_or(JobResult::TimedOut { seconds: timeout.as_secs() }),
+            })
+            .collect())
+    }
+
+    async fn reload_like(&self, reexec: bool, timeout: Duration) -> Result<(), Error> {
+        let what = if reexec { "re-exec" } else { "daemon-reload" };
+        let manager = manager(&self.conn).await?;
+        let mut reloading = manager.receive_reloading().await.map_err(call_err("AddMatch(Reloading)"))?;
+        if reexec {
+            // systemd drops its bus connection while it re-executes, so the
+            // reply may never come; the Reloading(false) signal, sent once
+            // the new instance is up, is what tells that it is done.
+            let _ = with_timeout(Duration::from_secs(5), manager.reexecute()).await;
+        } else {
+            manager.reload().await.map_err(call_err("Reload"))?;
+        }
+        let wait = async {
+            while let Some(sig) = reloading.next().await {
+                if let Ok(args) = sig.args()
+                    && !args.active
+                {
+                    return true;
+                }
+            }
+            false
+        };
+        match with_timeout(timeout, wait).await {
+            Some(true) => {}
+            _ => return Err(Error::ReloadTimeout { what, seconds: timeout.as_secs() }),
+        }
+        if reexec {
+            // The subscription belongs to the old instance's bus client
+            // list; subscribing again is harmless and makes sure the new
+            // instance sends JobRemoved to us.
+            manager.subscribe().await.map_err(call_err("Subscribe"))?;
+        }
+        Ok(())
+    }
+
+    async fn run_transient_async(&self, spec: &TransientSpec) -> Result<OwnedObjectPath, Error> {
+        let manager = manager(&self.conn).await?;
+        let exec = vec![(spec.argv.first().cloned().unwrap_or_default(), spec.argv.clone(), false)];
+        let mut properties: Vec<(&str, Variant<'_>)> = vec![
+            ("Description", Variant::from(spec.description.as_str())),
+            ("Type", Variant::from("exec")),
+            ("CollectMode", Variant::from("inactive-or-failed")),
+            // Keep the unit (and its exit status) around while this client
+            // is connected, as `systemd-run --wait` does.
+            ("AddRef", Variant::from(true)),
+            ("ExecStart", Variant::from(exec)),
+            ("Environment", Variant::from(spec.environment.clone())),
+            ("StandardInput", Variant::from("null")),
+            ("StandardOutputFileToTruncate", Variant::from(spec.stdout.to_string_lossy().into_owned())),
+            ("StandardErrorFileToTruncate", Variant::from(spec.stderr.to_string_lossy().into_owned())),
+        ];
+        if let Some(dir) = &spec.working_directory {
+            properties.push(("WorkingDirectory", Variant::from(dir.to_string_lossy().into_owned())));
+        }
+        let mut removed = manager.receive_job_removed().await.map_err(call_err("AddMatch(JobRemoved)"))?;
+        let job = manager
+            .start_transient_unit(&spec.unit, "fail", &properties, &[])
+            .await
+            .map_err(call_err(format!("StartTransientUnit({})", spec.unit)))?;
+        while let Some(sig) = removed.next().await {
+            if let Ok(args) = sig.args()
+                && args.job.as_str() == job.as_str()
+            {
+                if args.result != "done" {
+                    return Err(Error::Call {
+                        call: format!("StartTransientUnit({})", spec.unit),
+                        message: format!("the start job ended with result {}", args.result),
+                    });
+                }
+                break;
+            }
+        }
+        manager.get_unit(&spec.unit).await.map_err(call_err(format!("GetUnit({})", spec.unit)))
+    }
+}
+
+impl ServiceManager for SystemdBus {
+    fn snapshot(&mut self) -> Result<LiveState, Error> {
+        zbus::block_on(self.snapshot_async())
+    }
+
+    fn unit_status(&mut self, units: &[String]) -> Result<BTreeMap<String, UnitStatus>, Error> {
+        let this = &*self;
+        zbus::block_on(async {
+            let all = try_join_all(units.iter().map(|u| async move {
+                Ok::<_, Error>((u.clone(), this.status_async(u).await?))
+            }))
+            .await?;
+            Ok(all.into_iter().collect())
+        })
+    }
+
+    fn run_jobs(
+        &mut self,
+        jobs: &[(JobKind, String)],
+        timeout: Duration,
+        on_done: &mut dyn FnMut(&JobOutcome),
+    ) -> Result<Vec<JobOutcome>, Error> {
+        let mut seen = HashSet::new();
+        debug_assert!(jobs.iter().all(|j| seen.insert(j.clone())));
+        zbus::block_on(self.run_jobs_async(jobs, timeout, on_done))
+    }
+
+    fn daemon_reload(&mut self, timeout: Duration) -> Result<(), Error> {
+        zbus::block_on(self.reload_like(false, timeout))
+    }
+
+    fn reexecute(&mut self, timeout: Duration) -> Result<(), Error> {
+        zbus::block_on(self.reload_like(true, timeout))
+    }
+
+    fn reset_failed(&mut self) -> Result<(), Error> {
+        zbus::block_on(async {
+            manager(&self.conn).await?.reset_failed().await.map_err(call_err("ResetFailed"))
+        })
+    }
+
+    fn run_transient(
+        &mut self,
+        spec: &TransientSpec,
+        tick: &mut dyn FnMut(),
+    ) -> Result<TransientExit, Error> {
+        let path = zbus::block_on(self.run_transient_async(spec))?;
+        // Poll rather than watch PropertiesChanged: ten reads a second are
+        // nothing next to a switch, and polling cannot miss a transition.
+        let exit = loop {
+            tick();
+            let st = zbus::block_on(async {
+                let p = props(&self.conn, path.clone()).await?;
+                let (active, code, status, result) = join4(
+                    p.get(UNIT_INTERFACE, "ActiveState"),
+                    p.get(SERVICE_INTERFACE, "ExecMainCode"),
+                    p.get(SERVICE_INTERFACE, "ExecMainStatus"),
+                    p.get(SERVICE_INTERFACE, "Result"),
+                )
+                .await;
+                Ok::<_, Error>((active.map(|v| String::try_from(v).unwrap_or_default()), i32_of(code), i32_of(status), string_of(result)))
+            })?;
+            match st {
+                (Ok(active), code, status, result) if active == "inactive" || active == "failed" => {
+                    break match code {
+                        1 => TransientExit::Exited(status),
+                        2 | 3 => TransientExit::Killed(status),
+                        _ => TransientExit::Unknown(format!("{active}, result {result}")),
+                    };
+                }
+                (Ok(_), ..) => {}
+                (Err(e), ..) => break TransientExit::Unknown(error_message(&e)),
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        tick();
+        zbus::block_on(async {
+            let unit = UnitProxy::builder(&self.conn).path(path.clone()).cache_properties(CacheProperties::No);
+            if let Ok(u) = unit.build().await {
+                // Dropping our reference lets systemd collect the unit.
+                let _ = u.unref().await;
+            }
+        });
+        Ok(exit)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn v(x: impl Into<Variant<'static>>) -> OwnedVariant {
+        OwnedVariant::try_from(x.into()).unwrap()
+    }
+
+    #[test]
+    fn converts_unit_properties() {
+        let mut m = HashMap::new();
+        m.insert("ActiveState".to_owned(), v("active"));
+        m.insert("SubState".to_owned(), v("running"));
+        m.insert("LoadState".to_owned(), v("loaded"));
+        m.insert("FragmentPath".to_owned(), v("/etc/systemd/system/a.service"));
+        m.insert("DropInPaths".to_owned(), v(vec!["/etc/systemd/system/a.service.d/x.conf"]));
+        m.insert("PartOf".to_owned(), v(vec!["b.service"]));
+        m.insert("Requires".to_owned(), v(Vec::<String>::new()));
+        m.insert("InvocationID".to_owned(), v(vec![0xabu8, 0x01]));
+        let u = live_unit_from(&m, 42, 3);
+        assert_eq!(u.active_state, "active");
+        assert_eq!(u.sub_state, "running");
+        assert_eq!(u.fragment_path, "/etc/systemd/system/a.service");
+        assert_eq!(u.drop_in_paths, vec!["/etc/systemd/system/a.service.d/x.conf"]);
+        assert_eq!(u.invocation_id, "ab01");
+        assert_eq!(u.main_pid, 42);
+        assert_eq!(u.exec_main_status, 3);
+        assert_eq!(u.deps.get("PartOf").unwrap(), &vec!["b.service".to_owned()]);
+        assert!(!u.deps.contains_key("Requires"), "empty lists are dropped");
+    }
+
+    #[test]
+    fn job_ids_from_paths() {
+        assert_eq!(job_id("/org/freedesktop/systemd1/job/1234"), Some(1234));
+        assert_eq!(job_id("/org/freedesktop/systemd1/job/x"), None);
+    }
+
+    #[test]
+    fn timeout_fires() {
+        let r = zbus::block_on(with_timeout(Duration::from_millis(10), std::future::pending::<()>()));
+        assert_eq!(r, None);
+        let r = zbus::block_on(with_timeout(Duration::from_secs(5), async { 7 }));
+        assert_eq!(r, Some(7));
+    }
+}

@@ -1,0 +1,917 @@
+//! The executor: carries out a [`Plan`] on a live service manager, phase by
+//! phase, in the order NixOS's switch uses, and reports what happened.
+//!
+//! It performs exactly the actions listed in the plan's [`UnitPlan`]s and
+//! steps. Deferred actions are not in those lists, so they cannot happen
+//! here. Progress is persisted to the [`RunDir`] before and after every
+//! phase and after every job, so an interrupted apply can be described and
+//! resumed ([`resume`]).
+//!
+//! [`UnitPlan`]: plan_model::UnitPlan
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use plan_model::{Action, Phase, Plan, Step};
+use serde::{Deserialize, Serialize};
+
+use crate::manager::{JobKind, JobOutcome, JobResult, ServiceManager, UnitStatus};
+use crate::rundir::{phase_name, Interrupted, PersistedJob, PhaseState, ProgressFile, RunDir};
+use crate::Error;
+
+/// How to carry a plan out.
+#[derive(Clone, Debug)]
+pub struct ApplyOptions {
+    /// How long each job may take before it is cancelled and counted as
+    /// failed.
+    pub job_timeout: Duration,
+    /// How long a daemon-reload or re-exec may take.
+    pub reload_timeout: Duration,
+}
+
+impl Default for ApplyOptions {
+    fn default() -> Self {
+        ApplyOptions { job_timeout: Duration::from_secs(90), reload_timeout: Duration::from_secs(180) }
+    }
+}
+
+/// What the executor needs from the host besides the service manager.
+pub trait Host {
+    /// Runs the activation script of `toplevel` with inherited standard
+    /// streams and `NIXOS_ACTION=switch`; returns its exit status (a
+    /// negative number for a signal).
+    fn activate(&mut self, script: &Path, toplevel: &Path) -> Result<i32, Error>;
+    /// Stops swapping to `device`.
+    fn swapoff(&mut self, device: &str) -> Result<(), String>;
+    /// Returns a human-readable status of failed units (`systemctl status`),
+    /// when one can be had.
+    fn status_text(&mut self, units: &[String]) -> Option<String>;
+}
+
+/// The host's real processes.
+#[derive(Debug, Default)]
+pub struct ProcessHost;
+
+impl Host for ProcessHost {
+    fn activate(&mut self, script: &Path, toplevel: &Path) -> Result<i32, Error> {
+        let status = Command::new(script)
+            .arg(toplevel)
+            .env("NIXOS_ACTION", "switch")
+            .status()
+            .map_err(|source| Error::Activate { path: script.to_owned(), source })?;
+        use std::os::unix::process::ExitStatusExt;
+        Ok(status.code().unwrap_or_else(|| -status.signal().unwrap_or(0)))
+    }
+
+    fn swapoff(&mut self, device: &str) -> Result<(), String> {
+        match Command::new("swapoff").arg(device).status() {
+            Ok(s) if s.success() => Ok(()),
+            Ok(s) => Err(format!("swapoff exited with {s}")),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
+    fn status_text(&mut self, units: &[String]) -> Option<String> {
+        let out = Command::new("systemctl")
+            .args(["status", "--no-pager", "--full", "--lines=10", "--"])
+            .args(units)
+            .output()
+            .ok()?;
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        (!text.trim().is_empty()).then_some(text)
+    }
+}
+
+/// Where progress is shown.
+pub trait Progress {
+    /// A phase begins; `what` names its units or its step.
+    fn phase(&mut self, phase: Phase, what: &str);
+    /// A job finished.
+    fn job(&mut self, outcome: &JobOutcome);
+    /// A free-form line.
+    fn note(&mut self, line: &str);
+}
+
+/// Progress as plain lines on standard error, one per phase and one per
+/// job that did not succeed. Plain lines read well in CI logs and over a
+/// relayed pipe, where a redrawn progress bar would not.
+#[derive(Debug, Default)]
+pub struct StderrProgress;
+
+impl Progress for StderrProgress {
+    fn phase(&mut self, _phase: Phase, what: &str) {
+        let _ = writeln!(std::io::stderr(), "{what}");
+    }
+
+    fn job(&mut self, o: &JobOutcome) {
+        let _ = if o.result.is_done() {
+            writeln!(std::io::stderr(), "  {} {}: done", o.kind, o.unit)
+        } else {
+            writeln!(std::io::stderr(), "  failed to {} {}: {}", o.kind, o.unit, o.result.describe())
+        };
+    }
+
+    fn note(&mut self, line: &str) {
+        let _ = writeln!(std::io::stderr(), "{line}");
+    }
+}
+
+/// One job as carried out.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobRecord {
+    /// The job.
+    pub kind: JobKind,
+    /// The unit.
+    pub unit: String,
+    /// How it ended.
+    #[serde(flatten)]
+    pub result: JobResult,
+}
+
+/// One phase as carried out.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PhaseRecord {
+    /// The phase.
+    pub phase: Phase,
+    /// Its jobs, when it queues jobs.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub jobs: Vec<JobRecord>,
+    /// What happened, for steps (`exit status 0`, `not present: skipped`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
+    /// Whether the phase succeeded as a whole.
+    pub ok: bool,
+}
+
+/// A unit that failed.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UnitFailure {
+    /// The unit.
+    pub unit: String,
+    /// Its status after the switch.
+    pub status: UnitStatus,
+    /// The failed job, when one failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job: Option<JobRecord>,
+}
+
+/// The check of one protected unit.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProtectedCheck {
+    /// The unit.
+    pub unit: String,
+    /// Its status before the switch.
+    pub before: UnitStatus,
+    /// Its status after.
+    pub after: UnitStatus,
+    /// What changed, when something did; `None` means undisturbed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disturbed: Option<String>,
+}
+
+/// What an apply did.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApplyReport {
+    /// The generation switched to.
+    pub new: String,
+    /// Phases carried out, in order.
+    pub phases: Vec<PhaseRecord>,
+    /// Phases not carried out because the apply stopped early.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub not_done: Vec<Phase>,
+    /// Why the apply stopped early.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub aborted: Option<String>,
+    /// Units that failed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub failed: Vec<UnitFailure>,
+    /// `systemctl status` of the failed units, when available.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failed_status: Option<String>,
+    /// The check of every protected unit that was running before.
+    #[serde(default)]
+    pub protected: Vec<ProtectedCheck>,
+}
+
+impl ApplyReport {
+    /// Tells whether everything went as planned: every phase ran and
+    /// succeeded, no unit failed and no protected unit was disturbed.
+    pub fn success(&self) -> bool {
+        self.aborted.is_none()
+            && self.phases.iter().all(|p| p.ok)
+            && self.failed.is_empty()
+            && self.protected.iter().all(|c| c.disturbed.is_none())
+    }
+
+    /// Tells whether a protected unit was disturbed.
+    pub fn protected_disturbed(&self) -> bool {
+        self.protected.iter().any(|c| c.disturbed.is_some())
+    }
+
+    /// The jobs carried out, over all phases.
+    pub fn jobs(&self) -> impl Iterator<Item = &JobRecord> {
+        self.phases.iter().flat_map(|p| p.jobs.iter())
+    }
+
+    /// A summary for people: what was done, what failed, what was not
+    /// done.
+    pub fn render_text(&self) -> String {
+        let mut s = String::new();
+        for p in &self.phases {
+            let failed: Vec<String> = p
+                .jobs
+                .iter()
+                .filter(|j| !j.result.is_done())
+                .map(|j| format!("{} ({})", j.unit, j.result.describe()))
+                .collect();
+            let done = p.jobs.iter().filter(|j| j.result.is_done()).count();
+            let mut line = format!("{}: ", phase_name(p.phase));
+            if let Some(note) = &p.note {
+                line.push_str(note);
+            } else {
+                line.push_str(&format!("{done} of {} jobs done", p.jobs.len()));
+            }
+            if !failed.is_empty() {
+                line.push_str(&format!("; failed: {}", failed.join(", ")));
+            }
+            s.push_str(&line);
+            s.push('\n');
+        }
+        if let Some(why) = &self.aborted {
+            s.push_str(&format!("stopped early: {why}\n"));
+        }
+        if !self.not_done.is_empty() {
+            let names: Vec<&str> = self.not_done.iter().map(|p| phase_name(*p)).collect();
+            s.push_str(&format!("not done: {}\n", names.join(", ")));
+        }
+        if !self.failed.is_empty() {
+            s.push_str("warning: the following units failed:\n");
+            for f in &self.failed {
+                s.push_str(&format!("  {}: {}\n", f.unit, f.status.summary()));
+            }
+        }
+        for c in &self.protected {
+            match &c.disturbed {
+                None => s.push_str(&format!(
+                    "protected {}: untouched (MainPID {}, InvocationID {})\n",
+                    c.unit, c.after.main_pid, c.after.invocation_id
+                )),
+                Some(what) => s.push_str(&format!("PROTECTED UNIT DISTURBED: {}: {what}\n", c.unit)),
+            }
+        }
+        s
+    }
+}
+
+/// The phases of `plan` that have work, in execution order, with their
+/// jobs (empty for steps).
+fn phases_of(plan: &Plan) -> Vec<(Phase, Vec<(JobKind, String)>)> {
+    let jobs = |action: Action| -> Vec<(JobKind, String)> {
+        JobKind::for_action(action)
+            .map(|k| plan.units_with(action).into_iter().map(|u| (k, u.to_owned())).collect())
+            .unwrap_or_default()
+    };
+    let mut out = Vec::new();
+    let order = [
+        Phase::Swapoff,
+        Phase::Stop,
+        Phase::Activate,
+        Phase::Reexec,
+        Phase::DaemonReload,
+        Phase::SysinitReactivation,
+        Phase::Reload,
+        Phase::Restart,
+        Phase::Start,
+    ];
+    for phase in order {
+        let js = match phase {
+            Phase::Stop => jobs(Action::Stop),
+            Phase::Reload => jobs(Action::Reload),
+            Phase::Restart => jobs(Action::Restart),
+            Phase::Start => jobs(Action::Start),
+            _ => Vec::new(),
+        };
+        if !js.is_empty() || plan.has_step(phase) {
+            out.push((phase, js));
+        }
+    }
+    out
+}
+
+/// The units protection covers in `plan`.
+fn protected_units(plan: &Plan) -> Vec<String> {
+    let set: BTreeSet<&str> = plan
+        .protection
+        .protected
+        .iter()
+        .flat_map(|p| p.units.iter().map(String::as_str))
+        .collect();
+    set.into_iter().map(str::to_owned).collect()
+}
+
+fn now_unix() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+/// The status of protected units before the switch, persisted with the
+/// progress so that a resumed apply checks against the same baseline.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+struct Baseline(BTreeMap<String, UnitStatus>);
+
+fn baseline_path(run: &RunDir) -> PathBuf {
+    run.path().join("protected-before.json")
+}
+
+/// Carries out `plan`. The caller holds the run directory's lock.
+///
+/// Returns `Err` only when nothing was changed (the run directory cannot be
+/// written, the manager cannot be asked about protected units). Once the
+/// first phase has begun, problems are recorded in the [`ApplyReport`],
+/// which says what was and was not done.
+pub fn apply(
+    plan: &Plan,
+    mgr: &mut dyn ServiceManager,
+    host: &mut dyn Host,
+    run: &RunDir,
+    opts: &ApplyOptions,
+    progress: &mut dyn Progress,
+) -> Result<ApplyReport, Error> {
+    let protected = protected_units(plan);
+    let before = Baseline(mgr.unit_status(&protected)?);
+    let path = baseline_path(run);
+    std::fs::write(&path, serde_json::to_string(&before).unwrap_or_default())
+        .map_err(|e| Error::io(&path, e))?;
+    let file = ProgressFile {
+        plan: plan.clone(),
+        started_unix: now_unix(),
+        pid: std::process::id(),
+        phases: phases_of(plan).into_iter().map(|(p, _)| (p, PhaseState::Pending)).collect(),
+        jobs: Vec::new(),
+        finished: false,
+    };
+    run.save(&file)?;
+    Ok(carry_out(file, &before, mgr, host, run, opts, progress))
+}
+
+/// Resumes an interrupted apply: phases already done are skipped, and in
+/// the phase that was running only the jobs that had not finished
+/// successfully are queued again. The caller holds the lock.
+pub fn resume(
+    interrupted: Interrupted,
+    mgr: &mut dyn ServiceManager,
+    host: &mut dyn Host,
+    run: &RunDir,
+    opts: &ApplyOptions,
+    progress: &mut dyn Progress,
+) -> Result<ApplyReport, Error> {
+    let mut file = interrupted.progress;
+    let path = baseline_path(run);
+    let before = match std::fs::read_to_string(&path) {
+        Ok(t) => serde_json::from_str(&t)
+            .map_err(|e| Error::BadProgress { path: path.clone(), message: e.to_string() })?,
+        Err(_) => Baseline(mgr.unit_status(&protected_units(&file.plan))?),
+    };
+    file.pid = std::process::id();
+    run.save(&file)?;
+    Ok(carry_out(file, &before, mgr, host, run, opts, progress))
+}
+
+fn carry_out(
+    mut file: ProgressFile,
+    before: &Baseline,
+    mgr: &mut dyn ServiceManager,
+    host: &mut dyn Host,
+    run: &RunDir,
+    opts: &ApplyOptions,
+    progress: &mut dyn Progress,
+) -> ApplyReport {
+    let plan = file.plan.clone();
+    let mut report = ApplyReport {
+        new: plan.new.path.clone(),
+        phases: Vec::new(),
+        not_done: Vec::new(),
+        aborted: None,
+        failed: Vec::new(),
+        failed_status: None,
+        protected: Vec::new(),
+    };
+    let mut failed_jobs: Vec<JobRecord> = Vec::new();
+    let phases = phases_of(&plan);
+    for (idx, (phase, jobs)) in phases.iter().enumerate() {
+        let state = file.phases.get(idx).map(|(_, s)| *s).unwrap_or(PhaseState::Pending);
+        if state == PhaseState::Done {
+            continue;
+        }
+        if report.aborted.is_some() {
+            report.not_done.push(*phase);
+            continue;
+        }
+        if let Some(entry) = file.phases.get_mut(idx) {
+            entry.1 = PhaseState::Running;
+        }
+        if let Err(e) = run.save(&file) {
+            report.aborted = Some(format!("cannot record progress: {e}"));
+            report.not_done.push(*phase);
+            continue;
+        }
+        let record = match phase {
+            Phase::Stop | Phase::Reload | Phase::Restart | Phase::Start => {
+                // Jobs of this phase that finished successfully in an
+                // interrupted run are not queued again.
+                let already: BTreeSet<(JobKind, String)> = if state == PhaseState::Running {
+                    file.jobs
+                        .iter()
+                        .filter(|j| j.result.is_done())
+                        .map(|j| (j.kind, j.unit.clone()))
+                        .collect()
+                } else {
+                    BTreeSet::new()
+                };
+                let todo: Vec<(JobKind, String)> = jobs
+                    .iter()
+                    .filter(|(k, u)| !already.contains(&(*k, u.clone())))
+                    .cloned()
+                    .collect();
+                let names: Vec<&str> = jobs.iter().map(|(_, u)| u.as_str()).collect();
+                progress.phase(*phase, &format!("{} the following units: {}", verb(*phase), names.join(", ")));
+                let result = mgr.run_jobs(&todo, opts.job_timeout, &mut |o| {
+                    progress.job(o);
+                    file.jobs.push(PersistedJob { kind: o.kind, unit: o.unit.clone(), result: o.result.clone() });
+                    // Progress is best effort while jobs run: a failed
+                    // write must not leave jobs unawaited.
+                    let _ = run.save(&file);
+                });
+                match result {
+                    Ok(outcomes) => {
+                        let mut recs: Vec<JobRecord> = jobs
+                            .iter()
+                            .filter(|(k, u)| already.contains(&(*k, u.clone())))
+                            .map(|(k, u)| JobRecord { kind: *k, unit: u.clone(), result: JobResult::Done })
+                            .collect();
+                        recs.extend(outcomes.into_iter().map(|o| JobRecord { kind: o.kind, unit: o.unit, result: o.result }));
+                        // A failed stop is reported but does not fail the
+                        // phase, as in NixOS's switch: the unit's later start
+                        // or the final check shows whether it matters.
+                        let ok = recs.iter().all(|j| j.result.is_done());
+                        failed_jobs.extend(recs.iter().filter(|j| !j.result.is_done()).cloned());
+                        PhaseRecord { phase: *phase, jobs: recs, note: None, ok }
+                    }
+                    Err(e) => {
+                        report.aborted = Some(format!("{} phase: {e}", phase_name(*phase)));
+                        PhaseRecord { phase: *phase, jobs: Vec::new(), note: Some(e.to_string()), ok: false }
+                    }
+                }
+            }
+            Phase::Swapoff => {
+                let mut notes = Vec::new();
+                let mut ok = true;
+                for step in &plan.steps {
+                    if let Step::Swapoff { device } = step {
+                        progress.phase(*phase, &format!("stopping swap device: {device}"));
+                        if let Err(e) = host.swapoff(device) {
+                            notes.push(format!("failed to stop swapping to {device}: {e}"));
+                            ok = false;
+                        }
+                    }
+                }
+                PhaseRecord { phase: *phase, jobs: Vec::new(), note: Some(if ok { "done".into() } else { notes.join("; ") }), ok }
+            }
+            Phase::Activate => {
+                let script = plan
+                    .steps
+                    .iter()
+                    .find_map(|s| match s {
+                        Step::Activate { script } => Some(PathBuf::from(script)),
+                        _ => None,
+                    })
+                    .unwrap_or_else(|| Path::new(&plan.new.path).join("activate"));
+                progress.phase(*phase, "activating the configuration...");
+                match host.activate(&script, Path::new(&plan.new.path)) {
+                    Ok(0) => PhaseRecord { phase: *phase, jobs: Vec::new(), note: Some("exit status 0".into()), ok: true },
+                    // NixOS's switch carries on after a failed activation
+                    // script: the units still need their jobs.
+                    Ok(code) => {
+                        progress.note(&format!("the activation script {} exited with status {code}", script.display()));
+                        PhaseRecord { phase: *phase, jobs: Vec::new(), note: Some(format!("exit status {code}")), ok: false }
+                    }
+                    Err(e) => {
+                        report.aborted = Some(e.to_string());
+                        PhaseRecord { phase: *phase, jobs: Vec::new(), note: Some(e.to_string()), ok: false }
+                    }
+                }
+            }
+            Phase::Reexec => {
+                progress.phase(*phase, "restarting systemd...");
+                step_record(*phase, mgr.reexecute(opts.reload_timeout), &mut report)
+            }
+            Phase::DaemonReload => {
+                progress.phase(*phase, "reloading the service manager...");
+                let r = mgr.reset_failed().and_then(|()| mgr.daemon_reload(opts.reload_timeout));
+                step_record(*phase, r, &mut report)
+            }
+            Phase::SysinitReactivation => {
+                const TARGET: &str = "sysinit-reactivation.target";
+                match mgr.unit_status(&[TARGET.to_owned()]) {
+                    Ok(st) if st.get(TARGET).is_some_and(|s| s.load_state == "loaded") => {
+                        progress.phase(*phase, &format!("restarting {TARGET}"));
+                        match mgr.run_jobs(&[(JobKind::Restart, TARGET.to_owned())], opts.job_timeout, &mut |o| progress.job(o)) {
+                            Ok(outcomes) => {
+                                let recs: Vec<JobRecord> = outcomes.into_iter().map(|o| JobRecord { kind: o.kind, unit: o.unit, result: o.result }).collect();
+                                let ok = recs.iter().all(|j| j.result.is_done());
+                                failed_jobs.extend(recs.iter().filter(|j| !j.result.is_done()).cloned());
+                                PhaseRecord { phase: *phase, jobs: recs, note: None, ok }
+                            }
+                            Err(e) => step_record(*phase, Err(e), &mut report),
+                        }
+                    }
+                    Ok(_) => PhaseRecord { phase: *phase, jobs: Vec::new(), note: Some(format!("{TARGET} does not exist: skipped")), ok: true },
+                    Err(e) => step_record(*phase, Err(e), &mut report),
+                }
+            }
+            Phase::Skip => PhaseRecord { phase: *phase, jobs: Vec::new(), note: None, ok: true },
+        };
+        let finished = report.aborted.is_none();
+        report.phases.push(record);
+        if finished {
+            if let Some(entry) = file.phases.get_mut(idx) {
+                entry.1 = PhaseState::Done;
+            }
+            let _ = run.save(&file);
+        }
+    }
+
+    // Which units failed: those whose job failed, and those the plan acted
+    // on that are failed now (a start can succeed and the service die
+    // right after).
+    let mut acted: BTreeSet<String> = plan
+        .units
+        .iter()
+        .filter(|u| u.actions.iter().any(|a| matches!(a, Action::Start | Action::Restart | Action::Reload)))
+        .map(|u| u.unit.clone())
+        .collect();
+    acted.extend(failed_jobs.iter().map(|j| j.unit.clone()));
+    let acted: Vec<String> = acted.into_iter().collect();
+    match mgr.unit_status(&acted) {
+        Ok(status) => {
+            for (unit, st) in status {
+                let job = failed_jobs.iter().rfind(|j| j.unit == unit).cloned();
+                if job.is_some() || st.is_failed() {
+                    report.failed.push(UnitFailure { unit, status: st, job });
+                }
+            }
+        }
+        Err(e) => {
+            if report.aborted.is_none() {
+                report.aborted = Some(format!("cannot read unit status after the switch: {e}"));
+            }
+        }
+    }
+    if !report.failed.is_empty() {
+        let names: Vec<String> = report.failed.iter().map(|f| f.unit.clone()).collect();
+        report.failed_status = host.status_text(&names);
+    }
+
+    // Every protected unit that was running before must still run the same
+    // process in the same invocation.
+    let names: Vec<String> = before.0.keys().cloned().collect();
+    match mgr.unit_status(&names) {
+        Ok(after) => {
+            for (unit, b) in &before.0 {
+                if !b.is_running() {
+                    continue;
+                }
+                let a = after.get(unit).cloned().unwrap_or_default();
+                report.protected.push(ProtectedCheck {
+                    unit: unit.clone(),
+                    before: b.clone(),
+                    disturbed: disturbance(b, &a),
+                    after: a,
+                });
+            }
+        }
+        Err(e) => {
+            for (unit, b) in before.0.iter().filter(|(_, b)| b.is_running()) {
+                report.protected.push(ProtectedCheck {
+                    unit: unit.clone(),
+                    before: b.clone(),
+                    after: UnitStatus::default(),
+                    disturbed: Some(format!("could not be checked: {e}")),
+                });
+            }
+        }
+    }
+
+    if report.aborted.is_none() {
+        file.finished = true;
+        let _ = run.finish(&file);
+        let _ = std::fs::remove_file(baseline_path(run));
+    }
+    report
+}
+
+fn step_record(phase: Phase, r: Result<(), Error>, report: &mut ApplyReport) -> PhaseRecord {
+    match r {
+        Ok(()) => PhaseRecord { phase, jobs: Vec::new(), note: Some("done".into()), ok: true },
+        Err(e) => {
+            report.aborted = Some(format!("{} phase: {e}", phase_name(phase)));
+            PhaseRecord { phase, jobs: Vec::new(), note: Some(e.to_string()), ok: false }
+        }
+    }
+}
+
+fn verb(phase: Phase) -> &'static str {
+    match phase {
+        Phase::Stop => "stopping",
+        Phase::Reload => "reloading",
+        Phase::Restart => "restarting",
+        Phase::Start => "starting",
+        _ => "handling",
+    }
+}
+
+impl UnitStatus {
+    /// Tells whether the unit is running or starting.
+    pub fn is_running(&self) -> bool {
+        matches!(self.active_state.as_str(), "active" | "activating" | "reloading" | "refreshing")
+    }
+}
+
+/// What changed about a protected unit, if anything.
+fn disturbance(before: &UnitStatus, after: &UnitStatus) -> Option<String> {
+    let mut what = Vec::new();
+    if !after.is_running() {
+        what.push(format!("no longer running (now {}/{})", after.active_state, after.sub_state));
+    }
+    if before.main_pid != after.main_pid {
+        what.push(format!("MainPID changed from {} to {}", before.main_pid, after.main_pid));
+    }
+    if before.invocation_id != after.invocation_id {
+        what.push(format!(
+            "InvocationID changed from {} to {}",
+            or_none(&before.invocation_id),
+            or_none(&after.invocation_id)
+        ));
+    }
+    (!what.is_empty()).then(|| what.join(", "))
+}
+
+fn or_none(s: &str) -> &str {
+    if s.is_empty() { "none" } else { s }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fake::{Behaviour, Call, FakeManager};
+    use plan_model::{
+        Deferral, Generation, Mode, ProtectedUnit, Protection, ProtectionSource, Reason, Rule,
+        UnitPlan, FORMAT_VERSION,
+    };
+
+    #[derive(Default)]
+    struct FakeHost {
+        activated: Vec<PathBuf>,
+        exit: i32,
+    }
+
+    impl Host for FakeHost {
+        fn activate(&mut self, script: &Path, _toplevel: &Path) -> Result<i32, Error> {
+            self.activated.push(script.to_owned());
+            Ok(self.exit)
+        }
+        fn swapoff(&mut self, _device: &str) -> Result<(), String> {
+            Ok(())
+        }
+        fn status_text(&mut self, units: &[String]) -> Option<String> {
+            Some(format!("status of {}", units.join(" ")))
+        }
+    }
+
+    #[derive(Default)]
+    struct Quiet(Vec<String>);
+
+    impl Progress for Quiet {
+        fn phase(&mut self, _phase: Phase, what: &str) {
+            self.0.push(what.to_owned());
+        }
+        fn job(&mut self, o: &JobOutcome) {
+            self.0.push(format!("{} {} {}", o.kind, o.unit, o.result.describe()));
+        }
+        fn note(&mut self, line: &str) {
+            self.0.push(line.to_owned());
+        }
+    }
+
+    fn unit(name: &str, actions: &[Action]) -> UnitPlan {
+        UnitPlan {
+            unit: name.into(),
+            actions: actions.to_vec(),
+            reasons: vec![Reason { rule: Rule::UnitChanged, detail: None }],
+            changes: vec![],
+            deferral: None,
+        }
+    }
+
+    fn plan(units: Vec<UnitPlan>, protected: &[&str]) -> Plan {
+        Plan {
+            format_version: FORMAT_VERSION,
+            old: Generation { path: "/gen/a".into(), ..Default::default() },
+            new: Generation { path: "/gen/b".into(), ..Default::default() },
+            units,
+            steps: vec![
+                Step::Activate { script: "/gen/b/activate".into() },
+                Step::DaemonReload,
+                Step::RestartSysinitReactivation,
+            ],
+            protection: Protection {
+                mode: Mode::Defer,
+                protected: protected
+                    .iter()
+                    .map(|u| ProtectedUnit {
+                        selector: (*u).into(),
+                        source: ProtectionSource::CommandLine,
+                        units: vec![(*u).into()],
+                        allow: vec![],
+                    })
+                    .collect(),
+                refused: false,
+                ..Default::default()
+            },
+            diagnostics: vec![],
+        }
+    }
+
+    fn opts() -> ApplyOptions {
+        ApplyOptions { job_timeout: Duration::from_secs(1), reload_timeout: Duration::from_secs(1) }
+    }
+
+    #[test]
+    fn phases_run_in_nixos_order_and_only_listed_actions() {
+        let mut m = FakeManager::new();
+        m.running("sshd.service");
+        m.running("changed.service");
+        m.running("removed.service");
+        m.running("web.service");
+        m.inactive("new.service");
+        m.inactive("sysinit-reactivation.target");
+        let mut deferred = unit("cascade.service", &[]);
+        deferred.deferral = Some(Deferral {
+            actions: vec![Action::Restart],
+            touches: "sshd.service".into(),
+            effect: Action::Restart,
+            chain: vec![],
+        });
+        let p = plan(
+            vec![
+                unit("changed.service", &[Action::Stop, Action::Start]),
+                deferred,
+                unit("new.service", &[Action::Start]),
+                unit("removed.service", &[Action::Stop]),
+                unit("web.service", &[Action::Reload]),
+            ],
+            &["sshd.service"],
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let run = RunDir::new(dir.path());
+        let mut host = FakeHost::default();
+        let before_sshd = m.units["sshd.service"].status.clone();
+        let r = apply(&p, &mut m, &mut host, &run, &opts(), &mut Quiet::default()).unwrap();
+        assert!(r.success(), "{}", r.render_text());
+        assert_eq!(
+            m.calls,
+            vec![
+                Call::Job(JobKind::Stop, "changed.service".into()),
+                Call::Job(JobKind::Stop, "removed.service".into()),
+                Call::ResetFailed,
+                Call::DaemonReload,
+                Call::Job(JobKind::Restart, "sysinit-reactivation.target".into()),
+                Call::Job(JobKind::Reload, "web.service".into()),
+                Call::Job(JobKind::Start, "changed.service".into()),
+                Call::Job(JobKind::Start, "new.service".into()),
+            ]
+        );
+        assert_eq!(host.activated, vec![PathBuf::from("/gen/b/activate")]);
+        assert_eq!(m.units["sshd.service"].status, before_sshd);
+        assert_eq!(r.protected.len(), 1);
+        assert!(r.protected[0].disturbed.is_none());
+        assert!(run.interrupted().unwrap().is_none(), "a finished apply leaves nothing to resume");
+        assert!(dir.path().join("last.json").exists());
+    }
+
+    #[test]
+    fn failed_and_hung_units_are_reported_and_others_still_handled() {
+        let mut m = FakeManager::new();
+        m.inactive("bad.service").behaviour = Behaviour::FailsToStart;
+        m.inactive("slow.service").behaviour = Behaviour::Hangs;
+        m.inactive("good.service");
+        let p = plan(
+            vec![
+                unit("bad.service", &[Action::Start]),
+                unit("good.service", &[Action::Start]),
+                unit("slow.service", &[Action::Start]),
+            ],
+            &[],
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let run = RunDir::new(dir.path());
+        let r = apply(&p, &mut m, &mut FakeHost::default(), &run, &opts(), &mut Quiet::default())
+            .unwrap();
+        assert!(!r.success());
+        assert!(r.aborted.is_none());
+        assert_eq!(m.units["good.service"].status.active_state, "active");
+        let failed: Vec<&str> = r.failed.iter().map(|f| f.unit.as_str()).collect();
+        assert_eq!(failed, vec!["bad.service", "slow.service"]);
+        assert_eq!(r.failed[0].status.active_state, "failed");
+        assert_eq!(
+            r.failed[1].job.as_ref().unwrap().result,
+            JobResult::TimedOut { seconds: 1 }
+        );
+        assert_eq!(r.failed_status.as_deref(), Some("status of bad.service slow.service"));
+        let text = r.render_text();
+        assert!(text.contains("warning: the following units failed"), "{text}");
+        assert!(text.contains("bad.service: failed/failed"), "{text}");
+    }
+
+    #[test]
+    fn a_disturbed_protected_unit_is_a_loud_failure() {
+        let mut m = FakeManager::new();
+        m.running("sshd.service").part_of = vec!["network.service".into()];
+        m.running("network.service");
+        // An unprotected plan: the restart of network.service reaches sshd
+        // through PartOf=, and the check after the switch must see it.
+        let p = plan(vec![unit("network.service", &[Action::Restart])], &["sshd.service"]);
+        let dir = tempfile::tempdir().unwrap();
+        let run = RunDir::new(dir.path());
+        let r = apply(&p, &mut m, &mut FakeHost::default(), &run, &opts(), &mut Quiet::default())
+            .unwrap();
+        assert!(!r.success());
+        assert!(r.protected_disturbed());
+        let what = r.protected[0].disturbed.as_deref().unwrap();
+        assert!(what.contains("MainPID changed"), "{what}");
+        assert!(what.contains("InvocationID changed"), "{what}");
+        assert!(r.render_text().contains("PROTECTED UNIT DISTURBED: sshd.service"));
+    }
+
+    #[test]
+    fn an_interrupted_apply_is_described_and_resumed() {
+        let mut m = FakeManager::new();
+        m.running("a.service");
+        m.inactive("b.service");
+        m.inactive("c.service");
+        m.running("sshd.service");
+        let p = plan(
+            vec![
+                unit("a.service", &[Action::Stop, Action::Start]),
+                unit("b.service", &[Action::Start]),
+                unit("c.service", &[Action::Start]),
+            ],
+            &["sshd.service"],
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let run = RunDir::new(dir.path());
+        // The bus goes away after the stop and one of the starts.
+        m.unreachable_after_jobs = Some(2);
+        let mut host = FakeHost::default();
+        let r = apply(&p, &mut m, &mut host, &run, &opts(), &mut Quiet::default()).unwrap();
+        assert!(!r.success());
+        assert!(r.aborted.as_deref().unwrap().contains("start phase"), "{:?}", r.aborted);
+        let interrupted = run.interrupted().unwrap().expect("progress is kept");
+        let text = interrupted.describe();
+        assert!(text.contains("phases done: stop, activate, daemon-reload, sysinit-reactivation"), "{text}");
+        assert!(text.contains("stopped during: start"), "{text}");
+        assert!(text.contains("start a.service (done)"), "{text}");
+
+        // The next run resumes: only the starts not yet done are queued,
+        // and nothing before the start phase runs again.
+        m.unreachable_after_jobs = None;
+        m.calls.clear();
+        let r = resume(interrupted, &mut m, &mut host, &run, &opts(), &mut Quiet::default()).unwrap();
+        assert!(r.success(), "{}", r.render_text());
+        assert_eq!(
+            m.calls,
+            vec![
+                Call::Job(JobKind::Start, "b.service".into()),
+                Call::Job(JobKind::Start, "c.service".into()),
+            ]
+        );
+        assert_eq!(host.activated.len(), 1, "activation ran once");
+        assert!(run.interrupted().unwrap().is_none());
+    }
+
+    #[test]
+    fn a_failed_activation_script_fails_the_apply_but_units_are_still_handled() {
+        let mut m = FakeManager::new();
+        m.inactive("b.service");
+        let p = plan(vec![unit("b.service", &[Action::Start])], &[]);
+        let dir = tempfile::tempdir().unwrap();
+        let run = RunDir::new(dir.path());
+        let mut host = FakeHost { exit: 2, ..Default::default() };
+        let r = apply(&p, &mut m, &mut host, &run, &opts(), &mut Quiet::default()).unwrap();
+        assert!(!r.success());
+        assert_eq!(m.units["b.service"].status.active_state, "active");
+        assert!(r.render_text().contains("activate: exit status 2"), "{}", r.render_text());
+    }
+}

@@ -1,0 +1,231 @@
+//! The narrow view of a service manager that the executor needs.
+//!
+//! The trait is shaped by what a switch does, not by systemd's D-Bus API:
+//! jobs are queued and awaited as one batch per phase, because that is how
+//! NixOS's switch runs them (systemd orders a batch by its dependencies),
+//! and reload and re-exec include their wait for `Reloading(false)`. This
+//! keeps the executor a plain sequence of phases and makes the fake small.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use plan_model::{Action, LiveState};
+use serde::{Deserialize, Serialize};
+
+use crate::Error;
+
+/// A job the executor queues for a unit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum JobKind {
+    /// `StopUnit`.
+    Stop,
+    /// `ReloadUnit`.
+    Reload,
+    /// `RestartUnit`.
+    Restart,
+    /// `StartUnit`.
+    Start,
+}
+
+impl JobKind {
+    /// The job for a plan action; `None` for [`Action::Skip`], which does
+    /// nothing to the running unit.
+    pub fn for_action(action: Action) -> Option<JobKind> {
+        match action {
+            Action::Stop => Some(JobKind::Stop),
+            Action::Reload => Some(JobKind::Reload),
+            Action::Restart => Some(JobKind::Restart),
+            Action::Start => Some(JobKind::Start),
+            Action::Skip => None,
+        }
+    }
+
+    /// The verb, as printed.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobKind::Stop => "stop",
+            JobKind::Reload => "reload",
+            JobKind::Restart => "restart",
+            JobKind::Start => "start",
+        }
+    }
+}
+
+impl std::fmt::Display for JobKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// How a job ended.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "result", rename_all = "kebab-case")]
+pub enum JobResult {
+    /// systemd reported `done`.
+    Done,
+    /// systemd reported another result: `failed`, `timeout`, `dependency`,
+    /// `canceled`, `skipped`, `invalid`, ...
+    Failed {
+        /// systemd's result string.
+        systemd_result: String,
+    },
+    /// The job did not finish within the job timeout; it was cancelled.
+    TimedOut {
+        /// The limit, in seconds.
+        seconds: u64,
+    },
+    /// systemd refused to queue the job (the D-Bus call failed).
+    NotQueued {
+        /// systemd's error message.
+        message: String,
+    },
+}
+
+impl JobResult {
+    /// Tells whether the job succeeded.
+    pub fn is_done(&self) -> bool {
+        matches!(self, JobResult::Done)
+    }
+
+    /// A short description, e.g. `done`, `failed`, `timed out after 90 s`.
+    pub fn describe(&self) -> String {
+        match self {
+            JobResult::Done => "done".to_owned(),
+            JobResult::Failed { systemd_result } => systemd_result.clone(),
+            JobResult::TimedOut { seconds } => format!("timed out after {seconds} s, cancelled"),
+            JobResult::NotQueued { message } => format!("not queued: {message}"),
+        }
+    }
+}
+
+/// The outcome of one job of a batch.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct JobOutcome {
+    /// The unit.
+    pub unit: String,
+    /// The job.
+    pub kind: JobKind,
+    /// How it ended.
+    pub result: JobResult,
+}
+
+/// The state of one unit, re-read (never cached) from the manager.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UnitStatus {
+    /// `LoadState` (`not-found` when the manager does not know the unit).
+    pub load_state: String,
+    /// `ActiveState`.
+    pub active_state: String,
+    /// `SubState`.
+    pub sub_state: String,
+    /// `MainPID` (services only; 0 otherwise).
+    pub main_pid: u32,
+    /// `InvocationID` as 32 lowercase hex digits, or empty.
+    pub invocation_id: String,
+    /// `Result` of a service (`success`, `exit-code`, `timeout`, ...).
+    pub result: String,
+    /// `ExecMainCode` (1 exited, 2 killed, 3 dumped; 0 when it never ran).
+    pub exec_main_code: i32,
+    /// `ExecMainStatus`: the exit status or signal number.
+    pub exec_main_status: i32,
+}
+
+impl UnitStatus {
+    /// Tells whether the unit counts as failed after a switch, as NixOS's
+    /// switch decides it: `failed`, or a service waiting to auto-restart
+    /// after a non-zero exit.
+    pub fn is_failed(&self) -> bool {
+        self.active_state == "failed"
+            || (self.sub_state == "auto-restart" && self.exec_main_status != 0)
+    }
+
+    /// One line: `failed (Result=exit-code, status=3)`.
+    pub fn summary(&self) -> String {
+        let mut s = format!("{}/{}", self.active_state, self.sub_state);
+        if !self.result.is_empty() && self.result != "success" {
+            s.push_str(&format!(", result {}", self.result));
+        }
+        if self.exec_main_code == 1 && self.exec_main_status != 0 {
+            s.push_str(&format!(", main process exited with status {}", self.exec_main_status));
+        } else if self.exec_main_code >= 2 {
+            s.push_str(&format!(", main process killed by signal {}", self.exec_main_status));
+        }
+        s
+    }
+}
+
+/// A command to run as a transient service, the way
+/// `systemd-run --collect --service-type=exec` does.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TransientSpec {
+    /// The unit name, ending in `.service`.
+    pub unit: String,
+    /// `Description=`.
+    pub description: String,
+    /// The program and its arguments (`argv[0]` included).
+    pub argv: Vec<String>,
+    /// `Environment=` entries (`NAME=value`).
+    pub environment: Vec<String>,
+    /// `WorkingDirectory=`.
+    pub working_directory: Option<PathBuf>,
+    /// Standard output goes to this file (truncated).
+    pub stdout: PathBuf,
+    /// Standard error goes to this file (truncated).
+    pub stderr: PathBuf,
+}
+
+/// How a transient service ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TransientExit {
+    /// The main process exited with this status.
+    Exited(i32),
+    /// The main process was killed by this signal.
+    Killed(i32),
+    /// The unit went away without an exit status being seen.
+    Unknown(String),
+}
+
+/// What the executor needs from a service manager.
+///
+/// Every method re-reads state from the manager; nothing is cached between
+/// calls, because the point of most calls is to see what changed.
+pub trait ServiceManager {
+    /// Takes a snapshot of every loaded unit.
+    fn snapshot(&mut self) -> Result<LiveState, Error>;
+
+    /// Reads the current status of the given units. Units the manager does
+    /// not know come back with `load_state` `not-found`.
+    fn unit_status(&mut self, units: &[String]) -> Result<BTreeMap<String, UnitStatus>, Error>;
+
+    /// Queues all `jobs` at once (mode `replace`) and waits until each has
+    /// finished or `timeout` has passed since it was queued. A job that
+    /// times out is cancelled. `on_done` is called as each job finishes.
+    /// Returns one outcome per job, in the order given.
+    fn run_jobs(
+        &mut self,
+        jobs: &[(JobKind, String)],
+        timeout: Duration,
+        on_done: &mut dyn FnMut(&JobOutcome),
+    ) -> Result<Vec<JobOutcome>, Error>;
+
+    /// `daemon-reload`, waiting for `Reloading(false)` up to `timeout`.
+    fn daemon_reload(&mut self, timeout: Duration) -> Result<(), Error>;
+
+    /// Re-executes the manager, waiting for `Reloading(false)` up to
+    /// `timeout`.
+    fn reexecute(&mut self, timeout: Duration) -> Result<(), Error>;
+
+    /// `ResetFailed`.
+    fn reset_failed(&mut self) -> Result<(), Error>;
+
+    /// Starts `spec` as a transient service and waits until it has ended,
+    /// calling `tick` about ten times a second meanwhile (to relay its
+    /// output). The unit is garbage-collected afterwards.
+    fn run_transient(
+        &mut self,
+        spec: &TransientSpec,
+        tick: &mut dyn FnMut(),
+    ) -> Result<TransientExit, Error>;
+}
