@@ -1,0 +1,3 @@
+//! Benchmark of reading and diffing two large closures (written below).
+
+fn main() {}
