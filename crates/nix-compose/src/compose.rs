@@ -99,9 +99,10 @@ impl Request {
                 base_ref: r.base.clone(),
                 overlay_ref: r.overlay.clone(),
             },
-            Request::Attr(r) => {
-                WrapperSpec::Attr { candidates: attr_candidates(r), flake_ref: r.flake.clone() }
-            }
+            Request::Attr(r) => WrapperSpec::Attr {
+                candidates: attr_candidates(r),
+                flake_ref: r.flake.clone(),
+            },
         }
     }
 
@@ -125,7 +126,10 @@ impl Request {
     fn overrides(&self) -> Vec<(&'static str, String)> {
         match self {
             Request::Compose(r) => {
-                vec![("base", absolute_ref(&r.base)), ("overlay", absolute_ref(&r.overlay))]
+                vec![
+                    ("base", absolute_ref(&r.base)),
+                    ("overlay", absolute_ref(&r.overlay)),
+                ]
             }
             Request::Attr(r) => vec![("flake", absolute_ref(&r.flake))],
         }
@@ -210,13 +214,17 @@ pub fn local_dir(reference: &str) -> Option<PathBuf> {
     if let Some(p) = head.strip_prefix("path:") {
         return Some(PathBuf::from(p));
     }
-    head.strip_prefix("git+file://").or_else(|| head.strip_prefix("git+file:")).map(PathBuf::from)
+    head.strip_prefix("git+file://")
+        .or_else(|| head.strip_prefix("git+file:"))
+        .map(PathBuf::from)
 }
 
 /// Checks that a local reference exists and holds a flake. The `dir=`
 /// query parameter (a flake in a subdirectory) is honoured.
 fn check_local(role: &'static str, reference: &str) -> Result<(), ComposeError> {
-    let Some(dir) = local_dir(reference) else { return Ok(()) };
+    let Some(dir) = local_dir(reference) else {
+        return Ok(());
+    };
     let not_found = |detail: String| ComposeError::FlakeNotFound {
         role,
         reference: reference.to_owned(),
@@ -236,7 +244,10 @@ fn check_local(role: &'static str, reference: &str) -> Result<(), ComposeError> 
         .unwrap_or("");
     let flake_nix = dir.join(sub).join("flake.nix");
     if !flake_nix.is_file() {
-        return Err(not_found(format!("{} has no flake.nix", dir.join(sub).display())));
+        return Err(not_found(format!(
+            "{} has no flake.nix",
+            dir.join(sub).display()
+        )));
     }
     Ok(())
 }
@@ -250,7 +261,10 @@ pub struct Composer<R> {
 impl<R: NixRunner> Composer<R> {
     /// A composer that announces nothing.
     pub fn new(runner: R) -> Self {
-        Composer { runner, announce: Box::new(|_| {}) }
+        Composer {
+            runner,
+            announce: Box::new(|_| {}),
+        }
     }
 
     /// Calls `announce` with a one-line description before each step that
@@ -274,12 +288,13 @@ impl<R: NixRunner> Composer<R> {
             check_local(role, reference)?;
         }
         let wrapper_text = request.wrapper().render();
-        let dir = tempfile::Builder::new().prefix("safe-switch-wrapper-").tempdir().map_err(
-            |source| ComposeError::Io {
+        let dir = tempfile::Builder::new()
+            .prefix("safe-switch-wrapper-")
+            .tempdir()
+            .map_err(|source| ComposeError::Io {
                 what: "could not create a private directory for the wrapper flake".into(),
                 source,
-            },
-        )?;
+            })?;
         std::fs::write(dir.path().join("flake.nix"), &wrapper_text).map_err(|source| {
             ComposeError::Io {
                 what: format!("could not write {}", dir.path().join("flake.nix").display()),
@@ -299,7 +314,10 @@ impl<R: NixRunner> Composer<R> {
         (self.announce)(&format!("fetching {}", describe_refs(request)));
         let out = self.run(&args, StderrMode::Capture)?;
         if !out.success {
-            return Err(ComposeError::Lock { what: describe_refs(request), stderr: out.stderr });
+            return Err(ComposeError::Lock {
+                what: describe_refs(request),
+                stderr: out.stderr,
+            });
         }
 
         let out = self.run(
@@ -313,13 +331,21 @@ impl<R: NixRunner> Composer<R> {
             StderrMode::Capture,
         )?;
         if !out.success {
-            return Err(ComposeError::Lock { what: describe_refs(request), stderr: out.stderr });
+            return Err(ComposeError::Lock {
+                what: describe_refs(request),
+                stderr: out.stderr,
+            });
         }
         let mut locked = parse::locked_inputs(&out.stdout, &request.given())?;
 
         let info_attr = attr_ref(&wrapper_ref, "safeSwitch.info");
         let out = self.run(
-            &["eval".into(), "--json".into(), "--no-write-lock-file".into(), info_attr],
+            &[
+                "eval".into(),
+                "--json".into(),
+                "--no-write-lock-file".into(),
+                info_attr,
+            ],
             StderrMode::Capture,
         )?;
         if !out.success {
@@ -355,7 +381,10 @@ impl<R: NixRunner> Composer<R> {
             StderrMode::Stream,
         )?;
         if !out.success {
-            return Err(ComposeError::Build { what, stderr: out.stderr });
+            return Err(ComposeError::Build {
+                what,
+                stderr: out.stderr,
+            });
         }
         let toplevel = parse::build_out_path(&out.stdout)?;
 
@@ -384,7 +413,10 @@ impl<R: NixRunner> Composer<R> {
                 });
             }
         };
-        Ok(Built { toplevel, provenance })
+        Ok(Built {
+            toplevel,
+            provenance,
+        })
     }
 
     fn run(&self, args: &[OsString], mode: StderrMode) -> Result<NixOutput, ComposeError> {
@@ -417,7 +449,10 @@ fn attr_ref(wrapper: &OsString, attr: &str) -> OsString {
 fn describe_refs(request: &Request) -> String {
     match request {
         Request::Compose(r) => {
-            format!("the base flake `{}` and the overlay flake `{}`", r.base, r.overlay)
+            format!(
+                "the base flake `{}` and the overlay flake `{}`",
+                r.base, r.overlay
+            )
         }
         Request::Attr(r) => format!("the flake `{}`", r.flake),
     }
@@ -437,7 +472,10 @@ fn check_compose(r: &ComposeRequest, info: &parse::ComposeInfo) -> Result<String
                 info.system_configs.join(", ")
             )
         };
-        return Err(ComposeError::SystemManagerConvention { base: r.base.clone(), problem });
+        return Err(ComposeError::SystemManagerConvention {
+            base: r.base.clone(),
+            problem,
+        });
     }
     let Some(host) = info.host.clone() else {
         return Err(ComposeError::MissingConfiguration {
@@ -484,13 +522,152 @@ fn check_attr(r: &AttrRequest, info: &parse::AttrInfo) -> Result<String, Compose
     match info.kind.as_deref() {
         Some("configuration") => Ok(format!("{path}.config.system.build.toplevel")),
         Some("derivation") => Ok(path),
-        _ => Err(ComposeError::NotAConfiguration { flake: r.flake.clone(), attr: path }),
+        _ => Err(ComposeError::NotAConfiguration {
+            flake: r.flake.clone(),
+            attr: path,
+        }),
     }
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
+    use std::cell::RefCell;
+
     use super::*;
+
+    /// Answers each `nix` subcommand with a canned output and records the
+    /// calls.
+    struct FakeNix {
+        calls: RefCell<Vec<Vec<String>>>,
+        answer: Answer,
+    }
+
+    type Answer = Box<dyn Fn(&[String]) -> NixOutput>;
+
+    impl NixRunner for FakeNix {
+        fn run(&self, args: &[OsString], _: StderrMode) -> Result<NixOutput, crate::NixError> {
+            let args: Vec<String> = args
+                .iter()
+                .map(|a| a.to_string_lossy().into_owned())
+                .collect();
+            self.calls.borrow_mut().push(args.clone());
+            Ok((self.answer)(&args))
+        }
+    }
+
+    const METADATA: &str = r#"{"locks":{"root":"root","nodes":{
+        "root":{"inputs":{"base":"base","overlay":"overlay"}},
+        "base":{"locked":{"type":"github","owner":"o","repo":"machines","rev":"abc","narHash":"sha256-b"}},
+        "overlay":{"locked":{"type":"path","path":"/srv/ci","narHash":"sha256-o"}}}}}"#;
+
+    fn ok(stdout: &str) -> NixOutput {
+        NixOutput {
+            success: true,
+            code: Some(0),
+            stdout: stdout.into(),
+            stderr: String::new(),
+        }
+    }
+
+    fn fake(info: &'static str) -> FakeNix {
+        FakeNix {
+            calls: RefCell::new(vec![]),
+            answer: Box::new(move |args| match args[0].as_str() {
+                "flake" if args[1] == "lock" => ok(""),
+                "flake" => ok(METADATA),
+                "eval" => ok(info),
+                "build" => {
+                    ok(r#"[{"drvPath":"/nix/store/d.drv","outputs":{"out":"/nix/store/t"}}]"#)
+                }
+                _ => NixOutput::default(),
+            }),
+        }
+    }
+
+    fn request() -> Request {
+        Request::Compose(ComposeRequest {
+            platform: Platform::Nixos,
+            base: "github:o/machines".into(),
+            overlay: "github:o/project".into(),
+            hosts: vec!["runner1".into(), "default".into()],
+            module: "default".into(),
+        })
+    }
+
+    #[test]
+    fn a_composition_locks_checks_then_builds_and_records_the_locks() {
+        let nix = fake(
+            r#"{"host":"default","extendable":true,"configurations":["default"],"modules":["default"]}"#,
+        );
+        let built = Composer::new(nix).build(&request()).unwrap();
+        assert_eq!(built.toplevel, PathBuf::from("/nix/store/t"));
+        let Provenance::Composed {
+            base,
+            overlay,
+            host,
+            ..
+        } = &built.provenance
+        else {
+            panic!()
+        };
+        assert_eq!(host, "default");
+        assert_eq!(base.rev.as_deref(), Some("abc"));
+        assert_eq!(base.reference, "github:o/machines");
+        assert_eq!(overlay.nar_hash.as_deref(), Some("sha256-o"));
+    }
+
+    #[test]
+    fn nothing_is_built_when_the_module_is_missing() {
+        let nix = fake(
+            r#"{"host":"default","extendable":true,"configurations":["default"],"modules":["other"]}"#,
+        );
+        let composer = Composer::new(nix);
+        let err = composer.build(&request()).unwrap_err();
+        assert!(matches!(err, ComposeError::MissingModule { .. }), "{err:?}");
+        let calls = composer.runner.calls.borrow();
+        let subcommands: Vec<&str> = calls.iter().map(|c| c[0].as_str()).collect();
+        assert_eq!(subcommands, ["flake", "flake", "eval"]);
+        let lock = &calls[0];
+        assert_eq!(
+            &lock[3..],
+            [
+                "--override-input",
+                "base",
+                "github:o/machines",
+                "--override-input",
+                "overlay",
+                "github:o/project"
+            ]
+        );
+    }
+
+    #[test]
+    fn a_configuration_without_extend_modules_is_refused_before_building() {
+        let nix = fake(
+            r#"{"host":"runner1","extendable":false,"configurations":["runner1"],"modules":["default"]}"#,
+        );
+        let err = Composer::new(nix).build(&request()).unwrap_err();
+        assert!(matches!(err, ComposeError::NotExtendable { .. }), "{err:?}");
+    }
+
+    #[test]
+    fn flakes_being_unavailable_is_its_own_error() {
+        let nix = FakeNix {
+            calls: RefCell::new(vec![]),
+            answer: Box::new(|_| NixOutput {
+                success: false,
+                code: Some(1),
+                stdout: String::new(),
+                stderr: "error: unrecognised flag '--extra-experimental-features'\n".into(),
+            }),
+        };
+        let err = Composer::new(nix).build(&request()).unwrap_err();
+        assert!(
+            matches!(err, ComposeError::FlakesUnsupported { .. }),
+            "{err:?}"
+        );
+    }
 
     #[test]
     fn flake_arg_with_a_fragment_names_a_configuration() {
@@ -503,23 +680,33 @@ mod tests {
                 attr: "vm".into()
             })
         );
-        let WrapperSpec::Attr { candidates, .. } = r.wrapper() else { panic!() };
-        assert_eq!(candidates, vec![vec!["vm".to_owned()], vec!["nixosConfigurations".into(), "vm".into()]]);
+        let WrapperSpec::Attr { candidates, .. } = r.wrapper() else {
+            panic!()
+        };
+        assert_eq!(
+            candidates,
+            vec![
+                vec!["vm".to_owned()],
+                vec!["nixosConfigurations".into(), "vm".into()]
+            ]
+        );
     }
 
     #[test]
     fn attr_paths_keep_quoted_names() {
-        assert_eq!(split_attr_path(r#"nixosConfigurations."a.b".config"#), vec![
-            "nixosConfigurations",
-            "a.b",
-            "config"
-        ]);
+        assert_eq!(
+            split_attr_path(r#"nixosConfigurations."a.b".config"#),
+            vec!["nixosConfigurations", "a.b", "config"]
+        );
         let r = AttrRequest {
             platform: Platform::SystemManager,
             flake: ".".into(),
             attr: "systemConfigs.x".into(),
         };
-        assert_eq!(attr_candidates(&r), vec![vec!["systemConfigs".to_owned(), "x".into()]]);
+        assert_eq!(
+            attr_candidates(&r),
+            vec![vec!["systemConfigs".to_owned(), "x".into()]]
+        );
     }
 
     #[test]
@@ -527,7 +714,10 @@ mod tests {
         assert_eq!(local_dir("/etc/nixos"), Some(PathBuf::from("/etc/nixos")));
         assert_eq!(local_dir("./ci?dir=sub"), Some(PathBuf::from("./ci")));
         assert_eq!(local_dir("path:/srv/x"), Some(PathBuf::from("/srv/x")));
-        assert_eq!(local_dir("git+file:///srv/x?ref=main"), Some(PathBuf::from("/srv/x")));
+        assert_eq!(
+            local_dir("git+file:///srv/x?ref=main"),
+            Some(PathBuf::from("/srv/x"))
+        );
         assert_eq!(local_dir("github:NixOS/nixpkgs"), None);
         assert_eq!(local_dir("mybase"), None);
     }

@@ -188,7 +188,11 @@ pub enum ComposeError {
 }
 
 fn list_or_none(items: &[String]) -> String {
-    if items.is_empty() { "none".to_owned() } else { items.join(", ") }
+    if items.is_empty() {
+        "none".to_owned()
+    } else {
+        items.join(", ")
+    }
 }
 
 /// Whether Nix's report says that flakes or the `nix` command are not
@@ -203,6 +207,7 @@ pub fn is_flakes_unsupported(stderr: &str) -> bool {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
 
@@ -211,7 +216,9 @@ mod tests {
         assert!(is_flakes_unsupported(
             "error: experimental Nix feature 'flakes' is disabled; use '--extra-experimental-features flakes' to override"
         ));
-        assert!(is_flakes_unsupported("error: unrecognised flag '--extra-experimental-features'"));
+        assert!(is_flakes_unsupported(
+            "error: unrecognised flag '--extra-experimental-features'"
+        ));
         assert!(!is_flakes_unsupported("error: attribute 'x' missing"));
     }
 

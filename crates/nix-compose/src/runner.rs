@@ -52,11 +52,17 @@ pub trait NixRunner {
 pub struct NixCommand {
     /// The program to run (default: `nix`, found on `PATH`).
     pub program: PathBuf,
+    /// Environment variables set for every invocation, on top of ours
+    /// (e.g. `NIX_CONFIG`).
+    pub env: Vec<(OsString, OsString)>,
 }
 
 impl Default for NixCommand {
     fn default() -> Self {
-        NixCommand { program: PathBuf::from("nix") }
+        NixCommand {
+            program: PathBuf::from("nix"),
+            env: Vec::new(),
+        }
     }
 }
 
@@ -69,12 +75,20 @@ impl NixRunner for NixCommand {
     fn run(&self, args: &[OsString], mode: StderrMode) -> Result<NixOutput, NixError> {
         let mut cmd = Command::new(&self.program);
         cmd.args(COMMON_ARGS).args(args);
-        cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+        cmd.envs(self.env.iter().map(|(k, v)| (k, v)));
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
         let mut child = cmd.spawn().map_err(|source| {
             if source.kind() == std::io::ErrorKind::NotFound {
-                NixError::NotFound { program: self.program.clone() }
+                NixError::NotFound {
+                    program: self.program.clone(),
+                }
             } else {
-                NixError::Spawn { program: self.program.clone(), source }
+                NixError::Spawn {
+                    program: self.program.clone(),
+                    source,
+                }
             }
         })?;
         // Standard output is read on its own thread so that neither pipe can
@@ -96,11 +110,17 @@ impl NixRunner for NixCommand {
                 StderrMode::Stream => stream_stderr(err, &mut captured),
             }
         }
-        let status = child
-            .wait()
-            .map_err(|source| NixError::Spawn { program: self.program.clone(), source })?;
+        let status = child.wait().map_err(|source| NixError::Spawn {
+            program: self.program.clone(),
+            source,
+        })?;
         let stdout = reader.join().unwrap_or_default();
-        Ok(NixOutput { success: status.success(), code: status.code(), stdout, stderr: captured })
+        Ok(NixOutput {
+            success: status.success(),
+            code: status.code(),
+            stdout,
+            stderr: captured,
+        })
     }
 }
 
@@ -152,13 +172,18 @@ pub fn strip_ansi(s: &str) -> String {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
 
     #[test]
     fn coloured_error_lines_are_recognised() {
-        assert!(starts_error_report("error: flake 'x' does not provide attribute"));
-        assert!(starts_error_report("\u{1b}[31;1merror:\u{1b}[0m builder failed"));
+        assert!(starts_error_report(
+            "error: flake 'x' does not provide attribute"
+        ));
+        assert!(starts_error_report(
+            "\u{1b}[31;1merror:\u{1b}[0m builder failed"
+        ));
         assert!(!starts_error_report("building '/nix/store/abc-x.drv'..."));
         assert!(!starts_error_report("warning: error: not at start"));
     }
@@ -173,7 +198,10 @@ mod tests {
 
     #[test]
     fn a_missing_program_is_reported_as_such() {
-        let nix = NixCommand { program: PathBuf::from("/nonexistent/bin/nix") };
+        let nix = NixCommand {
+            program: PathBuf::from("/nonexistent/bin/nix"),
+            env: vec![],
+        };
         let err = nix.run(&[], StderrMode::Capture).unwrap_err();
         assert!(matches!(err, NixError::NotFound { .. }), "{err:?}");
     }

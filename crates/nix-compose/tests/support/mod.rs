@@ -1,0 +1,228 @@
+//! Shared set-up for tests that run the real `nix`: whether it can run
+//! here, the offline configuration, and a private copy of the fixture
+//! flakes.
+//!
+//! Also included by the `safe-switch` binary's tests (`cli/tests/nix_*.rs`)
+//! through a `#[path]` module, so both use the same fixtures.
+
+#![allow(dead_code, unreachable_pub)]
+
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// The fixture flakes in the source tree. The including crate is either
+/// `crates/nix-compose` or `cli`.
+fn fixtures_dir() -> PathBuf {
+    let here = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    if here.ends_with("nix-compose") {
+        here.join("tests/fixtures")
+    } else {
+        here.join("../crates/nix-compose/tests/fixtures")
+    }
+}
+
+/// The `NIX_CONFIG` for offline tests: flakes on, no sandbox (no user
+/// namespaces needed), no binary cache, and a flake registry that is a
+/// local file, so nothing is fetched from the network.
+pub fn nix_config(registry: &Path) -> String {
+    format!(
+        "experimental-features = nix-command flakes\nsandbox = false\nsubstituters =\n\
+         flake-registry = {}\nwarn-dirty = false\n",
+        registry.display()
+    )
+}
+
+/// Whether tests with the real `nix` can run: `nix` is installed and the
+/// store is writable (root, or a store already owned by us). Under
+/// `CI=true` a missing capability fails the test; elsewhere it is skipped
+/// with a message.
+pub fn nix_usable(test: &str) -> bool {
+    let ci = std::env::var("CI").is_ok_and(|v| v == "true");
+    let reason = if Command::new("nix").arg("--version").output().is_err() {
+        Some("`nix` is not installed")
+    } else if !store_writable() {
+        Some("the Nix store (/nix) is not writable by this user")
+    } else {
+        None
+    };
+    match reason {
+        None => true,
+        Some(why) if ci => panic!("{test}: cannot run under CI=true: {why}"),
+        Some(why) => {
+            eprintln!("skipping {test}: {why}");
+            false
+        }
+    }
+}
+
+fn store_writable() -> bool {
+    // Root can always create the store; otherwise (a single-user install)
+    // Nix's state directory must be writable by us.
+    if is_root() {
+        return true;
+    }
+    tempfile::Builder::new()
+        .prefix(".safe-switch-probe")
+        .tempfile_in("/nix/var/nix")
+        .is_ok()
+}
+
+fn is_root() -> bool {
+    // The effective user id, read from /proc.
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .and_then(|l| l.split_whitespace().nth(2).map(|u| u == "0"))
+        })
+        .unwrap_or(false)
+}
+
+/// The Nix system type of this machine (`x86_64-linux`, ...).
+pub fn nix_system() -> String {
+    let arch = std::env::consts::ARCH;
+    let os = match std::env::consts::OS {
+        "macos" => "darwin",
+        other => other,
+    };
+    format!("{arch}-{os}")
+}
+
+/// A private copy of the fixture flakes with `@FIXTURES@` and `@SYSTEM@`
+/// filled in, plus an empty flake registry file.
+pub struct Fixtures {
+    pub dir: tempfile::TempDir,
+}
+
+impl Fixtures {
+    pub fn new() -> Fixtures {
+        let dir = tempfile::Builder::new()
+            .prefix("safe-switch-fixtures-")
+            .tempdir()
+            .unwrap();
+        copy_filled(&fixtures_dir(), dir.path(), dir.path(), &nix_system());
+        std::fs::write(
+            dir.path().join("registry.json"),
+            r#"{"flakes":[],"version":2}"#,
+        )
+        .unwrap();
+        Fixtures { dir }
+    }
+
+    /// The path of one fixture flake.
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// The path of one fixture flake, as a string reference.
+    pub fn flake(&self, name: &str) -> String {
+        self.path(name).display().to_string()
+    }
+
+    /// The registry file used as `flake-registry`.
+    pub fn registry(&self) -> PathBuf {
+        self.dir.path().join("registry.json")
+    }
+
+    /// Adds a registry alias for a fixture flake.
+    pub fn alias(&self, name: &str, fixture: &str) {
+        let json = serde_json::json!({
+            "version": 2,
+            "flakes": [{
+                "from": { "type": "indirect", "id": name },
+                "to": { "type": "path", "path": self.flake(fixture) },
+            }],
+        });
+        std::fs::write(self.registry(), json.to_string()).unwrap();
+    }
+
+    /// The environment for `nix` in these tests.
+    pub fn env(&self) -> Vec<(OsString, OsString)> {
+        vec![("NIX_CONFIG".into(), nix_config(&self.registry()).into())]
+    }
+
+    /// Every `flake.lock` under the copy (there should be none).
+    pub fn lock_files(&self) -> Vec<PathBuf> {
+        let mut found = Vec::new();
+        walk(self.dir.path(), &mut |p| {
+            if p.file_name().is_some_and(|n| n == "flake.lock") {
+                found.push(p.to_owned());
+            }
+        });
+        found
+    }
+
+    /// Makes a fixture a Git repository with one commit, so that it is
+    /// fetched as `git+file`.
+    pub fn git_init(&self, name: &str) {
+        let dir = self.path(name);
+        for args in [
+            vec!["init", "-q"],
+            vec!["add", "-A"],
+            vec![
+                "-c",
+                "user.name=t",
+                "-c",
+                "user.email=t@example.invalid",
+                "commit",
+                "-q",
+                "-m",
+                "fixture",
+            ],
+        ] {
+            let st = Command::new("git")
+                .args(&args)
+                .current_dir(&dir)
+                .status()
+                .unwrap();
+            assert!(st.success(), "git {args:?} failed in {}", dir.display());
+        }
+    }
+}
+
+fn copy_filled(from: &Path, to: &Path, root: &Path, system: &str) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let src = entry.path();
+        let dst = to.join(entry.file_name());
+        if src.is_dir() {
+            copy_filled(&src, &dst, root, system);
+        } else {
+            let text = std::fs::read_to_string(&src).unwrap();
+            let text = text
+                .replace("@FIXTURES@", &root.display().to_string())
+                .replace("@SYSTEM@", system);
+            std::fs::write(&dst, text).unwrap();
+        }
+    }
+}
+
+fn walk(dir: &Path, f: &mut dyn FnMut(&Path)) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let p = entry.path();
+        f(&p);
+        if p.is_dir() && !p.is_symlink() {
+            walk(&p, f);
+        }
+    }
+}
+
+/// The units of a generation: file name to bytes.
+pub fn units(toplevel: &Path) -> std::collections::BTreeMap<String, Vec<u8>> {
+    let dir = toplevel.join("etc/systemd/system");
+    let mut out = std::collections::BTreeMap::new();
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let entry = entry.unwrap();
+        out.insert(
+            entry.file_name().to_string_lossy().into_owned(),
+            std::fs::read(entry.path()).unwrap(),
+        );
+    }
+    out
+}
