@@ -91,6 +91,11 @@ pub fn read(
         .map_err(|source| CommandError::Spawn { program: nix.to_path_buf(), source })?;
     if !output.status.success() {
         let stderr = String::from_utf8_lossy(&output.stderr);
+        // Every Nix version words an unknown path this way; it is an
+        // answer about the path, not a failure of the command.
+        if stderr.contains(&format!("path '{store_path}' is not valid")) {
+            return Err(CommandError::NotValid { command, store_path: store_path.to_owned() });
+        }
         let tail: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
         let tail = tail[tail.len().saturating_sub(3)..].join(" / ");
         return Err(CommandError::Failed { command, status: output.status.to_string(), stderr: tail });
