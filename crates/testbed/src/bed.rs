@@ -39,6 +39,7 @@
 //! passes that on to systemd, so even a test process that aborts leaves no
 //! systemd behind.
 
+use std::collections::BTreeMap;
 use std::fs;
 use std::io::Read;
 use std::net::TcpStream;
@@ -171,6 +172,27 @@ pub fn available(test: &str) -> bool {
             eprintln!("SKIPPED {test}: {reason}");
             false
         }
+    }
+}
+
+/// What `systemctl show` says about a unit at one moment.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct UnitState {
+    /// `ActiveState`: `active`, `inactive`, `failed`, ...
+    pub active_state: String,
+    /// `SubState`: `running`, `exited`, `dead`, ...
+    pub sub_state: String,
+    /// `MainPID` (in the bed's PID namespace), 0 when none.
+    pub main_pid: u32,
+    /// `InvocationID`: changes with every start of the unit; empty when it
+    /// never ran.
+    pub invocation_id: String,
+}
+
+impl UnitState {
+    /// Whether the unit is active (or reloading).
+    pub fn is_active(&self) -> bool {
+        self.active_state == "active" || self.active_state == "reloading"
     }
 }
 
@@ -526,6 +548,32 @@ impl TestBed {
     /// A unit's `InvocationID` (empty when it never ran).
     pub fn invocation_id(&self, unit: &str) -> Result<String> {
         self.unit_property(unit, "InvocationID")
+    }
+
+    /// The state of several units at once (one `systemctl show` call), by
+    /// unit name. A unit systemd does not know reads as `inactive` with no
+    /// PID and no invocation.
+    pub fn unit_states(&self, units: &[&str]) -> Result<BTreeMap<String, UnitState>> {
+        let mut args = vec!["show", "-p", "Id,ActiveState,SubState,MainPID,InvocationID"];
+        args.extend_from_slice(units);
+        let text = self.systemctl(&args)?;
+        let mut states = BTreeMap::new();
+        // One block per unit, in the order asked, separated by blank lines.
+        for (unit, block) in units.iter().zip(text.split("\n\n")) {
+            let mut state = UnitState::default();
+            for line in block.lines() {
+                let Some((key, value)) = line.split_once('=') else { continue };
+                match key {
+                    "ActiveState" => state.active_state = value.to_owned(),
+                    "SubState" => state.sub_state = value.to_owned(),
+                    "MainPID" => state.main_pid = value.parse().unwrap_or(0),
+                    "InvocationID" => state.invocation_id = value.to_owned(),
+                    _ => {}
+                }
+            }
+            states.insert((*unit).to_owned(), state);
+        }
+        Ok(states)
     }
 
     /// Waits until `unit`'s `ActiveState` is `state`.
