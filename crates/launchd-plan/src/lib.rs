@@ -1,1 +1,79 @@
-//! launchd-plan (work in progress).
+//! Plans the launchd part of a nix-darwin switch as a pure function, and
+//! renders the plan as an ordered list of `launchctl` calls.
+//!
+//! Inputs: the old and new generations' plists ([`load_generation`] reads
+//! them from a toplevel), the live launchd state ([`LaunchdLive`], what
+//! `launchctl print` reports, as a JSON value) and a protection [`Policy`].
+//! Output: a [`LaunchdPlan`], the shared [`plan_model::Plan`] keyed by job
+//! label plus where each job lives, which [`operations`] turns into
+//! [`Operation`]s.
+//!
+//! Architecture Invariant: only the `io` module touches the filesystem;
+//! [`plan`] and [`operations`] are pure and never spawn `launchctl`.
+//!
+//! # What nix-darwin does, and what is modelled
+//!
+//! nix-darwin installs `Library/LaunchDaemons/*.plist` into
+//! `/Library/LaunchDaemons`, `Library/LaunchAgents/*.plist` into
+//! `/Library/LaunchAgents` and `user/Library/LaunchAgents/*.plist` into the
+//! primary user's `~/Library/LaunchAgents`, as regular files. For each plist
+//! of the new generation whose bytes differ from the installed copy it runs
+//! `launchctl unload`, copies the file and runs `launchctl load -w`; for each
+//! plist of the old generation missing from the new one it unloads the job
+//! and deletes the file. A changed plist is therefore always a full stop and
+//! start: launchd has no reload. After that, if `nix.conf` or `machines`
+//! changed, it sends the Nix daemon SIGHUP, which ends the daemon and lets
+//! launchd start it again.
+//!
+//! The planner makes the same decisions, per job label:
+//!
+//! - added plist: installed, enabled and bootstrapped (`start`);
+//! - changed plist: booted out, installed, enabled and bootstrapped
+//!   (`restart`), with every differing plist key as a [`plan_model::KeyChange`]
+//!   in section `plist` (nested dictionaries as dotted key paths);
+//! - removed plist: booted out (`stop`) and its file deleted;
+//! - bytes changed but content equal (re-encoded or reformatted): the file is
+//!   replaced and the job left running, where nix-darwin would reload it;
+//! - a job of the new generation that the live state shows as not loaded:
+//!   bootstrapped (`start`), which nix-darwin never does;
+//! - `nix.conf` or `machines` changed with a managed Nix daemon:
+//!   `kickstart -k` of `org.nixos.nix-daemon` (`restart`);
+//! - protection: a protected job that would be stopped or restarted is, in
+//!   defer mode, left alone entirely, its old plist staying installed and
+//!   loaded (recorded as a deferral plus an `old-plist-kept` reason); in
+//!   refuse mode the plan is refused and [`operations`] declines it.
+//!   nix-darwin has no per-job `restartIfChanged`, so keeping the old plist
+//!   is the only way to leave a job's process untouched.
+//!
+//! A launch agent from `/Library/LaunchAgents` is loaded into the primary
+//! user's `gui/<uid>` domain (nix-darwin loads it as root, which newer macOS
+//! refuses); other users pick it up at their next login.
+//!
+//! # What is not modelled
+//!
+//! The rest of the activation script (`/etc`, defaults, users, homebrew),
+//! `launchctl setenv` of `launchd.envVariables`, the `org.nixos.activate-system`
+//! job's boot-time re-activation, the installed copy drifting from the old
+//! generation (the planner compares generations; an executor should compare
+//! the installed bytes before acting), GUI domains of users other than the
+//! primary user, a missing GUI session (bootstrap then fails with 125), the
+//! plist `Disabled` key, and launchd's asynchronous boot-out (the executor
+//! waits for it).
+
+#![warn(missing_docs)]
+
+mod error;
+mod io;
+mod job;
+mod live;
+mod ops;
+mod planner;
+mod policy;
+
+pub use error::{LoadError, OpsError, SelectorError};
+pub use io::{load_generation, load_live};
+pub use job::{Generation, Job, Scope, flatten};
+pub use live::{LaunchdLive, LiveJob, PrimaryUser};
+pub use ops::{Domain, Launchctl, Operation, operations};
+pub use planner::{JobTarget, LaunchdPlan, NIX_DAEMON_LABEL, plan};
+pub use policy::{Policy, Selector};

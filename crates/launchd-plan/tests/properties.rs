@@ -1,0 +1,188 @@
+//! Direct checks of planner properties on the fixture cases, so a wrong
+//! snapshot accepted by mistake still fails here.
+
+use launchd_plan::{Launchctl, Operation, OpsError, operations};
+use plan_model::{Action, Mode, Rule};
+
+use crate::fixtures::{NEW, run_case};
+
+fn argvs(case: &str) -> Vec<Vec<String>> {
+    let plan = run_case(case).unwrap();
+    operations(&plan)
+        .unwrap()
+        .iter()
+        .map(Operation::argv)
+        .collect()
+}
+
+#[test]
+fn changed_daemon_is_booted_out_before_its_plist_is_replaced_and_bootstrapped() {
+    let plan = run_case("changed-daemon").unwrap();
+    let redis = plan.plan.unit("org.nixos.redis").unwrap();
+    assert_eq!(redis.actions, [Action::Restart]);
+    assert_eq!(redis.reasons[0].rule, Rule::PlistChanged);
+    assert_eq!(
+        redis.reasons[0].detail.as_deref(),
+        Some("running (pid 812)")
+    );
+    let keys: Vec<&str> = redis.changes.iter().map(|c| c.key.as_str()).collect();
+    assert_eq!(
+        keys,
+        ["EnvironmentVariables.REDIS_PORT", "ProgramArguments"]
+    );
+    assert!(
+        plan.plan.unit("org.nixos.nix-daemon").is_none(),
+        "unchanged jobs are not in the plan"
+    );
+
+    let ops = argvs("changed-daemon");
+    let pos = |argv: &[&str]| {
+        ops.iter()
+            .position(|o| o == argv)
+            .unwrap_or_else(|| panic!("{argv:?} in {ops:?}"))
+    };
+    let source = format!("{NEW}/Library/LaunchDaemons/org.nixos.redis.plist");
+    let installed = "/Library/LaunchDaemons/org.nixos.redis.plist";
+    let bootout = pos(&["launchctl", "bootout", "system/org.nixos.redis"]);
+    let install = pos(&[
+        "install", "-m", "0644", "-o", "root", "-g", "wheel", &source, installed,
+    ]);
+    let bootstrap = pos(&["launchctl", "bootstrap", "system", installed]);
+    assert!(bootout < install && install < bootstrap, "{ops:?}");
+    assert_eq!(ops.len(), 4, "bootout, install, enable, bootstrap: {ops:?}");
+}
+
+#[test]
+fn user_agents_use_the_gui_domain_and_the_users_home() {
+    let ops = argvs("changed-agent");
+    assert!(ops.contains(&vec![
+        "launchctl".into(),
+        "bootout".into(),
+        "gui/501/org.nixos.yabai".into()
+    ]));
+    assert!(ops.contains(&vec![
+        "launchctl".into(),
+        "bootstrap".into(),
+        "gui/501".into(),
+        "/Users/alice/Library/LaunchAgents/org.nixos.yabai.plist".into()
+    ]));
+    assert!(
+        ops.iter().all(|o| !o.contains(&"system".to_owned())),
+        "no agent goes to the system domain: {ops:?}"
+    );
+}
+
+#[test]
+fn protected_changed_job_keeps_its_old_plist_in_defer_mode() {
+    let plan = run_case("protected-defer").unwrap();
+    let runner = plan.plan.unit("org.nixos.gitlab-runner").unwrap();
+    assert!(runner.actions.is_empty());
+    let deferral = runner.deferral.as_ref().unwrap();
+    assert_eq!(deferral.actions, [Action::Restart]);
+    assert_eq!(deferral.effect, Action::Restart);
+    assert!(runner.reasons.iter().any(|r| r.rule == Rule::OldPlistKept));
+    let removed = plan.plan.unit("org.nixos.github-runner-ci1").unwrap();
+    assert_eq!(removed.deferral.as_ref().unwrap().effect, Action::Stop);
+
+    // Nothing at all touches the protected jobs: no launchctl call names
+    // them and neither of their plists is replaced or deleted.
+    let ops = operations(&plan).unwrap();
+    for op in &ops {
+        let line = op.to_string();
+        assert!(
+            !line.contains("gitlab-runner") && !line.contains("github-runner"),
+            "{line}"
+        );
+    }
+    // The unprotected change still goes through.
+    assert!(ops.contains(&Operation::Launchctl(Launchctl::Bootout {
+        domain: launchd_plan::Domain::System,
+        label: "org.nixos.prometheus-node-exporter".into()
+    })));
+}
+
+#[test]
+fn protected_changed_job_refuses_the_plan_in_refuse_mode() {
+    let plan = run_case("protected-refuse").unwrap();
+    assert_eq!(plan.plan.protection.mode, Mode::Refuse);
+    assert!(plan.plan.protection.refused);
+    assert!(plan.plan.deferred().next().is_none());
+    let touched: Vec<&str> = plan
+        .plan
+        .protection
+        .refusals
+        .iter()
+        .map(|r| r.touches.as_str())
+        .collect();
+    assert_eq!(
+        touched,
+        ["org.nixos.github-runner-ci1", "org.nixos.gitlab-runner"]
+    );
+    assert_eq!(
+        operations(&plan),
+        Err(OpsError::Refused {
+            labels: vec![
+                "org.nixos.github-runner-ci1".into(),
+                "org.nixos.gitlab-runner".into()
+            ]
+        })
+    );
+}
+
+#[test]
+fn binary_and_xml_encodings_of_the_same_plist_are_equal_in_content() {
+    let plan = run_case("binary-plist").unwrap();
+    let daemon = plan.plan.unit("org.nixos.nix-daemon").unwrap();
+    assert_eq!(daemon.reasons[0].rule, Rule::PlistReformatted);
+    assert!(
+        daemon.actions.is_empty(),
+        "re-encoding alone must not restart the Nix daemon"
+    );
+    let dnsmasq = plan.plan.unit("org.nixos.dnsmasq").unwrap();
+    assert_eq!(dnsmasq.actions, [Action::Restart]);
+    assert_eq!(dnsmasq.changes.len(), 1);
+}
+
+#[test]
+fn unchanged_generation_with_everything_loaded_plans_nothing() {
+    let plan = run_case("unchanged").unwrap();
+    assert!(plan.plan.units.is_empty(), "{:?}", plan.plan.units);
+    assert!(plan.plan.diagnostics.is_empty());
+    assert!(operations(&plan).unwrap().is_empty());
+}
+
+#[test]
+fn bad_plist_error_names_the_file() {
+    let err = run_case("bad-plist").unwrap_err().to_string();
+    assert!(
+        err.contains("bad-plist/new/Library/LaunchDaemons/org.nixos.broken.plist"),
+        "{err}"
+    );
+    assert!(err.contains("not a valid property list"), "{err}");
+}
+
+#[test]
+fn nix_conf_change_restarts_the_daemon_with_kickstart() {
+    let ops = argvs("nix-conf-changed");
+    assert_eq!(
+        ops,
+        [[
+            "launchctl",
+            "kickstart",
+            "-k",
+            "system/org.nixos.nix-daemon"
+        ]]
+    );
+}
+
+#[test]
+fn unloaded_job_of_the_generation_is_bootstrapped() {
+    let plan = run_case("not-loaded").unwrap();
+    let daemon = plan.plan.unit("org.nixos.nix-daemon").unwrap();
+    assert_eq!(daemon.actions, [Action::Start]);
+    assert_eq!(daemon.reasons[0].rule, Rule::JobNotLoaded);
+    assert!(
+        plan.plan.unit("org.nixos.activate-system").is_none(),
+        "loaded and unchanged"
+    );
+}
