@@ -96,7 +96,8 @@ impl ClosureDiff {
 
         let all = rows_changed.iter().chain(&rows_added).chain(&rows_removed);
         let name_w = width(all.clone().map(|r| r.1), 40);
-        let ver_w = width(all.map(|r| r.0.as_str()), 60);
+        let ver_w = width(all.clone().map(|r| r.0.as_str()), 60);
+        let size_w = all.map(|r| human_delta(r.3).len()).max().unwrap_or(0);
 
         for (title, rows) in
             [("CHANGED", &rows_changed), ("ADDED", &rows_added), ("REMOVED", &rows_removed)]
@@ -106,7 +107,8 @@ impl ClosureDiff {
             }
             let _ = writeln!(out, "\n{title}");
             for (ver, name, mark, delta) in rows {
-                let line = format!("  {mark} {name:<name_w$}  {ver:<ver_w$}  {}", human_delta(*delta));
+                let size = human_delta(*delta);
+                let line = format!("  {mark} {name:<name_w$}  {ver:<ver_w$}  {size:>size_w$}");
                 let _ = writeln!(out, "{}", line.trim_end());
             }
         }
@@ -143,13 +145,12 @@ impl ClosureDiff {
     /// other things (the switch plan).
     pub fn render_summary(&self) -> String {
         let mut parts = Vec::new();
-        for (direction, word) in [
-            (Direction::Upgrade, "upgraded"),
-            (Direction::Downgrade, "downgraded"),
-            (Direction::Unordered, "changed"),
-            (Direction::Mixed, "changed (mixed)"),
+        let other = self.count(Direction::Unordered) + self.count(Direction::Mixed);
+        for (n, word) in [
+            (self.count(Direction::Upgrade), "upgraded"),
+            (self.count(Direction::Downgrade), "downgraded"),
+            (other, "changed"),
         ] {
-            let n = self.count(direction);
             if n > 0 {
                 parts.push(format!("{n} {word}"));
             }
