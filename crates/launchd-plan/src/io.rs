@@ -7,7 +7,7 @@ use std::io::ErrorKind;
 use std::path::Path;
 
 use crate::error::LoadError;
-use crate::job::{Generation, Job, Scope};
+use crate::job::{Generation, Installed, Job, Scope};
 use crate::live::LaunchdLive;
 
 /// Reads the launchd part of a nix-darwin generation (a system toplevel):
@@ -53,6 +53,43 @@ pub fn load_generation(toplevel: &Path) -> Result<Generation, LoadError> {
         nix_conf: read_optional(&toplevel.join("etc/nix/nix.conf"))?,
         nix_machines: read_optional(&toplevel.join("etc/nix/machines"))?,
     })
+}
+
+/// Reads the installed copies of every plist the two generations name:
+/// `<root>/Library/LaunchDaemons`, `<root>/Library/LaunchAgents` and, when
+/// the primary user's home is known, `<home>/Library/LaunchAgents`. On a
+/// Mac `root` is `/`. Only the generations' file names are read, because
+/// those directories also hold plists nix-darwin does not manage.
+pub fn load_installed(
+    root: &Path,
+    home: Option<&Path>,
+    old: &Generation,
+    new: &Generation,
+) -> Result<Installed, LoadError> {
+    let mut wanted: Vec<(Scope, &str)> = old
+        .jobs
+        .iter()
+        .chain(&new.jobs)
+        .map(|j| (j.scope, j.file_name.as_str()))
+        .collect();
+    wanted.sort();
+    wanted.dedup();
+    let mut jobs = Vec::new();
+    for (scope, name) in wanted {
+        let dir = match scope {
+            Scope::Daemon => root.join("Library/LaunchDaemons"),
+            Scope::Agent => root.join("Library/LaunchAgents"),
+            Scope::UserAgent => match home {
+                Some(home) => home.join("Library/LaunchAgents"),
+                None => continue,
+            },
+        };
+        let path = dir.join(name);
+        if let Some(bytes) = read_optional(&path)? {
+            jobs.push(Job::parse(scope, name, &path.display().to_string(), bytes)?);
+        }
+    }
+    Ok(Installed { jobs })
 }
 
 /// Reads a live-state snapshot in the JSON form described in `live`.

@@ -146,6 +146,23 @@ impl Generation {
     }
 }
 
+/// The plists installed on the machine now, for the files the generations
+/// name. nix-darwin decides "changed" against these copies.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Installed {
+    /// The installed plists found; a file that is not installed is absent.
+    pub jobs: Vec<Job>,
+}
+
+impl Installed {
+    /// Returns the installed copy of this scope and file name.
+    pub fn job(&self, scope: Scope, file_name: &str) -> Option<&Job> {
+        self.jobs
+            .iter()
+            .find(|j| j.scope == scope && j.file_name == file_name)
+    }
+}
+
 /// Flattens a plist into `key path → values`.
 ///
 /// Dictionaries are walked recursively and their keys joined with `.` (a key

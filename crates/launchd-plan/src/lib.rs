@@ -71,9 +71,9 @@ mod planner;
 mod policy;
 
 pub use error::{LoadError, OpsError, SelectorError};
-pub use io::{load_generation, load_live};
-pub use job::{Generation, Job, Scope, flatten};
+pub use io::{load_generation, load_installed, load_live};
+pub use job::{Generation, Installed, Job, Scope, flatten};
 pub use live::{LaunchdLive, LiveJob, PrimaryUser};
 pub use ops::{Domain, Launchctl, Operation, operations};
-pub use planner::{JobTarget, LaunchdPlan, NIX_DAEMON_LABEL, plan};
+pub use planner::{Host, JobTarget, LaunchdPlan, NIX_DAEMON_LABEL, plan};
 pub use policy::{Policy, Selector};

@@ -15,7 +15,7 @@ use plan_model::{
     Reason, Refusal, Rule, Severity, UnitPlan,
 };
 
-use crate::job::{Generation, Job, Scope};
+use crate::job::{Generation, Installed, Job, Scope};
 use crate::live::{LaunchdLive, LiveJob};
 use crate::ops::Domain;
 use crate::policy::Policy;
@@ -84,13 +84,23 @@ impl Loaded<'_> {
     }
 }
 
+/// What the planner knows about the machine: launchd's live state and,
+/// when read, the plists installed now.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Host {
+    /// Loaded jobs and the primary user.
+    pub live: LaunchdLive,
+    /// The installed copies of the generations' plists. When present, a new
+    /// plist is compared with its installed copy, as nix-darwin does, so a
+    /// change deferred by an earlier switch (or a hand edit) is seen even
+    /// when the generations agree. When absent, the old generation stands in
+    /// for what is installed.
+    pub installed: Option<Installed>,
+}
+
 /// Plans the launchd part of a switch from `old` to `new`.
-pub fn plan(
-    old: &Generation,
-    new: &Generation,
-    live: &LaunchdLive,
-    policy: &Policy,
-) -> LaunchdPlan {
+pub fn plan(old: &Generation, new: &Generation, host: &Host, policy: &Policy) -> LaunchdPlan {
+    let live = &host.live;
     let mut diagnostics = Vec::new();
     let names = unit_names(old, new, &mut diagnostics);
 
@@ -125,7 +135,26 @@ pub fn plan(
         );
         let loaded = loaded_state(live, scope, loaded_label.as_deref().unwrap_or(&label));
 
-        let Some(mut entry) = decide(old_job, new_job, loaded, &unit) else {
+        // nix-darwin compares a new plist with the installed copy, and
+        // decides removals from the old generation's list.
+        let base = match (&host.installed, new_job) {
+            (Some(installed), Some(_)) => {
+                let copy = installed.job(scope, file_name);
+                if old_job.is_some() && copy.map(|c| &c.bytes) != old_job.map(|o| &o.bytes) {
+                    diagnostics.push(Diagnostic {
+                        severity: Severity::Info,
+                        message: "the installed plist differs from the old generation's (a deferred change or a manual edit); the new plist is compared with the installed copy".to_owned(),
+                        unit: Some(unit.clone()),
+                        path: target.installed.clone(),
+                        line: None,
+                    });
+                }
+                copy
+            }
+            _ => old_job,
+        };
+
+        let Some(mut entry) = decide(base, new_job, loaded, &unit) else {
             continue;
         };
         if target.domain.is_none() && !entry.actions.is_empty() {
@@ -173,8 +202,9 @@ pub fn plan(
     LaunchdPlan { plan, jobs }
 }
 
-/// Decides what happens to one job. Returns `None` when the switch neither
-/// changes nor touches it.
+/// Decides what happens to one job, given the plist it is compared with
+/// (`old`: the installed copy or the old generation's) and the new one.
+/// Returns `None` when the switch neither changes nor touches it.
 fn decide(
     old: Option<&Job>,
     new: Option<&Job>,
@@ -278,26 +308,26 @@ fn unit_names(
     diagnostics: &mut Vec<Diagnostic>,
 ) -> BTreeMap<(Scope, String), String> {
     let mut scopes_by_label: BTreeMap<String, BTreeSet<Scope>> = BTreeMap::new();
-    let mut seen = BTreeSet::new();
-    for (generation, job) in old
-        .jobs
-        .iter()
-        .map(|j| (old, j))
-        .chain(new.jobs.iter().map(|j| (new, j)))
-    {
+    for job in old.jobs.iter().chain(&new.jobs) {
         scopes_by_label
             .entry(job.label_or_stem().to_owned())
             .or_default()
             .insert(job.scope);
+    }
+    // Naming problems are reported once per plist: from the new generation,
+    // or from the old one for a plist the new generation dropped.
+    let dropped = old
+        .jobs
+        .iter()
+        .filter(|j| new.job(j.scope, &j.file_name).is_none())
+        .map(|j| (old, j));
+    for (generation, job) in new.jobs.iter().map(|j| (new, j)).chain(dropped) {
         let path = format!(
             "{}/{}/{}",
             generation.path,
             job.scope.generation_dir(),
             job.file_name
         );
-        if !seen.insert(path.clone()) {
-            continue;
-        }
         let stem = job
             .file_name
             .strip_suffix(".plist")
@@ -554,12 +584,31 @@ fn apply_protection(
                         format!("{installed} stays installed and the job stays loaded")
                     } else {
                         format!(
-                            "the old generation's plist stays installed at {installed}; the job keeps running its old definition"
+                            "the installed plist at {installed} stays as it is; the job keeps running its current definition"
                         )
                     };
                     entry.reasons.push(Reason {
                         rule: Rule::OldPlistKept,
                         detail: Some(detail),
+                    });
+                }
+                if effect == Action::Stop
+                    && entry.reasons.iter().any(|r| r.rule == Rule::PlistRemoved)
+                {
+                    // Removals are found from the old generation's list; once
+                    // this switch makes the new generation current, no later
+                    // switch lists this job again, so the operator must be
+                    // told to retire it by hand.
+                    let installed = target.installed.as_deref().unwrap_or("its plist");
+                    plan.diagnostics.push(Diagnostic {
+                        severity: Severity::Warning,
+                        message: format!(
+                            "{} left the generation but stays loaded; later switches will not list it, so boot it out and delete {installed} once it may stop",
+                            target.label
+                        ),
+                        unit: Some(entry.unit.clone()),
+                        path: target.installed.clone(),
+                        line: None,
                     });
                 }
                 entry.deferral = Some(Deferral {

@@ -4,7 +4,8 @@
 use std::path::{Path, PathBuf};
 
 use launchd_plan::{
-    LaunchdPlan, LoadError, Policy, Selector, load_generation, load_live, operations, plan,
+    Host, LaunchdPlan, LoadError, Policy, Selector, load_generation, load_installed, load_live,
+    operations, plan,
 };
 use plan_model::{Mode, ProtectionSource};
 use serde::Deserialize;
@@ -42,6 +43,20 @@ pub(crate) fn run_case(case: &str) -> Result<LaunchdPlan, LoadError> {
     old.path = OLD.to_owned();
     new.path = NEW.to_owned();
     let live = load_live(&dir.join("live.json"))?;
+    // An `installed` directory stands for the machine's root, with the
+    // primary user's home at `installed/home`.
+    let installed_root = dir.join("installed");
+    let installed = if installed_root.is_dir() {
+        Some(load_installed(
+            &installed_root,
+            Some(&installed_root.join("home")),
+            &old,
+            &new,
+        )?)
+    } else {
+        None
+    };
+    let host = Host { live, installed };
     let policy = match std::fs::read_to_string(dir.join("policy.json")) {
         Ok(text) => {
             let file: PolicyFile = serde_json::from_str(&text).unwrap();
@@ -56,7 +71,7 @@ pub(crate) fn run_case(case: &str) -> Result<LaunchdPlan, LoadError> {
         }
         Err(_) => Policy::default(),
     };
-    Ok(plan(&old, &new, &live, &policy))
+    Ok(plan(&old, &new, &host, &policy))
 }
 
 fn render_ops(plan: &LaunchdPlan) -> String {

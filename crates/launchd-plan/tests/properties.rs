@@ -186,3 +186,40 @@ fn unloaded_job_of_the_generation_is_bootstrapped() {
         "loaded and unchanged"
     );
 }
+
+#[test]
+fn change_deferred_by_an_earlier_switch_is_applied_once_unprotected() {
+    // The generations agree; only the installed copy is behind.
+    let plan = run_case("pending-deferral").unwrap();
+    let runner = plan.plan.unit("org.nixos.gitlab-runner").unwrap();
+    assert_eq!(runner.actions, [Action::Restart]);
+    assert_eq!(runner.changes.len(), 1, "{:?}", runner.changes);
+    assert!(
+        plan.plan
+            .diagnostics
+            .iter()
+            .any(|d| d.unit.as_deref() == Some("org.nixos.gitlab-runner"))
+    );
+}
+
+#[test]
+fn protected_nix_daemon_is_not_kickstarted_when_nix_conf_changes() {
+    let plan = run_case("nix-conf-protected").unwrap();
+    let daemon = plan.plan.unit("org.nixos.nix-daemon").unwrap();
+    assert!(daemon.actions.is_empty());
+    assert_eq!(daemon.deferral.as_ref().unwrap().actions, [Action::Restart]);
+    assert!(operations(&plan).unwrap().is_empty());
+}
+
+#[test]
+fn new_job_whose_label_is_loaded_is_booted_out_first() {
+    let ops = argvs("added-already-loaded");
+    assert_eq!(
+        ops[0],
+        ["launchctl", "bootout", "gui/501/org.nixos.spotifyd"]
+    );
+    assert_eq!(
+        ops.last().unwrap()[..3],
+        ["launchctl", "bootstrap", "gui/501"]
+    );
+}

@@ -1,5 +1,6 @@
 //! House rules checked as ordinary tests: every source file starts with a
-//! `//!` module doc, and no pending insta snapshot is left behind.
+//! `//!` module doc, no pending insta snapshot is left behind, and every
+//! snapshot belongs to a fixture case that still exists.
 
 use std::path::Path;
 
@@ -30,5 +31,22 @@ fn every_rust_file_has_a_module_doc_and_no_snapshot_is_pending() {
                 "{name} does not start with a //! module doc"
             );
         }
+    }
+}
+
+#[test]
+fn every_snapshot_belongs_to_a_fixture_case() {
+    let cases = crate::fixtures::cases();
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/snapshots");
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let name = entry.unwrap().file_name().to_string_lossy().into_owned();
+        let Some(stem) = name.strip_suffix(".snap") else {
+            continue;
+        };
+        let case = stem.split_once('@').map(|(_, case)| case).unwrap_or(stem);
+        assert!(
+            cases.iter().any(|c| c == case),
+            "snapshot {name} has no fixture case"
+        );
     }
 }
