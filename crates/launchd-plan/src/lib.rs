@@ -62,6 +62,7 @@
 
 #![warn(missing_docs)]
 
+mod capture;
 mod error;
 mod io;
 mod job;
@@ -70,6 +71,7 @@ mod ops;
 mod planner;
 mod policy;
 
+pub use capture::{CaptureError, parse_list, parse_print};
 pub use error::{LoadError, OpsError, SelectorError};
 pub use io::{load_generation, load_installed, load_live};
 pub use job::{Generation, Installed, Job, Scope, flatten};
