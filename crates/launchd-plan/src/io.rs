@@ -17,6 +17,9 @@ use crate::live::LaunchdLive;
 /// than user agents have no `user/`). Symlinks are followed, as the
 /// generation's entries are links into the store.
 pub fn load_generation(toplevel: &Path) -> Result<Generation, LoadError> {
+    // A mistyped toplevel must not read as a generation without jobs, which
+    // would plan the removal of every job.
+    fs::read_dir(toplevel).map_err(|source| io_error(toplevel, source))?;
     let mut jobs = Vec::new();
     for scope in Scope::ALL {
         let dir = toplevel.join(scope.generation_dir());
@@ -110,5 +113,29 @@ fn io_error(path: &Path, source: std::io::Error) -> LoadError {
     LoadError::Io {
         path: path.display().to_string(),
         source,
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, reason = "tests fail by panicking")]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn missing_toplevel_is_an_error_naming_it() {
+        let err = load_generation(Path::new("/nonexistent/darwin-system")).unwrap_err();
+        assert!(
+            err.to_string().starts_with("/nonexistent/darwin-system: "),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn missing_live_state_is_an_error_naming_it() {
+        let err = load_live(Path::new("/nonexistent/live.json")).unwrap_err();
+        assert!(
+            err.to_string().starts_with("/nonexistent/live.json: "),
+            "{err}"
+        );
     }
 }

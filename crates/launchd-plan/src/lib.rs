@@ -2,14 +2,19 @@
 //! renders the plan as an ordered list of `launchctl` calls.
 //!
 //! Inputs: the old and new generations' plists ([`load_generation`] reads
-//! them from a toplevel), the live launchd state ([`LaunchdLive`], what
-//! `launchctl print` reports, as a JSON value) and a protection [`Policy`].
-//! Output: a [`LaunchdPlan`], the shared [`plan_model::Plan`] keyed by job
-//! label plus where each job lives, which [`operations`] turns into
-//! [`Operation`]s.
+//! them from a toplevel), the [`Host`]: the live launchd state
+//! ([`LaunchdLive`], what `launchctl print` and `launchctl list` report, as a
+//! JSON value; [`parse_print`] and [`parse_list`] read real captures) and,
+//! optionally, the installed plists ([`load_installed`]); and a protection
+//! [`Policy`]. Output: a [`LaunchdPlan`], the shared [`plan_model::Plan`]
+//! keyed by job label plus where each job lives, which [`operations`] turns
+//! into [`Operation`]s whose [`Operation::argv`] is the exact command line.
 //!
 //! Architecture Invariant: only the `io` module touches the filesystem;
 //! [`plan`] and [`operations`] are pure and never spawn `launchctl`.
+//!
+//! API Boundary: [`plan`], [`operations`] and the loaders; the executor that
+//! runs the operations on a Mac lives elsewhere.
 //!
 //! # What nix-darwin does, and what is modelled
 //!
@@ -25,40 +30,49 @@
 //! changed, it sends the Nix daemon SIGHUP, which ends the daemon and lets
 //! launchd start it again.
 //!
-//! The planner makes the same decisions, per job label:
+//! The planner makes the same decisions, per job label. A new plist is
+//! compared with the installed copy when the host's installed plists were
+//! read (so a change deferred by an earlier switch is still applied later),
+//! otherwise with the old generation's:
 //!
-//! - added plist: installed, enabled and bootstrapped (`start`);
+//! - added plist: installed, enabled and bootstrapped (`start`); if a job of
+//!   that label is already loaded, it is booted out first (`restart`);
 //! - changed plist: booted out, installed, enabled and bootstrapped
 //!   (`restart`), with every differing plist key as a [`plan_model::KeyChange`]
 //!   in section `plist` (nested dictionaries as dotted key paths);
-//! - removed plist: booted out (`stop`) and its file deleted;
+//! - removed plist (in the old generation, not in the new one): booted out
+//!   (`stop`) if loaded, and its file deleted;
 //! - bytes changed but content equal (re-encoded or reformatted): the file is
 //!   replaced and the job left running, where nix-darwin would reload it;
 //! - a job of the new generation that the live state shows as not loaded:
 //!   bootstrapped (`start`), which nix-darwin never does;
 //! - `nix.conf` or `machines` changed with a managed Nix daemon:
-//!   `kickstart -k` of `org.nixos.nix-daemon` (`restart`);
+//!   `kickstart -k system/org.nixos.nix-daemon` (`restart`);
 //! - protection: a protected job that would be stopped or restarted is, in
-//!   defer mode, left alone entirely, its old plist staying installed and
-//!   loaded (recorded as a deferral plus an `old-plist-kept` reason); in
-//!   refuse mode the plan is refused and [`operations`] declines it.
-//!   nix-darwin has no per-job `restartIfChanged`, so keeping the old plist
-//!   is the only way to leave a job's process untouched.
+//!   defer mode, left alone entirely, its installed plist staying as it is
+//!   and the job loaded (recorded as a deferral plus an `old-plist-kept`
+//!   reason); in refuse mode the plan is refused (with one refusal per job)
+//!   and [`operations`] declines it. nix-darwin has no per-job
+//!   `restartIfChanged`, so keeping the old plist is the only way to leave a
+//!   job's process untouched. A deferred removal gets a warning, because no
+//!   later switch lists that job again.
 //!
-//! A launch agent from `/Library/LaunchAgents` is loaded into the primary
-//! user's `gui/<uid>` domain (nix-darwin loads it as root, which newer macOS
-//! refuses); other users pick it up at their next login.
+//! When a domain was not captured, every job of the old generation counts as
+//! loaded, which is what nix-darwin assumes. A launch agent from
+//! `/Library/LaunchAgents` is loaded into the primary user's `gui/<uid>`
+//! domain (nix-darwin loads it as root, which newer macOS refuses); other
+//! users pick it up at their next login. Without a known primary user,
+//! agents are installed or deleted but not loaded, with a warning.
 //!
 //! # What is not modelled
 //!
 //! The rest of the activation script (`/etc`, defaults, users, homebrew),
 //! `launchctl setenv` of `launchd.envVariables`, the `org.nixos.activate-system`
-//! job's boot-time re-activation, the installed copy drifting from the old
-//! generation (the planner compares generations; an executor should compare
-//! the installed bytes before acting), GUI domains of users other than the
+//! job's boot-time re-activation, GUI domains of users other than the
 //! primary user, a missing GUI session (bootstrap then fails with 125), the
 //! plist `Disabled` key, and launchd's asynchronous boot-out (the executor
-//! waits for it).
+//! waits until `launchctl print` reports the job gone before bootstrapping
+//! it again).
 
 #![warn(missing_docs)]
 

@@ -21,6 +21,22 @@ pub struct Policy {
     pub selectors: Vec<Selector>,
 }
 
+impl Policy {
+    /// Compiles selectors that all come from the same source, e.g. the
+    /// command line's `--protect` list.
+    pub fn from_selectors<S: AsRef<str>>(
+        mode: Mode,
+        selectors: &[S],
+        source: &ProtectionSource,
+    ) -> Result<Policy, SelectorError> {
+        let selectors = selectors
+            .iter()
+            .map(|s| Selector::new(s.as_ref(), source.clone()))
+            .collect::<Result<_, _>>()?;
+        Ok(Policy { mode, selectors })
+    }
+}
+
 /// One compiled protection selector.
 #[derive(Clone, Debug)]
 pub struct Selector {

@@ -4,8 +4,8 @@
 use std::path::{Path, PathBuf};
 
 use launchd_plan::{
-    Host, LaunchdPlan, LoadError, Policy, Selector, load_generation, load_installed, load_live,
-    operations, plan,
+    Host, LaunchdPlan, LoadError, Policy, load_generation, load_installed, load_live, operations,
+    plan,
 };
 use plan_model::{Mode, ProtectionSource};
 use serde::Deserialize;
@@ -60,14 +60,8 @@ pub(crate) fn run_case(case: &str) -> Result<LaunchdPlan, LoadError> {
     let policy = match std::fs::read_to_string(dir.join("policy.json")) {
         Ok(text) => {
             let file: PolicyFile = serde_json::from_str(&text).unwrap();
-            Policy {
-                mode: file.mode,
-                selectors: file
-                    .protect
-                    .iter()
-                    .map(|s| Selector::new(s, ProtectionSource::CommandLine).unwrap())
-                    .collect(),
-            }
+            Policy::from_selectors(file.mode, &file.protect, &ProtectionSource::CommandLine)
+                .unwrap()
         }
         Err(_) => Policy::default(),
     };
