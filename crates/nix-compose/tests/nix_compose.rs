@@ -55,8 +55,17 @@ fn assert_composed_over_base(composed: &Built, base_only: &Built, fx: &Fixtures)
         [
             "base-db.service",
             "base-web.service",
+            "multi-user.target",
             "sysinit-reactivation.target"
         ]
+    );
+    assert_eq!(
+        support::wants(&composed.toplevel, "multi-user.target"),
+        ["base-db.service", "base-web.service", "project-ci.service"]
+    );
+    assert_eq!(
+        support::wants(&base_only.toplevel, "multi-user.target"),
+        ["base-db.service", "base-web.service"]
     );
     for (name, bytes) in &old {
         assert_eq!(

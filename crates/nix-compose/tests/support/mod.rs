@@ -213,16 +213,35 @@ fn walk(dir: &Path, f: &mut dyn FnMut(&Path)) {
     }
 }
 
-/// The units of a generation: file name to bytes.
+/// The unit files of a generation: file name to bytes (the `.wants`
+/// directories are left out; see [`wants`]).
 pub fn units(toplevel: &Path) -> std::collections::BTreeMap<String, Vec<u8>> {
     let dir = toplevel.join("etc/systemd/system");
     let mut out = std::collections::BTreeMap::new();
     for entry in std::fs::read_dir(&dir).unwrap() {
         let entry = entry.unwrap();
-        out.insert(
-            entry.file_name().to_string_lossy().into_owned(),
-            std::fs::read(entry.path()).unwrap(),
-        );
+        if entry.path().is_file() {
+            out.insert(
+                entry.file_name().to_string_lossy().into_owned(),
+                std::fs::read(entry.path()).unwrap(),
+            );
+        }
     }
+    out
+}
+
+/// The units a target of a generation wants (its `.wants` links).
+pub fn wants(toplevel: &Path, target: &str) -> Vec<String> {
+    let dir = toplevel
+        .join("etc/systemd/system")
+        .join(format!("{target}.wants"));
+    let mut out: Vec<String> = std::fs::read_dir(&dir)
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    out.sort();
     out
 }
