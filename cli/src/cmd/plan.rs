@@ -1,9 +1,153 @@
-//! The `plan` subcommand.
+//! The `plan` subcommand: the plan from the running generation to a new
+//! one, with the live state read from systemd.
+//!
+//! `safe-switch plan --toplevel PATH` takes `/run/current-system`
+//! (canonicalized) as the old generation and PATH as the new one, reads
+//! the live state over D-Bus, plans, applies protection and prints the
+//! result exactly as `diff` would. It changes nothing and needs no root
+//! (reading systemd's state over the system bus is unprivileged).
+//!
+//! [`live_plan`] is shared with `switch`, which must carry out the very
+//! plan this command prints.
 
-use crate::args;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+use plan_model::{LiveState, Plan};
+use systemd_live::{RunDir, ServiceManager, SystemdBus};
+
+use crate::args::{self, Format, ProtectArgs, SourceArgs};
 use crate::exit::Outcome;
+use crate::render;
+
+/// Where NixOS keeps the running generation.
+pub const CURRENT_SYSTEM: &str = "/run/current-system";
+
+/// A plan made against the live host, with what it was made from.
+#[derive(Debug)]
+pub struct LivePlan {
+    /// The plan, protection applied.
+    pub plan: Plan,
+    /// The live state it was made from.
+    pub live: LiveState,
+    /// The running generation (canonical).
+    pub old: PathBuf,
+    /// The generation switched to (canonical).
+    pub new: PathBuf,
+}
 
 /// Runs `plan`.
-pub fn run(_args: args::PlanArgs) -> anyhow::Result<Outcome> {
-    anyhow::bail!("`plan` is not available in this build yet")
+pub fn run(args: args::PlanArgs) -> anyhow::Result<Outcome> {
+    let toplevel = resolve_toplevel(&args.source)?;
+    let mut bus = connect()?;
+    report_interrupted(&RunDir::system());
+    let lp = live_plan(Path::new(CURRENT_SYSTEM), &toplevel, &args.protect, &mut bus)?;
+    if let Some(out) = &args.out {
+        let inputs = crate::saved::Inputs {
+            running_generation: lp.old.display().to_string(),
+            target_toplevel: lp.new.display().to_string(),
+            protection: crate::saved::RecordedProtection {
+                protect: args.protect.protect.clone(),
+                policy: args
+                    .protect
+                    .policy
+                    .as_ref()
+                    .map(|p| std::path::absolute(p).unwrap_or_else(|_| p.clone()).display().to_string()),
+                on_protected: args.protect.on_protected.map(|m| format!("{m:?}").to_lowercase()),
+            },
+            live: crate::saved::record_live(&lp.plan, &lp.live),
+        };
+        crate::saved::SavedPlan::new(lp.plan.clone(), inputs).save(out)?;
+    }
+    print_plan(&lp.plan, &args.output)?;
+    Ok(if lp.plan.protection.refused { Outcome::Blocked } else { Outcome::Ok })
+}
+
+/// Prints a plan on standard output in the requested format, as `diff`
+/// does.
+pub fn print_plan(plan: &Plan, output: &args::OutputArgs) -> anyhow::Result<()> {
+    let text = match output.stdout_format() {
+        Format::Text => render::text(plan),
+        Format::Json => plan.to_json(),
+        other => bail!("--format {} is not available here", format!("{other:?}").to_lowercase()),
+    };
+    std::io::stdout().lock().write_all(text.as_bytes())?;
+    Ok(())
+}
+
+/// The toplevel to switch to, canonicalized, naming it in errors.
+pub fn resolve_toplevel(source: &SourceArgs) -> anyhow::Result<PathBuf> {
+    let Some(path) = &source.toplevel else {
+        bail!("give the new generation with --toplevel PATH");
+    };
+    std::fs::canonicalize(path).with_context(|| format!("{}: cannot resolve the toplevel", path.display()))
+}
+
+/// Connects to systemd over the system bus, with an error that says that
+/// nothing was changed.
+pub fn connect() -> anyhow::Result<SystemdBus> {
+    SystemdBus::connect().context("cannot reach systemd over D-Bus; nothing was changed")
+}
+
+/// Says on standard error that an earlier apply was interrupted, when one
+/// was. Unreadable run directories are not an error for planning.
+pub fn report_interrupted(run: &RunDir) {
+    if let Ok(Some(i)) = run.interrupted() {
+        eprint!("warning: {}", i.describe());
+        eprintln!("  `safe-switch switch` resumes it before switching.");
+    }
+}
+
+/// Plans the switch from `current` (usually `/run/current-system`) to
+/// `toplevel` against the live state of `mgr`, and applies protection.
+pub fn live_plan(
+    current: &Path,
+    toplevel: &Path,
+    protect: &ProtectArgs,
+    mgr: &mut dyn ServiceManager,
+) -> anyhow::Result<LivePlan> {
+    let old_path = std::fs::canonicalize(current)
+        .with_context(|| format!("{}: cannot resolve the running generation", current.display()))?;
+    let new_path = std::fs::canonicalize(toplevel)
+        .with_context(|| format!("{}: cannot resolve the toplevel", toplevel.display()))?;
+    let old = systemd_plan::load(&old_path)?;
+    let new = systemd_plan::load(&new_path)?;
+    let live = mgr.snapshot().context("cannot read the live state from systemd")?;
+    let mut plan = systemd_plan::plan(&old, &new, &live);
+    protect_plan(&mut plan, &old, &new, &live, protect)?;
+    Ok(LivePlan { plan, live, old: old_path, new: new_path })
+}
+
+/// Applies the protection options to a plan: `--protect` selectors, the
+/// implicit protections and the caller's cgroup, in the mode chosen.
+fn protect_plan(
+    plan: &mut Plan,
+    old: &systemd_plan::GenerationUnits,
+    new: &systemd_plan::GenerationUnits,
+    live: &LiveState,
+    args: &ProtectArgs,
+) -> anyhow::Result<()> {
+    use plan_model::policy::Selector;
+    use plan_model::{Mode, ProtectionSource};
+    let mut selectors = Vec::new();
+    for text in &args.protect {
+        let sel = Selector::parse(text).map_err(|e| anyhow::anyhow!("--protect {text:?}: {e:?}"))?;
+        selectors.push((sel, ProtectionSource::CommandLine));
+    }
+    let cgroup_file = args.cgroup_file.clone().unwrap_or_else(|| PathBuf::from("/proc/self/cgroup"));
+    let caller_cgroup = std::fs::read_to_string(&cgroup_file)
+        .ok()
+        .and_then(|t| t.lines().find_map(|l| l.strip_prefix("0::").map(str::to_owned)));
+    let request = systemd_plan::protect::Request {
+        selectors,
+        caller_cgroup,
+        mode: match args.on_protected {
+            Some(args::OnProtected::Refuse) => Mode::Refuse,
+            _ => Mode::Defer,
+        },
+        ..Default::default()
+    };
+    systemd_plan::protect::protect(plan, old, new, live, &request);
+    Ok(())
 }

@@ -1,9 +1,282 @@
-//! The `switch` subcommand.
+//! The `switch` subcommand: plan, protect, then carry out the safe part of
+//! the switch on this host.
+//!
+//! The order of a switch:
+//!
+//! 1. Checks that change nothing: root, the toplevel exists and has an
+//!    executable `activate`, systemd answers on the system bus, no other
+//!    safe-switch holds `/run/safe-switch/lock`.
+//! 2. Unless `--no-isolate`, the same command line runs again inside a
+//!    transient service (`safe-switch-<id>.service`, as `systemd-run
+//!    --collect --service-type=exec` would start it). This process only
+//!    relays its output and exit status; if it is killed, or the SSH
+//!    connection or CI job it belongs to goes away, the switch carries on to
+//!    the end, and its output stays in `/run/safe-switch/`.
+//! 3. The lock is taken. An earlier apply that was interrupted is
+//!    described and finished first.
+//! 4. The plan is made (as `safe-switch plan` prints it) and printed. A plan
+//!    refused by protection stops here with exit 3.
+//! 5. The executor carries it out (stop, activate, re-exec, daemon-reload,
+//!    `sysinit-reactivation.target`, reload, restart, start), then checks
+//!    every protected unit.
+//! 6. With `--rollback-on-failure`, a failed unit or a disturbed protected
+//!    unit makes it switch back to the previous generation with the same
+//!    protections, and both results are reported.
 
-use crate::args;
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use plan_model::Plan;
+use systemd_live::{
+    ApplyOptions, ApplyReport, ProcessHost, RunDir, ServiceManager, StderrProgress, SystemdBus,
+    TransientExit, TransientSpec,
+};
+
+use crate::args::{self, ProtectArgs};
+use crate::cmd::plan::{self as live, CURRENT_SYSTEM};
 use crate::exit::Outcome;
 
+/// Environment variables handed to the isolated apply; everything else
+/// comes from systemd's clean service environment.
+const PASSED_ENV: &[&str] = &[
+    "DBUS_SYSTEM_BUS_ADDRESS",
+    "PATH",
+    "LOCALE_ARCHIVE",
+    "TZDIR",
+    "NIX_PATH",
+    "NIX_CONFIG",
+    "NIX_REMOTE",
+    "RUST_BACKTRACE",
+    "RUST_LOG",
+];
+
 /// Runs `switch`.
-pub fn run(_args: args::SwitchArgs) -> anyhow::Result<Outcome> {
-    anyhow::bail!("`switch` is not available in this build yet")
+pub fn run(args: args::SwitchArgs) -> anyhow::Result<Outcome> {
+    let toplevel = live::resolve_toplevel(&args.source)?;
+    preflight(&toplevel)?;
+    let run = RunDir::system();
+    if !args.apply.no_isolate {
+        let mut bus = live::connect()?;
+        if run.is_locked()? {
+            bail!("another safe-switch is running (lock {} is held); nothing was changed", run.path().join("lock").display());
+        }
+        let cgroup_args = if args.protect.cgroup_file.is_none() { caller_cgroup_args(&run)? } else { Vec::new() };
+        return isolate(&mut bus, &run, &cgroup_args);
+    }
+    let _lock = run.lock()?;
+    let mut bus = live::connect()?;
+    let options = apply_options(&args.apply);
+    if let Some(outcome) = finish_interrupted(&mut bus, &run, &options)? {
+        return Ok(outcome);
+    }
+    let lp = live::live_plan(Path::new(CURRENT_SYSTEM), &toplevel, &args.protect, &mut bus)?;
+    live::print_plan(&lp.plan, &args.output)?;
+    if lp.plan.protection.refused {
+        eprintln!("refused: the switch would touch a protected unit (see the plan above); nothing was changed");
+        return Ok(Outcome::Blocked);
+    }
+    apply_plan(&mut bus, &run, &lp.plan, &args.apply, &args.protect)
+}
+
+/// Refuses, before any change, what cannot be switched: a caller that is
+/// not root and a toplevel without an executable `activate`.
+pub fn preflight(toplevel: &Path) -> anyhow::Result<()> {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        bail!(
+            "switch must run as root (it stops and starts units and runs the activation script); \
+             nothing was changed. `safe-switch plan` shows the plan without root"
+        );
+    }
+    let activate = toplevel.join("activate");
+    let meta = std::fs::metadata(&activate).with_context(|| {
+        format!("{}: the toplevel has no activation script; refusing to switch, nothing was changed", activate.display())
+    })?;
+    if !meta.is_file() || meta.permissions().mode() & 0o111 == 0 {
+        bail!("{}: not an executable file; refusing to switch, nothing was changed", activate.display());
+    }
+    Ok(())
+}
+
+/// The executor's options from the command line.
+pub fn apply_options(a: &args::ApplyOptions) -> ApplyOptions {
+    ApplyOptions { job_timeout: Duration::from_secs(a.job_timeout.max(1)), ..ApplyOptions::default() }
+}
+
+/// Finishes an apply that was interrupted, if there is one. Returns the
+/// outcome to exit with when it could not be finished (the new switch is
+/// then not attempted).
+pub fn finish_interrupted(
+    mgr: &mut dyn ServiceManager,
+    run: &RunDir,
+    options: &ApplyOptions,
+) -> anyhow::Result<Option<Outcome>> {
+    let Some(interrupted) = run.interrupted()? else { return Ok(None) };
+    eprint!("{}", interrupted.describe());
+    eprintln!("resuming it first");
+    let target = interrupted.progress.plan.new.path.clone();
+    let report = systemd_live::resume(interrupted, mgr, &mut ProcessHost, run, options, &mut StderrProgress)?;
+    eprint!("{}", report_text(&report));
+    if report.aborted.is_some() {
+        bail!("the interrupted switch to {target} could not be finished (see above); run again to resume it");
+    }
+    if !report.success() {
+        eprintln!("the interrupted switch to {target} finished with failures; not switching further");
+        return Ok(Some(Outcome::UnitsFailed));
+    }
+    eprintln!("the interrupted switch to {target} is finished");
+    Ok(None)
+}
+
+fn report_text(report: &ApplyReport) -> String {
+    let mut s = report.render_text();
+    if let Some(status) = &report.failed_status {
+        s.push_str(status);
+        if !status.ends_with('\n') {
+            s.push('\n');
+        }
+    }
+    s
+}
+
+/// Carries out `plan` (the caller holds the lock), prints what happened,
+/// and rolls back when asked to and needed. Returns the outcome: `Ok`,
+/// or `UnitsFailed` when a unit failed or a protected unit was disturbed.
+/// An apply that stopped early (systemd unreachable, a reload that never
+/// finished) is an error that says which phases were done; the next run
+/// resumes it.
+pub fn apply_plan(
+    bus: &mut dyn ServiceManager,
+    run: &RunDir,
+    plan: &Plan,
+    apply: &args::ApplyOptions,
+    protect: &ProtectArgs,
+) -> anyhow::Result<Outcome> {
+    let options = apply_options(apply);
+    let report = systemd_live::apply(plan, bus, &mut ProcessHost, run, &options, &mut StderrProgress)?;
+    eprint!("{}", report_text(&report));
+    if report.success() {
+        eprintln!("switched to {}", plan.new.path);
+        return Ok(Outcome::Ok);
+    }
+    if apply.rollback_on_failure {
+        eprintln!("rolling back to {} with the same protections", plan.old.path);
+        let back = live::live_plan(Path::new(CURRENT_SYSTEM), Path::new(&plan.old.path), protect, bus)
+            .context("cannot plan the rollback")?;
+        let rb = systemd_live::apply(&back.plan, bus, &mut ProcessHost, run, &options, &mut StderrProgress)?;
+        eprint!("rollback:\n{}", report_text(&rb));
+        if rb.success() {
+            eprintln!("rolled back to {}; the switch to {} failed (see above)", plan.old.path, plan.new.path);
+        } else {
+            eprintln!("the rollback to {} failed as well (see above)", plan.old.path);
+        }
+        if rb.aborted.is_some() {
+            bail!("the rollback stopped early; run `safe-switch switch` again to resume it");
+        }
+        return Ok(Outcome::UnitsFailed);
+    }
+    if let Some(why) = &report.aborted {
+        bail!("the switch to {} stopped early ({why}); the phases above marked done were carried out, the rest was not; run again to resume", plan.new.path);
+    }
+    Ok(Outcome::UnitsFailed)
+}
+
+/// Writes the caller's cgroup where the isolated apply can read it, so the
+/// implicit protection of the caller (its SSH session, its CI runner)
+/// still covers the process that asked for the switch.
+fn caller_cgroup_args(run: &RunDir) -> anyhow::Result<Vec<String>> {
+    let Ok(text) = std::fs::read_to_string("/proc/self/cgroup") else { return Ok(Vec::new()) };
+    std::fs::create_dir_all(run.path()).with_context(|| format!("{}: cannot create", run.path().display()))?;
+    let path = run.path().join(format!("caller-cgroup-{}", std::process::id()));
+    std::fs::write(&path, text).with_context(|| format!("{}: cannot write", path.display()))?;
+    Ok(vec!["--cgroup-file".to_owned(), path.display().to_string()])
+}
+
+/// Runs this very command line again, with `--no-isolate`, as a transient
+/// service, relays its output and returns its outcome.
+pub fn isolate(bus: &mut SystemdBus, run: &RunDir, extra_args: &[String]) -> anyhow::Result<Outcome> {
+    let exe = std::env::current_exe().context("cannot find this program's path")?;
+    let mut argv = vec![exe.display().to_string()];
+    argv.extend(std::env::args().skip(1));
+    argv.push("--no-isolate".to_owned());
+    argv.extend(extra_args.iter().cloned());
+    let id = format!(
+        "{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0)
+    );
+    let unit = format!("safe-switch-{id}.service");
+    let stdout = run.path().join(format!("{unit}.stdout"));
+    let stderr = run.path().join(format!("{unit}.stderr"));
+    std::fs::create_dir_all(run.path()).with_context(|| format!("{}: cannot create", run.path().display()))?;
+    let spec = TransientSpec {
+        unit: unit.clone(),
+        description: "safe-switch apply".to_owned(),
+        argv,
+        environment: PASSED_ENV
+            .iter()
+            .filter_map(|k| std::env::var(k).ok().map(|v| format!("{k}={v}")))
+            .collect(),
+        working_directory: std::env::current_dir().ok(),
+        stdout: stdout.clone(),
+        stderr: stderr.clone(),
+    };
+    eprintln!(
+        "applying in the transient unit {unit}: the switch goes on even if this connection drops; its output is kept in {}",
+        stderr.display()
+    );
+    let mut out = Relay::new(stdout.clone(), Box::new(std::io::stdout()));
+    let mut err = Relay::new(stderr.clone(), Box::new(std::io::stderr()));
+    let exit = bus
+        .run_transient(&spec, &mut || {
+            out.pump();
+            err.pump();
+        })
+        .with_context(|| format!("cannot run the switch in the transient unit {unit}; nothing was changed"))?;
+    out.pump();
+    err.pump();
+    let _ = std::fs::remove_file(&stdout);
+    let _ = std::fs::remove_file(&stderr);
+    match exit {
+        TransientExit::Exited(0) => Ok(Outcome::Ok),
+        TransientExit::Exited(3) => Ok(Outcome::Blocked),
+        TransientExit::Exited(4) => Ok(Outcome::UnitsFailed),
+        TransientExit::Exited(code) => bail!("the switch in {unit} exited with status {code} (see above)"),
+        TransientExit::Killed(sig) => bail!(
+            "the switch in {unit} was killed by signal {sig}; run `safe-switch switch` again to see where it stopped and resume it"
+        ),
+        TransientExit::Unknown(what) => bail!("the switch in {unit} ended without an exit status ({what})"),
+    }
+}
+
+/// Copies what a file gained since the last call to one of this process's
+/// streams. Write errors are ignored: the caller may have gone away, and
+/// the switch must not depend on it.
+struct Relay {
+    path: PathBuf,
+    offset: u64,
+    to: Box<dyn Write>,
+}
+
+impl Relay {
+    fn new(path: PathBuf, to: Box<dyn Write>) -> Relay {
+        Relay { path, offset: 0, to }
+    }
+
+    fn pump(&mut self) {
+        let Ok(mut f) = File::open(&self.path) else { return };
+        if f.seek(SeekFrom::Start(self.offset)).is_err() {
+            return;
+        }
+        let mut buf = Vec::new();
+        if let Ok(n) = f.read_to_end(&mut buf) {
+            self.offset += n as u64;
+            let _ = self.to.write_all(&buf);
+            let _ = self.to.flush();
+        }
+    }
 }

@@ -1,0 +1,397 @@
+//! `safe-switch plan` and `switch` against a real systemd: failures, time
+//! outs, refusals, the lock, the root check, an interrupted apply, and the
+//! isolation in a transient unit.
+//!
+//! Each test boots a throwaway systemd (the `testbed` crate) and runs the
+//! binary inside its namespaces, so `/run/current-system`,
+//! `/etc/systemd/system`, `/run/safe-switch` and the default D-Bus address
+//! are the bed's own. The assertions are checked against the bed with
+//! `systemctl`, independently of the code under test.
+//!
+//! These tests need root and namespaces: under `CI=true` they fail when
+//! they cannot run, elsewhere they skip with a message.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+use testbed::{Config, Generation, Output, TestBed};
+
+const BIN: &str = env!("CARGO_BIN_EXE_safe-switch");
+
+fn daemon(env: &str) -> String {
+    format!("[Unit]\nDescription=daemon\n\n[Service]\nEnvironment={env}\nExecStart=/bin/sleep infinity\n")
+}
+
+fn oneshot(exec: &str) -> String {
+    format!("[Unit]\nDescription=oneshot\n\n[Service]\nType=oneshot\nRemainAfterExit=yes\nExecStart={exec}\n")
+}
+
+/// Generation A: sshd, a daemon that will change, one that will be removed.
+fn generation_a() -> Generation {
+    Generation::new("a")
+        .sshd()
+        .service("changed.service", daemon("V=1"))
+        .service("removed.service", daemon("V=1"))
+}
+
+fn boot(a: &Generation) -> TestBed {
+    TestBed::boot(&Config::new(a.clone())).expect("test bed boots")
+}
+
+fn safe_switch(bed: &TestBed, args: &[&str]) -> Output {
+    let mut cmd = bed.command(BIN);
+    cmd.args(args);
+    testbed::exec::run(&mut cmd, Duration::from_secs(120)).expect("safe-switch runs")
+}
+
+fn spawn_switch(bed: &TestBed, args: &[&str]) -> Child {
+    let mut cmd = bed.command(BIN);
+    cmd.args(args).stdout(Stdio::piped()).stderr(Stdio::piped());
+    cmd.spawn().expect("safe-switch starts")
+}
+
+fn path_str(p: &Path) -> &str {
+    p.to_str().expect("utf-8 path")
+}
+
+fn wait_for(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !cond() {
+        assert!(start.elapsed() < timeout, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn nothing_changed(bed: &TestBed, before_current: &Path) {
+    assert_eq!(bed.current_generation().unwrap(), before_current, "/run/current-system moved");
+    assert_eq!(bed.activations(), vec!["a".to_owned()], "an activation script ran");
+    assert_eq!(bed.active_state("changed.service").unwrap(), "active");
+    assert_eq!(bed.active_state("removed.service").unwrap(), "active");
+}
+
+#[test]
+fn switch_applies_the_plan_and_keeps_protected_units() {
+    if !testbed::available("switch_applies_the_plan_and_keeps_protected_units") {
+        return;
+    }
+    let a = generation_a();
+    let bed = boot(&a);
+    let b = bed
+        .build_generation(
+            &a.clone()
+                .renamed("b")
+                .service("changed.service", daemon("V=2"))
+                .without("removed.service")
+                .service("new.service", daemon("V=1"))
+                .wanted_by("new.service", "multi-user.target"),
+        )
+        .unwrap();
+    let sshd = bed.unit_states(&["sshd.service"]).unwrap()["sshd.service"].clone();
+    let changed_pid = bed.main_pid("changed.service").unwrap();
+    let out = safe_switch(&bed, &["switch", "--toplevel", path_str(&b), "--protect", "sshd", "--no-isolate"]);
+    assert_eq!(out.code(), Some(0), "{out:?}");
+    assert!(out.stderr.contains("protected sshd.service: untouched"), "{}", out.stderr);
+    assert_eq!(bed.current_generation().unwrap(), b);
+    let after = bed.unit_states(&["sshd.service"]).unwrap()["sshd.service"].clone();
+    assert_eq!(after, sshd, "sshd was touched");
+    assert_ne!(bed.main_pid("changed.service").unwrap(), changed_pid);
+    assert_eq!(bed.active_state("new.service").unwrap(), "active");
+    assert_eq!(bed.active_state("removed.service").unwrap(), "inactive");
+    assert!(!bed.run_dir().join("safe-switch/progress.json").exists());
+}
+
+#[test]
+fn a_unit_that_fails_to_start_is_reported_and_the_others_are_still_handled() {
+    if !testbed::available("a_unit_that_fails_to_start_is_reported_and_the_others_are_still_handled") {
+        return;
+    }
+    let a = generation_a();
+    let bed = boot(&a);
+    let b = bed
+        .build_generation(
+            &a.clone()
+                .renamed("b")
+                .service("broken.service", oneshot("/bin/sh -c 'echo broken on purpose; exit 3'"))
+                .wanted_by("broken.service", "multi-user.target")
+                .service("changed.service", daemon("V=2"))
+                .service("new.service", daemon("V=1"))
+                .wanted_by("new.service", "multi-user.target"),
+        )
+        .unwrap();
+    let changed_pid = bed.main_pid("changed.service").unwrap();
+    let out = safe_switch(&bed, &["switch", "--toplevel", path_str(&b), "--no-isolate"]);
+    assert_eq!(out.code(), Some(4), "{out:?}");
+    assert!(out.stderr.contains("failed to start broken.service: failed"), "{}", out.stderr);
+    assert!(out.stderr.contains("warning: the following units failed:"), "{}", out.stderr);
+    assert!(out.stderr.contains("broken.service: failed/failed, result exit-code, main process exited with status 3"), "{}", out.stderr);
+    assert_eq!(bed.active_state("broken.service").unwrap(), "failed");
+    // The other units were handled all the same.
+    assert_eq!(bed.active_state("new.service").unwrap(), "active");
+    assert_ne!(bed.main_pid("changed.service").unwrap(), changed_pid);
+    assert_eq!(bed.current_generation().unwrap(), b);
+}
+
+#[test]
+fn a_job_that_hangs_times_out_and_is_cancelled() {
+    if !testbed::available("a_job_that_hangs_times_out_and_is_cancelled") {
+        return;
+    }
+    let a = generation_a();
+    let bed = boot(&a);
+    let b = bed
+        .build_generation(
+            &a.clone()
+                .renamed("b")
+                .service("hangs.service", oneshot("/bin/sleep 600"))
+                .wanted_by("hangs.service", "multi-user.target")
+                .service("new.service", daemon("V=1"))
+                .wanted_by("new.service", "multi-user.target"),
+        )
+        .unwrap();
+    let out = safe_switch(&bed, &["switch", "--toplevel", path_str(&b), "--no-isolate", "--job-timeout", "1"]);
+    assert_eq!(out.code(), Some(4), "{out:?}");
+    assert!(out.stderr.contains("failed to start hangs.service: timed out after 1 s, cancelled"), "{}", out.stderr);
+    assert_eq!(bed.active_state("new.service").unwrap(), "active");
+    // The hanging start was cancelled, not left in systemd's queue.
+    let jobs = bed.systemctl(&["list-jobs", "--no-legend"]).unwrap();
+    assert!(!jobs.contains("hangs.service"), "{jobs}");
+    assert_ne!(bed.active_state("hangs.service").unwrap(), "activating");
+}
+
+#[test]
+fn dbus_unreachable_is_a_clear_error_before_any_change() {
+    if !testbed::available("dbus_unreachable_is_a_clear_error_before_any_change") {
+        return;
+    }
+    let a = generation_a();
+    let bed = boot(&a);
+    let current = bed.current_generation().unwrap();
+    let b = bed.build_generation(&a.clone().renamed("b").service("changed.service", daemon("V=2"))).unwrap();
+    for extra in [&["--no-isolate"][..], &[][..]] {
+        let mut cmd = bed.command(BIN);
+        cmd.args(["switch", "--toplevel", path_str(&b)]).args(extra);
+        cmd.env("DBUS_SYSTEM_BUS_ADDRESS", "unix:path=/run/no-such-bus");
+        let out = testbed::exec::run(&mut cmd, Duration::from_secs(60)).unwrap();
+        assert_eq!(out.code(), Some(1), "{out:?}");
+        assert!(out.stderr.contains("cannot reach systemd over D-Bus; nothing was changed"), "{}", out.stderr);
+        assert!(out.stderr.contains("/run/no-such-bus"), "{}", out.stderr);
+        nothing_changed(&bed, &current);
+    }
+}
+
+#[test]
+fn a_toplevel_without_activate_is_refused_before_any_change() {
+    if !testbed::available("a_toplevel_without_activate_is_refused_before_any_change") {
+        return;
+    }
+    let a = generation_a();
+    let bed = boot(&a);
+    let current = bed.current_generation().unwrap();
+    let b = bed
+        .build_generation(&a.clone().renamed("b").service("changed.service", daemon("V=2")).without_activate())
+        .unwrap();
+    for extra in [&["--no-isolate"][..], &[][..]] {
+        let mut args = vec!["switch", "--toplevel", path_str(&b)];
+        args.extend_from_slice(extra);
+        let out = safe_switch(&bed, &args);
+        assert_eq!(out.code(), Some(1), "{out:?}");
+        assert!(out.stderr.contains("the toplevel has no activation script"), "{}", out.stderr);
+        assert!(out.stderr.contains("nothing was changed"), "{}", out.stderr);
+        nothing_changed(&bed, &current);
+    }
+}
+
+#[test]
+fn a_second_concurrent_switch_gets_a_lock_error_and_touches_nothing() {
+    if !testbed::available("a_second_concurrent_switch_gets_a_lock_error_and_touches_nothing") {
+        return;
+    }
+    let a = generation_a();
+    let bed = boot(&a);
+    // The first switch's activation waits until the test lets it go on.
+    let b = bed
+        .build_generation(
+            &a.clone()
+                .renamed("b")
+                .service("changed.service", daemon("V=2"))
+                .activate_lines("touch /run/testbed/activating\nwhile [ ! -e /run/testbed/go-on ]; do sleep 0.05; done"),
+        )
+        .unwrap();
+    let c = bed.build_generation(&a.clone().renamed("c").service("removed.service", daemon("V=3"))).unwrap();
+    let first = spawn_switch(&bed, &["switch", "--toplevel", path_str(&b), "--no-isolate"]);
+    wait_for("the first switch to activate", Duration::from_secs(60), || {
+        bed.run_dir().join("testbed/activating").exists()
+    });
+    let removed_pid = bed.main_pid("removed.service").unwrap();
+    for extra in [&["--no-isolate"][..], &[][..]] {
+        let mut args = vec!["switch", "--toplevel", path_str(&c)];
+        args.extend_from_slice(extra);
+        let out = safe_switch(&bed, &args);
+        assert_eq!(out.code(), Some(1), "{out:?}");
+        assert!(out.stderr.contains("another safe-switch is running"), "{}", out.stderr);
+        assert!(out.stderr.contains("/run/safe-switch/lock"), "{}", out.stderr);
+        assert_eq!(bed.main_pid("removed.service").unwrap(), removed_pid);
+    }
+    std::fs::write(bed.run_dir().join("testbed/go-on"), "").unwrap();
+    let out = first.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(bed.activations(), vec!["a".to_owned(), "b".to_owned()]);
+}
+
+#[test]
+fn not_root_can_plan_but_not_switch() {
+    if !testbed::available("not_root_can_plan_but_not_switch") {
+        return;
+    }
+    let a = generation_a();
+    let bed = boot(&a);
+    let current = bed.current_generation().unwrap();
+    let b = bed.build_generation(&a.clone().renamed("b").service("changed.service", daemon("V=2"))).unwrap();
+    // The bed's directory is private to root; the generations in it must
+    // be readable to plan as another user.
+    make_readable(bed.root());
+    let as_nobody = |args: &[&str]| {
+        let mut cmd = bed.command("setpriv");
+        cmd.args(["--reuid=65534", "--regid=65534", "--clear-groups", BIN]).args(args);
+        testbed::exec::run(&mut cmd, Duration::from_secs(60)).unwrap()
+    };
+    let plan = as_nobody(&["plan", "--toplevel", path_str(&b), "--json"]);
+    assert_eq!(plan.code(), Some(0), "{plan:?}");
+    let parsed: plan_model::Plan = serde_json::from_str(&plan.stdout).unwrap();
+    assert!(parsed.unit("changed.service").is_some(), "{}", plan.stdout);
+    let out = as_nobody(&["switch", "--toplevel", path_str(&b)]);
+    assert_eq!(out.code(), Some(1), "{out:?}");
+    assert!(out.stderr.contains("switch must run as root"), "{}", out.stderr);
+    assert!(out.stderr.contains("nothing was changed"), "{}", out.stderr);
+    nothing_changed(&bed, &current);
+}
+
+fn make_readable(root: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    let mut p = PathBuf::from(root);
+    loop {
+        if let Ok(meta) = std::fs::metadata(&p) {
+            let mode = meta.permissions().mode();
+            let _ = std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode | 0o055));
+        }
+        if !p.pop() || p.as_os_str().is_empty() || p == Path::new("/") {
+            break;
+        }
+    }
+}
+
+/// Generation B for the interruption tests: its activation stops (the
+/// first time only) until the test has killed the switch.
+fn slow_b(a: &Generation) -> Generation {
+    a.clone()
+        .renamed("b")
+        .service("changed.service", daemon("V=2"))
+        .service("new.service", daemon("V=1"))
+        .wanted_by("new.service", "multi-user.target")
+        .activate_lines(
+            "if [ ! -e /run/testbed/slow-once ]; then touch /run/testbed/slow-once; \
+             echo $$ > /run/testbed/activate.pid; exec sleep 600; fi",
+        )
+}
+
+fn kill_in_bed(bed: &TestBed, pid: &str) {
+    let out = bed.run(&["kill", "-9", pid.trim()]).unwrap();
+    assert!(out.success(), "{out:?}");
+}
+
+#[test]
+fn an_apply_killed_in_the_middle_is_reported_and_resumed_by_the_next_run() {
+    if !testbed::available("an_apply_killed_in_the_middle_is_reported_and_resumed_by_the_next_run") {
+        return;
+    }
+    let a = generation_a();
+    let bed = boot(&a);
+    let b = bed.build_generation(&slow_b(&a)).unwrap();
+    let first = spawn_switch(&bed, &["switch", "--toplevel", path_str(&b), "--no-isolate"]);
+    let pid_file = bed.run_dir().join("testbed/activate.pid");
+    wait_for("the activation to start", Duration::from_secs(60), || pid_file.exists());
+    let progress: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(bed.run_dir().join("safe-switch/progress.json")).unwrap())
+            .unwrap();
+    // Kill the switch and its activation script where they stand.
+    kill_in_bed(&bed, &progress["pid"].to_string());
+    kill_in_bed(&bed, &std::fs::read_to_string(&pid_file).unwrap());
+    let _ = first.wait_with_output();
+    assert_eq!(bed.active_state("changed.service").unwrap(), "inactive", "the stop phase ran");
+    assert_ne!(bed.current_generation().unwrap(), b);
+
+    let plan = safe_switch(&bed, &["plan", "--toplevel", path_str(&b)]);
+    assert!(plan.stderr.contains("was interrupted"), "{}", plan.stderr);
+
+    let out = safe_switch(&bed, &["switch", "--toplevel", path_str(&b), "--no-isolate"]);
+    assert_eq!(out.code(), Some(0), "{out:?}");
+    assert!(out.stderr.contains("was interrupted"), "{}", out.stderr);
+    assert!(out.stderr.contains("phases done: stop"), "{}", out.stderr);
+    assert!(out.stderr.contains("stopped during: activate"), "{}", out.stderr);
+    assert!(out.stderr.contains("resuming it first"), "{}", out.stderr);
+    assert_eq!(bed.current_generation().unwrap(), b);
+    assert_eq!(bed.active_state("changed.service").unwrap(), "active");
+    assert_eq!(bed.active_state("new.service").unwrap(), "active");
+    assert!(!bed.run_dir().join("safe-switch/progress.json").exists());
+}
+
+#[test]
+fn an_isolated_switch_finishes_when_its_caller_is_killed() {
+    if !testbed::available("an_isolated_switch_finishes_when_its_caller_is_killed") {
+        return;
+    }
+    let a = generation_a();
+    let bed = boot(&a);
+    let b = bed
+        .build_generation(
+            &a.clone()
+                .renamed("b")
+                .service("changed.service", daemon("V=2"))
+                .activate_lines("touch /run/testbed/activating\nwhile [ ! -e /run/testbed/go-on ]; do sleep 0.05; done"),
+        )
+        .unwrap();
+    let mut caller = spawn_switch(&bed, &["switch", "--toplevel", path_str(&b)]);
+    wait_for("the activation to start", Duration::from_secs(60), || {
+        bed.run_dir().join("testbed/activating").exists()
+    });
+    // The caller goes away (as a dropped SSH connection would take it).
+    caller.kill().unwrap();
+    let _ = caller.wait();
+    let units = bed.systemctl(&["list-units", "--no-legend", "safe-switch-*"]).unwrap();
+    assert!(units.contains("safe-switch-"), "the apply runs in a transient unit: {units}");
+    std::fs::write(bed.run_dir().join("testbed/go-on"), "").unwrap();
+    wait_for("the switch to finish", Duration::from_secs(60), || {
+        bed.run_dir().join("safe-switch/last.json").exists()
+    });
+    assert_eq!(bed.current_generation().unwrap(), b);
+    wait_for("changed.service to run again", Duration::from_secs(30), || {
+        bed.active_state("changed.service").unwrap() == "active"
+    });
+}
+
+#[test]
+fn an_isolated_switch_relays_output_and_exit_status() {
+    if !testbed::available("an_isolated_switch_relays_output_and_exit_status") {
+        return;
+    }
+    let a = generation_a();
+    let bed = boot(&a);
+    let b = bed
+        .build_generation(
+            &a.clone()
+                .renamed("b")
+                .service("broken.service", oneshot("/bin/false"))
+                .wanted_by("broken.service", "multi-user.target"),
+        )
+        .unwrap();
+    let out = safe_switch(&bed, &["switch", "--toplevel", path_str(&b), "--protect", "sshd"]);
+    assert_eq!(out.code(), Some(4), "{out:?}");
+    assert!(out.stderr.contains("applying in the transient unit safe-switch-"), "{}", out.stderr);
+    assert!(out.stderr.contains("failed to start broken.service"), "{}", out.stderr);
+    assert!(out.stdout.contains("broken.service"), "the plan is relayed on stdout: {}", out.stdout);
+    let units = bed.systemctl(&["list-units", "--all", "--no-legend", "safe-switch-*"]).unwrap();
+    assert!(units.trim().is_empty(), "the transient unit is collected: {units}");
+}
