@@ -7,6 +7,7 @@
 pub mod args;
 pub mod cmd;
 pub mod exit;
+pub mod source;
 
 use std::process::ExitCode;
 
