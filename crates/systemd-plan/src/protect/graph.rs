@@ -1,0 +1,735 @@
+//! The unit relation graph and how systemd propagates jobs along it.
+//!
+//! Relations come from three places: the old generation's unit files, the
+//! new generation's, and the live dependency properties systemd reports.
+//! The union is taken, which is conservative: a relation that exists on
+//! either side of the switch, or in the running manager, counts. Every
+//! relation is stored in its forward form, the way a unit file writes it
+//! (`sshd.service Requires=network-setup.service`); reverse properties
+//! (`RequiredBy`, `BoundBy`, `ConsistsOf`, ...) are turned around.
+//!
+//! The propagation rules follow systemd's transaction code
+//! (`transaction_add_job_and_dependencies` and the dependency atoms of
+//! `unit-dependency-atom.c`):
+//!
+//! - A stop job on X adds a stop job to every unit that `Requires=`,
+//!   `Requisite=`, `BindsTo=` or is `PartOf=` X, and to every unit X lists
+//!   in `PropagatesStopTo=`. Stop jobs propagate through inactive units too.
+//! - A restart job on X adds a try-restart to the same dependents (it turns
+//!   into nothing on a unit that is not running, so it does not propagate
+//!   past one), a stop job to its `PropagatesStopTo=` units, and everything
+//!   a start job adds.
+//! - A start job on X adds start jobs to the units it `Requires=`,
+//!   `BindsTo=`, `Wants=` or `Upholds=`, and stop jobs to every unit it
+//!   conflicts with, in either direction of `Conflicts=`.
+//! - `Triggers=` (a socket, timer or path and the unit it activates) does
+//!   not propagate jobs: a running service survives the stop of its socket.
+//!   It matters for protection all the same (see [`Reach`]).
+//!
+//! Cycles are common (`Conflicts=` is symmetric, `BindsTo=` pairs point at
+//! each other), so every walk is an iterative breadth-first search with a
+//! visited set; nothing recurses.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::hash::{BuildHasherDefault, Hasher};
+
+use petgraph::Direction::{Incoming, Outgoing};
+use petgraph::graph::{DiGraph, EdgeIndex, NodeIndex};
+use petgraph::visit::EdgeRef;
+use plan_model::{Action, Edge, LiveState, unit_name};
+
+use crate::generation::GenerationUnits;
+use crate::unit_file::UnitFile;
+
+/// A relation between two units, named by its forward unit-file key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Relation {
+    /// `Requires=`.
+    Requires,
+    /// `Requisite=`.
+    Requisite,
+    /// `BindsTo=`.
+    BindsTo,
+    /// `PartOf=`.
+    PartOf,
+    /// `Conflicts=`.
+    Conflicts,
+    /// `PropagatesStopTo=` (and `StopPropagatedFrom=` turned around).
+    PropagatesStopTo,
+    /// `Upholds=`.
+    Upholds,
+    /// `Wants=`.
+    Wants,
+    /// A socket, timer or path unit and the unit it activates.
+    Triggers,
+}
+
+impl Relation {
+    /// The unit-file key (or D-Bus property) of the forward form.
+    pub fn key(self) -> &'static str {
+        match self {
+            Relation::Requires => "Requires",
+            Relation::Requisite => "Requisite",
+            Relation::BindsTo => "BindsTo",
+            Relation::PartOf => "PartOf",
+            Relation::Conflicts => "Conflicts",
+            Relation::PropagatesStopTo => "PropagatesStopTo",
+            Relation::Upholds => "Upholds",
+            Relation::Wants => "Wants",
+            Relation::Triggers => "Triggers",
+        }
+    }
+
+    /// Maps a dependency property as systemd reports it to a relation and
+    /// whether the property is the reverse form (`RequiredBy` is
+    /// `Requires` seen from the other end).
+    pub fn from_property(name: &str) -> Option<(Relation, bool)> {
+        Some(match name {
+            "Requires" => (Relation::Requires, false),
+            "RequiredBy" => (Relation::Requires, true),
+            "Requisite" => (Relation::Requisite, false),
+            "RequisiteOf" => (Relation::Requisite, true),
+            "BindsTo" => (Relation::BindsTo, false),
+            "BoundBy" => (Relation::BindsTo, true),
+            "PartOf" => (Relation::PartOf, false),
+            "ConsistsOf" => (Relation::PartOf, true),
+            "Conflicts" => (Relation::Conflicts, false),
+            "ConflictedBy" => (Relation::Conflicts, true),
+            "PropagatesStopTo" => (Relation::PropagatesStopTo, false),
+            "StopPropagatedFrom" => (Relation::PropagatesStopTo, true),
+            "Upholds" => (Relation::Upholds, false),
+            "UpheldBy" => (Relation::Upholds, true),
+            "Wants" => (Relation::Wants, false),
+            "WantedBy" => (Relation::Wants, true),
+            "Triggers" => (Relation::Triggers, false),
+            "TriggeredBy" => (Relation::Triggers, true),
+            _ => return None,
+        })
+    }
+
+    /// Relations whose holder goes down (or is restarted) with its target.
+    fn follows_stop(self) -> bool {
+        matches!(self, Relation::Requires | Relation::Requisite | Relation::BindsTo | Relation::PartOf)
+    }
+
+    /// Relations along which a start job pulls in another start job.
+    fn pulls_in_start(self) -> bool {
+        matches!(self, Relation::Requires | Relation::BindsTo | Relation::Wants | Relation::Upholds)
+    }
+}
+
+/// The [Unit] keys read from unit files, with the relation each names.
+/// `StopPropagatedFrom=` is the reverse form and is handled apart.
+const UNIT_KEYS: &[(&str, Relation)] = &[
+    ("Requires", Relation::Requires),
+    ("Requisite", Relation::Requisite),
+    ("BindsTo", Relation::BindsTo),
+    ("PartOf", Relation::PartOf),
+    ("Conflicts", Relation::Conflicts),
+    ("PropagatesStopTo", Relation::PropagatesStopTo),
+    ("Upholds", Relation::Upholds),
+    ("Wants", Relation::Wants),
+];
+
+/// The job systemd would run on a unit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Job {
+    /// A stop job.
+    Stop = 0,
+    /// A restart (or try-restart) job.
+    Restart = 1,
+    /// A start job.
+    Start = 2,
+}
+
+impl Job {
+    const ALL: [Job; 3] = [Job::Stop, Job::Restart, Job::Start];
+
+    /// The job a plan action queues, if it queues one that propagates.
+    pub fn of_action(action: Action) -> Option<Job> {
+        match action {
+            Action::Stop => Some(Job::Stop),
+            Action::Restart => Some(Job::Restart),
+            Action::Start => Some(Job::Start),
+            Action::Reload | Action::Skip => None,
+        }
+    }
+
+    /// The plan action with the same name.
+    pub fn action(self) -> Action {
+        match self {
+            Job::Stop => Action::Stop,
+            Job::Restart => Action::Restart,
+            Job::Start => Action::Start,
+        }
+    }
+}
+
+/// Every unit relation of both generations and the live state, as one
+/// directed graph (edges point from the unit that holds the relation to
+/// the unit it names), plus which units are running.
+#[derive(Debug, Default)]
+pub struct UnitGraph {
+    graph: DiGraph<String, Relation>,
+    index: HashMap<String, NodeIndex, BuildHasherDefault<WordHash>>,
+    /// Relations collected while building, deduplicated before they become
+    /// edges.
+    pending: Vec<(u32, u32, Relation)>,
+    running: Vec<bool>,
+}
+
+/// A multiply-rotate hash over 8-byte words (the scheme of rustc's
+/// `FxHasher`). Unit names are short and come from the machine's own
+/// configuration, so hash flooding is no concern, and the default SipHash
+/// is the largest cost of building the name index for a large graph.
+#[derive(Default)]
+struct WordHash(u64);
+
+impl WordHash {
+    fn add(&mut self, word: u64) {
+        self.0 = (self.0.rotate_left(5) ^ word).wrapping_mul(0x517c_c1b7_2722_0a95);
+    }
+}
+
+impl Hasher for WordHash {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        let mut chunks = bytes.chunks_exact(8);
+        for chunk in &mut chunks {
+            let mut word = [0u8; 8];
+            word.copy_from_slice(chunk);
+            self.add(u64::from_le_bytes(word));
+        }
+        let rest = chunks.remainder();
+        if !rest.is_empty() {
+            let mut word = [0u8; 8];
+            word[..rest.len()].copy_from_slice(rest);
+            self.add(u64::from_le_bytes(word));
+        }
+    }
+
+    fn write_u8(&mut self, byte: u8) {
+        self.add(u64::from(byte));
+    }
+}
+
+impl UnitGraph {
+    /// Builds the graph from both generations and the live state.
+    ///
+    /// A unit counts as running when the live state says so. When the live
+    /// state is empty (an offline `diff` without a snapshot), every unit of
+    /// the old generation counts as running, as the planner assumes.
+    pub fn build(old: &GenerationUnits, new: &GenerationUnits, live: &LiveState) -> UnitGraph {
+        let mut g = UnitGraph::default();
+        // Every known unit is a node, so that a unit without relations can
+        // still be found protected and running.
+        for name in live.units.keys().map(String::as_str).chain(old.unit_names()).chain(new.unit_names()) {
+            g.node(name);
+        }
+        for (name, unit) in &live.units {
+            let me = g.node(name);
+            for (property, targets) in &unit.deps {
+                let Some((relation, reverse)) = Relation::from_property(property) else { continue };
+                for target in targets {
+                    let other = g.node(target);
+                    if reverse {
+                        g.push(other, relation, me);
+                    } else {
+                        g.push(me, relation, other);
+                    }
+                }
+            }
+        }
+        // Instances without a file of their own take their template's
+        // relations; the running ones are the instances that matter.
+        let instances: Vec<&str> = live
+            .units
+            .keys()
+            .map(String::as_str)
+            .filter(|n| unit_name::split_instance(n).is_some())
+            .collect();
+        for generation in [old, new] {
+            for (name, unit) in generation.units() {
+                g.add_unit_file(name, unit, &instances);
+            }
+            for (name, kind, targets) in generation.linked_all() {
+                let relation = match kind {
+                    "wants" => Relation::Wants,
+                    "requires" => Relation::Requires,
+                    "upholds" => Relation::Upholds,
+                    _ => continue,
+                };
+                for target in targets {
+                    g.relate_checked(name, relation, target);
+                }
+            }
+            for &instance in &instances {
+                if generation.unit_names().all(|n| n != instance) {
+                    if let Some(unit) = generation.unit(instance) {
+                        g.add_unit_file(instance, unit, &instances);
+                    }
+                }
+            }
+        }
+        let mut pending = std::mem::take(&mut g.pending);
+        pending.sort_unstable();
+        pending.dedup();
+        g.graph.reserve_edges(pending.len());
+        for (a, b, relation) in pending {
+            g.graph.add_edge(NodeIndex::new(a as usize), NodeIndex::new(b as usize), relation);
+        }
+        let no_live = live.units.is_empty();
+        g.running = g
+            .graph
+            .node_indices()
+            .map(|n| {
+                let name = &g.graph[n];
+                match live.get(name) {
+                    Some(unit) => unit.is_running(),
+                    None => no_live && old.has_unit(name),
+                }
+            })
+            .collect();
+        g
+    }
+
+    fn add_unit_file(&mut self, name: &str, unit: &UnitFile, instances: &[&str]) {
+        if unit.is_masked() {
+            return;
+        }
+        let Some(me) = self.checked_node(name) else { return };
+        if let Some(section) = unit.section("Unit") {
+            for (key, values) in section {
+                let words = values.iter().flat_map(|v| v.split_whitespace());
+                if key == "StopPropagatedFrom" {
+                    for source in words {
+                        if let Some(other) = self.checked_node(source) {
+                            self.push(other, Relation::PropagatesStopTo, me);
+                        }
+                    }
+                } else if let Some(&(_, relation)) = UNIT_KEYS.iter().find(|(k, _)| k == key) {
+                    for target in words {
+                        if let Some(other) = self.checked_node(target) {
+                            self.push(me, relation, other);
+                        }
+                    }
+                }
+            }
+        }
+        // What a socket, timer or path unit activates; an `Accept=yes`
+        // socket activates instances of a template.
+        let stem = unit_name::stem(name);
+        let triggered: Vec<String> = match unit_name::unit_type(name) {
+            Some("socket") => match unit.words("Socket", "Service").last() {
+                Some(service) => vec![(*service).to_owned()],
+                None if unit.bool_or("Socket", "Accept", false) => vec![format!("{stem}@.service")],
+                None => vec![format!("{stem}.service")],
+            },
+            Some("timer") => one_or_default(unit.words("Timer", "Unit"), stem),
+            Some("path") => one_or_default(unit.words("Path", "Unit"), stem),
+            _ => Vec::new(),
+        };
+        for target in triggered {
+            if unit_name::is_template(&target) {
+                let prefix = target.split_once('@').map_or("", |(p, _)| p);
+                for instance in instances.iter().filter(|i| {
+                    i.split_once('@').is_some_and(|(p, _)| p == prefix)
+                        && unit_name::unit_type(i) == unit_name::unit_type(&target)
+                }) {
+                    self.relate_checked(name, Relation::Triggers, instance);
+                }
+            }
+            self.relate_checked(name, Relation::Triggers, &target);
+        }
+        if unit_name::unit_type(name) == Some("service") {
+            for socket in unit.words("Service", "Sockets") {
+                self.relate_checked(socket, Relation::Triggers, name);
+            }
+        }
+    }
+
+    /// Adds a relation read from a unit file. Values with specifiers
+    /// (`%i`) or that are not unit names are skipped: they cannot be
+    /// resolved without the instance, and systemd would reject the latter.
+    fn relate_checked(&mut self, from: &str, relation: Relation, to: &str) {
+        if let (Some(a), Some(b)) = (self.checked_node(from), self.checked_node(to)) {
+            self.push(a, relation, b);
+        }
+    }
+
+    fn push(&mut self, a: NodeIndex, relation: Relation, b: NodeIndex) {
+        if a != b {
+            let index = |n: NodeIndex| u32::try_from(n.index()).unwrap_or(u32::MAX);
+            self.pending.push((index(a), index(b), relation));
+        }
+    }
+
+    /// Looks a name up, adding it only when it is a usable unit name. Known
+    /// names were validated (or came from systemd) when first added, so the
+    /// check runs once per name, not once per relation.
+    fn checked_node(&mut self, name: &str) -> Option<NodeIndex> {
+        if let Some(&n) = self.index.get(name) {
+            return Some(n);
+        }
+        if name.contains('%') || !unit_name::is_valid(name) {
+            return None;
+        }
+        Some(self.node(name))
+    }
+
+    fn node(&mut self, name: &str) -> NodeIndex {
+        if let Some(&n) = self.index.get(name) {
+            return n;
+        }
+        let n = self.graph.add_node(name.to_owned());
+        self.index.insert(name.to_owned(), n);
+        n
+    }
+
+    /// The number of units in the graph.
+    pub fn unit_count(&self) -> usize {
+        self.graph.node_count()
+    }
+
+    /// The number of distinct relations.
+    pub fn relation_count(&self) -> usize {
+        self.graph.edge_count()
+    }
+
+    /// Tells whether the graph knows the unit.
+    pub fn contains(&self, unit: &str) -> bool {
+        self.index.contains_key(unit)
+    }
+
+    /// Tells whether a unit counts as running.
+    pub fn is_running(&self, unit: &str) -> bool {
+        self.index.get(unit).is_some_and(|n| self.running[n.index()])
+    }
+
+    /// Every relation that names `unit` on either end, in forward form,
+    /// sorted.
+    pub fn relations_of(&self, unit: &str) -> Vec<Edge> {
+        let Some(&n) = self.index.get(unit) else { return Vec::new() };
+        let mut out: Vec<Edge> = self
+            .graph
+            .edges_directed(n, Outgoing)
+            .chain(self.graph.edges_directed(n, Incoming))
+            .map(|e| self.edge(e.id()))
+            .collect();
+        out.sort_by(|a, b| (&a.from, &a.relation, &a.to).cmp(&(&b.from, &b.relation, &b.to)));
+        out
+    }
+
+    fn edge(&self, e: EdgeIndex) -> Edge {
+        let (a, b) = self.graph.edge_endpoints(e).unwrap_or((NodeIndex::end(), NodeIndex::end()));
+        Edge {
+            from: self.graph.node_weight(a).cloned().unwrap_or_default(),
+            relation: self.graph.edge_weight(e).map_or("", |r| r.key()).to_owned(),
+            to: self.graph.node_weight(b).cloned().unwrap_or_default(),
+        }
+    }
+
+    /// The jobs that a job on `unit` adds, each with the relation that
+    /// carries it, in graph order.
+    fn successors(&self, n: NodeIndex, job: Job, out: &mut Vec<(NodeIndex, Job, EdgeIndex)>) {
+        out.clear();
+        if matches!(job, Job::Stop | Job::Restart) {
+            for e in self.graph.edges_directed(n, Incoming) {
+                if e.weight().follows_stop() {
+                    let dependent = e.source();
+                    match job {
+                        Job::Stop => out.push((dependent, Job::Stop, e.id())),
+                        _ if self.running[dependent.index()] => out.push((dependent, Job::Restart, e.id())),
+                        _ => {}
+                    }
+                }
+            }
+            for e in self.graph.edges_directed(n, Outgoing) {
+                if *e.weight() == Relation::PropagatesStopTo {
+                    out.push((e.target(), Job::Stop, e.id()));
+                }
+            }
+        }
+        if matches!(job, Job::Start | Job::Restart) {
+            for e in self.graph.edges_directed(n, Outgoing) {
+                if e.weight().pulls_in_start() {
+                    out.push((e.target(), Job::Start, e.id()));
+                } else if *e.weight() == Relation::Conflicts {
+                    out.push((e.target(), Job::Stop, e.id()));
+                }
+            }
+            for e in self.graph.edges_directed(n, Incoming) {
+                if *e.weight() == Relation::Conflicts {
+                    out.push((e.source(), Job::Stop, e.id()));
+                }
+            }
+        }
+    }
+
+    /// The jobs that would add a job `job` on `n`: the successors relation
+    /// turned around.
+    fn predecessors(&self, n: NodeIndex, job: Job, out: &mut Vec<(NodeIndex, Job, EdgeIndex)>) {
+        out.clear();
+        match job {
+            Job::Stop => {
+                for e in self.graph.edges_directed(n, Outgoing) {
+                    if e.weight().follows_stop() {
+                        out.push((e.target(), Job::Stop, e.id()));
+                    } else if *e.weight() == Relation::Conflicts {
+                        out.push((e.target(), Job::Start, e.id()));
+                        out.push((e.target(), Job::Restart, e.id()));
+                    }
+                }
+                for e in self.graph.edges_directed(n, Incoming) {
+                    match e.weight() {
+                        Relation::PropagatesStopTo => {
+                            out.push((e.source(), Job::Stop, e.id()));
+                            out.push((e.source(), Job::Restart, e.id()));
+                        }
+                        Relation::Conflicts => {
+                            out.push((e.source(), Job::Start, e.id()));
+                            out.push((e.source(), Job::Restart, e.id()));
+                        }
+                        _ => {}
+                    }
+                }
+            }
+            Job::Restart => {
+                if self.running[n.index()] {
+                    for e in self.graph.edges_directed(n, Outgoing) {
+                        if e.weight().follows_stop() {
+                            out.push((e.target(), Job::Restart, e.id()));
+                        }
+                    }
+                }
+            }
+            Job::Start => {
+                for e in self.graph.edges_directed(n, Incoming) {
+                    if e.weight().pulls_in_start() {
+                        out.push((e.source(), Job::Start, e.id()));
+                        out.push((e.source(), Job::Restart, e.id()));
+                    }
+                }
+            }
+        }
+    }
+
+    /// Computes, for every job on every unit, whether it would touch one of
+    /// `protected`, by a breadth-first search backwards from the protected
+    /// units. The cost is linear in the size of the graph, whatever the
+    /// number of protected units or planned actions.
+    ///
+    /// A protected unit is touched when it is running and gets a stop or
+    /// restart job. The units that trigger a protected unit (its socket,
+    /// timer or path unit) count as part of it: stopping `sshd.socket`
+    /// leaves running sessions alone but refuses every new connection,
+    /// which is what protecting sshd is meant to prevent.
+    pub fn reach(&self, protected: &[&str]) -> Reach {
+        let n_states = self.graph.node_count() * 3;
+        let mut reach = Reach { hops: vec![None; n_states], origins: Vec::new() };
+        let mut queue = VecDeque::new();
+        let mut names: Vec<&str> = protected.to_vec();
+        names.sort_unstable();
+        names.dedup();
+        let nodes: Vec<NodeIndex> = names.iter().filter_map(|u| self.index.get(*u).copied()).collect();
+        // Direct protections first, so that a unit that is protected in its
+        // own right is reported as such rather than as a trigger.
+        for &p in &nodes {
+            if !self.running[p.index()] {
+                continue;
+            }
+            for job in [Job::Stop, Job::Restart] {
+                let origin = reach.origins.len();
+                reach.origins.push(Origin { protected: p, effect: job, trigger: None });
+                reach.seed(p, job, origin, &mut queue);
+            }
+        }
+        // Running protected units first: a socket that activates a running
+        // instance is better explained by that instance than by its
+        // template.
+        let mut by_running = nodes.clone();
+        by_running.sort_by_key(|p| !self.running[p.index()]);
+        for &p in &by_running {
+            for e in self.graph.edges_directed(p, Incoming) {
+                if *e.weight() == Relation::Triggers && self.running[e.source().index()] {
+                    for job in [Job::Stop, Job::Restart] {
+                        let origin = reach.origins.len();
+                        reach.origins.push(Origin { protected: p, effect: Job::Stop, trigger: Some(e.id()) });
+                        reach.seed(e.source(), job, origin, &mut queue);
+                    }
+                }
+            }
+        }
+        let mut preds = Vec::new();
+        while let Some(state) = queue.pop_front() {
+            let (n, job) = split(state);
+            let origin = reach.hops[state].map_or(0, |h| h.origin);
+            self.predecessors(n, job, &mut preds);
+            for &(m, mjob, e) in &preds {
+                let s = join(m, mjob);
+                if reach.hops[s].is_none() {
+                    reach.hops[s] = Some(Hop { next: state, edge: Some(e), origin });
+                    queue.push_back(s);
+                }
+            }
+        }
+        reach
+    }
+
+    /// Follows the jobs a job on `unit` adds, forwards, and returns every
+    /// touched protected unit with the shortest chain to it. This is the
+    /// slow, per-action form of [`UnitGraph::reach`], used by `--explain`
+    /// (and by tests, as a cross-check).
+    pub fn touches_from(&self, unit: &str, job: Job, protected: &HashSet<&str>) -> Vec<Touch> {
+        let Some(&start) = self.index.get(unit) else { return Vec::new() };
+        let mut parent: HashMap<usize, (usize, EdgeIndex)> = HashMap::new();
+        let mut visited = HashSet::new();
+        let mut queue = VecDeque::new();
+        let first = join(start, job);
+        visited.insert(first);
+        queue.push_back(first);
+        let mut found: Vec<Touch> = Vec::new();
+        let mut found_units = HashSet::new();
+        let mut succ = Vec::new();
+        while let Some(state) = queue.pop_front() {
+            let (n, j) = split(state);
+            let name = self.graph[n].as_str();
+            let chain = || {
+                let mut edges = Vec::new();
+                let mut s = state;
+                while let Some(&(prev, e)) = parent.get(&s) {
+                    edges.push(self.edge(e));
+                    s = prev;
+                }
+                edges
+            };
+            if matches!(j, Job::Stop | Job::Restart) && self.running[n.index()] {
+                if protected.contains(name) && found_units.insert(n) {
+                    found.push(Touch { touches: name.to_owned(), effect: j.action(), chain: chain() });
+                }
+                for e in self.graph.edges_directed(n, Outgoing) {
+                    if *e.weight() == Relation::Triggers
+                        && protected.contains(self.graph[e.target()].as_str())
+                        && found_units.insert(e.target())
+                    {
+                        let mut edges = vec![self.edge(e.id())];
+                        edges.extend(chain());
+                        found.push(Touch {
+                            touches: self.graph[e.target()].clone(),
+                            effect: Action::Stop,
+                            chain: edges,
+                        });
+                    }
+                }
+            }
+            self.successors(n, j, &mut succ);
+            for &(m, mjob, e) in &succ {
+                let s = join(m, mjob);
+                if visited.insert(s) {
+                    parent.insert(s, (state, e));
+                    queue.push_back(s);
+                }
+            }
+        }
+        found
+    }
+
+    fn state_of(&self, unit: &str, job: Job) -> Option<usize> {
+        self.index.get(unit).map(|&n| join(n, job))
+    }
+}
+
+fn one_or_default(values: Vec<&str>, stem: &str) -> Vec<String> {
+    match values.last() {
+        Some(unit) => vec![(*unit).to_owned()],
+        None => vec![format!("{stem}.service")],
+    }
+}
+
+fn join(n: NodeIndex, job: Job) -> usize {
+    n.index() * 3 + job as usize
+}
+
+fn split(state: usize) -> (NodeIndex, Job) {
+    (NodeIndex::new(state / 3), Job::ALL[state % 3])
+}
+
+/// A protected unit, the effect on it, and the relations that lead there
+/// from the protected unit back to the acting unit.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Touch {
+    /// The protected unit.
+    pub touches: String,
+    /// `stop` or `restart`.
+    pub effect: Action,
+    /// The chain, starting at the protected unit.
+    pub chain: Vec<Edge>,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Hop {
+    /// The state this one adds a job to, one step closer to the protected
+    /// unit; equal to the state itself for a seed.
+    next: usize,
+    edge: Option<EdgeIndex>,
+    origin: usize,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Origin {
+    protected: NodeIndex,
+    effect: Job,
+    trigger: Option<EdgeIndex>,
+}
+
+/// The result of [`UnitGraph::reach`]: for every job on every unit, the
+/// nearest protected unit it would touch, if any.
+#[derive(Debug)]
+pub struct Reach {
+    hops: Vec<Option<Hop>>,
+    origins: Vec<Origin>,
+}
+
+impl Reach {
+    fn seed(&mut self, n: NodeIndex, job: Job, origin: usize, queue: &mut VecDeque<usize>) {
+        let s = join(n, job);
+        if self.hops[s].is_none() {
+            self.hops[s] = Some(Hop { next: s, edge: None, origin });
+            queue.push_back(s);
+        }
+    }
+
+    /// Tells whether a job on `unit` would touch a protected unit, and
+    /// which, with the chain of relations.
+    pub fn touch(&self, graph: &UnitGraph, unit: &str, job: Job) -> Option<Touch> {
+        let mut state = graph.state_of(unit, job)?;
+        let first = self.hops.get(state).copied().flatten()?;
+        let origin = self.origins.get(first.origin)?;
+        let mut edges = Vec::new();
+        // The walk follows `next` pointers towards a seed; the number of
+        // steps is bounded by the number of states, which guards against a
+        // corrupted table ever looping.
+        for _ in 0..self.hops.len() {
+            let Some(hop) = self.hops[state] else { break };
+            match hop.edge {
+                Some(e) => {
+                    edges.push(graph.edge(e));
+                    state = hop.next;
+                }
+                None => break,
+            }
+        }
+        if let Some(trigger) = origin.trigger {
+            edges.push(graph.edge(trigger));
+        }
+        edges.reverse();
+        Some(Touch {
+            touches: graph.graph[origin.protected].clone(),
+            effect: origin.effect.action(),
+            chain: edges,
+        })
+    }
+}

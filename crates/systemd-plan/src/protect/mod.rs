@@ -1,0 +1,325 @@
+//! Protection: which units must not be stopped or restarted, and what a
+//! plan does to them through systemd's dependency propagation.
+//!
+//! The analysis runs after planning, on the finished [`Plan`]:
+//!
+//! 1. Resolve the protections: selectors from the command line and the
+//!    policy file ([`Selector`]), and the implicit ones (the D-Bus bus,
+//!    logind, and the units holding the caller, see [`cgroup`]). Each is
+//!    matched against every unit name in both generations and the live
+//!    state.
+//! 2. Build the [`UnitGraph`] of unit relations and compute, backwards from
+//!    the protected units, which job on which unit would reach one
+//!    ([`UnitGraph::reach`]).
+//! 3. Look up every stop, restart and start in the plan. In `defer` mode
+//!    the actions of a unit that touches a protected unit move into its
+//!    [`Deferral`]; in `refuse` mode the plan is marked refused and every
+//!    such action is listed as a [`Refusal`].
+//!
+//! Architecture Invariant: this module does no IO. The caller reads the
+//! policy file and `/proc/self/cgroup` and passes their content in.
+
+pub mod cgroup;
+mod graph;
+
+use std::collections::{BTreeSet, HashSet};
+
+use globset::{Glob, GlobSet, GlobSetBuilder};
+use plan_model::policy::{ImplicitProtections, Selector};
+use plan_model::{
+    Action, Deferral, Diagnostic, LiveState, Mode, Plan, ProtectedUnit, ProtectionSource, Reason, Refusal,
+    Severity, unit_name,
+};
+
+pub use graph::{Job, Reach, Relation, Touch, UnitGraph};
+
+use crate::generation::GenerationUnits;
+
+/// What to protect and how: the input of [`protect`].
+#[derive(Clone, Debug, Default)]
+pub struct Request {
+    /// Explicit selectors with where each came from, policy file first.
+    pub selectors: Vec<(Selector, ProtectionSource)>,
+    /// Which implicit protections are in force.
+    pub implicit: ImplicitProtections,
+    /// The caller's cgroup path (from `/proc/self/cgroup`), when known.
+    pub caller_cgroup: Option<String>,
+    /// What happens to actions that touch a protected unit.
+    pub mode: Mode,
+}
+
+/// An explicit selector that matched no unit.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UnknownSelector {
+    /// The selector as written.
+    pub selector: String,
+    /// Where it came from.
+    pub source: ProtectionSource,
+    /// Names close to it, best first (at most three).
+    pub close: Vec<String>,
+}
+
+/// What the analysis found, beyond the rewritten plan: the graph (for
+/// `--explain`) and the selectors that matched nothing.
+#[derive(Debug)]
+pub struct Analysis {
+    /// The relation graph the analysis used.
+    pub graph: UnitGraph,
+    /// Explicit selectors that matched no unit.
+    pub unknown: Vec<UnknownSelector>,
+    /// Every protected unit name.
+    pub protected: BTreeSet<String>,
+}
+
+/// Runs the protection analysis on a finished plan and rewrites it.
+///
+/// Fills `plan.protection` (mode, every protection in force, refusal), moves
+/// touching actions into [`Deferral`]s in `defer` mode, and adds a warning
+/// diagnostic for each explicit selector that matched nothing.
+pub fn protect(
+    plan: &mut Plan,
+    old: &GenerationUnits,
+    new: &GenerationUnits,
+    live: &LiveState,
+    request: &Request,
+) -> Analysis {
+    let universe: BTreeSet<&str> =
+        old.unit_names().chain(new.unit_names()).chain(live.units.keys().map(String::as_str)).collect();
+    let mut protections = Vec::new();
+    let mut unknown = Vec::new();
+    for (selector, source) in &request.selectors {
+        let units = matching(selector, &universe);
+        if units.is_empty() {
+            unknown.push(UnknownSelector {
+                selector: selector.as_str().to_owned(),
+                source: source.clone(),
+                close: close_matches(selector, &universe),
+            });
+        }
+        protections.push(ProtectedUnit {
+            selector: selector.as_str().to_owned(),
+            source: source.clone(),
+            units,
+            allow: Vec::new(),
+        });
+    }
+    protections.extend(implicit_protections(request, &universe));
+
+    let protected: BTreeSet<String> = protections.iter().flat_map(|p| p.units.iter().cloned()).collect();
+    let graph = UnitGraph::build(old, new, live);
+    let names: Vec<&str> = protected.iter().map(String::as_str).collect();
+    let reach = graph.reach(&names);
+
+    plan.protection.mode = request.mode;
+    plan.protection.protected = protections;
+    plan.protection.refusals.clear();
+    for entry in &mut plan.units {
+        let touching: Vec<(Action, Touch)> = entry
+            .actions
+            .iter()
+            .filter_map(|&a| Some((a, reach.touch(&graph, &entry.unit, Job::of_action(a)?)?)))
+            .collect();
+        let Some((_, first)) = touching.first().cloned() else { continue };
+        match request.mode {
+            Mode::Defer => {
+                // The stop and start of one unit are two halves of a
+                // restart: when one half is deferred the other is too, so
+                // the running instance stays exactly as it is.
+                let deferred: Vec<Action> = entry
+                    .actions
+                    .iter()
+                    .copied()
+                    .filter(|a| matches!(a, Action::Stop | Action::Restart | Action::Start))
+                    .collect();
+                entry.actions.retain(|a| !deferred.contains(a));
+                entry.deferral = Some(Deferral {
+                    actions: deferred,
+                    touches: first.touches,
+                    effect: first.effect,
+                    chain: first.chain,
+                });
+            }
+            Mode::Refuse => plan.protection.refusals.push(Refusal {
+                unit: entry.unit.clone(),
+                actions: touching.iter().map(|(a, _)| *a).collect(),
+                touches: first.touches,
+                effect: first.effect,
+                chain: first.chain,
+            }),
+        }
+    }
+    plan.protection.refused = !plan.protection.refusals.is_empty();
+    for u in &unknown {
+        let mut message = format!("protection selector {:?} ({}) matches no unit", u.selector, source_label(&u.source));
+        if !u.close.is_empty() {
+            message.push_str(&format!("; did you mean {}?", u.close.join(", ")));
+        }
+        plan.diagnostics.push(Diagnostic {
+            severity: Severity::Warning,
+            message,
+            unit: None,
+            path: match &u.source {
+                ProtectionSource::Policy { path } => Some(path.clone()),
+                _ => None,
+            },
+            line: None,
+        });
+    }
+    Analysis { graph, unknown, protected }
+}
+
+/// A short label for where a protection came from.
+pub fn source_label(source: &ProtectionSource) -> String {
+    match source {
+        ProtectionSource::CommandLine => "--protect".to_owned(),
+        ProtectionSource::Policy { path } => format!("policy {path}"),
+        ProtectionSource::Implicit { why } => format!("implicit: {why}"),
+    }
+}
+
+fn compile(selector: &Selector) -> Option<GlobSet> {
+    let mut builder = GlobSetBuilder::new();
+    for pattern in selector.patterns() {
+        // Selectors were validated when parsed; a pattern globset still
+        // rejects simply matches nothing.
+        builder.add(Glob::new(&pattern).ok()?);
+    }
+    builder.build().ok()
+}
+
+/// Returns the names in `universe` that `selector` matches, sorted.
+pub fn matching(selector: &Selector, universe: &BTreeSet<&str>) -> Vec<String> {
+    if let Selector::Unit(unit) = selector {
+        return universe.contains(unit.as_str()).then(|| unit.clone()).into_iter().collect();
+    }
+    let Some(set) = compile(selector) else { return Vec::new() };
+    universe.iter().filter(|u| set.is_match(u)).map(|u| (*u).to_owned()).collect()
+}
+
+/// Up to three names close to an unmatched selector: unit names for a full
+/// name, bare names (`sshd`) for a bare name, either for a glob (compared
+/// without its glob characters).
+fn close_matches(selector: &Selector, universe: &BTreeSet<&str>) -> Vec<String> {
+    let (wanted, bare): (String, bool) = match selector {
+        Selector::Name(n) => (n.clone(), true),
+        Selector::Unit(u) => (u.clone(), false),
+        Selector::Glob(g) => (g.replace(['*', '?', '[', ']'], ""), false),
+    };
+    let candidates: BTreeSet<&str> = universe
+        .iter()
+        .map(|u| if bare { bare_name(u) } else { u })
+        .filter(|c| !c.is_empty())
+        .collect();
+    let mut scored: Vec<(f64, &str)> = candidates
+        .into_iter()
+        .map(|c| (strsim::normalized_damerau_levenshtein(&wanted, c), c))
+        .filter(|(score, c)| *score >= 0.6 || (wanted.len() >= 3 && c.starts_with(wanted.as_str())))
+        .collect();
+    scored.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(b.1)));
+    scored.into_iter().take(3).map(|(_, c)| c.to_owned()).collect()
+}
+
+/// `sshd.service` → `sshd`, `sshd@1.service` → `sshd`.
+fn bare_name(unit: &str) -> &str {
+    let stem = unit_name::stem(unit);
+    stem.split_once('@').map_or(stem, |(prefix, _)| prefix)
+}
+
+fn implicit_protections(request: &Request, universe: &BTreeSet<&str>) -> Vec<ProtectedUnit> {
+    let present = |unit: &str| universe.contains(unit).then(|| unit.to_owned()).into_iter().collect::<Vec<_>>();
+    let mut out = Vec::new();
+    if request.implicit.dbus {
+        for unit in ["dbus.service", "dbus-broker.service", "dbus.socket"] {
+            out.push(ProtectedUnit {
+                selector: unit.to_owned(),
+                source: ProtectionSource::Implicit {
+                    why: "the D-Bus message bus: every client loses its connection when it restarts".to_owned(),
+                },
+                units: present(unit),
+                allow: vec![Action::Reload],
+            });
+        }
+    }
+    if request.implicit.logind {
+        out.push(ProtectedUnit {
+            selector: "systemd-logind.service".to_owned(),
+            source: ProtectionSource::Implicit { why: "the login manager, which tracks every session".to_owned() },
+            units: present("systemd-logind.service"),
+            allow: vec![Action::Reload],
+        });
+    }
+    if request.implicit.caller {
+        if let Some(path) = &request.caller_cgroup {
+            for unit in cgroup::caller_units(path) {
+                out.push(ProtectedUnit {
+                    selector: unit.clone(),
+                    source: ProtectionSource::Implicit { why: format!("holds this process (cgroup {path})") },
+                    units: present(&unit),
+                    allow: Vec::new(),
+                });
+            }
+        }
+    }
+    out
+}
+
+/// Why a unit gets its action, for `--explain`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Explanation {
+    /// The unit.
+    pub unit: String,
+    /// Whether it counts as running.
+    pub running: bool,
+    /// The actions still planned.
+    pub actions: Vec<Action>,
+    /// The rules that gave it those actions.
+    pub reasons: Vec<Reason>,
+    /// What protection did to it in `defer` mode.
+    pub deferral: Option<Deferral>,
+    /// What protection found in `refuse` mode.
+    pub refusal: Option<Refusal>,
+    /// Protections that cover the unit itself.
+    pub protected_by: Vec<ProtectedUnit>,
+    /// For each job the plan has (or had) for the unit, every protected unit
+    /// it would touch.
+    pub touches: Vec<(Action, Vec<Touch>)>,
+    /// Every relation naming the unit, in forward form.
+    pub relations: Vec<plan_model::Edge>,
+    /// Whether the unit appears in either generation, the live state or the
+    /// plan at all.
+    pub known: bool,
+}
+
+/// Explains the action a unit gets in a protected plan.
+pub fn explain(plan: &Plan, analysis: &Analysis, unit: &str) -> Explanation {
+    let entry = plan.unit(unit);
+    let refusal = plan.protection.refusals.iter().find(|r| r.unit == unit).cloned();
+    let mut jobs: Vec<Action> = entry.map(|e| e.actions.clone()).unwrap_or_default();
+    if let Some(d) = entry.and_then(|e| e.deferral.as_ref()) {
+        jobs.extend(d.actions.iter().copied());
+    }
+    jobs.sort();
+    jobs.dedup();
+    let protected: HashSet<&str> = analysis.protected.iter().map(String::as_str).collect();
+    let touches = jobs
+        .iter()
+        .filter_map(|&a| Some((a, Job::of_action(a)?)))
+        .map(|(a, job)| (a, analysis.graph.touches_from(unit, job, &protected)))
+        .collect();
+    let relations = analysis.graph.relations_of(unit);
+    Explanation {
+        unit: unit.to_owned(),
+        running: analysis.graph.is_running(unit),
+        actions: entry.map(|e| e.actions.clone()).unwrap_or_default(),
+        reasons: entry.map(|e| e.reasons.clone()).unwrap_or_default(),
+        deferral: entry.and_then(|e| e.deferral.clone()),
+        refusal,
+        protected_by: plan.protection.protected.iter().filter(|p| p.units.iter().any(|u| u == unit)).cloned().collect(),
+        touches,
+        known: entry.is_some() || analysis.graph.contains(unit),
+        relations,
+    }
+}
+
+#[cfg(test)]
+mod tests;
