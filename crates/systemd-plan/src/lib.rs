@@ -66,6 +66,7 @@ pub mod fstab;
 pub mod generation;
 pub mod loader;
 pub mod planner;
+pub mod protect;
 pub mod unit_file;
 
 pub use compare::{Comparison, Verdict, compare_units};
