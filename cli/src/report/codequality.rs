@@ -1,0 +1,216 @@
+//! The GitLab Code Quality report: a JSON array of findings in the subset of
+//! the Code Climate format that GitLab reads (`description`, `check_name`,
+//! `fingerprint`, `severity`, `location.path`, `location.lines.begin`).
+//!
+//! Findings, most severe first in the merge-request widget:
+//!
+//! | check | severity | when |
+//! |-------|----------|------|
+//! | `safe-switch/refused` | blocker | an action touches a protected unit and the switch is refused |
+//! | `safe-switch/deferred` | critical | protection dropped an action |
+//! | `safe-switch/diagnostic` | minor / info | a planner warning / note |
+//! | `safe-switch/stop`, `safe-switch/restart` | info | a running unit is interrupted |
+//! | `safe-switch/skip` | info | a unit changed but is deliberately left running |
+//!
+//! A fingerprint is the SHA-256 of the check, the unit and the action (for a
+//! diagnostic: its unit, file and message, with store hashes removed), never
+//! of line numbers or store paths, so the same finding keeps its identity
+//! from one pipeline to the next and GitLab can tell new findings from
+//! resolved ones.
+
+use std::collections::BTreeSet;
+
+use plan_model::{Action, Plan, Severity};
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+use super::{action_items, chain_line, reasons_line, ItemStatus, Verdict};
+
+/// Where a generation keeps its units; findings about a unit point there,
+/// relative to the generation, since the plan does not know which file of
+/// the repository declared the unit.
+const UNIT_DIR: &str = "etc/systemd/system";
+
+/// One finding.
+#[derive(Clone, Debug, Serialize)]
+pub struct Finding {
+    /// What was found, as one sentence.
+    pub description: String,
+    /// The check, `safe-switch/<kind>`.
+    pub check_name: String,
+    /// A stable identity of the finding.
+    pub fingerprint: String,
+    /// `info`, `minor`, `major`, `critical` or `blocker`.
+    pub severity: &'static str,
+    /// Where.
+    pub location: Location,
+}
+
+/// The location of a finding.
+#[derive(Clone, Debug, Serialize)]
+pub struct Location {
+    /// A path relative to the repository (or the generation).
+    pub path: String,
+    /// The lines.
+    pub lines: Lines,
+}
+
+/// The lines of a finding.
+#[derive(Clone, Debug, Serialize)]
+pub struct Lines {
+    /// The first line, 1-based.
+    pub begin: u32,
+}
+
+/// Renders the Code Quality report.
+pub fn render(plan: &Plan) -> String {
+    let mut s = serde_json::to_string_pretty(&findings(plan)).unwrap_or_else(|_| "[]".to_owned());
+    s.push('\n');
+    s
+}
+
+/// Lists the findings of a plan, without duplicate fingerprints.
+pub fn findings(plan: &Plan) -> Vec<Finding> {
+    let mut out = Vec::new();
+    for item in action_items(plan) {
+        let unit = &item.unit.unit;
+        let (check, severity, description) = match item.status {
+            ItemStatus::Refused => (
+                "refused",
+                "blocker",
+                format!(
+                    "{} {unit} is refused: {}",
+                    item.action,
+                    item.blocker.map(|b| chain_line(&b)).unwrap_or_default()
+                ),
+            ),
+            ItemStatus::Deferred => (
+                "deferred",
+                "critical",
+                format!(
+                    "{} {unit} is deferred: {}",
+                    item.action,
+                    item.blocker.map(|b| chain_line(&b)).unwrap_or_default()
+                ),
+            ),
+            ItemStatus::Planned | ItemStatus::HeldByRefusal => match item.action {
+                Action::Stop | Action::Restart => (
+                    item.action.as_str(),
+                    "info",
+                    format!("{unit} will be {}: {}", past(item.action), reasons_line(item.unit)),
+                ),
+                Action::Skip => (
+                    "skip",
+                    "info",
+                    format!("{unit} changed but is left running: {}", reasons_line(item.unit)),
+                ),
+                Action::Reload | Action::Start => continue,
+            },
+        };
+        let check_name = format!("safe-switch/{check}");
+        out.push(Finding {
+            fingerprint: fingerprint(&[&check_name, unit, item.action.as_str()]),
+            description,
+            check_name,
+            severity,
+            location: Location { path: format!("{UNIT_DIR}/{unit}"), lines: Lines { begin: 1 } },
+        });
+    }
+    if Verdict::of(plan) == Verdict::Refused {
+        let check_name = "safe-switch/refused".to_owned();
+        out.push(Finding {
+            fingerprint: fingerprint(&[&check_name, "plan"]),
+            description: "the switch is refused: it would touch a protected unit".to_owned(),
+            check_name,
+            severity: "blocker",
+            location: Location { path: UNIT_DIR.to_owned(), lines: Lines { begin: 1 } },
+        });
+    }
+    for d in &plan.diagnostics {
+        let check_name = "safe-switch/diagnostic".to_owned();
+        let unit = d.unit.clone().unwrap_or_default();
+        let path = d.path.clone().unwrap_or_default();
+        let fp = fingerprint(&[&check_name, &unit, &strip_store_hashes(&path), &strip_store_hashes(&d.message)]);
+        let location_path = if !path.is_empty() {
+            path.trim_start_matches('/').to_owned()
+        } else if !unit.is_empty() {
+            format!("{UNIT_DIR}/{unit}")
+        } else {
+            UNIT_DIR.to_owned()
+        };
+        out.push(Finding {
+            fingerprint: fp,
+            description: match &d.unit {
+                Some(u) => format!("{u}: {}", d.message),
+                None => d.message.clone(),
+            },
+            check_name,
+            severity: match d.severity {
+                Severity::Warning => "minor",
+                Severity::Info => "info",
+            },
+            location: Location { path: location_path, lines: Lines { begin: d.line.unwrap_or(1).max(1) } },
+        });
+    }
+    let mut seen = BTreeSet::new();
+    out.retain(|f| seen.insert(f.fingerprint.clone()));
+    out
+}
+
+fn past(action: Action) -> &'static str {
+    match action {
+        Action::Stop => "stopped",
+        Action::Restart => "restarted",
+        Action::Reload => "reloaded",
+        Action::Start => "started",
+        Action::Skip => "skipped",
+    }
+}
+
+/// The SHA-256, in hex, of the parts joined by a separator that cannot occur
+/// in unit names.
+fn fingerprint(parts: &[&str]) -> String {
+    let mut h = Sha256::new();
+    h.update(b"safe-switch-codequality-v1");
+    for p in parts {
+        h.update([0x1f]);
+        h.update(p.as_bytes());
+    }
+    hex(&h.finalize())
+}
+
+/// Lowercase hex of a byte string.
+pub(crate) fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Replaces `/nix/store/<hash>-` with `/nix/store/`, so that a message that
+/// names a store path keeps its fingerprint when only the hash moves.
+fn strip_store_hashes(s: &str) -> String {
+    const STORE: &str = "/nix/store/";
+    let mut out = String::with_capacity(s.len());
+    let mut rest = s;
+    while let Some(i) = rest.find(STORE) {
+        out.push_str(&rest[..i + STORE.len()]);
+        rest = &rest[i + STORE.len()..];
+        let hash_len = rest.bytes().take_while(u8::is_ascii_alphanumeric).count();
+        if hash_len == 32 && rest.as_bytes().get(32) == Some(&b'-') {
+            rest = &rest[33..];
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn store_hashes_are_removed_from_fingerprint_input() {
+        assert_eq!(
+            strip_store_hashes("/nix/store/0123456789abcdfghijklmnpqrsvwxyz-unit-a/x and /nix/store/short"),
+            "/nix/store/unit-a/x and /nix/store/short"
+        );
+    }
+}

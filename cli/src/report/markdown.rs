@@ -1,0 +1,258 @@
+//! The Markdown report: a summary for a merge-request comment or for
+//! `$GITHUB_STEP_SUMMARY`.
+//!
+//! GitHub drops a step summary larger than 1 MiB entirely, so the report is
+//! built section by section under a byte budget ([`LIMIT`]), most important
+//! first: the verdict and the blocked actions, then the planned actions,
+//! the steps, the diagnostics and last the unit-file diffs (each in a
+//! collapsible `<details>` block). What does not fit is counted and named
+//! in a closing note instead of being cut mid-line.
+
+use std::fmt::Write as _;
+
+use plan_model::{Action, Plan, Severity};
+
+use super::text::step_line;
+use super::{action_items, chain_line, reasons_line, Report, Verdict};
+
+/// The default size limit, safely under GitHub's 1 MiB per step.
+pub const LIMIT: usize = 1_000_000;
+
+/// Bytes kept free for the truncation note.
+const RESERVE: usize = 400;
+
+/// Renders the Markdown report, at most `limit` bytes long.
+pub fn render(report: &Report<'_>, limit: usize) -> String {
+    let plan = report.plan;
+    let mut b = Budget::new(limit);
+
+    b.push(&header(plan));
+
+    let items = action_items(plan);
+    let blocked: Vec<_> = items.iter().filter(|i| i.status.is_blocked()).collect();
+    if !blocked.is_empty() {
+        let title = if plan.protection.refused {
+            "### Refused: these actions touch a protected unit\n\n"
+        } else {
+            "### Deferred: these actions touch a protected unit and will not be carried out\n\n"
+        };
+        b.push(&format!("{title}| Unit | Action | Why |\n|---|---|---|\n"));
+        for i in blocked {
+            let why = i.blocker.map(|b| chain_line(&b)).unwrap_or_default();
+            b.row(&format!("| {} | {} | {} |\n", code(&i.unit.unit), i.action, cell(&why)));
+        }
+        b.push("\n");
+    }
+
+    let planned: Vec<_> = plan.units.iter().filter(|u| !u.actions.is_empty()).collect();
+    if !planned.is_empty() {
+        let title = if plan.protection.refused {
+            "### Planned actions (not carried out while the switch is refused)\n\n"
+        } else {
+            "### Planned actions\n\n"
+        };
+        b.push(&format!("{title}| Unit | Actions | Why |\n|---|---|---|\n"));
+        for u in planned {
+            let actions: Vec<&str> = u.actions.iter().map(|a| a.as_str()).collect();
+            b.row(&format!("| {} | {} | {} |\n", code(&u.unit), actions.join(", "), cell(&reasons_line(u))));
+        }
+        b.push("\n");
+    }
+
+    if !plan.steps.is_empty() {
+        b.push("### Steps\n\n");
+        for (n, step) in plan.steps.iter().enumerate() {
+            b.row(&format!("{}. {}\n", n + 1, inline(&step_line(step))));
+        }
+        b.push("\n");
+    }
+
+    if !plan.diagnostics.is_empty() {
+        b.push("### Diagnostics\n\n");
+        for d in &plan.diagnostics {
+            let sev = match d.severity {
+                Severity::Warning => "**warning**",
+                Severity::Info => "info",
+            };
+            let place = match (&d.unit, &d.path) {
+                (Some(u), _) => format!(" {}", code(u)),
+                (None, Some(p)) => format!(" {}", code(p)),
+                (None, None) => String::new(),
+            };
+            b.row(&format!("- {sev}{place}: {}\n", inline(&d.message)));
+        }
+        b.push("\n");
+    }
+
+    if !report.diffs.is_empty() {
+        b.push("### Unit file changes\n\n");
+        for d in report.diffs {
+            let fence = fence_for(&d.diff);
+            b.diff(&format!(
+                "<details><summary><code>{}</code>: {}</summary>\n\n{fence}diff\n{}{fence}\n\n</details>\n\n",
+                html(&d.unit),
+                html(&d.path),
+                d.diff
+            ));
+        }
+    }
+
+    b.finish()
+}
+
+fn header(plan: &Plan) -> String {
+    let mut s = String::new();
+    let verdict = match Verdict::of(plan) {
+        Verdict::Safe => "safe: nothing touches a protected unit",
+        Verdict::Deferred => "deferred: some actions touch a protected unit and will not be carried out",
+        Verdict::Refused => "refused: the switch touches a protected unit",
+    };
+    let _ = writeln!(s, "## safe-switch: {verdict}\n");
+    let _ = writeln!(s, "{} → {}\n", code(&plan.old.path), code(&plan.new.path));
+    let count = |a: Action| plan.units.iter().filter(|u| u.actions.contains(&a)).count();
+    let blocked = action_items(plan).iter().filter(|i| i.status.is_blocked()).count();
+    let _ = writeln!(s, "| Stop | Restart | Reload | Start | Left running | Blocked |");
+    let _ = writeln!(s, "|---:|---:|---:|---:|---:|---:|");
+    let _ = writeln!(
+        s,
+        "| {} | {} | {} | {} | {} | {} |\n",
+        count(Action::Stop),
+        count(Action::Restart),
+        count(Action::Reload),
+        count(Action::Start),
+        count(Action::Skip),
+        blocked
+    );
+    let protected: Vec<String> = plan.protection.protected.iter().map(|p| code(&p.selector)).collect();
+    if !protected.is_empty() {
+        let mode = match plan.protection.mode {
+            plan_model::Mode::Defer => "defer",
+            plan_model::Mode::Refuse => "refuse",
+        };
+        let _ = writeln!(s, "Protected ({mode}): {}\n", protected.join(", "));
+    }
+    s
+}
+
+/// Appends text while it fits, and counts what it had to leave out.
+struct Budget {
+    out: String,
+    limit: usize,
+    full: bool,
+    rows_left_out: usize,
+    diffs_left_out: usize,
+}
+
+impl Budget {
+    fn new(limit: usize) -> Budget {
+        Budget { out: String::new(), limit, full: false, rows_left_out: 0, diffs_left_out: 0 }
+    }
+
+    fn fits(&self, s: &str) -> bool {
+        self.out.len() + s.len() + RESERVE <= self.limit
+    }
+
+    /// Appends a heading or separator; once the budget is spent, nothing
+    /// more is added, so a heading never appears without its rows.
+    fn push(&mut self, s: &str) {
+        if !self.full && self.fits(s) {
+            self.out.push_str(s);
+        } else {
+            self.full = true;
+        }
+    }
+
+    fn row(&mut self, s: &str) {
+        if !self.full && self.fits(s) {
+            self.out.push_str(s);
+        } else {
+            self.full = true;
+            self.rows_left_out += 1;
+        }
+    }
+
+    fn diff(&mut self, s: &str) {
+        // A diff too large on its own is skipped, but smaller ones after it
+        // may still fit: diffs are independent of each other.
+        if self.fits(s) {
+            self.out.push_str(s);
+        } else {
+            self.diffs_left_out += 1;
+        }
+    }
+
+    fn finish(mut self) -> String {
+        if self.rows_left_out > 0 || self.diffs_left_out > 0 {
+            let _ = write!(
+                self.out,
+                "\n> **Truncated** to stay under {} bytes: {} row(s) and {} unit-file diff(s) are not shown. \
+                 The JSON report (`--report json=PATH`) has the complete plan.\n",
+                self.limit, self.rows_left_out, self.diffs_left_out
+            );
+        }
+        self.out
+    }
+}
+
+/// A code span that cannot be broken by backticks in the text.
+fn code(s: &str) -> String {
+    let s = s.replace(['\n', '\r'], " ").replace('|', "\\|");
+    if s.contains('`') { format!("`` {s} ``") } else { format!("`{s}`") }
+}
+
+/// Text for a table cell: one line, pipes escaped.
+fn cell(s: &str) -> String {
+    inline(s).replace('|', "\\|")
+}
+
+/// Text on one line, with the characters that start HTML or emphasis
+/// escaped, so a unit's description cannot inject markup.
+fn inline(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '\n' | '\r' => out.push(' '),
+            c if c.is_control() => out.push('\u{fffd}'),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '*' | '_' | '[' | ']' | '`' | '\\' => {
+                out.push('\\');
+                out.push(c);
+            }
+            _ => out.push(c),
+        }
+    }
+    out
+}
+
+fn html(s: &str) -> String {
+    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
+}
+
+/// A code fence longer than any run of backticks in the text.
+fn fence_for(text: &str) -> String {
+    let mut longest = 0;
+    let mut run = 0;
+    for c in text.chars() {
+        if c == '`' {
+            run += 1;
+            longest = longest.max(run);
+        } else {
+            run = 0;
+        }
+    }
+    "`".repeat((longest + 1).max(3))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fences_outgrow_backticks_in_diffs() {
+        assert_eq!(fence_for("a ``` b"), "````");
+        assert_eq!(fence_for("plain"), "```");
+        assert_eq!(code("a|b"), "`a\\|b`");
+        assert_eq!(inline("<b>*x*</b>"), "&lt;b&gt;\\*x\\*&lt;/b&gt;");
+    }
+}

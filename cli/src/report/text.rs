@@ -1,0 +1,117 @@
+//! The human-readable text report: the plan, then the unified diffs of the
+//! unit files that changed.
+//!
+//! Colours are ANSI escapes and are used only when [`Style::color`] says so
+//! (standard output is a terminal and `NO_COLOR` is not set); files and
+//! pipes get plain text.
+
+use std::fmt::Write as _;
+
+use plan_model::{Plan, Step};
+
+use super::{action_items, chain_line, ItemStatus, Report, Style, UnitDiff, Verdict};
+
+const RESET: &str = "\x1b[0m";
+const BOLD: &str = "\x1b[1m";
+const RED: &str = "\x1b[31m";
+const GREEN: &str = "\x1b[32m";
+const YELLOW: &str = "\x1b[33m";
+const CYAN: &str = "\x1b[36m";
+
+/// Renders the plan and the unit-file diffs as text.
+pub fn render(report: &Report<'_>, style: Style) -> String {
+    let mut out = plan_text(report.plan, style);
+    out.push_str(&diffs_text(report.diffs, style));
+    out
+}
+
+/// Renders the unit-file diffs, one after the other, under a heading.
+/// Returns an empty string when there are none.
+pub fn diffs_text(diffs: &[UnitDiff], style: Style) -> String {
+    if diffs.is_empty() {
+        return String::new();
+    }
+    let mut out = format!("\n{}\n", paint(style, BOLD, "Unit file changes:"));
+    for d in diffs {
+        for line in d.diff.lines() {
+            let color = if line.starts_with("+++") || line.starts_with("---") {
+                BOLD
+            } else if line.starts_with('+') {
+                GREEN
+            } else if line.starts_with('-') {
+                RED
+            } else if line.starts_with("@@") {
+                CYAN
+            } else {
+                ""
+            };
+            out.push_str(&paint(style, color, line));
+            out.push('\n');
+        }
+    }
+    out
+}
+
+/// Renders the plan with the shared text renderer, adds the reason chain of
+/// every refused action (the chains of deferred ones are already there),
+/// and colours the headings and protection lines when the style allows.
+pub fn plan_text(plan: &Plan, style: Style) -> String {
+    let mut text = crate::render::text(plan);
+    let refused: Vec<_> = action_items(plan).into_iter().filter(|i| i.status == ItemStatus::Refused).collect();
+    if !refused.is_empty() {
+        text.push_str("\nrefused actions (the switch is not carried out):\n");
+        for i in refused {
+            let why = i.blocker.map(|b| chain_line(&b)).unwrap_or_default();
+            let _ = writeln!(text, "  {} {}: {why}", i.action, i.unit.unit);
+            if let Some(b) = i.blocker {
+                for e in b.chain {
+                    let _ = writeln!(text, "    {} {}= {}", e.from, e.relation, e.to);
+                }
+            }
+        }
+    }
+    if !style.color {
+        return text;
+    }
+    let verdict_color = match Verdict::of(plan) {
+        Verdict::Safe => GREEN,
+        Verdict::Deferred => YELLOW,
+        Verdict::Refused => RED,
+    };
+    let mut out = String::with_capacity(text.len() + 256);
+    for line in text.lines() {
+        let trimmed = line.trim_start();
+        let color = if !line.starts_with(' ') && line.ends_with(':') {
+            BOLD
+        } else if trimmed.starts_with("refused") || line.contains(": deferred ") {
+            verdict_color
+        } else if trimmed.starts_with("warning:") {
+            YELLOW
+        } else {
+            ""
+        };
+        out.push_str(&paint(style, color, line));
+        out.push('\n');
+    }
+    out
+}
+
+/// One global step as a line.
+pub fn step_line(step: &Step) -> String {
+    match step {
+        Step::Swapoff { device } => format!("swapoff {device}"),
+        Step::Activate { script } => format!("run the activation script {script}"),
+        Step::Reexec { reasons } => format!("re-execute the service manager ({})", reasons.join(", ")),
+        Step::DaemonReload => "daemon-reload".to_owned(),
+        Step::RestartSysinitReactivation => "restart sysinit-reactivation.target".to_owned(),
+    }
+}
+
+/// Wraps `text` in a colour when the style allows it.
+fn paint(style: Style, color: &str, text: &str) -> String {
+    if style.color && !color.is_empty() {
+        format!("{color}{text}{RESET}")
+    } else {
+        text.to_owned()
+    }
+}
