@@ -67,7 +67,7 @@ fn wait_for(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
 
 fn nothing_changed(bed: &TestBed, before_current: &Path) {
     assert_eq!(bed.current_generation().unwrap(), before_current, "/run/current-system moved");
-    assert_eq!(bed.activations(), vec!["a".to_owned()], "an activation script ran");
+    assert_eq!(bed.activations(), Vec::<String>::new(), "an activation script ran");
     assert_eq!(bed.active_state("changed.service").unwrap(), "active");
     assert_eq!(bed.active_state("removed.service").unwrap(), "active");
 }
@@ -124,7 +124,6 @@ fn a_unit_that_fails_to_start_is_reported_and_the_others_are_still_handled() {
     let changed_pid = bed.main_pid("changed.service").unwrap();
     let out = safe_switch(&bed, &["switch", "--toplevel", path_str(&b), "--no-isolate"]);
     assert_eq!(out.code(), Some(4), "{out:?}");
-    assert!(out.stderr.contains("failed to start broken.service: failed"), "{}", out.stderr);
     assert!(out.stderr.contains("warning: the following units failed:"), "{}", out.stderr);
     assert!(out.stderr.contains("broken.service: failed/failed, result exit-code, main process exited with status 3"), "{}", out.stderr);
     assert_eq!(bed.active_state("broken.service").unwrap(), "failed");
@@ -139,14 +138,15 @@ fn a_job_that_hangs_times_out_and_is_cancelled() {
     if !testbed::available("a_job_that_hangs_times_out_and_is_cancelled") {
         return;
     }
-    let a = generation_a();
+    let a = generation_a()
+        .service("hangs.service", oneshot("/bin/true"))
+        .wanted_by("hangs.service", "multi-user.target");
     let bed = boot(&a);
     let b = bed
         .build_generation(
             &a.clone()
                 .renamed("b")
                 .service("hangs.service", oneshot("/bin/sleep 600"))
-                .wanted_by("hangs.service", "multi-user.target")
                 .service("new.service", daemon("V=1"))
                 .wanted_by("new.service", "multi-user.target"),
         )
@@ -158,7 +158,9 @@ fn a_job_that_hangs_times_out_and_is_cancelled() {
     // The hanging start was cancelled, not left in systemd's queue.
     let jobs = bed.systemctl(&["list-jobs", "--no-legend"]).unwrap();
     assert!(!jobs.contains("hangs.service"), "{jobs}");
-    assert_ne!(bed.active_state("hangs.service").unwrap(), "activating");
+    // Cancelling a job does not kill what it started (systemd's
+    // TimeoutStartSec= does that); the unit is reported as still starting.
+    assert!(out.stderr.contains("hangs.service: activating/start"), "{}", out.stderr);
 }
 
 #[test]
@@ -238,7 +240,7 @@ fn a_second_concurrent_switch_gets_a_lock_error_and_touches_nothing() {
     std::fs::write(bed.run_dir().join("testbed/go-on"), "").unwrap();
     let out = first.wait_with_output().unwrap();
     assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
-    assert_eq!(bed.activations(), vec!["a".to_owned(), "b".to_owned()]);
+    assert_eq!(bed.activations(), vec!["b".to_owned()]);
 }
 
 #[test]
@@ -390,7 +392,7 @@ fn an_isolated_switch_relays_output_and_exit_status() {
     let out = safe_switch(&bed, &["switch", "--toplevel", path_str(&b), "--protect", "sshd"]);
     assert_eq!(out.code(), Some(4), "{out:?}");
     assert!(out.stderr.contains("applying in the transient unit safe-switch-"), "{}", out.stderr);
-    assert!(out.stderr.contains("failed to start broken.service"), "{}", out.stderr);
+    assert!(out.stderr.contains("broken.service: failed/failed"), "{}", out.stderr);
     assert!(out.stdout.contains("broken.service"), "the plan is relayed on stdout: {}", out.stdout);
     let units = bed.systemctl(&["list-units", "--all", "--no-legend", "safe-switch-*"]).unwrap();
     assert!(units.trim().is_empty(), "the transient unit is collected: {units}");

@@ -57,8 +57,12 @@ pub struct ProcessHost;
 
 impl Host for ProcessHost {
     fn activate(&mut self, script: &Path, toplevel: &Path) -> Result<i32, Error> {
+        // The script's output goes to standard error with the rest of the
+        // progress, so that standard output holds only the report (which
+        // may be JSON).
         let status = Command::new(script)
             .arg(toplevel)
+            .stdout(std::io::stderr())
             .env("NIXOS_ACTION", "switch")
             .status()
             .map_err(|source| Error::Activate { path: script.to_owned(), source })?;
@@ -543,22 +547,30 @@ fn carry_out(
         }
     }
 
-    // Which units failed: those whose job failed, and those the plan acted
-    // on that are failed now (a start can succeed and the service die
-    // right after).
+    // Which units failed: those whose job failed, and every unit the plan
+    // names that is failed now. The latter catches a start that succeeded
+    // and a service that died right after, and new units that a target
+    // pulled in (their start is not a job of ours: the target's start job
+    // succeeds even when a unit it wants fails). Units that are only
+    // stopped are left out: being inactive is what was asked of them.
     let mut acted: BTreeSet<String> = plan
         .units
         .iter()
-        .filter(|u| u.actions.iter().any(|a| matches!(a, Action::Start | Action::Restart | Action::Reload)))
+        .filter(|u| u.actions.is_empty() || u.actions.iter().any(|a| !matches!(a, Action::Stop)))
         .map(|u| u.unit.clone())
         .collect();
+    let any_timeout = failed_jobs.iter().any(|j| matches!(j.result, JobResult::TimedOut { .. }));
     acted.extend(failed_jobs.iter().map(|j| j.unit.clone()));
     let acted: Vec<String> = acted.into_iter().collect();
     match mgr.unit_status(&acted) {
         Ok(status) => {
             for (unit, st) in status {
                 let job = failed_jobs.iter().rfind(|j| j.unit == unit).cloned();
-                if job.is_some() || st.is_failed() {
+                // After a job timed out, a unit still half-way through a
+                // state change is one that hung: a dependency of the job
+                // that timed out, queued by systemd rather than by us.
+                let hung = any_timeout && matches!(st.active_state.as_str(), "activating" | "deactivating");
+                if job.is_some() || st.is_failed() || hung {
                     report.failed.push(UnitFailure { unit, status: st, job });
                 }
             }
