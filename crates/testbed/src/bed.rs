@@ -562,7 +562,9 @@ impl TestBed {
         for (unit, block) in units.iter().zip(text.split("\n\n")) {
             let mut state = UnitState::default();
             for line in block.lines() {
-                let Some((key, value)) = line.split_once('=') else { continue };
+                let Some((key, value)) = line.split_once('=') else {
+                    continue;
+                };
                 match key {
                     "ActiveState" => state.active_state = value.to_owned(),
                     "SubState" => state.sub_state = value.to_owned(),

@@ -156,3 +156,30 @@ pub(crate) fn poll<T>(
         pause = (pause * 2).min(Duration::from_millis(50));
     }
 }
+
+/// Runs `cmd` with the caller's standard output and error (so its output
+/// appears as it is printed), killing it when it runs longer than
+/// `timeout`.
+pub fn run_inherited(cmd: &mut Command, timeout: Duration) -> Result<ExitStatus> {
+    let command = describe(cmd);
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::inherit())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .map_err(|source| Error::Spawn {
+            command: command.clone(),
+            source,
+        })?;
+    match wait_timeout(&mut child, timeout) {
+        Some(status) => Ok(status),
+        None => {
+            let _ = child.kill();
+            let _ = child.wait();
+            Err(Error::Timeout {
+                what: command,
+                timeout,
+            })
+        }
+    }
+}

@@ -50,11 +50,14 @@
 
 mod bed;
 mod error;
+pub mod example;
 pub mod exec;
 mod generation;
 mod ssh;
 
-pub use bed::{BASE_UNITS, Config, LOGIND_UNITS, TestBed, UnitState, available, unsupported_reason};
+pub use bed::{
+    BASE_UNITS, Config, LOGIND_UNITS, TestBed, UnitState, available, unsupported_reason,
+};
 pub use error::{Error, Result};
 pub use exec::Output;
 pub use generation::{
