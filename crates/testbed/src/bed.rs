@@ -213,17 +213,26 @@ pub struct TestBed {
 static BEDS: AtomicU32 = AtomicU32::new(0);
 
 impl TestBed {
-    /// Boots a test bed for `config`: about one second. Fails with
+    /// Boots a test bed for `config`: about half a second. Fails with
     /// [`Error::Unsupported`] when the machine cannot host one (see
     /// [`unsupported_reason`]) and with [`Error::Boot`] (carrying the boot
     /// console) when systemd does not come up.
+    ///
+    /// The bed lives at most as long as the thread that booted it (the
+    /// kernel kills it when that thread ends), so boot it in the thread
+    /// that uses it, not in a shared static initialised by whichever test
+    /// runs first.
+    ///
+    /// Beds left behind by a test process that was killed (their cgroups
+    /// and directories) are removed first.
     pub fn boot(config: &Config) -> Result<TestBed> {
         if let Some(reason) = unsupported_reason() {
             return Err(Error::Unsupported(reason));
         }
         let started = Instant::now();
+        sweep_stale();
         let dir = tempfile::Builder::new()
-            .prefix("testbed-")
+            .prefix(&format!("testbed-{}-", std::process::id()))
             .tempdir()
             .map_err(io("creating", std::env::temp_dir()))?;
         let root = dir.keep();
@@ -414,6 +423,13 @@ impl TestBed {
     /// accepting connections.
     pub fn boot_time(&self) -> Duration {
         self.boot_time
+    }
+
+    /// The name of the bed's cgroup (`testbed-<pid>-<n>`), a child of the
+    /// root of each cgroup hierarchy systemd uses. The bed's systemd takes
+    /// it as its root cgroup.
+    pub fn cgroup_name(&self) -> &str {
+        &self.cgroup
     }
 
     /// The bed's private directory on the host.
@@ -726,6 +742,45 @@ fn remove_cgroups(name: &str, timeout: Duration) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Removes what killed test processes left behind: cgroups and
+/// directories named after a process ID that no longer exists. A cgroup
+/// that still holds a process cannot be removed and stays.
+fn sweep_stale() {
+    let dead = |name: &str| -> bool {
+        name.strip_prefix("testbed-")
+            .and_then(|rest| rest.split('-').next())
+            .and_then(|pid| pid.parse::<u32>().ok())
+            .is_some_and(|pid| !Path::new(&format!("/proc/{pid}")).exists())
+    };
+    let base = Path::new("/sys/fs/cgroup");
+    let mut hierarchies = vec![base.to_path_buf()];
+    if let Ok(entries) = fs::read_dir(base) {
+        hierarchies.extend(entries.flatten().map(|e| e.path()).filter(|p| p.is_dir()));
+    }
+    for hierarchy in hierarchies {
+        let Ok(entries) = fs::read_dir(&hierarchy) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            if entry.file_name().to_str().is_some_and(dead) {
+                let mut dirs = Vec::new();
+                collect_dirs(&entry.path(), &mut dirs);
+                for dir in dirs.iter().rev() {
+                    let _ = fs::remove_dir(dir);
+                }
+            }
+        }
+    }
+    if let Ok(entries) = fs::read_dir(std::env::temp_dir()) {
+        for entry in entries.flatten() {
+            let is_bed = entry.path().join("run/testbed/marker").exists();
+            if is_bed && entry.file_name().to_str().is_some_and(dead) {
+                let _ = fs::remove_dir_all(entry.path());
+            }
+        }
+    }
 }
 
 /// Collects `dir` and its subdirectories, parents before children.

@@ -209,6 +209,12 @@ fn teardown_leaves_nothing_behind() {
     let pid = bed.pid();
     let job = bed.main_pid("job.service").unwrap();
     let root = bed.root().to_path_buf();
+    let cgroup = bed.cgroup_name().to_owned();
+    assert!(
+        Path::new("/sys/fs/cgroup/unified").join(&cgroup).exists()
+            || Path::new("/sys/fs/cgroup").join(&cgroup).exists(),
+        "the bed runs in its own cgroup {cgroup}"
+    );
     // Every host PID below systemd (the job, sshd, dbus-daemon) must be
     // gone afterwards.
     let host_pids = descendants(pid);
@@ -226,6 +232,25 @@ fn teardown_leaves_nothing_behind() {
         );
     }
     assert!(!root.exists(), "the bed's directory is removed");
+    let left = std::fs::read_dir("/sys/fs/cgroup")
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .chain([Path::new("/sys/fs/cgroup").to_path_buf()])
+        .flat_map(|h| std::fs::read_dir(h).into_iter().flatten().flatten())
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with(&format!("testbed-{}-", std::process::id()))
+        })
+        .map(|e| e.path())
+        .collect::<Vec<_>>();
+    // Other tests of this process may have beds running right now, so only
+    // this bed's cgroup is checked: its name ends with the bed's number.
+    assert!(
+        left.iter().all(|p| !p.ends_with(&cgroup)),
+        "the bed's cgroups are removed: {left:?}"
+    );
 }
 
 #[test]

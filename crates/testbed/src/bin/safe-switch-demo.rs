@@ -2,7 +2,7 @@
 //! while an SSH session into it keeps ticking.
 //!
 //! It boots a throwaway systemd (the test bed) with the example generation
-//! A, opens an SSH session, shows `safe-switch diff` and `safe-switch plan`,
+//! A, opens an SSH session, shows `safe-switch plan`,
 //! runs `safe-switch switch --protect sshd,gitlab-runner` inside the bed,
 //! and then shows what happened to the session and to every unit. Every
 //! line of safe-switch output is real. Run it as root through
@@ -16,6 +16,7 @@
 //! session were untouched, 1 otherwise.
 
 use std::collections::BTreeMap;
+use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
@@ -84,12 +85,21 @@ fn main() -> ExitCode {
     }
 }
 
+/// Prints `text` in bold when standard output is a terminal.
+fn bold(text: &str) -> String {
+    if std::io::stdout().is_terminal() {
+        format!("\x1b[1m{text}\x1b[0m")
+    } else {
+        text.to_owned()
+    }
+}
+
 fn heading(text: &str) {
-    println!("\n\x1b[1m== {text}\x1b[0m");
+    println!("\n{}", bold(&format!("== {text}")));
 }
 
 fn shown_command(args: &[&str]) {
-    println!("\x1b[1m$ {}\x1b[0m", args.join(" "));
+    println!("{}", bold(&format!("$ {}", args.join(" "))));
 }
 
 fn demo(options: &Options) -> Result<bool, testbed::Error> {
@@ -124,22 +134,8 @@ fn demo(options: &Options) -> Result<bool, testbed::Error> {
     session.wait_for_ticks(3, Duration::from_secs(10))?;
     println!("ticks so far: {}", session.tick_count());
 
-    heading("What differs between the generations (offline)");
     let bin = options.safe_switch.to_string_lossy().into_owned();
-    let a_str = a.to_string_lossy().into_owned();
     let b_str = b.to_string_lossy().into_owned();
-    run_shown(
-        &bed,
-        &[
-            "safe-switch",
-            "diff",
-            &a_str,
-            &b_str,
-            "--protect",
-            &options.protect,
-        ],
-        &bin,
-    )?;
 
     heading("The plan against the live systemd");
     run_shown(
@@ -212,8 +208,13 @@ fn demo(options: &Options) -> Result<bool, testbed::Error> {
     );
 
     heading(&format!("Tearing down (SIGKILL to host PID {})", bed.pid()));
+    let pid = bed.pid();
     bed.shutdown()?;
-    println!("done: no process of the test bed is left");
+    if Path::new(&format!("/proc/{pid}")).exists() {
+        println!("the test bed's systemd (PID {pid}) is still running");
+        return Ok(false);
+    }
+    println!("done: the test bed's systemd and every process under it are gone");
     Ok(switched && protected_ok && session_ok)
 }
 
@@ -259,8 +260,8 @@ fn print_states(states: &BTreeMap<String, UnitState>) {
 
 fn print_changes(before: &BTreeMap<String, UnitState>, after: &BTreeMap<String, UnitState>) {
     println!(
-        "\n{:<24} {:<10} {:<10} {:>8} {:>8}  {}",
-        "UNIT", "BEFORE", "AFTER", "PID", "PID", "EFFECT"
+        "\n{:<24} {:<10} {:<10} {:>10} {:>9}  EFFECT",
+        "UNIT", "BEFORE", "AFTER", "PID BEFORE", "PID AFTER"
     );
     for (unit, b) in before {
         let Some(a) = after.get(unit) else { continue };
@@ -271,7 +272,7 @@ fn print_changes(before: &BTreeMap<String, UnitState>, after: &BTreeMap<String, 
             _ => "untouched",
         };
         println!(
-            "{unit:<24} {:<10} {:<10} {:>8} {:>8}  {effect}",
+            "{unit:<24} {:<10} {:<10} {:>10} {:>9}  {effect}",
             b.active_state,
             a.active_state,
             pid(b),
