@@ -189,8 +189,13 @@ fn protected_switch_keeps_the_ssh_session_and_does_what_the_plan_said() {
     assert!(out.success(), "plan failed: {out:#?}");
     let plan: Plan = serde_json::from_str(&out.stdout)
         .unwrap_or_else(|e| panic!("plan JSON: {e}\n{}", out.stdout));
-    // The cascading units' restarts are deferred: they would take sshd down.
-    for unit in ["ssh-host-keys.service", "firewall.service", "sshd.service"] {
+    // sshd's own restart and the cascading units' restarts are deferred:
+    // each would take sshd down, through the relation named in the chain.
+    for (unit, relation) in [
+        ("ssh-host-keys.service", Some("Requires")),
+        ("firewall.service", Some("PartOf")),
+        ("sshd.service", None),
+    ] {
         let entry = plan
             .unit(unit)
             .unwrap_or_else(|| panic!("{unit} is in the plan: {}", out.stdout));
@@ -200,6 +205,17 @@ fn protected_switch_keeps_the_ssh_session_and_does_what_the_plan_said() {
             .unwrap_or_else(|| panic!("{unit} is deferred: {entry:#?}"));
         assert_eq!(deferral.touches, "sshd.service", "{entry:#?}");
         assert!(entry.actions.is_empty(), "{entry:#?}");
+        let relations: Vec<(&str, &str, &str)> = deferral
+            .chain
+            .iter()
+            .map(|e| (e.from.as_str(), e.relation.as_str(), e.to.as_str()))
+            .collect();
+        match relation {
+            Some(relation) => {
+                assert_eq!(relations, [("sshd.service", relation, unit)], "{entry:#?}")
+            }
+            None => assert!(relations.is_empty(), "{entry:#?}"),
+        }
     }
 
     // The switch.
