@@ -7,6 +7,8 @@
 pub mod args;
 pub mod cmd;
 pub mod exit;
+pub mod report;
+pub mod saved;
 pub mod source;
 
 use std::process::ExitCode;

@@ -26,12 +26,14 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use plan_model::{LiveState, Plan};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
+
+use crate::args::{OnProtected, ProtectArgs};
 
 /// The version of the saved-plan file format. Bump it when a field changes
 /// meaning; `apply` refuses files of any other version.
@@ -83,6 +85,76 @@ pub struct RecordedProtection {
     /// `--on-protected`: `defer` or `refuse`, when given.
     #[serde(default)]
     pub on_protected: Option<String>,
+    /// The cgroup of the process that planned (the `0::` line of
+    /// `/proc/self/cgroup`). The units holding it are protected implicitly,
+    /// and `apply` plans again with the same cgroup so that a plan made
+    /// from, say, a CI runner's job keeps deferring that runner even when
+    /// `apply` runs elsewhere.
+    #[serde(default)]
+    pub caller_cgroup: Option<String>,
+}
+
+impl RecordedProtection {
+    /// Records the protection options of a command line.
+    pub fn from_args(args: &ProtectArgs) -> RecordedProtection {
+        RecordedProtection {
+            protect: args.protect.clone(),
+            policy: args
+                .policy
+                .as_ref()
+                .map(|p| std::path::absolute(p).unwrap_or_else(|_| p.clone()).display().to_string()),
+            on_protected: args.on_protected.map(|m| match m {
+                OnProtected::Defer => "defer".to_owned(),
+                OnProtected::Refuse => "refuse".to_owned(),
+            }),
+            caller_cgroup: caller_cgroup(args),
+        }
+    }
+
+    /// Turns the recorded options back into command-line options. The
+    /// caller cgroup is passed through a file, as `--cgroup-file` expects;
+    /// `cgroup_file` is where to write it.
+    pub fn to_args(&self, cgroup_file: &Path) -> anyhow::Result<ProtectArgs> {
+        let on_protected = match self.on_protected.as_deref() {
+            None => None,
+            Some("defer") => Some(OnProtected::Defer),
+            Some("refuse") => Some(OnProtected::Refuse),
+            Some(other) => anyhow::bail!("the saved plan records an unknown protection mode {other:?}"),
+        };
+        let text = match &self.caller_cgroup {
+            Some(c) => format!("0::{c}\n"),
+            None => String::new(),
+        };
+        std::fs::write(cgroup_file, text)
+            .with_context(|| format!("cannot write {}", cgroup_file.display()))?;
+        Ok(ProtectArgs {
+            protect: self.protect.clone(),
+            policy: self.policy.as_ref().map(PathBuf::from),
+            on_protected,
+            cgroup_file: Some(cgroup_file.to_path_buf()),
+            explain: None,
+        })
+    }
+}
+
+/// The caller's cgroup as the protection analysis reads it: the `0::` line
+/// of `--cgroup-file`, else of `/proc/self/cgroup`.
+pub fn caller_cgroup(args: &ProtectArgs) -> Option<String> {
+    let file = args.cgroup_file.clone().unwrap_or_else(|| PathBuf::from("/proc/self/cgroup"));
+    std::fs::read_to_string(file)
+        .ok()
+        .and_then(|t| t.lines().find_map(|l| l.strip_prefix("0::").map(str::to_owned)))
+}
+
+/// Records the inputs of a plan made from `old` to `new` against `live`
+/// with the protection options `protect`.
+pub fn record_inputs(old: &Path, new: &Path, plan: &Plan, live: &LiveState, protect: &ProtectArgs) -> Inputs {
+    Inputs {
+        running_generation: old.display().to_string(),
+        target_toplevel: new.display().to_string(),
+        protection: RecordedProtection::from_args(protect),
+        live: record_live(plan, live),
+    }
 }
 
 /// The recorded live state of one unit.
@@ -362,8 +434,23 @@ fn or_none(s: &str) -> &str {
 
 /// Names the first difference between the saved plan and a fresh one, in
 /// terms a person can check: a unit's actions, a step, protection.
+///
+/// Only what the executor acts on counts: the units (actions, deferrals,
+/// reasons, changes), the steps, the generations and whether the plan is
+/// refused. The list of protections and the diagnostics may legitimately
+/// differ (the implicit protection of the process that runs `apply`), and
+/// the digest already covers them.
 pub fn first_difference(saved: &Plan, fresh: &Plan) -> Option<String> {
-    if saved == fresh {
+    // Provenance (which flake built the target) is not compared: `apply`
+    // plans again from the recorded toplevel, which has none.
+    if saved.old.path != fresh.old.path || saved.new.path != fresh.new.path {
+        return Some("the generations differ".to_owned());
+    }
+    if saved.units == fresh.units
+        && saved.steps == fresh.steps
+        && saved.protection.refused == fresh.protection.refused
+        && saved.protection.refusals == fresh.protection.refusals
+    {
         return None;
     }
     let saved_units: BTreeMap<&str, _> = saved.units.iter().map(|u| (u.unit.as_str(), u)).collect();
@@ -389,8 +476,8 @@ pub fn first_difference(saved: &Plan, fresh: &Plan) -> Option<String> {
     if saved.steps != fresh.steps {
         return Some("the global steps differ".to_owned());
     }
-    if saved.protection != fresh.protection {
-        return Some("protection differs".to_owned());
+    if saved.protection.refused != fresh.protection.refused || saved.protection.refusals != fresh.protection.refusals {
+        return Some("protection refuses one of them and not the other".to_owned());
     }
     Some("the plans differ".to_owned())
 }

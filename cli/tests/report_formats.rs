@@ -219,7 +219,7 @@ fn junit_has_one_case_per_action_and_failures_carry_the_chain() {
                 let stop = cases.iter().find(|c| c.name == "stop network-setup.service").unwrap();
                 let (kind, text) = stop.failure.as_ref().unwrap();
                 assert_eq!(kind, name);
-                assert!(text.contains("sshd.service Requires= network-setup.service"), "{text}");
+                assert!(text.contains("sshd.service Requires=network-setup.service"), "{text}");
                 assert!(cases.iter().any(|c| c.name == "protection" && c.failure.is_some()));
                 // In a refused plan the unrelated actions are held back,
                 // not failed; in a deferred one they pass.

@@ -1,9 +1,94 @@
-//! The `apply` subcommand.
+//! The `apply` subcommand: carry out exactly a plan saved with
+//! `plan --out`, or refuse.
+//!
+//! Before anything is changed, `apply` checks that the plan is still true
+//! (see [`crate::saved`]): the file's digest, the running generation, the
+//! target toplevel, the live state of every unit the plan names, and a
+//! fresh plan from the recorded inputs, which must have the same actions.
+//! Any mismatch refuses the apply with exit code 3 and changes nothing.
+//! Otherwise the saved plan itself is handed to the executor, exactly as
+//! `switch` hands over its own plan, with the same lock, isolation in a
+//! transient unit, resumption record and protected-unit check.
+
+use std::path::Path;
+
+use anyhow::Context;
+use systemd_live::RunDir;
 
 use crate::args;
+use crate::cmd::plan::{self as live, CURRENT_SYSTEM};
+use crate::cmd::switch;
 use crate::exit::Outcome;
+use crate::report::{self, Report, Style};
+use crate::saved::{self, Observed, Refusal, SavedPlan};
 
 /// Runs `apply`.
-pub fn run(_args: args::ApplyArgs) -> anyhow::Result<Outcome> {
-    anyhow::bail!("`apply` is not available in this build yet")
+pub fn run(args: args::ApplyArgs) -> anyhow::Result<Outcome> {
+    let saved = SavedPlan::load(&args.plan)?;
+    if let Err(refusal) = saved::verify_digest(&saved) {
+        return Ok(refuse(&args.plan, &refusal));
+    }
+    let target = Path::new(&saved.inputs.target_toplevel);
+    if !target.exists() {
+        let refusal = Refusal::TargetChanged(format!("the target toplevel {} no longer exists", target.display()));
+        return Ok(refuse(&args.plan, &refusal));
+    }
+    switch::preflight(target)?;
+    let run = RunDir::system();
+    if !args.apply.no_isolate {
+        let mut bus = live::connect()?;
+        if run.is_locked()? {
+            anyhow::bail!(
+                "another safe-switch is running (lock {} is held); nothing was changed",
+                run.path().join("lock").display()
+            );
+        }
+        return switch::isolate(&mut bus, &run, &[]);
+    }
+    let _lock = run.lock()?;
+    let mut bus = live::connect()?;
+    if let Some(interrupted) = run.interrupted()? {
+        anyhow::bail!(
+            "{}an earlier switch was interrupted; finish it with `safe-switch switch` and plan again; nothing was changed",
+            interrupted.describe()
+        );
+    }
+
+    // Plan again from the recorded inputs, against the machine as it is
+    // now. The caller cgroup recorded at planning time is passed through a
+    // file in the run directory, as `--cgroup-file` expects.
+    std::fs::create_dir_all(run.path()).with_context(|| format!("{}: cannot create", run.path().display()))?;
+    let cgroup_file = run.path().join("apply-caller-cgroup");
+    let protect = saved.inputs.protection.to_args(&cgroup_file)?;
+    let current = std::fs::canonicalize(CURRENT_SYSTEM)
+        .with_context(|| format!("{CURRENT_SYSTEM}: cannot resolve the running generation; nothing was changed"))?;
+    let current = current.display().to_string();
+    let canonical_target = std::fs::canonicalize(target).ok().map(|p| p.display().to_string());
+    if current != saved.inputs.running_generation {
+        let refusal = Refusal::RunningGenerationChanged {
+            recorded: saved.inputs.running_generation.clone(),
+            now: current,
+        };
+        return Ok(refuse(&args.plan, &refusal));
+    }
+    let fresh = live::live_plan(Path::new(CURRENT_SYSTEM), target, &protect, &mut bus);
+    let _ = std::fs::remove_file(&cgroup_file);
+    let fresh = fresh?;
+    let observed =
+        Observed { running_generation: &current, target_toplevel: canonical_target.as_deref(), live: &fresh.live };
+    if let Err(refusal) = saved::check_fresh(&saved, &observed, &fresh.plan) {
+        return Ok(refuse(&args.plan, &refusal));
+    }
+
+    eprintln!("applying the saved plan {} ({})", args.plan.display(), saved.digest);
+    let text = report::render(crate::args::Format::Text, &Report { plan: &saved.plan, diffs: &[] }, Style::for_stdout());
+    print!("{text}");
+    switch::apply_plan(&mut bus, &run, &saved.plan, &args.apply, &protect)
+}
+
+/// Says why the saved plan is refused and returns the exit outcome.
+fn refuse(path: &Path, refusal: &Refusal) -> Outcome {
+    eprintln!("refused to apply {}: {refusal}", path.display());
+    eprintln!("nothing was changed");
+    Outcome::Blocked
 }

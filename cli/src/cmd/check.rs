@@ -1,9 +1,104 @@
-//! The `check` subcommand.
+//! The `check` subcommand: plan only, as a CI gate.
+//!
+//! `safe-switch check --toplevel PATH --protect sshd --report junit=r.xml`
+//! plans exactly as `plan` does (running generation, live state from
+//! systemd, protection), prints and writes the reports, and turns the
+//! verdict into the exit code. It never changes the machine.
+//!
+//! | `--fail-on` | exit 3 when |
+//! |-------------|-------------|
+//! | `blocked` (default) | an action touches a protected unit: deferred, or the plan is refused |
+//! | `deferred` | protection deferred actions (`defer` mode); a refused plan alone does not fail |
+//! | `never` | never; the reports still say what is blocked |
 
-use crate::args;
+use std::path::Path;
+
+use plan_model::Plan;
+
+use crate::args::{self, FailOn};
+use crate::cmd::plan::{self as live, CURRENT_SYSTEM};
 use crate::exit::Outcome;
+use crate::report::{self, Report};
 
 /// Runs `check`.
-pub fn run(_args: args::CheckArgs) -> anyhow::Result<Outcome> {
-    anyhow::bail!("`check` is not available in this build yet")
+pub fn run(args: args::CheckArgs) -> anyhow::Result<Outcome> {
+    // Bad `--report` values are reported before anything is planned.
+    report::parse_report_files(&args.output.report)?;
+    let toplevel = live::resolve_toplevel(&args.source)?;
+    let mut bus = live::connect()?;
+    let lp = live::live_plan(Path::new(CURRENT_SYSTEM), &toplevel, &args.protect, &mut bus)?;
+    let diffs = report::unit_diff::unit_diffs(&lp.plan, &lp.old, &lp.new);
+    report::write_outputs(&Report { plan: &lp.plan, diffs: &diffs }, &args.output)?;
+    let outcome = outcome(&lp.plan, args.fail_on);
+    if outcome == Outcome::Blocked {
+        eprintln!("{}", blocked_message(&lp.plan, args.fail_on));
+    }
+    Ok(outcome)
+}
+
+/// The exit policy of `check`.
+pub fn outcome(plan: &Plan, fail_on: FailOn) -> Outcome {
+    let blocked = match fail_on {
+        FailOn::Blocked => plan.touches_protected(),
+        FailOn::Deferred => plan.deferred().next().is_some(),
+        FailOn::Never => false,
+    };
+    if blocked { Outcome::Blocked } else { Outcome::Ok }
+}
+
+fn blocked_message(plan: &Plan, fail_on: FailOn) -> String {
+    let units: Vec<String> = report::blockers(plan).iter().map(|b| b.unit.to_owned()).collect();
+    let what = if plan.protection.refused { "refused" } else { "blocked" };
+    let flag = match fail_on {
+        FailOn::Blocked => "blocked",
+        FailOn::Deferred => "deferred",
+        FailOn::Never => "never",
+    };
+    format!(
+        "check failed (--fail-on={flag}): the switch is {what}: {} touch a protected unit",
+        if units.is_empty() { "actions".to_owned() } else { units.join(", ") }
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use plan_model::{Action, Deferral, Generation, Protection, UnitPlan, FORMAT_VERSION};
+
+    fn plan(deferred: bool, refused: bool) -> Plan {
+        Plan {
+            format_version: FORMAT_VERSION,
+            old: Generation::default(),
+            new: Generation::default(),
+            units: vec![UnitPlan {
+                unit: "a.service".into(),
+                actions: vec![],
+                reasons: vec![],
+                changes: vec![],
+                deferral: deferred.then(|| Deferral {
+                    actions: vec![Action::Restart],
+                    touches: "sshd.service".into(),
+                    effect: Action::Stop,
+                    chain: vec![],
+                }),
+            }],
+            steps: vec![],
+            protection: Protection { refused, ..Protection::default() },
+            diagnostics: vec![],
+        }
+    }
+
+    #[test]
+    fn fail_on_policy() {
+        let safe = plan(false, false);
+        let deferred = plan(true, false);
+        let refused = plan(false, true);
+        for (fail_on, expect) in [
+            (FailOn::Blocked, [Outcome::Ok, Outcome::Blocked, Outcome::Blocked]),
+            (FailOn::Deferred, [Outcome::Ok, Outcome::Blocked, Outcome::Ok]),
+            (FailOn::Never, [Outcome::Ok, Outcome::Ok, Outcome::Ok]),
+        ] {
+            assert_eq!([outcome(&safe, fail_on), outcome(&deferred, fail_on), outcome(&refused, fail_on)], expect);
+        }
+    }
 }

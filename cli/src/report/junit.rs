@@ -77,7 +77,7 @@ fn cases(plan: &Plan) -> Vec<Case> {
                 if let Some(b) = &item.blocker {
                     text.push_str(&format!("reason chain, from the protected unit {}:\n", b.touches));
                     for e in b.chain {
-                        text.push_str(&format!("  {} {}= {}\n", e.from, e.relation, e.to));
+                        text.push_str(&format!("  {} {}={}\n", e.from, e.relation, e.to));
                     }
                 }
                 if !reasons.is_empty() {

@@ -128,6 +128,15 @@ pub fn write_outputs(report: &Report<'_>, output: &OutputArgs) -> anyhow::Result
     Ok(())
 }
 
+/// Prints and writes the reports of a plan, with the unit-file diffs taken
+/// from the generation directories the plan names (`old.path`, `new.path`;
+/// relative paths resolve against the working directory, as they were
+/// given).
+pub fn write_plan(plan: &Plan, output: &OutputArgs) -> anyhow::Result<()> {
+    let diffs = unit_diff::unit_diffs(plan, Path::new(&plan.old.path), Path::new(&plan.new.path));
+    write_outputs(&Report { plan, diffs: &diffs }, output)
+}
+
 /// Writes `bytes` to `path` through a temporary file in the same directory.
 pub fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let dir = match path.parent() {
@@ -302,8 +311,8 @@ pub fn reasons_line(unit: &UnitPlan) -> String {
 }
 
 /// The reason chain of a blocked action as one phrase, e.g. `would stop
-/// protected unit sshd.service, because sshd.service Requires=
-/// network-setup.service`.
+/// protected unit sshd.service, because
+/// sshd.service Requires=network-setup.service`.
 pub fn chain_line(b: &Blocker<'_>) -> String {
     let mut s = format!("would {} protected unit {}", b.effect, b.touches);
     if b.chain.is_empty() {
@@ -311,7 +320,7 @@ pub fn chain_line(b: &Blocker<'_>) -> String {
             s.push_str(&format!(" (via {})", b.unit));
         }
     } else {
-        let links: Vec<String> = b.chain.iter().map(|e| format!("{} {}= {}", e.from, e.relation, e.to)).collect();
+        let links: Vec<String> = b.chain.iter().map(|e| format!("{} {}={}", e.from, e.relation, e.to)).collect();
         s.push_str(&format!(", because {}", links.join(", ")));
     }
     s

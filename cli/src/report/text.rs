@@ -5,11 +5,9 @@
 //! (standard output is a terminal and `NO_COLOR` is not set); files and
 //! pipes get plain text.
 
-use std::fmt::Write as _;
-
 use plan_model::{Plan, Step};
 
-use super::{action_items, chain_line, ItemStatus, Report, Style, UnitDiff, Verdict};
+use super::{Report, Style, UnitDiff, Verdict};
 
 const RESET: &str = "\x1b[0m";
 const BOLD: &str = "\x1b[1m";
@@ -52,24 +50,10 @@ pub fn diffs_text(diffs: &[UnitDiff], style: Style) -> String {
     out
 }
 
-/// Renders the plan with the shared text renderer, adds the reason chain of
-/// every refused action (the chains of deferred ones are already there),
-/// and colours the headings and protection lines when the style allows.
+/// Renders the plan with the shared text renderer (`crate::render`) and
+/// colours its headings and protection lines when the style allows.
 pub fn plan_text(plan: &Plan, style: Style) -> String {
-    let mut text = crate::render::text(plan);
-    let refused: Vec<_> = action_items(plan).into_iter().filter(|i| i.status == ItemStatus::Refused).collect();
-    if !refused.is_empty() {
-        text.push_str("\nrefused actions (the switch is not carried out):\n");
-        for i in refused {
-            let why = i.blocker.map(|b| chain_line(&b)).unwrap_or_default();
-            let _ = writeln!(text, "  {} {}: {why}", i.action, i.unit.unit);
-            if let Some(b) = i.blocker {
-                for e in b.chain {
-                    let _ = writeln!(text, "    {} {}= {}", e.from, e.relation, e.to);
-                }
-            }
-        }
-    }
+    let text = crate::render::text(plan);
     if !style.color {
         return text;
     }
@@ -83,7 +67,11 @@ pub fn plan_text(plan: &Plan, style: Style) -> String {
         let trimmed = line.trim_start();
         let color = if !line.starts_with(' ') && line.ends_with(':') {
             BOLD
-        } else if trimmed.starts_with("refused") || line.contains(": deferred ") {
+        } else if trimmed.starts_with("refused")
+            || trimmed.starts_with("deferred")
+            || line.contains(" refused:")
+            || line.contains(" deferred:")
+        {
             verdict_color
         } else if trimmed.starts_with("warning:") {
             YELLOW
