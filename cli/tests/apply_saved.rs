@@ -1,0 +1,218 @@
+//! Saved plans on a real systemd: `plan --out` then `apply` carries the
+//! plan out, and every kind of stale or edited plan is refused with exit
+//! code 3 and nothing changed: a unit restarted by someone else between
+//! plan and apply, a different running generation, a plan file edited by
+//! hand (with and without a recomputed digest).
+//!
+//! Each test boots a throwaway systemd (the `testbed` crate) and runs the
+//! binary inside its namespaces. These tests need root and namespaces:
+//! under `CI=true` they fail when they cannot run, elsewhere they skip with
+//! a message.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use plan_model::Action;
+use safe_switch_cli::saved::SavedPlan;
+use testbed::{Config, Generation, Output, TestBed};
+
+const BIN: &str = env!("CARGO_BIN_EXE_safe-switch");
+
+fn daemon(env: &str) -> String {
+    format!("[Unit]\nDescription=daemon\n\n[Service]\nEnvironment={env}\nExecStart=/bin/sleep infinity\n")
+}
+
+/// Generation A: sshd, a daemon that will change, and one that stays.
+fn generation_a() -> Generation {
+    Generation::new("a")
+        .sshd()
+        .service("changed.service", daemon("V=1"))
+        .service("steady.service", daemon("V=1"))
+}
+
+fn generation_b(a: &Generation) -> Generation {
+    a.clone().renamed("b").service("changed.service", daemon("V=2"))
+}
+
+struct Setup {
+    bed: TestBed,
+    a: PathBuf,
+    b: PathBuf,
+    dir: tempfile::TempDir,
+}
+
+fn setup() -> Setup {
+    let a = generation_a();
+    let bed = TestBed::boot(&Config::new(a.clone())).expect("test bed boots");
+    let b = bed.build_generation(&generation_b(&a)).unwrap();
+    let a_path = bed.current_generation().unwrap();
+    Setup { bed, a: a_path, b, dir: tempfile::tempdir().unwrap() }
+}
+
+fn safe_switch(bed: &TestBed, args: &[&str]) -> Output {
+    let mut cmd = bed.command(BIN);
+    cmd.args(args).env("NO_COLOR", "1");
+    testbed::exec::run(&mut cmd, Duration::from_secs(120)).expect("safe-switch runs")
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+/// `plan --out` into the setup's directory; returns the file.
+fn save_plan(st: &Setup) -> PathBuf {
+    let file = st.dir.path().join("plan.json");
+    let out = safe_switch(&st.bed, &["plan", "--toplevel", s(&st.b), "--protect", "sshd", "--out", s(&file)]);
+    assert_eq!(out.code(), Some(0), "{out:?}");
+    let saved = SavedPlan::load(&file).unwrap();
+    assert_eq!(saved.inputs.running_generation, s(&st.a));
+    assert_eq!(saved.inputs.target_toplevel, s(&st.b));
+    let changed = saved.plan.unit("changed.service").expect("the plan restarts changed.service");
+    assert!(changed.actions.contains(&Action::Start), "{changed:?}");
+    let recorded = saved.inputs.live["changed.service"].clone().expect("recorded as loaded");
+    assert_eq!(recorded.active_state, "active");
+    assert!(!recorded.invocation_id.is_empty());
+    file
+}
+
+/// The machine is as it was before `apply`: same generation, no
+/// activation, the units untouched.
+fn nothing_changed(st: &Setup, before: &std::collections::BTreeMap<String, testbed::UnitState>) {
+    assert_eq!(st.bed.current_generation().unwrap(), st.a, "/run/current-system moved");
+    assert_eq!(st.bed.activations(), Vec::<String>::new(), "an activation script ran");
+    let after = st.bed.unit_states(&["changed.service", "steady.service", "sshd.service"]).unwrap();
+    assert_eq!(&after, before, "units were touched");
+    assert!(!st.bed.run_dir().join("safe-switch/progress.json").exists());
+}
+
+fn states(st: &Setup) -> std::collections::BTreeMap<String, testbed::UnitState> {
+    st.bed.unit_states(&["changed.service", "steady.service", "sshd.service"]).unwrap()
+}
+
+#[test]
+fn a_fresh_saved_plan_is_applied_exactly() {
+    if !testbed::available("a_fresh_saved_plan_is_applied_exactly") {
+        return;
+    }
+    let st = setup();
+    let file = save_plan(&st);
+    let before = states(&st);
+    let out = safe_switch(&st.bed, &["apply", s(&file), "--no-isolate"]);
+    assert_eq!(out.code(), Some(0), "{out:?}");
+    assert_eq!(st.bed.current_generation().unwrap(), st.b);
+    let after = states(&st);
+    assert_ne!(after["changed.service"].invocation_id, before["changed.service"].invocation_id, "not restarted");
+    assert_eq!(after["changed.service"].active_state, "active");
+    assert_eq!(after["steady.service"], before["steady.service"], "steady.service was touched");
+    assert_eq!(after["sshd.service"], before["sshd.service"], "sshd.service was touched");
+}
+
+#[test]
+fn a_unit_restarted_by_someone_else_makes_the_plan_stale() {
+    if !testbed::available("a_unit_restarted_by_someone_else_makes_the_plan_stale") {
+        return;
+    }
+    let st = setup();
+    let file = save_plan(&st);
+    // changed.service is in the plan; an operator restarts it by hand.
+    // (A restart of steady.service, which the plan does not name, would not
+    // make the plan stale: it records only the units it acts on.)
+    st.bed.systemctl(&["restart", "changed.service"]).unwrap();
+    let before = states(&st);
+    let out = safe_switch(&st.bed, &["apply", s(&file), "--no-isolate"]);
+    assert_eq!(out.code(), Some(3), "{out:?}");
+    assert!(out.stderr.contains("the plan is stale"), "{}", out.stderr);
+    assert!(out.stderr.contains("changed.service: "), "{}", out.stderr);
+    assert!(out.stderr.contains("InvocationID"), "{}", out.stderr);
+    assert!(out.stderr.contains("nothing was changed"), "{}", out.stderr);
+    nothing_changed(&st, &before);
+}
+
+#[test]
+fn a_different_running_generation_makes_the_plan_stale() {
+    if !testbed::available("a_different_running_generation_makes_the_plan_stale") {
+        return;
+    }
+    let st = setup();
+    let file = save_plan(&st);
+    // Someone else switched to another generation (here only the link
+    // moves, as after `switch-to-configuration boot` plus a manual
+    // re-link; the point is that the plan's starting point is gone).
+    let c = st.bed.build_generation(&generation_a().renamed("c")).unwrap();
+    let link = st.bed.run_dir().join("current-system");
+    std::fs::remove_file(&link).unwrap();
+    std::os::unix::fs::symlink(&c, &link).unwrap();
+    let before = states(&st);
+    let out = safe_switch(&st.bed, &["apply", s(&file), "--no-isolate"]);
+    assert_eq!(out.code(), Some(3), "{out:?}");
+    assert!(out.stderr.contains("running generation"), "{}", out.stderr);
+    assert!(out.stderr.contains(s(&c)), "{}", out.stderr);
+    assert_eq!(st.bed.current_generation().unwrap(), c);
+    assert_eq!(st.bed.activations(), Vec::<String>::new(), "an activation script ran");
+    assert_eq!(states(&st), before, "units were touched");
+}
+
+#[test]
+fn a_hand_edited_plan_file_is_refused() {
+    if !testbed::available("a_hand_edited_plan_file_is_refused") {
+        return;
+    }
+    let st = setup();
+    let file = save_plan(&st);
+    let before = states(&st);
+
+    // An edit that keeps the digest: the file no longer hashes to it.
+    let mut edited = SavedPlan::load(&file).unwrap();
+    for u in &mut edited.plan.units {
+        if u.unit == "changed.service" {
+            u.actions = vec![Action::Restart];
+        }
+    }
+    let tampered = st.dir.path().join("tampered.json");
+    std::fs::write(&tampered, edited.to_json()).unwrap();
+    let out = safe_switch(&st.bed, &["apply", s(&tampered), "--no-isolate"]);
+    assert_eq!(out.code(), Some(3), "{out:?}");
+    assert!(out.stderr.contains("digest"), "{}", out.stderr);
+    nothing_changed(&st, &before);
+
+    // The same edit with the digest recomputed: planning again from the
+    // recorded inputs gives other actions, so it is still refused.
+    let resealed = SavedPlan::new(edited.plan.clone(), edited.inputs.clone());
+    let resealed_file = st.dir.path().join("resealed.json");
+    resealed.save(&resealed_file).unwrap();
+    let out = safe_switch(&st.bed, &["apply", s(&resealed_file), "--no-isolate"]);
+    assert_eq!(out.code(), Some(3), "{out:?}");
+    assert!(out.stderr.contains("does not match a fresh plan"), "{}", out.stderr);
+    assert!(out.stderr.contains("changed.service"), "{}", out.stderr);
+    nothing_changed(&st, &before);
+
+    // An edit that adds a restart of the protected sshd, resealed.
+    let mut sneaky = SavedPlan::load(&file).unwrap();
+    if let Some(u) = sneaky.plan.units.iter_mut().find(|u| u.unit == "sshd.service") {
+        u.actions.push(Action::Restart);
+    } else {
+        sneaky.plan.units.push(plan_model::UnitPlan {
+            unit: "sshd.service".to_owned(),
+            actions: vec![Action::Restart],
+            reasons: vec![],
+            changes: vec![],
+            deferral: None,
+        });
+        sneaky.plan.units.sort_by(|a, b| a.unit.cmp(&b.unit));
+    }
+    let sneaky = SavedPlan::new(sneaky.plan, sneaky.inputs);
+    let sneaky_file = st.dir.path().join("sneaky.json");
+    sneaky.save(&sneaky_file).unwrap();
+    let out = safe_switch(&st.bed, &["apply", s(&sneaky_file), "--no-isolate"]);
+    assert_eq!(out.code(), Some(3), "{out:?}");
+    assert!(out.stderr.contains("sshd.service"), "{}", out.stderr);
+    nothing_changed(&st, &before);
+
+    // The untouched file still applies, so the refusals above were about
+    // the edits and nothing else.
+    let out = safe_switch(&st.bed, &["apply", s(&file), "--no-isolate"]);
+    assert_eq!(out.code(), Some(0), "{out:?}");
+    assert_eq!(st.bed.current_generation().unwrap(), st.b);
+}
