@@ -101,12 +101,18 @@ pub fn resolve_with(source: &SourceArgs, options: &ResolveOptions) -> anyhow::Re
     };
     let request = request(source, flake, options)?;
     if source.show_wrapper {
-        eprintln!("safe-switch: wrapper flake:\n{}", request.wrapper().render());
+        eprintln!(
+            "safe-switch: wrapper flake:\n{}",
+            request.wrapper().render()
+        );
     }
-    let composer = Composer::new(options.nix.clone())
-        .with_announce(|step| eprintln!("safe-switch: {step}"));
+    let composer =
+        Composer::new(options.nix.clone()).with_announce(|step| eprintln!("safe-switch: {step}"));
     let built = composer.build(&request)?;
-    Ok(Resolved { toplevel: built.toplevel, provenance: built.provenance })
+    Ok(Resolved {
+        toplevel: built.toplevel,
+        provenance: built.provenance,
+    })
 }
 
 /// The build request the options describe.
@@ -116,9 +122,11 @@ pub fn request(
     options: &ResolveOptions,
 ) -> anyhow::Result<Request> {
     if flake.contains('#') {
-        for (given, name) in
-            [(&source.base, "--base"), (&source.host, "--host"), (&source.module, "--module")]
-        {
+        for (given, name) in [
+            (&source.base, "--base"),
+            (&source.host, "--host"),
+            (&source.module, "--module"),
+        ] {
             if given.is_some() {
                 bail!(
                     "{name} applies to an overlay flake, but `{flake}` names a complete \
@@ -143,7 +151,13 @@ pub fn request(
         }
     };
     let module = source.module.as_deref().unwrap_or("default");
-    Ok(Request::from_flake_arg(flake, options.platform, &base, hosts, module))
+    Ok(Request::from_flake_arg(
+        flake,
+        options.platform,
+        &base,
+        hosts,
+        module,
+    ))
 }
 
 /// Validates a prebuilt generation.
@@ -151,13 +165,18 @@ fn prebuilt(path: &Path) -> anyhow::Result<Resolved> {
     let meta = std::fs::metadata(path)
         .with_context(|| format!("--toplevel {}: cannot be read", path.display()))?;
     if !meta.is_dir() {
-        bail!("--toplevel {}: not a directory (a system toplevel is one)", path.display());
+        bail!(
+            "--toplevel {}: not a directory (a system toplevel is one)",
+            path.display()
+        );
     }
     let toplevel = std::fs::canonicalize(path)
         .with_context(|| format!("--toplevel {}: cannot be resolved", path.display()))?;
     Ok(Resolved {
         toplevel,
-        provenance: Provenance::Toplevel { given: path.display().to_string() },
+        provenance: Provenance::Toplevel {
+            given: path.display().to_string(),
+        },
     })
 }
 
@@ -194,8 +213,13 @@ pub fn hostname() -> Option<String> {
 }
 
 fn command_output(program: &str, args: &[&str]) -> Option<String> {
-    let out = std::process::Command::new(program).args(args).output().ok()?;
-    out.status.success().then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+    let out = std::process::Command::new(program)
+        .args(args)
+        .output()
+        .ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 #[cfg(test)]
@@ -216,7 +240,10 @@ mod tests {
     }
 
     fn flake(flake: &str) -> SourceArgs {
-        SourceArgs { flake: Some(flake.into()), ..SourceArgs::default() }
+        SourceArgs {
+            flake: Some(flake.into()),
+            ..SourceArgs::default()
+        }
     }
 
     #[test]
@@ -232,8 +259,13 @@ mod tests {
                 module: "default".into(),
             })
         );
-        let o = ResolveOptions { policy_base: Some("machine".into()), ..options() };
-        let Request::Compose(r) = request(&flake("./ci"), "./ci", &o).unwrap() else { panic!() };
+        let o = ResolveOptions {
+            policy_base: Some("machine".into()),
+            ..options()
+        };
+        let Request::Compose(r) = request(&flake("./ci"), "./ci", &o).unwrap() else {
+            panic!()
+        };
         assert_eq!(r.base, "machine");
         let args = SourceArgs {
             base: Some("/srv/base".into()),
@@ -241,8 +273,13 @@ mod tests {
             module: Some("gpu".into()),
             ..flake("./ci")
         };
-        let Request::Compose(r) = request(&args, "./ci", &o).unwrap() else { panic!() };
-        assert_eq!((r.base.as_str(), r.hosts, r.module.as_str()), ("/srv/base", vec!["vm".into()], "gpu"));
+        let Request::Compose(r) = request(&args, "./ci", &o).unwrap() else {
+            panic!()
+        };
+        assert_eq!(
+            (r.base.as_str(), r.hosts, r.module.as_str()),
+            ("/srv/base", vec!["vm".into()], "gpu")
+        );
     }
 
     #[test]
@@ -256,9 +293,17 @@ mod tests {
                 attr: "vm".into()
             })
         );
-        let args = SourceArgs { base: Some("/etc/nixos".into()), ..flake("/srv/sys#vm") };
-        let err = request(&args, "/srv/sys#vm", &options()).unwrap_err().to_string();
-        assert!(err.starts_with("--base applies to an overlay flake"), "{err}");
+        let args = SourceArgs {
+            base: Some("/etc/nixos".into()),
+            ..flake("/srv/sys#vm")
+        };
+        let err = request(&args, "/srv/sys#vm", &options())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("--base applies to an overlay flake"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -266,25 +311,47 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let link = dir.path().join("result");
         std::os::unix::fs::symlink(dir.path(), &link).unwrap();
-        let args = SourceArgs { toplevel: Some(link.clone()), ..SourceArgs::default() };
+        let args = SourceArgs {
+            toplevel: Some(link.clone()),
+            ..SourceArgs::default()
+        };
         let r = resolve_with(&args, &options()).unwrap();
         assert_eq!(r.toplevel, std::fs::canonicalize(dir.path()).unwrap());
-        assert_eq!(r.provenance, Provenance::Toplevel { given: link.display().to_string() });
+        assert_eq!(
+            r.provenance,
+            Provenance::Toplevel {
+                given: link.display().to_string()
+            }
+        );
 
         let file = dir.path().join("file");
         std::fs::write(&file, "").unwrap();
-        let args = SourceArgs { toplevel: Some(file.clone()), ..SourceArgs::default() };
+        let args = SourceArgs {
+            toplevel: Some(file.clone()),
+            ..SourceArgs::default()
+        };
         let err = resolve_with(&args, &options()).unwrap_err().to_string();
-        assert!(err.ends_with("not a directory (a system toplevel is one)"), "{err}");
-        let args =
-            SourceArgs { toplevel: Some(dir.path().join("missing")), ..SourceArgs::default() };
+        assert!(
+            err.ends_with("not a directory (a system toplevel is one)"),
+            "{err}"
+        );
+        let args = SourceArgs {
+            toplevel: Some(dir.path().join("missing")),
+            ..SourceArgs::default()
+        };
         let err = format!("{:#}", resolve_with(&args, &options()).unwrap_err());
-        assert!(err.contains("missing: cannot be read: No such file"), "{err}");
+        assert!(
+            err.contains("missing: cannot be read: No such file"),
+            "{err}"
+        );
     }
 
     #[test]
     fn nothing_given_is_an_error() {
         let err = resolve_with(&SourceArgs::default(), &options()).unwrap_err();
-        assert_eq!(err.to_string(), "no new generation given: use --toplevel PATH or --flake REF");
+        assert_eq!(
+            err.to_string(),
+            "no new generation given: use --toplevel PATH or --flake REF"
+        );
     }
 }
