@@ -7,7 +7,8 @@
 //! store in the plan's `new.provenance`:
 //!
 //! ```ignore
-//! let resolved = source::resolve(&args.source, policy.base.as_deref())?;
+//! let resolved = source::resolve_for_policy(&args.source, policy.as_ref())?;
+//! // or: source::resolve(&args.source, policy_base)?
 //! plan.new.provenance = Some(resolved.provenance);
 //! ```
 //!
@@ -89,6 +90,16 @@ impl ResolveOptions {
 /// directory.
 pub fn resolve(source: &SourceArgs, policy_base: Option<&str>) -> anyhow::Result<Resolved> {
     resolve_with(source, &ResolveOptions::for_this_machine(policy_base)?)
+}
+
+/// [`resolve`] with the policy file's `base` and `host` as defaults.
+pub fn resolve_for_policy(
+    source: &SourceArgs,
+    policy: Option<&plan_model::policy::Policy>,
+) -> anyhow::Result<Resolved> {
+    let mut options = ResolveOptions::for_this_machine(policy.and_then(|p| p.base.as_deref()))?;
+    options.policy_host = policy.and_then(|p| p.host.clone());
+    resolve_with(source, &options)
 }
 
 /// [`resolve`] with every default given explicitly.
@@ -267,6 +278,18 @@ mod tests {
             panic!()
         };
         assert_eq!(r.base, "machine");
+        let o = ResolveOptions {
+            policy_host: Some("ci".into()),
+            ..o
+        };
+        let Request::Compose(r) = request(&flake("./ci"), "./ci", &o).unwrap() else {
+            panic!()
+        };
+        assert_eq!(
+            r.hosts,
+            vec!["ci".to_owned()],
+            "the policy's host replaces the guess"
+        );
         let args = SourceArgs {
             base: Some("/srv/base".into()),
             host: Some("vm".into()),
