@@ -10,16 +10,14 @@
 //! [`live_plan`] is shared with `switch`, which must carry out the very
 //! plan this command prints.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
 use plan_model::{LiveState, Plan};
 use systemd_live::{RunDir, ServiceManager, SystemdBus};
 
-use crate::args::{self, Format, ProtectArgs, SourceArgs};
+use crate::args::{self, ProtectArgs, SourceArgs};
 use crate::exit::Outcome;
-use crate::render;
 
 /// Where NixOS keeps the running generation.
 pub const CURRENT_SYSTEM: &str = "/run/current-system";
@@ -44,20 +42,7 @@ pub fn run(args: args::PlanArgs) -> anyhow::Result<Outcome> {
     report_interrupted(&RunDir::system());
     let lp = live_plan(Path::new(CURRENT_SYSTEM), &toplevel, &args.protect, &mut bus)?;
     if let Some(out) = &args.out {
-        let inputs = crate::saved::Inputs {
-            running_generation: lp.old.display().to_string(),
-            target_toplevel: lp.new.display().to_string(),
-            protection: crate::saved::RecordedProtection {
-                protect: args.protect.protect.clone(),
-                policy: args
-                    .protect
-                    .policy
-                    .as_ref()
-                    .map(|p| std::path::absolute(p).unwrap_or_else(|_| p.clone()).display().to_string()),
-                on_protected: args.protect.on_protected.map(|m| format!("{m:?}").to_lowercase()),
-            },
-            live: crate::saved::record_live(&lp.plan, &lp.live),
-        };
+        let inputs = crate::saved::record_inputs(&lp.old, &lp.new, &lp.plan, &lp.live, &args.protect);
         crate::saved::SavedPlan::new(lp.plan.clone(), inputs).save(out)?;
     }
     print_plan(&lp.plan, &args.output)?;
@@ -67,21 +52,18 @@ pub fn run(args: args::PlanArgs) -> anyhow::Result<Outcome> {
 /// Prints a plan on standard output in the requested format, as `diff`
 /// does.
 pub fn print_plan(plan: &Plan, output: &args::OutputArgs) -> anyhow::Result<()> {
-    let text = match output.stdout_format() {
-        Format::Text => render::text(plan),
-        Format::Json => plan.to_json(),
-        other => bail!("--format {} is not available here", format!("{other:?}").to_lowercase()),
-    };
-    std::io::stdout().lock().write_all(text.as_bytes())?;
-    Ok(())
+    crate::report::write_plan(plan, output)
 }
 
-/// The toplevel to switch to, canonicalized, naming it in errors.
+/// The toplevel to switch to (built first for `--flake`), canonicalized,
+/// naming it in errors.
 pub fn resolve_toplevel(source: &SourceArgs) -> anyhow::Result<PathBuf> {
-    let Some(path) = &source.toplevel else {
-        bail!("give the new generation with --toplevel PATH");
-    };
-    std::fs::canonicalize(path).with_context(|| format!("{}: cannot resolve the toplevel", path.display()))
+    if source.toplevel.is_none() && source.flake.is_none() {
+        bail!("give the new generation with --toplevel PATH or --flake REF");
+    }
+    let resolved = crate::source::resolve(source, None)?;
+    std::fs::canonicalize(&resolved.toplevel)
+        .with_context(|| format!("{}: cannot resolve the toplevel", resolved.toplevel.display()))
 }
 
 /// Connects to systemd over the system bus, with an error that says that
