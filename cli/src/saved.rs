@@ -485,3 +485,121 @@ pub fn first_difference(saved: &Plan, fresh: &Plan) -> Option<String> {
 fn join(actions: &[plan_model::Action]) -> String {
     actions.iter().map(|a| a.as_str()).collect::<Vec<_>>().join(", ")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use plan_model::{Action, Generation, LiveUnit, Protection, UnitPlan, FORMAT_VERSION};
+
+    fn live(invocation: &str, pid: u32) -> LiveState {
+        let mut live = LiveState::default();
+        live.units.insert(
+            "a.service".into(),
+            LiveUnit {
+                active_state: "active".into(),
+                main_pid: pid,
+                invocation_id: invocation.into(),
+                ..LiveUnit::default()
+            },
+        );
+        live
+    }
+
+    fn plan() -> Plan {
+        Plan {
+            format_version: FORMAT_VERSION,
+            old: Generation { path: "/old".into(), ..Generation::default() },
+            new: Generation { path: "/new".into(), ..Generation::default() },
+            units: vec![
+                UnitPlan { unit: "a.service".into(), actions: vec![Action::Restart], reasons: vec![], changes: vec![], deferral: None },
+                UnitPlan { unit: "b.service".into(), actions: vec![Action::Start], reasons: vec![], changes: vec![], deferral: None },
+            ],
+            steps: vec![],
+            protection: Protection::default(),
+            diagnostics: vec![],
+        }
+    }
+
+    fn saved() -> SavedPlan {
+        let p = plan();
+        let inputs = Inputs {
+            running_generation: "/old".into(),
+            target_toplevel: "/new".into(),
+            protection: RecordedProtection::default(),
+            live: record_live(&p, &live("1111", 10)),
+        };
+        SavedPlan::new(p, inputs)
+    }
+
+    #[test]
+    fn records_every_named_unit_and_null_for_unloaded_ones() {
+        let s = saved();
+        assert_eq!(s.inputs.live["a.service"].as_ref().map(|u| u.invocation_id.as_str()), Some("1111"));
+        assert_eq!(s.inputs.live["b.service"], None);
+        assert!(s.digest.starts_with("sha256:") && s.digest.len() == 7 + 64, "{}", s.digest);
+    }
+
+    #[test]
+    fn the_digest_survives_a_round_trip_and_catches_edits() {
+        let s = saved();
+        let back: SavedPlan = serde_json::from_str(&s.to_json()).unwrap();
+        assert_eq!(verify_digest(&back), Ok(()));
+        // Reformatting the file does not matter, changing a value does.
+        let compact: SavedPlan = serde_json::from_str(&serde_json::to_string(&s).unwrap()).unwrap();
+        assert_eq!(verify_digest(&compact), Ok(()));
+        let mut edited = s.clone();
+        edited.plan.units[0].actions = vec![Action::Reload];
+        assert!(matches!(verify_digest(&edited), Err(Refusal::DigestMismatch { .. })));
+        let mut edited = s.clone();
+        edited.inputs.live.insert("a.service".into(), None);
+        assert!(matches!(verify_digest(&edited), Err(Refusal::DigestMismatch { .. })));
+        // A resealed plan whose own paths disagree with its inputs.
+        let mut p = s.plan.clone();
+        p.old.path = "/elsewhere".into();
+        let resealed = SavedPlan::new(p, s.inputs.clone());
+        assert!(matches!(verify_digest(&resealed), Err(Refusal::Inconsistent(_))));
+    }
+
+    #[test]
+    fn staleness_is_named() {
+        let s = saved();
+        let fresh = plan();
+        let now = live("1111", 10);
+        let ok = Observed { running_generation: "/old", target_toplevel: Some("/new"), live: &now };
+        assert_eq!(check_fresh(&s, &ok, &fresh), Ok(()));
+
+        let other = Observed { running_generation: "/other", ..ok.clone() };
+        assert!(matches!(check_fresh(&s, &other, &fresh), Err(Refusal::RunningGenerationChanged { .. })));
+        let gone = Observed { target_toplevel: None, ..ok.clone() };
+        assert!(matches!(check_fresh(&s, &gone, &fresh), Err(Refusal::TargetChanged(_))));
+
+        let restarted = live("2222", 11);
+        let err = check_fresh(&s, &Observed { live: &restarted, ..ok.clone() }, &fresh).unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains("a.service: MainPID 10 -> 11, InvocationID 1111 -> 2222"), "{text}");
+
+        let mut appeared = now.clone();
+        appeared.units.insert("b.service".into(), LiveUnit { active_state: "active".into(), ..LiveUnit::default() });
+        let err = check_fresh(&s, &Observed { live: &appeared, ..ok.clone() }, &fresh).unwrap_err();
+        assert!(err.to_string().contains("b.service: was not loaded, now active"), "{err}");
+
+        let mut different = fresh.clone();
+        different.units[1].actions = vec![];
+        let err = check_fresh(&s, &ok, &different).unwrap_err();
+        assert!(err.to_string().contains("b.service: the file says [start], a fresh plan says []"), "{err}");
+    }
+
+    #[test]
+    fn loading_names_the_file_and_the_problem() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("p.json");
+        std::fs::write(&path, "not json").unwrap();
+        assert!(format!("{:#}", SavedPlan::load(&path).unwrap_err()).contains("p.json is not a saved plan"));
+        std::fs::write(&path, "{\"format_version\": 1}").unwrap();
+        assert!(format!("{:#}", SavedPlan::load(&path).unwrap_err()).contains("plan --out"));
+        std::fs::write(&path, "{\"saved_plan_version\": 9}").unwrap();
+        assert!(format!("{:#}", SavedPlan::load(&path).unwrap_err()).contains("format 9 is not supported"));
+        saved().save(&path).unwrap();
+        assert_eq!(SavedPlan::load(&path).unwrap(), saved());
+    }
+}
