@@ -21,14 +21,16 @@
 //!    generation's `activate` replaces, as on NixOS where they point into
 //!    `/etc/static`;
 //! 5. bind-mounts a copy of the few Debian units a system needs
-//!    ([`BASE_UNITS`], plus [`LOGIND_UNITS`] on request) onto
+//!    ([`BASE_UNITS`], [`JOURNAL_UNITS`] unless switched off, and
+//!    [`LOGIND_UNITS`] on request) onto
 //!    `/lib/systemd/system`, and an empty tmpfs onto
 //!    `/lib/systemd/system-generators` (the host's SysV scripts would
 //!    otherwise become failing units);
 //! 6. `exec`s `/lib/systemd/systemd --system --unit=<target>`.
 //!
 //! `/run/current-system` is a symlink to the booted generation. After boot,
-//! the bed starts `dbus.service` (nothing pulls it in by itself) and, when
+//! the bed starts `systemd-journald` and `dbus.service` (the copied units
+//! have no `.wants` links, so nothing pulls them in by themselves) and, when
 //! asked, `systemd-logind.service`, then waits until the boot job finished
 //! and sshd (when the generation has it) accepts connections.
 //!
@@ -92,6 +94,14 @@ pub const LOGIND_UNITS: &[&str] = &[
     "user@.service",
 ];
 
+/// The extra Debian units for a test bed with a journal, so that
+/// `systemctl status` and `journalctl` show what units printed.
+pub const JOURNAL_UNITS: &[&str] = &[
+    "systemd-journald.service",
+    "systemd-journald.socket",
+    "systemd-journald-dev-log.socket",
+];
+
 /// Where Debian keeps its units (on a merged-/usr system this is
 /// `/usr/lib/systemd/system`).
 const DISTRO_UNITS: &str = "/lib/systemd/system";
@@ -106,6 +116,10 @@ pub struct Config {
     pub target: String,
     /// Also start `systemd-logind.service` after D-Bus.
     pub logind: bool,
+    /// Start `systemd-journald` first (on by default), so that units'
+    /// output is kept (in the bed's `/run/log/journal`) and shows in
+    /// `systemctl status` and [`TestBed::journal`].
+    pub journal: bool,
     /// More units to copy from the distribution's unit directory.
     pub extra_distro_units: Vec<String>,
     /// The deadline of every single wait (boot, each `systemctl`, ...).
@@ -122,6 +136,7 @@ impl Config {
             generation,
             target: "multi-user.target".to_owned(),
             logind: false,
+            journal: true,
             extra_distro_units: Vec::new(),
             timeout: Duration::from_secs(30),
             keep: std::env::var_os("TESTBED_KEEP").is_some_and(|v| v == "1"),
@@ -271,6 +286,9 @@ impl TestBed {
         if config.logind {
             units.extend(LOGIND_UNITS.iter().map(|s| (*s).to_owned()));
         }
+        if config.journal {
+            units.extend(JOURNAL_UNITS.iter().map(|s| (*s).to_owned()));
+        }
         units.extend(config.extra_distro_units.iter().cloned());
         copy_distro_units(Path::new(DISTRO_UNITS), &root.join("distro-units"), &units)?;
 
@@ -346,7 +364,15 @@ impl TestBed {
             Ok(private.exists().then_some(()))
         })?;
 
-        let mut start = vec!["start", "dbus.socket", "dbus.service"];
+        let mut start = vec!["start"];
+        if config.journal {
+            start.extend([
+                "systemd-journald.socket",
+                "systemd-journald-dev-log.socket",
+                "systemd-journald.service",
+            ]);
+        }
+        start.extend(["dbus.socket", "dbus.service"]);
         if config.logind {
             start.push("systemd-logind.service");
         }
@@ -599,6 +625,14 @@ impl TestBed {
         exec::poll(&format!("{unit} to be {state}"), self.timeout, || {
             Ok((self.active_state(unit)? == state).then_some(()))
         })
+    }
+
+    /// What `unit` printed, from the journal (empty when the bed runs
+    /// without one).
+    pub fn journal(&self, unit: &str) -> Result<String> {
+        Ok(self
+            .run(&["journalctl", "--no-pager", "-o", "cat", "-u", unit])?
+            .stdout)
     }
 
     /// What the bed's systemd and the boot script printed so far.

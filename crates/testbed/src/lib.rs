@@ -56,7 +56,8 @@ mod generation;
 mod ssh;
 
 pub use bed::{
-    BASE_UNITS, Config, LOGIND_UNITS, TestBed, UnitState, available, unsupported_reason,
+    BASE_UNITS, Config, JOURNAL_UNITS, LOGIND_UNITS, TestBed, UnitState, available,
+    unsupported_reason,
 };
 pub use error::{Error, Result};
 pub use exec::Output;

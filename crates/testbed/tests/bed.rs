@@ -284,3 +284,24 @@ fn descendants(pid: u32) -> Vec<u32> {
     }
     out
 }
+
+#[test]
+fn unit_output_reaches_the_journal() {
+    if !testbed::available("unit_output_reaches_the_journal") {
+        return;
+    }
+    let bed = boot(Generation::new("a").service(
+        "noisy.service",
+        "[Service]\nType=oneshot\nExecStart=/bin/sh -c 'echo out-line; echo err-line >&2; exit 3'\n",
+    ));
+    assert_eq!(bed.active_state("noisy.service").unwrap(), "failed");
+    let journal = bed.journal("noisy.service").unwrap();
+    assert!(
+        journal.contains("out-line") && journal.contains("err-line"),
+        "{journal}"
+    );
+    let status = bed
+        .run(&["systemctl", "status", "--no-pager", "noisy.service"])
+        .unwrap();
+    assert!(status.stdout.contains("err-line"), "{status:?}");
+}
