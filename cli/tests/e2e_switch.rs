@@ -11,7 +11,8 @@
 //! While an SSH session prints a tick every 200 ms, the binary runs inside
 //! the test bed's namespaces (so `/run/current-system`, `/etc/systemd/system`
 //! and `/run/safe-switch` are the bed's own and the default D-Bus address
-//! is the bed's bus), first `plan --json`, then `switch`. The test checks
+//! is the bed's bus), first `plan --json`, then `switch` (in-process with
+//! `--no-isolate`, and again in a transient unit). The test checks
 //! the session, sshd, each unit, and that what happened to every service
 //! is exactly what the plan said would happen. A control run without
 //! `--protect` shows that sshd does get restarted then, so the protected
@@ -163,6 +164,22 @@ fn protected_switch_keeps_the_ssh_session_and_does_what_the_plan_said() {
     if !testbed::available("protected_switch_keeps_the_ssh_session_and_does_what_the_plan_said") {
         return;
     }
+    protected_switch(&["--no-isolate"]);
+}
+
+/// The same switch, carried out the default way: in a transient unit of
+/// the bed's systemd, which the command waits for.
+#[test]
+fn protected_switch_in_a_transient_unit() {
+    if !testbed::available("protected_switch_in_a_transient_unit") {
+        return;
+    }
+    protected_switch(&[]);
+}
+
+/// Switches from A to B with `--protect sshd` and `extra` options, and
+/// checks everything the acceptance asks for.
+fn protected_switch(extra: &[&str]) {
     let bed = boot();
     let b = bed.build_generation(&generation_b()).unwrap();
     let before = states(&bed);
@@ -220,7 +237,9 @@ fn protected_switch_keeps_the_ssh_session_and_does_what_the_plan_said() {
 
     // The switch.
     let switched_at = session.elapsed();
-    let out = safe_switch(&bed, &["switch", "--protect", "sshd", "--no-isolate"], &b);
+    let mut args = vec!["switch", "--protect", "sshd"];
+    args.extend_from_slice(extra);
+    let out = safe_switch(&bed, &args, &b);
     assert_eq!(out.code(), Some(0), "switch failed: {out:#?}");
     let after = states(&bed);
 
