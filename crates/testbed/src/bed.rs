@@ -548,9 +548,10 @@ impl TestBed {
     /// Runs `argv` inside the bed with the bed's timeout and returns its
     /// output, whatever its exit status.
     pub fn run(&self, argv: &[&str]) -> Result<Output> {
-        let (program, args) = argv
-            .split_first()
-            .ok_or_else(|| Error::Unsupported("empty command".to_owned()))?;
+        let (program, args) = argv.split_first().ok_or_else(|| Error::Spawn {
+            command: String::new(),
+            source: std::io::Error::new(std::io::ErrorKind::InvalidInput, "empty command line"),
+        })?;
         exec::run(self.command(program).args(args), self.timeout)
     }
 

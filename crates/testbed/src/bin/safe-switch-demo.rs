@@ -125,6 +125,14 @@ fn demo(options: &Options) -> Result<bool, testbed::Error> {
     let unit_refs: Vec<&str> = units.iter().map(String::as_str).collect();
     let before = bed.unit_states(&unit_refs)?;
     print_states(&before);
+    // The runner's child stands for a CI build in progress: restarting the
+    // runner would kill it.
+    let build = children(&bed, before["gitlab-runner.service"].main_pid)
+        .into_iter()
+        .next();
+    if let Some(build) = build {
+        println!("\na CI build is running under gitlab-runner.service as PID {build}");
+    }
 
     heading(&format!(
         "Opening an SSH session to root@127.0.0.1:{} that ticks every 200 ms",
@@ -189,6 +197,15 @@ fn demo(options: &Options) -> Result<bool, testbed::Error> {
         bed.current_generation()?.display()
     );
     print_changes(&before, &after);
+    if let Some(build) = build {
+        let alive = bed
+            .run(&["test", "-d", &format!("/proc/{build}")])?
+            .success();
+        println!(
+            "\nthe CI build (PID {build}) is still running: {}",
+            yes_no(alive)
+        );
+    }
 
     let protected_ok = ["sshd.service", "gitlab-runner.service"]
         .iter()
@@ -238,6 +255,19 @@ fn run_shown(
         );
     }
     Ok(status)
+}
+
+/// The PIDs of the children of `pid` inside the bed.
+fn children(bed: &TestBed, pid: u32) -> Vec<u32> {
+    let path = format!("/proc/{pid}/task/{pid}/children");
+    match bed.run(&["cat", &path]) {
+        Ok(out) => out
+            .stdout
+            .split_whitespace()
+            .filter_map(|p| p.parse().ok())
+            .collect(),
+        Err(_) => Vec::new(),
+    }
 }
 
 fn units() -> Vec<String> {
