@@ -119,11 +119,27 @@ pub fn resolve_with(source: &SourceArgs, options: &ResolveOptions) -> anyhow::Re
     }
     let composer =
         Composer::new(options.nix.clone()).with_announce(|step| eprintln!("safe-switch: {step}"));
-    let built = composer.build(&request)?;
+    let built = composer.build(&request).map_err(|e| explain(e, options))?;
     Ok(Resolved {
         toplevel: built.toplevel,
         provenance: built.provenance,
     })
+}
+
+/// Adds to an error what only this layer knows: that the platform was a
+/// guess, when a base does not fit the guessed platform.
+fn explain(err: nix_compose::ComposeError, options: &ResolveOptions) -> anyhow::Error {
+    let platform_guessed = std::env::var_os(PLATFORM_ENV).is_none();
+    match err {
+        nix_compose::ComposeError::SystemManagerConvention { .. } if platform_guessed => {
+            anyhow::anyhow!(
+                "{err}\n(this machine was taken for a {} one; set {PLATFORM_ENV}=nixos or \
+                 {PLATFORM_ENV}=darwin to compose another kind of configuration)",
+                options.platform.name()
+            )
+        }
+        err => err.into(),
+    }
 }
 
 /// The build request the options describe.

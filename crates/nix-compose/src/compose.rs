@@ -463,7 +463,13 @@ fn describe_refs(request: &Request) -> String {
 fn check_compose(r: &ComposeRequest, info: &parse::ComposeInfo) -> Result<String, ComposeError> {
     let platform = r.platform;
     if platform == Platform::SystemManager && info.configurations.is_empty() {
-        let problem = if info.system_configs.is_empty() {
+        let problem = if !info.nixos_configurations.is_empty() {
+            format!(
+                "it has no `systemManagerModules` output, but it has nixosConfigurations ({}): \
+                 if this machine runs NixOS, compose it as NixOS",
+                info.nixos_configurations.join(", ")
+            )
+        } else if info.system_configs.is_empty() {
             "it has no `systemManagerModules` output".to_owned()
         } else {
             format!(
@@ -649,6 +655,23 @@ mod tests {
         );
         let err = Composer::new(nix).build(&request()).unwrap_err();
         assert!(matches!(err, ComposeError::NotExtendable { .. }), "{err:?}");
+    }
+
+    #[test]
+    fn a_nixos_base_composed_as_system_manager_says_so() {
+        let nix = fake(
+            r#"{"host":null,"extendable":true,"configurations":[],"modules":["default"],"systemConfigs":[],"nixosConfigurations":["runner1"]}"#,
+        );
+        let Request::Compose(mut r) = request() else {
+            panic!()
+        };
+        r.platform = Platform::SystemManager;
+        let err = Composer::new(nix).build(&Request::Compose(r)).unwrap_err();
+        let msg = err.to_string();
+        assert!(
+            msg.contains("but it has nixosConfigurations (runner1)"),
+            "{msg}"
+        );
     }
 
     #[test]

@@ -207,6 +207,10 @@ pub struct ComposeInfo {
     /// base that builds configurations but does not export its modules.
     #[serde(default)]
     pub system_configs: Vec<String>,
+    /// system-manager only: the base's `nixosConfigurations`, to recognise
+    /// a NixOS base composed on a machine taken for a system-manager one.
+    #[serde(default)]
+    pub nixos_configurations: Vec<String>,
 }
 
 /// What an attribute wrapper's `safeSwitch.info` evaluates to.
@@ -232,6 +236,8 @@ pub fn compose_info(json: &str) -> Result<ComposeInfo, ComposeError> {
         modules: Vec<String>,
         #[serde(default)]
         system_configs: Vec<String>,
+        #[serde(default)]
+        nixos_configurations: Vec<String>,
     }
     let raw: Raw =
         serde_json::from_str(json.trim()).map_err(|e| ComposeError::UnexpectedOutput {
@@ -244,6 +250,7 @@ pub fn compose_info(json: &str) -> Result<ComposeInfo, ComposeError> {
         configurations: raw.configurations,
         modules: raw.modules,
         system_configs: raw.system_configs,
+        nixos_configurations: raw.nixos_configurations,
     })
 }
 

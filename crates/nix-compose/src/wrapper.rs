@@ -258,6 +258,7 @@ fn render_compose(
         configurations = builtins.attrNames configurations;
         modules = builtins.attrNames modules;
         systemConfigs = builtins.attrNames (base.systemConfigs or {{ }});
+        nixosConfigurations = builtins.attrNames (base.nixosConfigurations or {{ }});
       }};
       safeSwitch.toplevel =
         base.inputs.system-manager.lib.makeSystemConfig (baseArgs // {{
