@@ -44,21 +44,26 @@ fn text(bytes: &[u8]) -> &str {
     std::str::from_utf8(bytes).unwrap()
 }
 
+/// The unit files of the fixture base's NixOS configuration.
+const NIXOS_BASE_UNITS: &[&str] = &[
+    "base-db.service",
+    "base-web.service",
+    "multi-user.target",
+    "sysinit-reactivation.target",
+];
+
 /// The overlay's unit is added, every base unit is byte-identical to the
 /// base built alone, and the base's `pins` input wins inside the base even
 /// though the overlay has an input of the same name pinned elsewhere.
-fn assert_composed_over_base(composed: &Built, base_only: &Built, fx: &Fixtures) {
+fn assert_composed_over_base(
+    composed: &Built,
+    base_only: &Built,
+    base_units: &[&str],
+    fx: &Fixtures,
+) {
     let new = units(&composed.toplevel);
     let old = units(&base_only.toplevel);
-    assert_eq!(
-        old.keys().collect::<Vec<_>>(),
-        [
-            "base-db.service",
-            "base-web.service",
-            "multi-user.target",
-            "sysinit-reactivation.target"
-        ]
-    );
+    assert_eq!(old.keys().collect::<Vec<_>>(), base_units);
     assert_eq!(
         support::wants(&composed.toplevel, "multi-user.target"),
         ["base-db.service", "base-web.service", "project-ci.service"]
@@ -111,7 +116,7 @@ fn nixos_overlay_extends_the_base_and_keeps_its_pins() {
             "default",
         ))
         .unwrap();
-    assert_composed_over_base(&composed, &base_only, &fx);
+    assert_composed_over_base(&composed, &base_only, NIXOS_BASE_UNITS, &fx);
 
     let Provenance::Composed {
         base,
@@ -209,7 +214,15 @@ fn system_manager_composition_follows_the_convention() {
             "default",
         ))
         .unwrap();
-    assert_composed_over_base(&composed, &base_only, &fx);
+    let mut base_units = NIXOS_BASE_UNITS.to_vec();
+    base_units.push("site.service");
+    base_units.sort();
+    assert_composed_over_base(&composed, &base_only, &base_units, &fx);
+    let site = text(&units(&composed.toplevel)["site.service"]).to_owned();
+    assert!(
+        site.contains("Description=Site base-site"),
+        "systemManagerArgs are passed: {site}"
+    );
 }
 
 #[test]
