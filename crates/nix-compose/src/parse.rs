@@ -301,7 +301,7 @@ mod tests {
         "root": "root",
         "version": 7
       },
-      "url": "path:/tmp/w"
+      "url": "path:/srv/wrapper"
     }"#;
 
     #[test]
