@@ -280,11 +280,6 @@ impl<R: NixRunner> Composer<R> {
     /// temporary directory and the Nix store.
     pub fn build(&self, request: &Request) -> Result<Built, ComposeError> {
         for (role, reference) in request.given() {
-            let role = match role {
-                "base" => "base",
-                "overlay" => "overlay",
-                _ => "flake",
-            };
             check_local(role, reference)?;
         }
         let wrapper_text = request.wrapper().render();
@@ -304,8 +299,9 @@ impl<R: NixRunner> Composer<R> {
         let wrapper_ref = wrapper_ref(dir.path());
 
         // Lock: fetches the inputs and writes the lock file into the
-        // wrapper's own directory only; the later steps read it, so all of
-        // them see exactly the revisions recorded in the provenance.
+        // wrapper's own directory only. The later steps read it and may not
+        // change it (--no-update-lock-file), so the build uses exactly the
+        // revisions recorded in the provenance.
         let overrides = request.overrides();
         let mut args: Vec<OsString> = vec!["flake".into(), "lock".into(), wrapper_ref.clone()];
         for (name, reference) in &overrides {
@@ -325,7 +321,7 @@ impl<R: NixRunner> Composer<R> {
                 "flake".into(),
                 "metadata".into(),
                 "--json".into(),
-                "--no-write-lock-file".into(),
+                "--no-update-lock-file".into(),
                 wrapper_ref.clone(),
             ],
             StderrMode::Capture,
@@ -343,7 +339,7 @@ impl<R: NixRunner> Composer<R> {
             &[
                 "eval".into(),
                 "--json".into(),
-                "--no-write-lock-file".into(),
+                "--no-update-lock-file".into(),
                 info_attr,
             ],
             StderrMode::Capture,
@@ -354,16 +350,29 @@ impl<R: NixRunner> Composer<R> {
                 stderr: out.stderr,
             });
         }
-        let (provenance_of, built_attr) = match request {
+        // The provenance is settled here, before building: it depends only
+        // on the locks and on what the wrapper found.
+        let mut take = |name: &str| locked.remove(name).unwrap_or_default();
+        let provenance = match request {
             Request::Compose(r) => {
-                let info = parse::compose_info(&out.stdout)?;
-                let host = check_compose(r, &info)?;
-                (Chosen::Compose { host }, None)
+                let host = check_compose(r, &parse::compose_info(&out.stdout)?)?;
+                Provenance::Composed {
+                    base: take("base"),
+                    overlay: take("overlay"),
+                    platform: r.platform.name().to_owned(),
+                    host,
+                    module: r.module.clone(),
+                    wrapper: wrapper_text,
+                }
             }
             Request::Attr(r) => {
-                let info = parse::attr_info(&out.stdout)?;
-                let built = check_attr(r, &info)?;
-                (Chosen::Attr, Some(built))
+                let built = check_attr(r, &parse::attr_info(&out.stdout)?)?;
+                Provenance::FlakeAttr {
+                    flake: take("flake"),
+                    attr: r.attr.clone(),
+                    built: Some(built),
+                    wrapper: wrapper_text,
+                }
             }
         };
 
@@ -375,7 +384,7 @@ impl<R: NixRunner> Composer<R> {
                 "build".into(),
                 "--no-link".into(),
                 "--json".into(),
-                "--no-write-lock-file".into(),
+                "--no-update-lock-file".into(),
                 toplevel_attr,
             ],
             StderrMode::Stream,
@@ -388,31 +397,6 @@ impl<R: NixRunner> Composer<R> {
         }
         let toplevel = parse::build_out_path(&out.stdout)?;
 
-        let mut take = |name: &str| locked.remove(name).unwrap_or_default();
-        let provenance = match (request, provenance_of) {
-            (Request::Compose(r), Chosen::Compose { host }) => Provenance::Composed {
-                base: take("base"),
-                overlay: take("overlay"),
-                platform: r.platform.name().to_owned(),
-                host,
-                module: r.module.clone(),
-                wrapper: wrapper_text,
-            },
-            (Request::Attr(r), _) => Provenance::FlakeAttr {
-                flake: take("flake"),
-                attr: r.attr.clone(),
-                built: built_attr,
-                wrapper: wrapper_text,
-            },
-            (Request::Compose(_), Chosen::Attr) => {
-                // Unreachable by construction: the choice is made from the
-                // same request just above.
-                return Err(ComposeError::UnexpectedOutput {
-                    command: "eval",
-                    detail: "composition info for an attribute request".into(),
-                });
-            }
-        };
         Ok(Built {
             toplevel,
             provenance,
@@ -426,11 +410,6 @@ impl<R: NixRunner> Composer<R> {
         }
         Ok(out)
     }
-}
-
-enum Chosen {
-    Compose { host: String },
-    Attr,
 }
 
 fn wrapper_ref(dir: &Path) -> OsString {
