@@ -1,0 +1,370 @@
+//! Protection on the command line: the policy file, `--protect`,
+//! `--on-protected`, the caller's cgroup and `--explain`.
+//!
+//! Every planning command (`diff`, `plan`, `check`, `switch`) calls
+//! [`protect_plan`] right after planning. It reads the policy file and the
+//! caller's cgroup, runs the analysis of `systemd_plan::protect` (which
+//! decides everything), prints warnings for selectors that match nothing,
+//! and returns a [`ProtectReport`] for `--explain`. [`render_text`] prints
+//! the protection section of a text plan and [`outcome`] maps a refused
+//! plan to exit code 3.
+//!
+//! The policy file is trusted input: it can switch implicit protections
+//! off and choose the mode. When safe-switch runs as root, the file must
+//! therefore be owned by root and writable by nobody else; otherwise the
+//! run stops with an error before anything is planned. An unprivileged run
+//! (an offline `diff`, say) skips the check: it cannot change the machine,
+//! and it lets tests and users keep a policy file among their own files.
+
+use std::fmt::Write as _;
+use std::fs;
+use std::io::ErrorKind;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+use plan_model::policy::{Policy, Selector};
+use plan_model::{Action, Edge, LiveState, Mode, Plan, ProtectionSource};
+use systemd_plan::GenerationUnits;
+use systemd_plan::protect::{self, Analysis, Explanation, Request, Touch};
+
+use crate::args::{OnProtected, ProtectArgs};
+use crate::exit::Outcome;
+
+/// Where the policy file is looked for when `--policy` is not given.
+pub const DEFAULT_POLICY: &str = "/etc/safe-switch/policy.toml";
+
+/// What [`protect_plan`] found besides the rewritten plan.
+#[derive(Debug)]
+pub struct ProtectReport {
+    /// The analysis (the relation graph and the protected units).
+    pub analysis: Analysis,
+    /// The warnings printed on standard error, without the `warning: `
+    /// prefix.
+    pub warnings: Vec<String>,
+}
+
+impl ProtectReport {
+    /// Explains, as text, why `unit` gets its action (`--explain UNIT`).
+    pub fn explain(&self, plan: &Plan, unit: &str) -> String {
+        render_explanation(&protect::explain(plan, &self.analysis, unit))
+    }
+}
+
+/// Applies protection to a freshly built plan. Call it from every planning
+/// command, after planning and before rendering or executing:
+///
+/// ```ignore
+/// let mut plan = systemd_plan::plan(&old, &new, &live);
+/// let report = crate::protect::protect_plan(&mut plan, &old, &new, &live, &args.protect)?;
+/// // `plan.protection` is filled in; touching actions are deferred, or the
+/// // plan is refused (`crate::protect::outcome(&plan)` is then `Blocked`).
+/// if let Some(unit) = &args.protect.explain {
+///     print!("{}", report.explain(&plan, unit));
+/// }
+/// ```
+///
+/// It reads the policy file (`--policy`, else [`DEFAULT_POLICY`] when it
+/// exists) and the caller's cgroup (`--cgroup-file`, else
+/// `/proc/self/cgroup`), merges the policy's protections with
+/// `--protect` (the command line can only add), picks the mode
+/// (`--on-protected`, else the policy's, else defer), and rewrites the
+/// plan. Selectors that match no unit are printed as warnings on standard
+/// error, with close matches, and recorded as plan diagnostics.
+///
+/// Errors (exit 1, nothing changed): an invalid selector, a missing
+/// `--policy` file, a malformed policy file (the message names the line),
+/// a policy file that fails the ownership check, an unreadable
+/// `--cgroup-file`.
+pub fn protect_plan(
+    plan: &mut Plan,
+    old: &GenerationUnits,
+    new: &GenerationUnits,
+    live: &LiveState,
+    args: &ProtectArgs,
+) -> anyhow::Result<ProtectReport> {
+    let request = request(args)?;
+    let analysis = protect::protect(plan, old, new, live, &request);
+    let warnings: Vec<String> = analysis
+        .unknown
+        .iter()
+        .map(|u| {
+            let origin = match &u.source {
+                ProtectionSource::CommandLine => "--protect".to_owned(),
+                ProtectionSource::Policy { path } => format!("policy file {path}"),
+                ProtectionSource::Implicit { .. } => "implicit protection".to_owned(),
+            };
+            let mut w = format!(
+                "{origin}: {:?} matches no unit in either generation or the live state",
+                u.selector
+            );
+            if u.close.is_empty() {
+                w.push_str(" (no close match)");
+            } else {
+                let _ = write!(w, "; close matches: {}", u.close.join(", "));
+            }
+            w
+        })
+        .collect();
+    for w in &warnings {
+        eprintln!("warning: {w}");
+    }
+    Ok(ProtectReport { analysis, warnings })
+}
+
+/// The outcome of a planning command for a protected plan: `Blocked` (exit
+/// 3) when protection refused it, `Ok` otherwise.
+pub fn outcome(plan: &Plan) -> Outcome {
+    if plan.protection.refused { Outcome::Blocked } else { Outcome::Ok }
+}
+
+/// Builds the analysis request from the options, the policy file and the
+/// caller's cgroup.
+fn request(args: &ProtectArgs) -> anyhow::Result<Request> {
+    let (policy, policy_path) = match &args.policy {
+        Some(path) => (Some(read_policy(path)?), path.clone()),
+        None => {
+            let path = PathBuf::from(DEFAULT_POLICY);
+            match fs::symlink_metadata(&path) {
+                Err(err) if err.kind() == ErrorKind::NotFound => (None, path),
+                _ => (Some(read_policy(&path)?), path),
+            }
+        }
+    };
+    let mut selectors = Vec::new();
+    if let Some(policy) = &policy {
+        let source = ProtectionSource::Policy { path: policy_path.display().to_string() };
+        selectors.extend(policy.protect.iter().map(|(s, _)| (s.clone(), source.clone())));
+    }
+    for text in &args.protect {
+        let text = text.trim();
+        if text.is_empty() {
+            // `--protect a,,b` and a trailing comma are harmless.
+            continue;
+        }
+        let selector = Selector::parse(text).map_err(|e| anyhow::anyhow!("--protect {text:?}: {}", e.reason))?;
+        selectors.push((selector, ProtectionSource::CommandLine));
+    }
+    let mode = match args.on_protected {
+        Some(OnProtected::Defer) => Mode::Defer,
+        Some(OnProtected::Refuse) => Mode::Refuse,
+        None => policy.as_ref().and_then(|p| p.mode).unwrap_or_default(),
+    };
+    Ok(Request {
+        selectors,
+        implicit: policy.as_ref().map(|p| p.implicit).unwrap_or_default(),
+        caller_cgroup: caller_cgroup(args.cgroup_file.as_deref())?,
+        mode,
+    })
+}
+
+/// Reads and parses a policy file, checking who may write it first.
+fn read_policy(path: &Path) -> anyhow::Result<Policy> {
+    let meta = match fs::metadata(path) {
+        Ok(meta) => meta,
+        Err(err) if err.kind() == ErrorKind::NotFound => bail!("policy file {} does not exist", path.display()),
+        Err(err) => bail!("policy file {}: {err}", path.display()),
+    };
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let euid = unsafe { libc::geteuid() };
+    check_owner(euid, meta.uid(), meta.gid(), meta.mode())
+        .with_context(|| format!("policy file {}", path.display()))?;
+    let text = fs::read_to_string(path).with_context(|| format!("policy file {}", path.display()))?;
+    Policy::parse(&text).with_context(|| format!("policy file {}", path.display()))
+}
+
+/// The ownership rule for the policy file: when running as root, the file
+/// must belong to root and must not be writable by its group or by others.
+/// Any write access for another user would let that user weaken the
+/// protections that root's switch relies on.
+fn check_owner(euid: u32, uid: u32, gid: u32, mode: u32) -> anyhow::Result<()> {
+    if euid != 0 {
+        return Ok(());
+    }
+    if uid != 0 {
+        bail!("refusing a policy file owned by uid {uid} when running as root: it must be owned by root");
+    }
+    if mode & 0o002 != 0 {
+        bail!("refusing a policy file writable by others (mode {:04o}): run `chmod o-w` on it", mode & 0o7777);
+    }
+    if mode & 0o020 != 0 && gid != 0 {
+        bail!(
+            "refusing a policy file writable by group {gid} (mode {:04o}): run `chmod g-w` on it",
+            mode & 0o7777
+        );
+    }
+    Ok(())
+}
+
+/// Reads the caller's cgroup path: from `--cgroup-file` (an error when it
+/// cannot be read), else from `/proc/self/cgroup` (absent on systems
+/// without it, where there is simply no caller protection).
+fn caller_cgroup(file: Option<&Path>) -> anyhow::Result<Option<String>> {
+    let text = match file {
+        Some(path) => fs::read_to_string(path).with_context(|| format!("cgroup file {}", path.display()))?,
+        None => match fs::read_to_string("/proc/self/cgroup") {
+            Ok(text) => text,
+            Err(_) => return Ok(None),
+        },
+    };
+    Ok(protect::cgroup::cgroup_path(&text).map(str::to_owned))
+}
+
+/// Renders the protection section of a text plan: the protections in
+/// force, then every deferred or refused action with its reason chain.
+pub fn render_text(out: &mut String, plan: &Plan) {
+    let p = &plan.protection;
+    let mode = match p.mode {
+        Mode::Defer => "defer",
+        Mode::Refuse => "refuse",
+    };
+    let _ = writeln!(out, "\nprotection (mode: {mode}):");
+    // Implicit protections of units this machine does not have (dbus-broker
+    // on a dbus-daemon host, say) are summed up in one line.
+    let absent: Vec<&str> = p
+        .protected
+        .iter()
+        .filter(|e| e.units.is_empty() && matches!(e.source, ProtectionSource::Implicit { .. }))
+        .map(|e| e.selector.as_str())
+        .collect();
+    for entry in p.protected.iter().filter(|e| !absent.contains(&e.selector.as_str())) {
+        let units = if entry.units.is_empty() { "no such unit".to_owned() } else { entry.units.join(", ") };
+        let allow = if entry.allow.is_empty() {
+            String::new()
+        } else {
+            let verbs: Vec<&str> = entry.allow.iter().map(|a| a.as_str()).collect();
+            format!("; may {}", verbs.join(", "))
+        };
+        let _ = writeln!(out, "  {} [{}{allow}]: {units}", entry.selector, protect::source_label(&entry.source));
+    }
+    if !absent.is_empty() {
+        let _ = writeln!(out, "  implicit, not present here: {}", absent.join(", "));
+    }
+    let deferred: Vec<_> = plan.units.iter().filter_map(|u| Some((u, u.deferral.as_ref()?))).collect();
+    if !deferred.is_empty() {
+        out.push_str("  deferred (the new unit files are installed; the running units stay as they are):\n");
+        for (unit, d) in deferred {
+            let _ = writeln!(out, "    {}", touch_line(&unit.unit, &d.actions, "deferred", &d.touches, d.effect, &d.chain));
+        }
+    }
+    if p.refused {
+        let _ = writeln!(
+            out,
+            "  refused: {} unit{} would touch a protected unit; nothing will be changed",
+            p.refusals.len(),
+            if p.refusals.len() == 1 { "" } else { "s" }
+        );
+        for r in &p.refusals {
+            let _ = writeln!(out, "    {}", touch_line(&r.unit, &r.actions, "refused", &r.touches, r.effect, &r.chain));
+        }
+    }
+}
+
+/// One deferred or refused action:
+/// `network-setup.service: restart deferred: would restart sshd.service
+/// (sshd.service Requires=network-setup.service)`.
+fn touch_line(unit: &str, actions: &[Action], verb: &str, touches: &str, effect: Action, chain: &[Edge]) -> String {
+    let actions: Vec<&str> = actions.iter().map(|a| a.as_str()).collect();
+    format!("{unit}: {} {verb}: {}", actions.join(", "), consequence(unit, touches, effect, chain))
+}
+
+/// What an action would do to the protected unit, with the chain.
+fn consequence(unit: &str, touches: &str, effect: Action, chain: &[Edge]) -> String {
+    if chain.is_empty() && touches == unit {
+        return format!("{touches} is protected");
+    }
+    let relations: Vec<String> = chain.iter().map(|e| format!("{} {}={}", e.from, e.relation, e.to)).collect();
+    let what = if chain.first().is_some_and(|e| e.relation == "Triggers") {
+        format!("would {effect} the activation of {touches}")
+    } else {
+        format!("would {effect} {touches}")
+    };
+    format!("{what} ({})", relations.join(", "))
+}
+
+fn touch_text(unit: &str, t: &Touch) -> String {
+    consequence(unit, &t.touches, t.effect, &t.chain)
+}
+
+/// Renders an [`Explanation`] as text.
+fn render_explanation(e: &Explanation) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "{}:", e.unit);
+    if !e.known {
+        let _ = writeln!(out, "  not a unit of either generation, the live state or the plan");
+        return out;
+    }
+    let _ = writeln!(out, "  running: {}", if e.running { "yes" } else { "no" });
+    let actions: Vec<&str> = e.actions.iter().map(|a| a.as_str()).collect();
+    let _ = writeln!(out, "  planned: {}", if actions.is_empty() { "no action".to_owned() } else { actions.join(", ") });
+    for r in &e.reasons {
+        let _ = write!(out, "    {}: {}", r.rule.id(), r.rule.explain());
+        if let Some(detail) = &r.detail {
+            let _ = write!(out, " ({detail})");
+        }
+        out.push('\n');
+    }
+    if let Some(d) = &e.deferral {
+        let _ = writeln!(out, "  {}", touch_line(&e.unit, &d.actions, "deferred", &d.touches, d.effect, &d.chain));
+    }
+    if let Some(r) = &e.refusal {
+        let _ = writeln!(out, "  {}", touch_line(&e.unit, &r.actions, "refused", &r.touches, r.effect, &r.chain));
+    }
+    if e.protected_by.is_empty() {
+        let _ = writeln!(out, "  protected: no");
+    } else {
+        for p in &e.protected_by {
+            let _ = writeln!(out, "  protected by {} [{}]", p.selector, protect::source_label(&p.source));
+        }
+    }
+    for (action, touches) in &e.touches {
+        if touches.is_empty() {
+            let _ = writeln!(out, "  {action}: touches no protected unit");
+        }
+        for t in touches {
+            let _ = writeln!(out, "  {action}: {}", touch_text(&e.unit, t));
+        }
+    }
+    if e.relations.is_empty() {
+        let _ = writeln!(out, "  relations: none");
+    } else {
+        let _ = writeln!(out, "  relations:");
+        for r in &e.relations {
+            let _ = writeln!(out, "    {} {}={}", r.from, r.relation, r.to);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ownership_rule_applies_to_root_only() {
+        assert!(check_owner(1000, 1000, 1000, 0o100_666).is_ok());
+        assert!(check_owner(0, 0, 0, 0o100_644).is_ok());
+        assert!(check_owner(0, 0, 0, 0o100_664).is_ok(), "group root may write");
+        let err = check_owner(0, 1000, 0, 0o100_644).unwrap_err().to_string();
+        assert!(err.contains("owned by uid 1000"), "{err}");
+        let err = check_owner(0, 0, 0, 0o100_646).unwrap_err().to_string();
+        assert!(err.contains("writable by others"), "{err}");
+        let err = check_owner(0, 0, 100, 0o100_664).unwrap_err().to_string();
+        assert!(err.contains("writable by group 100"), "{err}");
+    }
+
+    #[test]
+    fn consequence_texts() {
+        let chain = vec![Edge {
+            from: "sshd.service".into(),
+            relation: "Requires".into(),
+            to: "network-setup.service".into(),
+        }];
+        assert_eq!(
+            touch_line("network-setup.service", &[Action::Restart], "deferred", "sshd.service", Action::Restart, &chain),
+            "network-setup.service: restart deferred: would restart sshd.service \
+             (sshd.service Requires=network-setup.service)"
+        );
+        assert_eq!(consequence("sshd.service", "sshd.service", Action::Stop, &[]), "sshd.service is protected");
+    }
+}
