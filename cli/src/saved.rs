@@ -125,8 +125,7 @@ impl RecordedProtection {
             Some(c) => format!("0::{c}\n"),
             None => String::new(),
         };
-        std::fs::write(cgroup_file, text)
-            .with_context(|| format!("cannot write {}", cgroup_file.display()))?;
+        std::fs::write(cgroup_file, text).with_context(|| format!("cannot write {}", cgroup_file.display()))?;
         Ok(ProtectArgs {
             protect: self.protect.clone(),
             policy: self.policy.as_ref().map(PathBuf::from),
@@ -141,9 +140,7 @@ impl RecordedProtection {
 /// of `--cgroup-file`, else of `/proc/self/cgroup`.
 pub fn caller_cgroup(args: &ProtectArgs) -> Option<String> {
     let file = args.cgroup_file.clone().unwrap_or_else(|| PathBuf::from("/proc/self/cgroup"));
-    std::fs::read_to_string(file)
-        .ok()
-        .and_then(|t| t.lines().find_map(|l| l.strip_prefix("0::").map(str::to_owned)))
+    std::fs::read_to_string(file).ok().and_then(|t| t.lines().find_map(|l| l.strip_prefix("0::").map(str::to_owned)))
 }
 
 /// Records the inputs of a plan made from `old` to `new` against `live`
@@ -213,8 +210,8 @@ impl SavedPlan {
 
     /// Parses a saved plan, naming the file in errors.
     pub fn load(path: &Path) -> anyhow::Result<SavedPlan> {
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("cannot read the saved plan {}", path.display()))?;
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("cannot read the saved plan {}", path.display()))?;
         let value: serde_json::Value = serde_json::from_str(&text)
             .with_context(|| format!("{} is not a saved plan: invalid JSON", path.display()))?;
         let version = value.get("saved_plan_version").and_then(serde_json::Value::as_u64);
@@ -299,10 +296,9 @@ impl fmt::Display for Refusal {
                 "the plan file was changed after it was written: its digest is {recorded} but its content hashes to {computed}"
             ),
             Refusal::Inconsistent(what) => write!(f, "the plan file does not match its recorded inputs: {what}"),
-            Refusal::RunningGenerationChanged { recorded, now } => write!(
-                f,
-                "the plan is stale: it was made on running generation {recorded}, but {now} is running now"
-            ),
+            Refusal::RunningGenerationChanged { recorded, now } => {
+                write!(f, "the plan is stale: it was made on running generation {recorded}, but {now} is running now")
+            }
             Refusal::TargetChanged(what) => write!(f, "the plan is stale: {what}"),
             Refusal::UnitsChanged(changes) => {
                 write!(f, "the plan is stale: units changed since it was made:")?;
@@ -487,9 +483,10 @@ fn join(actions: &[plan_model::Action]) -> String {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
-    use plan_model::{Action, Generation, LiveUnit, Protection, UnitPlan, FORMAT_VERSION};
+    use plan_model::{Action, FORMAT_VERSION, Generation, LiveUnit, Protection, UnitPlan};
 
     fn live(invocation: &str, pid: u32) -> LiveState {
         let mut live = LiveState::default();
@@ -511,8 +508,20 @@ mod tests {
             old: Generation { path: "/old".into(), ..Generation::default() },
             new: Generation { path: "/new".into(), ..Generation::default() },
             units: vec![
-                UnitPlan { unit: "a.service".into(), actions: vec![Action::Restart], reasons: vec![], changes: vec![], deferral: None },
-                UnitPlan { unit: "b.service".into(), actions: vec![Action::Start], reasons: vec![], changes: vec![], deferral: None },
+                UnitPlan {
+                    unit: "a.service".into(),
+                    actions: vec![Action::Restart],
+                    reasons: vec![],
+                    changes: vec![],
+                    deferral: None,
+                },
+                UnitPlan {
+                    unit: "b.service".into(),
+                    actions: vec![Action::Start],
+                    reasons: vec![],
+                    changes: vec![],
+                    deferral: None,
+                },
             ],
             steps: vec![],
             protection: Protection::default(),

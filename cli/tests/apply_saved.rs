@@ -26,10 +26,7 @@ fn daemon(env: &str) -> String {
 
 /// Generation A: sshd, a daemon that will change, and one that stays.
 fn generation_a() -> Generation {
-    Generation::new("a")
-        .sshd()
-        .service("changed.service", daemon("V=1"))
-        .service("steady.service", daemon("V=1"))
+    Generation::new("a").sshd().service("changed.service", daemon("V=1")).service("steady.service", daemon("V=1"))
 }
 
 fn generation_b(a: &Generation) -> Generation {

@@ -17,7 +17,9 @@ use testbed::{Config, Generation, Output, TestBed};
 const BIN: &str = env!("CARGO_BIN_EXE_safe-switch");
 
 fn oneshot(v: &str) -> String {
-    format!("[Unit]\nDescription=net setup\n\n[Service]\nType=oneshot\nRemainAfterExit=yes\nEnvironment=V={v}\nExecStart=/bin/true\n")
+    format!(
+        "[Unit]\nDescription=net setup\n\n[Service]\nType=oneshot\nRemainAfterExit=yes\nEnvironment=V={v}\nExecStart=/bin/true\n"
+    )
 }
 
 fn daemon(v: &str) -> String {
@@ -47,7 +49,9 @@ fn check_gates_on_protected_units_and_changes_nothing() {
     let bed = TestBed::boot(&Config::new(a.clone())).expect("test bed boots");
     let current = bed.current_generation().unwrap();
     let touching = bed
-        .build_generation(&a.clone().renamed("b").service("net-setup.service", oneshot("2")).service("app.service", daemon("2")))
+        .build_generation(
+            &a.clone().renamed("b").service("net-setup.service", oneshot("2")).service("app.service", daemon("2")),
+        )
         .unwrap();
     let harmless = bed.build_generation(&a.clone().renamed("c").service("app.service", daemon("2"))).unwrap();
     let t = touching.to_str().unwrap();
@@ -84,10 +88,7 @@ fn check_gates_on_protected_units_and_changes_nothing() {
     assert!(failed.contains(&"stop net-setup.service"), "{failed:?}");
     assert!(xml.contains("sshd.service Requires=net-setup.service"), "{xml}");
     let findings: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&cq).unwrap()).unwrap();
-    assert!(
-        findings.as_array().unwrap().iter().any(|f| f["check_name"] == "safe-switch/deferred"),
-        "{findings}"
-    );
+    assert!(findings.as_array().unwrap().iter().any(|f| f["check_name"] == "safe-switch/deferred"), "{findings}");
 
     assert_eq!(check(&bed, &["--toplevel", t, "--protect", "sshd", "--fail-on", "deferred"]).code(), Some(3));
     assert_eq!(check(&bed, &["--toplevel", t, "--protect", "sshd", "--fail-on", "never"]).code(), Some(0));

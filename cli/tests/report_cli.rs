@@ -5,6 +5,8 @@
 //! second run, the JSON file is the `--json` output, and bad `--report`
 //! values fail before anything is written.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::collections::BTreeSet;
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -55,7 +57,9 @@ fn xmllint_ok(file: &Path) -> Option<Result<(), String>> {
 
 fn write_all(case: &Path, dir: &Path) -> Output {
     let mut args = base_args(case);
-    for (format, name) in [("junit", "r.xml"), ("codequality", "cq.json"), ("markdown", "s.md"), ("json", "p.json"), ("text", "t.txt")] {
+    for (format, name) in
+        [("junit", "r.xml"), ("codequality", "cq.json"), ("markdown", "s.md"), ("json", "p.json"), ("text", "t.txt")]
+    {
         args.push("--report".to_owned());
         args.push(format!("{format}={}", dir.join(name).display()));
     }
@@ -96,7 +100,8 @@ fn every_format_is_written_valid_and_stable() {
 
         let cq_text = fs::read_to_string(dir.path().join("cq.json")).unwrap();
         let cq: serde_json::Value = serde_json::from_str(&cq_text).unwrap();
-        let fingerprints: Vec<&str> = cq.as_array().unwrap().iter().map(|f| f["fingerprint"].as_str().unwrap()).collect();
+        let fingerprints: Vec<&str> =
+            cq.as_array().unwrap().iter().map(|f| f["fingerprint"].as_str().unwrap()).collect();
         let unique: BTreeSet<&str> = fingerprints.iter().copied().collect();
         assert_eq!(unique.len(), fingerprints.len(), "{name}: duplicate fingerprints");
 
@@ -125,7 +130,12 @@ fn bad_report_values_fail_before_anything_is_written() {
     let good = dir.path().join("r.xml");
     for (bad, needle) in [("xml=out.xml", "\"xml\""), ("junit", "FORMAT=PATH"), ("junit=", "empty")] {
         let mut args = base_args(&case);
-        args.extend(["--report".to_owned(), format!("junit={}", good.display()), "--report".to_owned(), bad.to_owned()]);
+        args.extend([
+            "--report".to_owned(),
+            format!("junit={}", good.display()),
+            "--report".to_owned(),
+            bad.to_owned(),
+        ]);
         let out = run(&case, &args);
         assert_eq!(out.status.code(), Some(1), "{bad}: {out:?}");
         let stderr = String::from_utf8_lossy(&out.stderr);

@@ -3,16 +3,18 @@
 //! unique and stable fingerprints, Markdown kept under its size limit, and
 //! text coloured only when asked.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::collections::BTreeSet;
 use std::path::Path;
 use std::process::Command;
 
 use plan_model::{
-    Action, Deferral, Diagnostic, Edge, Generation, Mode, Plan, ProtectedUnit, Protection, ProtectionSource, Reason,
-    Refusal, Rule, Severity, Step, UnitPlan, FORMAT_VERSION,
+    Action, Deferral, Diagnostic, Edge, FORMAT_VERSION, Generation, Mode, Plan, ProtectedUnit, Protection,
+    ProtectionSource, Reason, Refusal, Rule, Severity, Step, UnitPlan,
 };
 use safe_switch_cli::args::Format;
-use safe_switch_cli::report::{self, codequality, markdown, Report, Style, UnitDiff};
+use safe_switch_cli::report::{self, Report, Style, UnitDiff, codequality, markdown};
 
 fn unit(name: &str, actions: &[Action], rule: Rule) -> UnitPlan {
     UnitPlan {
@@ -188,9 +190,10 @@ fn parse_junit(xml: &str) -> (Vec<(String, String)>, Vec<Case>) {
         .filter(|n| n.has_tag_name("testcase"))
         .map(|c| Case {
             name: c.attribute("name").unwrap().to_owned(),
-            failure: c.children().find(|n| n.has_tag_name("failure")).map(|f| {
-                (f.attribute("type").unwrap_or_default().to_owned(), f.text().unwrap_or_default().to_owned())
-            }),
+            failure: c
+                .children()
+                .find(|n| n.has_tag_name("failure"))
+                .map(|f| (f.attribute("type").unwrap_or_default().to_owned(), f.text().unwrap_or_default().to_owned())),
             skipped: c.children().any(|n| n.has_tag_name("skipped")),
         })
         .collect();
@@ -259,15 +262,16 @@ fn codequality_parses_with_unique_stable_fingerprints() {
     }
     // The same findings on other generations (new store hashes, as every
     // pipeline builds) keep their fingerprints.
-    let fps = |plan: &Plan| -> Vec<String> {
-        codequality::findings(plan).into_iter().map(|f| f.fingerprint).collect()
-    };
-    let a = deferred("/nix/store/00000000000000000000000000000000-old", "/nix/store/11111111111111111111111111111111-new");
-    let b = deferred("/nix/store/22222222222222222222222222222222-old", "/nix/store/33333333333333333333333333333333-new");
+    let fps = |plan: &Plan| -> Vec<String> { codequality::findings(plan).into_iter().map(|f| f.fingerprint).collect() };
+    let a =
+        deferred("/nix/store/00000000000000000000000000000000-old", "/nix/store/11111111111111111111111111111111-new");
+    let b =
+        deferred("/nix/store/22222222222222222222222222222222-old", "/nix/store/33333333333333333333333333333333-new");
     assert_eq!(fps(&a), fps(&a));
     assert_eq!(fps(&a), fps(&b));
     // And a different finding gets a different one.
-    let r = refused("/nix/store/00000000000000000000000000000000-old", "/nix/store/11111111111111111111111111111111-new");
+    let r =
+        refused("/nix/store/00000000000000000000000000000000-old", "/nix/store/11111111111111111111111111111111-new");
     assert_ne!(fps(&a), fps(&r));
 }
 

@@ -3,12 +3,14 @@
 //! key it contains must appear in the document, as must each `Rule`
 //! identifier declared in the plan model.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::collections::BTreeSet;
 use std::path::Path;
 
 use plan_model::{
-    Action, Deferral, Diagnostic, Edge, FlakeInput, Generation, KeyChange, Mode, Plan, ProtectedUnit, Protection,
-    ProtectionSource, Provenance, Reason, Refusal, Rule, Severity, Step, UnitPlan, FORMAT_VERSION,
+    Action, Deferral, Diagnostic, Edge, FORMAT_VERSION, FlakeInput, Generation, KeyChange, Mode, Plan, ProtectedUnit,
+    Protection, ProtectionSource, Provenance, Reason, Refusal, Rule, Severity, Step, UnitPlan,
 };
 use safe_switch_cli::saved::{Inputs, RecordedProtection, RecordedUnit, SavedPlan};
 
@@ -51,8 +53,18 @@ fn full_plan() -> Plan {
             unit: "a.service".into(),
             actions: vec![Action::Restart],
             reasons: vec![Reason { rule: Rule::UnitChanged, detail: Some("x".into()) }],
-            changes: vec![KeyChange { section: "Service".into(), key: "ExecStart".into(), old: None, new: Some(vec![]) }],
-            deferral: Some(Deferral { actions: vec![Action::Stop], touches: "b".into(), effect: Action::Stop, chain: vec![edge.clone()] }),
+            changes: vec![KeyChange {
+                section: "Service".into(),
+                key: "ExecStart".into(),
+                old: None,
+                new: Some(vec![]),
+            }],
+            deferral: Some(Deferral {
+                actions: vec![Action::Stop],
+                touches: "b".into(),
+                effect: Action::Stop,
+                chain: vec![edge.clone()],
+            }),
         }],
         steps: vec![
             Step::Swapoff { device: "/dev/x".into() },
@@ -64,13 +76,35 @@ fn full_plan() -> Plan {
         protection: Protection {
             mode: Mode::Refuse,
             protected: vec![
-                ProtectedUnit { selector: "b".into(), source: ProtectionSource::Policy { path: "/p".into() }, units: vec!["b".into()], allow: vec![Action::Reload] },
-                ProtectedUnit { selector: "c".into(), source: ProtectionSource::Implicit { why: "x".into() }, units: vec![], allow: vec![] },
+                ProtectedUnit {
+                    selector: "b".into(),
+                    source: ProtectionSource::Policy { path: "/p".into() },
+                    units: vec!["b".into()],
+                    allow: vec![Action::Reload],
+                },
+                ProtectedUnit {
+                    selector: "c".into(),
+                    source: ProtectionSource::Implicit { why: "x".into() },
+                    units: vec![],
+                    allow: vec![],
+                },
             ],
             refused: true,
-            refusals: vec![Refusal { unit: "a.service".into(), actions: vec![Action::Restart], touches: "b".into(), effect: Action::Stop, chain: vec![edge] }],
+            refusals: vec![Refusal {
+                unit: "a.service".into(),
+                actions: vec![Action::Restart],
+                touches: "b".into(),
+                effect: Action::Stop,
+                chain: vec![edge],
+            }],
         },
-        diagnostics: vec![Diagnostic { severity: Severity::Warning, message: "m".into(), unit: Some("a".into()), path: Some("/f".into()), line: Some(3) }],
+        diagnostics: vec![Diagnostic {
+            severity: Severity::Warning,
+            message: "m".into(),
+            unit: Some("a".into()),
+            path: Some("/f".into()),
+            line: Some(3),
+        }],
     }
 }
 
@@ -93,7 +127,8 @@ fn every_json_key_is_documented() {
     let mut plan = full_plan();
     let mut found = BTreeSet::new();
     keys(&serde_json::to_value(&plan).unwrap(), &mut found);
-    plan.new.provenance = Some(Provenance::FlakeAttr { flake: flake(), attr: "x".into(), built: Some("y".into()), wrapper: "{}".into() });
+    plan.new.provenance =
+        Some(Provenance::FlakeAttr { flake: flake(), attr: "x".into(), built: Some("y".into()), wrapper: "{}".into() });
     keys(&serde_json::to_value(&plan).unwrap(), &mut found);
     let saved = SavedPlan::new(
         plan,
@@ -109,14 +144,30 @@ fn every_json_key_is_documented() {
     let missing: Vec<&String> = found.iter().filter(|k| !doc.contains(&format!("`{k}`"))).collect();
     assert!(missing.is_empty(), "docs/plan-schema.md does not document {missing:?}");
     // Enumerated values too.
-    for value in ["swapoff", "activate", "reexec", "daemon-reload", "restart-sysinit-reactivation", "command-line", "policy", "implicit", "toplevel", "flake-attr", "composed", "defer", "refuse"] {
+    for value in [
+        "swapoff",
+        "activate",
+        "reexec",
+        "daemon-reload",
+        "restart-sysinit-reactivation",
+        "command-line",
+        "policy",
+        "implicit",
+        "toplevel",
+        "flake-attr",
+        "composed",
+        "defer",
+        "refuse",
+    ] {
         assert!(doc.contains(&format!("`{value}`")), "docs/plan-schema.md does not mention `{value}`");
     }
 }
 
 #[test]
 fn every_rule_is_documented() {
-    let source = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../crates/plan-model/src/plan.rs")).unwrap();
+    let source =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../crates/plan-model/src/plan.rs"))
+            .unwrap();
     let start = source.find("pub enum Rule {").unwrap();
     let end = start + source[start..].find("\n}").unwrap();
     let doc = doc();
@@ -126,7 +177,8 @@ fn every_rule_is_documented() {
         if name.is_empty() || !name.chars().all(char::is_alphanumeric) {
             continue;
         }
-        let id: Rule = serde_json::from_value(serde_json::Value::String(kebab(name))).unwrap_or_else(|e| panic!("{name}: {e}"));
+        let id: Rule =
+            serde_json::from_value(serde_json::Value::String(kebab(name))).unwrap_or_else(|e| panic!("{name}: {e}"));
         assert!(doc.contains(&format!("| `{}` |", id.id())), "docs/plan-schema.md has no row for rule `{}`", id.id());
         count += 1;
     }

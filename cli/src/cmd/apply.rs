@@ -65,10 +65,8 @@ pub fn run(args: args::ApplyArgs) -> anyhow::Result<Outcome> {
     let current = current.display().to_string();
     let canonical_target = std::fs::canonicalize(target).ok().map(|p| p.display().to_string());
     if current != saved.inputs.running_generation {
-        let refusal = Refusal::RunningGenerationChanged {
-            recorded: saved.inputs.running_generation.clone(),
-            now: current,
-        };
+        let refusal =
+            Refusal::RunningGenerationChanged { recorded: saved.inputs.running_generation.clone(), now: current };
         return Ok(refuse(&args.plan, &refusal));
     }
     let fresh = live::live_plan(Path::new(CURRENT_SYSTEM), target, &protect, &mut bus);
@@ -81,7 +79,8 @@ pub fn run(args: args::ApplyArgs) -> anyhow::Result<Outcome> {
     }
 
     eprintln!("applying the saved plan {} ({})", args.plan.display(), saved.digest);
-    let text = report::render(crate::args::Format::Text, &Report { plan: &saved.plan, diffs: &[] }, Style::for_stdout());
+    let text =
+        report::render(crate::args::Format::Text, &Report { plan: &saved.plan, diffs: &[] }, Style::for_stdout());
     print!("{text}");
     switch::apply_plan(&mut bus, &run, &saved.plan, &args.apply, &protect)
 }

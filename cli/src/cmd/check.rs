@@ -61,9 +61,10 @@ fn blocked_message(plan: &Plan, fail_on: FailOn) -> String {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
-    use plan_model::{Action, Deferral, Generation, Protection, UnitPlan, FORMAT_VERSION};
+    use plan_model::{Action, Deferral, FORMAT_VERSION, Generation, Protection, UnitPlan};
 
     fn plan(deferred: bool, refused: bool) -> Plan {
         Plan {

@@ -24,7 +24,7 @@ use plan_model::{Action, Plan, Severity};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
-use super::{action_items, chain_line, reasons_line, ItemStatus, Verdict};
+use super::{ItemStatus, Verdict, action_items, chain_line, reasons_line};
 
 /// Where a generation keeps its units; findings about a unit point there,
 /// relative to the generation, since the plan does not know which file of
@@ -99,11 +99,9 @@ pub fn findings(plan: &Plan) -> Vec<Finding> {
                     "info",
                     format!("{unit} will be {}: {}", past(item.action), reasons_line(item.unit)),
                 ),
-                Action::Skip => (
-                    "skip",
-                    "info",
-                    format!("{unit} changed but is left running: {}", reasons_line(item.unit)),
-                ),
+                Action::Skip => {
+                    ("skip", "info", format!("{unit} changed but is left running: {}", reasons_line(item.unit)))
+                }
                 Action::Reload | Action::Start => continue,
             },
         };
@@ -203,6 +201,7 @@ fn strip_store_hashes(s: &str) -> String {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
 

@@ -19,11 +19,11 @@ use std::borrow::Cow;
 use std::io;
 
 use plan_model::Plan;
-use quick_xml::events::{BytesDecl, BytesText, Event};
 use quick_xml::Writer;
+use quick_xml::events::{BytesDecl, BytesText, Event};
 
 use super::text::step_line;
-use super::{action_items, blockers, chain_line, reasons_line, ItemStatus, Report, Verdict};
+use super::{ItemStatus, Report, Verdict, action_items, blockers, chain_line, reasons_line};
 
 /// The `classname` of unit test cases.
 const UNITS: &str = "safe-switch.units";
@@ -66,8 +66,7 @@ fn cases(plan: &Plan) -> Vec<Case> {
         let outcome = match item.status {
             ItemStatus::Planned => Outcome::Pass,
             ItemStatus::HeldByRefusal => Outcome::Skipped(
-                "not carried out: the switch is refused because another action touches a protected unit"
-                    .to_owned(),
+                "not carried out: the switch is refused because another action touches a protected unit".to_owned(),
             ),
             ItemStatus::Deferred | ItemStatus::Refused => {
                 let kind = if item.status == ItemStatus::Deferred { "deferred" } else { "refused" };
@@ -240,7 +239,8 @@ fn write_case(w: &mut Writer<Vec<u8>>, case: &Case) -> io::Result<()> {
 /// Unit-file text and diagnostics can contain them; a report that a CI
 /// system rejects as malformed would hide the whole result.
 fn xml_safe(s: &str) -> Cow<'_, str> {
-    let bad = |c: char| matches!(c, '\u{0}'..='\u{8}' | '\u{b}' | '\u{c}' | '\u{e}'..='\u{1f}' | '\u{fffe}' | '\u{ffff}');
+    let bad =
+        |c: char| matches!(c, '\u{0}'..='\u{8}' | '\u{b}' | '\u{c}' | '\u{e}'..='\u{1f}' | '\u{fffe}' | '\u{ffff}');
     if s.chars().any(bad) {
         Cow::Owned(s.chars().map(|c| if bad(c) { '\u{fffd}' } else { c }).collect())
     } else {

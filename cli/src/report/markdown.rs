@@ -13,7 +13,7 @@ use std::fmt::Write as _;
 use plan_model::{Action, Plan, Severity};
 
 use super::text::step_line;
-use super::{action_items, chain_line, reasons_line, Report, Verdict};
+use super::{Report, Verdict, action_items, chain_line, reasons_line};
 
 /// The default size limit, safely under GitHub's 1 MiB per step.
 pub const LIMIT: usize = 1_000_000;
@@ -245,6 +245,7 @@ fn fence_for(text: &str) -> String {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
 

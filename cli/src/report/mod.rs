@@ -78,8 +78,7 @@ fn parse_report_file(value: &str) -> anyhow::Result<ReportFile> {
              (formats: text, json, junit, codequality, markdown)"
         );
     };
-    let format = parse_format(format)
-        .with_context(|| format!("--report {value:?}"))?;
+    let format = parse_format(format).with_context(|| format!("--report {value:?}"))?;
     if path.is_empty() {
         anyhow::bail!("--report {value:?}: the path after '=' is empty");
     }
@@ -90,9 +89,7 @@ fn parse_report_file(value: &str) -> anyhow::Result<ReportFile> {
 pub fn parse_format(name: &str) -> anyhow::Result<Format> {
     use clap::ValueEnum;
     Format::from_str(name, true).map_err(|_| {
-        anyhow::anyhow!(
-            "unknown report format {name:?} (formats: text, json, junit, codequality, markdown)"
-        )
+        anyhow::anyhow!("unknown report format {name:?} (formats: text, json, junit, codequality, markdown)")
     })
 }
 
@@ -118,8 +115,9 @@ pub fn write_outputs(report: &Report<'_>, output: &OutputArgs) -> anyhow::Result
     let files = parse_report_files(&output.report)?;
     for file in &files {
         let text = render(file.format, report, Style::default());
-        write_atomically(&file.path, text.as_bytes())
-            .with_context(|| format!("cannot write the {} report to {}", format_name(file.format), file.path.display()))?;
+        write_atomically(&file.path, text.as_bytes()).with_context(|| {
+            format!("cannot write the {} report to {}", format_name(file.format), file.path.display())
+        })?;
     }
     let text = render(output.stdout_format(), report, Style::for_stdout());
     let mut out = std::io::stdout().lock();
@@ -291,11 +289,7 @@ pub fn action_items(plan: &Plan) -> Vec<ActionItem<'_>> {
 /// order, with the first blocker found for each.
 pub fn blockers(plan: &Plan) -> Vec<Blocker<'_>> {
     let mut seen = std::collections::BTreeSet::new();
-    action_items(plan)
-        .into_iter()
-        .filter_map(|i| i.blocker)
-        .filter(|b| seen.insert(b.unit))
-        .collect()
+    action_items(plan).into_iter().filter_map(|i| i.blocker).filter(|b| seen.insert(b.unit)).collect()
 }
 
 /// The reasons of a unit as one line: `stop-start: stopped before ...`.
@@ -327,6 +321,7 @@ pub fn chain_line(b: &Blocker<'_>) -> String {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
 

@@ -97,9 +97,5 @@ pub fn step_line(step: &Step) -> String {
 
 /// Wraps `text` in a colour when the style allows it.
 fn paint(style: Style, color: &str, text: &str) -> String {
-    if style.color && !color.is_empty() {
-        format!("{color}{text}{RESET}")
-    } else {
-        text.to_owned()
-    }
+    if style.color && !color.is_empty() { format!("{color}{text}{RESET}") } else { text.to_owned() }
 }

@@ -11,7 +11,7 @@ use std::collections::BTreeSet;
 use std::fs;
 use std::path::Path;
 
-use plan_model::{unit_name, Plan};
+use plan_model::{Plan, unit_name};
 use similar::TextDiff;
 
 /// Where a generation keeps its system units.
@@ -56,11 +56,8 @@ pub fn unit_diffs(plan: &Plan, old: &Path, new: &Path) -> Vec<UnitDiff> {
 /// Returns a unified diff of two texts with `a/PATH` and `b/PATH` headers.
 pub fn unified(old: &str, new: &str, path: &str) -> String {
     let diff = TextDiff::from_lines(old, new);
-    let mut text = diff
-        .unified_diff()
-        .context_radius(CONTEXT)
-        .header(&format!("a/{path}"), &format!("b/{path}"))
-        .to_string();
+    let mut text =
+        diff.unified_diff().context_radius(CONTEXT).header(&format!("a/{path}"), &format!("b/{path}")).to_string();
     if !text.ends_with('\n') {
         text.push('\n');
     }
@@ -98,9 +95,10 @@ fn read_text(path: &Path) -> Option<String> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
-    use plan_model::{Generation, Protection, UnitPlan, FORMAT_VERSION};
+    use plan_model::{FORMAT_VERSION, Generation, Protection, UnitPlan};
 
     fn plan(units: &[&str]) -> Plan {
         Plan {
@@ -142,11 +140,7 @@ mod tests {
         let paths: Vec<&str> = diffs.iter().map(|d| d.path.as_str()).collect();
         assert_eq!(
             paths,
-            [
-                "etc/systemd/system/a.service",
-                "etc/systemd/system/a.service.d/x.conf",
-                "etc/systemd/system/g@.service"
-            ]
+            ["etc/systemd/system/a.service", "etc/systemd/system/a.service.d/x.conf", "etc/systemd/system/g@.service"]
         );
         assert!(diffs[0].diff.contains("-ExecStart=/bin/a\n+ExecStart=/bin/a --new\n"), "{}", diffs[0].diff);
         assert!(diffs[0].diff.starts_with("--- a/etc/systemd/system/a.service\n+++ b/etc/systemd/system/a.service\n"));
