@@ -315,6 +315,16 @@ impl<R: NixRunner> Composer<R> {
                 stderr: out.stderr,
             });
         }
+        // Nix's warnings about the flakes themselves (a dirty Git tree
+        // whose untracked files are left out, for one) matter to the user;
+        // the ones about the wrapper's own lock file do not.
+        let private = dir.path().to_string_lossy();
+        for line in out.stderr.lines() {
+            if crate::runner::strip_ansi(line).starts_with("warning:") && !line.contains(&*private)
+            {
+                (self.announce)(line);
+            }
+        }
 
         let out = self.run(
             &[
@@ -559,7 +569,14 @@ mod tests {
         FakeNix {
             calls: RefCell::new(vec![]),
             answer: Box::new(move |args| match args[0].as_str() {
-                "flake" if args[1] == "lock" => ok(""),
+                "flake" if args[1] == "lock" => NixOutput {
+                    stderr: format!(
+                        "warning: Git tree '/etc/nixos' is dirty\n\
+                         warning: creating lock file '{}/flake.lock'\n",
+                        args[2].trim_start_matches("path:")
+                    ),
+                    ..ok("")
+                },
                 "flake" => ok(METADATA),
                 "eval" => ok(info),
                 "build" => {
@@ -600,6 +617,32 @@ mod tests {
         assert_eq!(base.rev.as_deref(), Some("abc"));
         assert_eq!(base.reference, "github:o/machines");
         assert_eq!(overlay.nar_hash.as_deref(), Some("sha256-o"));
+    }
+
+    #[test]
+    fn warnings_about_the_flakes_reach_the_user_and_the_wrapper_s_do_not() {
+        let nix = fake(
+            r#"{"host":"default","extendable":true,"configurations":["default"],"modules":["default"]}"#,
+        );
+        let said = std::rc::Rc::new(RefCell::new(Vec::<String>::new()));
+        let log = said.clone();
+        Composer::new(nix)
+            .with_announce(move |line| log.borrow_mut().push(line.to_owned()))
+            .build(&request())
+            .unwrap();
+        let said = said.borrow();
+        assert_eq!(
+            said[1], "warning: Git tree '/etc/nixos' is dirty",
+            "{said:?}"
+        );
+        assert!(
+            !said.iter().any(|l| l.contains("creating lock file")),
+            "{said:?}"
+        );
+        assert!(
+            said[0].starts_with("fetching ") && said[2].starts_with("building "),
+            "{said:?}"
+        );
     }
 
     #[test]
