@@ -44,7 +44,7 @@ fn a_broken_overlay_is_a_clear_error_with_exit_1() {
     }
     let fx = Fixtures::new();
     let (base, overlay) = (fx.flake("base"), fx.flake("overlay-broken"));
-    for command in ["plan", "switch"] {
+    for command in ["plan", "check", "switch"] {
         let out = run(
             &fx,
             &[
