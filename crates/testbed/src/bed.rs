@@ -28,11 +28,13 @@
 //!    otherwise become failing units);
 //! 6. `exec`s `/lib/systemd/systemd --system --unit=<target>`.
 //!
-//! `/run/current-system` is a symlink to the booted generation. After boot,
-//! the bed starts `systemd-journald` and `dbus.service` (the copied units
-//! have no `.wants` links, so nothing pulls them in by themselves) and, when
-//! asked, `systemd-logind.service`, then waits until the boot job finished
-//! and sshd (when the generation has it) accepts connections.
+//! `/run/current-system` is a symlink to the booted generation. The copied
+//! units get `.wants` links for the journal's and the bus's sockets, so they
+//! are part of the boot transaction (Debian's own links are not copied).
+//! After boot, the bed starts `dbus.service` (nothing but a client's
+//! connection would) and, when asked, `systemd-logind.service`, then waits
+//! until the boot job finished and sshd (when the generation has it)
+//! accepts connections.
 //!
 //! Dropping the [`TestBed`] SIGKILLs the namespace's PID 1 by PID, which
 //! kills every process of the namespace; it then removes the bed's cgroups
@@ -363,6 +365,13 @@ impl TestBed {
         bed.wait_boot_step("systemd's private socket", |_| {
             Ok(private.exists().then_some(()))
         })?;
+        // The socket file can exist before systemd answers on it (on a
+        // loaded machine systemctl was seen failing to connect right after
+        // it appeared), so wait until systemctl gets an answer.
+        bed.wait_boot_step("systemd to answer on its private socket", |bed| {
+            let out = bed.run(&["systemctl", "show", "-p", "Version", "--value"])?;
+            Ok(out.success().then_some(()))
+        })?;
 
         let mut start = vec!["start"];
         if config.journal {
@@ -389,6 +398,15 @@ impl TestBed {
             .iter()
             .any(|u| u == crate::generation::SSHD_UNIT)
         {
+            // sshd is Type=notify, so active means listening; a failed sshd
+            // (its port taken meanwhile) must not pass for a working one.
+            let sshd = bed.active_state(crate::generation::SSHD_UNIT)?;
+            if sshd != "active" {
+                let journal = bed
+                    .journal(crate::generation::SSHD_UNIT)
+                    .unwrap_or_default();
+                return Err(bed.boot_error(format!("sshd.service is {sshd}:\n{journal}")));
+            }
             let port = bed.port;
             bed.wait_boot_step("sshd to accept connections", |_| {
                 Ok(TcpStream::connect(("127.0.0.1", port)).ok().map(|_| ()))
@@ -731,8 +749,27 @@ fn copy_distro_units(from: &Path, to: &Path, names: &[String]) -> Result<()> {
             }
         }
     }
+    // The journal and the bus sockets belong to the boot transaction, as on
+    // a real system: a unit that starts at boot must find the journal's
+    // socket, or its output is lost.
+    for (target, unit) in BOOT_WANTS {
+        if to.join(unit).exists() {
+            let dir = to.join(format!("{target}.wants"));
+            fs::create_dir_all(&dir).map_err(io("creating", &dir))?;
+            let link = dir.join(unit);
+            symlink(format!("../{unit}"), &link).map_err(io("linking", &link))?;
+        }
+    }
     Ok(())
 }
+
+/// The `.wants` links the copied units get (when they were copied).
+const BOOT_WANTS: &[(&str, &str)] = &[
+    ("sockets.target", "systemd-journald.socket"),
+    ("sockets.target", "systemd-journald-dev-log.socket"),
+    ("sysinit.target", "systemd-journald.service"),
+    ("sockets.target", "dbus.socket"),
+];
 
 /// The cgroup hierarchies systemd tracks processes in: the unified one, and
 /// on a hybrid or legacy host also the named `systemd` one.

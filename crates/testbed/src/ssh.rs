@@ -6,6 +6,7 @@
 //! line with the time it arrived, so a test can check afterwards that the
 //! ticks kept coming, numbered without holes, through a switch.
 
+use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -59,12 +60,22 @@ impl SshKeys {
 /// take it before sshd binds it; the kernel hands out ephemeral ports in a
 /// rotating order, so parallel test beds do not collide in practice.
 pub fn free_port() -> Result<u16> {
-    let listener = TcpListener::bind("127.0.0.1:0").map_err(io("binding", "127.0.0.1:0"))?;
-    let port = listener
-        .local_addr()
-        .map_err(io("reading the address of", "127.0.0.1:0"))?
-        .port();
-    Ok(port)
+    // Ports handed out before in this process are never handed out again,
+    // even when they are free by now: the bed that got one may not have
+    // bound it yet.
+    static GIVEN: Mutex<BTreeSet<u16>> = Mutex::new(BTreeSet::new());
+    let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
+    for _ in 0..64 {
+        let listener = TcpListener::bind("127.0.0.1:0").map_err(io("binding", "127.0.0.1:0"))?;
+        let port = listener
+            .local_addr()
+            .map_err(io("reading the address of", "127.0.0.1:0"))?
+            .port();
+        if given.insert(port) {
+            return Ok(port);
+        }
+    }
+    Err(Error::Unsupported("no free loopback port found".to_owned()))
 }
 
 /// The `ssh` command line that logs in as root to the test bed's sshd and

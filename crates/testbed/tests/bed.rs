@@ -305,3 +305,45 @@ fn unit_output_reaches_the_journal() {
         .unwrap();
     assert!(status.stdout.contains("err-line"), "{status:?}");
 }
+
+#[test]
+fn logind_answers_on_the_bus_when_asked_for() {
+    if !testbed::available("logind_answers_on_the_bus_when_asked_for") {
+        return;
+    }
+    let bed = TestBed::boot(&Config::new(Generation::new("a")).with_logind()).unwrap();
+    assert_eq!(
+        bed.active_state("systemd-logind.service").unwrap(),
+        "active"
+    );
+    let out = testbed::exec::run(
+        Command::new("busctl")
+            .arg(format!("--address={}", bed.dbus_address()))
+            .args([
+                "call",
+                "org.freedesktop.login1",
+                "/org/freedesktop/login1",
+                "org.freedesktop.login1.Manager",
+                "ListUsers",
+            ]),
+        Duration::from_secs(10),
+    )
+    .unwrap()
+    .check()
+    .unwrap();
+    assert!(out.stdout.starts_with("a(uso)"), "{out:?}");
+}
+
+#[test]
+fn a_failing_sshd_fails_the_boot_with_its_log() {
+    if !testbed::available("a_failing_sshd_fails_the_boot_with_its_log") {
+        return;
+    }
+    // A bogus option makes sshd exit at once.
+    let err = TestBed::boot(&Config::new(
+        Generation::new("a").sshd_with("", "ExecStartPre=/bin/false"),
+    ))
+    .unwrap_err();
+    let text = err.to_string();
+    assert!(text.contains("sshd.service is"), "{text}");
+}
