@@ -202,29 +202,6 @@ fn compose_build_and_plan_against_a_live_systemd() {
     );
 
     let plan: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let provenance = &plan["new"]["provenance"];
-    assert_eq!(provenance["kind"], "composed", "{plan:#}");
-    assert_eq!(provenance["host"], "vm");
-    assert_eq!(provenance["base"]["ref"], fx.flake("base").as_str());
-    assert!(
-        provenance["base"]["nar_hash"]
-            .as_str()
-            .unwrap()
-            .starts_with("sha256-"),
-        "{plan:#}"
-    );
-    assert!(
-        provenance["overlay"]["nar_hash"]
-            .as_str()
-            .unwrap()
-            .starts_with("sha256-")
-    );
-    assert!(
-        provenance["wrapper"]
-            .as_str()
-            .unwrap()
-            .contains("inputs.overlay = { };")
-    );
     let new_path = plan["new"]["path"].as_str().unwrap();
     assert!(new_path.starts_with("/nix/store/"), "{new_path}");
 
@@ -252,4 +229,32 @@ fn compose_build_and_plan_against_a_live_systemd() {
     // Planning changed nothing on the bed.
     assert_eq!(bed.active_state("project-ci.service").unwrap(), "inactive");
     assert_eq!(fx.lock_files(), Vec::<std::path::PathBuf>::new());
+
+    // The plan says what was built from what.
+    let provenance = &plan["new"]["provenance"];
+    assert_eq!(
+        provenance["kind"], "composed",
+        "the plan must carry source::Resolved::provenance in new.provenance: {plan:#}"
+    );
+    assert_eq!(provenance["host"], "vm");
+    assert_eq!(provenance["base"]["ref"], fx.flake("base").as_str());
+    assert!(
+        provenance["base"]["nar_hash"]
+            .as_str()
+            .unwrap()
+            .starts_with("sha256-"),
+        "{plan:#}"
+    );
+    assert!(
+        provenance["overlay"]["nar_hash"]
+            .as_str()
+            .unwrap()
+            .starts_with("sha256-")
+    );
+    assert!(
+        provenance["wrapper"]
+            .as_str()
+            .unwrap()
+            .contains("inputs.overlay = { };")
+    );
 }
