@@ -149,3 +149,45 @@ fn bad_report_values_fail_before_anything_is_written() {
     assert_eq!(out.status.code(), Some(1), "{out:?}");
     assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent-dir/r.xml"), "{out:?}");
 }
+
+/// Runs the binary on a terminal (a pseudo-terminal from util-linux's
+/// `script`) and returns what it printed.
+fn on_a_terminal(case: &Path, no_color: Option<&str>) -> Option<String> {
+    let bin = env!("CARGO_BIN_EXE_safe-switch");
+    let cmd = format!("{bin} {}", base_args(case).join(" "));
+    let mut script = Command::new("script");
+    script.args(["-q", "-e", "-c", &cmd, "/dev/null"]).current_dir(case).env_remove("NO_COLOR");
+    if let Some(v) = no_color {
+        script.env("NO_COLOR", v);
+    }
+    match script.output() {
+        Ok(out) => Some(String::from_utf8_lossy(&out.stdout).into_owned()),
+        Err(err) => {
+            assert!(std::env::var("CI").as_deref() != Ok("true"), "`script` (bsdutils) is needed under CI=true: {err}");
+            eprintln!("skipping the terminal test: `script` is not available ({err})");
+            None
+        }
+    }
+}
+
+#[test]
+fn colours_on_a_terminal_unless_no_color_is_set() {
+    let case = golden().join("report-service-changed");
+    let Some(tty) = on_a_terminal(&case, None) else { return };
+    assert!(tty.contains("\x1b[32m+"), "no coloured diff on a terminal:\n{tty}");
+    let Some(plain) = on_a_terminal(&case, Some("1")) else { return };
+    assert!(!plain.contains('\x1b'), "colours with NO_COLOR set:\n{plain}");
+    assert!(plain.contains("\n+"), "{plain}");
+    // An empty NO_COLOR does not count as set (no-color.org).
+    let Some(empty) = on_a_terminal(&case, Some("")) else { return };
+    assert!(empty.contains("\x1b["), "{empty}");
+    // A pipe gets no colours either.
+    let out = Command::new(env!("CARGO_BIN_EXE_safe-switch"))
+        .args(base_args(&case))
+        .current_dir(&case)
+        .env_remove("NO_COLOR")
+        .output()
+        .unwrap();
+    let piped = String::from_utf8_lossy(&out.stdout);
+    assert!(piped.contains("\n+") && !piped.contains('\x1b'), "{piped}");
+}
