@@ -186,7 +186,11 @@ pub fn available(test: &str) -> bool {
             if std::env::var("CI").is_ok_and(|v| v == "true") {
                 panic!("{test}: cannot run under CI=true: {reason}");
             }
-            eprintln!("SKIPPED {test}: {reason}");
+            // Written to the process's standard error directly, not with
+            // eprintln!, which the test harness captures and hides for
+            // passing tests: a skip must be seen.
+            use std::io::Write;
+            let _ = writeln!(std::io::stderr(), "SKIPPED {test}: {reason}");
             false
         }
     }
