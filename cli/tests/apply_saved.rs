@@ -213,3 +213,27 @@ fn a_hand_edited_plan_file_is_refused() {
     assert_eq!(out.code(), Some(0), "{out:?}");
     assert_eq!(st.bed.current_generation().unwrap(), st.b);
 }
+
+#[test]
+fn an_isolated_apply_checks_and_applies_in_its_transient_unit() {
+    if !testbed::available("an_isolated_apply_checks_and_applies_in_its_transient_unit") {
+        return;
+    }
+    let st = setup();
+    let file = save_plan(&st);
+    // Stale first: the refusal (exit 3) comes back through the transient
+    // unit, and nothing changed.
+    st.bed.systemctl(&["restart", "changed.service"]).unwrap();
+    let before = states(&st);
+    let out = safe_switch(&st.bed, &["apply", s(&file)]);
+    assert_eq!(out.code(), Some(3), "{out:?}");
+    assert!(out.stderr.contains("applying in the transient unit"), "{}", out.stderr);
+    assert!(out.stderr.contains("the plan is stale"), "{}", out.stderr);
+    nothing_changed(&st, &before);
+    // A fresh plan applies the same way.
+    let file = save_plan(&st);
+    let out = safe_switch(&st.bed, &["apply", s(&file)]);
+    assert_eq!(out.code(), Some(0), "{out:?}");
+    assert_eq!(st.bed.current_generation().unwrap(), st.b);
+    assert_ne!(states(&st)["changed.service"].invocation_id, before["changed.service"].invocation_id);
+}
