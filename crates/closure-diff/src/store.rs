@@ -37,7 +37,14 @@ pub struct Options {
     pub store_uri: Option<String>,
     /// Where closures may be read from.
     pub source: SourcePolicy,
+    /// Stores with at most this many paths are read whole and walked in
+    /// memory; larger ones are walked with a recursive query per root.
+    pub scan_limit: u64,
 }
+
+/// The default `scan_limit`: reading a store this size whole costs about
+/// as much as walking two typical system closures with recursive queries.
+pub const DEFAULT_SCAN_LIMIT: u64 = 150_000;
 
 impl Default for Options {
     fn default() -> Self {
@@ -47,6 +54,7 @@ impl Default for Options {
             nix: PathBuf::from("nix"),
             store_uri: None,
             source: SourcePolicy::Auto,
+            scan_limit: DEFAULT_SCAN_LIMIT,
         }
     }
 }
@@ -216,88 +224,87 @@ fn push_front(queue: &mut VecDeque<OsString>, path: &Path) {
     }
 }
 
-/// Reads closures for one or more roots, opening the database once.
-struct Reader<'a> {
-    options: &'a Options,
-    db: Option<Database>,
-}
-
-impl<'a> Reader<'a> {
-    fn new(options: &'a Options) -> Self {
-        Reader { options, db: None }
-    }
-
-    fn via_command(&self, store_path: &str) -> Result<Vec<crate::closure::PathInfo>, CommandError> {
-        path_info::read(
-            &self.options.nix,
-            &self.options.store_dir,
-            self.options.store_uri.as_deref(),
-            store_path,
-        )
-    }
-
-    fn via_database(&mut self, store_path: &str) -> Result<Vec<crate::closure::PathInfo>, DbError> {
-        // A failed open is retried for the next root rather than cached:
-        // it costs one failed system call and keeps the real error.
-        if self.db.is_none() {
-            self.db = Some(Database::open(&self.options.db_path)?);
-        }
-        match &self.db {
-            Some(db) => db.closure(store_path),
-            None => Database::open(&self.options.db_path)?.closure(store_path),
-        }
-    }
-
-    fn read(&mut self, input: &Path) -> Result<Closure, Error> {
-        let store_path = resolve_store_path(input, &self.options.store_dir)?;
-        let not_valid =
-            || Error::NotValid { input: input.to_path_buf(), store_path: store_path.clone() };
-        let closure = |paths, source, fallback_reason| Closure {
-            root: store_path.clone(),
-            paths,
-            source,
-            fallback_reason,
-        };
-        if self.options.source == SourcePolicy::NixOnly {
-            return match self.via_command(&store_path) {
-                Ok(paths) => Ok(closure(paths, Source::NixPathInfo, None)),
-                Err(CommandError::NotValid { .. }) => Err(not_valid()),
-                Err(source) => Err(Error::Command { store_path: store_path.clone(), source }),
-            };
-        }
-        match self.via_database(&store_path) {
-            Ok(paths) => Ok(closure(paths, Source::Database, None)),
-            Err(DbError::NotValid { .. }) => Err(not_valid()),
-            Err(db_error) if self.options.source == SourcePolicy::DatabaseOnly => {
-                Err(Error::Database { store_path: store_path.clone(), source: db_error })
-            }
-            Err(db_error) => match self.via_command(&store_path) {
-                Ok(paths) => {
-                    Ok(closure(paths, Source::NixPathInfo, Some(db_error.to_string())))
+/// Reads the closures of several inputs, from the database in one
+/// snapshot when it can, else one by one through `nix path-info`.
+fn read_all(inputs: &[&Path], options: &Options) -> Result<Vec<Closure>, Error> {
+    let roots =
+        inputs.iter().map(|i| resolve_store_path(i, &options.store_dir)).collect::<Result<Vec<_>, _>>()?;
+    let not_valid = |store_path: &str| {
+        let input = roots
+            .iter()
+            .position(|r| r == store_path)
+            .and_then(|k| inputs.get(k))
+            .map_or_else(|| PathBuf::from(store_path), |i| i.to_path_buf());
+        Error::NotValid { input, store_path: store_path.to_owned() }
+    };
+    let via_command = |fallback_reason: Option<String>| {
+        roots
+            .iter()
+            .map(|root| {
+                match path_info::read(&options.nix, &options.store_dir, options.store_uri.as_deref(), root) {
+                    Ok(paths) => Ok(Closure {
+                        root: root.clone(),
+                        paths,
+                        source: Source::NixPathInfo,
+                        fallback_reason: fallback_reason.clone(),
+                    }),
+                    Err(CommandError::NotValid { store_path, .. }) => Err(Err(not_valid(&store_path))),
+                    Err(e) => Err(Ok((root.clone(), e))),
                 }
-                Err(CommandError::NotValid { .. }) => Err(not_valid()),
-                Err(command) => {
-                    Err(Error::Unreadable {
-                    store_path: store_path.clone(),
-                    db: Box::new(db_error),
-                    command: Box::new(command),
+            })
+            .collect::<Result<Vec<_>, _>>()
+    };
+    if options.source == SourcePolicy::NixOnly {
+        return via_command(None).map_err(|e| match e {
+            Ok((store_path, source)) => Error::Command { store_path, source },
+            Err(e) => e,
+        });
+    }
+    let root_refs: Vec<&str> = roots.iter().map(String::as_str).collect();
+    let from_db =
+        Database::open(&options.db_path).and_then(|db| db.closures(&root_refs, options.scan_limit));
+    let db_error = match from_db {
+        Ok(lists) => {
+            return Ok(roots
+                .iter()
+                .zip(lists)
+                .map(|(root, paths)| Closure {
+                    root: root.clone(),
+                    paths,
+                    source: Source::Database,
+                    fallback_reason: None,
                 })
-                }
-            },
+                .collect());
         }
+        Err(DbError::NotValid { store_path, .. }) => return Err(not_valid(&store_path)),
+        Err(e) => e,
+    };
+    let first = roots.first().cloned().unwrap_or_default();
+    if options.source == SourcePolicy::DatabaseOnly {
+        return Err(Error::Database { store_path: first, source: db_error });
     }
+    via_command(Some(db_error.to_string())).map_err(|e| match e {
+        Ok((store_path, command)) => {
+            Error::Unreadable { store_path, db: Box::new(db_error), command: Box::new(command) }
+        }
+        Err(e) => e,
+    })
 }
 
 /// Reads the closure of the store path `input` leads to.
 pub fn read_closure(input: &Path, options: &Options) -> Result<Closure, Error> {
-    Reader::new(options).read(input)
+    let mut list = read_all(&[input], options)?;
+    list.pop().ok_or_else(|| Error::NotValid { input: input.to_path_buf(), store_path: String::new() })
 }
 
 /// Reads the closures of two store paths (or links to them, such as
 /// `/run/current-system`) and compares them.
 pub fn diff_store_paths(old: &Path, new: &Path, options: &Options) -> Result<ClosureDiff, Error> {
-    let mut reader = Reader::new(options);
-    let old = reader.read(old)?;
-    let new = reader.read(new)?;
-    Ok(diff(&old, &new))
+    let mut both = read_all(&[old, new], options)?.into_iter();
+    match (both.next(), both.next()) {
+        (Some(old), Some(new)) => Ok(diff(&old, &new)),
+        // `read_all` returns one closure per input; this arm only keeps
+        // the function total.
+        _ => Err(Error::NotValid { input: new.to_path_buf(), store_path: String::new() }),
+    }
 }

@@ -107,16 +107,22 @@ fn generated_generations_in_a_real_database() {
     assert_eq!((d.added.len(), d.removed.len(), d.rebuilt.len()), (4, 4, 6));
     assert_eq!(d.count(Direction::Downgrade), 2);
     assert_eq!(d.count(Direction::Upgrade), 28);
-    assert_eq!(d.size_delta, 40 * 100 - 4 * 0);
+    // Every changed path is 100 bytes larger (renamed ones included).
+    assert_eq!(d.size_delta, 40 * 100);
 
-    // The fallback sees exactly the same diff.
-    let options = Options { source: closure_diff::SourcePolicy::NixOnly, ..store.options() };
-    let via_nix = diff_store_paths(Path::new(&g.old), Path::new(&g.new), &options).unwrap();
-    assert_eq!(via_nix.changed, d.changed);
-    assert_eq!(via_nix.added, d.added);
-    assert_eq!(via_nix.removed, d.removed);
-    assert_eq!(via_nix.rebuilt, d.rebuilt);
-    assert_eq!(via_nix.size_delta, d.size_delta);
+    // The recursive query and the fallback see exactly the same diff.
+    for options in [
+        Options { scan_limit: 0, ..store.options() },
+        Options { source: closure_diff::SourcePolicy::NixOnly, ..store.options() },
+    ] {
+        let other = diff_store_paths(Path::new(&g.old), Path::new(&g.new), &options).unwrap();
+        assert_eq!(other.changed, d.changed);
+        assert_eq!(other.added, d.added);
+        assert_eq!(other.removed, d.removed);
+        assert_eq!(other.rebuilt, d.rebuilt);
+        assert_eq!(other.size_delta, d.size_delta);
+        assert_eq!((other.paths_added, other.paths_removed), (d.paths_added, d.paths_removed));
+    }
 }
 
 /// Builds two generations of small derivations (with `/bin/sh` as

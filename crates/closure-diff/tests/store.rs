@@ -65,11 +65,16 @@ fn database_written_by_nix_2_8() {
         return;
     }
     let (store, app, expected) = small_store(1);
-    let options = Options { source: SourcePolicy::DatabaseOnly, ..store.options() };
-    let closure = read_closure(Path::new(&app), &options).unwrap();
-    assert_eq!(closure.source, Source::Database);
-    assert_eq!(closure.root, app);
-    assert_eq!(as_map(&closure), expected);
+    // Both strategies: the whole store read into memory, and the
+    // recursive query.
+    for scan_limit in [u64::MAX, 0] {
+        let options =
+            Options { source: SourcePolicy::DatabaseOnly, scan_limit, ..store.options() };
+        let closure = read_closure(Path::new(&app), &options).unwrap();
+        assert_eq!(closure.source, Source::Database);
+        assert_eq!(closure.root, app);
+        assert_eq!(as_map(&closure), expected, "scan_limit {scan_limit}");
+    }
 }
 
 #[test]
@@ -160,8 +165,13 @@ fn path_not_in_the_store() {
     }
     let (store, _, _) = small_store(6);
     let ghost = store_path(6, 99, "ghost-1.0");
-    for source in [SourcePolicy::DatabaseOnly, SourcePolicy::NixOnly, SourcePolicy::Auto] {
-        let options = Options { source, ..store.options() };
+    for (source, scan_limit) in [
+        (SourcePolicy::DatabaseOnly, u64::MAX),
+        (SourcePolicy::DatabaseOnly, 0),
+        (SourcePolicy::NixOnly, 0),
+        (SourcePolicy::Auto, u64::MAX),
+    ] {
+        let options = Options { source, scan_limit, ..store.options() };
         let err = read_closure(Path::new(&ghost), &options).unwrap_err();
         assert!(matches!(&err, Error::NotValid { store_path, .. } if *store_path == ghost), "{source:?}: {err:?}");
         assert!(err.to_string().contains("is not a valid path in the Nix store"), "{err}");

@@ -159,6 +159,7 @@ impl TempStore {
             nix: PathBuf::from("nix"),
             store_uri: Some(self.uri()),
             source: closure_diff::SourcePolicy::Auto,
+            scan_limit: closure_diff::store::DEFAULT_SCAN_LIMIT,
         }
     }
 }
