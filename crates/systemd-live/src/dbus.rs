@@ -19,7 +19,8 @@ use std::sync::{Arc, Mutex};
 use std::task::{Poll, Waker};
 use std::time::{Duration, Instant};
 
-use futures_util::future::{join, join4, join_all, try_join_all};
+use futures_util::future::{join, join4};
+use futures_util::stream::{self, TryStreamExt};
 use futures_util::StreamExt;
 use plan_model::{LiveState, LiveUnit};
 use zbus::proxy::CacheProperties;
@@ -32,6 +33,15 @@ use crate::Error;
 
 const UNIT_INTERFACE: &str = "org.freedesktop.systemd1.Unit";
 const SERVICE_INTERFACE: &str = "org.freedesktop.systemd1.Service";
+
+/// How many units a snapshot asks about at once. Each has at most two
+/// calls in flight, and the D-Bus daemon refuses more than 128 pending
+/// replies per connection by default (`max_replies_per_connection`), so
+/// this keeps well under that limit while still keeping the bus busy.
+const UNITS_IN_FLIGHT: usize = 48;
+
+/// How many job calls are in flight at once, for the same reason.
+const CALLS_IN_FLIGHT: usize = 96;
 
 /// The dependency properties of `org.freedesktop.systemd1.Unit` kept in a
 /// snapshot: every relation through which a job on one unit can reach
@@ -345,7 +355,13 @@ impl SystemdBus {
                 Ok::<_, Error>(Some((name, live_unit_from(&unit, main_pid, status))))
             }
         });
-        let units = try_join_all(fetches).await?.into_iter().flatten().collect();
+        let units = stream::iter(fetches)
+            .buffer_unordered(UNITS_IN_FLIGHT)
+            .try_collect::<Vec<_>>()
+            .await?
+            .into_iter()
+            .flatten()
+            .collect();
         let manager_exe = std::fs::canonicalize("/proc/1/exe")
             .ok()
             .map(|p| p.to_string_lossy().into_owned());
@@ -412,7 +428,7 @@ impl SystemdBus {
                 r.map(|p| p.as_str().to_owned()).map_err(|e| error_message(&e))
             }
         });
-        let replies = join_all(calls).await;
+        let replies: Vec<Result<String, String>> = stream::iter(calls).buffered(CALLS_IN_FLIGHT).collect().await;
         let mut results: Vec<Option<JobResult>> = vec![None; jobs.len()];
         let mut pending: HashMap<String, usize> = HashMap::new();
         for (i, reply) in replies.into_iter().enumerate() {
@@ -551,9 +567,11 @@ impl ServiceManager for SystemdBus {
     fn unit_status(&mut self, units: &[String]) -> Result<BTreeMap<String, UnitStatus>, Error> {
         let this = &*self;
         zbus::block_on(async {
-            let all = try_join_all(units.iter().map(|u| async move {
+            let all: Vec<(String, UnitStatus)> = stream::iter(units.iter().map(|u| async move {
                 Ok::<_, Error>((u.clone(), this.status_async(u).await?))
             }))
+            .buffer_unordered(UNITS_IN_FLIGHT / 4)
+            .try_collect()
             .await?;
             Ok(all.into_iter().collect())
         })
