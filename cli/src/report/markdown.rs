@@ -123,7 +123,22 @@ fn header(plan: &Plan) -> String {
         count(Action::Skip),
         blocked
     );
-    let protected: Vec<String> = plan.protection.protected.iter().map(|p| code(&p.selector)).collect();
+    // Only protections that matched a unit are listed; a selector that
+    // matched nothing shows up as a diagnostic instead.
+    let protected: Vec<String> = plan
+        .protection
+        .protected
+        .iter()
+        .filter(|p| !p.units.is_empty())
+        .map(|p| {
+            let units: Vec<String> = p.units.iter().map(|u| code(u)).collect();
+            if p.units.len() == 1 && p.units[0] == p.selector {
+                code(&p.selector)
+            } else {
+                format!("{} ({})", code(&p.selector), units.join(", "))
+            }
+        })
+        .collect();
     if !protected.is_empty() {
         let mode = match plan.protection.mode {
             plan_model::Mode::Defer => "defer",
