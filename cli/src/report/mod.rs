@@ -135,8 +135,16 @@ pub fn write_plan(plan: &Plan, output: &OutputArgs) -> anyhow::Result<()> {
     write_outputs(&Report { plan, diffs: &diffs }, output)
 }
 
-/// Writes `bytes` to `path` through a temporary file in the same directory.
+/// Writes `bytes` to `path` through a temporary file in the same directory,
+/// renamed into place. A path that exists and is not a plain file (a
+/// symbolic link, `/dev/stdout`, a named pipe) is written in place instead:
+/// renaming over it would replace the link or device node itself.
 pub fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    if let Ok(meta) = fs::symlink_metadata(path) {
+        if !meta.file_type().is_file() {
+            return fs::write(path, bytes);
+        }
+    }
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
         _ => PathBuf::from("."),
@@ -324,6 +332,25 @@ pub fn chain_line(b: &Blocker<'_>) -> String {
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn links_and_devices_are_written_in_place() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("real.xml");
+        let link = dir.path().join("link.xml");
+        fs::write(&target, "old").unwrap();
+        std::os::unix::fs::symlink(&target, &link).unwrap();
+        write_atomically(&link, b"new").unwrap();
+        assert!(fs::symlink_metadata(&link).unwrap().file_type().is_symlink(), "the link was replaced");
+        assert_eq!(fs::read_to_string(&target).unwrap(), "new");
+        let plain = dir.path().join("plain.xml");
+        write_atomically(&plain, b"x").unwrap();
+        write_atomically(&plain, b"y").unwrap();
+        assert_eq!(fs::read_to_string(&plain).unwrap(), "y");
+        let names: Vec<_> = fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(names.len(), 3, "temporary files left behind: {names:?}");
+        write_atomically(Path::new("/dev/null"), b"z").unwrap();
+    }
 
     #[test]
     fn report_values_parse_and_bad_ones_are_named() {
