@@ -397,3 +397,38 @@ fn an_isolated_switch_relays_output_and_exit_status() {
     let units = bed.systemctl(&["list-units", "--all", "--no-legend", "safe-switch-*"]).unwrap();
     assert!(units.trim().is_empty(), "the transient unit is collected: {units}");
 }
+
+#[test]
+fn rollback_on_failure_switches_back_with_the_same_protections() {
+    if !testbed::available("rollback_on_failure_switches_back_with_the_same_protections") {
+        return;
+    }
+    let a = generation_a();
+    let bed = boot(&a);
+    let current = bed.current_generation().unwrap();
+    let b = bed
+        .build_generation(
+            &a.clone()
+                .renamed("b")
+                .service("changed.service", daemon("V=2"))
+                .service("broken.service", oneshot("/bin/false"))
+                .wanted_by("broken.service", "multi-user.target"),
+        )
+        .unwrap();
+    let sshd = bed.unit_states(&["sshd.service"]).unwrap()["sshd.service"].clone();
+    let out = safe_switch(
+        &bed,
+        &["switch", "--toplevel", path_str(&b), "--protect", "sshd", "--rollback-on-failure", "--no-isolate"],
+    );
+    assert_eq!(out.code(), Some(4), "{out:?}");
+    assert!(out.stderr.contains("broken.service: failed/failed"), "{}", out.stderr);
+    assert!(out.stderr.contains(&format!("rolling back to {}", current.display())), "{}", out.stderr);
+    assert!(out.stderr.contains(&format!("rolled back to {}", current.display())), "{}", out.stderr);
+    assert_eq!(bed.activations(), vec!["b".to_owned(), "a".to_owned()]);
+    assert_eq!(bed.current_generation().unwrap(), current);
+    assert_eq!(bed.active_state("changed.service").unwrap(), "active");
+    assert_eq!(bed.unit_property("changed.service", "Environment").unwrap(), "V=1");
+    assert_ne!(bed.active_state("broken.service").unwrap(), "failed");
+    // Both switches kept their hands off the protected sshd.
+    assert_eq!(bed.unit_states(&["sshd.service"]).unwrap()["sshd.service"], sshd);
+}
