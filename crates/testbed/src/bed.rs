@@ -720,7 +720,7 @@ impl std::fmt::Debug for TestBed {
 
 fn build_context(root: &Path, keys: &SshKeys, port: u16) -> BuildContext {
     BuildContext {
-        store: root.join("store"),
+        store: Some(root.join("store")),
         sshd: Some(SshdSettings {
             port,
             host_key: keys.host_key.clone(),

@@ -13,7 +13,10 @@
 //! exporter, starts Docker, stops collectd, and defers everything that
 //! would touch sshd or the runner.
 
-use crate::generation::Generation;
+use std::path::Path;
+
+use crate::error::{Result, io};
+use crate::generation::{BuildContext, Generation, SshdSettings};
 
 /// sshd's relation to its host keys, the same in both generations.
 const SSHD_UNIT_LINES: &str = "Requires=ssh-host-keys.service\nAfter=ssh-host-keys.service\n";
@@ -77,4 +80,29 @@ pub fn ci_runner_b() -> Generation {
             exporter("--collector.systemd --collector.processes"),
         )
         .without("collectd.service")
+}
+
+/// The sshd settings of the exported examples: the usual port and paths of
+/// a real host (the examples are read, not booted).
+fn exported_sshd() -> SshdSettings {
+    SshdSettings {
+        port: 22,
+        host_key: "/etc/ssh/ssh_host_ed25519_key".into(),
+        authorized_keys: "/etc/ssh/authorized_keys.d/%u".into(),
+    }
+}
+
+/// Writes A and B as self-contained directories `<dir>/a` and `<dir>/b`
+/// (plain files, no store links), for `safe-switch diff` without a test
+/// bed. The repository's `examples/ci-runner` is made this way.
+pub fn export(dir: &Path) -> Result<()> {
+    std::fs::create_dir_all(dir).map_err(io("creating", dir))?;
+    let ctx = BuildContext {
+        store: None,
+        sshd: Some(exported_sshd()),
+    };
+    for generation in [ci_runner_a(), ci_runner_b()] {
+        generation.build(dir, &ctx)?;
+    }
+    Ok(())
 }

@@ -85,8 +85,11 @@ pub struct SshdSettings {
 #[derive(Clone, Debug)]
 pub struct BuildContext {
     /// The directory that plays the Nix store: unit files, drop-ins and
-    /// `system.conf` are written there once per distinct content.
-    pub store: PathBuf,
+    /// `system.conf` are written there once per distinct content and linked
+    /// from the generation. With `None` they are plain files in the
+    /// generation, and `activate` finds its generation from its own path:
+    /// a self-contained directory that can be copied or committed.
+    pub store: Option<PathBuf>,
     /// The sshd settings, needed when the generation contains sshd.
     pub sshd: Option<SshdSettings>,
 }
@@ -361,7 +364,10 @@ impl Generation {
     pub fn build(&self, parent: &Path, ctx: &BuildContext) -> Result<PathBuf> {
         self.validate()?;
         let parent = fs::canonicalize(parent).map_err(io("resolving", parent))?;
-        let store = fs::canonicalize(&ctx.store).map_err(io("resolving", &ctx.store))?;
+        let store = match &ctx.store {
+            Some(store) => Some(fs::canonicalize(store).map_err(io("resolving", store))?),
+            None => None,
+        };
         let top = parent.join(&self.name);
         if top.exists() {
             return Err(self.invalid(format!("{} already exists", top.display())));
@@ -385,15 +391,23 @@ impl Generation {
         }
 
         for (name, text) in &units {
-            let stored = store_file(&store, &format!("unit-{name}"), name, text)?;
-            link(&stored, &units_dir.join(name))?;
+            place(
+                store.as_deref(),
+                &format!("unit-{name}"),
+                text,
+                &units_dir.join(name),
+            )?;
         }
         for (unit, files) in &self.dropins {
             let dir = units_dir.join(format!("{unit}.d"));
             mkdir(&dir)?;
             for (file, text) in files {
-                let stored = store_file(&store, &format!("dropin-{file}"), file, text)?;
-                link(&stored, &dir.join(file))?;
+                place(
+                    store.as_deref(),
+                    &format!("dropin-{file}"),
+                    text,
+                    &dir.join(file),
+                )?;
             }
         }
         for (target, unit) in &self.wants {
@@ -402,8 +416,12 @@ impl Generation {
             link(Path::new(&format!("../{unit}")), &dir.join(unit))?;
         }
 
-        let conf = store_file(&store, "system.conf", "system.conf", &self.system_conf)?;
-        link(&conf, &top.join("etc/systemd/system.conf"))?;
+        place(
+            store.as_deref(),
+            "system.conf",
+            &self.system_conf,
+            &top.join("etc/systemd/system.conf"),
+        )?;
         link(Path::new("/usr"), &top.join("systemd"))?;
         if let Some(version) = &self.init_interface_version {
             write(&top.join("init-interface-version"), version)?;
@@ -419,7 +437,11 @@ impl Generation {
             let path = top.join("activate");
             write(
                 &path,
-                &activate_script(&self.name, &top, &self.activate_lines),
+                &activate_script(
+                    &self.name,
+                    store.is_some().then_some(top.as_path()),
+                    &self.activate_lines,
+                ),
             )?;
             fs::set_permissions(&path, fs::Permissions::from_mode(0o755))
                 .map_err(io("chmod", &path))?;
@@ -428,14 +450,19 @@ impl Generation {
     }
 }
 
-/// The `activate` script of a generation at `top`.
-fn activate_script(name: &str, top: &Path, extra: &str) -> String {
+/// The `activate` script of a generation at `top`, or of one that finds
+/// itself from the script's own path when `top` is `None`.
+fn activate_script(name: &str, top: Option<&Path>, extra: &str) -> String {
+    let system_config = match top {
+        Some(top) => format!("'{}'", top.display()),
+        None => r#""$(cd "$(dirname "$0")" && pwd -P)""#.to_owned(),
+    };
     format!(
         r#"#!/bin/sh
 # Activation script of the test-bed generation "{name}". Like a NixOS
 # toplevel's activate, it makes this generation the current one.
 set -eu
-systemConfig='{top}'
+systemConfig={system_config}
 
 # Only ever act inside a test bed: its /run carries this marker, and its
 # /etc/systemd/system is a symlink that may be replaced.
@@ -457,8 +484,7 @@ relink "$systemConfig/etc/systemd/system.conf" /etc/systemd/system.conf
 {extra}
 relink "$systemConfig" /run/current-system
 echo "{name}" >> /run/testbed/activations
-"#,
-        top = top.display(),
+"#
     )
 }
 
@@ -505,6 +531,22 @@ fn fnv1a(data: &[u8]) -> u64 {
     })
 }
 
+/// Writes `text` to `path`: through the store (a symlink to the stored
+/// file) when there is one, else as a plain file.
+fn place(store: Option<&Path>, label: &str, text: &str, path: &Path) -> Result<()> {
+    match store {
+        Some(store) => {
+            let file = path
+                .file_name()
+                .map(|f| f.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            let stored = store_file(store, label, &file, text)?;
+            link(&stored, path)
+        }
+        None => write(path, text),
+    }
+}
+
 /// Writes `text` into the store as `<store>/<hash>-<label>/<file>` (once per
 /// distinct content) and returns the file's path.
 fn store_file(store: &Path, label: &str, file: &str, text: &str) -> Result<PathBuf> {
@@ -543,7 +585,7 @@ mod tests {
         let store = dir.join("store");
         fs::create_dir_all(&store).unwrap();
         BuildContext {
-            store,
+            store: Some(store),
             sshd: Some(SshdSettings {
                 port: 2222,
                 host_key: dir.join("host_key"),
@@ -666,7 +708,7 @@ mod tests {
         let err = Generation::new("a").sshd().build(
             dir.path(),
             &BuildContext {
-                store: dir.path().into(),
+                store: Some(dir.path().into()),
                 sshd: None,
             },
         );

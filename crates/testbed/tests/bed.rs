@@ -347,3 +347,25 @@ fn a_failing_sshd_fails_the_boot_with_its_log() {
     let text = err.to_string();
     assert!(text.contains("sshd.service is"), "{text}");
 }
+
+#[test]
+fn a_self_contained_generation_activates_from_where_it_lies() {
+    if !testbed::available("a_self_contained_generation_activates_from_where_it_lies") {
+        return;
+    }
+    let bed = boot(Generation::new("a"));
+    let dir = bed.root().join("exported");
+    testbed::example::export(&dir).unwrap();
+    let b = dir.join("b").canonicalize().unwrap();
+    bed.run(&[b.join("activate").to_str().unwrap()])
+        .unwrap()
+        .check()
+        .unwrap();
+    assert_eq!(bed.current_generation().unwrap(), b);
+    let unit = bed
+        .run(&["cat", "/etc/systemd/system/docker.service"])
+        .unwrap()
+        .check()
+        .unwrap();
+    assert!(unit.stdout.contains("Docker"), "{unit:?}");
+}

@@ -10,7 +10,11 @@
 //!
 //! ```text
 //! safe-switch-demo --safe-switch PATH [--protect UNITS] [--no-isolate] [--keep]
+//! safe-switch-demo --export-examples DIR
 //! ```
+//!
+//! `--export-examples` writes the two generations as self-contained
+//! directories (how the repository's `examples/ci-runner` is made).
 //!
 //! Exit status: 0 when the switch succeeded and the protected units and the
 //! session were untouched, 1 otherwise.
@@ -25,7 +29,8 @@ use testbed::example::{ci_runner_a, ci_runner_b};
 use testbed::{Config, TestBed, UnitState};
 
 const USAGE: &str =
-    "usage: safe-switch-demo --safe-switch PATH [--protect UNITS] [--no-isolate] [--keep]";
+    "usage: safe-switch-demo --safe-switch PATH [--protect UNITS] [--no-isolate] [--keep]
+       safe-switch-demo --export-examples DIR";
 const TICK: Duration = Duration::from_millis(200);
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(300);
 
@@ -36,7 +41,15 @@ struct Options {
     keep: bool,
 }
 
-fn parse_args() -> Result<Options, String> {
+/// What the command line asks for.
+enum Run {
+    /// The demo.
+    Demo(Options),
+    /// Write the example generations into a directory.
+    Export(PathBuf),
+}
+
+fn parse_args() -> Result<Run, String> {
     let mut safe_switch = None;
     let mut protect = "sshd,gitlab-runner".to_owned();
     let mut no_isolate = false;
@@ -44,6 +57,9 @@ fn parse_args() -> Result<Options, String> {
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match arg.as_str() {
+            "--export-examples" => {
+                return Ok(Run::Export(PathBuf::from(args.next().ok_or(USAGE)?)));
+            }
             "--safe-switch" => safe_switch = Some(PathBuf::from(args.next().ok_or(USAGE)?)),
             "--protect" => protect = args.next().ok_or(USAGE)?,
             "--no-isolate" => no_isolate = true,
@@ -55,17 +71,33 @@ fn parse_args() -> Result<Options, String> {
     let safe_switch = safe_switch.ok_or(USAGE)?;
     let safe_switch = std::fs::canonicalize(&safe_switch)
         .map_err(|e| format!("the safe-switch binary {}: {e}", safe_switch.display()))?;
-    Ok(Options {
+    Ok(Run::Demo(Options {
         safe_switch,
         protect,
         no_isolate,
         keep,
-    })
+    }))
 }
 
 fn main() -> ExitCode {
     let options = match parse_args() {
-        Ok(options) => options,
+        Ok(Run::Demo(options)) => options,
+        Ok(Run::Export(dir)) => {
+            return match testbed::example::export(&dir) {
+                Ok(()) => {
+                    println!(
+                        "wrote {} and {}",
+                        dir.join("a").display(),
+                        dir.join("b").display()
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(err) => {
+                    eprintln!("safe-switch-demo: {err}");
+                    ExitCode::from(1)
+                }
+            };
+        }
         Err(message) => {
             eprintln!("{message}");
             return ExitCode::from(2);
