@@ -172,7 +172,30 @@ pub fn unsupported_reason() -> Option<String> {
             return Some(format!("{program} is missing (scripts/deps installs it)"));
         }
     }
-    None
+    // Root is not enough inside some containers: try once per process.
+    static NAMESPACES: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    NAMESPACES
+        .get_or_init(|| {
+            let out = exec::run(
+                Command::new("unshare").args([
+                    "--pid",
+                    "--fork",
+                    "--mount",
+                    "--mount-proc",
+                    "true",
+                ]),
+                Duration::from_secs(10),
+            );
+            match out {
+                Ok(out) if out.success() => None,
+                Ok(out) => Some(format!(
+                    "cannot create PID and mount namespaces: {}",
+                    out.stderr.trim()
+                )),
+                Err(err) => Some(format!("cannot create PID and mount namespaces: {err}")),
+            }
+        })
+        .clone()
 }
 
 /// Decides whether a test that needs a test bed runs. Returns `true` when
