@@ -17,6 +17,26 @@
 //!   files and cgroups.
 //! - [`SshSession`]: a real SSH session into the bed that prints a tick
 //!   every interval, to show that a switch did not interrupt it.
+//! - [`example`]: the demo's CI runner generations, also bundled in the
+//!   repository as `examples/ci-runner/{a,b}`.
+//! - [`exec`]: running programs with a deadline; every wait of this crate
+//!   has one, so a wedged bed fails a test instead of hanging it.
+//!
+//! # Inside a bed
+//!
+//! `/etc/systemd/system`, `/etc/systemd/system.conf` and
+//! `/run/current-system` are symlinks into the current generation, which
+//! its `activate` replaces, as on NixOS. `/run` is the host directory
+//! [`TestBed::run_dir`], so `/run/safe-switch` and the sockets are visible
+//! from the host too. The journal runs (units' output shows in
+//! `systemctl status` and [`TestBed::journal`]), and so does D-Bus;
+//! logind on request ([`Config::with_logind`]). Run the program under test
+//! inside with [`TestBed::command`]: it then sees the bed's files and talks
+//! to the bed's bus at the default address, as it would on a real host.
+//!
+//! Each bed has its own directory, cgroup, sshd port and keys, so tests
+//! that boot beds run in parallel. A bed boots in about half a second
+//! (`cargo bench -p testbed --bench boot`).
 //!
 //! # Example
 //!
