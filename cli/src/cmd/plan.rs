@@ -10,6 +10,7 @@
 //! [`live_plan`] is shared with `switch`, which must carry out the very
 //! plan this command prints.
 
+use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
@@ -33,6 +34,8 @@ pub struct LivePlan {
     pub old: PathBuf,
     /// The generation switched to (canonical).
     pub new: PathBuf,
+    /// What protection found (for `--explain`).
+    pub protection: crate::protect::ProtectReport,
 }
 
 /// Runs `plan`.
@@ -41,16 +44,20 @@ pub fn run(args: args::PlanArgs) -> anyhow::Result<Outcome> {
     let mut bus = connect()?;
     report_interrupted(&RunDir::system());
     let lp = live_plan(Path::new(CURRENT_SYSTEM), &toplevel, &args.protect, &mut bus)?;
+    if let Some(unit) = &args.protect.explain {
+        std::io::stdout().lock().write_all(lp.protection.explain(&lp.plan, unit).as_bytes())?;
+        return Ok(crate::protect::outcome(&lp.plan));
+    }
     if let Some(out) = &args.out {
         let inputs = crate::saved::record_inputs(&lp.old, &lp.new, &lp.plan, &lp.live, &args.protect);
         crate::saved::SavedPlan::new(lp.plan.clone(), inputs).save(out)?;
     }
     print_plan(&lp.plan, &args.output)?;
-    Ok(if lp.plan.protection.refused { Outcome::Blocked } else { Outcome::Ok })
+    Ok(crate::protect::outcome(&lp.plan))
 }
 
-/// Prints a plan on standard output in the requested format, as `diff`
-/// does.
+/// Prints a plan in the requested format and writes the `--report` files,
+/// as `diff` does.
 pub fn print_plan(plan: &Plan, output: &args::OutputArgs) -> anyhow::Result<()> {
     crate::report::write_plan(plan, output)
 }
@@ -97,39 +104,7 @@ pub fn live_plan(
     let new = systemd_plan::load(&new_path)?;
     let live = mgr.snapshot().context("cannot read the live state from systemd")?;
     let mut plan = systemd_plan::plan(&old, &new, &live);
-    protect_plan(&mut plan, &old, &new, &live, protect)?;
-    Ok(LivePlan { plan, live, old: old_path, new: new_path })
+    let protection = crate::protect::protect_plan(&mut plan, &old, &new, &live, protect)?;
+    Ok(LivePlan { plan, live, old: old_path, new: new_path, protection })
 }
 
-/// Applies the protection options to a plan: `--protect` selectors, the
-/// implicit protections and the caller's cgroup, in the mode chosen.
-fn protect_plan(
-    plan: &mut Plan,
-    old: &systemd_plan::GenerationUnits,
-    new: &systemd_plan::GenerationUnits,
-    live: &LiveState,
-    args: &ProtectArgs,
-) -> anyhow::Result<()> {
-    use plan_model::policy::Selector;
-    use plan_model::{Mode, ProtectionSource};
-    let mut selectors = Vec::new();
-    for text in &args.protect {
-        let sel = Selector::parse(text).map_err(|e| anyhow::anyhow!("--protect {text:?}: {e:?}"))?;
-        selectors.push((sel, ProtectionSource::CommandLine));
-    }
-    let cgroup_file = args.cgroup_file.clone().unwrap_or_else(|| PathBuf::from("/proc/self/cgroup"));
-    let caller_cgroup = std::fs::read_to_string(&cgroup_file)
-        .ok()
-        .and_then(|t| t.lines().find_map(|l| l.strip_prefix("0::").map(str::to_owned)));
-    let request = systemd_plan::protect::Request {
-        selectors,
-        caller_cgroup,
-        mode: match args.on_protected {
-            Some(args::OnProtected::Refuse) => Mode::Refuse,
-            _ => Mode::Defer,
-        },
-        ..Default::default()
-    };
-    systemd_plan::protect::protect(plan, old, new, live, &request);
-    Ok(())
-}
