@@ -432,3 +432,32 @@ fn rollback_on_failure_switches_back_with_the_same_protections() {
     // Both switches kept their hands off the protected sshd.
     assert_eq!(bed.unit_states(&["sshd.service"]).unwrap()["sshd.service"], sshd);
 }
+
+#[test]
+fn a_changed_system_conf_re_executes_systemd_and_jobs_still_complete() {
+    if !testbed::available("a_changed_system_conf_re_executes_systemd_and_jobs_still_complete") {
+        return;
+    }
+    let a = generation_a();
+    let bed = boot(&a);
+    let b = bed
+        .build_generation(
+            &a.clone()
+                .renamed("b")
+                .system_conf("[Manager]\nDefaultTasksAccounting=no\nDefaultTimeoutStopSec=42s\n")
+                .service("changed.service", daemon("V=2")),
+        )
+        .unwrap();
+    let changed_pid = bed.main_pid("changed.service").unwrap();
+    let sshd = bed.unit_states(&["sshd.service"]).unwrap()["sshd.service"].clone();
+    let out = safe_switch(&bed, &["switch", "--toplevel", path_str(&b), "--protect", "sshd", "--no-isolate"]);
+    assert_eq!(out.code(), Some(0), "{out:?}");
+    assert!(out.stderr.contains("restarting systemd..."), "{}", out.stderr);
+    assert!(out.stderr.contains("re-exec: done"), "{}", out.stderr);
+    // The manager runs with the new system.conf, and the jobs queued after
+    // the re-exec were seen to finish.
+    assert_eq!(bed.run(&["systemctl", "show", "-p", "DefaultTimeoutStopUSec", "--value"]).unwrap().stdout.trim(), "42s");
+    assert_ne!(bed.main_pid("changed.service").unwrap(), changed_pid);
+    assert_eq!(bed.active_state("changed.service").unwrap(), "active");
+    assert_eq!(bed.unit_states(&["sshd.service"]).unwrap()["sshd.service"], sshd);
+}

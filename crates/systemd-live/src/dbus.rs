@@ -11,7 +11,7 @@
 //! snapshot issues every `GetAll` at once and joins the replies, and a
 //! phase queues all its jobs before awaiting any of them.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::num::NonZeroUsize;
 use std::pin::pin;
@@ -510,10 +510,14 @@ impl SystemdBus {
             _ => return Err(Error::ReloadTimeout { what, seconds: timeout.as_secs() }),
         }
         if reexec {
-            // The subscription belongs to the old instance's bus client
-            // list; subscribing again is harmless and makes sure the new
-            // instance sends JobRemoved to us.
-            manager.subscribe().await.map_err(call_err("Subscribe"))?;
+            // systemd carries its subscribers over a re-exec; subscribing
+            // again covers a manager that did not, and "already
+            // subscribed" is the answer when it did.
+            match manager.subscribe().await {
+                Ok(()) => {}
+                Err(zbus::Error::MethodError(name, ..)) if name.as_str() == "org.freedesktop.systemd1.AlreadySubscribed" => {}
+                Err(e) => return Err(call_err("Subscribe")(e)),
+            }
         }
         Ok(())
     }
@@ -583,8 +587,6 @@ impl ServiceManager for SystemdBus {
         timeout: Duration,
         on_done: &mut dyn FnMut(&JobOutcome),
     ) -> Result<Vec<JobOutcome>, Error> {
-        let mut seen = HashSet::new();
-        debug_assert!(jobs.iter().all(|j| seen.insert(j.clone())));
         zbus::block_on(self.run_jobs_async(jobs, timeout, on_done))
     }
 
