@@ -26,6 +26,7 @@ pub fn run(args: args::CheckArgs) -> anyhow::Result<Outcome> {
     report::parse_report_files(&args.output.report)?;
     let toplevel = live::resolve_toplevel(&args.source)?;
     let mut bus = live::connect()?;
+    live::report_interrupted(&systemd_live::RunDir::system());
     let lp = live::live_plan(Path::new(CURRENT_SYSTEM), &toplevel, &args.protect, &mut bus)?;
     let diffs = report::unit_diff::unit_diffs(&lp.plan, &lp.old, &lp.new);
     report::write_outputs(&Report { plan: &lp.plan, diffs: &diffs }, &args.output)?;
