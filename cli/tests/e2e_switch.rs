@@ -32,10 +32,12 @@ use testbed::{Config, Generation, Output, TestBed, UnitState};
 
 const BIN: &str = env!("CARGO_BIN_EXE_safe-switch");
 const TICK: Duration = Duration::from_millis(200);
-/// The longest pause between two ticks that still counts as "no gap": ten
-/// tick intervals. A restarted sshd would end the session (no more ticks)
-/// or, with a new connection, restart the numbering.
-const MAX_GAP: Duration = Duration::from_secs(2);
+/// The longest pause between two ticks that still counts as "no gap":
+/// 25 tick intervals. It catches a session that stalled (held up by a
+/// stopped or frozen sshd) without failing on a busy CI machine's
+/// scheduling hiccups; it is not a speed goal. A session that was cut
+/// shows up differently: no more ticks, or numbering that starts over.
+const MAX_GAP: Duration = Duration::from_secs(5);
 
 /// sshd's dependencies on the two units whose restart would cascade into it.
 const SSHD_DEPS: &str =
