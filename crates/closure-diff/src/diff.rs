@@ -5,13 +5,18 @@
 //! its paths carry (a closure may hold several, e.g. two Python
 //! interpreters), and its size is the sum of its paths' NAR sizes.
 
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{HashMap, HashSet};
+
+// Store paths are not attacker-chosen keys here, and the diff hashes
+// tens of thousands of them; a fast non-cryptographic hasher pays off.
+type FastMap<K, V> = HashMap<K, V, foldhash::fast::FixedState>;
+type FastSet<K> = HashSet<K, foldhash::fast::FixedState>;
 
 use serde::Serialize;
 
 use crate::closure::{Closure, Source};
-use crate::name::{parse_name, split_base_name};
-use crate::version::{Direction, classify};
+use crate::name::{split_base_name, split_name};
+use crate::version::{Direction, classify, compare_versions};
 
 /// One side of the diff, summarised.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -115,37 +120,62 @@ impl ClosureDiff {
 /// One package's paths within one closure.
 #[derive(Default)]
 struct Group<'a> {
-    versions: BTreeSet<&'a str>,
+    /// Distinct versions, usually exactly one, so a vector beats a set.
+    versions: Vec<&'a str>,
     size: u64,
+    /// Whether one of its paths is missing from the other closure.
+    touched: bool,
 }
 
-/// The package name and version of a store path.
-fn identity(path: &str) -> (String, String) {
+impl<'a> Group<'a> {
+    fn add(&mut self, version: &'a str, size: u64, touched: bool) {
+        if !self.versions.contains(&version) {
+            self.versions.push(version);
+        }
+        self.size = self.size.saturating_add(size);
+        self.touched |= touched;
+    }
+
+    /// The versions in version order (ties broken by bytes, so the order
+    /// is total and stable).
+    fn sorted(&mut self) {
+        self.versions.sort_by(|a, b| compare_versions(a, b).then_with(|| a.cmp(b)));
+    }
+}
+
+/// The package name and version of a store path, as slices of it.
+fn identity(path: &str) -> (&str, &str) {
     let base = path.rsplit('/').next().unwrap_or(path);
     let name = split_base_name(base).map_or(base, |(_, name)| name);
-    let parsed = parse_name(name);
-    (parsed.name, parsed.version)
+    let (name, version, _) = split_name(name);
+    (name, version)
 }
 
-/// Groups a closure's paths by package (given each path's identity, in
-/// the same order) and records which packages own a path that is not in
-/// `other`.
+/// A closure's paths, each counted once, grouped by package; `other` is
+/// the other closure's path set, to tell which packages changed paths.
 fn group<'a>(
     closure: &'a Closure,
-    names: &'a [(String, String)],
-    other: &HashSet<&str>,
-) -> (BTreeMap<&'a str, Group<'a>>, HashSet<&'a str>) {
-    let mut groups: BTreeMap<&str, Group<'_>> = BTreeMap::new();
-    let mut touched = HashSet::new();
-    for (info, (name, version)) in closure.paths.iter().zip(names) {
-        let g = groups.entry(name.as_str()).or_default();
-        g.versions.insert(version.as_str());
-        g.size = g.size.saturating_add(info.nar_size);
-        if !other.contains(info.path.as_str()) {
-            touched.insert(name.as_str());
+    own: &FastSet<&'a str>,
+    other: &FastSet<&str>,
+) -> FastMap<&'a str, Group<'a>> {
+    let mut groups: FastMap<&str, Group<'_>> =
+        FastMap::with_capacity_and_hasher(own.len(), foldhash::fast::FixedState::default());
+    let mut seen: FastSet<&str> = FastSet::default();
+    let duplicates = own.len() != closure.paths.len();
+    for info in &closure.paths {
+        // A closure read from Nix never lists a path twice, but one
+        // built by a caller might; count each path once.
+        if duplicates && !seen.insert(info.path.as_str()) {
+            continue;
         }
+        let (name, version) = identity(&info.path);
+        let touched = !other.contains(info.path.as_str());
+        groups.entry(name).or_default().add(version, info.nar_size, touched);
     }
-    (groups, touched)
+    for g in groups.values_mut() {
+        g.sorted();
+    }
+    groups
 }
 
 fn delta(old: u64, new: u64) -> i64 {
@@ -153,20 +183,15 @@ fn delta(old: u64, new: u64) -> i64 {
     i64::try_from(d).unwrap_or(if d < 0 { i64::MIN } else { i64::MAX })
 }
 
-fn sorted_versions(set: &BTreeSet<&str>) -> Vec<String> {
-    let mut v: Vec<String> = set.iter().map(|s| (*s).to_owned()).collect();
-    v.sort_by(|a, b| crate::version::compare_versions(a, b).then_with(|| a.cmp(b)));
-    v
+fn owned(list: &[&str]) -> Vec<String> {
+    list.iter().map(|s| (*s).to_owned()).collect()
 }
 
-fn summary(c: &Closure) -> ClosureSummary {
-    // A closure read from Nix never lists a path twice, but one built by
-    // a caller might; count each path once.
-    let distinct: HashSet<&str> = c.paths.iter().map(|p| p.path.as_str()).collect();
+fn summary(c: &Closure, distinct: usize, groups: &FastMap<&str, Group<'_>>) -> ClosureSummary {
     ClosureSummary {
         root: c.root.clone(),
-        paths: distinct.len(),
-        nar_size: c.nar_size(),
+        paths: distinct,
+        nar_size: groups.values().map(|g| g.size).fold(0, u64::saturating_add),
         source: c.source,
         fallback_reason: c.fallback_reason.clone(),
     }
@@ -174,12 +199,10 @@ fn summary(c: &Closure) -> ClosureSummary {
 
 /// Compares two closures.
 pub fn diff(old: &Closure, new: &Closure) -> ClosureDiff {
-    let old_set: HashSet<&str> = old.paths.iter().map(|p| p.path.as_str()).collect();
-    let new_set: HashSet<&str> = new.paths.iter().map(|p| p.path.as_str()).collect();
-    let old_names: Vec<(String, String)> = old.paths.iter().map(|p| identity(&p.path)).collect();
-    let new_names: Vec<(String, String)> = new.paths.iter().map(|p| identity(&p.path)).collect();
-    let (old_groups, old_touched) = group(old, &old_names, &new_set);
-    let (new_groups, new_touched) = group(new, &new_names, &old_set);
+    let old_set: FastSet<&str> = old.paths.iter().map(|p| p.path.as_str()).collect();
+    let new_set: FastSet<&str> = new.paths.iter().map(|p| p.path.as_str()).collect();
+    let old_groups = group(old, &old_set, &new_set);
+    let new_groups = group(new, &new_set, &old_set);
 
     let mut changed = Vec::new();
     let mut removed = Vec::new();
@@ -188,45 +211,53 @@ pub fn diff(old: &Closure, new: &Closure) -> ClosureDiff {
         let Some(ng) = new_groups.get(name) else {
             removed.push(Package {
                 name: (*name).to_owned(),
-                versions: sorted_versions(&og.versions),
+                versions: owned(&og.versions),
                 size: og.size,
             });
             continue;
         };
         if og.versions != ng.versions {
-            let gone: Vec<&str> = og.versions.difference(&ng.versions).copied().collect();
-            let came: Vec<&str> = ng.versions.difference(&og.versions).copied().collect();
+            let gone: Vec<&str> =
+                og.versions.iter().filter(|v| !ng.versions.contains(v)).copied().collect();
+            let came: Vec<&str> =
+                ng.versions.iter().filter(|v| !og.versions.contains(v)).copied().collect();
             changed.push(VersionChange {
                 name: (*name).to_owned(),
-                old_versions: sorted_versions(&og.versions),
-                new_versions: sorted_versions(&ng.versions),
+                old_versions: owned(&og.versions),
+                new_versions: owned(&ng.versions),
                 direction: classify(&gone, &came),
                 old_size: og.size,
                 new_size: ng.size,
                 size_delta: delta(og.size, ng.size),
             });
-        } else if old_touched.contains(name) || new_touched.contains(name) {
+        } else if og.touched || ng.touched {
             rebuilt.push(Rebuilt {
                 name: (*name).to_owned(),
-                versions: sorted_versions(&og.versions),
+                versions: owned(&og.versions),
                 old_size: og.size,
                 new_size: ng.size,
                 size_delta: delta(og.size, ng.size),
             });
         }
     }
-    let added = new_groups
+    let mut added: Vec<Package> = new_groups
         .iter()
         .filter(|(name, _)| !old_groups.contains_key(*name))
         .map(|(name, g)| Package {
             name: (*name).to_owned(),
-            versions: sorted_versions(&g.versions),
+            versions: owned(&g.versions),
             size: g.size,
         })
         .collect();
+    changed.sort_by(|a, b| a.name.cmp(&b.name));
+    added.sort_by(|a, b| a.name.cmp(&b.name));
+    removed.sort_by(|a, b| a.name.cmp(&b.name));
+    rebuilt.sort_by(|a, b| a.name.cmp(&b.name));
 
-    let old_summary = summary(old);
-    let new_summary = summary(new);
+    let paths_added = new_set.iter().filter(|p| !old_set.contains(*p)).count();
+    let paths_removed = old_set.len() - (new_set.len() - paths_added);
+    let old_summary = summary(old, old_set.len(), &old_groups);
+    let new_summary = summary(new, new_set.len(), &new_groups);
     let size_delta = delta(old_summary.nar_size, new_summary.nar_size);
     ClosureDiff {
         old: old_summary,
@@ -235,8 +266,8 @@ pub fn diff(old: &Closure, new: &Closure) -> ClosureDiff {
         added,
         removed,
         rebuilt,
-        paths_added: new_set.difference(&old_set).count(),
-        paths_removed: old_set.difference(&new_set).count(),
+        paths_added,
+        paths_removed,
         size_delta,
     }
 }

@@ -57,8 +57,15 @@ pub fn split_drv_name(name: &str) -> (&str, &str) {
 
 /// Parses the name part of a store path (without the hash).
 pub fn parse_name(full: &str) -> PackageName {
+    let (name, version, output) = split_name(full);
+    PackageName { name: name.to_owned(), version: version.to_owned(), output: output.map(str::to_owned) }
+}
+
+/// [`parse_name`] without allocating: `(name, version, output)` as slices
+/// of the input (`drv` for a derivation file).
+pub fn split_name(full: &str) -> (&str, &str, Option<&str>) {
     let (base, mut output) = match full.strip_suffix(".drv") {
-        Some(stripped) => (stripped, Some("drv".to_owned())),
+        Some(stripped) => (stripped, Some("drv")),
         None => (full, None),
     };
 
@@ -72,7 +79,7 @@ pub fn parse_name(full: &str) -> PackageName {
     {
         rest = head;
         if output.is_none() {
-            output = Some(last.to_owned());
+            output = Some(last);
         }
     }
 
@@ -89,7 +96,7 @@ pub fn parse_name(full: &str) -> PackageName {
         name = stripped;
         version = &rest[start..];
     }
-    PackageName { name: name.to_owned(), version: version.to_owned(), output }
+    (name, version, output)
 }
 
 /// Splits a store path's base name into its hash and name parts, checking
