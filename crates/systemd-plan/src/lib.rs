@@ -71,7 +71,7 @@ pub mod unit_file;
 
 pub use compare::{Comparison, Verdict, compare_units};
 pub use generation::{FileIdentity, GenerationUnits};
-pub use loader::{LoadError, load};
+pub use loader::{LoadError, load, load_pair};
 pub use plan_model::{LiveState, Plan};
 pub use planner::{assumed_live_state, plan};
 pub use unit_file::{ParseError, UnitFile};

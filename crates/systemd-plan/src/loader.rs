@@ -14,7 +14,8 @@
 //! nowhere is an error, because a real generation is a closed store
 //! closure and a dangling link means the input is not what it claims.
 
-use std::collections::BTreeMap;
+use std::cell::RefCell;
+use std::collections::{BTreeMap, HashSet};
 use std::ffi::OsString;
 use std::fs;
 use std::io;
@@ -44,7 +45,7 @@ pub enum LoadError {
         path: PathBuf,
     },
     /// A file or directory could not be read.
-    #[error("{}: cannot read: {source}", path.display())]
+    #[error("{}: cannot read", path.display())]
     Io {
         /// The path inside the generation.
         path: PathBuf,
@@ -84,6 +85,14 @@ pub enum LoadError {
     Parse(#[from] ParseError),
 }
 
+/// Symlink resolution for one generation: its canonical root, and the
+/// directories already seen not to be links (a NixOS generation links
+/// thousands of units into the same store, so the same parents recur).
+struct Walker<'a> {
+    root: &'a Path,
+    dirs: RefCell<HashSet<PathBuf>>,
+}
+
 /// Where a path leads after following symlinks.
 #[derive(Debug)]
 enum Resolved {
@@ -99,13 +108,30 @@ enum Resolved {
 /// The longest chain of symlinks followed, as in the kernel.
 const MAX_SYMLINKS: u32 = 40;
 
-/// Follows symlinks component by component. Absolute link targets are
-/// looked up inside `root` first.
-fn resolve(root: &Path, path: &Path) -> Result<Resolved, LoadError> {
-    let mut pending: Vec<OsString> = Vec::new();
+/// Follows symlinks component by component from the start of `path`.
+/// `root` is the generation directory's canonical path: absolute link
+/// targets are looked up inside it first.
+fn resolve(w: &Walker, path: &Path, shown: &Path) -> Result<Resolved, LoadError> {
+    let mut pending = Vec::new();
     let mut cur = PathBuf::new();
     push_components(path, &mut cur, &mut pending);
-    let mut hops = 0;
+    walk(w, cur, pending, shown, &mut 0)
+}
+
+/// Resolves `name` inside a directory already resolved to `dir`.
+fn resolve_in(w: &Walker, dir: &Path, name: &str, shown: &Path) -> Result<Resolved, LoadError> {
+    walk(w, dir.to_owned(), vec![OsString::from(name)], shown, &mut 0)
+}
+
+/// Resolves the parts in `pending` (a stack, next part last) starting at
+/// the physical directory `cur`.
+fn walk(
+    w: &Walker,
+    mut cur: PathBuf,
+    mut pending: Vec<OsString>,
+    shown: &Path,
+    hops: &mut u32,
+) -> Result<Resolved, LoadError> {
     while let Some(part) = pending.pop() {
         if part == ".." {
             if cur.file_name().is_some() {
@@ -116,6 +142,10 @@ fn resolve(root: &Path, path: &Path) -> Result<Resolved, LoadError> {
             continue;
         }
         let next = cur.join(&part);
+        if w.dirs.borrow().contains(&next) {
+            cur = next;
+            continue;
+        }
         let meta = match fs::symlink_metadata(&next) {
             Ok(meta) => meta,
             Err(err) if err.kind() == io::ErrorKind::NotFound || err.kind() == io::ErrorKind::NotADirectory => {
@@ -125,25 +155,33 @@ fn resolve(root: &Path, path: &Path) -> Result<Resolved, LoadError> {
                 }
                 return Ok(Resolved::Missing(missing));
             }
-            Err(source) => return Err(LoadError::Io { path: path.to_owned(), source }),
+            Err(source) => return Err(LoadError::Io { path: shown.to_owned(), source }),
         };
         if !meta.file_type().is_symlink() {
+            if meta.is_dir() && !pending.is_empty() {
+                w.dirs.borrow_mut().insert(next.clone());
+            }
             cur = next;
             continue;
         }
-        hops += 1;
-        if hops > MAX_SYMLINKS {
-            return Err(LoadError::SymlinkLoop { path: path.to_owned() });
+        *hops += 1;
+        if *hops > MAX_SYMLINKS {
+            return Err(LoadError::SymlinkLoop { path: shown.to_owned() });
         }
-        let target = fs::read_link(&next).map_err(|source| LoadError::Io { path: path.to_owned(), source })?;
+        let target = fs::read_link(&next).map_err(|source| LoadError::Io { path: shown.to_owned(), source })?;
         if target == Path::new("/dev/null") && pending.is_empty() {
             return Ok(Resolved::DevNull);
         }
         if target.is_absolute() {
-            let inside = root.join(target.strip_prefix("/").unwrap_or(&target));
-            let start = if fs::symlink_metadata(&inside).is_ok() { inside } else { target };
-            cur = PathBuf::new();
-            push_components(&start, &mut cur, &mut pending);
+            // Inside the generation first (a fixture with its own store),
+            // then on this machine.
+            let mut inside = pending.clone();
+            push_components(&target, &mut PathBuf::new(), &mut inside);
+            match walk(w, w.root.to_owned(), inside, shown, hops)? {
+                Resolved::Missing(_) => {}
+                found => return Ok(found),
+            }
+            push_components(&target, &mut cur, &mut pending);
         } else {
             push_components(&target, &mut PathBuf::new(), &mut pending);
         }
@@ -187,9 +225,10 @@ enum Source {
     Text { shown: PathBuf, text: String },
 }
 
-/// Resolves and reads one unit file or drop-in.
-fn read_source(root: &Path, shown: &Path) -> Result<Source, LoadError> {
-    match resolve(root, shown)? {
+/// Resolves and reads one unit file or drop-in, `name` in the physical
+/// directory `dir`.
+fn read_source(w: &Walker, dir: &Path, name: &str, shown: &Path) -> Result<Source, LoadError> {
+    match resolve_in(w, dir, name, shown)? {
         Resolved::DevNull => Ok(Source::Masked),
         Resolved::Missing(target) => Err(LoadError::Dangling { path: shown.to_owned(), target }),
         Resolved::Found(physical) => {
@@ -216,8 +255,16 @@ fn list_dir(shown: &Path, physical: &Path) -> Result<Vec<String>, LoadError> {
 
 /// Resolves a path that must be an existing directory; `None` when it
 /// does not exist or is not a directory.
-fn resolve_dir(root: &Path, shown: &Path) -> Result<Option<PathBuf>, LoadError> {
-    match resolve(root, shown)? {
+fn resolve_dir(w: &Walker, path: &Path, shown: &Path) -> Result<Option<PathBuf>, LoadError> {
+    match resolve(w, path, shown)? {
+        Resolved::Found(physical) if physical.is_dir() => Ok(Some(physical)),
+        _ => Ok(None),
+    }
+}
+
+/// Like [`resolve_dir`] for `name` in the physical directory `dir`.
+fn resolve_dir_in(w: &Walker, dir: &Path, name: &str, shown: &Path) -> Result<Option<PathBuf>, LoadError> {
+    match resolve_in(w, dir, name, shown)? {
         Resolved::Found(physical) if physical.is_dir() => Ok(Some(physical)),
         _ => Ok(None),
     }
@@ -235,9 +282,13 @@ pub fn load(root: &Path) -> Result<GenerationUnits, LoadError> {
         }
         Err(err) => return Err(LoadError::NotAGeneration { path: root.to_owned(), reason: err.to_string() }),
     }
-    let unit_dir_shown = root.join("etc/systemd/system");
-    let Some(unit_dir) = resolve_dir(root, &unit_dir_shown)? else {
-        return Err(LoadError::NoUnitDirectory { path: root.to_owned() });
+    let shown_root = root;
+    let root = &fs::canonicalize(root).map_err(|source| LoadError::Io { path: root.to_owned(), source })?;
+    let walker = Walker { root, dirs: RefCell::default() };
+    let w = &walker;
+    let unit_dir_shown = shown_root.join("etc/systemd/system");
+    let Some(unit_dir) = resolve_dir(w, &root.join("etc/systemd/system"), &unit_dir_shown)? else {
+        return Err(LoadError::NoUnitDirectory { path: shown_root.to_owned() });
     };
 
     let mut fragments: BTreeMap<String, Source> = BTreeMap::new();
@@ -247,22 +298,22 @@ pub fn load(root: &Path) -> Result<GenerationUnits, LoadError> {
     for name in list_dir(&unit_dir_shown, &unit_dir)? {
         let shown = unit_dir_shown.join(&name);
         if let Some(unit) = name.strip_suffix(".d").filter(|u| unit_name::is_valid(u)) {
-            let Some(dir) = resolve_dir(root, &shown)? else { continue };
+            let Some(dir) = resolve_dir_in(w, &unit_dir, &name, &shown)? else { continue };
             let mut files = Vec::new();
             for file in list_dir(&shown, &dir)? {
                 if file.ends_with(".conf") {
-                    files.push((file.clone(), read_source(root, &shown.join(&file))?));
+                    files.push((file.clone(), read_source(w, &dir, &file, &shown.join(&file))?));
                 }
             }
             drop_in_dirs.insert(unit.to_owned(), files);
         } else if let Some((unit, kind)) =
             name.rsplit_once('.').filter(|(u, k)| LINK_KINDS.contains(k) && unit_name::is_valid(u))
         {
-            let Some(dir) = resolve_dir(root, &shown)? else { continue };
+            let Some(dir) = resolve_dir_in(w, &unit_dir, &name, &shown)? else { continue };
             let linked = list_dir(&shown, &dir)?.into_iter().filter(|n| unit_name::is_valid(n)).collect();
             deps.entry(unit.to_owned()).or_default().insert(kind.to_owned(), linked);
         } else if unit_name::is_valid(&name) {
-            fragments.insert(name.clone(), read_source(root, &shown)?);
+            fragments.insert(name.clone(), read_source(w, &unit_dir, &name, &shown)?);
         }
     }
 
@@ -309,24 +360,28 @@ pub fn load(root: &Path) -> Result<GenerationUnits, LoadError> {
         units.insert(name.clone(), unit);
     }
 
-    let fstab = match resolve(root, &root.join("etc/fstab"))? {
-        Resolved::Found(physical) => Some(Fstab::parse(&read_text(&root.join("etc/fstab"), &physical)?)),
+    let fstab_shown = shown_root.join("etc/fstab");
+    let fstab = match resolve(w, &root.join("etc/fstab"), &fstab_shown)? {
+        Resolved::Found(physical) => Some(Fstab::parse(&read_text(&fstab_shown, &physical)?)),
         _ => None,
     };
-    let system_conf = identity(root, &root.join("etc/systemd/system.conf"), true)?;
-    let systemd_exe = match fs::symlink_metadata(root.join("systemd")) {
-        Ok(_) => identity(root, &root.join("systemd/lib/systemd/systemd"), false)?,
+    let system_conf = match fs::symlink_metadata(root.join("etc/systemd/system.conf")) {
+        Ok(_) => identity(w, shown_root, "etc/systemd/system.conf", true)?,
         Err(_) => None,
     };
-    let init_path = root.join("init-interface-version");
-    let init_interface_version = match resolve(root, &init_path)? {
+    let systemd_exe = match fs::symlink_metadata(root.join("systemd")) {
+        Ok(_) => identity(w, shown_root, "systemd/lib/systemd/systemd", false)?,
+        Err(_) => None,
+    };
+    let init_path = shown_root.join("init-interface-version");
+    let init_interface_version = match resolve(w, &root.join("init-interface-version"), &init_path)? {
         Resolved::Found(physical) => Some(read_text(&init_path, &physical)?.trim().to_owned()),
         _ => None,
     };
-    let activate = fs::symlink_metadata(root.join("activate")).ok().map(|_| root.join("activate"));
+    let activate = fs::symlink_metadata(root.join("activate")).ok().map(|_| shown_root.join("activate"));
 
     Ok(GenerationUnits {
-        root: root.to_owned(),
+        root: shown_root.to_owned(),
         units,
         deps,
         fstab,
@@ -337,13 +392,25 @@ pub fn load(root: &Path) -> Result<GenerationUnits, LoadError> {
     })
 }
 
+/// Loads two generations at once, the new one on a second thread: loading
+/// is dominated by file-system calls, which overlap well.
+pub fn load_pair(
+    old: &Path,
+    new: &Path,
+) -> (Result<GenerationUnits, LoadError>, Result<GenerationUnits, LoadError>) {
+    std::thread::scope(|scope| {
+        let handle = scope.spawn(|| load(new));
+        let old = load(old);
+        let new = handle.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+        (old, new)
+    })
+}
+
 /// Computes a file's identity for the re-exec decision. A file that does
 /// not exist on this machine is identified by the path its link names.
-fn identity(root: &Path, shown: &Path, read: bool) -> Result<Option<FileIdentity>, LoadError> {
-    if fs::symlink_metadata(shown).is_err() && !shown.starts_with(root.join("systemd")) {
-        return Ok(None);
-    }
-    Ok(match resolve(root, shown)? {
+fn identity(w: &Walker, shown_root: &Path, rel: &str, read: bool) -> Result<Option<FileIdentity>, LoadError> {
+    let shown = &shown_root.join(rel);
+    Ok(match resolve(w, &w.root.join(rel), shown)? {
         Resolved::Found(physical) => Some(FileIdentity {
             path: physical.display().to_string(),
             content: if read {

@@ -266,13 +266,9 @@ impl<'a> Planner<'a> {
                 continue;
             }
             let new_unit = self.new.unit(name);
-            let changes = new_unit
-                .filter(|n| !n.is_masked())
-                .map(|n| compare_units(old_unit, n))
-                .map(|c| c.changes)
-                .unwrap_or_default();
-            if !changes.is_empty() {
-                self.entry(name).changes = changes;
+            let comparison = new_unit.filter(|n| !n.is_masked()).map(|n| compare_units(old_unit, n));
+            if let Some(c) = comparison.as_ref().filter(|c| !c.changes.is_empty()) {
+                self.entry(name).changes = c.changes.clone();
             }
 
             let removal = match new_unit {
@@ -290,13 +286,12 @@ impl<'a> Planner<'a> {
                 }
                 continue;
             }
-            let Some(new_unit) = new_unit else { continue };
+            let (Some(new_unit), Some(comparison)) = (new_unit, comparison) else { continue };
 
             if unit_name::unit_type(name) == Some("target") {
                 self.target(name, new_unit);
                 continue;
             }
-            let comparison = compare_units(old_unit, new_unit);
             match comparison.verdict {
                 Verdict::Restart => {
                     self.reason(name, Rule::UnitChanged, None);

@@ -256,7 +256,7 @@ mod tests {
     #[test]
     fn continuation_and_comments() {
         let u = parse("[Service]\n  # comment\n; other\nExecStart=/bin/foo \\\n# skipped\n  --bar\nA=x\\\\\nB=y\n");
-        assert_eq!(u.values("Service", "ExecStart"), ["/bin/foo   --bar"]);
+        assert_eq!(u.values("Service", "ExecStart"), ["/bin/foo    --bar"]);
         assert_eq!(u.values("Service", "A"), ["x\\\\"]);
         assert_eq!(u.values("Service", "B"), ["y"]);
     }

@@ -1,0 +1,123 @@
+//! Golden tests: `safe-switch diff` on every case under `tests/golden/`.
+//!
+//! A case is a directory with `old/` and `new/` generations, an optional
+//! `live.json` live-state snapshot, an optional `args` file (extra command
+//! line arguments, one per line) and an optional `formats` file (extra
+//! `--format` values, one per line). The real binary runs with the case
+//! directory as its working directory, so paths print relative:
+//!
+//! ```text
+//! safe-switch diff old new [--live live.json] [ARGS...]            -> snapshots/text.snap
+//! safe-switch diff old new [--live live.json] [ARGS...] --json     -> snapshots/json.snap
+//! safe-switch diff old new [--live live.json] [ARGS...] --format F -> snapshots/format-F.snap
+//! ```
+//!
+//! Each snapshot holds the exit code, standard output and standard error.
+//! When the text run fails (bad input), only its snapshot is kept: the
+//! other forms would show the same error.
+//!
+//! Every case runs even when one fails; the test then lists all failures.
+//! Under `CI=true` insta writes nothing and fails on any mismatch; locally,
+//! `INSTA_UPDATE=always cargo test -p safe-switch --test golden` records
+//! new snapshots, which must then be read and checked by hand.
+
+use std::fs;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// Fewer cases than this means the directory was lost or emptied.
+const MIN_CASES: usize = 40;
+
+fn golden_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/golden")
+}
+
+fn lines(path: &Path) -> Vec<String> {
+    match fs::read_to_string(path) {
+        Ok(text) => text.lines().map(str::trim).filter(|l| !l.is_empty()).map(str::to_owned).collect(),
+        Err(_) => Vec::new(),
+    }
+}
+
+/// Runs the binary in `case` and renders the result as one snapshot text.
+fn run(case: &Path, args: &[String]) -> (i32, String) {
+    let output = Command::new(env!("CARGO_BIN_EXE_safe-switch"))
+        .args(args)
+        .current_dir(case)
+        .env_remove("RUST_BACKTRACE")
+        .env("NO_COLOR", "1")
+        .output()
+        .unwrap();
+    let code = output.status.code().unwrap_or(-1);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!stderr.contains("panicked"), "{}: the binary panicked:\n{stderr}", case.display());
+    let text = format!("$ safe-switch {}\nexit: {code}\n--- stdout\n{stdout}--- stderr\n{stderr}", args.join(" "));
+    (code, text)
+}
+
+fn check_case(case: &Path) {
+    let name = case.file_name().unwrap().to_string_lossy().into_owned();
+    let mut base = vec!["diff".to_owned(), "old".to_owned(), "new".to_owned()];
+    if case.join("live.json").exists() {
+        base.extend(["--live".to_owned(), "live.json".to_owned()]);
+    }
+    base.extend(lines(&case.join("args")));
+
+    let mut settings = insta::Settings::clone_current();
+    settings.set_snapshot_path(case.join("snapshots"));
+    settings.set_prepend_module_to_snapshot(false);
+    settings.set_description(format!("golden case {name}"));
+    settings.bind(|| {
+        let (code, text) = run(case, &base);
+        insta::assert_snapshot!("text", text);
+        if code == 1 {
+            return;
+        }
+        let mut json = base.clone();
+        json.push("--json".to_owned());
+        insta::assert_snapshot!("json", run(case, &json).1);
+        for format in lines(&case.join("formats")) {
+            let mut args = base.clone();
+            args.extend(["--format".to_owned(), format.clone()]);
+            insta::assert_snapshot!(format!("format-{format}"), run(case, &args).1);
+        }
+    });
+}
+
+#[test]
+fn golden_cases() {
+    let dir = golden_dir();
+    let mut cases: Vec<PathBuf> = fs::read_dir(&dir)
+        .unwrap_or_else(|err| panic!("{}: {err}", dir.display()))
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.is_dir())
+        .collect();
+    cases.sort();
+    assert!(cases.len() >= MIN_CASES, "only {} golden cases in {}", cases.len(), dir.display());
+
+    // `GOLDEN_FILTER=report-` runs only the cases whose names start with
+    // that prefix, to record or review one group of cases at a time.
+    let filter = std::env::var("GOLDEN_FILTER").unwrap_or_default();
+    let mut failures = Vec::new();
+    for case in &cases {
+        let name = case.file_name().unwrap().to_string_lossy().into_owned();
+        if !name.starts_with(&filter) {
+            continue;
+        }
+        if !case.join("old").is_dir() || !case.join("new").is_dir() {
+            failures.push(format!("{name}: a case needs old/ and new/ directories"));
+            continue;
+        }
+        if let Err(panic) = catch_unwind(AssertUnwindSafe(|| check_case(case))) {
+            let message = panic
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| panic.downcast_ref::<&str>().map(|s| (*s).to_owned()))
+                .unwrap_or_default();
+            failures.push(format!("{name}: {}", message.lines().next().unwrap_or("")));
+        }
+    }
+    assert!(failures.is_empty(), "{} of {} golden cases failed:\n{}", failures.len(), cases.len(), failures.join("\n"));
+}
