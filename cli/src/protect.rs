@@ -337,6 +337,7 @@ fn render_explanation(e: &Explanation) -> String {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, reason = "tests fail loudly on bad fixtures")]
 mod tests {
     use super::*;
 

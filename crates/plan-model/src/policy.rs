@@ -232,6 +232,7 @@ impl Policy {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, reason = "tests fail loudly on bad fixtures")]
 mod tests {
     use super::*;
 

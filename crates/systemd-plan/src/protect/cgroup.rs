@@ -56,10 +56,8 @@ pub fn caller_units(path: &str) -> Vec<String> {
         let uid = s.strip_prefix("user-")?.strip_suffix(".slice")?;
         (!uid.is_empty() && uid.bytes().all(|b| b.is_ascii_digit())).then(|| format!("user@{uid}.service"))
     });
-    if let Some(manager) = user_manager {
-        if !units.contains(&manager) {
-            units.push(manager);
-        }
+    if let Some(manager) = user_manager.filter(|m| !units.contains(m)) {
+        units.push(manager);
     }
     units.extend(slices.into_iter().rev());
     units

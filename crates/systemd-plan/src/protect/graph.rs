@@ -251,8 +251,14 @@ impl UnitGraph {
             .map(String::as_str)
             .filter(|n| unit_name::split_instance(n).is_some())
             .collect();
-        for generation in [old, new] {
+        for (side, generation) in [old, new].into_iter().enumerate() {
+            let is_new = side == 1;
             for (name, unit) in generation.units() {
+                // Most units are the same on both sides of a switch; their
+                // relations were read from the old generation already.
+                if is_new && old.unit(name).is_some_and(|o| o.is_masked() == unit.is_masked() && o.sections().eq(unit.sections())) {
+                    continue;
+                }
                 g.add_unit_file(name, unit, &instances);
             }
             for (name, kind, targets) in generation.linked_all() {
@@ -267,10 +273,10 @@ impl UnitGraph {
                 }
             }
             for &instance in &instances {
-                if generation.unit_names().all(|n| n != instance) {
-                    if let Some(unit) = generation.unit(instance) {
-                        g.add_unit_file(instance, unit, &instances);
-                    }
+                // `unit` falls back to the template, whose name then differs;
+                // an instance with a file of its own was handled above.
+                if let Some(unit) = generation.unit(instance).filter(|u| u.name() != instance) {
+                    g.add_unit_file(instance, unit, &instances);
                 }
             }
         }
@@ -281,18 +287,19 @@ impl UnitGraph {
         for (a, b, relation) in pending {
             g.graph.add_edge(NodeIndex::new(a as usize), NodeIndex::new(b as usize), relation);
         }
-        let no_live = live.units.is_empty();
-        g.running = g
-            .graph
-            .node_indices()
-            .map(|n| {
-                let name = &g.graph[n];
-                match live.get(name) {
-                    Some(unit) => unit.is_running(),
-                    None => no_live && old.has_unit(name),
+        g.running = vec![false; g.graph.node_count()];
+        if live.units.is_empty() {
+            for name in old.unit_names() {
+                if let Some(&n) = g.index.get(name) {
+                    g.running[n.index()] = old.has_unit(name) && !unit_name::is_template(name);
                 }
-            })
-            .collect();
+            }
+        }
+        for (name, unit) in &live.units {
+            if let Some(&n) = g.index.get(name.as_str()) {
+                g.running[n.index()] = unit.is_running();
+            }
+        }
         g
     }
 

@@ -83,7 +83,7 @@ pub fn protect(
     live: &LiveState,
     request: &Request,
 ) -> Analysis {
-    let universe: BTreeSet<&str> =
+    let universe: UnitNames<'_> =
         old.unit_names().chain(new.unit_names()).chain(live.units.keys().map(String::as_str)).collect();
     let mut protections = Vec::new();
     let mut unknown = Vec::new();
@@ -187,8 +187,37 @@ fn compile(selector: &Selector) -> Option<GlobSet> {
     builder.build().ok()
 }
 
+/// A sorted set of unit names. A sorted vector rather than a `BTreeSet`:
+/// it is built once from three sorted sources and then only searched, and
+/// for thousands of names that is several times cheaper.
+#[derive(Clone, Debug, Default)]
+pub struct UnitNames<'a>(Vec<&'a str>);
+
+impl<'a> FromIterator<&'a str> for UnitNames<'a> {
+    fn from_iter<I: IntoIterator<Item = &'a str>>(iter: I) -> Self {
+        let mut names: Vec<&str> = iter.into_iter().collect();
+        // The sources are sorted maps, so the input is a few sorted runs,
+        // which the stable sort merges in linear time.
+        names.sort();
+        names.dedup();
+        UnitNames(names)
+    }
+}
+
+impl<'a> UnitNames<'a> {
+    /// Tells whether `name` is in the set.
+    pub fn contains(&self, name: &str) -> bool {
+        self.0.binary_search(&name).is_ok()
+    }
+
+    /// Iterates over the names in order.
+    pub fn iter(&self) -> impl Iterator<Item = &'a str> + '_ {
+        self.0.iter().copied()
+    }
+}
+
 /// Returns the names in `universe` that `selector` matches, sorted.
-pub fn matching(selector: &Selector, universe: &BTreeSet<&str>) -> Vec<String> {
+pub fn matching(selector: &Selector, universe: &UnitNames<'_>) -> Vec<String> {
     if let Selector::Unit(unit) = selector {
         return universe.contains(unit.as_str()).then(|| unit.clone()).into_iter().collect();
     }
@@ -199,7 +228,7 @@ pub fn matching(selector: &Selector, universe: &BTreeSet<&str>) -> Vec<String> {
 /// Up to three names close to an unmatched selector: unit names for a full
 /// name, bare names (`sshd`) for a bare name, either for a glob (compared
 /// without its glob characters).
-fn close_matches(selector: &Selector, universe: &BTreeSet<&str>) -> Vec<String> {
+fn close_matches(selector: &Selector, universe: &UnitNames<'_>) -> Vec<String> {
     let (wanted, bare): (String, bool) = match selector {
         Selector::Name(n) => (n.clone(), true),
         Selector::Unit(u) => (u.clone(), false),
@@ -225,7 +254,7 @@ fn bare_name(unit: &str) -> &str {
     stem.split_once('@').map_or(stem, |(prefix, _)| prefix)
 }
 
-fn implicit_protections(request: &Request, universe: &BTreeSet<&str>) -> Vec<ProtectedUnit> {
+fn implicit_protections(request: &Request, universe: &UnitNames<'_>) -> Vec<ProtectedUnit> {
     let present = |unit: &str| universe.contains(unit).then(|| unit.to_owned()).into_iter().collect::<Vec<_>>();
     let mut out = Vec::new();
     if request.implicit.dbus {
@@ -233,7 +262,7 @@ fn implicit_protections(request: &Request, universe: &BTreeSet<&str>) -> Vec<Pro
             out.push(ProtectedUnit {
                 selector: unit.to_owned(),
                 source: ProtectionSource::Implicit {
-                    why: "the D-Bus message bus: every client loses its connection when it restarts".to_owned(),
+                    why: "the D-Bus message bus".to_owned(),
                 },
                 units: present(unit),
                 allow: vec![Action::Reload],
@@ -243,21 +272,19 @@ fn implicit_protections(request: &Request, universe: &BTreeSet<&str>) -> Vec<Pro
     if request.implicit.logind {
         out.push(ProtectedUnit {
             selector: "systemd-logind.service".to_owned(),
-            source: ProtectionSource::Implicit { why: "the login manager, which tracks every session".to_owned() },
+            source: ProtectionSource::Implicit { why: "the login manager".to_owned() },
             units: present("systemd-logind.service"),
             allow: vec![Action::Reload],
         });
     }
-    if request.implicit.caller {
-        if let Some(path) = &request.caller_cgroup {
-            for unit in cgroup::caller_units(path) {
-                out.push(ProtectedUnit {
-                    selector: unit.clone(),
-                    source: ProtectionSource::Implicit { why: format!("holds this process (cgroup {path})") },
-                    units: present(&unit),
-                    allow: Vec::new(),
-                });
-            }
+    if let Some(path) = request.caller_cgroup.as_ref().filter(|_| request.implicit.caller) {
+        for unit in cgroup::caller_units(path) {
+            out.push(ProtectedUnit {
+                selector: unit.clone(),
+                source: ProtectionSource::Implicit { why: format!("holds this process (cgroup {path})") },
+                units: present(&unit),
+                allow: Vec::new(),
+            });
         }
     }
     out

@@ -1,5 +1,7 @@
 //! Unit tests of the protection analysis on small hand-made graphs.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, reason = "tests fail loudly on bad fixtures")]
+
 use std::collections::{BTreeMap, HashSet};
 use std::path::Path;
 
@@ -21,8 +23,11 @@ fn generation(units: &[(&str, &str)]) -> GenerationUnits {
     )
 }
 
-/// A live state; each entry is `(unit, active_state, [(property, [targets])])`.
-fn live(units: &[(&str, &str, &[(&str, &[&str])])]) -> LiveState {
+/// One live unit: `(unit, active_state, [(property, [targets])])`.
+type LiveEntry<'a> = (&'a str, &'a str, &'a [(&'a str, &'a [&'a str])]);
+
+/// A live state made of entries.
+fn live(units: &[LiveEntry<'_>]) -> LiveState {
     let mut state = LiveState::default();
     for (name, active, deps) in units {
         let deps: BTreeMap<String, Vec<String>> = deps
@@ -193,7 +198,7 @@ fn socket_of_a_protected_instance_is_guarded() {
 
 #[test]
 fn selectors_match_names_instances_and_globs() {
-    let universe: BTreeSet<&str> = [
+    let universe: UnitNames<'_> = [
         "sshd.service", "sshd.socket", "sshd@.service", "sshd@1.service", "sshd-keygen.service",
         "gitlab-runner.service", "gitlab-runner-cleanup.timer", "docker.service", "docker.socket",
     ]
