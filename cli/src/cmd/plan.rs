@@ -43,13 +43,21 @@ pub fn run(args: args::PlanArgs) -> anyhow::Result<Outcome> {
     let toplevel = resolve_toplevel(&args.source)?;
     let mut bus = connect()?;
     report_interrupted(&RunDir::system());
-    let lp = live_plan(Path::new(CURRENT_SYSTEM), &toplevel, &args.protect, &mut bus)?;
+    let lp = live_plan(
+        Path::new(CURRENT_SYSTEM),
+        &toplevel,
+        &args.protect,
+        &mut bus,
+    )?;
     if let Some(unit) = &args.protect.explain {
-        std::io::stdout().lock().write_all(lp.protection.explain(&lp.plan, unit).as_bytes())?;
+        std::io::stdout()
+            .lock()
+            .write_all(lp.protection.explain(&lp.plan, unit).as_bytes())?;
         return Ok(crate::protect::outcome(&lp.plan));
     }
     if let Some(out) = &args.out {
-        let inputs = crate::saved::record_inputs(&lp.old, &lp.new, &lp.plan, &lp.live, &args.protect);
+        let inputs =
+            crate::saved::record_inputs(&lp.old, &lp.new, &lp.plan, &lp.live, &args.protect);
         crate::saved::SavedPlan::new(lp.plan.clone(), inputs).save(out)?;
     }
     print_plan(&lp.plan, &args.output)?;
@@ -69,8 +77,12 @@ pub fn resolve_toplevel(source: &SourceArgs) -> anyhow::Result<PathBuf> {
         bail!("give the new generation with --toplevel PATH or --flake REF");
     }
     let resolved = crate::source::resolve(source, None)?;
-    std::fs::canonicalize(&resolved.toplevel)
-        .with_context(|| format!("{}: cannot resolve the toplevel", resolved.toplevel.display()))
+    std::fs::canonicalize(&resolved.toplevel).with_context(|| {
+        format!(
+            "{}: cannot resolve the toplevel",
+            resolved.toplevel.display()
+        )
+    })
 }
 
 /// Connects to systemd over the system bus, with an error that says that
@@ -96,15 +108,26 @@ pub fn live_plan(
     protect: &ProtectArgs,
     mgr: &mut dyn ServiceManager,
 ) -> anyhow::Result<LivePlan> {
-    let old_path = std::fs::canonicalize(current)
-        .with_context(|| format!("{}: cannot resolve the running generation", current.display()))?;
+    let old_path = std::fs::canonicalize(current).with_context(|| {
+        format!(
+            "{}: cannot resolve the running generation",
+            current.display()
+        )
+    })?;
     let new_path = std::fs::canonicalize(toplevel)
         .with_context(|| format!("{}: cannot resolve the toplevel", toplevel.display()))?;
     let old = systemd_plan::load(&old_path)?;
     let new = systemd_plan::load(&new_path)?;
-    let live = mgr.snapshot().context("cannot read the live state from systemd")?;
+    let live = mgr
+        .snapshot()
+        .context("cannot read the live state from systemd")?;
     let mut plan = systemd_plan::plan(&old, &new, &live);
     let protection = crate::protect::protect_plan(&mut plan, &old, &new, &live, protect)?;
-    Ok(LivePlan { plan, live, old: old_path, new: new_path, protection })
+    Ok(LivePlan {
+        plan,
+        live,
+        old: old_path,
+        new: new_path,
+        protection,
+    })
 }
-

@@ -62,9 +62,16 @@ pub fn run(args: args::SwitchArgs) -> anyhow::Result<Outcome> {
     if !args.apply.no_isolate {
         let mut bus = live::connect()?;
         if run.is_locked()? {
-            bail!("another safe-switch is running (lock {} is held); nothing was changed", run.path().join("lock").display());
+            bail!(
+                "another safe-switch is running (lock {} is held); nothing was changed",
+                run.path().join("lock").display()
+            );
         }
-        let cgroup_args = if args.protect.cgroup_file.is_none() { caller_cgroup_args(&run)? } else { Vec::new() };
+        let cgroup_args = if args.protect.cgroup_file.is_none() {
+            caller_cgroup_args(&run)?
+        } else {
+            Vec::new()
+        };
         return isolate(&mut bus, &run, &cgroup_args);
     }
     let _lock = run.lock()?;
@@ -73,10 +80,17 @@ pub fn run(args: args::SwitchArgs) -> anyhow::Result<Outcome> {
     if let Some(outcome) = finish_interrupted(&mut bus, &run, &options)? {
         return Ok(outcome);
     }
-    let lp = live::live_plan(Path::new(CURRENT_SYSTEM), &toplevel, &args.protect, &mut bus)?;
+    let lp = live::live_plan(
+        Path::new(CURRENT_SYSTEM),
+        &toplevel,
+        &args.protect,
+        &mut bus,
+    )?;
     live::print_plan(&lp.plan, &args.output)?;
     if lp.plan.protection.refused {
-        eprintln!("refused: the switch would touch a protected unit (see the plan above); nothing was changed");
+        eprintln!(
+            "refused: the switch would touch a protected unit (see the plan above); nothing was changed"
+        );
         return Ok(Outcome::Blocked);
     }
     apply_plan(&mut bus, &run, &lp.plan, &args.apply, &args.protect)
@@ -94,17 +108,26 @@ pub fn preflight(toplevel: &Path) -> anyhow::Result<()> {
     }
     let activate = toplevel.join("activate");
     let meta = std::fs::metadata(&activate).with_context(|| {
-        format!("{}: the toplevel has no activation script; refusing to switch, nothing was changed", activate.display())
+        format!(
+            "{}: the toplevel has no activation script; refusing to switch, nothing was changed",
+            activate.display()
+        )
     })?;
     if !meta.is_file() || meta.permissions().mode() & 0o111 == 0 {
-        bail!("{}: not an executable file; refusing to switch, nothing was changed", activate.display());
+        bail!(
+            "{}: not an executable file; refusing to switch, nothing was changed",
+            activate.display()
+        );
     }
     Ok(())
 }
 
 /// The executor's options from the command line.
 pub fn apply_options(a: &args::ApplyOptions) -> ApplyOptions {
-    ApplyOptions { job_timeout: Duration::from_secs(a.job_timeout.max(1)), ..ApplyOptions::default() }
+    ApplyOptions {
+        job_timeout: Duration::from_secs(a.job_timeout.max(1)),
+        ..ApplyOptions::default()
+    }
 }
 
 /// Finishes an apply that was interrupted, if there is one. Returns the
@@ -115,17 +138,30 @@ pub fn finish_interrupted(
     run: &RunDir,
     options: &ApplyOptions,
 ) -> anyhow::Result<Option<Outcome>> {
-    let Some(interrupted) = run.interrupted()? else { return Ok(None) };
+    let Some(interrupted) = run.interrupted()? else {
+        return Ok(None);
+    };
     eprint!("{}", interrupted.describe());
     eprintln!("resuming it first");
     let target = interrupted.progress.plan.new.path.clone();
-    let report = systemd_live::resume(interrupted, mgr, &mut ProcessHost, run, options, &mut StderrProgress)?;
+    let report = systemd_live::resume(
+        interrupted,
+        mgr,
+        &mut ProcessHost,
+        run,
+        options,
+        &mut StderrProgress,
+    )?;
     eprint!("{}", report_text(&report));
     if report.aborted.is_some() {
-        bail!("the interrupted switch to {target} could not be finished (see above); run again to resume it");
+        bail!(
+            "the interrupted switch to {target} could not be finished (see above); run again to resume it"
+        );
     }
     if !report.success() {
-        eprintln!("the interrupted switch to {target} finished with failures; not switching further");
+        eprintln!(
+            "the interrupted switch to {target} finished with failures; not switching further"
+        );
         return Ok(Some(Outcome::UnitsFailed));
     }
     eprintln!("the interrupted switch to {target} is finished");
@@ -157,22 +193,50 @@ pub fn apply_plan(
     protect: &ProtectArgs,
 ) -> anyhow::Result<Outcome> {
     let options = apply_options(apply);
-    let report = systemd_live::apply(plan, bus, &mut ProcessHost, run, &options, &mut StderrProgress)?;
+    let report = systemd_live::apply(
+        plan,
+        bus,
+        &mut ProcessHost,
+        run,
+        &options,
+        &mut StderrProgress,
+    )?;
     eprint!("{}", report_text(&report));
     if report.success() {
         eprintln!("switched to {}", plan.new.path);
         return Ok(Outcome::Ok);
     }
     if apply.rollback_on_failure {
-        eprintln!("rolling back to {} with the same protections", plan.old.path);
-        let back = live::live_plan(Path::new(CURRENT_SYSTEM), Path::new(&plan.old.path), protect, bus)
-            .context("cannot plan the rollback")?;
-        let rb = systemd_live::apply(&back.plan, bus, &mut ProcessHost, run, &options, &mut StderrProgress)?;
+        eprintln!(
+            "rolling back to {} with the same protections",
+            plan.old.path
+        );
+        let back = live::live_plan(
+            Path::new(CURRENT_SYSTEM),
+            Path::new(&plan.old.path),
+            protect,
+            bus,
+        )
+        .context("cannot plan the rollback")?;
+        let rb = systemd_live::apply(
+            &back.plan,
+            bus,
+            &mut ProcessHost,
+            run,
+            &options,
+            &mut StderrProgress,
+        )?;
         eprint!("rollback:\n{}", report_text(&rb));
         if rb.success() {
-            eprintln!("rolled back to {}; the switch to {} failed (see above)", plan.old.path, plan.new.path);
+            eprintln!(
+                "rolled back to {}; the switch to {} failed (see above)",
+                plan.old.path, plan.new.path
+            );
         } else {
-            eprintln!("the rollback to {} failed as well (see above)", plan.old.path);
+            eprintln!(
+                "the rollback to {} failed as well (see above)",
+                plan.old.path
+            );
         }
         if rb.aborted.is_some() {
             bail!("the rollback stopped early; run `safe-switch switch` again to resume it");
@@ -180,7 +244,10 @@ pub fn apply_plan(
         return Ok(Outcome::UnitsFailed);
     }
     if let Some(why) = &report.aborted {
-        bail!("the switch to {} stopped early ({why}); the phases above marked done were carried out, the rest was not; run again to resume", plan.new.path);
+        bail!(
+            "the switch to {} stopped early ({why}); the phases above marked done were carried out, the rest was not; run again to resume",
+            plan.new.path
+        );
     }
     Ok(Outcome::UnitsFailed)
 }
@@ -189,16 +256,25 @@ pub fn apply_plan(
 /// implicit protection of the caller (its SSH session, its CI runner)
 /// still covers the process that asked for the switch.
 fn caller_cgroup_args(run: &RunDir) -> anyhow::Result<Vec<String>> {
-    let Ok(text) = std::fs::read_to_string("/proc/self/cgroup") else { return Ok(Vec::new()) };
-    std::fs::create_dir_all(run.path()).with_context(|| format!("{}: cannot create", run.path().display()))?;
-    let path = run.path().join(format!("caller-cgroup-{}", std::process::id()));
+    let Ok(text) = std::fs::read_to_string("/proc/self/cgroup") else {
+        return Ok(Vec::new());
+    };
+    std::fs::create_dir_all(run.path())
+        .with_context(|| format!("{}: cannot create", run.path().display()))?;
+    let path = run
+        .path()
+        .join(format!("caller-cgroup-{}", std::process::id()));
     std::fs::write(&path, text).with_context(|| format!("{}: cannot write", path.display()))?;
     Ok(vec!["--cgroup-file".to_owned(), path.display().to_string()])
 }
 
 /// Runs this very command line again, with `--no-isolate`, as a transient
 /// service, relays its output and returns its outcome.
-pub fn isolate(bus: &mut SystemdBus, run: &RunDir, extra_args: &[String]) -> anyhow::Result<Outcome> {
+pub fn isolate(
+    bus: &mut SystemdBus,
+    run: &RunDir,
+    extra_args: &[String],
+) -> anyhow::Result<Outcome> {
     let exe = std::env::current_exe().context("cannot find this program's path")?;
     let mut argv = vec![exe.display().to_string()];
     argv.extend(std::env::args().skip(1));
@@ -207,12 +283,16 @@ pub fn isolate(bus: &mut SystemdBus, run: &RunDir, extra_args: &[String]) -> any
     let id = format!(
         "{}-{}",
         std::process::id(),
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0)
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0)
     );
     let unit = format!("safe-switch-{id}.service");
     let stdout = run.path().join(format!("{unit}.stdout"));
     let stderr = run.path().join(format!("{unit}.stderr"));
-    std::fs::create_dir_all(run.path()).with_context(|| format!("{}: cannot create", run.path().display()))?;
+    std::fs::create_dir_all(run.path())
+        .with_context(|| format!("{}: cannot create", run.path().display()))?;
     let spec = TransientSpec {
         unit: unit.clone(),
         description: "safe-switch apply".to_owned(),
@@ -236,7 +316,9 @@ pub fn isolate(bus: &mut SystemdBus, run: &RunDir, extra_args: &[String]) -> any
             out.pump();
             err.pump();
         })
-        .with_context(|| format!("cannot run the switch in the transient unit {unit}; nothing was changed"))?;
+        .with_context(|| {
+            format!("cannot run the switch in the transient unit {unit}; nothing was changed")
+        })?;
     out.pump();
     err.pump();
     let _ = std::fs::remove_file(&stdout);
@@ -245,11 +327,15 @@ pub fn isolate(bus: &mut SystemdBus, run: &RunDir, extra_args: &[String]) -> any
         TransientExit::Exited(0) => Ok(Outcome::Ok),
         TransientExit::Exited(3) => Ok(Outcome::Blocked),
         TransientExit::Exited(4) => Ok(Outcome::UnitsFailed),
-        TransientExit::Exited(code) => bail!("the switch in {unit} exited with status {code} (see above)"),
+        TransientExit::Exited(code) => {
+            bail!("the switch in {unit} exited with status {code} (see above)")
+        }
         TransientExit::Killed(sig) => bail!(
             "the switch in {unit} was killed by signal {sig}; run `safe-switch switch` again to see where it stopped and resume it"
         ),
-        TransientExit::Unknown(what) => bail!("the switch in {unit} ended without an exit status ({what})"),
+        TransientExit::Unknown(what) => {
+            bail!("the switch in {unit} ended without an exit status ({what})")
+        }
     }
 }
 
@@ -264,11 +350,17 @@ struct Relay {
 
 impl Relay {
     fn new(path: PathBuf, to: Box<dyn Write>) -> Relay {
-        Relay { path, offset: 0, to }
+        Relay {
+            path,
+            offset: 0,
+            to,
+        }
     }
 
     fn pump(&mut self) {
-        let Ok(mut f) = File::open(&self.path) else { return };
+        let Ok(mut f) = File::open(&self.path) else {
+            return;
+        };
         if f.seek(SeekFrom::Start(self.offset)).is_err() {
             return;
         }

@@ -19,17 +19,17 @@ use std::sync::{Arc, Mutex};
 use std::task::{Poll, Waker};
 use std::time::{Duration, Instant};
 
+use futures_util::StreamExt;
 use futures_util::future::{join, join4};
 use futures_util::stream::{self, TryStreamExt};
-use futures_util::StreamExt;
 use plan_model::{LiveState, LiveUnit};
 use zbus::proxy::CacheProperties;
 use zbus::{Connection, OwnedObjectPath, OwnedVariant, Variant};
 
+use crate::Error;
 use crate::manager::{
     JobKind, JobOutcome, JobResult, ServiceManager, TransientExit, TransientSpec, UnitStatus,
 };
-use crate::Error;
 
 const UNIT_INTERFACE: &str = "org.freedesktop.systemd1.Unit";
 const SERVICE_INTERFACE: &str = "org.freedesktop.systemd1.Service";
@@ -85,7 +85,18 @@ trait Manager {
     fn list_units(
         &self,
     ) -> zbus::Result<
-        Vec<(String, String, String, String, String, String, OwnedObjectPath, u32, String, OwnedObjectPath)>,
+        Vec<(
+            String,
+            String,
+            String,
+            String,
+            String,
+            String,
+            OwnedObjectPath,
+            u32,
+            String,
+            OwnedObjectPath,
+        )>,
     >;
 
     fn get_unit(&self, name: &str) -> zbus::Result<OwnedObjectPath>;
@@ -117,8 +128,13 @@ trait Manager {
     ) -> zbus::Result<OwnedObjectPath>;
 
     #[zbus(signal)]
-    fn job_removed(&self, id: u32, job: OwnedObjectPath, unit: String, result: String)
-        -> zbus::Result<()>;
+    fn job_removed(
+        &self,
+        id: u32,
+        job: OwnedObjectPath,
+        unit: String,
+        result: String,
+    ) -> zbus::Result<()>;
 
     #[zbus(signal)]
     fn reloading(&self, active: bool) -> zbus::Result<()>;
@@ -150,13 +166,18 @@ pub struct SystemdBus {
 
 impl std::fmt::Debug for SystemdBus {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SystemdBus").field("address", &self.address).finish()
+        f.debug_struct("SystemdBus")
+            .field("address", &self.address)
+            .finish()
     }
 }
 
 fn call_err(call: impl Into<String>) -> impl FnOnce(zbus::Error) -> Error {
     let call = call.into();
-    move |e| Error::Call { call, message: error_message(&e) }
+    move |e| Error::Call {
+        call,
+        message: error_message(&e),
+    }
 }
 
 /// Renders a zbus error as systemd's own message when there is one
@@ -183,11 +204,17 @@ impl SystemdBus {
                 .method_timeout(Duration::from_secs(25))
                 .build()
                 .await
-                .map_err(|e| Error::Connect { address: address.clone(), message: error_message(&e) })?;
+                .map_err(|e| Error::Connect {
+                    address: address.clone(),
+                    message: error_message(&e),
+                })?;
             let manager = manager(&conn).await?;
             manager.subscribe().await.map_err(|e| Error::Connect {
                 address: address.clone(),
-                message: format!("org.freedesktop.systemd1 did not answer: {}", error_message(&e)),
+                message: format!(
+                    "org.freedesktop.systemd1 did not answer: {}",
+                    error_message(&e)
+                ),
             })?;
             Ok(SystemdBus { conn, address })
         })
@@ -217,23 +244,29 @@ async fn props(conn: &Connection, path: OwnedObjectPath) -> Result<PropsProxy<'s
 }
 
 fn str_prop(map: &HashMap<String, OwnedVariant>, key: &str) -> String {
-    map.get(key).and_then(|v| <&str>::try_from(v).ok()).unwrap_or_default().to_owned()
+    map.get(key)
+        .and_then(|v| <&str>::try_from(v).ok())
+        .unwrap_or_default()
+        .to_owned()
 }
 
 fn strv_prop(map: &HashMap<String, OwnedVariant>, key: &str) -> Vec<String> {
     match map.get(key).map(|v| &**v) {
-        Some(Variant::Array(a)) => {
-            a.iter().filter_map(|x| <&str>::try_from(x).ok().map(str::to_owned)).collect()
-        }
+        Some(Variant::Array(a)) => a
+            .iter()
+            .filter_map(|x| <&str>::try_from(x).ok().map(str::to_owned))
+            .collect(),
         _ => Vec::new(),
     }
 }
 
 fn bytes_hex(v: Option<&OwnedVariant>) -> String {
     match v.map(|v| &**v) {
-        Some(Variant::Array(a)) => {
-            a.iter().filter_map(|x| u8::try_from(x).ok()).map(|b| format!("{b:02x}")).collect()
-        }
+        Some(Variant::Array(a)) => a
+            .iter()
+            .filter_map(|x| u8::try_from(x).ok())
+            .map(|b| format!("{b:02x}"))
+            .collect(),
         _ => String::new(),
     }
 }
@@ -247,7 +280,9 @@ fn i32_of(v: Result<OwnedVariant, zbus::Error>) -> i32 {
 }
 
 fn string_of(v: Result<OwnedVariant, zbus::Error>) -> String {
-    v.ok().and_then(|v| String::try_from(v).ok()).unwrap_or_default()
+    v.ok()
+        .and_then(|v| String::try_from(v).ok())
+        .unwrap_or_default()
 }
 
 /// Builds a [`LiveUnit`] from the `Unit` interface's properties. Pure, so
@@ -285,7 +320,10 @@ fn delay(d: Duration) -> impl Future<Output = ()> {
         fired: bool,
         waker: Option<Waker>,
     }
-    let state = Arc::new(Mutex::new(State { fired: false, waker: None }));
+    let state = Arc::new(Mutex::new(State {
+        fired: false,
+        waker: None,
+    }));
     let thread_state = Arc::clone(&state);
     std::thread::spawn(move || {
         std::thread::sleep(d);
@@ -365,14 +403,23 @@ impl SystemdBus {
         let manager_exe = std::fs::canonicalize("/proc/1/exe")
             .ok()
             .map(|p| p.to_string_lossy().into_owned());
-        Ok(LiveState { units, manager_exe, ..Default::default() })
+        Ok(LiveState {
+            units,
+            manager_exe,
+            ..Default::default()
+        })
     }
 
     async fn status_async(&self, name: &str) -> Result<UnitStatus, Error> {
         let manager = manager(&self.conn).await?;
         let path = match manager.load_unit(name).await {
             Ok(p) => p,
-            Err(_) => return Ok(UnitStatus { load_state: "not-found".into(), ..Default::default() }),
+            Err(_) => {
+                return Ok(UnitStatus {
+                    load_state: "not-found".into(),
+                    ..Default::default()
+                });
+            }
         };
         let p = props(&self.conn, path).await?;
         let (load, active, sub, inv) = join4(
@@ -414,7 +461,10 @@ impl SystemdBus {
         let manager = manager(&self.conn).await?;
         // The signal stream exists before the first job is queued, so no
         // JobRemoved can be missed, however fast a job finishes.
-        let mut removed = manager.receive_job_removed().await.map_err(call_err("AddMatch(JobRemoved)"))?;
+        let mut removed = manager
+            .receive_job_removed()
+            .await
+            .map_err(call_err("AddMatch(JobRemoved)"))?;
         let queued_at = Instant::now();
         let calls = jobs.iter().map(|(kind, unit)| {
             let m = &manager;
@@ -425,10 +475,14 @@ impl SystemdBus {
                     JobKind::Restart => m.restart_unit(unit, "replace").await,
                     JobKind::Start => m.start_unit(unit, "replace").await,
                 };
-                r.map(|p| p.as_str().to_owned()).map_err(|e| error_message(&e))
+                r.map(|p| p.as_str().to_owned())
+                    .map_err(|e| error_message(&e))
             }
         });
-        let replies: Vec<Result<String, String>> = stream::iter(calls).buffered(CALLS_IN_FLIGHT).collect().await;
+        let replies: Vec<Result<String, String>> = stream::iter(calls)
+            .buffered(CALLS_IN_FLIGHT)
+            .collect()
+            .await;
         let mut results: Vec<Option<JobResult>> = vec![None; jobs.len()];
         let mut pending: HashMap<String, usize> = HashMap::new();
         for (i, reply) in replies.into_iter().enumerate() {
@@ -438,7 +492,11 @@ impl SystemdBus {
                 }
                 Err(message) => {
                     let r = JobResult::NotQueued { message };
-                    on_done(&JobOutcome { unit: jobs[i].1.clone(), kind: jobs[i].0, result: r.clone() });
+                    on_done(&JobOutcome {
+                        unit: jobs[i].1.clone(),
+                        kind: jobs[i].0,
+                        result: r.clone(),
+                    });
                     results[i] = Some(r);
                 }
             }
@@ -446,16 +504,24 @@ impl SystemdBus {
         let deadline = queued_at + timeout;
         while !pending.is_empty() {
             let left = deadline.saturating_duration_since(Instant::now());
-            let Some(next) = with_timeout(left, removed.next()).await else { break };
+            let Some(next) = with_timeout(left, removed.next()).await else {
+                break;
+            };
             let Some(signal) = next else { break };
             let Ok(args) = signal.args() else { continue };
             if let Some(i) = pending.remove(args.job.as_str()) {
                 let r = if args.result == "done" {
                     JobResult::Done
                 } else {
-                    JobResult::Failed { systemd_result: args.result.clone() }
+                    JobResult::Failed {
+                        systemd_result: args.result.clone(),
+                    }
                 };
-                on_done(&JobOutcome { unit: jobs[i].1.clone(), kind: jobs[i].0, result: r.clone() });
+                on_done(&JobOutcome {
+                    unit: jobs[i].1.clone(),
+                    kind: jobs[i].0,
+                    result: r.clone(),
+                });
                 results[i] = Some(r);
             }
         }
@@ -468,8 +534,14 @@ impl SystemdBus {
                 // cancel then means there was nothing left to cancel.
                 let _ = manager.cancel_job(id).await;
             }
-            let r = JobResult::TimedOut { seconds: timeout.as_secs() };
-            on_done(&JobOutcome { unit: jobs[*i].1.clone(), kind: jobs[*i].0, result: r.clone() });
+            let r = JobResult::TimedOut {
+                seconds: timeout.as_secs(),
+            };
+            on_done(&JobOutcome {
+                unit: jobs[*i].1.clone(),
+                kind: jobs[*i].0,
+                result: r.clone(),
+            });
             results[*i] = Some(r);
         }
         Ok(results
@@ -478,7 +550,9 @@ impl SystemdBus {
             .map(|(r, (kind, unit))| JobOutcome {
                 unit: unit.clone(),
                 kind: *kind,
-                result: r.unwrap_or(JobResult::TimedOut { seconds: timeout.as_secs() }),
+                result: r.unwrap_or(JobResult::TimedOut {
+                    seconds: timeout.as_secs(),
+                }),
             })
             .collect())
     }
@@ -486,7 +560,10 @@ impl SystemdBus {
     async fn reload_like(&self, reexec: bool, timeout: Duration) -> Result<(), Error> {
         let what = if reexec { "re-exec" } else { "daemon-reload" };
         let manager = manager(&self.conn).await?;
-        let mut reloading = manager.receive_reloading().await.map_err(call_err("AddMatch(Reloading)"))?;
+        let mut reloading = manager
+            .receive_reloading()
+            .await
+            .map_err(call_err("AddMatch(Reloading)"))?;
         if reexec {
             // systemd drops its bus connection while it re-executes, so the
             // reply may never come; the Reloading(false) signal, sent once
@@ -507,7 +584,12 @@ impl SystemdBus {
         };
         match with_timeout(timeout, wait).await {
             Some(true) => {}
-            _ => return Err(Error::ReloadTimeout { what, seconds: timeout.as_secs() }),
+            _ => {
+                return Err(Error::ReloadTimeout {
+                    what,
+                    seconds: timeout.as_secs(),
+                });
+            }
         }
         if reexec {
             // systemd carries its subscribers over a re-exec; subscribing
@@ -515,7 +597,8 @@ impl SystemdBus {
             // subscribed" is the answer when it did.
             match manager.subscribe().await {
                 Ok(()) => {}
-                Err(zbus::Error::MethodError(name, ..)) if name.as_str() == "org.freedesktop.systemd1.AlreadySubscribed" => {}
+                Err(zbus::Error::MethodError(name, ..))
+                    if name.as_str() == "org.freedesktop.systemd1.AlreadySubscribed" => {}
                 Err(e) => return Err(call_err("Subscribe")(e)),
             }
         }
@@ -524,7 +607,11 @@ impl SystemdBus {
 
     async fn run_transient_async(&self, spec: &TransientSpec) -> Result<OwnedObjectPath, Error> {
         let manager = manager(&self.conn).await?;
-        let exec = vec![(spec.argv.first().cloned().unwrap_or_default(), spec.argv.clone(), false)];
+        let exec = vec![(
+            spec.argv.first().cloned().unwrap_or_default(),
+            spec.argv.clone(),
+            false,
+        )];
         let mut properties: Vec<(&str, Variant<'_>)> = vec![
             ("Description", Variant::from(spec.description.as_str())),
             ("Type", Variant::from("exec")),
@@ -535,13 +622,25 @@ impl SystemdBus {
             ("ExecStart", Variant::from(exec)),
             ("Environment", Variant::from(spec.environment.clone())),
             ("StandardInput", Variant::from("null")),
-            ("StandardOutputFileToTruncate", Variant::from(spec.stdout.to_string_lossy().into_owned())),
-            ("StandardErrorFileToTruncate", Variant::from(spec.stderr.to_string_lossy().into_owned())),
+            (
+                "StandardOutputFileToTruncate",
+                Variant::from(spec.stdout.to_string_lossy().into_owned()),
+            ),
+            (
+                "StandardErrorFileToTruncate",
+                Variant::from(spec.stderr.to_string_lossy().into_owned()),
+            ),
         ];
         if let Some(dir) = &spec.working_directory {
-            properties.push(("WorkingDirectory", Variant::from(dir.to_string_lossy().into_owned())));
+            properties.push((
+                "WorkingDirectory",
+                Variant::from(dir.to_string_lossy().into_owned()),
+            ));
         }
-        let mut removed = manager.receive_job_removed().await.map_err(call_err("AddMatch(JobRemoved)"))?;
+        let mut removed = manager
+            .receive_job_removed()
+            .await
+            .map_err(call_err("AddMatch(JobRemoved)"))?;
         let job = manager
             .start_transient_unit(&spec.unit, "fail", &properties, &[])
             .await
@@ -559,7 +658,10 @@ impl SystemdBus {
                 break;
             }
         }
-        manager.get_unit(&spec.unit).await.map_err(call_err(format!("GetUnit({})", spec.unit)))
+        manager
+            .get_unit(&spec.unit)
+            .await
+            .map_err(call_err(format!("GetUnit({})", spec.unit)))
     }
 }
 
@@ -571,12 +673,13 @@ impl ServiceManager for SystemdBus {
     fn unit_status(&mut self, units: &[String]) -> Result<BTreeMap<String, UnitStatus>, Error> {
         let this = &*self;
         zbus::block_on(async {
-            let all: Vec<(String, UnitStatus)> = stream::iter(units.iter().map(|u| async move {
-                Ok::<_, Error>((u.clone(), this.status_async(u).await?))
-            }))
-            .buffer_unordered(UNITS_IN_FLIGHT / 4)
-            .try_collect()
-            .await?;
+            let all: Vec<(String, UnitStatus)> =
+                stream::iter(units.iter().map(|u| async move {
+                    Ok::<_, Error>((u.clone(), this.status_async(u).await?))
+                }))
+                .buffer_unordered(UNITS_IN_FLIGHT / 4)
+                .try_collect()
+                .await?;
             Ok(all.into_iter().collect())
         })
     }
@@ -600,7 +703,11 @@ impl ServiceManager for SystemdBus {
 
     fn reset_failed(&mut self) -> Result<(), Error> {
         zbus::block_on(async {
-            manager(&self.conn).await?.reset_failed().await.map_err(call_err("ResetFailed"))
+            manager(&self.conn)
+                .await?
+                .reset_failed()
+                .await
+                .map_err(call_err("ResetFailed"))
         })
     }
 
@@ -623,10 +730,17 @@ impl ServiceManager for SystemdBus {
                     p.get(SERVICE_INTERFACE, "Result"),
                 )
                 .await;
-                Ok::<_, Error>((active.map(|v| String::try_from(v).unwrap_or_default()), i32_of(code), i32_of(status), string_of(result)))
+                Ok::<_, Error>((
+                    active.map(|v| String::try_from(v).unwrap_or_default()),
+                    i32_of(code),
+                    i32_of(status),
+                    string_of(result),
+                ))
             })?;
             match st {
-                (Ok(active), code, status, result) if active == "inactive" || active == "failed" => {
+                (Ok(active), code, status, result)
+                    if active == "inactive" || active == "failed" =>
+                {
                     break match code {
                         1 => TransientExit::Exited(status),
                         2 | 3 => TransientExit::Killed(status),
@@ -640,7 +754,9 @@ impl ServiceManager for SystemdBus {
         };
         tick();
         zbus::block_on(async {
-            let unit = UnitProxy::builder(&self.conn).path(path.clone()).cache_properties(CacheProperties::No);
+            let unit = UnitProxy::builder(&self.conn)
+                .path(path.clone())
+                .cache_properties(CacheProperties::No);
             if let Ok(u) = unit.build().await {
                 // Dropping our reference lets systemd collect the unit.
                 let _ = u.unref().await;
@@ -651,6 +767,7 @@ impl ServiceManager for SystemdBus {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
 
@@ -664,8 +781,14 @@ mod tests {
         m.insert("ActiveState".to_owned(), v("active"));
         m.insert("SubState".to_owned(), v("running"));
         m.insert("LoadState".to_owned(), v("loaded"));
-        m.insert("FragmentPath".to_owned(), v("/etc/systemd/system/a.service"));
-        m.insert("DropInPaths".to_owned(), v(vec!["/etc/systemd/system/a.service.d/x.conf"]));
+        m.insert(
+            "FragmentPath".to_owned(),
+            v("/etc/systemd/system/a.service"),
+        );
+        m.insert(
+            "DropInPaths".to_owned(),
+            v(vec!["/etc/systemd/system/a.service.d/x.conf"]),
+        );
         m.insert("PartOf".to_owned(), v(vec!["b.service"]));
         m.insert("Requires".to_owned(), v(Vec::<String>::new()));
         m.insert("InvocationID".to_owned(), v(vec![0xabu8, 0x01]));
@@ -673,7 +796,10 @@ mod tests {
         assert_eq!(u.active_state, "active");
         assert_eq!(u.sub_state, "running");
         assert_eq!(u.fragment_path, "/etc/systemd/system/a.service");
-        assert_eq!(u.drop_in_paths, vec!["/etc/systemd/system/a.service.d/x.conf"]);
+        assert_eq!(
+            u.drop_in_paths,
+            vec!["/etc/systemd/system/a.service.d/x.conf"]
+        );
         assert_eq!(u.invocation_id, "ab01");
         assert_eq!(u.main_pid, 42);
         assert_eq!(u.exec_main_status, 3);
@@ -689,7 +815,10 @@ mod tests {
 
     #[test]
     fn timeout_fires() {
-        let r = zbus::block_on(with_timeout(Duration::from_millis(10), std::future::pending::<()>()));
+        let r = zbus::block_on(with_timeout(
+            Duration::from_millis(10),
+            std::future::pending::<()>(),
+        ));
         assert_eq!(r, None);
         let r = zbus::block_on(with_timeout(Duration::from_secs(5), async { 7 }));
         assert_eq!(r, Some(7));

@@ -12,10 +12,10 @@ use std::time::Duration;
 
 use plan_model::{LiveState, LiveUnit};
 
+use crate::Error;
 use crate::manager::{
     JobKind, JobOutcome, JobResult, ServiceManager, TransientExit, TransientSpec, UnitStatus,
 };
-use crate::Error;
 
 /// How a fake unit reacts to a start or restart.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -76,7 +76,11 @@ pub struct FakeManager {
 impl FakeManager {
     /// A manager with no units.
     pub fn new() -> FakeManager {
-        FakeManager { next_pid: 1000, next_invocation: 1, ..Default::default() }
+        FakeManager {
+            next_pid: 1000,
+            next_invocation: 1,
+            ..Default::default()
+        }
     }
 
     /// Adds a running unit with a fresh main PID and invocation.
@@ -89,7 +93,13 @@ impl FakeManager {
             ..Default::default()
         };
         self.fresh_process(&mut st, name);
-        self.units.insert(name.to_owned(), FakeUnit { status: st, ..Default::default() });
+        self.units.insert(
+            name.to_owned(),
+            FakeUnit {
+                status: st,
+                ..Default::default()
+            },
+        );
         self.units.get_mut(name).unwrap_or_else(|| unreachable!())
     }
 
@@ -101,7 +111,13 @@ impl FakeManager {
             sub_state: "dead".into(),
             ..Default::default()
         };
-        self.units.insert(name.to_owned(), FakeUnit { status: st, ..Default::default() });
+        self.units.insert(
+            name.to_owned(),
+            FakeUnit {
+                status: st,
+                ..Default::default()
+            },
+        );
         self.units.get_mut(name).unwrap_or_else(|| unreachable!())
     }
 
@@ -126,7 +142,9 @@ impl FakeManager {
     }
 
     fn stop(&mut self, name: &str) {
-        let Some(u) = self.units.get_mut(name) else { return };
+        let Some(u) = self.units.get_mut(name) else {
+            return;
+        };
         u.status.active_state = "inactive".into();
         u.status.sub_state = "dead".into();
         u.status.main_pid = 0;
@@ -134,7 +152,9 @@ impl FakeManager {
 
     fn start(&mut self, name: &str) -> JobResult {
         let Some(u) = self.units.get(name) else {
-            return JobResult::NotQueued { message: format!("Unit {name} not found.") };
+            return JobResult::NotQueued {
+                message: format!("Unit {name} not found."),
+            };
         };
         match u.behaviour {
             Behaviour::Runs => {
@@ -160,7 +180,9 @@ impl FakeManager {
                     u.status.exec_main_status = 1;
                     u.status.main_pid = 0;
                 }
-                JobResult::Failed { systemd_result: "failed".into() }
+                JobResult::Failed {
+                    systemd_result: "failed".into(),
+                }
             }
             Behaviour::Hangs => JobResult::TimedOut { seconds: 0 },
         }
@@ -176,7 +198,9 @@ impl FakeManager {
 
     fn job(&mut self, kind: JobKind, name: &str, timeout: Duration) -> JobResult {
         if !self.units.contains_key(name) {
-            return JobResult::NotQueued { message: format!("Unit {name} not found.") };
+            return JobResult::NotQueued {
+                message: format!("Unit {name} not found."),
+            };
         }
         let r = match kind {
             JobKind::Stop => {
@@ -199,11 +223,15 @@ impl FakeManager {
             }
             JobKind::Reload => match self.units.get(name) {
                 Some(u) if u.status.is_running() => JobResult::Done,
-                _ => JobResult::Failed { systemd_result: "invalid".into() },
+                _ => JobResult::Failed {
+                    systemd_result: "invalid".into(),
+                },
             },
         };
         match r {
-            JobResult::TimedOut { .. } => JobResult::TimedOut { seconds: timeout.as_secs() },
+            JobResult::TimedOut { .. } => JobResult::TimedOut {
+                seconds: timeout.as_secs(),
+            },
             other => other,
         }
     }
@@ -243,7 +271,10 @@ impl ServiceManager for FakeManager {
                 (n.clone(), live)
             })
             .collect();
-        Ok(LiveState { units, ..Default::default() })
+        Ok(LiveState {
+            units,
+            ..Default::default()
+        })
     }
 
     fn unit_status(&mut self, units: &[String]) -> Result<BTreeMap<String, UnitStatus>, Error> {
@@ -251,12 +282,16 @@ impl ServiceManager for FakeManager {
         Ok(units
             .iter()
             .map(|u| {
-                let st = self.units.get(u).map(|f| f.status.clone()).unwrap_or(UnitStatus {
-                    load_state: "not-found".into(),
-                    active_state: "inactive".into(),
-                    sub_state: "dead".into(),
-                    ..Default::default()
-                });
+                let st = self
+                    .units
+                    .get(u)
+                    .map(|f| f.status.clone())
+                    .unwrap_or(UnitStatus {
+                        load_state: "not-found".into(),
+                        active_state: "inactive".into(),
+                        sub_state: "dead".into(),
+                        ..Default::default()
+                    });
                 (u.clone(), st)
             })
             .collect())
@@ -274,7 +309,11 @@ impl ServiceManager for FakeManager {
             self.jobs_queued += 1;
             self.calls.push(Call::Job(*kind, unit.clone()));
             let result = self.job(*kind, unit, timeout);
-            let o = JobOutcome { unit: unit.clone(), kind: *kind, result };
+            let o = JobOutcome {
+                unit: unit.clone(),
+                kind: *kind,
+                result,
+            };
             on_done(&o);
             out.push(o);
         }

@@ -30,13 +30,13 @@ mod rundir;
 pub use dbus::SystemdBus;
 pub use error::Error;
 pub use executor::{
-    apply, resume, ApplyOptions, ApplyReport, Host, JobRecord, PhaseRecord, ProcessHost,
-    Progress, ProtectedCheck, StderrProgress, UnitFailure,
+    ApplyOptions, ApplyReport, Host, JobRecord, PhaseRecord, ProcessHost, Progress, ProtectedCheck,
+    StderrProgress, UnitFailure, apply, resume,
 };
 pub use manager::{
     JobKind, JobOutcome, JobResult, ServiceManager, TransientExit, TransientSpec, UnitStatus,
 };
 pub use rundir::{
-    phase_name, Interrupted, LockGuard, PersistedJob, PhaseState, ProgressFile, RunDir,
-    DEFAULT_RUN_DIR,
+    DEFAULT_RUN_DIR, Interrupted, LockGuard, PersistedJob, PhaseState, ProgressFile, RunDir,
+    phase_name,
 };

@@ -148,9 +148,15 @@ impl UnitStatus {
             s.push_str(&format!(", result {}", self.result));
         }
         if self.exec_main_code == 1 && self.exec_main_status != 0 {
-            s.push_str(&format!(", main process exited with status {}", self.exec_main_status));
+            s.push_str(&format!(
+                ", main process exited with status {}",
+                self.exec_main_status
+            ));
         } else if self.exec_main_code >= 2 {
-            s.push_str(&format!(", main process killed by signal {}", self.exec_main_status));
+            s.push_str(&format!(
+                ", main process killed by signal {}",
+                self.exec_main_status
+            ));
         }
         s
     }

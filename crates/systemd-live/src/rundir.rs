@@ -14,8 +14,8 @@ use std::path::{Path, PathBuf};
 use plan_model::{Phase, Plan};
 use serde::{Deserialize, Serialize};
 
-use crate::manager::{JobKind, JobResult};
 use crate::Error;
+use crate::manager::{JobKind, JobResult};
 
 /// The run directory used on a real host.
 pub const DEFAULT_RUN_DIR: &str = "/run/safe-switch";
@@ -115,20 +115,33 @@ impl Interrupted {
         let done = names(PhaseState::Done);
         let running = names(PhaseState::Running);
         let pending = names(PhaseState::Pending);
-        s.push_str(&format!("  phases done: {}\n", if done.is_empty() { "none" } else { &done }));
+        s.push_str(&format!(
+            "  phases done: {}\n",
+            if done.is_empty() { "none" } else { &done }
+        ));
         if !running.is_empty() {
             s.push_str(&format!("  stopped during: {running}\n"));
             let in_phase: Vec<String> = p
                 .jobs
                 .iter()
-                .filter(|j| p.phases.iter().any(|(ph, st)| *st == PhaseState::Running && job_phase(j.kind) == *ph))
+                .filter(|j| {
+                    p.phases
+                        .iter()
+                        .any(|(ph, st)| *st == PhaseState::Running && job_phase(j.kind) == *ph)
+                })
                 .map(|j| format!("{} {} ({})", j.kind, j.unit, j.result.describe()))
                 .collect();
             if !in_phase.is_empty() {
-                s.push_str(&format!("  jobs of that phase already finished: {}\n", in_phase.join(", ")));
+                s.push_str(&format!(
+                    "  jobs of that phase already finished: {}\n",
+                    in_phase.join(", ")
+                ));
             }
         }
-        s.push_str(&format!("  phases not started: {}\n", if pending.is_empty() { "none" } else { &pending }));
+        s.push_str(&format!(
+            "  phases not started: {}\n",
+            if pending.is_empty() { "none" } else { &pending }
+        ));
         s
     }
 }
@@ -229,8 +242,11 @@ impl RunDir {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(Error::io(&path, e)),
         };
-        let progress: ProgressFile = serde_json::from_str(&text)
-            .map_err(|e| Error::BadProgress { path: path.clone(), message: e.to_string() })?;
+        let progress: ProgressFile =
+            serde_json::from_str(&text).map_err(|e| Error::BadProgress {
+                path: path.clone(),
+                message: e.to_string(),
+            })?;
         if progress.finished {
             return Ok(None);
         }
@@ -245,7 +261,8 @@ impl RunDir {
         let tmp = self.path.join(format!("{PROGRESS}.tmp"));
         let text = serde_json::to_string_pretty(progress).unwrap_or_default();
         let mut f = File::create(&tmp).map_err(|e| Error::io(&tmp, e))?;
-        f.write_all(text.as_bytes()).map_err(|e| Error::io(&tmp, e))?;
+        f.write_all(text.as_bytes())
+            .map_err(|e| Error::io(&tmp, e))?;
         f.sync_data().map_err(|e| Error::io(&tmp, e))?;
         std::fs::rename(&tmp, &path).map_err(|e| Error::io(&path, e))
     }
@@ -260,6 +277,7 @@ impl RunDir {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
 
