@@ -34,10 +34,10 @@ pub fn run(args: args::ClosureDiffArgs) -> anyhow::Result<Outcome> {
     let diff = closure_diff(&args.old, &args.new)?;
     // Say when the database could not be used, so a slow run or a
     // different answer has an explanation; it does not change the result.
-    for side in [&diff.old, &diff.new] {
-        if let Some(reason) = &side.fallback_reason {
-            eprintln!("note: read {} with `nix path-info`: {reason}", side.root);
-        }
+    let reasons: Vec<&String> =
+        [&diff.old, &diff.new].into_iter().filter_map(|s| s.fallback_reason.as_ref()).collect();
+    if let Some(reason) = reasons.first() {
+        eprintln!("note: read the closures with `nix path-info` because the database failed: {reason}");
     }
     let mut out = std::io::stdout().lock();
     if args.json {

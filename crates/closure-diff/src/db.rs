@@ -25,7 +25,7 @@ use crate::closure::PathInfo;
 #[derive(Debug, thiserror::Error)]
 pub enum DbError {
     /// The file is missing or cannot be looked at.
-    #[error("cannot open {path}: {source}")]
+    #[error("cannot open {path}")]
     Missing {
         /// The database file.
         path: PathBuf,
@@ -34,7 +34,7 @@ pub enum DbError {
         source: std::io::Error,
     },
     /// SQLite could not open the file (no permission, locked files).
-    #[error("cannot open {path}: {source}")]
+    #[error("cannot open {path}")]
     Open {
         /// The database file.
         path: PathBuf,
@@ -43,7 +43,7 @@ pub enum DbError {
         source: rusqlite::Error,
     },
     /// The file is not an SQLite database, or a damaged one.
-    #[error("{path} is not a readable SQLite database: {source}")]
+    #[error("{path} is not a readable SQLite database")]
     Corrupt {
         /// The database file.
         path: PathBuf,
@@ -60,7 +60,7 @@ pub enum DbError {
         detail: String,
     },
     /// A query failed for another reason (locked for too long, I/O).
-    #[error("querying {path} failed: {source}")]
+    #[error("querying {path} failed")]
     Query {
         /// The database file.
         path: PathBuf,

@@ -19,7 +19,7 @@ use crate::closure::PathInfo;
 #[derive(Debug, thiserror::Error)]
 pub enum CommandError {
     /// The program could not be started.
-    #[error("cannot run {program}: {source}")]
+    #[error("cannot run {}", program.display())]
     Spawn {
         /// The program.
         program: PathBuf,

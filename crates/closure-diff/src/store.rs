@@ -92,7 +92,7 @@ impl Options {
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// The input does not exist or a link on the way cannot be read.
-    #[error("{}: {source}", input.display())]
+    #[error("cannot follow {}", input.display())]
     Resolve {
         /// The path given.
         input: PathBuf,
@@ -117,7 +117,7 @@ pub enum Error {
         input: PathBuf,
     },
     /// The store does not know the path.
-    #[error("{store_path} (from {}) is not a valid path in the Nix store", input.display())]
+    #[error("{store_path}{} is not a valid path in the Nix store", via(input, store_path))]
     NotValid {
         /// The path given.
         input: PathBuf,
@@ -125,7 +125,7 @@ pub enum Error {
         store_path: String,
     },
     /// The database could not be read and the fallback is off.
-    #[error("reading the closure of {store_path}: {source}")]
+    #[error("reading the closure of {store_path}")]
     Database {
         /// The store path.
         store_path: String,
@@ -134,7 +134,7 @@ pub enum Error {
         source: DbError,
     },
     /// `nix path-info` failed and the database is not used.
-    #[error("reading the closure of {store_path}: {source}")]
+    #[error("reading the closure of {store_path}")]
     Command {
         /// The store path.
         store_path: String,
@@ -143,7 +143,7 @@ pub enum Error {
         source: CommandError,
     },
     /// Neither the database nor `nix path-info` gave an answer.
-    #[error("cannot read the closure of {store_path}: the Nix database failed ({db}), and so did the fallback ({command})")]
+    #[error("cannot read the closure of {store_path}: the Nix database failed ({}), and so did the fallback ({})", chain(db.as_ref()), chain(command.as_ref()))]
     Unreadable {
         /// The store path.
         store_path: String,
@@ -152,6 +152,24 @@ pub enum Error {
         /// The command error.
         command: Box<CommandError>,
     },
+}
+
+/// ` (from <input>)` when the user named the store path through a link.
+fn via(input: &Path, store_path: &str) -> String {
+    if input == Path::new(store_path) { String::new() } else { format!(" (from {})", input.display()) }
+}
+
+/// An error and its sources on one line, for messages that carry another
+/// error inside their text.
+pub fn chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut next = e.source();
+    while let Some(cause) = next {
+        out.push_str(": ");
+        out.push_str(&cause.to_string());
+        next = cause.source();
+    }
+    out
 }
 
 /// How many symbolic links a path may go through, as in Linux.
@@ -283,7 +301,7 @@ fn read_all(inputs: &[&Path], options: &Options) -> Result<Vec<Closure>, Error> 
     if options.source == SourcePolicy::DatabaseOnly {
         return Err(Error::Database { store_path: first, source: db_error });
     }
-    via_command(Some(db_error.to_string())).map_err(|e| match e {
+    via_command(Some(chain(&db_error))).map_err(|e| match e {
         Ok((store_path, command)) => {
             Error::Unreadable { store_path, db: Box::new(db_error), command: Box::new(command) }
         }

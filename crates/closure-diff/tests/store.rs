@@ -126,7 +126,9 @@ fn corrupt_database_falls_back_or_fails_clearly() {
         matches!(&err, Error::Database { source: DbError::Corrupt { .. }, .. }),
         "{err:?}"
     );
-    assert!(err.to_string().contains(&bad_db.display().to_string()), "{err}");
+    let msg = closure_diff::store::chain(&err);
+    assert!(msg.contains(&bad_db.display().to_string()), "{msg}");
+    assert!(msg.contains("file is not a database"), "{msg}");
 
     // With a fallback that fails too: both reasons in one message.
     let options = Options {
@@ -279,7 +281,8 @@ fn database_of_another_layout_is_unsupported() {
         matches!(&err, Error::Database { source: DbError::UnsupportedSchema { .. }, .. }),
         "{err:?}"
     );
-    assert!(err.to_string().contains("has no column narSize"), "{err}");
+    let msg = closure_diff::store::chain(&err);
+    assert!(msg.contains("has no column narSize"), "{msg}");
     let options = Options { source: SourcePolicy::Auto, ..options };
     let closure = read_closure(Path::new(&app), &options).unwrap();
     assert_eq!(closure.source, Source::NixPathInfo);
