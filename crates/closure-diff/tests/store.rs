@@ -307,3 +307,38 @@ fn options_follow_nix_environment() {
         SourcePolicy::NixOnly
     );
 }
+
+/// Paths registered without a NAR size (NULL in old databases) count as
+/// zero bytes, and ids with large gaps (left by garbage collection) work
+/// with both strategies.
+#[test]
+fn null_sizes_and_sparse_ids() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("db.sqlite");
+    let conn = rusqlite::Connection::open(&db).unwrap();
+    conn.execute_batch(include_str!("fixtures/schema-current.sql")).unwrap();
+    let root = store_path(12, 1, "root-1.0");
+    let dep = store_path(12, 2, "dep-2.0");
+    let other = store_path(12, 3, "other-3.0");
+    for (id, path, size) in [(5_i64, &dep, None), (90_000, &root, Some(42_i64)), (7, &other, Some(1))] {
+        conn.execute(
+            "insert into ValidPaths (id, path, hash, registrationTime, narSize) values (?1, ?2, 'sha256:x', 0, ?3)",
+            rusqlite::params![id, path, size],
+        )
+        .unwrap();
+    }
+    conn.execute("insert into Refs values (90000, 5)", []).unwrap();
+    conn.execute("insert into Refs values (90000, 90000)", []).unwrap();
+    drop(conn);
+    for scan_limit in [u64::MAX, 0] {
+        let options = Options {
+            db_path: db.clone(),
+            source: SourcePolicy::DatabaseOnly,
+            scan_limit,
+            ..Options::default()
+        };
+        let closure = read_closure(Path::new(&root), &options).unwrap();
+        let expected: BTreeMap<String, u64> = [(root.clone(), 42), (dep.clone(), 0)].into_iter().collect();
+        assert_eq!(as_map(&closure), expected, "scan_limit {scan_limit}");
+    }
+}
