@@ -18,7 +18,9 @@
 //! - A restart job on X adds a try-restart to the same dependents (it turns
 //!   into nothing on a unit that is not running, so it does not propagate
 //!   past one), a stop job to its `PropagatesStopTo=` units, and everything
-//!   a start job adds.
+//!   a start job adds. (systemd 252 does not carry a restart along
+//!   `PropagatesStopTo=`; later transaction code does. Protection takes the
+//!   reading that stops more.)
 //! - A start job on X adds start jobs to the units it `Requires=`,
 //!   `BindsTo=`, `Wants=` or `Upholds=`, and stop jobs to every unit it
 //!   conflicts with, in either direction of `Conflicts=`.
