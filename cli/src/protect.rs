@@ -121,18 +121,10 @@ pub fn outcome(plan: &Plan) -> Outcome {
 /// Builds the analysis request from the options, the policy file and the
 /// caller's cgroup.
 fn request(args: &ProtectArgs) -> anyhow::Result<Request> {
-    let (policy, policy_path) = match &args.policy {
-        Some(path) => (Some(read_policy(path)?), path.clone()),
-        None => {
-            let path = PathBuf::from(DEFAULT_POLICY);
-            match fs::symlink_metadata(&path) {
-                Err(err) if err.kind() == ErrorKind::NotFound => (None, path),
-                _ => (Some(read_policy(&path)?), path),
-            }
-        }
-    };
+    let loaded = load_policy(args)?;
+    let policy = loaded.as_ref().map(|(p, _)| p);
     let mut selectors = Vec::new();
-    if let Some(policy) = &policy {
+    if let Some((policy, policy_path)) = &loaded {
         let source = ProtectionSource::Policy { path: policy_path.display().to_string() };
         selectors.extend(policy.protect.iter().map(|(s, _)| (s.clone(), source.clone())));
     }
@@ -148,14 +140,33 @@ fn request(args: &ProtectArgs) -> anyhow::Result<Request> {
     let mode = match args.on_protected {
         Some(OnProtected::Defer) => Mode::Defer,
         Some(OnProtected::Refuse) => Mode::Refuse,
-        None => policy.as_ref().and_then(|p| p.mode).unwrap_or_default(),
+        None => policy.and_then(|p| p.mode).unwrap_or_default(),
     };
     Ok(Request {
         selectors,
-        implicit: policy.as_ref().map(|p| p.implicit).unwrap_or_default(),
+        implicit: policy.map(|p| p.implicit).unwrap_or_default(),
         caller_cgroup: caller_cgroup(args.cgroup_file.as_deref())?,
         mode,
     })
+}
+
+/// Loads the policy file the options name: `--policy PATH` (which must
+/// exist), else [`DEFAULT_POLICY`] when it exists. Returns the policy and
+/// its path, or `None` when there is no policy file. The ownership check
+/// and parse errors (naming the line) are errors. Other readers of the
+/// policy (the `base` and `host` of a composed switch) should load it here
+/// too, so that every reader applies the same checks.
+pub fn load_policy(args: &ProtectArgs) -> anyhow::Result<Option<(Policy, PathBuf)>> {
+    match &args.policy {
+        Some(path) => Ok(Some((read_policy(path)?, path.clone()))),
+        None => {
+            let path = PathBuf::from(DEFAULT_POLICY);
+            match fs::symlink_metadata(&path) {
+                Err(err) if err.kind() == ErrorKind::NotFound => Ok(None),
+                _ => Ok(Some((read_policy(&path)?, path))),
+            }
+        }
+    }
 }
 
 /// Reads and parses a policy file, checking who may write it first.
