@@ -67,12 +67,20 @@ pub fn run(args: args::SwitchArgs) -> anyhow::Result<Outcome> {
                 run.path().join("lock").display()
             );
         }
-        let cgroup_args = if args.protect.cgroup_file.is_none() {
-            caller_cgroup_args(&run)?
+        let cgroup_file = if args.protect.cgroup_file.is_none() {
+            save_caller_cgroup(&run)?
         } else {
-            Vec::new()
+            None
         };
-        return isolate(&mut bus, &run, &cgroup_args);
+        let extra: Vec<String> = match &cgroup_file {
+            Some(path) => vec!["--cgroup-file".to_owned(), path.display().to_string()],
+            None => Vec::new(),
+        };
+        let outcome = isolate(&mut bus, &run, &extra);
+        if let Some(path) = cgroup_file {
+            let _ = std::fs::remove_file(path);
+        }
+        return outcome;
     }
     let _lock = run.lock()?;
     let mut bus = live::connect()?;
@@ -254,10 +262,10 @@ pub fn apply_plan(
 
 /// Writes the caller's cgroup where the isolated apply can read it, so the
 /// implicit protection of the caller (its SSH session, its CI runner)
-/// still covers the process that asked for the switch.
-fn caller_cgroup_args(run: &RunDir) -> anyhow::Result<Vec<String>> {
+/// still covers the process that asked for the switch. Returns the file.
+fn save_caller_cgroup(run: &RunDir) -> anyhow::Result<Option<PathBuf>> {
     let Ok(text) = std::fs::read_to_string("/proc/self/cgroup") else {
-        return Ok(Vec::new());
+        return Ok(None);
     };
     std::fs::create_dir_all(run.path())
         .with_context(|| format!("{}: cannot create", run.path().display()))?;
@@ -265,7 +273,7 @@ fn caller_cgroup_args(run: &RunDir) -> anyhow::Result<Vec<String>> {
         .path()
         .join(format!("caller-cgroup-{}", std::process::id()));
     std::fs::write(&path, text).with_context(|| format!("{}: cannot write", path.display()))?;
-    Ok(vec!["--cgroup-file".to_owned(), path.display().to_string()])
+    Ok(Some(path))
 }
 
 /// Runs this very command line again, with `--no-isolate`, as a transient
