@@ -117,11 +117,57 @@ impl ClosureDiff {
     }
 }
 
+/// A package's distinct versions within one closure. Nearly every
+/// package has exactly one, so the first lives inline and only further
+/// ones allocate (tens of thousands of groups are built per diff).
+#[derive(Default, PartialEq, Eq)]
+struct Versions<'a> {
+    first: Option<&'a str>,
+    rest: Vec<&'a str>,
+}
+
+impl<'a> Versions<'a> {
+    fn insert(&mut self, version: &'a str) {
+        match self.first {
+            None => self.first = Some(version),
+            Some(f) if f == version => {}
+            Some(_) => {
+                if !self.rest.contains(&version) {
+                    self.rest.push(version);
+                }
+            }
+        }
+    }
+
+    fn contains(&self, version: &str) -> bool {
+        self.first == Some(version) || self.rest.contains(&version)
+    }
+
+    fn iter(&self) -> impl Iterator<Item = &'a str> + '_ {
+        self.first.into_iter().chain(self.rest.iter().copied())
+    }
+
+    /// Puts the versions in version order (ties broken by bytes, so the
+    /// order is total and two equal sets compare equal).
+    fn sort(&mut self) {
+        if self.rest.is_empty() {
+            return;
+        }
+        let mut all: Vec<&str> = self.iter().collect();
+        all.sort_by(|a, b| compare_versions(a, b).then_with(|| a.cmp(b)));
+        self.first = all.first().copied();
+        self.rest = all.into_iter().skip(1).collect();
+    }
+
+    fn owned(&self) -> Vec<String> {
+        self.iter().map(str::to_owned).collect()
+    }
+}
+
 /// One package's paths within one closure.
 #[derive(Default)]
 struct Group<'a> {
-    /// Distinct versions, usually exactly one, so a vector beats a set.
-    versions: Vec<&'a str>,
+    versions: Versions<'a>,
     size: u64,
     /// Whether one of its paths is missing from the other closure.
     touched: bool,
@@ -129,17 +175,9 @@ struct Group<'a> {
 
 impl<'a> Group<'a> {
     fn add(&mut self, version: &'a str, size: u64, touched: bool) {
-        if !self.versions.contains(&version) {
-            self.versions.push(version);
-        }
+        self.versions.insert(version);
         self.size = self.size.saturating_add(size);
         self.touched |= touched;
-    }
-
-    /// The versions in version order (ties broken by bytes, so the order
-    /// is total and stable).
-    fn sorted(&mut self) {
-        self.versions.sort_by(|a, b| compare_versions(a, b).then_with(|| a.cmp(b)));
     }
 }
 
@@ -173,7 +211,7 @@ fn group<'a>(
         groups.entry(name).or_default().add(version, info.nar_size, touched);
     }
     for g in groups.values_mut() {
-        g.sorted();
+        g.versions.sort();
     }
     groups
 }
@@ -181,10 +219,6 @@ fn group<'a>(
 fn delta(old: u64, new: u64) -> i64 {
     let d = i128::from(new) - i128::from(old);
     i64::try_from(d).unwrap_or(if d < 0 { i64::MIN } else { i64::MAX })
-}
-
-fn owned(list: &[&str]) -> Vec<String> {
-    list.iter().map(|s| (*s).to_owned()).collect()
 }
 
 fn summary(c: &Closure, distinct: usize, groups: &FastMap<&str, Group<'_>>) -> ClosureSummary {
@@ -211,20 +245,18 @@ pub fn diff(old: &Closure, new: &Closure) -> ClosureDiff {
         let Some(ng) = new_groups.get(name) else {
             removed.push(Package {
                 name: (*name).to_owned(),
-                versions: owned(&og.versions),
+                versions: og.versions.owned(),
                 size: og.size,
             });
             continue;
         };
         if og.versions != ng.versions {
-            let gone: Vec<&str> =
-                og.versions.iter().filter(|v| !ng.versions.contains(v)).copied().collect();
-            let came: Vec<&str> =
-                ng.versions.iter().filter(|v| !og.versions.contains(v)).copied().collect();
+            let gone: Vec<&str> = og.versions.iter().filter(|v| !ng.versions.contains(v)).collect();
+            let came: Vec<&str> = ng.versions.iter().filter(|v| !og.versions.contains(v)).collect();
             changed.push(VersionChange {
                 name: (*name).to_owned(),
-                old_versions: owned(&og.versions),
-                new_versions: owned(&ng.versions),
+                old_versions: og.versions.owned(),
+                new_versions: ng.versions.owned(),
                 direction: classify(&gone, &came),
                 old_size: og.size,
                 new_size: ng.size,
@@ -233,7 +265,7 @@ pub fn diff(old: &Closure, new: &Closure) -> ClosureDiff {
         } else if og.touched || ng.touched {
             rebuilt.push(Rebuilt {
                 name: (*name).to_owned(),
-                versions: owned(&og.versions),
+                versions: og.versions.owned(),
                 old_size: og.size,
                 new_size: ng.size,
                 size_delta: delta(og.size, ng.size),
@@ -245,7 +277,7 @@ pub fn diff(old: &Closure, new: &Closure) -> ClosureDiff {
         .filter(|(name, _)| !old_groups.contains_key(*name))
         .map(|(name, g)| Package {
             name: (*name).to_owned(),
-            versions: owned(&g.versions),
+            versions: g.versions.owned(),
             size: g.size,
         })
         .collect();
