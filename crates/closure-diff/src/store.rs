@@ -193,7 +193,8 @@ pub fn resolve_store_path(input: &Path, store_dir: &Path) -> Result<String, Erro
             continue;
         }
         current.push(&part);
-        if current.parent() == Some(store_dir) {
+        // Stop at the store path unless a later `..` climbs back out.
+        if current.parent() == Some(store_dir) && !pending.iter().any(|p| p == "..") {
             let base = part.to_string_lossy();
             if split_base_name(&base).is_none() {
                 break;

@@ -209,6 +209,14 @@ fn links_resolve_to_the_store_path() {
         assert_eq!(got, target, "{name}");
     }
     assert_eq!(closure_diff::resolve_store_path(Path::new(&target), store_dir).unwrap(), target);
+    // `..` out of a store path leaves the store (here the store path is
+    // not on disk, so the walk stops at it with an error).
+    let out = format!("{target}/sw/../..");
+    let err = closure_diff::resolve_store_path(Path::new(&out), store_dir).unwrap_err();
+    assert!(matches!(err, Error::NotStorePath { .. } | Error::Resolve { .. }), "{err:?}");
+    let err = closure_diff::resolve_store_path(Path::new("/nix/store/../etc"), store_dir)
+        .unwrap_err();
+    assert!(matches!(err, Error::NotStorePath { .. } | Error::Resolve { .. }), "{err:?}");
     // A loop is an error, not a hang.
     std::os::unix::fs::symlink("loop-b", dir.path().join("loop-a")).unwrap();
     std::os::unix::fs::symlink("loop-a", dir.path().join("loop-b")).unwrap();
