@@ -278,7 +278,11 @@ fn implicit_protections(request: &Request, universe: &UnitNames<'_>) -> Vec<Prot
         });
     }
     if let Some(path) = request.caller_cgroup.as_ref().filter(|_| request.implicit.caller) {
-        for unit in cgroup::caller_units(path) {
+        // Only units that exist here are listed: the caller's units are
+        // facts about the machine, and a unit that is in neither generation
+        // nor the live state (an offline `diff` run from a login session)
+        // cannot be touched by the plan.
+        for unit in cgroup::caller_units(path).into_iter().filter(|u| universe.contains(u)) {
             out.push(ProtectedUnit {
                 selector: unit.clone(),
                 source: ProtectionSource::Implicit { why: format!("holds this process (cgroup {path})") },

@@ -308,3 +308,17 @@ fn backward_search_agrees_with_forward_walk() {
         }
     }
 }
+
+#[test]
+fn caller_units_that_do_not_exist_here_are_not_listed() {
+    let units = generation(&[("nginx.service", "")]);
+    let mut p = plan(&[]);
+    let mut req = request(&[], Mode::Defer);
+    req.caller_cgroup = Some("/user.slice/user-1000.slice/session-3.scope".into());
+    protect(&mut p, &units, &units, &LiveState::default(), &req);
+    assert!(
+        p.protection.protected.iter().all(|e| !e.selector.contains("session") && !e.selector.contains("user")),
+        "{:?}",
+        p.protection.protected
+    );
+}
