@@ -8,7 +8,11 @@
 //! least five times faster than `nix store diff-closures`; the program
 //! exits with status 1 when the time goal is missed.
 
-#![allow(clippy::unwrap_used, clippy::expect_used, reason = "a benchmark may panic")]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "a benchmark may panic"
+)]
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -71,7 +75,10 @@ fn main() {
         ms(t.elapsed())
     );
 
-    let options = Options { source: SourcePolicy::DatabaseOnly, ..store.options() };
+    let options = Options {
+        source: SourcePolicy::DatabaseOnly,
+        ..store.options()
+    };
     let mut times = Vec::new();
     let mut cpu_times = Vec::new();
     let mut last = None;
@@ -117,7 +124,10 @@ fn main() {
     );
 
     // The strategy for stores above the scan limit, for comparison.
-    let query = Options { scan_limit: 0, ..options.clone() };
+    let query = Options {
+        scan_limit: 0,
+        ..options.clone()
+    };
     let mut query_times = Vec::new();
     for _ in 0..5 {
         let t = Instant::now();
@@ -136,13 +146,27 @@ fn main() {
         let c = cpu(libc::RUSAGE_CHILDREN);
         let t = Instant::now();
         let out = common::nix_command("nix")
-            .args(["store", "diff-closures", "--store", &store.uri(), &g.old, &g.new])
+            .args([
+                "store",
+                "diff-closures",
+                "--store",
+                &store.uri(),
+                &g.old,
+                &g.new,
+            ])
             .output()
             .unwrap();
         nix_times.push(t.elapsed());
         nix_cpu.push(cpu(libc::RUSAGE_CHILDREN).saturating_sub(c));
-        assert!(out.status.success(), "nix store diff-closures: {}", String::from_utf8_lossy(&out.stderr));
-        assert!(!out.stdout.is_empty(), "nix store diff-closures printed nothing");
+        assert!(
+            out.status.success(),
+            "nix store diff-closures: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            !out.stdout.is_empty(),
+            "nix store diff-closures printed nothing"
+        );
     }
     let theirs = median(nix_times);
     let theirs_cpu = median(nix_cpu);

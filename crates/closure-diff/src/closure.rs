@@ -19,11 +19,11 @@ pub struct PathInfo {
 #[serde(rename_all = "kebab-case")]
 pub enum Source {
     /// Nix's SQLite database, opened read-only.
-    #[default]
     Database,
     /// `nix path-info --json --recursive`.
     NixPathInfo,
     /// Built in memory (tests, snapshots).
+    #[default]
     Memory,
 }
 
@@ -54,7 +54,10 @@ impl Closure {
             root: root.into(),
             paths: paths
                 .into_iter()
-                .map(|(path, nar_size)| PathInfo { path: path.into(), nar_size })
+                .map(|(path, nar_size)| PathInfo {
+                    path: path.into(),
+                    nar_size,
+                })
                 .collect(),
             source: Source::Memory,
             fallback_reason: None,

@@ -113,7 +113,10 @@ impl ClosureDiff {
 
     /// How many changed packages moved in the given direction.
     pub fn count(&self, direction: Direction) -> usize {
-        self.changed.iter().filter(|c| c.direction == direction).count()
+        self.changed
+            .iter()
+            .filter(|c| c.direction == direction)
+            .count()
     }
 }
 
@@ -208,7 +211,10 @@ fn group<'a>(
         }
         let (name, version) = identity(&info.path);
         let touched = !other.contains(info.path.as_str());
-        groups.entry(name).or_default().add(version, info.nar_size, touched);
+        groups
+            .entry(name)
+            .or_default()
+            .add(version, info.nar_size, touched);
     }
     for g in groups.values_mut() {
         g.versions.sort();
@@ -251,8 +257,16 @@ pub fn diff(old: &Closure, new: &Closure) -> ClosureDiff {
             continue;
         };
         if og.versions != ng.versions {
-            let gone: Vec<&str> = og.versions.iter().filter(|v| !ng.versions.contains(v)).collect();
-            let came: Vec<&str> = ng.versions.iter().filter(|v| !og.versions.contains(v)).collect();
+            let gone: Vec<&str> = og
+                .versions
+                .iter()
+                .filter(|v| !ng.versions.contains(v))
+                .collect();
+            let came: Vec<&str> = ng
+                .versions
+                .iter()
+                .filter(|v| !og.versions.contains(v))
+                .collect();
             changed.push(VersionChange {
                 name: (*name).to_owned(),
                 old_versions: og.versions.owned(),

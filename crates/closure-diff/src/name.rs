@@ -58,7 +58,11 @@ pub fn split_drv_name(name: &str) -> (&str, &str) {
 /// Parses the name part of a store path (without the hash).
 pub fn parse_name(full: &str) -> PackageName {
     let (name, version, output) = split_name(full);
-    PackageName { name: name.to_owned(), version: version.to_owned(), output: output.map(str::to_owned) }
+    PackageName {
+        name: name.to_owned(),
+        version: version.to_owned(),
+        output: output.map(str::to_owned),
+    }
 }
 
 /// [`parse_name`] without allocating: `(name, version, output)` as slices
@@ -125,7 +129,10 @@ mod tests {
 
     #[test]
     fn nix_rule_splits_at_first_dash_before_non_letter() {
-        assert_eq!(split_drv_name("apache-httpd-2.0.48"), ("apache-httpd", "2.0.48"));
+        assert_eq!(
+            split_drv_name("apache-httpd-2.0.48"),
+            ("apache-httpd", "2.0.48")
+        );
         assert_eq!(split_drv_name("python3-3.11.7"), ("python3", "3.11.7"));
         assert_eq!(split_drv_name("etc"), ("etc", ""));
         assert_eq!(split_drv_name("foo-"), ("foo-", ""));
@@ -135,7 +142,10 @@ mod tests {
     #[test]
     fn output_needs_a_version_before_it() {
         let p = parse_name("nix-doc");
-        assert_eq!((p.name.as_str(), p.version.as_str(), p.output), ("nix-doc", "", None));
+        assert_eq!(
+            (p.name.as_str(), p.version.as_str(), p.output),
+            ("nix-doc", "", None)
+        );
         let p = parse_name("nix-2.18.1-doc");
         assert_eq!(p.name, "nix");
         assert_eq!(p.output.as_deref(), Some("doc"));

@@ -88,20 +88,33 @@ pub fn read(
         .args(&argv)
         .stdin(Stdio::null())
         .output()
-        .map_err(|source| CommandError::Spawn { program: nix.to_path_buf(), source })?;
+        .map_err(|source| CommandError::Spawn {
+            program: nix.to_path_buf(),
+            source,
+        })?;
     if !output.status.success() {
         let stderr = String::from_utf8_lossy(&output.stderr);
         // Every Nix version words an unknown path this way; it is an
         // answer about the path, not a failure of the command.
         if stderr.contains(&format!("path '{store_path}' is not valid")) {
-            return Err(CommandError::NotValid { command, store_path: store_path.to_owned() });
+            return Err(CommandError::NotValid {
+                command,
+                store_path: store_path.to_owned(),
+            });
         }
         let tail: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
         let tail = tail[tail.len().saturating_sub(3)..].join(" / ");
-        return Err(CommandError::Failed { command, status: output.status.to_string(), stderr: tail });
+        return Err(CommandError::Failed {
+            command,
+            status: output.status.to_string(),
+            stderr: tail,
+        });
     }
     parse(&output.stdout, store_dir, store_path).map_err(|e| match e {
-        ParseError::NotValid => CommandError::NotValid { command, store_path: store_path.to_owned() },
+        ParseError::NotValid => CommandError::NotValid {
+            command,
+            store_path: store_path.to_owned(),
+        },
         ParseError::Bad(detail) => CommandError::Parse { command, detail },
     })
 }
@@ -116,7 +129,11 @@ pub enum ParseError {
 }
 
 fn full_path(store_dir: &Path, p: &str) -> String {
-    if p.starts_with('/') { p.to_owned() } else { format!("{}/{p}", store_dir.display()) }
+    if p.starts_with('/') {
+        p.to_owned()
+    } else {
+        format!("{}/{p}", store_dir.display())
+    }
 }
 
 fn nar_size(info: &Value) -> u64 {
@@ -142,7 +159,10 @@ pub fn parse(stdout: &[u8], store_dir: &Path, root: &str) -> Result<Vec<PathInfo
                     }
                     continue;
                 }
-                paths.push(PathInfo { nar_size: nar_size(&item), path });
+                paths.push(PathInfo {
+                    nar_size: nar_size(&item),
+                    path,
+                });
             }
         }
         Value::Object(map) => {
@@ -155,9 +175,14 @@ pub fn parse(stdout: &[u8], store_dir: &Path, root: &str) -> Result<Vec<PathInfo
                     continue;
                 }
                 if !info.is_object() {
-                    return Err(ParseError::Bad(format!("the entry for {key} is not an object")));
+                    return Err(ParseError::Bad(format!(
+                        "the entry for {key} is not an object"
+                    )));
                 }
-                paths.push(PathInfo { nar_size: nar_size(&info), path });
+                paths.push(PathInfo {
+                    nar_size: nar_size(&info),
+                    path,
+                });
             }
         }
         other => {
@@ -197,8 +222,20 @@ mod tests {
         );
         let got = parse(json.as_bytes(), store(), ROOT).unwrap();
         assert_eq!(got.len(), 2);
-        assert_eq!(got[0], PathInfo { path: ROOT.into(), nar_size: 176 });
-        assert_eq!(got[1], PathInfo { path: LIB.into(), nar_size: 128 });
+        assert_eq!(
+            got[0],
+            PathInfo {
+                path: ROOT.into(),
+                nar_size: 176
+            }
+        );
+        assert_eq!(
+            got[1],
+            PathInfo {
+                path: LIB.into(),
+                nar_size: 128
+            }
+        );
     }
 
     #[test]
@@ -208,24 +245,54 @@ mod tests {
         );
         let mut got = parse(json.as_bytes(), store(), ROOT).unwrap();
         got.sort_by(|a, b| a.path.cmp(&b.path));
-        assert_eq!(got[0], PathInfo { path: ROOT.into(), nar_size: 176 });
-        assert_eq!(got[1], PathInfo { path: LIB.into(), nar_size: 128 });
+        assert_eq!(
+            got[0],
+            PathInfo {
+                path: ROOT.into(),
+                nar_size: 176
+            }
+        );
+        assert_eq!(
+            got[1],
+            PathInfo {
+                path: LIB.into(),
+                nar_size: 128
+            }
+        );
     }
 
     #[test]
     fn invalid_root_in_either_shape() {
         let array = format!(r#"[{{"path":"{ROOT}","valid":false}}]"#);
-        assert_eq!(parse(array.as_bytes(), store(), ROOT), Err(ParseError::NotValid));
+        assert_eq!(
+            parse(array.as_bytes(), store(), ROOT),
+            Err(ParseError::NotValid)
+        );
         let object = format!(r#"{{"{ROOT}":null}}"#);
-        assert_eq!(parse(object.as_bytes(), store(), ROOT), Err(ParseError::NotValid));
+        assert_eq!(
+            parse(object.as_bytes(), store(), ROOT),
+            Err(ParseError::NotValid)
+        );
         assert_eq!(parse(b"[]", store(), ROOT), Err(ParseError::NotValid));
     }
 
     #[test]
     fn malformed_output() {
-        assert!(matches!(parse(b"not json", store(), ROOT), Err(ParseError::Bad(_))));
-        assert!(matches!(parse(b"42", store(), ROOT), Err(ParseError::Bad(_))));
-        assert!(matches!(parse(b"[{\"narSize\":1}]", store(), ROOT), Err(ParseError::Bad(_))));
-        assert!(matches!(parse(format!(r#"{{"{ROOT}":3}}"#).as_bytes(), store(), ROOT), Err(ParseError::Bad(_))));
+        assert!(matches!(
+            parse(b"not json", store(), ROOT),
+            Err(ParseError::Bad(_))
+        ));
+        assert!(matches!(
+            parse(b"42", store(), ROOT),
+            Err(ParseError::Bad(_))
+        ));
+        assert!(matches!(
+            parse(b"[{\"narSize\":1}]", store(), ROOT),
+            Err(ParseError::Bad(_))
+        ));
+        assert!(matches!(
+            parse(format!(r#"{{"{ROOT}":3}}"#).as_bytes(), store(), ROOT),
+            Err(ParseError::Bad(_))
+        ));
     }
 }

@@ -117,7 +117,10 @@ pub enum Error {
         input: PathBuf,
     },
     /// The store does not know the path.
-    #[error("{store_path}{} is not a valid path in the Nix store", via(input, store_path))]
+    #[error(
+        "{store_path}{} is not a valid path in the Nix store",
+        via(input, store_path)
+    )]
     NotValid {
         /// The path given.
         input: PathBuf,
@@ -156,7 +159,11 @@ pub enum Error {
 
 /// ` (from <input>)` when the user named the store path through a link.
 fn via(input: &Path, store_path: &str) -> String {
-    if input == Path::new(store_path) { String::new() } else { format!(" (from {})", input.display()) }
+    if input == Path::new(store_path) {
+        String::new()
+    } else {
+        format!(" (from {})", input.display())
+    }
 }
 
 /// An error and its sources on one line, for messages that carry another
@@ -181,8 +188,10 @@ const MAX_LINKS: usize = 40;
 /// inside a store path (`/nix/store/<hash>-foo/bin/foo`) yields the store
 /// path.
 pub fn resolve_store_path(input: &Path, store_dir: &Path) -> Result<String, Error> {
-    let start = std::path::absolute(input)
-        .map_err(|source| Error::Resolve { input: input.to_path_buf(), source })?;
+    let start = std::path::absolute(input).map_err(|source| Error::Resolve {
+        input: input.to_path_buf(),
+        source,
+    })?;
     let mut pending: VecDeque<OsString> = VecDeque::new();
     push_front(&mut pending, &start);
     let mut current = PathBuf::from("/");
@@ -205,10 +214,14 @@ pub fn resolve_store_path(input: &Path, store_dir: &Path) -> Result<String, Erro
             Ok(meta) if meta.file_type().is_symlink() => {
                 links += 1;
                 if links > MAX_LINKS {
-                    return Err(Error::LinkLoop { input: input.to_path_buf() });
+                    return Err(Error::LinkLoop {
+                        input: input.to_path_buf(),
+                    });
                 }
-                let target = std::fs::read_link(&current)
-                    .map_err(|source| Error::Resolve { input: input.to_path_buf(), source })?;
+                let target = std::fs::read_link(&current).map_err(|source| Error::Resolve {
+                    input: input.to_path_buf(),
+                    source,
+                })?;
                 current.pop();
                 if target.is_absolute() {
                     current = PathBuf::from("/");
@@ -217,7 +230,10 @@ pub fn resolve_store_path(input: &Path, store_dir: &Path) -> Result<String, Erro
             }
             Ok(_) => {}
             Err(source) => {
-                return Err(Error::Resolve { input: input.to_path_buf(), source });
+                return Err(Error::Resolve {
+                    input: input.to_path_buf(),
+                    source,
+                });
             }
         }
     }
@@ -246,28 +262,40 @@ fn push_front(queue: &mut VecDeque<OsString>, path: &Path) {
 /// Reads the closures of several inputs, from the database in one
 /// snapshot when it can, else one by one through `nix path-info`.
 fn read_all(inputs: &[&Path], options: &Options) -> Result<Vec<Closure>, Error> {
-    let roots =
-        inputs.iter().map(|i| resolve_store_path(i, &options.store_dir)).collect::<Result<Vec<_>, _>>()?;
+    let roots = inputs
+        .iter()
+        .map(|i| resolve_store_path(i, &options.store_dir))
+        .collect::<Result<Vec<_>, _>>()?;
     let not_valid = |store_path: &str| {
         let input = roots
             .iter()
             .position(|r| r == store_path)
             .and_then(|k| inputs.get(k))
             .map_or_else(|| PathBuf::from(store_path), |i| i.to_path_buf());
-        Error::NotValid { input, store_path: store_path.to_owned() }
+        Error::NotValid {
+            input,
+            store_path: store_path.to_owned(),
+        }
     };
     let via_command = |fallback_reason: Option<String>| {
         roots
             .iter()
             .map(|root| {
-                match path_info::read(&options.nix, &options.store_dir, options.store_uri.as_deref(), root) {
+                match path_info::read(
+                    &options.nix,
+                    &options.store_dir,
+                    options.store_uri.as_deref(),
+                    root,
+                ) {
                     Ok(paths) => Ok(Closure {
                         root: root.clone(),
                         paths,
                         source: Source::NixPathInfo,
                         fallback_reason: fallback_reason.clone(),
                     }),
-                    Err(CommandError::NotValid { store_path, .. }) => Err(Err(not_valid(&store_path))),
+                    Err(CommandError::NotValid { store_path, .. }) => {
+                        Err(Err(not_valid(&store_path)))
+                    }
                     Err(e) => Err(Ok((root.clone(), e))),
                 }
             })
@@ -300,12 +328,17 @@ fn read_all(inputs: &[&Path], options: &Options) -> Result<Vec<Closure>, Error> 
     };
     let first = roots.first().cloned().unwrap_or_default();
     if options.source == SourcePolicy::DatabaseOnly {
-        return Err(Error::Database { store_path: first, source: db_error });
+        return Err(Error::Database {
+            store_path: first,
+            source: db_error,
+        });
     }
     via_command(Some(chain(&db_error))).map_err(|e| match e {
-        Ok((store_path, command)) => {
-            Error::Unreadable { store_path, db: Box::new(db_error), command: Box::new(command) }
-        }
+        Ok((store_path, command)) => Error::Unreadable {
+            store_path,
+            db: Box::new(db_error),
+            command: Box::new(command),
+        },
         Err(e) => e,
     })
 }
@@ -313,7 +346,10 @@ fn read_all(inputs: &[&Path], options: &Options) -> Result<Vec<Closure>, Error> 
 /// Reads the closure of the store path `input` leads to.
 pub fn read_closure(input: &Path, options: &Options) -> Result<Closure, Error> {
     let mut list = read_all(&[input], options)?;
-    list.pop().ok_or_else(|| Error::NotValid { input: input.to_path_buf(), store_path: String::new() })
+    list.pop().ok_or_else(|| Error::NotValid {
+        input: input.to_path_buf(),
+        store_path: String::new(),
+    })
 }
 
 /// Reads the closures of two store paths (or links to them, such as
@@ -324,6 +360,9 @@ pub fn diff_store_paths(old: &Path, new: &Path, options: &Options) -> Result<Clo
         (Some(old), Some(new)) => Ok(diff(&old, &new)),
         // `read_all` returns one closure per input; this arm only keeps
         // the function total.
-        _ => Err(Error::NotValid { input: new.to_path_buf(), store_path: String::new() }),
+        _ => Err(Error::NotValid {
+            input: new.to_path_buf(),
+            store_path: String::new(),
+        }),
     }
 }
