@@ -43,35 +43,110 @@ const UNITS_IN_FLIGHT: usize = 48;
 /// How many job calls are in flight at once, for the same reason.
 const CALLS_IN_FLIGHT: usize = 96;
 
-/// The dependency properties of `org.freedesktop.systemd1.Unit` kept in a
-/// snapshot: every relation through which a job on one unit can reach
-/// another, in both directions.
-pub(crate) const DEPENDENCY_PROPERTIES: &[&str] = &[
-    "Requires",
-    "Requisite",
-    "Wants",
-    "BindsTo",
-    "PartOf",
-    "Upholds",
-    "Conflicts",
-    "PropagatesStopTo",
-    "PropagatesReloadTo",
-    "Triggers",
-    "OnFailure",
-    "OnSuccess",
-    "RequiredBy",
-    "RequisiteOf",
-    "WantedBy",
-    "BoundBy",
-    "ConsistsOf",
-    "UpheldBy",
-    "ConflictedBy",
-    "StopPropagatedFrom",
-    "ReloadPropagatedFrom",
-    "TriggeredBy",
-    "OnFailureOf",
-    "OnSuccessOf",
-];
+/// The properties of `org.freedesktop.systemd1.Unit` a snapshot keeps:
+/// the states and files, and every relation through which a job on one
+/// unit can reach another, in both directions.
+/// Deserializing into this struct, rather than a map of variants, skips
+/// the other hundred-odd properties without allocating for them, which
+/// is most of the client's work in a snapshot.
+#[derive(Debug, Default, zbus::DeserializeDict, zbus::Type)]
+#[zbus(signature = "a{sv}")]
+pub(crate) struct UnitProps {
+    #[zbus(rename = "ActiveState")]
+    active_state: Option<String>,
+    #[zbus(rename = "SubState")]
+    sub_state: Option<String>,
+    #[zbus(rename = "LoadState")]
+    load_state: Option<String>,
+    #[zbus(rename = "FragmentPath")]
+    fragment_path: Option<String>,
+    #[zbus(rename = "DropInPaths")]
+    drop_in_paths: Option<Vec<String>>,
+    #[zbus(rename = "Following")]
+    following: Option<String>,
+    #[zbus(rename = "InvocationID")]
+    invocation_id: Option<Vec<u8>>,
+    #[zbus(rename = "Requires")]
+    requires: Option<Vec<String>>,
+    #[zbus(rename = "Requisite")]
+    requisite: Option<Vec<String>>,
+    #[zbus(rename = "Wants")]
+    wants: Option<Vec<String>>,
+    #[zbus(rename = "BindsTo")]
+    binds_to: Option<Vec<String>>,
+    #[zbus(rename = "PartOf")]
+    part_of: Option<Vec<String>>,
+    #[zbus(rename = "Upholds")]
+    upholds: Option<Vec<String>>,
+    #[zbus(rename = "Conflicts")]
+    conflicts: Option<Vec<String>>,
+    #[zbus(rename = "PropagatesStopTo")]
+    propagates_stop_to: Option<Vec<String>>,
+    #[zbus(rename = "PropagatesReloadTo")]
+    propagates_reload_to: Option<Vec<String>>,
+    #[zbus(rename = "Triggers")]
+    triggers: Option<Vec<String>>,
+    #[zbus(rename = "OnFailure")]
+    on_failure: Option<Vec<String>>,
+    #[zbus(rename = "OnSuccess")]
+    on_success: Option<Vec<String>>,
+    #[zbus(rename = "RequiredBy")]
+    required_by: Option<Vec<String>>,
+    #[zbus(rename = "RequisiteOf")]
+    requisite_of: Option<Vec<String>>,
+    #[zbus(rename = "WantedBy")]
+    wanted_by: Option<Vec<String>>,
+    #[zbus(rename = "BoundBy")]
+    bound_by: Option<Vec<String>>,
+    #[zbus(rename = "ConsistsOf")]
+    consists_of: Option<Vec<String>>,
+    #[zbus(rename = "UpheldBy")]
+    upheld_by: Option<Vec<String>>,
+    #[zbus(rename = "ConflictedBy")]
+    conflicted_by: Option<Vec<String>>,
+    #[zbus(rename = "StopPropagatedFrom")]
+    stop_propagated_from: Option<Vec<String>>,
+    #[zbus(rename = "ReloadPropagatedFrom")]
+    reload_propagated_from: Option<Vec<String>>,
+    #[zbus(rename = "TriggeredBy")]
+    triggered_by: Option<Vec<String>>,
+    #[zbus(rename = "OnFailureOf")]
+    on_failure_of: Option<Vec<String>>,
+    #[zbus(rename = "OnSuccessOf")]
+    on_success_of: Option<Vec<String>>,
+}
+
+impl UnitProps {
+    /// The dependency lists, by property name.
+    fn deps(self) -> [(&'static str, Option<Vec<String>>); 24] {
+        [
+            ("Requires", self.requires),
+            ("Requisite", self.requisite),
+            ("Wants", self.wants),
+            ("BindsTo", self.binds_to),
+            ("PartOf", self.part_of),
+            ("Upholds", self.upholds),
+            ("Conflicts", self.conflicts),
+            ("PropagatesStopTo", self.propagates_stop_to),
+            ("PropagatesReloadTo", self.propagates_reload_to),
+            ("Triggers", self.triggers),
+            ("OnFailure", self.on_failure),
+            ("OnSuccess", self.on_success),
+            ("RequiredBy", self.required_by),
+            ("RequisiteOf", self.requisite_of),
+            ("WantedBy", self.wanted_by),
+            ("BoundBy", self.bound_by),
+            ("ConsistsOf", self.consists_of),
+            ("UpheldBy", self.upheld_by),
+            ("ConflictedBy", self.conflicted_by),
+            ("StopPropagatedFrom", self.stop_propagated_from),
+            ("ReloadPropagatedFrom", self.reload_propagated_from),
+            ("TriggeredBy", self.triggered_by),
+            ("OnFailureOf", self.on_failure_of),
+            ("OnSuccessOf", self.on_success_of),
+        ]
+    }
+}
 
 #[zbus::proxy(
     interface = "org.freedesktop.systemd1.Manager",
@@ -153,7 +228,8 @@ trait Unit {
     default_service = "org.freedesktop.systemd1"
 )]
 trait Props {
-    fn get_all(&self, interface: &str) -> zbus::Result<HashMap<String, OwnedVariant>>;
+    #[zbus(name = "GetAll")]
+    fn get_all_unit(&self, interface: &str) -> zbus::Result<UnitProps>;
 
     fn get(&self, interface: &str, name: &str) -> zbus::Result<OwnedVariant>;
 }
@@ -243,23 +319,6 @@ async fn props(conn: &Connection, path: OwnedObjectPath) -> Result<PropsProxy<'s
         .map_err(call_err("Properties proxy"))
 }
 
-fn str_prop(map: &HashMap<String, OwnedVariant>, key: &str) -> String {
-    map.get(key)
-        .and_then(|v| <&str>::try_from(v).ok())
-        .unwrap_or_default()
-        .to_owned()
-}
-
-fn strv_prop(map: &HashMap<String, OwnedVariant>, key: &str) -> Vec<String> {
-    match map.get(key).map(|v| &**v) {
-        Some(Variant::Array(a)) => a
-            .iter()
-            .filter_map(|x| <&str>::try_from(x).ok().map(str::to_owned))
-            .collect(),
-        _ => Vec::new(),
-    }
-}
-
 fn bytes_hex(v: Option<&OwnedVariant>) -> String {
     match v.map(|v| &**v) {
         Some(Variant::Array(a)) => a
@@ -288,26 +347,37 @@ fn string_of(v: Result<OwnedVariant, zbus::Error>) -> String {
 /// Builds a [`LiveUnit`] from the `Unit` interface's properties. Pure, so
 /// the conversion is tested without a bus.
 pub(crate) fn live_unit_from(
-    unit: &HashMap<String, OwnedVariant>,
+    mut unit: UnitProps,
     main_pid: u32,
     exec_main_status: i32,
 ) -> LiveUnit {
-    let mut deps = BTreeMap::new();
-    for key in DEPENDENCY_PROPERTIES {
-        let v = strv_prop(unit, key);
-        if !v.is_empty() {
-            deps.insert((*key).to_owned(), v);
-        }
-    }
+    let invocation_id = unit
+        .invocation_id
+        .take()
+        .unwrap_or_default()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let active_state = unit.active_state.take().unwrap_or_default();
+    let sub_state = unit.sub_state.take().unwrap_or_default();
+    let load_state = unit.load_state.take().unwrap_or_default();
+    let fragment_path = unit.fragment_path.take().unwrap_or_default();
+    let drop_in_paths = unit.drop_in_paths.take().unwrap_or_default();
+    let following = unit.following.take().unwrap_or_default();
+    let deps = unit
+        .deps()
+        .into_iter()
+        .filter_map(|(key, v)| v.filter(|v| !v.is_empty()).map(|v| (key.to_owned(), v)))
+        .collect::<BTreeMap<_, _>>();
     LiveUnit {
-        active_state: str_prop(unit, "ActiveState"),
-        sub_state: str_prop(unit, "SubState"),
-        load_state: str_prop(unit, "LoadState"),
-        fragment_path: str_prop(unit, "FragmentPath"),
-        drop_in_paths: strv_prop(unit, "DropInPaths"),
-        following: str_prop(unit, "Following"),
+        active_state,
+        sub_state,
+        load_state,
+        fragment_path,
+        drop_in_paths,
+        following,
         main_pid,
-        invocation_id: bytes_hex(unit.get("InvocationID")),
+        invocation_id,
         exec_main_status,
         deps,
     }
@@ -372,7 +442,7 @@ impl SystemdBus {
             let (name, path) = (entry.0, entry.6);
             async move {
                 let p = props(&self.conn, path).await?;
-                let unit = p.get_all(UNIT_INTERFACE).await;
+                let unit = p.get_all_unit(UNIT_INTERFACE).await;
                 let unit = match unit {
                     Ok(u) => u,
                     // A unit can be garbage-collected between ListUnits and
@@ -390,7 +460,7 @@ impl SystemdBus {
                 } else {
                     (0, 0)
                 };
-                Ok::<_, Error>(Some((name, live_unit_from(&unit, main_pid, status))))
+                Ok::<_, Error>(Some((name, live_unit_from(unit, main_pid, status))))
             }
         });
         let units = stream::iter(fetches)
@@ -771,28 +841,20 @@ impl ServiceManager for SystemdBus {
 mod tests {
     use super::*;
 
-    fn v(x: impl Into<Variant<'static>>) -> OwnedVariant {
-        OwnedVariant::try_from(x.into()).unwrap()
-    }
-
     #[test]
     fn converts_unit_properties() {
-        let mut m = HashMap::new();
-        m.insert("ActiveState".to_owned(), v("active"));
-        m.insert("SubState".to_owned(), v("running"));
-        m.insert("LoadState".to_owned(), v("loaded"));
-        m.insert(
-            "FragmentPath".to_owned(),
-            v("/etc/systemd/system/a.service"),
-        );
-        m.insert(
-            "DropInPaths".to_owned(),
-            v(vec!["/etc/systemd/system/a.service.d/x.conf"]),
-        );
-        m.insert("PartOf".to_owned(), v(vec!["b.service"]));
-        m.insert("Requires".to_owned(), v(Vec::<String>::new()));
-        m.insert("InvocationID".to_owned(), v(vec![0xabu8, 0x01]));
-        let u = live_unit_from(&m, 42, 3);
+        let props = UnitProps {
+            active_state: Some("active".into()),
+            sub_state: Some("running".into()),
+            load_state: Some("loaded".into()),
+            fragment_path: Some("/etc/systemd/system/a.service".into()),
+            drop_in_paths: Some(vec!["/etc/systemd/system/a.service.d/x.conf".into()]),
+            part_of: Some(vec!["b.service".into()]),
+            requires: Some(vec![]),
+            invocation_id: Some(vec![0xab, 0x01]),
+            ..Default::default()
+        };
+        let u = live_unit_from(props, 42, 3);
         assert_eq!(u.active_state, "active");
         assert_eq!(u.sub_state, "running");
         assert_eq!(u.fragment_path, "/etc/systemd/system/a.service");
