@@ -277,36 +277,36 @@ fn read_all(inputs: &[&Path], options: &Options) -> Result<Vec<Closure>, Error> 
             store_path: store_path.to_owned(),
         }
     };
-    let via_command = |fallback_reason: Option<String>| {
-        roots
-            .iter()
-            .map(|root| {
-                match path_info::read(
+    // Reads every root through `nix path-info`; a failure names the root
+    // it happened on.
+    let via_command =
+        |fallback_reason: Option<String>| -> Result<Vec<Closure>, (String, CommandError)> {
+            let mut closures = Vec::with_capacity(roots.len());
+            for root in &roots {
+                let paths = path_info::read(
                     &options.nix,
                     &options.store_dir,
                     options.store_uri.as_deref(),
                     root,
-                ) {
-                    Ok(paths) => Ok(Closure {
-                        root: root.clone(),
-                        paths,
-                        source: Source::NixPathInfo,
-                        fallback_reason: fallback_reason.clone(),
-                    }),
-                    Err(CommandError::NotValid { store_path, .. }) => {
-                        Err(Err(not_valid(&store_path)))
-                    }
-                    Err(e) => Err(Ok((root.clone(), e))),
-                }
-            })
-            .collect::<Result<Vec<_>, _>>()
-    };
+                )
+                .map_err(|e| (root.clone(), e))?;
+                closures.push(Closure {
+                    root: root.clone(),
+                    paths,
+                    source: Source::NixPathInfo,
+                    fallback_reason: fallback_reason.clone(),
+                });
+            }
+            Ok(closures)
+        };
+
     if options.source == SourcePolicy::NixOnly {
-        return via_command(None).map_err(|e| match e {
-            Ok((store_path, source)) => Error::Command { store_path, source },
-            Err(e) => e,
+        return via_command(None).map_err(|(store_path, source)| match source {
+            CommandError::NotValid { .. } => not_valid(&store_path),
+            source => Error::Command { store_path, source },
         });
     }
+
     let root_refs: Vec<&str> = roots.iter().map(String::as_str).collect();
     let from_db =
         Database::open(&options.db_path).and_then(|db| db.closures(&root_refs, options.scan_limit));
@@ -323,23 +323,25 @@ fn read_all(inputs: &[&Path], options: &Options) -> Result<Vec<Closure>, Error> 
                 })
                 .collect());
         }
+        // The database answered: the path is not in the store. Asking
+        // `nix` would only repeat that more slowly.
         Err(DbError::NotValid { store_path, .. }) => return Err(not_valid(&store_path)),
         Err(e) => e,
     };
-    let first = roots.first().cloned().unwrap_or_default();
     if options.source == SourcePolicy::DatabaseOnly {
+        let store_path = roots.first().cloned().unwrap_or_default();
         return Err(Error::Database {
-            store_path: first,
+            store_path,
             source: db_error,
         });
     }
-    via_command(Some(chain(&db_error))).map_err(|e| match e {
-        Ok((store_path, command)) => Error::Unreadable {
+    via_command(Some(chain(&db_error))).map_err(|(store_path, command)| match command {
+        CommandError::NotValid { .. } => not_valid(&store_path),
+        command => Error::Unreadable {
             store_path,
             db: Box::new(db_error),
             command: Box::new(command),
         },
-        Err(e) => e,
     })
 }
 
