@@ -21,6 +21,8 @@
 //! `INSTA_UPDATE=always cargo test -p safe-switch --test golden` records
 //! new snapshots, which must then be read and checked by hand.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::fs;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};

@@ -125,6 +125,7 @@ pub fn compare_units(old: &UnitFile, new: &UnitFile) -> Comparison {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use std::path::Path;
 

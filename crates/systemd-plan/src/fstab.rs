@@ -127,6 +127,7 @@ pub fn automount_unit(mount_point: &str) -> String {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

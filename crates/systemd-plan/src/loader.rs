@@ -427,6 +427,7 @@ fn identity(w: &Walker, shown_root: &Path, rel: &str, read: bool) -> Result<Opti
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use std::os::unix::fs::symlink;

@@ -591,3 +591,54 @@ impl<'a> Planner<'a> {
         }
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+
+    fn unit(name: &str, text: &str) -> UnitFile {
+        UnitFile::parse(name, Path::new(name), text).unwrap()
+    }
+
+    fn generation(units: &[(&str, &str)]) -> GenerationUnits {
+        GenerationUnits::from_units("gen", units.iter().map(|(name, text)| unit(name, text)))
+    }
+
+    #[test]
+    fn plans_are_pure_and_sorted() {
+        let old = generation(&[
+            ("b.service", "[Service]\nExecStart=/bin/b\n"),
+            ("a.service", "[Service]\nExecStart=/bin/a\nX-StopIfChanged=false\n"),
+            ("a.socket", "[Socket]\nListenStream=1\n"),
+        ]);
+        let new = generation(&[
+            ("b.service", "[Service]\nExecStart=/bin/b2\n"),
+            ("a.service", "[Service]\nExecStart=/bin/a2\nX-StopIfChanged=false\n"),
+            ("a.socket", "[Socket]\nListenStream=1\n"),
+        ]);
+        let live = assumed_live_state(&old);
+        let first = plan(&old, &new, &live);
+        assert_eq!(first, plan(&old, &new, &live));
+        let names: Vec<&str> = first.units.iter().map(|u| u.unit.as_str()).collect();
+        assert_eq!(names, ["a.service", "b.service"]);
+        assert_eq!(first.units_with(Action::Restart), ["a.service"]);
+        assert_eq!(first.units_with(Action::Stop), ["b.service"]);
+        assert_eq!(first.units_with(Action::Start), ["b.service"]);
+    }
+
+    #[test]
+    fn assumed_live_state_skips_templates_and_masks() {
+        let mut masked = unit("m.service", "");
+        masked.masked = true;
+        let old = GenerationUnits::from_units(
+            "gen",
+            [unit("t@.service", "[Service]\nExecStart=/bin/t\n"), unit("x.service", "[Unit]\n"), masked],
+        );
+        let live = assumed_live_state(&old);
+        assert_eq!(live.units.keys().collect::<Vec<_>>(), ["x.service"]);
+        assert_eq!(live.units["x.service"].fragment_path, "/etc/systemd/system/x.service");
+    }
+}

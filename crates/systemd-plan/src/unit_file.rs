@@ -231,6 +231,7 @@ pub fn parse_boolean(value: &str) -> Option<bool> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
