@@ -682,3 +682,47 @@ fn a_changed_system_conf_re_executes_systemd_and_jobs_still_complete() {
         sshd
     );
 }
+
+#[test]
+fn a_plan_refused_by_protection_exits_3_before_any_change() {
+    if !testbed::available("a_plan_refused_by_protection_exits_3_before_any_change") {
+        return;
+    }
+    let a = generation_a();
+    let bed = boot(&a);
+    let current = bed.current_generation().unwrap();
+    let b = bed
+        .build_generation(
+            &a.clone()
+                .renamed("b")
+                .sshd_with("", "Environment=VERSION=2\n")
+                .service("changed.service", daemon("V=2")),
+        )
+        .unwrap();
+    let sshd = bed.unit_states(&["sshd.service"]).unwrap()["sshd.service"].clone();
+    for extra in [&["--no-isolate"][..], &[][..]] {
+        let mut args = vec![
+            "switch",
+            "--toplevel",
+            path_str(&b),
+            "--protect",
+            "sshd",
+            "--on-protected",
+            "refuse",
+        ];
+        args.extend_from_slice(extra);
+        let out = safe_switch(&bed, &args);
+        assert_eq!(out.code(), Some(3), "{out:?}");
+        assert!(out.stderr.contains("refused"), "{}", out.stderr);
+        assert!(
+            out.stdout.contains("sshd.service"),
+            "the refused plan is shown: {}",
+            out.stdout
+        );
+        nothing_changed(&bed, &current);
+        assert_eq!(
+            bed.unit_states(&["sshd.service"]).unwrap()["sshd.service"],
+            sshd
+        );
+    }
+}
