@@ -34,11 +34,11 @@ use crate::manager::{
 const UNIT_INTERFACE: &str = "org.freedesktop.systemd1.Unit";
 const SERVICE_INTERFACE: &str = "org.freedesktop.systemd1.Service";
 
-/// How many units a snapshot asks about at once. Each has at most two
+/// How many units a snapshot asks about at once. Each has at most three
 /// calls in flight, and the D-Bus daemon refuses more than 128 pending
 /// replies per connection by default (`max_replies_per_connection`), so
 /// this keeps well under that limit while still keeping the bus busy.
-const UNITS_IN_FLIGHT: usize = 48;
+const UNITS_IN_FLIGHT: usize = 40;
 
 /// How many job calls are in flight at once, for the same reason.
 const CALLS_IN_FLIGHT: usize = 96;
@@ -439,10 +439,26 @@ impl SystemdBus {
         // ExecMainStatus for services, all in flight at once: the bus and
         // systemd answer them back to back instead of one round trip each.
         let fetches = listed.into_iter().map(|entry| {
-            let (name, path) = (entry.0, entry.6);
+            let (name, active, path) = (entry.0, entry.3, entry.6);
             async move {
                 let p = props(&self.conn, path).await?;
-                let unit = p.get_all_unit(UNIT_INTERFACE).await;
+                // MainPID and ExecMainStatus only mean something for a
+                // service that is not inactive; asking for them only then
+                // saves two calls per idle unit.
+                let service = name.ends_with(".service") && active != "inactive";
+                let (unit, (pid, status)) = join(p.get_all_unit(UNIT_INTERFACE), async {
+                    if service {
+                        let (pid, status) = join(
+                            p.get(SERVICE_INTERFACE, "MainPID"),
+                            p.get(SERVICE_INTERFACE, "ExecMainStatus"),
+                        )
+                        .await;
+                        (u32_of(pid), i32_of(status))
+                    } else {
+                        (0, 0)
+                    }
+                })
+                .await;
                 let unit = match unit {
                     Ok(u) => u,
                     // A unit can be garbage-collected between ListUnits and
@@ -450,16 +466,7 @@ impl SystemdBus {
                     Err(zbus::Error::MethodError(..)) => return Ok(None),
                     Err(e) => return Err(call_err(format!("GetAll({name})"))(e)),
                 };
-                let (main_pid, status) = if name.ends_with(".service") {
-                    let (pid, status) = join(
-                        p.get(SERVICE_INTERFACE, "MainPID"),
-                        p.get(SERVICE_INTERFACE, "ExecMainStatus"),
-                    )
-                    .await;
-                    (u32_of(pid), i32_of(status))
-                } else {
-                    (0, 0)
-                };
+                let main_pid = pid;
                 Ok::<_, Error>(Some((name, live_unit_from(unit, main_pid, status))))
             }
         });
