@@ -67,6 +67,19 @@ pub enum Relation {
 }
 
 impl Relation {
+    /// Every relation, in declaration order (`ALL[r as usize] == r`).
+    pub(crate) const ALL: [Relation; 9] = [
+        Relation::Requires,
+        Relation::Requisite,
+        Relation::BindsTo,
+        Relation::PartOf,
+        Relation::Conflicts,
+        Relation::PropagatesStopTo,
+        Relation::Upholds,
+        Relation::Wants,
+        Relation::Triggers,
+    ];
+
     /// The unit-file key (or D-Bus property) of the forward form.
     pub fn key(self) -> &'static str {
         match self {
@@ -120,18 +133,21 @@ impl Relation {
     }
 }
 
-/// The [Unit] keys read from unit files, with the relation each names.
-/// `StopPropagatedFrom=` is the reverse form and is handled apart.
-const UNIT_KEYS: &[(&str, Relation)] = &[
-    ("Requires", Relation::Requires),
-    ("Requisite", Relation::Requisite),
-    ("BindsTo", Relation::BindsTo),
-    ("PartOf", Relation::PartOf),
-    ("Conflicts", Relation::Conflicts),
-    ("PropagatesStopTo", Relation::PropagatesStopTo),
-    ("Upholds", Relation::Upholds),
-    ("Wants", Relation::Wants),
-];
+/// The relation a `[Unit]` key names, for the forward keys read from unit
+/// files. `StopPropagatedFrom=` is the reverse form and is handled apart.
+fn unit_key(key: &str) -> Option<Relation> {
+    Some(match key {
+        "Requires" => Relation::Requires,
+        "Requisite" => Relation::Requisite,
+        "BindsTo" => Relation::BindsTo,
+        "PartOf" => Relation::PartOf,
+        "Conflicts" => Relation::Conflicts,
+        "PropagatesStopTo" => Relation::PropagatesStopTo,
+        "Upholds" => Relation::Upholds,
+        "Wants" => Relation::Wants,
+        _ => return None,
+    })
+}
 
 /// The job systemd would run on a unit.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -178,6 +194,9 @@ pub struct UnitGraph {
     /// edges.
     pending: Vec<(u32, u32, Relation)>,
     running: Vec<bool>,
+    /// The first `known` nodes are the units of the generations and the
+    /// live state; the rest are only named by relations.
+    known: usize,
 }
 
 /// A multiply-rotate hash over 8-byte words (the scheme of rustc's
@@ -226,11 +245,18 @@ impl UnitGraph {
     /// the old generation counts as running, as the planner assumes.
     pub fn build(old: &GenerationUnits, new: &GenerationUnits, live: &LiveState) -> UnitGraph {
         let mut g = UnitGraph::default();
+        // Growing the name index rehashes every name it holds, so it is
+        // sized once for every unit it will certainly hold.
+        let units = live.units.len() + old.unit_names().count() + new.unit_names().count();
+        g.index.reserve(units);
+        g.graph.reserve_nodes(units);
+        g.pending.reserve(live.units.values().map(|u| u.deps.values().map(Vec::len).sum::<usize>()).sum::<usize>() * 2);
         // Every known unit is a node, so that a unit without relations can
         // still be found protected and running.
         for name in live.units.keys().map(String::as_str).chain(old.unit_names()).chain(new.unit_names()) {
             g.node(name);
         }
+        g.known = g.graph.node_count();
         for (name, unit) in &live.units {
             let me = g.node(name);
             for (property, targets) in &unit.deps {
@@ -282,12 +308,20 @@ impl UnitGraph {
                 }
             }
         }
-        let mut pending = std::mem::take(&mut g.pending);
+        // The same relation usually comes from several sources (both
+        // generations and the live state). Sorting packed integers is the
+        // cheapest way to drop the copies.
+        let mut pending: Vec<u128> = std::mem::take(&mut g.pending)
+            .into_iter()
+            .map(|(a, b, r)| (u128::from(a) << 40) | (u128::from(b) << 8) | r as u128)
+            .collect();
         pending.sort_unstable();
         pending.dedup();
         g.graph.reserve_edges(pending.len());
-        for (a, b, relation) in pending {
-            g.graph.add_edge(NodeIndex::new(a as usize), NodeIndex::new(b as usize), relation);
+        for key in pending {
+            let (a, b) = ((key >> 40) as u32, (key >> 8) as u32);
+            let Some(relation) = Relation::ALL.get((key & 0xff) as usize) else { continue };
+            g.graph.add_edge(NodeIndex::new(a as usize), NodeIndex::new(b as usize), *relation);
         }
         g.running = vec![false; g.graph.node_count()];
         if live.units.is_empty() {
@@ -312,14 +346,15 @@ impl UnitGraph {
         let Some(me) = self.checked_node(name) else { return };
         if let Some(section) = unit.section("Unit") {
             for (key, values) in section {
-                let words = values.iter().flat_map(|v| v.split_whitespace());
+                // systemd splits list settings at ASCII white space.
+                let words = values.iter().flat_map(|v| v.split_ascii_whitespace());
                 if key == "StopPropagatedFrom" {
                     for source in words {
                         if let Some(other) = self.checked_node(source) {
                             self.push(other, Relation::PropagatesStopTo, me);
                         }
                     }
-                } else if let Some(&(_, relation)) = UNIT_KEYS.iter().find(|(k, _)| k == key) {
+                } else if let Some(relation) = unit_key(key) {
                     for target in words {
                         if let Some(other) = self.checked_node(target) {
                             self.push(me, relation, other);
@@ -406,6 +441,18 @@ impl UnitGraph {
     /// The number of distinct relations.
     pub fn relation_count(&self) -> usize {
         self.graph.edge_count()
+    }
+
+    /// The units of either generation or the live state, in no particular
+    /// order.
+    pub fn known_units(&self) -> impl Iterator<Item = &str> {
+        self.graph.node_weights().take(self.known).map(String::as_str)
+    }
+
+    /// Tells whether `unit` is a unit of either generation or the live
+    /// state (not only named by a relation).
+    pub fn is_known(&self, unit: &str) -> bool {
+        self.index.get(unit).is_some_and(|n| n.index() < self.known)
     }
 
     /// Tells whether the graph knows the unit.

@@ -83,8 +83,8 @@ pub fn protect(
     live: &LiveState,
     request: &Request,
 ) -> Analysis {
-    let universe: UnitNames<'_> =
-        old.unit_names().chain(new.unit_names()).chain(live.units.keys().map(String::as_str)).collect();
+    let graph = UnitGraph::build(old, new, live);
+    let universe = UnitNames::of_graph(&graph);
     let mut protections = Vec::new();
     let mut unknown = Vec::new();
     for (selector, source) in &request.selectors {
@@ -106,7 +106,6 @@ pub fn protect(
     protections.extend(implicit_protections(request, &universe));
 
     let protected: BTreeSet<String> = protections.iter().flat_map(|p| p.units.iter().cloned()).collect();
-    let graph = UnitGraph::build(old, new, live);
     let names: Vec<&str> = protected.iter().map(String::as_str).collect();
     let reach = graph.reach(&names);
 
@@ -187,32 +186,43 @@ fn compile(selector: &Selector) -> Option<GlobSet> {
     builder.build().ok()
 }
 
-/// A sorted set of unit names. A sorted vector rather than a `BTreeSet`:
-/// it is built once from three sorted sources and then only searched, and
-/// for thousands of names that is several times cheaper.
-#[derive(Clone, Debug, Default)]
-pub struct UnitNames<'a>(Vec<&'a str>);
+/// The unit names selectors are matched against: every unit of either
+/// generation or the live state. Taken from the relation graph, which has
+/// indexed them already; sorting thousands of names again would cost more
+/// than the rest of the matching.
+#[derive(Clone, Debug)]
+pub struct UnitNames<'a> {
+    /// The names, sorted when built from a list, unsorted from a graph.
+    names: Vec<&'a str>,
+    graph: Option<&'a UnitGraph>,
+}
 
 impl<'a> FromIterator<&'a str> for UnitNames<'a> {
     fn from_iter<I: IntoIterator<Item = &'a str>>(iter: I) -> Self {
         let mut names: Vec<&str> = iter.into_iter().collect();
-        // The sources are sorted maps, so the input is a few sorted runs,
-        // which the stable sort merges in linear time.
-        names.sort();
+        names.sort_unstable();
         names.dedup();
-        UnitNames(names)
+        UnitNames { names, graph: None }
     }
 }
 
 impl<'a> UnitNames<'a> {
-    /// Tells whether `name` is in the set.
-    pub fn contains(&self, name: &str) -> bool {
-        self.0.binary_search(&name).is_ok()
+    /// The known units of a graph.
+    pub fn of_graph(graph: &'a UnitGraph) -> Self {
+        UnitNames { names: graph.known_units().collect(), graph: Some(graph) }
     }
 
-    /// Iterates over the names in order.
+    /// Tells whether `name` is in the set.
+    pub fn contains(&self, name: &str) -> bool {
+        match self.graph {
+            Some(graph) => graph.is_known(name),
+            None => self.names.binary_search(&name).is_ok(),
+        }
+    }
+
+    /// Iterates over the names, in no particular order.
     pub fn iter(&self) -> impl Iterator<Item = &'a str> + '_ {
-        self.0.iter().copied()
+        self.names.iter().copied()
     }
 }
 
@@ -222,7 +232,10 @@ pub fn matching(selector: &Selector, universe: &UnitNames<'_>) -> Vec<String> {
         return universe.contains(unit.as_str()).then(|| unit.clone()).into_iter().collect();
     }
     let Some(set) = compile(selector) else { return Vec::new() };
-    universe.iter().filter(|u| set.is_match(u)).map(|u| (*u).to_owned()).collect()
+    let mut found: Vec<String> = universe.iter().filter(|u| set.is_match(u)).map(str::to_owned).collect();
+    found.sort_unstable();
+    found.dedup();
+    found
 }
 
 /// Up to three names close to an unmatched selector: unit names for a full

@@ -322,3 +322,10 @@ fn caller_units_that_do_not_exist_here_are_not_listed() {
         p.protection.protected
     );
 }
+
+#[test]
+fn relation_table_matches_discriminants() {
+    for (i, r) in Relation::ALL.iter().enumerate() {
+        assert_eq!(*r as usize, i, "{r:?}");
+    }
+}
