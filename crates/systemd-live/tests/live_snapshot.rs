@@ -36,6 +36,9 @@ fn the_adapter_sees_and_drives_a_real_systemd() {
             "[Service]\nType=oneshot\nExecStart=/bin/false\n",
         );
     let bed = TestBed::boot(&Config::new(generation)).unwrap();
+    // Boot returns once the bus is up; the units may still be starting.
+    bed.wait_for_state("web.service", "active").unwrap();
+    bed.wait_for_state("firewall.service", "active").unwrap();
     // SAFETY: this test binary has no other test, so no other thread reads
     // the environment while it changes.
     unsafe { std::env::set_var("DBUS_SYSTEM_BUS_ADDRESS", bed.dbus_address()) };
