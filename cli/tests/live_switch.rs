@@ -42,7 +42,13 @@ fn generation_a() -> Generation {
 }
 
 fn boot(a: &Generation) -> TestBed {
-    TestBed::boot(&Config::new(a.clone())).expect("test bed boots")
+    let bed = TestBed::boot(&Config::new(a.clone())).expect("test bed boots");
+    // Boot returns once sshd listens; the other units may still be
+    // starting, and the tests compare against their running state.
+    for unit in ["changed.service", "removed.service"] {
+        bed.wait_for_state(unit, "active").expect("generation A's units start");
+    }
+    bed
 }
 
 fn safe_switch(bed: &TestBed, args: &[&str]) -> Output {
