@@ -212,11 +212,7 @@ fn push_components(path: &Path, cur: &mut PathBuf, pending: &mut Vec<OsString>) 
 /// Reads a file as UTF-8 text.
 fn read_text(shown: &Path, physical: &Path) -> Result<String, LoadError> {
     let bytes = fs::read(physical).map_err(|source| LoadError::Io { path: shown.to_owned(), source })?;
-    String::from_utf8(bytes).map_err(|err| {
-        let valid = err.utf8_error().valid_up_to();
-        let line = err.as_bytes()[..valid].iter().filter(|&&b| b == b'\n').count() + 1;
-        LoadError::NotUtf8 { path: shown.to_owned(), line: u32::try_from(line).unwrap_or(u32::MAX) }
-    })
+    utf8(shown, bytes)
 }
 
 /// A unit file or drop-in as found on disk.
@@ -228,6 +224,27 @@ enum Source {
 /// Resolves and reads one unit file or drop-in, `name` in the physical
 /// directory `dir`.
 fn read_source(w: &Walker, dir: &Path, name: &str, shown: &Path) -> Result<Source, LoadError> {
+    // The common cases take the kernel's path resolution: a regular file,
+    // or a link whose target opens (inside the generation first for an
+    // absolute target, then on this machine). Everything else (links that
+    // lead nowhere, loops, links through absolute links inside a fixture)
+    // goes through the component-wise walk, which also gives the precise
+    // error.
+    let path = dir.join(name);
+    let candidates = match fs::read_link(&path) {
+        Err(err) if err.kind() == io::ErrorKind::InvalidInput => vec![path],
+        Err(_) => Vec::new(),
+        Ok(target) if target == Path::new("/dev/null") => return Ok(Source::Masked),
+        Ok(target) if target.is_absolute() => {
+            vec![w.root.join(target.strip_prefix("/").unwrap_or(&target)), target]
+        }
+        Ok(target) => vec![dir.join(target)],
+    };
+    for candidate in candidates {
+        if let Some(source) = open_source(&candidate, shown)? {
+            return Ok(source);
+        }
+    }
     match resolve_in(w, dir, name, shown)? {
         Resolved::DevNull => Ok(Source::Masked),
         Resolved::Missing(target) => Err(LoadError::Dangling { path: shown.to_owned(), target }),
@@ -235,6 +252,36 @@ fn read_source(w: &Walker, dir: &Path, name: &str, shown: &Path) -> Result<Sourc
             Ok(Source::Text { shown: shown.to_owned(), text: read_text(shown, &physical)? })
         }
     }
+}
+
+/// Opens and reads a unit file or drop-in; `None` when the path does not
+/// open (missing, a symlink loop, ...), so the caller can look closer. A
+/// character device is `/dev/null`: a mask.
+fn open_source(path: &Path, shown: &Path) -> Result<Option<Source>, LoadError> {
+    use std::io::Read as _;
+    use std::os::unix::fs::FileTypeExt as _;
+    let io_err = |source| LoadError::Io { path: shown.to_owned(), source };
+    let Ok(mut file) = fs::File::open(path) else {
+        // Missing, a loop, or not permitted: the walk tells which.
+        return Ok(None);
+    };
+    let meta = file.metadata().map_err(io_err)?;
+    if meta.file_type().is_char_device() {
+        return Ok(Some(Source::Masked));
+    }
+    let mut bytes = Vec::with_capacity(usize::try_from(meta.len()).unwrap_or(0).saturating_add(1));
+    file.read_to_end(&mut bytes).map_err(io_err)?;
+    Ok(Some(Source::Text { shown: shown.to_owned(), text: utf8(shown, bytes)? }))
+}
+
+/// Checks that a file's bytes are UTF-8, naming the line of the first bad
+/// byte.
+fn utf8(shown: &Path, bytes: Vec<u8>) -> Result<String, LoadError> {
+    String::from_utf8(bytes).map_err(|err| {
+        let valid = err.utf8_error().valid_up_to();
+        let line = err.as_bytes()[..valid].iter().filter(|&&b| b == b'\n').count() + 1;
+        LoadError::NotUtf8 { path: shown.to_owned(), line: u32::try_from(line).unwrap_or(u32::MAX) }
+    })
 }
 
 /// Lists a directory's entries by name, sorted.
