@@ -141,6 +141,11 @@ impl UnitFile {
             if start.starts_with('#') || start.starts_with(';') {
                 continue;
             }
+            if continued.is_none() && !ends_in_unescaped_backslash(raw) {
+                // The common case: a line of its own, parsed in place.
+                self.apply_line(path, &mut section, raw, number)?;
+                continue;
+            }
             let (mut line, first) = match continued.take() {
                 Some((mut acc, first)) => {
                     acc.push_str(raw);
@@ -194,7 +199,14 @@ impl UnitFile {
             // systemd ignores assignments outside of any section.
             return Ok(());
         };
-        let values = self.sections.entry(section.clone()).or_default().entry(key.to_owned()).or_default();
+        // Look up before inserting: most keys go into an existing section,
+        // and cloning names for every line would dominate loading.
+        // Every section was inserted when its header was read.
+        let Some(keys) = self.sections.get_mut(section.as_str()) else { return Ok(()) };
+        if !keys.contains_key(key) {
+            keys.insert(key.to_owned(), Vec::new());
+        }
+        let Some(values) = keys.get_mut(key) else { return Ok(()) };
         let value = value.trim();
         if value.is_empty() {
             values.clear();
