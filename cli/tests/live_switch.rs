@@ -46,7 +46,9 @@ fn boot(a: &Generation) -> TestBed {
     // Boot returns once sshd listens; the other units may still be
     // starting, and the tests compare against their running state.
     for unit in ["changed.service", "removed.service"] {
-        bed.wait_for_state(unit, "active").expect("generation A's units start");
+        wait_for(&format!("{unit} to start"), Duration::from_secs(60), || {
+            bed.active_state(unit).is_ok_and(|s| s == "active")
+        });
     }
     bed
 }

@@ -439,24 +439,33 @@ impl SystemdBus {
         // ExecMainStatus for services, all in flight at once: the bus and
         // systemd answer them back to back instead of one round trip each.
         let fetches = listed.into_iter().map(|entry| {
-            let (name, active, path) = (entry.0, entry.3, entry.6);
+            let (name, active, sub, path) = (entry.0, entry.3, entry.4, entry.6);
             async move {
                 let p = props(&self.conn, path).await?;
-                // MainPID and ExecMainStatus only mean something for a
-                // service that is not inactive; asking for them only then
-                // saves two calls per idle unit.
-                let service = name.ends_with(".service") && active != "inactive";
+                // MainPID only means something for a service that is not
+                // inactive, and ExecMainStatus is only looked at for a
+                // service waiting to restart or failed (to tell a failed
+                // auto-restart). Asking only then saves a call or two per
+                // unit, which is most of a snapshot's messages.
+                let service = name.ends_with(".service");
+                let want_pid = service && active != "inactive";
+                let want_status = service && (sub == "auto-restart" || active == "failed");
                 let (unit, (pid, status)) = join(p.get_all_unit(UNIT_INTERFACE), async {
-                    if service {
-                        let (pid, status) = join(
-                            p.get(SERVICE_INTERFACE, "MainPID"),
-                            p.get(SERVICE_INTERFACE, "ExecMainStatus"),
-                        )
-                        .await;
-                        (u32_of(pid), i32_of(status))
-                    } else {
-                        (0, 0)
-                    }
+                    let pid = async {
+                        if want_pid {
+                            u32_of(p.get(SERVICE_INTERFACE, "MainPID").await)
+                        } else {
+                            0
+                        }
+                    };
+                    let status = async {
+                        if want_status {
+                            i32_of(p.get(SERVICE_INTERFACE, "ExecMainStatus").await)
+                        } else {
+                            0
+                        }
+                    };
+                    join(pid, status).await
                 })
                 .await;
                 let unit = match unit {
