@@ -40,15 +40,17 @@ pub struct LivePlan {
 
 /// Runs `plan`.
 pub fn run(args: args::PlanArgs) -> anyhow::Result<Outcome> {
-    let toplevel = resolve_toplevel(&args.source)?;
+    let resolved = resolve_source(&args.source)?;
+    let toplevel = resolved.toplevel.clone();
     let mut bus = connect()?;
     report_interrupted(&RunDir::system());
-    let lp = live_plan(
+    let mut lp = live_plan(
         Path::new(CURRENT_SYSTEM),
         &toplevel,
         &args.protect,
         &mut bus,
     )?;
+    lp.plan.new.provenance = Some(resolved.provenance);
     if let Some(unit) = &args.protect.explain {
         std::io::stdout()
             .lock()
@@ -71,18 +73,25 @@ pub fn print_plan(plan: &Plan, output: &args::OutputArgs) -> anyhow::Result<()> 
 }
 
 /// The toplevel to switch to (built first for `--flake`), canonicalized,
-/// naming it in errors.
-pub fn resolve_toplevel(source: &SourceArgs) -> anyhow::Result<PathBuf> {
+/// with where it came from, naming it in errors. Store the provenance in
+/// the plan's `new.provenance`.
+pub fn resolve_source(source: &SourceArgs) -> anyhow::Result<crate::source::Resolved> {
     if source.toplevel.is_none() && source.flake.is_none() {
         bail!("give the new generation with --toplevel PATH or --flake REF");
     }
-    let resolved = crate::source::resolve(source, None)?;
-    std::fs::canonicalize(&resolved.toplevel).with_context(|| {
+    let mut resolved = crate::source::resolve(source, None)?;
+    resolved.toplevel = std::fs::canonicalize(&resolved.toplevel).with_context(|| {
         format!(
             "{}: cannot resolve the toplevel",
             resolved.toplevel.display()
         )
-    })
+    })?;
+    Ok(resolved)
+}
+
+/// The toplevel to switch to, as [`resolve_source`] finds it.
+pub fn resolve_toplevel(source: &SourceArgs) -> anyhow::Result<PathBuf> {
+    Ok(resolve_source(source)?.toplevel)
 }
 
 /// Connects to systemd over the system bus, with an error that says that

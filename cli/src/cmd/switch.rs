@@ -56,7 +56,8 @@ const PASSED_ENV: &[&str] = &[
 
 /// Runs `switch`.
 pub fn run(args: args::SwitchArgs) -> anyhow::Result<Outcome> {
-    let toplevel = live::resolve_toplevel(&args.source)?;
+    let resolved = live::resolve_source(&args.source)?;
+    let toplevel = resolved.toplevel.clone();
     preflight(&toplevel)?;
     let run = RunDir::system();
     if !args.apply.no_isolate {
@@ -88,12 +89,13 @@ pub fn run(args: args::SwitchArgs) -> anyhow::Result<Outcome> {
     if let Some(outcome) = finish_interrupted(&mut bus, &run, &options)? {
         return Ok(outcome);
     }
-    let lp = live::live_plan(
+    let mut lp = live::live_plan(
         Path::new(CURRENT_SYSTEM),
         &toplevel,
         &args.protect,
         &mut bus,
     )?;
+    lp.plan.new.provenance = Some(resolved.provenance);
     live::print_plan(&lp.plan, &args.output)?;
     if lp.plan.protection.refused {
         eprintln!(
