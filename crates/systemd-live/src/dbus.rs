@@ -344,6 +344,40 @@ fn string_of(v: Result<OwnedVariant, zbus::Error>) -> String {
         .unwrap_or_default()
 }
 
+/// `GetAll` of the Unit interface as one plain method call: a snapshot
+/// makes hundreds of them, and a proxy per unit object costs more than the
+/// call itself.
+async fn raw_get_all_unit(conn: &Connection, path: &OwnedObjectPath) -> zbus::Result<UnitProps> {
+    let reply = conn
+        .call_method(
+            Some("org.freedesktop.systemd1"),
+            path.as_str(),
+            Some("org.freedesktop.DBus.Properties"),
+            "GetAll",
+            &(UNIT_INTERFACE,),
+        )
+        .await?;
+    reply.body().deserialize()
+}
+
+/// `Get` of one Service property as one plain method call.
+async fn raw_get(
+    conn: &Connection,
+    path: &OwnedObjectPath,
+    name: &str,
+) -> zbus::Result<OwnedVariant> {
+    let reply = conn
+        .call_method(
+            Some("org.freedesktop.systemd1"),
+            path.as_str(),
+            Some("org.freedesktop.DBus.Properties"),
+            "Get",
+            &(SERVICE_INTERFACE, name),
+        )
+        .await?;
+    reply.body().deserialize()
+}
+
 /// Builds a [`LiveUnit`] from the `Unit` interface's properties. Pure, so
 /// the conversion is tested without a bus.
 pub(crate) fn live_unit_from(
@@ -441,7 +475,8 @@ impl SystemdBus {
         let fetches = listed.into_iter().map(|entry| {
             let (name, active, sub, path) = (entry.0, entry.3, entry.4, entry.6);
             async move {
-                let p = props(&self.conn, path).await?;
+                let conn = &self.conn;
+                let path = &path;
                 // MainPID only means something for a service that is not
                 // inactive, and ExecMainStatus is only looked at for a
                 // service waiting to restart or failed (to tell a failed
@@ -450,17 +485,17 @@ impl SystemdBus {
                 let service = name.ends_with(".service");
                 let want_pid = service && active != "inactive";
                 let want_status = service && (sub == "auto-restart" || active == "failed");
-                let (unit, (pid, status)) = join(p.get_all_unit(UNIT_INTERFACE), async {
+                let (unit, (pid, status)) = join(raw_get_all_unit(conn, path), async {
                     let pid = async {
                         if want_pid {
-                            u32_of(p.get(SERVICE_INTERFACE, "MainPID").await)
+                            u32_of(raw_get(conn, path, "MainPID").await)
                         } else {
                             0
                         }
                     };
                     let status = async {
                         if want_status {
-                            i32_of(p.get(SERVICE_INTERFACE, "ExecMainStatus").await)
+                            i32_of(raw_get(conn, path, "ExecMainStatus").await)
                         } else {
                             0
                         }
