@@ -18,8 +18,35 @@ pub fn text(plan: &Plan) -> String {
     phases(&mut out, plan);
     units(&mut out, plan);
     crate::protect::render_text(&mut out, plan);
+    packages(&mut out, plan);
     diagnostics(&mut out, plan);
     out
+}
+
+/// The package changes (closure diff), when the plan carries them.
+fn packages(out: &mut String, plan: &Plan) {
+    let Some(value) = &plan.packages else { return };
+    // A plan file edited by hand may carry anything here; a value that is
+    // not a closure diff is shown as a note rather than failing the render.
+    match serde_json::from_value::<closure_diff::ClosureDiff>(value.clone()) {
+        Ok(diff) => {
+            out.push_str("
+packages:
+");
+            for line in diff.render_text().lines() {
+                match line {
+                    "" => out.push('\n'),
+                    line => {
+                        let _ = writeln!(out, "  {line}");
+                    }
+                }
+            }
+        }
+        Err(err) => {
+            let _ = writeln!(out, "
+packages: not shown, the plan's package diff is malformed: {err}");
+        }
+    }
 }
 
 /// The units that get `action`, comma-separated.

@@ -526,6 +526,7 @@ mod tests {
             steps: vec![],
             protection: Protection::default(),
             diagnostics: vec![],
+        packages: None,
         }
     }
 

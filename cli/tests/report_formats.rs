@@ -45,6 +45,7 @@ fn base(old: &str, new: &str) -> Plan {
             path: None,
             line: None,
         }],
+        packages: None,
     }
 }
 

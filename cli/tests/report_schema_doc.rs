@@ -105,6 +105,17 @@ fn full_plan() -> Plan {
             path: Some("/f".into()),
             line: Some(3),
         }],
+        packages: Some(serde_json::json!({
+            "old": {"root": "/nix/store/a-nixos-system", "paths": 2, "nar_size": 10, "source": "database", "fallback_reason": "x"},
+            "new": {"root": "/nix/store/b-nixos-system", "paths": 2, "nar_size": 12, "source": "database"},
+            "changed": [{"name": "hello", "old_versions": ["1.0"], "new_versions": ["1.1"], "direction": "upgrade", "old_size": 1, "new_size": 2, "size_delta": 1}],
+            "added": [{"name": "docker", "versions": ["27.1"], "size": 5}],
+            "removed": [],
+            "rebuilt": [{"name": "etc", "versions": [""], "old_size": 1, "new_size": 1, "size_delta": 0}],
+            "paths_added": 1,
+            "paths_removed": 1,
+            "size_delta": 2
+        })),
     }
 }
 

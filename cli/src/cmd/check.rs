@@ -24,10 +24,19 @@ use crate::report::{self, Report};
 pub fn run(args: args::CheckArgs) -> anyhow::Result<Outcome> {
     // Bad `--report` values are reported before anything is planned.
     report::parse_report_files(&args.output.report)?;
-    let toplevel = live::resolve_toplevel(&args.source)?;
+    let resolved = live::resolve_source(&args.source, &args.protect)?;
     let mut bus = live::connect()?;
     live::report_interrupted(&systemd_live::RunDir::system());
-    let lp = live::live_plan(Path::new(CURRENT_SYSTEM), &toplevel, &args.protect, &mut bus)?;
+    let mut lp =
+        live::live_plan(Path::new(CURRENT_SYSTEM), &resolved.toplevel, &args.protect, &mut bus)?;
+    lp.plan.new.provenance = Some(resolved.provenance);
+    if let Some(unit) = &args.protect.explain {
+        std::io::Write::write_all(
+            &mut std::io::stdout().lock(),
+            lp.protection.explain(&lp.plan, unit).as_bytes(),
+        )?;
+        return Ok(outcome(&lp.plan, args.fail_on));
+    }
     let diffs = report::unit_diff::unit_diffs(&lp.plan, &lp.old, &lp.new);
     report::write_outputs(&Report { plan: &lp.plan, diffs: &diffs }, &args.output)?;
     let outcome = outcome(&lp.plan, args.fail_on);
@@ -87,6 +96,7 @@ mod tests {
             steps: vec![],
             protection: Protection { refused, ..Protection::default() },
             diagnostics: vec![],
+        packages: None,
         }
     }
 

@@ -34,6 +34,31 @@ pub fn closure_diff(old: &Path, new: &Path) -> anyhow::Result<ClosureDiff> {
     })
 }
 
+/// Adds the package changes between the plan's two generations to
+/// `plan.packages`, when both are store paths. Anything else (generation
+/// directories outside the store, as in offline `diff` runs on fixtures)
+/// is skipped silently; a store that cannot be read becomes a warning in
+/// the plan, never a failed plan: the unit plan stands on its own.
+pub fn attach_to_plan(plan: &mut plan_model::Plan, old: &Path, new: &Path) {
+    let options = options_from_env();
+    let in_store = |p: &Path| {
+        std::fs::canonicalize(p).is_ok_and(|p| p.starts_with(&options.store_dir))
+    };
+    if !in_store(old) || !in_store(new) {
+        return;
+    }
+    match closure_diff(old, new).and_then(|d| Ok(serde_json::to_value(d)?)) {
+        Ok(value) => plan.packages = Some(value),
+        Err(err) => plan.diagnostics.push(plan_model::Diagnostic {
+            severity: plan_model::Severity::Warning,
+            message: format!("the package diff is not available: {err:#}"),
+            unit: None,
+            path: None,
+            line: None,
+        }),
+    }
+}
+
 /// Runs `closure-diff`.
 pub fn run(args: args::ClosureDiffArgs) -> anyhow::Result<Outcome> {
     let diff = closure_diff(&args.old, &args.new)?;

@@ -42,6 +42,7 @@ fn build_protected(args: &args::DiffArgs) -> anyhow::Result<(Plan, crate::protec
         None => systemd_plan::assumed_live_state(&old),
     };
     let mut plan = systemd_plan::plan(&old, &new, &live);
+    crate::cmd::closure_diff::attach_to_plan(&mut plan, &args.old, &args.new);
     let protection = crate::protect::protect_plan(&mut plan, &old, &new, &live, &args.protect)?;
     Ok((plan, protection))
 }

@@ -40,7 +40,7 @@ pub struct LivePlan {
 
 /// Runs `plan`.
 pub fn run(args: args::PlanArgs) -> anyhow::Result<Outcome> {
-    let resolved = resolve_source(&args.source)?;
+    let resolved = resolve_source(&args.source, &args.protect)?;
     let toplevel = resolved.toplevel.clone();
     let mut bus = connect()?;
     report_interrupted(&RunDir::system());
@@ -75,11 +75,22 @@ pub fn print_plan(plan: &Plan, output: &args::OutputArgs) -> anyhow::Result<()> 
 /// The toplevel to switch to (built first for `--flake`), canonicalized,
 /// with where it came from, naming it in errors. Store the provenance in
 /// the plan's `new.provenance`.
-pub fn resolve_source(source: &SourceArgs) -> anyhow::Result<crate::source::Resolved> {
+///
+/// For `--flake`, the policy file (as `protect` names it) supplies the
+/// default base and host, read with the same ownership checks protection
+/// applies.
+pub fn resolve_source(
+    source: &SourceArgs,
+    protect: &ProtectArgs,
+) -> anyhow::Result<crate::source::Resolved> {
     if source.toplevel.is_none() && source.flake.is_none() {
         bail!("give the new generation with --toplevel PATH or --flake REF");
     }
-    let mut resolved = crate::source::resolve(source, None)?;
+    let policy = match source.flake {
+        Some(_) => crate::protect::load_policy(protect)?.map(|(policy, _)| policy),
+        None => None,
+    };
+    let mut resolved = crate::source::resolve_for_policy(source, policy.as_ref())?;
     resolved.toplevel = std::fs::canonicalize(&resolved.toplevel).with_context(|| {
         format!(
             "{}: cannot resolve the toplevel",
@@ -90,8 +101,8 @@ pub fn resolve_source(source: &SourceArgs) -> anyhow::Result<crate::source::Reso
 }
 
 /// The toplevel to switch to, as [`resolve_source`] finds it.
-pub fn resolve_toplevel(source: &SourceArgs) -> anyhow::Result<PathBuf> {
-    Ok(resolve_source(source)?.toplevel)
+pub fn resolve_toplevel(source: &SourceArgs, protect: &ProtectArgs) -> anyhow::Result<PathBuf> {
+    Ok(resolve_source(source, protect)?.toplevel)
 }
 
 /// Connects to systemd over the system bus, with an error that says that
@@ -131,6 +142,7 @@ pub fn live_plan(
         .snapshot()
         .context("cannot read the live state from systemd")?;
     let mut plan = systemd_plan::plan(&old, &new, &live);
+    crate::cmd::closure_diff::attach_to_plan(&mut plan, &old_path, &new_path);
     let protection = crate::protect::protect_plan(&mut plan, &old, &new, &live, protect)?;
     Ok(LivePlan {
         plan,

@@ -45,6 +45,8 @@ use crate::exit::Outcome;
 const PASSED_ENV: &[&str] = &[
     "DBUS_SYSTEM_BUS_ADDRESS",
     "PATH",
+    "SAFE_SWITCH_PLATFORM",
+    "NO_COLOR",
     "LOCALE_ARCHIVE",
     "TZDIR",
     "NIX_PATH",
@@ -56,7 +58,7 @@ const PASSED_ENV: &[&str] = &[
 
 /// Runs `switch`.
 pub fn run(args: args::SwitchArgs) -> anyhow::Result<Outcome> {
-    let resolved = live::resolve_source(&args.source)?;
+    let resolved = live::resolve_source(&args.source, &args.protect)?;
     let toplevel = resolved.toplevel.clone();
     preflight(&toplevel)?;
     let run = RunDir::system();

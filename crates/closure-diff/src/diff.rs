@@ -12,14 +12,14 @@ use std::collections::{HashMap, HashSet};
 type FastMap<K, V> = HashMap<K, V, foldhash::fast::FixedState>;
 type FastSet<K> = HashSet<K, foldhash::fast::FixedState>;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::closure::{Closure, Source};
 use crate::name::{split_base_name, split_name};
 use crate::version::{Direction, classify, compare_versions};
 
 /// One side of the diff, summarised.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ClosureSummary {
     /// The root store path.
     pub root: String,
@@ -30,12 +30,12 @@ pub struct ClosureSummary {
     /// Where the closure was read from.
     pub source: Source,
     /// Why the database was not used, when it was not.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fallback_reason: Option<String>,
 }
 
 /// A package whose set of versions changed.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VersionChange {
     /// The package name.
     pub name: String,
@@ -54,7 +54,7 @@ pub struct VersionChange {
 }
 
 /// A package present on one side only.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Package {
     /// The package name.
     pub name: String,
@@ -67,7 +67,7 @@ pub struct Package {
 
 /// A package with the same versions on both sides whose store paths
 /// differ (rebuilt because a dependency or its recipe changed).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Rebuilt {
     /// The package name.
     pub name: String,
@@ -82,7 +82,7 @@ pub struct Rebuilt {
 }
 
 /// Which packages change between two closures, and how much.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ClosureDiff {
     /// The old closure.
     pub old: ClosureSummary,

@@ -10,7 +10,7 @@
 
 use std::cmp::Ordering;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// Compares two versions with `nix-env`'s ordering.
 pub fn compare_versions(a: &str, b: &str) -> Ordering {
@@ -140,7 +140,7 @@ fn ordered_prefix(version: &str) -> Option<&str> {
 }
 
 /// How a package's version moved.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Direction {
     /// Every old version is older than every new one.

@@ -197,6 +197,7 @@ pub fn plan(old: &Generation, new: &Generation, host: &Host, policy: &Policy) ->
             ..Protection::default()
         },
         diagnostics,
+        packages: None,
     };
     apply_protection(&mut plan, &jobs, old, new, live, policy);
     LaunchdPlan { plan, jobs }

@@ -33,6 +33,12 @@ pub struct Plan {
     /// the planner could not model.
     #[serde(default)]
     pub diagnostics: Vec<Diagnostic>,
+    /// Which packages the switch changes: the JSON form of a closure diff
+    /// (`closure-diff` crate), present when both generations are store
+    /// paths whose closures could be read. Kept as a JSON value so this
+    /// model does not depend on how closures are read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub packages: Option<serde_json::Value>,
 }
 
 /// Identifies a generation (a system toplevel).
@@ -568,6 +574,7 @@ mod tests {
             steps: vec![Step::Activate { script: "/b/activate".into() }, Step::DaemonReload],
             protection: Protection::default(),
             diagnostics: vec![],
+        packages: None,
         };
         let json = plan.to_json();
         let back: Plan = serde_json::from_str(&json).unwrap();

@@ -902,6 +902,7 @@ mod tests {
                 ..Default::default()
             },
             diagnostics: vec![],
+        packages: None,
         }
     }
 

@@ -129,6 +129,7 @@ pub fn plan(old: &GenerationUnits, new: &GenerationUnits, live: &LiveState) -> P
         steps,
         protection: Default::default(),
         diagnostics,
+        packages: None,
     }
 }
 

@@ -60,6 +60,7 @@ fn plan(actions: &[(&str, &[Action])]) -> Plan {
         steps: vec![],
         protection: Protection::default(),
         diagnostics: vec![],
+        packages: None,
     }
 }
 
