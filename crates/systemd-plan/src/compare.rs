@@ -19,11 +19,48 @@
 //! included, so a reader sees all that changed and the verdict explains
 //! which keys mattered.
 
-use std::collections::BTreeSet;
+use std::cmp::Ordering;
+use std::collections::{BTreeMap, BTreeSet};
 
 use plan_model::{KeyChange, Rule};
 
-use crate::unit_file::UnitFile;
+use crate::unit_file::{Section, UnitFile};
+
+/// Walks two maps with sorted string keys side by side, calling `visit`
+/// once per key of either map with its value in each (`None` where a map
+/// lacks the key), in key order.
+fn merge_sorted<'a, V>(
+    a: &'a BTreeMap<String, V>,
+    b: &'a BTreeMap<String, V>,
+    mut visit: impl FnMut(&'a str, Option<&'a V>, Option<&'a V>),
+) {
+    let (mut a, mut b) = (a.iter().peekable(), b.iter().peekable());
+    loop {
+        let order = match (a.peek(), b.peek()) {
+            (None, None) => return,
+            (Some(_), None) => Ordering::Less,
+            (None, Some(_)) => Ordering::Greater,
+            (Some((ka, _)), Some((kb, _))) => ka.cmp(kb),
+        };
+        match order {
+            Ordering::Less => {
+                if let Some((k, v)) = a.next() {
+                    visit(k, Some(v), None);
+                }
+            }
+            Ordering::Greater => {
+                if let Some((k, v)) = b.next() {
+                    visit(k, None, Some(v));
+                }
+            }
+            Ordering::Equal => {
+                if let (Some((k, va)), Some((_, vb))) = (a.next(), b.next()) {
+                    visit(k, Some(va), Some(vb));
+                }
+            }
+        }
+    }
+}
 
 /// The `[Unit]` keys whose changes need no action.
 pub const IGNORED_UNIT_KEYS: &[&str] = &[
@@ -70,42 +107,43 @@ pub fn compare_units(old: &UnitFile, new: &UnitFile) -> Comparison {
     let mut reload_rules = BTreeSet::new();
     let mut changes = Vec::new();
 
-    let mut keys: BTreeSet<(&str, &str)> = BTreeSet::new();
-    for unit in [old, new] {
-        for (section, keys_of) in unit.sections().filter(|(s, _)| *s != "Install") {
-            keys.extend(keys_of.keys().map(|k| (section, k.as_str())));
+    // Sections and keys are sorted maps: one merge walk over both versions
+    // visits every (section, key) pair once, in order, without building a
+    // set of keys or looking each one up again.
+    let empty = Section::new();
+    merge_sorted(&old.sections, &new.sections, |section, old_keys, new_keys| {
+        if section == "Install" || old_keys == new_keys {
+            return;
         }
-    }
-    for (section, key) in keys {
-        let before = old.section(section).and_then(|s| s.get(key));
-        let after = new.section(section).and_then(|s| s.get(key));
-        if before == after {
-            continue;
-        }
-        changes.push(KeyChange {
-            section: section.to_owned(),
-            key: key.to_owned(),
-            old: before.cloned(),
-            new: after.cloned(),
+        merge_sorted(old_keys.unwrap_or(&empty), new_keys.unwrap_or(&empty), |key, before, after| {
+            if before == after {
+                return;
+            }
+            changes.push(KeyChange {
+                section: section.to_owned(),
+                key: key.to_owned(),
+                old: before.cloned(),
+                new: after.cloned(),
+            });
+            match (section, key) {
+                ("Unit", "X-Reload-Triggers") => {
+                    if after.is_some() {
+                        reload_rules.insert(Rule::ReloadTriggers);
+                    }
+                }
+                ("Unit", key) if IGNORED_UNIT_KEYS.contains(&key) => {}
+                ("Service", "ExecReload") => {
+                    if after.is_some() {
+                        reload_rules.insert(Rule::ExecReloadChanged);
+                    }
+                }
+                ("Mount", "Options") if before.is_some() && after.is_some() => {
+                    reload_rules.insert(Rule::MountOptionsChanged);
+                }
+                _ => restart = true,
+            }
         });
-        match (section, key) {
-            ("Unit", "X-Reload-Triggers") => {
-                if after.is_some() {
-                    reload_rules.insert(Rule::ReloadTriggers);
-                }
-            }
-            ("Unit", key) if IGNORED_UNIT_KEYS.contains(&key) => {}
-            ("Service", "ExecReload") => {
-                if after.is_some() {
-                    reload_rules.insert(Rule::ExecReloadChanged);
-                }
-            }
-            ("Mount", "Options") if before.is_some() && after.is_some() => {
-                reload_rules.insert(Rule::MountOptionsChanged);
-            }
-            _ => restart = true,
-        }
-    }
+    });
     let new_sections =
         new.sections().filter(|(s, _)| *s != "Install" && old.section(s).is_none()).count();
     if new_sections >= 2 {
