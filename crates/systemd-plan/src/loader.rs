@@ -266,10 +266,10 @@ fn read_source(w: &Walker, dir: &Path, name: &str, shown: &Path) -> Result<Sourc
     // goes through the component-wise walk, which also gives the precise
     // error.
     let path = dir.join(name);
-    if let Some(file) = w.open_in_root(&path) {
-        if let Some(source) = read_open(file, shown)? {
-            return Ok(source);
-        }
+    if let Some(file) = w.open_in_root(&path)
+        && let Some(source) = read_open(file, shown)?
+    {
+        return Ok(source);
     }
     let candidates = match fs::read_link(&path) {
         Err(err) if err.kind() == io::ErrorKind::InvalidInput => vec![path],
