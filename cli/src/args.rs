@@ -78,6 +78,10 @@ pub struct SourceArgs {
     /// Print the generated wrapper flake.
     #[arg(long, requires = "flake")]
     pub show_wrapper: bool,
+    /// The new generation as the calling safe-switch already resolved (and
+    /// built) it: the isolated apply reads it instead of building again.
+    #[arg(long, value_name = "PATH", hide = true)]
+    pub resolved_file: Option<PathBuf>,
 }
 
 /// Arguments of `plan`.

@@ -94,10 +94,7 @@ pub fn protect_plan(
                 ProtectionSource::Policy { path } => format!("policy file {path}"),
                 ProtectionSource::Implicit { .. } => "implicit protection".to_owned(),
             };
-            let mut w = format!(
-                "{origin}: {:?} matches no unit in either generation or the live state",
-                u.selector
-            );
+            let mut w = format!("{origin}: {:?} matches no unit in either generation or the live state", u.selector);
             if u.close.is_empty() {
                 w.push_str(" (no close match)");
             } else {
@@ -199,10 +196,7 @@ fn check_owner(euid: u32, uid: u32, gid: u32, mode: u32) -> anyhow::Result<()> {
         bail!("refusing a policy file writable by others (mode {:04o}): run `chmod o-w` on it", mode & 0o7777);
     }
     if mode & 0o020 != 0 && gid != 0 {
-        bail!(
-            "refusing a policy file writable by group {gid} (mode {:04o}): run `chmod g-w` on it",
-            mode & 0o7777
-        );
+        bail!("refusing a policy file writable by group {gid} (mode {:04o}): run `chmod g-w` on it", mode & 0o7777);
     }
     Ok(())
 }
@@ -255,7 +249,8 @@ pub fn render_text(out: &mut String, plan: &Plan) {
     if !deferred.is_empty() {
         out.push_str("  deferred (the new unit files are installed; the running units stay as they are):\n");
         for (unit, d) in deferred {
-            let _ = writeln!(out, "    {}", touch_line(&unit.unit, &d.actions, "deferred", &d.touches, d.effect, &d.chain));
+            let _ =
+                writeln!(out, "    {}", touch_line(&unit.unit, &d.actions, "deferred", &d.touches, d.effect, &d.chain));
         }
     }
     if p.refused {
@@ -307,7 +302,8 @@ fn render_explanation(e: &Explanation) -> String {
     }
     let _ = writeln!(out, "  running: {}", if e.running { "yes" } else { "no" });
     let actions: Vec<&str> = e.actions.iter().map(|a| a.as_str()).collect();
-    let _ = writeln!(out, "  planned: {}", if actions.is_empty() { "no action".to_owned() } else { actions.join(", ") });
+    let _ =
+        writeln!(out, "  planned: {}", if actions.is_empty() { "no action".to_owned() } else { actions.join(", ") });
     for r in &e.reasons {
         let _ = write!(out, "    {}: {}", r.rule.id(), r.rule.explain());
         if let Some(detail) = &r.detail {
@@ -367,13 +363,17 @@ mod tests {
 
     #[test]
     fn consequence_texts() {
-        let chain = vec![Edge {
-            from: "sshd.service".into(),
-            relation: "Requires".into(),
-            to: "network-setup.service".into(),
-        }];
+        let chain =
+            vec![Edge { from: "sshd.service".into(), relation: "Requires".into(), to: "network-setup.service".into() }];
         assert_eq!(
-            touch_line("network-setup.service", &[Action::Restart], "deferred", "sshd.service", Action::Restart, &chain),
+            touch_line(
+                "network-setup.service",
+                &[Action::Restart],
+                "deferred",
+                "sshd.service",
+                Action::Restart,
+                &chain
+            ),
             "network-setup.service: restart deferred: would restart sshd.service \
              (sshd.service Requires=network-setup.service)"
         );

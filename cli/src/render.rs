@@ -30,9 +30,11 @@ fn packages(out: &mut String, plan: &Plan) {
     // not a closure diff is shown as a note rather than failing the render.
     match serde_json::from_value::<closure_diff::ClosureDiff>(value.clone()) {
         Ok(diff) => {
-            out.push_str("
+            out.push_str(
+                "
 packages:
-");
+",
+            );
             for line in diff.render_text().lines() {
                 match line {
                     "" => out.push('\n'),
@@ -43,8 +45,11 @@ packages:
             }
         }
         Err(err) => {
-            let _ = writeln!(out, "
-packages: not shown, the plan's package diff is malformed: {err}");
+            let _ = writeln!(
+                out,
+                "
+packages: not shown, the plan's package diff is malformed: {err}"
+            );
         }
     }
 }

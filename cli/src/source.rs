@@ -54,6 +54,31 @@ pub struct Resolved {
     pub provenance: Provenance,
 }
 
+/// [`Resolved`] as a file: how `switch` hands the generation it built to
+/// its isolated apply, so the flake is not evaluated a second time.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct ResolvedFile {
+    toplevel: PathBuf,
+    provenance: Provenance,
+}
+
+/// Writes `resolved` to `path` for [`read_resolved`].
+pub fn write_resolved(path: &Path, resolved: &Resolved) -> anyhow::Result<()> {
+    let file = ResolvedFile { toplevel: resolved.toplevel.clone(), provenance: resolved.provenance.clone() };
+    let json = serde_json::to_vec(&file)?;
+    std::fs::write(path, json).with_context(|| format!("{}: cannot write", path.display()))
+}
+
+/// Reads what [`write_resolved`] wrote; the toplevel must still exist.
+pub fn read_resolved(path: &Path) -> anyhow::Result<Resolved> {
+    let text = std::fs::read(path).with_context(|| format!("{}: cannot read", path.display()))?;
+    let file: ResolvedFile =
+        serde_json::from_slice(&text).with_context(|| format!("{}: not a resolved generation", path.display()))?;
+    let toplevel = std::fs::canonicalize(&file.toplevel)
+        .with_context(|| format!("{}: cannot resolve the toplevel", file.toplevel.display()))?;
+    Ok(Resolved { toplevel, provenance: file.provenance })
+}
+
 /// Defaults that do not come from the command line.
 #[derive(Clone, Debug)]
 pub struct ResolveOptions {
@@ -112,18 +137,11 @@ pub fn resolve_with(source: &SourceArgs, options: &ResolveOptions) -> anyhow::Re
     };
     let request = request(source, flake, options)?;
     if source.show_wrapper {
-        eprintln!(
-            "safe-switch: wrapper flake:\n{}",
-            request.wrapper().render()
-        );
+        eprintln!("safe-switch: wrapper flake:\n{}", request.wrapper().render());
     }
-    let composer =
-        Composer::new(options.nix.clone()).with_announce(|step| eprintln!("safe-switch: {step}"));
+    let composer = Composer::new(options.nix.clone()).with_announce(|step| eprintln!("safe-switch: {step}"));
     let built = composer.build(&request).map_err(|e| explain(e, options))?;
-    Ok(Resolved {
-        toplevel: built.toplevel,
-        provenance: built.provenance,
-    })
+    Ok(Resolved { toplevel: built.toplevel, provenance: built.provenance })
 }
 
 /// Adds to an error what only this layer knows: that the platform was a
@@ -143,17 +161,9 @@ fn explain(err: nix_compose::ComposeError, options: &ResolveOptions) -> anyhow::
 }
 
 /// The build request the options describe.
-pub fn request(
-    source: &SourceArgs,
-    flake: &str,
-    options: &ResolveOptions,
-) -> anyhow::Result<Request> {
+pub fn request(source: &SourceArgs, flake: &str, options: &ResolveOptions) -> anyhow::Result<Request> {
     if flake.contains('#') {
-        for (given, name) in [
-            (&source.base, "--base"),
-            (&source.host, "--host"),
-            (&source.module, "--module"),
-        ] {
+        for (given, name) in [(&source.base, "--base"), (&source.host, "--host"), (&source.module, "--module")] {
             if given.is_some() {
                 bail!(
                     "{name} applies to an overlay flake, but `{flake}` names a complete \
@@ -162,11 +172,7 @@ pub fn request(
             }
         }
     }
-    let base = source
-        .base
-        .clone()
-        .or_else(|| options.policy_base.clone())
-        .unwrap_or_else(|| DEFAULT_BASE.to_owned());
+    let base = source.base.clone().or_else(|| options.policy_base.clone()).unwrap_or_else(|| DEFAULT_BASE.to_owned());
     let hosts = match (&source.host, &options.policy_host) {
         (Some(host), _) | (None, Some(host)) => vec![host.clone()],
         (None, None) => {
@@ -178,33 +184,18 @@ pub fn request(
         }
     };
     let module = source.module.as_deref().unwrap_or("default");
-    Ok(Request::from_flake_arg(
-        flake,
-        options.platform,
-        &base,
-        hosts,
-        module,
-    ))
+    Ok(Request::from_flake_arg(flake, options.platform, &base, hosts, module))
 }
 
 /// Validates a prebuilt generation.
 fn prebuilt(path: &Path) -> anyhow::Result<Resolved> {
-    let meta = std::fs::metadata(path)
-        .with_context(|| format!("--toplevel {}: cannot be read", path.display()))?;
+    let meta = std::fs::metadata(path).with_context(|| format!("--toplevel {}: cannot be read", path.display()))?;
     if !meta.is_dir() {
-        bail!(
-            "--toplevel {}: not a directory (a system toplevel is one)",
-            path.display()
-        );
+        bail!("--toplevel {}: not a directory (a system toplevel is one)", path.display());
     }
-    let toplevel = std::fs::canonicalize(path)
-        .with_context(|| format!("--toplevel {}: cannot be resolved", path.display()))?;
-    Ok(Resolved {
-        toplevel,
-        provenance: Provenance::Toplevel {
-            given: path.display().to_string(),
-        },
-    })
+    let toplevel =
+        std::fs::canonicalize(path).with_context(|| format!("--toplevel {}: cannot be resolved", path.display()))?;
+    Ok(Resolved { toplevel, provenance: Provenance::Toplevel { given: path.display().to_string() } })
 }
 
 /// The platform: `SAFE_SWITCH_PLATFORM` if set, else macOS → nix-darwin,
@@ -212,9 +203,8 @@ fn prebuilt(path: &Path) -> anyhow::Result<Resolved> {
 pub fn detect_platform() -> anyhow::Result<Platform> {
     if let Some(value) = std::env::var_os(PLATFORM_ENV) {
         let value = value.to_string_lossy();
-        return Platform::from_name(&value).with_context(|| {
-            format!("{PLATFORM_ENV}={value}: expected nixos, darwin or system-manager")
-        });
+        return Platform::from_name(&value)
+            .with_context(|| format!("{PLATFORM_ENV}={value}: expected nixos, darwin or system-manager"));
     }
     Ok(if cfg!(target_os = "macos") {
         Platform::Darwin
@@ -231,22 +221,15 @@ pub fn hostname() -> Option<String> {
     let raw = if cfg!(target_os = "macos") {
         command_output("scutil", &["--get", "LocalHostName"])
     } else {
-        std::fs::read_to_string("/proc/sys/kernel/hostname")
-            .ok()
-            .or_else(|| command_output("hostname", &[]))
+        std::fs::read_to_string("/proc/sys/kernel/hostname").ok().or_else(|| command_output("hostname", &[]))
     }?;
     let short = raw.trim().split('.').next().unwrap_or("").to_owned();
     (!short.is_empty()).then_some(short)
 }
 
 fn command_output(program: &str, args: &[&str]) -> Option<String> {
-    let out = std::process::Command::new(program)
-        .args(args)
-        .output()
-        .ok()?;
-    out.status
-        .success()
-        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+    let out = std::process::Command::new(program).args(args).output().ok()?;
+    out.status.success().then(|| String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 #[cfg(test)]
@@ -267,10 +250,7 @@ mod tests {
     }
 
     fn flake(flake: &str) -> SourceArgs {
-        SourceArgs {
-            flake: Some(flake.into()),
-            ..SourceArgs::default()
-        }
+        SourceArgs { flake: Some(flake.into()), ..SourceArgs::default() }
     }
 
     #[test]
@@ -286,39 +266,20 @@ mod tests {
                 module: "default".into(),
             })
         );
-        let o = ResolveOptions {
-            policy_base: Some("machine".into()),
-            ..options()
-        };
-        let Request::Compose(r) = request(&flake("./ci"), "./ci", &o).unwrap() else {
-            panic!()
-        };
+        let o = ResolveOptions { policy_base: Some("machine".into()), ..options() };
+        let Request::Compose(r) = request(&flake("./ci"), "./ci", &o).unwrap() else { panic!() };
         assert_eq!(r.base, "machine");
-        let o = ResolveOptions {
-            policy_host: Some("ci".into()),
-            ..o
-        };
-        let Request::Compose(r) = request(&flake("./ci"), "./ci", &o).unwrap() else {
-            panic!()
-        };
-        assert_eq!(
-            r.hosts,
-            vec!["ci".to_owned()],
-            "the policy's host replaces the guess"
-        );
+        let o = ResolveOptions { policy_host: Some("ci".into()), ..o };
+        let Request::Compose(r) = request(&flake("./ci"), "./ci", &o).unwrap() else { panic!() };
+        assert_eq!(r.hosts, vec!["ci".to_owned()], "the policy's host replaces the guess");
         let args = SourceArgs {
             base: Some("/srv/base".into()),
             host: Some("vm".into()),
             module: Some("gpu".into()),
             ..flake("./ci")
         };
-        let Request::Compose(r) = request(&args, "./ci", &o).unwrap() else {
-            panic!()
-        };
-        assert_eq!(
-            (r.base.as_str(), r.hosts, r.module.as_str()),
-            ("/srv/base", vec!["vm".into()], "gpu")
-        );
+        let Request::Compose(r) = request(&args, "./ci", &o).unwrap() else { panic!() };
+        assert_eq!((r.base.as_str(), r.hosts, r.module.as_str()), ("/srv/base", vec!["vm".into()], "gpu"));
     }
 
     #[test]
@@ -326,23 +287,11 @@ mod tests {
         let r = request(&flake("/srv/sys#vm"), "/srv/sys#vm", &options()).unwrap();
         assert_eq!(
             r,
-            Request::Attr(AttrRequest {
-                platform: Platform::Nixos,
-                flake: "/srv/sys".into(),
-                attr: "vm".into()
-            })
+            Request::Attr(AttrRequest { platform: Platform::Nixos, flake: "/srv/sys".into(), attr: "vm".into() })
         );
-        let args = SourceArgs {
-            base: Some("/etc/nixos".into()),
-            ..flake("/srv/sys#vm")
-        };
-        let err = request(&args, "/srv/sys#vm", &options())
-            .unwrap_err()
-            .to_string();
-        assert!(
-            err.starts_with("--base applies to an overlay flake"),
-            "{err}"
-        );
+        let args = SourceArgs { base: Some("/etc/nixos".into()), ..flake("/srv/sys#vm") };
+        let err = request(&args, "/srv/sys#vm", &options()).unwrap_err().to_string();
+        assert!(err.starts_with("--base applies to an overlay flake"), "{err}");
     }
 
     #[test]
@@ -350,47 +299,24 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let link = dir.path().join("result");
         std::os::unix::fs::symlink(dir.path(), &link).unwrap();
-        let args = SourceArgs {
-            toplevel: Some(link.clone()),
-            ..SourceArgs::default()
-        };
+        let args = SourceArgs { toplevel: Some(link.clone()), ..SourceArgs::default() };
         let r = resolve_with(&args, &options()).unwrap();
         assert_eq!(r.toplevel, std::fs::canonicalize(dir.path()).unwrap());
-        assert_eq!(
-            r.provenance,
-            Provenance::Toplevel {
-                given: link.display().to_string()
-            }
-        );
+        assert_eq!(r.provenance, Provenance::Toplevel { given: link.display().to_string() });
 
         let file = dir.path().join("file");
         std::fs::write(&file, "").unwrap();
-        let args = SourceArgs {
-            toplevel: Some(file.clone()),
-            ..SourceArgs::default()
-        };
+        let args = SourceArgs { toplevel: Some(file.clone()), ..SourceArgs::default() };
         let err = resolve_with(&args, &options()).unwrap_err().to_string();
-        assert!(
-            err.ends_with("not a directory (a system toplevel is one)"),
-            "{err}"
-        );
-        let args = SourceArgs {
-            toplevel: Some(dir.path().join("missing")),
-            ..SourceArgs::default()
-        };
+        assert!(err.ends_with("not a directory (a system toplevel is one)"), "{err}");
+        let args = SourceArgs { toplevel: Some(dir.path().join("missing")), ..SourceArgs::default() };
         let err = format!("{:#}", resolve_with(&args, &options()).unwrap_err());
-        assert!(
-            err.contains("missing: cannot be read: No such file"),
-            "{err}"
-        );
+        assert!(err.contains("missing: cannot be read: No such file"), "{err}");
     }
 
     #[test]
     fn nothing_given_is_an_error() {
         let err = resolve_with(&SourceArgs::default(), &options()).unwrap_err();
-        assert_eq!(
-            err.to_string(),
-            "no new generation given: use --toplevel PATH or --flake REF"
-        );
+        assert_eq!(err.to_string(), "no new generation given: use --toplevel PATH or --flake REF");
     }
 }

@@ -16,13 +16,7 @@ use common::{TempStore, generations, require_nix, require_root, store_path};
 
 fn safe_switch() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_safe-switch"));
-    for var in [
-        "NIX_REMOTE",
-        "NIX_STORE_DIR",
-        "NIX_STORE",
-        "NIX_STATE_DIR",
-        "NIX_DB_DIR",
-    ] {
+    for var in ["NIX_REMOTE", "NIX_STORE_DIR", "NIX_STORE", "NIX_STATE_DIR", "NIX_DB_DIR"] {
         c.env_remove(var);
     }
     c
@@ -30,12 +24,7 @@ fn safe_switch() -> Command {
 
 /// Runs the binary against a temporary store's database.
 fn run_on(store: &TempStore, args: &[&str]) -> Output {
-    safe_switch()
-        .env("NIX_DB_DIR", store.db_path().parent().unwrap())
-        .arg("closure-diff")
-        .args(args)
-        .output()
-        .unwrap()
+    safe_switch().env("NIX_DB_DIR", store.db_path().parent().unwrap()).arg("closure-diff").args(args).output().unwrap()
 }
 
 fn text(bytes: &[u8]) -> String {
@@ -114,18 +103,9 @@ fn bad_input_is_a_clear_error() {
     let plain = dir.path().join("plain");
     std::fs::write(&plain, "x").unwrap();
     for (arg, needle) in [
-        (
-            missing.display().to_string(),
-            "No such file or directory".to_owned(),
-        ),
-        (
-            ghost.clone(),
-            format!("{ghost} is not a valid path in the Nix store"),
-        ),
-        (
-            plain.display().to_string(),
-            "not a path in the Nix store /nix/store".to_owned(),
-        ),
+        (missing.display().to_string(), "No such file or directory".to_owned()),
+        (ghost.clone(), format!("{ghost} is not a valid path in the Nix store")),
+        (plain.display().to_string(), "not a path in the Nix store /nix/store".to_owned()),
     ] {
         let out = run_on(&store, &[&g.old, &arg]);
         assert_eq!(out.status.code(), Some(1), "{arg}");
@@ -181,10 +161,7 @@ fn no_permission() {
         .unwrap();
     assert_eq!(out.status.code(), Some(1), "{}", text(&out.stdout));
     let err = text(&out.stderr);
-    assert!(
-        err.contains(&db_dir.join("db.sqlite").display().to_string()),
-        "{err}"
-    );
+    assert!(err.contains(&db_dir.join("db.sqlite").display().to_string()), "{err}");
     assert!(err.contains("Permission denied"), "{err}");
     assert!(err.contains("the fallback"), "{err}");
     assert!(!err.contains("panicked"), "{err}");

@@ -40,8 +40,7 @@ const TICK: Duration = Duration::from_millis(200);
 const MAX_GAP: Duration = Duration::from_secs(5);
 
 /// sshd's dependencies on the two units whose restart would cascade into it.
-const SSHD_DEPS: &str =
-    "Requires=ssh-host-keys.service\nAfter=ssh-host-keys.service\nPartOf=firewall.service\n";
+const SSHD_DEPS: &str = "Requires=ssh-host-keys.service\nAfter=ssh-host-keys.service\nPartOf=firewall.service\n";
 
 fn oneshot(description: &str, env: &str) -> String {
     format!(
@@ -51,9 +50,7 @@ fn oneshot(description: &str, env: &str) -> String {
 }
 
 fn daemon(description: &str, env: &str) -> String {
-    format!(
-        "[Unit]\nDescription={description}\n\n[Service]\nEnvironment={env}\nExecStart=/bin/sleep infinity\n"
-    )
+    format!("[Unit]\nDescription={description}\n\n[Service]\nEnvironment={env}\nExecStart=/bin/sleep infinity\n")
 }
 
 fn generation_a() -> Generation {
@@ -63,11 +60,7 @@ fn generation_a() -> Generation {
         .service("firewall.service", oneshot("Firewall", "RULES=1"))
         .service("build-job.service", daemon("CI job", "JOB=1"))
         .service("metrics.service", daemon("Metrics exporter", "PORT=9100"))
-        .dropin(
-            "metrics.service",
-            "limits.conf",
-            "[Service]\nEnvironment=LIMIT=1\n",
-        )
+        .dropin("metrics.service", "limits.conf", "[Service]\nEnvironment=LIMIT=1\n")
         .service("legacy.service", daemon("Legacy agent", "LEGACY=1"))
 }
 
@@ -78,11 +71,7 @@ fn generation_b() -> Generation {
         .service("ssh-host-keys.service", oneshot("SSH host keys", "KEYS=2"))
         .service("firewall.service", oneshot("Firewall", "RULES=2"))
         .service("build-job.service", daemon("CI job", "JOB=2"))
-        .dropin(
-            "metrics.service",
-            "limits.conf",
-            "[Service]\nEnvironment=LIMIT=2\n",
-        )
+        .dropin("metrics.service", "limits.conf", "[Service]\nEnvironment=LIMIT=2\n")
         .service("cache.service", daemon("Build cache", "CACHE=1"))
         .without("legacy.service")
 }
@@ -90,11 +79,7 @@ fn generation_b() -> Generation {
 /// Every service either generation has, plus D-Bus (which nothing may
 /// touch).
 fn services() -> Vec<String> {
-    let mut units: Vec<String> = generation_a()
-        .units()
-        .into_iter()
-        .chain(generation_b().units())
-        .collect();
+    let mut units: Vec<String> = generation_a().units().into_iter().chain(generation_b().units()).collect();
     units.push("dbus.service".to_owned());
     units.retain(|u| u.ends_with(".service"));
     units.sort();
@@ -127,16 +112,10 @@ fn observed(before: &UnitState, after: &UnitState) -> Effect {
 fn predicted(plan: &Plan, unit: &str, before: &UnitState) -> Effect {
     let entry = plan.unit(unit);
     let actions: Vec<Action> = entry.map(|u| u.actions.clone()).unwrap_or_default();
-    let new_unit = entry
-        .is_some_and(|u| u.deferral.is_none() && u.reasons.iter().any(|r| r.rule == Rule::NewUnit));
+    let new_unit = entry.is_some_and(|u| u.deferral.is_none() && u.reasons.iter().any(|r| r.rule == Rule::NewUnit));
     let stops = actions.contains(&Action::Stop);
     let starts = actions.contains(&Action::Start) || actions.contains(&Action::Restart) || new_unit;
-    match (
-        before.is_active(),
-        stops,
-        starts,
-        actions.contains(&Action::Restart),
-    ) {
+    match (before.is_active(), stops, starts, actions.contains(&Action::Restart)) {
         (true, _, _, true) | (true, true, true, _) => Effect::Restarted,
         (true, true, false, _) => Effect::Stopped,
         (false, _, true, _) => Effect::Started,
@@ -185,18 +164,8 @@ fn protected_switch(extra: &[&str]) {
     let bed = boot();
     let b = bed.build_generation(&generation_b()).unwrap();
     let before = states(&bed);
-    for unit in [
-        "sshd.service",
-        "ssh-host-keys.service",
-        "firewall.service",
-        "build-job.service",
-        "legacy.service",
-    ] {
-        assert!(
-            before[unit].is_active(),
-            "{unit} runs in generation A: {:?}",
-            before[unit]
-        );
+    for unit in ["sshd.service", "ssh-host-keys.service", "firewall.service", "build-job.service", "legacy.service"] {
+        assert!(before[unit].is_active(), "{unit} runs in generation A: {:?}", before[unit]);
     }
     assert!(!before["cache.service"].is_active());
 
@@ -206,29 +175,18 @@ fn protected_switch(extra: &[&str]) {
     // The prediction.
     let out = safe_switch(&bed, &["plan", "--protect", "sshd", "--json"], &b);
     assert!(out.success(), "plan failed: {out:#?}");
-    let plan: Plan = serde_json::from_str(&out.stdout)
-        .unwrap_or_else(|e| panic!("plan JSON: {e}\n{}", out.stdout));
+    let plan: Plan = serde_json::from_str(&out.stdout).unwrap_or_else(|e| panic!("plan JSON: {e}\n{}", out.stdout));
     // sshd's own restart and the cascading units' restarts are deferred:
     // each would take sshd down, through the relation named in the chain.
-    for (unit, relation) in [
-        ("ssh-host-keys.service", Some("Requires")),
-        ("firewall.service", Some("PartOf")),
-        ("sshd.service", None),
-    ] {
-        let entry = plan
-            .unit(unit)
-            .unwrap_or_else(|| panic!("{unit} is in the plan: {}", out.stdout));
-        let deferral = entry
-            .deferral
-            .as_ref()
-            .unwrap_or_else(|| panic!("{unit} is deferred: {entry:#?}"));
+    for (unit, relation) in
+        [("ssh-host-keys.service", Some("Requires")), ("firewall.service", Some("PartOf")), ("sshd.service", None)]
+    {
+        let entry = plan.unit(unit).unwrap_or_else(|| panic!("{unit} is in the plan: {}", out.stdout));
+        let deferral = entry.deferral.as_ref().unwrap_or_else(|| panic!("{unit} is deferred: {entry:#?}"));
         assert_eq!(deferral.touches, "sshd.service", "{entry:#?}");
         assert!(entry.actions.is_empty(), "{entry:#?}");
-        let relations: Vec<(&str, &str, &str)> = deferral
-            .chain
-            .iter()
-            .map(|e| (e.from.as_str(), e.relation.as_str(), e.to.as_str()))
-            .collect();
+        let relations: Vec<(&str, &str, &str)> =
+            deferral.chain.iter().map(|e| (e.from.as_str(), e.relation.as_str(), e.to.as_str())).collect();
         match relation {
             Some(relation) => {
                 assert_eq!(relations, [("sshd.service", relation, unit)], "{entry:#?}")
@@ -247,62 +205,30 @@ fn protected_switch(extra: &[&str]) {
 
     // The session went on, tick after tick, and is still going.
     let n = session.tick_count();
-    session
-        .wait_for_ticks(n + 5, Duration::from_secs(10))
-        .unwrap();
+    session.wait_for_ticks(n + 5, Duration::from_secs(10)).unwrap();
     let report = session.finish();
     assert!(report.alive_at_end, "the session ended: {report:#?}");
-    assert!(
-        report.consecutive(),
-        "ticks were lost or restarted: {report:#?}"
-    );
-    assert!(
-        report.max_gap() < MAX_GAP,
-        "a gap of {:?} in the ticks: {report:#?}",
-        report.max_gap()
-    );
+    assert!(report.consecutive(), "ticks were lost or restarted: {report:#?}");
+    assert!(report.max_gap() < MAX_GAP, "a gap of {:?} in the ticks: {report:#?}", report.max_gap());
     assert!(report.ticks_after(switched_at) >= 5, "{report:#?}");
 
     // sshd was not touched.
     let (sshd_before, sshd_after) = (&before["sshd.service"], &after["sshd.service"]);
     assert!(sshd_after.is_active(), "{sshd_after:?}");
-    assert_eq!(
-        sshd_after.main_pid, sshd_before.main_pid,
-        "sshd's MainPID changed"
-    );
-    assert_eq!(
-        sshd_after.invocation_id, sshd_before.invocation_id,
-        "sshd's InvocationID changed"
-    );
+    assert_eq!(sshd_after.main_pid, sshd_before.main_pid, "sshd's MainPID changed");
+    assert_eq!(sshd_after.invocation_id, sshd_before.invocation_id, "sshd's InvocationID changed");
 
     // The rest of the switch happened.
     assert_eq!(bed.current_generation().unwrap(), b);
     assert_eq!(bed.activations(), ["b"]);
-    assert_ne!(
-        after["build-job.service"].main_pid, before["build-job.service"].main_pid,
-        "the job was restarted"
-    );
+    assert_ne!(after["build-job.service"].main_pid, before["build-job.service"].main_pid, "the job was restarted");
     assert!(after["build-job.service"].is_active());
-    assert_ne!(
-        after["metrics.service"].main_pid, before["metrics.service"].main_pid,
-        "drop-in change restarts"
-    );
+    assert_ne!(after["metrics.service"].main_pid, before["metrics.service"].main_pid, "drop-in change restarts");
     assert!(after["metrics.service"].is_active());
-    assert!(
-        after["cache.service"].is_active(),
-        "the new unit runs: {:?}",
-        after["cache.service"]
-    );
-    assert!(
-        !after["legacy.service"].is_active(),
-        "the removed unit is stopped: {:?}",
-        after["legacy.service"]
-    );
+    assert!(after["cache.service"].is_active(), "the new unit runs: {:?}", after["cache.service"]);
+    assert!(!after["legacy.service"].is_active(), "the removed unit is stopped: {:?}", after["legacy.service"]);
     for unit in ["ssh-host-keys.service", "firewall.service"] {
-        assert_eq!(
-            after[unit].invocation_id, before[unit].invocation_id,
-            "{unit} was deferred, yet restarted"
-        );
+        assert_eq!(after[unit].invocation_id, before[unit].invocation_id, "{unit} was deferred, yet restarted");
     }
 
     // What happened is what the plan said, unit by unit.
@@ -312,12 +238,7 @@ fn protected_switch(extra: &[&str]) {
         expected.insert(unit.clone(), predicted(&plan, &unit, &before[&unit]));
         actual.insert(unit.clone(), observed(&before[&unit], &after[&unit]));
     }
-    assert_eq!(
-        actual,
-        expected,
-        "observed effects differ from the plan:\n{}",
-        plan.to_json()
-    );
+    assert_eq!(actual, expected, "observed effects differ from the plan:\n{}", plan.to_json());
 }
 
 #[test]
@@ -331,41 +252,19 @@ fn control_without_protection_restarts_sshd() {
 
     let out = safe_switch(&bed, &["plan", "--json"], &b);
     assert!(out.success(), "plan failed: {out:#?}");
-    let plan: Plan = serde_json::from_str(&out.stdout)
-        .unwrap_or_else(|e| panic!("plan JSON: {e}\n{}", out.stdout));
-    assert!(
-        plan.deferred().next().is_none(),
-        "nothing is deferred without protection: {}",
-        out.stdout
-    );
+    let plan: Plan = serde_json::from_str(&out.stdout).unwrap_or_else(|e| panic!("plan JSON: {e}\n{}", out.stdout));
+    assert!(plan.deferred().next().is_none(), "nothing is deferred without protection: {}", out.stdout);
 
     let out = safe_switch(&bed, &["switch", "--no-isolate"], &b);
     assert_eq!(out.code(), Some(0), "switch failed: {out:#?}");
     let after = states(&bed);
-    assert!(
-        after["sshd.service"].is_active(),
-        "{:?}",
-        after["sshd.service"]
-    );
-    assert_ne!(
-        after["sshd.service"].main_pid, before["sshd.service"].main_pid,
-        "sshd was restarted"
-    );
-    assert_ne!(
-        after["sshd.service"].invocation_id,
-        before["sshd.service"].invocation_id
-    );
+    assert!(after["sshd.service"].is_active(), "{:?}", after["sshd.service"]);
+    assert_ne!(after["sshd.service"].main_pid, before["sshd.service"].main_pid, "sshd was restarted");
+    assert_ne!(after["sshd.service"].invocation_id, before["sshd.service"].invocation_id);
     for unit in ["ssh-host-keys.service", "firewall.service"] {
-        assert_ne!(
-            after[unit].invocation_id, before[unit].invocation_id,
-            "{unit} was restarted"
-        );
+        assert_ne!(after[unit].invocation_id, before[unit].invocation_id, "{unit} was restarted");
     }
     // A fresh connection still works after sshd's restart.
-    let out = testbed::exec::run(
-        &mut bed.ssh_command("echo still here"),
-        Duration::from_secs(20),
-    )
-    .unwrap();
+    let out = testbed::exec::run(&mut bed.ssh_command("echo still here"), Duration::from_secs(20)).unwrap();
     assert_eq!(out.stdout.trim(), "still here", "{out:#?}");
 }

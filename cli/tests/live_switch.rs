@@ -22,23 +22,16 @@ use testbed::{Config, Generation, Output, TestBed};
 const BIN: &str = env!("CARGO_BIN_EXE_safe-switch");
 
 fn daemon(env: &str) -> String {
-    format!(
-        "[Unit]\nDescription=daemon\n\n[Service]\nEnvironment={env}\nExecStart=/bin/sleep infinity\n"
-    )
+    format!("[Unit]\nDescription=daemon\n\n[Service]\nEnvironment={env}\nExecStart=/bin/sleep infinity\n")
 }
 
 fn oneshot(exec: &str) -> String {
-    format!(
-        "[Unit]\nDescription=oneshot\n\n[Service]\nType=oneshot\nRemainAfterExit=yes\nExecStart={exec}\n"
-    )
+    format!("[Unit]\nDescription=oneshot\n\n[Service]\nType=oneshot\nRemainAfterExit=yes\nExecStart={exec}\n")
 }
 
 /// Generation A: sshd, a daemon that will change, one that will be removed.
 fn generation_a() -> Generation {
-    Generation::new("a")
-        .sshd()
-        .service("changed.service", daemon("V=1"))
-        .service("removed.service", daemon("V=1"))
+    Generation::new("a").sshd().service("changed.service", daemon("V=1")).service("removed.service", daemon("V=1"))
 }
 
 fn boot(a: &Generation) -> TestBed {
@@ -78,16 +71,8 @@ fn wait_for(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
 }
 
 fn nothing_changed(bed: &TestBed, before_current: &Path) {
-    assert_eq!(
-        bed.current_generation().unwrap(),
-        before_current,
-        "/run/current-system moved"
-    );
-    assert_eq!(
-        bed.activations(),
-        Vec::<String>::new(),
-        "an activation script ran"
-    );
+    assert_eq!(bed.current_generation().unwrap(), before_current, "/run/current-system moved");
+    assert_eq!(bed.activations(), Vec::<String>::new(), "an activation script ran");
     assert_eq!(bed.active_state("changed.service").unwrap(), "active");
     assert_eq!(bed.active_state("removed.service").unwrap(), "active");
 }
@@ -111,23 +96,9 @@ fn switch_applies_the_plan_and_keeps_protected_units() {
         .unwrap();
     let sshd = bed.unit_states(&["sshd.service"]).unwrap()["sshd.service"].clone();
     let changed_pid = bed.main_pid("changed.service").unwrap();
-    let out = safe_switch(
-        &bed,
-        &[
-            "switch",
-            "--toplevel",
-            path_str(&b),
-            "--protect",
-            "sshd",
-            "--no-isolate",
-        ],
-    );
+    let out = safe_switch(&bed, &["switch", "--toplevel", path_str(&b), "--protect", "sshd", "--no-isolate"]);
     assert_eq!(out.code(), Some(0), "{out:?}");
-    assert!(
-        out.stderr.contains("protected sshd.service: untouched"),
-        "{}",
-        out.stderr
-    );
+    assert!(out.stderr.contains("protected sshd.service: untouched"), "{}", out.stderr);
     assert_eq!(bed.current_generation().unwrap(), b);
     let after = bed.unit_states(&["sshd.service"]).unwrap()["sshd.service"].clone();
     assert_eq!(after, sshd, "sshd was touched");
@@ -139,9 +110,7 @@ fn switch_applies_the_plan_and_keeps_protected_units() {
 
 #[test]
 fn a_unit_that_fails_to_start_is_reported_and_the_others_are_still_handled() {
-    if !testbed::available(
-        "a_unit_that_fails_to_start_is_reported_and_the_others_are_still_handled",
-    ) {
+    if !testbed::available("a_unit_that_fails_to_start_is_reported_and_the_others_are_still_handled") {
         return;
     }
     let a = generation_a();
@@ -150,10 +119,7 @@ fn a_unit_that_fails_to_start_is_reported_and_the_others_are_still_handled() {
         .build_generation(
             &a.clone()
                 .renamed("b")
-                .service(
-                    "broken.service",
-                    oneshot("/bin/sh -c 'echo broken on purpose; exit 3'"),
-                )
+                .service("broken.service", oneshot("/bin/sh -c 'echo broken on purpose; exit 3'"))
                 .wanted_by("broken.service", "multi-user.target")
                 .service("changed.service", daemon("V=2"))
                 .service("new.service", daemon("V=1"))
@@ -161,20 +127,11 @@ fn a_unit_that_fails_to_start_is_reported_and_the_others_are_still_handled() {
         )
         .unwrap();
     let changed_pid = bed.main_pid("changed.service").unwrap();
-    let out = safe_switch(
-        &bed,
-        &["switch", "--toplevel", path_str(&b), "--no-isolate"],
-    );
+    let out = safe_switch(&bed, &["switch", "--toplevel", path_str(&b), "--no-isolate"]);
     assert_eq!(out.code(), Some(4), "{out:?}");
+    assert!(out.stderr.contains("warning: the following units failed:"), "{}", out.stderr);
     assert!(
-        out.stderr.contains("warning: the following units failed:"),
-        "{}",
-        out.stderr
-    );
-    assert!(
-        out.stderr.contains(
-            "broken.service: failed/failed, result exit-code, main process exited with status 3"
-        ),
+        out.stderr.contains("broken.service: failed/failed, result exit-code, main process exited with status 3"),
         "{}",
         out.stderr
     );
@@ -190,9 +147,8 @@ fn a_job_that_hangs_times_out_and_is_cancelled() {
     if !testbed::available("a_job_that_hangs_times_out_and_is_cancelled") {
         return;
     }
-    let a = generation_a()
-        .service("hangs.service", oneshot("/bin/true"))
-        .wanted_by("hangs.service", "multi-user.target");
+    let a =
+        generation_a().service("hangs.service", oneshot("/bin/true")).wanted_by("hangs.service", "multi-user.target");
     let bed = boot(&a);
     let b = bed
         .build_generation(
@@ -203,35 +159,16 @@ fn a_job_that_hangs_times_out_and_is_cancelled() {
                 .wanted_by("new.service", "multi-user.target"),
         )
         .unwrap();
-    let out = safe_switch(
-        &bed,
-        &[
-            "switch",
-            "--toplevel",
-            path_str(&b),
-            "--no-isolate",
-            "--job-timeout",
-            "1",
-        ],
-    );
+    let out = safe_switch(&bed, &["switch", "--toplevel", path_str(&b), "--no-isolate", "--job-timeout", "1"]);
     assert_eq!(out.code(), Some(4), "{out:?}");
-    assert!(
-        out.stderr
-            .contains("failed to start hangs.service: timed out after 1 s, cancelled"),
-        "{}",
-        out.stderr
-    );
+    assert!(out.stderr.contains("failed to start hangs.service: timed out after 1 s, cancelled"), "{}", out.stderr);
     assert_eq!(bed.active_state("new.service").unwrap(), "active");
     // The hanging start was cancelled, not left in systemd's queue.
     let jobs = bed.systemctl(&["list-jobs", "--no-legend"]).unwrap();
     assert!(!jobs.contains("hangs.service"), "{jobs}");
     // Cancelling a job does not kill what it started (systemd's
     // TimeoutStartSec= does that); the unit is reported as still starting.
-    assert!(
-        out.stderr.contains("hangs.service: activating/start"),
-        "{}",
-        out.stderr
-    );
+    assert!(out.stderr.contains("hangs.service: activating/start"), "{}", out.stderr);
 }
 
 #[test]
@@ -242,25 +179,14 @@ fn dbus_unreachable_is_a_clear_error_before_any_change() {
     let a = generation_a();
     let bed = boot(&a);
     let current = bed.current_generation().unwrap();
-    let b = bed
-        .build_generation(
-            &a.clone()
-                .renamed("b")
-                .service("changed.service", daemon("V=2")),
-        )
-        .unwrap();
+    let b = bed.build_generation(&a.clone().renamed("b").service("changed.service", daemon("V=2"))).unwrap();
     for extra in [&["--no-isolate"][..], &[][..]] {
         let mut cmd = bed.command(BIN);
         cmd.args(["switch", "--toplevel", path_str(&b)]).args(extra);
         cmd.env("DBUS_SYSTEM_BUS_ADDRESS", "unix:path=/run/no-such-bus");
         let out = testbed::exec::run(&mut cmd, Duration::from_secs(60)).unwrap();
         assert_eq!(out.code(), Some(1), "{out:?}");
-        assert!(
-            out.stderr
-                .contains("cannot reach systemd over D-Bus; nothing was changed"),
-            "{}",
-            out.stderr
-        );
+        assert!(out.stderr.contains("cannot reach systemd over D-Bus; nothing was changed"), "{}", out.stderr);
         assert!(out.stderr.contains("/run/no-such-bus"), "{}", out.stderr);
         nothing_changed(&bed, &current);
     }
@@ -275,23 +201,14 @@ fn a_toplevel_without_activate_is_refused_before_any_change() {
     let bed = boot(&a);
     let current = bed.current_generation().unwrap();
     let b = bed
-        .build_generation(
-            &a.clone()
-                .renamed("b")
-                .service("changed.service", daemon("V=2"))
-                .without_activate(),
-        )
+        .build_generation(&a.clone().renamed("b").service("changed.service", daemon("V=2")).without_activate())
         .unwrap();
     for extra in [&["--no-isolate"][..], &[][..]] {
         let mut args = vec!["switch", "--toplevel", path_str(&b)];
         args.extend_from_slice(extra);
         let out = safe_switch(&bed, &args);
         assert_eq!(out.code(), Some(1), "{out:?}");
-        assert!(
-            out.stderr.contains("the toplevel has no activation script"),
-            "{}",
-            out.stderr
-        );
+        assert!(out.stderr.contains("the toplevel has no activation script"), "{}", out.stderr);
         assert!(out.stderr.contains("nothing was changed"), "{}", out.stderr);
         nothing_changed(&bed, &current);
     }
@@ -307,54 +224,29 @@ fn a_second_concurrent_switch_gets_a_lock_error_and_touches_nothing() {
     // The first switch's activation waits until the test lets it go on.
     let b = bed
         .build_generation(
-            &a.clone()
-                .renamed("b")
-                .service("changed.service", daemon("V=2"))
-                .activate_lines("touch /run/testbed/activating\nwhile [ ! -e /run/testbed/go-on ]; do sleep 0.05; done"),
+            &a.clone().renamed("b").service("changed.service", daemon("V=2")).activate_lines(
+                "touch /run/testbed/activating\nwhile [ ! -e /run/testbed/go-on ]; do sleep 0.05; done",
+            ),
         )
         .unwrap();
-    let c = bed
-        .build_generation(
-            &a.clone()
-                .renamed("c")
-                .service("removed.service", daemon("V=3")),
-        )
-        .unwrap();
-    let first = spawn_switch(
-        &bed,
-        &["switch", "--toplevel", path_str(&b), "--no-isolate"],
-    );
-    wait_for(
-        "the first switch to activate",
-        Duration::from_secs(60),
-        || bed.run_dir().join("testbed/activating").exists(),
-    );
+    let c = bed.build_generation(&a.clone().renamed("c").service("removed.service", daemon("V=3"))).unwrap();
+    let first = spawn_switch(&bed, &["switch", "--toplevel", path_str(&b), "--no-isolate"]);
+    wait_for("the first switch to activate", Duration::from_secs(60), || {
+        bed.run_dir().join("testbed/activating").exists()
+    });
     let removed_pid = bed.main_pid("removed.service").unwrap();
     for extra in [&["--no-isolate"][..], &[][..]] {
         let mut args = vec!["switch", "--toplevel", path_str(&c)];
         args.extend_from_slice(extra);
         let out = safe_switch(&bed, &args);
         assert_eq!(out.code(), Some(1), "{out:?}");
-        assert!(
-            out.stderr.contains("another safe-switch is running"),
-            "{}",
-            out.stderr
-        );
-        assert!(
-            out.stderr.contains("/run/safe-switch/lock"),
-            "{}",
-            out.stderr
-        );
+        assert!(out.stderr.contains("another safe-switch is running"), "{}", out.stderr);
+        assert!(out.stderr.contains("/run/safe-switch/lock"), "{}", out.stderr);
         assert_eq!(bed.main_pid("removed.service").unwrap(), removed_pid);
     }
     std::fs::write(bed.run_dir().join("testbed/go-on"), "").unwrap();
     let out = first.wait_with_output().unwrap();
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(bed.activations(), vec!["b".to_owned()]);
 }
 
@@ -366,20 +258,13 @@ fn not_root_can_plan_but_not_switch() {
     let a = generation_a();
     let bed = boot(&a);
     let current = bed.current_generation().unwrap();
-    let b = bed
-        .build_generation(
-            &a.clone()
-                .renamed("b")
-                .service("changed.service", daemon("V=2")),
-        )
-        .unwrap();
+    let b = bed.build_generation(&a.clone().renamed("b").service("changed.service", daemon("V=2"))).unwrap();
     // The bed's directory is private to root; the generations in it must
     // be readable to plan as another user.
     make_readable(bed.root());
     let as_nobody = |args: &[&str]| {
         let mut cmd = bed.command("setpriv");
-        cmd.args(["--reuid=65534", "--regid=65534", "--clear-groups", BIN])
-            .args(args);
+        cmd.args(["--reuid=65534", "--regid=65534", "--clear-groups", BIN]).args(args);
         testbed::exec::run(&mut cmd, Duration::from_secs(60)).unwrap()
     };
     let plan = as_nobody(&["plan", "--toplevel", path_str(&b), "--json"]);
@@ -388,11 +273,7 @@ fn not_root_can_plan_but_not_switch() {
     assert!(parsed.unit("changed.service").is_some(), "{}", plan.stdout);
     let out = as_nobody(&["switch", "--toplevel", path_str(&b)]);
     assert_eq!(out.code(), Some(1), "{out:?}");
-    assert!(
-        out.stderr.contains("switch must run as root"),
-        "{}",
-        out.stderr
-    );
+    assert!(out.stderr.contains("switch must run as root"), "{}", out.stderr);
     assert!(out.stderr.contains("nothing was changed"), "{}", out.stderr);
     nothing_changed(&bed, &current);
 }
@@ -432,51 +313,33 @@ fn kill_in_bed(bed: &TestBed, pid: &str) {
 
 #[test]
 fn an_apply_killed_in_the_middle_is_reported_and_resumed_by_the_next_run() {
-    if !testbed::available("an_apply_killed_in_the_middle_is_reported_and_resumed_by_the_next_run")
-    {
+    if !testbed::available("an_apply_killed_in_the_middle_is_reported_and_resumed_by_the_next_run") {
         return;
     }
     let a = generation_a();
     let bed = boot(&a);
     let b = bed.build_generation(&slow_b(&a)).unwrap();
-    let first = spawn_switch(
-        &bed,
-        &["switch", "--toplevel", path_str(&b), "--no-isolate"],
-    );
+    let first = spawn_switch(&bed, &["switch", "--toplevel", path_str(&b), "--no-isolate"]);
     let pid_file = bed.run_dir().join("testbed/activate.pid");
-    wait_for("the activation to start", Duration::from_secs(60), || {
-        pid_file.exists()
-    });
-    let progress: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(bed.run_dir().join("safe-switch/progress.json")).unwrap(),
-    )
-    .unwrap();
+    wait_for("the activation to start", Duration::from_secs(60), || pid_file.exists());
+    let progress: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(bed.run_dir().join("safe-switch/progress.json")).unwrap())
+            .unwrap();
     // Kill the switch and its activation script where they stand.
     kill_in_bed(&bed, &progress["pid"].to_string());
     kill_in_bed(&bed, &std::fs::read_to_string(&pid_file).unwrap());
     let _ = first.wait_with_output();
-    assert_eq!(
-        bed.active_state("changed.service").unwrap(),
-        "inactive",
-        "the stop phase ran"
-    );
+    assert_eq!(bed.active_state("changed.service").unwrap(), "inactive", "the stop phase ran");
     assert_ne!(bed.current_generation().unwrap(), b);
 
     let plan = safe_switch(&bed, &["plan", "--toplevel", path_str(&b)]);
     assert!(plan.stderr.contains("was interrupted"), "{}", plan.stderr);
 
-    let out = safe_switch(
-        &bed,
-        &["switch", "--toplevel", path_str(&b), "--no-isolate"],
-    );
+    let out = safe_switch(&bed, &["switch", "--toplevel", path_str(&b), "--no-isolate"]);
     assert_eq!(out.code(), Some(0), "{out:?}");
     assert!(out.stderr.contains("was interrupted"), "{}", out.stderr);
     assert!(out.stderr.contains("phases done: stop"), "{}", out.stderr);
-    assert!(
-        out.stderr.contains("stopped during: activate"),
-        "{}",
-        out.stderr
-    );
+    assert!(out.stderr.contains("stopped during: activate"), "{}", out.stderr);
     assert!(out.stderr.contains("resuming it first"), "{}", out.stderr);
     assert_eq!(bed.current_generation().unwrap(), b);
     assert_eq!(bed.active_state("changed.service").unwrap(), "active");
@@ -493,36 +356,24 @@ fn an_isolated_switch_finishes_when_its_caller_is_killed() {
     let bed = boot(&a);
     let b = bed
         .build_generation(
-            &a.clone()
-                .renamed("b")
-                .service("changed.service", daemon("V=2"))
-                .activate_lines("touch /run/testbed/activating\nwhile [ ! -e /run/testbed/go-on ]; do sleep 0.05; done"),
+            &a.clone().renamed("b").service("changed.service", daemon("V=2")).activate_lines(
+                "touch /run/testbed/activating\nwhile [ ! -e /run/testbed/go-on ]; do sleep 0.05; done",
+            ),
         )
         .unwrap();
     let mut caller = spawn_switch(&bed, &["switch", "--toplevel", path_str(&b)]);
-    wait_for("the activation to start", Duration::from_secs(60), || {
-        bed.run_dir().join("testbed/activating").exists()
-    });
+    wait_for("the activation to start", Duration::from_secs(60), || bed.run_dir().join("testbed/activating").exists());
     // The caller goes away (as a dropped SSH connection would take it).
     caller.kill().unwrap();
     let _ = caller.wait();
-    let units = bed
-        .systemctl(&["list-units", "--no-legend", "safe-switch-*"])
-        .unwrap();
-    assert!(
-        units.contains("safe-switch-"),
-        "the apply runs in a transient unit: {units}"
-    );
+    let units = bed.systemctl(&["list-units", "--no-legend", "safe-switch-*"]).unwrap();
+    assert!(units.contains("safe-switch-"), "the apply runs in a transient unit: {units}");
     std::fs::write(bed.run_dir().join("testbed/go-on"), "").unwrap();
-    wait_for("the switch to finish", Duration::from_secs(60), || {
-        bed.run_dir().join("safe-switch/last.json").exists()
-    });
+    wait_for("the switch to finish", Duration::from_secs(60), || bed.run_dir().join("safe-switch/last.json").exists());
     assert_eq!(bed.current_generation().unwrap(), b);
-    wait_for(
-        "changed.service to run again",
-        Duration::from_secs(30),
-        || bed.active_state("changed.service").unwrap() == "active",
-    );
+    wait_for("changed.service to run again", Duration::from_secs(30), || {
+        bed.active_state("changed.service").unwrap() == "active"
+    });
 }
 
 #[test]
@@ -540,34 +391,13 @@ fn an_isolated_switch_relays_output_and_exit_status() {
                 .wanted_by("broken.service", "multi-user.target"),
         )
         .unwrap();
-    let out = safe_switch(
-        &bed,
-        &["switch", "--toplevel", path_str(&b), "--protect", "sshd"],
-    );
+    let out = safe_switch(&bed, &["switch", "--toplevel", path_str(&b), "--protect", "sshd"]);
     assert_eq!(out.code(), Some(4), "{out:?}");
-    assert!(
-        out.stderr
-            .contains("applying in the transient unit safe-switch-"),
-        "{}",
-        out.stderr
-    );
-    assert!(
-        out.stderr.contains("broken.service: failed/failed"),
-        "{}",
-        out.stderr
-    );
-    assert!(
-        out.stdout.contains("broken.service"),
-        "the plan is relayed on stdout: {}",
-        out.stdout
-    );
-    let units = bed
-        .systemctl(&["list-units", "--all", "--no-legend", "safe-switch-*"])
-        .unwrap();
-    assert!(
-        units.trim().is_empty(),
-        "the transient unit is collected: {units}"
-    );
+    assert!(out.stderr.contains("applying in the transient unit safe-switch-"), "{}", out.stderr);
+    assert!(out.stderr.contains("broken.service: failed/failed"), "{}", out.stderr);
+    assert!(out.stdout.contains("broken.service"), "the plan is relayed on stdout: {}", out.stdout);
+    let units = bed.systemctl(&["list-units", "--all", "--no-legend", "safe-switch-*"]).unwrap();
+    assert!(units.trim().is_empty(), "the transient unit is collected: {units}");
 }
 
 #[test]
@@ -590,47 +420,19 @@ fn rollback_on_failure_switches_back_with_the_same_protections() {
     let sshd = bed.unit_states(&["sshd.service"]).unwrap()["sshd.service"].clone();
     let out = safe_switch(
         &bed,
-        &[
-            "switch",
-            "--toplevel",
-            path_str(&b),
-            "--protect",
-            "sshd",
-            "--rollback-on-failure",
-            "--no-isolate",
-        ],
+        &["switch", "--toplevel", path_str(&b), "--protect", "sshd", "--rollback-on-failure", "--no-isolate"],
     );
     assert_eq!(out.code(), Some(4), "{out:?}");
-    assert!(
-        out.stderr.contains("broken.service: failed/failed"),
-        "{}",
-        out.stderr
-    );
-    assert!(
-        out.stderr
-            .contains(&format!("rolling back to {}", current.display())),
-        "{}",
-        out.stderr
-    );
-    assert!(
-        out.stderr
-            .contains(&format!("rolled back to {}", current.display())),
-        "{}",
-        out.stderr
-    );
+    assert!(out.stderr.contains("broken.service: failed/failed"), "{}", out.stderr);
+    assert!(out.stderr.contains(&format!("rolling back to {}", current.display())), "{}", out.stderr);
+    assert!(out.stderr.contains(&format!("rolled back to {}", current.display())), "{}", out.stderr);
     assert_eq!(bed.activations(), vec!["b".to_owned(), "a".to_owned()]);
     assert_eq!(bed.current_generation().unwrap(), current);
     assert_eq!(bed.active_state("changed.service").unwrap(), "active");
-    assert_eq!(
-        bed.unit_property("changed.service", "Environment").unwrap(),
-        "V=1"
-    );
+    assert_eq!(bed.unit_property("changed.service", "Environment").unwrap(), "V=1");
     assert_ne!(bed.active_state("broken.service").unwrap(), "failed");
     // Both switches kept their hands off the protected sshd.
-    assert_eq!(
-        bed.unit_states(&["sshd.service"]).unwrap()["sshd.service"],
-        sshd
-    );
+    assert_eq!(bed.unit_states(&["sshd.service"]).unwrap()["sshd.service"], sshd);
 }
 
 #[test]
@@ -650,45 +452,19 @@ fn a_changed_system_conf_re_executes_systemd_and_jobs_still_complete() {
         .unwrap();
     let changed_pid = bed.main_pid("changed.service").unwrap();
     let sshd = bed.unit_states(&["sshd.service"]).unwrap()["sshd.service"].clone();
-    let out = safe_switch(
-        &bed,
-        &[
-            "switch",
-            "--toplevel",
-            path_str(&b),
-            "--protect",
-            "sshd",
-            "--no-isolate",
-        ],
-    );
+    let out = safe_switch(&bed, &["switch", "--toplevel", path_str(&b), "--protect", "sshd", "--no-isolate"]);
     assert_eq!(out.code(), Some(0), "{out:?}");
-    assert!(
-        out.stderr.contains("restarting systemd..."),
-        "{}",
-        out.stderr
-    );
+    assert!(out.stderr.contains("restarting systemd..."), "{}", out.stderr);
     assert!(out.stderr.contains("re-exec: done"), "{}", out.stderr);
     // The manager runs with the new system.conf, and the jobs queued after
     // the re-exec were seen to finish.
     assert_eq!(
-        bed.run(&[
-            "systemctl",
-            "show",
-            "-p",
-            "DefaultTimeoutStopUSec",
-            "--value"
-        ])
-        .unwrap()
-        .stdout
-        .trim(),
+        bed.run(&["systemctl", "show", "-p", "DefaultTimeoutStopUSec", "--value"]).unwrap().stdout.trim(),
         "42s"
     );
     assert_ne!(bed.main_pid("changed.service").unwrap(), changed_pid);
     assert_eq!(bed.active_state("changed.service").unwrap(), "active");
-    assert_eq!(
-        bed.unit_states(&["sshd.service"]).unwrap()["sshd.service"],
-        sshd
-    );
+    assert_eq!(bed.unit_states(&["sshd.service"]).unwrap()["sshd.service"], sshd);
 }
 
 #[test]
@@ -701,36 +477,18 @@ fn a_plan_refused_by_protection_exits_3_before_any_change() {
     let current = bed.current_generation().unwrap();
     let b = bed
         .build_generation(
-            &a.clone()
-                .renamed("b")
-                .sshd_with("", "Environment=VERSION=2\n")
-                .service("changed.service", daemon("V=2")),
+            &a.clone().renamed("b").sshd_with("", "Environment=VERSION=2\n").service("changed.service", daemon("V=2")),
         )
         .unwrap();
     let sshd = bed.unit_states(&["sshd.service"]).unwrap()["sshd.service"].clone();
     for extra in [&["--no-isolate"][..], &[][..]] {
-        let mut args = vec![
-            "switch",
-            "--toplevel",
-            path_str(&b),
-            "--protect",
-            "sshd",
-            "--on-protected",
-            "refuse",
-        ];
+        let mut args = vec!["switch", "--toplevel", path_str(&b), "--protect", "sshd", "--on-protected", "refuse"];
         args.extend_from_slice(extra);
         let out = safe_switch(&bed, &args);
         assert_eq!(out.code(), Some(3), "{out:?}");
         assert!(out.stderr.contains("refused"), "{}", out.stderr);
-        assert!(
-            out.stdout.contains("sshd.service"),
-            "the refused plan is shown: {}",
-            out.stdout
-        );
+        assert!(out.stdout.contains("sshd.service"), "the refused plan is shown: {}", out.stdout);
         nothing_changed(&bed, &current);
-        assert_eq!(
-            bed.unit_states(&["sshd.service"]).unwrap()["sshd.service"],
-            sshd
-        );
+        assert_eq!(bed.unit_states(&["sshd.service"]).unwrap()["sshd.service"], sshd);
     }
 }

@@ -45,12 +45,7 @@ fn a_broken_overlay_is_a_clear_error_with_exit_1() {
     let fx = Fixtures::new();
     let (base, overlay) = (fx.flake("base"), fx.flake("overlay-broken"));
     for command in ["plan", "check", "switch"] {
-        let out = run(
-            &fx,
-            &[
-                command, "--flake", &overlay, "--base", &base, "--host", "vm",
-            ],
-        );
+        let out = run(&fx, &[command, "--flake", &overlay, "--base", &base, "--host", "vm"]);
         let err = stderr(&out);
         assert_eq!(out.status.code(), Some(1), "{command}: {err}");
         let summary = format!(
@@ -70,16 +65,7 @@ fn missing_outputs_and_flakes_are_named() {
     }
     let fx = Fixtures::new();
     let base = fx.flake("base");
-    let out = run(
-        &fx,
-        &[
-            "plan",
-            "--flake",
-            &fx.flake("overlay-missing"),
-            "--base",
-            &base,
-        ],
-    );
+    let out = run(&fx, &["plan", "--flake", &fx.flake("overlay-missing"), "--base", &base]);
     assert_eq!(out.status.code(), Some(1));
     assert!(
         stderr(&out).contains(&format!(
@@ -90,49 +76,23 @@ fn missing_outputs_and_flakes_are_named() {
         stderr(&out)
     );
 
-    let out = run(
-        &fx,
-        &[
-            "plan",
-            "--flake",
-            &fx.flake("overlay"),
-            "--base",
-            &base,
-            "--host",
-            "ci7",
-        ],
-    );
+    let out = run(&fx, &["plan", "--flake", &fx.flake("overlay"), "--base", &base, "--host", "ci7"]);
     assert_eq!(out.status.code(), Some(1));
     assert!(
-        stderr(&out).contains(&format!(
-            "error: the base flake `{base}` has no nixosConfigurations.ci7 (available: vm)"
-        )),
+        stderr(&out)
+            .contains(&format!("error: the base flake `{base}` has no nixosConfigurations.ci7 (available: vm)")),
         "{}",
         stderr(&out)
     );
 
     let gone = fx.dir.path().join("gone").display().to_string();
-    let out = run(
-        &fx,
-        &["switch", "--flake", &fx.flake("overlay"), "--base", &gone],
-    );
+    let out = run(&fx, &["switch", "--flake", &fx.flake("overlay"), "--base", &gone]);
     assert_eq!(out.status.code(), Some(1));
-    assert!(
-        stderr(&out).contains(&format!("error: the base flake `{gone}` does not exist")),
-        "{}",
-        stderr(&out)
-    );
+    assert!(stderr(&out).contains(&format!("error: the base flake `{gone}` does not exist")), "{}", stderr(&out));
 
-    let out = run(
-        &fx,
-        &["plan", "--flake", &format!("{base}#vm"), "--module", "x"],
-    );
+    let out = run(&fx, &["plan", "--flake", &format!("{base}#vm"), "--module", "x"]);
     assert_eq!(out.status.code(), Some(1));
-    assert!(
-        stderr(&out).contains("--module applies to an overlay flake"),
-        "{}",
-        stderr(&out)
-    );
+    assert!(stderr(&out).contains("--module applies to an overlay flake"), "{}", stderr(&out));
     assert_eq!(fx.lock_files(), Vec::<std::path::PathBuf>::new());
 }
 
@@ -143,21 +103,11 @@ fn a_missing_nix_is_a_clear_error() {
     safe_switch(&fx, &mut cmd);
     let out = cmd
         .env("PATH", fx.dir.path())
-        .args([
-            "plan",
-            "--flake",
-            &fx.flake("overlay"),
-            "--base",
-            &fx.flake("base"),
-        ])
+        .args(["plan", "--flake", &fx.flake("overlay"), "--base", &fx.flake("base")])
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
-    assert!(
-        stderr(&out).contains("error: `nix` was not found: install Nix"),
-        "{}",
-        stderr(&out)
-    );
+    assert!(stderr(&out).contains("error: `nix` was not found: install Nix"), "{}", stderr(&out));
 }
 
 /// Compose, build and plan inside the test bed: the new generation is the
@@ -173,33 +123,22 @@ fn compose_build_and_plan_against_a_live_systemd() {
     let fx = Fixtures::new();
     // The running generation has an older base-web.service (another
     // ExecStart) than the base now builds.
-    let running = testbed::Generation::new("a").service(
-        "base-web.service",
-        "[Service]\nExecStart=/bin/sleep 1000000\n",
-    );
+    let running =
+        testbed::Generation::new("a").service("base-web.service", "[Service]\nExecStart=/bin/sleep 1000000\n");
     let bed = testbed::TestBed::boot(&testbed::Config::new(running)).unwrap();
     bed.wait_for_state("base-web.service", "active").unwrap();
 
     let mut cmd = bed.command(BIN);
     safe_switch(&fx, &mut cmd);
     let out = cmd
-        .args([
-            "plan",
-            "--json",
-            "--show-wrapper",
-            "--flake",
-            &fx.flake("overlay"),
-        ])
+        .args(["plan", "--json", "--show-wrapper", "--flake", &fx.flake("overlay")])
         .args(["--base", &fx.flake("base"), "--host", "vm"])
         .output()
         .unwrap();
     let err = stderr(&out);
     assert_eq!(out.status.code(), Some(0), "{err}");
     assert!(err.contains("safe-switch: building the base"), "{err}");
-    assert!(
-        err.contains("extendModules {"),
-        "--show-wrapper prints the wrapper: {err}"
-    );
+    assert!(err.contains("extendModules {"), "--show-wrapper prints the wrapper: {err}");
 
     let plan: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let new_path = plan["new"]["path"].as_str().unwrap();
@@ -211,21 +150,11 @@ fn compose_build_and_plan_against_a_live_systemd() {
     let unit = |name: &str| units.iter().find(|u| u["unit"] == name).cloned();
     let ci = unit("project-ci.service").unwrap_or_else(|| panic!("{plan:#}"));
     assert_eq!(ci["reasons"][0]["rule"], "new-unit", "{ci:#}");
-    assert!(
-        ci["reasons"][0]["detail"]
-            .as_str()
-            .unwrap()
-            .contains("multi-user.target"),
-        "{ci:#}"
-    );
+    assert!(ci["reasons"][0]["detail"].as_str().unwrap().contains("multi-user.target"), "{ci:#}");
     // The base's web server runs and its ExecStart changed: stopped and
     // started (NixOS's default for a changed service).
     let web = unit("base-web.service").unwrap_or_else(|| panic!("{plan:#}"));
-    assert_eq!(
-        web["actions"],
-        serde_json::json!(["stop", "start"]),
-        "{web:#}"
-    );
+    assert_eq!(web["actions"], serde_json::json!(["stop", "start"]), "{web:#}");
     // Planning changed nothing on the bed.
     assert_eq!(bed.active_state("project-ci.service").unwrap(), "inactive");
     assert_eq!(fx.lock_files(), Vec::<std::path::PathBuf>::new());
@@ -238,23 +167,30 @@ fn compose_build_and_plan_against_a_live_systemd() {
     );
     assert_eq!(provenance["host"], "vm");
     assert_eq!(provenance["base"]["ref"], fx.flake("base").as_str());
-    assert!(
-        provenance["base"]["nar_hash"]
-            .as_str()
-            .unwrap()
-            .starts_with("sha256-"),
-        "{plan:#}"
-    );
-    assert!(
-        provenance["overlay"]["nar_hash"]
-            .as_str()
-            .unwrap()
-            .starts_with("sha256-")
-    );
-    assert!(
-        provenance["wrapper"]
-            .as_str()
-            .unwrap()
-            .contains("inputs.overlay = { };")
-    );
+    assert!(provenance["base"]["nar_hash"].as_str().unwrap().starts_with("sha256-"), "{plan:#}");
+    assert!(provenance["overlay"]["nar_hash"].as_str().unwrap().starts_with("sha256-"));
+    assert!(provenance["wrapper"].as_str().unwrap().contains("inputs.overlay = { };"));
+
+    // Switch to it, isolated in a transient unit (the default). The build
+    // happens once: the isolated apply switches to the generation this
+    // process built, it does not evaluate the flake again.
+    let web_pid = bed.main_pid("base-web.service").unwrap();
+    let mut cmd = bed.command(BIN);
+    safe_switch(&fx, &mut cmd);
+    let out = cmd
+        .args(["switch", "--json", "--flake", &fx.flake("overlay")])
+        .args(["--base", &fx.flake("base"), "--host", "vm"])
+        .output()
+        .unwrap();
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert!(err.contains("applying in the transient unit"), "{err}");
+    assert_eq!(err.matches("safe-switch: building the base").count(), 1, "built more than once: {err}");
+    let switched: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(switched["new"]["path"], new_path, "{switched:#}");
+    assert_eq!(switched["new"]["provenance"], *provenance, "the isolated apply keeps the provenance");
+    assert_eq!(bed.current_generation().unwrap().to_str(), Some(new_path));
+    bed.wait_for_state("project-ci.service", "active").unwrap();
+    assert_ne!(bed.main_pid("base-web.service").unwrap(), web_pid, "base-web.service was restarted");
+    assert_eq!(fx.lock_files(), Vec::<std::path::PathBuf>::new());
 }

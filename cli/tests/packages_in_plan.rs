@@ -5,6 +5,8 @@
 //! Needs Nix and root (to write to /nix). Under CI it fails when it cannot
 //! run; elsewhere it skips with a message.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, reason = "tests may panic")]
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -68,10 +70,7 @@ in {{
     let build = |attr: &str| {
         let link = dir.join(attr);
         let out = Command::new("nix-build")
-            .env(
-                "NIX_CONFIG",
-                "experimental-features = nix-command flakes\nsandbox = false\nsubstituters =\n",
-            )
+            .env("NIX_CONFIG", "experimental-features = nix-command flakes\nsandbox = false\nsubstituters =\n")
             .arg(&file)
             .args(["-A", attr, "-o"])
             .arg(&link)
@@ -141,8 +140,7 @@ fn generations_outside_the_store_have_no_package_diff() {
         std::fs::create_dir_all(&units).expect("mkdir");
         std::fs::write(units.join("a.service"), format!("[Service]\nExecStart=/bin/{g}\n")).expect("write");
     }
-    let (code, json, stderr) =
-        safe_switch(&[&dir.path().join("old"), &dir.path().join("new")], true);
+    let (code, json, stderr) = safe_switch(&[&dir.path().join("old"), &dir.path().join("new")], true);
     assert_eq!(code, 0, "{stderr}");
     let plan: serde_json::Value = serde_json::from_str(&json).expect("JSON plan");
     assert!(plan.get("packages").is_none(), "{json}");

@@ -27,14 +27,10 @@ pub fn run(args: args::CheckArgs) -> anyhow::Result<Outcome> {
     let resolved = live::resolve_source(&args.source, &args.protect)?;
     let mut bus = live::connect()?;
     live::report_interrupted(&systemd_live::RunDir::system());
-    let mut lp =
-        live::live_plan(Path::new(CURRENT_SYSTEM), &resolved.toplevel, &args.protect, &mut bus)?;
+    let mut lp = live::live_plan(Path::new(CURRENT_SYSTEM), &resolved.toplevel, &args.protect, &mut bus)?;
     lp.plan.new.provenance = Some(resolved.provenance);
     if let Some(unit) = &args.protect.explain {
-        std::io::Write::write_all(
-            &mut std::io::stdout().lock(),
-            lp.protection.explain(&lp.plan, unit).as_bytes(),
-        )?;
+        std::io::Write::write_all(&mut std::io::stdout().lock(), lp.protection.explain(&lp.plan, unit).as_bytes())?;
         return Ok(outcome(&lp.plan, args.fail_on));
     }
     let diffs = report::unit_diff::unit_diffs(&lp.plan, &lp.old, &lp.new);
@@ -96,7 +92,7 @@ mod tests {
             steps: vec![],
             protection: Protection { refused, ..Protection::default() },
             diagnostics: vec![],
-        packages: None,
+            packages: None,
         }
     }
 

@@ -25,13 +25,8 @@ pub fn options_from_env() -> Options {
 /// for other commands that show a closure diff next to their own output.
 pub fn closure_diff(old: &Path, new: &Path) -> anyhow::Result<ClosureDiff> {
     let options = options_from_env();
-    closure_diff::diff_store_paths(old, new, &options).with_context(|| {
-        format!(
-            "comparing the closures of {} and {}",
-            old.display(),
-            new.display()
-        )
-    })
+    closure_diff::diff_store_paths(old, new, &options)
+        .with_context(|| format!("comparing the closures of {} and {}", old.display(), new.display()))
 }
 
 /// Adds the package changes between the plan's two generations to
@@ -41,9 +36,7 @@ pub fn closure_diff(old: &Path, new: &Path) -> anyhow::Result<ClosureDiff> {
 /// the plan, never a failed plan: the unit plan stands on its own.
 pub fn attach_to_plan(plan: &mut plan_model::Plan, old: &Path, new: &Path) {
     let options = options_from_env();
-    let in_store = |p: &Path| {
-        std::fs::canonicalize(p).is_ok_and(|p| p.starts_with(&options.store_dir))
-    };
+    let in_store = |p: &Path| std::fs::canonicalize(p).is_ok_and(|p| p.starts_with(&options.store_dir));
     if !in_store(old) || !in_store(new) {
         return;
     }
@@ -64,14 +57,9 @@ pub fn run(args: args::ClosureDiffArgs) -> anyhow::Result<Outcome> {
     let diff = closure_diff(&args.old, &args.new)?;
     // Say when the database could not be used, so a slow run or a
     // different answer has an explanation; it does not change the result.
-    let reasons: Vec<&String> = [&diff.old, &diff.new]
-        .into_iter()
-        .filter_map(|s| s.fallback_reason.as_ref())
-        .collect();
+    let reasons: Vec<&String> = [&diff.old, &diff.new].into_iter().filter_map(|s| s.fallback_reason.as_ref()).collect();
     if let Some(reason) = reasons.first() {
-        eprintln!(
-            "note: read the closures with `nix path-info` because the database failed: {reason}"
-        );
+        eprintln!("note: read the closures with `nix path-info` because the database failed: {reason}");
     }
     let mut out = std::io::stdout().lock();
     if args.json {

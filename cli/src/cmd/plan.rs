@@ -44,22 +44,14 @@ pub fn run(args: args::PlanArgs) -> anyhow::Result<Outcome> {
     let toplevel = resolved.toplevel.clone();
     let mut bus = connect()?;
     report_interrupted(&RunDir::system());
-    let mut lp = live_plan(
-        Path::new(CURRENT_SYSTEM),
-        &toplevel,
-        &args.protect,
-        &mut bus,
-    )?;
+    let mut lp = live_plan(Path::new(CURRENT_SYSTEM), &toplevel, &args.protect, &mut bus)?;
     lp.plan.new.provenance = Some(resolved.provenance);
     if let Some(unit) = &args.protect.explain {
-        std::io::stdout()
-            .lock()
-            .write_all(lp.protection.explain(&lp.plan, unit).as_bytes())?;
+        std::io::stdout().lock().write_all(lp.protection.explain(&lp.plan, unit).as_bytes())?;
         return Ok(crate::protect::outcome(&lp.plan));
     }
     if let Some(out) = &args.out {
-        let inputs =
-            crate::saved::record_inputs(&lp.old, &lp.new, &lp.plan, &lp.live, &args.protect);
+        let inputs = crate::saved::record_inputs(&lp.old, &lp.new, &lp.plan, &lp.live, &args.protect);
         crate::saved::SavedPlan::new(lp.plan.clone(), inputs).save(out)?;
     }
     print_plan(&lp.plan, &args.output)?;
@@ -79,24 +71,20 @@ pub fn print_plan(plan: &Plan, output: &args::OutputArgs) -> anyhow::Result<()> 
 /// For `--flake`, the policy file (as `protect` names it) supplies the
 /// default base and host, read with the same ownership checks protection
 /// applies.
-pub fn resolve_source(
-    source: &SourceArgs,
-    protect: &ProtectArgs,
-) -> anyhow::Result<crate::source::Resolved> {
+pub fn resolve_source(source: &SourceArgs, protect: &ProtectArgs) -> anyhow::Result<crate::source::Resolved> {
     if source.toplevel.is_none() && source.flake.is_none() {
         bail!("give the new generation with --toplevel PATH or --flake REF");
+    }
+    if let Some(file) = &source.resolved_file {
+        return crate::source::read_resolved(file);
     }
     let policy = match source.flake {
         Some(_) => crate::protect::load_policy(protect)?.map(|(policy, _)| policy),
         None => None,
     };
     let mut resolved = crate::source::resolve_for_policy(source, policy.as_ref())?;
-    resolved.toplevel = std::fs::canonicalize(&resolved.toplevel).with_context(|| {
-        format!(
-            "{}: cannot resolve the toplevel",
-            resolved.toplevel.display()
-        )
-    })?;
+    resolved.toplevel = std::fs::canonicalize(&resolved.toplevel)
+        .with_context(|| format!("{}: cannot resolve the toplevel", resolved.toplevel.display()))?;
     Ok(resolved)
 }
 
@@ -128,27 +116,15 @@ pub fn live_plan(
     protect: &ProtectArgs,
     mgr: &mut dyn ServiceManager,
 ) -> anyhow::Result<LivePlan> {
-    let old_path = std::fs::canonicalize(current).with_context(|| {
-        format!(
-            "{}: cannot resolve the running generation",
-            current.display()
-        )
-    })?;
+    let old_path = std::fs::canonicalize(current)
+        .with_context(|| format!("{}: cannot resolve the running generation", current.display()))?;
     let new_path = std::fs::canonicalize(toplevel)
         .with_context(|| format!("{}: cannot resolve the toplevel", toplevel.display()))?;
     let old = systemd_plan::load(&old_path)?;
     let new = systemd_plan::load(&new_path)?;
-    let live = mgr
-        .snapshot()
-        .context("cannot read the live state from systemd")?;
+    let live = mgr.snapshot().context("cannot read the live state from systemd")?;
     let mut plan = systemd_plan::plan(&old, &new, &live);
     crate::cmd::closure_diff::attach_to_plan(&mut plan, &old_path, &new_path);
     let protection = crate::protect::protect_plan(&mut plan, &old, &new, &live, protect)?;
-    Ok(LivePlan {
-        plan,
-        live,
-        old: old_path,
-        new: new_path,
-        protection,
-    })
+    Ok(LivePlan { plan, live, old: old_path, new: new_path, protection })
 }

@@ -32,8 +32,8 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use plan_model::Plan;
 use systemd_live::{
-    ApplyOptions, ApplyReport, ProcessHost, RunDir, ServiceManager, StderrProgress, SystemdBus,
-    TransientExit, TransientSpec,
+    ApplyOptions, ApplyReport, ProcessHost, RunDir, ServiceManager, StderrProgress, SystemdBus, TransientExit,
+    TransientSpec,
 };
 
 use crate::args::{self, ProtectArgs};
@@ -70,17 +70,27 @@ pub fn run(args: args::SwitchArgs) -> anyhow::Result<Outcome> {
                 run.path().join("lock").display()
             );
         }
-        let cgroup_file = if args.protect.cgroup_file.is_none() {
-            save_caller_cgroup(&run)?
-        } else {
-            None
-        };
-        let extra: Vec<String> = match &cgroup_file {
-            Some(path) => vec!["--cgroup-file".to_owned(), path.display().to_string()],
-            None => Vec::new(),
+        let cgroup_file = if args.protect.cgroup_file.is_none() { save_caller_cgroup(&run)? } else { None };
+        let mut extra: Vec<String> = Vec::new();
+        if let Some(path) = &cgroup_file {
+            extra.extend(["--cgroup-file".to_owned(), path.display().to_string()]);
+        }
+        // A built flake is handed over as it is: the isolated apply must
+        // switch to the generation this process built and showed, without
+        // evaluating the flake again.
+        let resolved_file = match (&args.source.flake, &args.source.resolved_file) {
+            (Some(_), None) => {
+                let path = run.path().join(format!("resolved-{}.json", std::process::id()));
+                std::fs::create_dir_all(run.path())
+                    .with_context(|| format!("{}: cannot create", run.path().display()))?;
+                crate::source::write_resolved(&path, &resolved)?;
+                extra.extend(["--resolved-file".to_owned(), path.display().to_string()]);
+                Some(path)
+            }
+            _ => None,
         };
         let outcome = isolate(&mut bus, &run, &extra);
-        if let Some(path) = cgroup_file {
+        for path in cgroup_file.into_iter().chain(resolved_file) {
             let _ = std::fs::remove_file(path);
         }
         return outcome;
@@ -91,18 +101,11 @@ pub fn run(args: args::SwitchArgs) -> anyhow::Result<Outcome> {
     if let Some(outcome) = finish_interrupted(&mut bus, &run, &options)? {
         return Ok(outcome);
     }
-    let mut lp = live::live_plan(
-        Path::new(CURRENT_SYSTEM),
-        &toplevel,
-        &args.protect,
-        &mut bus,
-    )?;
+    let mut lp = live::live_plan(Path::new(CURRENT_SYSTEM), &toplevel, &args.protect, &mut bus)?;
     lp.plan.new.provenance = Some(resolved.provenance);
     live::print_plan(&lp.plan, &args.output)?;
     if lp.plan.protection.refused {
-        eprintln!(
-            "refused: the switch would touch a protected unit (see the plan above); nothing was changed"
-        );
+        eprintln!("refused: the switch would touch a protected unit (see the plan above); nothing was changed");
         return Ok(Outcome::Blocked);
     }
     apply_plan(&mut bus, &run, &lp.plan, &args.apply, &args.protect)
@@ -126,20 +129,14 @@ pub fn preflight(toplevel: &Path) -> anyhow::Result<()> {
         )
     })?;
     if !meta.is_file() || meta.permissions().mode() & 0o111 == 0 {
-        bail!(
-            "{}: not an executable file; refusing to switch, nothing was changed",
-            activate.display()
-        );
+        bail!("{}: not an executable file; refusing to switch, nothing was changed", activate.display());
     }
     Ok(())
 }
 
 /// The executor's options from the command line.
 pub fn apply_options(a: &args::ApplyOptions) -> ApplyOptions {
-    ApplyOptions {
-        job_timeout: Duration::from_secs(a.job_timeout.max(1)),
-        ..ApplyOptions::default()
-    }
+    ApplyOptions { job_timeout: Duration::from_secs(a.job_timeout.max(1)), ..ApplyOptions::default() }
 }
 
 /// Finishes an apply that was interrupted, if there is one. Returns the
@@ -156,24 +153,13 @@ pub fn finish_interrupted(
     eprint!("{}", interrupted.describe());
     eprintln!("resuming it first");
     let target = interrupted.progress.plan.new.path.clone();
-    let report = systemd_live::resume(
-        interrupted,
-        mgr,
-        &mut ProcessHost,
-        run,
-        options,
-        &mut StderrProgress,
-    )?;
+    let report = systemd_live::resume(interrupted, mgr, &mut ProcessHost, run, options, &mut StderrProgress)?;
     eprint!("{}", report_text(&report));
     if report.aborted.is_some() {
-        bail!(
-            "the interrupted switch to {target} could not be finished (see above); run again to resume it"
-        );
+        bail!("the interrupted switch to {target} could not be finished (see above); run again to resume it");
     }
     if !report.success() {
-        eprintln!(
-            "the interrupted switch to {target} finished with failures; not switching further"
-        );
+        eprintln!("the interrupted switch to {target} finished with failures; not switching further");
         return Ok(Some(Outcome::UnitsFailed));
     }
     eprintln!("the interrupted switch to {target} is finished");
@@ -205,50 +191,22 @@ pub fn apply_plan(
     protect: &ProtectArgs,
 ) -> anyhow::Result<Outcome> {
     let options = apply_options(apply);
-    let report = systemd_live::apply(
-        plan,
-        bus,
-        &mut ProcessHost,
-        run,
-        &options,
-        &mut StderrProgress,
-    )?;
+    let report = systemd_live::apply(plan, bus, &mut ProcessHost, run, &options, &mut StderrProgress)?;
     eprint!("{}", report_text(&report));
     if report.success() {
         eprintln!("switched to {}", plan.new.path);
         return Ok(Outcome::Ok);
     }
     if apply.rollback_on_failure {
-        eprintln!(
-            "rolling back to {} with the same protections",
-            plan.old.path
-        );
-        let back = live::live_plan(
-            Path::new(CURRENT_SYSTEM),
-            Path::new(&plan.old.path),
-            protect,
-            bus,
-        )
-        .context("cannot plan the rollback")?;
-        let rb = systemd_live::apply(
-            &back.plan,
-            bus,
-            &mut ProcessHost,
-            run,
-            &options,
-            &mut StderrProgress,
-        )?;
+        eprintln!("rolling back to {} with the same protections", plan.old.path);
+        let back = live::live_plan(Path::new(CURRENT_SYSTEM), Path::new(&plan.old.path), protect, bus)
+            .context("cannot plan the rollback")?;
+        let rb = systemd_live::apply(&back.plan, bus, &mut ProcessHost, run, &options, &mut StderrProgress)?;
         eprint!("rollback:\n{}", report_text(&rb));
         if rb.success() {
-            eprintln!(
-                "rolled back to {}; the switch to {} failed (see above)",
-                plan.old.path, plan.new.path
-            );
+            eprintln!("rolled back to {}; the switch to {} failed (see above)", plan.old.path, plan.new.path);
         } else {
-            eprintln!(
-                "the rollback to {} failed as well (see above)",
-                plan.old.path
-            );
+            eprintln!("the rollback to {} failed as well (see above)", plan.old.path);
         }
         if rb.aborted.is_some() {
             bail!("the rollback stopped early; run `safe-switch switch` again to resume it");
@@ -271,22 +229,15 @@ fn save_caller_cgroup(run: &RunDir) -> anyhow::Result<Option<PathBuf>> {
     let Ok(text) = std::fs::read_to_string("/proc/self/cgroup") else {
         return Ok(None);
     };
-    std::fs::create_dir_all(run.path())
-        .with_context(|| format!("{}: cannot create", run.path().display()))?;
-    let path = run
-        .path()
-        .join(format!("caller-cgroup-{}", std::process::id()));
+    std::fs::create_dir_all(run.path()).with_context(|| format!("{}: cannot create", run.path().display()))?;
+    let path = run.path().join(format!("caller-cgroup-{}", std::process::id()));
     std::fs::write(&path, text).with_context(|| format!("{}: cannot write", path.display()))?;
     Ok(Some(path))
 }
 
 /// Runs this very command line again, with `--no-isolate`, as a transient
 /// service, relays its output and returns its outcome.
-pub fn isolate(
-    bus: &mut SystemdBus,
-    run: &RunDir,
-    extra_args: &[String],
-) -> anyhow::Result<Outcome> {
+pub fn isolate(bus: &mut SystemdBus, run: &RunDir, extra_args: &[String]) -> anyhow::Result<Outcome> {
     let exe = std::env::current_exe().context("cannot find this program's path")?;
     let mut argv = vec![exe.display().to_string()];
     argv.extend(std::env::args().skip(1));
@@ -295,24 +246,17 @@ pub fn isolate(
     let id = format!(
         "{}-{}",
         std::process::id(),
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.subsec_nanos())
-            .unwrap_or(0)
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0)
     );
     let unit = format!("safe-switch-{id}.service");
     let stdout = run.path().join(format!("{unit}.stdout"));
     let stderr = run.path().join(format!("{unit}.stderr"));
-    std::fs::create_dir_all(run.path())
-        .with_context(|| format!("{}: cannot create", run.path().display()))?;
+    std::fs::create_dir_all(run.path()).with_context(|| format!("{}: cannot create", run.path().display()))?;
     let spec = TransientSpec {
         unit: unit.clone(),
         description: "safe-switch apply".to_owned(),
         argv,
-        environment: PASSED_ENV
-            .iter()
-            .filter_map(|k| std::env::var(k).ok().map(|v| format!("{k}={v}")))
-            .collect(),
+        environment: PASSED_ENV.iter().filter_map(|k| std::env::var(k).ok().map(|v| format!("{k}={v}"))).collect(),
         working_directory: std::env::current_dir().ok(),
         stdout: stdout.clone(),
         stderr: stderr.clone(),
@@ -328,9 +272,7 @@ pub fn isolate(
             out.pump();
             err.pump();
         })
-        .with_context(|| {
-            format!("cannot run the switch in the transient unit {unit}; nothing was changed")
-        })?;
+        .with_context(|| format!("cannot run the switch in the transient unit {unit}; nothing was changed"))?;
     out.pump();
     err.pump();
     let _ = std::fs::remove_file(&stdout);
@@ -362,11 +304,7 @@ struct Relay {
 
 impl Relay {
     fn new(path: PathBuf, to: Box<dyn Write>) -> Relay {
-        Relay {
-            path,
-            offset: 0,
-            to,
-        }
+        Relay { path, offset: 0, to }
     }
 
     fn pump(&mut self) {

@@ -140,10 +140,10 @@ pub fn write_plan(plan: &Plan, output: &OutputArgs) -> anyhow::Result<()> {
 /// symbolic link, `/dev/stdout`, a named pipe) is written in place instead:
 /// renaming over it would replace the link or device node itself.
 pub fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    if let Ok(meta) = fs::symlink_metadata(path) {
-        if !meta.file_type().is_file() {
-            return fs::write(path, bytes);
-        }
+    if let Ok(meta) = fs::symlink_metadata(path)
+        && !meta.file_type().is_file()
+    {
+        return fs::write(path, bytes);
     }
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),

@@ -118,7 +118,7 @@ mod tests {
             steps: vec![],
             protection: Protection::default(),
             diagnostics: vec![],
-        packages: None,
+            packages: None,
         }
     }
 

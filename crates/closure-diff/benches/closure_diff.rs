@@ -8,11 +8,7 @@
 //! least five times faster than `nix store diff-closures`; the program
 //! exits with status 1 when the time goal is missed.
 
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    reason = "a benchmark may panic"
-)]
+#![allow(clippy::unwrap_used, clippy::expect_used, reason = "a benchmark may panic")]
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -69,16 +65,9 @@ fn main() {
     let store = common::TempStore::new();
     let t = Instant::now();
     store.register(&g.entries);
-    println!(
-        "registered {} store paths with nix-store --load-db in {}",
-        g.entries.len(),
-        ms(t.elapsed())
-    );
+    println!("registered {} store paths with nix-store --load-db in {}", g.entries.len(), ms(t.elapsed()));
 
-    let options = Options {
-        source: SourcePolicy::DatabaseOnly,
-        ..store.options()
-    };
+    let options = Options { source: SourcePolicy::DatabaseOnly, ..store.options() };
     let mut times = Vec::new();
     let mut cpu_times = Vec::new();
     let mut last = None;
@@ -117,17 +106,10 @@ fn main() {
         diff_times.push(t.elapsed());
         diff_cpu.push(cpu(libc::RUSAGE_SELF).saturating_sub(c));
     }
-    println!(
-        "  of which the pure diff: median {} wall, {} CPU",
-        ms(median(diff_times)),
-        ms(median(diff_cpu))
-    );
+    println!("  of which the pure diff: median {} wall, {} CPU", ms(median(diff_times)), ms(median(diff_cpu)));
 
     // The strategy for stores above the scan limit, for comparison.
-    let query = Options {
-        scan_limit: 0,
-        ..options.clone()
-    };
+    let query = Options { scan_limit: 0, ..options.clone() };
     let mut query_times = Vec::new();
     for _ in 0..5 {
         let t = Instant::now();
@@ -146,35 +128,17 @@ fn main() {
         let c = cpu(libc::RUSAGE_CHILDREN);
         let t = Instant::now();
         let out = common::nix_command("nix")
-            .args([
-                "store",
-                "diff-closures",
-                "--store",
-                &store.uri(),
-                &g.old,
-                &g.new,
-            ])
+            .args(["store", "diff-closures", "--store", &store.uri(), &g.old, &g.new])
             .output()
             .unwrap();
         nix_times.push(t.elapsed());
         nix_cpu.push(cpu(libc::RUSAGE_CHILDREN).saturating_sub(c));
-        assert!(
-            out.status.success(),
-            "nix store diff-closures: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        assert!(
-            !out.stdout.is_empty(),
-            "nix store diff-closures printed nothing"
-        );
+        assert!(out.status.success(), "nix store diff-closures: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(!out.stdout.is_empty(), "nix store diff-closures printed nothing");
     }
     let theirs = median(nix_times);
     let theirs_cpu = median(nix_cpu);
-    println!(
-        "nix store diff-closures: median {} wall, {} CPU ({NIX_RUNS} runs)",
-        ms(theirs),
-        ms(theirs_cpu)
-    );
+    println!("nix store diff-closures: median {} wall, {} CPU ({NIX_RUNS} runs)", ms(theirs), ms(theirs_cpu));
     let ratio = theirs.as_secs_f64() / ours.as_secs_f64();
     let cpu_ratio = theirs_cpu.as_secs_f64() / ours_cpu.as_secs_f64().max(1e-6);
     println!(

@@ -46,19 +46,10 @@ pub struct Closure {
 impl Closure {
     /// A closure built from `(path, nar_size)` pairs, for tests and for
     /// callers that already hold the data.
-    pub fn from_pairs<S: Into<String>>(
-        root: impl Into<String>,
-        paths: impl IntoIterator<Item = (S, u64)>,
-    ) -> Self {
+    pub fn from_pairs<S: Into<String>>(root: impl Into<String>, paths: impl IntoIterator<Item = (S, u64)>) -> Self {
         Closure {
             root: root.into(),
-            paths: paths
-                .into_iter()
-                .map(|(path, nar_size)| PathInfo {
-                    path: path.into(),
-                    nar_size,
-                })
-                .collect(),
+            paths: paths.into_iter().map(|(path, nar_size)| PathInfo { path: path.into(), nar_size }).collect(),
             source: Source::Memory,
             fallback_reason: None,
         }

@@ -113,10 +113,7 @@ fn file_uri(path: &Path) -> String {
 }
 
 fn is_corruption(e: &rusqlite::Error) -> bool {
-    matches!(
-        e.sqlite_error_code(),
-        Some(ErrorCode::NotADatabase | ErrorCode::DatabaseCorrupt)
-    )
+    matches!(e.sqlite_error_code(), Some(ErrorCode::NotADatabase | ErrorCode::DatabaseCorrupt))
 }
 
 impl Database {
@@ -127,30 +124,15 @@ impl Database {
         // SQLite would report a missing file only as "unable to open";
         // checking first gives the reader the real reason.
         if let Err(source) = std::fs::metadata(path) {
-            return Err(DbError::Missing {
-                path: path_buf,
-                source,
-            });
+            return Err(DbError::Missing { path: path_buf, source });
         }
-        let flags = OpenFlags::SQLITE_OPEN_READ_ONLY
-            | OpenFlags::SQLITE_OPEN_URI
-            | OpenFlags::SQLITE_OPEN_NO_MUTEX;
-        let conn =
-            Connection::open_with_flags(file_uri(path), flags).map_err(|source| DbError::Open {
-                path: path_buf.clone(),
-                source,
-            })?;
+        let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_URI | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        let conn = Connection::open_with_flags(file_uri(path), flags)
+            .map_err(|source| DbError::Open { path: path_buf.clone(), source })?;
         // Nix holds its write transactions briefly; wait for one rather
         // than failing (readers are not blocked in WAL mode anyway).
-        conn.busy_timeout(Duration::from_secs(5))
-            .map_err(|source| DbError::Open {
-                path: path_buf.clone(),
-                source,
-            })?;
-        let db = Database {
-            conn,
-            path: path_buf,
-        };
+        conn.busy_timeout(Duration::from_secs(5)).map_err(|source| DbError::Open { path: path_buf.clone(), source })?;
+        let db = Database { conn, path: path_buf };
         db.check_schema()?;
         Ok(db)
     }
@@ -175,14 +157,10 @@ impl Database {
     }
 
     fn check_schema(&self) -> Result<(), DbError> {
-        for (table, columns) in [
-            ("ValidPaths", &["id", "path", "narSize"][..]),
-            ("Refs", &["referrer", "reference"][..]),
-        ] {
-            let mut stmt = self
-                .conn
-                .prepare("SELECT name FROM pragma_table_info(?1)")
-                .map_err(|e| self.classify(e))?;
+        for (table, columns) in
+            [("ValidPaths", &["id", "path", "narSize"][..]), ("Refs", &["referrer", "reference"][..])]
+        {
+            let mut stmt = self.conn.prepare("SELECT name FROM pragma_table_info(?1)").map_err(|e| self.classify(e))?;
             let present: Vec<String> = stmt
                 .query_map([table], |row| row.get::<_, String>(0))
                 .map_err(|e| self.classify(e))?
@@ -216,9 +194,7 @@ impl Database {
     /// a recursive query per root, whose cost follows the closure rather
     /// than the store (about 5 µs per path of the closure).
     pub fn closures(&self, roots: &[&str], scan_limit: u64) -> Result<Vec<Vec<PathInfo>>, DbError> {
-        self.conn
-            .execute_batch("BEGIN")
-            .map_err(|e| self.classify(e))?;
+        self.conn.execute_batch("BEGIN").map_err(|e| self.classify(e))?;
         // Membership is tracked with one bit per root in a u64.
         let result = roots
             .chunks(64)
@@ -231,23 +207,14 @@ impl Database {
         result
     }
 
-    fn closures_in_snapshot(
-        &self,
-        roots: &[&str],
-        scan_limit: u64,
-    ) -> Result<Vec<Vec<PathInfo>>, DbError> {
-        let max_id: Option<i64> = self
-            .conn
-            .query_row("SELECT max(id) FROM ValidPaths", [], |r| r.get(0))
-            .map_err(|e| self.classify(e))?;
+    fn closures_in_snapshot(&self, roots: &[&str], scan_limit: u64) -> Result<Vec<Vec<PathInfo>>, DbError> {
+        let max_id: Option<i64> =
+            self.conn.query_row("SELECT max(id) FROM ValidPaths", [], |r| r.get(0)).map_err(|e| self.classify(e))?;
         let max_id = max_id.and_then(|m| u64::try_from(m).ok()).unwrap_or(0);
         if max_id <= scan_limit {
             self.closures_by_scan(roots, max_id)
         } else {
-            roots
-                .iter()
-                .map(|root| self.closure_by_query(root))
-                .collect()
+            roots.iter().map(|root| self.closure_by_query(root)).collect()
         }
     }
 
@@ -262,31 +229,20 @@ impl Database {
             })
             .map_err(|e| self.classify(e))?;
         id.and_then(|i| u32::try_from(i).ok())
-            .ok_or_else(|| DbError::NotValid {
-                path: self.path.clone(),
-                store_path: store_path.to_owned(),
-            })
+            .ok_or_else(|| DbError::NotValid { path: self.path.clone(), store_path: store_path.to_owned() })
     }
 
     /// Reads every reference and walks the graph in memory.
     fn closures_by_scan(&self, roots: &[&str], max_id: u64) -> Result<Vec<Vec<PathInfo>>, DbError> {
-        let n = usize::try_from(max_id)
-            .unwrap_or(usize::MAX)
-            .saturating_add(1);
-        let root_ids = roots
-            .iter()
-            .map(|r| self.root_id(r))
-            .collect::<Result<Vec<_>, _>>()?;
+        let n = usize::try_from(max_id).unwrap_or(usize::MAX).saturating_add(1);
+        let root_ids = roots.iter().map(|r| self.root_id(r)).collect::<Result<Vec<_>, _>>()?;
 
         // The references as adjacency lists in one array (compressed
         // sparse rows): `targets[starts[i]..starts[i + 1]]` are what `i`
         // refers to. Counting first avoids a vector per path.
         let mut edges: Vec<(u32, u32)> = Vec::new();
         {
-            let mut stmt = self
-                .conn
-                .prepare("SELECT referrer, reference FROM Refs")
-                .map_err(|e| self.classify(e))?;
+            let mut stmt = self.conn.prepare("SELECT referrer, reference FROM Refs").map_err(|e| self.classify(e))?;
             let mut rows = stmt.query([]).map_err(|e| self.classify(e))?;
             while let Some(row) = rows.next().map_err(|e| self.classify(e))? {
                 let a: i64 = row.get(0).map_err(|e| self.classify(e))?;
@@ -323,10 +279,7 @@ impl Database {
             stack.push(root);
             member[root as usize] |= bit;
             while let Some(id) = stack.pop() {
-                let (from, to) = (
-                    starts[id as usize] as usize,
-                    starts[id as usize + 1] as usize,
-                );
+                let (from, to) = (starts[id as usize] as usize, starts[id as usize + 1] as usize);
                 for &next in &targets[from..to] {
                     if member[next as usize] & bit == 0 {
                         member[next as usize] |= bit;
@@ -337,18 +290,11 @@ impl Database {
         }
 
         let mut out: Vec<Vec<PathInfo>> = vec![Vec::new(); roots.len()];
-        let mut stmt = self
-            .conn
-            .prepare("SELECT id, path, narSize FROM ValidPaths")
-            .map_err(|e| self.classify(e))?;
+        let mut stmt = self.conn.prepare("SELECT id, path, narSize FROM ValidPaths").map_err(|e| self.classify(e))?;
         let mut rows = stmt.query([]).map_err(|e| self.classify(e))?;
         while let Some(row) = rows.next().map_err(|e| self.classify(e))? {
             let id: i64 = row.get(0).map_err(|e| self.classify(e))?;
-            let Some(bits) = usize::try_from(id)
-                .ok()
-                .and_then(|i| member.get(i))
-                .copied()
-            else {
+            let Some(bits) = usize::try_from(id).ok().and_then(|i| member.get(i)).copied() else {
                 continue;
             };
             if bits == 0 {
@@ -356,10 +302,7 @@ impl Database {
             }
             let path: String = row.get(1).map_err(|e| self.classify(e))?;
             let size: Option<i64> = row.get(2).map_err(|e| self.classify(e))?;
-            let info = PathInfo {
-                path,
-                nar_size: nar_size(size),
-            };
+            let info = PathInfo { path, nar_size: nar_size(size) };
             for (k, list) in out.iter_mut().enumerate() {
                 if bits & (1_u64 << k) != 0 {
                     list.push(info.clone());
@@ -371,28 +314,17 @@ impl Database {
 
     /// The closure of one store path with a recursive query.
     fn closure_by_query(&self, store_path: &str) -> Result<Vec<PathInfo>, DbError> {
-        let mut stmt = self
-            .conn
-            .prepare_cached(CLOSURE_SQL)
-            .map_err(|e| self.classify(e))?;
+        let mut stmt = self.conn.prepare_cached(CLOSURE_SQL).map_err(|e| self.classify(e))?;
         let rows = stmt
             .query_map([store_path], |row| {
                 let path: String = row.get(0)?;
                 let size: Option<i64> = row.get(1)?;
-                Ok(PathInfo {
-                    path,
-                    nar_size: nar_size(size),
-                })
+                Ok(PathInfo { path, nar_size: nar_size(size) })
             })
             .map_err(|e| self.classify(e))?;
-        let paths: Vec<PathInfo> = rows
-            .collect::<Result<_, _>>()
-            .map_err(|e| self.classify(e))?;
+        let paths: Vec<PathInfo> = rows.collect::<Result<_, _>>().map_err(|e| self.classify(e))?;
         if paths.is_empty() {
-            return Err(DbError::NotValid {
-                path: self.path.clone(),
-                store_path: store_path.to_owned(),
-            });
+            return Err(DbError::NotValid { path: self.path.clone(), store_path: store_path.to_owned() });
         }
         Ok(paths)
     }
@@ -410,9 +342,6 @@ mod tests {
 
     #[test]
     fn uri_escapes_reserved_characters() {
-        assert_eq!(
-            file_uri(Path::new("/a b/c?d#e%f.sqlite")),
-            "file:/a%20b/c%3Fd%23e%25f.sqlite?mode=ro"
-        );
+        assert_eq!(file_uri(Path::new("/a b/c?d#e%f.sqlite")), "file:/a%20b/c%3Fd%23e%25f.sqlite?mode=ro");
     }
 }

@@ -113,10 +113,7 @@ impl ClosureDiff {
 
     /// How many changed packages moved in the given direction.
     pub fn count(&self, direction: Direction) -> usize {
-        self.changed
-            .iter()
-            .filter(|c| c.direction == direction)
-            .count()
+        self.changed.iter().filter(|c| c.direction == direction).count()
     }
 }
 
@@ -194,11 +191,7 @@ fn identity(path: &str) -> (&str, &str) {
 
 /// A closure's paths, each counted once, grouped by package; `other` is
 /// the other closure's path set, to tell which packages changed paths.
-fn group<'a>(
-    closure: &'a Closure,
-    own: &FastSet<&'a str>,
-    other: &FastSet<&str>,
-) -> FastMap<&'a str, Group<'a>> {
+fn group<'a>(closure: &'a Closure, own: &FastSet<&'a str>, other: &FastSet<&str>) -> FastMap<&'a str, Group<'a>> {
     let mut groups: FastMap<&str, Group<'_>> =
         FastMap::with_capacity_and_hasher(own.len(), foldhash::fast::FixedState::default());
     let mut seen: FastSet<&str> = FastSet::default();
@@ -211,10 +204,7 @@ fn group<'a>(
         }
         let (name, version) = identity(&info.path);
         let touched = !other.contains(info.path.as_str());
-        groups
-            .entry(name)
-            .or_default()
-            .add(version, info.nar_size, touched);
+        groups.entry(name).or_default().add(version, info.nar_size, touched);
     }
     for g in groups.values_mut() {
         g.versions.sort();
@@ -249,24 +239,12 @@ pub fn diff(old: &Closure, new: &Closure) -> ClosureDiff {
     let mut rebuilt = Vec::new();
     for (name, og) in &old_groups {
         let Some(ng) = new_groups.get(name) else {
-            removed.push(Package {
-                name: (*name).to_owned(),
-                versions: og.versions.owned(),
-                size: og.size,
-            });
+            removed.push(Package { name: (*name).to_owned(), versions: og.versions.owned(), size: og.size });
             continue;
         };
         if og.versions != ng.versions {
-            let gone: Vec<&str> = og
-                .versions
-                .iter()
-                .filter(|v| !ng.versions.contains(v))
-                .collect();
-            let came: Vec<&str> = ng
-                .versions
-                .iter()
-                .filter(|v| !og.versions.contains(v))
-                .collect();
+            let gone: Vec<&str> = og.versions.iter().filter(|v| !ng.versions.contains(v)).collect();
+            let came: Vec<&str> = ng.versions.iter().filter(|v| !og.versions.contains(v)).collect();
             changed.push(VersionChange {
                 name: (*name).to_owned(),
                 old_versions: og.versions.owned(),
@@ -289,11 +267,7 @@ pub fn diff(old: &Closure, new: &Closure) -> ClosureDiff {
     let mut added: Vec<Package> = new_groups
         .iter()
         .filter(|(name, _)| !old_groups.contains_key(*name))
-        .map(|(name, g)| Package {
-            name: (*name).to_owned(),
-            versions: g.versions.owned(),
-            size: g.size,
-        })
+        .map(|(name, g)| Package { name: (*name).to_owned(), versions: g.versions.owned(), size: g.size })
         .collect();
     changed.sort_by(|a, b| a.name.cmp(&b.name));
     added.sort_by(|a, b| a.name.cmp(&b.name));

@@ -22,8 +22,8 @@ pub const HASH_LEN: usize = 32;
 /// own `diff-closures` strips any trailing lowercase word, which also
 /// eats genuine name parts such as `system-path`'s `path`.
 const OUTPUT_NAMES: &[&str] = &[
-    "bin", "debug", "dev", "devdoc", "dist", "doc", "info", "lib", "lib32", "lib64", "man",
-    "modules", "out", "python", "static", "terminfo", "tex", "texdoc",
+    "bin", "debug", "dev", "devdoc", "dist", "doc", "info", "lib", "lib32", "lib64", "man", "modules", "out", "python",
+    "static", "terminfo", "tex", "texdoc",
 ];
 
 /// A store path base name split into package identity, version and output.
@@ -58,11 +58,7 @@ pub fn split_drv_name(name: &str) -> (&str, &str) {
 /// Parses the name part of a store path (without the hash).
 pub fn parse_name(full: &str) -> PackageName {
     let (name, version, output) = split_name(full);
-    PackageName {
-        name: name.to_owned(),
-        version: version.to_owned(),
-        output: output.map(str::to_owned),
-    }
+    PackageName { name: name.to_owned(), version: version.to_owned(), output: output.map(str::to_owned) }
 }
 
 /// [`parse_name`] without allocating: `(name, version, output)` as slices
@@ -129,10 +125,7 @@ mod tests {
 
     #[test]
     fn nix_rule_splits_at_first_dash_before_non_letter() {
-        assert_eq!(
-            split_drv_name("apache-httpd-2.0.48"),
-            ("apache-httpd", "2.0.48")
-        );
+        assert_eq!(split_drv_name("apache-httpd-2.0.48"), ("apache-httpd", "2.0.48"));
         assert_eq!(split_drv_name("python3-3.11.7"), ("python3", "3.11.7"));
         assert_eq!(split_drv_name("etc"), ("etc", ""));
         assert_eq!(split_drv_name("foo-"), ("foo-", ""));
@@ -142,10 +135,7 @@ mod tests {
     #[test]
     fn output_needs_a_version_before_it() {
         let p = parse_name("nix-doc");
-        assert_eq!(
-            (p.name.as_str(), p.version.as_str(), p.output),
-            ("nix-doc", "", None)
-        );
+        assert_eq!((p.name.as_str(), p.version.as_str(), p.output), ("nix-doc", "", None));
         let p = parse_name("nix-2.18.1-doc");
         assert_eq!(p.name, "nix");
         assert_eq!(p.output.as_deref(), Some("doc"));

@@ -57,16 +57,10 @@ pub enum CommandError {
 
 /// The arguments of the `nix path-info` call (after the program name).
 pub fn args(store_path: &str, store_uri: Option<&str>) -> Vec<String> {
-    let mut args: Vec<String> = [
-        "--extra-experimental-features",
-        "nix-command",
-        "path-info",
-        "--json",
-        "--recursive",
-    ]
-    .iter()
-    .map(|s| (*s).to_owned())
-    .collect();
+    let mut args: Vec<String> = ["--extra-experimental-features", "nix-command", "path-info", "--json", "--recursive"]
+        .iter()
+        .map(|s| (*s).to_owned())
+        .collect();
     if let Some(uri) = store_uri {
         args.push("--store".to_owned());
         args.push(uri.to_owned());
@@ -88,33 +82,20 @@ pub fn read(
         .args(&argv)
         .stdin(Stdio::null())
         .output()
-        .map_err(|source| CommandError::Spawn {
-            program: nix.to_path_buf(),
-            source,
-        })?;
+        .map_err(|source| CommandError::Spawn { program: nix.to_path_buf(), source })?;
     if !output.status.success() {
         let stderr = String::from_utf8_lossy(&output.stderr);
         // Every Nix version words an unknown path this way; it is an
         // answer about the path, not a failure of the command.
         if stderr.contains(&format!("path '{store_path}' is not valid")) {
-            return Err(CommandError::NotValid {
-                command,
-                store_path: store_path.to_owned(),
-            });
+            return Err(CommandError::NotValid { command, store_path: store_path.to_owned() });
         }
         let tail: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
         let tail = tail[tail.len().saturating_sub(3)..].join(" / ");
-        return Err(CommandError::Failed {
-            command,
-            status: output.status.to_string(),
-            stderr: tail,
-        });
+        return Err(CommandError::Failed { command, status: output.status.to_string(), stderr: tail });
     }
     parse(&output.stdout, store_dir, store_path).map_err(|e| match e {
-        ParseError::NotValid => CommandError::NotValid {
-            command,
-            store_path: store_path.to_owned(),
-        },
+        ParseError::NotValid => CommandError::NotValid { command, store_path: store_path.to_owned() },
         ParseError::Bad(detail) => CommandError::Parse { command, detail },
     })
 }
@@ -129,11 +110,7 @@ pub enum ParseError {
 }
 
 fn full_path(store_dir: &Path, p: &str) -> String {
-    if p.starts_with('/') {
-        p.to_owned()
-    } else {
-        format!("{}/{p}", store_dir.display())
-    }
+    if p.starts_with('/') { p.to_owned() } else { format!("{}/{p}", store_dir.display()) }
 }
 
 fn nar_size(info: &Value) -> u64 {
@@ -142,8 +119,7 @@ fn nar_size(info: &Value) -> u64 {
 
 /// Parses `nix path-info --json --recursive` output of either shape.
 pub fn parse(stdout: &[u8], store_dir: &Path, root: &str) -> Result<Vec<PathInfo>, ParseError> {
-    let value: Value =
-        serde_json::from_slice(stdout).map_err(|e| ParseError::Bad(e.to_string()))?;
+    let value: Value = serde_json::from_slice(stdout).map_err(|e| ParseError::Bad(e.to_string()))?;
     let mut paths = Vec::new();
     match value {
         Value::Array(items) => {
@@ -159,10 +135,7 @@ pub fn parse(stdout: &[u8], store_dir: &Path, root: &str) -> Result<Vec<PathInfo
                     }
                     continue;
                 }
-                paths.push(PathInfo {
-                    nar_size: nar_size(&item),
-                    path,
-                });
+                paths.push(PathInfo { nar_size: nar_size(&item), path });
             }
         }
         Value::Object(map) => {
@@ -175,14 +148,9 @@ pub fn parse(stdout: &[u8], store_dir: &Path, root: &str) -> Result<Vec<PathInfo
                     continue;
                 }
                 if !info.is_object() {
-                    return Err(ParseError::Bad(format!(
-                        "the entry for {key} is not an object"
-                    )));
+                    return Err(ParseError::Bad(format!("the entry for {key} is not an object")));
                 }
-                paths.push(PathInfo {
-                    nar_size: nar_size(&info),
-                    path,
-                });
+                paths.push(PathInfo { nar_size: nar_size(&info), path });
             }
         }
         other => {
@@ -222,20 +190,8 @@ mod tests {
         );
         let got = parse(json.as_bytes(), store(), ROOT).unwrap();
         assert_eq!(got.len(), 2);
-        assert_eq!(
-            got[0],
-            PathInfo {
-                path: ROOT.into(),
-                nar_size: 176
-            }
-        );
-        assert_eq!(
-            got[1],
-            PathInfo {
-                path: LIB.into(),
-                nar_size: 128
-            }
-        );
+        assert_eq!(got[0], PathInfo { path: ROOT.into(), nar_size: 176 });
+        assert_eq!(got[1], PathInfo { path: LIB.into(), nar_size: 128 });
     }
 
     #[test]
@@ -245,54 +201,24 @@ mod tests {
         );
         let mut got = parse(json.as_bytes(), store(), ROOT).unwrap();
         got.sort_by(|a, b| a.path.cmp(&b.path));
-        assert_eq!(
-            got[0],
-            PathInfo {
-                path: ROOT.into(),
-                nar_size: 176
-            }
-        );
-        assert_eq!(
-            got[1],
-            PathInfo {
-                path: LIB.into(),
-                nar_size: 128
-            }
-        );
+        assert_eq!(got[0], PathInfo { path: ROOT.into(), nar_size: 176 });
+        assert_eq!(got[1], PathInfo { path: LIB.into(), nar_size: 128 });
     }
 
     #[test]
     fn invalid_root_in_either_shape() {
         let array = format!(r#"[{{"path":"{ROOT}","valid":false}}]"#);
-        assert_eq!(
-            parse(array.as_bytes(), store(), ROOT),
-            Err(ParseError::NotValid)
-        );
+        assert_eq!(parse(array.as_bytes(), store(), ROOT), Err(ParseError::NotValid));
         let object = format!(r#"{{"{ROOT}":null}}"#);
-        assert_eq!(
-            parse(object.as_bytes(), store(), ROOT),
-            Err(ParseError::NotValid)
-        );
+        assert_eq!(parse(object.as_bytes(), store(), ROOT), Err(ParseError::NotValid));
         assert_eq!(parse(b"[]", store(), ROOT), Err(ParseError::NotValid));
     }
 
     #[test]
     fn malformed_output() {
-        assert!(matches!(
-            parse(b"not json", store(), ROOT),
-            Err(ParseError::Bad(_))
-        ));
-        assert!(matches!(
-            parse(b"42", store(), ROOT),
-            Err(ParseError::Bad(_))
-        ));
-        assert!(matches!(
-            parse(b"[{\"narSize\":1}]", store(), ROOT),
-            Err(ParseError::Bad(_))
-        ));
-        assert!(matches!(
-            parse(format!(r#"{{"{ROOT}":3}}"#).as_bytes(), store(), ROOT),
-            Err(ParseError::Bad(_))
-        ));
+        assert!(matches!(parse(b"not json", store(), ROOT), Err(ParseError::Bad(_))));
+        assert!(matches!(parse(b"42", store(), ROOT), Err(ParseError::Bad(_))));
+        assert!(matches!(parse(b"[{\"narSize\":1}]", store(), ROOT), Err(ParseError::Bad(_))));
+        assert!(matches!(parse(format!(r#"{{"{ROOT}":3}}"#).as_bytes(), store(), ROOT), Err(ParseError::Bad(_))));
     }
 }

@@ -49,10 +49,7 @@ fn marker(direction: Direction) -> &'static str {
 /// Joins versions for display; a path name without a version shows as
 /// `(none)` so that an empty string never looks like a rendering bug.
 fn versions(list: &[String]) -> String {
-    list.iter()
-        .map(|v| if v.is_empty() { "(none)" } else { v.as_str() })
-        .collect::<Vec<_>>()
-        .join(", ")
+    list.iter().map(|v| if v.is_empty() { "(none)" } else { v.as_str() }).collect::<Vec<_>>().join(", ")
 }
 
 fn plural(n: usize, one: &str, many: &str) -> String {
@@ -76,42 +73,19 @@ impl ClosureDiff {
             .changed
             .iter()
             .map(|c| {
-                let text = format!(
-                    "{} → {}",
-                    versions(&c.old_versions),
-                    versions(&c.new_versions)
-                );
-                (
-                    text,
-                    c.name.as_str(),
-                    marker(c.direction).to_owned(),
-                    c.size_delta,
-                )
+                let text = format!("{} → {}", versions(&c.old_versions), versions(&c.new_versions));
+                (text, c.name.as_str(), marker(c.direction).to_owned(), c.size_delta)
             })
             .collect();
         let rows_added: Vec<(String, &str, String, i64)> = self
             .added
             .iter()
-            .map(|p| {
-                (
-                    versions(&p.versions),
-                    p.name.as_str(),
-                    "[A]".to_owned(),
-                    size_i64(p.size),
-                )
-            })
+            .map(|p| (versions(&p.versions), p.name.as_str(), "[A]".to_owned(), size_i64(p.size)))
             .collect();
         let rows_removed: Vec<(String, &str, String, i64)> = self
             .removed
             .iter()
-            .map(|p| {
-                (
-                    versions(&p.versions),
-                    p.name.as_str(),
-                    "[R]".to_owned(),
-                    -size_i64(p.size),
-                )
-            })
+            .map(|p| (versions(&p.versions), p.name.as_str(), "[R]".to_owned(), -size_i64(p.size)))
             .collect();
 
         let all = rows_changed.iter().chain(&rows_added).chain(&rows_removed);
@@ -119,11 +93,7 @@ impl ClosureDiff {
         let ver_w = width(all.clone().map(|r| r.0.as_str()), 60);
         let size_w = all.map(|r| human_delta(r.3).len()).max().unwrap_or(0);
 
-        for (title, rows) in [
-            ("CHANGED", &rows_changed),
-            ("ADDED", &rows_added),
-            ("REMOVED", &rows_removed),
-        ] {
+        for (title, rows) in [("CHANGED", &rows_changed), ("ADDED", &rows_added), ("REMOVED", &rows_removed)] {
             if rows.is_empty() {
                 continue;
             }
@@ -140,11 +110,7 @@ impl ClosureDiff {
 
         out.push('\n');
         if !self.rebuilt.is_empty() {
-            let delta: i64 = self
-                .rebuilt
-                .iter()
-                .map(|r| r.size_delta)
-                .fold(0, i64::saturating_add);
+            let delta: i64 = self.rebuilt.iter().map(|r| r.size_delta).fold(0, i64::saturating_add);
             let _ = writeln!(
                 out,
                 "Rebuilt without a version change: {} ({})",

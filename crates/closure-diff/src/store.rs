@@ -78,8 +78,7 @@ impl Options {
             o.db_path = Path::new(&dir).join("db").join("db.sqlite");
         }
         if let Some(remote) = set("NIX_REMOTE") {
-            let local = matches!(remote.as_str(), "auto" | "daemon" | "local")
-                || remote.starts_with("unix://");
+            let local = matches!(remote.as_str(), "auto" | "daemon" | "local") || remote.starts_with("unix://");
             if !local {
                 o.source = SourcePolicy::NixOnly;
             }
@@ -117,10 +116,7 @@ pub enum Error {
         input: PathBuf,
     },
     /// The store does not know the path.
-    #[error(
-        "{store_path}{} is not a valid path in the Nix store",
-        via(input, store_path)
-    )]
+    #[error("{store_path}{} is not a valid path in the Nix store", via(input, store_path))]
     NotValid {
         /// The path given.
         input: PathBuf,
@@ -159,11 +155,7 @@ pub enum Error {
 
 /// ` (from <input>)` when the user named the store path through a link.
 fn via(input: &Path, store_path: &str) -> String {
-    if input == Path::new(store_path) {
-        String::new()
-    } else {
-        format!(" (from {})", input.display())
-    }
+    if input == Path::new(store_path) { String::new() } else { format!(" (from {})", input.display()) }
 }
 
 /// An error and its sources on one line, for messages that carry another
@@ -188,10 +180,7 @@ const MAX_LINKS: usize = 40;
 /// inside a store path (`/nix/store/<hash>-foo/bin/foo`) yields the store
 /// path.
 pub fn resolve_store_path(input: &Path, store_dir: &Path) -> Result<String, Error> {
-    let start = std::path::absolute(input).map_err(|source| Error::Resolve {
-        input: input.to_path_buf(),
-        source,
-    })?;
+    let start = std::path::absolute(input).map_err(|source| Error::Resolve { input: input.to_path_buf(), source })?;
     let mut pending: VecDeque<OsString> = VecDeque::new();
     push_front(&mut pending, &start);
     let mut current = PathBuf::from("/");
@@ -214,14 +203,10 @@ pub fn resolve_store_path(input: &Path, store_dir: &Path) -> Result<String, Erro
             Ok(meta) if meta.file_type().is_symlink() => {
                 links += 1;
                 if links > MAX_LINKS {
-                    return Err(Error::LinkLoop {
-                        input: input.to_path_buf(),
-                    });
+                    return Err(Error::LinkLoop { input: input.to_path_buf() });
                 }
-                let target = std::fs::read_link(&current).map_err(|source| Error::Resolve {
-                    input: input.to_path_buf(),
-                    source,
-                })?;
+                let target = std::fs::read_link(&current)
+                    .map_err(|source| Error::Resolve { input: input.to_path_buf(), source })?;
                 current.pop();
                 if target.is_absolute() {
                     current = PathBuf::from("/");
@@ -230,18 +215,11 @@ pub fn resolve_store_path(input: &Path, store_dir: &Path) -> Result<String, Erro
             }
             Ok(_) => {}
             Err(source) => {
-                return Err(Error::Resolve {
-                    input: input.to_path_buf(),
-                    source,
-                });
+                return Err(Error::Resolve { input: input.to_path_buf(), source });
             }
         }
     }
-    Err(Error::NotStorePath {
-        input: input.to_path_buf(),
-        resolved: current,
-        store_dir: store_dir.to_path_buf(),
-    })
+    Err(Error::NotStorePath { input: input.to_path_buf(), resolved: current, store_dir: store_dir.to_path_buf() })
 }
 
 /// Puts a path's components in front of the queue, in order.
@@ -262,43 +240,31 @@ fn push_front(queue: &mut VecDeque<OsString>, path: &Path) {
 /// Reads the closures of several inputs, from the database in one
 /// snapshot when it can, else one by one through `nix path-info`.
 fn read_all(inputs: &[&Path], options: &Options) -> Result<Vec<Closure>, Error> {
-    let roots = inputs
-        .iter()
-        .map(|i| resolve_store_path(i, &options.store_dir))
-        .collect::<Result<Vec<_>, _>>()?;
+    let roots = inputs.iter().map(|i| resolve_store_path(i, &options.store_dir)).collect::<Result<Vec<_>, _>>()?;
     let not_valid = |store_path: &str| {
         let input = roots
             .iter()
             .position(|r| r == store_path)
             .and_then(|k| inputs.get(k))
             .map_or_else(|| PathBuf::from(store_path), |i| i.to_path_buf());
-        Error::NotValid {
-            input,
-            store_path: store_path.to_owned(),
-        }
+        Error::NotValid { input, store_path: store_path.to_owned() }
     };
     // Reads every root through `nix path-info`; a failure names the root
     // it happened on.
-    let via_command =
-        |fallback_reason: Option<String>| -> Result<Vec<Closure>, (String, CommandError)> {
-            let mut closures = Vec::with_capacity(roots.len());
-            for root in &roots {
-                let paths = path_info::read(
-                    &options.nix,
-                    &options.store_dir,
-                    options.store_uri.as_deref(),
-                    root,
-                )
+    let via_command = |fallback_reason: Option<String>| -> Result<Vec<Closure>, (String, CommandError)> {
+        let mut closures = Vec::with_capacity(roots.len());
+        for root in &roots {
+            let paths = path_info::read(&options.nix, &options.store_dir, options.store_uri.as_deref(), root)
                 .map_err(|e| (root.clone(), e))?;
-                closures.push(Closure {
-                    root: root.clone(),
-                    paths,
-                    source: Source::NixPathInfo,
-                    fallback_reason: fallback_reason.clone(),
-                });
-            }
-            Ok(closures)
-        };
+            closures.push(Closure {
+                root: root.clone(),
+                paths,
+                source: Source::NixPathInfo,
+                fallback_reason: fallback_reason.clone(),
+            });
+        }
+        Ok(closures)
+    };
 
     if options.source == SourcePolicy::NixOnly {
         return via_command(None).map_err(|(store_path, source)| match source {
@@ -308,8 +274,7 @@ fn read_all(inputs: &[&Path], options: &Options) -> Result<Vec<Closure>, Error> 
     }
 
     let root_refs: Vec<&str> = roots.iter().map(String::as_str).collect();
-    let from_db =
-        Database::open(&options.db_path).and_then(|db| db.closures(&root_refs, options.scan_limit));
+    let from_db = Database::open(&options.db_path).and_then(|db| db.closures(&root_refs, options.scan_limit));
     let db_error = match from_db {
         Ok(lists) => {
             return Ok(roots
@@ -330,28 +295,18 @@ fn read_all(inputs: &[&Path], options: &Options) -> Result<Vec<Closure>, Error> 
     };
     if options.source == SourcePolicy::DatabaseOnly {
         let store_path = roots.first().cloned().unwrap_or_default();
-        return Err(Error::Database {
-            store_path,
-            source: db_error,
-        });
+        return Err(Error::Database { store_path, source: db_error });
     }
     via_command(Some(chain(&db_error))).map_err(|(store_path, command)| match command {
         CommandError::NotValid { .. } => not_valid(&store_path),
-        command => Error::Unreadable {
-            store_path,
-            db: Box::new(db_error),
-            command: Box::new(command),
-        },
+        command => Error::Unreadable { store_path, db: Box::new(db_error), command: Box::new(command) },
     })
 }
 
 /// Reads the closure of the store path `input` leads to.
 pub fn read_closure(input: &Path, options: &Options) -> Result<Closure, Error> {
     let mut list = read_all(&[input], options)?;
-    list.pop().ok_or_else(|| Error::NotValid {
-        input: input.to_path_buf(),
-        store_path: String::new(),
-    })
+    list.pop().ok_or_else(|| Error::NotValid { input: input.to_path_buf(), store_path: String::new() })
 }
 
 /// Reads the closures of two store paths (or links to them, such as
@@ -362,9 +317,6 @@ pub fn diff_store_paths(old: &Path, new: &Path, options: &Options) -> Result<Clo
         (Some(old), Some(new)) => Ok(diff(&old, &new)),
         // `read_all` returns one closure per input; this arm only keeps
         // the function total.
-        _ => Err(Error::NotValid {
-            input: new.to_path_buf(),
-            store_path: String::new(),
-        }),
+        _ => Err(Error::NotValid { input: new.to_path_buf(), store_path: String::new() }),
     }
 }

@@ -54,13 +54,11 @@ impl<'a> Iterator for Components<'a> {
         let first_is_digit = s.as_bytes().first().is_some_and(u8::is_ascii_digit);
         let end = s
             .char_indices()
-            .find(|&(_, c)| {
-                if first_is_digit {
-                    !c.is_ascii_digit()
-                } else {
-                    c.is_ascii_digit() || c == '.' || c == '-'
-                }
-            })
+            .find(
+                |&(_, c)| {
+                    if first_is_digit { !c.is_ascii_digit() } else { c.is_ascii_digit() || c == '.' || c == '-' }
+                },
+            )
             .map_or(s.len(), |(i, _)| i);
         let (component, rest) = s.split_at(end);
         self.rest = rest;
@@ -115,14 +113,9 @@ fn is_less(a: &str, b: &str) -> bool {
 /// hexadecimal digits with at least one letter, optionally after `g` (as
 /// `git describe` writes them).
 pub fn is_hash_like(component: &str) -> bool {
-    let hex = component
-        .strip_prefix('g')
-        .filter(|h| h.len() >= 7)
-        .unwrap_or(component);
+    let hex = component.strip_prefix('g').filter(|h| h.len() >= 7).unwrap_or(component);
     hex.len() >= 7
-        && hex
-            .bytes()
-            .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+        && hex.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
         && hex.bytes().any(|b| b.is_ascii_alphabetic())
 }
 
@@ -252,14 +245,8 @@ mod tests {
         assert_eq!(order("abcdef0", "1234abc"), None);
         assert_eq!(order("1.2-g1a2b3c4", "1.2-g9f8e7d6"), None);
         assert_eq!(order("1.2-g1a2b3c4", "1.3-g9f8e7d6"), Some(Less));
-        assert_eq!(
-            order("24.05.20240101.abcdef0", "24.05.20240301.1234abc"),
-            Some(Less)
-        );
-        assert_eq!(
-            order("24.05.20240101.abcdef0", "24.05.20240101.1234abc"),
-            None
-        );
+        assert_eq!(order("24.05.20240101.abcdef0", "24.05.20240301.1234abc"), Some(Less));
+        assert_eq!(order("24.05.20240101.abcdef0", "24.05.20240101.1234abc"), None);
     }
 
     #[test]

@@ -59,12 +59,7 @@ fn sample() -> (Closure, Closure) {
 fn every_kind_of_change() {
     let (old, new) = sample();
     let d = diff(&old, &new);
-    let dir = |name: &str| {
-        d.changed
-            .iter()
-            .find(|c| c.name == name)
-            .map(|c| c.direction)
-    };
+    let dir = |name: &str| d.changed.iter().find(|c| c.name == name).map(|c| c.direction);
     assert_eq!(dir("firefox"), Some(Direction::Upgrade));
     assert_eq!(dir("openssl"), Some(Direction::Upgrade));
     assert_eq!(dir("foo"), Some(Direction::Downgrade));
@@ -73,34 +68,13 @@ fn every_kind_of_change() {
     assert_eq!(dir("zoxide"), Some(Direction::Upgrade));
     assert_eq!(dir("nixos-system-host"), Some(Direction::Upgrade));
     assert_eq!(dir("glibc"), None);
-    assert_eq!(
-        d.added.iter().map(|a| a.name.as_str()).collect::<Vec<_>>(),
-        ["ripgrep"]
-    );
-    assert_eq!(
-        d.removed
-            .iter()
-            .map(|a| a.name.as_str())
-            .collect::<Vec<_>>(),
-        ["nano"]
-    );
-    assert_eq!(
-        d.rebuilt
-            .iter()
-            .map(|a| a.name.as_str())
-            .collect::<Vec<_>>(),
-        ["etc"]
-    );
-    assert_eq!(
-        (d.old.paths, d.new.paths, d.paths_added, d.paths_removed),
-        (11, 12, 10, 9)
-    );
+    assert_eq!(d.added.iter().map(|a| a.name.as_str()).collect::<Vec<_>>(), ["ripgrep"]);
+    assert_eq!(d.removed.iter().map(|a| a.name.as_str()).collect::<Vec<_>>(), ["nano"]);
+    assert_eq!(d.rebuilt.iter().map(|a| a.name.as_str()).collect::<Vec<_>>(), ["etc"]);
+    assert_eq!((d.old.paths, d.new.paths, d.paths_added, d.paths_removed), (11, 12, 10, 9));
     let openssl = d.changed.iter().find(|c| c.name == "openssl").unwrap();
     assert_eq!(openssl.size_delta, 4096);
-    assert_eq!(
-        d.size_delta,
-        i64::try_from(new.nar_size()).unwrap() - i64::try_from(old.nar_size()).unwrap()
-    );
+    assert_eq!(d.size_delta, i64::try_from(new.nar_size()).unwrap() - i64::try_from(old.nar_size()).unwrap());
     insta::assert_snapshot!("text", d.render_text());
     insta::assert_snapshot!("summary", d.render_summary());
     insta::assert_json_snapshot!("json", d);
@@ -111,9 +85,7 @@ fn identical_closures() {
     let (old, _) = sample();
     let d = diff(&old, &old);
     assert!(d.is_empty());
-    assert!(
-        d.changed.is_empty() && d.added.is_empty() && d.removed.is_empty() && d.rebuilt.is_empty()
-    );
+    assert!(d.changed.is_empty() && d.added.is_empty() && d.removed.is_empty() && d.rebuilt.is_empty());
     assert_eq!(d.size_delta, 0);
     insta::assert_snapshot!(d.render_text());
 }
@@ -140,14 +112,8 @@ fn generated_generations_in_a_real_database() {
 
     // The recursive query and the fallback see exactly the same diff.
     for options in [
-        Options {
-            scan_limit: 0,
-            ..store.options()
-        },
-        Options {
-            source: closure_diff::SourcePolicy::NixOnly,
-            ..store.options()
-        },
+        Options { scan_limit: 0, ..store.options() },
+        Options { source: closure_diff::SourcePolicy::NixOnly, ..store.options() },
     ] {
         let other = diff_store_paths(Path::new(&g.old), Path::new(&g.new), &options).unwrap();
         assert_eq!(other.changed, d.changed);
@@ -155,10 +121,7 @@ fn generated_generations_in_a_real_database() {
         assert_eq!(other.removed, d.removed);
         assert_eq!(other.rebuilt, d.rebuilt);
         assert_eq!(other.size_delta, d.size_delta);
-        assert_eq!(
-            (other.paths_added, other.paths_removed),
-            (d.paths_added, d.paths_removed)
-        );
+        assert_eq!((other.paths_added, other.paths_removed), (d.paths_added, d.paths_removed));
     }
 }
 
@@ -198,17 +161,8 @@ in {{
     std::fs::write(&file, expr).unwrap();
     let build = |attr: &str| {
         let link = dir.path().join(attr);
-        let out = nix_command("nix-build")
-            .arg(&file)
-            .args(["-A", attr, "-o"])
-            .arg(&link)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "nix-build: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let out = nix_command("nix-build").arg(&file).args(["-A", attr, "-o"]).arg(&link).output().unwrap();
+        assert!(out.status.success(), "nix-build: {}", String::from_utf8_lossy(&out.stderr));
         link
     };
     let old = build("old");
@@ -219,56 +173,25 @@ in {{
     let names = |v: &[closure_diff::Package]| v.iter().map(|p| p.name.clone()).collect::<Vec<_>>();
     assert_eq!(names(&d.added), ["extra"]);
     assert_eq!(names(&d.removed), ["tool"]);
-    let changed: Vec<(&str, &[String], &[String], Direction)> = d
-        .changed
-        .iter()
-        .map(|c| {
-            (
-                c.name.as_str(),
-                &c.old_versions[..],
-                &c.new_versions[..],
-                c.direction,
-            )
-        })
-        .collect();
+    let changed: Vec<(&str, &[String], &[String], Direction)> =
+        d.changed.iter().map(|c| (c.name.as_str(), &c.old_versions[..], &c.new_versions[..], c.direction)).collect();
     assert_eq!(
         changed,
         [
-            (
-                "app",
-                &["2.3".to_owned()][..],
-                &["2.4".to_owned()][..],
-                Direction::Upgrade
-            ),
-            (
-                "libfoo",
-                &["1.0".to_owned()][..],
-                &["1.1".to_owned()][..],
-                Direction::Upgrade
-            ),
+            ("app", &["2.3".to_owned()][..], &["2.4".to_owned()][..], Direction::Upgrade),
+            ("libfoo", &["1.0".to_owned()][..], &["1.1".to_owned()][..], Direction::Upgrade),
         ]
     );
     // The sizes are the NAR sizes Nix recorded.
     let nar_size = |path: &Path| {
-        let out = Command::new("nix-store")
-            .args(["--query", "--size"])
-            .arg(path)
-            .output()
-            .unwrap();
-        String::from_utf8(out.stdout)
-            .unwrap()
-            .trim()
-            .parse::<u64>()
-            .unwrap()
+        let out = Command::new("nix-store").args(["--query", "--size"]).arg(path).output().unwrap();
+        String::from_utf8(out.stdout).unwrap().trim().parse::<u64>().unwrap()
     };
     let app_new = d.changed.iter().find(|c| c.name == "app").unwrap();
     assert_eq!(app_new.new_size, nar_size(&new));
 
     // The fallback reads the same store through `nix path-info`.
-    let options = Options {
-        source: closure_diff::SourcePolicy::NixOnly,
-        ..Options::default()
-    };
+    let options = Options { source: closure_diff::SourcePolicy::NixOnly, ..Options::default() };
     let via_nix = diff_store_paths(&old, &new, &options).unwrap();
     assert_eq!(via_nix.changed, d.changed);
     assert_eq!(via_nix.added, d.added);

@@ -67,11 +67,7 @@ fn store_path_names() {
         table.push_str(&format!(
             "{name:<46} name={:<32} version={:<28} output={}\n",
             p.name,
-            if p.version.is_empty() {
-                "-"
-            } else {
-                &p.version
-            },
+            if p.version.is_empty() { "-" } else { &p.version },
             p.output.as_deref().unwrap_or("-"),
         ));
     }
@@ -105,11 +101,7 @@ fn version_pairs() {
     let mut table = String::new();
     for (old, new) in PAIRS {
         let ord = compare_versions(old, new);
-        let direction = if old == new {
-            "same".to_owned()
-        } else {
-            format!("{:?}", classify(&[old], &[new]))
-        };
+        let direction = if old == new { "same".to_owned() } else { format!("{:?}", classify(&[old], &[new])) };
         table.push_str(&format!("{old:<24} {new:<24} cmp={ord:<8?} {direction}\n"));
     }
     insta::assert_snapshot!(table);

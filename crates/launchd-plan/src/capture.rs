@@ -31,11 +31,7 @@ pub struct CaptureError {
 /// last exit status; launchd reports a job killed by a signal as the
 /// negated signal number, which is kept as it is.
 pub fn parse_list(text: &str) -> Result<BTreeMap<String, LiveJob>, CaptureError> {
-    let err = |line: usize, message: String| CaptureError {
-        what: "launchctl list",
-        line,
-        message,
-    };
+    let err = |line: usize, message: String| CaptureError { what: "launchctl list", line, message };
     let mut jobs = BTreeMap::new();
     for (index, line) in text.lines().enumerate() {
         let number = index + 1;
@@ -44,35 +40,19 @@ pub fn parse_list(text: &str) -> Result<BTreeMap<String, LiveJob>, CaptureError>
         }
         let fields: Vec<&str> = line.split('\t').collect();
         let [pid, status, label] = fields.as_slice() else {
-            return Err(err(
-                number,
-                format!("expected PID, status and label separated by tabs, got {line:?}"),
-            ));
+            return Err(err(number, format!("expected PID, status and label separated by tabs, got {line:?}")));
         };
         let pid = match pid.trim() {
             "-" => None,
-            p => Some(
-                p.parse::<u32>()
-                    .map_err(|_| err(number, format!("bad PID {p:?}")))?,
-            ),
+            p => Some(p.parse::<u32>().map_err(|_| err(number, format!("bad PID {p:?}")))?),
         };
         let last_exit_code = match status.trim() {
             "-" => None,
-            s => Some(
-                s.parse::<i64>()
-                    .map_err(|_| err(number, format!("bad status {s:?}")))?,
-            ),
+            s => Some(s.parse::<i64>().map_err(|_| err(number, format!("bad status {s:?}")))?),
         };
         let job = LiveJob {
             pid,
-            state: Some(
-                if pid.is_some() {
-                    "running"
-                } else {
-                    "not running"
-                }
-                .to_owned(),
-            ),
+            state: Some(if pid.is_some() { "running" } else { "not running" }.to_owned()),
             runs: None,
             last_exit_code,
             path: None,
@@ -91,23 +71,13 @@ pub fn parse_list(text: &str) -> Result<BTreeMap<String, LiveJob>, CaptureError>
 /// gives 78; `(never exited)` gives none; a `last terminating signal`
 /// (`Terminated: 15`) gives -15, the way `launchctl list` reports it.
 pub fn parse_print(text: &str) -> Result<(String, LiveJob), CaptureError> {
-    let err = |line: usize, message: String| CaptureError {
-        what: "launchctl print",
-        line,
-        message,
-    };
-    let mut lines = text
-        .lines()
-        .enumerate()
-        .skip_while(|(_, l)| l.trim().is_empty());
+    let err = |line: usize, message: String| CaptureError { what: "launchctl print", line, message };
+    let mut lines = text.lines().enumerate().skip_while(|(_, l)| l.trim().is_empty());
     let Some((index, header)) = lines.next() else {
         return Err(err(1, "the output is empty".to_owned()));
     };
     let Some(target) = header.strip_suffix(" = {") else {
-        return Err(err(
-            index + 1,
-            format!("expected `<service-target> = {{`, got {header:?}"),
-        ));
+        return Err(err(index + 1, format!("expected `<service-target> = {{`, got {header:?}")));
     };
     let label = target.rsplit('/').next().unwrap_or(target).to_owned();
     let mut job = LiveJob::default();
@@ -127,18 +97,10 @@ pub fn parse_print(text: &str) -> Result<(String, LiveJob), CaptureError> {
             "state" => job.state = Some(value.to_owned()),
             "path" => job.path = Some(value.to_owned()),
             "pid" => {
-                job.pid = Some(
-                    value
-                        .parse()
-                        .map_err(|_| err(number, format!("bad pid {value:?}")))?,
-                );
+                job.pid = Some(value.parse().map_err(|_| err(number, format!("bad pid {value:?}")))?);
             }
             "runs" => {
-                job.runs = Some(
-                    value
-                        .parse()
-                        .map_err(|_| err(number, format!("bad runs {value:?}")))?,
-                );
+                job.runs = Some(value.parse().map_err(|_| err(number, format!("bad runs {value:?}")))?);
             }
             "last exit code" => {
                 let code = value.split(':').next().unwrap_or(value).trim();
@@ -197,15 +159,13 @@ mod tests {
         assert_eq!(job.pid, Some(4711));
         assert_eq!(job.runs, Some(2));
         assert_eq!(job.last_exit_code, Some(-1));
-        assert_eq!(
-            job.path.as_deref(),
-            Some("/Library/LaunchDaemons/org.nixos.nix-daemon.plist")
-        );
+        assert_eq!(job.path.as_deref(), Some("/Library/LaunchDaemons/org.nixos.nix-daemon.plist"));
     }
 
     #[test]
     fn print_of_an_exited_job() {
-        let text = "gui/501/org.nixos.backup = {\n\tstate = not running\n\truns = 1\n\tlast exit code = 78: EX_CONFIG\n}\n";
+        let text =
+            "gui/501/org.nixos.backup = {\n\tstate = not running\n\truns = 1\n\tlast exit code = 78: EX_CONFIG\n}\n";
         let (label, job) = parse_print(text).unwrap();
         assert_eq!(label, "org.nixos.backup");
         assert_eq!((job.pid, job.last_exit_code), (None, Some(78)));

@@ -42,12 +42,7 @@ pub fn load_generation(toplevel: &Path) -> Result<Generation, LoadError> {
         for name in names {
             let path = dir.join(&name);
             let bytes = fs::read(&path).map_err(|source| io_error(&path, source))?;
-            jobs.push(Job::parse(
-                scope,
-                &name,
-                &path.display().to_string(),
-                bytes,
-            )?);
+            jobs.push(Job::parse(scope, &name, &path.display().to_string(), bytes)?);
         }
     }
     Ok(Generation {
@@ -69,12 +64,8 @@ pub fn load_installed(
     old: &Generation,
     new: &Generation,
 ) -> Result<Installed, LoadError> {
-    let mut wanted: Vec<(Scope, &str)> = old
-        .jobs
-        .iter()
-        .chain(&new.jobs)
-        .map(|j| (j.scope, j.file_name.as_str()))
-        .collect();
+    let mut wanted: Vec<(Scope, &str)> =
+        old.jobs.iter().chain(&new.jobs).map(|j| (j.scope, j.file_name.as_str())).collect();
     wanted.sort();
     wanted.dedup();
     let mut jobs = Vec::new();
@@ -110,10 +101,7 @@ fn read_optional(path: &Path) -> Result<Option<Vec<u8>>, LoadError> {
 }
 
 fn io_error(path: &Path, source: std::io::Error) -> LoadError {
-    LoadError::Io {
-        path: path.display().to_string(),
-        source,
-    }
+    LoadError::Io { path: path.display().to_string(), source }
 }
 
 #[cfg(test)]
@@ -124,18 +112,12 @@ mod tests {
     #[test]
     fn missing_toplevel_is_an_error_naming_it() {
         let err = load_generation(Path::new("/nonexistent/darwin-system")).unwrap_err();
-        assert!(
-            err.to_string().starts_with("/nonexistent/darwin-system: "),
-            "{err}"
-        );
+        assert!(err.to_string().starts_with("/nonexistent/darwin-system: "), "{err}");
     }
 
     #[test]
     fn missing_live_state_is_an_error_naming_it() {
         let err = load_live(Path::new("/nonexistent/live.json")).unwrap_err();
-        assert!(
-            err.to_string().starts_with("/nonexistent/live.json: "),
-            "{err}"
-        );
+        assert!(err.to_string().starts_with("/nonexistent/live.json: "), "{err}");
     }
 }

@@ -74,26 +74,13 @@ pub struct Job {
 impl Job {
     /// Parses a plist in any encoding the `plist` crate reads (XML, binary,
     /// OpenStep ASCII). `path` only names the file in errors.
-    pub fn parse(
-        scope: Scope,
-        file_name: &str,
-        path: &str,
-        bytes: Vec<u8>,
-    ) -> Result<Job, LoadError> {
-        let value =
-            plist::Value::from_reader(Cursor::new(&bytes)).map_err(|source| LoadError::Plist {
-                path: path.to_owned(),
-                source,
-            })?;
+    pub fn parse(scope: Scope, file_name: &str, path: &str, bytes: Vec<u8>) -> Result<Job, LoadError> {
+        let value = plist::Value::from_reader(Cursor::new(&bytes))
+            .map_err(|source| LoadError::Plist { path: path.to_owned(), source })?;
         let Some(dict) = value.as_dictionary() else {
-            return Err(LoadError::NotADictionary {
-                path: path.to_owned(),
-            });
+            return Err(LoadError::NotADictionary { path: path.to_owned() });
         };
-        let label = dict
-            .get("Label")
-            .and_then(plist::Value::as_string)
-            .map(str::to_owned);
+        let label = dict.get("Label").and_then(plist::Value::as_string).map(str::to_owned);
         let run_at_load = dict.get("RunAtLoad").and_then(plist::Value::as_boolean) == Some(true);
         // A KeepAlive dictionary states conditions under which launchd keeps
         // the job alive; launchd evaluates them at load, so such jobs may
@@ -116,11 +103,7 @@ impl Job {
     /// The label launchd knows the job by: the `Label` key, or the file
     /// name without `.plist` when the key is missing.
     pub fn label_or_stem(&self) -> &str {
-        self.label.as_deref().unwrap_or_else(|| {
-            self.file_name
-                .strip_suffix(".plist")
-                .unwrap_or(&self.file_name)
-        })
+        self.label.as_deref().unwrap_or_else(|| self.file_name.strip_suffix(".plist").unwrap_or(&self.file_name))
     }
 }
 
@@ -140,9 +123,7 @@ pub struct Generation {
 impl Generation {
     /// Returns the job with this scope and file name.
     pub fn job(&self, scope: Scope, file_name: &str) -> Option<&Job> {
-        self.jobs
-            .iter()
-            .find(|j| j.scope == scope && j.file_name == file_name)
+        self.jobs.iter().find(|j| j.scope == scope && j.file_name == file_name)
     }
 }
 
@@ -157,9 +138,7 @@ pub struct Installed {
 impl Installed {
     /// Returns the installed copy of this scope and file name.
     pub fn job(&self, scope: Scope, file_name: &str) -> Option<&Job> {
-        self.jobs
-            .iter()
-            .find(|j| j.scope == scope && j.file_name == file_name)
+        self.jobs.iter().find(|j| j.scope == scope && j.file_name == file_name)
     }
 }
 
@@ -183,11 +162,7 @@ fn flatten_into(value: &plist::Value, prefix: &str, out: &mut BTreeMap<String, V
         plist::Value::Dictionary(dict) if !dict.is_empty() => {
             for (key, v) in dict {
                 let segment = quote_segment(key);
-                let path = if prefix.is_empty() {
-                    segment
-                } else {
-                    format!("{prefix}.{segment}")
-                };
+                let path = if prefix.is_empty() { segment } else { format!("{prefix}.{segment}") };
                 flatten_into(v, &path, out);
             }
         }
@@ -222,16 +197,11 @@ fn render(value: &plist::Value) -> String {
         plist::Value::Data(d) => format!("<{} bytes of data>", d.len()),
         plist::Value::Uid(u) => format!("<uid {}>", u.get()),
         plist::Value::Array(items) => {
-            format!(
-                "[{}]",
-                items.iter().map(render).collect::<Vec<_>>().join(", ")
-            )
+            format!("[{}]", items.iter().map(render).collect::<Vec<_>>().join(", "))
         }
         plist::Value::Dictionary(dict) => {
-            let inner: Vec<String> = dict
-                .iter()
-                .map(|(k, v)| format!("{} = {}", quote_segment(k), render(v)))
-                .collect();
+            let inner: Vec<String> =
+                dict.iter().map(|(k, v)| format!("{} = {}", quote_segment(k), render(v))).collect();
             format!("{{{}}}", inner.join("; "))
         }
         // `plist::Value` is non-exhaustive; a future variant is shown by its
@@ -260,13 +230,7 @@ mod tests {
 
     #[test]
     fn flattens_nested_keys() {
-        let job = Job::parse(
-            Scope::Daemon,
-            "org.nixos.x.plist",
-            "x",
-            XML.as_bytes().to_vec(),
-        )
-        .unwrap();
+        let job = Job::parse(Scope::Daemon, "org.nixos.x.plist", "x", XML.as_bytes().to_vec()).unwrap();
         let keys: Vec<_> = job.keys.keys().map(String::as_str).collect();
         assert_eq!(
             keys,
@@ -288,17 +252,8 @@ mod tests {
     #[test]
     fn non_dictionary_root_is_an_error() {
         let xml = r#"<?xml version="1.0"?><plist version="1.0"><array/></plist>"#;
-        let err = Job::parse(
-            Scope::Agent,
-            "a.plist",
-            "gen/a.plist",
-            xml.as_bytes().to_vec(),
-        )
-        .unwrap_err();
-        assert_eq!(
-            err.to_string(),
-            "gen/a.plist: the plist's root is not a dictionary"
-        );
+        let err = Job::parse(Scope::Agent, "a.plist", "gen/a.plist", xml.as_bytes().to_vec()).unwrap_err();
+        assert_eq!(err.to_string(), "gen/a.plist: the plist's root is not a dictionary");
     }
 
     #[test]

@@ -87,10 +87,7 @@ impl LiveJob {
 impl LaunchdLive {
     /// Parses a snapshot from its JSON form; `path` names it in errors.
     pub fn from_json(text: &str, path: &str) -> Result<LaunchdLive, LoadError> {
-        serde_json::from_str(text).map_err(|source| LoadError::Live {
-            path: path.to_owned(),
-            source,
-        })
+        serde_json::from_str(text).map_err(|source| LoadError::Live { path: path.to_owned(), source })
     }
 }
 
@@ -101,29 +98,15 @@ mod tests {
 
     #[test]
     fn unknown_fields_are_rejected_with_the_file_name() {
-        let err = LaunchdLive::from_json(r#"{"system":{"a":{"pid":1,"bogus":2}}}"#, "live.json")
-            .unwrap_err();
+        let err = LaunchdLive::from_json(r#"{"system":{"a":{"pid":1,"bogus":2}}}"#, "live.json").unwrap_err();
         let msg = err.to_string();
-        assert!(
-            msg.starts_with("live.json: invalid launchd live state: unknown field `bogus`"),
-            "{msg}"
-        );
+        assert!(msg.starts_with("live.json: invalid launchd live state: unknown field `bogus`"), "{msg}");
     }
 
     #[test]
     fn describes_state() {
-        assert_eq!(
-            LiveJob {
-                pid: Some(7),
-                ..LiveJob::default()
-            }
-            .describe(),
-            "running (pid 7)"
-        );
-        let waiting = LiveJob {
-            state: Some("not running".into()),
-            ..LiveJob::default()
-        };
+        assert_eq!(LiveJob { pid: Some(7), ..LiveJob::default() }.describe(), "running (pid 7)");
+        let waiting = LiveJob { state: Some("not running".into()), ..LiveJob::default() };
         assert_eq!(waiting.describe(), "not running");
     }
 }

@@ -97,11 +97,7 @@ impl Launchctl {
             Launchctl::Bootstrap { domain, path } => {
                 argv.extend(["bootstrap".to_owned(), domain.to_string(), path.clone()]);
             }
-            Launchctl::Kickstart {
-                domain,
-                label,
-                kill,
-            } => {
+            Launchctl::Kickstart { domain, label, kill } => {
                 argv.push("kickstart".to_owned());
                 if *kill {
                     argv.push("-k".to_owned());
@@ -143,11 +139,7 @@ impl Operation {
     pub fn argv(&self) -> Vec<String> {
         match self {
             Operation::Launchctl(call) => call.argv(),
-            Operation::InstallPlist {
-                source,
-                target,
-                owner,
-            } => {
+            Operation::InstallPlist { source, target, owner } => {
                 let mut argv: Vec<String> = ["install", "-m", "0644"].map(str::to_owned).to_vec();
                 match owner {
                     Some(user) => argv.extend(["-o".to_owned(), user.clone()]),
@@ -171,15 +163,8 @@ impl fmt::Display for Operation {
 }
 
 fn shell_quote(word: &str) -> String {
-    let plain = !word.is_empty()
-        && word
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "-_./:@%+=,".contains(c));
-    if plain {
-        word.to_owned()
-    } else {
-        format!("'{}'", word.replace('\'', "'\\''"))
-    }
+    let plain = !word.is_empty() && word.chars().all(|c| c.is_ascii_alphanumeric() || "-_./:@%+=,".contains(c));
+    if plain { word.to_owned() } else { format!("'{}'", word.replace('\'', "'\\''")) }
 }
 
 /// Turns a plan into the ordered operations that carry it out.
@@ -194,9 +179,7 @@ fn shell_quote(word: &str) -> String {
 /// stays as it is.
 pub fn operations(plan: &LaunchdPlan) -> Result<Vec<Operation>, OpsError> {
     if plan.plan.protection.refused {
-        return Err(OpsError::Refused {
-            labels: refused_labels(plan),
-        });
+        return Err(OpsError::Refused { labels: refused_labels(plan) });
     }
     let mut bootouts = Vec::new();
     let mut removes = Vec::new();
@@ -208,12 +191,7 @@ pub fn operations(plan: &LaunchdPlan) -> Result<Vec<Operation>, OpsError> {
         if unit.deferral.is_some() {
             continue;
         }
-        let target = plan
-            .jobs
-            .get(&unit.unit)
-            .ok_or_else(|| OpsError::UnknownUnit {
-                unit: unit.unit.clone(),
-            })?;
+        let target = plan.jobs.get(&unit.unit).ok_or_else(|| OpsError::UnknownUnit { unit: unit.unit.clone() })?;
         let install = installs_new_plist(unit, target);
         let reload = unit.actions.contains(&Action::Restart) && install.is_some();
         let has = |a| unit.actions.contains(&a);
@@ -221,9 +199,7 @@ pub fn operations(plan: &LaunchdPlan) -> Result<Vec<Operation>, OpsError> {
         let domain = match target.domain {
             Some(domain) => Some(domain),
             None if needs_domain => {
-                return Err(OpsError::NoDomain {
-                    unit: unit.unit.clone(),
-                });
+                return Err(OpsError::NoDomain { unit: unit.unit.clone() });
             }
             None => None,
         };
@@ -232,14 +208,8 @@ pub fn operations(plan: &LaunchdPlan) -> Result<Vec<Operation>, OpsError> {
         if let Some(domain) = domain
             && (has(Action::Stop) || reload)
         {
-            let label = target
-                .loaded_label
-                .clone()
-                .unwrap_or_else(|| target.label.clone());
-            bootouts.push((
-                std::cmp::Reverse(order),
-                Operation::Launchctl(Launchctl::Bootout { domain, label }),
-            ));
+            let label = target.loaded_label.clone().unwrap_or_else(|| target.label.clone());
+            bootouts.push((std::cmp::Reverse(order), Operation::Launchctl(Launchctl::Bootout { domain, label })));
         }
         if unit.reasons.iter().any(|r| r.rule == Rule::PlistRemoved)
             && let Some(path) = &target.installed
@@ -252,25 +222,12 @@ pub fn operations(plan: &LaunchdPlan) -> Result<Vec<Operation>, OpsError> {
         if let (Some(domain), Some(path)) = (domain, &target.installed) {
             if has(Action::Start) || reload {
                 let label = target.label.clone();
-                bootstraps.push((
-                    order,
-                    Operation::Launchctl(Launchctl::Enable { domain, label }),
-                ));
-                bootstraps.push((
-                    order,
-                    Operation::Launchctl(Launchctl::Bootstrap {
-                        domain,
-                        path: path.clone(),
-                    }),
-                ));
+                bootstraps.push((order, Operation::Launchctl(Launchctl::Enable { domain, label })));
+                bootstraps.push((order, Operation::Launchctl(Launchctl::Bootstrap { domain, path: path.clone() })));
             }
             if has(Action::Restart) && !reload {
                 let label = target.label.clone();
-                kickstarts.push(Operation::Launchctl(Launchctl::Kickstart {
-                    domain,
-                    label,
-                    kill: true,
-                }));
+                kickstarts.push(Operation::Launchctl(Launchctl::Kickstart { domain, label, kill: true }));
             }
         }
     }
@@ -292,12 +249,8 @@ pub fn operations(plan: &LaunchdPlan) -> Result<Vec<Operation>, OpsError> {
 /// place: it was added, changed or reformatted, and the unit was not
 /// deferred.
 fn installs_new_plist(unit: &UnitPlan, target: &JobTarget) -> Option<Operation> {
-    let new_plist = unit.reasons.iter().any(|r| {
-        matches!(
-            r.rule,
-            Rule::PlistAdded | Rule::PlistChanged | Rule::PlistReformatted
-        )
-    });
+    let new_plist =
+        unit.reasons.iter().any(|r| matches!(r.rule, Rule::PlistAdded | Rule::PlistChanged | Rule::PlistReformatted));
     if !new_plist {
         return None;
     }
@@ -309,20 +262,11 @@ fn installs_new_plist(unit: &UnitPlan, target: &JobTarget) -> Option<Operation> 
 }
 
 fn scope_order(scope: Scope) -> usize {
-    Scope::ALL
-        .iter()
-        .position(|s| *s == scope)
-        .unwrap_or(Scope::ALL.len())
+    Scope::ALL.iter().position(|s| *s == scope).unwrap_or(Scope::ALL.len())
 }
 
 fn refused_labels(plan: &LaunchdPlan) -> Vec<String> {
-    let mut labels: Vec<String> = plan
-        .plan
-        .protection
-        .refusals
-        .iter()
-        .map(|r| r.touches.clone())
-        .collect();
+    let mut labels: Vec<String> = plan.plan.protection.refusals.iter().map(|r| r.touches.clone()).collect();
     labels.sort();
     labels.dedup();
     labels
@@ -336,33 +280,12 @@ mod tests {
     #[test]
     fn argv_forms() {
         let gui = Domain::Gui(501);
-        let op = Launchctl::Kickstart {
-            domain: gui,
-            label: "org.nixos.x".into(),
-            kill: true,
-        };
-        assert_eq!(
-            op.argv(),
-            ["launchctl", "kickstart", "-k", "gui/501/org.nixos.x"]
-        );
-        let op = Launchctl::Bootstrap {
-            domain: Domain::System,
-            path: "/Library/LaunchDaemons/a.plist".into(),
-        };
-        assert_eq!(
-            op.argv(),
-            [
-                "launchctl",
-                "bootstrap",
-                "system",
-                "/Library/LaunchDaemons/a.plist"
-            ]
-        );
-        let op = Operation::InstallPlist {
-            source: "/s".into(),
-            target: "/Users/a b/x".into(),
-            owner: Some("a".into()),
-        };
+        let op = Launchctl::Kickstart { domain: gui, label: "org.nixos.x".into(), kill: true };
+        assert_eq!(op.argv(), ["launchctl", "kickstart", "-k", "gui/501/org.nixos.x"]);
+        let op = Launchctl::Bootstrap { domain: Domain::System, path: "/Library/LaunchDaemons/a.plist".into() };
+        assert_eq!(op.argv(), ["launchctl", "bootstrap", "system", "/Library/LaunchDaemons/a.plist"]);
+        let op =
+            Operation::InstallPlist { source: "/s".into(), target: "/Users/a b/x".into(), owner: Some("a".into()) };
         assert_eq!(op.to_string(), "install -m 0644 -o a /s '/Users/a b/x'");
     }
 }

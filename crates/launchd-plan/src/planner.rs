@@ -11,8 +11,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use plan_model::{
-    Action, Deferral, Diagnostic, FORMAT_VERSION, KeyChange, Mode, Plan, ProtectedUnit, Protection,
-    Reason, Refusal, Rule, Severity, UnitPlan,
+    Action, Deferral, Diagnostic, FORMAT_VERSION, KeyChange, Mode, Plan, ProtectedUnit, Protection, Reason, Refusal,
+    Rule, Severity, UnitPlan,
 };
 
 use crate::job::{Generation, Installed, Job, Scope};
@@ -118,21 +118,10 @@ pub fn plan(old: &Generation, new: &Generation, host: &Host, policy: &Policy) ->
         let Some(job) = new_job.or(old_job) else {
             continue;
         };
-        let unit = names
-            .get(&(scope, file_name.to_owned()))
-            .cloned()
-            .unwrap_or_else(|| job.label_or_stem().to_owned());
+        let unit = names.get(&(scope, file_name.to_owned())).cloned().unwrap_or_else(|| job.label_or_stem().to_owned());
         let label = job.label_or_stem().to_owned();
         let loaded_label = old_job.map(|j| j.label_or_stem().to_owned());
-        let target = job_target(
-            scope,
-            file_name,
-            &label,
-            loaded_label.clone(),
-            new,
-            new_job.is_some(),
-            live,
-        );
+        let target = job_target(scope, file_name, &label, loaded_label.clone(), new, new_job.is_some(), live);
         let loaded = loaded_state(live, scope, loaded_label.as_deref().unwrap_or(&label));
 
         // nix-darwin compares a new plist with the installed copy, and
@@ -182,20 +171,11 @@ pub fn plan(old: &Generation, new: &Generation, host: &Host, policy: &Policy) ->
 
     let mut plan = Plan {
         format_version: FORMAT_VERSION,
-        old: plan_model::Generation {
-            path: old.path.clone(),
-            ..Default::default()
-        },
-        new: plan_model::Generation {
-            path: new.path.clone(),
-            ..Default::default()
-        },
+        old: plan_model::Generation { path: old.path.clone(), ..Default::default() },
+        new: plan_model::Generation { path: new.path.clone(), ..Default::default() },
         units: units.into_values().collect(),
         steps: Vec::new(),
-        protection: Protection {
-            mode: policy.mode,
-            ..Protection::default()
-        },
+        protection: Protection { mode: policy.mode, ..Protection::default() },
         diagnostics,
         packages: None,
     };
@@ -206,12 +186,7 @@ pub fn plan(old: &Generation, new: &Generation, host: &Host, policy: &Policy) ->
 /// Decides what happens to one job, given the plist it is compared with
 /// (`old`: the installed copy or the old generation's) and the new one.
 /// Returns `None` when the switch neither changes nor touches it.
-fn decide(
-    old: Option<&Job>,
-    new: Option<&Job>,
-    loaded: Loaded<'_>,
-    unit: &str,
-) -> Option<UnitPlan> {
+fn decide(old: Option<&Job>, new: Option<&Job>, loaded: Loaded<'_>, unit: &str) -> Option<UnitPlan> {
     let mut entry = UnitPlan {
         unit: unit.to_owned(),
         actions: Vec::new(),
@@ -222,19 +197,14 @@ fn decide(
     let reason = |rule, detail: Option<String>| Reason { rule, detail };
     match (old, new) {
         (None, Some(new)) => {
-            entry
-                .reasons
-                .push(reason(Rule::PlistAdded, Some(start_detail(new).to_owned())));
+            entry.reasons.push(reason(Rule::PlistAdded, Some(start_detail(new).to_owned())));
             if let Loaded::Yes(live) = loaded {
                 // A job of that label is already loaded (installed by hand or
                 // left behind): bootstrapping over it would fail, so it is
                 // booted out first, which makes this a restart.
                 entry.reasons.push(reason(
                     Rule::PlistChanged,
-                    Some(format!(
-                        "already loaded, {}: booted out first",
-                        live.describe()
-                    )),
+                    Some(format!("already loaded, {}: booted out first", live.describe())),
                 ));
                 entry.actions.push(Action::Restart);
             } else {
@@ -242,9 +212,7 @@ fn decide(
             }
         }
         (Some(_), None) => {
-            entry
-                .reasons
-                .push(reason(Rule::PlistRemoved, loaded.detail()));
+            entry.reasons.push(reason(Rule::PlistRemoved, loaded.detail()));
             if loaded.assume_loaded() {
                 entry.actions.push(Action::Stop);
             }
@@ -258,15 +226,10 @@ fn decide(
                 entry.reasons.push(reason(Rule::PlistReformatted, None));
             } else {
                 entry.changes = key_changes(old, new);
-                entry
-                    .reasons
-                    .push(reason(Rule::PlistChanged, loaded.detail()));
+                entry.reasons.push(reason(Rule::PlistChanged, loaded.detail()));
             }
             if matches!(loaded, Loaded::No) {
-                entry.reasons.push(reason(
-                    Rule::JobNotLoaded,
-                    Some(start_detail(new).to_owned()),
-                ));
+                entry.reasons.push(reason(Rule::JobNotLoaded, Some(start_detail(new).to_owned())));
                 entry.actions.push(Action::Start);
             } else if entry.reasons.iter().any(|r| r.rule == Rule::PlistChanged) {
                 entry.actions.push(Action::Restart);
@@ -279,11 +242,7 @@ fn decide(
 
 /// Says whether bootstrapping the job starts its process.
 fn start_detail(job: &Job) -> &'static str {
-    if job.starts_at_load {
-        "starts at load (RunAtLoad or KeepAlive)"
-    } else {
-        "loaded; starts on demand"
-    }
+    if job.starts_at_load { "starts at load (RunAtLoad or KeepAlive)" } else { "loaded; starts on demand" }
 }
 
 fn key_changes(old: &Job, new: &Job) -> Vec<KeyChange> {
@@ -310,29 +269,14 @@ fn unit_names(
 ) -> BTreeMap<(Scope, String), String> {
     let mut scopes_by_label: BTreeMap<String, BTreeSet<Scope>> = BTreeMap::new();
     for job in old.jobs.iter().chain(&new.jobs) {
-        scopes_by_label
-            .entry(job.label_or_stem().to_owned())
-            .or_default()
-            .insert(job.scope);
+        scopes_by_label.entry(job.label_or_stem().to_owned()).or_default().insert(job.scope);
     }
     // Naming problems are reported once per plist: from the new generation,
     // or from the old one for a plist the new generation dropped.
-    let dropped = old
-        .jobs
-        .iter()
-        .filter(|j| new.job(j.scope, &j.file_name).is_none())
-        .map(|j| (old, j));
+    let dropped = old.jobs.iter().filter(|j| new.job(j.scope, &j.file_name).is_none()).map(|j| (old, j));
     for (generation, job) in new.jobs.iter().map(|j| (new, j)).chain(dropped) {
-        let path = format!(
-            "{}/{}/{}",
-            generation.path,
-            job.scope.generation_dir(),
-            job.file_name
-        );
-        let stem = job
-            .file_name
-            .strip_suffix(".plist")
-            .unwrap_or(&job.file_name);
+        let path = format!("{}/{}/{}", generation.path, job.scope.generation_dir(), job.file_name);
+        let stem = job.file_name.strip_suffix(".plist").unwrap_or(&job.file_name);
         match &job.label {
             None => diagnostics.push(Diagnostic {
                 severity: Severity::Warning,
@@ -343,7 +287,9 @@ fn unit_names(
             }),
             Some(label) if label != stem => diagnostics.push(Diagnostic {
                 severity: Severity::Warning,
-                message: format!("the label {label:?} differs from the file name; nix-darwin always names a plist after its label"),
+                message: format!(
+                    "the label {label:?} differs from the file name; nix-darwin always names a plist after its label"
+                ),
                 unit: Some(label.clone()),
                 path: Some(path),
                 line: None,
@@ -355,11 +301,7 @@ fn unit_names(
     for job in old.jobs.iter().chain(&new.jobs) {
         let label = job.label_or_stem();
         let shared = scopes_by_label.get(label).is_some_and(|s| s.len() > 1);
-        let name = if shared {
-            format!("{}:{label}", job.scope.as_str())
-        } else {
-            label.to_owned()
-        };
+        let name = if shared { format!("{}:{label}", job.scope.as_str()) } else { label.to_owned() };
         names.insert((job.scope, job.file_name.clone()), name);
     }
     for (label, scopes) in &scopes_by_label {
@@ -367,7 +309,10 @@ fn unit_names(
             let list: Vec<&str> = scopes.iter().map(|s| s.as_str()).collect();
             diagnostics.push(Diagnostic {
                 severity: Severity::Warning,
-                message: format!("the label is used by more than one kind of job ({}); units are named <kind>:<label>", list.join(", ")),
+                message: format!(
+                    "the label is used by more than one kind of job ({}); units are named <kind>:<label>",
+                    list.join(", ")
+                ),
                 unit: Some(label.clone()),
                 path: None,
                 line: None,
@@ -388,24 +333,11 @@ fn job_target(
 ) -> JobTarget {
     let user = live.primary_user.as_ref();
     let (domain, installed, owner) = match scope {
-        Scope::Daemon => (
-            Some(Domain::System),
-            Some(format!("/Library/LaunchDaemons/{file_name}")),
-            None,
-        ),
-        Scope::Agent => (
-            user.map(|u| Domain::Gui(u.uid)),
-            Some(format!("/Library/LaunchAgents/{file_name}")),
-            None,
-        ),
+        Scope::Daemon => (Some(Domain::System), Some(format!("/Library/LaunchDaemons/{file_name}")), None),
+        Scope::Agent => (user.map(|u| Domain::Gui(u.uid)), Some(format!("/Library/LaunchAgents/{file_name}")), None),
         Scope::UserAgent => (
             user.map(|u| Domain::Gui(u.uid)),
-            user.map(|u| {
-                format!(
-                    "{}/Library/LaunchAgents/{file_name}",
-                    u.home.trim_end_matches('/')
-                )
-            }),
+            user.map(|u| format!("{}/Library/LaunchAgents/{file_name}", u.home.trim_end_matches('/'))),
             user.map(|u| u.name.clone()),
         ),
     };
@@ -446,10 +378,7 @@ fn nix_conf_restart(
     units: &mut BTreeMap<String, UnitPlan>,
     jobs: &mut BTreeMap<String, JobTarget>,
 ) {
-    let Some(daemon) = new
-        .jobs
-        .iter()
-        .find(|j| j.scope == Scope::Daemon && j.label_or_stem() == NIX_DAEMON_LABEL)
+    let Some(daemon) = new.jobs.iter().find(|j| j.scope == Scope::Daemon && j.label_or_stem() == NIX_DAEMON_LABEL)
     else {
         return;
     };
@@ -465,15 +394,11 @@ fn nix_conf_restart(
     }
     let detail = format!("{} changed", changed.join(" and "));
     if let Some(entry) = units.get_mut(NIX_DAEMON_LABEL)
-        && entry
-            .actions
-            .iter()
-            .any(|a| matches!(a, Action::Restart | Action::Start))
+        && entry.actions.iter().any(|a| matches!(a, Action::Restart | Action::Start))
     {
-        entry.reasons.push(Reason {
-            rule: Rule::NixConfChanged,
-            detail: Some(format!("{detail}; covered by the reload")),
-        });
+        entry
+            .reasons
+            .push(Reason { rule: Rule::NixConfChanged, detail: Some(format!("{detail}; covered by the reload")) });
         return;
     }
     let loaded = loaded_state(live, Scope::Daemon, NIX_DAEMON_LABEL);
@@ -484,19 +409,14 @@ fn nix_conf_restart(
         Some(state) => format!("{detail}; {state}"),
         None => detail,
     };
-    let entry = units
-        .entry(NIX_DAEMON_LABEL.to_owned())
-        .or_insert_with(|| UnitPlan {
-            unit: NIX_DAEMON_LABEL.to_owned(),
-            actions: Vec::new(),
-            reasons: Vec::new(),
-            changes: Vec::new(),
-            deferral: None,
-        });
-    entry.reasons.push(Reason {
-        rule: Rule::NixConfChanged,
-        detail: Some(detail),
+    let entry = units.entry(NIX_DAEMON_LABEL.to_owned()).or_insert_with(|| UnitPlan {
+        unit: NIX_DAEMON_LABEL.to_owned(),
+        actions: Vec::new(),
+        reasons: Vec::new(),
+        changes: Vec::new(),
+        deferral: None,
     });
+    entry.reasons.push(Reason { rule: Rule::NixConfChanged, detail: Some(detail) });
     entry.actions.push(Action::Restart);
     jobs.entry(NIX_DAEMON_LABEL.to_owned()).or_insert_with(|| {
         job_target(
@@ -527,27 +447,15 @@ fn apply_protection(
     policy: &Policy,
 ) {
     let mut known: BTreeSet<String> = plan.units.iter().map(|u| u.unit.clone()).collect();
-    known.extend(
-        old.jobs
-            .iter()
-            .chain(&new.jobs)
-            .map(|j| j.label_or_stem().to_owned()),
-    );
-    for domain in [live.system.as_ref(), live.gui.as_ref()]
-        .into_iter()
-        .flatten()
-    {
+    known.extend(old.jobs.iter().chain(&new.jobs).map(|j| j.label_or_stem().to_owned()));
+    for domain in [live.system.as_ref(), live.gui.as_ref()].into_iter().flatten() {
         known.extend(domain.keys().cloned());
     }
     for selector in &policy.selectors {
         plan.protection.protected.push(ProtectedUnit {
             selector: selector.text().to_owned(),
             source: selector.source().clone(),
-            units: known
-                .iter()
-                .filter(|l| selector.matches(l))
-                .cloned()
-                .collect(),
+            units: known.iter().filter(|l| selector.matches(l)).cloned().collect(),
             allow: Vec::new(),
         });
     }
@@ -557,10 +465,7 @@ fn apply_protection(
             continue;
         };
         let labels = [Some(target.label.as_str()), target.loaded_label.as_deref()];
-        let protected = policy
-            .selectors
-            .iter()
-            .any(|s| labels.iter().flatten().any(|l| s.matches(l)));
+        let protected = policy.selectors.iter().any(|s| labels.iter().flatten().any(|l| s.matches(l)));
         let effect = if entry.actions.contains(&Action::Restart) {
             Action::Restart
         } else if entry.actions.contains(&Action::Stop) {
@@ -573,12 +478,10 @@ fn apply_protection(
         }
         match policy.mode {
             Mode::Defer => {
-                let plist_involved = entry.reasons.iter().any(|r| {
-                    matches!(
-                        r.rule,
-                        Rule::PlistChanged | Rule::PlistAdded | Rule::PlistRemoved
-                    )
-                });
+                let plist_involved = entry
+                    .reasons
+                    .iter()
+                    .any(|r| matches!(r.rule, Rule::PlistChanged | Rule::PlistAdded | Rule::PlistRemoved));
                 if plist_involved {
                     let installed = target.installed.as_deref().unwrap_or("the installed plist");
                     let detail = if effect == Action::Stop {
@@ -588,14 +491,9 @@ fn apply_protection(
                             "the installed plist at {installed} stays as it is; the job keeps running its current definition"
                         )
                     };
-                    entry.reasons.push(Reason {
-                        rule: Rule::OldPlistKept,
-                        detail: Some(detail),
-                    });
+                    entry.reasons.push(Reason { rule: Rule::OldPlistKept, detail: Some(detail) });
                 }
-                if effect == Action::Stop
-                    && entry.reasons.iter().any(|r| r.rule == Rule::PlistRemoved)
-                {
+                if effect == Action::Stop && entry.reasons.iter().any(|r| r.rule == Rule::PlistRemoved) {
                     // Removals are found from the old generation's list; once
                     // this switch makes the new generation current, no later
                     // switch lists this job again, so the operator must be
@@ -628,17 +526,10 @@ fn apply_protection(
                     effect,
                     chain: Vec::new(),
                 });
-                let verb = if effect == Action::Stop {
-                    "stop"
-                } else {
-                    "restart"
-                };
+                let verb = if effect == Action::Stop { "stop" } else { "restart" };
                 plan.diagnostics.push(Diagnostic {
                     severity: Severity::Warning,
-                    message: format!(
-                        "the switch would {verb} the protected launchd job {}; refused",
-                        target.label
-                    ),
+                    message: format!("the switch would {verb} the protected launchd job {}; refused", target.label),
                     unit: Some(entry.unit.clone()),
                     path: None,
                     line: None,

@@ -29,10 +29,8 @@ impl Policy {
         selectors: &[S],
         source: &ProtectionSource,
     ) -> Result<Policy, SelectorError> {
-        let selectors = selectors
-            .iter()
-            .map(|s| Selector::new(s.as_ref(), source.clone()))
-            .collect::<Result<_, _>>()?;
+        let selectors =
+            selectors.iter().map(|s| Selector::new(s.as_ref(), source.clone())).collect::<Result<_, _>>()?;
         Ok(Policy { mode, selectors })
     }
 }
@@ -49,25 +47,15 @@ pub struct Selector {
 impl Selector {
     /// Compiles a selector. Globs use `*`, `?`, `[...]` and `{a,b}`.
     pub fn new(text: &str, source: ProtectionSource) -> Result<Selector, SelectorError> {
-        let invalid = |reason: &str| SelectorError {
-            selector: text.to_owned(),
-            reason: reason.to_owned(),
-        };
+        let invalid = |reason: &str| SelectorError { selector: text.to_owned(), reason: reason.to_owned() };
         if text.is_empty() {
             return Err(invalid("it is empty"));
         }
         if text.contains('/') || text.chars().any(|c| c.is_control() || c.is_whitespace()) {
-            return Err(invalid(
-                "labels contain no '/', spaces or control characters",
-            ));
+            return Err(invalid("labels contain no '/', spaces or control characters"));
         }
         let glob = Glob::new(text).map_err(|e| invalid(&e.kind().to_string()))?;
-        Ok(Selector {
-            text: text.to_owned(),
-            source,
-            matcher: glob.compile_matcher(),
-            short: !text.contains('.'),
-        })
+        Ok(Selector { text: text.to_owned(), source, matcher: glob.compile_matcher(), short: !text.contains('.') })
     }
 
     /// The selector as written.
@@ -85,10 +73,7 @@ impl Selector {
         if self.matcher.is_match(label) {
             return true;
         }
-        self.short
-            && label
-                .rsplit_once('.')
-                .is_some_and(|(_, last)| self.matcher.is_match(last))
+        self.short && label.rsplit_once('.').is_some_and(|(_, last)| self.matcher.is_match(last))
     }
 }
 

@@ -4,8 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use launchd_plan::{
-    Host, LaunchdPlan, LoadError, Policy, load_generation, load_installed, load_live, operations,
-    plan,
+    Host, LaunchdPlan, LoadError, Policy, load_generation, load_installed, load_live, operations, plan,
 };
 use plan_model::{Mode, ProtectionSource};
 use serde::Deserialize;
@@ -47,12 +46,7 @@ pub(crate) fn run_case(case: &str) -> Result<LaunchdPlan, LoadError> {
     // primary user's home at `installed/home`.
     let installed_root = dir.join("installed");
     let installed = if installed_root.is_dir() {
-        Some(load_installed(
-            &installed_root,
-            Some(&installed_root.join("home")),
-            &old,
-            &new,
-        )?)
+        Some(load_installed(&installed_root, Some(&installed_root.join("home")), &old, &new)?)
     } else {
         None
     };
@@ -60,8 +54,7 @@ pub(crate) fn run_case(case: &str) -> Result<LaunchdPlan, LoadError> {
     let policy = match std::fs::read_to_string(dir.join("policy.json")) {
         Ok(text) => {
             let file: PolicyFile = serde_json::from_str(&text).unwrap();
-            Policy::from_selectors(file.mode, &file.protect, &ProtectionSource::CommandLine)
-                .unwrap()
+            Policy::from_selectors(file.mode, &file.protect, &ProtectionSource::CommandLine).unwrap()
         }
         Err(_) => Policy::default(),
     };
@@ -79,10 +72,7 @@ fn render_ops(plan: &LaunchdPlan) -> String {
 #[test]
 fn fixture_cases() {
     let cases = cases();
-    assert!(
-        cases.len() >= 8,
-        "expected at least 8 fixture cases, found {cases:?}"
-    );
+    assert!(cases.len() >= 8, "expected at least 8 fixture cases, found {cases:?}");
     let root = fixtures_dir().display().to_string();
     for case in &cases {
         let mut settings = insta::Settings::clone_current();

@@ -6,11 +6,7 @@
 //! `user/Library/LaunchAgents`, `etc/nix`), a `live.json` launchd snapshot
 //! and optionally a `policy.json` (`{"mode": "defer", "protect": [...]}`).
 
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    reason = "tests fail by panicking"
-)]
+#![allow(clippy::unwrap_used, clippy::expect_used, reason = "tests fail by panicking")]
 
 // Fixture walk: plan and operations snapshots for every case.
 mod fixtures;

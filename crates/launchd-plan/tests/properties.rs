@@ -8,11 +8,7 @@ use crate::fixtures::{NEW, run_case};
 
 fn argvs(case: &str) -> Vec<Vec<String>> {
     let plan = run_case(case).unwrap();
-    operations(&plan)
-        .unwrap()
-        .iter()
-        .map(Operation::argv)
-        .collect()
+    operations(&plan).unwrap().iter().map(Operation::argv).collect()
 }
 
 #[test]
@@ -21,32 +17,17 @@ fn changed_daemon_is_booted_out_before_its_plist_is_replaced_and_bootstrapped() 
     let redis = plan.plan.unit("org.nixos.redis").unwrap();
     assert_eq!(redis.actions, [Action::Restart]);
     assert_eq!(redis.reasons[0].rule, Rule::PlistChanged);
-    assert_eq!(
-        redis.reasons[0].detail.as_deref(),
-        Some("running (pid 812)")
-    );
+    assert_eq!(redis.reasons[0].detail.as_deref(), Some("running (pid 812)"));
     let keys: Vec<&str> = redis.changes.iter().map(|c| c.key.as_str()).collect();
-    assert_eq!(
-        keys,
-        ["EnvironmentVariables.REDIS_PORT", "ProgramArguments"]
-    );
-    assert!(
-        plan.plan.unit("org.nixos.nix-daemon").is_none(),
-        "unchanged jobs are not in the plan"
-    );
+    assert_eq!(keys, ["EnvironmentVariables.REDIS_PORT", "ProgramArguments"]);
+    assert!(plan.plan.unit("org.nixos.nix-daemon").is_none(), "unchanged jobs are not in the plan");
 
     let ops = argvs("changed-daemon");
-    let pos = |argv: &[&str]| {
-        ops.iter()
-            .position(|o| o == argv)
-            .unwrap_or_else(|| panic!("{argv:?} in {ops:?}"))
-    };
+    let pos = |argv: &[&str]| ops.iter().position(|o| o == argv).unwrap_or_else(|| panic!("{argv:?} in {ops:?}"));
     let source = format!("{NEW}/Library/LaunchDaemons/org.nixos.redis.plist");
     let installed = "/Library/LaunchDaemons/org.nixos.redis.plist";
     let bootout = pos(&["launchctl", "bootout", "system/org.nixos.redis"]);
-    let install = pos(&[
-        "install", "-m", "0644", "-o", "root", "-g", "wheel", &source, installed,
-    ]);
+    let install = pos(&["install", "-m", "0644", "-o", "root", "-g", "wheel", &source, installed]);
     let bootstrap = pos(&["launchctl", "bootstrap", "system", installed]);
     assert!(bootout < install && install < bootstrap, "{ops:?}");
     assert_eq!(ops.len(), 4, "bootout, install, enable, bootstrap: {ops:?}");
@@ -55,21 +36,14 @@ fn changed_daemon_is_booted_out_before_its_plist_is_replaced_and_bootstrapped() 
 #[test]
 fn user_agents_use_the_gui_domain_and_the_users_home() {
     let ops = argvs("changed-agent");
-    assert!(ops.contains(&vec![
-        "launchctl".into(),
-        "bootout".into(),
-        "gui/501/org.nixos.yabai".into()
-    ]));
+    assert!(ops.contains(&vec!["launchctl".into(), "bootout".into(), "gui/501/org.nixos.yabai".into()]));
     assert!(ops.contains(&vec![
         "launchctl".into(),
         "bootstrap".into(),
         "gui/501".into(),
         "/Users/alice/Library/LaunchAgents/org.nixos.yabai.plist".into()
     ]));
-    assert!(
-        ops.iter().all(|o| !o.contains(&"system".to_owned())),
-        "no agent goes to the system domain: {ops:?}"
-    );
+    assert!(ops.iter().all(|o| !o.contains(&"system".to_owned())), "no agent goes to the system domain: {ops:?}");
 }
 
 #[test]
@@ -89,10 +63,7 @@ fn protected_changed_job_keeps_its_old_plist_in_defer_mode() {
     let ops = operations(&plan).unwrap();
     for op in &ops {
         let line = op.to_string();
-        assert!(
-            !line.contains("gitlab-runner") && !line.contains("github-runner"),
-            "{line}"
-        );
+        assert!(!line.contains("gitlab-runner") && !line.contains("github-runner"), "{line}");
     }
     // The unprotected change still goes through.
     assert!(ops.contains(&Operation::Launchctl(Launchctl::Bootout {
@@ -107,25 +78,11 @@ fn protected_changed_job_refuses_the_plan_in_refuse_mode() {
     assert_eq!(plan.plan.protection.mode, Mode::Refuse);
     assert!(plan.plan.protection.refused);
     assert!(plan.plan.deferred().next().is_none());
-    let touched: Vec<&str> = plan
-        .plan
-        .protection
-        .refusals
-        .iter()
-        .map(|r| r.touches.as_str())
-        .collect();
-    assert_eq!(
-        touched,
-        ["org.nixos.github-runner-ci1", "org.nixos.gitlab-runner"]
-    );
+    let touched: Vec<&str> = plan.plan.protection.refusals.iter().map(|r| r.touches.as_str()).collect();
+    assert_eq!(touched, ["org.nixos.github-runner-ci1", "org.nixos.gitlab-runner"]);
     assert_eq!(
         operations(&plan),
-        Err(OpsError::Refused {
-            labels: vec![
-                "org.nixos.github-runner-ci1".into(),
-                "org.nixos.gitlab-runner".into()
-            ]
-        })
+        Err(OpsError::Refused { labels: vec!["org.nixos.github-runner-ci1".into(), "org.nixos.gitlab-runner".into()] })
     );
 }
 
@@ -134,10 +91,7 @@ fn binary_and_xml_encodings_of_the_same_plist_are_equal_in_content() {
     let plan = run_case("binary-plist").unwrap();
     let daemon = plan.plan.unit("org.nixos.nix-daemon").unwrap();
     assert_eq!(daemon.reasons[0].rule, Rule::PlistReformatted);
-    assert!(
-        daemon.actions.is_empty(),
-        "re-encoding alone must not restart the Nix daemon"
-    );
+    assert!(daemon.actions.is_empty(), "re-encoding alone must not restart the Nix daemon");
     let dnsmasq = plan.plan.unit("org.nixos.dnsmasq").unwrap();
     assert_eq!(dnsmasq.actions, [Action::Restart]);
     assert_eq!(dnsmasq.changes.len(), 1);
@@ -154,25 +108,14 @@ fn unchanged_generation_with_everything_loaded_plans_nothing() {
 #[test]
 fn bad_plist_error_names_the_file() {
     let err = run_case("bad-plist").unwrap_err().to_string();
-    assert!(
-        err.contains("bad-plist/new/Library/LaunchDaemons/org.nixos.broken.plist"),
-        "{err}"
-    );
+    assert!(err.contains("bad-plist/new/Library/LaunchDaemons/org.nixos.broken.plist"), "{err}");
     assert!(err.contains("not a valid property list"), "{err}");
 }
 
 #[test]
 fn nix_conf_change_restarts_the_daemon_with_kickstart() {
     let ops = argvs("nix-conf-changed");
-    assert_eq!(
-        ops,
-        [[
-            "launchctl",
-            "kickstart",
-            "-k",
-            "system/org.nixos.nix-daemon"
-        ]]
-    );
+    assert_eq!(ops, [["launchctl", "kickstart", "-k", "system/org.nixos.nix-daemon"]]);
 }
 
 #[test]
@@ -181,10 +124,7 @@ fn unloaded_job_of_the_generation_is_bootstrapped() {
     let daemon = plan.plan.unit("org.nixos.nix-daemon").unwrap();
     assert_eq!(daemon.actions, [Action::Start]);
     assert_eq!(daemon.reasons[0].rule, Rule::JobNotLoaded);
-    assert!(
-        plan.plan.unit("org.nixos.activate-system").is_none(),
-        "loaded and unchanged"
-    );
+    assert!(plan.plan.unit("org.nixos.activate-system").is_none(), "loaded and unchanged");
 }
 
 #[test]
@@ -194,12 +134,7 @@ fn change_deferred_by_an_earlier_switch_is_applied_once_unprotected() {
     let runner = plan.plan.unit("org.nixos.gitlab-runner").unwrap();
     assert_eq!(runner.actions, [Action::Restart]);
     assert_eq!(runner.changes.len(), 1, "{:?}", runner.changes);
-    assert!(
-        plan.plan
-            .diagnostics
-            .iter()
-            .any(|d| d.unit.as_deref() == Some("org.nixos.gitlab-runner"))
-    );
+    assert!(plan.plan.diagnostics.iter().any(|d| d.unit.as_deref() == Some("org.nixos.gitlab-runner")));
 }
 
 #[test]
@@ -214,12 +149,6 @@ fn protected_nix_daemon_is_not_kickstarted_when_nix_conf_changes() {
 #[test]
 fn new_job_whose_label_is_loaded_is_booted_out_first() {
     let ops = argvs("added-already-loaded");
-    assert_eq!(
-        ops[0],
-        ["launchctl", "bootout", "gui/501/org.nixos.spotifyd"]
-    );
-    assert_eq!(
-        ops.last().unwrap()[..3],
-        ["launchctl", "bootstrap", "gui/501"]
-    );
+    assert_eq!(ops[0], ["launchctl", "bootout", "gui/501/org.nixos.spotifyd"]);
+    assert_eq!(ops.last().unwrap()[..3], ["launchctl", "bootstrap", "gui/501"]);
 }

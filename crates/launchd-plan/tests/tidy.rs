@@ -26,10 +26,7 @@ fn every_rust_file_has_a_module_doc_and_no_snapshot_is_pending() {
         assert!(!name.ends_with(".snap.new"), "pending snapshot: {name}");
         if name.ends_with(".rs") {
             let text = std::fs::read_to_string(&file).unwrap();
-            assert!(
-                text.starts_with("//!"),
-                "{name} does not start with a //! module doc"
-            );
+            assert!(text.starts_with("//!"), "{name} does not start with a //! module doc");
         }
     }
 }
@@ -44,9 +41,6 @@ fn every_snapshot_belongs_to_a_fixture_case() {
             continue;
         };
         let case = stem.split_once('@').map(|(_, case)| case).unwrap_or(stem);
-        assert!(
-            cases.iter().any(|c| c == case),
-            "snapshot {name} has no fixture case"
-        );
+        assert!(cases.iter().any(|c| c == case), "snapshot {name} has no fixture case");
     }
 }

@@ -66,19 +66,11 @@ impl Request {
     /// Splits `--flake REF` or `--flake REF#attr` into a request. A `#`
     /// names a complete configuration; without it, `REF` is an overlay to
     /// compose with `base`.
-    pub fn from_flake_arg(
-        flake: &str,
-        platform: Platform,
-        base: &str,
-        hosts: Vec<String>,
-        module: &str,
-    ) -> Request {
+    pub fn from_flake_arg(flake: &str, platform: Platform, base: &str, hosts: Vec<String>, module: &str) -> Request {
         match flake.split_once('#') {
-            Some((reference, attr)) => Request::Attr(AttrRequest {
-                platform,
-                flake: reference.to_owned(),
-                attr: attr.to_owned(),
-            }),
+            Some((reference, attr)) => {
+                Request::Attr(AttrRequest { platform, flake: reference.to_owned(), attr: attr.to_owned() })
+            }
             None => Request::Compose(ComposeRequest {
                 platform,
                 base: base.to_owned(),
@@ -99,10 +91,7 @@ impl Request {
                 base_ref: r.base.clone(),
                 overlay_ref: r.overlay.clone(),
             },
-            Request::Attr(r) => WrapperSpec::Attr {
-                candidates: attr_candidates(r),
-                flake_ref: r.flake.clone(),
-            },
+            Request::Attr(r) => WrapperSpec::Attr { candidates: attr_candidates(r), flake_ref: r.flake.clone() },
         }
     }
 
@@ -126,10 +115,7 @@ impl Request {
     fn overrides(&self) -> Vec<(&'static str, String)> {
         match self {
             Request::Compose(r) => {
-                vec![
-                    ("base", absolute_ref(&r.base)),
-                    ("overlay", absolute_ref(&r.overlay)),
-                ]
+                vec![("base", absolute_ref(&r.base)), ("overlay", absolute_ref(&r.overlay))]
             }
             Request::Attr(r) => vec![("flake", absolute_ref(&r.flake))],
         }
@@ -214,9 +200,7 @@ pub fn local_dir(reference: &str) -> Option<PathBuf> {
     if let Some(p) = head.strip_prefix("path:") {
         return Some(PathBuf::from(p));
     }
-    head.strip_prefix("git+file://")
-        .or_else(|| head.strip_prefix("git+file:"))
-        .map(PathBuf::from)
+    head.strip_prefix("git+file://").or_else(|| head.strip_prefix("git+file:")).map(PathBuf::from)
 }
 
 /// Checks that a local reference exists and holds a flake. The `dir=`
@@ -225,11 +209,7 @@ fn check_local(role: &'static str, reference: &str) -> Result<(), ComposeError> 
     let Some(dir) = local_dir(reference) else {
         return Ok(());
     };
-    let not_found = |detail: String| ComposeError::FlakeNotFound {
-        role,
-        reference: reference.to_owned(),
-        detail,
-    };
+    let not_found = |detail: String| ComposeError::FlakeNotFound { role, reference: reference.to_owned(), detail };
     if !dir.exists() {
         return Err(not_found(format!("{} does not exist", dir.display())));
     }
@@ -244,10 +224,7 @@ fn check_local(role: &'static str, reference: &str) -> Result<(), ComposeError> 
         .unwrap_or("");
     let flake_nix = dir.join(sub).join("flake.nix");
     if !flake_nix.is_file() {
-        return Err(not_found(format!(
-            "{} has no flake.nix",
-            dir.join(sub).display()
-        )));
+        return Err(not_found(format!("{} has no flake.nix", dir.join(sub).display())));
     }
     Ok(())
 }
@@ -261,10 +238,7 @@ pub struct Composer<R> {
 impl<R: NixRunner> Composer<R> {
     /// A composer that announces nothing.
     pub fn new(runner: R) -> Self {
-        Composer {
-            runner,
-            announce: Box::new(|_| {}),
-        }
+        Composer { runner, announce: Box::new(|_| {}) }
     }
 
     /// Calls `announce` with a one-line description before each step that
@@ -283,18 +257,12 @@ impl<R: NixRunner> Composer<R> {
             check_local(role, reference)?;
         }
         let wrapper_text = request.wrapper().render();
-        let dir = tempfile::Builder::new()
-            .prefix("safe-switch-wrapper-")
-            .tempdir()
-            .map_err(|source| ComposeError::Io {
-                what: "could not create a private directory for the wrapper flake".into(),
-                source,
-            })?;
-        std::fs::write(dir.path().join("flake.nix"), &wrapper_text).map_err(|source| {
-            ComposeError::Io {
-                what: format!("could not write {}", dir.path().join("flake.nix").display()),
-                source,
-            }
+        let dir = tempfile::Builder::new().prefix("safe-switch-wrapper-").tempdir().map_err(|source| {
+            ComposeError::Io { what: "could not create a private directory for the wrapper flake".into(), source }
+        })?;
+        std::fs::write(dir.path().join("flake.nix"), &wrapper_text).map_err(|source| ComposeError::Io {
+            what: format!("could not write {}", dir.path().join("flake.nix").display()),
+            source,
         })?;
         let wrapper_ref = wrapper_ref(dir.path());
 
@@ -310,50 +278,30 @@ impl<R: NixRunner> Composer<R> {
         (self.announce)(&format!("fetching {}", describe_refs(request)));
         let out = self.run(&args, StderrMode::Capture)?;
         if !out.success {
-            return Err(ComposeError::Lock {
-                what: describe_refs(request),
-                stderr: out.stderr,
-            });
+            return Err(ComposeError::Lock { what: describe_refs(request), stderr: out.stderr });
         }
         // Nix's warnings about the flakes themselves (a dirty Git tree
         // whose untracked files are left out, for one) matter to the user;
         // the ones about the wrapper's own lock file do not.
         let private = dir.path().to_string_lossy();
         for line in out.stderr.lines() {
-            if crate::runner::strip_ansi(line).starts_with("warning:") && !line.contains(&*private)
-            {
+            if crate::runner::strip_ansi(line).starts_with("warning:") && !line.contains(&*private) {
                 (self.announce)(line);
             }
         }
 
         let out = self.run(
-            &[
-                "flake".into(),
-                "metadata".into(),
-                "--json".into(),
-                "--no-update-lock-file".into(),
-                wrapper_ref.clone(),
-            ],
+            &["flake".into(), "metadata".into(), "--json".into(), "--no-update-lock-file".into(), wrapper_ref.clone()],
             StderrMode::Capture,
         )?;
         if !out.success {
-            return Err(ComposeError::Lock {
-                what: describe_refs(request),
-                stderr: out.stderr,
-            });
+            return Err(ComposeError::Lock { what: describe_refs(request), stderr: out.stderr });
         }
         let mut locked = parse::locked_inputs(&out.stdout, &request.given())?;
 
         let info_attr = attr_ref(&wrapper_ref, "safeSwitch.info");
-        let out = self.run(
-            &[
-                "eval".into(),
-                "--json".into(),
-                "--no-update-lock-file".into(),
-                info_attr,
-            ],
-            StderrMode::Capture,
-        )?;
+        let out = self
+            .run(&["eval".into(), "--json".into(), "--no-update-lock-file".into(), info_attr], StderrMode::Capture)?;
         if !out.success {
             return Err(ComposeError::Eval {
                 what: format!("what the flakes provide for {}", request.describe()),
@@ -390,27 +338,15 @@ impl<R: NixRunner> Composer<R> {
         (self.announce)(&format!("building {what}"));
         let toplevel_attr = attr_ref(&wrapper_ref, "safeSwitch.toplevel");
         let out = self.run(
-            &[
-                "build".into(),
-                "--no-link".into(),
-                "--json".into(),
-                "--no-update-lock-file".into(),
-                toplevel_attr,
-            ],
+            &["build".into(), "--no-link".into(), "--json".into(), "--no-update-lock-file".into(), toplevel_attr],
             StderrMode::Stream,
         )?;
         if !out.success {
-            return Err(ComposeError::Build {
-                what,
-                stderr: out.stderr,
-            });
+            return Err(ComposeError::Build { what, stderr: out.stderr });
         }
         let toplevel = parse::build_out_path(&out.stdout)?;
 
-        Ok(Built {
-            toplevel,
-            provenance,
-        })
+        Ok(Built { toplevel, provenance })
     }
 
     fn run(&self, args: &[OsString], mode: StderrMode) -> Result<NixOutput, ComposeError> {
@@ -438,10 +374,7 @@ fn attr_ref(wrapper: &OsString, attr: &str) -> OsString {
 fn describe_refs(request: &Request) -> String {
     match request {
         Request::Compose(r) => {
-            format!(
-                "the base flake `{}` and the overlay flake `{}`",
-                r.base, r.overlay
-            )
+            format!("the base flake `{}` and the overlay flake `{}`", r.base, r.overlay)
         }
         Request::Attr(r) => format!("the flake `{}`", r.flake),
     }
@@ -467,10 +400,7 @@ fn check_compose(r: &ComposeRequest, info: &parse::ComposeInfo) -> Result<String
                 info.system_configs.join(", ")
             )
         };
-        return Err(ComposeError::SystemManagerConvention {
-            base: r.base.clone(),
-            problem,
-        });
+        return Err(ComposeError::SystemManagerConvention { base: r.base.clone(), problem });
     }
     let Some(host) = info.host.clone() else {
         return Err(ComposeError::MissingConfiguration {
@@ -486,11 +416,7 @@ fn check_compose(r: &ComposeRequest, info: &parse::ComposeInfo) -> Result<String
                 base: r.base.clone(),
                 problem: "it has no input named `system-manager`".to_owned(),
             },
-            _ => ComposeError::NotExtendable {
-                base: r.base.clone(),
-                output: platform.base_output(),
-                host,
-            },
+            _ => ComposeError::NotExtendable { base: r.base.clone(), output: platform.base_output(), host },
         });
     }
     if !info.modules.iter().any(|m| m == &r.module) {
@@ -517,10 +443,7 @@ fn check_attr(r: &AttrRequest, info: &parse::AttrInfo) -> Result<String, Compose
     match info.kind.as_deref() {
         Some("configuration") => Ok(format!("{path}.config.system.build.toplevel")),
         Some("derivation") => Ok(path),
-        _ => Err(ComposeError::NotAConfiguration {
-            flake: r.flake.clone(),
-            attr: path,
-        }),
+        _ => Err(ComposeError::NotAConfiguration { flake: r.flake.clone(), attr: path }),
     }
 }
 
@@ -542,10 +465,7 @@ mod tests {
 
     impl NixRunner for FakeNix {
         fn run(&self, args: &[OsString], _: StderrMode) -> Result<NixOutput, crate::NixError> {
-            let args: Vec<String> = args
-                .iter()
-                .map(|a| a.to_string_lossy().into_owned())
-                .collect();
+            let args: Vec<String> = args.iter().map(|a| a.to_string_lossy().into_owned()).collect();
             self.calls.borrow_mut().push(args.clone());
             Ok((self.answer)(&args))
         }
@@ -557,12 +477,7 @@ mod tests {
         "overlay":{"locked":{"type":"path","path":"/srv/ci","narHash":"sha256-o"}}}}}"#;
 
     fn ok(stdout: &str) -> NixOutput {
-        NixOutput {
-            success: true,
-            code: Some(0),
-            stdout: stdout.into(),
-            stderr: String::new(),
-        }
+        NixOutput { success: true, code: Some(0), stdout: stdout.into(), stderr: String::new() }
     }
 
     fn fake(info: &'static str) -> FakeNix {
@@ -579,9 +494,7 @@ mod tests {
                 },
                 "flake" => ok(METADATA),
                 "eval" => ok(info),
-                "build" => {
-                    ok(r#"[{"drvPath":"/nix/store/d.drv","outputs":{"out":"/nix/store/t"}}]"#)
-                }
+                "build" => ok(r#"[{"drvPath":"/nix/store/d.drv","outputs":{"out":"/nix/store/t"}}]"#),
                 _ => NixOutput::default(),
             }),
         }
@@ -599,20 +512,10 @@ mod tests {
 
     #[test]
     fn a_composition_locks_checks_then_builds_and_records_the_locks() {
-        let nix = fake(
-            r#"{"host":"default","extendable":true,"configurations":["default"],"modules":["default"]}"#,
-        );
+        let nix = fake(r#"{"host":"default","extendable":true,"configurations":["default"],"modules":["default"]}"#);
         let built = Composer::new(nix).build(&request()).unwrap();
         assert_eq!(built.toplevel, PathBuf::from("/nix/store/t"));
-        let Provenance::Composed {
-            base,
-            overlay,
-            host,
-            ..
-        } = &built.provenance
-        else {
-            panic!()
-        };
+        let Provenance::Composed { base, overlay, host, .. } = &built.provenance else { panic!() };
         assert_eq!(host, "default");
         assert_eq!(base.rev.as_deref(), Some("abc"));
         assert_eq!(base.reference, "github:o/machines");
@@ -621,35 +524,19 @@ mod tests {
 
     #[test]
     fn warnings_about_the_flakes_reach_the_user_and_the_wrapper_s_do_not() {
-        let nix = fake(
-            r#"{"host":"default","extendable":true,"configurations":["default"],"modules":["default"]}"#,
-        );
+        let nix = fake(r#"{"host":"default","extendable":true,"configurations":["default"],"modules":["default"]}"#);
         let said = std::rc::Rc::new(RefCell::new(Vec::<String>::new()));
         let log = said.clone();
-        Composer::new(nix)
-            .with_announce(move |line| log.borrow_mut().push(line.to_owned()))
-            .build(&request())
-            .unwrap();
+        Composer::new(nix).with_announce(move |line| log.borrow_mut().push(line.to_owned())).build(&request()).unwrap();
         let said = said.borrow();
-        assert_eq!(
-            said[1], "warning: Git tree '/etc/nixos' is dirty",
-            "{said:?}"
-        );
-        assert!(
-            !said.iter().any(|l| l.contains("creating lock file")),
-            "{said:?}"
-        );
-        assert!(
-            said[0].starts_with("fetching ") && said[2].starts_with("building "),
-            "{said:?}"
-        );
+        assert_eq!(said[1], "warning: Git tree '/etc/nixos' is dirty", "{said:?}");
+        assert!(!said.iter().any(|l| l.contains("creating lock file")), "{said:?}");
+        assert!(said[0].starts_with("fetching ") && said[2].starts_with("building "), "{said:?}");
     }
 
     #[test]
     fn nothing_is_built_when_the_module_is_missing() {
-        let nix = fake(
-            r#"{"host":"default","extendable":true,"configurations":["default"],"modules":["other"]}"#,
-        );
+        let nix = fake(r#"{"host":"default","extendable":true,"configurations":["default"],"modules":["other"]}"#);
         let composer = Composer::new(nix);
         let err = composer.build(&request()).unwrap_err();
         assert!(matches!(err, ComposeError::MissingModule { .. }), "{err:?}");
@@ -659,22 +546,13 @@ mod tests {
         let lock = &calls[0];
         assert_eq!(
             &lock[3..],
-            [
-                "--override-input",
-                "base",
-                "github:o/machines",
-                "--override-input",
-                "overlay",
-                "github:o/project"
-            ]
+            ["--override-input", "base", "github:o/machines", "--override-input", "overlay", "github:o/project"]
         );
     }
 
     #[test]
     fn a_configuration_without_extend_modules_is_refused_before_building() {
-        let nix = fake(
-            r#"{"host":"runner1","extendable":false,"configurations":["runner1"],"modules":["default"]}"#,
-        );
+        let nix = fake(r#"{"host":"runner1","extendable":false,"configurations":["runner1"],"modules":["default"]}"#);
         let err = Composer::new(nix).build(&request()).unwrap_err();
         assert!(matches!(err, ComposeError::NotExtendable { .. }), "{err:?}");
     }
@@ -684,16 +562,11 @@ mod tests {
         let nix = fake(
             r#"{"host":null,"extendable":true,"configurations":[],"modules":["default"],"systemConfigs":[],"nixosConfigurations":["runner1"]}"#,
         );
-        let Request::Compose(mut r) = request() else {
-            panic!()
-        };
+        let Request::Compose(mut r) = request() else { panic!() };
         r.platform = Platform::SystemManager;
         let err = Composer::new(nix).build(&Request::Compose(r)).unwrap_err();
         let msg = err.to_string();
-        assert!(
-            msg.contains("but it has nixosConfigurations (runner1)"),
-            "{msg}"
-        );
+        assert!(msg.contains("but it has nixosConfigurations (runner1)"), "{msg}");
     }
 
     #[test]
@@ -708,10 +581,7 @@ mod tests {
             }),
         };
         let err = Composer::new(nix).build(&request()).unwrap_err();
-        assert!(
-            matches!(err, ComposeError::FlakesUnsupported { .. }),
-            "{err:?}"
-        );
+        assert!(matches!(err, ComposeError::FlakesUnsupported { .. }), "{err:?}");
     }
 
     #[test]
@@ -719,22 +589,10 @@ mod tests {
         let r = Request::from_flake_arg("./sys#vm", Platform::Nixos, "/etc/nixos", vec![], "x");
         assert_eq!(
             r,
-            Request::Attr(AttrRequest {
-                platform: Platform::Nixos,
-                flake: "./sys".into(),
-                attr: "vm".into()
-            })
+            Request::Attr(AttrRequest { platform: Platform::Nixos, flake: "./sys".into(), attr: "vm".into() })
         );
-        let WrapperSpec::Attr { candidates, .. } = r.wrapper() else {
-            panic!()
-        };
-        assert_eq!(
-            candidates,
-            vec![
-                vec!["vm".to_owned()],
-                vec!["nixosConfigurations".into(), "vm".into()]
-            ]
-        );
+        let WrapperSpec::Attr { candidates, .. } = r.wrapper() else { panic!() };
+        assert_eq!(candidates, vec![vec!["vm".to_owned()], vec!["nixosConfigurations".into(), "vm".into()]]);
     }
 
     #[test]
@@ -743,15 +601,8 @@ mod tests {
             split_attr_path(r#"nixosConfigurations."a.b".config"#),
             vec!["nixosConfigurations", "a.b", "config"]
         );
-        let r = AttrRequest {
-            platform: Platform::SystemManager,
-            flake: ".".into(),
-            attr: "systemConfigs.x".into(),
-        };
-        assert_eq!(
-            attr_candidates(&r),
-            vec![vec!["systemConfigs".to_owned(), "x".into()]]
-        );
+        let r = AttrRequest { platform: Platform::SystemManager, flake: ".".into(), attr: "systemConfigs.x".into() };
+        assert_eq!(attr_candidates(&r), vec![vec!["systemConfigs".to_owned(), "x".into()]]);
     }
 
     #[test]
@@ -759,10 +610,7 @@ mod tests {
         assert_eq!(local_dir("/etc/nixos"), Some(PathBuf::from("/etc/nixos")));
         assert_eq!(local_dir("./ci?dir=sub"), Some(PathBuf::from("./ci")));
         assert_eq!(local_dir("path:/srv/x"), Some(PathBuf::from("/srv/x")));
-        assert_eq!(
-            local_dir("git+file:///srv/x?ref=main"),
-            Some(PathBuf::from("/srv/x"))
-        );
+        assert_eq!(local_dir("git+file:///srv/x?ref=main"), Some(PathBuf::from("/srv/x")));
         assert_eq!(local_dir("github:NixOS/nixpkgs"), None);
         assert_eq!(local_dir("mybase"), None);
     }

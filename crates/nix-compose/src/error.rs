@@ -111,10 +111,7 @@ pub enum ComposeError {
     },
 
     /// The overlay flake lacks the module asked for.
-    #[error(
-        "the overlay flake `{overlay}` has no {output}.{module} (available: {})",
-        list_or_none(available)
-    )]
+    #[error("the overlay flake `{overlay}` has no {output}.{module} (available: {})", list_or_none(available))]
     MissingModule {
         /// The overlay reference.
         overlay: String,
@@ -188,11 +185,7 @@ pub enum ComposeError {
 }
 
 fn list_or_none(items: &[String]) -> String {
-    if items.is_empty() {
-        "none".to_owned()
-    } else {
-        items.join(", ")
-    }
+    if items.is_empty() { "none".to_owned() } else { items.join(", ") }
 }
 
 /// Whether Nix's report says that flakes or the `nix` command are not
@@ -216,9 +209,7 @@ mod tests {
         assert!(is_flakes_unsupported(
             "error: experimental Nix feature 'flakes' is disabled; use '--extra-experimental-features flakes' to override"
         ));
-        assert!(is_flakes_unsupported(
-            "error: unrecognised flag '--extra-experimental-features'"
-        ));
+        assert!(is_flakes_unsupported("error: unrecognised flag '--extra-experimental-features'"));
         assert!(!is_flakes_unsupported("error: attribute 'x' missing"));
     }
 

@@ -30,9 +30,7 @@ pub mod parse;
 mod runner;
 pub mod wrapper;
 
-pub use compose::{
-    AttrRequest, Built, ComposeRequest, Composer, Request, local_dir, split_attr_path,
-};
+pub use compose::{AttrRequest, Built, ComposeRequest, Composer, Request, local_dir, split_attr_path};
 pub use error::{ComposeError, NixError, is_flakes_unsupported};
 pub use runner::{NixCommand, NixOutput, NixRunner, StderrMode, starts_error_report, strip_ansi};
 pub use wrapper::{Platform, WrapperSpec, nix_string};

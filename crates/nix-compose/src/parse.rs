@@ -33,14 +33,8 @@ struct Node {
 /// Reads the locked form of each of the wrapper's direct inputs from the
 /// output of `nix flake metadata --json <wrapper>`, keyed by input name.
 /// `references` gives the reference as the user wrote it, by input name.
-pub fn locked_inputs(
-    json: &str,
-    references: &[(&str, &str)],
-) -> Result<BTreeMap<String, FlakeInput>, ComposeError> {
-    let bad = |detail: String| ComposeError::UnexpectedOutput {
-        command: "flake metadata",
-        detail,
-    };
+pub fn locked_inputs(json: &str, references: &[(&str, &str)]) -> Result<BTreeMap<String, FlakeInput>, ComposeError> {
+    let bad = |detail: String| ComposeError::UnexpectedOutput { command: "flake metadata", detail };
     let meta: Metadata = serde_json::from_str(json).map_err(|e| bad(e.to_string()))?;
     let root = meta
         .locks
@@ -56,15 +50,8 @@ pub fn locked_inputs(
             .get(*name)
             .and_then(|v| v.as_str())
             .ok_or_else(|| bad(format!("input `{name}` is not in the lock")))?;
-        let node = meta
-            .locks
-            .nodes
-            .get(node_name)
-            .ok_or_else(|| bad(format!("lock node `{node_name}` is missing")))?;
-        let locked = node
-            .locked
-            .as_ref()
-            .ok_or_else(|| bad(format!("input `{name}` has no locked reference")))?;
+        let node = meta.locks.nodes.get(node_name).ok_or_else(|| bad(format!("lock node `{node_name}` is missing")))?;
+        let locked = node.locked.as_ref().ok_or_else(|| bad(format!("input `{name}` has no locked reference")))?;
         out.insert(
             (*name).to_owned(),
             FlakeInput {
@@ -133,28 +120,16 @@ pub fn locked_url(attrs: &BTreeMap<String, serde_json::Value>) -> String {
             format!("{k}={}", percent_encode(&v))
         })
         .collect();
-    if query.is_empty() {
-        base
-    } else {
-        format!("{base}?{}", query.join("&"))
-    }
+    if query.is_empty() { base } else { format!("{base}?{}", query.join("&")) }
 }
 
 fn percent_encode(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for b in s.bytes() {
         match b {
-            b'A'..=b'Z'
-            | b'a'..=b'z'
-            | b'0'..=b'9'
-            | b'-'
-            | b'_'
-            | b'.'
-            | b'~'
-            | b'/'
-            | b'+'
-            | b'='
-            | b':' => out.push(b as char),
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' | b'/' | b'+' | b'=' | b':' => {
+                out.push(b as char)
+            }
             _ => out.push_str(&format!("%{b:02X}")),
         }
     }
@@ -169,16 +144,10 @@ pub fn build_out_path(json: &str) -> Result<PathBuf, ComposeError> {
         #[serde(default)]
         outputs: BTreeMap<String, String>,
     }
-    let bad = |detail: String| ComposeError::UnexpectedOutput {
-        command: "build",
-        detail,
-    };
+    let bad = |detail: String| ComposeError::UnexpectedOutput { command: "build", detail };
     let built: Vec<Built> = serde_json::from_str(json.trim()).map_err(|e| bad(e.to_string()))?;
     let [one] = built.as_slice() else {
-        return Err(bad(format!(
-            "expected one built installable, got {}",
-            built.len()
-        )));
+        return Err(bad(format!("expected one built installable, got {}", built.len())));
     };
     one.outputs
         .get("out")
@@ -239,11 +208,8 @@ pub fn compose_info(json: &str) -> Result<ComposeInfo, ComposeError> {
         #[serde(default)]
         nixos_configurations: Vec<String>,
     }
-    let raw: Raw =
-        serde_json::from_str(json.trim()).map_err(|e| ComposeError::UnexpectedOutput {
-            command: "eval",
-            detail: e.to_string(),
-        })?;
+    let raw: Raw = serde_json::from_str(json.trim())
+        .map_err(|e| ComposeError::UnexpectedOutput { command: "eval", detail: e.to_string() })?;
     Ok(ComposeInfo {
         host: raw.host,
         extendable: raw.extendable,
@@ -256,10 +222,8 @@ pub fn compose_info(json: &str) -> Result<ComposeInfo, ComposeError> {
 
 /// Parses `nix eval --json` output of an attribute wrapper's info.
 pub fn attr_info(json: &str) -> Result<AttrInfo, ComposeError> {
-    serde_json::from_str(json.trim()).map_err(|e| ComposeError::UnexpectedOutput {
-        command: "eval",
-        detail: e.to_string(),
-    })
+    serde_json::from_str(json.trim())
+        .map_err(|e| ComposeError::UnexpectedOutput { command: "eval", detail: e.to_string() })
 }
 
 #[cfg(test)]
@@ -309,40 +273,22 @@ mod tests {
         let got = locked_inputs(METADATA, &[("base", "/srv/base"), ("overlay", "./ci")]).unwrap();
         let base = &got["base"];
         assert_eq!(base.reference, "/srv/base");
-        assert_eq!(
-            base.nar_hash.as_deref(),
-            Some("sha256-01kXfwXcA++AksmDI/nvoJcdpEnKqxQgd6mh5lG9MrE=")
-        );
+        assert_eq!(base.nar_hash.as_deref(), Some("sha256-01kXfwXcA++AksmDI/nvoJcdpEnKqxQgd6mh5lG9MrE="));
         assert_eq!(base.rev, None);
         assert_eq!(base.last_modified, Some(1795632192));
         assert_eq!(
             base.locked_url.as_deref(),
-            Some(
-                "path:/srv/base?lastModified=1795632192&narHash=sha256-01kXfwXcA++AksmDI/nvoJcdpEnKqxQgd6mh5lG9MrE="
-            )
+            Some("path:/srv/base?lastModified=1795632192&narHash=sha256-01kXfwXcA++AksmDI/nvoJcdpEnKqxQgd6mh5lG9MrE=")
         );
         let overlay = &got["overlay"];
-        assert_eq!(
-            overlay.rev.as_deref(),
-            Some("0123456789abcdef0123456789abcdef01234567")
-        );
-        assert!(
-            overlay
-                .locked_url
-                .as_deref()
-                .unwrap()
-                .starts_with("git+file:///srv/project?"),
-            "{overlay:?}"
-        );
+        assert_eq!(overlay.rev.as_deref(), Some("0123456789abcdef0123456789abcdef01234567"));
+        assert!(overlay.locked_url.as_deref().unwrap().starts_with("git+file:///srv/project?"), "{overlay:?}");
     }
 
     #[test]
     fn a_missing_input_is_an_error_not_a_panic() {
         let err = locked_inputs(METADATA, &[("flake", "x")]).unwrap_err();
-        assert!(
-            err.to_string().contains("input `flake` is not in the lock"),
-            "{err}"
-        );
+        assert!(err.to_string().contains("input `flake` is not in the lock"), "{err}");
         assert!(locked_inputs("not json", &[]).is_err());
     }
 
@@ -352,19 +298,13 @@ mod tests {
             r#"{"type":"github","owner":"NixOS","repo":"nixpkgs","rev":"abc","narHash":"sha256-x"}"#,
         )
         .unwrap();
-        assert_eq!(
-            locked_url(&attrs),
-            "github:NixOS/nixpkgs/abc?narHash=sha256-x"
-        );
+        assert_eq!(locked_url(&attrs), "github:NixOS/nixpkgs/abc?narHash=sha256-x");
     }
 
     #[test]
     fn build_json_gives_the_out_path() {
         let json = r#"[{"drvPath":"/nix/store/a-x.drv","outputs":{"out":"/nix/store/b-x"}}]"#;
-        assert_eq!(
-            build_out_path(json).unwrap(),
-            PathBuf::from("/nix/store/b-x")
-        );
+        assert_eq!(build_out_path(json).unwrap(), PathBuf::from("/nix/store/b-x"));
         assert!(build_out_path("[]").is_err());
         assert!(build_out_path("").is_err());
     }

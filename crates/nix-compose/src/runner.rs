@@ -59,10 +59,7 @@ pub struct NixCommand {
 
 impl Default for NixCommand {
     fn default() -> Self {
-        NixCommand {
-            program: PathBuf::from("nix"),
-            env: Vec::new(),
-        }
+        NixCommand { program: PathBuf::from("nix"), env: Vec::new() }
     }
 }
 
@@ -76,19 +73,12 @@ impl NixRunner for NixCommand {
         let mut cmd = Command::new(&self.program);
         cmd.args(COMMON_ARGS).args(args);
         cmd.envs(self.env.iter().map(|(k, v)| (k, v)));
-        cmd.stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
+        cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
         let mut child = cmd.spawn().map_err(|source| {
             if source.kind() == std::io::ErrorKind::NotFound {
-                NixError::NotFound {
-                    program: self.program.clone(),
-                }
+                NixError::NotFound { program: self.program.clone() }
             } else {
-                NixError::Spawn {
-                    program: self.program.clone(),
-                    source,
-                }
+                NixError::Spawn { program: self.program.clone(), source }
             }
         })?;
         // Standard output is read on its own thread so that neither pipe can
@@ -110,17 +100,9 @@ impl NixRunner for NixCommand {
                 StderrMode::Stream => stream_stderr(err, &mut captured),
             }
         }
-        let status = child.wait().map_err(|source| NixError::Spawn {
-            program: self.program.clone(),
-            source,
-        })?;
+        let status = child.wait().map_err(|source| NixError::Spawn { program: self.program.clone(), source })?;
         let stdout = reader.join().unwrap_or_default();
-        Ok(NixOutput {
-            success: status.success(),
-            code: status.code(),
-            stdout,
-            stderr: captured,
-        })
+        Ok(NixOutput { success: status.success(), code: status.code(), stdout, stderr: captured })
     }
 }
 
@@ -178,12 +160,8 @@ mod tests {
 
     #[test]
     fn coloured_error_lines_are_recognised() {
-        assert!(starts_error_report(
-            "error: flake 'x' does not provide attribute"
-        ));
-        assert!(starts_error_report(
-            "\u{1b}[31;1merror:\u{1b}[0m builder failed"
-        ));
+        assert!(starts_error_report("error: flake 'x' does not provide attribute"));
+        assert!(starts_error_report("\u{1b}[31;1merror:\u{1b}[0m builder failed"));
         assert!(!starts_error_report("building '/nix/store/abc-x.drv'..."));
         assert!(!starts_error_report("warning: error: not at start"));
     }
@@ -198,10 +176,7 @@ mod tests {
 
     #[test]
     fn a_missing_program_is_reported_as_such() {
-        let nix = NixCommand {
-            program: PathBuf::from("/nonexistent/bin/nix"),
-            env: vec![],
-        };
+        let nix = NixCommand { program: PathBuf::from("/nonexistent/bin/nix"), env: vec![] };
         let err = nix.run(&[], StderrMode::Capture).unwrap_err();
         assert!(matches!(err, NixError::NotFound { .. }), "{err:?}");
     }

@@ -121,17 +121,10 @@ impl WrapperSpec {
     /// Renders the wrapper's `flake.nix`.
     pub fn render(&self) -> String {
         match self {
-            WrapperSpec::Compose {
-                platform,
-                hosts,
-                module,
-                base_ref,
-                overlay_ref,
-            } => render_compose(*platform, hosts, module, base_ref, overlay_ref),
-            WrapperSpec::Attr {
-                candidates,
-                flake_ref,
-            } => render_attr(candidates, flake_ref),
+            WrapperSpec::Compose { platform, hosts, module, base_ref, overlay_ref } => {
+                render_compose(*platform, hosts, module, base_ref, overlay_ref)
+            }
+            WrapperSpec::Attr { candidates, flake_ref } => render_attr(candidates, flake_ref),
         }
     }
 }
@@ -168,13 +161,7 @@ fn comment_safe(s: &str) -> String {
     s.replace(['\n', '\r'], " ")
 }
 
-fn render_compose(
-    platform: Platform,
-    hosts: &[String],
-    module: &str,
-    base_ref: &str,
-    overlay_ref: &str,
-) -> String {
+fn render_compose(platform: Platform, hosts: &[String], module: &str, base_ref: &str, overlay_ref: &str) -> String {
     let mut s = String::new();
     let what = match platform {
         Platform::SystemManager => {
@@ -287,10 +274,7 @@ fn render_attr(candidates: &[Vec<String>], flake_ref: &str) -> String {
          # so the flake's lock file is not written.\n",
         flake = comment_safe(flake_ref),
     );
-    let candidates: Vec<String> = candidates
-        .iter()
-        .map(|c| nix_list(c.iter().map(String::as_str)))
-        .collect();
+    let candidates: Vec<String> = candidates.iter().map(|c| nix_list(c.iter().map(String::as_str))).collect();
     let candidates = format!("[\n        {}\n      ]", candidates.join("\n        "));
     let _ = write!(
         s,
@@ -364,10 +348,7 @@ mod tests {
             overlay_ref: "./ci".into(),
         }
         .render();
-        assert!(
-            text.contains(r#"hosts = [ "x\"; y = \${builtins.abort \"no\"}" ];"#),
-            "{text}"
-        );
+        assert!(text.contains(r#"hosts = [ "x\"; y = \${builtins.abort \"no\"}" ];"#), "{text}");
         assert!(text.contains("#   base    = /etc/nixos rm\n"), "{text}");
     }
 }

@@ -21,8 +21,8 @@ mod source;
 pub mod unit_name;
 
 pub use live::{LiveState, LiveUnit};
-pub use source::{FlakeInput, Provenance};
 pub use plan::{
-    Action, Deferral, Diagnostic, Edge, Generation, KeyChange, Mode, Phase, Plan, ProtectedUnit,
-    Protection, ProtectionSource, Reason, Refusal, Rule, Severity, Step, UnitPlan, FORMAT_VERSION,
+    Action, Deferral, Diagnostic, Edge, FORMAT_VERSION, Generation, KeyChange, Mode, Phase, Plan, ProtectedUnit,
+    Protection, ProtectionSource, Reason, Refusal, Rule, Severity, Step, UnitPlan,
 };
+pub use source::{FlakeInput, Provenance};

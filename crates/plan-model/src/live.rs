@@ -124,6 +124,7 @@ impl LiveState {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
@@ -140,8 +141,7 @@ mod tests {
 
     #[test]
     fn rejects_unknown_fields() {
-        let err = LiveState::from_json(r#"{"units":{"a.service":{"active_state":"active","bogus":1}}}"#)
-            .unwrap_err();
+        let err = LiveState::from_json(r#"{"units":{"a.service":{"active_state":"active","bogus":1}}}"#).unwrap_err();
         assert!(err.to_string().contains("bogus"), "{err}");
     }
 }

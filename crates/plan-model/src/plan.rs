@@ -507,11 +507,7 @@ impl Plan {
     /// Returns the units that get `action`, in name order, skipping deferred
     /// actions (they are not in `actions`).
     pub fn units_with(&self, action: Action) -> Vec<&str> {
-        self.units
-            .iter()
-            .filter(|u| u.actions.contains(&action))
-            .map(|u| u.unit.as_str())
-            .collect()
+        self.units.iter().filter(|u| u.actions.contains(&action)).map(|u| u.unit.as_str()).collect()
     }
 
     /// Returns the plan entry for `unit`.
@@ -545,6 +541,7 @@ impl Plan {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
@@ -559,11 +556,7 @@ mod tests {
         let plan = Plan {
             format_version: FORMAT_VERSION,
             old: Generation { path: "/a".into(), init_interface_version: None, provenance: None },
-            new: Generation {
-                path: "/b".into(),
-                init_interface_version: Some("systemd 2".into()),
-                provenance: None,
-            },
+            new: Generation { path: "/b".into(), init_interface_version: Some("systemd 2".into()), provenance: None },
             units: vec![UnitPlan {
                 unit: "x.service".into(),
                 actions: vec![Action::Stop, Action::Start],
@@ -574,7 +567,7 @@ mod tests {
             steps: vec![Step::Activate { script: "/b/activate".into() }, Step::DaemonReload],
             protection: Protection::default(),
             diagnostics: vec![],
-        packages: None,
+            packages: None,
         };
         let json = plan.to_json();
         let back: Plan = serde_json::from_str(&json).unwrap();

@@ -253,10 +253,7 @@ mod tests {
 
     #[test]
     fn selector_patterns_escape_names() {
-        assert_eq!(
-            Selector::Name("sshd".into()).patterns(),
-            vec!["sshd.service", "sshd.socket", "sshd@*.service"]
-        );
+        assert_eq!(Selector::Name("sshd".into()).patterns(), vec!["sshd.service", "sshd.socket", "sshd@*.service"]);
         assert_eq!(Selector::Unit(r"dev-x\x2d1.swap".into()).patterns(), vec![r"dev-x\\x2d1.swap"]);
     }
 

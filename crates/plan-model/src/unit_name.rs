@@ -37,10 +37,8 @@ pub fn is_template(name: &str) -> bool {
 /// Checks a unit name the way a user may type it on the command line or in a
 /// file: a known type suffix and no path separators or control characters.
 pub fn is_valid(name: &str) -> bool {
-    const TYPES: &[&str] = &[
-        "service", "socket", "target", "device", "mount", "automount", "swap", "timer", "path",
-        "slice", "scope",
-    ];
+    const TYPES: &[&str] =
+        &["service", "socket", "target", "device", "mount", "automount", "swap", "timer", "path", "slice", "scope"];
     !name.is_empty()
         && name.len() <= 256
         && !name.contains('/')

@@ -26,10 +26,7 @@ fn main() {
     for i in 0..UNITS {
         let name = format!("bench-{i:03}.service");
         generation = generation
-            .service(
-                &name,
-                "[Unit]\nDescription=bench\n\n[Service]\nExecStart=/bin/sleep infinity\n",
-            )
+            .service(&name, "[Unit]\nDescription=bench\n\n[Service]\nExecStart=/bin/sleep infinity\n")
             .wanted_by(&name, "multi-user.target");
     }
     let mut config = Config::new(generation);
@@ -47,17 +44,12 @@ fn main() {
         let running = live
             .units
             .iter()
-            .filter(|(n, u)| {
-                n.starts_with("bench-") && u.active_state == "active" && u.main_pid != 0
-            })
+            .filter(|(n, u)| n.starts_with("bench-") && u.active_state == "active" && u.main_pid != 0)
             .count();
         if running == UNITS {
             break;
         }
-        assert!(
-            Instant::now() < deadline,
-            "only {running} of {UNITS} bench units came up"
-        );
+        assert!(Instant::now() < deadline, "only {running} of {UNITS} bench units came up");
         std::thread::sleep(Duration::from_millis(200));
     }
 
@@ -84,13 +76,7 @@ fn main() {
     // The machine's load changes these figures a lot (the bus daemon and
     // systemd share the CPUs with everything else), so it is printed too.
     if let Ok(load) = std::fs::read_to_string("/proc/loadavg") {
-        println!(
-            "load average at the end: {}",
-            load.split_whitespace()
-                .take(3)
-                .collect::<Vec<_>>()
-                .join(" ")
-        );
+        println!("load average at the end: {}", load.split_whitespace().take(3).collect::<Vec<_>>().join(" "));
     }
     drop(bus);
     bed.shutdown().expect("test bed shuts down");

@@ -27,9 +27,7 @@ use zbus::proxy::CacheProperties;
 use zbus::{Connection, OwnedObjectPath, OwnedVariant, Variant};
 
 use crate::Error;
-use crate::manager::{
-    JobKind, JobOutcome, JobResult, ServiceManager, TransientExit, TransientSpec, UnitStatus,
-};
+use crate::manager::{JobKind, JobOutcome, JobResult, ServiceManager, TransientExit, TransientSpec, UnitStatus};
 
 const UNIT_INTERFACE: &str = "org.freedesktop.systemd1.Unit";
 const SERVICE_INTERFACE: &str = "org.freedesktop.systemd1.Service";
@@ -160,18 +158,7 @@ trait Manager {
     fn list_units(
         &self,
     ) -> zbus::Result<
-        Vec<(
-            String,
-            String,
-            String,
-            String,
-            String,
-            String,
-            OwnedObjectPath,
-            u32,
-            String,
-            OwnedObjectPath,
-        )>,
+        Vec<(String, String, String, String, String, String, OwnedObjectPath, u32, String, OwnedObjectPath)>,
     >;
 
     fn get_unit(&self, name: &str) -> zbus::Result<OwnedObjectPath>;
@@ -203,30 +190,18 @@ trait Manager {
     ) -> zbus::Result<OwnedObjectPath>;
 
     #[zbus(signal)]
-    fn job_removed(
-        &self,
-        id: u32,
-        job: OwnedObjectPath,
-        unit: String,
-        result: String,
-    ) -> zbus::Result<()>;
+    fn job_removed(&self, id: u32, job: OwnedObjectPath, unit: String, result: String) -> zbus::Result<()>;
 
     #[zbus(signal)]
     fn reloading(&self, active: bool) -> zbus::Result<()>;
 }
 
-#[zbus::proxy(
-    interface = "org.freedesktop.systemd1.Unit",
-    default_service = "org.freedesktop.systemd1"
-)]
+#[zbus::proxy(interface = "org.freedesktop.systemd1.Unit", default_service = "org.freedesktop.systemd1")]
 trait Unit {
     fn unref(&self) -> zbus::Result<()>;
 }
 
-#[zbus::proxy(
-    interface = "org.freedesktop.DBus.Properties",
-    default_service = "org.freedesktop.systemd1"
-)]
+#[zbus::proxy(interface = "org.freedesktop.DBus.Properties", default_service = "org.freedesktop.systemd1")]
 trait Props {
     #[zbus(name = "GetAll")]
     fn get_all_unit(&self, interface: &str) -> zbus::Result<UnitProps>;
@@ -242,22 +217,36 @@ pub struct SystemdBus {
 
 impl std::fmt::Debug for SystemdBus {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SystemdBus")
-            .field("address", &self.address)
-            .finish()
+        f.debug_struct("SystemdBus").field("address", &self.address).finish()
     }
 }
 
 fn call_err(call: impl Into<String>) -> impl FnOnce(zbus::Error) -> Error {
     let call = call.into();
-    move |e| Error::Call {
-        call,
-        message: error_message(&e),
-    }
+    move |e| Error::Call { call, message: error_message(&e) }
 }
 
 /// Renders a zbus error as systemd's own message when there is one
 /// (`Unit foo.service not found.`), else zbus's description.
+/// How long an isolated apply's caller waits for systemd to come back
+/// after it left the bus (a re-exec takes a second or two).
+const SYSTEMD_AWAY_GRACE: Duration = Duration::from_secs(120);
+
+/// Tells whether a failed call's message says that systemd is not on the
+/// bus at the moment (as while it re-executes), rather than that the
+/// call itself was wrong.
+fn systemd_away(message: &str) -> bool {
+    [
+        "org.freedesktop.DBus.Error.NoReply",
+        "org.freedesktop.DBus.Error.ServiceUnknown",
+        "org.freedesktop.DBus.Error.NameHasNoOwner",
+        "org.freedesktop.DBus.Error.Timeout",
+        "org.freedesktop.DBus.Error.TimedOut",
+    ]
+    .iter()
+    .any(|name| message.contains(name))
+}
+
 fn error_message(e: &zbus::Error) -> String {
     match e {
         zbus::Error::MethodError(name, Some(text), _) => format!("{text} ({})", name.as_str()),
@@ -280,17 +269,11 @@ impl SystemdBus {
                 .method_timeout(Duration::from_secs(25))
                 .build()
                 .await
-                .map_err(|e| Error::Connect {
-                    address: address.clone(),
-                    message: error_message(&e),
-                })?;
+                .map_err(|e| Error::Connect { address: address.clone(), message: error_message(&e) })?;
             let manager = manager(&conn).await?;
             manager.subscribe().await.map_err(|e| Error::Connect {
                 address: address.clone(),
-                message: format!(
-                    "org.freedesktop.systemd1 did not answer: {}",
-                    error_message(&e)
-                ),
+                message: format!("org.freedesktop.systemd1 did not answer: {}", error_message(&e)),
             })?;
             Ok(SystemdBus { conn, address })
         })
@@ -303,11 +286,7 @@ impl SystemdBus {
 }
 
 async fn manager(conn: &Connection) -> Result<ManagerProxy<'static>, Error> {
-    ManagerProxy::builder(conn)
-        .cache_properties(CacheProperties::No)
-        .build()
-        .await
-        .map_err(call_err("Manager proxy"))
+    ManagerProxy::builder(conn).cache_properties(CacheProperties::No).build().await.map_err(call_err("Manager proxy"))
 }
 
 async fn props(conn: &Connection, path: OwnedObjectPath) -> Result<PropsProxy<'static>, Error> {
@@ -321,11 +300,7 @@ async fn props(conn: &Connection, path: OwnedObjectPath) -> Result<PropsProxy<'s
 
 fn bytes_hex(v: Option<&OwnedVariant>) -> String {
     match v.map(|v| &**v) {
-        Some(Variant::Array(a)) => a
-            .iter()
-            .filter_map(|x| u8::try_from(x).ok())
-            .map(|b| format!("{b:02x}"))
-            .collect(),
+        Some(Variant::Array(a)) => a.iter().filter_map(|x| u8::try_from(x).ok()).map(|b| format!("{b:02x}")).collect(),
         _ => String::new(),
     }
 }
@@ -339,9 +314,7 @@ fn i32_of(v: Result<OwnedVariant, zbus::Error>) -> i32 {
 }
 
 fn string_of(v: Result<OwnedVariant, zbus::Error>) -> String {
-    v.ok()
-        .and_then(|v| String::try_from(v).ok())
-        .unwrap_or_default()
+    v.ok().and_then(|v| String::try_from(v).ok()).unwrap_or_default()
 }
 
 /// `GetAll` of the Unit interface as one plain method call: a snapshot
@@ -361,11 +334,7 @@ async fn raw_get_all_unit(conn: &Connection, path: &OwnedObjectPath) -> zbus::Re
 }
 
 /// `Get` of one Service property as one plain method call.
-async fn raw_get(
-    conn: &Connection,
-    path: &OwnedObjectPath,
-    name: &str,
-) -> zbus::Result<OwnedVariant> {
+async fn raw_get(conn: &Connection, path: &OwnedObjectPath, name: &str) -> zbus::Result<OwnedVariant> {
     let reply = conn
         .call_method(
             Some("org.freedesktop.systemd1"),
@@ -380,18 +349,8 @@ async fn raw_get(
 
 /// Builds a [`LiveUnit`] from the `Unit` interface's properties. Pure, so
 /// the conversion is tested without a bus.
-pub(crate) fn live_unit_from(
-    mut unit: UnitProps,
-    main_pid: u32,
-    exec_main_status: i32,
-) -> LiveUnit {
-    let invocation_id = unit
-        .invocation_id
-        .take()
-        .unwrap_or_default()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
+pub(crate) fn live_unit_from(mut unit: UnitProps, main_pid: u32, exec_main_status: i32) -> LiveUnit {
+    let invocation_id = unit.invocation_id.take().unwrap_or_default().iter().map(|b| format!("{b:02x}")).collect();
     let active_state = unit.active_state.take().unwrap_or_default();
     let sub_state = unit.sub_state.take().unwrap_or_default();
     let load_state = unit.load_state.take().unwrap_or_default();
@@ -424,10 +383,7 @@ fn delay(d: Duration) -> impl Future<Output = ()> {
         fired: bool,
         waker: Option<Waker>,
     }
-    let state = Arc::new(Mutex::new(State {
-        fired: false,
-        waker: None,
-    }));
+    let state = Arc::new(Mutex::new(State { fired: false, waker: None }));
     let thread_state = Arc::clone(&state);
     std::thread::spawn(move || {
         std::thread::sleep(d);
@@ -486,20 +442,9 @@ impl SystemdBus {
                 let want_pid = service && active != "inactive";
                 let want_status = service && (sub == "auto-restart" || active == "failed");
                 let (unit, (pid, status)) = join(raw_get_all_unit(conn, path), async {
-                    let pid = async {
-                        if want_pid {
-                            u32_of(raw_get(conn, path, "MainPID").await)
-                        } else {
-                            0
-                        }
-                    };
-                    let status = async {
-                        if want_status {
-                            i32_of(raw_get(conn, path, "ExecMainStatus").await)
-                        } else {
-                            0
-                        }
-                    };
+                    let pid = async { if want_pid { u32_of(raw_get(conn, path, "MainPID").await) } else { 0 } };
+                    let status =
+                        async { if want_status { i32_of(raw_get(conn, path, "ExecMainStatus").await) } else { 0 } };
                     join(pid, status).await
                 })
                 .await;
@@ -521,14 +466,8 @@ impl SystemdBus {
             .into_iter()
             .flatten()
             .collect();
-        let manager_exe = std::fs::canonicalize("/proc/1/exe")
-            .ok()
-            .map(|p| p.to_string_lossy().into_owned());
-        Ok(LiveState {
-            units,
-            manager_exe,
-            ..Default::default()
-        })
+        let manager_exe = std::fs::canonicalize("/proc/1/exe").ok().map(|p| p.to_string_lossy().into_owned());
+        Ok(LiveState { units, manager_exe, ..Default::default() })
     }
 
     async fn status_async(&self, name: &str) -> Result<UnitStatus, Error> {
@@ -536,10 +475,7 @@ impl SystemdBus {
         let path = match manager.load_unit(name).await {
             Ok(p) => p,
             Err(_) => {
-                return Ok(UnitStatus {
-                    load_state: "not-found".into(),
-                    ..Default::default()
-                });
+                return Ok(UnitStatus { load_state: "not-found".into(), ..Default::default() });
             }
         };
         let p = props(&self.conn, path).await?;
@@ -582,10 +518,7 @@ impl SystemdBus {
         let manager = manager(&self.conn).await?;
         // The signal stream exists before the first job is queued, so no
         // JobRemoved can be missed, however fast a job finishes.
-        let mut removed = manager
-            .receive_job_removed()
-            .await
-            .map_err(call_err("AddMatch(JobRemoved)"))?;
+        let mut removed = manager.receive_job_removed().await.map_err(call_err("AddMatch(JobRemoved)"))?;
         let queued_at = Instant::now();
         let calls = jobs.iter().map(|(kind, unit)| {
             let m = &manager;
@@ -596,14 +529,10 @@ impl SystemdBus {
                     JobKind::Restart => m.restart_unit(unit, "replace").await,
                     JobKind::Start => m.start_unit(unit, "replace").await,
                 };
-                r.map(|p| p.as_str().to_owned())
-                    .map_err(|e| error_message(&e))
+                r.map(|p| p.as_str().to_owned()).map_err(|e| error_message(&e))
             }
         });
-        let replies: Vec<Result<String, String>> = stream::iter(calls)
-            .buffered(CALLS_IN_FLIGHT)
-            .collect()
-            .await;
+        let replies: Vec<Result<String, String>> = stream::iter(calls).buffered(CALLS_IN_FLIGHT).collect().await;
         let mut results: Vec<Option<JobResult>> = vec![None; jobs.len()];
         let mut pending: HashMap<String, usize> = HashMap::new();
         for (i, reply) in replies.into_iter().enumerate() {
@@ -613,11 +542,7 @@ impl SystemdBus {
                 }
                 Err(message) => {
                     let r = JobResult::NotQueued { message };
-                    on_done(&JobOutcome {
-                        unit: jobs[i].1.clone(),
-                        kind: jobs[i].0,
-                        result: r.clone(),
-                    });
+                    on_done(&JobOutcome { unit: jobs[i].1.clone(), kind: jobs[i].0, result: r.clone() });
                     results[i] = Some(r);
                 }
             }
@@ -634,15 +559,9 @@ impl SystemdBus {
                 let r = if args.result == "done" {
                     JobResult::Done
                 } else {
-                    JobResult::Failed {
-                        systemd_result: args.result.clone(),
-                    }
+                    JobResult::Failed { systemd_result: args.result.clone() }
                 };
-                on_done(&JobOutcome {
-                    unit: jobs[i].1.clone(),
-                    kind: jobs[i].0,
-                    result: r.clone(),
-                });
+                on_done(&JobOutcome { unit: jobs[i].1.clone(), kind: jobs[i].0, result: r.clone() });
                 results[i] = Some(r);
             }
         }
@@ -655,14 +574,8 @@ impl SystemdBus {
                 // cancel then means there was nothing left to cancel.
                 let _ = manager.cancel_job(id).await;
             }
-            let r = JobResult::TimedOut {
-                seconds: timeout.as_secs(),
-            };
-            on_done(&JobOutcome {
-                unit: jobs[*i].1.clone(),
-                kind: jobs[*i].0,
-                result: r.clone(),
-            });
+            let r = JobResult::TimedOut { seconds: timeout.as_secs() };
+            on_done(&JobOutcome { unit: jobs[*i].1.clone(), kind: jobs[*i].0, result: r.clone() });
             results[*i] = Some(r);
         }
         Ok(results
@@ -671,9 +584,7 @@ impl SystemdBus {
             .map(|(r, (kind, unit))| JobOutcome {
                 unit: unit.clone(),
                 kind: *kind,
-                result: r.unwrap_or(JobResult::TimedOut {
-                    seconds: timeout.as_secs(),
-                }),
+                result: r.unwrap_or(JobResult::TimedOut { seconds: timeout.as_secs() }),
             })
             .collect())
     }
@@ -681,10 +592,7 @@ impl SystemdBus {
     async fn reload_like(&self, reexec: bool, timeout: Duration) -> Result<(), Error> {
         let what = if reexec { "re-exec" } else { "daemon-reload" };
         let manager = manager(&self.conn).await?;
-        let mut reloading = manager
-            .receive_reloading()
-            .await
-            .map_err(call_err("AddMatch(Reloading)"))?;
+        let mut reloading = manager.receive_reloading().await.map_err(call_err("AddMatch(Reloading)"))?;
         if reexec {
             // systemd drops its bus connection while it re-executes, so the
             // reply may never come; the Reloading(false) signal, sent once
@@ -706,10 +614,7 @@ impl SystemdBus {
         match with_timeout(timeout, wait).await {
             Some(true) => {}
             _ => {
-                return Err(Error::ReloadTimeout {
-                    what,
-                    seconds: timeout.as_secs(),
-                });
+                return Err(Error::ReloadTimeout { what, seconds: timeout.as_secs() });
             }
         }
         if reexec {
@@ -728,11 +633,7 @@ impl SystemdBus {
 
     async fn run_transient_async(&self, spec: &TransientSpec) -> Result<OwnedObjectPath, Error> {
         let manager = manager(&self.conn).await?;
-        let exec = vec![(
-            spec.argv.first().cloned().unwrap_or_default(),
-            spec.argv.clone(),
-            false,
-        )];
+        let exec = vec![(spec.argv.first().cloned().unwrap_or_default(), spec.argv.clone(), false)];
         let mut properties: Vec<(&str, Variant<'_>)> = vec![
             ("Description", Variant::from(spec.description.as_str())),
             ("Type", Variant::from("exec")),
@@ -743,25 +644,13 @@ impl SystemdBus {
             ("ExecStart", Variant::from(exec)),
             ("Environment", Variant::from(spec.environment.clone())),
             ("StandardInput", Variant::from("null")),
-            (
-                "StandardOutputFileToTruncate",
-                Variant::from(spec.stdout.to_string_lossy().into_owned()),
-            ),
-            (
-                "StandardErrorFileToTruncate",
-                Variant::from(spec.stderr.to_string_lossy().into_owned()),
-            ),
+            ("StandardOutputFileToTruncate", Variant::from(spec.stdout.to_string_lossy().into_owned())),
+            ("StandardErrorFileToTruncate", Variant::from(spec.stderr.to_string_lossy().into_owned())),
         ];
         if let Some(dir) = &spec.working_directory {
-            properties.push((
-                "WorkingDirectory",
-                Variant::from(dir.to_string_lossy().into_owned()),
-            ));
+            properties.push(("WorkingDirectory", Variant::from(dir.to_string_lossy().into_owned())));
         }
-        let mut removed = manager
-            .receive_job_removed()
-            .await
-            .map_err(call_err("AddMatch(JobRemoved)"))?;
+        let mut removed = manager.receive_job_removed().await.map_err(call_err("AddMatch(JobRemoved)"))?;
         let job = manager
             .start_transient_unit(&spec.unit, "fail", &properties, &[])
             .await
@@ -779,10 +668,7 @@ impl SystemdBus {
                 break;
             }
         }
-        manager
-            .get_unit(&spec.unit)
-            .await
-            .map_err(call_err(format!("GetUnit({})", spec.unit)))
+        manager.get_unit(&spec.unit).await.map_err(call_err(format!("GetUnit({})", spec.unit)))
     }
 }
 
@@ -794,13 +680,12 @@ impl ServiceManager for SystemdBus {
     fn unit_status(&mut self, units: &[String]) -> Result<BTreeMap<String, UnitStatus>, Error> {
         let this = &*self;
         zbus::block_on(async {
-            let all: Vec<(String, UnitStatus)> =
-                stream::iter(units.iter().map(|u| async move {
-                    Ok::<_, Error>((u.clone(), this.status_async(u).await?))
-                }))
-                .buffer_unordered(UNITS_IN_FLIGHT / 4)
-                .try_collect()
-                .await?;
+            let all: Vec<(String, UnitStatus)> = stream::iter(
+                units.iter().map(|u| async move { Ok::<_, Error>((u.clone(), this.status_async(u).await?)) }),
+            )
+            .buffer_unordered(UNITS_IN_FLIGHT / 4)
+            .try_collect()
+            .await?;
             Ok(all.into_iter().collect())
         })
     }
@@ -823,23 +708,18 @@ impl ServiceManager for SystemdBus {
     }
 
     fn reset_failed(&mut self) -> Result<(), Error> {
-        zbus::block_on(async {
-            manager(&self.conn)
-                .await?
-                .reset_failed()
-                .await
-                .map_err(call_err("ResetFailed"))
-        })
+        zbus::block_on(async { manager(&self.conn).await?.reset_failed().await.map_err(call_err("ResetFailed")) })
     }
 
-    fn run_transient(
-        &mut self,
-        spec: &TransientSpec,
-        tick: &mut dyn FnMut(),
-    ) -> Result<TransientExit, Error> {
+    fn run_transient(&mut self, spec: &TransientSpec, tick: &mut dyn FnMut()) -> Result<TransientExit, Error> {
         let path = zbus::block_on(self.run_transient_async(spec))?;
         // Poll rather than watch PropertiesChanged: ten reads a second are
         // nothing next to a switch, and polling cannot miss a transition.
+        // The switch may re-execute systemd, which then leaves the bus for
+        // a moment: calls fail with "no reply" or "unknown name" until it
+        // is back. The unit and this client's reference on it survive the
+        // re-exec, so such failures are waited out, for a while.
+        let mut away_since: Option<std::time::Instant> = None;
         let exit = loop {
             tick();
             let st = zbus::block_on(async {
@@ -857,11 +737,32 @@ impl ServiceManager for SystemdBus {
                     i32_of(status),
                     string_of(result),
                 ))
-            })?;
+            });
+            let st = match st {
+                Err(Error::Call { message, .. }) if systemd_away(&message) => Err(message),
+                Err(e) => return Err(e),
+                Ok((Err(e), ..)) if systemd_away(&error_message(&e)) => Err(error_message(&e)),
+                Ok(st) => Ok(st),
+            };
+            let st = match st {
+                Err(message) => {
+                    let since = *away_since.get_or_insert_with(std::time::Instant::now);
+                    if since.elapsed() > SYSTEMD_AWAY_GRACE {
+                        break TransientExit::Unknown(format!(
+                            "systemd did not answer for {} s: {message}",
+                            SYSTEMD_AWAY_GRACE.as_secs()
+                        ));
+                    }
+                    std::thread::sleep(Duration::from_millis(100));
+                    continue;
+                }
+                Ok(st) => {
+                    away_since = None;
+                    st
+                }
+            };
             match st {
-                (Ok(active), code, status, result)
-                    if active == "inactive" || active == "failed" =>
-                {
+                (Ok(active), code, status, result) if active == "inactive" || active == "failed" => {
                     break match code {
                         1 => TransientExit::Exited(status),
                         2 | 3 => TransientExit::Killed(status),
@@ -875,9 +776,7 @@ impl ServiceManager for SystemdBus {
         };
         tick();
         zbus::block_on(async {
-            let unit = UnitProxy::builder(&self.conn)
-                .path(path.clone())
-                .cache_properties(CacheProperties::No);
+            let unit = UnitProxy::builder(&self.conn).path(path.clone()).cache_properties(CacheProperties::No);
             if let Ok(u) = unit.build().await {
                 // Dropping our reference lets systemd collect the unit.
                 let _ = u.unref().await;
@@ -909,10 +808,7 @@ mod tests {
         assert_eq!(u.active_state, "active");
         assert_eq!(u.sub_state, "running");
         assert_eq!(u.fragment_path, "/etc/systemd/system/a.service");
-        assert_eq!(
-            u.drop_in_paths,
-            vec!["/etc/systemd/system/a.service.d/x.conf"]
-        );
+        assert_eq!(u.drop_in_paths, vec!["/etc/systemd/system/a.service.d/x.conf"]);
         assert_eq!(u.invocation_id, "ab01");
         assert_eq!(u.main_pid, 42);
         assert_eq!(u.exec_main_status, 3);
@@ -928,10 +824,7 @@ mod tests {
 
     #[test]
     fn timeout_fires() {
-        let r = zbus::block_on(with_timeout(
-            Duration::from_millis(10),
-            std::future::pending::<()>(),
-        ));
+        let r = zbus::block_on(with_timeout(Duration::from_millis(10), std::future::pending::<()>()));
         assert_eq!(r, None);
         let r = zbus::block_on(with_timeout(Duration::from_secs(5), async { 7 }));
         assert_eq!(r, Some(7));

@@ -34,10 +34,7 @@ pub struct ApplyOptions {
 
 impl Default for ApplyOptions {
     fn default() -> Self {
-        ApplyOptions {
-            job_timeout: Duration::from_secs(90),
-            reload_timeout: Duration::from_secs(180),
-        }
+        ApplyOptions { job_timeout: Duration::from_secs(90), reload_timeout: Duration::from_secs(180) }
     }
 }
 
@@ -68,14 +65,9 @@ impl Host for ProcessHost {
             .stdout(std::io::stderr())
             .env("NIXOS_ACTION", "switch")
             .status()
-            .map_err(|source| Error::Activate {
-                path: script.to_owned(),
-                source,
-            })?;
+            .map_err(|source| Error::Activate { path: script.to_owned(), source })?;
         use std::os::unix::process::ExitStatusExt;
-        Ok(status
-            .code()
-            .unwrap_or_else(|| -status.signal().unwrap_or(0)))
+        Ok(status.code().unwrap_or_else(|| -status.signal().unwrap_or(0)))
     }
 
     fn swapoff(&mut self, device: &str) -> Result<(), String> {
@@ -122,13 +114,7 @@ impl Progress for StderrProgress {
         let _ = if o.result.is_done() {
             writeln!(std::io::stderr(), "  {} {}: done", o.kind, o.unit)
         } else {
-            writeln!(
-                std::io::stderr(),
-                "  failed to {} {}: {}",
-                o.kind,
-                o.unit,
-                o.result.describe()
-            )
+            writeln!(std::io::stderr(), "  failed to {} {}: {}", o.kind, o.unit, o.result.describe())
         };
     }
 
@@ -277,9 +263,7 @@ impl ApplyReport {
                     "protected {}: untouched (MainPID {}, InvocationID {})\n",
                     c.unit, c.after.main_pid, c.after.invocation_id
                 )),
-                Some(what) => {
-                    s.push_str(&format!("PROTECTED UNIT DISTURBED: {}: {what}\n", c.unit))
-                }
+                Some(what) => s.push_str(&format!("PROTECTED UNIT DISTURBED: {}: {what}\n", c.unit)),
             }
         }
         s
@@ -291,12 +275,7 @@ impl ApplyReport {
 fn phases_of(plan: &Plan) -> Vec<(Phase, Vec<(JobKind, String)>)> {
     let jobs = |action: Action| -> Vec<(JobKind, String)> {
         JobKind::for_action(action)
-            .map(|k| {
-                plan.units_with(action)
-                    .into_iter()
-                    .map(|u| (k, u.to_owned()))
-                    .collect()
-            })
+            .map(|k| plan.units_with(action).into_iter().map(|u| (k, u.to_owned())).collect())
             .unwrap_or_default()
     };
     let mut out = Vec::new();
@@ -328,20 +307,13 @@ fn phases_of(plan: &Plan) -> Vec<(Phase, Vec<(JobKind, String)>)> {
 
 /// The units protection covers in `plan`.
 fn protected_units(plan: &Plan) -> Vec<String> {
-    let set: BTreeSet<&str> = plan
-        .protection
-        .protected
-        .iter()
-        .flat_map(|p| p.units.iter().map(String::as_str))
-        .collect();
+    let set: BTreeSet<&str> =
+        plan.protection.protected.iter().flat_map(|p| p.units.iter().map(String::as_str)).collect();
     set.into_iter().map(str::to_owned).collect()
 }
 
 fn now_unix() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
 
 /// The status of protected units before the switch, persisted with the
@@ -370,16 +342,12 @@ pub fn apply(
     let protected = protected_units(plan);
     let before = Baseline(mgr.unit_status(&protected)?);
     let path = baseline_path(run);
-    std::fs::write(&path, serde_json::to_string(&before).unwrap_or_default())
-        .map_err(|e| Error::io(&path, e))?;
+    std::fs::write(&path, serde_json::to_string(&before).unwrap_or_default()).map_err(|e| Error::io(&path, e))?;
     let file = ProgressFile {
         plan: plan.clone(),
         started_unix: now_unix(),
         pid: std::process::id(),
-        phases: phases_of(plan)
-            .into_iter()
-            .map(|(p, _)| (p, PhaseState::Pending))
-            .collect(),
+        phases: phases_of(plan).into_iter().map(|(p, _)| (p, PhaseState::Pending)).collect(),
         jobs: Vec::new(),
         finished: false,
     };
@@ -401,10 +369,9 @@ pub fn resume(
     let mut file = interrupted.progress;
     let path = baseline_path(run);
     let before = match std::fs::read_to_string(&path) {
-        Ok(t) => serde_json::from_str(&t).map_err(|e| Error::BadProgress {
-            path: path.clone(),
-            message: e.to_string(),
-        })?,
+        Ok(t) => {
+            serde_json::from_str(&t).map_err(|e| Error::BadProgress { path: path.clone(), message: e.to_string() })?
+        }
         Err(_) => Baseline(mgr.unit_status(&protected_units(&file.plan))?),
     };
     file.pid = std::process::id();
@@ -434,11 +401,7 @@ fn carry_out(
     let mut failed_jobs: Vec<JobRecord> = Vec::new();
     let phases = phases_of(&plan);
     for (idx, (phase, jobs)) in phases.iter().enumerate() {
-        let state = file
-            .phases
-            .get(idx)
-            .map(|(_, s)| *s)
-            .unwrap_or(PhaseState::Pending);
+        let state = file.phases.get(idx).map(|(_, s)| *s).unwrap_or(PhaseState::Pending);
         if state == PhaseState::Done {
             continue;
         }
@@ -459,31 +422,17 @@ fn carry_out(
                 // Jobs of this phase that finished successfully in an
                 // interrupted run are not queued again.
                 let already: BTreeSet<(JobKind, String)> = if state == PhaseState::Running {
-                    file.jobs
-                        .iter()
-                        .filter(|j| j.result.is_done())
-                        .map(|j| (j.kind, j.unit.clone()))
-                        .collect()
+                    file.jobs.iter().filter(|j| j.result.is_done()).map(|j| (j.kind, j.unit.clone())).collect()
                 } else {
                     BTreeSet::new()
                 };
-                let todo: Vec<(JobKind, String)> = jobs
-                    .iter()
-                    .filter(|(k, u)| !already.contains(&(*k, u.clone())))
-                    .cloned()
-                    .collect();
+                let todo: Vec<(JobKind, String)> =
+                    jobs.iter().filter(|(k, u)| !already.contains(&(*k, u.clone()))).cloned().collect();
                 let names: Vec<&str> = jobs.iter().map(|(_, u)| u.as_str()).collect();
-                progress.phase(
-                    *phase,
-                    &format!("{} the following units: {}", verb(*phase), names.join(", ")),
-                );
+                progress.phase(*phase, &format!("{} the following units: {}", verb(*phase), names.join(", ")));
                 let result = mgr.run_jobs(&todo, opts.job_timeout, &mut |o| {
                     progress.job(o);
-                    file.jobs.push(PersistedJob {
-                        kind: o.kind,
-                        unit: o.unit.clone(),
-                        result: o.result.clone(),
-                    });
+                    file.jobs.push(PersistedJob { kind: o.kind, unit: o.unit.clone(), result: o.result.clone() });
                     // Progress is best effort while jobs run: a failed
                     // write must not leave jobs unawaited.
                     let _ = run.save(&file);
@@ -493,11 +442,7 @@ fn carry_out(
                         let mut recs: Vec<JobRecord> = jobs
                             .iter()
                             .filter(|(k, u)| already.contains(&(*k, u.clone())))
-                            .map(|(k, u)| JobRecord {
-                                kind: *k,
-                                unit: u.clone(),
-                                result: JobResult::Done,
-                            })
+                            .map(|(k, u)| JobRecord { kind: *k, unit: u.clone(), result: JobResult::Done })
                             .collect();
                         recs.extend(outcomes.into_iter().map(|o| JobRecord {
                             kind: o.kind,
@@ -509,21 +454,11 @@ fn carry_out(
                         // or the final check shows whether it matters.
                         let ok = recs.iter().all(|j| j.result.is_done());
                         failed_jobs.extend(recs.iter().filter(|j| !j.result.is_done()).cloned());
-                        PhaseRecord {
-                            phase: *phase,
-                            jobs: recs,
-                            note: None,
-                            ok,
-                        }
+                        PhaseRecord { phase: *phase, jobs: recs, note: None, ok }
                     }
                     Err(e) => {
                         report.aborted = Some(format!("{} phase: {e}", phase_name(*phase)));
-                        PhaseRecord {
-                            phase: *phase,
-                            jobs: Vec::new(),
-                            note: Some(e.to_string()),
-                            ok: false,
-                        }
+                        PhaseRecord { phase: *phase, jobs: Vec::new(), note: Some(e.to_string()), ok: false }
                     }
                 }
             }
@@ -557,19 +492,13 @@ fn carry_out(
                     .unwrap_or_else(|| Path::new(&plan.new.path).join("activate"));
                 progress.phase(*phase, "activating the configuration...");
                 match host.activate(&script, Path::new(&plan.new.path)) {
-                    Ok(0) => PhaseRecord {
-                        phase: *phase,
-                        jobs: Vec::new(),
-                        note: Some("exit status 0".into()),
-                        ok: true,
-                    },
+                    Ok(0) => {
+                        PhaseRecord { phase: *phase, jobs: Vec::new(), note: Some("exit status 0".into()), ok: true }
+                    }
                     // NixOS's switch carries on after a failed activation
                     // script: the units still need their jobs.
                     Ok(code) => {
-                        progress.note(&format!(
-                            "the activation script {} exited with status {code}",
-                            script.display()
-                        ));
+                        progress.note(&format!("the activation script {} exited with status {code}", script.display()));
                         PhaseRecord {
                             phase: *phase,
                             jobs: Vec::new(),
@@ -579,12 +508,7 @@ fn carry_out(
                     }
                     Err(e) => {
                         report.aborted = Some(e.to_string());
-                        PhaseRecord {
-                            phase: *phase,
-                            jobs: Vec::new(),
-                            note: Some(e.to_string()),
-                            ok: false,
-                        }
+                        PhaseRecord { phase: *phase, jobs: Vec::new(), note: Some(e.to_string()), ok: false }
                     }
                 }
             }
@@ -594,9 +518,7 @@ fn carry_out(
             }
             Phase::DaemonReload => {
                 progress.phase(*phase, "reloading the service manager...");
-                let r = mgr
-                    .reset_failed()
-                    .and_then(|()| mgr.daemon_reload(opts.reload_timeout));
+                let r = mgr.reset_failed().and_then(|()| mgr.daemon_reload(opts.reload_timeout));
                 step_record(*phase, r, &mut report)
             }
             Phase::SysinitReactivation => {
@@ -604,29 +526,17 @@ fn carry_out(
                 match mgr.unit_status(&[TARGET.to_owned()]) {
                     Ok(st) if st.get(TARGET).is_some_and(|s| s.load_state == "loaded") => {
                         progress.phase(*phase, &format!("restarting {TARGET}"));
-                        match mgr.run_jobs(
-                            &[(JobKind::Restart, TARGET.to_owned())],
-                            opts.job_timeout,
-                            &mut |o| progress.job(o),
-                        ) {
+                        match mgr.run_jobs(&[(JobKind::Restart, TARGET.to_owned())], opts.job_timeout, &mut |o| {
+                            progress.job(o)
+                        }) {
                             Ok(outcomes) => {
                                 let recs: Vec<JobRecord> = outcomes
                                     .into_iter()
-                                    .map(|o| JobRecord {
-                                        kind: o.kind,
-                                        unit: o.unit,
-                                        result: o.result,
-                                    })
+                                    .map(|o| JobRecord { kind: o.kind, unit: o.unit, result: o.result })
                                     .collect();
                                 let ok = recs.iter().all(|j| j.result.is_done());
-                                failed_jobs
-                                    .extend(recs.iter().filter(|j| !j.result.is_done()).cloned());
-                                PhaseRecord {
-                                    phase: *phase,
-                                    jobs: recs,
-                                    note: None,
-                                    ok,
-                                }
+                                failed_jobs.extend(recs.iter().filter(|j| !j.result.is_done()).cloned());
+                                PhaseRecord { phase: *phase, jobs: recs, note: None, ok }
                             }
                             Err(e) => step_record(*phase, Err(e), &mut report),
                         }
@@ -640,12 +550,7 @@ fn carry_out(
                     Err(e) => step_record(*phase, Err(e), &mut report),
                 }
             }
-            Phase::Skip => PhaseRecord {
-                phase: *phase,
-                jobs: Vec::new(),
-                note: None,
-                ok: true,
-            },
+            Phase::Skip => PhaseRecord { phase: *phase, jobs: Vec::new(), note: None, ok: true },
         };
         let finished = report.aborted.is_none();
         report.phases.push(record);
@@ -669,9 +574,7 @@ fn carry_out(
         .filter(|u| u.actions.is_empty() || u.actions.iter().any(|a| !matches!(a, Action::Stop)))
         .map(|u| u.unit.clone())
         .collect();
-    let any_timeout = failed_jobs
-        .iter()
-        .any(|j| matches!(j.result, JobResult::TimedOut { .. }));
+    let any_timeout = failed_jobs.iter().any(|j| matches!(j.result, JobResult::TimedOut { .. }));
     acted.extend(failed_jobs.iter().map(|j| j.unit.clone()));
     let acted: Vec<String> = acted.into_iter().collect();
     match mgr.unit_status(&acted) {
@@ -681,14 +584,9 @@ fn carry_out(
                 // After a job timed out, a unit still half-way through a
                 // state change is one that hung: a dependency of the job
                 // that timed out, queued by systemd rather than by us.
-                let hung = any_timeout
-                    && matches!(st.active_state.as_str(), "activating" | "deactivating");
+                let hung = any_timeout && matches!(st.active_state.as_str(), "activating" | "deactivating");
                 if job.is_some() || st.is_failed() || hung {
-                    report.failed.push(UnitFailure {
-                        unit,
-                        status: st,
-                        job,
-                    });
+                    report.failed.push(UnitFailure { unit, status: st, job });
                 }
             }
         }
@@ -743,20 +641,10 @@ fn carry_out(
 
 fn step_record(phase: Phase, r: Result<(), Error>, report: &mut ApplyReport) -> PhaseRecord {
     match r {
-        Ok(()) => PhaseRecord {
-            phase,
-            jobs: Vec::new(),
-            note: Some("done".into()),
-            ok: true,
-        },
+        Ok(()) => PhaseRecord { phase, jobs: Vec::new(), note: Some("done".into()), ok: true },
         Err(e) => {
             report.aborted = Some(format!("{} phase: {e}", phase_name(phase)));
-            PhaseRecord {
-                phase,
-                jobs: Vec::new(),
-                note: Some(e.to_string()),
-                ok: false,
-            }
+            PhaseRecord { phase, jobs: Vec::new(), note: Some(e.to_string()), ok: false }
         }
     }
 }
@@ -774,10 +662,7 @@ fn verb(phase: Phase) -> &'static str {
 impl UnitStatus {
     /// Tells whether the unit is running or starting.
     pub fn is_running(&self) -> bool {
-        matches!(
-            self.active_state.as_str(),
-            "active" | "activating" | "reloading" | "refreshing"
-        )
+        matches!(self.active_state.as_str(), "active" | "activating" | "reloading" | "refreshing")
     }
 }
 
@@ -785,16 +670,10 @@ impl UnitStatus {
 fn disturbance(before: &UnitStatus, after: &UnitStatus) -> Option<String> {
     let mut what = Vec::new();
     if !after.is_running() {
-        what.push(format!(
-            "no longer running (now {}/{})",
-            after.active_state, after.sub_state
-        ));
+        what.push(format!("no longer running (now {}/{})", after.active_state, after.sub_state));
     }
     if before.main_pid != after.main_pid {
-        what.push(format!(
-            "MainPID changed from {} to {}",
-            before.main_pid, after.main_pid
-        ));
+        what.push(format!("MainPID changed from {} to {}", before.main_pid, after.main_pid));
     }
     if before.invocation_id != after.invocation_id {
         what.push(format!(
@@ -816,8 +695,7 @@ mod tests {
     use super::*;
     use crate::fake::{Behaviour, Call, FakeManager};
     use plan_model::{
-        Deferral, FORMAT_VERSION, Generation, Mode, ProtectedUnit, Protection, ProtectionSource,
-        Reason, Rule, UnitPlan,
+        Deferral, FORMAT_VERSION, Generation, Mode, ProtectedUnit, Protection, ProtectionSource, Reason, Rule, UnitPlan,
     };
 
     #[derive(Default)]
@@ -847,8 +725,7 @@ mod tests {
             self.0.push(what.to_owned());
         }
         fn job(&mut self, o: &JobOutcome) {
-            self.0
-                .push(format!("{} {} {}", o.kind, o.unit, o.result.describe()));
+            self.0.push(format!("{} {} {}", o.kind, o.unit, o.result.describe()));
         }
         fn note(&mut self, line: &str) {
             self.0.push(line.to_owned());
@@ -859,10 +736,7 @@ mod tests {
         UnitPlan {
             unit: name.into(),
             actions: actions.to_vec(),
-            reasons: vec![Reason {
-                rule: Rule::UnitChanged,
-                detail: None,
-            }],
+            reasons: vec![Reason { rule: Rule::UnitChanged, detail: None }],
             changes: vec![],
             deferral: None,
         }
@@ -871,19 +745,11 @@ mod tests {
     fn plan(units: Vec<UnitPlan>, protected: &[&str]) -> Plan {
         Plan {
             format_version: FORMAT_VERSION,
-            old: Generation {
-                path: "/gen/a".into(),
-                ..Default::default()
-            },
-            new: Generation {
-                path: "/gen/b".into(),
-                ..Default::default()
-            },
+            old: Generation { path: "/gen/a".into(), ..Default::default() },
+            new: Generation { path: "/gen/b".into(), ..Default::default() },
             units,
             steps: vec![
-                Step::Activate {
-                    script: "/gen/b/activate".into(),
-                },
+                Step::Activate { script: "/gen/b/activate".into() },
                 Step::DaemonReload,
                 Step::RestartSysinitReactivation,
             ],
@@ -902,15 +768,12 @@ mod tests {
                 ..Default::default()
             },
             diagnostics: vec![],
-        packages: None,
+            packages: None,
         }
     }
 
     fn opts() -> ApplyOptions {
-        ApplyOptions {
-            job_timeout: Duration::from_secs(1),
-            reload_timeout: Duration::from_secs(1),
-        }
+        ApplyOptions { job_timeout: Duration::from_secs(1), reload_timeout: Duration::from_secs(1) }
     }
 
     #[test]
@@ -962,10 +825,7 @@ mod tests {
         assert_eq!(m.units["sshd.service"].status, before_sshd);
         assert_eq!(r.protected.len(), 1);
         assert!(r.protected[0].disturbed.is_none());
-        assert!(
-            run.interrupted().unwrap().is_none(),
-            "a finished apply leaves nothing to resume"
-        );
+        assert!(run.interrupted().unwrap().is_none(), "a finished apply leaves nothing to resume");
         assert!(dir.path().join("last.json").exists());
     }
 
@@ -985,34 +845,17 @@ mod tests {
         );
         let dir = tempfile::tempdir().unwrap();
         let run = RunDir::new(dir.path());
-        let r = apply(
-            &p,
-            &mut m,
-            &mut FakeHost::default(),
-            &run,
-            &opts(),
-            &mut Quiet::default(),
-        )
-        .unwrap();
+        let r = apply(&p, &mut m, &mut FakeHost::default(), &run, &opts(), &mut Quiet::default()).unwrap();
         assert!(!r.success());
         assert!(r.aborted.is_none());
         assert_eq!(m.units["good.service"].status.active_state, "active");
         let failed: Vec<&str> = r.failed.iter().map(|f| f.unit.as_str()).collect();
         assert_eq!(failed, vec!["bad.service", "slow.service"]);
         assert_eq!(r.failed[0].status.active_state, "failed");
-        assert_eq!(
-            r.failed[1].job.as_ref().unwrap().result,
-            JobResult::TimedOut { seconds: 1 }
-        );
-        assert_eq!(
-            r.failed_status.as_deref(),
-            Some("status of bad.service slow.service")
-        );
+        assert_eq!(r.failed[1].job.as_ref().unwrap().result, JobResult::TimedOut { seconds: 1 });
+        assert_eq!(r.failed_status.as_deref(), Some("status of bad.service slow.service"));
         let text = r.render_text();
-        assert!(
-            text.contains("warning: the following units failed"),
-            "{text}"
-        );
+        assert!(text.contains("warning: the following units failed"), "{text}");
         assert!(text.contains("bad.service: failed/failed"), "{text}");
     }
 
@@ -1023,30 +866,16 @@ mod tests {
         m.running("network.service");
         // An unprotected plan: the restart of network.service reaches sshd
         // through PartOf=, and the check after the switch must see it.
-        let p = plan(
-            vec![unit("network.service", &[Action::Restart])],
-            &["sshd.service"],
-        );
+        let p = plan(vec![unit("network.service", &[Action::Restart])], &["sshd.service"]);
         let dir = tempfile::tempdir().unwrap();
         let run = RunDir::new(dir.path());
-        let r = apply(
-            &p,
-            &mut m,
-            &mut FakeHost::default(),
-            &run,
-            &opts(),
-            &mut Quiet::default(),
-        )
-        .unwrap();
+        let r = apply(&p, &mut m, &mut FakeHost::default(), &run, &opts(), &mut Quiet::default()).unwrap();
         assert!(!r.success());
         assert!(r.protected_disturbed());
         let what = r.protected[0].disturbed.as_deref().unwrap();
         assert!(what.contains("MainPID changed"), "{what}");
         assert!(what.contains("InvocationID changed"), "{what}");
-        assert!(
-            r.render_text()
-                .contains("PROTECTED UNIT DISTURBED: sshd.service")
-        );
+        assert!(r.render_text().contains("PROTECTED UNIT DISTURBED: sshd.service"));
     }
 
     #[test]
@@ -1071,17 +900,10 @@ mod tests {
         let mut host = FakeHost::default();
         let r = apply(&p, &mut m, &mut host, &run, &opts(), &mut Quiet::default()).unwrap();
         assert!(!r.success());
-        assert!(
-            r.aborted.as_deref().unwrap().contains("start phase"),
-            "{:?}",
-            r.aborted
-        );
+        assert!(r.aborted.as_deref().unwrap().contains("start phase"), "{:?}", r.aborted);
         let interrupted = run.interrupted().unwrap().expect("progress is kept");
         let text = interrupted.describe();
-        assert!(
-            text.contains("phases done: stop, activate, daemon-reload, sysinit-reactivation"),
-            "{text}"
-        );
+        assert!(text.contains("phases done: stop, activate, daemon-reload, sysinit-reactivation"), "{text}");
         assert!(text.contains("stopped during: start"), "{text}");
         assert!(text.contains("start a.service (done)"), "{text}");
 
@@ -1089,22 +911,11 @@ mod tests {
         // and nothing before the start phase runs again.
         m.unreachable_after_jobs = None;
         m.calls.clear();
-        let r = resume(
-            interrupted,
-            &mut m,
-            &mut host,
-            &run,
-            &opts(),
-            &mut Quiet::default(),
-        )
-        .unwrap();
+        let r = resume(interrupted, &mut m, &mut host, &run, &opts(), &mut Quiet::default()).unwrap();
         assert!(r.success(), "{}", r.render_text());
         assert_eq!(
             m.calls,
-            vec![
-                Call::Job(JobKind::Start, "b.service".into()),
-                Call::Job(JobKind::Start, "c.service".into()),
-            ]
+            vec![Call::Job(JobKind::Start, "b.service".into()), Call::Job(JobKind::Start, "c.service".into()),]
         );
         assert_eq!(host.activated.len(), 1, "activation ran once");
         assert!(run.interrupted().unwrap().is_none());
@@ -1117,17 +928,10 @@ mod tests {
         let p = plan(vec![unit("b.service", &[Action::Start])], &[]);
         let dir = tempfile::tempdir().unwrap();
         let run = RunDir::new(dir.path());
-        let mut host = FakeHost {
-            exit: 2,
-            ..Default::default()
-        };
+        let mut host = FakeHost { exit: 2, ..Default::default() };
         let r = apply(&p, &mut m, &mut host, &run, &opts(), &mut Quiet::default()).unwrap();
         assert!(!r.success());
         assert_eq!(m.units["b.service"].status.active_state, "active");
-        assert!(
-            r.render_text().contains("activate: exit status 2"),
-            "{}",
-            r.render_text()
-        );
+        assert!(r.render_text().contains("activate: exit status 2"), "{}", r.render_text());
     }
 }

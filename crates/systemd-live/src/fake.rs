@@ -13,9 +13,7 @@ use std::time::Duration;
 use plan_model::{LiveState, LiveUnit};
 
 use crate::Error;
-use crate::manager::{
-    JobKind, JobOutcome, JobResult, ServiceManager, TransientExit, TransientSpec, UnitStatus,
-};
+use crate::manager::{JobKind, JobOutcome, JobResult, ServiceManager, TransientExit, TransientSpec, UnitStatus};
 
 /// How a fake unit reacts to a start or restart.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -76,11 +74,7 @@ pub struct FakeManager {
 impl FakeManager {
     /// A manager with no units.
     pub fn new() -> FakeManager {
-        FakeManager {
-            next_pid: 1000,
-            next_invocation: 1,
-            ..Default::default()
-        }
+        FakeManager { next_pid: 1000, next_invocation: 1, ..Default::default() }
     }
 
     /// Adds a running unit with a fresh main PID and invocation.
@@ -93,13 +87,7 @@ impl FakeManager {
             ..Default::default()
         };
         self.fresh_process(&mut st, name);
-        self.units.insert(
-            name.to_owned(),
-            FakeUnit {
-                status: st,
-                ..Default::default()
-            },
-        );
+        self.units.insert(name.to_owned(), FakeUnit { status: st, ..Default::default() });
         self.units.get_mut(name).unwrap_or_else(|| unreachable!())
     }
 
@@ -111,13 +99,7 @@ impl FakeManager {
             sub_state: "dead".into(),
             ..Default::default()
         };
-        self.units.insert(
-            name.to_owned(),
-            FakeUnit {
-                status: st,
-                ..Default::default()
-            },
-        );
+        self.units.insert(name.to_owned(), FakeUnit { status: st, ..Default::default() });
         self.units.get_mut(name).unwrap_or_else(|| unreachable!())
     }
 
@@ -152,9 +134,7 @@ impl FakeManager {
 
     fn start(&mut self, name: &str) -> JobResult {
         let Some(u) = self.units.get(name) else {
-            return JobResult::NotQueued {
-                message: format!("Unit {name} not found."),
-            };
+            return JobResult::NotQueued { message: format!("Unit {name} not found.") };
         };
         match u.behaviour {
             Behaviour::Runs => {
@@ -180,27 +160,19 @@ impl FakeManager {
                     u.status.exec_main_status = 1;
                     u.status.main_pid = 0;
                 }
-                JobResult::Failed {
-                    systemd_result: "failed".into(),
-                }
+                JobResult::Failed { systemd_result: "failed".into() }
             }
             Behaviour::Hangs => JobResult::TimedOut { seconds: 0 },
         }
     }
 
     fn dependents(&self, name: &str) -> Vec<String> {
-        self.units
-            .iter()
-            .filter(|(_, u)| u.part_of.iter().any(|p| p == name))
-            .map(|(n, _)| n.clone())
-            .collect()
+        self.units.iter().filter(|(_, u)| u.part_of.iter().any(|p| p == name)).map(|(n, _)| n.clone()).collect()
     }
 
     fn job(&mut self, kind: JobKind, name: &str, timeout: Duration) -> JobResult {
         if !self.units.contains_key(name) {
-            return JobResult::NotQueued {
-                message: format!("Unit {name} not found."),
-            };
+            return JobResult::NotQueued { message: format!("Unit {name} not found.") };
         }
         let r = match kind {
             JobKind::Stop => {
@@ -223,25 +195,20 @@ impl FakeManager {
             }
             JobKind::Reload => match self.units.get(name) {
                 Some(u) if u.status.is_running() => JobResult::Done,
-                _ => JobResult::Failed {
-                    systemd_result: "invalid".into(),
-                },
+                _ => JobResult::Failed { systemd_result: "invalid".into() },
             },
         };
         match r {
-            JobResult::TimedOut { .. } => JobResult::TimedOut {
-                seconds: timeout.as_secs(),
-            },
+            JobResult::TimedOut { .. } => JobResult::TimedOut { seconds: timeout.as_secs() },
             other => other,
         }
     }
 
     fn check_reachable(&self) -> Result<(), Error> {
         match self.unreachable_after_jobs {
-            Some(n) if self.jobs_queued >= n => Err(Error::Call {
-                call: "StartUnit".into(),
-                message: "the connection was closed".into(),
-            }),
+            Some(n) if self.jobs_queued >= n => {
+                Err(Error::Call { call: "StartUnit".into(), message: "the connection was closed".into() })
+            }
             _ => Ok(()),
         }
     }
@@ -271,10 +238,7 @@ impl ServiceManager for FakeManager {
                 (n.clone(), live)
             })
             .collect();
-        Ok(LiveState {
-            units,
-            ..Default::default()
-        })
+        Ok(LiveState { units, ..Default::default() })
     }
 
     fn unit_status(&mut self, units: &[String]) -> Result<BTreeMap<String, UnitStatus>, Error> {
@@ -282,16 +246,12 @@ impl ServiceManager for FakeManager {
         Ok(units
             .iter()
             .map(|u| {
-                let st = self
-                    .units
-                    .get(u)
-                    .map(|f| f.status.clone())
-                    .unwrap_or(UnitStatus {
-                        load_state: "not-found".into(),
-                        active_state: "inactive".into(),
-                        sub_state: "dead".into(),
-                        ..Default::default()
-                    });
+                let st = self.units.get(u).map(|f| f.status.clone()).unwrap_or(UnitStatus {
+                    load_state: "not-found".into(),
+                    active_state: "inactive".into(),
+                    sub_state: "dead".into(),
+                    ..Default::default()
+                });
                 (u.clone(), st)
             })
             .collect())
@@ -309,11 +269,7 @@ impl ServiceManager for FakeManager {
             self.jobs_queued += 1;
             self.calls.push(Call::Job(*kind, unit.clone()));
             let result = self.job(*kind, unit, timeout);
-            let o = JobOutcome {
-                unit: unit.clone(),
-                kind: *kind,
-                result,
-            };
+            let o = JobOutcome { unit: unit.clone(), kind: *kind, result };
             on_done(&o);
             out.push(o);
         }
@@ -338,11 +294,7 @@ impl ServiceManager for FakeManager {
         Ok(())
     }
 
-    fn run_transient(
-        &mut self,
-        spec: &TransientSpec,
-        tick: &mut dyn FnMut(),
-    ) -> Result<TransientExit, Error> {
+    fn run_transient(&mut self, spec: &TransientSpec, tick: &mut dyn FnMut()) -> Result<TransientExit, Error> {
         self.check_reachable()?;
         self.calls.push(Call::Transient(spec.unit.clone()));
         tick();

@@ -137,8 +137,7 @@ impl UnitStatus {
     /// switch decides it: `failed`, or a service waiting to auto-restart
     /// after a non-zero exit.
     pub fn is_failed(&self) -> bool {
-        self.active_state == "failed"
-            || (self.sub_state == "auto-restart" && self.exec_main_status != 0)
+        self.active_state == "failed" || (self.sub_state == "auto-restart" && self.exec_main_status != 0)
     }
 
     /// One line: `failed (Result=exit-code, status=3)`.
@@ -148,15 +147,9 @@ impl UnitStatus {
             s.push_str(&format!(", result {}", self.result));
         }
         if self.exec_main_code == 1 && self.exec_main_status != 0 {
-            s.push_str(&format!(
-                ", main process exited with status {}",
-                self.exec_main_status
-            ));
+            s.push_str(&format!(", main process exited with status {}", self.exec_main_status));
         } else if self.exec_main_code >= 2 {
-            s.push_str(&format!(
-                ", main process killed by signal {}",
-                self.exec_main_status
-            ));
+            s.push_str(&format!(", main process killed by signal {}", self.exec_main_status));
         }
         s
     }
@@ -229,9 +222,5 @@ pub trait ServiceManager {
     /// Starts `spec` as a transient service and waits until it has ended,
     /// calling `tick` about ten times a second meanwhile (to relay its
     /// output). The unit is garbage-collected afterwards.
-    fn run_transient(
-        &mut self,
-        spec: &TransientSpec,
-        tick: &mut dyn FnMut(),
-    ) -> Result<TransientExit, Error>;
+    fn run_transient(&mut self, spec: &TransientSpec, tick: &mut dyn FnMut()) -> Result<TransientExit, Error>;
 }

@@ -100,48 +100,27 @@ impl Interrupted {
     /// Says exactly where the apply stopped, in a few lines.
     pub fn describe(&self) -> String {
         let p = &self.progress;
-        let mut s = format!(
-            "an earlier apply (process {}) of {} was interrupted:\n",
-            p.pid, p.plan.new.path
-        );
+        let mut s = format!("an earlier apply (process {}) of {} was interrupted:\n", p.pid, p.plan.new.path);
         let names = |state: PhaseState| {
-            p.phases
-                .iter()
-                .filter(|(_, st)| *st == state)
-                .map(|(ph, _)| phase_name(*ph))
-                .collect::<Vec<_>>()
-                .join(", ")
+            p.phases.iter().filter(|(_, st)| *st == state).map(|(ph, _)| phase_name(*ph)).collect::<Vec<_>>().join(", ")
         };
         let done = names(PhaseState::Done);
         let running = names(PhaseState::Running);
         let pending = names(PhaseState::Pending);
-        s.push_str(&format!(
-            "  phases done: {}\n",
-            if done.is_empty() { "none" } else { &done }
-        ));
+        s.push_str(&format!("  phases done: {}\n", if done.is_empty() { "none" } else { &done }));
         if !running.is_empty() {
             s.push_str(&format!("  stopped during: {running}\n"));
             let in_phase: Vec<String> = p
                 .jobs
                 .iter()
-                .filter(|j| {
-                    p.phases
-                        .iter()
-                        .any(|(ph, st)| *st == PhaseState::Running && job_phase(j.kind) == *ph)
-                })
+                .filter(|j| p.phases.iter().any(|(ph, st)| *st == PhaseState::Running && job_phase(j.kind) == *ph))
                 .map(|j| format!("{} {} ({})", j.kind, j.unit, j.result.describe()))
                 .collect();
             if !in_phase.is_empty() {
-                s.push_str(&format!(
-                    "  jobs of that phase already finished: {}\n",
-                    in_phase.join(", ")
-                ));
+                s.push_str(&format!("  jobs of that phase already finished: {}\n", in_phase.join(", ")));
             }
         }
-        s.push_str(&format!(
-            "  phases not started: {}\n",
-            if pending.is_empty() { "none" } else { &pending }
-        ));
+        s.push_str(&format!("  phases not started: {}\n", if pending.is_empty() { "none" } else { &pending }));
         s
     }
 }
@@ -190,11 +169,7 @@ impl RunDir {
 
     fn ensure(&self) -> Result<(), Error> {
         use std::os::unix::fs::DirBuilderExt;
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(&self.path)
-            .map_err(|e| Error::io(&self.path, e))
+        std::fs::DirBuilder::new().recursive(true).mode(0o700).create(&self.path).map_err(|e| Error::io(&self.path, e))
     }
 
     /// Takes the exclusive lock without waiting. Fails with
@@ -202,11 +177,7 @@ impl RunDir {
     pub fn lock(&self) -> Result<LockGuard, Error> {
         self.ensure()?;
         let path = self.path.join(LOCK);
-        let file = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&path)
-            .map_err(|e| Error::io(&path, e))?;
+        let file = OpenOptions::new().create(true).append(true).open(&path).map_err(|e| Error::io(&path, e))?;
         // SAFETY: flock only reads the descriptor, which `file` keeps open
         // for the duration of the call.
         let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
@@ -242,11 +213,8 @@ impl RunDir {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(Error::io(&path, e)),
         };
-        let progress: ProgressFile =
-            serde_json::from_str(&text).map_err(|e| Error::BadProgress {
-                path: path.clone(),
-                message: e.to_string(),
-            })?;
+        let progress: ProgressFile = serde_json::from_str(&text)
+            .map_err(|e| Error::BadProgress { path: path.clone(), message: e.to_string() })?;
         if progress.finished {
             return Ok(None);
         }
@@ -261,8 +229,7 @@ impl RunDir {
         let tmp = self.path.join(format!("{PROGRESS}.tmp"));
         let text = serde_json::to_string_pretty(progress).unwrap_or_default();
         let mut f = File::create(&tmp).map_err(|e| Error::io(&tmp, e))?;
-        f.write_all(text.as_bytes())
-            .map_err(|e| Error::io(&tmp, e))?;
+        f.write_all(text.as_bytes()).map_err(|e| Error::io(&tmp, e))?;
         f.sync_data().map_err(|e| Error::io(&tmp, e))?;
         std::fs::rename(&tmp, &path).map_err(|e| Error::io(&path, e))
     }

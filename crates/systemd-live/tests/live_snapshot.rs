@@ -20,21 +20,12 @@ fn the_adapter_sees_and_drives_a_real_systemd() {
         return;
     }
     let generation = Generation::new("a")
-        .service(
-            "web.service",
-            "[Unit]\nPartOf=firewall.service\n\n[Service]\nExecStart=/bin/sleep infinity\n",
-        )
+        .service("web.service", "[Unit]\nPartOf=firewall.service\n\n[Service]\nExecStart=/bin/sleep infinity\n")
         .wanted_by("web.service", "multi-user.target")
-        .service(
-            "firewall.service",
-            "[Service]\nType=oneshot\nRemainAfterExit=yes\nExecStart=/bin/true\n",
-        )
+        .service("firewall.service", "[Service]\nType=oneshot\nRemainAfterExit=yes\nExecStart=/bin/true\n")
         .wanted_by("firewall.service", "multi-user.target")
         .dropin("web.service", "env.conf", "[Service]\nEnvironment=A=1\n")
-        .service(
-            "broken.service",
-            "[Service]\nType=oneshot\nExecStart=/bin/false\n",
-        );
+        .service("broken.service", "[Service]\nType=oneshot\nExecStart=/bin/false\n");
     let bed = TestBed::boot(&Config::new(generation)).unwrap();
     // Boot returns once the bus is up; the units may still be starting.
     bed.wait_for_state("web.service", "active").unwrap();
@@ -55,15 +46,9 @@ fn the_adapter_sees_and_drives_a_real_systemd() {
     // systemd reports the drop-in directory with its symbolic links
     // resolved: here it is the generation's own directory.
     assert_eq!(web.drop_in_paths.len(), 1, "{web:?}");
-    assert!(
-        web.drop_in_paths[0].ends_with("/etc/systemd/system/web.service.d/env.conf"),
-        "{web:?}"
-    );
+    assert!(web.drop_in_paths[0].ends_with("/etc/systemd/system/web.service.d/env.conf"), "{web:?}");
     assert_eq!(web.deps["PartOf"], vec!["firewall.service".to_owned()]);
-    assert!(
-        web.deps["WantedBy"].contains(&"multi-user.target".to_owned()),
-        "{web:?}"
-    );
+    assert!(web.deps["WantedBy"].contains(&"multi-user.target".to_owned()), "{web:?}");
     let firewall = live.get("firewall.service").unwrap();
     assert_eq!(firewall.deps["ConsistsOf"], vec!["web.service".to_owned()]);
     assert_eq!(firewall.sub_state, "exited");
@@ -73,29 +58,16 @@ fn the_adapter_sees_and_drives_a_real_systemd() {
     let mut seen = Vec::new();
     let outcomes = bus
         .run_jobs(
-            &[
-                (JobKind::Restart, "firewall.service".to_owned()),
-                (JobKind::Start, "broken.service".to_owned()),
-            ],
+            &[(JobKind::Restart, "firewall.service".to_owned()), (JobKind::Start, "broken.service".to_owned())],
             Duration::from_secs(30),
             &mut |o| seen.push(o.unit.clone()),
         )
         .unwrap();
     assert_eq!(outcomes[0].result, JobResult::Done);
-    assert_eq!(
-        outcomes[1].result,
-        JobResult::Failed {
-            systemd_result: "failed".into()
-        }
-    );
+    assert_eq!(outcomes[1].result, JobResult::Failed { systemd_result: "failed".into() });
     assert_eq!(seen.len(), 2);
-    let after = bus
-        .unit_status(&[
-            "web.service".to_owned(),
-            "broken.service".to_owned(),
-            "nope.service".to_owned(),
-        ])
-        .unwrap();
+    let after =
+        bus.unit_status(&["web.service".to_owned(), "broken.service".to_owned(), "nope.service".to_owned()]).unwrap();
     assert_ne!(after["web.service"].main_pid, before.main_pid);
     assert_ne!(after["web.service"].invocation_id, before.invocation_id);
     assert!(after["broken.service"].is_failed());
@@ -105,13 +77,8 @@ fn the_adapter_sees_and_drives_a_real_systemd() {
     assert_eq!(after["nope.service"].load_state, "not-found");
 
     // A job for a unit that does not exist is refused at once, not awaited.
-    let refused = bus
-        .run_jobs(
-            &[(JobKind::Start, "nope.service".to_owned())],
-            Duration::from_secs(30),
-            &mut |_| {},
-        )
-        .unwrap();
+    let refused =
+        bus.run_jobs(&[(JobKind::Start, "nope.service".to_owned())], Duration::from_secs(30), &mut |_| {}).unwrap();
     assert!(
         matches!(&refused[0].result, JobResult::NotQueued { message } if message.contains("nope.service")),
         "{refused:?}"
@@ -119,11 +86,7 @@ fn the_adapter_sees_and_drives_a_real_systemd() {
 
     bus.reset_failed().unwrap();
     bus.daemon_reload(Duration::from_secs(60)).unwrap();
-    assert_eq!(
-        bed.active_state("broken.service").unwrap(),
-        "inactive",
-        "ResetFailed cleared it"
-    );
+    assert_eq!(bed.active_state("broken.service").unwrap(), "inactive", "ResetFailed cleared it");
     drop(bus);
     bed.shutdown().unwrap();
 }

@@ -180,5 +180,9 @@ fn main() {
         );
     }
     let peak = peak_rss_kib().unwrap_or(0);
-    println!("peak resident memory (VmHWM): {:.1} MiB (after generating fixtures: {:.1} MiB)", peak as f64 / 1024.0, before as f64 / 1024.0);
+    println!(
+        "peak resident memory (VmHWM): {:.1} MiB (after generating fixtures: {:.1} MiB)",
+        peak as f64 / 1024.0,
+        before as f64 / 1024.0
+    );
 }

@@ -144,8 +144,7 @@ pub fn compare_units(old: &UnitFile, new: &UnitFile) -> Comparison {
             }
         });
     });
-    let new_sections =
-        new.sections().filter(|(s, _)| *s != "Install" && old.section(s).is_none()).count();
+    let new_sections = new.sections().filter(|(s, _)| *s != "Install" && old.section(s).is_none()).count();
     if new_sections >= 2 {
         restart = true;
     }
@@ -196,7 +195,10 @@ mod tests {
         assert_eq!(verdict("[Mount]\nWhat=a\nOptions=ro\n", "[Mount]\nWhat=a\nOptions=rw\n"), Verdict::Reload);
         assert_eq!(verdict("[Mount]\nWhat=a\n", "[Mount]\nWhat=a\nOptions=rw\n"), Verdict::Restart);
         assert_eq!(verdict(base, &format!("{base}[Install]\nWantedBy=multi-user.target\n")), Verdict::Equal);
-        assert_eq!(verdict("[Service]\nA=b\n", "[Service]\nA=b\n[Unit]\nDescription=x\n[X-Foo]\nB=c\n"), Verdict::Restart);
+        assert_eq!(
+            verdict("[Service]\nA=b\n", "[Service]\nA=b\n[Unit]\nDescription=x\n[X-Foo]\nB=c\n"),
+            Verdict::Restart
+        );
     }
 
     #[test]

@@ -288,9 +288,7 @@ fn read_source(w: &Walker, dir: &Path, name: &str, shown: &Path) -> Result<Sourc
     match resolve_in(w, dir, name, shown)? {
         Resolved::DevNull => Ok(Source::Masked),
         Resolved::Missing(target) => Err(LoadError::Dangling { path: shown.to_owned(), target }),
-        Resolved::Found(physical) => {
-            Ok(Source::Text { shown: shown.to_owned(), text: read_text(shown, &physical)? })
-        }
+        Resolved::Found(physical) => Ok(Source::Text { shown: shown.to_owned(), text: read_text(shown, &physical)? }),
     }
 }
 
@@ -351,10 +349,7 @@ fn list_dir(shown: &Path, physical: &Path) -> Result<Vec<String>, LoadError> {
     let mut names = Vec::new();
     for entry in fs::read_dir(physical).map_err(io_err)? {
         let entry = entry.map_err(io_err)?;
-        let name = entry
-            .file_name()
-            .into_string()
-            .map_err(|name| LoadError::NameNotUtf8 { path: shown.join(name) })?;
+        let name = entry.file_name().into_string().map_err(|name| LoadError::NameNotUtf8 { path: shown.join(name) })?;
         names.push(name);
     }
     names.sort();
@@ -508,10 +503,7 @@ pub fn load(root: &Path) -> Result<GenerationUnits, LoadError> {
 
 /// Loads two generations at once, the new one on a second thread: loading
 /// is dominated by file-system calls, which overlap well.
-pub fn load_pair(
-    old: &Path,
-    new: &Path,
-) -> (Result<GenerationUnits, LoadError>, Result<GenerationUnits, LoadError>) {
+pub fn load_pair(old: &Path, new: &Path) -> (Result<GenerationUnits, LoadError>, Result<GenerationUnits, LoadError>) {
     std::thread::scope(|scope| {
         let handle = scope.spawn(|| load(new));
         let old = load(old);

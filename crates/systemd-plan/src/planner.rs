@@ -22,8 +22,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use plan_model::{
-    Action, Diagnostic, Generation, KeyChange, LiveState, LiveUnit, Plan, Reason, Rule, Severity, Step,
-    UnitPlan, FORMAT_VERSION, unit_name,
+    Action, Diagnostic, FORMAT_VERSION, Generation, KeyChange, LiveState, LiveUnit, Plan, Reason, Rule, Severity, Step,
+    UnitPlan, unit_name,
 };
 
 use crate::compare::{Verdict, compare_units};
@@ -116,11 +116,7 @@ pub fn plan(old: &GenerationUnits, new: &GenerationUnits, live: &LiveState) -> P
     }
 
     let Planner { entries, steps, diagnostics, .. } = planner;
-    let units = entries
-        .into_iter()
-        .filter(|(_, e)| e.keep())
-        .map(|(unit, e)| e.into_plan(unit))
-        .collect();
+    let units = entries.into_iter().filter(|(_, e)| e.keep()).map(|(unit, e)| e.into_plan(unit)).collect();
     Plan {
         format_version: FORMAT_VERSION,
         old: old_generation,
@@ -552,7 +548,8 @@ impl<'a> Planner<'a> {
         let reloads: Vec<String> =
             self.entries.iter().filter(|(_, e)| e.reload).map(|(name, _)| name.clone()).collect();
         for name in reloads {
-            let running = self.live.get(&name).is_some_and(|u| matches!(u.active_state.as_str(), "active" | "activating"));
+            let running =
+                self.live.get(&name).is_some_and(|u| matches!(u.active_state.as_str(), "active" | "activating"));
             if running {
                 continue;
             }

@@ -10,17 +10,12 @@ use std::time::{Duration, Instant};
 use testbed::{Config, Generation, TestBed};
 
 fn small() -> Generation {
-    Generation::new("small")
-        .sshd()
-        .service("job.service", "[Service]\nExecStart=/bin/sleep infinity\n")
+    Generation::new("small").sshd().service("job.service", "[Service]\nExecStart=/bin/sleep infinity\n")
 }
 
 fn many(n: usize) -> Generation {
     (0..n).fold(Generation::new("many").sshd(), |g, i| {
-        g.service(
-            format!("svc-{i:03}.service"),
-            "[Service]\nExecStart=/bin/sleep infinity\n",
-        )
+        g.service(format!("svc-{i:03}.service"), "[Service]\nExecStart=/bin/sleep infinity\n")
     })
 }
 
@@ -29,8 +24,7 @@ fn measure(generation: &Generation, runs: usize) -> Vec<Duration> {
     let mut times: Vec<Duration> = (0..runs)
         .map(|_| {
             let started = Instant::now();
-            let bed = TestBed::boot(&Config::new(generation.clone()))
-                .unwrap_or_else(|e| panic!("boot: {e}"));
+            let bed = TestBed::boot(&Config::new(generation.clone())).unwrap_or_else(|e| panic!("boot: {e}"));
             let took = started.elapsed();
             drop(bed);
             took

@@ -89,20 +89,13 @@ pub const BASE_UNITS: &[&str] = &[
 
 /// The extra Debian units for a test bed with `systemd-logind` (which
 /// NixOS's switch asks for the logged-in users).
-pub const LOGIND_UNITS: &[&str] = &[
-    "systemd-logind.service",
-    "dbus-org.freedesktop.login1.service",
-    "user-runtime-dir@.service",
-    "user@.service",
-];
+pub const LOGIND_UNITS: &[&str] =
+    &["systemd-logind.service", "dbus-org.freedesktop.login1.service", "user-runtime-dir@.service", "user@.service"];
 
 /// The extra Debian units for a test bed with a journal, so that
 /// `systemctl status` and `journalctl` show what units printed.
-pub const JOURNAL_UNITS: &[&str] = &[
-    "systemd-journald.service",
-    "systemd-journald.socket",
-    "systemd-journald-dev-log.socket",
-];
+pub const JOURNAL_UNITS: &[&str] =
+    &["systemd-journald.service", "systemd-journald.socket", "systemd-journald-dev-log.socket"];
 
 /// Where Debian keeps its units (on a merged-/usr system this is
 /// `/usr/lib/systemd/system`).
@@ -177,21 +170,12 @@ pub fn unsupported_reason() -> Option<String> {
     NAMESPACES
         .get_or_init(|| {
             let out = exec::run(
-                Command::new("unshare").args([
-                    "--pid",
-                    "--fork",
-                    "--mount",
-                    "--mount-proc",
-                    "true",
-                ]),
+                Command::new("unshare").args(["--pid", "--fork", "--mount", "--mount-proc", "true"]),
                 Duration::from_secs(10),
             );
             match out {
                 Ok(out) if out.success() => None,
-                Ok(out) => Some(format!(
-                    "cannot create PID and mount namespaces: {}",
-                    out.stderr.trim()
-                )),
+                Ok(out) => Some(format!("cannot create PID and mount namespaces: {}", out.stderr.trim())),
                 Err(err) => Some(format!("cannot create PID and mount namespaces: {err}")),
             }
         })
@@ -280,11 +264,7 @@ impl TestBed {
             .tempdir()
             .map_err(io("creating", std::env::temp_dir()))?;
         let root = dir.keep();
-        let id = format!(
-            "{}-{}",
-            std::process::id(),
-            BEDS.fetch_add(1, Ordering::Relaxed)
-        );
+        let id = format!("{}-{}", std::process::id(), BEDS.fetch_add(1, Ordering::Relaxed));
         match Self::boot_in(config, root.clone(), id, started) {
             Ok(bed) => Ok(bed),
             Err(err) => {
@@ -301,15 +281,13 @@ impl TestBed {
         for dir in ["run/testbed", "store", "generations", "distro-units"] {
             fs::create_dir_all(root.join(dir)).map_err(io("creating", root.join(dir)))?;
         }
-        fs::write(run.join("testbed/marker"), format!("{id}\n"))
-            .map_err(io("writing", run.join("testbed/marker")))?;
+        fs::write(run.join("testbed/marker"), format!("{id}\n")).map_err(io("writing", run.join("testbed/marker")))?;
         let keys = SshKeys::generate(&root.join("ssh"))?;
         let port = ssh::free_port()?;
 
         let ctx = build_context(&root, &keys, port);
         let generation = config.generation.build(&root.join("generations"), &ctx)?;
-        symlink(&generation, run.join("current-system"))
-            .map_err(io("linking", run.join("current-system")))?;
+        symlink(&generation, run.join("current-system")).map_err(io("linking", run.join("current-system")))?;
 
         let mut units: Vec<String> = BASE_UNITS.iter().map(|s| (*s).to_owned()).collect();
         if config.logind {
@@ -323,41 +301,26 @@ impl TestBed {
 
         let cgroup = format!("testbed-{id}");
         let script = root.join("boot.sh");
-        fs::write(
-            &script,
-            boot_script(&root, &generation, &cgroup_roots(), &cgroup, &config.target),
-        )
-        .map_err(io("writing", &script))?;
-        fs::set_permissions(&script, fs::Permissions::from_mode(0o755))
-            .map_err(io("chmod", &script))?;
+        fs::write(&script, boot_script(&root, &generation, &cgroup_roots(), &cgroup, &config.target))
+            .map_err(io("writing", &script))?;
+        fs::set_permissions(&script, fs::Permissions::from_mode(0o755)).map_err(io("chmod", &script))?;
 
         let console_path = root.join("console.log");
         let console = fs::File::create(&console_path).map_err(io("creating", &console_path))?;
-        let console_err = console
-            .try_clone()
-            .map_err(io("duplicating", &console_path))?;
+        let console_err = console.try_clone().map_err(io("duplicating", &console_path))?;
         let mut cmd = Command::new("unshare");
-        cmd.args([
-            "--pid",
-            "--fork",
-            "--mount",
-            "--mount-proc",
-            "--kill-child=SIGKILL",
-        ])
-        .arg(&script)
-        .env_clear()
-        .env(
-            "PATH",
-            "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-        )
-        .env("LANG", "C.UTF-8")
-        .stdin(Stdio::null())
-        .stdout(console)
-        .stderr(console_err)
-        // Its own process group: a Ctrl-C meant for the test runner must
-        // not reach the namespace's systemd (which would take SIGINT as
-        // Ctrl-Alt-Del).
-        .process_group(0);
+        cmd.args(["--pid", "--fork", "--mount", "--mount-proc", "--kill-child=SIGKILL"])
+            .arg(&script)
+            .env_clear()
+            .env("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
+            .env("LANG", "C.UTF-8")
+            .stdin(Stdio::null())
+            .stdout(console)
+            .stderr(console_err)
+            // Its own process group: a Ctrl-C meant for the test runner must
+            // not reach the namespace's systemd (which would take SIGINT as
+            // Ctrl-Alt-Del).
+            .process_group(0);
         // SAFETY: the closure runs in the forked child before exec and only
         // calls prctl, which is async-signal-safe.
         unsafe {
@@ -371,9 +334,7 @@ impl TestBed {
             });
         }
         let command = exec::describe(&cmd);
-        let unshare = cmd
-            .spawn()
-            .map_err(|source| Error::Spawn { command, source })?;
+        let unshare = cmd.spawn().map_err(|source| Error::Spawn { command, source })?;
 
         let mut bed = TestBed {
             root,
@@ -389,9 +350,7 @@ impl TestBed {
         };
         bed.pid = bed.wait_boot_step("the namespace's PID 1", |bed| bed.find_pid1())?;
         let private = bed.run_dir().join("systemd/private");
-        bed.wait_boot_step("systemd's private socket", |_| {
-            Ok(private.exists().then_some(()))
-        })?;
+        bed.wait_boot_step("systemd's private socket", |_| Ok(private.exists().then_some(())))?;
         // The socket file can exist before systemd answers on it (on a
         // loaded machine systemctl was seen failing to connect right after
         // it appeared), so wait until systemctl gets an answer.
@@ -402,36 +361,24 @@ impl TestBed {
 
         let mut start = vec!["start"];
         if config.journal {
-            start.extend([
-                "systemd-journald.socket",
-                "systemd-journald-dev-log.socket",
-                "systemd-journald.service",
-            ]);
+            start.extend(["systemd-journald.socket", "systemd-journald-dev-log.socket", "systemd-journald.service"]);
         }
         start.extend(["dbus.socket", "dbus.service"]);
         if config.logind {
             start.push("systemd-logind.service");
         }
-        bed.systemctl(&start)
-            .map_err(|e| bed.boot_error(format!("starting D-Bus: {e}")))?;
+        bed.systemctl(&start).map_err(|e| bed.boot_error(format!("starting D-Bus: {e}")))?;
         let state = bed.run(&["systemctl", "is-system-running", "--wait"])?;
         let state = state.stdout.trim().to_owned();
         if state != "running" && state != "degraded" {
             return Err(bed.boot_error(format!("the system is {state:?} after boot")));
         }
-        if config
-            .generation
-            .units()
-            .iter()
-            .any(|u| u == crate::generation::SSHD_UNIT)
-        {
+        if config.generation.units().iter().any(|u| u == crate::generation::SSHD_UNIT) {
             // sshd is Type=notify, so active means listening; a failed sshd
             // (its port taken meanwhile) must not pass for a working one.
             let sshd = bed.active_state(crate::generation::SSHD_UNIT)?;
             if sshd != "active" {
-                let journal = bed
-                    .journal(crate::generation::SSHD_UNIT)
-                    .unwrap_or_default();
+                let journal = bed.journal(crate::generation::SSHD_UNIT).unwrap_or_default();
                 return Err(bed.boot_error(format!("sshd.service is {sshd}:\n{journal}")));
             }
             let port = bed.port;
@@ -445,11 +392,7 @@ impl TestBed {
 
     /// Polls `probe` during boot, failing early with the console when the
     /// namespace died.
-    fn wait_boot_step<T>(
-        &mut self,
-        what: &str,
-        mut probe: impl FnMut(&Self) -> Result<Option<T>>,
-    ) -> Result<T> {
+    fn wait_boot_step<T>(&mut self, what: &str, mut probe: impl FnMut(&Self) -> Result<Option<T>>) -> Result<T> {
         let timeout = self.timeout;
         let deadline = Instant::now() + timeout;
         loop {
@@ -457,24 +400,17 @@ impl TestBed {
                 return Ok(value);
             }
             if let Ok(Some(status)) = self.unshare.try_wait() {
-                return Err(self.boot_error(format!(
-                    "unshare exited ({status}) while waiting for {what}"
-                )));
+                return Err(self.boot_error(format!("unshare exited ({status}) while waiting for {what}")));
             }
             if Instant::now() >= deadline {
-                return Err(
-                    self.boot_error(format!("timed out after {timeout:?} waiting for {what}"))
-                );
+                return Err(self.boot_error(format!("timed out after {timeout:?} waiting for {what}")));
             }
             std::thread::sleep(Duration::from_millis(5));
         }
     }
 
     fn boot_error(&self, reason: String) -> Error {
-        Error::Boot {
-            reason,
-            console: self.console(),
-        }
+        Error::Boot { reason, console: self.console() }
     }
 
     /// The host PID of unshare's only child, the namespace's PID 1.
@@ -517,10 +453,7 @@ impl TestBed {
     /// host (e.g. as `DBUS_SYSTEM_BUS_ADDRESS`). Inside the namespace the
     /// default address works.
     pub fn dbus_address(&self) -> String {
-        format!(
-            "unix:path={}",
-            self.run_dir().join("dbus/system_bus_socket").display()
-        )
+        format!("unix:path={}", self.run_dir().join("dbus/system_bus_socket").display())
     }
 
     /// The generation `/run/current-system` points to now.
@@ -546,10 +479,7 @@ impl TestBed {
     /// Builds another generation (e.g. the one to switch to) next to the
     /// booted one, with this bed's sshd settings, and returns its path.
     pub fn build_generation(&self, generation: &Generation) -> Result<PathBuf> {
-        generation.build(
-            &self.root.join("generations"),
-            &build_context(&self.root, &self.keys, self.port),
-        )
+        generation.build(&self.root.join("generations"), &build_context(&self.root, &self.keys, self.port))
     }
 
     /// The loopback port of the bed's sshd.
@@ -611,10 +541,7 @@ impl TestBed {
     /// One property of a unit, as `systemctl show -p <prop> --value`
     /// prints it (e.g. `MainPID`, `InvocationID`, `ActiveState`).
     pub fn unit_property(&self, unit: &str, property: &str) -> Result<String> {
-        Ok(self
-            .systemctl(&["show", "-p", property, "--value", unit])?
-            .trim_end_matches('\n')
-            .to_owned())
+        Ok(self.systemctl(&["show", "-p", property, "--value", unit])?.trim_end_matches('\n').to_owned())
     }
 
     /// A unit's `MainPID` (0 when it has none).
@@ -676,9 +603,7 @@ impl TestBed {
     /// What `unit` printed, from the journal (empty when the bed runs
     /// without one).
     pub fn journal(&self, unit: &str) -> Result<String> {
-        Ok(self
-            .run(&["journalctl", "--no-pager", "-o", "cat", "-u", unit])?
-            .stdout)
+        Ok(self.run(&["journalctl", "--no-pager", "-o", "cat", "-u", unit])?.stdout)
     }
 
     /// What the bed's systemd and the boot script printed so far.
@@ -733,11 +658,7 @@ impl Drop for TestBed {
 
 impl std::fmt::Debug for TestBed {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TestBed")
-            .field("root", &self.root)
-            .field("pid", &self.pid)
-            .field("port", &self.port)
-            .finish()
+        f.debug_struct("TestBed").field("root", &self.root).field("pid", &self.pid).field("port", &self.port).finish()
     }
 }
 
@@ -805,11 +726,7 @@ fn cgroup_roots() -> Vec<PathBuf> {
     if base.join("cgroup.procs").exists() {
         return vec![base.to_path_buf()];
     }
-    ["unified", "systemd"]
-        .iter()
-        .map(|h| base.join(h))
-        .filter(|p| p.join("cgroup.procs").exists())
-        .collect()
+    ["unified", "systemd"].iter().map(|h| base.join(h)).filter(|p| p.join("cgroup.procs").exists()).collect()
 }
 
 /// Removes `<hierarchy>/<name>` and everything below it in every mounted
@@ -832,10 +749,7 @@ fn remove_cgroups(name: &str, timeout: Duration) -> Result<()> {
                 break;
             }
             if Instant::now() >= deadline {
-                return Err(Error::Timeout {
-                    what: format!("removing cgroup {}", top.display()),
-                    timeout,
-                });
+                return Err(Error::Timeout { what: format!("removing cgroup {}", top.display()), timeout });
             }
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -901,20 +815,11 @@ fn sh_quote(path: &Path) -> String {
 
 /// The script that builds the namespace's view of the system and becomes
 /// systemd.
-fn boot_script(
-    root: &Path,
-    generation: &Path,
-    cgroup_roots: &[PathBuf],
-    cgroup: &str,
-    target: &str,
-) -> String {
+fn boot_script(root: &Path, generation: &Path, cgroup_roots: &[PathBuf], cgroup: &str, target: &str) -> String {
     let mut join = String::new();
     for hierarchy in cgroup_roots {
         let dir = hierarchy.join(cgroup);
-        join.push_str(&format!(
-            "mkdir -p {d}\necho 0 > {d}/cgroup.procs\n",
-            d = sh_quote(&dir)
-        ));
+        join.push_str(&format!("mkdir -p {d}\necho 0 > {d}/cgroup.procs\n", d = sh_quote(&dir)));
     }
     format!(
         r#"#!/bin/sh

@@ -51,10 +51,7 @@ pub enum Error {
         timeout: Duration,
     },
     /// The namespace's systemd exited or never came up.
-    #[error(
-        "the test bed's systemd did not come up: {reason}{}",
-        console_tail(console)
-    )]
+    #[error("the test bed's systemd did not come up: {reason}{}", console_tail(console))]
     Boot {
         /// Why the boot is considered failed.
         reason: String,
@@ -93,21 +90,14 @@ fn detail(stdout: &str, stderr: &str) -> String {
 fn console_tail(console: &str) -> String {
     let lines: Vec<&str> = console.lines().collect();
     let start = lines.len().saturating_sub(40);
-    if lines.is_empty() {
-        String::new()
-    } else {
-        format!("\n--- console ---\n{}", lines[start..].join("\n"))
-    }
+    if lines.is_empty() { String::new() } else { format!("\n--- console ---\n{}", lines[start..].join("\n")) }
 }
 
 /// Shorthand for results of this crate.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// Wraps an I/O error with what was done and to which path.
-pub(crate) fn io(
-    what: &'static str,
-    path: impl Into<PathBuf>,
-) -> impl FnOnce(std::io::Error) -> Error {
+pub(crate) fn io(what: &'static str, path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> Error {
     let path = path.into();
     move |source| Error::Io { what, path, source }
 }

@@ -66,19 +66,13 @@ pub fn ci_runner_b() -> Generation {
         .renamed("b")
         .sshd_with(SSHD_UNIT_LINES, "Environment=SSHD_OPTS=-oMaxStartups=20")
         .service("ssh-host-keys.service", host_keys(2))
-        .service(
-            "gitlab-runner.service",
-            runner(8, "Wants=docker.service\nAfter=docker.service\n"),
-        )
+        .service("gitlab-runner.service", runner(8, "Wants=docker.service\nAfter=docker.service\n"))
         .service(
             "docker.service",
             "[Unit]\nDescription=Docker Application Container Engine\n\n[Service]\n\
              Environment=DOCKER_OPTS=--storage-driver=overlay2\nExecStart=/bin/sleep infinity\n",
         )
-        .service(
-            "node-exporter.service",
-            exporter("--collector.systemd --collector.processes"),
-        )
+        .service("node-exporter.service", exporter("--collector.systemd --collector.processes"))
         .without("collectd.service")
 }
 
@@ -97,10 +91,7 @@ fn exported_sshd() -> SshdSettings {
 /// bed. The repository's `examples/ci-runner` is made this way.
 pub fn export(dir: &Path) -> Result<()> {
     std::fs::create_dir_all(dir).map_err(io("creating", dir))?;
-    let ctx = BuildContext {
-        store: None,
-        sshd: Some(exported_sshd()),
-    };
+    let ctx = BuildContext { store: None, sshd: Some(exported_sshd()) };
     for generation in [ci_runner_a(), ci_runner_b()] {
         generation.build(dir, &ctx)?;
     }

@@ -73,10 +73,7 @@ pub fn run(cmd: &mut Command, timeout: Duration) -> Result<Output> {
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .map_err(|source| Error::Spawn {
-            command: command.clone(),
-            source,
-        })?;
+        .map_err(|source| Error::Spawn { command: command.clone(), source })?;
     let stdout = drain(child.stdout.take());
     let stderr = drain(child.stderr.take());
     let status = wait_timeout(&mut child, timeout);
@@ -87,20 +84,12 @@ pub fn run(cmd: &mut Command, timeout: Duration) -> Result<Output> {
             // behind, then report the timeout.
             let _ = child.kill();
             let _ = child.wait();
-            return Err(Error::Timeout {
-                what: command,
-                timeout,
-            });
+            return Err(Error::Timeout { what: command, timeout });
         }
     };
     let stdout = stdout.join().unwrap_or_default();
     let stderr = stderr.join().unwrap_or_default();
-    Ok(Output {
-        command,
-        status,
-        stdout,
-        stderr,
-    })
+    Ok(Output { command, status, stdout, stderr })
 }
 
 /// Reads a pipe to its end on a separate thread, so that a chatty program
@@ -135,11 +124,7 @@ pub(crate) fn wait_timeout(child: &mut Child, timeout: Duration) -> Option<ExitS
 }
 
 /// Polls `probe` until it returns `Some`, for at most `timeout`.
-pub(crate) fn poll<T>(
-    what: &str,
-    timeout: Duration,
-    mut probe: impl FnMut() -> Result<Option<T>>,
-) -> Result<T> {
+pub(crate) fn poll<T>(what: &str, timeout: Duration, mut probe: impl FnMut() -> Result<Option<T>>) -> Result<T> {
     let deadline = Instant::now() + timeout;
     let mut pause = Duration::from_millis(2);
     loop {
@@ -147,10 +132,7 @@ pub(crate) fn poll<T>(
             return Ok(value);
         }
         if Instant::now() >= deadline {
-            return Err(Error::Timeout {
-                what: what.to_owned(),
-                timeout,
-            });
+            return Err(Error::Timeout { what: what.to_owned(), timeout });
         }
         thread::sleep(pause);
         pause = (pause * 2).min(Duration::from_millis(50));
@@ -167,19 +149,13 @@ pub fn run_inherited(cmd: &mut Command, timeout: Duration) -> Result<ExitStatus>
         .stdout(Stdio::inherit())
         .stderr(Stdio::inherit())
         .spawn()
-        .map_err(|source| Error::Spawn {
-            command: command.clone(),
-            source,
-        })?;
+        .map_err(|source| Error::Spawn { command: command.clone(), source })?;
     match wait_timeout(&mut child, timeout) {
         Some(status) => Ok(status),
         None => {
             let _ = child.kill();
             let _ = child.wait();
-            Err(Error::Timeout {
-                what: command,
-                timeout,
-            })
+            Err(Error::Timeout { what: command, timeout })
         }
     }
 }

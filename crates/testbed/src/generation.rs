@@ -189,8 +189,7 @@ impl Generation {
     /// `wantedBy = [ "multi-user.target" ]` does on NixOS.
     pub fn service(self, name: impl Into<String>, text: impl Into<String>) -> Self {
         let name = name.into();
-        self.unit(name.clone(), text)
-            .wanted_by(name, "multi-user.target")
+        self.unit(name.clone(), text).wanted_by(name, "multi-user.target")
     }
 
     /// Adds a `<target>.wants/<unit>` link.
@@ -211,16 +210,8 @@ impl Generation {
     }
 
     /// Adds (or replaces) the drop-in `<unit>.d/<file>`.
-    pub fn dropin(
-        mut self,
-        unit: impl Into<String>,
-        file: impl Into<String>,
-        text: impl Into<String>,
-    ) -> Self {
-        self.dropins
-            .entry(unit.into())
-            .or_default()
-            .insert(file.into(), text.into());
+    pub fn dropin(mut self, unit: impl Into<String>, file: impl Into<String>, text: impl Into<String>) -> Self {
+        self.dropins.entry(unit.into()).or_default().insert(file.into(), text.into());
         self
     }
 
@@ -238,12 +229,8 @@ impl Generation {
     /// `Environment=VERSION=2`, to make sshd's unit differ between two
     /// generations).
     pub fn sshd_with(mut self, unit_lines: &str, service_lines: &str) -> Self {
-        self.sshd = Some(Sshd {
-            unit_lines: unit_lines.to_owned(),
-            service_lines: service_lines.to_owned(),
-        });
-        self.wants
-            .insert(("multi-user.target".to_owned(), SSHD_UNIT.to_owned()));
+        self.sshd = Some(Sshd { unit_lines: unit_lines.to_owned(), service_lines: service_lines.to_owned() });
+        self.wants.insert(("multi-user.target".to_owned(), SSHD_UNIT.to_owned()));
         self
     }
 
@@ -312,10 +299,7 @@ impl Generation {
     }
 
     fn invalid(&self, reason: impl Into<String>) -> Error {
-        Error::Generation {
-            generation: self.name.clone(),
-            reason: reason.into(),
-        }
+        Error::Generation { generation: self.name.clone(), reason: reason.into() }
     }
 
     /// Checks names before anything is written.
@@ -323,11 +307,7 @@ impl Generation {
         if self.name.is_empty() || self.name.contains('/') || self.name.starts_with('.') {
             return Err(self.invalid("the name must be a plain directory name"));
         }
-        let names = self
-            .units
-            .keys()
-            .chain(self.dropins.keys())
-            .chain(self.wants.iter().flat_map(|(t, u)| [t, u]));
+        let names = self.units.keys().chain(self.dropins.keys()).chain(self.wants.iter().flat_map(|(t, u)| [t, u]));
         for name in names {
             if !is_unit_name(name) {
                 return Err(self.invalid(format!("{name:?} is not a unit file name")));
@@ -336,22 +316,13 @@ impl Generation {
         for files in self.dropins.values() {
             for file in files.keys() {
                 if file.is_empty() || file.contains('/') || !file.ends_with(".conf") {
-                    return Err(
-                        self.invalid(format!("drop-in {file:?} must be a plain *.conf file name"))
-                    );
+                    return Err(self.invalid(format!("drop-in {file:?} must be a plain *.conf file name")));
                 }
             }
         }
         for path in self.files.keys() {
-            if path.is_absolute()
-                || path
-                    .components()
-                    .any(|c| matches!(c, std::path::Component::ParentDir))
-            {
-                return Err(self.invalid(format!(
-                    "file {} must be relative and stay inside",
-                    path.display()
-                )));
+            if path.is_absolute() || path.components().any(|c| matches!(c, std::path::Component::ParentDir)) {
+                return Err(self.invalid(format!("file {} must be relative and stay inside", path.display())));
             }
         }
         Ok(())
@@ -376,38 +347,22 @@ impl Generation {
         mkdir(&units_dir)?;
 
         let mut units = self.units.clone();
-        units
-            .entry("multi-user.target".to_owned())
-            .or_insert_with(|| MULTI_USER_TARGET.to_owned());
-        units
-            .entry("sysinit-reactivation.target".to_owned())
-            .or_insert_with(|| SYSINIT_REACTIVATION_TARGET.to_owned());
+        units.entry("multi-user.target".to_owned()).or_insert_with(|| MULTI_USER_TARGET.to_owned());
+        units.entry("sysinit-reactivation.target".to_owned()).or_insert_with(|| SYSINIT_REACTIVATION_TARGET.to_owned());
         if let Some(sshd) = &self.sshd {
-            let settings = ctx
-                .sshd
-                .as_ref()
-                .ok_or_else(|| self.invalid("it contains sshd but no sshd settings were given"))?;
+            let settings =
+                ctx.sshd.as_ref().ok_or_else(|| self.invalid("it contains sshd but no sshd settings were given"))?;
             units.insert(SSHD_UNIT.to_owned(), self.sshd_unit(sshd, settings));
         }
 
         for (name, text) in &units {
-            place(
-                store.as_deref(),
-                &format!("unit-{name}"),
-                text,
-                &units_dir.join(name),
-            )?;
+            place(store.as_deref(), &format!("unit-{name}"), text, &units_dir.join(name))?;
         }
         for (unit, files) in &self.dropins {
             let dir = units_dir.join(format!("{unit}.d"));
             mkdir(&dir)?;
             for (file, text) in files {
-                place(
-                    store.as_deref(),
-                    &format!("dropin-{file}"),
-                    text,
-                    &dir.join(file),
-                )?;
+                place(store.as_deref(), &format!("dropin-{file}"), text, &dir.join(file))?;
             }
         }
         for (target, unit) in &self.wants {
@@ -416,12 +371,7 @@ impl Generation {
             link(Path::new(&format!("../{unit}")), &dir.join(unit))?;
         }
 
-        place(
-            store.as_deref(),
-            "system.conf",
-            &self.system_conf,
-            &top.join("etc/systemd/system.conf"),
-        )?;
+        place(store.as_deref(), "system.conf", &self.system_conf, &top.join("etc/systemd/system.conf"))?;
         link(Path::new("/usr"), &top.join("systemd"))?;
         if let Some(version) = &self.init_interface_version {
             write(&top.join("init-interface-version"), version)?;
@@ -435,16 +385,8 @@ impl Generation {
         }
         if self.activate == Activate::Standard {
             let path = top.join("activate");
-            write(
-                &path,
-                &activate_script(
-                    &self.name,
-                    store.is_some().then_some(top.as_path()),
-                    &self.activate_lines,
-                ),
-            )?;
-            fs::set_permissions(&path, fs::Permissions::from_mode(0o755))
-                .map_err(io("chmod", &path))?;
+            write(&path, &activate_script(&self.name, store.is_some().then_some(top.as_path()), &self.activate_lines))?;
+            fs::set_permissions(&path, fs::Permissions::from_mode(0o755)).map_err(io("chmod", &path))?;
         }
         Ok(top)
     }
@@ -491,44 +433,24 @@ echo "{name}" >> /run/testbed/activations
 /// Whether `name` looks like a unit file name (`foo.service`,
 /// `foo@.service`, `multi-user.target`).
 fn is_unit_name(name: &str) -> bool {
-    const TYPES: &[&str] = &[
-        "service",
-        "socket",
-        "target",
-        "timer",
-        "path",
-        "mount",
-        "automount",
-        "swap",
-        "slice",
-        "scope",
-        "device",
-    ];
+    const TYPES: &[&str] =
+        &["service", "socket", "target", "timer", "path", "mount", "automount", "swap", "slice", "scope", "device"];
     match name.rsplit_once('.') {
         Some((stem, kind)) => {
-            !stem.is_empty()
-                && TYPES.contains(&kind)
-                && !name.contains('/')
-                && !name.chars().any(char::is_whitespace)
+            !stem.is_empty() && TYPES.contains(&kind) && !name.contains('/') && !name.chars().any(char::is_whitespace)
         }
         None => false,
     }
 }
 
 fn with_newline(lines: &str) -> String {
-    if lines.is_empty() || lines.ends_with('\n') {
-        lines.to_owned()
-    } else {
-        format!("{lines}\n")
-    }
+    if lines.is_empty() || lines.ends_with('\n') { lines.to_owned() } else { format!("{lines}\n") }
 }
 
 /// A stable 64-bit FNV-1a hash, so store paths do not depend on the Rust
 /// version or process.
 fn fnv1a(data: &[u8]) -> u64 {
-    data.iter().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
-        (h ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3)
-    })
+    data.iter().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3))
 }
 
 /// Writes `text` to `path`: through the store (a symlink to the stored
@@ -536,10 +458,7 @@ fn fnv1a(data: &[u8]) -> u64 {
 fn place(store: Option<&Path>, label: &str, text: &str, path: &Path) -> Result<()> {
     match store {
         Some(store) => {
-            let file = path
-                .file_name()
-                .map(|f| f.to_string_lossy().into_owned())
-                .unwrap_or_default();
+            let file = path.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default();
             let stored = store_file(store, label, &file, text)?;
             link(&stored, path)
         }
@@ -609,16 +528,8 @@ mod tests {
             fs::read_to_string(units.join("job.service")).unwrap(),
             "[Service]\nExecStart=/bin/sleep infinity\n"
         );
-        assert!(
-            fs::symlink_metadata(units.join("job.service"))
-                .unwrap()
-                .file_type()
-                .is_symlink()
-        );
-        assert_eq!(
-            fs::read_to_string(units.join("job.service.d/env.conf")).unwrap(),
-            "[Service]\nEnvironment=V=1\n"
-        );
+        assert!(fs::symlink_metadata(units.join("job.service")).unwrap().file_type().is_symlink());
+        assert_eq!(fs::read_to_string(units.join("job.service.d/env.conf")).unwrap(), "[Service]\nEnvironment=V=1\n");
         assert_eq!(
             fs::read_link(units.join("multi-user.target.wants/job.service")).unwrap(),
             Path::new("../job.service")
@@ -626,24 +537,12 @@ mod tests {
         assert!(units.join("multi-user.target.wants/sshd.service").exists());
         assert!(units.join("sysinit-reactivation.target").exists());
         let sshd = fs::read_to_string(units.join("sshd.service")).unwrap();
-        assert!(
-            sshd.contains("Requires=keys.service\n\n[Service]"),
-            "{sshd}"
-        );
+        assert!(sshd.contains("Requires=keys.service\n\n[Service]"), "{sshd}");
         assert!(sshd.contains("-p 2222 "), "{sshd}");
-        assert_eq!(
-            fs::read_to_string(top.join("init-interface-version")).unwrap(),
-            INIT_INTERFACE_VERSION
-        );
+        assert_eq!(fs::read_to_string(top.join("init-interface-version")).unwrap(), INIT_INTERFACE_VERSION);
         let activate = fs::read_to_string(top.join("activate")).unwrap();
-        assert!(
-            activate.contains(&format!("systemConfig='{}'", top.display())),
-            "{activate}"
-        );
-        assert!(
-            top.join("systemd/lib/systemd/systemd").exists()
-                || !Path::new("/usr/lib/systemd/systemd").exists()
-        );
+        assert!(activate.contains(&format!("systemConfig='{}'", top.display())), "{activate}");
+        assert!(top.join("systemd/lib/systemd/systemd").exists() || !Path::new("/usr/lib/systemd/systemd").exists());
     }
 
     #[test]
@@ -652,28 +551,16 @@ mod tests {
         let ctx = ctx(dir.path());
         let a = Generation::new("a").service("x.service", "[Service]\nExecStart=/bin/true\n");
         let b = a.clone().renamed("b");
-        let c = a
-            .clone()
-            .renamed("c")
-            .service("x.service", "[Service]\nExecStart=/bin/false\n");
+        let c = a.clone().renamed("c").service("x.service", "[Service]\nExecStart=/bin/false\n");
         let (a, b, c) = (
             a.build(dir.path(), &ctx).unwrap(),
             b.build(dir.path(), &ctx).unwrap(),
             c.build(dir.path(), &ctx).unwrap(),
         );
         let real = |top: &Path, p: &str| fs::canonicalize(top.join(p)).unwrap();
-        assert_eq!(
-            real(&a, "etc/systemd/system/x.service"),
-            real(&b, "etc/systemd/system/x.service")
-        );
-        assert_ne!(
-            real(&a, "etc/systemd/system/x.service"),
-            real(&c, "etc/systemd/system/x.service")
-        );
-        assert_eq!(
-            real(&a, "etc/systemd/system.conf"),
-            real(&c, "etc/systemd/system.conf")
-        );
+        assert_eq!(real(&a, "etc/systemd/system/x.service"), real(&b, "etc/systemd/system/x.service"));
+        assert_ne!(real(&a, "etc/systemd/system/x.service"), real(&c, "etc/systemd/system/x.service"));
+        assert_eq!(real(&a, "etc/systemd/system.conf"), real(&c, "etc/systemd/system.conf"));
     }
 
     #[test]
@@ -685,33 +572,18 @@ mod tests {
         assert!(g.units().is_empty());
         let dir = tempfile::tempdir().unwrap();
         let top = g.build(dir.path(), &ctx(dir.path())).unwrap();
-        assert!(
-            !top.join("etc/systemd/system/multi-user.target.wants")
-                .exists()
-        );
+        assert!(!top.join("etc/systemd/system/multi-user.target.wants").exists());
         assert!(!top.join("etc/systemd/system/x.service.d").exists());
     }
 
     #[test]
     fn bad_names_are_refused_before_writing() {
         let dir = tempfile::tempdir().unwrap();
-        let err = Generation::new("a")
-            .unit("../evil", "")
-            .build(dir.path(), &ctx(dir.path()))
-            .unwrap_err();
-        assert!(
-            err.to_string()
-                .contains("\"../evil\" is not a unit file name"),
-            "{err}"
-        );
+        let err = Generation::new("a").unit("../evil", "").build(dir.path(), &ctx(dir.path())).unwrap_err();
+        assert!(err.to_string().contains("\"../evil\" is not a unit file name"), "{err}");
         assert!(!dir.path().join("a").exists());
-        let err = Generation::new("a").sshd().build(
-            dir.path(),
-            &BuildContext {
-                store: Some(dir.path().into()),
-                sshd: None,
-            },
-        );
+        let err =
+            Generation::new("a").sshd().build(dir.path(), &BuildContext { store: Some(dir.path().into()), sshd: None });
         assert!(err.unwrap_err().to_string().contains("no sshd settings"));
     }
 

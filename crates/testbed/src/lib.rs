@@ -75,13 +75,8 @@ pub mod exec;
 mod generation;
 mod ssh;
 
-pub use bed::{
-    BASE_UNITS, Config, JOURNAL_UNITS, LOGIND_UNITS, TestBed, UnitState, available,
-    unsupported_reason,
-};
+pub use bed::{BASE_UNITS, Config, JOURNAL_UNITS, LOGIND_UNITS, TestBed, UnitState, available, unsupported_reason};
 pub use error::{Error, Result};
 pub use exec::Output;
-pub use generation::{
-    BuildContext, DEFAULT_SYSTEM_CONF, Generation, INIT_INTERFACE_VERSION, SSHD_UNIT, SshdSettings,
-};
+pub use generation::{BuildContext, DEFAULT_SYSTEM_CONF, Generation, INIT_INTERFACE_VERSION, SSHD_UNIT, SshdSettings};
 pub use ssh::{SessionReport, SshKeys, SshSession, Tick, free_port, ssh_command};

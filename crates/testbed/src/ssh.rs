@@ -38,9 +38,7 @@ impl SshKeys {
         let client_key = dir.join("id_ed25519");
         for (key, comment) in [(&host_key, "testbed-host"), (&client_key, "testbed-client")] {
             exec::run(
-                Command::new("ssh-keygen")
-                    .args(["-q", "-t", "ed25519", "-N", "", "-C", comment, "-f"])
-                    .arg(key),
+                Command::new("ssh-keygen").args(["-q", "-t", "ed25519", "-N", "", "-C", comment, "-f"]).arg(key),
                 Duration::from_secs(30),
             )?
             .check()?;
@@ -48,11 +46,7 @@ impl SshKeys {
         let public = client_key.with_extension("pub");
         let authorized_keys = dir.join("authorized_keys");
         std::fs::copy(&public, &authorized_keys).map_err(io("copying", &public))?;
-        Ok(SshKeys {
-            host_key,
-            client_key,
-            authorized_keys,
-        })
+        Ok(SshKeys { host_key, client_key, authorized_keys })
     }
 }
 
@@ -67,10 +61,7 @@ pub fn free_port() -> Result<u16> {
     let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
     for _ in 0..64 {
         let listener = TcpListener::bind("127.0.0.1:0").map_err(io("binding", "127.0.0.1:0"))?;
-        let port = listener
-            .local_addr()
-            .map_err(io("reading the address of", "127.0.0.1:0"))?
-            .port();
+        let port = listener.local_addr().map_err(io("reading the address of", "127.0.0.1:0"))?.port();
         if given.insert(port) {
             return Ok(port);
         }
@@ -139,20 +130,13 @@ impl SessionReport {
     /// The longest time between two consecutive ticks (and between the
     /// last tick and the end of the session).
     pub fn max_gap(&self) -> Duration {
-        self.ticks
-            .windows(2)
-            .map(|w| w[1].at.saturating_sub(w[0].at))
-            .max()
-            .unwrap_or_default()
+        self.ticks.windows(2).map(|w| w[1].at.saturating_sub(w[0].at)).max().unwrap_or_default()
     }
 
     /// Whether the tick numbers run 1, 2, 3, ... without a hole or a
     /// restart.
     pub fn consecutive(&self) -> bool {
-        self.ticks
-            .iter()
-            .enumerate()
-            .all(|(i, t)| t.n == i as u64 + 1)
+        self.ticks.iter().enumerate().all(|(i, t)| t.n == i as u64 + 1)
     }
 
     /// Ticks that arrived after `instant` (relative to the session start).
@@ -183,10 +167,8 @@ impl SshSession {
     /// shell loop that first prints `pid <remote shell pid>`, then
     /// `tick 1`, `tick 2`, ... every `interval`, forever.
     pub fn start(port: u16, client_key: &Path, interval: Duration) -> Result<SshSession> {
-        let remote = format!(
-            "echo pid $$; i=0; while :; do i=$((i+1)); echo tick $i; sleep {}; done",
-            interval.as_secs_f64()
-        );
+        let remote =
+            format!("echo pid $$; i=0; while :; do i=$((i+1)); echo tick $i; sleep {}; done", interval.as_secs_f64());
         let mut cmd = ssh_command(port, client_key, &remote);
         let command = exec::describe(&cmd);
         let mut child = cmd
@@ -206,10 +188,7 @@ impl SshSession {
                     let Ok(line) = line else { break };
                     let at = started.elapsed();
                     let mut shared = shared.lock().unwrap_or_else(|e| e.into_inner());
-                    match line
-                        .strip_prefix("tick ")
-                        .and_then(|n| n.trim().parse().ok())
-                    {
+                    match line.strip_prefix("tick ").and_then(|n| n.trim().parse().ok()) {
                         Some(n) => shared.ticks.push(Tick { n, at }),
                         None => shared.other.push(line),
                     }
@@ -224,13 +203,7 @@ impl SshSession {
                 text
             })
         });
-        Ok(SshSession {
-            child,
-            started,
-            shared,
-            reader: Some(reader),
-            stderr,
-        })
+        Ok(SshSession { child, started, shared, reader: Some(reader), stderr })
     }
 
     /// Time since the session started (the clock of [`Tick::at`]).
@@ -240,11 +213,7 @@ impl SshSession {
 
     /// The number of ticks so far.
     pub fn tick_count(&self) -> usize {
-        self.shared
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .ticks
-            .len()
+        self.shared.lock().unwrap_or_else(|e| e.into_inner()).ticks.len()
     }
 
     /// Waits until at least `n` ticks have arrived; fails when the
@@ -271,30 +240,17 @@ impl SshSession {
     /// Ends the session (kills the client when it is still connected) and
     /// returns what it saw.
     pub fn finish(mut self) -> SessionReport {
-        let alive_at_end = matches!(self.child.try_wait(), Ok(None))
-            && !self.shared.lock().unwrap_or_else(|e| e.into_inner()).eof;
+        let alive_at_end =
+            matches!(self.child.try_wait(), Ok(None)) && !self.shared.lock().unwrap_or_else(|e| e.into_inner()).eof;
         let _ = self.child.kill();
         let _ = self.child.wait();
         if let Some(reader) = self.reader.take() {
             let _ = reader.join();
         }
-        let stderr = self
-            .stderr
-            .take()
-            .and_then(|h| h.join().ok())
-            .unwrap_or_default();
+        let stderr = self.stderr.take().and_then(|h| h.join().ok()).unwrap_or_default();
         let shared = std::mem::take(&mut *self.shared.lock().unwrap_or_else(|e| e.into_inner()));
-        let remote_pid = shared
-            .other
-            .iter()
-            .find_map(|l| l.strip_prefix("pid ")?.trim().parse().ok());
-        SessionReport {
-            ticks: shared.ticks,
-            other: shared.other,
-            remote_pid,
-            alive_at_end,
-            stderr,
-        }
+        let remote_pid = shared.other.iter().find_map(|l| l.strip_prefix("pid ")?.trim().parse().ok());
+        SessionReport { ticks: shared.ticks, other: shared.other, remote_pid, alive_at_end, stderr }
     }
 }
 

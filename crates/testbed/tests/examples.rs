@@ -44,16 +44,8 @@ fn bundled_examples_match_the_demo_generations() {
     let (bundled, fresh) = (tree(&bundled), tree(fresh.path()));
     assert!(!fresh.is_empty());
     for (path, desc) in &fresh {
-        assert_eq!(
-            bundled.get(path),
-            Some(desc),
-            "examples/ci-runner/{} differs",
-            path.display()
-        );
+        assert_eq!(bundled.get(path), Some(desc), "examples/ci-runner/{} differs", path.display());
     }
     let extra: Vec<_> = bundled.keys().filter(|p| !fresh.contains_key(*p)).collect();
-    assert!(
-        extra.is_empty(),
-        "examples/ci-runner has extra files: {extra:?}"
-    );
+    assert!(extra.is_empty(), "examples/ci-runner has extra files: {extra:?}");
 }

@@ -3,16 +3,8 @@
 //! database has exactly the schema and contents Nix writes), and the
 //! rules for tests that need Nix or root.
 
-#![allow(
-    dead_code,
-    unreachable_pub,
-    reason = "each test binary uses a different part"
-)]
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    reason = "test support may panic"
-)]
+#![allow(dead_code, unreachable_pub, reason = "each test binary uses a different part")]
+#![allow(clippy::unwrap_used, clippy::expect_used, reason = "test support may panic")]
 
 use std::fmt::Write as _;
 use std::io::Write as _;
@@ -32,10 +24,7 @@ pub fn in_ci() -> bool {
 pub fn require_nix(test: &str) -> bool {
     let ok = Path::new("/usr/bin/nix-store").exists() || which("nix-store");
     if !ok {
-        assert!(
-            !in_ci(),
-            "{test}: Nix is not installed (scripts/deps installs nix-bin)"
-        );
+        assert!(!in_ci(), "{test}: Nix is not installed (scripts/deps installs nix-bin)");
         eprintln!("SKIPPED {test}: Nix is not installed (scripts/deps installs nix-bin)");
     }
     ok
@@ -55,17 +44,13 @@ pub fn require_root(test: &str) -> bool {
 }
 
 fn which(program: &str) -> bool {
-    std::env::var_os("PATH")
-        .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(program).is_file()))
+    std::env::var_os("PATH").is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(program).is_file()))
 }
 
 /// The environment Nix commands run with in tests: offline, no sandbox.
 pub fn nix_command(program: &str) -> Command {
     let mut c = Command::new(program);
-    c.env(
-        "NIX_CONFIG",
-        "experimental-features = nix-command flakes\nsandbox = false\nsubstituters =\n",
-    );
+    c.env("NIX_CONFIG", "experimental-features = nix-command flakes\nsandbox = false\nsubstituters =\n");
     c
 }
 
@@ -115,9 +100,7 @@ pub struct TempStore {
 impl TempStore {
     /// Creates an empty store.
     pub fn new() -> Self {
-        TempStore {
-            dir: tempfile::tempdir().unwrap(),
-        }
+        TempStore { dir: tempfile::tempdir().unwrap() }
     }
 
     /// The store's root directory.
@@ -158,18 +141,9 @@ impl TempStore {
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(input.as_bytes())
-            .unwrap();
+        child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
         let out = child.wait_with_output().unwrap();
-        assert!(
-            out.status.success(),
-            "nix-store --load-db: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        assert!(out.status.success(), "nix-store --load-db: {}", String::from_utf8_lossy(&out.stderr));
     }
 
     /// Options that read this store: its database, and `nix --store` for
@@ -226,18 +200,10 @@ pub fn generations(salt: u64, size: u64, changes: u64) -> Generations {
     let path = |gen_salt: u64, i: u64, name: &str| store_path(salt * 4 + gen_salt, i, name);
     let old_path = |i: u64| path(0, i, &old_name(i));
     let new_path = |i: u64| {
-        if i < first_changed {
-            old_path(i)
-        } else {
-            path(1, i, &new_name(i))
-        }
+        if i < first_changed { old_path(i) } else { path(1, i, &new_name(i)) }
     };
     let refs = |i: u64, p: &dyn Fn(u64) -> String| {
-        let mut r: Vec<u64> = if i == 0 {
-            vec![]
-        } else {
-            vec![i - 1, i / 2, i / 3, i / 5]
-        };
+        let mut r: Vec<u64> = if i == 0 { vec![] } else { vec![i - 1, i / 2, i / 3, i / 5] };
         r.sort_unstable();
         r.dedup();
         r.retain(|&j| j != i);
@@ -245,22 +211,10 @@ pub fn generations(salt: u64, size: u64, changes: u64) -> Generations {
     };
     let mut entries = Vec::new();
     for i in 0..size {
-        entries.push(Entry {
-            path: old_path(i),
-            nar_size: 1000 + i * 10,
-            refs: refs(i, &old_path),
-        });
+        entries.push(Entry { path: old_path(i), nar_size: 1000 + i * 10, refs: refs(i, &old_path) });
     }
     for i in first_changed..size {
-        entries.push(Entry {
-            path: new_path(i),
-            nar_size: 1100 + i * 10,
-            refs: refs(i, &new_path),
-        });
+        entries.push(Entry { path: new_path(i), nar_size: 1100 + i * 10, refs: refs(i, &new_path) });
     }
-    Generations {
-        entries,
-        old: old_path(size - 1),
-        new: new_path(size - 1),
-    }
+    Generations { entries, old: old_path(size - 1), new: new_path(size - 1) }
 }

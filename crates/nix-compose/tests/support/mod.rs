@@ -62,10 +62,7 @@ fn store_writable() -> bool {
     if is_root() {
         return true;
     }
-    tempfile::Builder::new()
-        .prefix(".safe-switch-probe")
-        .tempfile_in("/nix/var/nix")
-        .is_ok()
+    tempfile::Builder::new().prefix(".safe-switch-probe").tempfile_in("/nix/var/nix").is_ok()
 }
 
 fn is_root() -> bool {
@@ -73,9 +70,7 @@ fn is_root() -> bool {
     std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("Uid:"))
-                .and_then(|l| l.split_whitespace().nth(2).map(|u| u == "0"))
+            s.lines().find(|l| l.starts_with("Uid:")).and_then(|l| l.split_whitespace().nth(2).map(|u| u == "0"))
         })
         .unwrap_or(false)
 }
@@ -98,16 +93,9 @@ pub struct Fixtures {
 
 impl Fixtures {
     pub fn new() -> Fixtures {
-        let dir = tempfile::Builder::new()
-            .prefix("safe-switch-fixtures-")
-            .tempdir()
-            .unwrap();
+        let dir = tempfile::Builder::new().prefix("safe-switch-fixtures-").tempdir().unwrap();
         copy_filled(&fixtures_dir(), dir.path(), dir.path(), &nix_system());
-        std::fs::write(
-            dir.path().join("registry.json"),
-            r#"{"flakes":[],"version":2}"#,
-        )
-        .unwrap();
+        std::fs::write(dir.path().join("registry.json"), r#"{"flakes":[],"version":2}"#).unwrap();
         Fixtures { dir }
     }
 
@@ -161,22 +149,9 @@ impl Fixtures {
         for args in [
             vec!["init", "-q"],
             vec!["add", "-A"],
-            vec![
-                "-c",
-                "user.name=t",
-                "-c",
-                "user.email=t@example.invalid",
-                "commit",
-                "-q",
-                "-m",
-                "fixture",
-            ],
+            vec!["-c", "user.name=t", "-c", "user.email=t@example.invalid", "commit", "-q", "-m", "fixture"],
         ] {
-            let st = Command::new("git")
-                .args(&args)
-                .current_dir(&dir)
-                .status()
-                .unwrap();
+            let st = Command::new("git").args(&args).current_dir(&dir).status().unwrap();
             assert!(st.success(), "git {args:?} failed in {}", dir.display());
         }
     }
@@ -192,9 +167,7 @@ fn copy_filled(from: &Path, to: &Path, root: &Path, system: &str) {
             copy_filled(&src, &dst, root, system);
         } else {
             let text = std::fs::read_to_string(&src).unwrap();
-            let text = text
-                .replace("@FIXTURES@", &root.display().to_string())
-                .replace("@SYSTEM@", system);
+            let text = text.replace("@FIXTURES@", &root.display().to_string()).replace("@SYSTEM@", system);
             std::fs::write(&dst, text).unwrap();
         }
     }
@@ -221,10 +194,7 @@ pub fn units(toplevel: &Path) -> std::collections::BTreeMap<String, Vec<u8>> {
     for entry in std::fs::read_dir(&dir).unwrap() {
         let entry = entry.unwrap();
         if entry.path().is_file() {
-            out.insert(
-                entry.file_name().to_string_lossy().into_owned(),
-                std::fs::read(entry.path()).unwrap(),
-            );
+            out.insert(entry.file_name().to_string_lossy().into_owned(), std::fs::read(entry.path()).unwrap());
         }
     }
     out
@@ -232,15 +202,9 @@ pub fn units(toplevel: &Path) -> std::collections::BTreeMap<String, Vec<u8>> {
 
 /// The units a target of a generation wants (its `.wants` links).
 pub fn wants(toplevel: &Path, target: &str) -> Vec<String> {
-    let dir = toplevel
-        .join("etc/systemd/system")
-        .join(format!("{target}.wants"));
+    let dir = toplevel.join("etc/systemd/system").join(format!("{target}.wants"));
     let mut out: Vec<String> = std::fs::read_dir(&dir)
-        .map(|rd| {
-            rd.flatten()
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .collect()
-        })
+        .map(|rd| rd.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
         .unwrap_or_default();
     out.sort();
     out

@@ -69,7 +69,10 @@ mod tests {
 
     #[test]
     fn unified_and_legacy_lines() {
-        assert_eq!(cgroup_path("0::/system.slice/gitlab-runner.service\n"), Some("/system.slice/gitlab-runner.service"));
+        assert_eq!(
+            cgroup_path("0::/system.slice/gitlab-runner.service\n"),
+            Some("/system.slice/gitlab-runner.service")
+        );
         let legacy = "12:pids:/system.slice/x.service\n1:name=systemd:/system.slice/x.service\n";
         assert_eq!(cgroup_path(legacy), Some("/system.slice/x.service"));
         assert_eq!(cgroup_path("garbage"), None);
@@ -79,10 +82,7 @@ mod tests {
     #[test]
     fn service_in_system_slice() {
         assert_eq!(caller_units("/system.slice/gitlab-runner.service"), ["gitlab-runner.service", "system.slice"]);
-        assert_eq!(
-            caller_units("/system.slice/docker-abc.scope/init.scope"),
-            ["docker-abc.scope", "system.slice"]
-        );
+        assert_eq!(caller_units("/system.slice/docker-abc.scope/init.scope"), ["docker-abc.scope", "system.slice"]);
     }
 
     #[test]

@@ -273,18 +273,18 @@ impl UnitGraph {
         }
         // Instances without a file of their own take their template's
         // relations; the running ones are the instances that matter.
-        let instances: Vec<&str> = live
-            .units
-            .keys()
-            .map(String::as_str)
-            .filter(|n| unit_name::split_instance(n).is_some())
-            .collect();
+        let instances: Vec<&str> =
+            live.units.keys().map(String::as_str).filter(|n| unit_name::split_instance(n).is_some()).collect();
         for (side, generation) in [old, new].into_iter().enumerate() {
             let is_new = side == 1;
             for (name, unit) in generation.units() {
                 // Most units are the same on both sides of a switch; their
                 // relations were read from the old generation already.
-                if is_new && old.unit(name).is_some_and(|o| o.is_masked() == unit.is_masked() && o.sections().eq(unit.sections())) {
+                if is_new
+                    && old
+                        .unit(name)
+                        .is_some_and(|o| o.is_masked() == unit.is_masked() && o.sections().eq(unit.sections()))
+                {
                     continue;
                 }
                 g.add_unit_file(name, unit, &instances);
@@ -782,10 +782,6 @@ impl Reach {
             edges.push(graph.edge(trigger));
         }
         edges.reverse();
-        Some(Touch {
-            touches: graph.graph[origin.protected].clone(),
-            effect: origin.effect.action(),
-            chain: edges,
-        })
+        Some(Touch { touches: graph.graph[origin.protected].clone(), effect: origin.effect.action(), chain: edges })
     }
 }

@@ -27,8 +27,8 @@ use std::collections::{BTreeSet, HashSet};
 use globset::{Glob, GlobSet, GlobSetBuilder};
 use plan_model::policy::{ImplicitProtections, Selector};
 use plan_model::{
-    Action, Deferral, Diagnostic, LiveState, Mode, Plan, ProtectedUnit, ProtectionSource, Reason, Refusal,
-    Severity, unit_name,
+    Action, Deferral, Diagnostic, LiveState, Mode, Plan, ProtectedUnit, ProtectionSource, Reason, Refusal, Severity,
+    unit_name,
 };
 
 pub use graph::{Job, Reach, Relation, Touch, UnitGraph};
@@ -247,11 +247,8 @@ fn close_matches(selector: &Selector, universe: &UnitNames<'_>) -> Vec<String> {
         Selector::Unit(u) => (u.clone(), false),
         Selector::Glob(g) => (g.replace(['*', '?', '[', ']'], ""), false),
     };
-    let candidates: BTreeSet<&str> = universe
-        .iter()
-        .map(|u| if bare { bare_name(u) } else { u })
-        .filter(|c| !c.is_empty())
-        .collect();
+    let candidates: BTreeSet<&str> =
+        universe.iter().map(|u| if bare { bare_name(u) } else { u }).filter(|c| !c.is_empty()).collect();
     let mut scored: Vec<(f64, &str)> = candidates
         .into_iter()
         .map(|c| (strsim::normalized_damerau_levenshtein(&wanted, c), c))
@@ -274,9 +271,7 @@ fn implicit_protections(request: &Request, universe: &UnitNames<'_>) -> Vec<Prot
         for unit in ["dbus.service", "dbus-broker.service", "dbus.socket"] {
             out.push(ProtectedUnit {
                 selector: unit.to_owned(),
-                source: ProtectionSource::Implicit {
-                    why: "the D-Bus message bus".to_owned(),
-                },
+                source: ProtectionSource::Implicit { why: "the D-Bus message bus".to_owned() },
                 units: present(unit),
                 allow: vec![Action::Reload],
             });

@@ -7,8 +7,7 @@ use std::path::Path;
 
 use plan_model::policy::Selector;
 use plan_model::{
-    Action, Edge, Generation, LiveState, LiveUnit, Mode, Plan, Protection, ProtectionSource, UnitPlan,
-    FORMAT_VERSION,
+    Action, Edge, FORMAT_VERSION, Generation, LiveState, LiveUnit, Mode, Plan, Protection, ProtectionSource, UnitPlan,
 };
 
 use super::*;
@@ -30,14 +29,11 @@ type LiveEntry<'a> = (&'a str, &'a str, &'a [(&'a str, &'a [&'a str])]);
 fn live(units: &[LiveEntry<'_>]) -> LiveState {
     let mut state = LiveState::default();
     for (name, active, deps) in units {
-        let deps: BTreeMap<String, Vec<String>> = deps
-            .iter()
-            .map(|(p, ts)| ((*p).to_owned(), ts.iter().map(|t| (*t).to_owned()).collect()))
-            .collect();
-        state.units.insert(
-            (*name).to_owned(),
-            LiveUnit { active_state: (*active).to_owned(), deps, ..LiveUnit::default() },
-        );
+        let deps: BTreeMap<String, Vec<String>> =
+            deps.iter().map(|(p, ts)| ((*p).to_owned(), ts.iter().map(|t| (*t).to_owned()).collect())).collect();
+        state
+            .units
+            .insert((*name).to_owned(), LiveUnit { active_state: (*active).to_owned(), deps, ..LiveUnit::default() });
     }
     state
 }
@@ -66,10 +62,7 @@ fn plan(actions: &[(&str, &[Action])]) -> Plan {
 
 fn request(selectors: &[&str], mode: Mode) -> Request {
     Request {
-        selectors: selectors
-            .iter()
-            .map(|s| (Selector::parse(s).unwrap(), ProtectionSource::CommandLine))
-            .collect(),
+        selectors: selectors.iter().map(|s| (Selector::parse(s).unwrap(), ProtectionSource::CommandLine)).collect(),
         mode,
         ..Request::default()
     }
@@ -200,8 +193,15 @@ fn socket_of_a_protected_instance_is_guarded() {
 #[test]
 fn selectors_match_names_instances_and_globs() {
     let universe: UnitNames<'_> = [
-        "sshd.service", "sshd.socket", "sshd@.service", "sshd@1.service", "sshd-keygen.service",
-        "gitlab-runner.service", "gitlab-runner-cleanup.timer", "docker.service", "docker.socket",
+        "sshd.service",
+        "sshd.socket",
+        "sshd@.service",
+        "sshd@1.service",
+        "sshd-keygen.service",
+        "gitlab-runner.service",
+        "gitlab-runner-cleanup.timer",
+        "docker.service",
+        "docker.socket",
     ]
     .into_iter()
     .collect();
@@ -217,7 +217,8 @@ fn selectors_match_names_instances_and_globs() {
 fn unknown_selectors_get_close_matches() {
     let units = generation(&[("sshd.service", ""), ("gitlab-runner.service", "")]);
     let mut p = plan(&[]);
-    let analysis = protect(&mut p, &units, &units, &LiveState::default(), &request(&["shd", "gitlab-runer.service"], Mode::Defer));
+    let analysis =
+        protect(&mut p, &units, &units, &LiveState::default(), &request(&["shd", "gitlab-runer.service"], Mode::Defer));
     assert_eq!(analysis.unknown.len(), 2);
     assert_eq!(analysis.unknown[0].close, ["sshd"]);
     assert_eq!(analysis.unknown[1].close, ["gitlab-runner.service"]);
@@ -271,7 +272,19 @@ fn backward_search_agrees_with_forward_walk() {
         seed ^= seed << 17;
         (seed % n as u64) as usize
     };
-    let props = ["Requires", "RequiredBy", "BindsTo", "PartOf", "ConsistsOf", "Conflicts", "Wants", "PropagatesStopTo", "Upholds", "Requisite", "TriggeredBy"];
+    let props = [
+        "Requires",
+        "RequiredBy",
+        "BindsTo",
+        "PartOf",
+        "ConsistsOf",
+        "Conflicts",
+        "Wants",
+        "PropagatesStopTo",
+        "Upholds",
+        "Requisite",
+        "TriggeredBy",
+    ];
     for round in 0..20 {
         let n = 40;
         let names: Vec<String> = (0..n).map(|i| format!("u{i}.service")).collect();
@@ -295,7 +308,11 @@ fn backward_search_agrees_with_forward_walk() {
             for job in [Job::Stop, Job::Restart, Job::Start] {
                 let backward = reach.touch(&graph, name, job);
                 let forward = graph.touches_from(name, job, &set);
-                assert_eq!(backward.is_some(), !forward.is_empty(), "round {round}: {name} {job:?}: {backward:?} vs {forward:?}");
+                assert_eq!(
+                    backward.is_some(),
+                    !forward.is_empty(),
+                    "round {round}: {name} {job:?}: {backward:?} vs {forward:?}"
+                );
                 if let Some(t) = backward {
                     assert!(set.contains(t.touches.as_str()));
                     assert!(

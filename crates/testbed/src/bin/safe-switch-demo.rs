@@ -28,8 +28,7 @@ use std::time::Duration;
 use testbed::example::{ci_runner_a, ci_runner_b};
 use testbed::{Config, TestBed, UnitState};
 
-const USAGE: &str =
-    "usage: safe-switch-demo --safe-switch PATH [--protect UNITS] [--no-isolate] [--keep]
+const USAGE: &str = "usage: safe-switch-demo --safe-switch PATH [--protect UNITS] [--no-isolate] [--keep]
        safe-switch-demo --export-examples DIR";
 const TICK: Duration = Duration::from_millis(200);
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(300);
@@ -71,12 +70,7 @@ fn parse_args() -> Result<Run, String> {
     let safe_switch = safe_switch.ok_or(USAGE)?;
     let safe_switch = std::fs::canonicalize(&safe_switch)
         .map_err(|e| format!("the safe-switch binary {}: {e}", safe_switch.display()))?;
-    Ok(Run::Demo(Options {
-        safe_switch,
-        protect,
-        no_isolate,
-        keep,
-    }))
+    Ok(Run::Demo(Options { safe_switch, protect, no_isolate, keep }))
 }
 
 fn main() -> ExitCode {
@@ -85,11 +79,7 @@ fn main() -> ExitCode {
         Ok(Run::Export(dir)) => {
             return match testbed::example::export(&dir) {
                 Ok(()) => {
-                    println!(
-                        "wrote {} and {}",
-                        dir.join("a").display(),
-                        dir.join("b").display()
-                    );
+                    println!("wrote {} and {}", dir.join("a").display(), dir.join("b").display());
                     ExitCode::SUCCESS
                 }
                 Err(err) => {
@@ -119,11 +109,7 @@ fn main() -> ExitCode {
 
 /// Prints `text` in bold when standard output is a terminal.
 fn bold(text: &str) -> String {
-    if std::io::stdout().is_terminal() {
-        format!("\x1b[1m{text}\x1b[0m")
-    } else {
-        text.to_owned()
-    }
+    if std::io::stdout().is_terminal() { format!("\x1b[1m{text}\x1b[0m") } else { text.to_owned() }
 }
 
 fn heading(text: &str) {
@@ -147,11 +133,7 @@ fn demo(options: &Options) -> Result<bool, testbed::Error> {
         bed.pid(),
         bed.boot_time().as_secs_f64()
     );
-    println!(
-        "generation A: {}\ngeneration B: {}",
-        a.display(),
-        b.display()
-    );
+    println!("generation A: {}\ngeneration B: {}", a.display(), b.display());
 
     let units = units();
     let unit_refs: Vec<&str> = units.iter().map(String::as_str).collect();
@@ -159,17 +141,12 @@ fn demo(options: &Options) -> Result<bool, testbed::Error> {
     print_states(&before);
     // The runner's child stands for a CI build in progress: restarting the
     // runner would kill it.
-    let build = children(&bed, before["gitlab-runner.service"].main_pid)
-        .into_iter()
-        .next();
+    let build = children(&bed, before["gitlab-runner.service"].main_pid).into_iter().next();
     if let Some(build) = build {
         println!("\na CI build is running under gitlab-runner.service as PID {build}");
     }
 
-    heading(&format!(
-        "Opening an SSH session to root@127.0.0.1:{} that ticks every 200 ms",
-        bed.ssh_port()
-    ));
+    heading(&format!("Opening an SSH session to root@127.0.0.1:{} that ticks every 200 ms", bed.ssh_port()));
     let mut session = bed.ssh_session(TICK)?;
     session.wait_for_ticks(3, Duration::from_secs(10))?;
     println!("ticks so far: {}", session.tick_count());
@@ -178,28 +155,10 @@ fn demo(options: &Options) -> Result<bool, testbed::Error> {
     let b_str = b.to_string_lossy().into_owned();
 
     heading("The plan against the live systemd");
-    run_shown(
-        &bed,
-        &[
-            "safe-switch",
-            "plan",
-            "--toplevel",
-            &b_str,
-            "--protect",
-            &options.protect,
-        ],
-        &bin,
-    )?;
+    run_shown(&bed, &["safe-switch", "plan", "--toplevel", &b_str, "--protect", &options.protect], &bin)?;
 
     heading("The switch");
-    let mut switch = vec![
-        "safe-switch",
-        "switch",
-        "--toplevel",
-        &b_str,
-        "--protect",
-        &options.protect,
-    ];
+    let mut switch = vec!["safe-switch", "switch", "--toplevel", &b_str, "--protect", &options.protect];
     if options.no_isolate {
         switch.push("--no-isolate");
     }
@@ -208,9 +167,7 @@ fn demo(options: &Options) -> Result<bool, testbed::Error> {
     let after = bed.unit_states(&unit_refs)?;
     let n = session.tick_count();
     // Let the session run a little longer, to show it is still alive.
-    let still_ticking = session
-        .wait_for_ticks(n + 5, Duration::from_secs(5))
-        .is_ok();
+    let still_ticking = session.wait_for_ticks(n + 5, Duration::from_secs(5)).is_ok();
 
     heading("What happened");
     let report = session.finish();
@@ -224,34 +181,21 @@ fn demo(options: &Options) -> Result<bool, testbed::Error> {
         report.max_gap().as_secs_f64(),
         yes_no(report.alive_at_end)
     );
-    println!(
-        "/run/current-system -> {}",
-        bed.current_generation()?.display()
-    );
+    println!("/run/current-system -> {}", bed.current_generation()?.display());
     print_changes(&before, &after);
     if let Some(build) = build {
-        let alive = bed
-            .run(&["test", "-d", &format!("/proc/{build}")])?
-            .success();
-        println!(
-            "\nthe CI build (PID {build}) is still running: {}",
-            yes_no(alive)
-        );
+        let alive = bed.run(&["test", "-d", &format!("/proc/{build}")])?.success();
+        println!("\nthe CI build (PID {build}) is still running: {}", yes_no(alive));
     }
 
     let protected_ok = ["sshd.service", "gitlab-runner.service"]
         .iter()
         .filter(|u| options.protect.contains(u.trim_end_matches(".service")))
-        .all(|u| {
-            before[*u].main_pid == after[*u].main_pid
-                && before[*u].invocation_id == after[*u].invocation_id
-        });
+        .all(|u| before[*u].main_pid == after[*u].main_pid && before[*u].invocation_id == after[*u].invocation_id);
     let switched = status.success();
     println!(
         "\nswitch exit status: {}; protected units untouched: {}; SSH session intact: {}",
-        status
-            .code()
-            .map_or_else(|| "killed".to_owned(), |c| c.to_string()),
+        status.code().map_or_else(|| "killed".to_owned(), |c| c.to_string()),
         yes_no(protected_ok),
         yes_no(session_ok)
     );
@@ -269,22 +213,13 @@ fn demo(options: &Options) -> Result<bool, testbed::Error> {
 
 /// Runs a safe-switch command inside the bed, printing the command line
 /// (with `safe-switch` for the binary's path) and its output as it comes.
-fn run_shown(
-    bed: &TestBed,
-    argv: &[&str],
-    bin: &str,
-) -> Result<std::process::ExitStatus, testbed::Error> {
+fn run_shown(bed: &TestBed, argv: &[&str], bin: &str) -> Result<std::process::ExitStatus, testbed::Error> {
     shown_command(argv);
     let mut cmd = bed.command(bin);
     cmd.args(&argv[1..]);
     let status = testbed::exec::run_inherited(&mut cmd, COMMAND_TIMEOUT)?;
     if !status.success() {
-        println!(
-            "(exit status {})",
-            status
-                .code()
-                .map_or_else(|| "killed".to_owned(), |c| c.to_string())
-        );
+        println!("(exit status {})", status.code().map_or_else(|| "killed".to_owned(), |c| c.to_string()));
     }
     Ok(status)
 }
@@ -293,21 +228,13 @@ fn run_shown(
 fn children(bed: &TestBed, pid: u32) -> Vec<u32> {
     let path = format!("/proc/{pid}/task/{pid}/children");
     match bed.run(&["cat", &path]) {
-        Ok(out) => out
-            .stdout
-            .split_whitespace()
-            .filter_map(|p| p.parse().ok())
-            .collect(),
+        Ok(out) => out.stdout.split_whitespace().filter_map(|p| p.parse().ok()).collect(),
         Err(_) => Vec::new(),
     }
 }
 
 fn units() -> Vec<String> {
-    let mut units: Vec<String> = ci_runner_a()
-        .units()
-        .into_iter()
-        .chain(ci_runner_b().units())
-        .collect();
+    let mut units: Vec<String> = ci_runner_a().units().into_iter().chain(ci_runner_b().units()).collect();
     units.sort();
     units.dedup();
     units
@@ -321,10 +248,7 @@ fn print_states(states: &BTreeMap<String, UnitState>) {
 }
 
 fn print_changes(before: &BTreeMap<String, UnitState>, after: &BTreeMap<String, UnitState>) {
-    println!(
-        "\n{:<24} {:<10} {:<10} {:>10} {:>9}  EFFECT",
-        "UNIT", "BEFORE", "AFTER", "PID BEFORE", "PID AFTER"
-    );
+    println!("\n{:<24} {:<10} {:<10} {:>10} {:>9}  EFFECT", "UNIT", "BEFORE", "AFTER", "PID BEFORE", "PID AFTER");
     for (unit, b) in before {
         let Some(a) = after.get(unit) else { continue };
         let effect = match (b.active_state == "active", a.active_state == "active") {
@@ -333,22 +257,12 @@ fn print_changes(before: &BTreeMap<String, UnitState>, after: &BTreeMap<String, 
             (true, true) if b.invocation_id != a.invocation_id => "restarted",
             _ => "untouched",
         };
-        println!(
-            "{unit:<24} {:<10} {:<10} {:>10} {:>9}  {effect}",
-            b.active_state,
-            a.active_state,
-            pid(b),
-            pid(a)
-        );
+        println!("{unit:<24} {:<10} {:<10} {:>10} {:>9}  {effect}", b.active_state, a.active_state, pid(b), pid(a));
     }
 }
 
 fn pid(state: &UnitState) -> String {
-    if state.main_pid == 0 {
-        "-".to_owned()
-    } else {
-        state.main_pid.to_string()
-    }
+    if state.main_pid == 0 { "-".to_owned() } else { state.main_pid.to_string() }
 }
 
 fn yes_no(b: bool) -> &'static str {
@@ -356,15 +270,9 @@ fn yes_no(b: bool) -> &'static str {
 }
 
 fn systemd_version() -> String {
-    let out = std::process::Command::new(Path::new("/lib/systemd/systemd"))
-        .arg("--version")
-        .output();
+    let out = std::process::Command::new(Path::new("/lib/systemd/systemd")).arg("--version").output();
     out.ok()
         .and_then(|o| String::from_utf8(o.stdout).ok())
-        .and_then(|s| {
-            s.lines()
-                .next()
-                .map(|l| l.trim_start_matches("systemd ").to_owned())
-        })
+        .and_then(|s| s.lines().next().map(|l| l.trim_start_matches("systemd ").to_owned()))
         .unwrap_or_default()
 }
