@@ -332,8 +332,17 @@ fn an_apply_killed_in_the_middle_is_reported_and_resumed_by_the_next_run() {
     assert_eq!(bed.active_state("changed.service").unwrap(), "inactive", "the stop phase ran");
     assert_ne!(bed.current_generation().unwrap(), b);
 
-    let plan = safe_switch(&bed, &["plan", "--toplevel", path_str(&b)]);
+    let dir = tempfile::tempdir().unwrap();
+    let saved = dir.path().join("plan.json");
+    let plan = safe_switch(&bed, &["plan", "--toplevel", path_str(&b), "--out", path_str(&saved)]);
     assert!(plan.stderr.contains("was interrupted"), "{}", plan.stderr);
+
+    // A saved plan does not finish someone else's interrupted switch.
+    let out = safe_switch(&bed, &["apply", path_str(&saved), "--no-isolate"]);
+    assert_eq!(out.code(), Some(1), "{out:?}");
+    assert!(out.stderr.contains("an earlier switch was interrupted"), "{}", out.stderr);
+    assert!(bed.run_dir().join("safe-switch/progress.json").exists(), "the record is kept for `switch`");
+    assert_ne!(bed.current_generation().unwrap(), b);
 
     let out = safe_switch(&bed, &["switch", "--toplevel", path_str(&b), "--no-isolate"]);
     assert_eq!(out.code(), Some(0), "{out:?}");
