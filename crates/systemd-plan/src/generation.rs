@@ -43,6 +43,7 @@ impl FileIdentity {
 pub struct GenerationUnits {
     pub(crate) root: PathBuf,
     pub(crate) units: BTreeMap<String, UnitFile>,
+    pub(crate) user_units: BTreeMap<String, UnitFile>,
     pub(crate) deps: BTreeMap<String, BTreeMap<String, Vec<String>>>,
     pub(crate) fstab: Option<Fstab>,
     pub(crate) system_conf: Option<FileIdentity>,
@@ -60,6 +61,11 @@ impl GenerationUnits {
             units: units.into_iter().map(|u| (u.name.clone(), u)).collect(),
             ..GenerationUnits::default()
         }
+    }
+
+    /// The user units (`etc/systemd/user`), by name, drop-ins merged.
+    pub fn user_units(&self) -> &BTreeMap<String, UnitFile> {
+        &self.user_units
     }
 
     /// The toplevel directory as given to the loader.

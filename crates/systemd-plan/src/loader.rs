@@ -373,6 +373,9 @@ fn resolve_dir_in(w: &Walker, dir: &Path, name: &str, shown: &Path) -> Result<Op
     }
 }
 
+/// A unit directory's links: unit → kind (`wants`, ...) → linked units.
+type Links = BTreeMap<String, BTreeMap<String, Vec<String>>>;
+
 /// The kinds of link directories next to unit files.
 const LINK_KINDS: [&str; 3] = ["wants", "requires", "upholds"];
 
@@ -400,14 +403,60 @@ pub fn load(root: &Path) -> Result<GenerationUnits, LoadError> {
         return Err(LoadError::NoUnitDirectory { path: shown_root.to_owned() });
     };
 
+    let (units, deps) = read_unit_dir(w, &unit_dir_shown, &unit_dir)?;
+    // User units (`etc/systemd/user`), for what the plan says about user
+    // managers; a generation without them is fine.
+    let user_dir_shown = shown_root.join("etc/systemd/user");
+    let user_units = match resolve_dir(w, &root.join("etc/systemd/user"), &user_dir_shown)? {
+        Some(dir) => read_unit_dir(w, &user_dir_shown, &dir)?.0,
+        None => BTreeMap::new(),
+    };
+
+    let fstab_shown = shown_root.join("etc/fstab");
+    let fstab = match resolve(w, &root.join("etc/fstab"), &fstab_shown)? {
+        Resolved::Found(physical) => Some(Fstab::parse(&read_text(&fstab_shown, &physical)?)),
+        _ => None,
+    };
+    let system_conf = match fs::symlink_metadata(root.join("etc/systemd/system.conf")) {
+        Ok(_) => identity(w, shown_root, "etc/systemd/system.conf", true)?,
+        Err(_) => None,
+    };
+    let systemd_exe = match fs::symlink_metadata(root.join("systemd")) {
+        Ok(_) => identity(w, shown_root, "systemd/lib/systemd/systemd", false)?,
+        Err(_) => None,
+    };
+    let init_path = shown_root.join("init-interface-version");
+    let init_interface_version = match resolve(w, &root.join("init-interface-version"), &init_path)? {
+        Resolved::Found(physical) => Some(read_text(&init_path, &physical)?.trim().to_owned()),
+        _ => None,
+    };
+    let activate = fs::symlink_metadata(root.join("activate")).ok().map(|_| shown_root.join("activate"));
+
+    Ok(GenerationUnits {
+        root: shown_root.to_owned(),
+        units,
+        user_units,
+        deps,
+        fstab,
+        system_conf,
+        systemd_exe,
+        init_interface_version,
+        activate,
+    })
+}
+
+/// The units of one unit directory (`etc/systemd/system` or
+/// `etc/systemd/user`) with their drop-ins merged, and its
+/// `.wants`/`.requires`/`.upholds` links.
+fn read_unit_dir(w: &Walker, dir_shown: &Path, dir: &Path) -> Result<(BTreeMap<String, UnitFile>, Links), LoadError> {
     let mut fragments: BTreeMap<String, Source> = BTreeMap::new();
     let mut drop_in_dirs: BTreeMap<String, Vec<(String, Source)>> = BTreeMap::new();
-    let mut deps: BTreeMap<String, BTreeMap<String, Vec<String>>> = BTreeMap::new();
+    let mut deps = Links::new();
 
-    for name in list_dir(&unit_dir_shown, &unit_dir)? {
-        let shown = unit_dir_shown.join(&name);
+    for name in list_dir(dir_shown, dir)? {
+        let shown = dir_shown.join(&name);
         if let Some(unit) = name.strip_suffix(".d").filter(|u| unit_name::is_valid(u)) {
-            let Some(dir) = resolve_dir_in(w, &unit_dir, &name, &shown)? else { continue };
+            let Some(dir) = resolve_dir_in(w, dir, &name, &shown)? else { continue };
             let mut files = Vec::new();
             for file in list_dir(&shown, &dir)? {
                 if file.ends_with(".conf") {
@@ -418,11 +467,11 @@ pub fn load(root: &Path) -> Result<GenerationUnits, LoadError> {
         } else if let Some((unit, kind)) =
             name.rsplit_once('.').filter(|(u, k)| LINK_KINDS.contains(k) && unit_name::is_valid(u))
         {
-            let Some(dir) = resolve_dir_in(w, &unit_dir, &name, &shown)? else { continue };
+            let Some(dir) = resolve_dir_in(w, dir, &name, &shown)? else { continue };
             let linked = list_dir(&shown, &dir)?.into_iter().filter(|n| unit_name::is_valid(n)).collect();
             deps.entry(unit.to_owned()).or_default().insert(kind.to_owned(), linked);
         } else if unit_name::is_valid(&name) {
-            fragments.insert(name.clone(), read_source(w, &unit_dir, &name, &shown)?);
+            fragments.insert(name.clone(), read_source(w, dir, &name, &shown)?);
         }
     }
 
@@ -468,37 +517,7 @@ pub fn load(root: &Path) -> Result<GenerationUnits, LoadError> {
         unit.finish();
         units.insert(name.clone(), unit);
     }
-
-    let fstab_shown = shown_root.join("etc/fstab");
-    let fstab = match resolve(w, &root.join("etc/fstab"), &fstab_shown)? {
-        Resolved::Found(physical) => Some(Fstab::parse(&read_text(&fstab_shown, &physical)?)),
-        _ => None,
-    };
-    let system_conf = match fs::symlink_metadata(root.join("etc/systemd/system.conf")) {
-        Ok(_) => identity(w, shown_root, "etc/systemd/system.conf", true)?,
-        Err(_) => None,
-    };
-    let systemd_exe = match fs::symlink_metadata(root.join("systemd")) {
-        Ok(_) => identity(w, shown_root, "systemd/lib/systemd/systemd", false)?,
-        Err(_) => None,
-    };
-    let init_path = shown_root.join("init-interface-version");
-    let init_interface_version = match resolve(w, &root.join("init-interface-version"), &init_path)? {
-        Resolved::Found(physical) => Some(read_text(&init_path, &physical)?.trim().to_owned()),
-        _ => None,
-    };
-    let activate = fs::symlink_metadata(root.join("activate")).ok().map(|_| shown_root.join("activate"));
-
-    Ok(GenerationUnits {
-        root: shown_root.to_owned(),
-        units,
-        deps,
-        fstab,
-        system_conf,
-        systemd_exe,
-        init_interface_version,
-        activate,
-    })
+    Ok((units, deps))
 }
 
 /// Loads two generations at once, the new one on a second thread: loading

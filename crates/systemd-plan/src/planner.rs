@@ -236,6 +236,67 @@ impl<'a> Planner<'a> {
         self.activation_lists();
         self.reload_fallback();
         self.new_units();
+        self.user_units();
+    }
+
+    /// NixOS's switch also goes through every logged-in user's systemd
+    /// manager: it re-executes it, restarts the user units that changed in
+    /// `etc/systemd/user` and runs the per-user activation
+    /// (`nixos-activation.service`, e.g. home-manager). safe-switch leaves
+    /// user managers alone, so the plan says what that leaves undone.
+    fn user_units(&mut self) {
+        let (old, new) = (self.old.user_units(), self.new.user_units());
+        let (mut changed, mut added, mut removed) = (Vec::new(), Vec::new(), Vec::new());
+        let names: BTreeSet<&String> = old.keys().chain(new.keys()).collect();
+        for name in names {
+            match (old.get(name), new.get(name)) {
+                (Some(o), Some(n)) => {
+                    let differs = match (o.is_masked(), n.is_masked()) {
+                        (false, false) => compare_units(o, n).verdict != Verdict::Equal,
+                        (a, b) => a != b,
+                    };
+                    if differs {
+                        changed.push(name.as_str());
+                    }
+                }
+                (None, Some(_)) => added.push(name.as_str()),
+                (Some(_), None) => removed.push(name.as_str()),
+                (None, None) => {}
+            }
+        }
+        let activation = new.get("nixos-activation.service").is_some_and(|u| !u.is_masked());
+        let lists: Vec<String> = [("changed", &changed), ("added", &added), ("removed", &removed)]
+            .into_iter()
+            .filter(|(_, units)| !units.is_empty())
+            .map(|(what, units)| format!("{what}: {}", units.join(", ")))
+            .collect();
+        let (severity, message) = if !lists.is_empty() {
+            let mut message = format!(
+                "user units differ ({}); safe-switch does not touch user managers, so running ones keep their \
+                 units until they next start (NixOS's switch restarts them in every logged-in user's manager)",
+                lists.join("; ")
+            );
+            if activation {
+                message.push_str(", and the per-user activation nixos-activation.service is not run");
+            }
+            (Severity::Warning, message)
+        } else if activation {
+            (
+                Severity::Info,
+                "the per-user activation nixos-activation.service is not run: safe-switch does not touch user \
+                 managers"
+                    .to_owned(),
+            )
+        } else {
+            return;
+        };
+        self.diagnostics.push(Diagnostic {
+            severity,
+            message,
+            unit: None,
+            path: Some(self.new.root().join("etc/systemd/user").display().to_string()),
+            line: None,
+        });
     }
 
     /// Work recorded by an interrupted switch is carried out again.
