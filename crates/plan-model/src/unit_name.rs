@@ -47,6 +47,75 @@ pub fn is_valid(name: &str) -> bool {
         && !stem(name).is_empty()
 }
 
+/// Expands the unit-name specifiers of `systemd.unit(5)` in a value read
+/// from the unit file of `unit` (an instance such as `getty@tty1.service`,
+/// or a plain unit): `%n` full name, `%N` name without the type suffix,
+/// `%p` prefix, `%i` instance, `%j` the prefix's last `-` component, their
+/// unescaped forms `%P`, `%I`, `%J`, and `%%`.
+///
+/// Returns `None` when the value holds any other specifier (host, user,
+/// paths: not knowable offline), a lone `%` at the end, or an instance
+/// specifier in a template, which systemd never loads as such.
+pub fn expand_specifiers(value: &str, unit: &str) -> Option<String> {
+    if !value.contains('%') {
+        return Some(value.to_owned());
+    }
+    let name_without_type = stem(unit);
+    let (prefix, instance) = match name_without_type.split_once('@') {
+        Some((prefix, instance)) => (prefix, Some(instance).filter(|i| !i.is_empty())),
+        None => (name_without_type, None),
+    };
+    let last = prefix.rsplit_once('-').map_or(prefix, |(_, last)| last);
+    let mut out = String::with_capacity(value.len());
+    let mut chars = value.chars();
+    while let Some(c) = chars.next() {
+        if c != '%' {
+            out.push(c);
+            continue;
+        }
+        match chars.next()? {
+            '%' => out.push('%'),
+            'n' => out.push_str(unit),
+            'N' => out.push_str(name_without_type),
+            'p' => out.push_str(prefix),
+            'P' => out.push_str(&unescape(prefix)),
+            'i' => out.push_str(instance?),
+            'I' => out.push_str(&unescape(instance?)),
+            'j' => out.push_str(last),
+            'J' => out.push_str(&unescape(last)),
+            _ => return None,
+        }
+    }
+    Some(out)
+}
+
+/// Undoes `systemd-escape`: `-` is `/`, `\xNN` is the byte NN. Invalid
+/// escapes are kept as they are.
+pub fn unescape(escaped: &str) -> String {
+    let bytes = escaped.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'-' => out.push(b'/'),
+            b'\\' if bytes.get(i + 1) == Some(&b'x') => {
+                let hex = bytes.get(i + 2..i + 4).and_then(|h| std::str::from_utf8(h).ok());
+                match hex.and_then(|h| u8::from_str_radix(h, 16).ok()) {
+                    Some(byte) => {
+                        out.push(byte);
+                        i += 4;
+                        continue;
+                    }
+                    None => out.push(b'\\'),
+                }
+            }
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -63,5 +132,23 @@ mod tests {
         assert!(is_valid("-.mount"));
         assert!(!is_valid("../x.service"));
         assert!(!is_valid("noext"));
+    }
+
+    #[test]
+    fn specifiers_expand_for_instances() {
+        let x = |v: &str, u: &str| expand_specifiers(v, u);
+        assert_eq!(x("dev-%i.device", "serial-getty@ttyS0.service").as_deref(), Some("dev-ttyS0.device"));
+        assert_eq!(x("%p-helper.service", "vpn-client@office.service").as_deref(), Some("vpn-client-helper.service"));
+        assert_eq!(x("%n", "a@b.service").as_deref(), Some("a@b.service"));
+        assert_eq!(x("%N.socket", "a@b.service").as_deref(), Some("a@b.socket"));
+        assert_eq!(x("%j.target", "foo-bar@x.service").as_deref(), Some("bar.target"));
+        assert_eq!(x("%I", "mount@mnt-data\\x2dold.service").as_deref(), Some("mnt/data-old"));
+        assert_eq!(x("100%%", "a.service").as_deref(), Some("100%"));
+        assert_eq!(x("plain.service", "a.service").as_deref(), Some("plain.service"));
+        // Unknowable offline, a template's instance, a dangling percent.
+        assert_eq!(x("%H.service", "a@b.service"), None);
+        assert_eq!(x("x-%i.service", "a@.service"), None);
+        assert_eq!(x("x-%i.service", "a.service"), None);
+        assert_eq!(x("x%", "a@b.service"), None);
     }
 }

@@ -344,19 +344,23 @@ impl UnitGraph {
             return;
         }
         let Some(me) = self.checked_node(name) else { return };
+        // Specifiers (`%i`, `%p`, ...) are expanded for this unit's name, as
+        // systemd does when it loads an instance from its template; values
+        // whose specifiers cannot be known here are left out.
+        let expand = |word: &str| unit_name::expand_specifiers(word, name);
         if let Some(section) = unit.section("Unit") {
             for (key, values) in section {
                 // systemd splits list settings at ASCII white space.
-                let words = values.iter().flat_map(|v| v.split_ascii_whitespace());
+                let words = values.iter().flat_map(|v| v.split_ascii_whitespace()).filter_map(expand);
                 if key == "StopPropagatedFrom" {
                     for source in words {
-                        if let Some(other) = self.checked_node(source) {
+                        if let Some(other) = self.checked_node(&source) {
                             self.push(other, Relation::PropagatesStopTo, me);
                         }
                     }
                 } else if let Some(relation) = unit_key(key) {
                     for target in words {
-                        if let Some(other) = self.checked_node(target) {
+                        if let Some(other) = self.checked_node(&target) {
                             self.push(me, relation, other);
                         }
                     }
@@ -366,14 +370,17 @@ impl UnitGraph {
         // What a socket, timer or path unit activates; an `Accept=yes`
         // socket activates instances of a template.
         let stem = unit_name::stem(name);
+        let words = |section: &str, key: &str| -> Vec<String> {
+            unit.words(section, key).into_iter().filter_map(expand).collect()
+        };
         let triggered: Vec<String> = match unit_name::unit_type(name) {
-            Some("socket") => match unit.words("Socket", "Service").last() {
-                Some(service) => vec![(*service).to_owned()],
+            Some("socket") => match words("Socket", "Service").pop() {
+                Some(service) => vec![service],
                 None if unit.bool_or("Socket", "Accept", false) => vec![format!("{stem}@.service")],
                 None => vec![format!("{stem}.service")],
             },
-            Some("timer") => one_or_default(unit.words("Timer", "Unit"), stem),
-            Some("path") => one_or_default(unit.words("Path", "Unit"), stem),
+            Some("timer") => one_or_default(words("Timer", "Unit"), stem),
+            Some("path") => one_or_default(words("Path", "Unit"), stem),
             _ => Vec::new(),
         };
         for target in triggered {
@@ -389,15 +396,15 @@ impl UnitGraph {
             self.relate_checked(name, Relation::Triggers, &target);
         }
         if unit_name::unit_type(name) == Some("service") {
-            for socket in unit.words("Service", "Sockets") {
-                self.relate_checked(socket, Relation::Triggers, name);
+            for socket in words("Service", "Sockets") {
+                self.relate_checked(&socket, Relation::Triggers, name);
             }
         }
     }
 
-    /// Adds a relation read from a unit file. Values with specifiers
-    /// (`%i`) or that are not unit names are skipped: they cannot be
-    /// resolved without the instance, and systemd would reject the latter.
+    /// Adds a relation read from a unit file. Values that still hold a
+    /// specifier (`%i` in a template) or that are not unit names are
+    /// skipped: the first name no unit, and systemd would reject the latter.
     fn relate_checked(&mut self, from: &str, relation: Relation, to: &str) {
         if let (Some(a), Some(b)) = (self.checked_node(from), self.checked_node(to)) {
             self.push(a, relation, b);
@@ -698,9 +705,9 @@ impl UnitGraph {
     }
 }
 
-fn one_or_default(values: Vec<&str>, stem: &str) -> Vec<String> {
-    match values.last() {
-        Some(unit) => vec![(*unit).to_owned()],
+fn one_or_default(mut values: Vec<String>, stem: &str) -> Vec<String> {
+    match values.pop() {
+        Some(unit) => vec![unit],
         None => vec![format!("{stem}.service")],
     }
 }
