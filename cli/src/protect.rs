@@ -24,7 +24,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
 use plan_model::policy::{Policy, Selector};
-use plan_model::{Action, Edge, LiveState, Mode, Plan, ProtectionSource};
+use plan_model::{Action, Edge, LiveState, Mode, Plan, ProtectionSource, Rule};
 use systemd_plan::GenerationUnits;
 use systemd_plan::protect::{self, Analysis, Explanation, Request, Touch};
 
@@ -247,7 +247,14 @@ pub fn render_text(out: &mut String, plan: &Plan) {
     }
     let deferred: Vec<_> = plan.units.iter().filter_map(|u| Some((u, u.deferral.as_ref()?))).collect();
     if !deferred.is_empty() {
-        out.push_str("  deferred (the new unit files are installed; the running units stay as they are):\n");
+        // launchd jobs cannot pick up a new plist without a restart, so a
+        // deferred job keeps its old plist; systemd units get the new file.
+        let old_plists = deferred.iter().any(|(u, _)| u.reasons.iter().any(|r| r.rule == Rule::OldPlistKept));
+        out.push_str(if old_plists {
+            "  deferred (the old plists stay installed and the jobs loaded as they are):\n"
+        } else {
+            "  deferred (the new unit files are installed; the running units stay as they are):\n"
+        });
         for (unit, d) in deferred {
             let _ =
                 writeln!(out, "    {}", touch_line(&unit.unit, &d.actions, "deferred", &d.touches, d.effect, &d.chain));

@@ -79,8 +79,11 @@ pub fn run(args: args::ApplyArgs) -> anyhow::Result<Outcome> {
     }
 
     eprintln!("applying the saved plan {} ({})", args.plan.display(), saved.digest);
-    let text =
-        report::render(crate::args::Format::Text, &Report { plan: &saved.plan, diffs: &[] }, Style::for_stdout());
+    let text = report::render(
+        crate::args::Format::Text,
+        &Report { plan: &saved.plan, diffs: &[], commands: &[] },
+        Style::for_stdout(),
+    );
     print!("{text}");
     switch::apply_plan(&mut bus, &run, &saved.plan, &args.apply, &protect)
 }

@@ -34,7 +34,7 @@ pub fn run(args: args::CheckArgs) -> anyhow::Result<Outcome> {
         return Ok(outcome(&lp.plan, args.fail_on));
     }
     let diffs = report::unit_diff::unit_diffs(&lp.plan, &lp.old, &lp.new);
-    report::write_outputs(&Report { plan: &lp.plan, diffs: &diffs }, &args.output)?;
+    report::write_outputs(&Report { plan: &lp.plan, diffs: &diffs, commands: &[] }, &args.output)?;
     let outcome = outcome(&lp.plan, args.fail_on);
     if outcome == Outcome::Blocked {
         eprintln!("{}", blocked_message(&lp.plan, args.fail_on));

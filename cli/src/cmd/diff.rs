@@ -4,7 +4,8 @@
 //! generations, takes the live state from the snapshot (or assumes every
 //! unit of the old generation is active, see
 //! [`systemd_plan::assumed_live_state`]), plans, and prints the plan. It
-//! needs no systemd and changes nothing.
+//! needs no systemd and changes nothing. Two nix-darwin generations are
+//! planned for launchd instead (see [`crate::cmd::darwin`]).
 
 use std::fs;
 use std::io::Write;
@@ -18,6 +19,9 @@ use crate::exit::Outcome;
 
 /// Runs `diff`.
 pub fn run(args: args::DiffArgs) -> anyhow::Result<Outcome> {
+    if crate::cmd::darwin::is_darwin_pair(&args.old, &args.new) {
+        return crate::cmd::darwin::diff(&args);
+    }
     let (plan, protection) = build_protected(&args)?;
     if let Some(unit) = &args.protect.explain {
         std::io::stdout().lock().write_all(protection.explain(&plan, unit).as_bytes())?;

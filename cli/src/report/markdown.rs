@@ -67,6 +67,12 @@ pub fn render(report: &Report<'_>, limit: usize) -> String {
         b.push("\n");
     }
 
+    if !report.commands.is_empty() {
+        let text: String = report.commands.iter().map(|c| format!("{c}\n")).collect();
+        let fence = fence_for(&text);
+        b.row(&format!("### Commands, in order\n\n{fence}sh\n{text}{fence}\n\n"));
+    }
+
     if !plan.diagnostics.is_empty() {
         b.push("### Diagnostics\n\n");
         for d in &plan.diagnostics {

@@ -39,6 +39,10 @@ pub struct Report<'a> {
     /// Unified diffs of changed unit files, sorted by unit then path. Empty
     /// when the generations were not available as directories.
     pub diffs: &'a [UnitDiff],
+    /// The commands that carry the plan out, in order, as shell command
+    /// lines: the `launchctl` calls and file operations of a nix-darwin
+    /// plan. Empty for systemd plans, whose steps are part of the plan.
+    pub commands: &'a [String],
 }
 
 /// How text output is decorated.
@@ -132,7 +136,7 @@ pub fn write_outputs(report: &Report<'_>, output: &OutputArgs) -> anyhow::Result
 /// given).
 pub fn write_plan(plan: &Plan, output: &OutputArgs) -> anyhow::Result<()> {
     let diffs = unit_diff::unit_diffs(plan, Path::new(&plan.old.path), Path::new(&plan.new.path));
-    write_outputs(&Report { plan, diffs: &diffs }, output)
+    write_outputs(&Report { plan, diffs: &diffs, commands: &[] }, output)
 }
 
 /// Writes `bytes` to `path` through a temporary file in the same directory,

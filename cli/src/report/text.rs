@@ -19,6 +19,12 @@ const CYAN: &str = "\x1b[36m";
 /// Renders the plan and the unit-file diffs as text.
 pub fn render(report: &Report<'_>, style: Style) -> String {
     let mut out = plan_text(report.plan, style);
+    if !report.commands.is_empty() {
+        out.push_str(&format!("\n{}\n", paint(style, BOLD, "commands, in order:")));
+        for command in report.commands {
+            out.push_str(&format!("  {command}\n"));
+        }
+    }
     out.push_str(&diffs_text(report.diffs, style));
     out
 }

@@ -1,0 +1,133 @@
+//! `diff` for nix-darwin generations: the launchd part of the switch.
+//!
+//! A nix-darwin toplevel has no `etc/systemd/system`; its jobs are the
+//! plists in `Library/LaunchDaemons`, `Library/LaunchAgents` and
+//! `user/Library/LaunchAgents`. [`launchd_plan`] plans them as nix-darwin's
+//! activation would, with protection by label (`--protect gitlab-runner`
+//! matches `org.nixos.gitlab-runner`), and turns the plan into the ordered
+//! `launchctl` calls that carry it out. The plan is the same [`Plan`] value
+//! as for systemd, so every report format shows it; the text and Markdown
+//! reports add the commands and the plist diffs.
+
+use std::path::Path;
+
+use anyhow::{Context, bail};
+use launchd_plan::{Host, LaunchdLive, LaunchdPlan, Policy, Selector};
+use plan_model::{Mode, ProtectionSource};
+
+use crate::args::{self, OnProtected, ProtectArgs};
+use crate::exit::Outcome;
+use crate::report::{self, Report, UnitDiff, unit_diff};
+
+/// The directories of a nix-darwin toplevel that hold jobs.
+const JOB_DIRS: [&str; 3] = ["Library/LaunchDaemons", "Library/LaunchAgents", "user/Library/LaunchAgents"];
+
+/// Tells whether `old` and `new` are nix-darwin generations: neither has a
+/// systemd unit directory and one of them has launchd jobs or a
+/// `darwin-version`. `SAFE_SWITCH_PLATFORM=darwin` says so outright.
+pub fn is_darwin_pair(old: &Path, new: &Path) -> bool {
+    if let Some(platform) = std::env::var_os(crate::source::PLATFORM_ENV) {
+        return platform == "darwin";
+    }
+    let systemd = |g: &Path| g.join("etc/systemd/system").exists();
+    let darwin = |g: &Path| g.join("darwin-version").exists() || JOB_DIRS.iter().any(|d| g.join(d).is_dir());
+    !systemd(old) && !systemd(new) && (darwin(old) || darwin(new))
+}
+
+/// Runs `diff` on two nix-darwin generations.
+pub fn diff(args: &args::DiffArgs) -> anyhow::Result<Outcome> {
+    if let Some(unit) = &args.protect.explain {
+        bail!(
+            "--explain {unit}: launchd plans have no dependency graph to explain; \
+             each job's entry names the rule that fired"
+        );
+    }
+    let planned = build(&args.old, &args.new, args.live.as_deref(), &args.protect)?;
+    let commands: Vec<String> = match launchd_plan::operations(&planned) {
+        Ok(ops) => ops.iter().map(ToString::to_string).collect(),
+        // A refused plan has no commands; the plan says why.
+        Err(_) => Vec::new(),
+    };
+    let diffs = plist_diffs(&planned, &args.old, &args.new);
+    report::write_outputs(&Report { plan: &planned.plan, diffs: &diffs, commands: &commands }, &args.output)?;
+    Ok(crate::protect::outcome(&planned.plan))
+}
+
+/// Loads both generations, the live state and the protection policy, and
+/// plans.
+fn build(old: &Path, new: &Path, live: Option<&Path>, protect: &ProtectArgs) -> anyhow::Result<LaunchdPlan> {
+    let old_generation = launchd_plan::load_generation(old)?;
+    let new_generation = launchd_plan::load_generation(new)?;
+    let live = match live {
+        Some(path) => launchd_plan::load_live(path)?,
+        // Nothing captured: every job of the old generation counts as
+        // loaded, as nix-darwin's activation assumes.
+        None => LaunchdLive::default(),
+    };
+    let policy = policy(protect)?;
+    Ok(launchd_plan::plan(&old_generation, &new_generation, &Host { live, installed: None }, &policy))
+}
+
+/// The protection policy: the policy file's selectors and mode, plus
+/// `--protect` and `--on-protected`. The implicit protections of a systemd
+/// host (D-Bus, logind, the caller's cgroup) have no launchd counterpart.
+fn policy(args: &ProtectArgs) -> anyhow::Result<Policy> {
+    let loaded = crate::protect::load_policy(args)?;
+    let mut selectors = Vec::new();
+    if let Some((file, path)) = &loaded {
+        let source = ProtectionSource::Policy { path: path.display().to_string() };
+        for (selector, line) in &file.protect {
+            let compiled = Selector::new(selector.as_str(), source.clone())
+                .with_context(|| format!("{}: line {line}", path.display()))?;
+            selectors.push(compiled);
+        }
+    }
+    for text in args.protect.iter().map(|t| t.trim()).filter(|t| !t.is_empty()) {
+        selectors
+            .push(Selector::new(text, ProtectionSource::CommandLine).with_context(|| format!("--protect {text:?}"))?);
+    }
+    let mode = match args.on_protected {
+        Some(OnProtected::Defer) => Mode::Defer,
+        Some(OnProtected::Refuse) => Mode::Refuse,
+        None => loaded.as_ref().and_then(|(p, _)| p.mode).unwrap_or_default(),
+    };
+    Ok(Policy { mode, selectors })
+}
+
+/// Unified diffs of the plists that changed, for each job in the plan.
+/// Binary plists are shown as the XML they decode to.
+fn plist_diffs(planned: &LaunchdPlan, old: &Path, new: &Path) -> Vec<UnitDiff> {
+    let mut out = Vec::new();
+    for unit in &planned.plan.units {
+        let Some(target) = planned.jobs.get(&unit.unit) else { continue };
+        let file_name = [&target.source, &target.installed]
+            .into_iter()
+            .flatten()
+            .find_map(|p| Path::new(p).file_name().map(|f| f.to_string_lossy().into_owned()))
+            .unwrap_or_else(|| format!("{}.plist", target.label));
+        let rel = format!("{}/{file_name}", target.scope.generation_dir());
+        let (before, after) = (plist_text(&old.join(&rel)), plist_text(&new.join(&rel)));
+        if before.is_none() && after.is_none() {
+            continue;
+        }
+        let (before, after) = (before.unwrap_or_default(), after.unwrap_or_default());
+        if before != after {
+            out.push(UnitDiff { unit: unit.unit.clone(), diff: unit_diff::unified(&before, &after, &rel), path: rel });
+        }
+    }
+    out
+}
+
+/// A plist as text: XML as it is, a binary plist converted to XML.
+fn plist_text(path: &Path) -> Option<String> {
+    let bytes = std::fs::read(path).ok()?;
+    if let Ok(text) = String::from_utf8(bytes.clone())
+        && !text.starts_with("bplist")
+    {
+        return Some(text);
+    }
+    let value = plist::Value::from_reader(std::io::Cursor::new(bytes)).ok()?;
+    let mut xml = Vec::new();
+    value.to_writer_xml(&mut xml).ok()?;
+    String::from_utf8(xml).ok()
+}

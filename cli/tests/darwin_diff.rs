@@ -1,0 +1,146 @@
+//! `safe-switch diff` on two nix-darwin generations: the launchd plan, its
+//! protection by label, the `launchctl` commands and the plist diffs,
+//! through the binary, on the launchd planner's fixture generations.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, reason = "tests may panic")]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+const BIN: &str = env!("CARGO_BIN_EXE_safe-switch");
+
+fn fixture(case: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../crates/launchd-plan/tests/fixtures").join(case)
+}
+
+/// Runs `safe-switch diff old new --live live.json ARGS` inside a fixture
+/// case, with no policy file and no platform override from the caller.
+fn diff(case: &str, args: &[&str]) -> Output {
+    let dir = tempfile::tempdir().unwrap();
+    Command::new(BIN)
+        .current_dir(fixture(case))
+        .env_remove("SAFE_SWITCH_PLATFORM")
+        .env("NO_COLOR", "1")
+        .args(["diff", "old", "new", "--live", "live.json", "--policy"])
+        .arg(empty_policy(dir.path()))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+/// An empty policy file that passes the ownership checks.
+fn empty_policy(dir: &Path) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt as _;
+    let path = dir.join("policy.toml");
+    std::fs::write(&path, "").unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+    path
+}
+
+fn text(out: &Output) -> (String, String) {
+    (String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+/// The lines of the text plan's command section.
+fn commands(stdout: &str) -> Vec<String> {
+    stdout
+        .lines()
+        .skip_while(|l| *l != "commands, in order:")
+        .skip(1)
+        .take_while(|l| l.starts_with("  "))
+        .map(|l| l.trim().to_owned())
+        .collect()
+}
+
+#[test]
+fn protected_jobs_are_deferred_and_left_out_of_the_commands() {
+    let out = diff("protected-defer", &["--protect", "gitlab-runner,org.nixos.github-runner-*"]);
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(
+        stdout.contains("org.nixos.gitlab-runner: restart deferred: org.nixos.gitlab-runner is protected"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("org.nixos.github-runner-ci1: stop deferred"), "{stdout}");
+    assert!(stdout.contains("the old plists stay installed"), "{stdout}");
+    let commands = commands(&stdout);
+    assert_eq!(
+        commands.first().map(String::as_str),
+        Some("launchctl bootout system/org.nixos.prometheus-node-exporter"),
+        "{stdout}"
+    );
+    assert!(
+        commands
+            .iter()
+            .any(|c| c == "launchctl bootstrap system /Library/LaunchDaemons/org.nixos.prometheus-node-exporter.plist")
+    );
+    assert!(!commands.iter().any(|c| c.contains("runner")), "protected jobs are not touched: {commands:?}");
+    // The plist that changed, as a unified diff.
+    assert!(stdout.contains("+++ b/Library/LaunchDaemons/org.nixos.prometheus-node-exporter.plist"), "{stdout}");
+    assert!(stdout.contains("+\t\t<string>/bin/wait4path /nix/store &amp;&amp; exec /nix/store/05cs28vjzv4bc35dx91dmlmc7wlprzj9-node_exporter-1.9.1"), "{stdout}");
+}
+
+#[test]
+fn without_protection_every_change_is_a_command() {
+    let out = diff("protected-defer", &[]);
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    let commands = commands(&stdout);
+    assert!(commands.contains(&"launchctl bootout system/org.nixos.gitlab-runner".to_owned()), "{commands:?}");
+    assert!(commands.contains(&"launchctl bootout system/org.nixos.github-runner-ci1".to_owned()), "{commands:?}");
+    assert!(
+        commands.iter().any(|c| c.starts_with("rm ") && c.contains("org.nixos.github-runner-ci1.plist")),
+        "{commands:?}"
+    );
+}
+
+#[test]
+fn refuse_mode_exits_3_with_no_commands() {
+    let out = diff("protected-refuse", &["--protect", "gitlab-runner", "--on-protected", "refuse"]);
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(3), "{stdout}{stderr}");
+    assert!(stdout.contains("refused: 1 unit would touch a protected unit"), "{stdout}");
+    assert!(commands(&stdout).is_empty(), "a refused plan has nothing to run: {stdout}");
+}
+
+#[test]
+fn json_and_junit_reports_carry_the_launchd_plan() {
+    let dir = tempfile::tempdir().unwrap();
+    let junit = dir.path().join("junit.xml");
+    let out = diff(
+        "protected-defer",
+        &["--protect", "gitlab-runner", "--json", "--report", &format!("junit={}", junit.display())],
+    );
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    let plan: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(plan["format_version"], 1, "{plan:#}");
+    let units = plan["units"].as_array().unwrap();
+    let runner = units.iter().find(|u| u["unit"] == "org.nixos.gitlab-runner").unwrap();
+    assert_eq!(runner["deferral"]["actions"], serde_json::json!(["restart"]), "{runner:#}");
+    let xml = std::fs::read_to_string(&junit).unwrap();
+    let doc = roxmltree::Document::parse(&xml).unwrap();
+    let failed: Vec<&str> = doc
+        .descendants()
+        .filter(|n| n.has_tag_name("testcase") && n.children().any(|c| c.has_tag_name("failure")))
+        .filter_map(|n| n.attribute("name"))
+        .collect();
+    assert!(failed.iter().any(|name| name.contains("org.nixos.gitlab-runner")), "{xml}");
+    assert!(!failed.iter().any(|name| name.contains("prometheus")), "{xml}");
+}
+
+#[test]
+fn explain_is_refused_for_launchd_plans() {
+    let out = diff("protected-defer", &["--explain", "org.nixos.gitlab-runner"]);
+    let (_, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("--explain org.nixos.gitlab-runner: launchd plans have no dependency graph"), "{stderr}");
+}
+
+#[test]
+fn a_bad_plist_names_the_file() {
+    let out = diff("bad-plist", &[]);
+    let (_, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains(".plist"), "{stderr}");
+}
