@@ -107,9 +107,18 @@ fn refuse_mode_exits_3_with_no_commands() {
 fn json_and_junit_reports_carry_the_launchd_plan() {
     let dir = tempfile::tempdir().unwrap();
     let junit = dir.path().join("junit.xml");
+    let codequality = dir.path().join("codequality.json");
     let out = diff(
         "protected-defer",
-        &["--protect", "gitlab-runner", "--json", "--report", &format!("junit={}", junit.display())],
+        &[
+            "--protect",
+            "gitlab-runner",
+            "--json",
+            "--report",
+            &format!("junit={}", junit.display()),
+            "--report",
+            &format!("codequality={}", codequality.display()),
+        ],
     );
     let (stdout, stderr) = text(&out);
     assert_eq!(out.status.code(), Some(0), "{stderr}");
@@ -127,6 +136,15 @@ fn json_and_junit_reports_carry_the_launchd_plan() {
         .collect();
     assert!(failed.iter().any(|name| name.contains("org.nixos.gitlab-runner")), "{xml}");
     assert!(!failed.iter().any(|name| name.contains("prometheus")), "{xml}");
+    // Code Quality findings point at the job's plist.
+    let findings: serde_json::Value = serde_json::from_slice(&std::fs::read(&codequality).unwrap()).unwrap();
+    let deferred = findings
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["check_name"] == "safe-switch/deferred")
+        .unwrap_or_else(|| panic!("{findings:#}"));
+    assert_eq!(deferred["location"]["path"], "Library/LaunchDaemons/org.nixos.gitlab-runner.plist", "{deferred:#}");
 }
 
 #[test]

@@ -24,7 +24,7 @@ use plan_model::{Action, Plan, Severity};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
-use super::{ItemStatus, Verdict, action_items, chain_line, reasons_line};
+use super::{ItemStatus, Report, UnitDiff, Verdict, action_items, chain_line, reasons_line};
 
 /// Where a generation keeps its units; findings about a unit point there,
 /// relative to the generation, since the plan does not know which file of
@@ -63,14 +63,32 @@ pub struct Lines {
 }
 
 /// Renders the Code Quality report.
-pub fn render(plan: &Plan) -> String {
-    let mut s = serde_json::to_string_pretty(&findings(plan)).unwrap_or_else(|_| "[]".to_owned());
+pub fn render(report: &Report<'_>) -> String {
+    let mut s =
+        serde_json::to_string_pretty(&findings_at(report.plan, report.diffs)).unwrap_or_else(|_| "[]".to_owned());
     s.push('\n');
     s
 }
 
 /// Lists the findings of a plan, without duplicate fingerprints.
 pub fn findings(plan: &Plan) -> Vec<Finding> {
+    findings_at(plan, &[])
+}
+
+/// Where a finding about `unit` points: its unit file, or the file of the
+/// unit that changed (a drop-in, a launchd plist) when the diffs name one.
+fn unit_path(unit: &str, diffs: &[UnitDiff]) -> String {
+    let fragment = format!("{UNIT_DIR}/{unit}");
+    let mine: Vec<&UnitDiff> = diffs.iter().filter(|d| d.unit == unit).collect();
+    if mine.is_empty() || mine.iter().any(|d| d.path == fragment) {
+        return fragment;
+    }
+    mine[0].path.clone()
+}
+
+/// Like [`findings`], pointing each unit's findings at the file that
+/// changed when `diffs` names one.
+fn findings_at(plan: &Plan, diffs: &[UnitDiff]) -> Vec<Finding> {
     let mut out = Vec::new();
     for item in action_items(plan) {
         let unit = &item.unit.unit;
@@ -111,7 +129,7 @@ pub fn findings(plan: &Plan) -> Vec<Finding> {
             description,
             check_name,
             severity,
-            location: Location { path: format!("{UNIT_DIR}/{unit}"), lines: Lines { begin: 1 } },
+            location: Location { path: unit_path(unit, diffs), lines: Lines { begin: 1 } },
         });
     }
     if Verdict::of(plan) == Verdict::Refused {
@@ -132,7 +150,7 @@ pub fn findings(plan: &Plan) -> Vec<Finding> {
         let location_path = if !path.is_empty() {
             path.trim_start_matches('/').to_owned()
         } else if !unit.is_empty() {
-            format!("{UNIT_DIR}/{unit}")
+            unit_path(&unit, diffs)
         } else {
             UNIT_DIR.to_owned()
         };

@@ -104,7 +104,7 @@ pub fn render(format: Format, report: &Report<'_>, style: Style) -> String {
         Format::Text => text::render(report, style),
         Format::Json => json::render(report.plan),
         Format::Junit => junit::render(report),
-        Format::Codequality => codequality::render(report.plan),
+        Format::Codequality => codequality::render(report),
         Format::Markdown => markdown::render(report, markdown::LIMIT),
     }
 }
