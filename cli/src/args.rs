@@ -20,7 +20,8 @@ pub struct Cli {
 /// The subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Plan the switch between two generation directories, offline.
+    /// Plan the switch between two generation directories (NixOS,
+    /// system-manager or nix-darwin), offline.
     Diff(DiffArgs),
     /// Plan the switch from the running generation to a new one, with the
     /// live state from systemd.
@@ -43,8 +44,9 @@ pub struct DiffArgs {
     pub old: PathBuf,
     /// The new generation (a toplevel directory).
     pub new: PathBuf,
-    /// A live-state snapshot (JSON). Without it, every unit of the old
-    /// generation counts as active.
+    /// A live-state snapshot (JSON): systemd's units, or launchd's jobs for
+    /// nix-darwin generations. Without it, every unit of the old generation
+    /// counts as active.
     #[arg(long, value_name = "STATE.json")]
     pub live: Option<PathBuf>,
     /// Protection.

@@ -56,4 +56,4 @@ Exit codes:
   1  error (nothing was changed unless the message says otherwise)
   2  usage error
   3  refused or blocked: something would touch a protected unit
-  4  applied, but some units failed";
+  4  applied, but some units failed or a protected unit was disturbed";
