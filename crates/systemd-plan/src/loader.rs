@@ -45,6 +45,17 @@ pub enum LoadError {
         /// The generation directory.
         path: PathBuf,
     },
+    /// The generation is a system-manager toplevel (`services/services.json`,
+    /// `etcFiles/etcFiles.json`), whose units the planner does not read.
+    #[error(
+        "{}: a system-manager generation (services/services.json, etcFiles/etcFiles.json); safe-switch plans \
+         generations with NixOS's layout (etc/systemd/system) and nix-darwin's, not system-manager's yet",
+        path.display()
+    )]
+    SystemManagerLayout {
+        /// The generation directory.
+        path: PathBuf,
+    },
     /// A file or directory could not be read.
     #[error("{}: cannot read", path.display())]
     Io {
@@ -400,7 +411,12 @@ pub fn load(root: &Path) -> Result<GenerationUnits, LoadError> {
     let w = &walker;
     let unit_dir_shown = shown_root.join("etc/systemd/system");
     let Some(unit_dir) = resolve_dir(w, &root.join("etc/systemd/system"), &unit_dir_shown)? else {
-        return Err(LoadError::NoUnitDirectory { path: shown_root.to_owned() });
+        let system_manager = ["services/services.json", "etcFiles/etcFiles.json"].iter().any(|f| root.join(f).exists());
+        return Err(if system_manager {
+            LoadError::SystemManagerLayout { path: shown_root.to_owned() }
+        } else {
+            LoadError::NoUnitDirectory { path: shown_root.to_owned() }
+        });
     };
 
     let (units, deps) = read_unit_dir(w, &unit_dir_shown, &unit_dir)?;
