@@ -20,8 +20,8 @@ pub struct Cli {
 /// The subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Plan the switch between two generation directories (NixOS or
-    /// nix-darwin), offline.
+    /// Plan the switch between two generation directories (NixOS,
+    /// system-manager or nix-darwin), offline.
     Diff(DiffArgs),
     /// Plan the switch from the running generation to a new one, with the
     /// live state from systemd.

@@ -11,12 +11,10 @@
 //! | `deferred` | protection deferred actions (`defer` mode); a refused plan alone does not fail |
 //! | `never` | never; the reports still say what is blocked |
 
-use std::path::Path;
-
 use plan_model::Plan;
 
 use crate::args::{self, FailOn};
-use crate::cmd::plan::{self as live, CURRENT_SYSTEM};
+use crate::cmd::plan as live;
 use crate::exit::Outcome;
 use crate::report::{self, Report};
 
@@ -27,7 +25,7 @@ pub fn run(args: args::CheckArgs) -> anyhow::Result<Outcome> {
     let resolved = live::resolve_source(&args.source, &args.protect)?;
     let mut bus = live::connect()?;
     live::report_interrupted(&systemd_live::RunDir::system());
-    let mut lp = live::live_plan(Path::new(CURRENT_SYSTEM), &resolved.toplevel, &args.protect, &mut bus)?;
+    let mut lp = live::live_plan(&live::running_generation(), &resolved.toplevel, &args.protect, &mut bus)?;
     lp.plan.new.provenance = Some(resolved.provenance);
     if let Some(unit) = &args.protect.explain {
         std::io::Write::write_all(&mut std::io::stdout().lock(), lp.protection.explain(&lp.plan, unit).as_bytes())?;

@@ -23,6 +23,22 @@ use crate::exit::Outcome;
 /// Where NixOS keeps the running generation.
 pub const CURRENT_SYSTEM: &str = "/run/current-system";
 
+/// Where system-manager registers the generation it activated. On a
+/// system-manager host `/run/current-system` links to `/run/system-manager`,
+/// which is not a toplevel.
+pub const SYSTEM_MANAGER_PROFILE: &str = "/nix/var/nix/profiles/system-manager-profiles/system-manager";
+
+/// The running generation to plan from: `/run/current-system`, or
+/// system-manager's profile when only that is a toplevel.
+pub fn running_generation() -> PathBuf {
+    pick_running(Path::new(CURRENT_SYSTEM), Path::new(SYSTEM_MANAGER_PROFILE))
+}
+
+fn pick_running(current: &Path, profile: &Path) -> PathBuf {
+    let toplevel = |p: &Path| p.join("etc/systemd/system").exists() || p.join("services/services.json").exists();
+    if !toplevel(current) && toplevel(profile) { profile.to_owned() } else { current.to_owned() }
+}
+
 /// A plan made against the live host, with what it was made from.
 #[derive(Debug)]
 pub struct LivePlan {
@@ -44,7 +60,7 @@ pub fn run(args: args::PlanArgs) -> anyhow::Result<Outcome> {
     let toplevel = resolved.toplevel.clone();
     let mut bus = connect()?;
     report_interrupted(&RunDir::system());
-    let mut lp = live_plan(Path::new(CURRENT_SYSTEM), &toplevel, &args.protect, &mut bus)?;
+    let mut lp = live_plan(&running_generation(), &toplevel, &args.protect, &mut bus)?;
     lp.plan.new.provenance = Some(resolved.provenance);
     if let Some(unit) = &args.protect.explain {
         std::io::stdout().lock().write_all(lp.protection.explain(&lp.plan, unit).as_bytes())?;
@@ -127,4 +143,24 @@ pub fn live_plan(
     crate::cmd::closure_diff::attach_to_plan(&mut plan, &old_path, &new_path);
     let protection = crate::protect::protect_plan(&mut plan, &old, &new, &live, protect)?;
     Ok(LivePlan { plan, live, old: old_path, new: new_path, protection })
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_system_manager_host_plans_from_its_profile() {
+        let dir = tempfile::tempdir().unwrap();
+        let (current, profile) = (dir.path().join("current-system"), dir.path().join("profile"));
+        std::fs::create_dir_all(current.join("sw")).unwrap();
+        std::fs::create_dir_all(profile.join("services")).unwrap();
+        std::fs::write(profile.join("services/services.json"), "{}").unwrap();
+        assert_eq!(pick_running(&current, &profile), profile);
+        // A NixOS host, or no system-manager profile: /run/current-system.
+        std::fs::create_dir_all(current.join("etc/systemd/system")).unwrap();
+        assert_eq!(pick_running(&current, &profile), current);
+        assert_eq!(pick_running(&current, &dir.path().join("none")), current);
+    }
 }

@@ -121,6 +121,13 @@ pub fn preflight(toplevel: &Path) -> anyhow::Result<()> {
              nothing was changed. `safe-switch plan` shows the plan without root"
         );
     }
+    if toplevel.join("services/services.json").exists() && !toplevel.join("etc/systemd/system").exists() {
+        bail!(
+            "{}: a system-manager generation; safe-switch plans and checks system-manager hosts \
+             (`safe-switch plan`, `check`) but does not switch them yet; nothing was changed",
+            toplevel.display()
+        );
+    }
     let activate = toplevel.join("activate");
     let meta = std::fs::metadata(&activate).with_context(|| {
         format!(

@@ -61,10 +61,15 @@ fn assert_composed_over_base(composed: &Built, base_only: &Built, base_units: &[
         "the overlay's module sees its own pin and the base's packages: {ci}"
     );
     assert_eq!(new.len(), old.len() + 1, "{:?}", new.keys());
-    let version = std::fs::read_to_string(composed.toplevel.join("nixos-version")).unwrap();
-    assert_eq!(version, "pins-base 1.0");
-    assert!(composed.toplevel.join("activate").is_file());
-    assert!(composed.toplevel.join("init-interface-version").is_file());
+    if composed.toplevel.join("services/services.json").is_file() {
+        // system-manager's layout: its own activation entry point.
+        assert!(composed.toplevel.join("bin/activate").is_file());
+    } else {
+        let version = std::fs::read_to_string(composed.toplevel.join("nixos-version")).unwrap();
+        assert_eq!(version, "pins-base 1.0");
+        assert!(composed.toplevel.join("activate").is_file());
+        assert!(composed.toplevel.join("init-interface-version").is_file());
+    }
     assert_eq!(fx.lock_files(), Vec::<std::path::PathBuf>::new(), "no lock file may be written");
 }
 
@@ -131,6 +136,26 @@ fn system_manager_composition_follows_the_convention() {
     assert_composed_over_base(&composed, &base_only, &base_units, &fx);
     let site = text(&units(&composed.toplevel)["site.service"]).to_owned();
     assert!(site.contains("Description=Site base-site"), "systemManagerArgs are passed: {site}");
+
+    // Both builds have system-manager's layout, and the planner reads it:
+    // switching from the base alone to the composed generation adds the
+    // overlay's unit and leaves every base unit alone, because their files'
+    // store paths are the same.
+    let services = |built: &Built| -> serde_json::Value {
+        serde_json::from_slice(&std::fs::read(built.toplevel.join("services/services.json")).unwrap()).unwrap()
+    };
+    let (old_services, new_services) = (services(&base_only), services(&composed));
+    assert!(new_services.get("project-ci.service").is_some(), "{new_services:#}");
+    for name in &base_units {
+        assert_eq!(old_services[name]["storePath"], new_services[name]["storePath"], "{name}");
+    }
+    let (old, new) = systemd_plan::load_pair(&base_only.toplevel, &composed.toplevel);
+    let (old, new) = (old.unwrap(), new.unwrap());
+    let plan = systemd_plan::plan(&old, &new, &systemd_plan::assumed_live_state(&old));
+    let acted: Vec<&str> = plan.units.iter().filter(|u| !u.actions.is_empty()).map(|u| u.unit.as_str()).collect();
+    assert_eq!(acted, ["system-manager.target"], "{}", plan.to_json());
+    let ci = plan.units.iter().find(|u| u.unit == "project-ci.service").unwrap();
+    assert_eq!(ci.reasons[0].rule, plan_model::Rule::NewUnit, "{}", plan.to_json());
 }
 
 #[test]

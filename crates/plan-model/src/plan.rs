@@ -257,6 +257,13 @@ pub enum Rule {
     NixConfChanged,
     /// A protected launchd job keeps its old plist installed and loaded.
     OldPlistKept,
+    /// system-manager: the unit file's store path changed, so its
+    /// activation reloads the unit when it has `ExecReload`, restarts it
+    /// otherwise, and starts it when it is not running
+    /// (`ReloadOrRestartUnit`).
+    StorePathChanged,
+    /// system-manager: a masked unit is stopped on every activation.
+    MaskedStop,
 }
 
 impl Rule {
@@ -313,6 +320,8 @@ impl Rule {
             Rule::JobNotLoaded => "launchd job not loaded: bootstrapped",
             Rule::NixConfChanged => "nix.conf or machines changed: Nix daemon restarted",
             Rule::OldPlistKept => "protected: old plist kept installed and loaded",
+            Rule::StorePathChanged => "unit file's store path changed: reloaded if it has ExecReload, else restarted",
+            Rule::MaskedStop => "masked by system-manager: stopped on every activation",
         }
     }
 }

@@ -38,6 +38,20 @@ impl FileIdentity {
     }
 }
 
+/// One entry of a system-manager generation's `services/services.json`:
+/// a unit system-manager manages, by the store path of its unit file, or
+/// a unit it masks.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ManagedUnit {
+    /// The unit file in the store; `None` for a masked unit.
+    #[serde(default)]
+    pub store_path: Option<String>,
+    /// Masked by system-manager.
+    #[serde(default)]
+    pub masked: bool,
+}
+
 /// The unit-relevant content of one generation (a system toplevel).
 #[derive(Clone, Debug, Default)]
 pub struct GenerationUnits {
@@ -50,6 +64,7 @@ pub struct GenerationUnits {
     pub(crate) systemd_exe: Option<FileIdentity>,
     pub(crate) init_interface_version: Option<String>,
     pub(crate) activate: Option<PathBuf>,
+    pub(crate) managed: Option<BTreeMap<String, ManagedUnit>>,
 }
 
 impl GenerationUnits {
@@ -61,6 +76,12 @@ impl GenerationUnits {
             units: units.into_iter().map(|u| (u.name.clone(), u)).collect(),
             ..GenerationUnits::default()
         }
+    }
+
+    /// For a system-manager generation, the units it manages
+    /// (`services/services.json`), by name; `None` for a NixOS generation.
+    pub fn managed_units(&self) -> Option<&BTreeMap<String, ManagedUnit>> {
+        self.managed.as_ref()
     }
 
     /// The user units (`etc/systemd/user`), by name, drop-ins merged.

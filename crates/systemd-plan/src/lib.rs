@@ -70,7 +70,7 @@ pub mod protect;
 pub mod unit_file;
 
 pub use compare::{Comparison, Verdict, compare_units};
-pub use generation::{FileIdentity, GenerationUnits};
+pub use generation::{FileIdentity, GenerationUnits, ManagedUnit};
 pub use loader::{LoadError, load, load_pair};
 pub use plan_model::{LiveState, Plan};
 pub use planner::{assumed_live_state, plan};

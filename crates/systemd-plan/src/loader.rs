@@ -45,16 +45,13 @@ pub enum LoadError {
         /// The generation directory.
         path: PathBuf,
     },
-    /// The generation is a system-manager toplevel (`services/services.json`,
-    /// `etcFiles/etcFiles.json`), whose units the planner does not read.
-    #[error(
-        "{}: a system-manager generation (services/services.json, etcFiles/etcFiles.json); safe-switch plans \
-         generations with NixOS's layout (etc/systemd/system) and nix-darwin's, not system-manager's yet",
-        path.display()
-    )]
-    SystemManagerLayout {
-        /// The generation directory.
+    /// A file that describes the generation is not what it should be.
+    #[error("{}: {message}", path.display())]
+    Invalid {
+        /// The file.
         path: PathBuf,
+        /// What is wrong with it.
+        message: String,
     },
     /// A file or directory could not be read.
     #[error("{}: cannot read", path.display())]
@@ -410,16 +407,22 @@ pub fn load(root: &Path) -> Result<GenerationUnits, LoadError> {
     let walker = Walker { root, dirs: RefCell::default(), root_fd: RefCell::new(root_fd) };
     let w = &walker;
     let unit_dir_shown = shown_root.join("etc/systemd/system");
-    let Some(unit_dir) = resolve_dir(w, &root.join("etc/systemd/system"), &unit_dir_shown)? else {
-        let system_manager = ["services/services.json", "etcFiles/etcFiles.json"].iter().any(|f| root.join(f).exists());
-        return Err(if system_manager {
-            LoadError::SystemManagerLayout { path: shown_root.to_owned() }
-        } else {
-            LoadError::NoUnitDirectory { path: shown_root.to_owned() }
-        });
+    let (unit_dir_shown, unit_dir, managed) = match resolve_dir(w, &root.join("etc/systemd/system"), &unit_dir_shown)? {
+        Some(dir) => (unit_dir_shown, dir, None),
+        None if root.join("services/services.json").exists() => {
+            let (shown, dir, managed) = system_manager_units(w, shown_root, root)?;
+            (shown, dir, Some(managed))
+        }
+        None => return Err(LoadError::NoUnitDirectory { path: shown_root.to_owned() }),
     };
-
-    let (units, deps) = read_unit_dir(w, &unit_dir_shown, &unit_dir)?;
+    let (mut units, deps) = read_unit_dir(w, &unit_dir_shown, &unit_dir)?;
+    // system-manager masks units through systemd (`MaskUnitFiles`), not in
+    // its unit directory: its masked units are masked units here too.
+    for (name, entry) in managed.iter().flatten() {
+        if entry.masked {
+            units.insert(name.clone(), UnitFile { name: name.clone(), masked: true, ..UnitFile::default() });
+        }
+    }
     // User units (`etc/systemd/user`), for what the plan says about user
     // managers; a generation without them is fine.
     let user_dir_shown = shown_root.join("etc/systemd/user");
@@ -446,7 +449,8 @@ pub fn load(root: &Path) -> Result<GenerationUnits, LoadError> {
         Resolved::Found(physical) => Some(read_text(&init_path, &physical)?.trim().to_owned()),
         _ => None,
     };
-    let activate = fs::symlink_metadata(root.join("activate")).ok().map(|_| shown_root.join("activate"));
+    let script = if managed.is_some() { "bin/activate" } else { "activate" };
+    let activate = fs::symlink_metadata(root.join(script)).ok().map(|_| shown_root.join(script));
 
     Ok(GenerationUnits {
         root: shown_root.to_owned(),
@@ -458,6 +462,7 @@ pub fn load(root: &Path) -> Result<GenerationUnits, LoadError> {
         systemd_exe,
         init_interface_version,
         activate,
+        managed,
     })
 }
 
@@ -534,6 +539,52 @@ fn read_unit_dir(w: &Walker, dir_shown: &Path, dir: &Path) -> Result<(BTreeMap<S
         units.insert(name.clone(), unit);
     }
     Ok((units, deps))
+}
+
+/// The unit directory of a system-manager toplevel and the units it
+/// manages. The toplevel has no `etc/`: `services/services.json` lists the
+/// managed units, and `etcFiles/etcFiles.json` names the static `/etc` tree
+/// (`staticEnv`) whose `systemd/system` system-manager links into `/etc`.
+fn system_manager_units(
+    w: &Walker,
+    shown_root: &Path,
+    root: &Path,
+) -> Result<(PathBuf, PathBuf, BTreeMap<String, crate::generation::ManagedUnit>), LoadError> {
+    #[derive(serde::Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    struct EtcFiles {
+        static_env: String,
+    }
+    let read_json = |rel: &str| -> Result<(PathBuf, String), LoadError> {
+        let shown = shown_root.join(rel);
+        match resolve(w, &root.join(rel), &shown)? {
+            Resolved::Found(physical) => Ok((shown.clone(), read_text(&shown, &physical)?)),
+            Resolved::DevNull | Resolved::Missing(_) => {
+                Err(LoadError::Invalid { path: shown, message: "missing from the system-manager generation".into() })
+            }
+        }
+    };
+    let invalid = |path: &Path, err: serde_json::Error| LoadError::Invalid {
+        path: path.to_owned(),
+        message: format!("line {}: not what system-manager writes: {err}", err.line()),
+    };
+    let (services_path, services) = read_json("services/services.json")?;
+    let managed = serde_json::from_str(&services).map_err(|e| invalid(&services_path, e))?;
+    let (etc_path, etc) = read_json("etcFiles/etcFiles.json")?;
+    let etc: EtcFiles = serde_json::from_str(&etc).map_err(|e| invalid(&etc_path, e))?;
+    // Like a link's target, the static tree is looked up inside the
+    // generation first (a fixture with its own store), then on the machine.
+    let dir = Path::new(&etc.static_env).join("systemd/system");
+    let inside = root.join(dir.strip_prefix("/").unwrap_or(&dir));
+    for candidate in [inside, dir.clone()] {
+        if let Some(physical) = resolve_dir(w, &candidate, &dir)? {
+            return Ok((dir, physical, managed));
+        }
+    }
+    Err(LoadError::Invalid {
+        path: etc_path,
+        message: format!("the static /etc tree it names has no systemd/system directory ({})", dir.display()),
+    })
 }
 
 /// Loads two generations at once, the new one on a second thread: loading

@@ -111,7 +111,20 @@ pub fn plan(old: &GenerationUnits, new: &GenerationUnits, live: &LiveState) -> P
             path: Some(new.root().join("init-interface-version").display().to_string()),
             line: None,
         });
+    } else if let (Some(old_managed), Some(new_managed)) = (old.managed_units(), new.managed_units()) {
+        planner.run_system_manager(old_managed, new_managed);
     } else {
+        if old.managed_units().is_some() != new.managed_units().is_some() {
+            planner.diagnostics.push(Diagnostic {
+                severity: Severity::Warning,
+                message: "one generation is a system-manager toplevel and the other is not; planned with NixOS's \
+                          rules"
+                    .to_owned(),
+                unit: None,
+                path: None,
+                line: None,
+            });
+        }
         planner.run();
     }
 
@@ -237,6 +250,101 @@ impl<'a> Planner<'a> {
         self.reload_fallback();
         self.new_units();
         self.user_units();
+    }
+
+    /// What system-manager's activation does to the units it manages
+    /// (`services/services.json` of each generation): it installs the new
+    /// `/etc` files, reloads systemd and restarts
+    /// `sysinit-reactivation.target`; stops the units that left the map
+    /// (unless their old file says `X-StopOnRemoval=false`) and every
+    /// masked unit; asks `ReloadOrRestartUnit` of every unit whose file's
+    /// store path changed (unless the new file's `[Service]` says
+    /// `X-RestartIfChanged=false`), which reloads a running unit that has
+    /// `ExecReload`, restarts one that has not, and starts one that is not
+    /// running; and starts `system-manager.target`, which brings up the
+    /// units it wants. Any change to a unit file changes its store path,
+    /// so unlike NixOS nothing in the file is ignored.
+    fn run_system_manager(
+        &mut self,
+        old_managed: &BTreeMap<String, crate::ManagedUnit>,
+        new_managed: &BTreeMap<String, crate::ManagedUnit>,
+    ) {
+        let live = self.live;
+        let running = |name: &str| live.units.get(name).is_some_and(|u| u.is_running());
+        self.diagnostics.push(Diagnostic {
+            severity: Severity::Info,
+            message: "a system-manager generation: the plan shows what system-manager's own activation does \
+                      (files and daemon-reload first, then the stops, then reload-or-restart and the start of \
+                      system-manager.target); safe-switch plans and checks system-manager hosts but does not \
+                      switch them yet"
+                .to_owned(),
+            unit: None,
+            path: Some(self.new.root().join("services/services.json").display().to_string()),
+            line: None,
+        });
+        if let Some(script) = self.new.activate() {
+            self.steps.push(Step::Activate { script: script.display().to_string() });
+        }
+        self.steps.push(Step::DaemonReload);
+        self.steps.push(Step::RestartSysinitReactivation);
+
+        for (name, old_entry) in old_managed.iter().filter(|(_, e)| !e.masked) {
+            if new_managed.get(name).is_some_and(|e| !e.masked) {
+                continue;
+            }
+            if new_managed.get(name).is_some_and(|e| e.masked) {
+                // Stopped below, as every masked unit is.
+                continue;
+            }
+            let keeps_running = self.old.unit(name).is_some_and(|u| !u.bool_or("Unit", "X-StopOnRemoval", true));
+            if keeps_running {
+                self.note(name, Rule::UnitRemoved, None);
+                self.note(name, Rule::StopOnRemovalFalse, None);
+            } else if running(name) {
+                self.set(name, Set::Stop, Rule::UnitRemoved, old_entry.store_path.clone());
+            }
+        }
+        for (name, _) in new_managed.iter().filter(|(_, e)| e.masked) {
+            if running(name) {
+                self.set(name, Set::Stop, Rule::MaskedStop, None);
+            }
+        }
+        for (name, new_entry) in new_managed.iter().filter(|(_, e)| !e.masked) {
+            let Some(old_entry) = old_managed.get(name) else { continue };
+            if old_entry.store_path == new_entry.store_path {
+                continue;
+            }
+            let new_unit = self.new.unit(name).filter(|u| !u.is_masked());
+            if let (Some(o), Some(n)) = (self.old.unit(name).filter(|u| !u.is_masked()), new_unit) {
+                let changes = compare_units(o, n).changes;
+                if !changes.is_empty() {
+                    self.entry(name).changes = changes;
+                }
+            }
+            let detail = Some(format!(
+                "{} -> {}",
+                old_entry.store_path.as_deref().unwrap_or("masked"),
+                new_entry.store_path.as_deref().unwrap_or("none")
+            ));
+            // system-manager reads this key from [Service], where NixOS
+            // writes it to [Unit].
+            if new_unit.is_some_and(|u| !u.bool_or("Service", "X-RestartIfChanged", true)) {
+                self.set(name, Set::Skip, Rule::RestartIfChangedFalse, detail);
+            } else if !running(name) {
+                self.set(name, Set::Start, Rule::StorePathChanged, detail);
+            } else if new_unit.is_some_and(|u| u.get("Service", "ExecReload").is_some()) {
+                self.set(name, Set::Reload, Rule::StorePathChanged, detail);
+            } else {
+                self.set(name, Set::Restart, Rule::StorePathChanged, detail);
+            }
+        }
+        self.set(
+            "system-manager.target",
+            Set::Start,
+            Rule::TargetStart,
+            Some("system-manager starts it on every activation".to_owned()),
+        );
+        self.new_units();
     }
 
     /// NixOS's switch also goes through every logged-in user's systemd

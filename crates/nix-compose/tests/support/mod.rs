@@ -189,7 +189,7 @@ fn walk(dir: &Path, f: &mut dyn FnMut(&Path)) {
 /// The unit files of a generation: file name to bytes (the `.wants`
 /// directories are left out; see [`wants`]).
 pub fn units(toplevel: &Path) -> std::collections::BTreeMap<String, Vec<u8>> {
-    let dir = toplevel.join("etc/systemd/system");
+    let dir = unit_dir(toplevel);
     let mut out = std::collections::BTreeMap::new();
     for entry in std::fs::read_dir(&dir).unwrap() {
         let entry = entry.unwrap();
@@ -200,9 +200,22 @@ pub fn units(toplevel: &Path) -> std::collections::BTreeMap<String, Vec<u8>> {
     out
 }
 
+/// The unit directory of a toplevel: `etc/systemd/system`, or for a
+/// system-manager toplevel `systemd/system` of the static /etc tree that
+/// `etcFiles/etcFiles.json` names.
+pub fn unit_dir(toplevel: &Path) -> PathBuf {
+    let nixos = toplevel.join("etc/systemd/system");
+    if nixos.exists() {
+        return nixos;
+    }
+    let etc: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(toplevel.join("etcFiles/etcFiles.json")).unwrap()).unwrap();
+    Path::new(etc["staticEnv"].as_str().unwrap()).join("systemd/system")
+}
+
 /// The units a target of a generation wants (its `.wants` links).
 pub fn wants(toplevel: &Path, target: &str) -> Vec<String> {
-    let dir = toplevel.join("etc/systemd/system").join(format!("{target}.wants"));
+    let dir = unit_dir(toplevel).join(format!("{target}.wants"));
     let mut out: Vec<String> = std::fs::read_dir(&dir)
         .map(|rd| rd.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
         .unwrap_or_default();
