@@ -1,15 +1,17 @@
 //! Unified diffs of the unit files that changed between two generations.
 //!
-//! A generation (a NixOS, system-manager or synthetic toplevel) keeps its
-//! units under `etc/systemd/system/`: the unit file itself, and drop-ins in
-//! `<unit>.d/*.conf`. An instance such as `getty@tty1.service` without a
+//! A generation (a NixOS or synthetic toplevel) keeps its units under
+//! `etc/systemd/system/`: the unit file itself, and drop-ins in
+//! `<unit>.d/*.conf`. A system-manager toplevel keeps them in the static
+//! `/etc` tree that `etcFiles/etcFiles.json` names, which becomes
+//! `/etc/systemd/system` on the host; diffs name them by that path too. An instance such as `getty@tty1.service` without a
 //! file of its own is described by its template's file, so the template is
 //! read in that case, as systemd does. This is the only part of the reports
 //! that reads the disk; the renderers get its result as plain values.
 
 use std::collections::BTreeSet;
 use std::fs;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use plan_model::{Plan, unit_name};
 use similar::TextDiff;
@@ -35,6 +37,7 @@ pub struct UnitDiff {
 /// directories. Files that are equal, or missing or unreadable in both
 /// generations, are left out.
 pub fn unit_diffs(plan: &Plan, old: &Path, new: &Path) -> Vec<UnitDiff> {
+    let (old, new) = (&unit_dir(old), &unit_dir(new));
     let mut out = Vec::new();
     for unit in &plan.units {
         for rel in unit_files(&unit.unit, old, new) {
@@ -47,10 +50,29 @@ pub fn unit_diffs(plan: &Plan, old: &Path, new: &Path) -> Vec<UnitDiff> {
             if a == b {
                 continue;
             }
-            out.push(UnitDiff { unit: unit.unit.clone(), diff: unified(&a, &b, &rel), path: rel });
+            let path = format!("{UNIT_DIR}/{rel}");
+            out.push(UnitDiff { unit: unit.unit.clone(), diff: unified(&a, &b, &path), path });
         }
     }
     out
+}
+
+/// The directory of a generation's system units: `etc/systemd/system`, or
+/// for a system-manager toplevel `systemd/system` of the static `/etc` tree
+/// its `etcFiles/etcFiles.json` names (looked up inside the toplevel first,
+/// as the planner does).
+fn unit_dir(toplevel: &Path) -> PathBuf {
+    let nixos = toplevel.join(UNIT_DIR);
+    if nixos.exists() {
+        return nixos;
+    }
+    let static_env = fs::read(toplevel.join("etcFiles/etcFiles.json"))
+        .ok()
+        .and_then(|bytes| serde_json::from_slice::<serde_json::Value>(&bytes).ok())
+        .and_then(|v| v["staticEnv"].as_str().map(PathBuf::from));
+    let Some(static_env) = static_env else { return nixos };
+    let inside = toplevel.join(static_env.strip_prefix("/").unwrap_or(&static_env)).join("systemd/system");
+    if inside.is_dir() { inside } else { static_env.join("systemd/system") }
 }
 
 /// Returns a unified diff of two texts with `a/PATH` and `b/PATH` headers.
@@ -64,24 +86,21 @@ pub fn unified(old: &str, new: &str, path: &str) -> String {
     text
 }
 
-/// The files (relative paths) that make up a unit in either generation: its
-/// own file or its template's, then its drop-ins, sorted.
+/// The files that make up a unit in either generation, relative to the
+/// unit directories: its own file or its template's, then its drop-ins,
+/// sorted.
 fn unit_files(unit: &str, old: &Path, new: &Path) -> Vec<String> {
-    let own = format!("{UNIT_DIR}/{unit}");
     let main = match unit_name::split_instance(unit) {
-        Some((template, _)) if !old.join(&own).exists() && !new.join(&own).exists() => {
-            format!("{UNIT_DIR}/{template}")
-        }
-        _ => own,
+        Some((template, _)) if !old.join(unit).exists() && !new.join(unit).exists() => template,
+        _ => unit.to_owned(),
     };
     let mut drop_ins = BTreeSet::new();
-    for root in [old, new] {
-        let dir = root.join(UNIT_DIR).join(format!("{unit}.d"));
-        let Ok(entries) = fs::read_dir(&dir) else { continue };
+    for dir in [old, new] {
+        let Ok(entries) = fs::read_dir(dir.join(format!("{unit}.d"))) else { continue };
         for entry in entries.flatten() {
             let name = entry.file_name().to_string_lossy().into_owned();
             if name.ends_with(".conf") {
-                drop_ins.insert(format!("{UNIT_DIR}/{unit}.d/{name}"));
+                drop_ins.insert(format!("{unit}.d/{name}"));
             }
         }
     }
