@@ -304,7 +304,11 @@ fn read_source(w: &Walker, dir: &Path, name: &str, shown: &Path) -> Result<Sourc
 /// open (missing, a symlink loop, ...), so the caller can look closer. A
 /// character device is `/dev/null`: a mask.
 fn open_source(path: &Path, shown: &Path) -> Result<Option<Source>, LoadError> {
-    let Ok(file) = fs::File::open(path) else {
+    use std::os::unix::fs::OpenOptionsExt as _;
+    // Non-blocking, so that a FIFO where a unit file should be cannot hang
+    // the planner; for regular files the flag changes nothing.
+    let nonblock = i32::try_from(rustix::fs::OFlags::NONBLOCK.bits()).unwrap_or(0);
+    let Ok(file) = fs::OpenOptions::new().read(true).custom_flags(nonblock).open(path) else {
         // Missing, a loop, or not permitted: the walk tells which.
         return Ok(None);
     };
@@ -312,8 +316,9 @@ fn open_source(path: &Path, shown: &Path) -> Result<Option<Source>, LoadError> {
 }
 
 /// Reads an opened unit file or drop-in. A character device is
-/// `/dev/null`: a mask. Anything else is read as text; a directory or a
-/// FIFO fails to read, with an error naming the path.
+/// `/dev/null`: a mask. Anything else but a regular file (a directory, a
+/// FIFO, a socket) is an error naming the path, as systemd would not load
+/// it either.
 fn read_open(mut file: fs::File, shown: &Path) -> Result<Option<Source>, LoadError> {
     use std::io::Read as _;
     use std::os::unix::fs::FileTypeExt as _;
@@ -321,6 +326,9 @@ fn read_open(mut file: fs::File, shown: &Path) -> Result<Option<Source>, LoadErr
     let meta = file.metadata().map_err(io_err)?;
     if meta.file_type().is_char_device() {
         return Ok(Some(Source::Masked));
+    }
+    if !meta.is_file() {
+        return Err(io_err(io::Error::new(io::ErrorKind::InvalidInput, "not a regular file")));
     }
     // One read for the size `fstat` gave and one to see the end; std's
     // `read_to_end` on a file would ask for the size again.
@@ -668,6 +676,23 @@ mod tests {
         symlink("/nix/store/nope/x.service", root.join("etc/systemd/system/x.service")).unwrap();
         let err = load(root).unwrap_err().to_string();
         assert!(err.contains("x.service: dangling symlink (to /nix/store/nope/x.service)"), "{err}");
+    }
+
+    #[test]
+    fn a_fifo_or_directory_for_a_unit_file_is_an_error_not_a_hang() {
+        let dir = tempfile::tempdir().unwrap();
+        let units = dir.path().join("etc/systemd/system");
+        fs::create_dir_all(units.join("d.service")).unwrap();
+        let err = load(dir.path()).unwrap_err().to_string();
+        assert!(err.contains("d.service: cannot read"), "{err}");
+        fs::remove_dir(units.join("d.service")).unwrap();
+        let fifo = units.join("f.service");
+        let made = std::process::Command::new("mkfifo").arg(&fifo).status().unwrap();
+        assert!(made.success());
+        let err = load(dir.path()).unwrap_err();
+        assert!(err.to_string().contains("f.service: cannot read"), "{err}");
+        let LoadError::Io { source, .. } = err else { panic!("{err:?}") };
+        assert_eq!(source.to_string(), "not a regular file");
     }
 
     #[test]
