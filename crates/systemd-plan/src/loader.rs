@@ -328,7 +328,17 @@ fn read_open(mut file: fs::File, shown: &Path) -> Result<Option<Source>, LoadErr
         return Ok(Some(Source::Masked));
     }
     if !meta.is_file() {
-        return Err(io_err(io::Error::new(io::ErrorKind::InvalidInput, "not a regular file")));
+        let ty = meta.file_type();
+        let what = if ty.is_dir() {
+            "a directory"
+        } else if ty.is_fifo() {
+            "a FIFO"
+        } else if ty.is_socket() {
+            "a socket"
+        } else {
+            "a device"
+        };
+        return Err(io_err(io::Error::new(io::ErrorKind::InvalidInput, format!("{what}, not a regular file"))));
     }
     // One read for the size `fstat` gave and one to see the end; std's
     // `read_to_end` on a file would ask for the size again.
@@ -692,7 +702,7 @@ mod tests {
         let err = load(dir.path()).unwrap_err();
         assert!(err.to_string().contains("f.service: cannot read"), "{err}");
         let LoadError::Io { source, .. } = err else { panic!("{err:?}") };
-        assert_eq!(source.to_string(), "not a regular file");
+        assert_eq!(source.to_string(), "a FIFO, not a regular file");
     }
 
     #[test]
