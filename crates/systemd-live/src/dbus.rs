@@ -232,19 +232,24 @@ fn call_err(call: impl Into<String>) -> impl FnOnce(zbus::Error) -> Error {
 /// after it left the bus (a re-exec takes a second or two).
 const SYSTEMD_AWAY_GRACE: Duration = Duration::from_secs(120);
 
-/// Tells whether a failed call's message says that systemd is not on the
-/// bus at the moment (as while it re-executes), rather than that the
-/// call itself was wrong.
-fn systemd_away(message: &str) -> bool {
-    [
+/// Tells whether a call failed because systemd is not on the bus at the
+/// moment (as while it re-executes), rather than because the call itself
+/// was wrong.
+fn systemd_away(e: &zbus::Error) -> bool {
+    use zbus::DBusError as _;
+    const AWAY: [&str; 5] = [
         "org.freedesktop.DBus.Error.NoReply",
         "org.freedesktop.DBus.Error.ServiceUnknown",
         "org.freedesktop.DBus.Error.NameHasNoOwner",
         "org.freedesktop.DBus.Error.Timeout",
         "org.freedesktop.DBus.Error.TimedOut",
-    ]
-    .iter()
-    .any(|name| message.contains(name))
+    ];
+    let name = match e {
+        zbus::Error::MethodError(name, ..) => name.as_str().to_owned(),
+        zbus::Error::FDO(fdo) => fdo.name().as_str().to_owned(),
+        _ => return false,
+    };
+    AWAY.contains(&name.as_str())
 }
 
 fn error_message(e: &zbus::Error) -> String {
@@ -719,58 +724,40 @@ impl ServiceManager for SystemdBus {
         // a moment: calls fail with "no reply" or "unknown name" until it
         // is back. The unit and this client's reference on it survive the
         // re-exec, so such failures are waited out, for a while.
+        let props = zbus::block_on(props(&self.conn, path.clone()))?;
         let mut away_since: Option<std::time::Instant> = None;
         let exit = loop {
             tick();
-            let st = zbus::block_on(async {
-                let p = props(&self.conn, path.clone()).await?;
-                let (active, code, status, result) = join4(
-                    p.get(UNIT_INTERFACE, "ActiveState"),
-                    p.get(SERVICE_INTERFACE, "ExecMainCode"),
-                    p.get(SERVICE_INTERFACE, "ExecMainStatus"),
-                    p.get(SERVICE_INTERFACE, "Result"),
-                )
-                .await;
-                Ok::<_, Error>((
-                    active.map(|v| String::try_from(v).unwrap_or_default()),
-                    i32_of(code),
-                    i32_of(status),
-                    string_of(result),
-                ))
-            });
-            let st = match st {
-                Err(Error::Call { message, .. }) if systemd_away(&message) => Err(message),
-                Err(e) => return Err(e),
-                Ok((Err(e), ..)) if systemd_away(&error_message(&e)) => Err(error_message(&e)),
-                Ok(st) => Ok(st),
-            };
-            let st = match st {
-                Err(message) => {
+            let (active, code, status, result) = zbus::block_on(join4(
+                props.get(UNIT_INTERFACE, "ActiveState"),
+                props.get(SERVICE_INTERFACE, "ExecMainCode"),
+                props.get(SERVICE_INTERFACE, "ExecMainStatus"),
+                props.get(SERVICE_INTERFACE, "Result"),
+            ));
+            match active {
+                Err(e) if systemd_away(&e) => {
                     let since = *away_since.get_or_insert_with(std::time::Instant::now);
                     if since.elapsed() > SYSTEMD_AWAY_GRACE {
                         break TransientExit::Unknown(format!(
-                            "systemd did not answer for {} s: {message}",
-                            SYSTEMD_AWAY_GRACE.as_secs()
+                            "systemd did not answer for {} s: {}",
+                            SYSTEMD_AWAY_GRACE.as_secs(),
+                            error_message(&e)
                         ));
                     }
-                    std::thread::sleep(Duration::from_millis(100));
-                    continue;
                 }
-                Ok(st) => {
+                Err(e) => break TransientExit::Unknown(error_message(&e)),
+                Ok(active) => {
                     away_since = None;
-                    st
+                    let active = String::try_from(active).unwrap_or_default();
+                    if active == "inactive" || active == "failed" {
+                        let status = i32_of(status);
+                        break match i32_of(code) {
+                            1 => TransientExit::Exited(status),
+                            2 | 3 => TransientExit::Killed(status),
+                            _ => TransientExit::Unknown(format!("{active}, result {}", string_of(result))),
+                        };
+                    }
                 }
-            };
-            match st {
-                (Ok(active), code, status, result) if active == "inactive" || active == "failed" => {
-                    break match code {
-                        1 => TransientExit::Exited(status),
-                        2 | 3 => TransientExit::Killed(status),
-                        _ => TransientExit::Unknown(format!("{active}, result {result}")),
-                    };
-                }
-                (Ok(_), ..) => {}
-                (Err(e), ..) => break TransientExit::Unknown(error_message(&e)),
             }
             std::thread::sleep(Duration::from_millis(100));
         };
