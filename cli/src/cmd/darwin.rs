@@ -23,13 +23,14 @@ use crate::report::{self, Report, UnitDiff, unit_diff};
 const JOB_DIRS: [&str; 3] = ["Library/LaunchDaemons", "Library/LaunchAgents", "user/Library/LaunchAgents"];
 
 /// Tells whether `old` and `new` are nix-darwin generations: neither has a
-/// systemd unit directory and one of them has launchd jobs or a
+/// systemd layout (NixOS's or system-manager's) and one of them has launchd jobs or a
 /// `darwin-version`. `SAFE_SWITCH_PLATFORM=darwin` says so outright.
 pub fn is_darwin_pair(old: &Path, new: &Path) -> bool {
     if let Some(platform) = std::env::var_os(crate::source::PLATFORM_ENV) {
         return platform == "darwin";
     }
-    let systemd = |g: &Path| g.join("etc/systemd/system").exists();
+    let systemd =
+        |g: &Path| !matches!(systemd_plan::unit_directory(g), Err(systemd_plan::LoadError::NoUnitDirectory { .. }));
     let darwin = |g: &Path| g.join("darwin-version").exists() || JOB_DIRS.iter().any(|d| g.join(d).is_dir());
     !systemd(old) && !systemd(new) && (darwin(old) || darwin(new))
 }

@@ -35,7 +35,7 @@ pub fn running_generation() -> PathBuf {
 }
 
 fn pick_running(current: &Path, profile: &Path) -> PathBuf {
-    let toplevel = |p: &Path| p.join("etc/systemd/system").exists() || p.join("services/services.json").exists();
+    let toplevel = |p: &Path| systemd_plan::unit_directory(p).is_ok();
     if !toplevel(current) && toplevel(profile) { profile.to_owned() } else { current.to_owned() }
 }
 
@@ -155,8 +155,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (current, profile) = (dir.path().join("current-system"), dir.path().join("profile"));
         std::fs::create_dir_all(current.join("sw")).unwrap();
+        let static_etc = dir.path().join("etc-static-env");
+        std::fs::create_dir_all(static_etc.join("systemd/system")).unwrap();
         std::fs::create_dir_all(profile.join("services")).unwrap();
+        std::fs::create_dir_all(profile.join("etcFiles")).unwrap();
         std::fs::write(profile.join("services/services.json"), "{}").unwrap();
+        let etc_files = format!(r#"{{"entries":{{}},"staticEnv":"{}"}}"#, static_etc.display());
+        std::fs::write(profile.join("etcFiles/etcFiles.json"), etc_files).unwrap();
         assert_eq!(pick_running(&current, &profile), profile);
         // A NixOS host, or no system-manager profile: /run/current-system.
         std::fs::create_dir_all(current.join("etc/systemd/system")).unwrap();

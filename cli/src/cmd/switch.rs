@@ -121,7 +121,7 @@ pub fn preflight(toplevel: &Path) -> anyhow::Result<()> {
              nothing was changed. `safe-switch plan` shows the plan without root"
         );
     }
-    if toplevel.join("services/services.json").exists() && !toplevel.join("etc/systemd/system").exists() {
+    if let Ok((_, systemd_plan::Layout::SystemManager)) = systemd_plan::unit_directory(toplevel) {
         bail!(
             "{}: a system-manager generation; safe-switch plans and checks system-manager hosts \
              (`safe-switch plan`, `check`) but does not switch them yet; nothing was changed",

@@ -57,22 +57,11 @@ pub fn unit_diffs(plan: &Plan, old: &Path, new: &Path) -> Vec<UnitDiff> {
     out
 }
 
-/// The directory of a generation's system units: `etc/systemd/system`, or
-/// for a system-manager toplevel `systemd/system` of the static `/etc` tree
-/// its `etcFiles/etcFiles.json` names (looked up inside the toplevel first,
-/// as the planner does).
+/// The directory of a generation's system units, found as the planner
+/// finds it (for a system-manager toplevel, in its static `/etc` tree);
+/// `etc/systemd/system` when it cannot be found, so that the diff is empty.
 fn unit_dir(toplevel: &Path) -> PathBuf {
-    let nixos = toplevel.join(UNIT_DIR);
-    if nixos.exists() {
-        return nixos;
-    }
-    let static_env = fs::read(toplevel.join("etcFiles/etcFiles.json"))
-        .ok()
-        .and_then(|bytes| serde_json::from_slice::<serde_json::Value>(&bytes).ok())
-        .and_then(|v| v["staticEnv"].as_str().map(PathBuf::from));
-    let Some(static_env) = static_env else { return nixos };
-    let inside = toplevel.join(static_env.strip_prefix("/").unwrap_or(&static_env)).join("systemd/system");
-    if inside.is_dir() { inside } else { static_env.join("systemd/system") }
+    systemd_plan::unit_directory(toplevel).map_or_else(|_| toplevel.join(UNIT_DIR), |(dir, _)| dir)
 }
 
 /// Returns a unified diff of two texts with `a/PATH` and `b/PATH` headers.

@@ -71,7 +71,7 @@ pub mod unit_file;
 
 pub use compare::{Comparison, Verdict, compare_units};
 pub use generation::{FileIdentity, GenerationUnits, ManagedUnit};
-pub use loader::{LoadError, load, load_pair};
+pub use loader::{Layout, LoadError, load, load_pair, unit_directory};
 pub use plan_model::{LiveState, Plan};
 pub use planner::{assumed_live_state, plan};
 pub use unit_file::{ParseError, UnitFile};

@@ -105,7 +105,14 @@ struct Walker<'a> {
     root_fd: RefCell<Option<OwnedFd>>,
 }
 
-impl Walker<'_> {
+impl<'a> Walker<'a> {
+    /// A walker for the generation at `root`, its canonical path.
+    fn new(root: &'a Path) -> Walker<'a> {
+        use rustix::fs::{Mode, OFlags};
+        let root_fd = rustix::fs::open(root, OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty()).ok();
+        Walker { root, dirs: RefCell::default(), root_fd: RefCell::new(root_fd) }
+    }
+
     /// Opens `path` (a physical path under the generation directory) with
     /// every absolute link on the way resolved inside the generation, in
     /// one `openat2(RESOLVE_IN_ROOT)` call. Where it succeeds this is what
@@ -416,23 +423,9 @@ pub fn load(root: &Path) -> Result<GenerationUnits, LoadError> {
     }
     let shown_root = root;
     let root = &fs::canonicalize(root).map_err(|source| LoadError::Io { path: root.to_owned(), source })?;
-    let root_fd = rustix::fs::open(
-        root,
-        rustix::fs::OFlags::PATH | rustix::fs::OFlags::DIRECTORY | rustix::fs::OFlags::CLOEXEC,
-        rustix::fs::Mode::empty(),
-    )
-    .ok();
-    let walker = Walker { root, dirs: RefCell::default(), root_fd: RefCell::new(root_fd) };
+    let walker = Walker::new(root);
     let w = &walker;
-    let unit_dir_shown = shown_root.join("etc/systemd/system");
-    let (unit_dir_shown, unit_dir, managed) = match resolve_dir(w, &root.join("etc/systemd/system"), &unit_dir_shown)? {
-        Some(dir) => (unit_dir_shown, dir, None),
-        None if root.join("services/services.json").exists() => {
-            let (shown, dir, managed) = system_manager_units(w, shown_root, root)?;
-            (shown, dir, Some(managed))
-        }
-        None => return Err(LoadError::NoUnitDirectory { path: shown_root.to_owned() }),
-    };
+    let (unit_dir_shown, unit_dir, managed) = locate_units(w, shown_root, root)?;
     let (mut units, deps) = read_unit_dir(w, &unit_dir_shown, &unit_dir)?;
     // system-manager masks units through systemd (`MaskUnitFiles`), not in
     // its unit directory: its masked units are masked units here too.
@@ -482,6 +475,45 @@ pub fn load(root: &Path) -> Result<GenerationUnits, LoadError> {
         activate,
         managed,
     })
+}
+
+/// The units a system-manager generation manages, by name.
+type Managed = BTreeMap<String, crate::generation::ManagedUnit>;
+
+/// How a toplevel lays out its systemd units.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Layout {
+    /// NixOS's (and the test bed's): `etc/systemd/system` in the toplevel.
+    Nixos,
+    /// system-manager's: `services/services.json` lists the managed units,
+    /// whose files are in the static `/etc` tree `etcFiles/etcFiles.json`
+    /// names.
+    SystemManager,
+}
+
+/// Finds the unit directory of the generation at `toplevel` as [`load`]
+/// does, following its links (inside the generation first): its path
+/// after following them, and the generation's [`Layout`]. Errors name the
+/// file at fault; a directory with neither layout is
+/// [`LoadError::NoUnitDirectory`].
+pub fn unit_directory(toplevel: &Path) -> Result<(PathBuf, Layout), LoadError> {
+    let root = &fs::canonicalize(toplevel).map_err(|source| LoadError::Io { path: toplevel.to_owned(), source })?;
+    let (_, dir, managed) = locate_units(&Walker::new(root), toplevel, root)?;
+    Ok((dir, if managed.is_some() { Layout::SystemManager } else { Layout::Nixos }))
+}
+
+/// The unit directory as shown and as found, and for a system-manager
+/// generation the units it manages.
+fn locate_units(w: &Walker, shown_root: &Path, root: &Path) -> Result<(PathBuf, PathBuf, Option<Managed>), LoadError> {
+    let shown = shown_root.join("etc/systemd/system");
+    if let Some(dir) = resolve_dir(w, &root.join("etc/systemd/system"), &shown)? {
+        return Ok((shown, dir, None));
+    }
+    if fs::symlink_metadata(root.join("services")).is_ok() {
+        let (shown, dir, managed) = system_manager_units(w, shown_root, root)?;
+        return Ok((shown, dir, Some(managed)));
+    }
+    Err(LoadError::NoUnitDirectory { path: shown_root.to_owned() })
 }
 
 /// The units of one unit directory (`etc/systemd/system` or
@@ -563,11 +595,7 @@ fn read_unit_dir(w: &Walker, dir_shown: &Path, dir: &Path) -> Result<(BTreeMap<S
 /// manages. The toplevel has no `etc/`: `services/services.json` lists the
 /// managed units, and `etcFiles/etcFiles.json` names the static `/etc` tree
 /// (`staticEnv`) whose `systemd/system` system-manager links into `/etc`.
-fn system_manager_units(
-    w: &Walker,
-    shown_root: &Path,
-    root: &Path,
-) -> Result<(PathBuf, PathBuf, BTreeMap<String, crate::generation::ManagedUnit>), LoadError> {
+fn system_manager_units(w: &Walker, shown_root: &Path, root: &Path) -> Result<(PathBuf, PathBuf, Managed), LoadError> {
     #[derive(serde::Deserialize)]
     #[serde(rename_all = "camelCase")]
     struct EtcFiles {
