@@ -20,6 +20,7 @@
 //! are started) but get no action of their own, exactly as in NixOS.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
 
 use plan_model::{
     Action, Diagnostic, FORMAT_VERSION, Generation, KeyChange, LiveState, LiveUnit, Plan, Reason, Rule, Severity, Step,
@@ -99,31 +100,20 @@ pub fn plan(old: &GenerationUnits, new: &GenerationUnits, live: &LiveState) -> P
     let (old_generation, new_generation) = (generation(old), generation(new));
 
     if old.init_interface_version() != new.init_interface_version() {
-        planner.diagnostics.push(Diagnostic {
-            severity: Severity::Warning,
-            message: format!(
-                "init-interface-version differs ({} -> {}): the new generation's init is incompatible with the \
-                 running one, so the switch changes no units and the new generation takes effect only after a reboot",
-                old.init_interface_version().unwrap_or("none"),
-                new.init_interface_version().unwrap_or("none"),
-            ),
-            unit: None,
-            path: Some(new.root().join("init-interface-version").display().to_string()),
-            line: None,
-        });
+        let message = format!(
+            "init-interface-version differs ({} -> {}): the new generation's init is incompatible with the \
+             running one, so the switch changes no units and the new generation takes effect only after a reboot",
+            old.init_interface_version().unwrap_or("none"),
+            new.init_interface_version().unwrap_or("none"),
+        );
+        planner.diagnose(Severity::Warning, message, Some(&new.root().join("init-interface-version")));
     } else if let (Some(old_managed), Some(new_managed)) = (old.managed_units(), new.managed_units()) {
         planner.run_system_manager(old_managed, new_managed);
     } else {
         if old.managed_units().is_some() != new.managed_units().is_some() {
-            planner.diagnostics.push(Diagnostic {
-                severity: Severity::Warning,
-                message: "one generation is a system-manager toplevel and the other is not; planned with NixOS's \
-                          rules"
-                    .to_owned(),
-                unit: None,
-                path: None,
-                line: None,
-            });
+            let message =
+                "one generation is a system-manager toplevel and the other is not; planned with NixOS's rules";
+            planner.diagnose(Severity::Warning, message.to_owned(), None);
         }
         planner.run();
     }
@@ -210,6 +200,13 @@ impl<'a> Planner<'a> {
         }
     }
 
+    /// Records a diagnostic about the generation, naming a file when there
+    /// is one.
+    fn diagnose(&mut self, severity: Severity, message: String, path: Option<&Path>) {
+        let path = path.map(|p| p.display().to_string());
+        self.diagnostics.push(Diagnostic { severity, message, unit: None, path, line: None });
+    }
+
     fn note(&mut self, unit: &str, rule: Rule, detail: Option<String>) {
         self.reason(unit, rule, detail);
         self.entry(unit).informative = true;
@@ -271,17 +268,11 @@ impl<'a> Planner<'a> {
     ) {
         let live = self.live;
         let running = |name: &str| live.units.get(name).is_some_and(|u| u.is_running());
-        self.diagnostics.push(Diagnostic {
-            severity: Severity::Info,
-            message: "a system-manager generation: the plan shows what system-manager's own activation does \
-                      (files and daemon-reload first, then the stops, then reload-or-restart and the start of \
-                      system-manager.target); safe-switch plans and checks system-manager hosts but does not \
-                      switch them yet"
-                .to_owned(),
-            unit: None,
-            path: Some(self.new.root().join("services/services.json").display().to_string()),
-            line: None,
-        });
+        let message = "a system-manager generation: the plan shows what system-manager's own activation does \
+                       (files and daemon-reload first, then the stops, then reload-or-restart and the start of \
+                       system-manager.target); safe-switch plans and checks system-manager hosts but does not \
+                       switch them yet";
+        self.diagnose(Severity::Info, message.to_owned(), Some(&self.new.root().join("services/services.json")));
         if let Some(script) = self.new.activate() {
             self.steps.push(Step::Activate { script: script.display().to_string() });
         }
@@ -289,11 +280,9 @@ impl<'a> Planner<'a> {
         self.steps.push(Step::RestartSysinitReactivation);
 
         for (name, old_entry) in old_managed.iter().filter(|(_, e)| !e.masked) {
-            if new_managed.get(name).is_some_and(|e| !e.masked) {
-                continue;
-            }
-            if new_managed.get(name).is_some_and(|e| e.masked) {
-                // Stopped below, as every masked unit is.
+            if new_managed.contains_key(name) {
+                // Still managed, or masked now (stopped below, as every
+                // masked unit is).
                 continue;
             }
             let keeps_running = self.old.unit(name).is_some_and(|u| !u.bool_or("Unit", "X-StopOnRemoval", true));
@@ -398,13 +387,7 @@ impl<'a> Planner<'a> {
         } else {
             return;
         };
-        self.diagnostics.push(Diagnostic {
-            severity,
-            message,
-            unit: None,
-            path: Some(self.new.root().join("etc/systemd/user").display().to_string()),
-            line: None,
-        });
+        self.diagnose(severity, message, Some(&self.new.root().join("etc/systemd/user")));
     }
 
     /// Work recorded by an interrupted switch is carried out again.
@@ -659,13 +642,10 @@ impl<'a> Planner<'a> {
     fn global_steps(&mut self) {
         match self.new.activate() {
             Some(script) => self.steps.push(Step::Activate { script: script.display().to_string() }),
-            None => self.diagnostics.push(Diagnostic {
-                severity: Severity::Info,
-                message: "the new generation has no activate script; activation is skipped".to_owned(),
-                unit: None,
-                path: Some(self.new.root().join("activate").display().to_string()),
-                line: None,
-            }),
+            None => {
+                let message = "the new generation has no activate script; activation is skipped".to_owned();
+                self.diagnose(Severity::Info, message, Some(&self.new.root().join("activate")));
+            }
         }
         let mut reasons = Vec::new();
         let running = match &self.live.manager_exe {
@@ -794,6 +774,46 @@ mod tests {
         assert_eq!(first.units_with(Action::Restart), ["a.service"]);
         assert_eq!(first.units_with(Action::Stop), ["b.service"]);
         assert_eq!(first.units_with(Action::Start), ["b.service"]);
+    }
+
+    #[test]
+    fn user_managers_are_named_only_when_something_is_left_undone() {
+        let with_users = |units: &[(&str, &str)]| {
+            let mut g = generation(&[("a.service", "[Service]\nExecStart=/bin/a\n")]);
+            g.user_units = units.iter().map(|(n, t)| ((*n).to_owned(), unit(n, t))).collect();
+            g
+        };
+        let agent = ("agent.service", "[Service]\nExecStart=/bin/agent\n");
+        let activation = ("nixos-activation.service", "[Service]\nExecStart=/bin/activate-user\n");
+        // The diagnostics about user managers (the generations have no
+        // activate script, which is a note of its own).
+        let diagnostics = |old: &GenerationUnits, new: &GenerationUnits| -> Vec<Diagnostic> {
+            let all = plan(old, new, &assumed_live_state(old)).diagnostics;
+            all.into_iter().filter(|d| d.path.as_deref().is_some_and(|p| p.ends_with("etc/systemd/user"))).collect()
+        };
+        // Nothing about users: no word.
+        assert!(diagnostics(&with_users(&[agent]), &with_users(&[agent])).is_empty());
+        // Equal user units, but a per-user activation NixOS would run.
+        let d = diagnostics(&with_users(&[agent, activation]), &with_users(&[agent, activation]));
+        assert_eq!(d.len(), 1, "{d:?}");
+        assert_eq!(d[0].severity, Severity::Info);
+        assert!(d[0].message.contains("nixos-activation.service is not run"), "{}", d[0].message);
+        // A changed user unit is a warning that names it.
+        let changed = ("agent.service", "[Service]\nExecStart=/bin/agent --v2\n");
+        let d = diagnostics(&with_users(&[agent]), &with_users(&[changed]));
+        assert_eq!(d[0].severity, Severity::Warning);
+        assert!(d[0].message.contains("changed: agent.service"), "{}", d[0].message);
+    }
+
+    #[test]
+    fn a_system_manager_generation_against_a_nixos_one_is_planned_with_nixos_rules() {
+        let old = generation(&[("a.service", "[Service]\nExecStart=/bin/a\n")]);
+        let mut new = generation(&[("a.service", "[Service]\nExecStart=/bin/a2\n")]);
+        new.managed = Some(BTreeMap::new());
+        let p = plan(&old, &new, &assumed_live_state(&old));
+        assert!(p.diagnostics.iter().any(|d| d.severity == Severity::Warning && d.message.contains("NixOS's rules")));
+        assert_eq!(p.units_with(Action::Stop), ["a.service"], "NixOS's stop-start, not system-manager's restart");
+        assert_eq!(p.units_with(Action::Start), ["a.service"]);
     }
 
     #[test]
