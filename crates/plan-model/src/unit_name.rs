@@ -89,6 +89,27 @@ pub fn expand_specifiers(value: &str, unit: &str) -> Option<String> {
     Some(out)
 }
 
+/// Escapes a path into a unit-name prefix like `systemd-escape --path`:
+/// `/` becomes `-`, redundant slashes are dropped, and bytes outside
+/// `[A-Za-z0-9:_.]` (and a leading `.`) become `\xNN`.
+pub fn escape_path(path: &str) -> String {
+    let parts: Vec<&str> = path.split('/').filter(|p| !p.is_empty() && *p != ".").collect();
+    if parts.is_empty() {
+        return "-".to_owned();
+    }
+    let joined = parts.join("/");
+    let mut out = String::with_capacity(joined.len());
+    for (i, byte) in joined.bytes().enumerate() {
+        match byte {
+            b'/' => out.push('-'),
+            b'.' if i == 0 => out.push_str("\\x2e"),
+            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b':' | b'_' | b'.' => out.push(char::from(byte)),
+            _ => out.push_str(&format!("\\x{byte:02x}")),
+        }
+    }
+    out
+}
+
 /// Undoes `systemd-escape`: `-` is `/`, `\xNN` is the byte NN. Invalid
 /// escapes are kept as they are.
 pub fn unescape(escaped: &str) -> String {
@@ -132,6 +153,17 @@ mod tests {
         assert!(is_valid("-.mount"));
         assert!(!is_valid("../x.service"));
         assert!(!is_valid("noext"));
+    }
+
+    #[test]
+    fn escapes_like_systemd_escape_and_back() {
+        assert_eq!(escape_path("/"), "-");
+        assert_eq!(escape_path("/nix"), "nix");
+        assert_eq!(escape_path("/var//lib/"), "var-lib");
+        assert_eq!(escape_path("/mnt/my disk"), "mnt-my\\x20disk");
+        assert_eq!(escape_path("/srv/a-b"), "srv-a\\x2db");
+        assert_eq!(escape_path("/.hidden/x"), "\\x2ehidden-x");
+        assert_eq!(unescape(&escape_path("/mnt/my disk/a-b")), "mnt/my disk/a-b");
     }
 
     #[test]

@@ -19,47 +19,26 @@
 //! included, so a reader sees all that changed and the verdict explains
 //! which keys mattered.
 
-use std::cmp::Ordering;
 use std::collections::{BTreeMap, BTreeSet};
+
+use itertools::{EitherOrBoth, Itertools as _};
 
 use plan_model::{KeyChange, Rule};
 
 use crate::unit_file::{Section, UnitFile};
 
-/// Walks two maps with sorted string keys side by side, calling `visit`
-/// once per key of either map with its value in each (`None` where a map
-/// lacks the key), in key order.
-fn merge_sorted<'a, V>(
+/// Walks two maps with sorted string keys side by side, in key order:
+/// each key of either map with its value in each (`None` where a map lacks
+/// the key).
+fn zip_sorted<'a, V>(
     a: &'a BTreeMap<String, V>,
     b: &'a BTreeMap<String, V>,
-    mut visit: impl FnMut(&'a str, Option<&'a V>, Option<&'a V>),
-) {
-    let (mut a, mut b) = (a.iter().peekable(), b.iter().peekable());
-    loop {
-        let order = match (a.peek(), b.peek()) {
-            (None, None) => return,
-            (Some(_), None) => Ordering::Less,
-            (None, Some(_)) => Ordering::Greater,
-            (Some((ka, _)), Some((kb, _))) => ka.cmp(kb),
-        };
-        match order {
-            Ordering::Less => {
-                if let Some((k, v)) = a.next() {
-                    visit(k, Some(v), None);
-                }
-            }
-            Ordering::Greater => {
-                if let Some((k, v)) = b.next() {
-                    visit(k, None, Some(v));
-                }
-            }
-            Ordering::Equal => {
-                if let (Some((k, va)), Some((_, vb))) = (a.next(), b.next()) {
-                    visit(k, Some(va), Some(vb));
-                }
-            }
-        }
-    }
+) -> impl Iterator<Item = (&'a str, Option<&'a V>, Option<&'a V>)> {
+    a.iter().merge_join_by(b, |(ka, _), (kb, _)| ka.cmp(kb)).map(|pair| match pair {
+        EitherOrBoth::Both((k, va), (_, vb)) => (k.as_str(), Some(va), Some(vb)),
+        EitherOrBoth::Left((k, va)) => (k.as_str(), Some(va), None),
+        EitherOrBoth::Right((k, vb)) => (k.as_str(), None, Some(vb)),
+    })
 }
 
 /// The `[Unit]` keys whose changes need no action.
@@ -111,13 +90,13 @@ pub fn compare_units(old: &UnitFile, new: &UnitFile) -> Comparison {
     // visits every (section, key) pair once, in order, without building a
     // set of keys or looking each one up again.
     let empty = Section::new();
-    merge_sorted(&old.sections, &new.sections, |section, old_keys, new_keys| {
+    for (section, old_keys, new_keys) in zip_sorted(&old.sections, &new.sections) {
         if section == "Install" || old_keys == new_keys {
-            return;
+            continue;
         }
-        merge_sorted(old_keys.unwrap_or(&empty), new_keys.unwrap_or(&empty), |key, before, after| {
+        for (key, before, after) in zip_sorted(old_keys.unwrap_or(&empty), new_keys.unwrap_or(&empty)) {
             if before == after {
-                return;
+                continue;
             }
             changes.push(KeyChange {
                 section: section.to_owned(),
@@ -142,8 +121,8 @@ pub fn compare_units(old: &UnitFile, new: &UnitFile) -> Comparison {
                 }
                 _ => restart = true,
             }
-        });
-    });
+        }
+    }
     let new_sections = new.sections().filter(|(s, _)| *s != "Install" && old.section(s).is_none()).count();
     if new_sections >= 2 {
         restart = true;

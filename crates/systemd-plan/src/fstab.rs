@@ -3,9 +3,11 @@
 //! File systems are keyed by mount point and swaps by device, because that
 //! is how the switch compares generations (a mount point whose device
 //! changed is the same unit with new content). Mount units are named with
-//! [`escape_path`], the equivalent of `systemd-escape --path`.
+//! [`unit_name::escape_path`], the equivalent of `systemd-escape --path`.
 
 use std::collections::BTreeMap;
+
+use plan_model::unit_name;
 
 /// One fstab entry.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -92,35 +94,14 @@ fn unescape_octal(field: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-/// Escapes a path into a unit-name prefix like `systemd-escape --path`:
-/// `/` becomes `-`, redundant slashes are dropped, and bytes outside
-/// `[A-Za-z0-9:_.]` (and a leading `.`) become `\xNN`.
-pub fn escape_path(path: &str) -> String {
-    let parts: Vec<&str> = path.split('/').filter(|p| !p.is_empty() && *p != ".").collect();
-    if parts.is_empty() {
-        return "-".to_owned();
-    }
-    let joined = parts.join("/");
-    let mut out = String::with_capacity(joined.len());
-    for (i, byte) in joined.bytes().enumerate() {
-        match byte {
-            b'/' => out.push('-'),
-            b'.' if i == 0 => out.push_str("\\x2e"),
-            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b':' | b'_' | b'.' => out.push(char::from(byte)),
-            _ => out.push_str(&format!("\\x{byte:02x}")),
-        }
-    }
-    out
-}
-
 /// The mount unit for a mount point (`/var/lib` → `var-lib.mount`).
 pub fn mount_unit(mount_point: &str) -> String {
-    format!("{}.mount", escape_path(mount_point))
+    format!("{}.mount", unit_name::escape_path(mount_point))
 }
 
 /// The automount unit for a mount point.
 pub fn automount_unit(mount_point: &str) -> String {
-    format!("{}.automount", escape_path(mount_point))
+    format!("{}.automount", unit_name::escape_path(mount_point))
 }
 
 #[cfg(test)]
@@ -130,12 +111,6 @@ mod tests {
 
     #[test]
     fn escapes_like_systemd_escape() {
-        assert_eq!(escape_path("/"), "-");
-        assert_eq!(escape_path("/nix"), "nix");
-        assert_eq!(escape_path("/var//lib/"), "var-lib");
-        assert_eq!(escape_path("/mnt/my disk"), "mnt-my\\x20disk");
-        assert_eq!(escape_path("/srv/a-b"), "srv-a\\x2db");
-        assert_eq!(escape_path("/.hidden/x"), "\\x2ehidden-x");
         assert_eq!(mount_unit("/boot/efi"), "boot-efi.mount");
     }
 

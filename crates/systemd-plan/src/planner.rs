@@ -67,7 +67,7 @@ pub fn assumed_live_state(old: &GenerationUnits) -> LiveState {
             live.units.entry(unit.clone()).or_insert_with(|| assumed(format!("/run/systemd/generator/{unit}")));
         }
         for device in fstab.swaps.keys() {
-            let unit = format!("{}.swap", crate::fstab::escape_path(device));
+            let unit = format!("{}.swap", unit_name::escape_path(device));
             live.units.entry(unit.clone()).or_insert_with(|| assumed(format!("/run/systemd/generator/{unit}")));
         }
     }
