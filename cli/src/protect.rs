@@ -115,35 +115,56 @@ pub fn outcome(plan: &Plan) -> Outcome {
     if plan.protection.refused { Outcome::Blocked } else { Outcome::Ok }
 }
 
-/// Builds the analysis request from the options, the policy file and the
-/// caller's cgroup.
-fn request(args: &ProtectArgs) -> anyhow::Result<Request> {
+/// What the policy file and the command line ask to protect, before it is
+/// read for a platform: each selector as written with where it comes
+/// from, the mode, and the policy file itself.
+pub struct Asked {
+    /// The selectors: the policy file's, then `--protect`'s.
+    pub selectors: Vec<(String, ProtectionSource)>,
+    /// `--on-protected`, else the policy file's mode, else defer.
+    pub mode: Mode,
+    /// The policy file, when there is one.
+    pub policy: Option<Policy>,
+}
+
+/// Reads what the options and the policy file ask to protect. The command
+/// line only adds selectors to the policy file's.
+pub fn asked(args: &ProtectArgs) -> anyhow::Result<Asked> {
     let loaded = load_policy(args)?;
-    let policy = loaded.as_ref().map(|(p, _)| p);
     let mut selectors = Vec::new();
     if let Some((policy, policy_path)) = &loaded {
         let source = ProtectionSource::Policy { path: policy_path.display().to_string() };
-        selectors.extend(policy.protect.iter().map(|(s, _)| (s.clone(), source.clone())));
+        selectors.extend(policy.protect.iter().map(|(s, _)| (s.as_str().to_owned(), source.clone())));
     }
-    for text in &args.protect {
-        let text = text.trim();
-        if text.is_empty() {
-            // `--protect a,,b` and a trailing comma are harmless.
-            continue;
-        }
-        let selector = Selector::parse(text).map_err(|e| anyhow::anyhow!("--protect {text:?}: {}", e.reason))?;
-        selectors.push((selector, ProtectionSource::CommandLine));
-    }
+    // `--protect a,,b` and a trailing comma are harmless.
+    let cli = args.protect.iter().map(|t| t.trim()).filter(|t| !t.is_empty());
+    selectors.extend(cli.map(|t| (t.to_owned(), ProtectionSource::CommandLine)));
+    let policy = loaded.map(|(p, _)| p);
     let mode = match args.on_protected {
         Some(OnProtected::Defer) => Mode::Defer,
         Some(OnProtected::Refuse) => Mode::Refuse,
-        None => policy.and_then(|p| p.mode).unwrap_or_default(),
+        None => policy.as_ref().and_then(|p| p.mode).unwrap_or_default(),
     };
+    Ok(Asked { selectors, mode, policy })
+}
+
+/// Builds the analysis request from the options, the policy file and the
+/// caller's cgroup.
+fn request(args: &ProtectArgs) -> anyhow::Result<Request> {
+    let asked = asked(args)?;
+    let selectors = asked
+        .selectors
+        .into_iter()
+        .map(|(text, source)| {
+            let selector = Selector::parse(&text).map_err(|e| anyhow::anyhow!("--protect {text:?}: {}", e.reason))?;
+            Ok((selector, source))
+        })
+        .collect::<anyhow::Result<_>>()?;
     Ok(Request {
         selectors,
-        implicit: policy.map(|p| p.implicit).unwrap_or_default(),
+        implicit: asked.policy.map(|p| p.implicit).unwrap_or_default(),
         caller_cgroup: caller_cgroup(args.cgroup_file.as_deref())?,
-        mode,
+        mode: asked.mode,
     })
 }
 

@@ -14,25 +14,31 @@ fn fixture(case: &str) -> PathBuf {
 }
 
 /// Runs `safe-switch diff old new --live live.json ARGS` inside a fixture
-/// case, with no policy file and no platform override from the caller.
+/// case, with an empty policy file and no platform override from the
+/// caller.
 fn diff(case: &str, args: &[&str]) -> Output {
+    diff_with_policy(case, "", args)
+}
+
+/// Like [`diff`], with a policy file of the given text.
+fn diff_with_policy(case: &str, policy: &str, args: &[&str]) -> Output {
     let dir = tempfile::tempdir().unwrap();
     Command::new(BIN)
         .current_dir(fixture(case))
         .env_remove("SAFE_SWITCH_PLATFORM")
         .env("NO_COLOR", "1")
         .args(["diff", "old", "new", "--live", "live.json", "--policy"])
-        .arg(empty_policy(dir.path()))
+        .arg(policy_file(dir.path(), policy))
         .args(args)
         .output()
         .unwrap()
 }
 
-/// An empty policy file that passes the ownership checks.
-fn empty_policy(dir: &Path) -> PathBuf {
+/// A policy file that passes the ownership checks.
+fn policy_file(dir: &Path, text: &str) -> PathBuf {
     use std::os::unix::fs::PermissionsExt as _;
     let path = dir.join("policy.toml");
-    std::fs::write(&path, "").unwrap();
+    std::fs::write(&path, text).unwrap();
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
     path
 }
@@ -101,6 +107,25 @@ fn refuse_mode_exits_3_with_no_commands() {
     assert_eq!(out.status.code(), Some(3), "{stdout}{stderr}");
     assert!(stdout.contains("refused: 1 unit would touch a protected unit"), "{stdout}");
     assert!(commands(&stdout).is_empty(), "a refused plan has nothing to run: {stdout}");
+}
+
+#[test]
+fn the_policy_file_protects_labels_and_sets_the_mode() {
+    let out = diff_with_policy("protected-defer", "protect = [\"gitlab-runner\"]\nmode = \"refuse\"\n", &[]);
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(3), "{stdout}{stderr}");
+    assert!(stdout.contains("protection (mode: refuse):"), "{stdout}");
+    assert!(stdout.contains("org.nixos.gitlab-runner: restart refused"), "{stdout}");
+    // The command line adds to the policy file and overrides its mode.
+    let out = diff_with_policy(
+        "protected-defer",
+        "protect = [\"gitlab-runner\"]\nmode = \"refuse\"\n",
+        &["--protect", "org.nixos.github-runner-*", "--on-protected", "defer"],
+    );
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(stdout.contains("org.nixos.gitlab-runner: restart deferred"), "{stdout}");
+    assert!(stdout.contains("org.nixos.github-runner-ci1: stop deferred"), "{stdout}");
 }
 
 #[test]

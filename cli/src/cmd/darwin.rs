@@ -13,9 +13,9 @@ use std::path::Path;
 
 use anyhow::{Context, bail};
 use launchd_plan::{Host, LaunchdLive, LaunchdPlan, Policy, Selector};
-use plan_model::{Mode, ProtectionSource};
+use plan_model::ProtectionSource;
 
-use crate::args::{self, OnProtected, ProtectArgs};
+use crate::args::{self, ProtectArgs};
 use crate::exit::Outcome;
 use crate::report::{self, Report, UnitDiff, unit_diff};
 
@@ -73,26 +73,19 @@ fn build(old: &Path, new: &Path, live: Option<&Path>, protect: &ProtectArgs) -> 
 /// `--protect` and `--on-protected`. The implicit protections of a systemd
 /// host (D-Bus, logind, the caller's cgroup) have no launchd counterpart.
 fn policy(args: &ProtectArgs) -> anyhow::Result<Policy> {
-    let loaded = crate::protect::load_policy(args)?;
-    let mut selectors = Vec::new();
-    if let Some((file, path)) = &loaded {
-        let source = ProtectionSource::Policy { path: path.display().to_string() };
-        for (selector, line) in &file.protect {
-            let compiled = Selector::new(selector.as_str(), source.clone())
-                .with_context(|| format!("{}: line {line}", path.display()))?;
-            selectors.push(compiled);
-        }
-    }
-    for text in args.protect.iter().map(|t| t.trim()).filter(|t| !t.is_empty()) {
-        selectors
-            .push(Selector::new(text, ProtectionSource::CommandLine).with_context(|| format!("--protect {text:?}"))?);
-    }
-    let mode = match args.on_protected {
-        Some(OnProtected::Defer) => Mode::Defer,
-        Some(OnProtected::Refuse) => Mode::Refuse,
-        None => loaded.as_ref().and_then(|(p, _)| p.mode).unwrap_or_default(),
-    };
-    Ok(Policy { mode, selectors })
+    let asked = crate::protect::asked(args)?;
+    let selectors = asked
+        .selectors
+        .into_iter()
+        .map(|(text, source)| {
+            let place = match &source {
+                ProtectionSource::Policy { path } => format!("policy file {path}"),
+                _ => "--protect".to_owned(),
+            };
+            Selector::new(&text, source).with_context(|| format!("{place}: {text:?}"))
+        })
+        .collect::<anyhow::Result<_>>()?;
+    Ok(Policy { mode: asked.mode, selectors })
 }
 
 /// Unified diffs of the plists that changed, for each job in the plan.
@@ -108,13 +101,7 @@ fn plist_diffs(planned: &LaunchdPlan, old: &Path, new: &Path) -> Vec<UnitDiff> {
             .unwrap_or_else(|| format!("{}.plist", target.label));
         let rel = format!("{}/{file_name}", target.scope.generation_dir());
         let (before, after) = (plist_text(&old.join(&rel)), plist_text(&new.join(&rel)));
-        if before.is_none() && after.is_none() {
-            continue;
-        }
-        let (before, after) = (before.unwrap_or_default(), after.unwrap_or_default());
-        if before != after {
-            out.push(UnitDiff { unit: unit.unit.clone(), diff: unit_diff::unified(&before, &after, &rel), path: rel });
-        }
+        out.extend(unit_diff::file_diff(&unit.unit, rel, before, after));
     }
     out
 }
@@ -122,10 +109,10 @@ fn plist_diffs(planned: &LaunchdPlan, old: &Path, new: &Path) -> Vec<UnitDiff> {
 /// A plist as text: XML as it is, a binary plist converted to XML.
 fn plist_text(path: &Path) -> Option<String> {
     let bytes = std::fs::read(path).ok()?;
-    if let Ok(text) = String::from_utf8(bytes.clone())
-        && !text.starts_with("bplist")
+    if !bytes.starts_with(b"bplist")
+        && let Ok(text) = std::str::from_utf8(&bytes)
     {
-        return Some(text);
+        return Some(text.to_owned());
     }
     let value = plist::Value::from_reader(std::io::Cursor::new(bytes)).ok()?;
     let mut xml = Vec::new();

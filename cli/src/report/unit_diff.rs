@@ -41,17 +41,8 @@ pub fn unit_diffs(plan: &Plan, old: &Path, new: &Path) -> Vec<UnitDiff> {
     let mut out = Vec::new();
     for unit in &plan.units {
         for rel in unit_files(&unit.unit, old, new) {
-            let a = read_text(&old.join(&rel));
-            let b = read_text(&new.join(&rel));
-            if a.is_none() && b.is_none() {
-                continue;
-            }
-            let (a, b) = (a.unwrap_or_default(), b.unwrap_or_default());
-            if a == b {
-                continue;
-            }
-            let path = format!("{UNIT_DIR}/{rel}");
-            out.push(UnitDiff { unit: unit.unit.clone(), diff: unified(&a, &b, &path), path });
+            let (a, b) = (read_text(&old.join(&rel)), read_text(&new.join(&rel)));
+            out.extend(file_diff(&unit.unit, format!("{UNIT_DIR}/{rel}"), a, b));
         }
     }
     out
@@ -62,6 +53,14 @@ pub fn unit_diffs(plan: &Plan, old: &Path, new: &Path) -> Vec<UnitDiff> {
 /// `etc/systemd/system` when it cannot be found, so that the diff is empty.
 fn unit_dir(toplevel: &Path) -> PathBuf {
     systemd_plan::unit_directory(toplevel).map_or_else(|_| toplevel.join(UNIT_DIR), |(dir, _)| dir)
+}
+
+/// The diff of one of `unit`'s files, shown as `path`, from its text in
+/// each generation (`None` where it is missing, which reads as empty);
+/// `None` when the two read the same.
+pub fn file_diff(unit: &str, path: String, old: Option<String>, new: Option<String>) -> Option<UnitDiff> {
+    let (old, new) = (old.unwrap_or_default(), new.unwrap_or_default());
+    (old != new).then(|| UnitDiff { unit: unit.to_owned(), diff: unified(&old, &new, &path), path })
 }
 
 /// Returns a unified diff of two texts with `a/PATH` and `b/PATH` headers.
