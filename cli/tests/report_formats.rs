@@ -263,7 +263,8 @@ fn codequality_parses_with_unique_stable_fingerprints() {
     }
     // The same findings on other generations (new store hashes, as every
     // pipeline builds) keep their fingerprints.
-    let fps = |plan: &Plan| -> Vec<String> { codequality::findings(plan).into_iter().map(|f| f.fingerprint).collect() };
+    let fps =
+        |plan: &Plan| -> Vec<String> { codequality::findings(plan, &[]).into_iter().map(|f| f.fingerprint).collect() };
     let a =
         deferred("/nix/store/00000000000000000000000000000000-old", "/nix/store/11111111111111111111111111111111-new");
     let b =

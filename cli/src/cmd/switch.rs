@@ -80,9 +80,7 @@ pub fn run(args: args::SwitchArgs) -> anyhow::Result<Outcome> {
         // evaluating the flake again.
         let resolved_file = match (&args.source.flake, &args.source.resolved_file) {
             (Some(_), None) => {
-                let path = run.path().join(format!("resolved-{}.json", std::process::id()));
-                std::fs::create_dir_all(run.path())
-                    .with_context(|| format!("{}: cannot create", run.path().display()))?;
+                let path = hand_over_path(&run, "resolved")?;
                 crate::source::write_resolved(&path, &resolved)?;
                 extra.extend(["--resolved-file".to_owned(), path.display().to_string()]);
                 Some(path)
@@ -236,10 +234,17 @@ fn save_caller_cgroup(run: &RunDir) -> anyhow::Result<Option<PathBuf>> {
     let Ok(text) = std::fs::read_to_string("/proc/self/cgroup") else {
         return Ok(None);
     };
-    std::fs::create_dir_all(run.path()).with_context(|| format!("{}: cannot create", run.path().display()))?;
-    let path = run.path().join(format!("caller-cgroup-{}", std::process::id()));
+    let path = hand_over_path(run, "caller-cgroup")?;
     std::fs::write(&path, text).with_context(|| format!("{}: cannot write", path.display()))?;
     Ok(Some(path))
+}
+
+/// Where this process leaves a file for its isolated apply to read: in
+/// the run directory (created if needed), named after `what` and this
+/// process. The caller removes it once the apply has ended.
+fn hand_over_path(run: &RunDir, what: &str) -> anyhow::Result<PathBuf> {
+    std::fs::create_dir_all(run.path()).with_context(|| format!("{}: cannot create", run.path().display()))?;
+    Ok(run.path().join(format!("{what}-{}", std::process::id())))
 }
 
 /// Runs this very command line again, with `--no-isolate`, as a transient

@@ -64,31 +64,26 @@ pub struct Lines {
 
 /// Renders the Code Quality report.
 pub fn render(report: &Report<'_>) -> String {
-    let mut s =
-        serde_json::to_string_pretty(&findings_at(report.plan, report.diffs)).unwrap_or_else(|_| "[]".to_owned());
+    let mut s = serde_json::to_string_pretty(&findings(report.plan, report.diffs)).unwrap_or_else(|_| "[]".to_owned());
     s.push('\n');
     s
 }
 
-/// Lists the findings of a plan, without duplicate fingerprints.
-pub fn findings(plan: &Plan) -> Vec<Finding> {
-    findings_at(plan, &[])
-}
-
-/// Where a finding about `unit` points: its unit file, or the file of the
-/// unit that changed (a drop-in, a launchd plist) when the diffs name one.
+/// Where a finding about `unit` points: its unit file, unless the diffs
+/// show only other files of it changing (a drop-in, a launchd plist); then
+/// the first of those.
 fn unit_path(unit: &str, diffs: &[UnitDiff]) -> String {
     let fragment = format!("{UNIT_DIR}/{unit}");
-    let mine: Vec<&UnitDiff> = diffs.iter().filter(|d| d.unit == unit).collect();
-    if mine.is_empty() || mine.iter().any(|d| d.path == fragment) {
-        return fragment;
+    let changed: Vec<&str> = diffs.iter().filter(|d| d.unit == unit).map(|d| d.path.as_str()).collect();
+    match changed.first() {
+        Some(first) if !changed.contains(&fragment.as_str()) => (*first).to_owned(),
+        _ => fragment,
     }
-    mine[0].path.clone()
 }
 
-/// Like [`findings`], pointing each unit's findings at the file that
-/// changed when `diffs` names one.
-fn findings_at(plan: &Plan, diffs: &[UnitDiff]) -> Vec<Finding> {
+/// Lists the findings of a plan, without duplicate fingerprints, pointing
+/// each unit's findings at the file that changed (see [`unit_path`]).
+pub fn findings(plan: &Plan, diffs: &[UnitDiff]) -> Vec<Finding> {
     let mut out = Vec::new();
     for item in action_items(plan) {
         let unit = &item.unit.unit;
@@ -222,6 +217,21 @@ fn strip_store_hashes(s: &str) -> String {
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn findings_point_at_the_file_that_changed() {
+        let diff = |unit: &str, path: &str| UnitDiff { unit: unit.into(), path: path.into(), diff: String::new() };
+        let diffs = [
+            diff("a.service", "etc/systemd/system/a.service.d/override.conf"),
+            diff("b.service", "etc/systemd/system/b.service"),
+            diff("b.service", "etc/systemd/system/b.service.d/override.conf"),
+            diff("org.nixos.x", "Library/LaunchDaemons/org.nixos.x.plist"),
+        ];
+        assert_eq!(unit_path("a.service", &diffs), "etc/systemd/system/a.service.d/override.conf");
+        assert_eq!(unit_path("b.service", &diffs), "etc/systemd/system/b.service");
+        assert_eq!(unit_path("org.nixos.x", &diffs), "Library/LaunchDaemons/org.nixos.x.plist");
+        assert_eq!(unit_path("c.service", &diffs), "etc/systemd/system/c.service");
+    }
 
     #[test]
     fn store_hashes_are_removed_from_fingerprint_input() {
