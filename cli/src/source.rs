@@ -45,8 +45,10 @@ pub const DEFAULT_BASE: &str = "/etc/nixos";
 /// The environment variable that overrides the platform guess.
 pub const PLATFORM_ENV: &str = "SAFE_SWITCH_PLATFORM";
 
-/// The new generation, ready to plan against.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// The new generation, ready to plan against. As a file, it is how
+/// `switch` hands the generation it built to its isolated apply, so the
+/// flake is not evaluated a second time.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Resolved {
     /// The toplevel directory (a store path when built).
     pub toplevel: PathBuf,
@@ -54,29 +56,16 @@ pub struct Resolved {
     pub provenance: Provenance,
 }
 
-/// [`Resolved`] as a file: how `switch` hands the generation it built to
-/// its isolated apply, so the flake is not evaluated a second time.
-#[derive(serde::Serialize, serde::Deserialize)]
-struct ResolvedFile {
-    toplevel: PathBuf,
-    provenance: Provenance,
-}
-
 /// Writes `resolved` to `path` for [`read_resolved`].
 pub fn write_resolved(path: &Path, resolved: &Resolved) -> anyhow::Result<()> {
-    let file = ResolvedFile { toplevel: resolved.toplevel.clone(), provenance: resolved.provenance.clone() };
-    let json = serde_json::to_vec(&file)?;
+    let json = serde_json::to_vec(resolved)?;
     std::fs::write(path, json).with_context(|| format!("{}: cannot write", path.display()))
 }
 
-/// Reads what [`write_resolved`] wrote; the toplevel must still exist.
+/// Reads what [`write_resolved`] wrote.
 pub fn read_resolved(path: &Path) -> anyhow::Result<Resolved> {
     let text = std::fs::read(path).with_context(|| format!("{}: cannot read", path.display()))?;
-    let file: ResolvedFile =
-        serde_json::from_slice(&text).with_context(|| format!("{}: not a resolved generation", path.display()))?;
-    let toplevel = std::fs::canonicalize(&file.toplevel)
-        .with_context(|| format!("{}: cannot resolve the toplevel", file.toplevel.display()))?;
-    Ok(Resolved { toplevel, provenance: file.provenance })
+    serde_json::from_slice(&text).with_context(|| format!("{}: not a resolved generation", path.display()))
 }
 
 /// Defaults that do not come from the command line.

@@ -91,14 +91,14 @@ pub fn resolve_source(source: &SourceArgs, protect: &ProtectArgs) -> anyhow::Res
     if source.toplevel.is_none() && source.flake.is_none() {
         bail!("give the new generation with --toplevel PATH or --flake REF");
     }
-    if let Some(file) = &source.resolved_file {
-        return crate::source::read_resolved(file);
-    }
-    let policy = match source.flake {
-        Some(_) => crate::protect::load_policy(protect)?.map(|(policy, _)| policy),
-        None => None,
+    let mut resolved = match (&source.resolved_file, &source.flake) {
+        (Some(file), _) => crate::source::read_resolved(file)?,
+        (None, Some(_)) => {
+            let policy = crate::protect::load_policy(protect)?.map(|(policy, _)| policy);
+            crate::source::resolve_for_policy(source, policy.as_ref())?
+        }
+        (None, None) => crate::source::resolve_for_policy(source, None)?,
     };
-    let mut resolved = crate::source::resolve_for_policy(source, policy.as_ref())?;
     resolved.toplevel = std::fs::canonicalize(&resolved.toplevel)
         .with_context(|| format!("{}: cannot resolve the toplevel", resolved.toplevel.display()))?;
     Ok(resolved)
