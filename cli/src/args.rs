@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{ArgGroup, Args, Parser, Subcommand, ValueEnum};
 
 use crate::exit;
 
@@ -88,6 +88,7 @@ pub struct SourceArgs {
 
 /// Arguments of `plan`.
 #[derive(Debug, Args)]
+#[command(group(ArgGroup::new("source").required(true).args(["toplevel", "flake"])))]
 pub struct PlanArgs {
     /// The new generation.
     #[command(flatten)]
@@ -117,6 +118,7 @@ pub enum FailOn {
 
 /// Arguments of `check`.
 #[derive(Debug, Args)]
+#[command(group(ArgGroup::new("source").required(true).args(["toplevel", "flake"])))]
 pub struct CheckArgs {
     /// The new generation.
     #[command(flatten)]
@@ -149,6 +151,7 @@ pub struct ApplyOptions {
 
 /// Arguments of `switch`.
 #[derive(Debug, Args)]
+#[command(group(ArgGroup::new("source").required(true).args(["toplevel", "flake"])))]
 pub struct SwitchArgs {
     /// The new generation.
     #[command(flatten)]
@@ -245,8 +248,8 @@ pub struct OutputArgs {
     #[arg(long, conflicts_with = "format")]
     pub json: bool,
     /// Also write a report: `FORMAT=PATH`. May repeat.
-    #[arg(long, value_name = "FORMAT=PATH")]
-    pub report: Vec<String>,
+    #[arg(long, value_name = "FORMAT=PATH", value_parser = crate::report::parse_report_file)]
+    pub report: Vec<crate::report::ReportFile>,
 }
 
 impl OutputArgs {

@@ -43,6 +43,31 @@ impl Outcome {
     }
 }
 
+/// A command line that asks for something impossible (a `--protect` name
+/// that matches no unit, a missing source): exit code 2, as clap's own
+/// usage errors, and nothing is changed.
+#[derive(Debug)]
+pub struct UsageError(pub String);
+
+impl std::fmt::Display for UsageError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for UsageError {}
+
+/// Returns a usage error (exit code 2) with this message.
+pub fn usage(message: impl Into<String>) -> anyhow::Error {
+    anyhow::Error::new(UsageError(message.into()))
+}
+
+/// The exit code for an error: [`USAGE`] for a [`UsageError`] anywhere in
+/// its chain, [`ERROR`] otherwise.
+pub fn error_code(err: &anyhow::Error) -> u8 {
+    if err.chain().any(|e| e.downcast_ref::<UsageError>().is_some()) { USAGE } else { ERROR }
+}
+
 impl From<Outcome> for ExitCode {
     fn from(o: Outcome) -> ExitCode {
         ExitCode::from(o.code())

@@ -30,7 +30,7 @@ pub fn main() -> ExitCode {
                 return ExitCode::from(exit::OK);
             }
             eprintln!("error: {err:#}");
-            ExitCode::from(exit::ERROR)
+            ExitCode::from(exit::error_code(&err))
         }
     }
 }

@@ -85,6 +85,18 @@ pub fn protect_plan(
 ) -> anyhow::Result<ProtectReport> {
     let request = request(args)?;
     let analysis = protect::protect(plan, old, new, live, &request);
+    // A name or full unit name on the command line that matches nothing is
+    // a typo until proven otherwise, and a typo must never leave a unit
+    // unprotected: stop before anything is done. A glob may match nothing
+    // on this host, and one policy file serves hosts with different units,
+    // so those stay warnings.
+    let typos: Vec<(&str, &[String])> = analysis
+        .unknown
+        .iter()
+        .filter(|u| u.source == ProtectionSource::CommandLine)
+        .map(|u| (u.selector.as_str(), u.close.as_slice()))
+        .collect();
+    reject_typos(&typos)?;
     let warnings: Vec<String> = analysis
         .unknown
         .iter()
@@ -94,19 +106,41 @@ pub fn protect_plan(
                 ProtectionSource::Policy { path } => format!("policy file {path}"),
                 ProtectionSource::Implicit { .. } => "implicit protection".to_owned(),
             };
-            let mut w = format!("{origin}: {:?} matches no unit in either generation or the live state", u.selector);
-            if u.close.is_empty() {
-                w.push_str(" (no close match)");
-            } else {
-                let _ = write!(w, "; close matches: {}", u.close.join(", "));
-            }
-            w
+            format!(
+                "{origin}: {:?} matches no unit in either generation or the live state{}",
+                u.selector,
+                if u.close.is_empty() { " (no close match)".to_owned() } else { close_list(&u.close) }
+            )
         })
         .collect();
     for w in &warnings {
         eprintln!("warning: {w}");
     }
     Ok(ProtectReport { analysis, warnings })
+}
+
+/// Fails with a usage error when a `--protect` name or full unit name
+/// (not a glob) matched nothing: `(selector, close matches)` of every
+/// command-line selector that matched no unit.
+///
+/// A typo must never leave a unit unprotected, so it stops the command
+/// before anything is done. A glob may match nothing on this host, and one
+/// policy file serves hosts with different units, so those stay warnings.
+pub fn reject_typos(unmatched: &[(&str, &[String])]) -> anyhow::Result<()> {
+    let typos: Vec<&(&str, &[String])> = unmatched.iter().filter(|(s, _)| !s.contains(['*', '?', '['])).collect();
+    let Some((first, close)) = typos.first() else { return Ok(()) };
+    let mut message =
+        format!("--protect {first:?} matches no unit in either generation or the live state{}", close_list(close));
+    for (other, close) in &typos[1..] {
+        let _ = write!(message, "\n--protect {other:?} matches no unit either{}", close_list(close));
+    }
+    message.push_str("\nnothing was changed");
+    Err(crate::exit::usage(message))
+}
+
+/// `; close matches: a, b`, or nothing.
+fn close_list(close: &[String]) -> String {
+    if close.is_empty() { String::new() } else { format!("; close matches: {}", close.join(", ")) }
 }
 
 /// The outcome of a planning command for a protected plan: `Blocked` (exit
@@ -136,7 +170,12 @@ pub fn asked(args: &ProtectArgs) -> anyhow::Result<Asked> {
         let source = ProtectionSource::Policy { path: policy_path.display().to_string() };
         selectors.extend(policy.protect.iter().map(|(s, _)| (s.as_str().to_owned(), source.clone())));
     }
-    // `--protect a,,b` and a trailing comma are harmless.
+    // `--protect a,,b` and a trailing comma are harmless, but a
+    // `--protect` that names nothing at all (`--protect "$UNITS"` with an
+    // empty variable) would look like protection and be none.
+    if !args.protect.is_empty() && args.protect.iter().all(|t| t.trim().is_empty()) {
+        return Err(crate::exit::usage("--protect names no unit (an empty value); nothing was changed"));
+    }
     let cli = args.protect.iter().map(|t| t.trim()).filter(|t| !t.is_empty());
     selectors.extend(cli.map(|t| (t.to_owned(), ProtectionSource::CommandLine)));
     let policy = loaded.map(|(p, _)| p);
@@ -156,7 +195,10 @@ fn request(args: &ProtectArgs) -> anyhow::Result<Request> {
         .selectors
         .into_iter()
         .map(|(text, source)| {
-            let selector = Selector::parse(&text).map_err(|e| anyhow::anyhow!("--protect {text:?}: {}", e.reason))?;
+            let selector = Selector::parse(&text).map_err(|e| match &source {
+                ProtectionSource::CommandLine => crate::exit::usage(format!("--protect {text:?}: {}", e.reason)),
+                _ => anyhow::anyhow!("{}: {text:?}: {}", protect::source_label(&source), e.reason),
+            })?;
             Ok((selector, source))
         })
         .collect::<anyhow::Result<_>>()?;

@@ -13,7 +13,8 @@
 //! ```
 //!
 //! Each snapshot holds the exit code, standard output and standard error.
-//! When the text run fails (bad input), only its snapshot is kept: the
+//! When the text run fails (bad input, exit 1, or a usage error, exit 2),
+//! only its snapshot is kept: the
 //! other forms would show the same error.
 //!
 //! Every case runs even when one fails; the test then lists all failures.
@@ -74,7 +75,9 @@ fn check_case(case: &Path) {
     settings.bind(|| {
         let (code, text) = run(case, &base);
         insta::assert_snapshot!("text", text);
-        if code == 1 {
+        // Bad input (1) and a bad command line (2) print one error; the
+        // other forms would show the same.
+        if matches!(code, 1 | 2) {
             return;
         }
         let mut json = base.clone();

@@ -20,8 +20,6 @@ use crate::report::{self, Report};
 
 /// Runs `check`.
 pub fn run(args: args::CheckArgs) -> anyhow::Result<Outcome> {
-    // Bad `--report` values are reported before anything is planned.
-    report::parse_report_files(&args.output.report)?;
     let resolved = live::resolve_source(&args.source, &args.protect)?;
     let mut bus = live::connect()?;
     live::report_interrupted(&systemd_live::RunDir::system());

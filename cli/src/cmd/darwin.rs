@@ -66,7 +66,52 @@ fn build(old: &Path, new: &Path, live: Option<&Path>, protect: &ProtectArgs) -> 
         None => LaunchdLive::default(),
     };
     let policy = policy(protect)?;
-    Ok(launchd_plan::plan(&old_generation, &new_generation, &Host { live, installed: None }, &policy))
+    let planned = launchd_plan::plan(&old_generation, &new_generation, &Host { live, installed: None }, &policy);
+    reject_typos(&planned)?;
+    Ok(planned)
+}
+
+/// Fails when a `--protect` name matched no job (see
+/// [`crate::protect::reject_typos`]); close matches are the labels, or
+/// their last part, nearest to it.
+fn reject_typos(planned: &LaunchdPlan) -> anyhow::Result<()> {
+    let labels: Vec<&str> = planned
+        .plan
+        .protection
+        .protected
+        .iter()
+        .flat_map(|p| &p.units)
+        .map(String::as_str)
+        .chain(planned.plan.units.iter().map(|u| u.unit.as_str()))
+        .chain(planned.jobs.values().map(|j| j.label.as_str()))
+        .collect();
+    let unmatched: Vec<(&str, Vec<String>)> = planned
+        .plan
+        .protection
+        .protected
+        .iter()
+        .filter(|p| p.units.is_empty() && p.source == ProtectionSource::CommandLine)
+        .map(|p| (p.selector.as_str(), close_labels(&p.selector, &labels)))
+        .collect();
+    let unmatched: Vec<(&str, &[String])> = unmatched.iter().map(|(s, c)| (*s, c.as_slice())).collect();
+    crate::protect::reject_typos(&unmatched)
+}
+
+/// Up to three labels (or their last dot-separated part, for a short name)
+/// close to `wanted`.
+fn close_labels(wanted: &str, labels: &[&str]) -> Vec<String> {
+    let short = !wanted.contains('.');
+    let mut candidates: Vec<&str> =
+        labels.iter().map(|l| if short { l.rsplit('.').next().unwrap_or(l) } else { l }).collect();
+    candidates.sort_unstable();
+    candidates.dedup();
+    let mut scored: Vec<(f64, &str)> = candidates
+        .into_iter()
+        .map(|c| (strsim::normalized_damerau_levenshtein(wanted, c), c))
+        .filter(|(score, _)| *score >= 0.6)
+        .collect();
+    scored.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(b.1)));
+    scored.into_iter().take(3).map(|(_, c)| c.to_owned()).collect()
 }
 
 /// The protection policy: the policy file's selectors and mode, plus

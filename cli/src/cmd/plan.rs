@@ -13,7 +13,7 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use plan_model::{LiveState, Plan};
 use systemd_live::{RunDir, ServiceManager, SystemdBus};
 
@@ -89,7 +89,7 @@ pub fn print_plan(plan: &Plan, output: &args::OutputArgs) -> anyhow::Result<()> 
 /// applies.
 pub fn resolve_source(source: &SourceArgs, protect: &ProtectArgs) -> anyhow::Result<crate::source::Resolved> {
     if source.toplevel.is_none() && source.flake.is_none() {
-        bail!("give the new generation with --toplevel PATH or --flake REF");
+        return Err(crate::exit::usage("give the new generation with --toplevel PATH or --flake REF"));
     }
     let mut resolved = match (&source.resolved_file, &source.flake) {
         (Some(file), _) => crate::source::read_resolved(file)?,

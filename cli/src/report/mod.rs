@@ -70,21 +70,16 @@ pub struct ReportFile {
     pub path: PathBuf,
 }
 
-/// Parses the `--report` values, naming the bad one in the error.
-pub fn parse_report_files(values: &[String]) -> anyhow::Result<Vec<ReportFile>> {
-    values.iter().map(|v| parse_report_file(v)).collect()
-}
-
-fn parse_report_file(value: &str) -> anyhow::Result<ReportFile> {
+/// Parses one `--report FORMAT=PATH` value (clap's value parser, so a bad
+/// one is a usage error naming it).
+pub fn parse_report_file(value: &str) -> Result<ReportFile, String> {
     let Some((format, path)) = value.split_once('=') else {
-        anyhow::bail!(
-            "--report {value:?}: expected FORMAT=PATH, e.g. junit=report.xml \
-             (formats: text, json, junit, codequality, markdown)"
-        );
+        return Err("expected FORMAT=PATH, e.g. junit=report.xml (formats: text, json, junit, codequality, markdown)"
+            .to_owned());
     };
-    let format = parse_format(format).with_context(|| format!("--report {value:?}"))?;
+    let format = parse_format(format).map_err(|e| e.to_string())?;
     if path.is_empty() {
-        anyhow::bail!("--report {value:?}: the path after '=' is empty");
+        return Err("the path after '=' is empty".to_owned());
     }
     Ok(ReportFile { format, path: PathBuf::from(path) })
 }
@@ -116,8 +111,7 @@ pub fn render(format: Format, report: &Report<'_>, style: Style) -> String {
 /// written to a temporary sibling and renamed into place, so a CI job never
 /// picks up a truncated report.
 pub fn write_outputs(report: &Report<'_>, output: &OutputArgs) -> anyhow::Result<()> {
-    let files = parse_report_files(&output.report)?;
-    for file in &files {
+    for file in &output.report {
         let text = render(file.format, report, Style::default());
         write_atomically(&file.path, text.as_bytes()).with_context(|| {
             format!("cannot write the {} report to {}", format_name(file.format), file.path.display())
@@ -358,14 +352,16 @@ mod tests {
 
     #[test]
     fn report_values_parse_and_bad_ones_are_named() {
-        let files = parse_report_files(&["junit=out/r.xml".into(), "CodeQuality=cq.json".into()]).unwrap();
-        assert_eq!(files[0], ReportFile { format: Format::Junit, path: "out/r.xml".into() });
-        assert_eq!(files[1].format, Format::Codequality);
-        let err = parse_report_files(&["xml=r.xml".into()]).unwrap_err();
-        assert!(format!("{err:#}").contains("\"xml\""), "{err:#}");
-        let err = parse_report_files(&["junit".into()]).unwrap_err();
-        assert!(format!("{err:#}").contains("FORMAT=PATH"), "{err:#}");
-        let err = parse_report_files(&["junit=".into()]).unwrap_err();
-        assert!(format!("{err:#}").contains("empty"), "{err:#}");
+        assert_eq!(
+            parse_report_file("junit=out/r.xml").unwrap(),
+            ReportFile { format: Format::Junit, path: "out/r.xml".into() }
+        );
+        assert_eq!(parse_report_file("CodeQuality=cq.json").unwrap().format, Format::Codequality);
+        let err = parse_report_file("xml=r.xml").unwrap_err();
+        assert!(err.contains("\"xml\""), "{err}");
+        let err = parse_report_file("junit").unwrap_err();
+        assert!(err.contains("FORMAT=PATH"), "{err}");
+        let err = parse_report_file("junit=").unwrap_err();
+        assert!(err.contains("empty"), "{err}");
     }
 }
