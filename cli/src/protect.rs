@@ -24,12 +24,13 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
 use plan_model::policy::{Policy, Selector};
-use plan_model::{Action, Edge, LiveState, Mode, Plan, ProtectionSource, Rule};
+use plan_model::{Action, LiveState, Mode, Plan, ProtectionSource, Rule};
 use systemd_plan::GenerationUnits;
-use systemd_plan::protect::{self, Analysis, Explanation, Request, Touch};
+use systemd_plan::protect::{self, Analysis, Explanation, Request};
 
 use crate::args::{OnProtected, ProtectArgs};
 use crate::exit::Outcome;
+use crate::report::{Blocker, chain_line};
 
 /// Where the policy file is looked for when `--policy` is not given.
 pub const DEFAULT_POLICY: &str = "/etc/safe-switch/policy.toml";
@@ -319,8 +320,7 @@ pub fn render_text(out: &mut String, plan: &Plan) {
             "  deferred (the new unit files are installed; the running units stay as they are):\n"
         });
         for (unit, d) in deferred {
-            let _ =
-                writeln!(out, "    {}", touch_line(&unit.unit, &d.actions, "deferred", &d.touches, d.effect, &d.chain));
+            let _ = writeln!(out, "    {}", touch_line(&d.actions, "deferred", &Blocker::of_deferral(&unit.unit, d)));
         }
     }
     if p.refused {
@@ -331,35 +331,17 @@ pub fn render_text(out: &mut String, plan: &Plan) {
             if p.refusals.len() == 1 { "" } else { "s" }
         );
         for r in &p.refusals {
-            let _ = writeln!(out, "    {}", touch_line(&r.unit, &r.actions, "refused", &r.touches, r.effect, &r.chain));
+            let _ = writeln!(out, "    {}", touch_line(&r.actions, "refused", &Blocker::of_refusal(r)));
         }
     }
 }
 
 /// One deferred or refused action:
-/// `network-setup.service: restart deferred: would restart sshd.service
-/// (sshd.service Requires=network-setup.service)`.
-fn touch_line(unit: &str, actions: &[Action], verb: &str, touches: &str, effect: Action, chain: &[Edge]) -> String {
+/// `network-setup.service: stop, start deferred: stopping it stops
+/// protected sshd.service (sshd.service Requires=network-setup.service)`.
+fn touch_line(actions: &[Action], verb: &str, blocker: &Blocker<'_>) -> String {
     let actions: Vec<&str> = actions.iter().map(|a| a.as_str()).collect();
-    format!("{unit}: {} {verb}: {}", actions.join(", "), consequence(unit, touches, effect, chain))
-}
-
-/// What an action would do to the protected unit, with the chain.
-fn consequence(unit: &str, touches: &str, effect: Action, chain: &[Edge]) -> String {
-    if chain.is_empty() && touches == unit {
-        return format!("{touches} is protected");
-    }
-    let relations: Vec<String> = chain.iter().map(|e| format!("{} {}={}", e.from, e.relation, e.to)).collect();
-    let what = if chain.first().is_some_and(|e| e.relation == "Triggers") {
-        format!("would {effect} the activation of {touches}")
-    } else {
-        format!("would {effect} {touches}")
-    };
-    format!("{what} ({})", relations.join(", "))
-}
-
-fn touch_text(unit: &str, t: &Touch) -> String {
-    consequence(unit, &t.touches, t.effect, &t.chain)
+    format!("{}: {} {verb}: {}", blocker.unit, actions.join(", "), chain_line(blocker))
 }
 
 /// Renders an [`Explanation`] as text.
@@ -382,10 +364,10 @@ fn render_explanation(e: &Explanation) -> String {
         out.push('\n');
     }
     if let Some(d) = &e.deferral {
-        let _ = writeln!(out, "  {}", touch_line(&e.unit, &d.actions, "deferred", &d.touches, d.effect, &d.chain));
+        let _ = writeln!(out, "  {}", touch_line(&d.actions, "deferred", &Blocker::of_deferral(&e.unit, d)));
     }
     if let Some(r) = &e.refusal {
-        let _ = writeln!(out, "  {}", touch_line(&e.unit, &r.actions, "refused", &r.touches, r.effect, &r.chain));
+        let _ = writeln!(out, "  {}", touch_line(&r.actions, "refused", &Blocker::of_refusal(r)));
     }
     if e.protected_by.is_empty() {
         let _ = writeln!(out, "  protected: no");
@@ -399,7 +381,15 @@ fn render_explanation(e: &Explanation) -> String {
             let _ = writeln!(out, "  {action}: touches no protected unit");
         }
         for t in touches {
-            let _ = writeln!(out, "  {action}: {}", touch_text(&e.unit, t));
+            let blocker = Blocker {
+                unit: &e.unit,
+                touches: &t.touches,
+                effect: t.effect,
+                chain: &t.chain,
+                cause: Some(*action),
+                omitted: t.omitted,
+            };
+            let _ = writeln!(out, "  {action}: {}", chain_line(&blocker));
         }
     }
     if e.relations.is_empty() {
@@ -417,6 +407,7 @@ fn render_explanation(e: &Explanation) -> String {
 #[allow(clippy::unwrap_used, reason = "tests fail loudly on bad fixtures")]
 mod tests {
     use super::*;
+    use plan_model::Edge;
 
     #[test]
     fn ownership_rule_applies_to_root_only() {
@@ -432,21 +423,45 @@ mod tests {
     }
 
     #[test]
-    fn consequence_texts() {
-        let chain =
-            vec![Edge { from: "sshd.service".into(), relation: "Requires".into(), to: "network-setup.service".into() }];
+    fn touch_lines_follow_the_jobs_along_the_chain() {
+        let edge = |from: &str, relation: &str, to: &str| Edge {
+            from: from.into(),
+            relation: relation.into(),
+            to: to.into(),
+        };
+        let requires = vec![edge("sshd.service", "Requires", "network-setup.service")];
+        let blocker = Blocker {
+            unit: "network-setup.service",
+            touches: "sshd.service",
+            effect: Action::Restart,
+            chain: &requires,
+            cause: Some(Action::Restart),
+            omitted: 0,
+        };
         assert_eq!(
-            touch_line(
-                "network-setup.service",
-                &[Action::Restart],
-                "deferred",
-                "sshd.service",
-                Action::Restart,
-                &chain
-            ),
-            "network-setup.service: restart deferred: would restart sshd.service \
+            touch_line(&[Action::Restart], "deferred", &blocker),
+            "network-setup.service: restart deferred: restarting it restarts protected sshd.service \
              (sshd.service Requires=network-setup.service)"
         );
-        assert_eq!(consequence("sshd.service", "sshd.service", Action::Stop, &[]), "sshd.service is protected");
+        let conflict = vec![
+            edge("maintenance.service", "Conflicts", "sshd.service"),
+            edge("multi-user.target", "Wants", "maintenance.service"),
+        ];
+        let blocker = Blocker {
+            unit: "multi-user.target",
+            touches: "sshd.service",
+            effect: Action::Stop,
+            chain: &conflict,
+            cause: Some(Action::Start),
+            omitted: 0,
+        };
+        assert_eq!(
+            touch_line(&[Action::Start], "deferred", &blocker),
+            "multi-user.target: start deferred: starting it starts maintenance.service \
+             (multi-user.target Wants=maintenance.service), which stops protected sshd.service \
+             (maintenance.service Conflicts=sshd.service)"
+        );
+        let own = Blocker { unit: "sshd.service", touches: "sshd.service", chain: &[], ..blocker };
+        assert_eq!(chain_line(&own), "sshd.service is protected");
     }
 }

@@ -75,6 +75,8 @@ fn deferred(old: &str, new: &str) -> Plan {
         touches: "sshd.service".to_owned(),
         effect: Action::Stop,
         chain: chain(),
+        cause: None,
+        omitted: 0,
     });
     plan.units.push(net);
     plan.units.sort_by(|a, b| a.unit.cmp(&b.unit));
@@ -102,6 +104,8 @@ fn refused(old: &str, new: &str) -> Plan {
             touches: "sshd.service".to_owned(),
             effect: Action::Stop,
             chain: chain(),
+            cause: None,
+            omitted: 0,
         }],
     };
     plan
@@ -347,6 +351,55 @@ fn show() {
     for (name, plan) in plans() {
         for f in [Format::Junit, Format::Markdown, Format::Codequality, Format::Text] {
             println!("===== {name} {f:?}\n{}", render(f, &plan));
+        }
+    }
+}
+
+/// Two generations in which `sshd.service` requires `link1.service`, which
+/// requires `link2.service`, and so on for `n` units, every one of them
+/// changed, so that each link's stop is deferred with the chain to sshd.
+fn chain_generations(n: usize) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    for (generation, version) in [("old", 1), ("new", 2)] {
+        let units = dir.path().join(generation).join("etc/systemd/system");
+        std::fs::create_dir_all(&units).unwrap();
+        std::fs::write(dir.path().join(generation).join("init-interface-version"), "systemd 2\n").unwrap();
+        std::fs::write(
+            units.join("sshd.service"),
+            "[Unit]\nRequires=link1.service\n[Service]\nExecStart=/bin/sshd\n",
+        )
+        .unwrap();
+        for i in 1..=n {
+            let requires = if i < n { format!("Requires=link{}.service\n", i + 1) } else { String::new() };
+            let text = format!("[Unit]\n{requires}[Service]\nExecStart=/bin/link --version {version}\n");
+            std::fs::write(units.join(format!("link{i}.service")), text).unwrap();
+        }
+    }
+    dir
+}
+
+/// A long dependency chain into a protected unit gives reports that grow
+/// linearly with the number of units: each deferral keeps the ends of its
+/// chain and counts the relations in between.
+#[test]
+fn reports_stay_linear_along_a_long_chain() {
+    let n = 1500;
+    let dir = chain_generations(n);
+    for format in ["text", "json", "junit", "codequality", "markdown"] {
+        let out = Command::new(env!("CARGO_BIN_EXE_safe-switch"))
+            .current_dir(dir.path())
+            .args(["diff", "old", "new", "--protect", "sshd", "--format", format])
+            .env("NO_COLOR", "1")
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(0), "{format}: {}", String::from_utf8_lossy(&out.stderr));
+        let per_unit = out.stdout.len() / n;
+        assert!(per_unit < 10_000, "{format}: {} bytes for {n} units ({per_unit} a unit)", out.stdout.len());
+        if format == "text" {
+            let text = String::from_utf8_lossy(&out.stdout);
+            let line = text.lines().find(|l| l.trim_start().starts_with(&format!("link{n}.service: stop"))).unwrap();
+            assert!(line.contains(&format!("then {} more relations, then", n - 8)), "{line}");
+            assert!(line.ends_with("stops protected sshd.service (sshd.service Requires=link1.service)"), "{line}");
         }
     }
 }

@@ -64,6 +64,8 @@ fn full_plan() -> Plan {
                 touches: "b".into(),
                 effect: Action::Stop,
                 chain: vec![edge.clone()],
+                cause: None,
+                omitted: 0,
             }),
         }],
         steps: vec![
@@ -96,6 +98,8 @@ fn full_plan() -> Plan {
                 touches: "b".into(),
                 effect: Action::Stop,
                 chain: vec![edge],
+                cause: None,
+                omitted: 0,
             }],
         },
         diagnostics: vec![Diagnostic {

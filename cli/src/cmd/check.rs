@@ -83,6 +83,8 @@ mod tests {
                     touches: "sshd.service".into(),
                     effect: Action::Stop,
                     chain: vec![],
+                    cause: None,
+                    omitted: 0,
                 }),
             }],
             steps: vec![],

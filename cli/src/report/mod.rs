@@ -228,6 +228,29 @@ pub struct Blocker<'a> {
     pub effect: Action,
     /// The relations from the protected unit back to `unit`.
     pub chain: &'a [Edge],
+    /// The action of `unit` whose consequences reach the protected unit.
+    pub cause: Option<Action>,
+    /// Relations left out of the middle of `chain`.
+    pub omitted: usize,
+}
+
+impl<'a> Blocker<'a> {
+    /// The blocker a deferral records for `unit`.
+    pub fn of_deferral(unit: &'a str, d: &'a plan_model::Deferral) -> Blocker<'a> {
+        Blocker { unit, touches: &d.touches, effect: d.effect, chain: &d.chain, cause: d.cause, omitted: d.omitted }
+    }
+
+    /// The blocker a refusal records.
+    pub fn of_refusal(r: &'a plan_model::Refusal) -> Blocker<'a> {
+        Blocker {
+            unit: &r.unit,
+            touches: &r.touches,
+            effect: r.effect,
+            chain: &r.chain,
+            cause: r.cause,
+            omitted: r.omitted,
+        }
+    }
 }
 
 /// The fate of an [`ActionItem`].
@@ -262,17 +285,14 @@ pub fn action_items(plan: &Plan) -> Vec<ActionItem<'_>> {
         let refusal = plan.protection.refusals.iter().find(|r| r.unit == unit.unit);
         for &action in &unit.actions {
             let (status, blocker) = match refusal {
-                Some(r) if r.actions.contains(&action) => (
-                    ItemStatus::Refused,
-                    Some(Blocker { unit: &unit.unit, touches: &r.touches, effect: r.effect, chain: &r.chain }),
-                ),
+                Some(r) if r.actions.contains(&action) => (ItemStatus::Refused, Some(Blocker::of_refusal(r))),
                 _ if refused => (ItemStatus::HeldByRefusal, None),
                 _ => (ItemStatus::Planned, None),
             };
             items.push(ActionItem { unit, action, status, blocker });
         }
         if let Some(d) = &unit.deferral {
-            let blocker = Blocker { unit: &unit.unit, touches: &d.touches, effect: d.effect, chain: &d.chain };
+            let blocker = Blocker::of_deferral(&unit.unit, d);
             for &action in &d.actions {
                 items.push(ActionItem { unit, action, status: ItemStatus::Deferred, blocker: Some(blocker) });
             }
@@ -284,7 +304,7 @@ pub fn action_items(plan: &Plan) -> Vec<ActionItem<'_>> {
     for r in &plan.protection.refusals {
         let Some(unit) = plan.units.iter().find(|u| u.unit == r.unit) else { continue };
         for &action in r.actions.iter().filter(|a| !unit.actions.contains(a)) {
-            let blocker = Blocker { unit: &unit.unit, touches: &r.touches, effect: r.effect, chain: &r.chain };
+            let blocker = Blocker::of_refusal(r);
             items.push(ActionItem { unit, action, status: ItemStatus::Refused, blocker: Some(blocker) });
         }
     }
@@ -310,20 +330,134 @@ pub fn reasons_line(unit: &UnitPlan) -> String {
         .join("; ")
 }
 
-/// The reason chain of a blocked action as one phrase, e.g. `would stop
-/// protected unit sshd.service, because
-/// sshd.service Requires=network-setup.service`.
+/// What a blocked action would do to the protected unit, as one phrase
+/// that follows the jobs systemd would add along the chain:
+///
+/// - `sshd.service is protected`;
+/// - `stopping it stops protected sshd.service (sshd.service
+///   Requires=network-setup.service)`;
+/// - `starting it starts maintenance.service (multi-user.target
+///   Wants=maintenance.service), which stops protected sshd.service
+///   (maintenance.service Conflicts=sshd.service)`.
+///
+/// "it" is the blocked unit. A chain whose middle was left out says how
+/// many relations are missing. A blocker without its cause (a plan saved
+/// by an older version) is told without the jobs.
 pub fn chain_line(b: &Blocker<'_>) -> String {
-    let mut s = format!("would {} protected unit {}", b.effect, b.touches);
     if b.chain.is_empty() {
-        if b.touches != b.unit {
-            s.push_str(&format!(" (via {})", b.unit));
-        }
-    } else {
-        let links: Vec<String> = b.chain.iter().map(|e| format!("{} {}={}", e.from, e.relation, e.to)).collect();
-        s.push_str(&format!(", because {}", links.join(", ")));
+        return if b.touches == b.unit {
+            format!("{} is protected", b.touches)
+        } else {
+            format!("it would {} protected {}", b.effect, b.touches)
+        };
     }
-    s
+    let Some(cause) = b.cause else {
+        let links: Vec<String> = b.chain.iter().map(edge_text).collect();
+        return format!("it would {} protected {} ({})", b.effect, b.touches, links.join(", "));
+    };
+    // The chain runs from the protected unit back to this one; split it
+    // where relations were left out.
+    let gap = if b.omitted > 0 { b.chain.len().saturating_sub(plan_model::CHAIN_ENDS) } else { 0 };
+    let (near_protected, near_unit) = b.chain.split_at(gap);
+    let mut steps = Vec::new();
+    let mut unit = b.unit;
+    let mut job = cause;
+    for edge in near_unit.iter().rev() {
+        let (next, next_job) = step_forward(unit, job, edge);
+        steps.push((next, next_job, edge));
+        unit = next;
+        job = next_job;
+    }
+    // After a gap, the jobs are worked out backwards from the effect on
+    // the protected unit.
+    let mut tail = Vec::new();
+    let (mut unit, mut job) = (b.touches, b.effect);
+    for edge in near_protected {
+        tail.push((unit, job, edge));
+        let (prev, prev_job) = step_backward(unit, job, edge);
+        unit = prev;
+        job = prev_job;
+    }
+    let mut out = format!("{} it", gerund(cause));
+    for (i, (next, next_job, edge)) in steps.iter().enumerate() {
+        if i > 0 {
+            out.push_str(", which");
+        }
+        out.push_str(&clause(*next, *next_job, edge, b));
+    }
+    if !tail.is_empty() {
+        out.push_str(&format!(
+            ", then {} more relation{}, then",
+            b.omitted,
+            if b.omitted == 1 { "" } else { "s" }
+        ));
+        for (i, (next, next_job, edge)) in tail.iter().rev().enumerate() {
+            if i > 0 {
+                out.push_str(", which");
+            }
+            out.push_str(&clause(next, *next_job, edge, b));
+        }
+    }
+    out
+}
+
+/// ` stops protected sshd.service (sshd.service Requires=a.service)`.
+fn clause(unit: &str, job: Action, edge: &Edge, b: &Blocker<'_>) -> String {
+    let activation = edge.relation == "Triggers" && edge.to == b.touches && unit == b.touches;
+    let what = if activation { "the activation of " } else { "" };
+    let protected = if unit == b.touches { "protected " } else { "" };
+    format!(" {} {what}{protected}{unit} ({})", third_person(job), edge_text(edge))
+}
+
+/// The unit at the other end of `edge` and the job it gets when `unit`
+/// gets `job`, by systemd's propagation rules.
+fn step_forward<'e>(unit: &str, job: Action, edge: &'e Edge) -> (&'e str, Action) {
+    let other = if edge.from == unit { edge.to.as_str() } else { edge.from.as_str() };
+    let next = match edge.relation.as_str() {
+        "Conflicts" => Action::Stop,
+        "Wants" | "Requires" | "BindsTo" | "Upholds" if edge.from == unit => Action::Start,
+        "Triggers" | "PropagatesStopTo" => Action::Stop,
+        _ => job,
+    };
+    (other, next)
+}
+
+/// The unit at the other end of `edge` and the job that gives `unit` its
+/// `job`: [`step_forward`] turned around.
+fn step_backward<'e>(unit: &str, job: Action, edge: &'e Edge) -> (&'e str, Action) {
+    let other = if edge.from == unit { edge.to.as_str() } else { edge.from.as_str() };
+    let prev = match (edge.relation.as_str(), job) {
+        ("Conflicts", _) => Action::Start,
+        ("Wants" | "Requires" | "BindsTo" | "Upholds", Action::Start) if edge.to == unit => Action::Start,
+        ("Triggers", _) => Action::Stop,
+        _ => job,
+    };
+    (other, prev)
+}
+
+fn gerund(action: Action) -> &'static str {
+    match action {
+        Action::Stop => "stopping",
+        Action::Reload => "reloading",
+        Action::Restart => "restarting",
+        Action::Start => "starting",
+        Action::Skip => "leaving",
+    }
+}
+
+fn third_person(action: Action) -> &'static str {
+    match action {
+        Action::Stop => "stops",
+        Action::Reload => "reloads",
+        Action::Restart => "restarts",
+        Action::Start => "starts",
+        Action::Skip => "leaves",
+    }
+}
+
+/// `sshd.service Requires=network-setup.service`.
+pub fn edge_text(edge: &Edge) -> String {
+    format!("{} {}={}", edge.from, edge.relation, edge.to)
 }
 
 #[cfg(test)]

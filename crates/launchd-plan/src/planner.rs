@@ -515,6 +515,8 @@ fn apply_protection(
                     touches: target.label.clone(),
                     effect,
                     chain: Vec::new(),
+                    cause: None,
+                    omitted: 0,
                 });
             }
             Mode::Refuse => {
@@ -525,6 +527,8 @@ fn apply_protection(
                     touches: target.label.clone(),
                     effect,
                     chain: Vec::new(),
+                    cause: None,
+                    omitted: 0,
                 });
                 let verb = if effect == Action::Stop { "stop" } else { "restart" };
                 plan.diagnostics.push(Diagnostic {

@@ -233,8 +233,13 @@ pub enum Rule {
     ReloadFallbackStart,
     /// Left over from an interrupted earlier switch.
     Resumed,
-    /// A new unit, started by the target that wants it.
+    /// A new unit: started because a unit the switch starts pulls it in
+    /// (the detail names it), or listed with why nothing starts it.
     NewUnit,
+    /// A unit that is not running and that a unit the switch starts or
+    /// restarts pulls in (`Wants=`, `Requires=`, `BindsTo=`, `Upholds=`,
+    /// a `.wants` link): systemd starts it again with it.
+    PulledIn,
     /// Only keys that need no action changed (`Description`, removed
     /// `X-Reload-Triggers`, ...).
     IgnoredKeysChanged,
@@ -312,6 +317,7 @@ impl Rule {
             Rule::ReloadFallbackStart => "no longer active: started instead of reloaded",
             Rule::Resumed => "left over from an interrupted switch",
             Rule::NewUnit => "new unit",
+            Rule::PulledIn => "not running: started with the unit that pulls it in",
             Rule::IgnoredKeysChanged => "only keys that need no action changed",
             Rule::PlistAdded => "new launchd job: plist installed, job bootstrapped",
             Rule::PlistChanged => "launchd plist changed: job booted out and bootstrapped",
@@ -421,6 +427,14 @@ pub struct Refusal {
     /// The relations from the protected unit back to this unit, as in
     /// [`Deferral::chain`].
     pub chain: Vec<Edge>,
+    /// The action whose consequences reach the protected unit, as in
+    /// [`Deferral::cause`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cause: Option<Action>,
+    /// Relations left out of the middle of `chain`, as in
+    /// [`Deferral::omitted`].
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub omitted: usize,
 }
 
 /// One protection and the units it matched.
@@ -468,8 +482,30 @@ pub struct Deferral {
     /// What would have happened to it (`stop` or `restart`).
     pub effect: Action,
     /// The relations from the protected unit back to this unit; empty when
-    /// the unit is itself protected.
+    /// the unit is itself protected. A long chain keeps its ends: the
+    /// relations nearest the protected unit and nearest this unit, with
+    /// [`Deferral::omitted`] counting those left out between them, so that
+    /// a report stays linear in the number of units.
     pub chain: Vec<Edge>,
+    /// The action of this unit whose consequences reach the protected unit
+    /// (the start of a target that pulls in a conflicting unit, say), when
+    /// known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cause: Option<Action>,
+    /// How many relations were left out of the middle of `chain`.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub omitted: usize,
+}
+
+/// How many relations a long reason chain keeps at each end. When
+/// relations were left out ([`Deferral::omitted`] is not zero), the last
+/// `CHAIN_ENDS` relations of the chain are those nearest the blocked unit
+/// and the ones before them lead up to the protected unit.
+pub const CHAIN_ENDS: usize = 4;
+
+/// Serde helper: leaves a zero count out of the JSON form.
+fn is_zero(n: &usize) -> bool {
+    *n == 0
 }
 
 /// One relation in a reason chain: `from` has `relation=` `to`, as in

@@ -791,6 +791,8 @@ mod tests {
             touches: "sshd.service".into(),
             effect: Action::Restart,
             chain: vec![],
+            cause: None,
+            omitted: 0,
         });
         let p = plan(
             vec![

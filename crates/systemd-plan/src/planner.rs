@@ -16,10 +16,12 @@
 //! 5. The activation script's restart and reload requests are applied.
 //! 6. Reloads of units that are not running become starts.
 //!
-//! New units are listed (they come up because the targets that want them
-//! are started) but get no action of their own, exactly as in NixOS.
+//! 7. What the starts and restarts pull in (`Wants=` and friends, the
+//!    `.wants` links) and is not running gets a start of its own: the
+//!    units a generation adds come up through the targets that want them,
+//!    as in NixOS, and the plan says so (see [`Planner::pulled_in`]).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::path::Path;
 
 use plan_model::{
@@ -34,6 +36,10 @@ use crate::unit_file::UnitFile;
 
 /// Where NixOS installs the units it manages.
 const UNIT_DIR: &str = "/etc/systemd/system";
+
+/// The target NixOS restarts after daemon-reload so that sysinit units come
+/// back in order.
+const SYSINIT_REACTIVATION: &str = "sysinit-reactivation.target";
 
 /// Targets that are never started again by a switch.
 const SLEEP_TARGETS: &[&str] = &["suspend.target", "hibernate.target", "hybrid-sleep.target"];
@@ -479,6 +485,11 @@ impl<'a> Planner<'a> {
     /// An active target is started again so that new units it wants come
     /// up; targets are never compared.
     fn target(&mut self, name: &str, new_unit: &UnitFile) {
+        // Restarted by a step of its own after daemon-reload; starting it
+        // again afterwards would do nothing.
+        if name == SYSINIT_REACTIVATION && self.new.has_unit(name) {
+            return;
+        }
         let changed = self.entries.get(name).is_some_and(|e| !e.changes.is_empty());
         let refusal = if SLEEP_TARGETS.contains(&name) {
             Some("a sleep target".to_owned())
@@ -668,7 +679,7 @@ impl<'a> Planner<'a> {
             self.steps.push(Step::Reexec { reasons });
         }
         self.steps.push(Step::DaemonReload);
-        if self.new.has_unit("sysinit-reactivation.target") {
+        if self.new.has_unit(SYSINIT_REACTIVATION) {
             self.steps.push(Step::RestartSysinitReactivation);
         }
     }
@@ -716,9 +727,86 @@ impl<'a> Planner<'a> {
         }
     }
 
-    /// Units new in this generation, with the units whose `.wants`,
-    /// `.requires` or `.upholds` links pull them in.
+    /// Starts what the plan's starts and restarts pull in.
+    ///
+    /// A start job (and the start half of a restart) adds start jobs to the
+    /// units the started unit `Wants=`, `Requires=`, `BindsTo=` or
+    /// `Upholds=` (its unit file, or its `.wants`, `.requires` and
+    /// `.upholds` links) that are not running. That is how the start of an
+    /// active target brings up the units a generation adds, and also how it
+    /// runs again an inactive unit it wants (a oneshot without
+    /// `RemainAfterExit=`, a failed unit). NixOS's switch leaves that to
+    /// systemd and does not list it; the plan lists each such unit with a
+    /// start of its own, naming the unit that pulls it in, so that it still
+    /// starts when protection defers the start of the target.
+    ///
+    /// A unit with `RefuseManualStart=true` cannot be started directly; it
+    /// is listed, and starts only through the unit that pulls it in.
+    fn pulled_in(&mut self) {
+        let mut queue: VecDeque<String> =
+            self.entries.iter().filter(|(_, e)| e.start || e.restart).map(|(name, _)| name.clone()).collect();
+        if self.steps.contains(&Step::RestartSysinitReactivation) {
+            queue.push_back(SYSINIT_REACTIVATION.to_owned());
+        }
+        let mut seen: BTreeSet<String> = queue.iter().cloned().collect();
+        // Every unit that starts, with every started unit that pulls it in.
+        let mut pulled: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+        let mut manual_only = BTreeSet::new();
+        while let Some(puller) = queue.pop_front() {
+            for (unit, how) in self.pulls(&puller) {
+                if let Some(by) = pulled.get_mut(&unit) {
+                    by.insert(format!("{puller} ({how})"));
+                }
+                if !seen.insert(unit.clone()) {
+                    continue;
+                }
+                let running = self.live.get(&unit).is_some_and(|u| u.is_running());
+                let Some(file) = self.new.unit(&unit).filter(|u| !u.is_masked()) else { continue };
+                if running || unit_name::is_template(&unit) {
+                    continue;
+                }
+                pulled.entry(unit.clone()).or_default().insert(format!("{puller} ({how})"));
+                if file.bool_or("Unit", "RefuseManualStart", false) {
+                    manual_only.insert(unit.clone());
+                }
+                queue.push_back(unit);
+            }
+        }
+        for (unit, by) in pulled {
+            let rule = if self.old.has_unit(&unit) { Rule::PulledIn } else { Rule::NewUnit };
+            let detail = format!("pulled in by {}", by.into_iter().collect::<Vec<_>>().join(", "));
+            if manual_only.contains(&unit) {
+                self.note(&unit, rule, Some(format!("{detail}; RefuseManualStart=true: starts only through it")));
+            } else {
+                self.set(&unit, Set::Start, rule, Some(detail));
+            }
+        }
+    }
+
+    /// The units a start of `unit` pulls in, with the relation, from the
+    /// new generation: its `.wants`, `.requires` and `.upholds` links and
+    /// its `Wants=`, `Requires=`, `BindsTo=` and `Upholds=`. Names with
+    /// specifiers are left out (the protection graph expands them).
+    fn pulls(&self, unit: &str) -> Vec<(String, &'static str)> {
+        let mut out = Vec::new();
+        for (kind, how) in [("wants", "Wants"), ("requires", "Requires"), ("upholds", "Upholds")] {
+            out.extend(self.new.linked(unit, kind).iter().map(|u| (u.clone(), how)));
+        }
+        if let Some(file) = self.new.unit(unit).filter(|u| !u.is_masked()) {
+            for key in ["Wants", "Requires", "BindsTo", "Upholds"] {
+                for name in file.words("Unit", key) {
+                    if !name.contains('%') && unit_name::is_valid(name) {
+                        out.push((name.to_owned(), key));
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// Units new in this generation that nothing starts, with why.
     fn new_units(&mut self) {
+        self.pulled_in();
         let mut pulled_by: BTreeMap<&str, BTreeSet<String>> = BTreeMap::new();
         for (unit, kind, linked) in self.new.linked_all() {
             for name in linked {
@@ -730,8 +818,14 @@ impl<'a> Planner<'a> {
             if unit_name::is_template(name) || unit.is_masked() || self.old.has_unit(name) {
                 continue;
             }
+            if self.entries.get(name).is_some_and(|e| e.start || e.restart || e.informative) {
+                continue;
+            }
             let detail = match pulled_by.get(name) {
-                Some(by) => format!("pulled in by {}", by.iter().cloned().collect::<Vec<_>>().join(", ")),
+                Some(by) => format!(
+                    "pulled in by {}, which the switch does not start",
+                    by.iter().cloned().collect::<Vec<_>>().join(", ")
+                ),
                 None => "no unit pulls it in; the switch does not start it".to_owned(),
             };
             self.note(name, Rule::NewUnit, Some(detail));

@@ -38,7 +38,7 @@ use std::hash::{BuildHasherDefault, Hasher};
 use petgraph::Direction::{Incoming, Outgoing};
 use petgraph::graph::{DiGraph, EdgeIndex, NodeIndex};
 use petgraph::visit::EdgeRef;
-use plan_model::{Action, Edge, LiveState, unit_name};
+use plan_model::{Action, CHAIN_ENDS, Edge, LiveState, unit_name};
 
 use crate::generation::GenerationUnits;
 use crate::unit_file::UnitFile;
@@ -671,7 +671,7 @@ impl UnitGraph {
             };
             if matches!(j, Job::Stop | Job::Restart) && self.running[n.index()] {
                 if protected.contains(name) && found_units.insert(n) {
-                    found.push(Touch { touches: name.to_owned(), effect: j.action(), chain: chain() });
+                    found.push(Touch { touches: name.to_owned(), effect: j.action(), chain: chain(), omitted: 0 });
                 }
                 for e in self.graph.edges_directed(n, Outgoing) {
                     if *e.weight() == Relation::Triggers
@@ -684,6 +684,7 @@ impl UnitGraph {
                             touches: self.graph[e.target()].clone(),
                             effect: Action::Stop,
                             chain: edges,
+                            omitted: 0,
                         });
                     }
                 }
@@ -730,7 +731,11 @@ pub struct Touch {
     pub effect: Action,
     /// The chain, starting at the protected unit.
     pub chain: Vec<Edge>,
+    /// Relations left out of the middle of a long chain (the chain keeps
+    /// [`CHAIN_ENDS`] relations at each end).
+    pub omitted: usize,
 }
+
 
 #[derive(Clone, Copy, Debug)]
 struct Hop {
@@ -766,29 +771,47 @@ impl Reach {
     }
 
     /// Tells whether a job on `unit` would touch a protected unit, and
-    /// which, with the chain of relations.
+    /// which, with the chain of relations. A chain longer than
+    /// `2 * CHAIN_ENDS` relations keeps its ends and counts the rest in
+    /// [`Touch::omitted`], so that the touches of every unit of a long
+    /// chain take linear space.
     pub fn touch(&self, graph: &UnitGraph, unit: &str, job: Job) -> Option<Touch> {
         let mut state = graph.state_of(unit, job)?;
         let first = self.hops.get(state).copied().flatten()?;
         let origin = self.origins.get(first.origin)?;
-        let mut edges = Vec::new();
+        // Nearest this unit first; the tail holds the relations nearest the
+        // protected unit.
+        let mut head = Vec::new();
+        let mut tail = VecDeque::new();
+        let mut omitted = 0;
         // The walk follows `next` pointers towards a seed; the number of
         // steps is bounded by the number of states, which guards against a
         // corrupted table ever looping.
         for _ in 0..self.hops.len() {
             let Some(hop) = self.hops[state] else { break };
-            match hop.edge {
-                Some(e) => {
-                    edges.push(graph.edge(e));
-                    state = hop.next;
+            let Some(e) = hop.edge else { break };
+            if head.len() < CHAIN_ENDS {
+                head.push(graph.edge(e));
+            } else {
+                tail.push_back(e);
+                if tail.len() > CHAIN_ENDS {
+                    tail.pop_front();
+                    omitted += 1;
                 }
-                None => break,
             }
+            state = hop.next;
         }
+        let mut edges = head;
+        edges.extend(tail.into_iter().map(|e| graph.edge(e)));
         if let Some(trigger) = origin.trigger {
             edges.push(graph.edge(trigger));
         }
         edges.reverse();
-        Some(Touch { touches: graph.graph[origin.protected].clone(), effect: origin.effect.action(), chain: edges })
+        Some(Touch {
+            touches: graph.graph[origin.protected].clone(),
+            effect: origin.effect.action(),
+            chain: edges,
+            omitted,
+        })
     }
 }

@@ -118,7 +118,7 @@ pub fn protect(
             .iter()
             .filter_map(|&a| Some((a, reach.touch(&graph, &entry.unit, Job::of_action(a)?)?)))
             .collect();
-        let Some((_, first)) = touching.first().cloned() else { continue };
+        let Some((cause, first)) = touching.first().cloned() else { continue };
         match request.mode {
             Mode::Defer => {
                 // The stop and start of one unit are two halves of a
@@ -136,6 +136,8 @@ pub fn protect(
                     touches: first.touches,
                     effect: first.effect,
                     chain: first.chain,
+                    cause: Some(cause),
+                    omitted: first.omitted,
                 });
             }
             Mode::Refuse => plan.protection.refusals.push(Refusal {
@@ -144,6 +146,8 @@ pub fn protect(
                 touches: first.touches,
                 effect: first.effect,
                 chain: first.chain,
+                cause: Some(cause),
+                omitted: first.omitted,
             }),
         }
     }
