@@ -324,15 +324,22 @@ pub fn render_text(out: &mut String, plan: &Plan) {
         }
     }
     if p.refused {
-        let _ = writeln!(
-            out,
-            "  refused: {} unit{} would touch a protected unit; nothing will be changed",
-            p.refusals.len(),
-            if p.refusals.len() == 1 { "" } else { "s" }
-        );
-        for r in &p.refusals {
-            let _ = writeln!(out, "    {}", touch_line(&r.actions, "refused", &Blocker::of_refusal(r)));
-        }
+        out.push_str("  refused: see the top of the plan\n");
+    }
+}
+
+/// Renders the refusal that leads a refused plan: how many units touch a
+/// protected unit, then each with its reason chain.
+pub fn render_refusal(out: &mut String, plan: &Plan) {
+    let refusals = &plan.protection.refusals;
+    let _ = writeln!(
+        out,
+        "REFUSED: nothing will be changed: {} unit{} would touch a protected unit",
+        refusals.len(),
+        if refusals.len() == 1 { "" } else { "s" }
+    );
+    for r in refusals {
+        let _ = writeln!(out, "  {}", touch_line(&r.actions, "refused", &Blocker::of_refusal(r)));
     }
 }
 
@@ -424,11 +431,8 @@ mod tests {
 
     #[test]
     fn touch_lines_follow_the_jobs_along_the_chain() {
-        let edge = |from: &str, relation: &str, to: &str| Edge {
-            from: from.into(),
-            relation: relation.into(),
-            to: to.into(),
-        };
+        let edge =
+            |from: &str, relation: &str, to: &str| Edge { from: from.into(), relation: relation.into(), to: to.into() };
         let requires = vec![edge("sshd.service", "Requires", "network-setup.service")];
         let blocker = Blocker {
             unit: "network-setup.service",

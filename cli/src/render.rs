@@ -15,7 +15,19 @@ pub fn text(plan: &Plan) -> String {
     let mut out = String::new();
     let _ = writeln!(out, "switch {} -> {}", plan.old.path, plan.new.path);
     out.push('\n');
-    phases(&mut out, plan);
+    if plan.protection.refused {
+        // A refused plan leads with the refusal; what the switch would do
+        // follows as a conditional, never as what will happen.
+        crate::protect::render_refusal(&mut out, plan);
+        out.push_str("\nwithout the refusal, the switch would go like this:\n");
+        let mut lines = String::new();
+        phases(&mut lines, plan);
+        for line in lines.lines() {
+            let _ = writeln!(out, "  {line}");
+        }
+    } else {
+        phases(&mut out, plan);
+    }
     units(&mut out, plan);
     crate::protect::render_text(&mut out, plan);
     packages(&mut out, plan);
@@ -142,11 +154,18 @@ fn unit_block(out: &mut String, unit: &UnitPlan) {
     }
 }
 
-/// `[Service] ExecStart: "/bin/a" -> "/bin/b"`.
+/// `[Service] ExecStart: /bin/a -> /bin/b`: each value as the unit file
+/// writes it, several values of one key separated by ` | `, an empty value
+/// as `""`, and a key that is not set as `unset`.
 fn key_change(change: &KeyChange) -> String {
     let values = |v: &Option<Vec<String>>| match v {
         None => "unset".to_owned(),
-        Some(values) => values.iter().map(|v| format!("{v:?}")).collect::<Vec<_>>().join(", "),
+        Some(values) if values.is_empty() => "unset".to_owned(),
+        Some(values) => values
+            .iter()
+            .map(|v| if v.is_empty() { "\"\"".to_owned() } else { v.clone() })
+            .collect::<Vec<_>>()
+            .join(" | "),
     };
     format!("[{}] {}: {} -> {}", change.section, change.key, values(&change.old), values(&change.new))
 }

@@ -105,7 +105,11 @@ fn refuse_mode_exits_3_with_no_commands() {
     let out = diff("protected-refuse", &["--protect", "gitlab-runner", "--on-protected", "refuse"]);
     let (stdout, stderr) = text(&out);
     assert_eq!(out.status.code(), Some(3), "{stdout}{stderr}");
-    assert!(stdout.contains("refused: 1 unit would touch a protected unit"), "{stdout}");
+    assert!(
+        stdout
+            .starts_with("switch old -> new\n\nREFUSED: nothing will be changed: 1 unit would touch a protected unit"),
+        "{stdout}"
+    );
     assert!(commands(&stdout).is_empty(), "a refused plan has nothing to run: {stdout}");
 }
 

@@ -364,11 +364,8 @@ fn chain_generations(n: usize) -> tempfile::TempDir {
         let units = dir.path().join(generation).join("etc/systemd/system");
         std::fs::create_dir_all(&units).unwrap();
         std::fs::write(dir.path().join(generation).join("init-interface-version"), "systemd 2\n").unwrap();
-        std::fs::write(
-            units.join("sshd.service"),
-            "[Unit]\nRequires=link1.service\n[Service]\nExecStart=/bin/sshd\n",
-        )
-        .unwrap();
+        std::fs::write(units.join("sshd.service"), "[Unit]\nRequires=link1.service\n[Service]\nExecStart=/bin/sshd\n")
+            .unwrap();
         for i in 1..=n {
             let requires = if i < n { format!("Requires=link{}.service\n", i + 1) } else { String::new() };
             let text = format!("[Unit]\n{requires}[Service]\nExecStart=/bin/link --version {version}\n");
@@ -400,6 +397,62 @@ fn reports_stay_linear_along_a_long_chain() {
             let line = text.lines().find(|l| l.trim_start().starts_with(&format!("link{n}.service: stop"))).unwrap();
             assert!(line.contains(&format!("then {} more relations, then", n - 8)), "{line}");
             assert!(line.ends_with("stops protected sshd.service (sshd.service Requires=link1.service)"), "{line}");
+        }
+    }
+}
+
+/// File names from a generation cannot inject markup or terminal escapes:
+/// a drop-in named with blank lines, a heading and a link stays inside its
+/// Markdown `<details>` block, and an escape sequence reaches no format as
+/// a raw control character.
+#[test]
+fn names_cannot_inject_markup_or_escapes() {
+    let dir = tempfile::tempdir().unwrap();
+    let evil = "x\n\n<b>\n\n# Owned\n\n[link](javascript:alert(1))`b``\u{1b}]0;title\u{7}.conf";
+    for (generation, version) in [("old", 1), ("new", 2)] {
+        let units = dir.path().join(generation).join("etc/systemd/system");
+        std::fs::create_dir_all(units.join("app.service.d")).unwrap();
+        std::fs::write(dir.path().join(generation).join("init-interface-version"), "systemd 2\n").unwrap();
+        std::fs::write(units.join("app.service"), "[Service]\nExecStart=/bin/app\n").unwrap();
+        let drop_in = format!("[Service]\nEnvironment=V={version} \u{1b}[2J\n");
+        std::fs::write(units.join("app.service.d").join(evil), drop_in).unwrap();
+    }
+    for format in ["text", "json", "junit", "codequality", "markdown"] {
+        let out = Command::new(env!("CARGO_BIN_EXE_safe-switch"))
+            .current_dir(dir.path())
+            .args(["diff", "old", "new", "--format", format])
+            .env("NO_COLOR", "1")
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(0), "{format}: {}", String::from_utf8_lossy(&out.stderr));
+        let text = String::from_utf8(out.stdout).unwrap();
+        assert!(!text.contains('\u{1b}') && !text.contains('\u{7}'), "{format}: a raw control character:\n{text}");
+        match format {
+            "markdown" => {
+                // Inside a code fence, text is shown as it is; outside, no
+                // heading or link may appear.
+                let mut in_fence = false;
+                let outside: Vec<&str> = text
+                    .lines()
+                    .filter(|l| {
+                        if l.starts_with("```") {
+                            in_fence = !in_fence;
+                        }
+                        !in_fence
+                    })
+                    .collect();
+                assert!(!outside.iter().any(|l| l.starts_with("# Owned")), "{text}");
+                assert!(!outside.iter().any(|l| l.contains("[link](javascript")), "{text}");
+                assert_eq!(text.matches("<details>").count(), text.matches("</details>").count(), "{text}");
+                assert_eq!(text.matches("<summary>").count(), text.matches("</summary>").count(), "{text}");
+            }
+            "text" => assert!(text.contains("\\x1b[2J"), "the escape is shown, not sent:\n{text}"),
+            "junit" => {
+                roxmltree::Document::parse(&text).unwrap();
+            }
+            _ => {
+                serde_json::from_str::<serde_json::Value>(&text).unwrap();
+            }
         }
     }
 }

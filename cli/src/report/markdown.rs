@@ -93,12 +93,13 @@ pub fn render(report: &Report<'_>, limit: usize) -> String {
     if !report.diffs.is_empty() {
         b.push("### Unit file changes\n\n");
         for d in report.diffs {
-            let fence = fence_for(&d.diff);
+            let diff = super::printable(&d.diff);
+            let fence = fence_for(&diff);
             b.diff(&format!(
                 "<details><summary><code>{}</code>: {}</summary>\n\n{fence}diff\n{}{fence}\n\n</details>\n\n",
                 html(&d.unit),
                 html(&d.path),
-                d.diff
+                diff
             ));
         }
     }
@@ -215,10 +216,25 @@ impl Budget {
     }
 }
 
-/// A code span that cannot be broken by backticks in the text.
+/// A code span that cannot be broken by the text: delimited by a run of
+/// backticks longer than any in it, on one line, control characters
+/// replaced, pipes escaped for tables.
 fn code(s: &str) -> String {
-    let s = s.replace(['\n', '\r'], " ").replace('|', "\\|");
-    if s.contains('`') { format!("`` {s} ``") } else { format!("`{s}`") }
+    let s: String = s
+        .chars()
+        .map(|c| match c {
+            '\n' | '\r' => ' ',
+            c if c.is_control() => '\u{fffd}',
+            c => c,
+        })
+        .collect::<String>()
+        .replace('|', "\\|");
+    let fence = "`".repeat(longest_backtick_run(&s) + 1);
+    if fence.len() > 1 || s.starts_with(' ') || s.ends_with(' ') {
+        format!("{fence} {s} {fence}")
+    } else {
+        format!("`{s}`")
+    }
 }
 
 /// Text for a table cell: one line, pipes escaped.
@@ -246,12 +262,28 @@ fn inline(s: &str) -> String {
     out
 }
 
+/// Text inside an HTML element on one line: a file name with newlines or
+/// markup cannot end the `<details>` block it names.
 fn html(s: &str) -> String {
-    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '`' => out.push_str("&#96;"),
+            '*' | '_' | '[' | ']' | '\\' => {
+                out.push_str(&format!("&#{};", c as u32));
+            }
+            '\n' | '\r' => out.push(' '),
+            c if c.is_control() => out.push('\u{fffd}'),
+            c => out.push(c),
+        }
+    }
+    out
 }
 
-/// A code fence longer than any run of backticks in the text.
-fn fence_for(text: &str) -> String {
+fn longest_backtick_run(text: &str) -> usize {
     let mut longest = 0;
     let mut run = 0;
     for c in text.chars() {
@@ -262,7 +294,12 @@ fn fence_for(text: &str) -> String {
             run = 0;
         }
     }
-    "`".repeat((longest + 1).max(3))
+    longest
+}
+
+/// A code fence longer than any run of backticks in the text.
+fn fence_for(text: &str) -> String {
+    "`".repeat((longest_backtick_run(text) + 1).max(3))
 }
 
 #[cfg(test)]
@@ -275,6 +312,12 @@ mod tests {
         assert_eq!(fence_for("a ``` b"), "````");
         assert_eq!(fence_for("plain"), "```");
         assert_eq!(code("a|b"), "`a\\|b`");
+        assert_eq!(code("a`b"), "`` a`b ``");
+        assert_eq!(code("a``b`"), "``` a``b` ```");
+        assert_eq!(
+            html("x\n\n</summary></details>\n# Owned\n[link](http://x)"),
+            "x  &lt;/summary&gt;&lt;/details&gt; # Owned &#91;link&#93;(http://x)"
+        );
         assert_eq!(inline("<b>*x*</b>"), "&lt;b&gt;\\*x\\*&lt;/b&gt;");
     }
 }

@@ -386,11 +386,7 @@ pub fn chain_line(b: &Blocker<'_>) -> String {
         out.push_str(&clause(*next, *next_job, edge, b));
     }
     if !tail.is_empty() {
-        out.push_str(&format!(
-            ", then {} more relation{}, then",
-            b.omitted,
-            if b.omitted == 1 { "" } else { "s" }
-        ));
+        out.push_str(&format!(", then {} more relation{}, then", b.omitted, if b.omitted == 1 { "" } else { "s" }));
         for (i, (next, next_job, edge)) in tail.iter().rev().enumerate() {
             if i > 0 {
                 out.push_str(", which");
@@ -453,6 +449,31 @@ fn third_person(action: Action) -> &'static str {
         Action::Start => "starts",
         Action::Skip => "leaves",
     }
+}
+
+/// Text safe to print on a terminal: control characters other than
+/// newline and tab, and the Unicode controls that reorder text (bidi
+/// overrides and isolates), are shown as escapes (`\x1b`, `\u{202e}`).
+/// Unit names, paths and values come from the generations, which a merge
+/// request may have written: none of them may move the cursor, set a
+/// title or hide text.
+pub fn printable(s: &str) -> std::borrow::Cow<'_, str> {
+    let hidden = |c: char| {
+        (c.is_control() && c != '\n' && c != '\t')
+            || matches!(c, '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+    };
+    if !s.chars().any(hidden) {
+        return std::borrow::Cow::Borrowed(s);
+    }
+    let mut out = String::with_capacity(s.len() + 16);
+    for c in s.chars() {
+        match c {
+            c if hidden(c) && (c as u32) < 0x100 => out.push_str(&format!("\\x{:02x}", c as u32)),
+            c if hidden(c) => out.push_str(&format!("\\u{{{:x}}}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    std::borrow::Cow::Owned(out)
 }
 
 /// `sshd.service Requires=network-setup.service`.

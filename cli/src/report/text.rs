@@ -7,7 +7,7 @@
 
 use plan_model::{Plan, Step};
 
-use super::{Report, Style, UnitDiff, Verdict};
+use super::{Report, Style, UnitDiff, Verdict, printable};
 
 const RESET: &str = "\x1b[0m";
 const BOLD: &str = "\x1b[1m";
@@ -22,7 +22,7 @@ pub fn render(report: &Report<'_>, style: Style) -> String {
     if !report.commands.is_empty() {
         out.push_str(&format!("\n{}\n", paint(style, BOLD, "commands, in order:")));
         for command in report.commands {
-            out.push_str(&format!("  {command}\n"));
+            out.push_str(&format!("  {}\n", printable(command)));
         }
     }
     out.push_str(&diffs_text(report.diffs, style));
@@ -37,7 +37,7 @@ pub fn diffs_text(diffs: &[UnitDiff], style: Style) -> String {
     }
     let mut out = format!("\n{}\n", paint(style, BOLD, "Unit file changes:"));
     for d in diffs {
-        for line in d.diff.lines() {
+        for line in printable(&d.diff).lines() {
             let color = if line.starts_with("+++") || line.starts_with("---") {
                 BOLD
             } else if line.starts_with('+') {
@@ -59,7 +59,7 @@ pub fn diffs_text(diffs: &[UnitDiff], style: Style) -> String {
 /// Renders the plan with the shared text renderer (`crate::render`) and
 /// colours its headings and protection lines when the style allows.
 pub fn plan_text(plan: &Plan, style: Style) -> String {
-    let text = crate::render::text(plan);
+    let text = printable(&crate::render::text(plan)).into_owned();
     if !style.color {
         return text;
     }

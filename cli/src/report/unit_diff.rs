@@ -64,8 +64,11 @@ pub fn file_diff(unit: &str, path: String, old: Option<String>, new: Option<Stri
 }
 
 /// Returns a unified diff of two texts with `a/PATH` and `b/PATH` headers.
+/// A path with line breaks or other control characters is shown escaped
+/// (`\n`), so that each header stays one line.
 pub fn unified(old: &str, new: &str, path: &str) -> String {
     let diff = TextDiff::from_lines(old, new);
+    let path = path.escape_default().to_string();
     let mut text =
         diff.unified_diff().context_radius(CONTEXT).header(&format!("a/{path}"), &format!("b/{path}")).to_string();
     if !text.ends_with('\n') {

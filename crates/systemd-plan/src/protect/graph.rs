@@ -736,7 +736,6 @@ pub struct Touch {
     pub omitted: usize,
 }
 
-
 #[derive(Clone, Copy, Debug)]
 struct Hop {
     /// The state this one adds a job to, one step closer to the protected
