@@ -109,7 +109,7 @@ fn check_gates_on_protected_units_and_changes_nothing() {
 
     // A bad --report value is a usage error that plans nothing.
     let out = check(&bed, &["--toplevel", t, "--report", "pdf=x.pdf"]);
-    assert_eq!(out.code(), Some(1), "{out:?}");
+    assert_eq!(out.code(), Some(2), "{out:?}");
     assert!(out.stderr.contains("\"pdf\""), "{}", out.stderr);
 
     // `check` never changes the machine.
