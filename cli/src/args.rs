@@ -217,8 +217,10 @@ pub struct ProtectArgs {
     /// /proc/self/cgroup.
     #[arg(long, value_name = "PATH", hide = true)]
     pub cgroup_file: Option<PathBuf>,
-    /// Print why this unit gets its action.
-    #[arg(long, value_name = "UNIT")]
+    /// Print why the units this names get their actions, instead of the
+    /// plan: a name, full unit name or glob as `--protect` takes them;
+    /// with `--json`, as JSON.
+    #[arg(long, value_name = "UNITS")]
     pub explain: Option<String>,
 }
 

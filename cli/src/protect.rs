@@ -26,9 +26,9 @@ use anyhow::{Context, bail};
 use plan_model::policy::{Policy, Selector};
 use plan_model::{Action, LiveState, Mode, Plan, ProtectionSource, Rule};
 use systemd_plan::GenerationUnits;
-use systemd_plan::protect::{self, Analysis, Explanation, Request};
+use systemd_plan::protect::{self, Analysis, Explanation, Request, UnitNames};
 
-use crate::args::{OnProtected, ProtectArgs};
+use crate::args::{Format, OnProtected, ProtectArgs};
 use crate::exit::Outcome;
 use crate::report::{Blocker, chain_line};
 
@@ -46,9 +46,37 @@ pub struct ProtectReport {
 }
 
 impl ProtectReport {
-    /// Explains, as text, why `unit` gets its action (`--explain UNIT`).
-    pub fn explain(&self, plan: &Plan, unit: &str) -> String {
-        render_explanation(&protect::explain(plan, &self.analysis, unit))
+    /// Explains why the units `selector` names get their actions
+    /// (`--explain`): the selector is read as `--protect` reads it (`sshd`
+    /// covers sshd.service, sshd.socket and its instances), and each unit
+    /// it matches is explained, as text or as JSON.
+    ///
+    /// A selector that matches no unit is a usage error with close matches.
+    pub fn explain(&self, plan: &Plan, selector: &str, format: Format) -> anyhow::Result<String> {
+        let parsed = Selector::parse(selector)
+            .map_err(|e| crate::exit::usage(format!("--explain {selector:?}: {}", e.reason)))?;
+        let universe: UnitNames<'_> =
+            self.analysis.graph.known_units().chain(plan.units.iter().map(|u| u.unit.as_str())).collect();
+        let units = protect::matching(&parsed, &universe);
+        if units.is_empty() {
+            let close = protect::close_matches(&parsed, &universe);
+            return Err(crate::exit::usage(format!(
+                "--explain {selector:?} matches no unit in either generation, the live state or the plan{}",
+                close_list(&close)
+            )));
+        }
+        let explanations: Vec<Explanation> = units.iter().map(|u| protect::explain(plan, &self.analysis, u)).collect();
+        match format {
+            Format::Text => Ok(explanations.iter().map(render_explanation).collect()),
+            Format::Json => {
+                let json: Vec<serde_json::Value> = explanations.iter().map(explanation_json).collect();
+                Ok(format!("{}\n", serde_json::to_string_pretty(&json)?))
+            }
+            other => Err(crate::exit::usage(format!(
+                "--explain prints text or JSON, not {}",
+                crate::report::format_name(other)
+            ))),
+        }
     }
 }
 
@@ -351,6 +379,47 @@ fn touch_line(actions: &[Action], verb: &str, blocker: &Blocker<'_>) -> String {
     format!("{}: {} {verb}: {}", blocker.unit, actions.join(", "), chain_line(blocker))
 }
 
+/// The JSON form of an [`Explanation`].
+fn explanation_json(e: &Explanation) -> serde_json::Value {
+    let jobs: Vec<serde_json::Value> = e
+        .touches
+        .iter()
+        .map(|(action, touches)| {
+            let touches: Vec<serde_json::Value> = touches
+                .iter()
+                .map(|t| {
+                    let blocker = Blocker {
+                        unit: &e.unit,
+                        touches: &t.touches,
+                        effect: t.effect,
+                        chain: &t.chain,
+                        cause: Some(*action),
+                        omitted: t.omitted,
+                    };
+                    serde_json::json!({
+                        "touches": t.touches,
+                        "effect": t.effect,
+                        "chain": t.chain,
+                        "why": chain_line(&blocker),
+                    })
+                })
+                .collect();
+            serde_json::json!({ "action": action, "touches": touches })
+        })
+        .collect();
+    serde_json::json!({
+        "unit": e.unit,
+        "running": e.running,
+        "actions": e.actions,
+        "reasons": e.reasons,
+        "deferral": e.deferral,
+        "refusal": e.refusal,
+        "protected_by": e.protected_by,
+        "jobs": jobs,
+        "relations": e.relations,
+    })
+}
+
 /// Renders an [`Explanation`] as text.
 fn render_explanation(e: &Explanation) -> String {
     let mut out = String::new();
@@ -383,9 +452,21 @@ fn render_explanation(e: &Explanation) -> String {
             let _ = writeln!(out, "  protected by {} [{}]", p.selector, protect::source_label(&p.source));
         }
     }
+    let blocked =
+        e.deferral.as_ref().map(|d| (&d.actions, d.cause)).or(e.refusal.as_ref().map(|r| (&r.actions, r.cause)));
     for (action, touches) in &e.touches {
         if touches.is_empty() {
-            let _ = writeln!(out, "  {action}: touches no protected unit");
+            match blocked {
+                Some((actions, Some(cause))) if actions.contains(action) && cause != *action => {
+                    let _ = writeln!(
+                        out,
+                        "  {action}: touches no protected unit by itself; held back with the {cause}, as its other half"
+                    );
+                }
+                _ => {
+                    let _ = writeln!(out, "  {action}: touches no protected unit");
+                }
+            }
         }
         for t in touches {
             let blocker = Blocker {

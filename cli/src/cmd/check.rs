@@ -26,7 +26,8 @@ pub fn run(args: args::CheckArgs) -> anyhow::Result<Outcome> {
     let mut lp = live::live_plan(&live::running_generation(), &resolved.toplevel, &args.protect, &mut bus)?;
     lp.plan.new.provenance = Some(resolved.provenance);
     if let Some(unit) = &args.protect.explain {
-        std::io::Write::write_all(&mut std::io::stdout().lock(), lp.protection.explain(&lp.plan, unit).as_bytes())?;
+        let text = lp.protection.explain(&lp.plan, unit, args.output.stdout_format())?;
+        std::io::Write::write_all(&mut std::io::stdout().lock(), text.as_bytes())?;
         return Ok(outcome(&lp.plan, args.fail_on));
     }
     let diffs = report::unit_diff::unit_diffs(&lp.plan, &lp.old, &lp.new);

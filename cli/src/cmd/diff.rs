@@ -24,7 +24,8 @@ pub fn run(args: args::DiffArgs) -> anyhow::Result<Outcome> {
     }
     let (plan, protection) = build_protected(&args)?;
     if let Some(unit) = &args.protect.explain {
-        std::io::stdout().lock().write_all(protection.explain(&plan, unit).as_bytes())?;
+        let text = protection.explain(&plan, unit, args.output.stdout_format())?;
+        std::io::stdout().lock().write_all(text.as_bytes())?;
         return Ok(crate::protect::outcome(&plan));
     }
     crate::report::write_plan(&plan, &args.output)?;

@@ -63,7 +63,8 @@ pub fn run(args: args::PlanArgs) -> anyhow::Result<Outcome> {
     let mut lp = live_plan(&running_generation(), &toplevel, &args.protect, &mut bus)?;
     lp.plan.new.provenance = Some(resolved.provenance);
     if let Some(unit) = &args.protect.explain {
-        std::io::stdout().lock().write_all(lp.protection.explain(&lp.plan, unit).as_bytes())?;
+        let text = lp.protection.explain(&lp.plan, unit, args.output.stdout_format())?;
+        std::io::stdout().lock().write_all(text.as_bytes())?;
         return Ok(crate::protect::outcome(&lp.plan));
     }
     if let Some(out) = &args.out {

@@ -245,7 +245,7 @@ pub fn matching(selector: &Selector, universe: &UnitNames<'_>) -> Vec<String> {
 /// Up to three names close to an unmatched selector: unit names for a full
 /// name, bare names (`sshd`) for a bare name, either for a glob (compared
 /// without its glob characters).
-fn close_matches(selector: &Selector, universe: &UnitNames<'_>) -> Vec<String> {
+pub fn close_matches(selector: &Selector, universe: &UnitNames<'_>) -> Vec<String> {
     let (wanted, bare): (String, bool) = match selector {
         Selector::Name(n) => (n.clone(), true),
         Selector::Unit(u) => (u.clone(), false),
