@@ -191,3 +191,46 @@ fn colours_on_a_terminal_unless_no_color_is_set() {
     let piped = String::from_utf8_lossy(&out.stdout);
     assert!(piped.contains("\n+") && !piped.contains('\x1b'), "{piped}");
 }
+
+/// A reader that goes away (`safe-switch ... | head -c 1`) ends the program
+/// quietly with 0, as `ripgrep` does, in every format and for `--explain`.
+#[test]
+fn a_closed_pipe_ends_quietly() {
+    use std::io::Read as _;
+    let dir = tempfile::tempdir().unwrap();
+    // Enough output to fill a pipe several times over.
+    for (generation, version) in [("old", 1), ("new", 2)] {
+        let units = dir.path().join(generation).join("etc/systemd/system");
+        fs::create_dir_all(&units).unwrap();
+        fs::write(dir.path().join(generation).join("init-interface-version"), "systemd 2\n").unwrap();
+        for i in 0..600 {
+            fs::write(units.join(format!("s{i}.service")), format!("[Service]\nExecStart=/bin/s{i} --v{version}\n"))
+                .unwrap();
+        }
+    }
+    let formats = ["text", "json", "junit", "codequality", "markdown"];
+    let runs = formats.iter().map(|f| vec!["--format", f]).chain([vec!["--explain", "s*"]]);
+    for extra in runs {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_safe-switch"))
+            .current_dir(dir.path())
+            .args(["diff", "old", "new"])
+            .args(&extra)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut first = [0u8; 1];
+        child.stdout.take().unwrap().read_exact(&mut first).unwrap();
+        // The read end is closed here; the program is still writing.
+        let out = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(0), "{extra:?}: {stderr}");
+        assert!(stderr.is_empty(), "{extra:?}: nothing on standard error: {stderr}");
+    }
+    // Standard error on the same closed pipe, after a warning was printed.
+    let bin = env!("CARGO_BIN_EXE_safe-switch");
+    let script =
+        format!("'{bin}' diff old new --protect 'nothing*' 2>&1 | head -c 1 >/dev/null; echo ${{PIPESTATUS[0]}}");
+    let out = Command::new("bash").arg("-c").arg(&script).current_dir(dir.path()).output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "0", "{}", String::from_utf8_lossy(&out.stderr));
+}

@@ -84,7 +84,7 @@ pub fn run(args: args::ApplyArgs) -> anyhow::Result<Outcome> {
         &Report { plan: &saved.plan, diffs: &[], commands: &[] },
         Style::for_stdout(),
     );
-    print!("{text}");
+    std::io::Write::write_all(&mut std::io::stdout().lock(), text.as_bytes())?;
     switch::apply_plan(&mut bus, &run, &saved.plan, &args.apply, &protect)
 }
 
