@@ -501,3 +501,29 @@ fn a_plan_refused_by_protection_exits_3_before_any_change() {
         assert_eq!(bed.unit_states(&["sshd.service"]).unwrap()["sshd.service"], sshd);
     }
 }
+
+#[test]
+fn a_protect_typo_is_a_usage_error_before_any_change() {
+    if !testbed::available("a_protect_typo_is_a_usage_error_before_any_change") {
+        return;
+    }
+    let a = generation_a();
+    let bed = boot(&a);
+    let current = bed.current_generation().unwrap();
+    let b = bed
+        .build_generation(
+            &a.clone().renamed("b").sshd_with("", "Environment=VERSION=2\n").service("changed.service", daemon("V=2")),
+        )
+        .unwrap();
+    let sshd = bed.unit_states(&["sshd.service"]).unwrap()["sshd.service"].clone();
+    for extra in [&["--no-isolate"][..], &[][..]] {
+        let mut args = vec!["switch", "--toplevel", path_str(&b), "--protect", "sshdd"];
+        args.extend_from_slice(extra);
+        let out = safe_switch(&bed, &args);
+        assert_eq!(out.code(), Some(2), "{out:?}");
+        assert!(out.stderr.contains("--protect \"sshdd\" matches no unit"), "{}", out.stderr);
+        assert!(out.stderr.contains("close matches: sshd"), "{}", out.stderr);
+        nothing_changed(&bed, &current);
+        assert_eq!(bed.unit_states(&["sshd.service"]).unwrap()["sshd.service"], sshd, "sshd was touched");
+    }
+}

@@ -11,7 +11,7 @@
 
 use std::path::Path;
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use launchd_plan::{Host, LaunchdLive, LaunchdPlan, Policy, Selector};
 use plan_model::ProtectionSource;
 
@@ -38,10 +38,10 @@ pub fn is_darwin_pair(old: &Path, new: &Path) -> bool {
 /// Runs `diff` on two nix-darwin generations.
 pub fn diff(args: &args::DiffArgs) -> anyhow::Result<Outcome> {
     if let Some(unit) = &args.protect.explain {
-        bail!(
+        return Err(crate::exit::usage(format!(
             "--explain {unit}: launchd plans have no dependency graph to explain; \
              each job's entry names the rule that fired"
-        );
+        )));
     }
     let planned = build(&args.old, &args.new, args.live.as_deref(), &args.protect)?;
     let commands: Vec<String> = match launchd_plan::operations(&planned) {

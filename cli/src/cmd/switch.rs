@@ -293,6 +293,9 @@ pub fn isolate(bus: &mut SystemdBus, run: &RunDir, extra_args: &[String]) -> any
         TransientExit::Exited(0) => Ok(Outcome::Ok),
         TransientExit::Exited(3) => Ok(Outcome::Blocked),
         TransientExit::Exited(4) => Ok(Outcome::UnitsFailed),
+        TransientExit::Exited(2) => {
+            Err(crate::exit::usage(format!("the switch in {unit} refused its command line (see above)")))
+        }
         TransientExit::Exited(code) => {
             bail!("the switch in {unit} exited with status {code} (see above)")
         }
