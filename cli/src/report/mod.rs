@@ -383,7 +383,7 @@ pub fn chain_line(b: &Blocker<'_>) -> String {
         if i > 0 {
             out.push_str(", which");
         }
-        out.push_str(&clause(*next, *next_job, edge, b));
+        out.push_str(&clause(next, *next_job, edge, b));
     }
     if !tail.is_empty() {
         out.push_str(&format!(", then {} more relation{}, then", b.omitted, if b.omitted == 1 { "" } else { "s" }));
