@@ -198,7 +198,7 @@ fn memory_bound(input: usize) -> u64 {
 
 #[test]
 fn unit_files_parse_without_panic_in_linear_memory() {
-    fuzz::check("unit files", 768, unit_input(), |(name, text)| {
+    fuzz::check("unit files", 1024, unit_input(), |(name, text)| {
         let path = Path::new("/etc/systemd/system").join(&name);
         let (result, peak) = peak_memory(|| UnitFile::parse(&name, &path, &text));
         prop_assert!(peak <= memory_bound(text.len() + name.len()), "{peak} bytes for {} bytes of input", text.len());
@@ -266,7 +266,7 @@ fn fstab_text() -> impl Strategy<Value = String> {
 
 #[test]
 fn fstab_parses_without_panic_in_linear_memory() {
-    fuzz::check("fstab", 768, fstab_text(), |text| {
+    fuzz::check("fstab", 1024, fstab_text(), |text| {
         let (parsed, peak) = peak_memory(|| Fstab::parse(&text));
         prop_assert!(peak <= memory_bound(text.len()), "{peak} bytes for {} bytes of input", text.len());
         let lines = text.lines().count();
