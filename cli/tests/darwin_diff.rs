@@ -191,3 +191,24 @@ fn a_bad_plist_names_the_file() {
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains(".plist"), "{stderr}");
 }
+
+#[test]
+fn a_live_state_that_is_not_an_object_names_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let live = dir.path().join("launchd-live.json");
+    std::fs::write(&live, "[]").unwrap();
+    let out = Command::new(BIN)
+        .current_dir(fixture("changed-daemon"))
+        .env_remove("SAFE_SWITCH_PLATFORM")
+        .env("NO_COLOR", "1")
+        .args(["diff", "old", "new", "--live"])
+        .arg(&live)
+        .output()
+        .unwrap();
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{stdout}{stderr}");
+    assert!(stdout.is_empty(), "{stdout}");
+    let expected =
+        format!("{}: invalid launchd live state: invalid type: sequence, expected a JSON object", live.display());
+    assert!(stderr.contains(&expected), "{stderr}");
+}

@@ -113,7 +113,18 @@ pub fn resolve_toplevel(source: &SourceArgs, protect: &ProtectArgs) -> anyhow::R
 /// Connects to systemd over the system bus, with an error that says that
 /// nothing was changed.
 pub fn connect() -> anyhow::Result<SystemdBus> {
-    SystemdBus::connect().context("cannot reach systemd over D-Bus; nothing was changed")
+    SystemdBus::connect_with_timeout(dbus_timeout()).context("cannot reach systemd over D-Bus; nothing was changed")
+}
+
+/// The deadline of every D-Bus call: [`systemd_live::DEFAULT_CALL_TIMEOUT`]
+/// (25 s). Debug builds take `SAFE_SWITCH_TEST_DBUS_TIMEOUT_MS` from the
+/// environment, so that tests of a bus that never answers end quickly.
+fn dbus_timeout() -> std::time::Duration {
+    #[cfg(debug_assertions)]
+    if let Some(ms) = std::env::var("SAFE_SWITCH_TEST_DBUS_TIMEOUT_MS").ok().and_then(|v| v.parse().ok()) {
+        return std::time::Duration::from_millis(ms);
+    }
+    systemd_live::DEFAULT_CALL_TIMEOUT
 }
 
 /// Says on standard error that an earlier apply was interrupted, when one

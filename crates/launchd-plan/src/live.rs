@@ -16,7 +16,8 @@
 
 use std::collections::BTreeMap;
 
-use serde::{Deserialize, Serialize};
+use plan_model::json::Object;
+use serde::{Deserialize, Deserializer, Serialize};
 
 use crate::error::LoadError;
 
@@ -26,15 +27,15 @@ use crate::error::LoadError;
 pub struct LaunchdLive {
     /// The user whose agents nix-darwin manages (`system.primaryUser`), and
     /// whose GUI domain receives launch agents.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "object")]
     pub primary_user: Option<PrimaryUser>,
     /// Jobs loaded in the `system` domain, by label; `None` when not
     /// captured.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "jobs")]
     pub system: Option<BTreeMap<String, LiveJob>>,
     /// Jobs loaded in the primary user's `gui/<uid>` domain, by label;
     /// `None` when not captured.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "jobs")]
     pub gui: Option<BTreeMap<String, LiveJob>>,
 }
 
@@ -84,10 +85,22 @@ impl LiveJob {
     }
 }
 
+/// An optional struct given as a JSON object (see [`plan_model::json`]).
+fn object<'de, D: Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Option<T>, D::Error> {
+    Ok(Option::<Object<T>>::deserialize(d)?.map(|o| o.0))
+}
+
+/// A domain's jobs, each given as a JSON object.
+fn jobs<'de, D: Deserializer<'de>>(d: D) -> Result<Option<BTreeMap<String, LiveJob>>, D::Error> {
+    let jobs = Option::<BTreeMap<String, Object<LiveJob>>>::deserialize(d)?;
+    Ok(jobs.map(|jobs| jobs.into_iter().map(|(label, job)| (label, job.0)).collect()))
+}
+
 impl LaunchdLive {
-    /// Parses a snapshot from its JSON form; `path` names it in errors.
+    /// Parses a snapshot from its JSON form, an object (as are its parts);
+    /// `path` names it in errors.
     pub fn from_json(text: &str, path: &str) -> Result<LaunchdLive, LoadError> {
-        serde_json::from_str(text).map_err(|source| LoadError::Live { path: path.to_owned(), source })
+        plan_model::json::object_from_str(text).map_err(|source| LoadError::Live { path: path.to_owned(), source })
     }
 }
 
@@ -101,6 +114,17 @@ mod tests {
         let err = LaunchdLive::from_json(r#"{"system":{"a":{"pid":1,"bogus":2}}}"#, "live.json").unwrap_err();
         let msg = err.to_string();
         assert!(msg.starts_with("live.json: invalid launchd live state: unknown field `bogus`"), "{msg}");
+    }
+
+    #[test]
+    fn what_is_not_an_object_is_refused_with_the_file_name() {
+        for text in ["[]", "[null, {}]", r#"{"system":{"a":[1]}}"#, r#"{"primary_user":["alice",501,"/x"]}"#] {
+            let msg = LaunchdLive::from_json(text, "live.json").unwrap_err().to_string();
+            assert!(msg.starts_with("live.json: invalid launchd live state: invalid type"), "{text}: {msg}");
+            assert!(msg.contains("expected a JSON object"), "{text}: {msg}");
+        }
+        let live = LaunchdLive::from_json(r#"{"primary_user":null,"system":{"a":{"pid":1}}}"#, "x").unwrap();
+        assert_eq!(live.system.unwrap()["a"].pid, Some(1));
     }
 
     #[test]

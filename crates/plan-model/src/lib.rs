@@ -14,6 +14,7 @@
 
 #![warn(missing_docs)]
 
+pub mod json;
 mod live;
 mod plan;
 pub mod policy;

@@ -8,13 +8,15 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use crate::json::Object;
+
 /// The live state of the service manager: every loaded unit, by name.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LiveState {
     /// Loaded units, keyed by unit name. A `BTreeMap` keeps iteration, and
     /// so every plan, deterministic.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "units_from_objects")]
     pub units: BTreeMap<String, LiveUnit>,
     /// The canonical path of the running service manager binary
     /// (`/proc/1/exe`), when known. Used for the re-exec decision.
@@ -84,6 +86,12 @@ pub struct LiveUnit {
     pub deps: BTreeMap<String, Vec<String>>,
 }
 
+/// The units, each given as a JSON object (see [`crate::json`]).
+fn units_from_objects<'de, D: serde::Deserializer<'de>>(d: D) -> Result<BTreeMap<String, LiveUnit>, D::Error> {
+    let units = BTreeMap::<String, Object<LiveUnit>>::deserialize(d)?;
+    Ok(units.into_iter().map(|(name, unit)| (name, unit.0)).collect())
+}
+
 fn loaded() -> String {
     "loaded".to_owned()
 }
@@ -112,9 +120,11 @@ impl LiveUnit {
 }
 
 impl LiveState {
-    /// Parses a live-state snapshot from its JSON form.
+    /// Parses a live-state snapshot from its JSON form: an object, as are
+    /// its units (an array, which serde would read field by field, is an
+    /// error).
     pub fn from_json(text: &str) -> Result<LiveState, serde_json::Error> {
-        serde_json::from_str(text)
+        crate::json::object_from_str(text)
     }
 
     /// Returns the unit's live state, if it is loaded.
@@ -137,6 +147,14 @@ mod tests {
         let a = live.get("a.service").unwrap();
         assert!(a.is_active_before());
         assert_eq!(a.load_state, "loaded");
+    }
+
+    #[test]
+    fn rejects_what_is_not_an_object() {
+        for text in ["[]", "[{}]", "null", r#"{"units":{"a.service":["active"]}}"#] {
+            let err = LiveState::from_json(text).unwrap_err();
+            assert!(err.to_string().contains("expected a JSON object"), "{text}: {err}");
+        }
     }
 
     #[test]

@@ -212,8 +212,11 @@ struct RawPolicy {
 impl Policy {
     /// Parses a policy file's text. Errors name the line.
     pub fn parse(text: &str) -> Result<Policy, PolicyError> {
+        // Where each line ends, found once: counting newlines up to every
+        // entry would take time quadratic in the file's length.
+        let newlines: Vec<usize> = text.match_indices('\n').map(|(at, _)| at).collect();
         let line_of = |offset: usize| -> u32 {
-            let line = text.get(..offset).map_or(0, |s| s.matches('\n').count()) + 1;
+            let line = newlines.partition_point(|&at| at < offset) + 1;
             u32::try_from(line).unwrap_or(u32::MAX)
         };
         let raw: RawPolicy = toml::from_str(text).map_err(|e| PolicyError {

@@ -213,6 +213,8 @@ trait Props {
 pub struct SystemdBus {
     conn: Connection,
     address: String,
+    /// How long any one call may wait for its reply.
+    timeout: Duration,
 }
 
 impl std::fmt::Debug for SystemdBus {
@@ -221,9 +223,23 @@ impl std::fmt::Debug for SystemdBus {
     }
 }
 
-fn call_err(call: impl Into<String>) -> impl FnOnce(zbus::Error) -> Error {
+/// How long a D-Bus call may wait for its reply, by default: the limit
+/// systemd's own clients (`systemctl`, `busctl`) and NixOS's switch use.
+pub const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_secs(25);
+
+/// Maps a failed call to the crate's error: [`Error::Timeout`] when no
+/// reply came within `timeout` (zbus's method timeout), else
+/// [`Error::Call`].
+fn call_err(call: impl Into<String>, timeout: Duration) -> impl FnOnce(zbus::Error) -> Error {
     let call = call.into();
-    move |e| Error::Call { call, message: error_message(&e) }
+    move |e| {
+        if is_timeout(&e) { Error::Timeout { call, timeout } } else { Error::Call { call, message: error_message(&e) } }
+    }
+}
+
+/// Tells whether a call failed because its reply did not come in time.
+fn is_timeout(e: &zbus::Error) -> bool {
+    matches!(e, zbus::Error::InputOutput(io) if io.kind() == std::io::ErrorKind::TimedOut)
 }
 
 /// Renders a zbus error as systemd's own message when there is one
@@ -245,6 +261,8 @@ fn systemd_away(e: &zbus::Error) -> bool {
         "org.freedesktop.DBus.Error.TimedOut",
     ];
     let name = match e {
+        // No reply within the call deadline: as NoReply from the bus.
+        e if is_timeout(e) => return true,
         zbus::Error::MethodError(name, ..) => name.as_str().to_owned(),
         zbus::Error::FDO(fdo) => fdo.name().as_str().to_owned(),
         _ => return false,
@@ -261,26 +279,50 @@ fn error_message(e: &zbus::Error) -> String {
 
 impl SystemdBus {
     /// Connects to the system bus (`DBUS_SYSTEM_BUS_ADDRESS`, else the
-    /// default socket) and subscribes to the manager's signals.
+    /// default socket) and subscribes to the manager's signals, with
+    /// [`DEFAULT_CALL_TIMEOUT`] for every call.
     pub fn connect() -> Result<SystemdBus, Error> {
+        SystemdBus::connect_with_timeout(DEFAULT_CALL_TIMEOUT)
+    }
+
+    /// Like [`SystemdBus::connect`], with `timeout` as the deadline of the
+    /// connection's set-up (connect, authentication and `Hello`) and of
+    /// every call made on it afterwards. A bus that accepts the connection
+    /// but never answers is then an [`Error::Timeout`] naming the call,
+    /// not a wait without end.
+    pub fn connect_with_timeout(timeout: Duration) -> Result<SystemdBus, Error> {
         let address = std::env::var("DBUS_SYSTEM_BUS_ADDRESS")
             .unwrap_or_else(|_| "unix:path=/var/run/dbus/system_bus_socket".to_owned());
         zbus::block_on(async {
-            let conn = zbus::connection::Builder::system()
+            let build = zbus::connection::Builder::system()
                 // A phase of hundreds of jobs produces as many JobRemoved
                 // signals; they must not fill the queue while the calls
                 // that queue the jobs are still waiting for replies.
                 .max_queued(NonZeroUsize::new(1 << 16).unwrap_or(NonZeroUsize::MIN))
-                .method_timeout(Duration::from_secs(25))
-                .build()
-                .await
-                .map_err(|e| Error::Connect { address: address.clone(), message: error_message(&e) })?;
+                .method_timeout(timeout)
+                .build();
+            // zbus's method timeout starts with the first call after the
+            // handshake; the handshake (with its Hello) has its own.
+            let conn = match with_timeout(timeout, build).await {
+                Some(conn) => {
+                    conn.map_err(|e| Error::Connect { address: address.clone(), message: error_message(&e) })?
+                }
+                None => {
+                    return Err(Error::Timeout { call: format!("Hello (connection set-up on {address})"), timeout });
+                }
+            };
             let manager = manager(&conn).await?;
-            manager.subscribe().await.map_err(|e| Error::Connect {
-                address: address.clone(),
-                message: format!("org.freedesktop.systemd1 did not answer: {}", error_message(&e)),
+            manager.subscribe().await.map_err(|e| {
+                if is_timeout(&e) {
+                    Error::Timeout { call: "Subscribe (org.freedesktop.systemd1)".to_owned(), timeout }
+                } else {
+                    Error::Connect {
+                        address: address.clone(),
+                        message: format!("org.freedesktop.systemd1 did not answer: {}", error_message(&e)),
+                    }
+                }
             })?;
-            Ok(SystemdBus { conn, address })
+            Ok(SystemdBus { conn, address, timeout })
         })
     }
 
@@ -291,7 +333,11 @@ impl SystemdBus {
 }
 
 async fn manager(conn: &Connection) -> Result<ManagerProxy<'static>, Error> {
-    ManagerProxy::builder(conn).cache_properties(CacheProperties::No).build().await.map_err(call_err("Manager proxy"))
+    ManagerProxy::builder(conn)
+        .cache_properties(CacheProperties::No)
+        .build()
+        .await
+        .map_err(|e| Error::Call { call: "Manager proxy".to_owned(), message: error_message(&e) })
 }
 
 async fn props(conn: &Connection, path: OwnedObjectPath) -> Result<PropsProxy<'static>, Error> {
@@ -300,13 +346,26 @@ async fn props(conn: &Connection, path: OwnedObjectPath) -> Result<PropsProxy<'s
         .cache_properties(CacheProperties::No)
         .build()
         .await
-        .map_err(call_err("Properties proxy"))
+        .map_err(|e| Error::Call { call: "Properties proxy".to_owned(), message: error_message(&e) })
 }
 
 fn bytes_hex(v: Option<&OwnedVariant>) -> String {
     match v.map(|v| &**v) {
         Some(Variant::Array(a)) => a.iter().filter_map(|x| u8::try_from(x).ok()).map(|b| format!("{b:02x}")).collect(),
         _ => String::new(),
+    }
+}
+
+/// Fails with [`Error::Timeout`] when one of a unit's property reads got
+/// no reply; other failures leave the property empty (`None`: not asked).
+fn answered<const N: usize>(
+    unit: &str,
+    replies: [(&str, Option<&zbus::Result<OwnedVariant>>); N],
+    timeout: Duration,
+) -> Result<(), Error> {
+    match replies.into_iter().find(|(_, reply)| matches!(reply, Some(Err(e)) if is_timeout(e))) {
+        Some((property, _)) => Err(Error::Timeout { call: format!("Get({unit} {property})"), timeout }),
+        None => Ok(()),
     }
 }
 
@@ -429,7 +488,7 @@ fn job_id(path: &str) -> Option<u32> {
 impl SystemdBus {
     async fn snapshot_async(&self) -> Result<LiveState, Error> {
         let manager = manager(&self.conn).await?;
-        let listed = manager.list_units().await.map_err(call_err("ListUnits"))?;
+        let listed = manager.list_units().await.map_err(call_err("ListUnits", self.timeout))?;
         // One GetAll per unit for the Unit interface, plus MainPID and
         // ExecMainStatus for services, all in flight at once: the bus and
         // systemd answer them back to back instead of one round trip each.
@@ -447,9 +506,9 @@ impl SystemdBus {
                 let want_pid = service && active != "inactive";
                 let want_status = service && (sub == "auto-restart" || active == "failed");
                 let (unit, (pid, status)) = join(raw_get_all_unit(conn, path), async {
-                    let pid = async { if want_pid { u32_of(raw_get(conn, path, "MainPID").await) } else { 0 } };
+                    let pid = async { if want_pid { Some(raw_get(conn, path, "MainPID").await) } else { None } };
                     let status =
-                        async { if want_status { i32_of(raw_get(conn, path, "ExecMainStatus").await) } else { 0 } };
+                        async { if want_status { Some(raw_get(conn, path, "ExecMainStatus").await) } else { None } };
                     join(pid, status).await
                 })
                 .await;
@@ -458,9 +517,12 @@ impl SystemdBus {
                     // A unit can be garbage-collected between ListUnits and
                     // GetAll; it is simply not loaded any more.
                     Err(zbus::Error::MethodError(..)) => return Ok(None),
-                    Err(e) => return Err(call_err(format!("GetAll({name})"))(e)),
+                    Err(e) => return Err(call_err(format!("GetAll({name})"), self.timeout)(e)),
                 };
-                let main_pid = pid;
+                // A property that cannot be read counts as 0, except when
+                // systemd did not answer at all.
+                answered(&name, [("MainPID", pid.as_ref()), ("ExecMainStatus", status.as_ref())], self.timeout)?;
+                let (main_pid, status) = (pid.map_or(0, u32_of), status.map_or(0, i32_of));
                 Ok::<_, Error>(Some((name, live_unit_from(unit, main_pid, status))))
             }
         });
@@ -479,6 +541,9 @@ impl SystemdBus {
         let manager = manager(&self.conn).await?;
         let path = match manager.load_unit(name).await {
             Ok(p) => p,
+            Err(e) if is_timeout(&e) => {
+                return Err(Error::Timeout { call: format!("LoadUnit({name})"), timeout: self.timeout });
+            }
             Err(_) => {
                 return Ok(UnitStatus { load_state: "not-found".into(), ..Default::default() });
             }
@@ -491,6 +556,8 @@ impl SystemdBus {
             p.get(UNIT_INTERFACE, "InvocationID"),
         )
         .await;
+        let replies = [("LoadState", &load), ("ActiveState", &active), ("SubState", &sub), ("InvocationID", &inv)];
+        answered(name, replies.map(|(p, r)| (p, Some(r))), self.timeout)?;
         let mut st = UnitStatus {
             load_state: string_of(load),
             active_state: string_of(active),
@@ -506,6 +573,9 @@ impl SystemdBus {
                 p.get(SERVICE_INTERFACE, "ExecMainStatus"),
             )
             .await;
+            let replies =
+                [("MainPID", &pid), ("Result", &result), ("ExecMainCode", &code), ("ExecMainStatus", &status)];
+            answered(name, replies.map(|(p, r)| (p, Some(r))), self.timeout)?;
             st.main_pid = u32_of(pid);
             st.result = string_of(result);
             st.exec_main_code = i32_of(code);
@@ -523,7 +593,8 @@ impl SystemdBus {
         let manager = manager(&self.conn).await?;
         // The signal stream exists before the first job is queued, so no
         // JobRemoved can be missed, however fast a job finishes.
-        let mut removed = manager.receive_job_removed().await.map_err(call_err("AddMatch(JobRemoved)"))?;
+        let mut removed =
+            manager.receive_job_removed().await.map_err(call_err("AddMatch(JobRemoved)", self.timeout))?;
         let queued_at = Instant::now();
         let calls = jobs.iter().map(|(kind, unit)| {
             let m = &manager;
@@ -534,7 +605,13 @@ impl SystemdBus {
                     JobKind::Restart => m.restart_unit(unit, "replace").await,
                     JobKind::Start => m.start_unit(unit, "replace").await,
                 };
-                r.map(|p| p.as_str().to_owned()).map_err(|e| error_message(&e))
+                r.map(|p| p.as_str().to_owned()).map_err(|e| {
+                    if is_timeout(&e) {
+                        format!("no reply within {:?}; the job may have been queued all the same", self.timeout)
+                    } else {
+                        error_message(&e)
+                    }
+                })
             }
         });
         let replies: Vec<Result<String, String>> = stream::iter(calls).buffered(CALLS_IN_FLIGHT).collect().await;
@@ -597,14 +674,14 @@ impl SystemdBus {
     async fn reload_like(&self, reexec: bool, timeout: Duration) -> Result<(), Error> {
         let what = if reexec { "re-exec" } else { "daemon-reload" };
         let manager = manager(&self.conn).await?;
-        let mut reloading = manager.receive_reloading().await.map_err(call_err("AddMatch(Reloading)"))?;
+        let mut reloading = manager.receive_reloading().await.map_err(call_err("AddMatch(Reloading)", self.timeout))?;
         if reexec {
             // systemd drops its bus connection while it re-executes, so the
             // reply may never come; the Reloading(false) signal, sent once
             // the new instance is up, is what tells that it is done.
             let _ = with_timeout(Duration::from_secs(5), manager.reexecute()).await;
         } else {
-            manager.reload().await.map_err(call_err("Reload"))?;
+            manager.reload().await.map_err(call_err("Reload", self.timeout))?;
         }
         let wait = async {
             while let Some(sig) = reloading.next().await {
@@ -630,7 +707,7 @@ impl SystemdBus {
                 Ok(()) => {}
                 Err(zbus::Error::MethodError(name, ..))
                     if name.as_str() == "org.freedesktop.systemd1.AlreadySubscribed" => {}
-                Err(e) => return Err(call_err("Subscribe")(e)),
+                Err(e) => return Err(call_err("Subscribe", self.timeout)(e)),
             }
         }
         Ok(())
@@ -655,25 +732,44 @@ impl SystemdBus {
         if let Some(dir) = &spec.working_directory {
             properties.push(("WorkingDirectory", Variant::from(dir.to_string_lossy().into_owned())));
         }
-        let mut removed = manager.receive_job_removed().await.map_err(call_err("AddMatch(JobRemoved)"))?;
+        let mut removed =
+            manager.receive_job_removed().await.map_err(call_err("AddMatch(JobRemoved)", self.timeout))?;
         let job = manager
             .start_transient_unit(&spec.unit, "fail", &properties, &[])
             .await
-            .map_err(call_err(format!("StartTransientUnit({})", spec.unit)))?;
-        while let Some(sig) = removed.next().await {
-            if let Ok(args) = sig.args()
-                && args.job.as_str() == job.as_str()
-            {
-                if args.result != "done" {
-                    return Err(Error::Call {
-                        call: format!("StartTransientUnit({})", spec.unit),
-                        message: format!("the start job ended with result {}", args.result),
-                    });
+            .map_err(call_err(format!("StartTransientUnit({})", spec.unit), self.timeout))?;
+        // A Type=exec unit's start job ends as soon as its program runs; a
+        // bus that never says so gets the call deadline, and the job is
+        // cancelled so that the unit cannot start behind the caller's back.
+        let started = async {
+            while let Some(sig) = removed.next().await {
+                if let Ok(args) = sig.args()
+                    && args.job.as_str() == job.as_str()
+                {
+                    return Some(args.result.clone());
                 }
-                break;
+            }
+            None
+        };
+        match with_timeout(self.timeout, started).await {
+            Some(Some(result)) if result != "done" => {
+                return Err(Error::Call {
+                    call: format!("StartTransientUnit({})", spec.unit),
+                    message: format!("the start job ended with result {result}"),
+                });
+            }
+            Some(_) => {}
+            None => {
+                if let Some(id) = job_id(job.as_str()) {
+                    let _ = manager.cancel_job(id).await;
+                }
+                return Err(Error::Timeout {
+                    call: format!("StartTransientUnit({}) (its start job)", spec.unit),
+                    timeout: self.timeout,
+                });
             }
         }
-        manager.get_unit(&spec.unit).await.map_err(call_err(format!("GetUnit({})", spec.unit)))
+        manager.get_unit(&spec.unit).await.map_err(call_err(format!("GetUnit({})", spec.unit), self.timeout))
     }
 }
 
@@ -713,7 +809,9 @@ impl ServiceManager for SystemdBus {
     }
 
     fn reset_failed(&mut self) -> Result<(), Error> {
-        zbus::block_on(async { manager(&self.conn).await?.reset_failed().await.map_err(call_err("ResetFailed")) })
+        zbus::block_on(async {
+            manager(&self.conn).await?.reset_failed().await.map_err(call_err("ResetFailed", self.timeout))
+        })
     }
 
     fn run_transient(&mut self, spec: &TransientSpec, tick: &mut dyn FnMut()) -> Result<TransientExit, Error> {
@@ -807,6 +905,16 @@ mod tests {
     fn job_ids_from_paths() {
         assert_eq!(job_id("/org/freedesktop/systemd1/job/1234"), Some(1234));
         assert_eq!(job_id("/org/freedesktop/systemd1/job/x"), None);
+    }
+
+    #[test]
+    fn a_call_without_reply_is_a_timeout_naming_the_call() {
+        let timed_out = zbus::Error::from(std::io::Error::new(std::io::ErrorKind::TimedOut, "timed out"));
+        let err = call_err("ListUnits", Duration::from_secs(25))(timed_out);
+        assert!(matches!(err, Error::Timeout { .. }), "{err:?}");
+        assert_eq!(err.to_string(), "D-Bus call ListUnits got no reply within 25s");
+        let refused = zbus::Error::from(std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "refused"));
+        assert!(matches!(call_err("ListUnits", Duration::from_secs(25))(refused), Error::Call { .. }));
     }
 
     #[test]

@@ -22,6 +22,15 @@ pub enum Error {
         /// The underlying error.
         message: String,
     },
+    /// A D-Bus call (or the connection's set-up) got no reply in time.
+    #[error("D-Bus call {call} got no reply within {timeout:?}")]
+    Timeout {
+        /// The call, e.g. `Hello (connection set-up on ...)` or
+        /// `ListUnits`.
+        call: String,
+        /// The deadline it had.
+        timeout: std::time::Duration,
+    },
     /// systemd did not finish a reload or re-exec in time.
     #[error("systemd did not finish {what} within {seconds} s")]
     ReloadTimeout {

@@ -27,7 +27,7 @@ pub mod fake;
 mod manager;
 mod rundir;
 
-pub use dbus::SystemdBus;
+pub use dbus::{DEFAULT_CALL_TIMEOUT, SystemdBus};
 pub use error::Error;
 pub use executor::{
     ApplyOptions, ApplyReport, Host, JobRecord, PhaseRecord, ProcessHost, Progress, ProtectedCheck, StderrProgress,

@@ -21,6 +21,8 @@
 //!   repository as `examples/ci-runner/{a,b}`.
 //! - [`exec`]: running programs with a deadline; every wait of this crate
 //!   has one, so a wedged bed fails a test instead of hanging it.
+//! - [`fuzz`]: what the property tests that fuzz safe-switch's inputs
+//!   share: a fixed-seed runner, a watchdog and a counting allocator.
 //!
 //! # Inside a bed
 //!
@@ -72,6 +74,7 @@ mod bed;
 mod error;
 pub mod example;
 pub mod exec;
+pub mod fuzz;
 mod generation;
 mod ssh;
 
