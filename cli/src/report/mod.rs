@@ -130,13 +130,10 @@ pub fn write_outputs(report: &Report<'_>, output: &OutputArgs) -> anyhow::Result
     Ok(())
 }
 
-/// Prints and writes the reports of a plan, with the unit-file diffs taken
-/// from the generation directories the plan names (`old.path`, `new.path`;
-/// relative paths resolve against the working directory, as they were
-/// given).
-pub fn write_plan(plan: &Plan, output: &OutputArgs) -> anyhow::Result<()> {
-    let diffs = unit_diff::unit_diffs(plan, Path::new(&plan.old.path), Path::new(&plan.new.path));
-    write_outputs(&Report { plan, diffs: &diffs, commands: &[] }, output)
+/// Prints and writes the reports of a systemd plan with its unit-file
+/// diffs ([`unit_diff::unit_diffs`]).
+pub fn write_plan(plan: &Plan, diffs: &[UnitDiff], output: &OutputArgs) -> anyhow::Result<()> {
+    write_outputs(&Report { plan, diffs, commands: &[] }, output)
 }
 
 /// Writes `bytes` to `path` through a temporary file in the same directory,
