@@ -30,8 +30,7 @@ pub fn run(args: args::CheckArgs) -> anyhow::Result<Outcome> {
         std::io::Write::write_all(&mut std::io::stdout().lock(), text.as_bytes())?;
         return Ok(outcome(&lp.plan, args.fail_on));
     }
-    let diffs = report::unit_diff::unit_diffs(&lp.plan, &lp.old, &lp.new);
-    report::write_outputs(&Report { plan: &lp.plan, diffs: &diffs, commands: &[] }, &args.output)?;
+    report::write_outputs(&Report { plan: &lp.plan, diffs: &lp.diffs, commands: &[] }, &args.output)?;
     let outcome = outcome(&lp.plan, args.fail_on);
     if outcome == Outcome::Blocked {
         eprintln!("{}", blocked_message(&lp.plan, args.fail_on));

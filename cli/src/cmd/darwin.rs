@@ -12,7 +12,7 @@
 use std::path::Path;
 
 use anyhow::Context;
-use launchd_plan::{Host, LaunchdLive, LaunchdPlan, Policy, Selector};
+use launchd_plan::{Generation, Host, LaunchdLive, LaunchdPlan, Policy, Selector};
 use plan_model::ProtectionSource;
 
 use crate::args::{self, ProtectArgs};
@@ -43,20 +43,25 @@ pub fn diff(args: &args::DiffArgs) -> anyhow::Result<Outcome> {
              each job's entry names the rule that fired"
         )));
     }
-    let planned = build(&args.old, &args.new, args.live.as_deref(), &args.protect)?;
+    let (planned, old, new) = build(&args.old, &args.new, args.live.as_deref(), &args.protect)?;
     let commands: Vec<String> = match launchd_plan::operations(&planned) {
         Ok(ops) => ops.iter().map(ToString::to_string).collect(),
         // A refused plan has no commands; the plan says why.
         Err(_) => Vec::new(),
     };
-    let diffs = plist_diffs(&planned, &args.old, &args.new);
+    let diffs = plist_diffs(&planned, &old, &new);
     report::write_outputs(&Report { plan: &planned.plan, diffs: &diffs, commands: &commands }, &args.output)?;
     Ok(crate::protect::outcome(&planned.plan))
 }
 
 /// Loads both generations, the live state and the protection policy, and
-/// plans.
-fn build(old: &Path, new: &Path, live: Option<&Path>, protect: &ProtectArgs) -> anyhow::Result<LaunchdPlan> {
+/// plans; returns the plan and the two generations it was made from.
+fn build(
+    old: &Path,
+    new: &Path,
+    live: Option<&Path>,
+    protect: &ProtectArgs,
+) -> anyhow::Result<(LaunchdPlan, Generation, Generation)> {
     let old_generation = launchd_plan::load_generation(old)?;
     let new_generation = launchd_plan::load_generation(new)?;
     let live = match live {
@@ -68,7 +73,7 @@ fn build(old: &Path, new: &Path, live: Option<&Path>, protect: &ProtectArgs) -> 
     let policy = policy(protect)?;
     let planned = launchd_plan::plan(&old_generation, &new_generation, &Host { live, installed: None }, &policy);
     reject_typos(&planned)?;
-    Ok(planned)
+    Ok((planned, old_generation, new_generation))
 }
 
 /// Fails when a `--protect` name matched no job (see
@@ -133,9 +138,10 @@ fn policy(args: &ProtectArgs) -> anyhow::Result<Policy> {
     Ok(Policy { mode: asked.mode, selectors })
 }
 
-/// Unified diffs of the plists that changed, for each job in the plan.
-/// Binary plists are shown as the XML they decode to.
-fn plist_diffs(planned: &LaunchdPlan, old: &Path, new: &Path) -> Vec<UnitDiff> {
+/// Unified diffs of the plists that changed, for each job in the plan,
+/// from the bytes the planner read. Binary plists are shown as the XML
+/// they decode to.
+fn plist_diffs(planned: &LaunchdPlan, old: &Generation, new: &Generation) -> Vec<UnitDiff> {
     let mut out = Vec::new();
     for unit in &planned.plan.units {
         let Some(target) = planned.jobs.get(&unit.unit) else { continue };
@@ -145,17 +151,21 @@ fn plist_diffs(planned: &LaunchdPlan, old: &Path, new: &Path) -> Vec<UnitDiff> {
             .find_map(|p| Path::new(p).file_name().map(|f| f.to_string_lossy().into_owned()))
             .unwrap_or_else(|| format!("{}.plist", target.label));
         let rel = format!("{}/{file_name}", target.scope.generation_dir());
-        let (before, after) = (plist_text(&old.join(&rel)), plist_text(&new.join(&rel)));
-        out.extend(unit_diff::file_diff(&unit.unit, rel, before, after));
+        let text = |g: &Generation| {
+            g.jobs
+                .iter()
+                .find(|j| j.scope == target.scope && j.file_name == file_name)
+                .and_then(|j| plist_text(&j.bytes))
+        };
+        out.extend(unit_diff::file_diff(&unit.unit, rel, text(old), text(new)));
     }
     out
 }
 
 /// A plist as text: XML as it is, a binary plist converted to XML.
-fn plist_text(path: &Path) -> Option<String> {
-    let bytes = std::fs::read(path).ok()?;
+fn plist_text(bytes: &[u8]) -> Option<String> {
     if !bytes.starts_with(b"bplist")
-        && let Ok(text) = std::str::from_utf8(&bytes)
+        && let Ok(text) = std::str::from_utf8(bytes)
     {
         return Some(text.to_owned());
     }

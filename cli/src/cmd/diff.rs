@@ -16,19 +16,20 @@ use plan_model::{LiveState, Plan};
 
 use crate::args;
 use crate::exit::Outcome;
+use crate::report::UnitDiff;
 
 /// Runs `diff`.
 pub fn run(args: args::DiffArgs) -> anyhow::Result<Outcome> {
     if crate::cmd::darwin::is_darwin_pair(&args.old, &args.new) {
         return crate::cmd::darwin::diff(&args);
     }
-    let (plan, protection) = build_protected(&args)?;
+    let (plan, protection, diffs) = build_protected(&args)?;
     if let Some(unit) = &args.protect.explain {
         let text = protection.explain(&plan, unit, args.output.stdout_format())?;
         std::io::stdout().lock().write_all(text.as_bytes())?;
         return Ok(crate::protect::outcome(&plan));
     }
-    crate::report::write_plan(&plan, &args.output)?;
+    crate::report::write_plan(&plan, &diffs, &args.output)?;
     Ok(crate::protect::outcome(&plan))
 }
 
@@ -38,8 +39,9 @@ pub fn build(args: &args::DiffArgs) -> anyhow::Result<Plan> {
     Ok(build_protected(args)?.0)
 }
 
-/// Like [`build`], also returning what protection found (for `--explain`).
-fn build_protected(args: &args::DiffArgs) -> anyhow::Result<(Plan, crate::protect::ProtectReport)> {
+/// Like [`build`], also returning what protection found (for `--explain`)
+/// and the diffs of the unit files the plan was made from.
+fn build_protected(args: &args::DiffArgs) -> anyhow::Result<(Plan, crate::protect::ProtectReport, Vec<UnitDiff>)> {
     let (old, new) = systemd_plan::load_pair(&args.old, &args.new);
     let (old, new) = (old?, new?);
     let live = match &args.live {
@@ -49,7 +51,8 @@ fn build_protected(args: &args::DiffArgs) -> anyhow::Result<(Plan, crate::protec
     let mut plan = systemd_plan::plan(&old, &new, &live);
     crate::cmd::closure_diff::attach_to_plan(&mut plan, &args.old, &args.new);
     let protection = crate::protect::protect_plan(&mut plan, &old, &new, &live, &args.protect)?;
-    Ok((plan, protection))
+    let diffs = crate::report::unit_diff::unit_diffs(&plan, &old, &new);
+    Ok((plan, protection, diffs))
 }
 
 /// Reads a live-state snapshot, naming the file in every error.

@@ -52,6 +52,8 @@ pub struct LivePlan {
     pub new: PathBuf,
     /// What protection found (for `--explain`).
     pub protection: crate::protect::ProtectReport,
+    /// The diffs of the unit files the plan was made from.
+    pub diffs: Vec<crate::report::UnitDiff>,
 }
 
 /// Runs `plan`.
@@ -71,14 +73,14 @@ pub fn run(args: args::PlanArgs) -> anyhow::Result<Outcome> {
         let inputs = crate::saved::record_inputs(&lp.old, &lp.new, &lp.plan, &lp.live, &args.protect);
         crate::saved::SavedPlan::new(lp.plan.clone(), inputs).save(out)?;
     }
-    print_plan(&lp.plan, &args.output)?;
+    print_plan(&lp, &args.output)?;
     Ok(crate::protect::outcome(&lp.plan))
 }
 
 /// Prints a plan in the requested format and writes the `--report` files,
 /// as `diff` does.
-pub fn print_plan(plan: &Plan, output: &args::OutputArgs) -> anyhow::Result<()> {
-    crate::report::write_plan(plan, output)
+pub fn print_plan(lp: &LivePlan, output: &args::OutputArgs) -> anyhow::Result<()> {
+    crate::report::write_plan(&lp.plan, &lp.diffs, output)
 }
 
 /// The toplevel to switch to (built first for `--flake`), canonicalized,
@@ -154,7 +156,8 @@ pub fn live_plan(
     let mut plan = systemd_plan::plan(&old, &new, &live);
     crate::cmd::closure_diff::attach_to_plan(&mut plan, &old_path, &new_path);
     let protection = crate::protect::protect_plan(&mut plan, &old, &new, &live, protect)?;
-    Ok(LivePlan { plan, live, old: old_path, new: new_path, protection })
+    let diffs = crate::report::unit_diff::unit_diffs(&plan, &old, &new);
+    Ok(LivePlan { plan, live, old: old_path, new: new_path, protection, diffs })
 }
 
 #[cfg(test)]
@@ -165,9 +168,11 @@ mod tests {
     #[test]
     fn a_system_manager_host_plans_from_its_profile() {
         let dir = tempfile::tempdir().unwrap();
-        let (current, profile) = (dir.path().join("current-system"), dir.path().join("profile"));
+        // The profile and its static /etc tree in a store, as on a host.
+        let store = dir.path().join("store");
+        let (current, profile) = (dir.path().join("current-system"), store.join("aaaa-system-manager"));
         std::fs::create_dir_all(current.join("sw")).unwrap();
-        let static_etc = dir.path().join("etc-static-env");
+        let static_etc = store.join("bbbb-etc-static-env");
         std::fs::create_dir_all(static_etc.join("systemd/system")).unwrap();
         std::fs::create_dir_all(profile.join("services")).unwrap();
         std::fs::create_dir_all(profile.join("etcFiles")).unwrap();

@@ -101,7 +101,7 @@ pub fn run(args: args::SwitchArgs) -> anyhow::Result<Outcome> {
     }
     let mut lp = live::live_plan(Path::new(CURRENT_SYSTEM), &toplevel, &args.protect, &mut bus)?;
     lp.plan.new.provenance = Some(resolved.provenance);
-    live::print_plan(&lp.plan, &args.output)?;
+    live::print_plan(&lp, &args.output)?;
     if lp.plan.protection.refused {
         eprintln!("refused: the switch would touch a protected unit (see the plan above); nothing was changed");
         return Ok(Outcome::Blocked);

@@ -1,7 +1,7 @@
 //! Reports: the plan rendered in the formats people and CI systems read.
 //!
 //! Every planning command (`diff`, `plan`, `check`) ends the same way: it
-//! hands its [`Plan`] and the generation directories it compared to
+//! hands its [`Plan`] and the diffs of the unit files it was made from to
 //! [`write_outputs`], which prints one format on standard output and writes
 //! any `--report FORMAT=PATH` files. The renderers themselves are pure
 //! functions from a [`Report`] to a string, one module per format, so that
@@ -36,8 +36,9 @@ pub use unit_diff::UnitDiff;
 pub struct Report<'a> {
     /// The plan, after protection.
     pub plan: &'a Plan,
-    /// Unified diffs of changed unit files, sorted by unit then path. Empty
-    /// when the generations were not available as directories.
+    /// Unified diffs of changed unit files, sorted by unit then path, from
+    /// the texts the planner parsed. Empty when the generations were not
+    /// loaded (a saved plan being applied).
     pub diffs: &'a [UnitDiff],
     /// The commands that carry the plan out, in order, as shell command
     /// lines: the `launchctl` calls and file operations of a nix-darwin
@@ -124,13 +125,10 @@ pub fn write_outputs(report: &Report<'_>, output: &OutputArgs) -> anyhow::Result
     Ok(())
 }
 
-/// Prints and writes the reports of a plan, with the unit-file diffs taken
-/// from the generation directories the plan names (`old.path`, `new.path`;
-/// relative paths resolve against the working directory, as they were
-/// given).
-pub fn write_plan(plan: &Plan, output: &OutputArgs) -> anyhow::Result<()> {
-    let diffs = unit_diff::unit_diffs(plan, Path::new(&plan.old.path), Path::new(&plan.new.path));
-    write_outputs(&Report { plan, diffs: &diffs, commands: &[] }, output)
+/// Prints and writes the reports of a systemd plan with its unit-file
+/// diffs ([`unit_diff::unit_diffs`]).
+pub fn write_plan(plan: &Plan, diffs: &[UnitDiff], output: &OutputArgs) -> anyhow::Result<()> {
+    write_outputs(&Report { plan, diffs, commands: &[] }, output)
 }
 
 /// Writes `bytes` to `path` through a temporary file in the same directory,

@@ -4,17 +4,20 @@
 //! `etc/systemd/system/`: the unit file itself, and drop-ins in
 //! `<unit>.d/*.conf`. A system-manager toplevel keeps them in the static
 //! `/etc` tree that `etcFiles/etcFiles.json` names, which becomes
-//! `/etc/systemd/system` on the host; diffs name them by that path too. An instance such as `getty@tty1.service` without a
-//! file of its own is described by its template's file, so the template is
-//! read in that case, as systemd does. This is the only part of the reports
-//! that reads the disk; the renderers get its result as plain values.
+//! `/etc/systemd/system` on the host; diffs name them by that path too. An
+//! instance such as `getty@tty1.service` without a file of its own is
+//! described by its template's file, as systemd does.
+//!
+//! The texts are those the loader read and the planner parsed
+//! ([`GenerationUnits::unit_file_text`]): nothing here reads the disk, so
+//! a diff can never show anything but what the plan was made from.
 
 use std::collections::BTreeSet;
-use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-use plan_model::{Plan, unit_name};
+use plan_model::Plan;
 use similar::TextDiff;
+use systemd_plan::GenerationUnits;
 
 /// Where a generation keeps its system units.
 const UNIT_DIR: &str = "etc/systemd/system";
@@ -33,26 +36,35 @@ pub struct UnitDiff {
     pub diff: String,
 }
 
-/// Diffs the files of every unit in the plan between the two generation
-/// directories. Files that are equal, or missing or unreadable in both
-/// generations, are left out.
-pub fn unit_diffs(plan: &Plan, old: &Path, new: &Path) -> Vec<UnitDiff> {
-    let (old, new) = (&unit_dir(old), &unit_dir(new));
+/// Diffs the files of every unit in the plan between the two loaded
+/// generations. Files that are equal, or missing in both, are left out.
+pub fn unit_diffs(plan: &Plan, old: &GenerationUnits, new: &GenerationUnits) -> Vec<UnitDiff> {
     let mut out = Vec::new();
     for unit in &plan.units {
         for rel in unit_files(&unit.unit, old, new) {
-            let (a, b) = (read_text(&old.join(&rel)), read_text(&new.join(&rel)));
-            out.extend(file_diff(&unit.unit, format!("{UNIT_DIR}/{rel}"), a, b));
+            let (a, b) = (old.unit_file_text(&rel), new.unit_file_text(&rel));
+            out.extend(file_diff(&unit.unit, format!("{UNIT_DIR}/{rel}"), a.map(str::to_owned), b.map(str::to_owned)));
         }
     }
     out
 }
 
-/// The directory of a generation's system units, found as the planner
-/// finds it (for a system-manager toplevel, in its static `/etc` tree);
-/// `etc/systemd/system` when it cannot be found, so that the diff is empty.
-fn unit_dir(toplevel: &Path) -> PathBuf {
-    systemd_plan::unit_directory(toplevel).map_or_else(|_| toplevel.join(UNIT_DIR), |(dir, _)| dir)
+/// The files that make up a unit in either generation, relative to their
+/// unit directories: its own file or its template's, then its own
+/// drop-ins, sorted.
+fn unit_files(unit: &str, old: &GenerationUnits, new: &GenerationUnits) -> Vec<String> {
+    let mut main = BTreeSet::new();
+    let mut drop_ins = BTreeSet::new();
+    for generation in [old, new] {
+        let Some(file) = generation.unit(unit) else { continue };
+        let dir = generation.unit_dir();
+        let rel = |path: &Path| path.strip_prefix(dir).ok().map(|p| p.display().to_string());
+        // A masked unit has no fragment: its file in the other generation,
+        // if any, shows what was masked.
+        main.extend(file.fragment().and_then(rel));
+        drop_ins.extend(file.own_drop_ins().iter().filter_map(|p| rel(p)));
+    }
+    main.into_iter().chain(drop_ins).collect()
 }
 
 /// The diff of one of `unit`'s files, shown as `path`, from its text in
@@ -77,38 +89,12 @@ pub fn unified(old: &str, new: &str, path: &str) -> String {
     text
 }
 
-/// The files that make up a unit in either generation, relative to the
-/// unit directories: its own file or its template's, then its drop-ins,
-/// sorted.
-fn unit_files(unit: &str, old: &Path, new: &Path) -> Vec<String> {
-    let main = match unit_name::split_instance(unit) {
-        Some((template, _)) if !old.join(unit).exists() && !new.join(unit).exists() => template,
-        _ => unit.to_owned(),
-    };
-    let mut drop_ins = BTreeSet::new();
-    for dir in [old, new] {
-        let Ok(entries) = fs::read_dir(dir.join(format!("{unit}.d"))) else { continue };
-        for entry in entries.flatten() {
-            let name = entry.file_name().to_string_lossy().into_owned();
-            if name.ends_with(".conf") {
-                drop_ins.insert(format!("{unit}.d/{name}"));
-            }
-        }
-    }
-    std::iter::once(main).chain(drop_ins).collect()
-}
-
-/// Reads a file as text, replacing invalid UTF-8 so that a binary or
-/// mis-encoded unit still shows up in the diff rather than vanishing.
-fn read_text(path: &Path) -> Option<String> {
-    fs::read(path).ok().map(|b| String::from_utf8_lossy(&b).into_owned())
-}
-
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
     use plan_model::{FORMAT_VERSION, Generation, Protection, UnitPlan};
+    use std::fs;
 
     fn plan(units: &[&str]) -> Plan {
         Plan {
@@ -147,15 +133,42 @@ mod tests {
         fs::write(old.join(UNIT_DIR).join("g@.service"), "[Service]\nExecStart=/bin/g %i\n").unwrap();
         fs::write(new.join(UNIT_DIR).join("g@.service"), "[Service]\nExecStart=/bin/g2 %i\n").unwrap();
 
-        let diffs = unit_diffs(&plan(&["a.service", "g@tty1.service", "same.service"]), &old, &new);
+        fs::write(old.join(UNIT_DIR).join("m.service"), "[Service]\nExecStart=/bin/m\n").unwrap();
+        std::os::unix::fs::symlink("/dev/null", new.join(UNIT_DIR).join("m.service")).unwrap();
+
+        let (old_units, new_units) = (systemd_plan::load(&old).unwrap(), systemd_plan::load(&new).unwrap());
+        let units = ["a.service", "g@tty1.service", "m.service", "same.service"];
+        let diffs = unit_diffs(&plan(&units), &old_units, &new_units);
         let paths: Vec<&str> = diffs.iter().map(|d| d.path.as_str()).collect();
         assert_eq!(
             paths,
-            ["etc/systemd/system/a.service", "etc/systemd/system/a.service.d/x.conf", "etc/systemd/system/g@.service"]
+            [
+                "etc/systemd/system/a.service",
+                "etc/systemd/system/a.service.d/x.conf",
+                "etc/systemd/system/g@.service",
+                "etc/systemd/system/m.service"
+            ]
         );
         assert!(diffs[0].diff.contains("-ExecStart=/bin/a\n+ExecStart=/bin/a --new\n"), "{}", diffs[0].diff);
         assert!(diffs[0].diff.starts_with("--- a/etc/systemd/system/a.service\n+++ b/etc/systemd/system/a.service\n"));
         assert!(diffs[1].diff.contains("+After=b.service\n"));
         assert_eq!(diffs[2].unit, "g@tty1.service");
+        assert!(diffs[3].diff.contains("-ExecStart=/bin/m\n"), "{}", diffs[3].diff);
+    }
+
+    #[test]
+    fn diffs_show_what_the_planner_read_not_what_the_disk_holds_later() {
+        let dir = tempfile::tempdir().unwrap();
+        let (old, new) = (dir.path().join("old"), dir.path().join("new"));
+        for (g, text) in [(&old, "ExecStart=/bin/a\n"), (&new, "ExecStart=/bin/b\n")] {
+            fs::create_dir_all(g.join(UNIT_DIR)).unwrap();
+            fs::write(g.join(UNIT_DIR).join("a.service"), format!("[Service]\n{text}")).unwrap();
+        }
+        let (old_units, new_units) = (systemd_plan::load(&old).unwrap(), systemd_plan::load(&new).unwrap());
+        fs::write(new.join(UNIT_DIR).join("a.service"), "[Service]\nExecStart=/bin/swapped\n").unwrap();
+        let diffs = unit_diffs(&plan(&["a.service"]), &old_units, &new_units);
+        assert_eq!(diffs.len(), 1);
+        assert!(diffs[0].diff.contains("+ExecStart=/bin/b\n"), "{}", diffs[0].diff);
+        assert!(!diffs[0].diff.contains("swapped"), "{}", diffs[0].diff);
     }
 }

@@ -15,6 +15,11 @@ pub enum LoadError {
         #[source]
         source: std::io::Error,
     },
+    /// A file of the generation could not be read under the read rule: a
+    /// link out of the generation and the store, a dangling link, not a
+    /// regular file, too large.
+    #[error(transparent)]
+    Read(#[from] generation_fs::ReadError),
     /// A plist is not valid XML, binary or ASCII plist.
     #[error("{path}: not a valid property list: {source}")]
     Plist {

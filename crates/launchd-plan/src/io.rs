@@ -1,56 +1,99 @@
 //! The only module that touches the filesystem: it reads a generation's
 //! plists and `nix.conf`, and a live-state snapshot, into plain values for
 //! the planner.
+//!
+//! A generation is read from itself and the Nix store only
+//! ([`generation_fs::GenerationDir`]): a plist or `nix.conf` linked
+//! anywhere else is an error naming the link, every file is opened
+//! non-blocking and must be a regular file, and at most a limit is read.
 
 use std::fs;
 use std::io::ErrorKind;
 use std::path::Path;
 
+use generation_fs::{Entry, GenerationDir, Limit, Resolved};
+
 use crate::error::LoadError;
 use crate::job::{Generation, Installed, Job, Scope};
 use crate::live::LaunchdLive;
+
+/// The most read from a plist.
+const PLIST_LIMIT: Limit = Limit::new(4 << 20, "a plist");
+/// The most read from `nix.conf` or `machines`.
+const NIX_CONF_LIMIT: Limit = Limit::new(1 << 20, "a Nix configuration file");
 
 /// Reads the launchd part of a nix-darwin generation (a system toplevel):
 /// every `*.plist` in `Library/LaunchDaemons`, `Library/LaunchAgents` and
 /// `user/Library/LaunchAgents`, plus `etc/nix/nix.conf` and
 /// `etc/nix/machines`. A missing directory holds no jobs (generations older
-/// than user agents have no `user/`). Symlinks are followed, as the
-/// generation's entries are links into the store.
+/// than user agents have no `user/`). Links are followed inside the
+/// generation and into the Nix store, as the generation's entries are
+/// links into the store; a link elsewhere is an error.
 pub fn load_generation(toplevel: &Path) -> Result<Generation, LoadError> {
     // A mistyped toplevel must not read as a generation without jobs, which
     // would plan the removal of every job.
     fs::read_dir(toplevel).map_err(|source| io_error(toplevel, source))?;
+    let g = GenerationDir::open(toplevel)?;
     let mut jobs = Vec::new();
     for scope in Scope::ALL {
-        let dir = toplevel.join(scope.generation_dir());
-        let entries = match fs::read_dir(&dir) {
-            Ok(entries) => entries,
-            Err(e) if e.kind() == ErrorKind::NotFound => continue,
-            Err(source) => return Err(io_error(&dir, source)),
+        let shown_dir = toplevel.join(scope.generation_dir());
+        let dir = match g.resolve(Path::new(scope.generation_dir()), &shown_dir)? {
+            Resolved::Found(dir) if dir.is_dir() => dir,
+            outside @ Resolved::Outside { .. } => return Err(outside_error(&outside, &shown_dir)),
+            _ => continue,
         };
+        let entries = fs::read_dir(&dir).map_err(|source| io_error(&shown_dir, source))?;
         let mut names = Vec::new();
         for entry in entries {
-            let entry = entry.map_err(|source| io_error(&dir, source))?;
-            let name = entry.file_name().to_string_lossy().into_owned();
+            let entry = entry.map_err(|source| io_error(&shown_dir, source))?;
             // nix-darwin only ever places `<Label>.plist` here; anything
             // else is not a job launchd would load from these directories.
-            if name.ends_with(".plist") {
+            if let Ok(name) = entry.file_name().into_string()
+                && name.ends_with(".plist")
+            {
                 names.push(name);
             }
         }
         names.sort();
         for name in names {
-            let path = dir.join(&name);
-            let bytes = fs::read(&path).map_err(|source| io_error(&path, source))?;
+            let path = shown_dir.join(&name);
+            let bytes = match g.read_entry(&dir, &name, &path, PLIST_LIMIT)? {
+                Entry::Bytes(bytes) => bytes,
+                Entry::Masked => return Err(not_a_plist(&path)),
+            };
             jobs.push(Job::parse(scope, &name, &path.display().to_string(), bytes)?);
         }
     }
     Ok(Generation {
         path: toplevel.display().to_string(),
         jobs,
-        nix_conf: read_optional(&toplevel.join("etc/nix/nix.conf"))?,
-        nix_machines: read_optional(&toplevel.join("etc/nix/machines"))?,
+        nix_conf: read_generation_file(&g, toplevel, "etc/nix/nix.conf")?,
+        nix_machines: read_generation_file(&g, toplevel, "etc/nix/machines")?,
     })
+}
+
+/// Reads a file of the generation; `None` when it does not exist.
+fn read_generation_file(g: &GenerationDir, toplevel: &Path, rel: &str) -> Result<Option<Vec<u8>>, LoadError> {
+    let shown = toplevel.join(rel);
+    match g.resolve(Path::new(rel), &shown)? {
+        Resolved::Found(physical) => Ok(Some(g.read(&physical, &shown, NIX_CONF_LIMIT)?)),
+        Resolved::Missing(_) => Ok(None),
+        Resolved::DevNull => Ok(Some(Vec::new())),
+        outside @ Resolved::Outside { .. } => Err(outside_error(&outside, &shown)),
+    }
+}
+
+/// The error for a file that resolved outside the generation and the store.
+fn outside_error(resolved: &Resolved, shown: &Path) -> LoadError {
+    match resolved.outside_error(shown) {
+        Some(err) => LoadError::Read(err),
+        None => not_a_plist(shown),
+    }
+}
+
+/// A plist that is a link to `/dev/null`: launchd has no masks.
+fn not_a_plist(path: &Path) -> LoadError {
+    io_error(path, std::io::Error::new(ErrorKind::InvalidInput, "a link to /dev/null, not a regular file"))
 }
 
 /// Reads the installed copies of every plist the two generations name:
@@ -92,12 +135,10 @@ pub fn load_live(path: &Path) -> Result<LaunchdLive, LoadError> {
     LaunchdLive::from_json(&text, &path.display().to_string())
 }
 
+/// Reads an installed plist of the host; `None` when it does not exist.
+/// Non-blocking, a regular file, at most [`PLIST_LIMIT`].
 fn read_optional(path: &Path) -> Result<Option<Vec<u8>>, LoadError> {
-    match fs::read(path) {
-        Ok(bytes) => Ok(Some(bytes)),
-        Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
-        Err(source) => Err(io_error(path, source)),
-    }
+    Ok(generation_fs::read_host(path, path, PLIST_LIMIT)?)
 }
 
 fn io_error(path: &Path, source: std::io::Error) -> LoadError {

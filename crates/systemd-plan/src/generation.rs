@@ -59,6 +59,11 @@ pub struct GenerationUnits {
     pub(crate) units: BTreeMap<String, UnitFile>,
     pub(crate) user_units: BTreeMap<String, UnitFile>,
     pub(crate) deps: BTreeMap<String, BTreeMap<String, Vec<String>>>,
+    /// The system unit directory, as shown.
+    pub(crate) unit_dir: PathBuf,
+    /// The text of every system unit file and drop-in read, by its path
+    /// relative to `unit_dir`.
+    pub(crate) unit_files: BTreeMap<String, String>,
     pub(crate) fstab: Option<Fstab>,
     pub(crate) system_conf: Option<FileIdentity>,
     pub(crate) systemd_exe: Option<FileIdentity>,
@@ -92,6 +97,22 @@ impl GenerationUnits {
     /// The toplevel directory as given to the loader.
     pub fn root(&self) -> &Path {
         &self.root
+    }
+
+    /// The directory the system units were read from, as shown in paths
+    /// such as [`UnitFile::fragment`]: `<toplevel>/etc/systemd/system`,
+    /// or for a system-manager generation its static `/etc` tree's
+    /// `systemd/system`.
+    pub fn unit_dir(&self) -> &Path {
+        &self.unit_dir
+    }
+
+    /// The text of a system unit file or drop-in exactly as the loader read
+    /// and parsed it, by its path relative to [`GenerationUnits::unit_dir`]
+    /// (`a.service`, `a.service.d/10-x.conf`); `None` for a mask or a
+    /// file the generation does not have.
+    pub fn unit_file_text(&self, rel: &str) -> Option<&str> {
+        self.unit_files.get(rel).map(String::as_str)
     }
 
     /// Returns the unit as systemd would load it from this generation.

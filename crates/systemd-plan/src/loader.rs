@@ -6,27 +6,58 @@
 //! `etc/systemd/system.conf`, the systemd binary, `init-interface-version`
 //! and the activation script.
 //!
-//! Symlinks are followed the way NixOS lays a generation out: unit files
-//! and whole directories are links into the store, relative or absolute.
-//! An absolute link is first looked up inside the generation directory
-//! (so a fixture can carry its own `nix/store`), then on the machine. A
-//! link to `/dev/null` masks a unit or a drop-in. A link that leads
-//! nowhere is an error, because a real generation is a closed store
-//! closure and a dangling link means the input is not what it claims.
+//! A generation is read from the generation itself and the Nix store
+//! only, through [`generation_fs::GenerationDir`]: links are followed the
+//! way NixOS lays a generation out (unit files and whole directories are
+//! links into the store, relative or absolute), and a link anywhere else
+//! is an error naming it. A fixture that is not in a store may carry its
+//! own `nix/store`, which absolute links find first. A link to
+//! `/dev/null` masks a unit or a drop-in. A link that leads nowhere is an
+//! error, because a real generation is a closed store closure and a
+//! dangling link means the input is not what it claims. Every file is
+//! opened non-blocking, must be a regular file and is read up to a limit
+//! (a unit file up to [`UNIT_FILE_LIMIT`]).
+//!
+//! Two links out are NixOS's own: `etc/fstab -> /etc/fstab` and
+//! `etc/systemd/system.conf -> /etc/systemd/system.conf` name the host
+//! file that NixOS's switch reads for that purpose anyway. The loader
+//! reads that host file for planning; nothing of it reaches a report (it
+//! is not a unit file, so no diff shows it, and no error quotes a file).
+//!
+//! The text of every unit file and drop-in is kept
+//! ([`GenerationUnits::unit_file_text`]), so that a report shows exactly
+//! the bytes the planner parsed.
 
-use std::cell::RefCell;
-use std::collections::{BTreeMap, HashSet};
-use std::ffi::OsString;
+use std::collections::BTreeMap;
 use std::fs;
 use std::io;
-use std::os::fd::OwnedFd;
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
 
+use generation_fs::{Entry, GenerationDir, Limit, ReadError, Resolved};
 use plan_model::unit_name;
 
 use crate::fstab::Fstab;
 use crate::generation::{FileIdentity, GenerationUnits};
 use crate::unit_file::{ParseError, UnitFile};
+
+/// The most read from a unit file or drop-in. systemd reads lines of up to
+/// 1 MiB; no real unit comes near this.
+pub const UNIT_FILE_LIMIT: Limit = Limit::new(4 << 20, "a unit file");
+/// The most read from `etc/fstab`.
+const FSTAB_LIMIT: Limit = Limit::new(1 << 20, "fstab");
+/// The most read from `etc/systemd/system.conf`.
+const SYSTEM_CONF_LIMIT: Limit = Limit::new(1 << 20, "system.conf");
+/// The most read from `init-interface-version` (`systemd 2`).
+const INIT_INTERFACE_LIMIT: Limit = Limit::new(1 << 10, "init-interface-version");
+/// The most read from system-manager's `services.json` and `etcFiles.json`.
+const SYSTEM_MANAGER_JSON_LIMIT: Limit = Limit::new(16 << 20, "a system-manager JSON file");
+/// The most of a JSON parser's message quoted in an error.
+const QUOTED_MESSAGE: usize = 160;
+
+/// The host files a generation may link to: its file, and the host file
+/// that NixOS's switch reads for the same purpose.
+const HOST_FILES: [(&str, &str); 2] =
+    [("etc/fstab", "/etc/fstab"), ("etc/systemd/system.conf", "/etc/systemd/system.conf")];
 
 /// Why a generation could not be loaded. Every variant names the path.
 #[derive(Debug, thiserror::Error)]
@@ -53,7 +84,7 @@ pub enum LoadError {
         /// What is wrong with it.
         message: String,
     },
-    /// A file or directory could not be read.
+    /// A directory could not be listed.
     #[error("{}: cannot read", path.display())]
     Io {
         /// The path inside the generation.
@@ -61,6 +92,11 @@ pub enum LoadError {
         /// The underlying error.
         source: io::Error,
     },
+    /// A file could not be read under the read rule: a link out of the
+    /// generation and the store, a dangling link, a loop, not a regular
+    /// file, too large.
+    #[error(transparent)]
+    Read(#[from] ReadError),
     /// A file is not valid UTF-8.
     #[error("{}:{line}: not valid UTF-8", path.display())]
     NotUtf8 {
@@ -75,194 +111,42 @@ pub enum LoadError {
         /// The path inside the generation.
         path: PathBuf,
     },
-    /// A symlink points at something that does not exist.
-    #[error("{}: dangling symlink (to {})", path.display(), target.display())]
-    Dangling {
-        /// The path inside the generation.
-        path: PathBuf,
-        /// The first path on the way that does not exist.
-        target: PathBuf,
-    },
-    /// Following symlinks did not end.
-    #[error("{}: too many levels of symbolic links", path.display())]
-    SymlinkLoop {
-        /// The path inside the generation.
-        path: PathBuf,
-    },
     /// A unit file or drop-in has a syntax error.
     #[error(transparent)]
     Parse(#[from] ParseError),
 }
 
-/// Symlink resolution for one generation: its canonical root, and the
-/// directories already seen not to be links (a NixOS generation links
-/// thousands of units into the same store, so the same parents recur).
-struct Walker<'a> {
-    root: &'a Path,
-    dirs: RefCell<HashSet<PathBuf>>,
-    /// The generation directory, open, for [`Walker::open_in_root`];
-    /// `None` once the kernel turned `openat2` down.
-    root_fd: RefCell<Option<OwnedFd>>,
-}
-
-impl<'a> Walker<'a> {
-    /// A walker for the generation at `root`, its canonical path.
-    fn new(root: &'a Path) -> Walker<'a> {
-        use rustix::fs::{Mode, OFlags};
-        let root_fd = rustix::fs::open(root, OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty()).ok();
-        Walker { root, dirs: RefCell::default(), root_fd: RefCell::new(root_fd) }
-    }
-
-    /// Opens `path` (a physical path under the generation directory) with
-    /// every absolute link on the way resolved inside the generation, in
-    /// one `openat2(RESOLVE_IN_ROOT)` call. Where it succeeds this is what
-    /// the component-wise walk finds, since the walk, too, looks inside
-    /// the generation first at every absolute link; where it fails (the
-    /// path leaves the generation, or the kernel lacks `openat2`) the
-    /// caller falls back to the walk. A generation linking thousands of
-    /// units into its own store saves a `readlink` and most of the path
-    /// lookups per unit.
-    fn open_in_root(&self, path: &Path) -> Option<fs::File> {
-        use rustix::fs::{Mode, OFlags, ResolveFlags};
-        let rel = path.strip_prefix(self.root).ok()?;
-        let mut root_fd = self.root_fd.borrow_mut();
-        let fd = root_fd.as_ref()?;
-        // O_NONBLOCK: a FIFO where a unit file should be must not hang the
-        // planner; for regular files the flag changes nothing.
-        let flags = OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NOCTTY | OFlags::NONBLOCK;
-        match rustix::fs::openat2(fd, rel, flags, Mode::empty(), ResolveFlags::IN_ROOT) {
-            Ok(file) => Some(fs::File::from(file)),
-            Err(rustix::io::Errno::NOSYS | rustix::io::Errno::PERM) => {
-                // No openat2 here (an old kernel, or a seccomp filter that
-                // refuses it): use the slower path from now on.
-                *root_fd = None;
-                None
+/// Reads a file of the generation at `rel` as UTF-8 text; `None` when it
+/// does not exist or is a link to `/dev/null`. A link out of the
+/// generation and the store is an error, except a link from `rel` to the
+/// host file [`HOST_FILES`] pairs with it.
+fn read_text(g: &GenerationDir, rel: &str, shown: &Path, limit: Limit) -> Result<Option<String>, LoadError> {
+    let bytes = match g.resolve(Path::new(rel), shown)? {
+        Resolved::Found(physical) => g.read(&physical, shown, limit)?,
+        Resolved::DevNull | Resolved::Missing(_) => return Ok(None),
+        Resolved::Outside { target, rest, .. } if host_file(rel, &target, &rest) => {
+            match generation_fs::read_host(&target, shown, limit)? {
+                Some(bytes) => bytes,
+                None => return Ok(None),
             }
-            Err(_) => None,
         }
+        outside @ Resolved::Outside { .. } => return Err(outside_error(&outside, shown)),
+    };
+    utf8(shown, bytes).map(Some)
+}
+
+/// Tells whether a link out of the generation, met while resolving `rel`,
+/// is `rel`'s own link to the host file NixOS's switch reads for it.
+fn host_file(rel: &str, target: &Path, rest: &Path) -> bool {
+    rest.as_os_str().is_empty() && HOST_FILES.iter().any(|(file, host)| *file == rel && target == Path::new(host))
+}
+
+/// The error for a resolution that left the generation and the store.
+fn outside_error(resolved: &Resolved, shown: &Path) -> LoadError {
+    match resolved.outside_error(shown) {
+        Some(err) => LoadError::Read(err),
+        None => LoadError::Invalid { path: shown.to_owned(), message: "cannot be read".into() },
     }
-}
-
-/// Where a path leads after following symlinks.
-#[derive(Debug)]
-enum Resolved {
-    /// An existing file or directory, by its physical path.
-    Found(PathBuf),
-    /// `/dev/null`: a mask.
-    DevNull,
-    /// Nothing: the first missing path, joined with what was left to
-    /// resolve.
-    Missing(PathBuf),
-}
-
-/// The longest chain of symlinks followed, as in the kernel.
-const MAX_SYMLINKS: u32 = 40;
-
-/// Follows symlinks component by component from the start of `path`.
-/// `root` is the generation directory's canonical path: absolute link
-/// targets are looked up inside it first.
-fn resolve(w: &Walker, path: &Path, shown: &Path) -> Result<Resolved, LoadError> {
-    let mut pending = Vec::new();
-    let mut cur = PathBuf::new();
-    push_components(path, &mut cur, &mut pending);
-    walk(w, cur, pending, shown, &mut 0)
-}
-
-/// Resolves `name` inside a directory already resolved to `dir`.
-fn resolve_in(w: &Walker, dir: &Path, name: &str, shown: &Path) -> Result<Resolved, LoadError> {
-    walk(w, dir.to_owned(), vec![OsString::from(name)], shown, &mut 0)
-}
-
-/// Resolves the parts in `pending` (a stack, next part last) starting at
-/// the physical directory `cur`.
-fn walk(
-    w: &Walker,
-    mut cur: PathBuf,
-    mut pending: Vec<OsString>,
-    shown: &Path,
-    hops: &mut u32,
-) -> Result<Resolved, LoadError> {
-    while let Some(part) = pending.pop() {
-        if part == ".." {
-            if cur.file_name().is_some() {
-                cur.pop();
-            } else {
-                cur.push("..");
-            }
-            continue;
-        }
-        let next = cur.join(&part);
-        if w.dirs.borrow().contains(&next) {
-            cur = next;
-            continue;
-        }
-        let meta = match fs::symlink_metadata(&next) {
-            Ok(meta) => meta,
-            Err(err) if err.kind() == io::ErrorKind::NotFound || err.kind() == io::ErrorKind::NotADirectory => {
-                let mut missing = next;
-                while let Some(rest) = pending.pop() {
-                    missing.push(rest);
-                }
-                return Ok(Resolved::Missing(missing));
-            }
-            Err(source) => return Err(LoadError::Io { path: shown.to_owned(), source }),
-        };
-        if !meta.file_type().is_symlink() {
-            if meta.is_dir() && !pending.is_empty() {
-                w.dirs.borrow_mut().insert(next.clone());
-            }
-            cur = next;
-            continue;
-        }
-        *hops += 1;
-        if *hops > MAX_SYMLINKS {
-            return Err(LoadError::SymlinkLoop { path: shown.to_owned() });
-        }
-        let target = fs::read_link(&next).map_err(|source| LoadError::Io { path: shown.to_owned(), source })?;
-        if target == Path::new("/dev/null") && pending.is_empty() {
-            return Ok(Resolved::DevNull);
-        }
-        if target.is_absolute() {
-            // Inside the generation first (a fixture with its own store),
-            // then on this machine.
-            let mut inside = pending.clone();
-            push_components(&target, &mut PathBuf::new(), &mut inside);
-            match walk(w, w.root.to_owned(), inside, shown, hops)? {
-                Resolved::Missing(_) => {}
-                found => return Ok(found),
-            }
-            push_components(&target, &mut cur, &mut pending);
-        } else {
-            push_components(&target, &mut PathBuf::new(), &mut pending);
-        }
-    }
-    if cur == Path::new("/dev/null") {
-        return Ok(Resolved::DevNull);
-    }
-    Ok(Resolved::Found(cur))
-}
-
-/// Pushes `path`'s components onto the stack of parts still to resolve
-/// (last component first, so that `pop` yields them in order). A leading
-/// `/` resets `cur` to the root directory.
-fn push_components(path: &Path, cur: &mut PathBuf, pending: &mut Vec<OsString>) {
-    let mut parts = Vec::new();
-    for component in path.components() {
-        match component {
-            Component::RootDir => *cur = PathBuf::from("/"),
-            Component::Prefix(p) => *cur = PathBuf::from(p.as_os_str()),
-            Component::CurDir => {}
-            Component::ParentDir => parts.push(OsString::from("..")),
-            Component::Normal(n) => parts.push(n.to_owned()),
-        }
-    }
-    pending.extend(parts.into_iter().rev());
-}
-
-/// Reads a file as UTF-8 text.
-fn read_text(shown: &Path, physical: &Path) -> Result<String, LoadError> {
-    let bytes = fs::read(physical).map_err(|source| LoadError::Io { path: shown.to_owned(), source })?;
-    utf8(shown, bytes)
 }
 
 /// A unit file or drop-in as found on disk.
@@ -271,99 +155,12 @@ enum Source {
     Text { shown: PathBuf, text: String },
 }
 
-/// Resolves and reads one unit file or drop-in, `name` in the physical
-/// directory `dir`.
-fn read_source(w: &Walker, dir: &Path, name: &str, shown: &Path) -> Result<Source, LoadError> {
-    // The common cases take the kernel's path resolution: a regular file,
-    // or a link whose target opens (inside the generation first for an
-    // absolute target, then on this machine). Everything else (links that
-    // lead nowhere, loops, links through absolute links inside a fixture)
-    // goes through the component-wise walk, which also gives the precise
-    // error.
-    let path = dir.join(name);
-    if let Some(file) = w.open_in_root(&path)
-        && let Some(source) = read_open(file, shown)?
-    {
-        return Ok(source);
+/// Reads one unit file or drop-in, `name` in the physical directory `dir`.
+fn read_source(g: &GenerationDir, dir: &Path, name: &str, shown: &Path) -> Result<Source, LoadError> {
+    match g.read_entry(dir, name, shown, UNIT_FILE_LIMIT)? {
+        Entry::Masked => Ok(Source::Masked),
+        Entry::Bytes(bytes) => Ok(Source::Text { shown: shown.to_owned(), text: utf8(shown, bytes)? }),
     }
-    let candidates = match fs::read_link(&path) {
-        Err(err) if err.kind() == io::ErrorKind::InvalidInput => vec![path],
-        Err(_) => Vec::new(),
-        Ok(target) if target == Path::new("/dev/null") => return Ok(Source::Masked),
-        Ok(target) if target.is_absolute() => {
-            vec![w.root.join(target.strip_prefix("/").unwrap_or(&target)), target]
-        }
-        Ok(target) => vec![dir.join(target)],
-    };
-    for candidate in candidates {
-        if let Some(source) = open_source(&candidate, shown)? {
-            return Ok(source);
-        }
-    }
-    match resolve_in(w, dir, name, shown)? {
-        Resolved::DevNull => Ok(Source::Masked),
-        Resolved::Missing(target) => Err(LoadError::Dangling { path: shown.to_owned(), target }),
-        Resolved::Found(physical) => Ok(Source::Text { shown: shown.to_owned(), text: read_text(shown, &physical)? }),
-    }
-}
-
-/// Opens and reads a unit file or drop-in; `None` when the path does not
-/// open (missing, a symlink loop, ...), so the caller can look closer. A
-/// character device is `/dev/null`: a mask.
-fn open_source(path: &Path, shown: &Path) -> Result<Option<Source>, LoadError> {
-    use std::os::unix::fs::OpenOptionsExt as _;
-    // Non-blocking, so that a FIFO where a unit file should be cannot hang
-    // the planner; for regular files the flag changes nothing.
-    let nonblock = i32::try_from(rustix::fs::OFlags::NONBLOCK.bits()).unwrap_or(0);
-    let Ok(file) = fs::OpenOptions::new().read(true).custom_flags(nonblock).open(path) else {
-        // Missing, a loop, or not permitted: the walk tells which.
-        return Ok(None);
-    };
-    read_open(file, shown)
-}
-
-/// Reads an opened unit file or drop-in. A character device is
-/// `/dev/null`: a mask. Anything else but a regular file (a directory, a
-/// FIFO, a socket) is an error naming the path, as systemd would not load
-/// it either.
-fn read_open(mut file: fs::File, shown: &Path) -> Result<Option<Source>, LoadError> {
-    use std::io::Read as _;
-    use std::os::unix::fs::FileTypeExt as _;
-    let io_err = |source| LoadError::Io { path: shown.to_owned(), source };
-    let meta = file.metadata().map_err(io_err)?;
-    if meta.file_type().is_char_device() {
-        return Ok(Some(Source::Masked));
-    }
-    if !meta.is_file() {
-        let ty = meta.file_type();
-        let what = if ty.is_dir() {
-            "a directory"
-        } else if ty.is_fifo() {
-            "a FIFO"
-        } else if ty.is_socket() {
-            "a socket"
-        } else {
-            "a device"
-        };
-        return Err(io_err(io::Error::new(io::ErrorKind::InvalidInput, format!("{what}, not a regular file"))));
-    }
-    // One read for the size `fstat` gave and one to see the end; std's
-    // `read_to_end` on a file would ask for the size again.
-    let mut bytes = vec![0; usize::try_from(meta.len()).unwrap_or(0).saturating_add(1)];
-    let mut filled = 0;
-    loop {
-        if filled == bytes.len() {
-            bytes.resize(bytes.len() * 2, 0);
-        }
-        match file.read(&mut bytes[filled..]) {
-            Ok(0) => break,
-            Ok(n) => filled += n,
-            Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
-            Err(err) => return Err(io_err(err)),
-        }
-    }
-    bytes.truncate(filled);
-    Ok(Some(Source::Text { shown: shown.to_owned(), text: utf8(shown, bytes)? }))
 }
 
 /// Checks that a file's bytes are UTF-8, naming the line of the first bad
@@ -389,21 +186,25 @@ fn list_dir(shown: &Path, physical: &Path) -> Result<Vec<String>, LoadError> {
     Ok(names)
 }
 
-/// Resolves a path that must be an existing directory; `None` when it
-/// does not exist or is not a directory.
-fn resolve_dir(w: &Walker, path: &Path, shown: &Path) -> Result<Option<PathBuf>, LoadError> {
-    match resolve(w, path, shown)? {
+/// What a resolution found, as a directory: its physical path, `None`
+/// when there is none (missing, a mask, a file). A link out of the
+/// generation and the store is an error.
+fn as_dir(resolved: Resolved, shown: &Path) -> Result<Option<PathBuf>, LoadError> {
+    match resolved {
         Resolved::Found(physical) if physical.is_dir() => Ok(Some(physical)),
+        outside @ Resolved::Outside { .. } => Err(outside_error(&outside, shown)),
         _ => Ok(None),
     }
 }
 
+/// Resolves `rel` in the generation as a directory (see [`as_dir`]).
+fn resolve_dir(g: &GenerationDir, rel: &str, shown: &Path) -> Result<Option<PathBuf>, LoadError> {
+    as_dir(g.resolve(Path::new(rel), shown)?, shown)
+}
+
 /// Like [`resolve_dir`] for `name` in the physical directory `dir`.
-fn resolve_dir_in(w: &Walker, dir: &Path, name: &str, shown: &Path) -> Result<Option<PathBuf>, LoadError> {
-    match resolve_in(w, dir, name, shown)? {
-        Resolved::Found(physical) if physical.is_dir() => Ok(Some(physical)),
-        _ => Ok(None),
-    }
+fn resolve_dir_in(g: &GenerationDir, dir: &Path, name: &str, shown: &Path) -> Result<Option<PathBuf>, LoadError> {
+    as_dir(g.resolve_in(dir, name, shown)?, shown)
 }
 
 /// A unit directory's links: unit → kind (`wants`, ...) → linked units.
@@ -422,11 +223,10 @@ pub fn load(root: &Path) -> Result<GenerationUnits, LoadError> {
         Err(err) => return Err(LoadError::NotAGeneration { path: root.to_owned(), reason: err.to_string() }),
     }
     let shown_root = root;
-    let root = &fs::canonicalize(root).map_err(|source| LoadError::Io { path: root.to_owned(), source })?;
-    let walker = Walker::new(root);
-    let w = &walker;
-    let (unit_dir_shown, unit_dir, managed) = locate_units(w, shown_root, root)?;
-    let (mut units, deps) = read_unit_dir(w, &unit_dir_shown, &unit_dir)?;
+    let g = &GenerationDir::open(root)?;
+    let (unit_dir_shown, unit_dir, managed) = locate_units(g, shown_root)?;
+    let read = read_unit_dir(g, &unit_dir_shown, &unit_dir)?;
+    let mut units = read.units;
     // system-manager masks units through systemd (`MaskUnitFiles`), not in
     // its unit directory: its masked units are masked units here too.
     for (name, entry) in managed.iter().flatten() {
@@ -437,37 +237,33 @@ pub fn load(root: &Path) -> Result<GenerationUnits, LoadError> {
     // User units (`etc/systemd/user`), for what the plan says about user
     // managers; a generation without them is fine.
     let user_dir_shown = shown_root.join("etc/systemd/user");
-    let user_units = match resolve_dir(w, &root.join("etc/systemd/user"), &user_dir_shown)? {
-        Some(dir) => read_unit_dir(w, &user_dir_shown, &dir)?.0,
+    let user_units = match resolve_dir(g, "etc/systemd/user", &user_dir_shown)? {
+        Some(dir) => read_unit_dir(g, &user_dir_shown, &dir)?.units,
         None => BTreeMap::new(),
     };
 
-    let fstab_shown = shown_root.join("etc/fstab");
-    let fstab = match resolve(w, &root.join("etc/fstab"), &fstab_shown)? {
-        Resolved::Found(physical) => Some(Fstab::parse(&read_text(&fstab_shown, &physical)?)),
-        _ => None,
-    };
-    let system_conf = match fs::symlink_metadata(root.join("etc/systemd/system.conf")) {
-        Ok(_) => identity(w, shown_root, "etc/systemd/system.conf", true)?,
+    let fstab = read_text(g, "etc/fstab", &shown_root.join("etc/fstab"), FSTAB_LIMIT)?.map(|text| Fstab::parse(&text));
+    let system_conf = match fs::symlink_metadata(g.root().join("etc/systemd/system.conf")) {
+        Ok(_) => system_conf_identity(g, &shown_root.join("etc/systemd/system.conf"))?,
         Err(_) => None,
     };
-    let systemd_exe = match fs::symlink_metadata(root.join("systemd")) {
-        Ok(_) => identity(w, shown_root, "systemd/lib/systemd/systemd", false)?,
+    let systemd_exe = match fs::symlink_metadata(g.root().join("systemd")) {
+        Ok(_) => systemd_identity(g, &shown_root.join("systemd/lib/systemd/systemd"))?,
         Err(_) => None,
     };
     let init_path = shown_root.join("init-interface-version");
-    let init_interface_version = match resolve(w, &root.join("init-interface-version"), &init_path)? {
-        Resolved::Found(physical) => Some(read_text(&init_path, &physical)?.trim().to_owned()),
-        _ => None,
-    };
+    let init_interface_version =
+        read_text(g, "init-interface-version", &init_path, INIT_INTERFACE_LIMIT)?.map(|text| text.trim().to_owned());
     let script = if managed.is_some() { "bin/activate" } else { "activate" };
-    let activate = fs::symlink_metadata(root.join(script)).ok().map(|_| shown_root.join(script));
+    let activate = fs::symlink_metadata(g.root().join(script)).ok().map(|_| shown_root.join(script));
 
     Ok(GenerationUnits {
         root: shown_root.to_owned(),
         units,
         user_units,
-        deps,
+        deps: read.deps,
+        unit_dir: unit_dir_shown,
+        unit_files: read.files,
         fstab,
         system_conf,
         systemd_exe,
@@ -492,34 +288,43 @@ pub enum Layout {
 }
 
 /// Finds the unit directory of the generation at `toplevel` as [`load`]
-/// does, following its links (inside the generation first): its path
-/// after following them, and the generation's [`Layout`]. Errors name the
-/// file at fault; a directory with neither layout is
+/// does, following its links under the same rule: its path after
+/// following them, and the generation's [`Layout`]. Errors name the file
+/// at fault; a directory with neither layout is
 /// [`LoadError::NoUnitDirectory`].
 pub fn unit_directory(toplevel: &Path) -> Result<(PathBuf, Layout), LoadError> {
-    let root = &fs::canonicalize(toplevel).map_err(|source| LoadError::Io { path: toplevel.to_owned(), source })?;
-    let (_, dir, managed) = locate_units(&Walker::new(root), toplevel, root)?;
+    let g = &GenerationDir::open(toplevel)?;
+    let (_, dir, managed) = locate_units(g, toplevel)?;
     Ok((dir, if managed.is_some() { Layout::SystemManager } else { Layout::Nixos }))
 }
 
 /// The unit directory as shown and as found, and for a system-manager
 /// generation the units it manages.
-fn locate_units(w: &Walker, shown_root: &Path, root: &Path) -> Result<(PathBuf, PathBuf, Option<Managed>), LoadError> {
+fn locate_units(g: &GenerationDir, shown_root: &Path) -> Result<(PathBuf, PathBuf, Option<Managed>), LoadError> {
     let shown = shown_root.join("etc/systemd/system");
-    if let Some(dir) = resolve_dir(w, &root.join("etc/systemd/system"), &shown)? {
+    if let Some(dir) = resolve_dir(g, "etc/systemd/system", &shown)? {
         return Ok((shown, dir, None));
     }
-    if fs::symlink_metadata(root.join("services")).is_ok() {
-        let (shown, dir, managed) = system_manager_units(w, shown_root, root)?;
+    if fs::symlink_metadata(g.root().join("services")).is_ok() {
+        let (shown, dir, managed) = system_manager_units(g, shown_root)?;
         return Ok((shown, dir, Some(managed)));
     }
     Err(LoadError::NoUnitDirectory { path: shown_root.to_owned() })
 }
 
-/// The units of one unit directory (`etc/systemd/system` or
-/// `etc/systemd/user`) with their drop-ins merged, and its
-/// `.wants`/`.requires`/`.upholds` links.
-fn read_unit_dir(w: &Walker, dir_shown: &Path, dir: &Path) -> Result<(BTreeMap<String, UnitFile>, Links), LoadError> {
+/// What one unit directory holds.
+struct UnitDir {
+    /// The units with their drop-ins merged.
+    units: BTreeMap<String, UnitFile>,
+    /// The `.wants`/`.requires`/`.upholds` links.
+    deps: Links,
+    /// The text of every unit file and drop-in, by its path relative to
+    /// the directory.
+    files: BTreeMap<String, String>,
+}
+
+/// Reads one unit directory (`etc/systemd/system` or `etc/systemd/user`).
+fn read_unit_dir(g: &GenerationDir, dir_shown: &Path, dir: &Path) -> Result<UnitDir, LoadError> {
     let mut fragments: BTreeMap<String, Source> = BTreeMap::new();
     let mut drop_in_dirs: BTreeMap<String, Vec<(String, Source)>> = BTreeMap::new();
     let mut deps = Links::new();
@@ -527,22 +332,22 @@ fn read_unit_dir(w: &Walker, dir_shown: &Path, dir: &Path) -> Result<(BTreeMap<S
     for name in list_dir(dir_shown, dir)? {
         let shown = dir_shown.join(&name);
         if let Some(unit) = name.strip_suffix(".d").filter(|u| unit_name::is_valid(u)) {
-            let Some(dir) = resolve_dir_in(w, dir, &name, &shown)? else { continue };
+            let Some(dir) = resolve_dir_in(g, dir, &name, &shown)? else { continue };
             let mut files = Vec::new();
             for file in list_dir(&shown, &dir)? {
                 if file.ends_with(".conf") {
-                    files.push((file.clone(), read_source(w, &dir, &file, &shown.join(&file))?));
+                    files.push((file.clone(), read_source(g, &dir, &file, &shown.join(&file))?));
                 }
             }
             drop_in_dirs.insert(unit.to_owned(), files);
         } else if let Some((unit, kind)) =
             name.rsplit_once('.').filter(|(u, k)| LINK_KINDS.contains(k) && unit_name::is_valid(u))
         {
-            let Some(dir) = resolve_dir_in(w, dir, &name, &shown)? else { continue };
+            let Some(dir) = resolve_dir_in(g, dir, &name, &shown)? else { continue };
             let linked = list_dir(&shown, &dir)?.into_iter().filter(|n| unit_name::is_valid(n)).collect();
             deps.entry(unit.to_owned()).or_default().insert(kind.to_owned(), linked);
         } else if unit_name::is_valid(&name) {
-            fragments.insert(name.clone(), read_source(w, dir, &name, &shown)?);
+            fragments.insert(name.clone(), read_source(g, dir, &name, &shown)?);
         }
     }
 
@@ -588,14 +393,29 @@ fn read_unit_dir(w: &Walker, dir_shown: &Path, dir: &Path) -> Result<(BTreeMap<S
         unit.finish();
         units.insert(name.clone(), unit);
     }
-    Ok((units, deps))
+
+    // Keep what was read, for the reports' diffs.
+    let mut files = BTreeMap::new();
+    for (name, source) in fragments {
+        if let Source::Text { text, .. } = source {
+            files.insert(name, text);
+        }
+    }
+    for (unit, drop_ins) in drop_in_dirs {
+        for (file, source) in drop_ins {
+            if let Source::Text { text, .. } = source {
+                files.insert(format!("{unit}.d/{file}"), text);
+            }
+        }
+    }
+    Ok(UnitDir { units, deps, files })
 }
 
 /// The unit directory of a system-manager toplevel and the units it
 /// manages. The toplevel has no `etc/`: `services/services.json` lists the
 /// managed units, and `etcFiles/etcFiles.json` names the static `/etc` tree
 /// (`staticEnv`) whose `systemd/system` system-manager links into `/etc`.
-fn system_manager_units(w: &Walker, shown_root: &Path, root: &Path) -> Result<(PathBuf, PathBuf, Managed), LoadError> {
+fn system_manager_units(g: &GenerationDir, shown_root: &Path) -> Result<(PathBuf, PathBuf, Managed), LoadError> {
     #[derive(serde::Deserialize)]
     #[serde(rename_all = "camelCase")]
     struct EtcFiles {
@@ -603,34 +423,41 @@ fn system_manager_units(w: &Walker, shown_root: &Path, root: &Path) -> Result<(P
     }
     let read_json = |rel: &str| -> Result<(PathBuf, String), LoadError> {
         let shown = shown_root.join(rel);
-        match resolve(w, &root.join(rel), &shown)? {
-            Resolved::Found(physical) => Ok((shown.clone(), read_text(&shown, &physical)?)),
-            Resolved::DevNull | Resolved::Missing(_) => {
+        match read_text(g, rel, &shown, SYSTEM_MANAGER_JSON_LIMIT)? {
+            Some(text) => Ok((shown, text)),
+            None => {
                 Err(LoadError::Invalid { path: shown, message: "missing from the system-manager generation".into() })
             }
         }
     };
     let invalid = |path: &Path, err: serde_json::Error| LoadError::Invalid {
         path: path.to_owned(),
-        message: format!("line {}: not what system-manager writes: {err}", err.line()),
+        message: format!("line {}: not what system-manager writes: {}", err.line(), bounded(&err.to_string())),
     };
     let (services_path, services) = read_json("services/services.json")?;
     let managed = serde_json::from_str(&services).map_err(|e| invalid(&services_path, e))?;
     let (etc_path, etc) = read_json("etcFiles/etcFiles.json")?;
     let etc: EtcFiles = serde_json::from_str(&etc).map_err(|e| invalid(&etc_path, e))?;
-    // Like a link's target, the static tree is looked up inside the
-    // generation first (a fixture with its own store), then on the machine.
+    // The static tree is followed as a link from etcFiles.json would be:
+    // into the store only (inside a fixture's own store first).
     let dir = Path::new(&etc.static_env).join("systemd/system");
-    let inside = root.join(dir.strip_prefix("/").unwrap_or(&dir));
-    for candidate in [inside, dir.clone()] {
-        if let Some(physical) = resolve_dir(w, &candidate, &dir)? {
-            return Ok((dir, physical, managed));
-        }
+    let resolved = g.resolve_named(&dir, &etc_path, &etc_path)?;
+    if let Some(physical) = as_dir(resolved, &etc_path)? {
+        return Ok((dir, physical, managed));
     }
     Err(LoadError::Invalid {
         path: etc_path,
         message: format!("the static /etc tree it names has no systemd/system directory ({})", dir.display()),
     })
+}
+
+/// A message from a parser, cut to [`QUOTED_MESSAGE`] characters: it may
+/// quote the file.
+fn bounded(message: &str) -> String {
+    match message.char_indices().nth(QUOTED_MESSAGE) {
+        Some((end, _)) => format!("{}...", &message[..end]),
+        None => message.to_owned(),
+    }
 }
 
 /// Loads two generations at once, the new one on a second thread: loading
@@ -644,28 +471,50 @@ pub fn load_pair(old: &Path, new: &Path) -> (Result<GenerationUnits, LoadError>,
     })
 }
 
-/// Computes a file's identity for the re-exec decision. A file that does
-/// not exist on this machine is identified by the path its link names.
-fn identity(w: &Walker, shown_root: &Path, rel: &str, read: bool) -> Result<Option<FileIdentity>, LoadError> {
-    let shown = &shown_root.join(rel);
-    Ok(match resolve(w, &w.root.join(rel), shown)? {
+/// The identity of `etc/systemd/system.conf` for the re-exec decision:
+/// its path after following links, and its content. A link to a store
+/// path that is not on this machine is identified by the path it names;
+/// NixOS's `-> /etc/systemd/system.conf` by that path and the host file's
+/// content.
+fn system_conf_identity(g: &GenerationDir, shown: &Path) -> Result<Option<FileIdentity>, LoadError> {
+    const REL: &str = "etc/systemd/system.conf";
+    Ok(match g.resolve(Path::new(REL), shown)? {
         Resolved::Found(physical) => Some(FileIdentity {
+            content: Some(g.read(&physical, shown, SYSTEM_CONF_LIMIT)?),
             path: physical.display().to_string(),
-            content: if read {
-                Some(fs::read(&physical).map_err(|source| LoadError::Io { path: shown.to_owned(), source })?)
-            } else {
-                None
-            },
         }),
         Resolved::Missing(target) if target.is_absolute() => {
             Some(FileIdentity { path: target.display().to_string(), content: None })
         }
         Resolved::Missing(_) | Resolved::DevNull => None,
+        Resolved::Outside { target, rest, .. } if host_file(REL, &target, &rest) => Some(FileIdentity {
+            content: generation_fs::read_host(&target, shown, SYSTEM_CONF_LIMIT)?,
+            path: target.display().to_string(),
+        }),
+        outside @ Resolved::Outside { .. } => return Err(outside_error(&outside, shown)),
+    })
+}
+
+/// The identity of the systemd binary (`systemd/lib/systemd/systemd`) for
+/// the re-exec decision: its path after following links, never its
+/// content. A link out of the generation and the store is not followed:
+/// the binary is identified by the path the link names.
+fn systemd_identity(g: &GenerationDir, shown: &Path) -> Result<Option<FileIdentity>, LoadError> {
+    Ok(match g.resolve(Path::new("systemd/lib/systemd/systemd"), shown)? {
+        Resolved::Found(physical) => Some(FileIdentity { path: physical.display().to_string(), content: None }),
+        Resolved::Missing(target) if target.is_absolute() => {
+            Some(FileIdentity { path: target.display().to_string(), content: None })
+        }
+        Resolved::Outside { target, rest, .. } if target.is_absolute() => {
+            Some(FileIdentity { path: target.join(rest).display().to_string(), content: None })
+        }
+        Resolved::Missing(_) | Resolved::DevNull => None,
+        outside @ Resolved::Outside { .. } => return Err(outside_error(&outside, shown)),
     })
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
     use std::os::unix::fs::symlink;
@@ -729,8 +578,124 @@ mod tests {
         assert!(made.success());
         let err = load(dir.path()).unwrap_err();
         assert!(err.to_string().contains("f.service: cannot read"), "{err}");
-        let LoadError::Io { source, .. } = err else { panic!("{err:?}") };
+        let LoadError::Read(ReadError::Io { source, .. }) = err else { panic!("{err:?}") };
         assert_eq!(source.to_string(), "a FIFO, not a regular file");
+    }
+
+    /// Loads `root` on another thread, failing instead of hanging.
+    fn load_within_seconds(root: &Path) -> Result<GenerationUnits, LoadError> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let root = root.to_owned();
+        std::thread::spawn(move || {
+            let _ = tx.send(load(&root));
+        });
+        rx.recv_timeout(std::time::Duration::from_secs(10)).expect("loading hangs")
+    }
+
+    fn mkfifo(path: &Path) {
+        fs::create_dir_all(path.parent().unwrap()).unwrap();
+        assert!(std::process::Command::new("mkfifo").arg(path).status().unwrap().success());
+    }
+
+    #[test]
+    fn a_fifo_for_fstab_system_conf_or_init_interface_version_is_an_error_not_a_hang() {
+        for rel in ["etc/fstab", "etc/systemd/system.conf", "init-interface-version"] {
+            let dir = tempfile::tempdir().unwrap();
+            fs::create_dir_all(dir.path().join("etc/systemd/system")).unwrap();
+            mkfifo(&dir.path().join(rel));
+            let err = load_within_seconds(dir.path()).unwrap_err();
+            let LoadError::Read(ReadError::Io { path, source }) = &err else { panic!("{rel}: {err:?}") };
+            assert_eq!(path, &dir.path().join(rel));
+            assert_eq!(source.to_string(), "a FIFO, not a regular file", "{rel}");
+            // Linked from the generation's own store, the same.
+            fs::remove_file(dir.path().join(rel)).unwrap();
+            mkfifo(&dir.path().join("nix/store/ffff-fifo/fifo"));
+            symlink("/nix/store/ffff-fifo/fifo", dir.path().join(rel)).unwrap();
+            let err = load_within_seconds(dir.path()).unwrap_err();
+            assert!(err.to_string().ends_with(&format!("{rel}: cannot read")), "{rel}: {err}");
+        }
+    }
+
+    #[test]
+    fn reads_are_bounded() {
+        let dir = tempfile::tempdir().unwrap();
+        let units = dir.path().join("etc/systemd/system");
+        fs::create_dir_all(&units).unwrap();
+        // Sparse: the size, without writing it.
+        let big = fs::File::create(units.join("big.service")).unwrap();
+        big.set_len(UNIT_FILE_LIMIT.bytes + 1).unwrap();
+        let err = load(dir.path()).unwrap_err();
+        assert!(matches!(err, LoadError::Read(ReadError::TooLarge { .. })), "{err:?}");
+        assert!(err.to_string().ends_with("big.service: larger than 4 MiB, the most read from a unit file"), "{err}");
+        fs::remove_file(units.join("big.service")).unwrap();
+        fs::File::create(dir.path().join("etc/fstab")).unwrap().set_len(FSTAB_LIMIT.bytes + 1).unwrap();
+        let err = load(dir.path()).unwrap_err().to_string();
+        assert!(err.ends_with("etc/fstab: larger than 1 MiB, the most read from fstab"), "{err}");
+        fs::remove_file(dir.path().join("etc/fstab")).unwrap();
+        fs::write(dir.path().join("init-interface-version"), "x".repeat(2048)).unwrap();
+        let err = load(dir.path()).unwrap_err().to_string();
+        assert!(err.ends_with("init-interface-version: larger than 1 KiB, the most read from init-interface-version"));
+        assert!(!err.contains("xxx"), "{err}");
+    }
+
+    #[test]
+    fn links_out_of_the_generation_are_errors_naming_the_link() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("gen");
+        let units = root.join("etc/systemd/system");
+        fs::create_dir_all(&units).unwrap();
+        write(&dir.path().join("secret.ini"), "[Service]\nSecret=MARKER\n");
+        symlink(dir.path().join("secret.ini"), units.join("a.service")).unwrap();
+        let err = load(&root).unwrap_err().to_string();
+        let expected = format!(
+            "{}: links outside the generation and the Nix store (to {})",
+            units.join("a.service").display(),
+            dir.path().join("secret.ini").display()
+        );
+        assert_eq!(err, expected);
+        fs::remove_file(units.join("a.service")).unwrap();
+        // A unit directory linked out of the generation.
+        fs::create_dir_all(dir.path().join("units")).unwrap();
+        symlink(dir.path().join("units"), units.join("a.service.d")).unwrap();
+        let err = load(&root).unwrap_err().to_string();
+        assert!(err.contains("a.service.d: links outside the generation"), "{err}");
+        fs::remove_file(units.join("a.service.d")).unwrap();
+        // Only NixOS's own links to the host files may leave it.
+        for (rel, target) in [("init-interface-version", "/etc/os-release"), ("etc/fstab", "/etc/mtab")] {
+            symlink(target, root.join(rel)).unwrap();
+            let err = load(&root).unwrap_err().to_string();
+            assert!(err.ends_with(&format!("{rel}: links outside the generation and the Nix store (to {target})")));
+            fs::remove_file(root.join(rel)).unwrap();
+        }
+    }
+
+    #[test]
+    fn nixos_links_to_the_host_fstab_and_system_conf_are_read() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::create_dir_all(dir.path().join("etc/systemd/system")).unwrap();
+        symlink("/etc/fstab", dir.path().join("etc/fstab")).unwrap();
+        symlink("/etc/systemd/system.conf", dir.path().join("etc/systemd/system.conf")).unwrap();
+        let g = load(dir.path()).unwrap();
+        let host_fstab = fs::read_to_string("/etc/fstab").ok().map(|text| Fstab::parse(&text));
+        assert_eq!(g.fstab(), host_fstab.as_ref());
+        let conf = g.system_conf().unwrap();
+        assert_eq!(conf.path, "/etc/systemd/system.conf");
+        assert_eq!(conf.content, fs::read("/etc/systemd/system.conf").ok());
+    }
+
+    #[test]
+    fn keeps_the_text_it_parsed() {
+        let dir = tempfile::tempdir().unwrap();
+        let units = dir.path().join("etc/systemd/system");
+        write(&units.join("a.service"), "\u{feff}[Service]\nExecStart=/bin/a\n");
+        write(&units.join("a.service.d/x.conf"), "[Service]\nNice=1\n");
+        symlink("/dev/null", units.join("m.service")).unwrap();
+        let g = load(dir.path()).unwrap();
+        assert_eq!(g.unit_dir(), units);
+        assert_eq!(g.unit_file_text("a.service"), Some("\u{feff}[Service]\nExecStart=/bin/a\n"));
+        assert_eq!(g.unit_file_text("a.service.d/x.conf"), Some("[Service]\nNice=1\n"));
+        assert_eq!(g.unit_file_text("m.service"), None);
+        assert_eq!(g.unit("a.service").unwrap().get("Service", "ExecStart"), Some("/bin/a"));
     }
 
     #[test]
@@ -741,6 +706,6 @@ mod tests {
         symlink("b.service", units.join("a.service")).unwrap();
         symlink("a.service", units.join("b.service")).unwrap();
         let err = load(dir.path()).unwrap_err();
-        assert!(matches!(err, LoadError::SymlinkLoop { .. }), "{err}");
+        assert!(matches!(err, LoadError::Read(ReadError::Loop { .. })), "{err}");
     }
 }

@@ -17,12 +17,18 @@
 //!   ignores them (with a warning).
 //! - A line that is neither a comment, a section header nor `key=value`
 //!   is an error naming the file and line: systemd refuses to load such a
-//!   unit, so the planner must not guess.
+//!   unit, so the planner must not guess. The error quotes at most
+//!   [`QUOTED_LINE`] characters of the line.
+//! - A UTF-8 byte-order mark at the start of a file is skipped, as systemd
+//!   skips it.
 //!
 //! This module does no IO: the loader reads the bytes and hands them here.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+
+/// The most characters of a line that a [`ParseError`] quotes.
+pub const QUOTED_LINE: usize = 80;
 
 /// The keys of one section, each with its values in assignment order.
 pub type Section = BTreeMap<String, Vec<String>>;
@@ -134,6 +140,7 @@ impl UnitFile {
     pub(crate) fn apply(&mut self, path: &Path, text: &str) -> Result<(), ParseError> {
         let mut section: Option<String> = None;
         let mut continued: Option<(String, u32)> = None;
+        let text = text.strip_prefix('\u{feff}').unwrap_or(text);
         for (index, raw) in text.split('\n').enumerate() {
             let number = u32::try_from(index + 1).unwrap_or(u32::MAX);
             let raw = raw.strip_suffix('\r').unwrap_or(raw);
@@ -185,15 +192,15 @@ impl UnitFile {
             let name = rest
                 .strip_suffix(']')
                 .filter(|name| !name.is_empty() && !name.contains(['[', ']']))
-                .ok_or_else(|| error(format!("invalid section header {line:?}")))?;
+                .ok_or_else(|| error(format!("invalid section header {}", quote(line))))?;
             self.sections.entry(name.to_owned()).or_default();
             *section = Some(name.to_owned());
             return Ok(());
         }
-        let (key, value) = line.split_once('=').ok_or_else(|| error(format!("missing '=' in {line:?}")))?;
+        let (key, value) = line.split_once('=').ok_or_else(|| error(format!("missing '=' in {}", quote(line))))?;
         let key = key.trim();
         if key.is_empty() {
-            return Err(error(format!("missing key name in {line:?}")));
+            return Err(error(format!("missing key name in {}", quote(line))));
         }
         let Some(section) = section else {
             // systemd ignores assignments outside of any section.
@@ -224,6 +231,15 @@ impl UnitFile {
             section.retain(|_, values| !values.is_empty());
         }
         self.sections.retain(|_, keys| !keys.is_empty());
+    }
+}
+
+/// A line quoted for an error: escaped, and cut after [`QUOTED_LINE`]
+/// characters.
+fn quote(line: &str) -> String {
+    match line.char_indices().nth(QUOTED_LINE) {
+        Some((end, _)) => format!("{:?}...", &line[..end]),
+        None => format!("{line:?}"),
     }
 }
 
@@ -281,6 +297,24 @@ mod tests {
         assert_eq!(err.to_string(), "dir/t.service:3: missing '=' in \"this is garbage\"");
         let err = UnitFile::parse("t.service", Path::new("t"), "[Unit\n").unwrap_err();
         assert_eq!(err.line, 1);
+    }
+
+    #[test]
+    fn a_byte_order_mark_is_skipped_as_systemd_does() {
+        let u = parse("\u{feff}[Unit]\nDescription=x\n");
+        assert_eq!(u.get("Unit", "Description"), Some("x"));
+        // Only at the start of the file.
+        let err = UnitFile::parse("t.service", Path::new("t"), "[Unit]\n\u{feff}A=b\n\u{feff}x\n").unwrap_err();
+        assert_eq!(err.line, 3);
+    }
+
+    #[test]
+    fn errors_quote_a_bounded_part_of_the_line() {
+        let long = format!("[Unit]\n{}\n", "é".repeat(5000));
+        let err = UnitFile::parse("t.service", Path::new("t"), &long).unwrap_err();
+        assert_eq!(err.message, format!("missing '=' in {:?}...", "é".repeat(QUOTED_LINE)));
+        let err = UnitFile::parse("t.service", Path::new("t"), &format!("[{}\n", "x".repeat(500))).unwrap_err();
+        assert!(err.message.len() < 120, "{}", err.message);
     }
 
     #[test]

@@ -2,8 +2,9 @@
 //! namespaces.
 //!
 //! [`TestBed::boot`] prepares a private directory (the namespace's `/run`,
-//! a directory that plays the Nix store, the generations, SSH keys and a
-//! boot script) and starts
+//! a directory that plays the Nix store and holds the generations, as
+//! NixOS's store holds its toplevels, SSH keys and a boot script) and
+//! starts
 //! `unshare --pid --fork --mount --mount-proc --kill-child <boot script>`.
 //! The boot script, inside the new namespaces:
 //!
@@ -278,7 +279,7 @@ impl TestBed {
 
     fn boot_in(config: &Config, root: PathBuf, id: String, started: Instant) -> Result<TestBed> {
         let run = root.join("run");
-        for dir in ["run/testbed", "store", "generations", "distro-units"] {
+        for dir in ["run/testbed", "store", "distro-units"] {
             fs::create_dir_all(root.join(dir)).map_err(io("creating", root.join(dir)))?;
         }
         fs::write(run.join("testbed/marker"), format!("{id}\n")).map_err(io("writing", run.join("testbed/marker")))?;
@@ -286,7 +287,7 @@ impl TestBed {
         let port = ssh::free_port()?;
 
         let ctx = build_context(&root, &keys, port);
-        let generation = config.generation.build(&root.join("generations"), &ctx)?;
+        let generation = config.generation.build(&root.join("store"), &ctx)?;
         symlink(&generation, run.join("current-system")).map_err(io("linking", run.join("current-system")))?;
 
         let mut units: Vec<String> = BASE_UNITS.iter().map(|s| (*s).to_owned()).collect();
@@ -471,7 +472,10 @@ impl TestBed {
             .collect()
     }
 
-    /// The directory that plays the Nix store for this bed's generations.
+    /// The directory that plays the Nix store for this bed's generations:
+    /// it holds them and the files they link to, so that safe-switch,
+    /// which follows a generation's links only into the store that holds
+    /// it, reads them as it reads a NixOS toplevel.
     pub fn store_dir(&self) -> PathBuf {
         self.root.join("store")
     }
@@ -479,7 +483,7 @@ impl TestBed {
     /// Builds another generation (e.g. the one to switch to) next to the
     /// booted one, with this bed's sshd settings, and returns its path.
     pub fn build_generation(&self, generation: &Generation) -> Result<PathBuf> {
-        generation.build(&self.root.join("generations"), &build_context(&self.root, &self.keys, self.port))
+        generation.build(&self.store_dir(), &build_context(&self.root, &self.keys, self.port))
     }
 
     /// The loopback port of the bed's sshd.

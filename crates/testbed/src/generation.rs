@@ -86,9 +86,12 @@ pub struct SshdSettings {
 pub struct BuildContext {
     /// The directory that plays the Nix store: unit files, drop-ins and
     /// `system.conf` are written there once per distinct content and linked
-    /// from the generation. With `None` they are plain files in the
-    /// generation, and `activate` finds its generation from its own path:
-    /// a self-contained directory that can be copied or committed.
+    /// from the generation. safe-switch follows a generation's links only
+    /// into `/nix/store` and the store that holds the generation, so a
+    /// generation linking into this store is built inside it. With `None`
+    /// they are plain files in the generation, and `activate` finds its
+    /// generation from its own path: a self-contained directory that can be
+    /// copied or committed.
     pub store: Option<PathBuf>,
     /// The sshd settings, needed when the generation contains sshd.
     pub sshd: Option<SshdSettings>,

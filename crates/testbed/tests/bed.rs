@@ -41,7 +41,7 @@ fn boots_with_the_generation_units_running() {
     assert_eq!(bed.active_state("idle.service").unwrap(), "inactive");
     // Units load from /etc/systemd/system, as on NixOS.
     assert_eq!(bed.unit_property("job.service", "FragmentPath").unwrap(), "/etc/systemd/system/job.service");
-    assert_eq!(bed.current_generation().unwrap(), bed.root().join("generations/a").canonicalize().unwrap());
+    assert_eq!(bed.current_generation().unwrap(), bed.store_dir().join("a").canonicalize().unwrap());
     // systemd is PID 1 of its namespace.
     let pid1 = bed.run(&["cat", "/proc/1/comm"]).unwrap().check().unwrap();
     assert_eq!(pid1.stdout.trim(), "systemd");
