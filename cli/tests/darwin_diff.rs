@@ -180,7 +180,7 @@ fn json_and_junit_reports_carry_the_launchd_plan() {
 fn explain_is_refused_for_launchd_plans() {
     let out = diff("protected-defer", &["--explain", "org.nixos.gitlab-runner"]);
     let (_, stderr) = text(&out);
-    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("--explain org.nixos.gitlab-runner: launchd plans have no dependency graph"), "{stderr}");
 }
 
