@@ -137,7 +137,7 @@ fn bad_report_values_fail_before_anything_is_written() {
             bad.to_owned(),
         ]);
         let out = run(&case, &args);
-        assert_eq!(out.status.code(), Some(1), "{bad}: {out:?}");
+        assert_eq!(out.status.code(), Some(2), "{bad}: {out:?}");
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(stderr.contains(needle), "{bad}: {stderr}");
         assert!(out.stdout.is_empty(), "{bad}: printed a plan");
