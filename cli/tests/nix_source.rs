@@ -39,7 +39,7 @@ fn stderr(out: &Output) -> String {
 
 #[test]
 fn a_broken_overlay_is_a_clear_error_with_exit_1() {
-    if !support::nix_usable("a_broken_overlay_is_a_clear_error_with_exit_1") {
+    if !testbed::nix::available("a_broken_overlay_is_a_clear_error_with_exit_1") {
         return;
     }
     let fx = Fixtures::new();
@@ -60,7 +60,7 @@ fn a_broken_overlay_is_a_clear_error_with_exit_1() {
 
 #[test]
 fn missing_outputs_and_flakes_are_named() {
-    if !support::nix_usable("missing_outputs_and_flakes_are_named") {
+    if !testbed::nix::available("missing_outputs_and_flakes_are_named") {
         return;
     }
     let fx = Fixtures::new();
@@ -115,7 +115,7 @@ fn a_missing_nix_is_a_clear_error() {
 /// running generation and live systemd.
 #[test]
 fn compose_build_and_plan_against_a_live_systemd() {
-    if !support::nix_usable("compose_build_and_plan_against_a_live_systemd")
+    if !testbed::nix::available("compose_build_and_plan_against_a_live_systemd")
         || !testbed::available("compose_build_and_plan_against_a_live_systemd")
     {
         return;

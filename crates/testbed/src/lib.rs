@@ -19,6 +19,8 @@
 //!   every interval, to show that a switch did not interrupt it.
 //! - [`example`]: the demo's CI runner generations, also bundled in the
 //!   repository as `examples/ci-runner/{a,b}`.
+//! - [`nix`]: the offline Nix configuration of the tests, and the probe
+//!   of whether Nix can build here.
 //! - [`exec`]: running programs with a deadline; every wait of this crate
 //!   has one, so a wedged bed fails a test instead of hanging it.
 //!
@@ -73,6 +75,7 @@ mod error;
 pub mod example;
 pub mod exec;
 mod generation;
+pub mod nix;
 mod ssh;
 
 pub use bed::{BASE_UNITS, Config, JOURNAL_UNITS, LOGIND_UNITS, TestBed, UnitState, available, unsupported_reason};
