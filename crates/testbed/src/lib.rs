@@ -17,6 +17,7 @@
 //!   files and cgroups.
 //! - [`SshSession`]: a real SSH session into the bed that prints a tick
 //!   every interval, to show that a switch did not interrupt it.
+//! - [`demo`]: the demo behind `scripts/demo`.
 //! - [`example`]: the demo's CI runner generations, also bundled in the
 //!   repository as `examples/ci-runner/{a,b}`.
 //! - [`nix`]: the offline Nix configuration of the tests, and the probe
@@ -71,6 +72,7 @@
 //! when the machine cannot host a bed, and fails under `CI=true`.
 
 mod bed;
+pub mod demo;
 mod error;
 pub mod example;
 pub mod exec;
