@@ -40,31 +40,42 @@ fn workspace(root: &Path) {
     );
 }
 
+/// Runs `scripts/test` on the workspace at `root` (with its own target
+/// directory under `dir`): exit code, standard output, and both streams
+/// for messages.
+fn run_script(dir: &Path, root: &Path) -> (Option<i32>, String, String) {
+    let manifest = root.join("Cargo.toml");
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let lock = Command::new(&cargo).arg("generate-lockfile").arg("--manifest-path").arg(&manifest).output().unwrap();
+    assert!(lock.status.success(), "{}", String::from_utf8_lossy(&lock.stderr));
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/test");
+    let out = Command::new(&script)
+        .arg("--manifest-path")
+        .arg(&manifest)
+        .env("CARGO_TARGET_DIR", dir.join("target"))
+        .env_remove("CARGO_TERM_COLOR")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let all = format!("{stdout}\n--- stderr ---\n{}", String::from_utf8_lossy(&out.stderr));
+    (out.status.code(), stdout, all)
+}
+
+/// The summary at the end of the output.
+fn summary(stdout: &str) -> Vec<&str> {
+    stdout.lines().skip_while(|l| !l.starts_with("scripts/test: ")).collect()
+}
+
 #[test]
 fn every_test_binary_runs_and_the_run_ends_with_the_totals() {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().join("ws");
     workspace(&root);
-    let manifest = root.join("Cargo.toml");
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let lock = Command::new(&cargo).arg("generate-lockfile").arg("--manifest-path").arg(&manifest).output().unwrap();
-    assert!(lock.status.success(), "{}", String::from_utf8_lossy(&lock.stderr));
-
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/test");
-    let out = Command::new(&script)
-        .arg("--manifest-path")
-        .arg(&manifest)
-        .env("CARGO_TARGET_DIR", dir.path().join("target"))
-        .env_remove("CARGO_TERM_COLOR")
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    let all = format!("{stdout}\n--- stderr ---\n{stderr}");
-    assert_eq!(out.status.code(), Some(101), "cargo's failure status is kept: {all}");
+    let (code, stdout, all) = run_script(dir.path(), &root);
+    assert_eq!(code, Some(101), "cargo's failure status is kept: {all}");
     assert!(stdout.contains("test runs_after_the_failures ... ok"), "the later binary ran: {all}");
 
-    let summary: Vec<&str> = stdout.lines().skip_while(|l| !l.starts_with("scripts/test: ")).collect();
+    let summary = summary(&stdout);
     assert_eq!(
         summary.get(..2),
         Some(&["scripts/test: 3 passed, 2 failed, 1 ignored (1 skipped: see the SKIPPED lines)", "failed:"][..]),
@@ -82,4 +93,18 @@ fn every_test_binary_runs_and_the_run_ends_with_the_totals() {
         ],
         "{all}"
     );
+}
+
+#[test]
+fn code_that_does_not_compile_is_named_in_the_totals() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("ws");
+    write(&root.join("Cargo.toml"), "[workspace]\nresolver = \"2\"\nmembers = [\"a\"]\n");
+    write(&root.join("a/Cargo.toml"), "[package]\nname = \"a\"\nversion = \"0.1.0\"\nedition = \"2021\"\n");
+    write(&root.join("a/src/lib.rs"), "pub fn broken() -> u32 { \"not a number\" }\n");
+    let (code, stdout, all) = run_script(dir.path(), &root);
+    assert_eq!(code, Some(101), "{all}");
+    let summary = summary(&stdout);
+    assert_eq!(summary.first(), Some(&"scripts/test: 0 passed, 0 failed, 0 ignored"), "{all}");
+    assert!(summary.contains(&"    (`a` (lib) did not compile)"), "{all}");
 }
