@@ -12,7 +12,7 @@ use std::os::unix::process::CommandExt as _;
 use std::path::Path;
 use std::process::{Command, Output};
 
-use common::{TempStore, generations, require_nix, require_root, store_path};
+use common::{TempStore, generations, require_root, store_path};
 
 fn safe_switch() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_safe-switch"));
@@ -33,7 +33,7 @@ fn text(bytes: &[u8]) -> String {
 
 #[test]
 fn text_and_json() {
-    if !require_nix("closure_diff::text_and_json") {
+    if !testbed::nix::available("closure_diff::text_and_json") {
         return;
     }
     let g = generations(21, 60, 20);
@@ -60,7 +60,7 @@ fn text_and_json() {
 
 #[test]
 fn links_and_the_fallback() {
-    if !require_nix("closure_diff::links_and_the_fallback") {
+    if !testbed::nix::available("closure_diff::links_and_the_fallback") {
         return;
     }
     let g = generations(22, 30, 5);
@@ -91,7 +91,7 @@ fn links_and_the_fallback() {
 
 #[test]
 fn bad_input_is_a_clear_error() {
-    if !require_nix("closure_diff::bad_input_is_a_clear_error") {
+    if !testbed::nix::available("closure_diff::bad_input_is_a_clear_error") {
         return;
     }
     let g = generations(23, 10, 2);
@@ -135,7 +135,7 @@ fn bad_input_is_a_clear_error() {
 /// (here the fallback cannot reach a daemon either), never a panic.
 #[test]
 fn no_permission() {
-    if !require_nix("closure_diff::no_permission") || !require_root("closure_diff::no_permission") {
+    if !testbed::nix::available("closure_diff::no_permission") || !require_root("closure_diff::no_permission") {
         return;
     }
     let g = generations(24, 10, 2);

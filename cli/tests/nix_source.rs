@@ -39,7 +39,7 @@ fn stderr(out: &Output) -> String {
 
 #[test]
 fn a_broken_overlay_is_a_clear_error_with_exit_1() {
-    if !support::nix_usable("a_broken_overlay_is_a_clear_error_with_exit_1") {
+    if !testbed::nix::available("a_broken_overlay_is_a_clear_error_with_exit_1") {
         return;
     }
     let fx = Fixtures::new();
@@ -60,7 +60,7 @@ fn a_broken_overlay_is_a_clear_error_with_exit_1() {
 
 #[test]
 fn missing_outputs_and_flakes_are_named() {
-    if !support::nix_usable("missing_outputs_and_flakes_are_named") {
+    if !testbed::nix::available("missing_outputs_and_flakes_are_named") {
         return;
     }
     let fx = Fixtures::new();
@@ -96,6 +96,61 @@ fn missing_outputs_and_flakes_are_named() {
     assert_eq!(fx.lock_files(), Vec::<std::path::PathBuf>::new());
 }
 
+/// A host whose Nix builds as the users of a group that does not exist,
+/// as Debian's `nix-bin` run as root does without `nix-setup-systemd`
+/// (there the group is `nixbld`; here one no machine has, so the test does
+/// not depend on this one's groups): Nix's error comes verbatim, then the
+/// cause and the setting that fixes it.
+#[test]
+fn a_build_failing_for_the_host_s_nix_set_up_names_the_cause_and_the_fix() {
+    let test = "a_build_failing_for_the_host_s_nix_set_up_names_the_cause_and_the_fix";
+    if !testbed::nix::available(test) {
+        return;
+    }
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        // Nix uses build users only when it runs as root.
+        assert!(std::env::var("CI").as_deref() != Ok("true"), "{test}: needs root");
+        eprintln!("SKIPPED {test}: needs root (Nix uses build users only for root)");
+        return;
+    }
+    let fx = Fixtures::new();
+    // A unit no earlier run has built, so that Nix has to build.
+    let overlay = fx.path("overlay").join("flake.nix");
+    let nonce = format!("{}-{:?}", std::process::id(), std::time::SystemTime::now());
+    let text = std::fs::read_to_string(&overlay).unwrap().replacen(
+        "ExecStart=/bin/sleep infinity",
+        &format!("ExecStart=/bin/sleep infinity\n        Environment=NONCE={nonce}"),
+        1,
+    );
+    std::fs::write(&overlay, text).unwrap();
+    let config = testbed::nix::config(Some(&fx.registry()))
+        .replace("build-users-group =\n", "build-users-group = safe-switch-test-no-such-group\n");
+    let out = Command::new(BIN)
+        .env("NIX_CONFIG", config)
+        .env("SAFE_SWITCH_PLATFORM", "nixos")
+        .args(["plan", "--flake", &fx.flake("overlay"), "--base", &fx.flake("base"), "--host", "vm"])
+        .output()
+        .unwrap();
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    let report = err.split_once("error: building the base `").map(|(_, r)| r).unwrap_or_else(|| panic!("{err}"));
+    let lines: Vec<&str> = report.lines().collect();
+    assert_eq!(
+        lines.get(1).copied(),
+        Some("error: the group 'safe-switch-test-no-such-group' specified in 'build-users-group' does not exist"),
+        "{err}"
+    );
+    assert!(lines.get(2).is_some_and(|l| l.starts_with("note: ") && l.contains("`build-users-group`")), "{err}");
+    assert!(
+        lines.get(3).is_some_and(|l| l.starts_with("help: ")
+            && l.contains("nix-setup-systemd")
+            && l.contains("`build-users-group =` (empty)")),
+        "{err}"
+    );
+    assert!(out.stdout.is_empty());
+}
+
 #[test]
 fn a_missing_nix_is_a_clear_error() {
     let fx = Fixtures::new();
@@ -115,7 +170,7 @@ fn a_missing_nix_is_a_clear_error() {
 /// running generation and live systemd.
 #[test]
 fn compose_build_and_plan_against_a_live_systemd() {
-    if !support::nix_usable("compose_build_and_plan_against_a_live_systemd")
+    if !testbed::nix::available("compose_build_and_plan_against_a_live_systemd")
         || !testbed::available("compose_build_and_plan_against_a_live_systemd")
     {
         return;

@@ -2,41 +2,14 @@
 //! generations built by a real Nix into the machine's store shows which
 //! packages changed, in the text and in the JSON plan.
 //!
-//! Needs Nix and root (to write to /nix). Under CI it fails when it cannot
-//! run; elsewhere it skips with a message.
+//! Needs a Nix that can build into this machine's store
+//! (`testbed::nix::available`). Under CI it fails when it cannot run;
+//! elsewhere it skips with a message.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, reason = "tests may panic")]
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-
-fn in_ci() -> bool {
-    std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "false" && v != "0")
-}
-
-fn can_run(test: &str) -> bool {
-    let why = if !Path::new("/usr/bin/nix-build").exists() {
-        Some("Nix is not installed (scripts/deps installs nix-bin)")
-    } else if unsafe_free_is_root() {
-        None
-    } else {
-        Some("needs root to write to /nix")
-    };
-    match why {
-        None => true,
-        Some(why) => {
-            assert!(!in_ci(), "{test}: {why}");
-            eprintln!("SKIPPED {test}: {why}");
-            false
-        }
-    }
-}
-
-/// Tells whether this process is root, by the owner of a file it creates.
-fn unsafe_free_is_root() -> bool {
-    let probe = tempfile::NamedTempFile::new().expect("temp file");
-    std::os::unix::fs::MetadataExt::uid(&probe.as_file().metadata().expect("metadata")) == 0
-}
 
 /// Builds two generations whose toplevels carry a unit file and depend on
 /// packages: `hello` 1.0 → 1.1, `tool` removed, `docker` added.
@@ -69,8 +42,7 @@ in {{
     std::fs::write(&file, expr).expect("write expression");
     let build = |attr: &str| {
         let link = dir.join(attr);
-        let out = Command::new("nix-build")
-            .env("NIX_CONFIG", "experimental-features = nix-command flakes\nsandbox = false\nsubstituters =\n")
+        let out = testbed::nix::command("nix-build")
             .arg(&file)
             .args(["-A", attr, "-o"])
             .arg(&link)
@@ -98,7 +70,7 @@ fn safe_switch(args: &[&Path], json: bool) -> (i32, String, String) {
 
 #[test]
 fn diff_of_store_generations_shows_package_changes() {
-    if !can_run("diff_of_store_generations_shows_package_changes") {
+    if !testbed::nix::available("diff_of_store_generations_shows_package_changes") {
         return;
     }
     let dir = tempfile::tempdir().expect("temp dir");

@@ -57,7 +57,7 @@ fn main() {
         eprintln!("closure_diff bench: pass --bench (cargo bench) to run");
         return;
     }
-    if !common::require_nix("closure_diff bench") {
+    if !testbed::nix::available("closure_diff bench") {
         return;
     }
 
@@ -127,7 +127,7 @@ fn main() {
     for _ in 0..NIX_RUNS {
         let c = cpu(libc::RUSAGE_CHILDREN);
         let t = Instant::now();
-        let out = common::nix_command("nix")
+        let out = testbed::nix::command("nix")
             .args(["store", "diff-closures", "--store", &store.uri(), &g.old, &g.new])
             .output()
             .unwrap();

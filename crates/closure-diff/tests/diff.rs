@@ -10,7 +10,7 @@ use std::path::Path;
 use std::process::Command;
 
 use closure_diff::{Closure, Direction, Options, diff, diff_store_paths};
-use common::{TempStore, generations, nix_command, require_nix, require_root};
+use common::{TempStore, generations};
 
 fn p(hash: char, name: &str) -> String {
     format!("/nix/store/{}-{name}", hash.to_string().repeat(32))
@@ -92,7 +92,7 @@ fn identical_closures() {
 
 #[test]
 fn generated_generations_in_a_real_database() {
-    if !require_nix("generated_generations_in_a_real_database") {
+    if !testbed::nix::available("generated_generations_in_a_real_database") {
         return;
     }
     let g = generations(11, 400, 40);
@@ -130,9 +130,7 @@ fn generated_generations_in_a_real_database() {
 /// options: `/nix/store` and `/nix/var/nix/db/db.sqlite`.
 #[test]
 fn closures_built_by_nix_in_the_system_store() {
-    if !require_nix("closures_built_by_nix_in_the_system_store")
-        || !require_root("closures_built_by_nix_in_the_system_store")
-    {
+    if !testbed::nix::available("closures_built_by_nix_in_the_system_store") {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -161,7 +159,7 @@ in {{
     std::fs::write(&file, expr).unwrap();
     let build = |attr: &str| {
         let link = dir.path().join(attr);
-        let out = nix_command("nix-build").arg(&file).args(["-A", attr, "-o"]).arg(&link).output().unwrap();
+        let out = testbed::nix::command("nix-build").arg(&file).args(["-A", attr, "-o"]).arg(&link).output().unwrap();
         assert!(out.status.success(), "nix-build: {}", String::from_utf8_lossy(&out.stderr));
         link
     };

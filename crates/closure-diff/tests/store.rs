@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 
 use closure_diff::db::DbError;
 use closure_diff::{Error, Options, Source, SourcePolicy, read_closure};
-use common::{Entry, STORE_DIR, TempStore, require_nix, store_path};
+use common::{Entry, STORE_DIR, TempStore, store_path};
 
 /// A small graph with a shared library, a chain, self-references and a
 /// path outside the closure. (Nix refuses cycles other than a path
@@ -61,7 +61,7 @@ fn as_map(c: &closure_diff::Closure) -> BTreeMap<String, u64> {
 
 #[test]
 fn database_written_by_nix_2_8() {
-    if !require_nix("database_written_by_nix_2_8") {
+    if !testbed::nix::available("database_written_by_nix_2_8") {
         return;
     }
     let (store, app, expected) = small_store(1);
@@ -78,7 +78,7 @@ fn database_written_by_nix_2_8() {
 
 #[test]
 fn nix_path_info_gives_the_same_closure() {
-    if !require_nix("nix_path_info_gives_the_same_closure") {
+    if !testbed::nix::available("nix_path_info_gives_the_same_closure") {
         return;
     }
     let (store, app, expected) = small_store(2);
@@ -90,7 +90,7 @@ fn nix_path_info_gives_the_same_closure() {
 
 #[test]
 fn missing_database_falls_back_to_nix() {
-    if !require_nix("missing_database_falls_back_to_nix") {
+    if !testbed::nix::available("missing_database_falls_back_to_nix") {
         return;
     }
     let (store, app, expected) = small_store(3);
@@ -104,7 +104,7 @@ fn missing_database_falls_back_to_nix() {
 
 #[test]
 fn corrupt_database_falls_back_or_fails_clearly() {
-    if !require_nix("corrupt_database_falls_back_or_fails_clearly") {
+    if !testbed::nix::available("corrupt_database_falls_back_or_fails_clearly") {
         return;
     }
     let (store, app, expected) = small_store(4);
@@ -137,7 +137,7 @@ fn corrupt_database_falls_back_or_fails_clearly() {
 
 #[test]
 fn truncated_database_is_an_error_not_a_panic() {
-    if !require_nix("truncated_database_is_an_error_not_a_panic") {
+    if !testbed::nix::available("truncated_database_is_an_error_not_a_panic") {
         return;
     }
     let (store, app, _) = small_store(5);
@@ -153,7 +153,7 @@ fn truncated_database_is_an_error_not_a_panic() {
 
 #[test]
 fn path_not_in_the_store() {
-    if !require_nix("path_not_in_the_store") {
+    if !testbed::nix::available("path_not_in_the_store") {
         return;
     }
     let (store, _, _) = small_store(6);
@@ -218,7 +218,7 @@ fn links_resolve_to_the_store_path() {
 /// graph as `small_store`, and reads it with both the reader and Nix.
 #[test]
 fn database_with_the_current_schema() {
-    if !require_nix("database_with_the_current_schema") {
+    if !testbed::nix::available("database_with_the_current_schema") {
         return;
     }
     let (reference, app, expected) = small_store(8);
@@ -264,7 +264,7 @@ fn database_with_the_current_schema() {
 
 #[test]
 fn database_of_another_layout_is_unsupported() {
-    if !require_nix("database_of_another_layout_is_unsupported") {
+    if !testbed::nix::available("database_of_another_layout_is_unsupported") {
         return;
     }
     let (store, app, expected) = small_store(9);

@@ -585,6 +585,30 @@ mod tests {
     }
 
     #[test]
+    fn a_build_failing_for_the_host_s_nix_set_up_names_the_cause_and_the_fix() {
+        let nixbld = "error: the group 'nixbld' specified in 'build-users-group' does not exist\n";
+        let info = r#"{"host":"default","extendable":true,"configurations":["default"],"modules":["default"]}"#;
+        let mut nix = fake(info);
+        let answer = std::mem::replace(&mut nix.answer, Box::new(|_| NixOutput::default()));
+        nix.answer = Box::new(move |args| {
+            if args[0] == "build" {
+                NixOutput { success: false, code: Some(1), stdout: String::new(), stderr: nixbld.into() }
+            } else {
+                answer(args)
+            }
+        });
+        let err = Composer::new(nix).build(&request()).unwrap_err();
+        assert_eq!(err.nix_setup(), Some(crate::NixSetup::BuildUsers), "{err:?}");
+        let text = err.to_string();
+        let lines: Vec<&str> = text.lines().collect();
+        assert!(lines[0].starts_with("building the base `github:o/machines`"), "{text}");
+        assert_eq!(lines[1], nixbld.trim_end(), "Nix's report comes verbatim, under the summary");
+        assert!(lines[2].starts_with("note: ") && lines[2].contains("`build-users-group`"), "{text}");
+        assert!(lines[3].starts_with("help: ") && lines[3].contains("`build-users-group =`"), "{text}");
+        assert_eq!(lines.len(), 4, "{text}");
+    }
+
+    #[test]
     fn flake_arg_with_a_fragment_names_a_configuration() {
         let r = Request::from_flake_arg("./sys#vm", Platform::Nixos, "/etc/nixos", vec![], "x");
         assert_eq!(

@@ -4,6 +4,8 @@
 
 use std::path::PathBuf;
 
+use crate::setup::{NixSetup, report_with_setup};
+
 /// `nix` could not be run at all.
 #[derive(Debug, thiserror::Error)]
 pub enum NixError {
@@ -57,7 +59,7 @@ pub enum ComposeError {
     },
 
     /// Nix could not fetch or lock one of the flakes.
-    #[error("could not fetch and lock {what}\n{stderr}")]
+    #[error("could not fetch and lock {what}\n{}", report_with_setup(stderr))]
     Lock {
         /// Which flakes, by reference.
         what: String,
@@ -146,7 +148,7 @@ pub enum ComposeError {
     },
 
     /// Evaluation failed.
-    #[error("evaluating {what} failed\n{stderr}")]
+    #[error("evaluating {what} failed\n{}", report_with_setup(stderr))]
     Eval {
         /// What was being evaluated.
         what: String,
@@ -155,7 +157,7 @@ pub enum ComposeError {
     },
 
     /// The build failed.
-    #[error("building {what} failed\n{stderr}")]
+    #[error("building {what} failed\n{}", report_with_setup(stderr))]
     Build {
         /// What was being built.
         what: String,
@@ -184,6 +186,20 @@ pub enum ComposeError {
     },
 }
 
+impl ComposeError {
+    /// The host's Nix set-up problem that Nix's report shows, if any
+    /// (named with its fix in the message, under Nix's report).
+    pub fn nix_setup(&self) -> Option<NixSetup> {
+        match self {
+            ComposeError::Lock { stderr, .. }
+            | ComposeError::Eval { stderr, .. }
+            | ComposeError::Build { stderr, .. }
+            | ComposeError::FlakesUnsupported { stderr } => NixSetup::diagnose(stderr),
+            _ => None,
+        }
+    }
+}
+
 fn list_or_none(items: &[String]) -> String {
     if items.is_empty() { "none".to_owned() } else { items.join(", ") }
 }
@@ -192,11 +208,7 @@ fn list_or_none(items: &[String]) -> String {
 /// available, which older Nix versions answer to `--extra-experimental-features`
 /// or to the subcommands themselves.
 pub fn is_flakes_unsupported(stderr: &str) -> bool {
-    let s = crate::runner::strip_ansi(stderr);
-    s.contains("experimental Nix feature 'flakes' is disabled")
-        || s.contains("experimental Nix feature 'nix-command' is disabled")
-        || s.contains("unrecognised flag '--extra-experimental-features'")
-        || s.contains("unknown setting 'experimental-features'")
+    NixSetup::diagnose(stderr) == Some(NixSetup::ExperimentalFeatures)
 }
 
 #[cfg(test)]

@@ -28,9 +28,11 @@ mod compose;
 mod error;
 pub mod parse;
 mod runner;
+mod setup;
 pub mod wrapper;
 
 pub use compose::{AttrRequest, Built, ComposeRequest, Composer, Request, local_dir, split_attr_path};
 pub use error::{ComposeError, NixError, is_flakes_unsupported};
 pub use runner::{NixCommand, NixOutput, NixRunner, StderrMode, starts_error_report, strip_ansi};
+pub use setup::NixSetup;
 pub use wrapper::{Platform, WrapperSpec, nix_string};

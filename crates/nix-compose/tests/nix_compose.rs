@@ -75,7 +75,7 @@ fn assert_composed_over_base(composed: &Built, base_only: &Built, base_units: &[
 
 #[test]
 fn nixos_overlay_extends_the_base_and_keeps_its_pins() {
-    if !support::nix_usable("nixos_overlay_extends_the_base_and_keeps_its_pins") {
+    if !testbed::nix::available("nixos_overlay_extends_the_base_and_keeps_its_pins") {
         return;
     }
     let fx = Fixtures::new();
@@ -103,7 +103,7 @@ fn nixos_overlay_extends_the_base_and_keeps_its_pins() {
 
 #[test]
 fn the_host_falls_back_to_the_next_candidate_and_another_module_can_be_picked() {
-    if !support::nix_usable("the_host_falls_back_to_the_next_candidate") {
+    if !testbed::nix::available("the_host_falls_back_to_the_next_candidate") {
         return;
     }
     let fx = Fixtures::new();
@@ -119,7 +119,7 @@ fn the_host_falls_back_to_the_next_candidate_and_another_module_can_be_picked() 
 
 #[test]
 fn system_manager_composition_follows_the_convention() {
-    if !support::nix_usable("system_manager_composition_follows_the_convention") {
+    if !testbed::nix::available("system_manager_composition_follows_the_convention") {
         return;
     }
     let fx = Fixtures::new();
@@ -160,7 +160,7 @@ fn system_manager_composition_follows_the_convention() {
 
 #[test]
 fn a_system_manager_base_without_the_convention_is_a_clear_error() {
-    if !support::nix_usable("a_system_manager_base_without_the_convention") {
+    if !testbed::nix::available("a_system_manager_base_without_the_convention") {
         return;
     }
     let fx = Fixtures::new();
@@ -181,7 +181,7 @@ fn a_system_manager_base_without_the_convention_is_a_clear_error() {
 
 #[test]
 fn missing_configurations_modules_and_flakes_are_named() {
-    if !support::nix_usable("missing_configurations_modules_and_flakes_are_named") {
+    if !testbed::nix::available("missing_configurations_modules_and_flakes_are_named") {
         return;
     }
     let fx = Fixtures::new();
@@ -217,7 +217,7 @@ fn missing_configurations_modules_and_flakes_are_named() {
 
 #[test]
 fn a_broken_overlay_reports_nix_s_error_verbatim() {
-    if !support::nix_usable("a_broken_overlay_reports_nix_s_error_verbatim") {
+    if !testbed::nix::available("a_broken_overlay_reports_nix_s_error_verbatim") {
         return;
     }
     let fx = Fixtures::new();
@@ -234,7 +234,7 @@ fn a_broken_overlay_reports_nix_s_error_verbatim() {
 
 #[test]
 fn git_bases_record_their_revision_and_aliases_resolve() {
-    if !support::nix_usable("git_bases_record_their_revision_and_aliases_resolve") {
+    if !testbed::nix::available("git_bases_record_their_revision_and_aliases_resolve") {
         return;
     }
     if std::process::Command::new("git").arg("--version").output().is_err() {

@@ -9,9 +9,12 @@
 //! option and its host-key unit changes (so restarting that unit would take
 //! sshd down with it).
 //!
-//! With `--protect sshd,gitlab-runner` a switch from A to B restarts the
-//! exporter, starts Docker, stops collectd, and defers everything that
-//! would touch sshd or the runner.
+//! Without protection a switch from A to B restarts sshd, its host-key
+//! unit and the runner (whose restart kills the build); an SSH session
+//! survives even that, because sshd has `KillMode=process`, as NixOS's
+//! has. With `--protect sshd,gitlab-runner` it restarts the exporter,
+//! starts Docker, stops collectd, and defers everything that would touch
+//! sshd or the runner.
 
 use std::path::Path;
 

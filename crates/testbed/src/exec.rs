@@ -159,3 +159,91 @@ pub fn run_inherited(cmd: &mut Command, timeout: Duration) -> Result<ExitStatus>
         }
     }
 }
+
+/// Runs `cmd` and hands each line of its standard error, and of its
+/// standard output when `with_stdout` (through the same pipe, so the lines
+/// come in the order the program wrote them; otherwise standard output is
+/// discarded), to `line` as it is printed. Kills the program when it runs
+/// longer than `timeout`. Standard input is closed.
+pub fn run_streamed(
+    cmd: &mut Command,
+    timeout: Duration,
+    with_stdout: bool,
+    mut line: impl FnMut(&str),
+) -> Result<ExitStatus> {
+    use std::io::BufRead;
+    use std::sync::mpsc;
+
+    let command = describe(cmd);
+    let spawn_error = |source| Error::Spawn { command: command.clone(), source };
+    let (reader, writer) = std::io::pipe().map_err(spawn_error)?;
+    let stdout = if with_stdout { Stdio::from(writer.try_clone().map_err(spawn_error)?) } else { Stdio::null() };
+    let spawned = cmd.stdin(Stdio::null()).stdout(stdout).stderr(writer).spawn();
+    // Our copies of the pipe's write end are gone with the Command's
+    // arguments: the reader sees the end when the program (and whatever
+    // inherited the pipe) is done.
+    cmd.stdout(Stdio::null()).stderr(Stdio::null());
+    let mut child = spawned.map_err(spawn_error)?;
+    let (tx, rx) = mpsc::channel::<String>();
+    let relay = thread::spawn(move || {
+        for text in std::io::BufReader::new(reader).split(b'\n') {
+            let Ok(text) = text else { break };
+            if tx.send(String::from_utf8_lossy(&text).into_owned()).is_err() {
+                break;
+            }
+        }
+    });
+    let deadline = Instant::now() + timeout;
+    loop {
+        match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+            Ok(text) => line(&text),
+            Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(Error::Timeout { what: command, timeout });
+            }
+        }
+    }
+    let _ = relay.join();
+    match wait_timeout(&mut child, deadline.saturating_duration_since(Instant::now())) {
+        Some(status) => Ok(status),
+        None => {
+            let _ = child.kill();
+            let _ = child.wait();
+            Err(Error::Timeout { what: command, timeout })
+        }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn streamed_lines_keep_the_order_they_were_written_in() {
+        let script = "echo one; echo two >&2; echo three; echo four >&2; exit 3";
+        let mut lines = Vec::new();
+        let status =
+            run_streamed(Command::new("/bin/sh").args(["-c", script]), Duration::from_secs(10), true, |text| {
+                lines.push(text.to_owned())
+            })
+            .unwrap();
+        assert_eq!(status.code(), Some(3));
+        assert_eq!(lines, ["one", "two", "three", "four"]);
+        let mut lines = Vec::new();
+        run_streamed(Command::new("/bin/sh").args(["-c", script]), Duration::from_secs(10), false, |text| {
+            lines.push(text.to_owned())
+        })
+        .unwrap();
+        assert_eq!(lines, ["two", "four"], "standard output is left out");
+    }
+
+    #[test]
+    fn a_streamed_program_past_its_deadline_is_killed() {
+        let err =
+            run_streamed(Command::new("/bin/sleep").arg("10"), Duration::from_millis(200), true, |_| {}).unwrap_err();
+        assert!(matches!(err, Error::Timeout { .. }), "{err:?}");
+    }
+}

@@ -17,8 +17,11 @@
 //!   files and cgroups.
 //! - [`SshSession`]: a real SSH session into the bed that prints a tick
 //!   every interval, to show that a switch did not interrupt it.
+//! - [`demo`]: the demo behind `scripts/demo`.
 //! - [`example`]: the demo's CI runner generations, also bundled in the
 //!   repository as `examples/ci-runner/{a,b}`.
+//! - [`nix`]: the offline Nix configuration of the tests, and the probe
+//!   of whether Nix can build here.
 //! - [`exec`]: running programs with a deadline; every wait of this crate
 //!   has one, so a wedged bed fails a test instead of hanging it.
 //! - [`fuzz`]: what the property tests that fuzz safe-switch's inputs
@@ -71,11 +74,13 @@
 //! when the machine cannot host a bed, and fails under `CI=true`.
 
 mod bed;
+pub mod demo;
 mod error;
 pub mod example;
 pub mod exec;
 pub mod fuzz;
 mod generation;
+pub mod nix;
 mod ssh;
 
 pub use bed::{BASE_UNITS, Config, JOURNAL_UNITS, LOGIND_UNITS, TestBed, UnitState, available, unsupported_reason};

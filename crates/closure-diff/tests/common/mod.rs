@@ -1,7 +1,7 @@
 //! Shared test support: real Nix stores in temporary directories, filled
 //! with `nix-store --load-db` (Nix's own registration path, so the
-//! database has exactly the schema and contents Nix writes), and the
-//! rules for tests that need Nix or root.
+//! database has exactly the schema and contents Nix writes). Whether Nix
+//! can run here, and its offline configuration, are `testbed::nix`'s.
 
 #![allow(dead_code, unreachable_pub, reason = "each test binary uses a different part")]
 #![allow(clippy::unwrap_used, clippy::expect_used, reason = "test support may panic")]
@@ -9,26 +9,10 @@
 use std::fmt::Write as _;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 
 /// The store directory Nix uses inside chroot stores.
 pub const STORE_DIR: &str = "/nix/store";
-
-/// Whether the test runs under CI, where skipping is a failure.
-pub fn in_ci() -> bool {
-    std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "false" && v != "0")
-}
-
-/// Returns whether Nix's tools are installed; when they are not, fails
-/// under CI and otherwise prints why the test is skipped.
-pub fn require_nix(test: &str) -> bool {
-    let ok = Path::new("/usr/bin/nix-store").exists() || which("nix-store");
-    if !ok {
-        assert!(!in_ci(), "{test}: Nix is not installed (scripts/deps installs nix-bin)");
-        eprintln!("SKIPPED {test}: Nix is not installed (scripts/deps installs nix-bin)");
-    }
-    ok
-}
 
 /// Returns whether the test runs as root; when it does not, fails under
 /// CI and otherwise prints why the test is skipped.
@@ -37,21 +21,10 @@ pub fn require_root(test: &str) -> bool {
     let probe = tempfile::NamedTempFile::new().unwrap();
     let root = std::os::unix::fs::MetadataExt::uid(&probe.as_file().metadata().unwrap()) == 0;
     if !root {
-        assert!(!in_ci(), "{test}: needs root to write to /nix");
-        eprintln!("SKIPPED {test}: needs root to write to /nix");
+        assert!(std::env::var("CI").as_deref() != Ok("true"), "{test}: needs root to run as another user");
+        eprintln!("SKIPPED {test}: needs root to run as another user");
     }
     root
-}
-
-fn which(program: &str) -> bool {
-    std::env::var_os("PATH").is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(program).is_file()))
-}
-
-/// The environment Nix commands run with in tests: offline, no sandbox.
-pub fn nix_command(program: &str) -> Command {
-    let mut c = Command::new(program);
-    c.env("NIX_CONFIG", "experimental-features = nix-command flakes\nsandbox = false\nsubstituters =\n");
-    c
 }
 
 /// Nix's base-32 digits.
@@ -134,7 +107,7 @@ impl TempStore {
                 let _ = writeln!(input, "{r}");
             }
         }
-        let mut child = nix_command("nix-store")
+        let mut child = testbed::nix::command("nix-store")
             .args(["--store", &self.uri(), "--load-db"])
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())

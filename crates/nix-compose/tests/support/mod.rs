@@ -1,6 +1,6 @@
-//! Shared set-up for tests that run the real `nix`: whether it can run
-//! here, the offline configuration, and a private copy of the fixture
-//! flakes.
+//! Shared set-up for tests that run the real `nix`: a private copy of the
+//! fixture flakes and the offline configuration with their registry.
+//! Whether Nix can run here, and that configuration, are `testbed::nix`'s.
 //!
 //! Also included by the `safe-switch` binary's tests (`cli/tests/nix_*.rs`)
 //! through a `#[path]` module, so both use the same fixtures.
@@ -20,59 +20,6 @@ fn fixtures_dir() -> PathBuf {
     } else {
         here.join("../crates/nix-compose/tests/fixtures")
     }
-}
-
-/// The `NIX_CONFIG` for offline tests: flakes on, no sandbox (no user
-/// namespaces needed), no binary cache, and a flake registry that is a
-/// local file, so nothing is fetched from the network.
-pub fn nix_config(registry: &Path) -> String {
-    format!(
-        "experimental-features = nix-command flakes\nsandbox = false\nsubstituters =\n\
-         flake-registry = {}\nwarn-dirty = false\n",
-        registry.display()
-    )
-}
-
-/// Whether tests with the real `nix` can run: `nix` is installed and the
-/// store is writable (root, or a store already owned by us). Under
-/// `CI=true` a missing capability fails the test; elsewhere it is skipped
-/// with a message.
-pub fn nix_usable(test: &str) -> bool {
-    let ci = std::env::var("CI").is_ok_and(|v| v == "true");
-    let reason = if Command::new("nix").arg("--version").output().is_err() {
-        Some("`nix` is not installed")
-    } else if !store_writable() {
-        Some("the Nix store (/nix) is not writable by this user")
-    } else {
-        None
-    };
-    match reason {
-        None => true,
-        Some(why) if ci => panic!("{test}: cannot run under CI=true: {why}"),
-        Some(why) => {
-            eprintln!("skipping {test}: {why}");
-            false
-        }
-    }
-}
-
-fn store_writable() -> bool {
-    // Root can always create the store; otherwise (a single-user install)
-    // Nix's state directory must be writable by us.
-    if is_root() {
-        return true;
-    }
-    tempfile::Builder::new().prefix(".safe-switch-probe").tempfile_in("/nix/var/nix").is_ok()
-}
-
-fn is_root() -> bool {
-    // The effective user id, read from /proc.
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines().find(|l| l.starts_with("Uid:")).and_then(|l| l.split_whitespace().nth(2).map(|u| u == "0"))
-        })
-        .unwrap_or(false)
 }
 
 /// The Nix system type of this machine (`x86_64-linux`, ...).
@@ -128,7 +75,7 @@ impl Fixtures {
 
     /// The environment for `nix` in these tests.
     pub fn env(&self) -> Vec<(OsString, OsString)> {
-        vec![("NIX_CONFIG".into(), nix_config(&self.registry()).into())]
+        vec![("NIX_CONFIG".into(), testbed::nix::config(Some(&self.registry())).into())]
     }
 
     /// Every `flake.lock` under the copy (there should be none).
