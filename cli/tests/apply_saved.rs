@@ -11,6 +11,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod hermetic;
+
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -50,7 +52,7 @@ fn setup() -> Setup {
 
 fn safe_switch(bed: &TestBed, args: &[&str]) -> Output {
     let mut cmd = bed.command(BIN);
-    cmd.args(args).env("NO_COLOR", "1");
+    hermetic::in_bed(&mut cmd, bed).args(args).env("NO_COLOR", "1");
     testbed::exec::run(&mut cmd, Duration::from_secs(120)).expect("safe-switch runs")
 }
 

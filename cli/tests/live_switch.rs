@@ -13,6 +13,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod hermetic;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
@@ -48,13 +50,13 @@ fn boot(a: &Generation) -> TestBed {
 
 fn safe_switch(bed: &TestBed, args: &[&str]) -> Output {
     let mut cmd = bed.command(BIN);
-    cmd.args(args);
+    hermetic::in_bed(&mut cmd, bed).args(args);
     testbed::exec::run(&mut cmd, Duration::from_secs(120)).expect("safe-switch runs")
 }
 
 fn spawn_switch(bed: &TestBed, args: &[&str]) -> Child {
     let mut cmd = bed.command(BIN);
-    cmd.args(args).stdout(Stdio::piped()).stderr(Stdio::piped());
+    hermetic::in_bed(&mut cmd, bed).args(args).stdout(Stdio::piped()).stderr(Stdio::piped());
     cmd.spawn().expect("safe-switch starts")
 }
 
@@ -182,7 +184,7 @@ fn dbus_unreachable_is_a_clear_error_before_any_change() {
     let b = bed.build_generation(&a.clone().renamed("b").service("changed.service", daemon("V=2"))).unwrap();
     for extra in [&["--no-isolate"][..], &[][..]] {
         let mut cmd = bed.command(BIN);
-        cmd.args(["switch", "--toplevel", path_str(&b)]).args(extra);
+        hermetic::in_bed(&mut cmd, &bed).args(["switch", "--toplevel", path_str(&b)]).args(extra);
         cmd.env("DBUS_SYSTEM_BUS_ADDRESS", "unix:path=/run/no-such-bus");
         let out = testbed::exec::run(&mut cmd, Duration::from_secs(60)).unwrap();
         assert_eq!(out.code(), Some(1), "{out:?}");
@@ -265,6 +267,7 @@ fn not_root_can_plan_but_not_switch() {
     let as_nobody = |args: &[&str]| {
         let mut cmd = bed.command("setpriv");
         cmd.args(["--reuid=65534", "--regid=65534", "--clear-groups", BIN]).args(args);
+        hermetic::in_bed(&mut cmd, &bed);
         testbed::exec::run(&mut cmd, Duration::from_secs(60)).unwrap()
     };
     let plan = as_nobody(&["plan", "--toplevel", path_str(&b), "--json"]);

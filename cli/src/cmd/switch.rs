@@ -93,7 +93,7 @@ pub fn run(args: args::SwitchArgs) -> anyhow::Result<Outcome> {
         }
         return outcome;
     }
-    let _lock = run.lock()?;
+    let _lock = lock(&run, args.apply.isolated)?;
     let mut bus = live::connect()?;
     let options = apply_options(&args.apply);
     if let Some(outcome) = finish_interrupted(&mut bus, &run, &options)? {
@@ -107,6 +107,39 @@ pub fn run(args: args::SwitchArgs) -> anyhow::Result<Outcome> {
         return Ok(Outcome::Blocked);
     }
     apply_plan(&mut bus, &run, &lp.plan, &args.apply, &args.protect)
+}
+
+/// Exit status of an isolated run that found the lock held by another
+/// safe-switch. Only the calling safe-switch sees it: it reports the lock
+/// and exits 1 itself.
+pub const LOCK_HELD_STATUS: u8 = 75;
+
+/// Another safe-switch holds the run directory's lock: nothing was changed.
+#[derive(Debug)]
+pub struct LockHeld {
+    /// The lock file.
+    pub path: PathBuf,
+    /// Whether this run was isolated by a calling safe-switch, which then
+    /// reports the lock (see [`LOCK_HELD_STATUS`]).
+    pub isolated: bool,
+}
+
+impl std::fmt::Display for LockHeld {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "another safe-switch is running (lock {} is held); nothing was changed", self.path.display())
+    }
+}
+
+impl std::error::Error for LockHeld {}
+
+/// Takes the run directory's lock; another safe-switch holding it is a
+/// [`LockHeld`] error.
+pub fn lock(run: &RunDir, isolated: bool) -> anyhow::Result<systemd_live::LockGuard> {
+    match run.lock() {
+        Ok(guard) => Ok(guard),
+        Err(systemd_live::Error::Locked { path }) => Err(LockHeld { path, isolated }.into()),
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// Refuses, before any change, what cannot be switched: a caller that is
@@ -229,22 +262,52 @@ pub fn apply_plan(
 
 /// Writes the caller's cgroup where the isolated apply can read it, so the
 /// implicit protection of the caller (its SSH session, its CI runner)
-/// still covers the process that asked for the switch. Returns the file.
-fn save_caller_cgroup(run: &RunDir) -> anyhow::Result<Option<PathBuf>> {
-    let Ok(text) = std::fs::read_to_string("/proc/self/cgroup") else {
+/// still covers the process that asked for the switch. The isolated apply
+/// protects its own cgroup besides, and reads the file only from the run
+/// directory, owned by root. Returns the file.
+pub fn save_caller_cgroup(run: &RunDir) -> anyhow::Result<Option<PathBuf>> {
+    let proc_file =
+        crate::test_hooks::path(crate::test_hooks::PROC_CGROUP).unwrap_or_else(|| PathBuf::from("/proc/self/cgroup"));
+    let Ok(text) = std::fs::read_to_string(proc_file) else {
         return Ok(None);
     };
     let path = hand_over_path(run, "caller-cgroup")?;
-    std::fs::write(&path, text).with_context(|| format!("{}: cannot write", path.display()))?;
+    write_private(&path, text.as_bytes())?;
     Ok(Some(path))
 }
 
+/// Writes a hand-over file: created anew (never through an existing file
+/// or link), mode 0600.
+fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let _ = std::fs::remove_file(path);
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("{}: cannot write", path.display()))?;
+    file.write_all(bytes).with_context(|| format!("{}: cannot write", path.display()))
+}
+
 /// Where this process leaves a file for its isolated apply to read: in
-/// the run directory (created if needed), named after `what` and this
-/// process. The caller removes it once the apply has ended.
+/// the run directory (created if needed, mode 0700), named after `what`
+/// and this process. The caller removes it once the apply has ended.
 fn hand_over_path(run: &RunDir, what: &str) -> anyhow::Result<PathBuf> {
-    std::fs::create_dir_all(run.path()).with_context(|| format!("{}: cannot create", run.path().display()))?;
+    use std::os::unix::fs::DirBuilderExt as _;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(run.path())
+        .with_context(|| format!("{}: cannot create", run.path().display()))?;
     Ok(run.path().join(format!("{what}-{}", std::process::id())))
+}
+
+/// The environment variables handed to the isolated apply: [`PASSED_ENV`],
+/// and in a debug build the test-only ones ([`crate::test_hooks`]).
+fn passed_env() -> impl Iterator<Item = &'static str> {
+    let hooks: &[&str] = if crate::test_hooks::ENABLED { crate::test_hooks::ALL } else { &[] };
+    PASSED_ENV.iter().chain(hooks).copied()
 }
 
 /// Runs this very command line again, with `--no-isolate`, as a transient
@@ -253,7 +316,7 @@ pub fn isolate(bus: &mut SystemdBus, run: &RunDir, extra_args: &[String]) -> any
     let exe = std::env::current_exe().context("cannot find this program's path")?;
     let mut argv = vec![exe.display().to_string()];
     argv.extend(std::env::args().skip(1));
-    argv.push("--no-isolate".to_owned());
+    argv.extend(["--no-isolate".to_owned(), "--isolated".to_owned()]);
     argv.extend(extra_args.iter().cloned());
     let id = format!(
         "{}-{}",
@@ -268,7 +331,7 @@ pub fn isolate(bus: &mut SystemdBus, run: &RunDir, extra_args: &[String]) -> any
         unit: unit.clone(),
         description: "safe-switch apply".to_owned(),
         argv,
-        environment: PASSED_ENV.iter().filter_map(|k| std::env::var(k).ok().map(|v| format!("{k}={v}"))).collect(),
+        environment: passed_env().filter_map(|k| std::env::var(k).ok().map(|v| format!("{k}={v}"))).collect(),
         working_directory: std::env::current_dir().ok(),
         stdout: stdout.clone(),
         stderr: stderr.clone(),
@@ -293,6 +356,14 @@ pub fn isolate(bus: &mut SystemdBus, run: &RunDir, extra_args: &[String]) -> any
         TransientExit::Exited(0) => Ok(Outcome::Ok),
         TransientExit::Exited(3) => Ok(Outcome::Blocked),
         TransientExit::Exited(4) => Ok(Outcome::UnitsFailed),
+        // Another safe-switch took the lock between this process's check
+        // and the isolated run's start.
+        TransientExit::Exited(code) if code == i32::from(LOCK_HELD_STATUS) => {
+            bail!(
+                "another safe-switch is running (lock {} is held); nothing was changed",
+                run.path().join("lock").display()
+            )
+        }
         TransientExit::Exited(code) => {
             bail!("the switch in {unit} exited with status {code} (see above)")
         }
