@@ -218,6 +218,28 @@ pub fn union(first: &Request, second: Request) -> Request {
     out
 }
 
+/// The protections a plan was made with, as a request: its selectors from
+/// the command line and the policy files, the units its caller's cgroup
+/// held (as exact unit names), and its mode. The D-Bus and logind
+/// protections are not taken from it: the implicit ones in force are
+/// always added.
+pub fn recorded_in(plan: &Plan) -> Request {
+    let mut request = Request { mode: plan.protection.mode, ..Request::default() };
+    for entry in &plan.protection.protected {
+        let selector = match &entry.source {
+            ProtectionSource::CommandLine | ProtectionSource::Policy { .. } => Selector::parse(&entry.selector).ok(),
+            ProtectionSource::Implicit { why } if why.starts_with("holds this process") => {
+                Selector::parse(&entry.selector).ok()
+            }
+            ProtectionSource::Implicit { .. } => None,
+        };
+        if let Some(selector) = selector.filter(|s| !request.selectors.iter().any(|(t, _)| t == s)) {
+            request.selectors.push((selector, entry.source.clone()));
+        }
+    }
+    request
+}
+
 /// The system policy file: [`DEFAULT_POLICY`], or in a debug build the
 /// file `SAFE_SWITCH_TEST_SYSTEM_POLICY` names (see [`crate::test_hooks`]).
 pub fn system_policy_path() -> PathBuf {

@@ -504,3 +504,57 @@ fn a_plan_refused_by_protection_exits_3_before_any_change() {
         assert_eq!(bed.unit_states(&["sshd.service"]).unwrap()["sshd.service"], sshd);
     }
 }
+
+#[test]
+fn a_resumed_apply_keeps_its_hands_off_what_is_protected_now() {
+    if !testbed::available("a_resumed_apply_keeps_its_hands_off_what_is_protected_now") {
+        return;
+    }
+    // r.service changes in B with X-StopIfChanged=false: it is restarted
+    // after the activation, which is where the first apply is killed.
+    let a = generation_a().service("r.service", daemon("V=1"));
+    let bed = boot(&a);
+    bed.wait_for_state("r.service", "active").unwrap();
+    let b = bed
+        .build_generation(&slow_b(&a).service(
+            "r.service",
+            "[Unit]\nDescription=r\n\n[Service]\nEnvironment=V=2\nExecStart=/bin/sleep infinity\nX-StopIfChanged=false\n",
+        ))
+        .unwrap();
+    let first = spawn_switch(&bed, &["switch", "--toplevel", path_str(&b), "--protect", "sshd", "--no-isolate"]);
+    let pid_file = bed.run_dir().join("testbed/activate.pid");
+    wait_for("the activation to start", Duration::from_secs(60), || pid_file.exists());
+    let progress: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(bed.run_dir().join("safe-switch/progress.json")).unwrap())
+            .unwrap();
+    assert!(progress["plan"].to_string().contains("r.service"), "the first plan restarts r.service");
+    kill_in_bed(&bed, &progress["pid"].to_string());
+    kill_in_bed(&bed, &std::fs::read_to_string(&pid_file).unwrap());
+    let _ = first.wait_with_output();
+    let r = bed.unit_states(&["r.service"]).unwrap()["r.service"].clone();
+
+    // In refuse mode, the resume is refused and nothing more is done.
+    let out = safe_switch(
+        &bed,
+        &["switch", "--toplevel", path_str(&b), "--protect", "r,sshd", "--on-protected", "refuse", "--no-isolate"],
+    );
+    assert_eq!(out.code(), Some(3), "{out:?}");
+    assert!(out.stderr.contains("refused to finish the interrupted switch"), "{}", out.stderr);
+    assert!(bed.run_dir().join("safe-switch/progress.json").exists(), "the record is kept");
+    assert_ne!(bed.current_generation().unwrap(), b);
+    assert_eq!(bed.unit_states(&["r.service"]).unwrap()["r.service"], r);
+
+    // In defer mode, the resume finishes the switch without restarting
+    // r.service, and says so.
+    let out = safe_switch(&bed, &["switch", "--toplevel", path_str(&b), "--protect", "r,sshd", "--no-isolate"]);
+    assert_eq!(out.code(), Some(0), "{out:?}");
+    assert!(out.stderr.contains("resuming it first"), "{}", out.stderr);
+    assert!(out.stderr.contains("r.service: restart deferred"), "{}", out.stderr);
+    assert_eq!(bed.current_generation().unwrap(), b);
+    assert_eq!(bed.active_state("new.service").unwrap(), "active", "the rest of the switch was carried out");
+    let after = bed.unit_states(&["r.service"]).unwrap()["r.service"].clone();
+    assert_eq!(after, r, "r.service was restarted although protected now");
+    // What the reports call untouched was untouched.
+    assert!(out.stderr.contains(&format!("protected r.service: untouched (MainPID {}", r.main_pid)), "{}", out.stderr);
+    assert!(!bed.run_dir().join("safe-switch/progress.json").exists());
+}

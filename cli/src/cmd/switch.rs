@@ -96,7 +96,7 @@ pub fn run(args: args::SwitchArgs) -> anyhow::Result<Outcome> {
     let _lock = lock(&run, args.apply.isolated)?;
     let mut bus = live::connect()?;
     let options = apply_options(&args.apply);
-    if let Some(outcome) = finish_interrupted(&mut bus, &run, &options)? {
+    if let Some(outcome) = finish_interrupted(&mut bus, &run, &options, &args.protect)? {
         return Ok(outcome);
     }
     let mut lp = live::live_plan(Path::new(CURRENT_SYSTEM), &toplevel, &args.protect, &mut bus)?;
@@ -180,17 +180,51 @@ pub fn apply_options(a: &args::ApplyOptions) -> ApplyOptions {
 /// Finishes an apply that was interrupted, if there is one. Returns the
 /// outcome to exit with when it could not be finished (the new switch is
 /// then not attempted).
+///
+/// What remains of the interrupted plan is protected again with the
+/// protections in force now (`protect`, the policy files, the caller)
+/// besides those it was planned with: a unit protected only now is
+/// deferred, or in refuse mode the resume is refused (exit 3) and nothing
+/// more is changed.
 pub fn finish_interrupted(
     mgr: &mut dyn ServiceManager,
     run: &RunDir,
     options: &ApplyOptions,
+    protect: &ProtectArgs,
 ) -> anyhow::Result<Option<Outcome>> {
-    let Some(interrupted) = run.interrupted()? else {
+    let Some(mut interrupted) = run.interrupted()? else {
         return Ok(None);
     };
     eprint!("{}", interrupted.describe());
-    eprintln!("resuming it first");
     let target = interrupted.progress.plan.new.path.clone();
+    let plan = reprotect_remaining(mgr, &interrupted.progress, protect).with_context(|| {
+        format!("cannot plan what remains of the interrupted switch to {target}; nothing more was changed")
+    })?;
+    if plan.protection.refused {
+        let mut text = String::new();
+        crate::protect::render_text(&mut text, &plan);
+        eprint!("{text}");
+        eprintln!(
+            "refused to finish the interrupted switch to {target}: what remains of it would touch a unit protected now; nothing more was changed"
+        );
+        return Ok(Some(Outcome::Blocked));
+    }
+    let before: std::collections::BTreeSet<&str> =
+        interrupted.progress.plan.units.iter().filter(|u| u.deferral.is_some()).map(|u| u.unit.as_str()).collect();
+    for unit in plan.units.iter().filter(|u| u.deferral.is_some() && !before.contains(u.unit.as_str())) {
+        if let Some(d) = &unit.deferral {
+            let actions: Vec<&str> = d.actions.iter().map(|a| a.as_str()).collect();
+            eprintln!(
+                "  {}: {} deferred: it would {} {}, protected now",
+                unit.unit,
+                actions.join(", "),
+                d.effect,
+                d.touches
+            );
+        }
+    }
+    eprintln!("resuming it first, with the protections in force now");
+    interrupted.progress.plan = plan;
     let report = systemd_live::resume(interrupted, mgr, &mut ProcessHost, run, options, &mut StderrProgress)?;
     eprint!("{}", report_text(&report));
     if report.aborted.is_some() {
@@ -202,6 +236,28 @@ pub fn finish_interrupted(
     }
     eprintln!("the interrupted switch to {target} is finished");
     Ok(None)
+}
+
+/// What remains of an interrupted apply's plan, protected with the
+/// protections it was made with plus those in force now, against the live
+/// state now.
+fn reprotect_remaining(
+    mgr: &mut dyn ServiceManager,
+    progress: &systemd_live::ProgressFile,
+    protect: &ProtectArgs,
+) -> anyhow::Result<Plan> {
+    let mut plan = systemd_live::remaining(progress);
+    let old = systemd_plan::load(Path::new(&plan.old.path))?;
+    let new = systemd_plan::load(Path::new(&plan.new.path))?;
+    let live = mgr.snapshot().context("cannot read the live state from systemd")?;
+    let mut args = protect.clone();
+    let earlier = crate::protect::recorded_in(&progress.plan);
+    args.recorded = Some(match &args.recorded {
+        Some(recorded) => crate::protect::union(recorded, earlier),
+        None => earlier,
+    });
+    crate::protect::protect_plan(&mut plan, &old, &new, &live, &args)?;
+    Ok(plan)
 }
 
 fn report_text(report: &ApplyReport) -> String {
