@@ -558,3 +558,55 @@ fn a_resumed_apply_keeps_its_hands_off_what_is_protected_now() {
     assert!(out.stderr.contains(&format!("protected r.service: untouched (MainPID {}", r.main_pid)), "{}", out.stderr);
     assert!(!bed.run_dir().join("safe-switch/progress.json").exists());
 }
+
+#[test]
+fn of_two_isolated_switches_started_at_once_the_loser_reports_the_lock() {
+    if !testbed::available("of_two_isolated_switches_started_at_once_the_loser_reports_the_lock") {
+        return;
+    }
+    let a = generation_a();
+    let bed = boot(&a);
+    // The winner's activation waits until the test lets it go on, so it
+    // holds the lock while the loser's isolated run starts.
+    let b = bed
+        .build_generation(
+            &a.clone().renamed("b").service("changed.service", daemon("V=2")).activate_lines(
+                "touch /run/testbed/activating\nwhile [ ! -e /run/testbed/go-on ]; do sleep 0.05; done",
+            ),
+        )
+        .unwrap();
+    // Both callers pass their own check of the lock before either
+    // isolated run takes it: the race is lost in the transient unit.
+    for round in 0..5 {
+        let _ = std::fs::remove_file(bed.run_dir().join("testbed/go-on"));
+        let _ = std::fs::remove_file(bed.run_dir().join("testbed/activating"));
+        let one = spawn_switch(&bed, &["switch", "--toplevel", path_str(&b)]);
+        let two = spawn_switch(&bed, &["switch", "--toplevel", path_str(&b)]);
+        wait_for("an activation to start", Duration::from_secs(60), || {
+            bed.run_dir().join("testbed/activating").exists()
+        });
+        // The loser ends on its own; then the winner may go on.
+        let mut children = [one, two];
+        wait_for("one of the switches to end", Duration::from_secs(60), || {
+            children.iter_mut().any(|c| c.try_wait().unwrap().is_some())
+        });
+        std::fs::write(bed.run_dir().join("testbed/go-on"), "").unwrap();
+        let [one, two] = children;
+        let (one, two) = (one.wait_with_output().unwrap(), two.wait_with_output().unwrap());
+        let outputs = [&one, &two];
+        let codes: Vec<Option<i32>> = outputs.iter().map(|o| o.status.code()).collect();
+        let loser = outputs.iter().find(|o| o.status.code() != Some(0)).unwrap_or_else(|| {
+            panic!("round {round}: both switches succeeded: {codes:?}");
+        });
+        let stderr = String::from_utf8_lossy(&loser.stderr);
+        assert_eq!(loser.status.code(), Some(1), "round {round}: {stderr}");
+        assert!(
+            stderr.contains(
+                "error: another safe-switch is running (lock /run/safe-switch/lock is held); nothing was changed"
+            ),
+            "round {round}: {stderr}"
+        );
+        assert!(!stderr.contains("exited with status"), "round {round}: a failed transient unit: {stderr}");
+        assert_eq!(codes.iter().filter(|c| **c == Some(0)).count(), 1, "round {round}: {codes:?}");
+    }
+}
