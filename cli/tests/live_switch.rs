@@ -610,3 +610,96 @@ fn of_two_isolated_switches_started_at_once_the_loser_reports_the_lock() {
         assert_eq!(codes.iter().filter(|c| **c == Some(0)).count(), 1, "round {round}: {codes:?}");
     }
 }
+
+/// Writes a file inside the bed at `/run/<rel>` with `mode`, its directory
+/// with `dir_mode`; returns the path as the bed sees it.
+fn bed_file(bed: &TestBed, rel: &str, text: &str, dir_mode: u32, mode: u32) -> String {
+    use std::os::unix::fs::PermissionsExt as _;
+    let path = bed.run_dir().join(rel);
+    let dir = path.parent().unwrap();
+    std::fs::create_dir_all(dir).unwrap();
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(dir_mode)).unwrap();
+    std::fs::write(&path, text).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+    format!("/run/{rel}")
+}
+
+fn safe_switch_with(bed: &TestBed, args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut cmd = bed.command(BIN);
+    hermetic::in_bed(&mut cmd, bed).args(args).envs(env.iter().copied());
+    testbed::exec::run(&mut cmd, Duration::from_secs(120)).expect("safe-switch runs")
+}
+
+/// With a root-owned system policy `protect = ["sshd"]`, `mode = "refuse"`:
+/// `--on-protected defer` and `--policy EMPTY` do not weaken it, in
+/// process or isolated; a policy in a directory others may write is
+/// refused; and `--cgroup-file /dev/null` does not lift the protection of
+/// the unit the caller runs in.
+#[test]
+fn the_policy_cannot_be_weakened_from_the_command_line() {
+    if !testbed::available("the_policy_cannot_be_weakened_from_the_command_line") {
+        return;
+    }
+    use safe_switch_cli::test_hooks::{PROC_CGROUP, SYSTEM_POLICY};
+    let a = generation_a();
+    let bed = boot(&a);
+    let current = bed.current_generation().unwrap();
+    let b = bed
+        .build_generation(
+            &a.clone().renamed("b").sshd_with("", "Environment=VERSION=2\n").service("changed.service", daemon("V=2")),
+        )
+        .unwrap();
+    let sshd = bed.unit_states(&["sshd.service"]).unwrap()["sshd.service"].clone();
+    let changed = bed.unit_states(&["changed.service"]).unwrap()["changed.service"].clone();
+    let system = bed_file(&bed, "policy/system.toml", "protect = [\"sshd\"]\nmode = \"refuse\"\n", 0o755, 0o644);
+    let empty = bed_file(&bed, "policy/empty.toml", "", 0o755, 0o644);
+    let env = [(SYSTEM_POLICY, system.as_str())];
+    let attacks: [&[&str]; 4] = [
+        &["--on-protected", "defer", "--no-isolate"],
+        &["--on-protected", "defer"],
+        &["--policy", &empty, "--no-isolate"],
+        &["--policy", &empty],
+    ];
+    for attack in attacks {
+        let mut args = vec!["switch", "--toplevel", path_str(&b)];
+        args.extend_from_slice(attack);
+        let out = safe_switch_with(&bed, &args, &env);
+        assert_eq!(out.code(), Some(3), "{attack:?}: {out:?}");
+        assert!(out.stdout.contains("protection (mode: refuse):"), "{attack:?}: {}", out.stdout);
+        nothing_changed(&bed, &current);
+        assert_eq!(bed.unit_states(&["sshd.service"]).unwrap()["sshd.service"], sshd, "{attack:?}");
+    }
+
+    // A policy file in a directory others may write.
+    let open = bed_file(&bed, "open/policy.toml", "protect = [\"sshd\"]\n", 0o777, 0o644);
+    let out =
+        safe_switch_with(&bed, &["switch", "--toplevel", path_str(&b), "--no-isolate"], &[(SYSTEM_POLICY, &open)]);
+    assert_eq!(out.code(), Some(1), "{out:?}");
+    assert!(out.stderr.contains("refusing the policy file /run/open/policy.toml"), "{}", out.stderr);
+    assert!(out.stderr.contains("the directory /run/open is writable by others"), "{}", out.stderr);
+    nothing_changed(&bed, &current);
+
+    // The switch runs from changed.service's job (as a CI job runs in its
+    // runner's unit): `--cgroup-file /dev/null` does not lift the implicit
+    // protection of changed.service, in process or isolated (where the
+    // caller hands its cgroup over).
+    let cgroup = bed_file(&bed, "policy/cgroup", "0::/system.slice/changed.service\n", 0o755, 0o644);
+    let c = bed.build_generation(&a.clone().renamed("c").service("changed.service", daemon("V=3"))).unwrap();
+    for (target, isolation) in [(&b, &["--no-isolate"][..]), (&c, &[][..])] {
+        let mut args =
+            vec!["switch", "--toplevel", path_str(target), "--protect", "sshd", "--cgroup-file", "/dev/null"];
+        args.extend_from_slice(isolation);
+        let out = safe_switch_with(&bed, &args, &[(PROC_CGROUP, &cgroup)]);
+        assert_eq!(out.code(), Some(0), "{out:?}");
+        assert!(out.stderr.contains("warning: ignoring --cgroup-file /dev/null"), "{}", out.stderr);
+        assert!(out.stdout.contains("changed.service [implicit: holds this process"), "{}", out.stdout);
+        assert_eq!(
+            bed.unit_states(&["changed.service"]).unwrap()["changed.service"],
+            changed,
+            "the caller's unit was restarted: {}",
+            out.stderr
+        );
+        assert_eq!(bed.unit_states(&["sshd.service"]).unwrap()["sshd.service"], sshd);
+        assert_eq!(&bed.current_generation().unwrap(), target);
+    }
+}
