@@ -70,7 +70,9 @@ pub fn run(args: args::SwitchArgs) -> anyhow::Result<Outcome> {
                 run.path().join("lock").display()
             );
         }
-        let cgroup_file = if args.protect.cgroup_file.is_none() { save_caller_cgroup(&run)? } else { None };
+        // The caller's own cgroup, always: a `--cgroup-file` given on the
+        // command line is not handed on (see `isolate`).
+        let cgroup_file = save_caller_cgroup(&run)?;
         let mut extra: Vec<String> = Vec::new();
         if let Some(path) = &cgroup_file {
             extra.extend(["--cgroup-file".to_owned(), path.display().to_string()]);
@@ -360,10 +362,30 @@ fn hand_over_path(run: &RunDir, what: &str) -> anyhow::Result<PathBuf> {
 }
 
 /// The environment variables handed to the isolated apply: [`PASSED_ENV`],
-/// and in a debug build the test-only ones ([`crate::test_hooks`]).
+/// and in a debug build the test-only ones ([`crate::test_hooks`]) but the
+/// one that stands for this process's cgroup: the isolated apply has its
+/// own, and gets this one through the hand-over file.
 fn passed_env() -> impl Iterator<Item = &'static str> {
     let hooks: &[&str] = if crate::test_hooks::ENABLED { crate::test_hooks::ALL } else { &[] };
-    PASSED_ENV.iter().chain(hooks).copied()
+    PASSED_ENV.iter().chain(hooks.iter().filter(|h| **h != crate::test_hooks::PROC_CGROUP)).copied()
+}
+
+/// The command line without `--cgroup-file`: the isolated apply gets the
+/// caller's own hand-over file instead.
+fn without_cgroup_file(args: impl Iterator<Item = String>) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut skip_value = false;
+    for arg in args {
+        if std::mem::take(&mut skip_value) {
+            continue;
+        }
+        if arg == "--cgroup-file" {
+            skip_value = true;
+        } else if !arg.starts_with("--cgroup-file=") {
+            out.push(arg);
+        }
+    }
+    out
 }
 
 /// Runs this very command line again, with `--no-isolate`, as a transient
@@ -371,7 +393,7 @@ fn passed_env() -> impl Iterator<Item = &'static str> {
 pub fn isolate(bus: &mut SystemdBus, run: &RunDir, extra_args: &[String]) -> anyhow::Result<Outcome> {
     let exe = std::env::current_exe().context("cannot find this program's path")?;
     let mut argv = vec![exe.display().to_string()];
-    argv.extend(std::env::args().skip(1));
+    argv.extend(without_cgroup_file(std::env::args().skip(1)));
     argv.extend(["--no-isolate".to_owned(), "--isolated".to_owned()]);
     argv.extend(extra_args.iter().cloned());
     let id = format!(
@@ -459,5 +481,20 @@ impl Relay {
             let _ = self.to.write_all(&buf);
             let _ = self.to.flush();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_isolated_run_gets_no_cgroup_file_from_the_command_line() {
+        let args =
+            ["switch", "--cgroup-file", "/dev/null", "--toplevel", "/t", "--cgroup-file=/x", "--protect", "sshd"];
+        assert_eq!(
+            without_cgroup_file(args.iter().map(|a| (*a).to_owned())),
+            ["switch", "--toplevel", "/t", "--protect", "sshd"]
+        );
     }
 }
