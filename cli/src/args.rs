@@ -147,6 +147,11 @@ pub struct ApplyOptions {
     /// unit was disturbed.
     #[arg(long)]
     pub rollback_on_failure: bool,
+    /// Set by the calling safe-switch on the run it isolates in a
+    /// transient unit: a lock held by another run is then reported to the
+    /// caller by exit status, and the caller says so.
+    #[arg(long, hide = true)]
+    pub isolated: bool,
 }
 
 /// Arguments of `switch`.
@@ -175,6 +180,10 @@ pub struct ApplyArgs {
     /// How to apply.
     #[command(flatten)]
     pub apply: ApplyOptions,
+    /// The cgroup of the process that asked for an isolated apply, handed
+    /// over in the run directory; protected besides this process's own.
+    #[arg(long, value_name = "PATH", hide = true)]
+    pub cgroup_file: Option<PathBuf>,
 }
 
 /// Arguments of `closure-diff`.
@@ -206,15 +215,17 @@ pub struct ProtectArgs {
     /// globs. Comma-separated; may repeat.
     #[arg(long, value_name = "UNITS", value_delimiter = ',')]
     pub protect: Vec<String>,
-    /// The policy file.
+    /// A policy file added to the system's (/etc/safe-switch/policy.toml),
+    /// which always applies.
     #[arg(long, value_name = "PATH")]
     pub policy: Option<PathBuf>,
     /// What to do when an action touches a protected unit (default: the
-    /// policy's mode, else defer).
+    /// policy's mode, else defer). It can make a policy's mode stricter,
+    /// never weaker.
     #[arg(long, value_enum, value_name = "MODE")]
     pub on_protected: Option<OnProtected>,
-    /// Read the caller's cgroup from this file instead of
-    /// /proc/self/cgroup.
+    /// The cgroup of the process that asked for an isolated switch, handed
+    /// over in the run directory; protected besides this process's own.
     #[arg(long, value_name = "PATH", hide = true)]
     pub cgroup_file: Option<PathBuf>,
     /// Print why the units this names get their actions, instead of the
@@ -222,6 +233,10 @@ pub struct ProtectArgs {
     /// with `--json`, as JSON.
     #[arg(long, value_name = "UNITS")]
     pub explain: Option<String>,
+    /// The protections a saved plan recorded, added to those the options
+    /// and the policy files ask for (`apply`). Not an option.
+    #[arg(skip)]
+    pub recorded: Option<systemd_plan::protect::Request>,
 }
 
 /// Report formats.

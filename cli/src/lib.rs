@@ -12,6 +12,7 @@ pub mod render;
 pub mod report;
 pub mod saved;
 pub mod source;
+pub mod test_hooks;
 
 use std::process::ExitCode;
 
@@ -28,6 +29,11 @@ pub fn main() -> ExitCode {
         Err(err) => {
             if is_broken_pipe(&err) {
                 return ExitCode::from(exit::OK);
+            }
+            // An isolated run that lost the race for the lock leaves the
+            // message to the safe-switch that started it.
+            if err.downcast_ref::<cmd::switch::LockHeld>().is_some_and(|held| held.isolated) {
+                return ExitCode::from(cmd::switch::LOCK_HELD_STATUS);
             }
             eprintln!("error: {err:#}");
             ExitCode::from(exit::error_code(&err))

@@ -1,43 +1,58 @@
 //! Saved plans: the file `plan --out` writes and `apply` carries out.
 //!
 //! A saved plan is the [`Plan`] together with the inputs it was computed
-//! from: the running generation, the target toplevel, the protection
-//! options, and the live state (`ActiveState`, `MainPID`, `InvocationID`) of
-//! every unit the plan names. A SHA-256 digest covers all of it.
+//! from: the running generation, the target toplevel, the protections in
+//! force (every selector with its source, the mode, the implicit
+//! protections, the caller's cgroups), and the live state (`ActiveState`,
+//! `MainPID`, `InvocationID`) of every unit the plan names. A SHA-256
+//! digest covers all of it, and an HMAC-SHA256 keyed by a secret only root
+//! on this host can read ([`PlanKey`]) authenticates it.
 //!
 //! `apply` carries out exactly the saved actions, but only while the plan
 //! is still true. It refuses, before changing anything, when
 //!
 //! - the digest does not match (the file was edited or damaged);
+//! - the MAC is missing or wrong: the plan was not written by root on this
+//!   host ([`verify_mac`]);
 //! - the plan disagrees with its own recorded inputs (its `old`/`new` are
 //!   not the recorded generations);
+//! - the target toplevel is not in the Nix store, where nothing changes
+//!   after planning ([`check_target_in_store`]);
 //! - the running generation or the target toplevel is not what was
 //!   recorded;
 //! - a unit the plan names changed state, was restarted (a new
 //!   `InvocationID` or `MainPID`), appeared or disappeared;
-//! - planning again from the recorded inputs and today's live state gives a
-//!   different plan. This last check does not trust the digest: a file whose
-//!   digest was recomputed after an edit is still caught, because its
-//!   actions are not what the planner produces.
+//! - planning again from the recorded inputs, with the recorded protections
+//!   plus those in force now (the current system policy, this process's
+//!   cgroup: protection only adds), against today's live state gives a
+//!   different plan. This last check does not trust the file: a plan whose
+//!   recorded protections were cleared or whose deferrals were turned into
+//!   actions is still caught, because its actions are not what the planner
+//!   produces.
 //!
 //! The checks themselves are pure functions ([`verify_digest`],
-//! [`check_fresh`]) over values, so they are tested without a service
-//! manager; `cmd::apply` gathers the observations and calls them.
+//! [`verify_mac`], [`check_fresh`]) over values, so they are tested without
+//! a service manager; `cmd::apply` gathers the observations and calls them.
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::io::{ErrorKind, Read as _, Write as _};
+use std::os::unix::fs::{MetadataExt as _, OpenOptionsExt as _};
 use std::path::{Path, PathBuf};
 
-use anyhow::Context;
-use plan_model::{LiveState, Plan};
+use anyhow::{Context, bail};
+use hmac::{KeyInit, Mac};
+use plan_model::policy::{ImplicitProtections, Selector};
+use plan_model::{LiveState, Mode, Plan, ProtectionSource};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
+use systemd_plan::protect::Request;
 
-use crate::args::{OnProtected, ProtectArgs};
+use crate::args::ProtectArgs;
 
 /// The version of the saved-plan file format. Bump it when a field changes
 /// meaning; `apply` refuses files of any other version.
-pub const SAVED_FORMAT_VERSION: u32 = 1;
+pub const SAVED_FORMAT_VERSION: u32 = 2;
 
 /// A plan saved for `apply`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -54,6 +69,11 @@ pub struct SavedPlan {
     /// `sha256:` and the hex SHA-256 of the version, inputs and plan (see
     /// [`digest`]).
     pub digest: String,
+    /// `hmac-sha256:` and the hex HMAC-SHA256 of the same bytes, keyed by
+    /// this host's [`PlanKey`]; `null` when the plan was written without
+    /// root, which `apply` refuses.
+    #[serde(default)]
+    pub mac: Option<String>,
 }
 
 /// The recorded inputs of a saved plan.
@@ -64,92 +84,94 @@ pub struct Inputs {
     pub running_generation: String,
     /// The toplevel being switched to.
     pub target_toplevel: String,
-    /// The protection options the plan was made with, so `apply` can plan
-    /// again with the same ones.
+    /// The protections the plan was made with; `apply` plans again with
+    /// these plus those in force then.
     pub protection: RecordedProtection,
     /// The live state of every unit the plan names, by unit name; `null`
     /// for a unit that was not loaded.
     pub live: BTreeMap<String, Option<RecordedUnit>>,
 }
 
-/// The protection options of `plan`, as given.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+/// The protections a plan was made with: everything the policy files, the
+/// command line and the caller's cgroup asked for.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RecordedProtection {
-    /// `--protect` selectors.
-    #[serde(default)]
-    pub protect: Vec<String>,
-    /// `--policy`, as an absolute path.
-    #[serde(default)]
-    pub policy: Option<String>,
-    /// `--on-protected`: `defer` or `refuse`, when given.
-    #[serde(default)]
-    pub on_protected: Option<String>,
-    /// The cgroup of the process that planned (the `0::` line of
-    /// `/proc/self/cgroup`). The units holding it are protected implicitly,
-    /// and `apply` plans again with the same cgroup so that a plan made
-    /// from, say, a CI runner's job keeps deferring that runner even when
-    /// `apply` runs elsewhere.
-    #[serde(default)]
-    pub caller_cgroup: Option<String>,
+    /// Every selector, with where it came from (a policy file, the
+    /// command line).
+    pub selectors: Vec<RecordedSelector>,
+    /// The mode.
+    pub mode: Mode,
+    /// The implicit protections in force.
+    pub implicit: ImplicitProtections,
+    /// The cgroups of the process that planned (and of the process that
+    /// started it in an isolating unit, if any). The units holding them are
+    /// protected implicitly, and `apply` keeps protecting them, so that a
+    /// plan made from, say, a CI runner's job keeps deferring that runner
+    /// even when `apply` runs elsewhere.
+    pub caller_cgroups: Vec<String>,
+}
+
+/// One recorded selector.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RecordedSelector {
+    /// The selector as written.
+    pub selector: String,
+    /// Where it came from.
+    pub source: ProtectionSource,
+}
+
+impl Default for RecordedProtection {
+    fn default() -> Self {
+        RecordedProtection::from_request(&Request::default())
+    }
 }
 
 impl RecordedProtection {
-    /// Records the protection options of a command line.
-    pub fn from_args(args: &ProtectArgs) -> RecordedProtection {
+    /// Records the protection request a plan was made with.
+    pub fn from_request(request: &Request) -> RecordedProtection {
         RecordedProtection {
-            protect: args.protect.clone(),
-            policy: args
-                .policy
-                .as_ref()
-                .map(|p| std::path::absolute(p).unwrap_or_else(|_| p.clone()).display().to_string()),
-            on_protected: args.on_protected.map(|m| match m {
-                OnProtected::Defer => "defer".to_owned(),
-                OnProtected::Refuse => "refuse".to_owned(),
-            }),
-            caller_cgroup: caller_cgroup(args),
+            selectors: request
+                .selectors
+                .iter()
+                .map(|(s, source)| RecordedSelector { selector: s.as_str().to_owned(), source: source.clone() })
+                .collect(),
+            mode: request.mode,
+            implicit: request.implicit,
+            caller_cgroups: request.caller_cgroups.clone(),
         }
     }
 
-    /// Turns the recorded options back into command-line options. The
-    /// caller cgroup is passed through a file, as `--cgroup-file` expects;
-    /// `cgroup_file` is where to write it.
-    pub fn to_args(&self, cgroup_file: &Path) -> anyhow::Result<ProtectArgs> {
-        let on_protected = match self.on_protected.as_deref() {
-            None => None,
-            Some("defer") => Some(OnProtected::Defer),
-            Some("refuse") => Some(OnProtected::Refuse),
-            Some(other) => anyhow::bail!("the saved plan records an unknown protection mode {other:?}"),
-        };
-        let text = match &self.caller_cgroup {
-            Some(c) => format!("0::{c}\n"),
-            None => String::new(),
-        };
-        std::fs::write(cgroup_file, text).with_context(|| format!("cannot write {}", cgroup_file.display()))?;
-        Ok(ProtectArgs {
-            protect: self.protect.clone(),
-            policy: self.policy.as_ref().map(PathBuf::from),
-            on_protected,
-            cgroup_file: Some(cgroup_file.to_path_buf()),
-            explain: None,
-        })
+    /// The recorded protections as a request.
+    pub fn to_request(&self) -> anyhow::Result<Request> {
+        let selectors = self
+            .selectors
+            .iter()
+            .map(|r| {
+                let selector = Selector::parse(&r.selector)
+                    .map_err(|e| anyhow::anyhow!("the saved plan records an invalid selector: {e}"))?;
+                Ok((selector, r.source.clone()))
+            })
+            .collect::<anyhow::Result<_>>()?;
+        Ok(Request { selectors, implicit: self.implicit, caller_cgroups: self.caller_cgroups.clone(), mode: self.mode })
+    }
+
+    /// The options `apply` plans again with: no selector, policy or mode of
+    /// its own, the recorded protections added to those in force now (the
+    /// system policy, this process's cgroup).
+    pub fn to_args(&self) -> anyhow::Result<ProtectArgs> {
+        Ok(ProtectArgs { recorded: Some(self.to_request()?), ..ProtectArgs::default() })
     }
 }
 
-/// The caller's cgroup as the protection analysis reads it: the `0::` line
-/// of `--cgroup-file`, else of `/proc/self/cgroup`.
-pub fn caller_cgroup(args: &ProtectArgs) -> Option<String> {
-    let file = args.cgroup_file.clone().unwrap_or_else(|| PathBuf::from("/proc/self/cgroup"));
-    std::fs::read_to_string(file).ok().and_then(|t| t.lines().find_map(|l| l.strip_prefix("0::").map(str::to_owned)))
-}
-
 /// Records the inputs of a plan made from `old` to `new` against `live`
-/// with the protection options `protect`.
-pub fn record_inputs(old: &Path, new: &Path, plan: &Plan, live: &LiveState, protect: &ProtectArgs) -> Inputs {
+/// with the protection `request`.
+pub fn record_inputs(old: &Path, new: &Path, plan: &Plan, live: &LiveState, request: &Request) -> Inputs {
     Inputs {
         running_generation: old.display().to_string(),
         target_toplevel: new.display().to_string(),
-        protection: RecordedProtection::from_args(protect),
+        protection: RecordedProtection::from_request(request),
         live: record_live(plan, live),
     }
 }
@@ -187,8 +209,12 @@ pub fn record_live(plan: &Plan, live: &LiveState) -> BTreeMap<String, Option<Rec
     units.into_iter().map(|u| (u.to_owned(), RecordedUnit::from_live(live, u))).collect()
 }
 
+/// The longest saved plan read.
+const MAX_SAVED_PLAN_BYTES: u64 = 64 << 20;
+
 impl SavedPlan {
-    /// Builds a saved plan and computes its digest.
+    /// Builds a saved plan and computes its digest. It carries no MAC
+    /// until [`SavedPlan::sign`].
     pub fn new(plan: Plan, inputs: Inputs) -> SavedPlan {
         let mut saved = SavedPlan {
             saved_plan_version: SAVED_FORMAT_VERSION,
@@ -196,9 +222,15 @@ impl SavedPlan {
             inputs,
             plan,
             digest: String::new(),
+            mac: None,
         };
         saved.digest = digest(&saved);
         saved
+    }
+
+    /// Computes the MAC with this host's key.
+    pub fn sign(&mut self, key: &PlanKey) {
+        self.mac = Some(key.mac(&covered_bytes(self)));
     }
 
     /// The file's text: pretty JSON with a trailing newline.
@@ -208,10 +240,11 @@ impl SavedPlan {
         s
     }
 
-    /// Parses a saved plan, naming the file in errors.
+    /// Parses a saved plan, naming the file in errors. The file is opened
+    /// non-blocking, must be a regular file and is read up to 64 MiB.
     pub fn load(path: &Path) -> anyhow::Result<SavedPlan> {
-        let text =
-            std::fs::read_to_string(path).with_context(|| format!("cannot read the saved plan {}", path.display()))?;
+        let text = read_bounded(path, MAX_SAVED_PLAN_BYTES)
+            .with_context(|| format!("cannot read the saved plan {}", path.display()))?;
         let value: serde_json::Value = serde_json::from_str(&text)
             .with_context(|| format!("{} is not a saved plan: invalid JSON", path.display()))?;
         let version = value.get("saved_plan_version").and_then(serde_json::Value::as_u64);
@@ -236,11 +269,26 @@ impl SavedPlan {
     }
 }
 
-/// The digest of a saved plan: `sha256:` and the SHA-256 of the compact JSON
-/// of its version, inputs and plan, in that order. The compact form of the
-/// parsed values is used (not the file's bytes), so reformatting the file
-/// does not change it but changing any value does.
-pub fn digest(saved: &SavedPlan) -> String {
+/// Reads a regular file as UTF-8, non-blocking (a FIFO cannot hang the
+/// run) and up to `max` bytes.
+fn read_bounded(path: &Path, max: u64) -> anyhow::Result<String> {
+    let file = std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY).open(path)?;
+    if !file.metadata()?.is_file() {
+        bail!("not a regular file");
+    }
+    let mut bytes = Vec::new();
+    file.take(max + 1).read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > max {
+        bail!("longer than {max} bytes");
+    }
+    String::from_utf8(bytes).map_err(|_| anyhow::anyhow!("not UTF-8 text"))
+}
+
+/// The bytes the digest and the MAC cover: the compact JSON of the
+/// version, inputs and plan, in that order. The compact form of the parsed
+/// values is used (not the file's bytes), so reformatting the file does
+/// not change it but changing any value does.
+fn covered_bytes(saved: &SavedPlan) -> Vec<u8> {
     #[derive(Serialize)]
     struct Covered<'a> {
         saved_plan_version: u32,
@@ -248,8 +296,204 @@ pub fn digest(saved: &SavedPlan) -> String {
         plan: &'a Plan,
     }
     let covered = Covered { saved_plan_version: saved.saved_plan_version, inputs: &saved.inputs, plan: &saved.plan };
-    let bytes = serde_json::to_vec(&covered).unwrap_or_default();
-    format!("sha256:{}", crate::report::codequality::hex(&Sha256::digest(&bytes)))
+    serde_json::to_vec(&covered).unwrap_or_default()
+}
+
+/// The digest of a saved plan: `sha256:` and the SHA-256 of
+/// [`covered_bytes`].
+pub fn digest(saved: &SavedPlan) -> String {
+    format!("sha256:{}", crate::report::codequality::hex(&Sha256::digest(covered_bytes(saved))))
+}
+
+/// Where the saved-plan key is kept: `/var/lib/safe-switch`, or in a debug
+/// build the directory `SAFE_SWITCH_TEST_STATE_DIR` names (see
+/// [`crate::test_hooks`]).
+pub fn state_dir() -> PathBuf {
+    crate::test_hooks::path(crate::test_hooks::STATE_DIR).unwrap_or_else(|| PathBuf::from("/var/lib/safe-switch"))
+}
+
+/// The key file's name in the state directory.
+const KEY_FILE: &str = "plan-key";
+/// The key's length in bytes.
+const KEY_BYTES: usize = 32;
+
+type HmacSha256 = hmac::Hmac<Sha256>;
+
+/// The secret that authenticates saved plans: 32 random bytes in
+/// `/var/lib/safe-switch/plan-key`, created on first use by `plan --out`
+/// as root (directory 0700, file 0600, both owned by root), readable by
+/// root only. A plan whose MAC this key does not reproduce was not written
+/// by root on this host.
+pub struct PlanKey([u8; KEY_BYTES]);
+
+impl fmt::Debug for PlanKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("PlanKey(..)")
+    }
+}
+
+impl PlanKey {
+    /// Reads the key in `dir`; `None` when there is none yet. A key file
+    /// that is not a regular file of 32 bytes, owned by root with mode
+    /// 0600 (or stricter), in a directory only root may write, is an
+    /// error.
+    pub fn load(dir: &Path) -> anyhow::Result<Option<PlanKey>> {
+        let path = dir.join(KEY_FILE);
+        let name = || format!("the saved-plan key {}", path.display());
+        let physical = match crate::protect::trusted_path(&path) {
+            Ok(p) => p,
+            Err(crate::protect::TrustError::Io(e)) if e.kind() == ErrorKind::NotFound => return Ok(None),
+            Err(crate::protect::TrustError::Io(e)) => bail!("{}: {e}", name()),
+            Err(crate::protect::TrustError::Untrusted(why)) => bail!("refusing {}: {why}", name()),
+        };
+        let flags = libc::O_NONBLOCK | libc::O_NOFOLLOW | libc::O_NOCTTY;
+        let file = match std::fs::OpenOptions::new().read(true).custom_flags(flags).open(&physical) {
+            Ok(f) => f,
+            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
+            Err(e) => bail!("{}: {e}", name()),
+        };
+        let meta = file.metadata().with_context(name)?;
+        if !meta.is_file() || meta.uid() != 0 || meta.mode() & 0o077 != 0 {
+            bail!(
+                "refusing {}: it must be a regular file owned by root with mode 0600 (it is owned by uid {}, mode {:04o})",
+                name(),
+                meta.uid(),
+                meta.mode() & 0o7777
+            );
+        }
+        let mut key = [0u8; KEY_BYTES];
+        let mut bytes = Vec::new();
+        file.take(KEY_BYTES as u64 + 1).read_to_end(&mut bytes).with_context(name)?;
+        if bytes.len() != KEY_BYTES {
+            bail!("refusing {}: it is not {KEY_BYTES} bytes long", name());
+        }
+        key.copy_from_slice(&bytes);
+        Ok(Some(PlanKey(key)))
+    }
+
+    /// Reads the key in `dir`, creating the directory (0700) and the key
+    /// (0600, 32 random bytes) on first use. The key appears atomically:
+    /// it is written to a private temporary file and linked into place,
+    /// so two runs at once end up with the same key.
+    pub fn load_or_create(dir: &Path) -> anyhow::Result<PlanKey> {
+        if let Some(key) = PlanKey::load(dir)? {
+            return Ok(key);
+        }
+        use std::os::unix::fs::DirBuilderExt as _;
+        match std::fs::DirBuilder::new().mode(0o700).create(dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == ErrorKind::AlreadyExists => {}
+            Err(e) => bail!("{}: cannot create the directory for the saved-plan key: {e}", dir.display()),
+        }
+        let meta = std::fs::symlink_metadata(dir).with_context(|| dir.display().to_string())?;
+        if !meta.is_dir() || meta.uid() != 0 || meta.mode() & 0o022 != 0 {
+            bail!(
+                "refusing {} as the saved-plan key's directory: it must be a directory owned by root and writable by root only",
+                dir.display()
+            );
+        }
+        let mut key = [0u8; KEY_BYTES];
+        fill_random(&mut key).context("cannot read random bytes for the saved-plan key")?;
+        let tmp = tempfile::Builder::new()
+            .prefix(".plan-key-")
+            .tempfile_in(dir)
+            .with_context(|| format!("{}: cannot create the saved-plan key", dir.display()))?;
+        // tempfile creates the file with mode 0600.
+        tmp.as_file().write_all(&key).and_then(|()| tmp.as_file().sync_all()).context("writing the saved-plan key")?;
+        match std::fs::hard_link(tmp.path(), dir.join(KEY_FILE)) {
+            Ok(()) => Ok(PlanKey(key)),
+            // Another run created it first: use that one.
+            Err(e) if e.kind() == ErrorKind::AlreadyExists => {
+                PlanKey::load(dir)?.ok_or_else(|| anyhow::anyhow!("{}: the saved-plan key vanished", dir.display()))
+            }
+            Err(e) => bail!("{}: cannot create the saved-plan key: {e}", dir.join(KEY_FILE).display()),
+        }
+    }
+
+    /// `hmac-sha256:` and the hex HMAC-SHA256 of `bytes`.
+    fn mac(&self, bytes: &[u8]) -> String {
+        format!("hmac-sha256:{}", crate::report::codequality::hex(&self.tag(bytes)))
+    }
+
+    fn tag(&self, bytes: &[u8]) -> Vec<u8> {
+        let mut mac = <HmacSha256 as KeyInit>::new_from_slice(&self.0).unwrap_or_else(|_| unreachable_key_length());
+        mac.update(bytes);
+        mac.finalize().into_bytes().to_vec()
+    }
+
+    /// Tells, in constant time, whether `mac` is this key's MAC of `bytes`.
+    fn verifies(&self, bytes: &[u8], mac: &str) -> bool {
+        let Some(tag) = mac.strip_prefix("hmac-sha256:").and_then(unhex) else {
+            return false;
+        };
+        let Ok(mut m) = <HmacSha256 as KeyInit>::new_from_slice(&self.0) else {
+            return false;
+        };
+        m.update(bytes);
+        m.verify_slice(&tag).is_ok()
+    }
+}
+
+/// HMAC takes keys of any length; this cannot be reached.
+fn unreachable_key_length() -> HmacSha256 {
+    <HmacSha256 as KeyInit>::new(&Default::default())
+}
+
+fn unhex(s: &str) -> Option<Vec<u8>> {
+    if !s.len().is_multiple_of(2) {
+        return None;
+    }
+    (0..s.len()).step_by(2).map(|i| s.get(i..i + 2).and_then(|b| u8::from_str_radix(b, 16).ok())).collect()
+}
+
+/// Fills `buf` from the kernel's random number generator.
+fn fill_random(buf: &mut [u8]) -> std::io::Result<()> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        let rest = &mut buf[filled..];
+        // SAFETY: the pointer and length describe `rest`, which is valid
+        // for writes for the duration of the call.
+        let n = unsafe { libc::getrandom(rest.as_mut_ptr().cast(), rest.len(), 0) };
+        if n < 0 {
+            let err = std::io::Error::last_os_error();
+            if err.kind() == ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(err);
+        }
+        filled += n as usize;
+    }
+    Ok(())
+}
+
+/// Checks that a saved plan was written by root on this host: its MAC is
+/// what this host's key gives. `key` is `None` when the host has no key
+/// yet (no plan was ever signed here).
+pub fn verify_mac(saved: &SavedPlan, key: Option<&PlanKey>) -> Result<(), Refusal> {
+    match (&saved.mac, key) {
+        (Some(mac), Some(key)) if key.verifies(&covered_bytes(saved), mac) => Ok(()),
+        (None, _) => Err(Refusal::NotFromThisHost("it carries no MAC (was it written as root?)".to_owned())),
+        (Some(_), None) => Err(Refusal::NotFromThisHost("this host has no saved-plan key yet".to_owned())),
+        (Some(_), Some(_)) => Err(Refusal::NotFromThisHost("its MAC does not match this host's key".to_owned())),
+    }
+}
+
+/// The Nix store: `/nix/store`, or in a debug build the directory
+/// `SAFE_SWITCH_TEST_STORE_DIR` names (see [`crate::test_hooks`]).
+pub fn store_dir() -> PathBuf {
+    crate::test_hooks::path(crate::test_hooks::STORE_DIR).unwrap_or_else(|| PathBuf::from("/nix/store"))
+}
+
+/// Refuses a target toplevel outside the Nix store: a store path cannot
+/// change after it was built, any other directory can (its `activate`
+/// could be swapped between `plan` and `apply`). `canonical` is the
+/// target's canonical path.
+pub fn check_target_in_store(canonical: &Path, store: &Path) -> Result<(), Refusal> {
+    let store = std::fs::canonicalize(store).unwrap_or_else(|_| store.to_owned());
+    if canonical.parent() == Some(store.as_path()) {
+        return Ok(());
+    }
+    Err(Refusal::TargetOutsideStore { target: canonical.display().to_string(), store: store.display().to_string() })
 }
 
 /// Why a saved plan is not carried out.
@@ -261,6 +505,15 @@ pub enum Refusal {
         recorded: String,
         /// The digest of the content.
         computed: String,
+    },
+    /// The MAC is missing or does not verify with this host's key.
+    NotFromThisHost(String),
+    /// The target toplevel is not in the Nix store.
+    TargetOutsideStore {
+        /// The target's canonical path.
+        target: String,
+        /// The store.
+        store: String,
     },
     /// The plan's own fields disagree with its recorded inputs.
     Inconsistent(String),
@@ -294,6 +547,15 @@ impl fmt::Display for Refusal {
             Refusal::DigestMismatch { recorded, computed } => write!(
                 f,
                 "the plan file was changed after it was written: its digest is {recorded} but its content hashes to {computed}"
+            ),
+            Refusal::NotFromThisHost(why) => write!(
+                f,
+                "the plan was not written by root on this host: {why}; write it with `safe-switch plan --out` as root here"
+            ),
+            Refusal::TargetOutsideStore { target, store } => write!(
+                f,
+                "the target toplevel {target} is not in the Nix store ({store}): it could have changed since it was planned \
+                 (its activation script is what `apply` runs); use `safe-switch switch`, or a toplevel built into the store"
             ),
             Refusal::Inconsistent(what) => write!(f, "the plan file does not match its recorded inputs: {what}"),
             Refusal::RunningGenerationChanged { recorded, now } => {
@@ -611,5 +873,115 @@ mod tests {
         assert!(format!("{:#}", SavedPlan::load(&path).unwrap_err()).contains("format 9 is not supported"));
         saved().save(&path).unwrap();
         assert_eq!(SavedPlan::load(&path).unwrap(), saved());
+    }
+
+    fn is_root() -> bool {
+        // SAFETY: geteuid has no preconditions and cannot fail.
+        unsafe { libc::geteuid() == 0 }
+    }
+
+    #[test]
+    fn a_plan_signed_with_this_hosts_key_verifies_and_no_other_does() {
+        if !is_root() {
+            assert!(std::env::var_os("CI").is_none(), "this test needs root under CI");
+            eprintln!("SKIPPED a_plan_signed_with_this_hosts_key_verifies_and_no_other_does: needs root");
+            return;
+        }
+        let here = tempfile::tempdir().unwrap();
+        let elsewhere = tempfile::tempdir().unwrap();
+        let key_dir = here.path().join("state");
+        assert!(PlanKey::load(&key_dir).unwrap().is_none());
+        let key = PlanKey::load_or_create(&key_dir).unwrap();
+        let meta = std::fs::metadata(&key_dir).unwrap();
+        assert_eq!(meta.mode() & 0o7777, 0o700);
+        let key_meta = std::fs::metadata(key_dir.join(KEY_FILE)).unwrap();
+        assert_eq!(key_meta.mode() & 0o7777, 0o600);
+        assert_eq!(key_meta.len(), 32);
+        // The same key is read back, and no temporary file is left.
+        let again = PlanKey::load_or_create(&key_dir).unwrap();
+        assert_eq!(again.0, key.0);
+        assert_eq!(std::fs::read_dir(&key_dir).unwrap().count(), 1);
+
+        let mut s = saved();
+        assert!(matches!(verify_mac(&s, Some(&key)), Err(Refusal::NotFromThisHost(_))), "unsigned");
+        s.sign(&key);
+        assert!(s.mac.as_deref().unwrap().starts_with("hmac-sha256:"));
+        assert_eq!(verify_mac(&s, Some(&key)), Ok(()));
+        let back: SavedPlan = serde_json::from_str(&s.to_json()).unwrap();
+        assert_eq!(verify_mac(&back, Some(&key)), Ok(()), "survives the file");
+        assert!(matches!(verify_mac(&s, None), Err(Refusal::NotFromThisHost(_))));
+
+        // Another host's key.
+        let other = PlanKey::load_or_create(&elsewhere.path().join("state")).unwrap();
+        let err = verify_mac(&s, Some(&other)).unwrap_err();
+        assert!(err.to_string().contains("not written by root on this host"), "{err}");
+
+        // An edit with the digest recomputed keeps the old MAC: refused.
+        let mut edited = s.clone();
+        edited.plan.units[0].actions.clear();
+        edited.digest = digest(&edited);
+        assert_eq!(verify_digest(&edited), Ok(()));
+        assert!(matches!(verify_mac(&edited, Some(&key)), Err(Refusal::NotFromThisHost(_))));
+        let mut garbage = s.clone();
+        garbage.mac = Some("hmac-sha256:zz".into());
+        assert!(verify_mac(&garbage, Some(&key)).is_err());
+    }
+
+    #[test]
+    fn a_key_others_could_read_or_write_is_refused() {
+        if !is_root() {
+            assert!(std::env::var_os("CI").is_none(), "this test needs root under CI");
+            eprintln!("SKIPPED a_key_others_could_read_or_write_is_refused: needs root");
+            return;
+        }
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let key_dir = dir.path().join("state");
+        PlanKey::load_or_create(&key_dir).unwrap();
+        let key_file = key_dir.join(KEY_FILE);
+        std::fs::set_permissions(&key_file, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let err = format!("{:#}", PlanKey::load(&key_dir).unwrap_err());
+        assert!(err.contains("mode 0600") && err.contains("0644"), "{err}");
+        std::fs::set_permissions(&key_file, std::fs::Permissions::from_mode(0o600)).unwrap();
+        std::os::unix::fs::chown(&key_file, Some(65534), None).unwrap();
+        let err = format!("{:#}", PlanKey::load(&key_dir).unwrap_err());
+        assert!(err.contains("uid 65534"), "{err}");
+        std::os::unix::fs::chown(&key_file, Some(0), None).unwrap();
+        std::fs::set_permissions(&key_dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+        let err = format!("{:#}", PlanKey::load(&key_dir).unwrap_err());
+        assert!(err.contains("writable by others"), "{err}");
+        assert!(PlanKey::load_or_create(&key_dir).is_err());
+    }
+
+    #[test]
+    fn only_a_target_in_the_store_is_applied() {
+        let store = tempfile::tempdir().unwrap();
+        let store = std::fs::canonicalize(store.path()).unwrap();
+        assert_eq!(check_target_in_store(&store.join("abc-nixos-system"), &store), Ok(()));
+        let err = check_target_in_store(Path::new("/srv/result"), &store).unwrap_err();
+        assert!(matches!(err, Refusal::TargetOutsideStore { .. }));
+        assert!(err.to_string().contains("not in the Nix store"), "{err}");
+        assert!(check_target_in_store(&store.join("abc/inner"), &store).is_err());
+    }
+
+    #[test]
+    fn recorded_protections_come_back_as_the_same_request() {
+        let request = Request {
+            selectors: vec![(Selector::parse("sshd").unwrap(), ProtectionSource::CommandLine)],
+            implicit: ImplicitProtections { dbus: true, logind: false, caller: true },
+            caller_cgroups: vec!["/system.slice/gitlab-runner.service".into()],
+            mode: Mode::Refuse,
+        };
+        let recorded = RecordedProtection::from_request(&request);
+        let back = recorded.to_request().unwrap();
+        assert_eq!(back.selectors, request.selectors);
+        assert_eq!(back.implicit, request.implicit);
+        assert_eq!(back.caller_cgroups, request.caller_cgroups);
+        assert_eq!(back.mode, request.mode);
+        let args = recorded.to_args().unwrap();
+        assert!(args.protect.is_empty() && args.policy.is_none() && args.on_protected.is_none());
+        let mut bad = recorded.clone();
+        bad.selectors[0].selector = "bad name".into();
+        assert!(bad.to_request().is_err());
     }
 }

@@ -11,11 +11,14 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod hermetic;
+
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use plan_model::Action;
-use safe_switch_cli::saved::SavedPlan;
+use safe_switch_cli::saved::{PlanKey, SavedPlan};
+use safe_switch_cli::test_hooks;
 use testbed::{Config, Generation, Output, TestBed};
 
 const BIN: &str = env!("CARGO_BIN_EXE_safe-switch");
@@ -49,9 +52,34 @@ fn setup() -> Setup {
 }
 
 fn safe_switch(bed: &TestBed, args: &[&str]) -> Output {
+    safe_switch_with(bed, args, &[])
+}
+
+/// Like [`safe_switch`], with extra environment variables (the test-only
+/// ones of `safe_switch_cli::test_hooks`).
+fn safe_switch_with(bed: &TestBed, args: &[&str], env: &[(&str, &str)]) -> Output {
     let mut cmd = bed.command(BIN);
-    cmd.args(args).env("NO_COLOR", "1");
+    hermetic::in_bed(&mut cmd, bed).args(args).env("NO_COLOR", "1");
+    cmd.envs(env.iter().copied());
     testbed::exec::run(&mut cmd, Duration::from_secs(120)).expect("safe-switch runs")
+}
+
+/// This bed's saved-plan key, as `plan --out` created it.
+fn bed_key(bed: &TestBed) -> PlanKey {
+    let dir = bed.run_dir().join(hermetic::BED_STATE_DIR.trim_start_matches("/run/"));
+    PlanKey::load(&dir).unwrap().expect("plan --out created the key")
+}
+
+/// Writes a policy file inside the bed, at `/run/policy/NAME`; returns the
+/// path as the bed sees it.
+fn bed_policy(bed: &TestBed, name: &str, text: &str) -> String {
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = bed.run_dir().join("policy");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::write(dir.join(name), text).unwrap();
+    std::fs::set_permissions(dir.join(name), std::fs::Permissions::from_mode(0o644)).unwrap();
+    format!("/run/policy/{name}")
 }
 
 fn s(p: &Path) -> &str {
@@ -174,18 +202,30 @@ fn a_hand_edited_plan_file_is_refused() {
     assert!(out.stderr.contains("digest"), "{}", out.stderr);
     nothing_changed(&st, &before);
 
-    // The same edit with the digest recomputed: planning again from the
-    // recorded inputs gives other actions, so it is still refused.
+    // The same edit with the digest recomputed: it carries no MAC, so it
+    // was not written by root on this host.
     let resealed = SavedPlan::new(edited.plan.clone(), edited.inputs.clone());
     let resealed_file = st.dir.path().join("resealed.json");
     resealed.save(&resealed_file).unwrap();
+    let out = safe_switch(&st.bed, &["apply", s(&resealed_file), "--no-isolate"]);
+    assert_eq!(out.code(), Some(3), "{out:?}");
+    assert!(out.stderr.contains("the plan was not written by root on this host"), "{}", out.stderr);
+    nothing_changed(&st, &before);
+
+    // Even signed with this host's key, planning again from the recorded
+    // inputs gives other actions, so it is still refused.
+    let key = bed_key(&st.bed);
+    let mut signed = resealed.clone();
+    signed.sign(&key);
+    signed.save(&resealed_file).unwrap();
     let out = safe_switch(&st.bed, &["apply", s(&resealed_file), "--no-isolate"]);
     assert_eq!(out.code(), Some(3), "{out:?}");
     assert!(out.stderr.contains("does not match a fresh plan"), "{}", out.stderr);
     assert!(out.stderr.contains("changed.service"), "{}", out.stderr);
     nothing_changed(&st, &before);
 
-    // An edit that adds a restart of the protected sshd, resealed.
+    // An edit that adds a restart of the protected sshd, resealed and
+    // signed.
     let mut sneaky = SavedPlan::load(&file).unwrap();
     if let Some(u) = sneaky.plan.units.iter_mut().find(|u| u.unit == "sshd.service") {
         u.actions.push(Action::Restart);
@@ -199,7 +239,8 @@ fn a_hand_edited_plan_file_is_refused() {
         });
         sneaky.plan.units.sort_by(|a, b| a.unit.cmp(&b.unit));
     }
-    let sneaky = SavedPlan::new(sneaky.plan, sneaky.inputs);
+    let mut sneaky = SavedPlan::new(sneaky.plan, sneaky.inputs);
+    sneaky.sign(&key);
     let sneaky_file = st.dir.path().join("sneaky.json");
     sneaky.save(&sneaky_file).unwrap();
     let out = safe_switch(&st.bed, &["apply", s(&sneaky_file), "--no-isolate"]);
@@ -236,4 +277,125 @@ fn an_isolated_apply_checks_and_applies_in_its_transient_unit() {
     assert_eq!(out.code(), Some(0), "{out:?}");
     assert_eq!(st.bed.current_generation().unwrap(), st.b);
     assert_ne!(states(&st)["changed.service"].invocation_id, before["changed.service"].invocation_id);
+}
+
+/// A bed whose generation B changes sshd too, so that protecting sshd
+/// defers its restart.
+fn setup_sshd_changes() -> Setup {
+    let a = generation_a();
+    let bed = TestBed::boot(&Config::new(a.clone())).expect("test bed boots");
+    let b = bed.build_generation(&generation_b(&a).sshd_with("", "Environment=VERSION=2\n")).unwrap();
+    let a_path = bed.current_generation().unwrap();
+    Setup { bed, a: a_path, b, dir: tempfile::tempdir().unwrap() }
+}
+
+/// The attack of a forged plan: the recorded protections cleared, sshd's
+/// deferral turned into actions, the digest recomputed. Refused for its
+/// MAC; and even with a valid MAC (a plan root made with fewer
+/// protections), `apply` plans with the system policy in force now, whose
+/// protection of sshd the plan does not have: refused as stale.
+#[test]
+fn a_forged_plan_without_the_protections_is_refused() {
+    if !testbed::available("a_forged_plan_without_the_protections_is_refused") {
+        return;
+    }
+    let st = setup_sshd_changes();
+    let system = bed_policy(&st.bed, "system.toml", "protect = [\"sshd\"]\n");
+    let with_policy = [(test_hooks::SYSTEM_POLICY, system.as_str())];
+    let file = st.dir.path().join("plan.json");
+    let out = safe_switch_with(&st.bed, &["plan", "--toplevel", s(&st.b), "--out", s(&file)], &with_policy);
+    assert_eq!(out.code(), Some(0), "{out:?}");
+    let saved = SavedPlan::load(&file).unwrap();
+    let sshd = saved.plan.unit("sshd.service").expect("sshd is in the plan");
+    let deferral = sshd.deferral.clone().expect("the system policy defers sshd's restart");
+    assert!(sshd.actions.is_empty());
+    assert!(saved.inputs.protection.selectors.iter().any(|p| p.selector == "sshd"), "{:?}", saved.inputs.protection);
+
+    let mut forged = saved.clone();
+    forged.inputs.protection.selectors.clear();
+    forged.plan.protection.protected.retain(|p| p.selector != "sshd");
+    for u in &mut forged.plan.units {
+        if u.unit == "sshd.service" {
+            u.actions = deferral.actions.clone();
+            u.deferral = None;
+        }
+    }
+    let mut forged = SavedPlan::new(forged.plan, forged.inputs);
+    let forged_file = st.dir.path().join("forged.json");
+    forged.save(&forged_file).unwrap();
+    let before = states(&st);
+    let out = safe_switch_with(&st.bed, &["apply", s(&forged_file), "--no-isolate"], &with_policy);
+    assert_eq!(out.code(), Some(3), "{out:?}");
+    assert!(out.stderr.contains("the plan was not written by root on this host"), "{}", out.stderr);
+    nothing_changed(&st, &before);
+
+    forged.sign(&bed_key(&st.bed));
+    forged.save(&forged_file).unwrap();
+    for isolation in [&["--no-isolate"][..], &[][..]] {
+        let mut args = vec!["apply", s(&forged_file)];
+        args.extend_from_slice(isolation);
+        let out = safe_switch_with(&st.bed, &args, &with_policy);
+        assert_eq!(out.code(), Some(3), "{out:?}");
+        assert!(out.stderr.contains("does not match a fresh plan"), "{}", out.stderr);
+        assert!(out.stderr.contains("sshd.service"), "{}", out.stderr);
+        nothing_changed(&st, &before);
+    }
+
+    // A genuine plan made before the system policy protected sshd is
+    // planned again with it, and refused as stale.
+    let out = safe_switch(&st.bed, &["plan", "--toplevel", s(&st.b), "--out", s(&file)]);
+    assert_eq!(out.code(), Some(0), "{out:?}");
+    assert!(SavedPlan::load(&file).unwrap().plan.unit("sshd.service").unwrap().deferral.is_none());
+    let out = safe_switch_with(&st.bed, &["apply", s(&file), "--no-isolate"], &with_policy);
+    assert_eq!(out.code(), Some(3), "{out:?}");
+    assert!(out.stderr.contains("does not match a fresh plan"), "{}", out.stderr);
+    nothing_changed(&st, &before);
+
+    // The plan made with the policy applies, and leaves sshd alone.
+    let out = safe_switch_with(&st.bed, &["plan", "--toplevel", s(&st.b), "--out", s(&file)], &with_policy);
+    assert_eq!(out.code(), Some(0), "{out:?}");
+    let out = safe_switch_with(&st.bed, &["apply", s(&file), "--no-isolate"], &with_policy);
+    assert_eq!(out.code(), Some(0), "{out:?}");
+    assert_eq!(st.bed.current_generation().unwrap(), st.b);
+    assert_eq!(states(&st)["sshd.service"], before["sshd.service"], "sshd was restarted");
+}
+
+#[test]
+fn a_plan_from_another_host_or_outside_the_store_is_refused() {
+    if !testbed::available("a_plan_from_another_host_or_outside_the_store_is_refused") {
+        return;
+    }
+    let st = setup();
+    let file = save_plan(&st);
+    assert!(SavedPlan::load(&file).unwrap().mac.is_some(), "plan --out as root signs the plan");
+    let before = states(&st);
+
+    // Another host: another key, or none yet.
+    let other = st.bed.run_dir().join("other-state");
+    PlanKey::load_or_create(&other).unwrap();
+    let out =
+        safe_switch_with(&st.bed, &["apply", s(&file), "--no-isolate"], &[(test_hooks::STATE_DIR, "/run/other-state")]);
+    assert_eq!(out.code(), Some(3), "{out:?}");
+    assert!(out.stderr.contains("the plan was not written by root on this host"), "{}", out.stderr);
+    assert!(out.stderr.contains("its MAC does not match this host's key"), "{}", out.stderr);
+    nothing_changed(&st, &before);
+    let out =
+        safe_switch_with(&st.bed, &["apply", s(&file), "--no-isolate"], &[(test_hooks::STATE_DIR, "/run/no-state")]);
+    assert_eq!(out.code(), Some(3), "{out:?}");
+    assert!(out.stderr.contains("this host has no saved-plan key yet"), "{}", out.stderr);
+    nothing_changed(&st, &before);
+
+    // A target outside the Nix store could have changed since planning.
+    let out = safe_switch_with(
+        &st.bed,
+        &["apply", s(&file), "--no-isolate"],
+        &[(test_hooks::STORE_DIR, "/run/another-store")],
+    );
+    assert_eq!(out.code(), Some(3), "{out:?}");
+    assert!(out.stderr.contains("is not in the Nix store"), "{}", out.stderr);
+    nothing_changed(&st, &before);
+
+    // The plan itself is fine.
+    let out = safe_switch(&st.bed, &["apply", s(&file), "--no-isolate"]);
+    assert_eq!(out.code(), Some(0), "{out:?}");
 }

@@ -4,6 +4,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, reason = "tests may panic")]
 
+mod hermetic;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -23,7 +25,7 @@ fn diff(case: &str, args: &[&str]) -> Output {
 /// Like [`diff`], with a policy file of the given text.
 fn diff_with_policy(case: &str, policy: &str, args: &[&str]) -> Output {
     let dir = tempfile::tempdir().unwrap();
-    Command::new(BIN)
+    hermetic::hermetic(&mut Command::new(BIN))
         .current_dir(fixture(case))
         .env_remove("SAFE_SWITCH_PLATFORM")
         .env("NO_COLOR", "1")
@@ -120,11 +122,24 @@ fn the_policy_file_protects_labels_and_sets_the_mode() {
     assert_eq!(out.status.code(), Some(3), "{stdout}{stderr}");
     assert!(stdout.contains("protection (mode: refuse):"), "{stdout}");
     assert!(stdout.contains("org.nixos.gitlab-runner: restart refused"), "{stdout}");
-    // The command line adds to the policy file and overrides its mode.
+    // The command line adds to the policy file; it can make the mode
+    // stricter, never weaker: `defer` under a policy that says `refuse`
+    // stays `refuse`, with a note.
     let out = diff_with_policy(
         "protected-defer",
         "protect = [\"gitlab-runner\"]\nmode = \"refuse\"\n",
         &["--protect", "org.nixos.github-runner-*", "--on-protected", "defer"],
+    );
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(3), "{stderr}");
+    assert!(stdout.contains("protection (mode: refuse):"), "{stdout}");
+    assert!(stdout.contains("org.nixos.gitlab-runner: restart refused"), "{stdout}");
+    assert!(stdout.contains("org.nixos.github-runner-ci1: stop refused"), "{stdout}");
+    assert!(stderr.contains("note: --on-protected defer does not apply"), "{stderr}");
+    let out = diff_with_policy(
+        "protected-defer",
+        "protect = [\"gitlab-runner\"]\nmode = \"defer\"\n",
+        &["--protect", "org.nixos.github-runner-*"],
     );
     let (stdout, stderr) = text(&out);
     assert_eq!(out.status.code(), Some(0), "{stderr}");

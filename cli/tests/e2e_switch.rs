@@ -23,6 +23,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod hermetic;
+
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
@@ -130,7 +132,7 @@ fn boot() -> TestBed {
 /// Runs safe-switch inside the bed.
 fn safe_switch(bed: &TestBed, args: &[&str], toplevel: &Path) -> Output {
     let mut cmd = bed.command(BIN);
-    cmd.args(args).arg("--toplevel").arg(toplevel);
+    hermetic::in_bed(&mut cmd, bed).args(args).arg("--toplevel").arg(toplevel);
     testbed::exec::run(&mut cmd, Duration::from_secs(180)).unwrap()
 }
 

@@ -29,11 +29,12 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 
 use launchd_plan::LaunchdLive;
-use plan_model::{LiveState, Plan};
+use plan_model::policy::Selector;
+use plan_model::{LiveState, Mode, Plan, ProtectionSource};
 use proptest::prelude::*;
-use safe_switch_cli::args::{OnProtected, ProtectArgs};
 use safe_switch_cli::saved::{self, SavedPlan};
 use serde_json::{Value, json};
+use systemd_plan::protect::Request;
 use testbed::fuzz::{self, peak_memory};
 
 #[global_allocator]
@@ -602,17 +603,20 @@ fn saved_plans(root: &Path, plan: &Plan, case: &Case) -> Result<(), TestCaseErro
         Some(live) => LiveState::from_json(&live.to_string()).unwrap(),
         None => LiveState::default(),
     };
-    let protect = ProtectArgs {
-        protect: case.options.protect.clone(),
-        policy: case.options.policy.as_ref().map(|_| root.join("policy.toml")),
-        on_protected: case.options.on_protected.as_deref().map(|m| match m {
-            "refuse" => OnProtected::Refuse,
-            _ => OnProtected::Defer,
-        }),
-        ..ProtectArgs::default()
-    };
+    // The request the plan was made with, as far as a saved plan records
+    // it: the `--protect` selectors and the mode (the policy file's
+    // selectors are in the plan's protections already).
+    let selectors = case
+        .options
+        .protect
+        .iter()
+        .filter_map(|s| Selector::parse(s).ok())
+        .map(|s| (s, ProtectionSource::CommandLine))
+        .collect();
+    let mode = if plan.protection.mode == Mode::Refuse { Mode::Refuse } else { Mode::Defer };
+    let request = Request { selectors, mode, ..Request::default() };
     let (old, new) = (Path::new(&plan.old.path), Path::new(&plan.new.path));
-    let inputs = saved::record_inputs(old, new, plan, &live, &protect);
+    let inputs = saved::record_inputs(old, new, plan, &live, &request);
     let original = SavedPlan::new(plan.clone(), inputs);
     let text = original.to_json();
     let path = root.join("saved.json");

@@ -2,15 +2,23 @@
 //!
 //! A case is a directory with `old/` and `new/` generations, an optional
 //! `live.json` live-state snapshot, an optional `args` file (extra command
-//! line arguments, one per line) and an optional `formats` file (extra
-//! `--format` values, one per line). The real binary runs with the case
-//! directory as its working directory, so paths print relative:
+//! line arguments, one per line), an optional `formats` file (extra
+//! `--format` values, one per line) and an optional `cgroup` file (what
+//! `/proc/self/cgroup` says: the caller's cgroup). The real binary runs
+//! with the case directory as its working directory, so paths print
+//! relative:
 //!
 //! ```text
 //! safe-switch diff old new [--live live.json] [ARGS...]            -> snapshots/text.snap
 //! safe-switch diff old new [--live live.json] [ARGS...] --json     -> snapshots/json.snap
 //! safe-switch diff old new [--live live.json] [ARGS...] --format F -> snapshots/format-F.snap
 //! ```
+//!
+//! The runs do not depend on the machine: the system policy file and the
+//! process's cgroup are redirected through the debug-build-only variables
+//! of `safe_switch_cli::test_hooks` (to a file that does not exist, or the
+//! case's `cgroup`), so `/etc/safe-switch/policy.toml` and the cgroup of
+//! whoever runs the tests are never read.
 //!
 //! Each snapshot holds the exit code, standard output and standard error.
 //! When the text run fails (bad input, exit 1, or a usage error, exit 2),
@@ -29,6 +37,8 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use safe_switch_cli::test_hooks;
+
 /// Fewer cases than this means the directory was lost or emptied.
 const MIN_CASES: usize = 40;
 
@@ -43,15 +53,23 @@ fn lines(path: &Path) -> Vec<String> {
     }
 }
 
+/// A path that does not exist: no system policy, no cgroup.
+const NOWHERE: &str = "/nonexistent/safe-switch-golden";
+
+/// Makes a run of the binary in `case` independent of the machine: no
+/// system policy, and the case's `cgroup` file (else none) as the
+/// process's cgroup. Overrides whatever the test process inherited.
+fn hermetic<'a>(cmd: &'a mut Command, case: &Path) -> &'a mut Command {
+    let cgroup = case.join("cgroup");
+    let cgroup = if cgroup.exists() { cgroup } else { PathBuf::from(NOWHERE) };
+    cmd.env(test_hooks::SYSTEM_POLICY, NOWHERE).env(test_hooks::PROC_CGROUP, cgroup)
+}
+
 /// Runs the binary in `case` and renders the result as one snapshot text.
 fn run(case: &Path, args: &[String]) -> (i32, String) {
-    let output = Command::new(env!("CARGO_BIN_EXE_safe-switch"))
-        .args(args)
-        .current_dir(case)
-        .env_remove("RUST_BACKTRACE")
-        .env("NO_COLOR", "1")
-        .output()
-        .unwrap();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_safe-switch"));
+    hermetic(&mut cmd, case);
+    let output = cmd.args(args).current_dir(case).env_remove("RUST_BACKTRACE").env("NO_COLOR", "1").output().unwrap();
     let code = output.status.code().unwrap_or(-1);
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);
@@ -125,4 +143,39 @@ fn golden_cases() {
         }
     }
     assert!(failures.is_empty(), "{} of {} golden cases failed:\n{}", failures.len(), cases.len(), failures.join("\n"));
+}
+
+/// The harness is hermetic: a system policy (as a machine with safe-switch
+/// installed has one) changes the plan when the binary is pointed at it,
+/// and the harness's own settings override one inherited from the
+/// environment, so the snapshots above cannot depend on it.
+#[test]
+fn the_harness_does_not_read_the_host_policy() {
+    let case = golden_dir().join("protect-direct-changed");
+    let dir = tempfile::tempdir().unwrap();
+    let policy = dir.path().join("policy.toml");
+    fs::write(&policy, "protect = [\"nginx\"]\nmode = \"refuse\"\n").unwrap();
+    let args = ["diff", "old", "new", "--live", "live.json"];
+    let bin = env!("CARGO_BIN_EXE_safe-switch");
+
+    let mut plain = Command::new(bin);
+    plain.args(args).current_dir(&case);
+    let plain = hermetic(&mut plain, &case).output().unwrap();
+    assert_eq!(plain.status.code(), Some(0), "{plain:?}");
+
+    // A "system policy" that protects nginx.service refuses the plan.
+    let mut with_policy = Command::new(bin);
+    with_policy.args(args).current_dir(&case).env(test_hooks::SYSTEM_POLICY, &policy);
+    with_policy.env(test_hooks::PROC_CGROUP, NOWHERE);
+    let with_policy = with_policy.output().unwrap();
+    assert_eq!(with_policy.status.code(), Some(3), "the system policy was not read: {with_policy:?}");
+    let text = String::from_utf8_lossy(&with_policy.stdout);
+    assert!(text.contains(&format!("[policy {}]", policy.display())), "{text}");
+
+    // The harness's settings win over an inherited one.
+    let mut inherited = Command::new(bin);
+    inherited.args(args).current_dir(&case).env(test_hooks::SYSTEM_POLICY, &policy);
+    let inherited = hermetic(&mut inherited, &case).output().unwrap();
+    assert_eq!(inherited.status.code(), Some(0));
+    assert_eq!(inherited.stdout, plain.stdout, "the harness read the inherited policy");
 }

@@ -13,6 +13,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod hermetic;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
@@ -48,13 +50,13 @@ fn boot(a: &Generation) -> TestBed {
 
 fn safe_switch(bed: &TestBed, args: &[&str]) -> Output {
     let mut cmd = bed.command(BIN);
-    cmd.args(args);
+    hermetic::in_bed(&mut cmd, bed).args(args);
     testbed::exec::run(&mut cmd, Duration::from_secs(120)).expect("safe-switch runs")
 }
 
 fn spawn_switch(bed: &TestBed, args: &[&str]) -> Child {
     let mut cmd = bed.command(BIN);
-    cmd.args(args).stdout(Stdio::piped()).stderr(Stdio::piped());
+    hermetic::in_bed(&mut cmd, bed).args(args).stdout(Stdio::piped()).stderr(Stdio::piped());
     cmd.spawn().expect("safe-switch starts")
 }
 
@@ -182,7 +184,7 @@ fn dbus_unreachable_is_a_clear_error_before_any_change() {
     let b = bed.build_generation(&a.clone().renamed("b").service("changed.service", daemon("V=2"))).unwrap();
     for extra in [&["--no-isolate"][..], &[][..]] {
         let mut cmd = bed.command(BIN);
-        cmd.args(["switch", "--toplevel", path_str(&b)]).args(extra);
+        hermetic::in_bed(&mut cmd, &bed).args(["switch", "--toplevel", path_str(&b)]).args(extra);
         cmd.env("DBUS_SYSTEM_BUS_ADDRESS", "unix:path=/run/no-such-bus");
         let out = testbed::exec::run(&mut cmd, Duration::from_secs(60)).unwrap();
         assert_eq!(out.code(), Some(1), "{out:?}");
@@ -265,6 +267,7 @@ fn not_root_can_plan_but_not_switch() {
     let as_nobody = |args: &[&str]| {
         let mut cmd = bed.command("setpriv");
         cmd.args(["--reuid=65534", "--regid=65534", "--clear-groups", BIN]).args(args);
+        hermetic::in_bed(&mut cmd, &bed);
         testbed::exec::run(&mut cmd, Duration::from_secs(60)).unwrap()
     };
     let plan = as_nobody(&["plan", "--toplevel", path_str(&b), "--json"]);
@@ -499,6 +502,210 @@ fn a_plan_refused_by_protection_exits_3_before_any_change() {
         assert!(out.stdout.contains("sshd.service"), "the refused plan is shown: {}", out.stdout);
         nothing_changed(&bed, &current);
         assert_eq!(bed.unit_states(&["sshd.service"]).unwrap()["sshd.service"], sshd);
+    }
+}
+
+#[test]
+fn a_resumed_apply_keeps_its_hands_off_what_is_protected_now() {
+    if !testbed::available("a_resumed_apply_keeps_its_hands_off_what_is_protected_now") {
+        return;
+    }
+    // r.service changes in B with X-StopIfChanged=false: it is restarted
+    // after the activation, which is where the first apply is killed.
+    let a = generation_a().service("r.service", daemon("V=1"));
+    let bed = boot(&a);
+    bed.wait_for_state("r.service", "active").unwrap();
+    let b = bed
+        .build_generation(&slow_b(&a).service(
+            "r.service",
+            "[Unit]\nDescription=r\n\n[Service]\nEnvironment=V=2\nExecStart=/bin/sleep infinity\nX-StopIfChanged=false\n",
+        ))
+        .unwrap();
+    let first = spawn_switch(&bed, &["switch", "--toplevel", path_str(&b), "--protect", "sshd", "--no-isolate"]);
+    let pid_file = bed.run_dir().join("testbed/activate.pid");
+    wait_for("the activation to start", Duration::from_secs(60), || pid_file.exists());
+    let progress: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(bed.run_dir().join("safe-switch/progress.json")).unwrap())
+            .unwrap();
+    assert!(progress["plan"].to_string().contains("r.service"), "the first plan restarts r.service");
+    kill_in_bed(&bed, &progress["pid"].to_string());
+    kill_in_bed(&bed, &std::fs::read_to_string(&pid_file).unwrap());
+    let _ = first.wait_with_output();
+    let r = bed.unit_states(&["r.service"]).unwrap()["r.service"].clone();
+
+    // In refuse mode, the resume is refused and nothing more is done.
+    let out = safe_switch(
+        &bed,
+        &["switch", "--toplevel", path_str(&b), "--protect", "r,sshd", "--on-protected", "refuse", "--no-isolate"],
+    );
+    assert_eq!(out.code(), Some(3), "{out:?}");
+    assert!(out.stderr.contains("refused to finish the interrupted switch"), "{}", out.stderr);
+    assert!(bed.run_dir().join("safe-switch/progress.json").exists(), "the record is kept");
+    assert_ne!(bed.current_generation().unwrap(), b);
+    assert_eq!(bed.unit_states(&["r.service"]).unwrap()["r.service"], r);
+
+    // In defer mode, the resume finishes the switch without restarting
+    // r.service, and says so.
+    let out = safe_switch(&bed, &["switch", "--toplevel", path_str(&b), "--protect", "r,sshd", "--no-isolate"]);
+    assert_eq!(out.code(), Some(0), "{out:?}");
+    assert!(out.stderr.contains("resuming it first"), "{}", out.stderr);
+    assert!(out.stderr.contains("r.service: restart deferred"), "{}", out.stderr);
+    assert_eq!(bed.current_generation().unwrap(), b);
+    assert_eq!(bed.active_state("new.service").unwrap(), "active", "the rest of the switch was carried out");
+    let after = bed.unit_states(&["r.service"]).unwrap()["r.service"].clone();
+    assert_eq!(after, r, "r.service was restarted although protected now");
+    // What the reports call untouched was untouched.
+    assert!(out.stderr.contains(&format!("protected r.service: untouched (MainPID {}", r.main_pid)), "{}", out.stderr);
+    assert!(!bed.run_dir().join("safe-switch/progress.json").exists());
+}
+
+#[test]
+fn of_two_isolated_switches_started_at_once_the_loser_reports_the_lock() {
+    if !testbed::available("of_two_isolated_switches_started_at_once_the_loser_reports_the_lock") {
+        return;
+    }
+    let a = generation_a();
+    let bed = boot(&a);
+    // The winner's activation waits until the test lets it go on, so it
+    // holds the lock while the loser's isolated run starts.
+    let b = bed
+        .build_generation(
+            &a.clone().renamed("b").service("changed.service", daemon("V=2")).activate_lines(
+                "touch /run/testbed/activating\nwhile [ ! -e /run/testbed/go-on ]; do sleep 0.05; done",
+            ),
+        )
+        .unwrap();
+    // Both callers pass their own check of the lock before either
+    // isolated run takes it: the race is lost in the transient unit.
+    for round in 0..5 {
+        let _ = std::fs::remove_file(bed.run_dir().join("testbed/go-on"));
+        let _ = std::fs::remove_file(bed.run_dir().join("testbed/activating"));
+        let one = spawn_switch(&bed, &["switch", "--toplevel", path_str(&b)]);
+        let two = spawn_switch(&bed, &["switch", "--toplevel", path_str(&b)]);
+        wait_for("an activation to start", Duration::from_secs(60), || {
+            bed.run_dir().join("testbed/activating").exists()
+        });
+        // The loser ends on its own; then the winner may go on.
+        let mut children = [one, two];
+        wait_for("one of the switches to end", Duration::from_secs(60), || {
+            children.iter_mut().any(|c| c.try_wait().unwrap().is_some())
+        });
+        std::fs::write(bed.run_dir().join("testbed/go-on"), "").unwrap();
+        let [one, two] = children;
+        let (one, two) = (one.wait_with_output().unwrap(), two.wait_with_output().unwrap());
+        let outputs = [&one, &two];
+        let codes: Vec<Option<i32>> = outputs.iter().map(|o| o.status.code()).collect();
+        let loser = outputs.iter().find(|o| o.status.code() != Some(0)).unwrap_or_else(|| {
+            panic!("round {round}: both switches succeeded: {codes:?}");
+        });
+        let stderr = String::from_utf8_lossy(&loser.stderr);
+        assert_eq!(loser.status.code(), Some(1), "round {round}: {stderr}");
+        assert!(
+            stderr.contains(
+                "error: another safe-switch is running (lock /run/safe-switch/lock is held); nothing was changed"
+            ),
+            "round {round}: {stderr}"
+        );
+        assert!(!stderr.contains("exited with status"), "round {round}: a failed transient unit: {stderr}");
+        assert_eq!(codes.iter().filter(|c| **c == Some(0)).count(), 1, "round {round}: {codes:?}");
+    }
+}
+
+/// Writes a file inside the bed at `/run/<rel>` with `mode`, its directory
+/// with `dir_mode`; returns the path as the bed sees it.
+fn bed_file(bed: &TestBed, rel: &str, text: &str, dir_mode: u32, mode: u32) -> String {
+    use std::os::unix::fs::PermissionsExt as _;
+    let path = bed.run_dir().join(rel);
+    let dir = path.parent().unwrap();
+    std::fs::create_dir_all(dir).unwrap();
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(dir_mode)).unwrap();
+    std::fs::write(&path, text).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+    format!("/run/{rel}")
+}
+
+fn safe_switch_with(bed: &TestBed, args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut cmd = bed.command(BIN);
+    hermetic::in_bed(&mut cmd, bed).args(args).envs(env.iter().copied());
+    testbed::exec::run(&mut cmd, Duration::from_secs(120)).expect("safe-switch runs")
+}
+
+/// With a root-owned system policy `protect = ["sshd"]`, `mode = "refuse"`:
+/// `--on-protected defer` and `--policy EMPTY` do not weaken it, in
+/// process or isolated; a policy in a directory others may write is
+/// refused; and `--cgroup-file /dev/null` does not lift the protection of
+/// the unit the caller runs in.
+#[test]
+fn the_policy_cannot_be_weakened_from_the_command_line() {
+    if !testbed::available("the_policy_cannot_be_weakened_from_the_command_line") {
+        return;
+    }
+    use safe_switch_cli::test_hooks::{PROC_CGROUP, SYSTEM_POLICY};
+    let a = generation_a();
+    let bed = boot(&a);
+    let current = bed.current_generation().unwrap();
+    let b = bed
+        .build_generation(
+            &a.clone().renamed("b").sshd_with("", "Environment=VERSION=2\n").service("changed.service", daemon("V=2")),
+        )
+        .unwrap();
+    let sshd = bed.unit_states(&["sshd.service"]).unwrap()["sshd.service"].clone();
+    let changed = bed.unit_states(&["changed.service"]).unwrap()["changed.service"].clone();
+    let system = bed_file(&bed, "policy/system.toml", "protect = [\"sshd\"]\nmode = \"refuse\"\n", 0o755, 0o644);
+    let empty = bed_file(&bed, "policy/empty.toml", "", 0o755, 0o644);
+    let env = [(SYSTEM_POLICY, system.as_str())];
+    let attacks: [&[&str]; 4] = [
+        &["--on-protected", "defer", "--no-isolate"],
+        &["--on-protected", "defer"],
+        &["--policy", &empty, "--no-isolate"],
+        &["--policy", &empty],
+    ];
+    for attack in attacks {
+        let mut args = vec!["switch", "--toplevel", path_str(&b)];
+        args.extend_from_slice(attack);
+        let out = safe_switch_with(&bed, &args, &env);
+        assert_eq!(out.code(), Some(3), "{attack:?}: {out:?}");
+        assert!(out.stdout.contains("protection (mode: refuse):"), "{attack:?}: {}", out.stdout);
+        nothing_changed(&bed, &current);
+        assert_eq!(bed.unit_states(&["sshd.service"]).unwrap()["sshd.service"], sshd, "{attack:?}");
+    }
+
+    // A policy file in a directory others may write.
+    let open = bed_file(&bed, "open/policy.toml", "protect = [\"sshd\"]\n", 0o777, 0o644);
+    let out =
+        safe_switch_with(&bed, &["switch", "--toplevel", path_str(&b), "--no-isolate"], &[(SYSTEM_POLICY, &open)]);
+    assert_eq!(out.code(), Some(1), "{out:?}");
+    assert!(out.stderr.contains("refusing the policy file /run/open/policy.toml"), "{}", out.stderr);
+    assert!(out.stderr.contains("the directory /run/open is writable by others"), "{}", out.stderr);
+    nothing_changed(&bed, &current);
+
+    // The switch runs from changed.service's job (as a CI job runs in its
+    // runner's unit): `--cgroup-file /dev/null` does not lift the implicit
+    // protection of changed.service, in process or isolated (where the
+    // caller hands its cgroup over).
+    let cgroup = bed_file(&bed, "policy/cgroup", "0::/system.slice/changed.service\n", 0o755, 0o644);
+    let c = bed.build_generation(&a.clone().renamed("c").service("changed.service", daemon("V=3"))).unwrap();
+    for (target, isolation) in [(&b, &["--no-isolate"][..]), (&c, &[][..])] {
+        let mut args =
+            vec!["switch", "--toplevel", path_str(target), "--protect", "sshd", "--cgroup-file", "/dev/null"];
+        args.extend_from_slice(isolation);
+        let out = safe_switch_with(&bed, &args, &[(PROC_CGROUP, &cgroup)]);
+        assert_eq!(out.code(), Some(0), "{out:?}");
+        if isolation.is_empty() {
+            // The isolated run gets the caller's hand-over file instead.
+            assert!(out.stderr.contains("applying in the transient unit"), "{}", out.stderr);
+        } else {
+            assert!(out.stderr.contains("warning: ignoring --cgroup-file /dev/null"), "{}", out.stderr);
+        }
+        assert!(out.stdout.contains("changed.service [implicit: holds this process"), "{}", out.stdout);
+        assert_eq!(
+            bed.unit_states(&["changed.service"]).unwrap()["changed.service"],
+            changed,
+            "the caller's unit was restarted: {}",
+            out.stderr
+        );
+        assert_eq!(bed.unit_states(&["sshd.service"]).unwrap()["sshd.service"], sshd);
+        assert_eq!(&bed.current_generation().unwrap(), target);
     }
 }
 

@@ -12,6 +12,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod hermetic;
+
 #[path = "../../crates/nix-compose/tests/support/mod.rs"]
 mod support;
 
@@ -24,7 +26,7 @@ const BIN: &str = env!("CARGO_BIN_EXE_safe-switch");
 /// The binary with the offline Nix configuration and the platform fixed to
 /// NixOS (the fixtures' base has `nixosConfigurations.vm`).
 fn safe_switch(fx: &Fixtures, cmd: &mut Command) {
-    cmd.envs(fx.env()).env("SAFE_SWITCH_PLATFORM", "nixos");
+    hermetic::hermetic(cmd).envs(fx.env()).env("SAFE_SWITCH_PLATFORM", "nixos");
 }
 
 fn run(fx: &Fixtures, args: &[&str]) -> Output {
@@ -185,6 +187,7 @@ fn compose_build_and_plan_against_a_live_systemd() {
 
     let mut cmd = bed.command(BIN);
     safe_switch(&fx, &mut cmd);
+    hermetic::in_bed(&mut cmd, &bed);
     let out = cmd
         .args(["plan", "--json", "--show-wrapper", "--flake", &fx.flake("overlay")])
         .args(["--base", &fx.flake("base"), "--host", "vm"])
@@ -232,6 +235,7 @@ fn compose_build_and_plan_against_a_live_systemd() {
     let web_pid = bed.main_pid("base-web.service").unwrap();
     let mut cmd = bed.command(BIN);
     safe_switch(&fx, &mut cmd);
+    hermetic::in_bed(&mut cmd, &bed);
     let out = cmd
         .args(["switch", "--json", "--flake", &fx.flake("overlay")])
         .args(["--base", &fx.flake("base"), "--host", "vm"])

@@ -8,6 +8,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, reason = "tests may panic")]
 
+mod hermetic;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -56,7 +58,7 @@ in {{
 
 fn safe_switch(args: &[&Path], json: bool) -> (i32, String, String) {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_safe-switch"));
-    cmd.arg("diff").args(args).env("NO_COLOR", "1");
+    hermetic::hermetic(&mut cmd).arg("diff").args(args).env("NO_COLOR", "1");
     if json {
         cmd.arg("--json");
     }

@@ -9,6 +9,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod hermetic;
+
 use std::path::Path;
 use std::time::Duration;
 
@@ -36,7 +38,7 @@ fn generation_a() -> Generation {
 
 fn check(bed: &TestBed, args: &[&str]) -> Output {
     let mut cmd = bed.command(BIN);
-    cmd.arg("check").args(args).env("NO_COLOR", "1");
+    hermetic::in_bed(&mut cmd, bed).arg("check").args(args).env("NO_COLOR", "1");
     testbed::exec::run(&mut cmd, Duration::from_secs(120)).expect("safe-switch runs")
 }
 

@@ -7,6 +7,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod hermetic;
+
 use std::collections::BTreeSet;
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -39,7 +41,12 @@ fn base_args(case: &Path) -> Vec<String> {
 }
 
 fn run(case: &Path, args: &[String]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_safe-switch")).args(args).current_dir(case).env("NO_COLOR", "1").output().unwrap()
+    hermetic::hermetic(&mut Command::new(env!("CARGO_BIN_EXE_safe-switch")))
+        .args(args)
+        .current_dir(case)
+        .env("NO_COLOR", "1")
+        .output()
+        .unwrap()
 }
 
 fn xmllint_ok(file: &Path) -> Option<Result<(), String>> {
@@ -156,7 +163,10 @@ fn on_a_terminal(case: &Path, no_color: Option<&str>) -> Option<String> {
     let bin = env!("CARGO_BIN_EXE_safe-switch");
     let cmd = format!("{bin} {}", base_args(case).join(" "));
     let mut script = Command::new("script");
-    script.args(["-q", "-e", "-c", &cmd, "/dev/null"]).current_dir(case).env_remove("NO_COLOR");
+    hermetic::hermetic(&mut script)
+        .args(["-q", "-e", "-c", &cmd, "/dev/null"])
+        .current_dir(case)
+        .env_remove("NO_COLOR");
     if let Some(v) = no_color {
         script.env("NO_COLOR", v);
     }
@@ -182,7 +192,7 @@ fn colours_on_a_terminal_unless_no_color_is_set() {
     let Some(empty) = on_a_terminal(&case, Some("")) else { return };
     assert!(empty.contains("\x1b["), "{empty}");
     // A pipe gets no colours either.
-    let out = Command::new(env!("CARGO_BIN_EXE_safe-switch"))
+    let out = hermetic::hermetic(&mut Command::new(env!("CARGO_BIN_EXE_safe-switch")))
         .args(base_args(&case))
         .current_dir(&case)
         .env_remove("NO_COLOR")

@@ -12,7 +12,7 @@ use plan_model::{
     Action, Deferral, Diagnostic, Edge, FORMAT_VERSION, FlakeInput, Generation, KeyChange, Mode, Plan, ProtectedUnit,
     Protection, ProtectionSource, Provenance, Reason, Refusal, Rule, Severity, Step, UnitPlan,
 };
-use safe_switch_cli::saved::{Inputs, RecordedProtection, RecordedUnit, SavedPlan};
+use safe_switch_cli::saved::{Inputs, RecordedProtection, RecordedSelector, RecordedUnit, SavedPlan};
 
 fn doc() -> String {
     std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/plan-schema.md")).unwrap()
@@ -150,7 +150,15 @@ fn every_json_key_is_documented() {
         Inputs {
             running_generation: "/old".into(),
             target_toplevel: "/new".into(),
-            protection: RecordedProtection { protect: vec![], policy: None, on_protected: None, caller_cgroup: None },
+            protection: RecordedProtection {
+                selectors: vec![RecordedSelector {
+                    selector: "sshd".into(),
+                    source: plan_model::ProtectionSource::Policy { path: "/etc/safe-switch/policy.toml".into() },
+                }],
+                mode: plan_model::Mode::Refuse,
+                implicit: plan_model::policy::ImplicitProtections::default(),
+                caller_cgroups: vec!["/system.slice/gitlab-runner.service".into()],
+            },
             live: [("a.service".to_owned(), Some(RecordedUnit::default()))].into(),
         },
     );

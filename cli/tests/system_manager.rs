@@ -7,6 +7,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, reason = "tests may panic")]
 
+mod hermetic;
+
 use std::path::Path;
 use std::process::Command;
 
@@ -21,7 +23,7 @@ fn switch_refuses_a_system_manager_generation() {
         return;
     }
     let new = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/golden/system-manager/new");
-    let out = Command::new(BIN)
+    let out = hermetic::hermetic(&mut Command::new(BIN))
         .args(["switch", "--no-isolate", "--toplevel"])
         .arg(&new)
         // Nothing may be asked of systemd: no bus at this address.

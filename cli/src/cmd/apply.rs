@@ -2,13 +2,16 @@
 //! `plan --out`, or refuse.
 //!
 //! Before anything is changed, `apply` checks that the plan is still true
-//! (see [`crate::saved`]): the file's digest, the running generation, the
-//! target toplevel, the live state of every unit the plan names, and a
-//! fresh plan from the recorded inputs, which must have the same actions.
-//! Any mismatch refuses the apply with exit code 3 and changes nothing.
-//! Otherwise the saved plan itself is handed to the executor, exactly as
-//! `switch` hands over its own plan, with the same lock, isolation in a
-//! transient unit, resumption record and protected-unit check.
+//! and was written by root on this host (see [`crate::saved`]): the file's
+//! digest and MAC, the target toplevel (in the Nix store), the running
+//! generation, the live state of every unit the plan names, and a fresh
+//! plan from the recorded inputs with the recorded protections plus those
+//! in force now (the system policy, the caller's cgroup), which must have
+//! the same actions. Any mismatch refuses the apply with exit code 3 and
+//! changes nothing. Otherwise the saved plan itself is handed to the
+//! executor, exactly as `switch` hands over its own plan, with the same
+//! lock, isolation in a transient unit, resumption record and
+//! protected-unit check.
 
 use std::path::Path;
 
@@ -20,7 +23,7 @@ use crate::cmd::plan::{self as live, CURRENT_SYSTEM};
 use crate::cmd::switch;
 use crate::exit::Outcome;
 use crate::report::{self, Report, Style};
-use crate::saved::{self, Observed, Refusal, SavedPlan};
+use crate::saved::{self, Observed, PlanKey, Refusal, SavedPlan};
 
 /// Runs `apply`.
 pub fn run(args: args::ApplyArgs) -> anyhow::Result<Outcome> {
@@ -34,6 +37,15 @@ pub fn run(args: args::ApplyArgs) -> anyhow::Result<Outcome> {
         return Ok(refuse(&args.plan, &refusal));
     }
     switch::preflight(target)?;
+    let key = PlanKey::load(&saved::state_dir())?;
+    if let Err(refusal) = saved::verify_mac(&saved, key.as_ref()) {
+        return Ok(refuse(&args.plan, &refusal));
+    }
+    let canonical_target = std::fs::canonicalize(target)
+        .with_context(|| format!("{}: cannot resolve the target toplevel; nothing was changed", target.display()))?;
+    if let Err(refusal) = saved::check_target_in_store(&canonical_target, &saved::store_dir()) {
+        return Ok(refuse(&args.plan, &refusal));
+    }
     let run = RunDir::system();
     if !args.apply.no_isolate {
         let mut bus = live::connect()?;
@@ -43,9 +55,20 @@ pub fn run(args: args::ApplyArgs) -> anyhow::Result<Outcome> {
                 run.path().join("lock").display()
             );
         }
-        return switch::isolate(&mut bus, &run, &[]);
+        // The caller's cgroup is protected in the isolated apply too: a
+        // fresh plan that would touch it differs from the saved one.
+        let cgroup_file = switch::save_caller_cgroup(&run)?;
+        let mut extra = Vec::new();
+        if let Some(path) = &cgroup_file {
+            extra.extend(["--cgroup-file".to_owned(), path.display().to_string()]);
+        }
+        let outcome = switch::isolate(&mut bus, &run, &extra);
+        if let Some(path) = cgroup_file {
+            let _ = std::fs::remove_file(path);
+        }
+        return outcome;
     }
-    let _lock = run.lock()?;
+    let _lock = switch::lock(&run, args.apply.isolated)?;
     let mut bus = live::connect()?;
     if let Some(interrupted) = run.interrupted()? {
         anyhow::bail!(
@@ -55,25 +78,24 @@ pub fn run(args: args::ApplyArgs) -> anyhow::Result<Outcome> {
     }
 
     // Plan again from the recorded inputs, against the machine as it is
-    // now. The caller cgroup recorded at planning time is passed through a
-    // file in the run directory, as `--cgroup-file` expects.
-    std::fs::create_dir_all(run.path()).with_context(|| format!("{}: cannot create", run.path().display()))?;
-    let cgroup_file = run.path().join("apply-caller-cgroup");
-    let protect = saved.inputs.protection.to_args(&cgroup_file)?;
+    // now, with the recorded protections plus those in force now: the
+    // system policy as it is today and this process's cgroup (and its
+    // isolating caller's). Protection only adds: a plan made with fewer
+    // protections than apply today gets other actions, and is refused.
+    let mut protect = saved.inputs.protection.to_args()?;
+    protect.cgroup_file = args.cgroup_file.clone();
     let current = std::fs::canonicalize(CURRENT_SYSTEM)
         .with_context(|| format!("{CURRENT_SYSTEM}: cannot resolve the running generation; nothing was changed"))?;
     let current = current.display().to_string();
-    let canonical_target = std::fs::canonicalize(target).ok().map(|p| p.display().to_string());
     if current != saved.inputs.running_generation {
         let refusal =
             Refusal::RunningGenerationChanged { recorded: saved.inputs.running_generation.clone(), now: current };
         return Ok(refuse(&args.plan, &refusal));
     }
-    let fresh = live::live_plan(Path::new(CURRENT_SYSTEM), target, &protect, &mut bus);
-    let _ = std::fs::remove_file(&cgroup_file);
-    let fresh = fresh?;
+    let fresh = live::live_plan(Path::new(CURRENT_SYSTEM), target, &protect, &mut bus)?;
+    let canonical_target = canonical_target.display().to_string();
     let observed =
-        Observed { running_generation: &current, target_toplevel: canonical_target.as_deref(), live: &fresh.live };
+        Observed { running_generation: &current, target_toplevel: Some(&canonical_target), live: &fresh.live };
     if let Err(refusal) = saved::check_fresh(&saved, &observed, &fresh.plan) {
         return Ok(refuse(&args.plan, &refusal));
     }

@@ -70,11 +70,28 @@ pub fn run(args: args::PlanArgs) -> anyhow::Result<Outcome> {
         return Ok(crate::protect::outcome(&lp.plan));
     }
     if let Some(out) = &args.out {
-        let inputs = crate::saved::record_inputs(&lp.old, &lp.new, &lp.plan, &lp.live, &args.protect);
-        crate::saved::SavedPlan::new(lp.plan.clone(), inputs).save(out)?;
+        save_plan(&lp, out)?;
     }
     print_plan(&lp, &args.output)?;
     Ok(crate::protect::outcome(&lp.plan))
+}
+
+/// Writes the saved plan for `apply`, with its MAC when running as root
+/// (creating this host's key on first use). Without root there is no MAC,
+/// and `apply` will refuse the plan; a warning says so.
+fn save_plan(lp: &LivePlan, out: &Path) -> anyhow::Result<()> {
+    let inputs = crate::saved::record_inputs(&lp.old, &lp.new, &lp.plan, &lp.live, &lp.protection.request);
+    let mut saved = crate::saved::SavedPlan::new(lp.plan.clone(), inputs);
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    if unsafe { libc::geteuid() } == 0 {
+        saved.sign(&crate::saved::PlanKey::load_or_create(&crate::saved::state_dir())?);
+    } else {
+        eprintln!(
+            "warning: {} carries no MAC (only root can sign a plan with this host's key): `apply` will refuse it",
+            out.display()
+        );
+    }
+    saved.save(out)
 }
 
 /// Prints a plan in the requested format and writes the `--report` files,
@@ -87,9 +104,9 @@ pub fn print_plan(lp: &LivePlan, output: &args::OutputArgs) -> anyhow::Result<()
 /// with where it came from, naming it in errors. Store the provenance in
 /// the plan's `new.provenance`.
 ///
-/// For `--flake`, the policy file (as `protect` names it) supplies the
-/// default base and host, read with the same ownership checks protection
-/// applies.
+/// For `--flake`, the policy files (the system's first, then `--policy`)
+/// supply the default base and host, read with the same ownership checks
+/// protection applies.
 pub fn resolve_source(source: &SourceArgs, protect: &ProtectArgs) -> anyhow::Result<crate::source::Resolved> {
     if source.toplevel.is_none() && source.flake.is_none() {
         return Err(crate::exit::usage("give the new generation with --toplevel PATH or --flake REF"));
@@ -97,7 +114,9 @@ pub fn resolve_source(source: &SourceArgs, protect: &ProtectArgs) -> anyhow::Res
     let mut resolved = match (&source.resolved_file, &source.flake) {
         (Some(file), _) => crate::source::read_resolved(file)?,
         (None, Some(_)) => {
-            let policy = crate::protect::load_policy(protect)?.map(|(policy, _)| policy);
+            let loaded = crate::protect::load_policies(protect)?;
+            let policies: Vec<&plan_model::policy::Policy> = loaded.iter().map(|(p, _)| p).collect();
+            let policy = (!policies.is_empty()).then(|| plan_model::policy::Policy::merge(&policies));
             crate::source::resolve_for_policy(source, policy.as_ref())?
         }
         (None, None) => crate::source::resolve_for_policy(source, None)?,

@@ -70,7 +70,9 @@ pub fn run(args: args::SwitchArgs) -> anyhow::Result<Outcome> {
                 run.path().join("lock").display()
             );
         }
-        let cgroup_file = if args.protect.cgroup_file.is_none() { save_caller_cgroup(&run)? } else { None };
+        // The caller's own cgroup, always: a `--cgroup-file` given on the
+        // command line is not handed on (see `isolate`).
+        let cgroup_file = save_caller_cgroup(&run)?;
         let mut extra: Vec<String> = Vec::new();
         if let Some(path) = &cgroup_file {
             extra.extend(["--cgroup-file".to_owned(), path.display().to_string()]);
@@ -93,10 +95,10 @@ pub fn run(args: args::SwitchArgs) -> anyhow::Result<Outcome> {
         }
         return outcome;
     }
-    let _lock = run.lock()?;
+    let _lock = lock(&run, args.apply.isolated)?;
     let mut bus = live::connect()?;
     let options = apply_options(&args.apply);
-    if let Some(outcome) = finish_interrupted(&mut bus, &run, &options)? {
+    if let Some(outcome) = finish_interrupted(&mut bus, &run, &options, &args.protect)? {
         return Ok(outcome);
     }
     let mut lp = live::live_plan(Path::new(CURRENT_SYSTEM), &toplevel, &args.protect, &mut bus)?;
@@ -107,6 +109,39 @@ pub fn run(args: args::SwitchArgs) -> anyhow::Result<Outcome> {
         return Ok(Outcome::Blocked);
     }
     apply_plan(&mut bus, &run, &lp.plan, &args.apply, &args.protect)
+}
+
+/// Exit status of an isolated run that found the lock held by another
+/// safe-switch. Only the calling safe-switch sees it: it reports the lock
+/// and exits 1 itself.
+pub const LOCK_HELD_STATUS: u8 = 75;
+
+/// Another safe-switch holds the run directory's lock: nothing was changed.
+#[derive(Debug)]
+pub struct LockHeld {
+    /// The lock file.
+    pub path: PathBuf,
+    /// Whether this run was isolated by a calling safe-switch, which then
+    /// reports the lock (see [`LOCK_HELD_STATUS`]).
+    pub isolated: bool,
+}
+
+impl std::fmt::Display for LockHeld {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "another safe-switch is running (lock {} is held); nothing was changed", self.path.display())
+    }
+}
+
+impl std::error::Error for LockHeld {}
+
+/// Takes the run directory's lock; another safe-switch holding it is a
+/// [`LockHeld`] error.
+pub fn lock(run: &RunDir, isolated: bool) -> anyhow::Result<systemd_live::LockGuard> {
+    match run.lock() {
+        Ok(guard) => Ok(guard),
+        Err(systemd_live::Error::Locked { path }) => Err(LockHeld { path, isolated }.into()),
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// Refuses, before any change, what cannot be switched: a caller that is
@@ -147,17 +182,51 @@ pub fn apply_options(a: &args::ApplyOptions) -> ApplyOptions {
 /// Finishes an apply that was interrupted, if there is one. Returns the
 /// outcome to exit with when it could not be finished (the new switch is
 /// then not attempted).
+///
+/// What remains of the interrupted plan is protected again with the
+/// protections in force now (`protect`, the policy files, the caller)
+/// besides those it was planned with: a unit protected only now is
+/// deferred, or in refuse mode the resume is refused (exit 3) and nothing
+/// more is changed.
 pub fn finish_interrupted(
     mgr: &mut dyn ServiceManager,
     run: &RunDir,
     options: &ApplyOptions,
+    protect: &ProtectArgs,
 ) -> anyhow::Result<Option<Outcome>> {
-    let Some(interrupted) = run.interrupted()? else {
+    let Some(mut interrupted) = run.interrupted()? else {
         return Ok(None);
     };
     eprint!("{}", interrupted.describe());
-    eprintln!("resuming it first");
     let target = interrupted.progress.plan.new.path.clone();
+    let plan = reprotect_remaining(mgr, &interrupted.progress, protect).with_context(|| {
+        format!("cannot plan what remains of the interrupted switch to {target}; nothing more was changed")
+    })?;
+    if plan.protection.refused {
+        let mut text = String::new();
+        crate::protect::render_text(&mut text, &plan);
+        eprint!("{text}");
+        eprintln!(
+            "refused to finish the interrupted switch to {target}: what remains of it would touch a unit protected now; nothing more was changed"
+        );
+        return Ok(Some(Outcome::Blocked));
+    }
+    let before: std::collections::BTreeSet<&str> =
+        interrupted.progress.plan.units.iter().filter(|u| u.deferral.is_some()).map(|u| u.unit.as_str()).collect();
+    for unit in plan.units.iter().filter(|u| u.deferral.is_some() && !before.contains(u.unit.as_str())) {
+        if let Some(d) = &unit.deferral {
+            let actions: Vec<&str> = d.actions.iter().map(|a| a.as_str()).collect();
+            eprintln!(
+                "  {}: {} deferred: it would {} {}, protected now",
+                unit.unit,
+                actions.join(", "),
+                d.effect,
+                d.touches
+            );
+        }
+    }
+    eprintln!("resuming it first, with the protections in force now");
+    interrupted.progress.plan = plan;
     let report = systemd_live::resume(interrupted, mgr, &mut ProcessHost, run, options, &mut StderrProgress)?;
     eprint!("{}", report_text(&report));
     if report.aborted.is_some() {
@@ -169,6 +238,28 @@ pub fn finish_interrupted(
     }
     eprintln!("the interrupted switch to {target} is finished");
     Ok(None)
+}
+
+/// What remains of an interrupted apply's plan, protected with the
+/// protections it was made with plus those in force now, against the live
+/// state now.
+fn reprotect_remaining(
+    mgr: &mut dyn ServiceManager,
+    progress: &systemd_live::ProgressFile,
+    protect: &ProtectArgs,
+) -> anyhow::Result<Plan> {
+    let mut plan = systemd_live::remaining(progress);
+    let old = systemd_plan::load(Path::new(&plan.old.path))?;
+    let new = systemd_plan::load(Path::new(&plan.new.path))?;
+    let live = mgr.snapshot().context("cannot read the live state from systemd")?;
+    let mut args = protect.clone();
+    let earlier = crate::protect::recorded_in(&progress.plan);
+    args.recorded = Some(match &args.recorded {
+        Some(recorded) => crate::protect::union(recorded, earlier),
+        None => earlier,
+    });
+    crate::protect::protect_plan(&mut plan, &old, &new, &live, &args)?;
+    Ok(plan)
 }
 
 fn report_text(report: &ApplyReport) -> String {
@@ -229,22 +320,72 @@ pub fn apply_plan(
 
 /// Writes the caller's cgroup where the isolated apply can read it, so the
 /// implicit protection of the caller (its SSH session, its CI runner)
-/// still covers the process that asked for the switch. Returns the file.
-fn save_caller_cgroup(run: &RunDir) -> anyhow::Result<Option<PathBuf>> {
-    let Ok(text) = std::fs::read_to_string("/proc/self/cgroup") else {
+/// still covers the process that asked for the switch. The isolated apply
+/// protects its own cgroup besides, and reads the file only from the run
+/// directory, owned by root. Returns the file.
+pub fn save_caller_cgroup(run: &RunDir) -> anyhow::Result<Option<PathBuf>> {
+    let proc_file =
+        crate::test_hooks::path(crate::test_hooks::PROC_CGROUP).unwrap_or_else(|| PathBuf::from("/proc/self/cgroup"));
+    let Ok(text) = std::fs::read_to_string(proc_file) else {
         return Ok(None);
     };
     let path = hand_over_path(run, "caller-cgroup")?;
-    std::fs::write(&path, text).with_context(|| format!("{}: cannot write", path.display()))?;
+    write_private(&path, text.as_bytes())?;
     Ok(Some(path))
 }
 
+/// Writes a hand-over file: created anew (never through an existing file
+/// or link), mode 0600.
+fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let _ = std::fs::remove_file(path);
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("{}: cannot write", path.display()))?;
+    file.write_all(bytes).with_context(|| format!("{}: cannot write", path.display()))
+}
+
 /// Where this process leaves a file for its isolated apply to read: in
-/// the run directory (created if needed), named after `what` and this
-/// process. The caller removes it once the apply has ended.
+/// the run directory (created if needed, mode 0700), named after `what`
+/// and this process. The caller removes it once the apply has ended.
 fn hand_over_path(run: &RunDir, what: &str) -> anyhow::Result<PathBuf> {
-    std::fs::create_dir_all(run.path()).with_context(|| format!("{}: cannot create", run.path().display()))?;
+    use std::os::unix::fs::DirBuilderExt as _;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(run.path())
+        .with_context(|| format!("{}: cannot create", run.path().display()))?;
     Ok(run.path().join(format!("{what}-{}", std::process::id())))
+}
+
+/// The environment variables handed to the isolated apply: [`PASSED_ENV`],
+/// and in a debug build the test-only ones ([`crate::test_hooks`]) but the
+/// one that stands for this process's cgroup: the isolated apply has its
+/// own, and gets this one through the hand-over file.
+fn passed_env() -> impl Iterator<Item = &'static str> {
+    let hooks: &[&str] = if crate::test_hooks::ENABLED { crate::test_hooks::ALL } else { &[] };
+    PASSED_ENV.iter().chain(hooks.iter().filter(|h| **h != crate::test_hooks::PROC_CGROUP)).copied()
+}
+
+/// The command line without `--cgroup-file`: the isolated apply gets the
+/// caller's own hand-over file instead.
+fn without_cgroup_file(args: impl Iterator<Item = String>) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut skip_value = false;
+    for arg in args {
+        if std::mem::take(&mut skip_value) {
+            continue;
+        }
+        if arg == "--cgroup-file" {
+            skip_value = true;
+        } else if !arg.starts_with("--cgroup-file=") {
+            out.push(arg);
+        }
+    }
+    out
 }
 
 /// Runs this very command line again, with `--no-isolate`, as a transient
@@ -252,8 +393,8 @@ fn hand_over_path(run: &RunDir, what: &str) -> anyhow::Result<PathBuf> {
 pub fn isolate(bus: &mut SystemdBus, run: &RunDir, extra_args: &[String]) -> anyhow::Result<Outcome> {
     let exe = std::env::current_exe().context("cannot find this program's path")?;
     let mut argv = vec![exe.display().to_string()];
-    argv.extend(std::env::args().skip(1));
-    argv.push("--no-isolate".to_owned());
+    argv.extend(without_cgroup_file(std::env::args().skip(1)));
+    argv.extend(["--no-isolate".to_owned(), "--isolated".to_owned()]);
     argv.extend(extra_args.iter().cloned());
     let id = format!(
         "{}-{}",
@@ -268,7 +409,7 @@ pub fn isolate(bus: &mut SystemdBus, run: &RunDir, extra_args: &[String]) -> any
         unit: unit.clone(),
         description: "safe-switch apply".to_owned(),
         argv,
-        environment: PASSED_ENV.iter().filter_map(|k| std::env::var(k).ok().map(|v| format!("{k}={v}"))).collect(),
+        environment: passed_env().filter_map(|k| std::env::var(k).ok().map(|v| format!("{k}={v}"))).collect(),
         working_directory: std::env::current_dir().ok(),
         stdout: stdout.clone(),
         stderr: stderr.clone(),
@@ -295,6 +436,14 @@ pub fn isolate(bus: &mut SystemdBus, run: &RunDir, extra_args: &[String]) -> any
         TransientExit::Exited(4) => Ok(Outcome::UnitsFailed),
         TransientExit::Exited(2) => {
             Err(crate::exit::usage(format!("the switch in {unit} refused its command line (see above)")))
+        }
+        // Another safe-switch took the lock between this process's check
+        // and the isolated run's start.
+        TransientExit::Exited(code) if code == i32::from(LOCK_HELD_STATUS) => {
+            bail!(
+                "another safe-switch is running (lock {} is held); nothing was changed",
+                run.path().join("lock").display()
+            )
         }
         TransientExit::Exited(code) => {
             bail!("the switch in {unit} exited with status {code} (see above)")
@@ -335,5 +484,20 @@ impl Relay {
             let _ = self.to.write_all(&buf);
             let _ = self.to.flush();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_isolated_run_gets_no_cgroup_file_from_the_command_line() {
+        let args =
+            ["switch", "--cgroup-file", "/dev/null", "--toplevel", "/t", "--cgroup-file=/x", "--protect", "sshd"];
+        assert_eq!(
+            without_cgroup_file(args.iter().map(|a| (*a).to_owned())),
+            ["switch", "--toplevel", "/t", "--protect", "sshd"]
+        );
     }
 }

@@ -30,10 +30,14 @@
 //!
 //! Unknown keys are errors, so that a misspelt `protect` cannot silently
 //! drop a protection.
+//!
+//! Several policies can be in force at once (the system's policy file and
+//! one added with `--policy`); [`Policy::merge`] combines them so that
+//! adding a policy never weakens another.
 
 use std::fmt;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::plan::Mode;
 use crate::unit_name;
@@ -150,7 +154,7 @@ fn escape_glob(text: &str) -> String {
 
 /// Which implicit protections are in force. All are on unless the policy
 /// file switches them off.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ImplicitProtections {
     /// The D-Bus daemon or broker (`dbus.service`, `dbus-broker.service`,
@@ -166,6 +170,25 @@ pub struct ImplicitProtections {
 impl Default for ImplicitProtections {
     fn default() -> Self {
         ImplicitProtections { dbus: true, logind: true, caller: true }
+    }
+}
+
+impl ImplicitProtections {
+    /// The protections in force under two policies: each one stays on
+    /// unless both switch it off.
+    pub fn union(self, other: ImplicitProtections) -> ImplicitProtections {
+        ImplicitProtections {
+            dbus: self.dbus || other.dbus,
+            logind: self.logind || other.logind,
+            caller: self.caller || other.caller,
+        }
+    }
+}
+
+impl Mode {
+    /// The stricter of two modes: `refuse` wins over `defer`.
+    pub fn stricter(self, other: Mode) -> Mode {
+        if self == Mode::Refuse || other == Mode::Refuse { Mode::Refuse } else { Mode::Defer }
     }
 }
 
@@ -232,6 +255,29 @@ impl Policy {
         }
         Ok(Policy { protect, mode: raw.mode, implicit: raw.implicit, base: raw.base, host: raw.host })
     }
+
+    /// Combines the policies in force, the system's first, so that none
+    /// is weakened by another: the protected units are all of theirs, an
+    /// implicit protection is off only when every policy switches it off,
+    /// the stricter mode wins, and `base` and `host` come from the first
+    /// policy that sets them. No policy at all gives the default policy.
+    pub fn merge(policies: &[&Policy]) -> Policy {
+        let Some((first, rest)) = policies.split_first() else {
+            return Policy::default();
+        };
+        let mut merged = (*first).clone();
+        for p in rest {
+            merged.protect.extend(p.protect.iter().cloned());
+            merged.mode = match (merged.mode, p.mode) {
+                (Some(a), Some(b)) => Some(a.stricter(b)),
+                (a, b) => a.or(b),
+            };
+            merged.implicit = merged.implicit.union(p.implicit);
+            merged.base = merged.base.or_else(|| p.base.clone());
+            merged.host = merged.host.or_else(|| p.host.clone());
+        }
+        merged
+    }
 }
 
 #[cfg(test)]
@@ -277,6 +323,30 @@ mod tests {
     #[test]
     fn empty_policy_is_default() {
         assert_eq!(Policy::parse("").unwrap(), Policy::default());
+    }
+
+    #[test]
+    fn merged_policies_only_add() {
+        let system = Policy::parse(
+            "protect = [\"sshd\"]\nmode = \"refuse\"\nbase = \"/etc/nixos\"\n[implicit]\nlogind = false\ndbus = false\n",
+        )
+        .unwrap();
+        let added = Policy::parse(
+            "protect = [\"docker\"]\nmode = \"defer\"\nbase = \"/srv/base\"\nhost = \"ci\"\n[implicit]\ncaller = false\ndbus = false\n",
+        )
+        .unwrap();
+        let merged = Policy::merge(&[&system, &added]);
+        let names: Vec<&str> = merged.protect.iter().map(|(s, _)| s.as_str()).collect();
+        assert_eq!(names, ["sshd", "docker"]);
+        assert_eq!(merged.mode, Some(Mode::Refuse), "defer in the added policy does not weaken refuse");
+        assert_eq!(merged.implicit, ImplicitProtections { dbus: false, logind: true, caller: true });
+        assert_eq!(merged.base.as_deref(), Some("/etc/nixos"), "the system policy's base comes first");
+        assert_eq!(merged.host.as_deref(), Some("ci"));
+        assert_eq!(Policy::merge(&[&added, &Policy::default()]).mode, Some(Mode::Defer));
+        assert_eq!(Policy::merge(&[&Policy::default(), &system]).mode, Some(Mode::Refuse));
+        assert_eq!(Policy::merge(&[]), Policy::default());
+        assert_eq!(Mode::Defer.stricter(Mode::Refuse), Mode::Refuse);
+        assert_eq!(Mode::Defer.stricter(Mode::Defer), Mode::Defer);
     }
 
     #[test]

@@ -713,6 +713,17 @@ impl SystemdBus {
         Ok(())
     }
 
+    /// Tells whether the transient unit's program ran and exited by
+    /// itself: exit statuses from 200 on are systemd's own, for a program
+    /// it could not set up or execute.
+    async fn ran_and_exited(&self, manager: &ManagerProxy<'_>, unit: &str) -> bool {
+        let Ok(path) = manager.get_unit(unit).await else { return false };
+        let Ok(props) = props(&self.conn, path).await else { return false };
+        let code = i32_of(props.get(SERVICE_INTERFACE, "ExecMainCode").await);
+        let status = i32_of(props.get(SERVICE_INTERFACE, "ExecMainStatus").await);
+        code == 1 && (0..200).contains(&status)
+    }
+
     async fn run_transient_async(&self, spec: &TransientSpec) -> Result<OwnedObjectPath, Error> {
         let manager = manager(&self.conn).await?;
         let exec = vec![(spec.argv.first().cloned().unwrap_or_default(), spec.argv.clone(), false)];
@@ -752,7 +763,10 @@ impl SystemdBus {
             None
         };
         match with_timeout(self.timeout, started).await {
-            Some(Some(result)) if result != "done" => {
+            // A run that ends at once (it found the lock held, say) can
+            // make the start job fail although its program ran and exited:
+            // its exit status is then the answer.
+            Some(Some(result)) if result != "done" && !self.ran_and_exited(&manager, &spec.unit).await => {
                 return Err(Error::Call {
                     call: format!("StartTransientUnit({})", spec.unit),
                     message: format!("the start job ended with result {result}"),

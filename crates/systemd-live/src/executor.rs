@@ -355,9 +355,35 @@ pub fn apply(
     Ok(carry_out(file, &before, mgr, host, run, opts, progress))
 }
 
+/// What is left of an interrupted apply's plan: its actions without those
+/// of the phases already done and without the jobs already done in the
+/// phase that was running. Protect this plan again with the protections
+/// in force now, then hand it to [`resume`] as `Interrupted::progress.plan`.
+pub fn remaining(progress: &ProgressFile) -> Plan {
+    let state = |phase: Phase| progress.phases.iter().find(|(p, _)| *p == phase).map(|(_, s)| *s);
+    let done_jobs: BTreeSet<(JobKind, &str)> =
+        progress.jobs.iter().filter(|j| j.result.is_done()).map(|j| (j.kind, j.unit.as_str())).collect();
+    let mut plan = progress.plan.clone();
+    for unit in &mut plan.units {
+        let name = unit.unit.clone();
+        unit.actions.retain(|&a| match (state(a.phase()), JobKind::for_action(a)) {
+            (Some(PhaseState::Done), _) => false,
+            (Some(PhaseState::Running), Some(kind)) => !done_jobs.contains(&(kind, name.as_str())),
+            _ => true,
+        });
+    }
+    plan
+}
+
 /// Resumes an interrupted apply: phases already done are skipped, and in
 /// the phase that was running only the jobs that had not finished
 /// successfully are queued again. The caller holds the lock.
+///
+/// `interrupted.progress.plan` is what is carried out: the caller may have
+/// replaced it with the [`remaining`] plan protected again. The protected
+/// units are checked afterwards against the state recorded when the
+/// interrupted apply began, and units protected only now against their
+/// state before this run's first action.
 pub fn resume(
     interrupted: Interrupted,
     mgr: &mut dyn ServiceManager,
@@ -368,12 +394,17 @@ pub fn resume(
 ) -> Result<ApplyReport, Error> {
     let mut file = interrupted.progress;
     let path = baseline_path(run);
-    let before = match std::fs::read_to_string(&path) {
+    let mut before = match std::fs::read_to_string(&path) {
         Ok(t) => {
             serde_json::from_str(&t).map_err(|e| Error::BadProgress { path: path.clone(), message: e.to_string() })?
         }
-        Err(_) => Baseline(mgr.unit_status(&protected_units(&file.plan))?),
+        Err(_) => Baseline::default(),
     };
+    let unknown: Vec<String> = protected_units(&file.plan).into_iter().filter(|u| !before.0.contains_key(u)).collect();
+    if !unknown.is_empty() {
+        before.0.extend(mgr.unit_status(&unknown)?);
+        std::fs::write(&path, serde_json::to_string(&before).unwrap_or_default()).map_err(|e| Error::io(&path, e))?;
+    }
     file.pid = std::process::id();
     run.save(&file)?;
     Ok(carry_out(file, &before, mgr, host, run, opts, progress))
@@ -400,8 +431,10 @@ fn carry_out(
     };
     let mut failed_jobs: Vec<JobRecord> = Vec::new();
     let phases = phases_of(&plan);
-    for (idx, (phase, jobs)) in phases.iter().enumerate() {
-        let state = file.phases.get(idx).map(|(_, s)| *s).unwrap_or(PhaseState::Pending);
+    for (phase, jobs) in &phases {
+        // By phase, not by position: a resumed plan, planned again with
+        // the protections in force then, may have lost a phase's jobs.
+        let state = file.phases.iter().find(|(p, _)| p == phase).map(|(_, s)| *s).unwrap_or(PhaseState::Pending);
         if state == PhaseState::Done {
             continue;
         }
@@ -409,9 +442,7 @@ fn carry_out(
             report.not_done.push(*phase);
             continue;
         }
-        if let Some(entry) = file.phases.get_mut(idx) {
-            entry.1 = PhaseState::Running;
-        }
+        set_state(&mut file, *phase, PhaseState::Running);
         if let Err(e) = run.save(&file) {
             report.aborted = Some(format!("cannot record progress: {e}"));
             report.not_done.push(*phase);
@@ -555,9 +586,7 @@ fn carry_out(
         let finished = report.aborted.is_none();
         report.phases.push(record);
         if finished {
-            if let Some(entry) = file.phases.get_mut(idx) {
-                entry.1 = PhaseState::Done;
-            }
+            set_state(&mut file, *phase, PhaseState::Done);
             let _ = run.save(&file);
         }
     }
@@ -637,6 +666,15 @@ fn carry_out(
         let _ = std::fs::remove_file(baseline_path(run));
     }
     report
+}
+
+/// Records the state of `phase` in the progress, adding the phase when
+/// the progress did not list it.
+fn set_state(file: &mut ProgressFile, phase: Phase, state: PhaseState) {
+    match file.phases.iter_mut().find(|(p, _)| *p == phase) {
+        Some(entry) => entry.1 = state,
+        None => file.phases.push((phase, state)),
+    }
 }
 
 fn step_record(phase: Phase, r: Result<(), Error>, report: &mut ApplyReport) -> PhaseRecord {
@@ -921,6 +959,86 @@ mod tests {
         );
         assert_eq!(host.activated.len(), 1, "activation ran once");
         assert!(run.interrupted().unwrap().is_none());
+    }
+
+    /// An apply of `p` interrupted after its first job (the bus goes
+    /// away): the stop phase is done, the rest is not.
+    fn interrupted_after_the_stop(p: &Plan, m: &mut FakeManager, run: &RunDir, host: &mut FakeHost) -> Interrupted {
+        m.unreachable_after_jobs = Some(1);
+        let r = apply(p, m, host, run, &opts(), &mut Quiet::default()).unwrap();
+        assert!(r.aborted.is_some(), "{}", r.render_text());
+        m.unreachable_after_jobs = None;
+        m.calls.clear();
+        run.interrupted().unwrap().expect("progress is kept")
+    }
+
+    #[test]
+    fn a_resume_carries_out_what_remains_as_protected_now() {
+        let mut m = FakeManager::new();
+        m.running("a.service");
+        m.running("r.service");
+        m.running("sshd.service");
+        let p = plan(
+            vec![unit("a.service", &[Action::Stop, Action::Start]), unit("r.service", &[Action::Restart])],
+            &["sshd.service"],
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let run = RunDir::new(dir.path());
+        let mut host = FakeHost::default();
+        let mut interrupted = interrupted_after_the_stop(&p, &mut m, &run, &mut host);
+        let mut rest = remaining(&interrupted.progress);
+        assert_eq!(rest.unit("a.service").unwrap().actions, vec![Action::Start], "the stop is done");
+        assert_eq!(rest.unit("r.service").unwrap().actions, vec![Action::Restart]);
+        // r.service is protected now: its restart is deferred.
+        let r_entry = rest.units.iter_mut().find(|u| u.unit == "r.service").unwrap();
+        r_entry.deferral = Some(Deferral {
+            actions: std::mem::take(&mut r_entry.actions),
+            touches: "r.service".into(),
+            effect: Action::Restart,
+            chain: vec![],
+        });
+        rest.protection.protected.push(ProtectedUnit {
+            selector: "r".into(),
+            source: ProtectionSource::CommandLine,
+            units: vec!["r.service".into()],
+            allow: vec![],
+        });
+        interrupted.progress.plan = rest;
+        let r_before = m.units["r.service"].status.clone();
+        let report = resume(interrupted, &mut m, &mut host, &run, &opts(), &mut Quiet::default()).unwrap();
+        assert!(report.success(), "{}", report.render_text());
+        assert!(!m.calls.contains(&Call::Job(JobKind::Restart, "r.service".into())), "{:?}", m.calls);
+        assert!(m.calls.contains(&Call::Job(JobKind::Start, "a.service".into())), "{:?}", m.calls);
+        assert!(!m.calls.contains(&Call::Job(JobKind::Stop, "a.service".into())), "the stop is not repeated");
+        assert_eq!(m.units["r.service"].status, r_before);
+        let checked: Vec<&str> = report.protected.iter().map(|c| c.unit.as_str()).collect();
+        assert_eq!(checked, ["r.service", "sshd.service"]);
+    }
+
+    #[test]
+    fn a_unit_restarted_by_the_resumed_run_is_never_reported_untouched() {
+        let mut m = FakeManager::new();
+        m.running("a.service");
+        m.running("r.service");
+        let p =
+            plan(vec![unit("a.service", &[Action::Stop, Action::Start]), unit("r.service", &[Action::Restart])], &[]);
+        let dir = tempfile::tempdir().unwrap();
+        let run = RunDir::new(dir.path());
+        let mut host = FakeHost::default();
+        let mut interrupted = interrupted_after_the_stop(&p, &mut m, &run, &mut host);
+        // A plan that protects r.service and still restarts it: the check
+        // afterwards must see the restart, measured from before this run.
+        let mut rest = remaining(&interrupted.progress);
+        rest.protection.protected.push(ProtectedUnit {
+            selector: "r".into(),
+            source: ProtectionSource::CommandLine,
+            units: vec!["r.service".into()],
+            allow: vec![],
+        });
+        interrupted.progress.plan = rest;
+        let report = resume(interrupted, &mut m, &mut host, &run, &opts(), &mut Quiet::default()).unwrap();
+        assert!(report.protected_disturbed(), "{}", report.render_text());
+        assert!(report.render_text().contains("PROTECTED UNIT DISTURBED: r.service"), "{}", report.render_text());
     }
 
     #[test]

@@ -121,7 +121,7 @@ fn request() -> Request {
             (selector, ProtectionSource::CommandLine)
         })
         .collect();
-    Request { selectors, caller_cgroup: Some("/system.slice/svc-00001.service".into()), ..Request::default() }
+    Request { selectors, caller_cgroups: vec!["/system.slice/svc-00001.service".into()], ..Request::default() }
 }
 
 /// The CPU time this thread has used. Wall-clock time alone is misleading

@@ -42,8 +42,9 @@ pub struct Request {
     pub selectors: Vec<(Selector, ProtectionSource)>,
     /// Which implicit protections are in force.
     pub implicit: ImplicitProtections,
-    /// The caller's cgroup path (from `/proc/self/cgroup`), when known.
-    pub caller_cgroup: Option<String>,
+    /// The caller's cgroup paths (from `/proc/self/cgroup`, and that of
+    /// the process that asked for an isolated switch), when known.
+    pub caller_cgroups: Vec<String>,
     /// What happens to actions that touch a protected unit.
     pub mode: Mode,
 }
@@ -289,12 +290,17 @@ fn implicit_protections(request: &Request, universe: &UnitNames<'_>) -> Vec<Prot
             allow: vec![Action::Reload],
         });
     }
-    if let Some(path) = request.caller_cgroup.as_ref().filter(|_| request.implicit.caller) {
+    for path in request.caller_cgroups.iter().filter(|_| request.implicit.caller) {
         // Only units that exist here are listed: the caller's units are
         // facts about the machine, and a unit that is in neither generation
         // nor the live state (an offline `diff` run from a login session)
         // cannot be touched by the plan.
         for unit in cgroup::caller_units(path).into_iter().filter(|u| universe.contains(u)) {
+            // Two callers (an isolated switch and the process that asked
+            // for it) may share a slice: it is listed once.
+            if out.iter().any(|p| p.selector == unit && matches!(p.source, ProtectionSource::Implicit { .. })) {
+                continue;
+            }
             out.push(ProtectedUnit {
                 selector: unit.clone(),
                 source: ProtectionSource::Implicit { why: format!("holds this process (cgroup {path})") },

@@ -253,11 +253,34 @@ fn caller_cgroup_protects_its_units() {
     let state = live(&[("gitlab-runner.service", "active", &[]), ("system.slice", "active", &[])]);
     let mut p = plan(&[("gitlab-runner.service", &[Action::Restart])]);
     let mut req = request(&[], Mode::Defer);
-    req.caller_cgroup = Some("/system.slice/gitlab-runner.service".into());
+    req.caller_cgroups = vec!["/system.slice/gitlab-runner.service".into()];
     protect(&mut p, &units, &units, &state, &req);
     assert!(p.units[0].deferral.is_some());
     let selectors: Vec<&str> = p.protection.protected.iter().map(|p| p.selector.as_str()).collect();
     assert!(selectors.contains(&"gitlab-runner.service") && selectors.contains(&"system.slice"), "{selectors:?}");
+}
+
+#[test]
+fn every_caller_cgroup_is_protected_and_a_shared_slice_listed_once() {
+    let units = generation(&[("gitlab-runner.service", ""), ("safe-switch-1.service", "")]);
+    let state = live(&[
+        ("gitlab-runner.service", "active", &[]),
+        ("safe-switch-1.service", "active", &[]),
+        ("system.slice", "active", &[]),
+    ]);
+    let mut p = plan(&[("gitlab-runner.service", &[Action::Restart])]);
+    let mut req = request(&[], Mode::Defer);
+    req.caller_cgroups =
+        vec!["/system.slice/safe-switch-1.service".into(), "/system.slice/gitlab-runner.service".into()];
+    protect(&mut p, &units, &units, &state, &req);
+    assert!(p.units[0].deferral.is_some(), "the second cgroup's unit is protected too");
+    let selectors: Vec<&str> = p.protection.protected.iter().map(|p| p.selector.as_str()).collect();
+    assert_eq!(
+        selectors.iter().filter(|s| **s == "system.slice").count(),
+        1,
+        "system.slice is listed once: {selectors:?}"
+    );
+    assert!(selectors.contains(&"safe-switch-1.service"), "{selectors:?}");
 }
 
 /// The backward search and the forward walk must agree on every job of
@@ -332,7 +355,7 @@ fn caller_units_that_do_not_exist_here_are_not_listed() {
     let units = generation(&[("nginx.service", "")]);
     let mut p = plan(&[]);
     let mut req = request(&[], Mode::Defer);
-    req.caller_cgroup = Some("/user.slice/user-1000.slice/session-3.scope".into());
+    req.caller_cgroups = vec!["/user.slice/user-1000.slice/session-3.scope".into()];
     protect(&mut p, &units, &units, &LiveState::default(), &req);
     assert!(
         p.protection.protected.iter().all(|e| !e.selector.contains("session") && !e.selector.contains("user")),
