@@ -195,6 +195,10 @@ pub struct ApplyReport {
     /// `systemctl status` of the failed units, when available.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub failed_status: Option<String>,
+    /// Units failed after the switch that were failed before it too and
+    /// that it did not act on: listed, not counted against the switch.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub already_failed: Vec<UnitFailure>,
     /// The check of every protected unit that was running before.
     #[serde(default)]
     pub protected: Vec<ProtectedCheck>,
@@ -254,6 +258,12 @@ impl ApplyReport {
         if !self.failed.is_empty() {
             s.push_str("warning: the following units failed:\n");
             for f in &self.failed {
+                s.push_str(&format!("  {}: {}\n", f.unit, f.status.summary()));
+            }
+        }
+        if !self.already_failed.is_empty() {
+            s.push_str("note: these units were failed before the switch as well, and it did not act on them:\n");
+            for f in &self.already_failed {
                 s.push_str(&format!("  {}: {}\n", f.unit, f.status.summary()));
             }
         }
@@ -325,6 +335,20 @@ fn baseline_path(run: &RunDir) -> PathBuf {
     run.path().join("protected-before.json")
 }
 
+/// The units failed before the switch, persisted like the baseline.
+fn failed_before_path(run: &RunDir) -> PathBuf {
+    run.path().join("failed-before.json")
+}
+
+/// Records which units are failed before the first action. A manager
+/// that cannot list them leaves the record empty: every unit failed
+/// afterwards then counts against the switch, as in NixOS.
+fn record_failed_before(mgr: &mut dyn ServiceManager, run: &RunDir) -> Result<(), Error> {
+    let failed = mgr.failed_units().unwrap_or_default();
+    let path = failed_before_path(run);
+    std::fs::write(&path, serde_json::to_string(&failed).unwrap_or_default()).map_err(|e| Error::io(&path, e))
+}
+
 /// Carries out `plan`. The caller holds the run directory's lock.
 ///
 /// Returns `Err` only when nothing was changed (the run directory cannot be
@@ -343,6 +367,7 @@ pub fn apply(
     let before = Baseline(mgr.unit_status(&protected)?);
     let path = baseline_path(run);
     std::fs::write(&path, serde_json::to_string(&before).unwrap_or_default()).map_err(|e| Error::io(&path, e))?;
+    record_failed_before(mgr, run)?;
     let file = ProgressFile {
         plan: plan.clone(),
         started_unix: now_unix(),
@@ -427,6 +452,7 @@ fn carry_out(
         aborted: None,
         failed: Vec::new(),
         failed_status: None,
+        already_failed: Vec::new(),
         protected: Vec::new(),
     };
     let mut failed_jobs: Vec<JobRecord> = Vec::new();
@@ -625,6 +651,27 @@ fn carry_out(
             }
         }
     }
+    // Every other unit that is failed now: one the switch failed through
+    // a dependency counts against it; one that was failed before and that
+    // the switch did not act on is listed apart (NixOS's switch counts
+    // both; see the golden README's table of differences).
+    if let Ok(now) = mgr.failed_units() {
+        let failed_before: BTreeSet<String> = std::fs::read_to_string(failed_before_path(run))
+            .ok()
+            .and_then(|t| serde_json::from_str(&t).ok())
+            .unwrap_or_default();
+        let others: Vec<String> = now.into_iter().filter(|u| !acted.contains(u)).collect();
+        if let Ok(status) = mgr.unit_status(&others) {
+            for (unit, st) in status {
+                let failure = UnitFailure { unit, status: st, job: None };
+                if failed_before.contains(&failure.unit) {
+                    report.already_failed.push(failure);
+                } else {
+                    report.failed.push(failure);
+                }
+            }
+        }
+    }
     if !report.failed.is_empty() {
         let names: Vec<String> = report.failed.iter().map(|f| f.unit.clone()).collect();
         report.failed_status = host.status_text(&names);
@@ -664,6 +711,7 @@ fn carry_out(
         file.finished = true;
         let _ = run.finish(&file);
         let _ = std::fs::remove_file(baseline_path(run));
+        let _ = std::fs::remove_file(failed_before_path(run));
     }
     report
 }
@@ -900,6 +948,43 @@ mod tests {
     }
 
     #[test]
+    fn failures_the_switch_caused_count_and_failures_from_before_are_listed_apart() {
+        let mut m = FakeManager::new();
+        m.running("web.service");
+        // Restarted with web.service (PartOf=), and fails then: the switch
+        // caused it although the plan never names it.
+        let dep = m.running("web-helper.service");
+        dep.part_of = vec!["web.service".into()];
+        dep.behaviour = Behaviour::FailsToStart;
+        // Crash-looping before the switch, and left alone by it.
+        let looping = m.inactive("flaky.service");
+        looping.status.active_state = "activating".into();
+        looping.status.sub_state = "auto-restart".into();
+        looping.status.exec_main_code = 1;
+        looping.status.exec_main_status = 1;
+        let dir = tempfile::tempdir().unwrap();
+        let run = RunDir::new(dir.path());
+        let mut host = FakeHost::default();
+
+        let p = plan(vec![unit("web.service", &[Action::Restart])], &[]);
+        let r = apply(&p, &mut m, &mut host, &run, &opts(), &mut Quiet::default()).unwrap();
+        let failed: Vec<&str> = r.failed.iter().map(|f| f.unit.as_str()).collect();
+        let already: Vec<&str> = r.already_failed.iter().map(|f| f.unit.as_str()).collect();
+        assert_eq!(failed, vec!["web-helper.service"]);
+        assert_eq!(already, vec!["flaky.service"]);
+        assert!(!r.success(), "a failure the switch caused fails it");
+        let text = r.render_text();
+        assert!(text.contains("note: these units were failed before the switch as well"), "{text}");
+
+        // Only the failure from before: the switch succeeded.
+        m.units.remove("web-helper.service");
+        let r = apply(&p, &mut m, &mut host, &run, &opts(), &mut Quiet::default()).unwrap();
+        assert!(r.failed.is_empty(), "{}", r.render_text());
+        assert_eq!(r.already_failed.len(), 1);
+        assert!(r.success(), "{}", r.render_text());
+    }
+
+    #[test]
     fn a_disturbed_protected_unit_is_a_loud_failure() {
         let mut m = FakeManager::new();
         m.running("sshd.service").part_of = vec!["network.service".into()];
@@ -996,6 +1081,8 @@ mod tests {
             touches: "r.service".into(),
             effect: Action::Restart,
             chain: vec![],
+            cause: None,
+            omitted: 0,
         });
         rest.protection.protected.push(ProtectedUnit {
             selector: "r".into(),

@@ -215,6 +215,11 @@ impl FakeManager {
 }
 
 impl ServiceManager for FakeManager {
+    fn failed_units(&mut self) -> Result<std::collections::BTreeSet<String>, Error> {
+        self.check_reachable()?;
+        Ok(self.units.iter().filter(|(_, u)| u.status.is_failed()).map(|(n, _)| n.clone()).collect())
+    }
+
     fn snapshot(&mut self) -> Result<LiveState, Error> {
         self.check_reachable()?;
         self.calls.push(Call::Snapshot);

@@ -6,7 +6,7 @@
 //! and reload and re-exec include their wait for `Reloading(false)`. This
 //! keeps the executor a plain sequence of phases and makes the fake small.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -197,6 +197,19 @@ pub trait ServiceManager {
     /// Reads the current status of the given units. Units the manager does
     /// not know come back with `load_state` `not-found`.
     fn unit_status(&mut self, units: &[String]) -> Result<BTreeMap<String, UnitStatus>, Error>;
+
+    /// The units that are failed now: `failed`, or waiting to restart
+    /// after a main process that failed (`auto-restart` with a non-zero
+    /// `ExecMainStatus`), as NixOS's switch counts them.
+    fn failed_units(&mut self) -> Result<BTreeSet<String>, Error> {
+        Ok(self
+            .snapshot()?
+            .units
+            .into_iter()
+            .filter(|(_, u)| u.active_state == "failed" || (u.sub_state == "auto-restart" && u.exec_main_status != 0))
+            .map(|(name, _)| name)
+            .collect())
+    }
 
     /// Queues all `jobs` at once (mode `replace`) and waits until each has
     /// finished or `timeout` has passed since it was queued. A job that
