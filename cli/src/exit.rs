@@ -6,7 +6,7 @@
 //! | 1 | error: nothing was changed unless the message says otherwise |
 //! | 2 | usage error |
 //! | 3 | refused or blocked: something would touch a protected unit |
-//! | 4 | applied, but some units failed |
+//! | 4 | applied, but units failed because of it, or a protected unit was disturbed |
 
 use std::process::ExitCode;
 
@@ -81,4 +81,5 @@ Exit codes:
   1  error (nothing was changed unless the message says otherwise)
   2  usage error
   3  refused or blocked: something would touch a protected unit
-  4  applied, but some units failed or a protected unit was disturbed";
+  4  applied, but units failed because of it (units failed before that it did
+     not act on are listed apart), or a protected unit was disturbed";
