@@ -246,6 +246,7 @@ impl SavedPlan {
         let text = read_bounded(path, MAX_SAVED_PLAN_BYTES)
             .with_context(|| format!("cannot read the saved plan {}", path.display()))?;
         let value: serde_json::Value = serde_json::from_str(&text)
+            .map_err(plan_model::json::JsonError::from)
             .with_context(|| format!("{} is not a saved plan: invalid JSON", path.display()))?;
         let version = value.get("saved_plan_version").and_then(serde_json::Value::as_u64);
         match version {
@@ -259,7 +260,9 @@ impl SavedPlan {
                 path.display()
             ),
         }
-        serde_json::from_value(value).with_context(|| format!("{} is not a valid saved plan", path.display()))
+        serde_json::from_value(value)
+            .map_err(plan_model::json::JsonError::from)
+            .with_context(|| format!("{} is not a valid saved plan", path.display()))
     }
 
     /// Writes the file atomically.

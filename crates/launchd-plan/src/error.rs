@@ -43,7 +43,7 @@ pub enum LoadError {
         path: String,
         /// What the JSON parser reported.
         #[source]
-        source: serde_json::Error,
+        source: plan_model::json::JsonError,
     },
 }
 

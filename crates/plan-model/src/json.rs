@@ -40,11 +40,75 @@ pub fn from_object<'de, D: Deserializer<'de>, T: Deserialize<'de>>(deserializer:
 }
 
 /// Parses JSON text holding one object as a `T`.
-pub fn object_from_str<'de, T: Deserialize<'de>>(text: &'de str) -> Result<T, serde_json::Error> {
+pub fn object_from_str<'de, T: Deserialize<'de>>(text: &'de str) -> Result<T, JsonError> {
     let mut deserializer = serde_json::Deserializer::from_str(text);
     let value = from_object(&mut deserializer)?;
     deserializer.end()?;
     Ok(value)
+}
+
+/// A JSON error from an untrusted file, as serde_json reports it (what was
+/// expected, the line and the column) but without the string values it
+/// would quote: `invalid type: string "<a token>"` reads `invalid type:
+/// a string`. A file named by mistake (a credentials file given as
+/// `--live`) must not be echoed into a CI log.
+#[derive(Debug)]
+pub struct JsonError(serde_json::Error);
+
+impl JsonError {
+    /// The line of the error (1-based), 0 when unknown.
+    pub fn line(&self) -> usize {
+        self.0.line()
+    }
+
+    /// The column of the error (1-based), 0 when unknown.
+    pub fn column(&self) -> usize {
+        self.0.column()
+    }
+}
+
+impl From<serde_json::Error> for JsonError {
+    fn from(e: serde_json::Error) -> JsonError {
+        JsonError(e)
+    }
+}
+
+impl fmt::Display for JsonError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&redact_strings(&self.0.to_string()))
+    }
+}
+
+impl std::error::Error for JsonError {}
+
+/// Replaces each `string "..."` of a serde message (a value quoted from
+/// the input) with `a string`.
+pub fn redact_strings(message: &str) -> String {
+    const QUOTED: &str = "string \"";
+    let mut out = String::with_capacity(message.len());
+    let mut rest = message;
+    while let Some(at) = rest.find(QUOTED) {
+        out.push_str(&rest[..at]);
+        out.push_str("a string");
+        let after = &rest[at + QUOTED.len()..];
+        // The value is quoted as Rust's Debug does: up to the first quote
+        // that no backslash escapes.
+        let mut escaped = false;
+        let mut end = after.len();
+        for (i, c) in after.char_indices() {
+            match c {
+                '\\' if !escaped => escaped = true,
+                '"' if !escaped => {
+                    end = i + 1;
+                    break;
+                }
+                _ => escaped = false,
+            }
+        }
+        rest = &after[end..];
+    }
+    out.push_str(rest);
+    out
 }
 
 #[cfg(test)]
@@ -86,6 +150,15 @@ mod tests {
         }
         let err = object_from_str::<Outer>(r#"{"inner": {"x": [7]}}"#).unwrap_err();
         assert!(err.to_string().starts_with("invalid type: sequence, expected a JSON object"), "{err}");
+    }
+
+    #[test]
+    fn quoted_values_are_not_echoed() {
+        let err = object_from_str::<Outer>(r#"{"inner": {"x": "tok\"en-123"}}"#).unwrap_err();
+        let text = err.to_string();
+        assert!(!text.contains("en-123"), "{text}");
+        assert!(text.starts_with("invalid type: a string, expected a JSON object at line 1"), "{text}");
+        assert_eq!(redact_strings("a string \"x\\\\\" y"), "a a string y");
     }
 
     #[test]

@@ -123,7 +123,7 @@ impl LiveState {
     /// Parses a live-state snapshot from its JSON form: an object, as are
     /// its units (an array, which serde would read field by field, is an
     /// error).
-    pub fn from_json(text: &str) -> Result<LiveState, serde_json::Error> {
+    pub fn from_json(text: &str) -> Result<LiveState, crate::json::JsonError> {
         crate::json::object_from_str(text)
     }
 
