@@ -244,3 +244,49 @@ fn a_closed_pipe_ends_quietly() {
     let out = Command::new("bash").arg("-c").arg(&script).current_dir(dir.path()).output().unwrap();
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "0", "{}", String::from_utf8_lossy(&out.stderr));
 }
+
+/// Run as root through sudo, the reports are written as sudo's caller: a
+/// sudo rule that lets a CI user run safe-switch does not let it write
+/// into a directory only root may write to.
+#[test]
+fn reports_are_written_as_sudo_s_caller() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    if !testbed::available("reports_are_written_as_sudo_s_caller") {
+        return;
+    }
+    let case = golden().join("report-protect-deferred");
+    let dir = tempfile::tempdir().unwrap();
+    let (root_only, open) = (dir.path().join("root-only"), dir.path().join("open"));
+    fs::create_dir(&root_only).unwrap();
+    fs::create_dir(&open).unwrap();
+    fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    fs::set_permissions(&root_only, fs::Permissions::from_mode(0o755)).unwrap();
+    fs::set_permissions(&open, fs::Permissions::from_mode(0o1777)).unwrap();
+    let nobody = "65534";
+    let run_as_sudo = |report: &Path| {
+        let mut args = base_args(&case);
+        args.extend(["--report".to_owned(), format!("json={}", report.display())]);
+        Command::new(env!("CARGO_BIN_EXE_safe-switch"))
+            .args(&args)
+            .current_dir(&case)
+            .env("SUDO_UID", nobody)
+            .env("SUDO_GID", nobody)
+            .output()
+            .unwrap()
+    };
+    let denied = root_only.join("r.json");
+    let out = run_as_sudo(&denied);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("Permission denied"), "{out:?}");
+    assert!(!denied.exists(), "root wrote where sudo's caller may not");
+    let allowed = open.join("r.json");
+    let out = run_as_sudo(&allowed);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert_eq!(fs::metadata(&allowed).unwrap().uid(), 65534, "the report belongs to sudo's caller");
+    // Without sudo, root writes where root may.
+    let mut args = base_args(&case);
+    args.extend(["--report".to_owned(), format!("json={}", denied.display())]);
+    let out = run(&case, &args);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert!(denied.exists());
+}

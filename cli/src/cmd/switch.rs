@@ -54,6 +54,10 @@ const PASSED_ENV: &[&str] = &[
     "NIX_REMOTE",
     "RUST_BACKTRACE",
     "RUST_LOG",
+    // The reports of an isolated switch are written as sudo's caller, as
+    // those of a switch in the caller's own process.
+    "SUDO_UID",
+    "SUDO_GID",
 ];
 
 /// Runs `switch`.

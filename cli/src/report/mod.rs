@@ -135,7 +135,16 @@ pub fn write_plan(plan: &Plan, diffs: &[UnitDiff], output: &OutputArgs) -> anyho
 /// renamed into place. A path that exists and is not a plain file (a
 /// symbolic link, `/dev/stdout`, a named pipe) is written in place instead:
 /// renaming over it would replace the link or device node itself.
+///
+/// Run as root through sudo, the file is written with the file-system
+/// identity of the user who ran sudo (see [`as_invoking_user`]): a sudo
+/// rule that lets a CI user run safe-switch must not let it write a report
+/// over `/etc/sudoers`.
 pub fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    as_invoking_user(|| write_atomically_here(path, bytes))
+}
+
+fn write_atomically_here(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     if let Ok(meta) = fs::symlink_metadata(path)
         && !meta.file_type().is_file()
     {
@@ -145,11 +154,42 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
         Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
         _ => PathBuf::from("."),
     };
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
-    let result = fs::write(&tmp, bytes).and_then(|()| fs::rename(&tmp, path));
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
+    let mut tmp = tempfile::Builder::new().prefix(".safe-switch-").suffix(".tmp").tempfile_in(&dir)?;
+    tmp.write_all(bytes)?;
+    tmp.as_file().sync_all()?;
+    tmp.persist(path).map_err(|e| e.error)?;
+    Ok(())
+}
+
+/// Runs `f` with the file-system user and group of the user who ran
+/// safe-switch through sudo (`SUDO_UID`, `SUDO_GID`), when this process
+/// runs as root and they name another user; otherwise runs `f` as it is.
+/// The kernel then checks the paths `f` opens as that user's.
+///
+/// Only the file-system identity changes (`setfsuid`, `setfsgid`, for
+/// this thread), and it is restored before returning; the supplementary
+/// groups stay root's.
+pub fn as_invoking_user<T>(f: impl FnOnce() -> std::io::Result<T>) -> std::io::Result<T> {
+    let id = |name: &str| std::env::var(name).ok().and_then(|v| v.parse::<u32>().ok());
+    let (Some(uid), Some(gid)) = (id("SUDO_UID"), id("SUDO_GID")) else { return f() };
+    if uid == 0 || !rustix::process::geteuid().is_root() {
+        return f();
+    }
+    // SAFETY: setfsgid and setfsuid take plain integers, change only this
+    // thread's credentials and cannot fail in a way that breaks memory
+    // safety; success is checked by reading the value back.
+    let (old_gid, old_uid) = unsafe { (libc::setfsgid(gid), libc::setfsuid(uid)) };
+    // SAFETY: as above; `u32::MAX` (-1) only reads the current value.
+    let now = unsafe { (libc::setfsgid(u32::MAX), libc::setfsuid(u32::MAX)) };
+    let result = if now == (gid as i32, uid as i32) {
+        f()
+    } else {
+        Err(std::io::Error::other(format!("cannot take the file-system identity of uid {uid} (sudo's caller)")))
+    };
+    // SAFETY: as above, back to the identity this thread had.
+    unsafe {
+        libc::setfsuid(old_uid as u32);
+        libc::setfsgid(old_gid as u32);
     }
     result
 }

@@ -23,7 +23,8 @@ pub(crate) const BED_STATE_DIR: &str = "/run/safe-switch-state";
 
 /// No system policy for this run of the binary.
 pub(crate) fn hermetic(cmd: &mut Command) -> &mut Command {
-    cmd.env(test_hooks::SYSTEM_POLICY, NOWHERE)
+    // Reports are written as sudo's caller when these are set.
+    cmd.env(test_hooks::SYSTEM_POLICY, NOWHERE).env_remove("SUDO_UID").env_remove("SUDO_GID")
 }
 
 /// A run inside `bed` (a command from `TestBed::command`): no system
