@@ -74,19 +74,7 @@ fn unit_list(plan: &Plan, action: Action) -> Option<String> {
 
 fn phases(out: &mut String, plan: &Plan) {
     let mut lines = Vec::new();
-    let phases = [
-        Phase::Swapoff,
-        Phase::Stop,
-        Phase::Skip,
-        Phase::Activate,
-        Phase::Reexec,
-        Phase::DaemonReload,
-        Phase::SysinitReactivation,
-        Phase::Reload,
-        Phase::Restart,
-        Phase::Start,
-    ];
-    for phase in phases {
+    for phase in Phase::ORDER {
         let unit_line = |verb: &str, action: Action| unit_list(plan, action).map(|l| format!("{verb}: {l}"));
         match phase {
             Phase::Stop => lines.extend(unit_line("stopping the following units", Action::Stop)),

@@ -150,6 +150,23 @@ pub enum Phase {
     Start,
 }
 
+impl Phase {
+    /// Every phase, in the order a switch runs them: the one order that
+    /// plans are printed in and carried out in.
+    pub const ORDER: [Phase; 10] = [
+        Phase::Swapoff,
+        Phase::Stop,
+        Phase::Skip,
+        Phase::Activate,
+        Phase::Reexec,
+        Phase::DaemonReload,
+        Phase::SysinitReactivation,
+        Phase::Reload,
+        Phase::Restart,
+        Phase::Start,
+    ];
+}
+
 /// A rule that fired and its particulars.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Reason {
@@ -594,6 +611,22 @@ mod tests {
     fn rule_ids_are_kebab_case() {
         assert_eq!(Rule::RestartIfChangedFalse.id(), "restart-if-changed-false");
         assert_eq!(Rule::StopStart.id(), "stop-start");
+    }
+
+    #[test]
+    fn the_phase_order_is_the_declaration_order_and_holds_every_phase() {
+        assert!(Phase::ORDER.windows(2).all(|w| w[0] < w[1]), "{:?}", Phase::ORDER);
+        let actions = [Action::Stop, Action::Reload, Action::Restart, Action::Start, Action::Skip];
+        let steps = [
+            Step::Swapoff { device: "/dev/sda2".into() },
+            Step::Activate { script: "/b/activate".into() },
+            Step::Reexec { reasons: vec![] },
+            Step::DaemonReload,
+            Step::RestartSysinitReactivation,
+        ];
+        let used: Vec<Phase> = actions.iter().map(|a| a.phase()).chain(steps.iter().map(Step::phase)).collect();
+        assert!(used.iter().all(|p| Phase::ORDER.contains(p)), "{used:?}");
+        assert_eq!(used.len(), Phase::ORDER.len(), "every phase is an action's or a step's");
     }
 
     #[test]
