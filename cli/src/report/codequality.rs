@@ -187,12 +187,7 @@ fn fingerprint(parts: &[&str]) -> String {
         h.update([0x1f]);
         h.update(p.as_bytes());
     }
-    hex(&h.finalize())
-}
-
-/// Lowercase hex of a byte string.
-pub(crate) fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    hex::encode(h.finalize())
 }
 
 /// Replaces `/nix/store/<hash>-` with `/nix/store/`, so that a message that
