@@ -680,19 +680,11 @@ fn explanation_json(e: &Explanation) -> serde_json::Value {
             let touches: Vec<serde_json::Value> = touches
                 .iter()
                 .map(|t| {
-                    let blocker = Blocker {
-                        unit: &e.unit,
-                        touches: &t.touches,
-                        effect: t.effect,
-                        chain: &t.chain,
-                        cause: Some(*action),
-                        omitted: t.omitted,
-                    };
                     serde_json::json!({
                         "touches": t.touches,
                         "effect": t.effect,
                         "chain": t.chain,
-                        "why": chain_line(&blocker),
+                        "why": chain_line(&Blocker { unit: &e.unit, touch: t }),
                     })
                 })
                 .collect();
@@ -744,8 +736,11 @@ fn render_explanation(e: &Explanation) -> String {
             let _ = writeln!(out, "  protected by {} [{}]", p.selector, protect::source_label(&p.source));
         }
     }
-    let blocked =
-        e.deferral.as_ref().map(|d| (&d.actions, d.cause)).or(e.refusal.as_ref().map(|r| (&r.actions, r.cause)));
+    let blocked = e
+        .deferral
+        .as_ref()
+        .map(|d| (&d.actions, d.touch.cause))
+        .or(e.refusal.as_ref().map(|r| (&r.actions, r.touch.cause)));
     for (action, touches) in &e.touches {
         if touches.is_empty() {
             match blocked {
@@ -761,15 +756,7 @@ fn render_explanation(e: &Explanation) -> String {
             }
         }
         for t in touches {
-            let blocker = Blocker {
-                unit: &e.unit,
-                touches: &t.touches,
-                effect: t.effect,
-                chain: &t.chain,
-                cause: Some(*action),
-                omitted: t.omitted,
-            };
-            let _ = writeln!(out, "  {action}: {}", chain_line(&blocker));
+            let _ = writeln!(out, "  {action}: {}", chain_line(&Blocker { unit: &e.unit, touch: t }));
         }
     }
     if e.relations.is_empty() {
@@ -787,8 +774,8 @@ fn render_explanation(e: &Explanation) -> String {
 #[allow(clippy::unwrap_used, reason = "tests fail loudly on bad fixtures")]
 mod tests {
     use super::*;
-    use plan_model::Edge;
     use plan_model::policy::ImplicitProtections;
+    use plan_model::{Edge, Touch};
 
     #[test]
     fn ownership_rule_applies_to_root_only() {
@@ -912,39 +899,37 @@ mod tests {
     fn touch_lines_follow_the_jobs_along_the_chain() {
         let edge =
             |from: &str, relation: &str, to: &str| Edge { from: from.into(), relation: relation.into(), to: to.into() };
-        let requires = vec![edge("sshd.service", "Requires", "network-setup.service")];
-        let blocker = Blocker {
-            unit: "network-setup.service",
-            touches: "sshd.service",
-            effect: Action::Restart,
-            chain: &requires,
-            cause: Some(Action::Restart),
+        let touch = |effect, chain: Vec<Edge>, cause| Touch {
+            touches: "sshd.service".into(),
+            effect,
+            chain,
+            cause: Some(cause),
             omitted: 0,
         };
+        let requires =
+            touch(Action::Restart, vec![edge("sshd.service", "Requires", "network-setup.service")], Action::Restart);
+        let blocker = Blocker { unit: "network-setup.service", touch: &requires };
         assert_eq!(
             touch_line(&[Action::Restart], "deferred", &blocker),
             "network-setup.service: restart deferred: restarting it restarts protected sshd.service \
              (sshd.service Requires=network-setup.service)"
         );
-        let conflict = vec![
-            edge("maintenance.service", "Conflicts", "sshd.service"),
-            edge("multi-user.target", "Wants", "maintenance.service"),
-        ];
-        let blocker = Blocker {
-            unit: "multi-user.target",
-            touches: "sshd.service",
-            effect: Action::Stop,
-            chain: &conflict,
-            cause: Some(Action::Start),
-            omitted: 0,
-        };
+        let conflict = touch(
+            Action::Stop,
+            vec![
+                edge("maintenance.service", "Conflicts", "sshd.service"),
+                edge("multi-user.target", "Wants", "maintenance.service"),
+            ],
+            Action::Start,
+        );
+        let blocker = Blocker { unit: "multi-user.target", touch: &conflict };
         assert_eq!(
             touch_line(&[Action::Start], "deferred", &blocker),
             "multi-user.target: start deferred: starting it starts maintenance.service \
              (multi-user.target Wants=maintenance.service), which stops protected sshd.service \
              (maintenance.service Conflicts=sshd.service)"
         );
-        let own = Blocker { unit: "sshd.service", touches: "sshd.service", chain: &[], ..blocker };
-        assert_eq!(chain_line(&own), "sshd.service is protected");
+        let own = touch(Action::Stop, vec![], Action::Stop);
+        assert_eq!(chain_line(&Blocker { unit: "sshd.service", touch: &own }), "sshd.service is protected");
     }
 }

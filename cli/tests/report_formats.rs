@@ -72,11 +72,13 @@ fn deferred(old: &str, new: &str) -> Plan {
     let mut net = unit("network-setup.service", &[], Rule::StopStart);
     net.deferral = Some(Deferral {
         actions: vec![Action::Stop, Action::Start],
-        touches: "sshd.service".to_owned(),
-        effect: Action::Stop,
-        chain: chain(),
-        cause: None,
-        omitted: 0,
+        touch: plan_model::Touch {
+            touches: "sshd.service".to_owned(),
+            effect: Action::Stop,
+            chain: chain(),
+            cause: None,
+            omitted: 0,
+        },
     });
     plan.units.push(net);
     plan.units.sort_by(|a, b| a.unit.cmp(&b.unit));
@@ -101,11 +103,13 @@ fn refused(old: &str, new: &str) -> Plan {
         refusals: vec![Refusal {
             unit: "network-setup.service".to_owned(),
             actions: vec![Action::Stop, Action::Start],
-            touches: "sshd.service".to_owned(),
-            effect: Action::Stop,
-            chain: chain(),
-            cause: None,
-            omitted: 0,
+            touch: plan_model::Touch {
+                touches: "sshd.service".to_owned(),
+                effect: Action::Stop,
+                chain: chain(),
+                cause: None,
+                omitted: 0,
+            },
         }],
     };
     plan

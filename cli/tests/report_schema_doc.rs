@@ -61,11 +61,13 @@ fn full_plan() -> Plan {
             }],
             deferral: Some(Deferral {
                 actions: vec![Action::Stop],
-                touches: "b".into(),
-                effect: Action::Stop,
-                chain: vec![edge.clone()],
-                cause: None,
-                omitted: 0,
+                touch: plan_model::Touch {
+                    touches: "b".into(),
+                    effect: Action::Stop,
+                    chain: vec![edge.clone()],
+                    cause: None,
+                    omitted: 0,
+                },
             }),
         }],
         steps: vec![
@@ -95,11 +97,13 @@ fn full_plan() -> Plan {
             refusals: vec![Refusal {
                 unit: "a.service".into(),
                 actions: vec![Action::Restart],
-                touches: "b".into(),
-                effect: Action::Stop,
-                chain: vec![edge],
-                cause: None,
-                omitted: 0,
+                touch: plan_model::Touch {
+                    touches: "b".into(),
+                    effect: Action::Stop,
+                    chain: vec![edge],
+                    cause: None,
+                    omitted: 0,
+                },
             }],
         },
         diagnostics: vec![Diagnostic {

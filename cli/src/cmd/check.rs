@@ -80,11 +80,13 @@ mod tests {
                 changes: vec![],
                 deferral: deferred.then(|| Deferral {
                     actions: vec![Action::Restart],
-                    touches: "sshd.service".into(),
-                    effect: Action::Stop,
-                    chain: vec![],
-                    cause: None,
-                    omitted: 0,
+                    touch: plan_model::Touch {
+                        touches: "sshd.service".into(),
+                        effect: Action::Stop,
+                        chain: vec![],
+                        cause: None,
+                        omitted: 0,
+                    },
                 }),
             }],
             steps: vec![],

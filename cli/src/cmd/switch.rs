@@ -224,8 +224,8 @@ pub fn finish_interrupted(
                 "  {}: {} deferred: it would {} {}, protected now",
                 unit.unit,
                 actions.join(", "),
-                d.effect,
-                d.touches
+                d.touch.effect,
+                d.touch.touches
             );
         }
     }

@@ -74,8 +74,8 @@ fn cases(plan: &Plan) -> Vec<Case> {
                     item.blocker.map(|b| chain_line(&b)).unwrap_or_else(|| "touches a protected unit".to_owned());
                 let mut text = format!("{} {}: {chain}\n", item.action, item.unit.unit);
                 if let Some(b) = &item.blocker {
-                    text.push_str(&format!("reason chain, from the protected unit {}:\n", b.touches));
-                    for e in b.chain {
+                    text.push_str(&format!("reason chain, from the protected unit {}:\n", b.touch.touches));
+                    for e in &b.touch.chain {
                         text.push_str(&format!("  {} {}={}\n", e.from, e.relation, e.to));
                     }
                 }

@@ -24,7 +24,7 @@ use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
-use plan_model::{Action, Edge, Plan, UnitPlan};
+use plan_model::{Action, Edge, Plan, Touch, UnitPlan};
 
 use crate::args::{Format, OutputArgs};
 
@@ -254,40 +254,26 @@ pub struct ActionItem<'a> {
     pub blocker: Option<Blocker<'a>>,
 }
 
-/// Why an action touches a protected unit (from a [`plan_model::Deferral`]
-/// or a [`plan_model::Refusal`]).
+/// Why an action touches a protected unit: the unit that holds the
+/// action and what it would do (from a [`plan_model::Deferral`] or a
+/// [`plan_model::Refusal`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Blocker<'a> {
     /// The unit that holds the action.
     pub unit: &'a str,
-    /// The protected unit that would be touched.
-    pub touches: &'a str,
-    /// What would happen to it.
-    pub effect: Action,
-    /// The relations from the protected unit back to `unit`.
-    pub chain: &'a [Edge],
-    /// The action of `unit` whose consequences reach the protected unit.
-    pub cause: Option<Action>,
-    /// Relations left out of the middle of `chain`.
-    pub omitted: usize,
+    /// What the action would do to the protected unit.
+    pub touch: &'a Touch,
 }
 
 impl<'a> Blocker<'a> {
     /// The blocker a deferral records for `unit`.
     pub fn of_deferral(unit: &'a str, d: &'a plan_model::Deferral) -> Blocker<'a> {
-        Blocker { unit, touches: &d.touches, effect: d.effect, chain: &d.chain, cause: d.cause, omitted: d.omitted }
+        Blocker { unit, touch: &d.touch }
     }
 
     /// The blocker a refusal records.
     pub fn of_refusal(r: &'a plan_model::Refusal) -> Blocker<'a> {
-        Blocker {
-            unit: &r.unit,
-            touches: &r.touches,
-            effect: r.effect,
-            chain: &r.chain,
-            cause: r.cause,
-            omitted: r.omitted,
-        }
+        Blocker { unit: &r.unit, touch: &r.touch }
     }
 }
 
@@ -382,21 +368,22 @@ pub fn reasons_line(unit: &UnitPlan) -> String {
 /// many relations are missing. A blocker without its cause (a plan saved
 /// by an older version) is told without the jobs.
 pub fn chain_line(b: &Blocker<'_>) -> String {
-    if b.chain.is_empty() {
-        return if b.touches == b.unit {
-            format!("{} is protected", b.touches)
+    let t = b.touch;
+    if t.chain.is_empty() {
+        return if t.touches == b.unit {
+            format!("{} is protected", t.touches)
         } else {
-            format!("it would {} protected {}", b.effect, b.touches)
+            format!("it would {} protected {}", t.effect, t.touches)
         };
     }
-    let Some(cause) = b.cause else {
-        let links: Vec<String> = b.chain.iter().map(edge_text).collect();
-        return format!("it would {} protected {} ({})", b.effect, b.touches, links.join(", "));
+    let Some(cause) = t.cause else {
+        let links: Vec<String> = t.chain.iter().map(edge_text).collect();
+        return format!("it would {} protected {} ({})", t.effect, t.touches, links.join(", "));
     };
     // The chain runs from the protected unit back to this one; split it
     // where relations were left out.
-    let gap = if b.omitted > 0 { b.chain.len().saturating_sub(plan_model::CHAIN_ENDS) } else { 0 };
-    let (near_protected, near_unit) = b.chain.split_at(gap);
+    let gap = if t.omitted > 0 { t.chain.len().saturating_sub(plan_model::CHAIN_ENDS) } else { 0 };
+    let (near_protected, near_unit) = t.chain.split_at(gap);
     let mut steps = Vec::new();
     let mut unit = b.unit;
     let mut job = cause;
@@ -409,7 +396,7 @@ pub fn chain_line(b: &Blocker<'_>) -> String {
     // After a gap, the jobs are worked out backwards from the effect on
     // the protected unit.
     let mut tail = Vec::new();
-    let (mut unit, mut job) = (b.touches, b.effect);
+    let (mut unit, mut job) = (t.touches.as_str(), t.effect);
     for edge in near_protected {
         tail.push((unit, job, edge));
         let (prev, prev_job) = step_backward(unit, job, edge);
@@ -424,7 +411,11 @@ pub fn chain_line(b: &Blocker<'_>) -> String {
         out.push_str(&clause(next, *next_job, edge, b));
     }
     if !tail.is_empty() {
-        out.push_str(&format!(", then {} more relation{}, then", b.omitted, if b.omitted == 1 { "" } else { "s" }));
+        out.push_str(&format!(
+            ", then {} more relation{}, then",
+            b.touch.omitted,
+            if b.touch.omitted == 1 { "" } else { "s" }
+        ));
         for (i, (next, next_job, edge)) in tail.iter().rev().enumerate() {
             if i > 0 {
                 out.push_str(", which");
@@ -437,9 +428,10 @@ pub fn chain_line(b: &Blocker<'_>) -> String {
 
 /// ` stops protected sshd.service (sshd.service Requires=a.service)`.
 fn clause(unit: &str, job: Action, edge: &Edge, b: &Blocker<'_>) -> String {
-    let activation = edge.relation == "Triggers" && edge.to == b.touches && unit == b.touches;
+    let touches = b.touch.touches.as_str();
+    let activation = edge.relation == "Triggers" && edge.to == touches && unit == touches;
     let what = if activation { "the activation of " } else { "" };
-    let protected = if unit == b.touches { "protected " } else { "" };
+    let protected = if unit == touches { "protected " } else { "" };
     format!(" {} {what}{protected}{unit} ({})", third_person(job), edge_text(edge))
 }
 

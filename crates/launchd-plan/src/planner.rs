@@ -512,11 +512,13 @@ fn apply_protection(
                 }
                 entry.deferral = Some(Deferral {
                     actions: std::mem::take(&mut entry.actions),
-                    touches: target.label.clone(),
-                    effect,
-                    chain: Vec::new(),
-                    cause: None,
-                    omitted: 0,
+                    touch: plan_model::Touch {
+                        touches: target.label.clone(),
+                        effect,
+                        chain: Vec::new(),
+                        cause: None,
+                        omitted: 0,
+                    },
                 });
             }
             Mode::Refuse => {
@@ -524,11 +526,13 @@ fn apply_protection(
                 plan.protection.refusals.push(Refusal {
                     unit: entry.unit.clone(),
                     actions: entry.actions.clone(),
-                    touches: target.label.clone(),
-                    effect,
-                    chain: Vec::new(),
-                    cause: None,
-                    omitted: 0,
+                    touch: plan_model::Touch {
+                        touches: target.label.clone(),
+                        effect,
+                        chain: Vec::new(),
+                        cause: None,
+                        omitted: 0,
+                    },
                 });
                 let verb = if effect == Action::Stop { "stop" } else { "restart" };
                 plan.diagnostics.push(Diagnostic {

@@ -24,6 +24,6 @@ pub mod unit_name;
 pub use live::{LiveState, LiveUnit};
 pub use plan::{
     Action, CHAIN_ENDS, Deferral, Diagnostic, Edge, FORMAT_VERSION, Generation, KeyChange, Mode, Phase, Plan,
-    ProtectedUnit, Protection, ProtectionSource, Reason, Refusal, Rule, Severity, Step, UnitPlan,
+    ProtectedUnit, Protection, ProtectionSource, Reason, Refusal, Rule, Severity, Step, Touch, UnitPlan,
 };
 pub use source::{FlakeInput, Provenance};

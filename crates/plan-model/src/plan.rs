@@ -420,21 +420,9 @@ pub struct Refusal {
     pub unit: String,
     /// Those actions.
     pub actions: Vec<Action>,
-    /// The protected unit that would be touched.
-    pub touches: String,
-    /// What would happen to it (`stop` or `restart`).
-    pub effect: Action,
-    /// The relations from the protected unit back to this unit, as in
-    /// [`Deferral::chain`].
-    pub chain: Vec<Edge>,
-    /// The action whose consequences reach the protected unit, as in
-    /// [`Deferral::cause`].
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub cause: Option<Action>,
-    /// Relations left out of the middle of `chain`, as in
-    /// [`Deferral::omitted`].
-    #[serde(default, skip_serializing_if = "is_zero")]
-    pub omitted: usize,
+    /// What they would do to the protected unit.
+    #[serde(flatten)]
+    pub touch: Touch,
 }
 
 /// One protection and the units it matched.
@@ -472,24 +460,34 @@ pub enum ProtectionSource {
     },
 }
 
-/// Actions removed from a unit because they would touch a protected unit.
+/// Actions that protection removed from a unit, and why.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Deferral {
     /// The actions that will not be carried out.
     pub actions: Vec<Action>,
-    /// The protected unit that would have been touched.
+    /// What they would have done to the protected unit.
+    #[serde(flatten)]
+    pub touch: Touch,
+}
+
+/// What an action would do to a protected unit, and the chain of
+/// relations through which it gets there. In the JSON form its keys sit
+/// beside those of the [`Deferral`] or [`Refusal`] that holds it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Touch {
+    /// The protected unit.
     pub touches: String,
-    /// What would have happened to it (`stop` or `restart`).
+    /// What would happen to it (`stop` or `restart`).
     pub effect: Action,
-    /// The relations from the protected unit back to this unit; empty when
-    /// the unit is itself protected. A long chain keeps its ends: the
-    /// relations nearest the protected unit and nearest this unit, with
-    /// [`Deferral::omitted`] counting those left out between them, so that
-    /// a report stays linear in the number of units.
+    /// The relations from the protected unit back to the acting unit;
+    /// empty when that unit is itself protected. A long chain keeps its
+    /// ends: the relations nearest the protected unit and nearest the
+    /// acting unit, with [`Touch::omitted`] counting those left out between
+    /// them, so that a report stays linear in the number of units.
     pub chain: Vec<Edge>,
-    /// The action of this unit whose consequences reach the protected unit
-    /// (the start of a target that pulls in a conflicting unit, say), when
-    /// known.
+    /// The action of the acting unit whose consequences reach the
+    /// protected unit (the start of a target that pulls in a conflicting
+    /// unit, say), when known.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cause: Option<Action>,
     /// How many relations were left out of the middle of `chain`.
@@ -498,7 +496,7 @@ pub struct Deferral {
 }
 
 /// How many relations a long reason chain keeps at each end. When
-/// relations were left out ([`Deferral::omitted`] is not zero), the last
+/// relations were left out ([`Touch::omitted`] is not zero), the last
 /// `CHAIN_ENDS` relations of the chain are those nearest the blocked unit
 /// and the ones before them lead up to the protected unit.
 pub const CHAIN_ENDS: usize = 4;

@@ -31,7 +31,8 @@ use plan_model::{
     unit_name,
 };
 
-pub use graph::{Job, Reach, Relation, Touch, UnitGraph};
+pub use graph::{Job, Reach, Relation, UnitGraph};
+pub use plan_model::Touch;
 
 use crate::generation::GenerationUnits;
 
@@ -132,23 +133,12 @@ pub fn protect(
                     .filter(|a| matches!(a, Action::Stop | Action::Restart | Action::Start))
                     .collect();
                 entry.actions.retain(|a| !deferred.contains(a));
-                entry.deferral = Some(Deferral {
-                    actions: deferred,
-                    touches: first.touches,
-                    effect: first.effect,
-                    chain: first.chain,
-                    cause: Some(cause),
-                    omitted: first.omitted,
-                });
+                entry.deferral = Some(Deferral { actions: deferred, touch: Touch { cause: Some(cause), ..first } });
             }
             Mode::Refuse => plan.protection.refusals.push(Refusal {
                 unit: entry.unit.clone(),
                 actions: touching.iter().map(|(a, _)| *a).collect(),
-                touches: first.touches,
-                effect: first.effect,
-                chain: first.chain,
-                cause: Some(cause),
-                omitted: first.omitted,
+                touch: Touch { cause: Some(cause), ..first },
             }),
         }
     }
