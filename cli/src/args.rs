@@ -136,7 +136,7 @@ pub struct CheckArgs {
 
 /// How a switch is carried out.
 #[derive(Debug, Args, Clone)]
-pub struct ApplyOptions {
+pub struct ExecutionArgs {
     /// Seconds to wait for each systemd job.
     #[arg(long, value_name = "SECONDS", default_value_t = 90)]
     pub job_timeout: u64,
@@ -169,7 +169,7 @@ pub struct SwitchArgs {
     pub output: OutputArgs,
     /// How to apply.
     #[command(flatten)]
-    pub apply: ApplyOptions,
+    pub apply: ExecutionArgs,
 }
 
 /// Arguments of `apply`.
@@ -179,7 +179,7 @@ pub struct ApplyArgs {
     pub plan: PathBuf,
     /// How to apply.
     #[command(flatten)]
-    pub apply: ApplyOptions,
+    pub apply: ExecutionArgs,
     /// The cgroup of the process that asked for an isolated apply, handed
     /// over in the run directory; protected besides this process's own.
     #[arg(long, value_name = "PATH", hide = true)]

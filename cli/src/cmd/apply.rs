@@ -23,7 +23,7 @@ use crate::cmd::plan::{self as live, CURRENT_SYSTEM};
 use crate::cmd::switch;
 use crate::exit::Outcome;
 use crate::report::{self, Report, Style};
-use crate::saved::{self, Observed, PlanKey, Refusal, SavedPlan};
+use crate::saved::{self, Observed, PlanKey, Rejection, SavedPlan};
 
 /// Runs `apply`.
 pub fn run(args: args::ApplyArgs) -> anyhow::Result<Outcome> {
@@ -33,7 +33,7 @@ pub fn run(args: args::ApplyArgs) -> anyhow::Result<Outcome> {
     }
     let target = Path::new(&saved.inputs.target_toplevel);
     if !target.exists() {
-        let refusal = Refusal::TargetChanged(format!("the target toplevel {} no longer exists", target.display()));
+        let refusal = Rejection::TargetChanged(format!("the target toplevel {} no longer exists", target.display()));
         return Ok(refuse(&args.plan, &refusal));
     }
     switch::preflight(target)?;
@@ -89,7 +89,7 @@ pub fn run(args: args::ApplyArgs) -> anyhow::Result<Outcome> {
     let current = current.display().to_string();
     if current != saved.inputs.running_generation {
         let refusal =
-            Refusal::RunningGenerationChanged { recorded: saved.inputs.running_generation.clone(), now: current };
+            Rejection::RunningGenerationChanged { recorded: saved.inputs.running_generation.clone(), now: current };
         return Ok(refuse(&args.plan, &refusal));
     }
     let fresh = live::live_plan(Path::new(CURRENT_SYSTEM), target, &protect, &mut bus)?;
@@ -111,7 +111,7 @@ pub fn run(args: args::ApplyArgs) -> anyhow::Result<Outcome> {
 }
 
 /// Says why the saved plan is refused and returns the exit outcome.
-fn refuse(path: &Path, refusal: &Refusal) -> Outcome {
+fn refuse(path: &Path, refusal: &Rejection) -> Outcome {
     eprintln!("refused to apply {}: {refusal}", path.display());
     eprintln!("nothing was changed");
     Outcome::Blocked

@@ -12,7 +12,7 @@
 use std::path::Path;
 
 use anyhow::Context;
-use launchd_plan::{Generation, Host, LaunchdLive, LaunchdPlan, Policy, Selector};
+use launchd_plan::{GenerationJobs, Host, LabelMatcher, LaunchdLive, LaunchdPlan, Request};
 use plan_model::ProtectionSource;
 
 use crate::args::{self, ProtectArgs};
@@ -61,7 +61,7 @@ fn build(
     new: &Path,
     live: Option<&Path>,
     protect: &ProtectArgs,
-) -> anyhow::Result<(LaunchdPlan, Generation, Generation)> {
+) -> anyhow::Result<(LaunchdPlan, GenerationJobs, GenerationJobs)> {
     let old_generation = launchd_plan::load_generation(old)?;
     let new_generation = launchd_plan::load_generation(new)?;
     let live = match live {
@@ -122,7 +122,7 @@ fn close_labels(wanted: &str, labels: &[&str]) -> Vec<String> {
 /// The protection policy: the policy file's selectors and mode, plus
 /// `--protect` and `--on-protected`. The implicit protections of a systemd
 /// host (D-Bus, logind, the caller's cgroup) have no launchd counterpart.
-fn policy(args: &ProtectArgs) -> anyhow::Result<Policy> {
+fn policy(args: &ProtectArgs) -> anyhow::Result<Request> {
     let asked = crate::protect::asked(args)?;
     let selectors = asked
         .selectors
@@ -132,16 +132,16 @@ fn policy(args: &ProtectArgs) -> anyhow::Result<Policy> {
                 ProtectionSource::Policy { path } => format!("policy file {path}"),
                 _ => "--protect".to_owned(),
             };
-            Selector::new(&text, source).with_context(|| format!("{place}: {text:?}"))
+            LabelMatcher::new(&text, source).with_context(|| format!("{place}: {text:?}"))
         })
         .collect::<anyhow::Result<_>>()?;
-    Ok(Policy { mode: asked.mode, selectors })
+    Ok(Request { mode: asked.mode, selectors })
 }
 
 /// Unified diffs of the plists that changed, for each job in the plan,
 /// from the bytes the planner read. Binary plists are shown as the XML
 /// they decode to.
-fn plist_diffs(planned: &LaunchdPlan, old: &Generation, new: &Generation) -> Vec<UnitDiff> {
+fn plist_diffs(planned: &LaunchdPlan, old: &GenerationJobs, new: &GenerationJobs) -> Vec<UnitDiff> {
     let mut out = Vec::new();
     for unit in &planned.plan.units {
         let Some(target) = planned.jobs.get(&unit.unit) else { continue };
@@ -151,7 +151,7 @@ fn plist_diffs(planned: &LaunchdPlan, old: &Generation, new: &Generation) -> Vec
             .find_map(|p| Path::new(p).file_name().map(|f| f.to_string_lossy().into_owned()))
             .unwrap_or_else(|| format!("{}.plist", target.label));
         let rel = format!("{}/{file_name}", target.scope.generation_dir());
-        let text = |g: &Generation| {
+        let text = |g: &GenerationJobs| {
             g.jobs
                 .iter()
                 .find(|j| j.scope == target.scope && j.file_name == file_name)

@@ -179,7 +179,7 @@ pub fn preflight(toplevel: &Path) -> anyhow::Result<()> {
 }
 
 /// The executor's options from the command line.
-pub fn apply_options(a: &args::ApplyOptions) -> ApplyOptions {
+pub fn apply_options(a: &args::ExecutionArgs) -> ApplyOptions {
     ApplyOptions { job_timeout: Duration::from_secs(a.job_timeout.max(1)), ..ApplyOptions::default() }
 }
 
@@ -287,7 +287,7 @@ pub fn apply_plan(
     bus: &mut dyn ServiceManager,
     run: &RunDir,
     plan: &Plan,
-    apply: &args::ApplyOptions,
+    apply: &args::ExecutionArgs,
     protect: &ProtectArgs,
 ) -> anyhow::Result<Outcome> {
     let options = apply_options(apply);

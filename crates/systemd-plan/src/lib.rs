@@ -69,7 +69,7 @@ pub mod planner;
 pub mod protect;
 pub mod unit_file;
 
-pub use compare::{Comparison, Verdict, compare_units};
+pub use compare::{Comparison, Needs, compare_units};
 pub use generation::{FileIdentity, GenerationUnits, ManagedUnit};
 pub use loader::{Layout, LoadError, load, load_pair, unit_directory};
 pub use plan_model::{LiveState, Plan};
