@@ -239,21 +239,7 @@ pub struct ProtectArgs {
     pub recorded: Option<systemd_plan::protect::Request>,
 }
 
-/// Report formats.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
-pub enum Format {
-    /// Human-readable text.
-    #[default]
-    Text,
-    /// The versioned JSON plan (docs/plan-schema.md).
-    Json,
-    /// JUnit XML.
-    Junit,
-    /// GitLab Code Quality JSON.
-    Codequality,
-    /// Markdown for a merge-request comment or a job summary.
-    Markdown,
-}
+pub use plan_report::Format;
 
 /// Output options shared by the planning commands.
 #[derive(Debug, Args, Clone, Default)]

@@ -22,8 +22,8 @@ use crate::args;
 use crate::cmd::plan::{self as live, CURRENT_SYSTEM};
 use crate::cmd::switch;
 use crate::exit::Outcome;
-use crate::report::{self, Report, Style};
 use crate::saved::{self, Observed, PlanKey, Rejection, SavedPlan};
+use plan_report::Report;
 
 /// Runs `apply`.
 pub fn run(args: args::ApplyArgs) -> anyhow::Result<Outcome> {
@@ -101,10 +101,10 @@ pub fn run(args: args::ApplyArgs) -> anyhow::Result<Outcome> {
     }
 
     eprintln!("applying the saved plan {} ({})", args.plan.display(), saved.digest);
-    let text = report::render(
-        crate::args::Format::Text,
+    let text = plan_report::render(
+        plan_report::Format::Text,
         &Report { plan: &saved.plan, diffs: &[], commands: &[] },
-        Style::for_stdout(),
+        crate::report::stdout_style(),
     );
     std::io::Write::write_all(&mut std::io::stdout().lock(), text.as_bytes())?;
     switch::apply_plan(&mut bus, &run, &saved.plan, &args.apply, &protect)

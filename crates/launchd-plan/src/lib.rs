@@ -77,6 +77,7 @@
 #![warn(missing_docs)]
 
 mod capture;
+mod diffs;
 mod error;
 mod io;
 mod job;
@@ -86,6 +87,7 @@ mod planner;
 mod policy;
 
 pub use capture::{CaptureError, parse_list, parse_print};
+pub use diffs::plist_diffs;
 pub use error::{LoadError, OpsError, SelectorError};
 pub use io::{load_generation, load_installed, load_live};
 pub use job::{GenerationJobs, Installed, Job, Scope, flatten};

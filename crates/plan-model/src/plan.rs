@@ -33,12 +33,11 @@ pub struct Plan {
     /// the planner could not model.
     #[serde(default)]
     pub diagnostics: Vec<Diagnostic>,
-    /// Which packages the switch changes: the JSON form of a closure diff
-    /// (`closure-diff` crate), present when both generations are store
-    /// paths whose closures could be read. Kept as a JSON value so this
-    /// model does not depend on how closures are read.
+    /// Which packages the switch changes: the closure diff of the two
+    /// generations, present when both are store paths whose closures could
+    /// be read.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub packages: Option<serde_json::Value>,
+    pub packages: Option<crate::packages::ClosureDiff>,
 }
 
 /// Identifies a generation (a system toplevel).
@@ -148,6 +147,24 @@ pub enum Phase {
     Restart,
     /// Unit starts.
     Start,
+}
+
+impl Phase {
+    /// Every phase, in the order a switch runs them. The one order: the
+    /// executor carries the phases out in it, and the reports list them in
+    /// it.
+    pub const ORDER: [Phase; 10] = [
+        Phase::Swapoff,
+        Phase::Stop,
+        Phase::Skip,
+        Phase::Activate,
+        Phase::Reexec,
+        Phase::DaemonReload,
+        Phase::SysinitReactivation,
+        Phase::Reload,
+        Phase::Restart,
+        Phase::Start,
+    ];
 }
 
 /// A rule that fired and its particulars.
@@ -458,6 +475,84 @@ pub enum ProtectionSource {
         /// Why, e.g. `the D-Bus broker` or `holds this process (cgroup ...)`.
         why: String,
     },
+}
+
+impl ProtectionSource {
+    /// A short label for where a protection came from: `--protect`,
+    /// `policy PATH`, `implicit: WHY`.
+    pub fn label(&self) -> String {
+        match self {
+            ProtectionSource::CommandLine => "--protect".to_owned(),
+            ProtectionSource::Policy { path } => format!("policy {path}"),
+            ProtectionSource::Implicit { why } => format!("implicit: {why}"),
+        }
+    }
+}
+
+/// Why a unit gets its action, for `--explain`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Explanation {
+    /// The unit.
+    pub unit: String,
+    /// Whether it counts as running.
+    pub running: bool,
+    /// The actions still planned.
+    pub actions: Vec<Action>,
+    /// The rules that gave it those actions.
+    pub reasons: Vec<Reason>,
+    /// What protection did to it in `defer` mode.
+    pub deferral: Option<Deferral>,
+    /// What protection found in `refuse` mode.
+    pub refusal: Option<Refusal>,
+    /// Protections that cover the unit itself.
+    pub protected_by: Vec<ProtectedUnit>,
+    /// For each job the plan has (or had) for the unit, every protected unit
+    /// it would touch.
+    pub touches: Vec<(Action, Vec<Touch>)>,
+    /// Every relation naming the unit, in forward form.
+    pub relations: Vec<Edge>,
+    /// Whether the unit appears in either generation, the live state or the
+    /// plan at all.
+    pub known: bool,
+}
+
+/// The unified diff of one file of a unit (a unit file, a drop-in, a
+/// launchd plist) between the two generations, as the reports show it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FileDiff {
+    /// The unit (or launchd job) the file belongs to.
+    pub unit: String,
+    /// The file, relative to the generation (`etc/systemd/system/a.service`).
+    pub path: String,
+    /// The unified diff, with `a/` and `b/` headers, ending in a newline.
+    pub diff: String,
+}
+
+impl FileDiff {
+    /// Lines of context around each change.
+    const CONTEXT: usize = 3;
+
+    /// The diff of one of `unit`'s files, shown as `path`, from its text in
+    /// each generation (`None` where it is missing, which reads as empty);
+    /// `None` when the two read the same. A path with line breaks or other
+    /// control characters is shown escaped (`\n`), so that each header
+    /// stays one line.
+    pub fn between(unit: &str, path: String, old: Option<&str>, new: Option<&str>) -> Option<FileDiff> {
+        let (old, new) = (old.unwrap_or_default(), new.unwrap_or_default());
+        if old == new {
+            return None;
+        }
+        let shown = path.escape_default().to_string();
+        let mut diff = similar::TextDiff::from_lines(old, new)
+            .unified_diff()
+            .context_radius(Self::CONTEXT)
+            .header(&format!("a/{shown}"), &format!("b/{shown}"))
+            .to_string();
+        if !diff.ends_with('\n') {
+            diff.push('\n');
+        }
+        Some(FileDiff { unit: unit.to_owned(), path, diff })
+    }
 }
 
 /// Actions that protection removed from a unit, and why.

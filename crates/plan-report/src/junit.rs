@@ -22,8 +22,7 @@ use plan_model::Plan;
 use quick_xml::Writer;
 use quick_xml::events::{BytesDecl, BytesText, Event};
 
-use super::text::step_line;
-use super::{ItemStatus, Report, Verdict, action_items, blockers, chain_line, reasons_line};
+use crate::{ItemStatus, Report, Verdict, action_items, blockers, chain_line, reasons_line};
 
 /// The `classname` of unit test cases.
 const UNITS: &str = "safe-switch.units";
@@ -102,7 +101,7 @@ fn cases(plan: &Plan) -> Vec<Case> {
             plan_model::Step::RestartSysinitReactivation => "restart sysinit-reactivation.target".to_owned(),
         };
         let name = format!("step {}: {kind}", i + 1);
-        cases.push(Case { classname: STEPS, name, outcome: Outcome::Pass, out: step_line(step) });
+        cases.push(Case { classname: STEPS, name, outcome: Outcome::Pass, out: crate::step_item(step) });
     }
     let gate = match Verdict::of(plan) {
         Verdict::Safe => Outcome::Pass,
