@@ -305,7 +305,7 @@ fn covered_bytes(saved: &SavedPlan) -> Vec<u8> {
 /// The digest of a saved plan: `sha256:` and the SHA-256 of
 /// [`covered_bytes`].
 pub fn digest(saved: &SavedPlan) -> String {
-    format!("sha256:{}", hex::encode(&Sha256::digest(covered_bytes(saved))))
+    format!("sha256:{}", hex::encode(Sha256::digest(covered_bytes(saved))))
 }
 
 /// Where the saved-plan key is kept: `/var/lib/safe-switch`, or in a debug
@@ -415,7 +415,7 @@ impl PlanKey {
 
     /// `hmac-sha256:` and the hex HMAC-SHA256 of `bytes`.
     fn mac(&self, bytes: &[u8]) -> String {
-        format!("hmac-sha256:{}", hex::encode(&self.tag(bytes)))
+        format!("hmac-sha256:{}", hex::encode(self.tag(bytes)))
     }
 
     fn tag(&self, bytes: &[u8]) -> Vec<u8> {
