@@ -101,7 +101,7 @@ fn cases(plan: &Plan) -> Vec<Case> {
             plan_model::Step::RestartSysinitReactivation => "restart sysinit-reactivation.target".to_owned(),
         };
         let name = format!("step {}: {kind}", i + 1);
-        cases.push(Case { classname: STEPS, name, outcome: Outcome::Pass, out: crate::step_item(step) });
+        cases.push(Case { classname: STEPS, name, outcome: Outcome::Pass, out: crate::text::step_line(step) });
     }
     let gate = match Verdict::of(plan) {
         Verdict::Safe => Outcome::Pass,

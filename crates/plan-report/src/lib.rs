@@ -400,19 +400,6 @@ pub fn printable(s: &str) -> std::borrow::Cow<'_, str> {
     std::borrow::Cow::Owned(out)
 }
 
-/// One global step as a short item, as the Markdown and JUnit reports
-/// list them.
-pub fn step_item(step: &plan_model::Step) -> String {
-    use plan_model::Step;
-    match step {
-        Step::Swapoff { device } => format!("swapoff {device}"),
-        Step::Activate { script } => format!("run the activation script {script}"),
-        Step::Reexec { reasons } => format!("re-execute the service manager ({})", reasons.join(", ")),
-        Step::DaemonReload => "daemon-reload".to_owned(),
-        Step::RestartSysinitReactivation => "restart sysinit-reactivation.target".to_owned(),
-    }
-}
-
 /// `sshd.service Requires=network-setup.service`.
 pub fn edge_text(edge: &Edge) -> String {
     format!("{} {}={}", edge.from, edge.relation, edge.to)

@@ -61,7 +61,7 @@ pub fn render(report: &Report<'_>, limit: usize) -> String {
     if !plan.steps.is_empty() {
         b.push("### Steps\n\n");
         for (n, step) in plan.steps.iter().enumerate() {
-            b.row(&format!("{}. {}\n", n + 1, inline(&crate::step_item(step))));
+            b.row(&format!("{}. {}\n", n + 1, inline(&crate::text::step_line(step))));
         }
         b.push("\n");
     }
