@@ -8,7 +8,6 @@ pub mod args;
 pub mod cmd;
 pub mod exit;
 pub mod protect;
-pub mod render;
 pub mod report;
 pub mod saved;
 pub mod source;

@@ -458,12 +458,12 @@ fn fill_random(buf: &mut [u8]) -> std::io::Result<()> {
 /// Checks that a saved plan was written by root on this host: its MAC is
 /// what this host's key gives. `key` is `None` when the host has no key
 /// yet (no plan was ever signed here).
-pub fn verify_mac(saved: &SavedPlan, key: Option<&PlanKey>) -> Result<(), Refusal> {
+pub fn verify_mac(saved: &SavedPlan, key: Option<&PlanKey>) -> Result<(), Rejection> {
     match (&saved.mac, key) {
         (Some(mac), Some(key)) if key.verifies(&covered_bytes(saved), mac) => Ok(()),
-        (None, _) => Err(Refusal::NotFromThisHost("it carries no MAC (was it written as root?)".to_owned())),
-        (Some(_), None) => Err(Refusal::NotFromThisHost("this host has no saved-plan key yet".to_owned())),
-        (Some(_), Some(_)) => Err(Refusal::NotFromThisHost("its MAC does not match this host's key".to_owned())),
+        (None, _) => Err(Rejection::NotFromThisHost("it carries no MAC (was it written as root?)".to_owned())),
+        (Some(_), None) => Err(Rejection::NotFromThisHost("this host has no saved-plan key yet".to_owned())),
+        (Some(_), Some(_)) => Err(Rejection::NotFromThisHost("its MAC does not match this host's key".to_owned())),
     }
 }
 
@@ -477,17 +477,17 @@ pub fn store_dir() -> PathBuf {
 /// change after it was built, any other directory can (its `activate`
 /// could be swapped between `plan` and `apply`). `canonical` is the
 /// target's canonical path.
-pub fn check_target_in_store(canonical: &Path, store: &Path) -> Result<(), Refusal> {
+pub fn check_target_in_store(canonical: &Path, store: &Path) -> Result<(), Rejection> {
     let store = std::fs::canonicalize(store).unwrap_or_else(|_| store.to_owned());
     if canonical.parent() == Some(store.as_path()) {
         return Ok(());
     }
-    Err(Refusal::TargetOutsideStore { target: canonical.display().to_string(), store: store.display().to_string() })
+    Err(Rejection::TargetOutsideStore { target: canonical.display().to_string(), store: store.display().to_string() })
 }
 
 /// Why a saved plan is not carried out.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Refusal {
+pub enum Rejection {
     /// The digest does not match the content.
     DigestMismatch {
         /// The digest in the file.
@@ -530,35 +530,35 @@ pub struct UnitChange {
     pub what: String,
 }
 
-impl fmt::Display for Refusal {
+impl fmt::Display for Rejection {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Refusal::DigestMismatch { recorded, computed } => write!(
+            Rejection::DigestMismatch { recorded, computed } => write!(
                 f,
                 "the plan file was changed after it was written: its digest is {recorded} but its content hashes to {computed}"
             ),
-            Refusal::NotFromThisHost(why) => write!(
+            Rejection::NotFromThisHost(why) => write!(
                 f,
                 "the plan was not written by root on this host: {why}; write it with `safe-switch plan --out` as root here"
             ),
-            Refusal::TargetOutsideStore { target, store } => write!(
+            Rejection::TargetOutsideStore { target, store } => write!(
                 f,
                 "the target toplevel {target} is not in the Nix store ({store}): it could have changed since it was planned \
                  (its activation script is what `apply` runs); use `safe-switch switch`, or a toplevel built into the store"
             ),
-            Refusal::Inconsistent(what) => write!(f, "the plan file does not match its recorded inputs: {what}"),
-            Refusal::RunningGenerationChanged { recorded, now } => {
+            Rejection::Inconsistent(what) => write!(f, "the plan file does not match its recorded inputs: {what}"),
+            Rejection::RunningGenerationChanged { recorded, now } => {
                 write!(f, "the plan is stale: it was made on running generation {recorded}, but {now} is running now")
             }
-            Refusal::TargetChanged(what) => write!(f, "the plan is stale: {what}"),
-            Refusal::UnitsChanged(changes) => {
+            Rejection::TargetChanged(what) => write!(f, "the plan is stale: {what}"),
+            Rejection::UnitsChanged(changes) => {
                 write!(f, "the plan is stale: units changed since it was made:")?;
                 for c in changes {
                     write!(f, "\n  {}: {}", c.unit, c.what)?;
                 }
                 Ok(())
             }
-            Refusal::PlanMismatch(what) => write!(
+            Rejection::PlanMismatch(what) => write!(
                 f,
                 "the plan file does not match a fresh plan from its recorded inputs ({what}); \
                  it was edited, or the machine changed since: plan again"
@@ -567,28 +567,28 @@ impl fmt::Display for Refusal {
     }
 }
 
-impl std::error::Error for Refusal {}
+impl std::error::Error for Rejection {}
 
 /// Checks the digest and that the plan agrees with its recorded inputs.
-pub fn verify_digest(saved: &SavedPlan) -> Result<(), Refusal> {
+pub fn verify_digest(saved: &SavedPlan) -> Result<(), Rejection> {
     let computed = digest(saved);
     if computed != saved.digest {
-        return Err(Refusal::DigestMismatch { recorded: saved.digest.clone(), computed });
+        return Err(Rejection::DigestMismatch { recorded: saved.digest.clone(), computed });
     }
     if saved.plan.old.path != saved.inputs.running_generation {
-        return Err(Refusal::Inconsistent(format!(
+        return Err(Rejection::Inconsistent(format!(
             "plan.old.path is {} but the recorded running generation is {}",
             saved.plan.old.path, saved.inputs.running_generation
         )));
     }
     if saved.plan.new.path != saved.inputs.target_toplevel {
-        return Err(Refusal::Inconsistent(format!(
+        return Err(Rejection::Inconsistent(format!(
             "plan.new.path is {} but the recorded target is {}",
             saved.plan.new.path, saved.inputs.target_toplevel
         )));
     }
     if saved.plan.protection.refused {
-        return Err(Refusal::Inconsistent("the plan is refused by protection and cannot be applied".to_owned()));
+        return Err(Rejection::Inconsistent("the plan is refused by protection and cannot be applied".to_owned()));
     }
     Ok(())
 }
@@ -608,22 +608,22 @@ pub struct Observed<'a> {
 /// Checks a saved plan against the machine as it is now, and against a
 /// plan computed again from the recorded inputs and today's live state.
 /// Call [`verify_digest`] first.
-pub fn check_fresh(saved: &SavedPlan, now: &Observed<'_>, replanned: &Plan) -> Result<(), Refusal> {
+pub fn check_fresh(saved: &SavedPlan, now: &Observed<'_>, replanned: &Plan) -> Result<(), Rejection> {
     if now.running_generation != saved.inputs.running_generation {
-        return Err(Refusal::RunningGenerationChanged {
+        return Err(Rejection::RunningGenerationChanged {
             recorded: saved.inputs.running_generation.clone(),
             now: now.running_generation.to_owned(),
         });
     }
     match now.target_toplevel {
         None => {
-            return Err(Refusal::TargetChanged(format!(
+            return Err(Rejection::TargetChanged(format!(
                 "the target toplevel {} no longer exists",
                 saved.inputs.target_toplevel
             )));
         }
         Some(t) if t != saved.inputs.target_toplevel => {
-            return Err(Refusal::TargetChanged(format!(
+            return Err(Rejection::TargetChanged(format!(
                 "the target toplevel {} now resolves to {t}",
                 saved.inputs.target_toplevel
             )));
@@ -632,10 +632,10 @@ pub fn check_fresh(saved: &SavedPlan, now: &Observed<'_>, replanned: &Plan) -> R
     }
     let changes = live_changes(&saved.inputs.live, now.live);
     if !changes.is_empty() {
-        return Err(Refusal::UnitsChanged(changes));
+        return Err(Rejection::UnitsChanged(changes));
     }
     if let Some(diff) = first_difference(&saved.plan, replanned) {
-        return Err(Refusal::PlanMismatch(diff));
+        return Err(Rejection::PlanMismatch(diff));
     }
     Ok(())
 }
@@ -810,15 +810,15 @@ mod tests {
         assert_eq!(verify_digest(&compact), Ok(()));
         let mut edited = s.clone();
         edited.plan.units[0].actions = vec![Action::Reload];
-        assert!(matches!(verify_digest(&edited), Err(Refusal::DigestMismatch { .. })));
+        assert!(matches!(verify_digest(&edited), Err(Rejection::DigestMismatch { .. })));
         let mut edited = s.clone();
         edited.inputs.live.insert("a.service".into(), None);
-        assert!(matches!(verify_digest(&edited), Err(Refusal::DigestMismatch { .. })));
+        assert!(matches!(verify_digest(&edited), Err(Rejection::DigestMismatch { .. })));
         // A resealed plan whose own paths disagree with its inputs.
         let mut p = s.plan.clone();
         p.old.path = "/elsewhere".into();
         let resealed = SavedPlan::new(p, s.inputs.clone());
-        assert!(matches!(verify_digest(&resealed), Err(Refusal::Inconsistent(_))));
+        assert!(matches!(verify_digest(&resealed), Err(Rejection::Inconsistent(_))));
     }
 
     #[test]
@@ -830,9 +830,9 @@ mod tests {
         assert_eq!(check_fresh(&s, &ok, &fresh), Ok(()));
 
         let other = Observed { running_generation: "/other", ..ok.clone() };
-        assert!(matches!(check_fresh(&s, &other, &fresh), Err(Refusal::RunningGenerationChanged { .. })));
+        assert!(matches!(check_fresh(&s, &other, &fresh), Err(Rejection::RunningGenerationChanged { .. })));
         let gone = Observed { target_toplevel: None, ..ok.clone() };
-        assert!(matches!(check_fresh(&s, &gone, &fresh), Err(Refusal::TargetChanged(_))));
+        assert!(matches!(check_fresh(&s, &gone, &fresh), Err(Rejection::TargetChanged(_))));
 
         let restarted = live("2222", 11);
         let err = check_fresh(&s, &Observed { live: &restarted, ..ok.clone() }, &fresh).unwrap_err();
@@ -891,13 +891,13 @@ mod tests {
         assert_eq!(std::fs::read_dir(&key_dir).unwrap().count(), 1);
 
         let mut s = saved();
-        assert!(matches!(verify_mac(&s, Some(&key)), Err(Refusal::NotFromThisHost(_))), "unsigned");
+        assert!(matches!(verify_mac(&s, Some(&key)), Err(Rejection::NotFromThisHost(_))), "unsigned");
         s.sign(&key);
         assert!(s.mac.as_deref().unwrap().starts_with("hmac-sha256:"));
         assert_eq!(verify_mac(&s, Some(&key)), Ok(()));
         let back: SavedPlan = serde_json::from_str(&s.to_json()).unwrap();
         assert_eq!(verify_mac(&back, Some(&key)), Ok(()), "survives the file");
-        assert!(matches!(verify_mac(&s, None), Err(Refusal::NotFromThisHost(_))));
+        assert!(matches!(verify_mac(&s, None), Err(Rejection::NotFromThisHost(_))));
 
         // Another host's key.
         let other = PlanKey::load_or_create(&elsewhere.path().join("state")).unwrap();
@@ -909,7 +909,7 @@ mod tests {
         edited.plan.units[0].actions.clear();
         edited.digest = digest(&edited);
         assert_eq!(verify_digest(&edited), Ok(()));
-        assert!(matches!(verify_mac(&edited, Some(&key)), Err(Refusal::NotFromThisHost(_))));
+        assert!(matches!(verify_mac(&edited, Some(&key)), Err(Rejection::NotFromThisHost(_))));
         let mut garbage = s.clone();
         garbage.mac = Some("hmac-sha256:zz".into());
         assert!(verify_mac(&garbage, Some(&key)).is_err());
@@ -965,7 +965,7 @@ mod tests {
         let store = std::fs::canonicalize(store.path()).unwrap();
         assert_eq!(check_target_in_store(&store.join("abc-nixos-system"), &store), Ok(()));
         let err = check_target_in_store(Path::new("/srv/result"), &store).unwrap_err();
-        assert!(matches!(err, Refusal::TargetOutsideStore { .. }));
+        assert!(matches!(err, Rejection::TargetOutsideStore { .. }));
         assert!(err.to_string().contains("not in the Nix store"), "{err}");
         assert!(check_target_in_store(&store.join("abc/inner"), &store).is_err());
     }

@@ -40,8 +40,8 @@ pub fn attach_to_plan(plan: &mut plan_model::Plan, old: &Path, new: &Path) {
     if !in_store(old) || !in_store(new) {
         return;
     }
-    match closure_diff(old, new).and_then(|d| Ok(serde_json::to_value(d)?)) {
-        Ok(value) => plan.packages = Some(value),
+    match closure_diff(old, new) {
+        Ok(diff) => plan.packages = Some(diff),
         Err(err) => plan.diagnostics.push(plan_model::Diagnostic {
             severity: plan_model::Severity::Warning,
             message: format!("the package diff is not available: {err:#}"),
@@ -66,7 +66,7 @@ pub fn run(args: args::ClosureDiffArgs) -> anyhow::Result<Outcome> {
         serde_json::to_writer_pretty(&mut out, &diff)?;
         writeln!(out)?;
     } else {
-        write!(out, "{}", diff.render_text())?;
+        write!(out, "{}", plan_report::packages::text(&diff))?;
     }
     out.flush()?;
     Ok(Outcome::Ok)

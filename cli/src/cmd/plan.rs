@@ -53,7 +53,7 @@ pub struct LivePlan {
     /// What protection found (for `--explain`).
     pub protection: crate::protect::ProtectReport,
     /// The diffs of the unit files the plan was made from.
-    pub diffs: Vec<crate::report::UnitDiff>,
+    pub diffs: Vec<plan_model::FileDiff>,
 }
 
 /// Runs `plan`.
@@ -174,7 +174,7 @@ pub fn live_plan(
     let mut plan = systemd_plan::plan(&old, &new, &live);
     crate::cmd::closure_diff::attach_to_plan(&mut plan, &old_path, &new_path);
     let protection = crate::protect::protect_plan(&mut plan, &old, &new, &live, protect)?;
-    let diffs = crate::report::unit_diff::unit_diffs(&plan, &old, &new);
+    let diffs = systemd_plan::unit_diffs(&plan, &old, &new);
     Ok(LivePlan { plan, live, old: old_path, new: new_path, protection, diffs })
 }
 

@@ -36,6 +36,8 @@ use systemd_live::{
     TransientSpec,
 };
 
+use plan_report::Blocker;
+
 use crate::args::{self, ProtectArgs};
 use crate::cmd::plan::{self as live, CURRENT_SYSTEM};
 use crate::exit::Outcome;
@@ -176,7 +178,7 @@ pub fn preflight(toplevel: &Path) -> anyhow::Result<()> {
 }
 
 /// The executor's options from the command line.
-pub fn apply_options(a: &args::ApplyOptions) -> ApplyOptions {
+pub fn apply_options(a: &args::ExecutionArgs) -> ApplyOptions {
     ApplyOptions { job_timeout: Duration::from_secs(a.job_timeout.max(1)), ..ApplyOptions::default() }
 }
 
@@ -204,9 +206,7 @@ pub fn finish_interrupted(
         format!("cannot plan what remains of the interrupted switch to {target}; nothing more was changed")
     })?;
     if plan.protection.refused {
-        let mut text = String::new();
-        crate::protect::render_text(&mut text, &plan);
-        eprint!("{text}");
+        eprint!("{}", plan_report::text::refusal_text(&plan));
         eprintln!(
             "refused to finish the interrupted switch to {target}: what remains of it would touch a unit protected now; nothing more was changed"
         );
@@ -216,14 +216,8 @@ pub fn finish_interrupted(
         interrupted.progress.plan.units.iter().filter(|u| u.deferral.is_some()).map(|u| u.unit.as_str()).collect();
     for unit in plan.units.iter().filter(|u| u.deferral.is_some() && !before.contains(u.unit.as_str())) {
         if let Some(d) = &unit.deferral {
-            let actions: Vec<&str> = d.actions.iter().map(|a| a.as_str()).collect();
-            eprintln!(
-                "  {}: {} deferred: it would {} {}, protected now",
-                unit.unit,
-                actions.join(", "),
-                d.effect,
-                d.touches
-            );
+            let line = plan_report::text::touch_line(&d.actions, "deferred", &Blocker::of_deferral(&unit.unit, d));
+            eprintln!("  {line} (protected now)");
         }
     }
     eprintln!("resuming it first, with the protections in force now");
@@ -284,7 +278,7 @@ pub fn apply_plan(
     bus: &mut dyn ServiceManager,
     run: &RunDir,
     plan: &Plan,
-    apply: &args::ApplyOptions,
+    apply: &args::ExecutionArgs,
     protect: &ProtectArgs,
 ) -> anyhow::Result<Outcome> {
     let options = apply_options(apply);

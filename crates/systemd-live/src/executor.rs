@@ -894,11 +894,13 @@ mod tests {
         let mut deferred = unit("cascade.service", &[]);
         deferred.deferral = Some(Deferral {
             actions: vec![Action::Restart],
-            touches: "sshd.service".into(),
-            effect: Action::Restart,
-            chain: vec![],
-            cause: None,
-            omitted: 0,
+            touch: plan_model::Touch {
+                touches: "sshd.service".into(),
+                effect: Action::Restart,
+                chain: vec![],
+                cause: None,
+                omitted: 0,
+            },
         });
         let p = plan(
             vec![
@@ -1098,11 +1100,13 @@ mod tests {
         let r_entry = rest.units.iter_mut().find(|u| u.unit == "r.service").unwrap();
         r_entry.deferral = Some(Deferral {
             actions: std::mem::take(&mut r_entry.actions),
-            touches: "r.service".into(),
-            effect: Action::Restart,
-            chain: vec![],
-            cause: None,
-            omitted: 0,
+            touch: plan_model::Touch {
+                touches: "r.service".into(),
+                effect: Action::Restart,
+                chain: vec![],
+                cause: None,
+                omitted: 0,
+            },
         });
         rest.protection.protected.push(ProtectedUnit {
             selector: "r".into(),
