@@ -349,8 +349,7 @@ fn read_policy(path: &Path) -> anyhow::Result<Policy> {
     use std::io::Read as _;
     use std::os::unix::fs::OpenOptionsExt as _;
     let name = || format!("policy file {}", path.display());
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    let euid = unsafe { libc::geteuid() };
+    let euid = rustix::process::geteuid().as_raw();
     let (physical, flags) = if euid == 0 {
         let physical = match trusted_path(path) {
             Ok(p) => p,
@@ -406,8 +405,7 @@ fn file_kind(meta: &fs::Metadata) -> &'static str {
 /// may have been removed by someone other than root. Only checked when
 /// running as root.
 fn check_missing_system_policy(path: &Path) -> anyhow::Result<()> {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    if unsafe { libc::geteuid() } != 0 {
+    if !rustix::process::geteuid().is_root() {
         return Ok(());
     }
     let Some(dir) = path.parent() else { return Ok(()) };
@@ -612,8 +610,7 @@ mod tests {
     }
 
     fn is_root() -> bool {
-        // SAFETY: geteuid has no preconditions and cannot fail.
-        unsafe { libc::geteuid() == 0 }
+        rustix::process::geteuid().is_root()
     }
 
     fn write_policy(path: &Path, text: &str, mode: u32) {
@@ -680,9 +677,7 @@ mod tests {
     fn a_fifo_or_a_directory_as_the_policy_is_an_error_not_a_hang() {
         let dir = tempfile::tempdir().unwrap();
         let fifo = dir.path().join("policy.toml");
-        let c = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).unwrap();
-        // SAFETY: `c` is a valid NUL-terminated path.
-        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o644) }, 0);
+        rustix::fs::mkfifoat(rustix::fs::CWD, &fifo, rustix::fs::Mode::from_raw_mode(0o644)).unwrap();
         let err = format!("{:#}", read_policy(&fifo).unwrap_err());
         assert!(err.contains("not a regular file (a FIFO)"), "{err}");
         let err = format!("{:#}", read_policy(dir.path()).unwrap_err());

@@ -426,7 +426,7 @@ impl PlanKey {
 
     /// Tells, in constant time, whether `mac` is this key's MAC of `bytes`.
     fn verifies(&self, bytes: &[u8], mac: &str) -> bool {
-        let Some(tag) = mac.strip_prefix("hmac-sha256:").and_then(unhex) else {
+        let Some(tag) = mac.strip_prefix("hmac-sha256:").and_then(|h| hex::decode(h).ok()) else {
             return false;
         };
         let Ok(mut m) = <HmacSha256 as KeyInit>::new_from_slice(&self.0) else {
@@ -442,29 +442,15 @@ fn unreachable_key_length() -> HmacSha256 {
     <HmacSha256 as KeyInit>::new(&Default::default())
 }
 
-fn unhex(s: &str) -> Option<Vec<u8>> {
-    if !s.len().is_multiple_of(2) {
-        return None;
-    }
-    (0..s.len()).step_by(2).map(|i| s.get(i..i + 2).and_then(|b| u8::from_str_radix(b, 16).ok())).collect()
-}
-
 /// Fills `buf` from the kernel's random number generator.
 fn fill_random(buf: &mut [u8]) -> std::io::Result<()> {
     let mut filled = 0;
     while filled < buf.len() {
-        let rest = &mut buf[filled..];
-        // SAFETY: the pointer and length describe `rest`, which is valid
-        // for writes for the duration of the call.
-        let n = unsafe { libc::getrandom(rest.as_mut_ptr().cast(), rest.len(), 0) };
-        if n < 0 {
-            let err = std::io::Error::last_os_error();
-            if err.kind() == ErrorKind::Interrupted {
-                continue;
-            }
-            return Err(err);
+        match rustix::rand::getrandom(&mut buf[filled..], rustix::rand::GetRandomFlags::empty()) {
+            Ok(n) => filled += n,
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(e) => return Err(e.into()),
         }
-        filled += n as usize;
     }
     Ok(())
 }
@@ -879,8 +865,7 @@ mod tests {
     }
 
     fn is_root() -> bool {
-        // SAFETY: geteuid has no preconditions and cannot fail.
-        unsafe { libc::geteuid() == 0 }
+        rustix::process::geteuid().is_root()
     }
 
     #[test]
@@ -954,6 +939,23 @@ mod tests {
         let err = format!("{:#}", PlanKey::load(&key_dir).unwrap_err());
         assert!(err.contains("writable by others"), "{err}");
         assert!(PlanKey::load_or_create(&key_dir).is_err());
+    }
+
+    #[test]
+    fn a_mac_is_read_as_plain_hex_only() {
+        let key = PlanKey([7; KEY_BYTES]);
+        // A message whose MAC has a byte below 0x10: `+a` spells it too
+        // for a parser of signed numbers, and must not verify.
+        let zero_pair = |mac: &str| mac.as_bytes().chunks(2).skip(6).position(|c| c[0] == b'0');
+        let (bytes, mac) =
+            (0..=u8::MAX).map(|i| (vec![i], key.mac(&[i]))).find(|(_, m)| zero_pair(m).is_some()).unwrap();
+        let hex = mac.strip_prefix("hmac-sha256:").unwrap();
+        assert!(key.verifies(&bytes, &mac));
+        assert!(key.verifies(&bytes, &format!("hmac-sha256:{}", hex.to_uppercase())));
+        let at = zero_pair(&mac).unwrap() * 2;
+        let signed = format!("hmac-sha256:{}+{}", &hex[..at], &hex[at + 1..]);
+        assert!(!key.verifies(&bytes, &signed), "{signed}");
+        assert!(!key.verifies(&bytes, &mac[..mac.len() - 1]), "odd length");
     }
 
     #[test]

@@ -205,12 +205,13 @@ pub fn detect_platform() -> anyhow::Result<Platform> {
 }
 
 /// This machine's short host name, as `nixos-rebuild` and `darwin-rebuild`
-/// use it to pick a configuration.
+/// use it to pick a configuration: the kernel's (`uname`), or on macOS
+/// the local host name (`scutil`).
 pub fn hostname() -> Option<String> {
     let raw = if cfg!(target_os = "macos") {
         command_output("scutil", &["--get", "LocalHostName"])
     } else {
-        std::fs::read_to_string("/proc/sys/kernel/hostname").ok().or_else(|| command_output("hostname", &[]))
+        Some(rustix::system::uname().nodename().to_string_lossy().into_owned())
     }?;
     let short = raw.trim().split('.').next().unwrap_or("").to_owned();
     (!short.is_empty()).then_some(short)

@@ -52,7 +52,7 @@ pub fn run(args: args::ApplyArgs) -> anyhow::Result<Outcome> {
         if run.is_locked()? {
             anyhow::bail!(
                 "another safe-switch is running (lock {} is held); nothing was changed",
-                run.path().join("lock").display()
+                run.lock_path().display()
             );
         }
         // The caller's cgroup is protected in the isolated apply too: a

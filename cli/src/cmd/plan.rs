@@ -82,8 +82,7 @@ pub fn run(args: args::PlanArgs) -> anyhow::Result<Outcome> {
 fn save_plan(lp: &LivePlan, out: &Path) -> anyhow::Result<()> {
     let inputs = crate::saved::record_inputs(&lp.old, &lp.new, &lp.plan, &lp.live, &lp.protection.request);
     let mut saved = crate::saved::SavedPlan::new(lp.plan.clone(), inputs);
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    if unsafe { libc::geteuid() } == 0 {
+    if rustix::process::geteuid().is_root() {
         saved.sign(&crate::saved::PlanKey::load_or_create(&crate::saved::state_dir())?);
     } else {
         eprintln!(

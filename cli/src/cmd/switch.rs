@@ -71,10 +71,7 @@ pub fn run(args: args::SwitchArgs) -> anyhow::Result<Outcome> {
     if !args.apply.no_isolate {
         let mut bus = live::connect()?;
         if run.is_locked()? {
-            bail!(
-                "another safe-switch is running (lock {} is held); nothing was changed",
-                run.path().join("lock").display()
-            );
+            bail!("another safe-switch is running (lock {} is held); nothing was changed", run.lock_path().display());
         }
         // The caller's own cgroup, always: a `--cgroup-file` given on the
         // command line is not handed on (see `isolate`).
@@ -88,7 +85,7 @@ pub fn run(args: args::SwitchArgs) -> anyhow::Result<Outcome> {
         // evaluating the flake again.
         let resolved_file = match (&args.source.flake, &args.source.resolved_file) {
             (Some(_), None) => {
-                let path = hand_over_path(&run, "resolved")?;
+                let path = run.hand_over_path("resolved")?;
                 crate::source::write_resolved(&path, &resolved)?;
                 extra.extend(["--resolved-file".to_owned(), path.display().to_string()]);
                 Some(path)
@@ -327,7 +324,7 @@ pub fn save_caller_cgroup(run: &RunDir) -> anyhow::Result<Option<PathBuf>> {
     let Ok(text) = std::fs::read_to_string(proc_file) else {
         return Ok(None);
     };
-    let path = hand_over_path(run, "caller-cgroup")?;
+    let path = run.hand_over_path("caller-cgroup")?;
     write_private(&path, text.as_bytes())?;
     Ok(Some(path))
 }
@@ -344,19 +341,6 @@ fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
         .open(path)
         .with_context(|| format!("{}: cannot write", path.display()))?;
     file.write_all(bytes).with_context(|| format!("{}: cannot write", path.display()))
-}
-
-/// Where this process leaves a file for its isolated apply to read: in
-/// the run directory (created if needed, mode 0700), named after `what`
-/// and this process. The caller removes it once the apply has ended.
-fn hand_over_path(run: &RunDir, what: &str) -> anyhow::Result<PathBuf> {
-    use std::os::unix::fs::DirBuilderExt as _;
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(run.path())
-        .with_context(|| format!("{}: cannot create", run.path().display()))?;
-    Ok(run.path().join(format!("{what}-{}", std::process::id())))
 }
 
 /// The environment variables handed to the isolated apply: [`PASSED_ENV`],
@@ -400,9 +384,7 @@ pub fn isolate(bus: &mut SystemdBus, run: &RunDir, extra_args: &[String]) -> any
         std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0)
     );
     let unit = format!("safe-switch-{id}.service");
-    let stdout = run.path().join(format!("{unit}.stdout"));
-    let stderr = run.path().join(format!("{unit}.stderr"));
-    std::fs::create_dir_all(run.path()).with_context(|| format!("{}: cannot create", run.path().display()))?;
+    let (stdout, stderr) = run.unit_output_paths(&unit)?;
     let spec = TransientSpec {
         unit: unit.clone(),
         description: "safe-switch apply".to_owned(),
@@ -438,10 +420,7 @@ pub fn isolate(bus: &mut SystemdBus, run: &RunDir, extra_args: &[String]) -> any
         // Another safe-switch took the lock between this process's check
         // and the isolated run's start.
         TransientExit::Exited(code) if code == i32::from(LOCK_HELD_STATUS) => {
-            bail!(
-                "another safe-switch is running (lock {} is held); nothing was changed",
-                run.path().join("lock").display()
-            )
+            bail!("another safe-switch is running (lock {} is held); nothing was changed", run.lock_path().display())
         }
         TransientExit::Exited(code) => {
             bail!("the switch in {unit} exited with status {code} (see above)")

@@ -10,7 +10,8 @@
 //!   renders it as text), which serialises to JSON;
 //! - [`store`] resolves links such as `/run/current-system` to store paths
 //!   and reads closures from Nix's database (read-only), falling back to
-//!   `nix path-info` when the database cannot be used.
+//!   `nix path-info` (run through nix-compose's `NixRunner`) when the
+//!   database cannot be used.
 //!
 //! Architecture Invariant: `name`, `version` and `diff` do no
 //! I/O; only `store`, `db` and `path_info` touch the file system or run
@@ -39,5 +40,8 @@ pub mod version;
 
 pub use closure::{Closure, PathInfo, Source};
 pub use diff::{ClosureDiff, ClosureSummary, Package, Rebuilt, VersionChange, diff};
-pub use store::{Error, Options, SourcePolicy, diff_store_paths, read_closure, resolve_store_path};
+pub use store::{
+    Error, Options, SourcePolicy, diff_store_paths, diff_store_paths_with, read_closure, read_closure_with,
+    resolve_store_path,
+};
 pub use version::Direction;

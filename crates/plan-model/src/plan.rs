@@ -690,6 +690,22 @@ mod tests {
     }
 
     #[test]
+    fn the_phase_order_is_the_declaration_order_and_holds_every_phase() {
+        assert!(Phase::ORDER.windows(2).all(|w| w[0] < w[1]), "{:?}", Phase::ORDER);
+        let actions = [Action::Stop, Action::Reload, Action::Restart, Action::Start, Action::Skip];
+        let steps = [
+            Step::Swapoff { device: "/dev/sda2".into() },
+            Step::Activate { script: "/b/activate".into() },
+            Step::Reexec { reasons: vec![] },
+            Step::DaemonReload,
+            Step::RestartSysinitReactivation,
+        ];
+        let used: Vec<Phase> = actions.iter().map(|a| a.phase()).chain(steps.iter().map(Step::phase)).collect();
+        assert!(used.iter().all(|p| Phase::ORDER.contains(p)), "{used:?}");
+        assert_eq!(used.len(), Phase::ORDER.len(), "every phase is an action's or a step's");
+    }
+
+    #[test]
     fn json_round_trip() {
         let plan = Plan {
             format_version: FORMAT_VERSION,
