@@ -141,7 +141,7 @@ pub fn protect_plan(
         })
         .collect();
     for w in &warnings {
-        eprintln!("warning: {w}");
+        say!("warning: {w}");
     }
     Ok(ProtectReport { analysis, warnings, request })
 }
@@ -226,7 +226,7 @@ pub fn asked(args: &ProtectArgs) -> anyhow::Result<Asked> {
             .filter(|(p, _)| p.mode == Some(Mode::Refuse))
             .map(|(_, path)| path.display().to_string())
             .collect();
-        eprintln!(
+        say!(
             "note: --on-protected defer does not apply: the policy file {} says mode = \"refuse\", and the command line can only make protection stricter",
             paths.join(" and ")
         );
@@ -548,7 +548,7 @@ fn caller_cgroups(hand_over: Option<&Path>) -> anyhow::Result<Vec<String>> {
                 let extra = protect::cgroup::cgroup_path(&text).map(str::to_owned);
                 out.extend(extra.filter(|c| !out.contains(c)));
             }
-            Err(why) => eprintln!("warning: ignoring --cgroup-file {}: {why}", path.display()),
+            Err(why) => say!("warning: ignoring --cgroup-file {}: {why}", path.display()),
         }
     }
     Ok(out)
@@ -623,7 +623,7 @@ mod tests {
     fn directories_on_the_way_must_be_roots_alone() {
         if !is_root() {
             assert!(std::env::var_os("CI").is_none(), "this test needs root under CI");
-            eprintln!("SKIPPED directories_on_the_way_must_be_roots_alone: needs root");
+            say!("SKIPPED directories_on_the_way_must_be_roots_alone: needs root");
             return;
         }
         use std::os::unix::fs::PermissionsExt as _;

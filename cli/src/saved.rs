@@ -872,7 +872,7 @@ mod tests {
     fn a_plan_signed_with_this_hosts_key_verifies_and_no_other_does() {
         if !is_root() {
             assert!(std::env::var_os("CI").is_none(), "this test needs root under CI");
-            eprintln!("SKIPPED a_plan_signed_with_this_hosts_key_verifies_and_no_other_does: needs root");
+            say!("SKIPPED a_plan_signed_with_this_hosts_key_verifies_and_no_other_does: needs root");
             return;
         }
         let here = tempfile::tempdir().unwrap();
@@ -919,7 +919,7 @@ mod tests {
     fn a_key_others_could_read_or_write_is_refused() {
         if !is_root() {
             assert!(std::env::var_os("CI").is_none(), "this test needs root under CI");
-            eprintln!("SKIPPED a_key_others_could_read_or_write_is_refused: needs root");
+            say!("SKIPPED a_key_others_could_read_or_write_is_refused: needs root");
             return;
         }
         use std::os::unix::fs::PermissionsExt as _;

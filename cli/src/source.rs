@@ -126,9 +126,9 @@ pub fn resolve_with(source: &SourceArgs, options: &ResolveOptions) -> anyhow::Re
     };
     let request = request(source, flake, options)?;
     if source.show_wrapper {
-        eprintln!("safe-switch: wrapper flake:\n{}", request.wrapper().render());
+        say!("safe-switch: wrapper flake:\n{}", request.wrapper().render());
     }
-    let composer = Composer::new(options.nix.clone()).with_announce(|step| eprintln!("safe-switch: {step}"));
+    let composer = Composer::new(options.nix.clone()).with_announce(|step| say!("safe-switch: {step}"));
     let built = composer.build(&request).map_err(|e| explain(e, options))?;
     Ok(Resolved { toplevel: built.toplevel, provenance: built.provenance })
 }

@@ -100,7 +100,7 @@ pub fn run(args: args::ApplyArgs) -> anyhow::Result<Outcome> {
         return Ok(refuse(&args.plan, &refusal));
     }
 
-    eprintln!("applying the saved plan {} ({})", args.plan.display(), saved.digest);
+    say!("applying the saved plan {} ({})", args.plan.display(), saved.digest);
     let text = plan_report::render(
         plan_report::Format::Text,
         &Report { plan: &saved.plan, diffs: &[], commands: &[] },
@@ -112,7 +112,7 @@ pub fn run(args: args::ApplyArgs) -> anyhow::Result<Outcome> {
 
 /// Says why the saved plan is refused and returns the exit outcome.
 fn refuse(path: &Path, refusal: &Rejection) -> Outcome {
-    eprintln!("refused to apply {}: {refusal}", path.display());
-    eprintln!("nothing was changed");
+    say!("refused to apply {}: {refusal}", path.display());
+    say!("nothing was changed");
     Outcome::Blocked
 }

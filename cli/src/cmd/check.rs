@@ -35,7 +35,7 @@ pub fn run(args: args::CheckArgs) -> anyhow::Result<Outcome> {
     report::write_outputs(&Report { plan: &lp.plan, diffs: &lp.diffs, commands: &[] }, &args.output)?;
     let outcome = outcome(&lp.plan, args.fail_on);
     if outcome == Outcome::Blocked {
-        eprintln!("{}", blocked_message(&lp.plan, args.fail_on));
+        say!("{}", blocked_message(&lp.plan, args.fail_on));
     }
     Ok(outcome)
 }

@@ -59,7 +59,7 @@ pub fn run(args: args::ClosureDiffArgs) -> anyhow::Result<Outcome> {
     // different answer has an explanation; it does not change the result.
     let reasons: Vec<&String> = [&diff.old, &diff.new].into_iter().filter_map(|s| s.fallback_reason.as_ref()).collect();
     if let Some(reason) = reasons.first() {
-        eprintln!("note: read the closures with `nix path-info` because the database failed: {reason}");
+        say!("note: read the closures with `nix path-info` because the database failed: {reason}");
     }
     let mut out = std::io::stdout().lock();
     if args.json {

@@ -85,7 +85,7 @@ fn save_plan(lp: &LivePlan, out: &Path) -> anyhow::Result<()> {
     if rustix::process::geteuid().is_root() {
         saved.sign(&crate::saved::PlanKey::load_or_create(&crate::saved::state_dir())?);
     } else {
-        eprintln!(
+        say!(
             "warning: {} carries no MAC (only root can sign a plan with this host's key): `apply` will refuse it",
             out.display()
         );
@@ -151,8 +151,8 @@ fn dbus_timeout() -> std::time::Duration {
 /// was. Unreadable run directories are not an error for planning.
 pub fn report_interrupted(run: &RunDir) {
     if let Ok(Some(i)) = run.interrupted() {
-        eprint!("warning: {}", i.describe());
-        eprintln!("  `safe-switch switch` resumes it before switching.");
+        say_text!("warning: {}", i.describe());
+        say!("  `safe-switch switch` resumes it before switching.");
     }
 }
 

@@ -108,7 +108,7 @@ pub fn run(args: args::SwitchArgs) -> anyhow::Result<Outcome> {
     lp.plan.new.provenance = Some(resolved.provenance);
     live::print_plan(&lp, &args.output)?;
     if lp.plan.protection.refused {
-        eprintln!("refused: the switch would touch a protected unit (see the plan above); nothing was changed");
+        say!("refused: the switch would touch a protected unit (see the plan above); nothing was changed");
         return Ok(Outcome::Blocked);
     }
     apply_plan(&mut bus, &run, &lp.plan, &args.apply, &args.protect)
@@ -150,8 +150,7 @@ pub fn lock(run: &RunDir, isolated: bool) -> anyhow::Result<systemd_live::LockGu
 /// Refuses, before any change, what cannot be switched: a caller that is
 /// not root and a toplevel without an executable `activate`.
 pub fn preflight(toplevel: &Path) -> anyhow::Result<()> {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    if unsafe { libc::geteuid() } != 0 {
+    if !rustix::process::geteuid().is_root() {
         bail!(
             "switch must run as root (it stops and starts units and runs the activation script); \
              nothing was changed. `safe-switch plan` shows the plan without root"
@@ -200,14 +199,14 @@ pub fn finish_interrupted(
     let Some(mut interrupted) = run.interrupted()? else {
         return Ok(None);
     };
-    eprint!("{}", interrupted.describe());
+    say_text!("{}", interrupted.describe());
     let target = interrupted.progress.plan.new.path.clone();
     let plan = reprotect_remaining(mgr, &interrupted.progress, protect).with_context(|| {
         format!("cannot plan what remains of the interrupted switch to {target}; nothing more was changed")
     })?;
     if plan.protection.refused {
-        eprint!("{}", plan_report::text::refusal_text(&plan));
-        eprintln!(
+        say_text!("{}", plan_report::text::refusal_text(&plan));
+        say!(
             "refused to finish the interrupted switch to {target}: what remains of it would touch a unit protected now; nothing more was changed"
         );
         return Ok(Some(Outcome::Blocked));
@@ -217,21 +216,21 @@ pub fn finish_interrupted(
     for unit in plan.units.iter().filter(|u| u.deferral.is_some() && !before.contains(u.unit.as_str())) {
         if let Some(d) = &unit.deferral {
             let line = plan_report::text::touch_line(&d.actions, "deferred", &Blocker::of_deferral(&unit.unit, d));
-            eprintln!("  {line} (protected now)");
+            say!("  {line} (protected now)");
         }
     }
-    eprintln!("resuming it first, with the protections in force now");
+    say!("resuming it first, with the protections in force now");
     interrupted.progress.plan = plan;
     let report = systemd_live::resume(interrupted, mgr, &mut ProcessHost, run, options, &mut StderrProgress)?;
-    eprint!("{}", report_text(&report));
+    say_text!("{}", report_text(&report));
     if report.aborted.is_some() {
         bail!("the interrupted switch to {target} could not be finished (see above); run again to resume it");
     }
     if !report.success() {
-        eprintln!("the interrupted switch to {target} finished with failures; not switching further");
+        say!("the interrupted switch to {target} finished with failures; not switching further");
         return Ok(Some(Outcome::UnitsFailed));
     }
-    eprintln!("the interrupted switch to {target} is finished");
+    say!("the interrupted switch to {target} is finished");
     Ok(None)
 }
 
@@ -283,21 +282,21 @@ pub fn apply_plan(
 ) -> anyhow::Result<Outcome> {
     let options = apply_options(apply);
     let report = systemd_live::apply(plan, bus, &mut ProcessHost, run, &options, &mut StderrProgress)?;
-    eprint!("{}", report_text(&report));
+    say_text!("{}", report_text(&report));
     if report.success() {
-        eprintln!("switched to {}", plan.new.path);
+        say!("switched to {}", plan.new.path);
         return Ok(Outcome::Ok);
     }
     if apply.rollback_on_failure {
-        eprintln!("rolling back to {} with the same protections", plan.old.path);
+        say!("rolling back to {} with the same protections", plan.old.path);
         let back = live::live_plan(Path::new(CURRENT_SYSTEM), Path::new(&plan.old.path), protect, bus)
             .context("cannot plan the rollback")?;
         let rb = systemd_live::apply(&back.plan, bus, &mut ProcessHost, run, &options, &mut StderrProgress)?;
-        eprint!("rollback:\n{}", report_text(&rb));
+        say_text!("rollback:\n{}", report_text(&rb));
         if rb.success() {
-            eprintln!("rolled back to {}; the switch to {} failed (see above)", plan.old.path, plan.new.path);
+            say!("rolled back to {}; the switch to {} failed (see above)", plan.old.path, plan.new.path);
         } else {
-            eprintln!("the rollback to {} failed as well (see above)", plan.old.path);
+            say!("the rollback to {} failed as well (see above)", plan.old.path);
         }
         if rb.aborted.is_some() {
             bail!("the rollback stopped early; run `safe-switch switch` again to resume it");
@@ -394,7 +393,7 @@ pub fn isolate(bus: &mut SystemdBus, run: &RunDir, extra_args: &[String]) -> any
         stdout: stdout.clone(),
         stderr: stderr.clone(),
     };
-    eprintln!(
+    say!(
         "applying in the transient unit {unit}: the switch goes on even if this connection drops; its output is kept in {}",
         stderr.display()
     );
