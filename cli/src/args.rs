@@ -11,7 +11,7 @@ use crate::exit;
 /// touching what must keep running.
 #[derive(Debug, Parser)]
 #[command(name = "safe-switch", version, after_long_help = exit::HELP, after_help = exit::HELP)]
-pub struct Cli {
+pub(crate) struct Cli {
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
@@ -19,7 +19,7 @@ pub struct Cli {
 
 /// The subcommands.
 #[derive(Debug, Subcommand)]
-pub enum Command {
+pub(crate) enum Command {
     /// Plan the switch between two generation directories (NixOS,
     /// system-manager or nix-darwin), offline.
     Diff(DiffArgs),
@@ -39,7 +39,7 @@ pub enum Command {
 
 /// Arguments of `diff`.
 #[derive(Debug, Args)]
-pub struct DiffArgs {
+pub(crate) struct DiffArgs {
     /// The running generation (a toplevel directory).
     pub old: PathBuf,
     /// The new generation (a toplevel directory).
@@ -59,7 +59,7 @@ pub struct DiffArgs {
 
 /// Where the new generation comes from.
 #[derive(Debug, Args, Clone, Default)]
-pub struct SourceArgs {
+pub(crate) struct SourceArgs {
     /// A prebuilt generation (a system toplevel).
     #[arg(long, value_name = "PATH", conflicts_with = "flake")]
     pub toplevel: Option<PathBuf>,
@@ -89,7 +89,7 @@ pub struct SourceArgs {
 /// Arguments of `plan`.
 #[derive(Debug, Args)]
 #[command(group(ArgGroup::new("source").required(true).args(["toplevel", "flake"])))]
-pub struct PlanArgs {
+pub(crate) struct PlanArgs {
     /// The new generation.
     #[command(flatten)]
     pub source: SourceArgs,
@@ -106,7 +106,7 @@ pub struct PlanArgs {
 
 /// When `check` fails.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
-pub enum FailOn {
+pub(crate) enum FailOn {
     /// Fail when anything touches a protected unit (deferred or refused).
     #[default]
     Blocked,
@@ -119,7 +119,7 @@ pub enum FailOn {
 /// Arguments of `check`.
 #[derive(Debug, Args)]
 #[command(group(ArgGroup::new("source").required(true).args(["toplevel", "flake"])))]
-pub struct CheckArgs {
+pub(crate) struct CheckArgs {
     /// The new generation.
     #[command(flatten)]
     pub source: SourceArgs,
@@ -136,7 +136,7 @@ pub struct CheckArgs {
 
 /// How a switch is carried out.
 #[derive(Debug, Args, Clone)]
-pub struct ExecutionArgs {
+pub(crate) struct ExecutionArgs {
     /// Seconds to wait for each systemd job.
     #[arg(long, value_name = "SECONDS", default_value_t = 90)]
     pub job_timeout: u64,
@@ -157,7 +157,7 @@ pub struct ExecutionArgs {
 /// Arguments of `switch`.
 #[derive(Debug, Args)]
 #[command(group(ArgGroup::new("source").required(true).args(["toplevel", "flake"])))]
-pub struct SwitchArgs {
+pub(crate) struct SwitchArgs {
     /// The new generation.
     #[command(flatten)]
     pub source: SourceArgs,
@@ -174,7 +174,7 @@ pub struct SwitchArgs {
 
 /// Arguments of `apply`.
 #[derive(Debug, Args)]
-pub struct ApplyArgs {
+pub(crate) struct ApplyArgs {
     /// A plan saved with `plan --out`.
     pub plan: PathBuf,
     /// How to apply.
@@ -188,7 +188,7 @@ pub struct ApplyArgs {
 
 /// Arguments of `closure-diff`.
 #[derive(Debug, Args)]
-pub struct ClosureDiffArgs {
+pub(crate) struct ClosureDiffArgs {
     /// The old store path (e.g. /run/current-system).
     pub old: PathBuf,
     /// The new store path.
@@ -239,11 +239,11 @@ pub struct ProtectArgs {
     pub recorded: Option<systemd_plan::protect::Request>,
 }
 
-pub use plan_report::Format;
+pub(crate) use plan_report::Format;
 
 /// Output options shared by the planning commands.
 #[derive(Debug, Args, Clone, Default)]
-pub struct OutputArgs {
+pub(crate) struct OutputArgs {
     /// Output format on standard output.
     #[arg(long, value_enum, default_value_t = Format::Text)]
     pub format: Format,
@@ -257,7 +257,7 @@ pub struct OutputArgs {
 
 impl OutputArgs {
     /// The format for standard output.
-    pub fn stdout_format(&self) -> Format {
+    pub(crate) fn stdout_format(&self) -> Format {
         if self.json { Format::Json } else { self.format }
     }
 }

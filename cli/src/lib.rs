@@ -22,13 +22,15 @@ macro_rules! say_text {
     }};
 }
 
-pub mod args;
-pub mod cmd;
-pub mod exit;
-pub mod protect;
-pub mod report;
+mod args;
+mod cmd;
+mod exit;
+mod host;
+mod isolate;
+mod protect;
+mod report;
 pub mod saved;
-pub mod source;
+mod source;
 pub mod test_hooks;
 
 use std::process::ExitCode;
@@ -49,8 +51,8 @@ pub fn main() -> ExitCode {
             }
             // An isolated run that lost the race for the lock leaves the
             // message to the safe-switch that started it.
-            if err.downcast_ref::<cmd::switch::LockHeld>().is_some_and(|held| held.isolated) {
-                return ExitCode::from(cmd::switch::LOCK_HELD_STATUS);
+            if err.downcast_ref::<isolate::LockHeld>().is_some_and(|held| held.isolated) {
+                return ExitCode::from(exit::LOCK_HELD);
             }
             say!("error: {err:#}");
             ExitCode::from(exit::error_code(&err))
@@ -59,7 +61,7 @@ pub fn main() -> ExitCode {
 }
 
 /// Runs one parsed command line.
-pub fn run(cli: Cli) -> anyhow::Result<Outcome> {
+fn run(cli: Cli) -> anyhow::Result<Outcome> {
     match cli.command {
         Command::Diff(a) => cmd::diff::run(a),
         Command::Plan(a) => cmd::plan::run(a),

@@ -36,16 +36,13 @@ use crate::args::{Format, OnProtected, ProtectArgs};
 use crate::exit::Outcome;
 
 /// Where the policy file is looked for when `--policy` is not given.
-pub const DEFAULT_POLICY: &str = "/etc/safe-switch/policy.toml";
+pub(crate) const DEFAULT_POLICY: &str = "/etc/safe-switch/policy.toml";
 
 /// What [`protect_plan`] found besides the rewritten plan.
 #[derive(Debug)]
-pub struct ProtectReport {
+pub(crate) struct ProtectReport {
     /// The analysis (the relation graph and the protected units).
     pub analysis: Analysis,
-    /// The warnings printed on standard error, without the `warning: `
-    /// prefix.
-    pub warnings: Vec<String>,
     /// What was protected, and how: what a saved plan records.
     pub request: Request,
 }
@@ -57,7 +54,7 @@ impl ProtectReport {
     /// it matches is explained, as text or as JSON.
     ///
     /// A selector that matches no unit is a usage error with close matches.
-    pub fn explain(&self, plan: &Plan, selector: &str, format: Format) -> anyhow::Result<String> {
+    pub(crate) fn explain(&self, plan: &Plan, selector: &str, format: Format) -> anyhow::Result<String> {
         let parsed = Selector::parse(selector)
             .map_err(|e| crate::exit::usage(format!("--explain {selector:?}: {}", e.reason)))?;
         let universe: UnitNames<'_> =
@@ -103,7 +100,7 @@ impl ProtectReport {
 /// Errors (exit 1, nothing changed): an invalid selector, a missing
 /// `--policy` file, a malformed policy file (the message names the line),
 /// a policy file that fails the ownership check.
-pub fn protect_plan(
+pub(crate) fn protect_plan(
     plan: &mut Plan,
     old: &GenerationUnits,
     new: &GenerationUnits,
@@ -143,7 +140,7 @@ pub fn protect_plan(
     for w in &warnings {
         say!("warning: {w}");
     }
-    Ok(ProtectReport { analysis, warnings, request })
+    Ok(ProtectReport { analysis, request })
 }
 
 /// Fails with a usage error when a `--protect` name or full unit name
@@ -153,7 +150,7 @@ pub fn protect_plan(
 /// A typo must never leave a unit unprotected, so it stops the command
 /// before anything is done. A glob may match nothing on this host, and one
 /// policy file serves hosts with different units, so those stay warnings.
-pub fn reject_typos(unmatched: &[(&str, &[String])]) -> anyhow::Result<()> {
+pub(crate) fn reject_typos(unmatched: &[(&str, &[String])]) -> anyhow::Result<()> {
     let typos: Vec<&(&str, &[String])> = unmatched.iter().filter(|(s, _)| !s.contains(['*', '?', '['])).collect();
     let Some((first, close)) = typos.first() else { return Ok(()) };
     let mut message =
@@ -172,14 +169,14 @@ fn close_list(close: &[String]) -> String {
 
 /// The outcome of a planning command for a protected plan: `Blocked` (exit
 /// 3) when protection refused it, `Ok` otherwise.
-pub fn outcome(plan: &Plan) -> Outcome {
+pub(crate) fn outcome(plan: &Plan) -> Outcome {
     if plan.protection.refused { Outcome::Blocked } else { Outcome::Ok }
 }
 
 /// What the policy files and the command line ask to protect, before it
 /// is read for a platform: each selector as written with where it comes
 /// from, the mode, and the policies in force merged.
-pub struct Asked {
+pub(crate) struct Asked {
     /// The selectors: the system policy's, the added policy's, then
     /// `--protect`'s.
     pub selectors: Vec<(String, ProtectionSource)>,
@@ -195,7 +192,7 @@ pub struct Asked {
 /// line only adds: selectors to the policies', and `--on-protected` can
 /// make the mode stricter, never weaker (a note says so when it asked for
 /// `defer` under a policy that says `refuse`).
-pub fn asked(args: &ProtectArgs) -> anyhow::Result<Asked> {
+pub(crate) fn asked(args: &ProtectArgs) -> anyhow::Result<Asked> {
     let loaded = load_policies(args)?;
     let mut selectors = Vec::new();
     for (policy, policy_path) in &loaded {
@@ -265,7 +262,7 @@ fn request(args: &ProtectArgs) -> anyhow::Result<Request> {
 /// Two requests in force together: every selector and caller cgroup of
 /// both, each implicit protection unless both switch it off, the stricter
 /// mode.
-pub fn union(first: &Request, second: Request) -> Request {
+pub(crate) fn union(first: &Request, second: Request) -> Request {
     let mut out = first.clone();
     for (selector, source) in second.selectors {
         if !out.selectors.iter().any(|(s, _)| *s == selector) {
@@ -287,7 +284,7 @@ pub fn union(first: &Request, second: Request) -> Request {
 /// held (as exact unit names), and its mode. The D-Bus and logind
 /// protections are not taken from it: the implicit ones in force are
 /// always added.
-pub fn recorded_in(plan: &Plan) -> Request {
+pub(crate) fn recorded_in(plan: &Plan) -> Request {
     let mut request = Request { mode: plan.protection.mode, ..Request::default() };
     for entry in &plan.protection.protected {
         let selector = match &entry.source {
@@ -306,7 +303,7 @@ pub fn recorded_in(plan: &Plan) -> Request {
 
 /// The system policy file: [`DEFAULT_POLICY`], or in a debug build the
 /// file `SAFE_SWITCH_TEST_SYSTEM_POLICY` names (see [`crate::test_hooks`]).
-pub fn system_policy_path() -> PathBuf {
+pub(crate) fn system_policy_path() -> PathBuf {
     crate::test_hooks::path(crate::test_hooks::SYSTEM_POLICY).unwrap_or_else(|| PathBuf::from(DEFAULT_POLICY))
 }
 
@@ -317,7 +314,7 @@ pub fn system_policy_path() -> PathBuf {
 /// [`Policy::merge`]. Every reader of the policy (protection, and the
 /// `base` and `host` of a composed switch) loads it here, so that every
 /// reader applies the same checks (see [`read_policy`]).
-pub fn load_policies(args: &ProtectArgs) -> anyhow::Result<Vec<(Policy, PathBuf)>> {
+pub(crate) fn load_policies(args: &ProtectArgs) -> anyhow::Result<Vec<(Policy, PathBuf)>> {
     let mut out = Vec::new();
     let system = system_policy_path();
     match fs::symlink_metadata(&system) {

@@ -17,14 +17,14 @@ use crate::args::OutputArgs;
 /// The style for standard output: colours only on a terminal that takes
 /// them, never with `NO_COLOR` (<https://no-color.org>), as anstream
 /// decides it (`CLICOLOR_FORCE` forces them).
-pub fn stdout_style() -> Style {
+pub(crate) fn stdout_style() -> Style {
     let choice = anstream::AutoStream::choice(&std::io::stdout());
     Style { color: !matches!(choice, anstream::ColorChoice::Never) }
 }
 
 /// One `--report FORMAT=PATH` request.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ReportFile {
+pub(crate) struct ReportFile {
     /// The format to write.
     pub format: Format,
     /// Where to write it.
@@ -33,7 +33,7 @@ pub struct ReportFile {
 
 /// Parses one `--report FORMAT=PATH` value (clap's value parser, so a bad
 /// one is a usage error naming it).
-pub fn parse_report_file(value: &str) -> Result<ReportFile, String> {
+pub(crate) fn parse_report_file(value: &str) -> Result<ReportFile, String> {
     let Some((format, path)) = value.split_once('=') else {
         return Err("expected FORMAT=PATH, e.g. junit=report.xml (formats: text, json, junit, codequality, markdown)"
             .to_owned());
@@ -53,7 +53,7 @@ pub fn parse_report_file(value: &str) -> Result<ReportFile, String> {
 /// in the last one does not leave the others half written. Each file is
 /// written to a temporary sibling and renamed into place, so a CI job never
 /// picks up a truncated report.
-pub fn write_outputs(report: &Report<'_>, output: &OutputArgs) -> anyhow::Result<()> {
+pub(crate) fn write_outputs(report: &Report<'_>, output: &OutputArgs) -> anyhow::Result<()> {
     for file in &output.report {
         let text = plan_report::render(file.format, report, Style::default());
         write_atomically(&file.path, text.as_bytes())
@@ -68,7 +68,11 @@ pub fn write_outputs(report: &Report<'_>, output: &OutputArgs) -> anyhow::Result
 
 /// Prints and writes the reports of a systemd plan with its unit-file
 /// diffs ([`systemd_plan::unit_diffs`]).
-pub fn write_plan(plan: &plan_model::Plan, diffs: &[plan_model::FileDiff], output: &OutputArgs) -> anyhow::Result<()> {
+pub(crate) fn write_plan(
+    plan: &plan_model::Plan,
+    diffs: &[plan_model::FileDiff],
+    output: &OutputArgs,
+) -> anyhow::Result<()> {
     write_outputs(&Report { plan, diffs, commands: &[] }, output)
 }
 
@@ -81,7 +85,7 @@ pub fn write_plan(plan: &plan_model::Plan, diffs: &[plan_model::FileDiff], outpu
 /// identity of the user who ran sudo (see [`as_invoking_user`]): a sudo
 /// rule that lets a CI user run safe-switch must not let it write a report
 /// over `/etc/sudoers`.
-pub fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+pub(crate) fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     as_invoking_user(|| write_atomically_here(path, bytes))
 }
 
@@ -110,7 +114,7 @@ fn write_atomically_here(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 /// Only the file-system identity changes (`setfsuid`, `setfsgid`, for
 /// this thread), and it is restored before returning; the supplementary
 /// groups stay root's.
-pub fn as_invoking_user<T>(f: impl FnOnce() -> std::io::Result<T>) -> std::io::Result<T> {
+pub(crate) fn as_invoking_user<T>(f: impl FnOnce() -> std::io::Result<T>) -> std::io::Result<T> {
     let id = |name: &str| std::env::var(name).ok().and_then(|v| v.parse::<u32>().ok());
     let (Some(uid), Some(gid)) = (id("SUDO_UID"), id("SUDO_GID")) else { return f() };
     if uid == 0 || !rustix::process::geteuid().is_root() {

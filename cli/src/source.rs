@@ -2,13 +2,13 @@
 //! `--base`, `--host`, `--module` and `--show-wrapper` options shared by
 //! `plan`, `check` and `switch`.
 //!
-//! The commands call [`resolve`] once, before planning, and get back a
+//! The commands call [`resolve_for_policy`] once (through
+//! `host::resolve_source`), before planning, and get back a
 //! toplevel directory to plan against and its [`Provenance`], which they
 //! store in the plan's `new.provenance`:
 //!
 //! ```ignore
 //! let resolved = source::resolve_for_policy(&args.source, policy.as_ref())?;
-//! // or: source::resolve(&args.source, policy_base)?
 //! plan.new.provenance = Some(resolved.provenance);
 //! ```
 //!
@@ -40,16 +40,16 @@ use plan_model::Provenance;
 use crate::args::SourceArgs;
 
 /// The base used when neither `--base` nor the policy file names one.
-pub const DEFAULT_BASE: &str = "/etc/nixos";
+pub(crate) const DEFAULT_BASE: &str = "/etc/nixos";
 
 /// The environment variable that overrides the platform guess.
-pub const PLATFORM_ENV: &str = "SAFE_SWITCH_PLATFORM";
+pub(crate) const PLATFORM_ENV: &str = "SAFE_SWITCH_PLATFORM";
 
 /// The new generation, ready to plan against. As a file, it is how
 /// `switch` hands the generation it built to its isolated apply, so the
 /// flake is not evaluated a second time.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct Resolved {
+pub(crate) struct Resolved {
     /// The toplevel directory (a store path when built).
     pub toplevel: PathBuf,
     /// Where it came from: store it in `plan.new.provenance`.
@@ -57,20 +57,20 @@ pub struct Resolved {
 }
 
 /// Writes `resolved` to `path` for [`read_resolved`].
-pub fn write_resolved(path: &Path, resolved: &Resolved) -> anyhow::Result<()> {
+pub(crate) fn write_resolved(path: &Path, resolved: &Resolved) -> anyhow::Result<()> {
     let json = serde_json::to_vec(resolved)?;
     std::fs::write(path, json).with_context(|| format!("{}: cannot write", path.display()))
 }
 
 /// Reads what [`write_resolved`] wrote.
-pub fn read_resolved(path: &Path) -> anyhow::Result<Resolved> {
+pub(crate) fn read_resolved(path: &Path) -> anyhow::Result<Resolved> {
     let text = std::fs::read(path).with_context(|| format!("{}: cannot read", path.display()))?;
     serde_json::from_slice(&text).with_context(|| format!("{}: not a resolved generation", path.display()))
 }
 
 /// Defaults that do not come from the command line.
 #[derive(Clone, Debug)]
-pub struct ResolveOptions {
+pub(crate) struct ResolveOptions {
     /// The policy file's `base`.
     pub policy_base: Option<String>,
     /// The policy file's `host`.
@@ -86,7 +86,7 @@ pub struct ResolveOptions {
 impl ResolveOptions {
     /// The options for this machine: the platform guessed (or taken from
     /// `SAFE_SWITCH_PLATFORM`) and the host name read from the system.
-    pub fn for_this_machine(policy_base: Option<&str>) -> anyhow::Result<ResolveOptions> {
+    pub(crate) fn for_this_machine(policy_base: Option<&str>) -> anyhow::Result<ResolveOptions> {
         Ok(ResolveOptions {
             policy_base: policy_base.map(str::to_owned),
             policy_host: None,
@@ -98,16 +98,11 @@ impl ResolveOptions {
 }
 
 /// Resolves the source options to a toplevel directory, building it with
-/// Nix when it comes from a flake. `policy_base` is the policy file's
-/// `base`, if any. Errors name the option, path or flake at fault; nothing
-/// is activated or written outside the Nix store and a private temporary
+/// Nix when it comes from a flake, with the policy file's `base` and `host`
+/// as defaults. Errors name the option, path or flake at fault; nothing is
+/// activated or written outside the Nix store and a private temporary
 /// directory.
-pub fn resolve(source: &SourceArgs, policy_base: Option<&str>) -> anyhow::Result<Resolved> {
-    resolve_with(source, &ResolveOptions::for_this_machine(policy_base)?)
-}
-
-/// [`resolve`] with the policy file's `base` and `host` as defaults.
-pub fn resolve_for_policy(
+pub(crate) fn resolve_for_policy(
     source: &SourceArgs,
     policy: Option<&plan_model::policy::Policy>,
 ) -> anyhow::Result<Resolved> {
@@ -117,7 +112,7 @@ pub fn resolve_for_policy(
 }
 
 /// [`resolve`] with every default given explicitly.
-pub fn resolve_with(source: &SourceArgs, options: &ResolveOptions) -> anyhow::Result<Resolved> {
+pub(crate) fn resolve_with(source: &SourceArgs, options: &ResolveOptions) -> anyhow::Result<Resolved> {
     if let Some(path) = &source.toplevel {
         return prebuilt(path);
     }
@@ -150,7 +145,7 @@ fn explain(err: nix_compose::ComposeError, options: &ResolveOptions) -> anyhow::
 }
 
 /// The build request the options describe.
-pub fn request(source: &SourceArgs, flake: &str, options: &ResolveOptions) -> anyhow::Result<Request> {
+pub(crate) fn request(source: &SourceArgs, flake: &str, options: &ResolveOptions) -> anyhow::Result<Request> {
     if flake.contains('#') {
         for (given, name) in [(&source.base, "--base"), (&source.host, "--host"), (&source.module, "--module")] {
             if given.is_some() {
@@ -189,7 +184,7 @@ fn prebuilt(path: &Path) -> anyhow::Result<Resolved> {
 
 /// The platform: `SAFE_SWITCH_PLATFORM` if set, else macOS → nix-darwin,
 /// `/etc/NIXOS` → NixOS, else system-manager.
-pub fn detect_platform() -> anyhow::Result<Platform> {
+pub(crate) fn detect_platform() -> anyhow::Result<Platform> {
     if let Some(value) = std::env::var_os(PLATFORM_ENV) {
         let value = value.to_string_lossy();
         return Platform::from_name(&value)
@@ -207,7 +202,7 @@ pub fn detect_platform() -> anyhow::Result<Platform> {
 /// This machine's short host name, as `nixos-rebuild` and `darwin-rebuild`
 /// use it to pick a configuration: the kernel's (`uname`), or on macOS
 /// the local host name (`scutil`).
-pub fn hostname() -> Option<String> {
+pub(crate) fn hostname() -> Option<String> {
     let raw = if cfg!(target_os = "macos") {
         command_output("scutil", &["--get", "LocalHostName"])
     } else {

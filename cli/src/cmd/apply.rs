@@ -16,17 +16,17 @@
 use std::path::Path;
 
 use anyhow::Context;
+use plan_report::Report;
 use systemd_live::RunDir;
 
 use crate::args;
-use crate::cmd::plan::{self as live, CURRENT_SYSTEM};
 use crate::cmd::switch;
 use crate::exit::Outcome;
+use crate::host::{self, CURRENT_SYSTEM};
 use crate::saved::{self, Observed, PlanKey, Rejection, SavedPlan};
-use plan_report::Report;
 
 /// Runs `apply`.
-pub fn run(args: args::ApplyArgs) -> anyhow::Result<Outcome> {
+pub(crate) fn run(args: args::ApplyArgs) -> anyhow::Result<Outcome> {
     let saved = SavedPlan::load(&args.plan)?;
     if let Err(refusal) = saved::verify_digest(&saved) {
         return Ok(refuse(&args.plan, &refusal));
@@ -48,28 +48,12 @@ pub fn run(args: args::ApplyArgs) -> anyhow::Result<Outcome> {
     }
     let run = RunDir::system();
     if !args.apply.no_isolate {
-        let mut bus = live::connect()?;
-        if run.is_locked()? {
-            anyhow::bail!(
-                "another safe-switch is running (lock {} is held); nothing was changed",
-                run.lock_path().display()
-            );
-        }
         // The caller's cgroup is protected in the isolated apply too: a
         // fresh plan that would touch it differs from the saved one.
-        let cgroup_file = switch::save_caller_cgroup(&run)?;
-        let mut extra = Vec::new();
-        if let Some(path) = &cgroup_file {
-            extra.extend(["--cgroup-file".to_owned(), path.display().to_string()]);
-        }
-        let outcome = switch::isolate(&mut bus, &run, &extra);
-        if let Some(path) = cgroup_file {
-            let _ = std::fs::remove_file(path);
-        }
-        return outcome;
+        return crate::isolate::run_isolated(&run, None);
     }
-    let _lock = switch::lock(&run, args.apply.isolated)?;
-    let mut bus = live::connect()?;
+    let _lock = crate::isolate::lock(&run, args.apply.isolated)?;
+    let mut bus = host::connect()?;
     if let Some(interrupted) = run.interrupted()? {
         anyhow::bail!(
             "{}an earlier switch was interrupted; finish it with `safe-switch switch` and plan again; nothing was changed",
@@ -92,7 +76,7 @@ pub fn run(args: args::ApplyArgs) -> anyhow::Result<Outcome> {
             Rejection::RunningGenerationChanged { recorded: saved.inputs.running_generation.clone(), now: current };
         return Ok(refuse(&args.plan, &refusal));
     }
-    let fresh = live::live_plan(Path::new(CURRENT_SYSTEM), target, &protect, &mut bus)?;
+    let fresh = host::live_plan(Path::new(CURRENT_SYSTEM), target, &protect, &mut bus)?;
     let canonical_target = canonical_target.display().to_string();
     let observed =
         Observed { running_generation: &current, target_toplevel: Some(&canonical_target), live: &fresh.live };

@@ -14,26 +14,20 @@
 use plan_model::Plan;
 
 use crate::args::{self, FailOn};
-use crate::cmd::plan as live;
 use crate::exit::Outcome;
-use plan_report::Report;
-
-use crate::report;
+use crate::host;
 
 /// Runs `check`.
-pub fn run(args: args::CheckArgs) -> anyhow::Result<Outcome> {
-    let resolved = live::resolve_source(&args.source, &args.protect)?;
-    let mut bus = live::connect()?;
-    live::report_interrupted(&systemd_live::RunDir::system());
-    let mut lp = live::live_plan(&live::running_generation(), &resolved.toplevel, &args.protect, &mut bus)?;
-    lp.plan.new.provenance = Some(resolved.provenance);
-    if let Some(unit) = &args.protect.explain {
-        let text = lp.protection.explain(&lp.plan, unit, args.output.stdout_format())?;
-        std::io::Write::write_all(&mut std::io::stdout().lock(), text.as_bytes())?;
-        return Ok(outcome(&lp.plan, args.fail_on));
-    }
-    report::write_outputs(&Report { plan: &lp.plan, diffs: &lp.diffs, commands: &[] }, &args.output)?;
+pub(crate) fn run(args: args::CheckArgs) -> anyhow::Result<Outcome> {
+    let target = host::resolve_source(&args.source, &args.protect)?;
+    let mut bus = host::connect()?;
+    host::report_interrupted(&systemd_live::RunDir::system());
+    let lp = host::plan_to(&target, &args.protect, &mut bus)?;
     let outcome = outcome(&lp.plan, args.fail_on);
+    if host::explain(&lp, &args.protect, &args.output)? {
+        return Ok(outcome);
+    }
+    host::print(&lp, &args.output)?;
     if outcome == Outcome::Blocked {
         say!("{}", blocked_message(&lp.plan, args.fail_on));
     }
@@ -41,7 +35,7 @@ pub fn run(args: args::CheckArgs) -> anyhow::Result<Outcome> {
 }
 
 /// The exit policy of `check`.
-pub fn outcome(plan: &Plan, fail_on: FailOn) -> Outcome {
+pub(crate) fn outcome(plan: &Plan, fail_on: FailOn) -> Outcome {
     let blocked = match fail_on {
         FailOn::Blocked => plan.touches_protected(),
         FailOn::Deferred => plan.deferred().next().is_some(),

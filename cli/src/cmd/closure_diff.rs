@@ -17,13 +17,13 @@ use crate::exit::Outcome;
 
 /// The options for reading the store, from the environment as Nix reads
 /// it.
-pub fn options_from_env() -> Options {
+pub(crate) fn options_from_env() -> Options {
     Options::from_nix_env(|k| std::env::var(k).ok())
 }
 
 /// Reads and compares the closures of two store paths; the entry point
 /// for other commands that show a closure diff next to their own output.
-pub fn closure_diff(old: &Path, new: &Path) -> anyhow::Result<ClosureDiff> {
+pub(crate) fn closure_diff(old: &Path, new: &Path) -> anyhow::Result<ClosureDiff> {
     let options = options_from_env();
     closure_diff::diff_store_paths(old, new, &options)
         .with_context(|| format!("comparing the closures of {} and {}", old.display(), new.display()))
@@ -34,7 +34,7 @@ pub fn closure_diff(old: &Path, new: &Path) -> anyhow::Result<ClosureDiff> {
 /// directories outside the store, as in offline `diff` runs on fixtures)
 /// is skipped silently; a store that cannot be read becomes a warning in
 /// the plan, never a failed plan: the unit plan stands on its own.
-pub fn attach_to_plan(plan: &mut plan_model::Plan, old: &Path, new: &Path) {
+pub(crate) fn attach_to_plan(plan: &mut plan_model::Plan, old: &Path, new: &Path) {
     let options = options_from_env();
     let in_store = |p: &Path| std::fs::canonicalize(p).is_ok_and(|p| p.starts_with(&options.store_dir));
     if !in_store(old) || !in_store(new) {
@@ -53,7 +53,7 @@ pub fn attach_to_plan(plan: &mut plan_model::Plan, old: &Path, new: &Path) {
 }
 
 /// Runs `closure-diff`.
-pub fn run(args: args::ClosureDiffArgs) -> anyhow::Result<Outcome> {
+pub(crate) fn run(args: args::ClosureDiffArgs) -> anyhow::Result<Outcome> {
     let diff = closure_diff(&args.old, &args.new)?;
     // Say when the database could not be used, so a slow run or a
     // different answer has an explanation; it does not change the result.

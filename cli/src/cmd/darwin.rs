@@ -27,7 +27,7 @@ const JOB_DIRS: [&str; 3] = ["Library/LaunchDaemons", "Library/LaunchAgents", "u
 /// Tells whether `old` and `new` are nix-darwin generations: neither has a
 /// systemd layout (NixOS's or system-manager's) and one of them has launchd jobs or a
 /// `darwin-version`. `SAFE_SWITCH_PLATFORM=darwin` says so outright.
-pub fn is_darwin_pair(old: &Path, new: &Path) -> bool {
+pub(crate) fn is_darwin_pair(old: &Path, new: &Path) -> bool {
     if let Some(platform) = std::env::var_os(crate::source::PLATFORM_ENV) {
         return platform == "darwin";
     }
@@ -38,7 +38,7 @@ pub fn is_darwin_pair(old: &Path, new: &Path) -> bool {
 }
 
 /// Runs `diff` on two nix-darwin generations.
-pub fn diff(args: &args::DiffArgs) -> anyhow::Result<Outcome> {
+pub(crate) fn diff(args: &args::DiffArgs) -> anyhow::Result<Outcome> {
     if let Some(unit) = &args.protect.explain {
         return Err(crate::exit::usage(format!(
             "--explain {unit}: launchd plans have no dependency graph to explain; \

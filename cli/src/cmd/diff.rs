@@ -19,7 +19,7 @@ use crate::exit::Outcome;
 use plan_model::FileDiff;
 
 /// Runs `diff`.
-pub fn run(args: args::DiffArgs) -> anyhow::Result<Outcome> {
+pub(crate) fn run(args: args::DiffArgs) -> anyhow::Result<Outcome> {
     if crate::cmd::darwin::is_darwin_pair(&args.old, &args.new) {
         return crate::cmd::darwin::diff(&args);
     }
@@ -34,12 +34,7 @@ pub fn run(args: args::DiffArgs) -> anyhow::Result<Outcome> {
 }
 
 /// Loads the inputs named on the command line, plans and applies
-/// protection.
-pub fn build(args: &args::DiffArgs) -> anyhow::Result<Plan> {
-    Ok(build_protected(args)?.0)
-}
-
-/// Like [`build`], also returning what protection found (for `--explain`)
+/// protection; also returns what protection found (for `--explain`)
 /// and the diffs of the unit files the plan was made from.
 fn build_protected(args: &args::DiffArgs) -> anyhow::Result<(Plan, crate::protect::ProtectReport, Vec<FileDiff>)> {
     let (old, new) = systemd_plan::load_pair(&args.old, &args.new);
@@ -56,7 +51,7 @@ fn build_protected(args: &args::DiffArgs) -> anyhow::Result<(Plan, crate::protec
 }
 
 /// Reads a live-state snapshot, naming the file in every error.
-pub fn load_live(path: &Path) -> anyhow::Result<LiveState> {
+pub(crate) fn load_live(path: &Path) -> anyhow::Result<LiveState> {
     let text = match fs::read_to_string(path) {
         Ok(text) => text,
         Err(err) => bail!("{}: cannot read live state: {err}", path.display()),

@@ -1,9 +1,9 @@
 //! One module per subcommand.
 
-pub mod apply;
-pub mod check;
-pub mod closure_diff;
-pub mod darwin;
-pub mod diff;
-pub mod plan;
-pub mod switch;
+pub(crate) mod apply;
+pub(crate) mod check;
+pub(crate) mod closure_diff;
+pub(crate) mod darwin;
+pub(crate) mod diff;
+pub(crate) mod plan;
+pub(crate) mod switch;
