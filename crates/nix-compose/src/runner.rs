@@ -133,24 +133,9 @@ pub fn starts_error_report(line: &str) -> bool {
     strip_ansi(line).starts_with("error:")
 }
 
-/// Removes ANSI escape sequences (CSI sequences such as colours).
+/// Removes ANSI escape sequences (colours and the like).
 pub fn strip_ansi(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    let mut chars = s.chars();
-    while let Some(c) = chars.next() {
-        if c == '\u{1b}' {
-            if chars.next() == Some('[') {
-                for c in chars.by_ref() {
-                    if ('@'..='~').contains(&c) {
-                        break;
-                    }
-                }
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
+    strip_ansi_escapes::strip_str(s)
 }
 
 #[cfg(test)]

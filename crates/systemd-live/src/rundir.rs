@@ -230,12 +230,15 @@ impl RunDir {
     pub fn save(&self, progress: &ProgressFile) -> Result<(), Error> {
         self.create()?;
         let path = self.progress_path();
-        let tmp = self.path.join(format!("{PROGRESS}.tmp"));
         let text = serde_json::to_string_pretty(progress).unwrap_or_default();
-        let mut f = File::create(&tmp).map_err(|e| Error::io(&tmp, e))?;
-        f.write_all(text.as_bytes()).map_err(|e| Error::io(&tmp, e))?;
-        f.sync_data().map_err(|e| Error::io(&tmp, e))?;
-        std::fs::rename(&tmp, &path).map_err(|e| Error::io(&path, e))
+        let mut tmp = tempfile::Builder::new()
+            .prefix(&format!(".{PROGRESS}."))
+            .tempfile_in(&self.path)
+            .map_err(|e| Error::io(&self.path, e))?;
+        tmp.write_all(text.as_bytes()).map_err(|e| Error::io(&path, e))?;
+        tmp.as_file().sync_data().map_err(|e| Error::io(&path, e))?;
+        tmp.persist(&path).map_err(|e| Error::io(&path, e.error))?;
+        Ok(())
     }
 
     /// Marks the apply finished: the progress becomes `last.json`, kept for
