@@ -194,6 +194,12 @@ where
     }
 }
 
+/// One of the strings of `list`, as a strategy for generators that build
+/// inputs from known pieces.
+pub fn select(list: &'static [&'static str]) -> impl Strategy<Value = String> + Clone {
+    proptest::sample::select(list).prop_map(str::to_owned)
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
