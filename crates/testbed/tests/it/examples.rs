@@ -4,8 +4,6 @@
 //! `rm -rf examples/ci-runner && cargo run -p testbed --bin safe-switch-demo
 //! -- --export-examples examples/ci-runner`.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
 use std::collections::BTreeMap;
 use std::fs;
 use std::os::unix::fs::PermissionsExt;

@@ -4,8 +4,6 @@
 //! generation's `activate` moves the system to it. Dropping a bed leaves
 //! no process behind.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
@@ -30,9 +28,7 @@ fn boot(generation: Generation) -> TestBed {
 
 #[test]
 fn boots_with_the_generation_units_running() {
-    if !testbed::available("boots_with_the_generation_units_running") {
-        return;
-    }
+    testbed::require!(bed);
     let bed = boot(generation_a());
     eprintln!("booted in {:?}", bed.boot_time());
     assert_eq!(bed.active_state("job.service").unwrap(), "active");
@@ -49,9 +45,7 @@ fn boots_with_the_generation_units_running() {
 
 #[test]
 fn dbus_is_reachable_from_the_host() {
-    if !testbed::available("dbus_is_reachable_from_the_host") {
-        return;
-    }
+    testbed::require!(bed);
     let bed = boot(generation_a());
     let out = testbed::exec::run(
         Command::new("busctl").arg(format!("--address={}", bed.dbus_address())).args([
@@ -71,9 +65,7 @@ fn dbus_is_reachable_from_the_host() {
 
 #[test]
 fn ssh_session_survives_other_restarts_and_sshd_restart_changes_main_pid() {
-    if !testbed::available("ssh_session_survives_other_restarts_and_sshd_restart_changes_main_pid") {
-        return;
-    }
+    testbed::require!(bed);
     let bed = boot(generation_a());
     let mut session = bed.ssh_session(TICK).unwrap();
     let sshd_pid = bed.main_pid("sshd.service").unwrap();
@@ -107,9 +99,7 @@ fn ssh_session_survives_other_restarts_and_sshd_restart_changes_main_pid() {
 
 #[test]
 fn activate_moves_etc_and_current_system() {
-    if !testbed::available("activate_moves_etc_and_current_system") {
-        return;
-    }
+    testbed::require!(bed);
     let bed = boot(generation_a());
     let b = bed
         .build_generation(
@@ -134,9 +124,7 @@ fn activate_moves_etc_and_current_system() {
 
 #[test]
 fn activate_refuses_to_run_outside_a_test_bed() {
-    if !testbed::available("activate_refuses_to_run_outside_a_test_bed") {
-        return;
-    }
+    testbed::require!(bed);
     let bed = boot(Generation::new("a"));
     let b = bed.build_generation(&Generation::new("b")).unwrap();
     // Run on the host, not in the bed: it must refuse and change nothing.
@@ -149,9 +137,7 @@ fn activate_refuses_to_run_outside_a_test_bed() {
 
 #[test]
 fn teardown_leaves_nothing_behind() {
-    if !testbed::available("teardown_leaves_nothing_behind") {
-        return;
-    }
+    testbed::require!(bed);
     let bed = boot(generation_a());
     let pid = bed.pid();
     let job = bed.main_pid("job.service").unwrap();
@@ -189,9 +175,7 @@ fn teardown_leaves_nothing_behind() {
 
 #[test]
 fn parallel_beds_are_isolated() {
-    if !testbed::available("parallel_beds_are_isolated") {
-        return;
-    }
+    testbed::require!(bed);
     let one = boot(generation_a());
     let two = boot(generation_a());
     assert_ne!(one.ssh_port(), two.ssh_port());
@@ -220,9 +204,7 @@ fn descendants(pid: u32) -> Vec<u32> {
 
 #[test]
 fn unit_output_reaches_the_journal() {
-    if !testbed::available("unit_output_reaches_the_journal") {
-        return;
-    }
+    testbed::require!(bed);
     let bed = boot(Generation::new("a").service(
         "noisy.service",
         "[Service]\nType=oneshot\nExecStart=/bin/sh -c 'echo out-line; echo err-line >&2; exit 3'\n",
@@ -236,9 +218,7 @@ fn unit_output_reaches_the_journal() {
 
 #[test]
 fn logind_answers_on_the_bus_when_asked_for() {
-    if !testbed::available("logind_answers_on_the_bus_when_asked_for") {
-        return;
-    }
+    testbed::require!(bed);
     let bed = TestBed::boot(&Config::new(Generation::new("a")).with_logind()).unwrap();
     assert_eq!(bed.active_state("systemd-logind.service").unwrap(), "active");
     let out = testbed::exec::run(
@@ -259,9 +239,7 @@ fn logind_answers_on_the_bus_when_asked_for() {
 
 #[test]
 fn a_failing_sshd_fails_the_boot_with_its_log() {
-    if !testbed::available("a_failing_sshd_fails_the_boot_with_its_log") {
-        return;
-    }
+    testbed::require!(bed);
     // A bogus option makes sshd exit at once.
     let err = TestBed::boot(&Config::new(Generation::new("a").sshd_with("", "ExecStartPre=/bin/false"))).unwrap_err();
     let text = err.to_string();
@@ -270,9 +248,7 @@ fn a_failing_sshd_fails_the_boot_with_its_log() {
 
 #[test]
 fn a_self_contained_generation_activates_from_where_it_lies() {
-    if !testbed::available("a_self_contained_generation_activates_from_where_it_lies") {
-        return;
-    }
+    testbed::require!(bed);
     let bed = boot(Generation::new("a"));
     let dir = bed.root().join("exported");
     testbed::example::export(&dir).unwrap();

@@ -2,8 +2,6 @@
 //! own: every test binary runs even after one fails, and the run ends with
 //! the totals and the failed tests' names, with a non-zero exit status.
 
-#![allow(clippy::unwrap_used, clippy::expect_used, reason = "tests may panic")]
-
 use std::path::Path;
 use std::process::Command;
 
@@ -12,9 +10,10 @@ fn write(path: &Path, text: &str) {
     std::fs::write(path, text).unwrap();
 }
 
-/// A workspace whose first package's first test binary fails, whose
-/// second crashes before reporting, and whose second package (run after
-/// them) passes, with one skipped test.
+/// A workspace whose first package's first test binary (one binary of
+/// modules, as this workspace's crates have) fails, whose second crashes
+/// before reporting, and whose second package (run after them) passes,
+/// with one skipped test.
 fn workspace(root: &Path) {
     write(&root.join("Cargo.toml"), "[workspace]\nresolver = \"2\"\nmembers = [\"a\", \"b\"]\n");
     for name in ["a", "b"] {
@@ -24,8 +23,9 @@ fn workspace(root: &Path) {
         );
         write(&root.join(name).join("src/lib.rs"), "");
     }
+    write(&root.join("a/tests/it/main.rs"), "mod mixed;\n");
     write(
-        &root.join("a/tests/mixed.rs"),
+        &root.join("a/tests/it/mixed.rs"),
         "#[test] fn passes() {}\n\
          #[test] fn fails_first() { assert_eq!(1, 2); }\n\
          #[test] fn fails_second() { panic!(\"no\"); }\n\
@@ -88,8 +88,8 @@ fn every_test_binary_runs_and_the_run_ends_with_the_totals() {
         failed,
         [
             "    (-p a --test crash ended before reporting its results)",
-            "    fails_first  (-p a --test mixed)",
-            "    fails_second  (-p a --test mixed)",
+            "    mixed::fails_first  (-p a --test it)",
+            "    mixed::fails_second  (-p a --test it)",
         ],
         "{all}"
     );
