@@ -8,16 +8,11 @@
 //! and checks that nothing panics or hangs and that memory and output stay
 //! linear in the input.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
 use plan_model::policy::{Policy, Selector};
 use plan_model::{LiveState, unit_name};
 use proptest::prelude::*;
 use serde_json::{Map, Value, json};
-use testbed::fuzz::{self, peak_memory};
-
-#[global_allocator]
-static ALLOC: fuzz::CountingAlloc = fuzz::CountingAlloc;
+use testbed::fuzz::{self, peak_memory, select};
 
 const ODD: &[&str] = &[
     "\0",
@@ -54,10 +49,6 @@ const ODD: &[&str] = &[
     "/",
     "@",
 ];
-
-fn select(list: &'static [&'static str]) -> impl Strategy<Value = String> {
-    prop::sample::select(list).prop_map(str::to_owned)
-}
 
 /// Memory a parse may use: a constant for the parser's set-up and a
 /// multiple of the input.
