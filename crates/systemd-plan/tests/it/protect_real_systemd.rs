@@ -16,8 +16,6 @@
 //! Needs root and namespaces: under `CI=true` the test fails when it cannot
 //! run; elsewhere it is skipped with a message.
 
-#![allow(clippy::unwrap_used, clippy::expect_used, reason = "tests fail loudly")]
-
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 
 use plan_model::{LiveState, LiveUnit};
@@ -98,9 +96,7 @@ type Case<'a> = (&'a str, &'a str, Job, &'a [&'a str], Option<&'a [&'a str]>);
 
 #[test]
 fn propagation_matches_real_systemd() {
-    if !testbed::available("propagation_matches_real_systemd") {
-        return;
-    }
+    testbed::require!(bed);
     let cases: &[Case<'_>] = &[
         // Requires= (two deep), PartOf= and BindsTo= (through req1) follow a
         // restart; Wants= does not.

@@ -8,17 +8,12 @@
 //! checks that parsing does not panic, ends, and uses memory and produces
 //! output linear in the input.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
 use std::path::Path;
 
 use proptest::prelude::*;
 use systemd_plan::UnitFile;
 use systemd_plan::fstab::{self, Fstab};
-use testbed::fuzz::{self, peak_memory};
-
-#[global_allocator]
-static ALLOC: fuzz::CountingAlloc = fuzz::CountingAlloc;
+use testbed::fuzz::{self, peak_memory, select};
 
 /// Odd bytes and characters: control characters, escapes, a byte-order
 /// mark, bidirectional overrides, line separators, quoting and comment
@@ -123,10 +118,6 @@ const UNITS: &[&str] = &[
     "dbus.service",
     "wg-%i.service",
 ];
-
-fn select(list: &'static [&'static str]) -> impl Strategy<Value = String> {
-    prop::sample::select(list).prop_map(str::to_owned)
-}
 
 /// One piece of a value.
 fn value_piece() -> impl Strategy<Value = String> {
