@@ -7,8 +7,6 @@
 //! Needs root and namespaces: under `CI=true` it fails when it cannot run,
 //! elsewhere it skips with a message.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
 use std::time::Duration;
 
 use systemd_live::{JobKind, JobResult, ServiceManager, SystemdBus};
@@ -16,9 +14,7 @@ use testbed::{Config, Generation, TestBed};
 
 #[test]
 fn the_adapter_sees_and_drives_a_real_systemd() {
-    if !testbed::available("the_adapter_sees_and_drives_a_real_systemd") {
-        return;
-    }
+    testbed::require!(bed);
     let generation = Generation::new("a")
         .service("web.service", "[Unit]\nPartOf=firewall.service\n\n[Service]\nExecStart=/bin/sleep infinity\n")
         .wanted_by("web.service", "multi-user.target")
@@ -30,8 +26,9 @@ fn the_adapter_sees_and_drives_a_real_systemd() {
     // Boot returns once the bus is up; the units may still be starting.
     bed.wait_for_state("web.service", "active").unwrap();
     bed.wait_for_state("firewall.service", "active").unwrap();
-    // SAFETY: this test binary has no other test, so no other thread reads
-    // the environment while it changes.
+    // SAFETY: this is the only test of this binary (`tests/it`), so no
+    // other thread reads the environment while it changes. A second test
+    // needs the adapter to take the address instead.
     unsafe { std::env::set_var("DBUS_SYSTEM_BUS_ADDRESS", bed.dbus_address()) };
     let mut bus = SystemdBus::connect().unwrap();
 
