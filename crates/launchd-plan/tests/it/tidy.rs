@@ -34,7 +34,7 @@ fn every_rust_file_has_a_module_doc_and_no_snapshot_is_pending() {
 #[test]
 fn every_snapshot_belongs_to_a_fixture_case() {
     let cases = crate::fixtures::cases();
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/snapshots");
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/it/snapshots");
     for entry in std::fs::read_dir(dir).unwrap() {
         let name = entry.unwrap().file_name().to_string_lossy().into_owned();
         let Some(stem) = name.strip_suffix(".snap") else {

@@ -1,5 +1,6 @@
-//! Integration tests of `launchd-plan`: fixture generations planned and
-//! rendered as `launchctl` operations, compared with insta snapshots.
+//! The integration tests of `launchd-plan`, one test binary
+//! (`cargo test -p launchd-plan --test it`): fixture generations planned
+//! and rendered as `launchctl` operations, compared with insta snapshots.
 //!
 //! Each directory under `tests/fixtures/<case>` holds an `old` and a `new`
 //! generation toplevel (`Library/LaunchDaemons`, `Library/LaunchAgents`,
