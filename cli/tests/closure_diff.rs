@@ -4,15 +4,12 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, reason = "tests may panic")]
 
-#[path = "../../crates/closure-diff/tests/common/mod.rs"]
-mod common;
-
 use std::os::unix::fs::PermissionsExt as _;
 use std::os::unix::process::CommandExt as _;
 use std::path::Path;
 use std::process::{Command, Output};
 
-use common::{TempStore, generations, require_root, store_path};
+use testbed::store::{TempStore, generations, store_path};
 
 fn safe_switch() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_safe-switch"));
@@ -135,9 +132,8 @@ fn bad_input_is_a_clear_error() {
 /// (here the fallback cannot reach a daemon either), never a panic.
 #[test]
 fn no_permission() {
-    if !testbed::nix::available("closure_diff::no_permission") || !require_root("closure_diff::no_permission") {
-        return;
-    }
+    // Root, to run the binary as another user.
+    testbed::require!(nix, root);
     let g = generations(24, 10, 2);
     let store = TempStore::new();
     store.register(&g.entries);

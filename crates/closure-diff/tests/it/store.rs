@@ -2,16 +2,14 @@
 //! installed `nix-store`), the current schema, the `nix path-info`
 //! fallback, and bad input.
 
-#![allow(clippy::unwrap_used, clippy::expect_used, reason = "tests may panic")]
-
-mod common;
-
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use closure_diff::db::DbError;
 use closure_diff::{Error, Options, Source, SourcePolicy, read_closure};
-use common::{Entry, STORE_DIR, TempStore, store_path};
+use testbed::store::{Entry, STORE_DIR, TempStore, store_path};
+
+use crate::StoreOptions as _;
 
 /// A small graph with a shared library, a chain, self-references and a
 /// path outside the closure. (Nix refuses cycles other than a path
@@ -61,9 +59,7 @@ fn as_map(c: &closure_diff::Closure) -> BTreeMap<String, u64> {
 
 #[test]
 fn database_written_by_nix_2_8() {
-    if !testbed::nix::available("database_written_by_nix_2_8") {
-        return;
-    }
+    testbed::require!(nix);
     let (store, app, expected) = small_store(1);
     // Both strategies: the whole store read into memory, and the
     // recursive query.
@@ -78,9 +74,7 @@ fn database_written_by_nix_2_8() {
 
 #[test]
 fn nix_path_info_gives_the_same_closure() {
-    if !testbed::nix::available("nix_path_info_gives_the_same_closure") {
-        return;
-    }
+    testbed::require!(nix);
     let (store, app, expected) = small_store(2);
     let options = Options { source: SourcePolicy::NixOnly, ..store.options() };
     let closure = read_closure(Path::new(&app), &options).unwrap();
@@ -90,9 +84,7 @@ fn nix_path_info_gives_the_same_closure() {
 
 #[test]
 fn missing_database_falls_back_to_nix() {
-    if !testbed::nix::available("missing_database_falls_back_to_nix") {
-        return;
-    }
+    testbed::require!(nix);
     let (store, app, expected) = small_store(3);
     let options = Options { db_path: store.root().join("no/such/db.sqlite"), ..store.options() };
     let closure = read_closure(Path::new(&app), &options).unwrap();
@@ -104,9 +96,7 @@ fn missing_database_falls_back_to_nix() {
 
 #[test]
 fn corrupt_database_falls_back_or_fails_clearly() {
-    if !testbed::nix::available("corrupt_database_falls_back_or_fails_clearly") {
-        return;
-    }
+    testbed::require!(nix);
     let (store, app, expected) = small_store(4);
     let bad = tempfile::tempdir().unwrap();
     let bad_db = bad.path().join("db.sqlite");
@@ -137,9 +127,7 @@ fn corrupt_database_falls_back_or_fails_clearly() {
 
 #[test]
 fn truncated_database_is_an_error_not_a_panic() {
-    if !testbed::nix::available("truncated_database_is_an_error_not_a_panic") {
-        return;
-    }
+    testbed::require!(nix);
     let (store, app, _) = small_store(5);
     let bad = tempfile::tempdir().unwrap();
     let copy = bad.path().join("db.sqlite");
@@ -153,9 +141,7 @@ fn truncated_database_is_an_error_not_a_panic() {
 
 #[test]
 fn path_not_in_the_store() {
-    if !testbed::nix::available("path_not_in_the_store") {
-        return;
-    }
+    testbed::require!(nix);
     let (store, _, _) = small_store(6);
     let ghost = store_path(6, 99, "ghost-1.0");
     for (source, scan_limit) in [
@@ -218,9 +204,7 @@ fn links_resolve_to_the_store_path() {
 /// graph as `small_store`, and reads it with both the reader and Nix.
 #[test]
 fn database_with_the_current_schema() {
-    if !testbed::nix::available("database_with_the_current_schema") {
-        return;
-    }
+    testbed::require!(nix);
     let (reference, app, expected) = small_store(8);
     let store = TempStore::new();
     let db_dir = store.root().join("nix/var/nix/db");
@@ -228,7 +212,7 @@ fn database_with_the_current_schema() {
     std::fs::create_dir_all(store.root().join("nix/store")).unwrap();
     std::fs::write(db_dir.join("schema"), "10").unwrap();
     let conn = rusqlite::Connection::open(db_dir.join("db.sqlite")).unwrap();
-    conn.execute_batch(include_str!("fixtures/schema-current.sql")).unwrap();
+    conn.execute_batch(include_str!("../fixtures/schema-current.sql")).unwrap();
     conn.pragma_update(None, "journal_mode", "wal").unwrap();
     // Copy the rows Nix wrote into the other store.
     let src = rusqlite::Connection::open(reference.db_path()).unwrap();
@@ -264,9 +248,7 @@ fn database_with_the_current_schema() {
 
 #[test]
 fn database_of_another_layout_is_unsupported() {
-    if !testbed::nix::available("database_of_another_layout_is_unsupported") {
-        return;
-    }
+    testbed::require!(nix);
     let (store, app, expected) = small_store(9);
     let dir = tempfile::tempdir().unwrap();
     let other = dir.path().join("db.sqlite");
@@ -309,7 +291,7 @@ fn null_sizes_and_sparse_ids() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("db.sqlite");
     let conn = rusqlite::Connection::open(&db).unwrap();
-    conn.execute_batch(include_str!("fixtures/schema-current.sql")).unwrap();
+    conn.execute_batch(include_str!("../fixtures/schema-current.sql")).unwrap();
     let root = store_path(12, 1, "root-1.0");
     let dep = store_path(12, 2, "dep-2.0");
     let other = store_path(12, 3, "other-3.0");

@@ -2,15 +2,13 @@
 //! generated generations in a real database, and a pair of closures built
 //! by Nix into the machine's own store.
 
-#![allow(clippy::unwrap_used, clippy::expect_used, reason = "tests may panic")]
-
-mod common;
-
 use std::path::Path;
 use std::process::Command;
 
 use closure_diff::{Closure, Direction, Options, diff, diff_store_paths};
-use common::{TempStore, generations};
+use testbed::store::{TempStore, generations};
+
+use crate::StoreOptions as _;
 
 fn p(hash: char, name: &str) -> String {
     format!("/nix/store/{}-{name}", hash.to_string().repeat(32))
@@ -92,9 +90,7 @@ fn identical_closures() {
 
 #[test]
 fn generated_generations_in_a_real_database() {
-    if !testbed::nix::available("generated_generations_in_a_real_database") {
-        return;
-    }
+    testbed::require!(nix);
     let g = generations(11, 400, 40);
     let store = TempStore::new();
     store.register(&g.entries);
@@ -130,9 +126,7 @@ fn generated_generations_in_a_real_database() {
 /// options: `/nix/store` and `/nix/var/nix/db/db.sqlite`.
 #[test]
 fn closures_built_by_nix_in_the_system_store() {
-    if !testbed::nix::available("closures_built_by_nix_in_the_system_store") {
-        return;
-    }
+    testbed::require!(nix);
     let dir = tempfile::tempdir().unwrap();
     // A nonce keeps this run's store paths apart from earlier runs'.
     let nonce = format!("{:?}", std::time::SystemTime::now());
