@@ -14,12 +14,9 @@
 
 mod hermetic;
 
-#[path = "../../crates/nix-compose/tests/support/mod.rs"]
-mod support;
-
 use std::process::{Command, Output};
 
-use support::Fixtures;
+use testbed::flakes::Fixtures;
 
 const BIN: &str = env!("CARGO_BIN_EXE_safe-switch");
 

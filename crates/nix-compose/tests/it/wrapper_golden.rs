@@ -7,8 +7,6 @@
 //! `system-manager` input (system-manager), and `safeSwitch.info` exposing
 //! only names, so that checking it evaluates no configuration.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
 use nix_compose::{AttrRequest, ComposeRequest, Platform, Request};
 
 fn composed(platform: Platform) -> String {

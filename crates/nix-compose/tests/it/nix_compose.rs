@@ -5,13 +5,9 @@
 //! written into the source tree; that no `flake.lock` appears in the copy
 //! is itself asserted.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-mod support;
-
 use nix_compose::{AttrRequest, Built, ComposeError, ComposeRequest, Composer, NixCommand, Platform, Request};
 use plan_model::Provenance;
-use support::{Fixtures, units};
+use testbed::flakes::{self, Fixtures, units};
 
 fn composer(fx: &Fixtures) -> Composer<NixCommand> {
     Composer::new(NixCommand { env: fx.env(), ..NixCommand::default() })
@@ -47,10 +43,10 @@ fn assert_composed_over_base(composed: &Built, base_only: &Built, base_units: &[
     let old = units(&base_only.toplevel);
     assert_eq!(old.keys().collect::<Vec<_>>(), base_units);
     assert_eq!(
-        support::wants(&composed.toplevel, "multi-user.target"),
+        flakes::wants(&composed.toplevel, "multi-user.target"),
         ["base-db.service", "base-web.service", "project-ci.service"]
     );
-    assert_eq!(support::wants(&base_only.toplevel, "multi-user.target"), ["base-db.service", "base-web.service"]);
+    assert_eq!(flakes::wants(&base_only.toplevel, "multi-user.target"), ["base-db.service", "base-web.service"]);
     for (name, bytes) in &old {
         assert_eq!(new.get(name), Some(bytes), "{name} differs from the base-only build");
     }
@@ -75,9 +71,7 @@ fn assert_composed_over_base(composed: &Built, base_only: &Built, base_units: &[
 
 #[test]
 fn nixos_overlay_extends_the_base_and_keeps_its_pins() {
-    if !testbed::nix::available("nixos_overlay_extends_the_base_and_keeps_its_pins") {
-        return;
-    }
+    testbed::require!(nix);
     let fx = Fixtures::new();
     let c = composer(&fx);
     let base_only = c.build(&attr(Platform::Nixos, &fx.flake("base"), "vm")).unwrap();
@@ -103,9 +97,7 @@ fn nixos_overlay_extends_the_base_and_keeps_its_pins() {
 
 #[test]
 fn the_host_falls_back_to_the_next_candidate_and_another_module_can_be_picked() {
-    if !testbed::nix::available("the_host_falls_back_to_the_next_candidate") {
-        return;
-    }
+    testbed::require!(nix);
     let fx = Fixtures::new();
     let built = composer(&fx)
         .build(&compose(Platform::Darwin, &fx.flake("base"), &fx.flake("overlay"), &["this-machine", "vm"], "extra"))
@@ -119,9 +111,7 @@ fn the_host_falls_back_to_the_next_candidate_and_another_module_can_be_picked() 
 
 #[test]
 fn system_manager_composition_follows_the_convention() {
-    if !testbed::nix::available("system_manager_composition_follows_the_convention") {
-        return;
-    }
+    testbed::require!(nix);
     let fx = Fixtures::new();
     let c = composer(&fx);
     let base_only = c.build(&attr(Platform::SystemManager, &fx.flake("base"), "vm")).unwrap();
@@ -160,9 +150,7 @@ fn system_manager_composition_follows_the_convention() {
 
 #[test]
 fn a_system_manager_base_without_the_convention_is_a_clear_error() {
-    if !testbed::nix::available("a_system_manager_base_without_the_convention") {
-        return;
-    }
+    testbed::require!(nix);
     let fx = Fixtures::new();
     let err = composer(&fx)
         .build(&compose(
@@ -181,9 +169,7 @@ fn a_system_manager_base_without_the_convention_is_a_clear_error() {
 
 #[test]
 fn missing_configurations_modules_and_flakes_are_named() {
-    if !testbed::nix::available("missing_configurations_modules_and_flakes_are_named") {
-        return;
-    }
+    testbed::require!(nix);
     let fx = Fixtures::new();
     let c = composer(&fx);
 
@@ -217,9 +203,7 @@ fn missing_configurations_modules_and_flakes_are_named() {
 
 #[test]
 fn a_broken_overlay_reports_nix_s_error_verbatim() {
-    if !testbed::nix::available("a_broken_overlay_reports_nix_s_error_verbatim") {
-        return;
-    }
+    testbed::require!(nix);
     let fx = Fixtures::new();
     let err = composer(&fx)
         .build(&compose(Platform::Nixos, &fx.flake("base"), &fx.flake("overlay-broken"), &["vm"], "default"))
@@ -234,15 +218,9 @@ fn a_broken_overlay_reports_nix_s_error_verbatim() {
 
 #[test]
 fn git_bases_record_their_revision_and_aliases_resolve() {
-    if !testbed::nix::available("git_bases_record_their_revision_and_aliases_resolve") {
-        return;
-    }
+    testbed::require!(nix);
     if std::process::Command::new("git").arg("--version").output().is_err() {
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "git_bases_record_their_revision: git is not installed (scripts/deps installs it)"
-        );
-        eprintln!("skipping git_bases_record_their_revision: git is not installed");
+        testbed::require::skip_or_fail(testbed::test_name!(), "git is not installed (scripts/deps installs it)");
         return;
     }
     let fx = Fixtures::new();
