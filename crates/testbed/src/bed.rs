@@ -48,7 +48,7 @@ use std::collections::BTreeMap;
 use std::fs;
 use std::io::Read;
 use std::net::TcpStream;
-use std::os::unix::fs::{PermissionsExt, symlink};
+use std::os::unix::fs::symlink;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -295,9 +295,7 @@ impl TestBed {
 
         let cgroup = format!("testbed-{id}");
         let script = root.join("boot.sh");
-        fs::write(&script, boot_script(&root, &generation, &cgroup_roots(), &cgroup, &config.target))
-            .map_err(io("writing", &script))?;
-        fs::set_permissions(&script, fs::Permissions::from_mode(0o755)).map_err(io("chmod", &script))?;
+        exec::write_executable(&script, &boot_script(&root, &generation, &cgroup_roots(), &cgroup, &config.target))?;
 
         let console_path = root.join("console.log");
         let console = fs::File::create(&console_path).map_err(io("creating", &console_path))?;

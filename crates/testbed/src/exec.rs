@@ -3,12 +3,13 @@
 //! Every program the test bed starts is awaited with a timeout: a wedged
 //! `systemctl` or `ssh` must fail a test, not hang the test run.
 
-use std::io::Read;
+use std::io::{Read, Write};
+use std::path::Path;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, io};
 
 /// The captured result of a finished program.
 #[derive(Clone, Debug)]
@@ -216,6 +217,47 @@ pub fn run_streamed(
     }
 }
 
+/// How long writing or copying one executable may take.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Writes `text` to `path` as an executable file (mode 0755) through a
+/// child process, so that no descriptor of the file open for writing ever
+/// exists in this process. A test process starts programs from many
+/// threads at once; a child forked while this process held the file open
+/// for writing keeps that descriptor until it execs, and running the file
+/// at that moment fails with "Text file busy" (ETXTBSY).
+pub fn write_executable(path: &Path, text: &str) -> Result<()> {
+    let mut cmd = Command::new("/bin/sh");
+    cmd.args(["-c", "cat > \"$1\" && chmod 0755 \"$1\"", "sh"]).arg(path);
+    let command = describe(&cmd);
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|source| Error::Spawn { command: command.clone(), source })?;
+    let stderr = drain(child.stderr.take());
+    // Dropping standard input closes it: `cat` sees the end.
+    let written = child.stdin.take().map_or(Ok(()), |mut stdin| stdin.write_all(text.as_bytes()));
+    let Some(status) = wait_timeout(&mut child, WRITE_TIMEOUT) else {
+        let _ = child.kill();
+        let _ = child.wait();
+        return Err(Error::Timeout { what: command, timeout: WRITE_TIMEOUT });
+    };
+    let output = Output { command, status, stdout: String::new(), stderr: stderr.join().unwrap_or_default() };
+    output.check()?;
+    written.map_err(io("writing", path))
+}
+
+/// Copies the program `from` to `to` (mode 0755) with `cp`, for the reason
+/// [`write_executable`] gives: the copy is never open for writing in this
+/// process.
+pub fn copy_executable(from: &Path, to: &Path) -> Result<()> {
+    run(Command::new("cp").arg("--").arg(from).arg(to), WRITE_TIMEOUT)?.check()?;
+    run(Command::new("chmod").arg("0755").arg(to), WRITE_TIMEOUT)?.check()?;
+    Ok(())
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
@@ -245,5 +287,43 @@ mod tests {
         let err =
             run_streamed(Command::new("/bin/sleep").arg("10"), Duration::from_millis(200), true, |_| {}).unwrap_err();
         assert!(matches!(err, Error::Timeout { .. }), "{err:?}");
+    }
+
+    /// An executable written while other threads start programs runs at
+    /// once: no child of theirs holds it open for writing.
+    #[test]
+    fn an_executable_written_while_other_threads_spawn_programs_runs() {
+        use std::sync::Arc;
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let dir = tempfile::tempdir().unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let spawners: Vec<_> = (0..4)
+            .map(|_| {
+                let stop = Arc::clone(&stop);
+                thread::spawn(move || {
+                    while !stop.load(Ordering::Relaxed) {
+                        let _ = Command::new("/bin/true").status();
+                    }
+                })
+            })
+            .collect();
+        let mut busy = 0;
+        for i in 0..300 {
+            let path = dir.path().join(format!("run{i}"));
+            write_executable(&path, "#!/bin/sh\nexit 7\n").unwrap();
+            match Command::new(&path).status() {
+                Ok(status) => assert_eq!(status.code(), Some(7)),
+                Err(err) if err.raw_os_error() == Some(libc::ETXTBSY) => busy += 1,
+                Err(err) => panic!("{}: {err}", path.display()),
+            }
+        }
+        stop.store(true, Ordering::Relaxed);
+        for spawner in spawners {
+            spawner.join().unwrap();
+        }
+        assert_eq!(busy, 0, "{busy} of 300 runs failed with ETXTBSY");
+        let copy = dir.path().join("copy");
+        copy_executable(&dir.path().join("run0"), &copy).unwrap();
+        assert_eq!(Command::new(&copy).status().unwrap().code(), Some(7));
     }
 }
