@@ -27,10 +27,17 @@
 //!
 //! Every case runs even when one fails; the test then lists all failures.
 //! Under `CI=true` insta writes nothing and fails on any mismatch; locally,
-//! `INSTA_UPDATE=always cargo test -p safe-switch --test golden` records
-//! new snapshots, which must then be read and checked by hand.
-
-#![allow(clippy::unwrap_used, clippy::expect_used)]
+//! `INSTA_UPDATE=always cargo test -p safe-switch --test it golden` records
+//! new snapshots, which must then be read and checked by hand, and
+//! `GOLDEN_FILTER=report-` runs only the cases whose names start with that
+//! prefix.
+//!
+//! The cases are listed here, not with insta's `glob!`: it walks the whole
+//! tree below its base following links and stops at the first link it
+//! cannot follow, and the cases' generations hold dangling links on
+//! purpose (`bad-dangling-symlink`, the store links of
+//! `nixos-store-layout`), as well as links into the host's `/etc` that a
+//! walk must not enter (`bad-unit-dir-outside`).
 
 use std::fs;
 use std::panic::{AssertUnwindSafe, catch_unwind};
@@ -39,22 +46,10 @@ use std::process::Command;
 
 use safe_switch_cli::test_hooks;
 
+use crate::support::{self, BIN, NOWHERE, diff_args, golden_dir, lines};
+
 /// Fewer cases than this means the directory was lost or emptied.
 const MIN_CASES: usize = 40;
-
-fn golden_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/golden")
-}
-
-fn lines(path: &Path) -> Vec<String> {
-    match fs::read_to_string(path) {
-        Ok(text) => text.lines().map(str::trim).filter(|l| !l.is_empty()).map(str::to_owned).collect(),
-        Err(_) => Vec::new(),
-    }
-}
-
-/// A path that does not exist: no system policy, no cgroup.
-const NOWHERE: &str = "/nonexistent/safe-switch-golden";
 
 /// Makes a run of the binary in `case` independent of the machine: no
 /// system policy, and the case's `cgroup` file (else none) as the
@@ -62,12 +57,12 @@ const NOWHERE: &str = "/nonexistent/safe-switch-golden";
 fn hermetic<'a>(cmd: &'a mut Command, case: &Path) -> &'a mut Command {
     let cgroup = case.join("cgroup");
     let cgroup = if cgroup.exists() { cgroup } else { PathBuf::from(NOWHERE) };
-    cmd.env(test_hooks::SYSTEM_POLICY, NOWHERE).env(test_hooks::PROC_CGROUP, cgroup)
+    support::hermetic(cmd).env(test_hooks::PROC_CGROUP, cgroup)
 }
 
 /// Runs the binary in `case` and renders the result as one snapshot text.
 fn run(case: &Path, args: &[String]) -> (i32, String) {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_safe-switch"));
+    let mut cmd = Command::new(BIN);
     hermetic(&mut cmd, case);
     let output = cmd.args(args).current_dir(case).env_remove("RUST_BACKTRACE").env("NO_COLOR", "1").output().unwrap();
     let code = output.status.code().unwrap_or(-1);
@@ -80,11 +75,7 @@ fn run(case: &Path, args: &[String]) -> (i32, String) {
 
 fn check_case(case: &Path) {
     let name = case.file_name().unwrap().to_string_lossy().into_owned();
-    let mut base = vec!["diff".to_owned(), "old".to_owned(), "new".to_owned()];
-    if case.join("live.json").exists() {
-        base.extend(["--live".to_owned(), "live.json".to_owned()]);
-    }
-    base.extend(lines(&case.join("args")));
+    let base = diff_args(case);
 
     let mut settings = insta::Settings::clone_current();
     settings.set_snapshot_path(case.join("snapshots"));
@@ -151,20 +142,19 @@ fn golden_cases() {
 /// environment, so the snapshots above cannot depend on it.
 #[test]
 fn the_harness_does_not_read_the_host_policy() {
-    let case = golden_dir().join("protect-direct-changed");
+    let case = support::golden("protect-direct-changed");
     let dir = tempfile::tempdir().unwrap();
     let policy = dir.path().join("policy.toml");
     fs::write(&policy, "protect = [\"nginx\"]\nmode = \"refuse\"\n").unwrap();
     let args = ["diff", "old", "new", "--live", "live.json"];
-    let bin = env!("CARGO_BIN_EXE_safe-switch");
 
-    let mut plain = Command::new(bin);
+    let mut plain = Command::new(BIN);
     plain.args(args).current_dir(&case);
     let plain = hermetic(&mut plain, &case).output().unwrap();
     assert_eq!(plain.status.code(), Some(0), "{plain:?}");
 
     // A "system policy" that protects nginx.service refuses the plan.
-    let mut with_policy = Command::new(bin);
+    let mut with_policy = Command::new(BIN);
     with_policy.args(args).current_dir(&case).env(test_hooks::SYSTEM_POLICY, &policy);
     with_policy.env(test_hooks::PROC_CGROUP, NOWHERE);
     let with_policy = with_policy.output().unwrap();
@@ -173,7 +163,7 @@ fn the_harness_does_not_read_the_host_policy() {
     assert!(text.contains(&format!("[policy {}]", policy.display())), "{text}");
 
     // The harness's settings win over an inherited one.
-    let mut inherited = Command::new(bin);
+    let mut inherited = Command::new(BIN);
     inherited.args(args).current_dir(&case).env(test_hooks::SYSTEM_POLICY, &policy);
     let inherited = hermetic(&mut inherited, &case).output().unwrap();
     assert_eq!(inherited.status.code(), Some(0));

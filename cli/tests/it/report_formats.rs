@@ -3,8 +3,6 @@
 //! unique and stable fingerprints, Markdown kept under its size limit, and
 //! text coloured only when asked.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
 use std::collections::BTreeSet;
 use std::path::Path;
 use std::process::Command;
@@ -15,6 +13,8 @@ use plan_model::{
 };
 use safe_switch_cli::args::Format;
 use safe_switch_cli::report::{self, Report, Style, UnitDiff, codequality, markdown};
+
+use crate::support::BIN;
 
 fn unit(name: &str, actions: &[Action], rule: Rule) -> UnitPlan {
     UnitPlan {
@@ -383,7 +383,7 @@ fn reports_stay_linear_along_a_long_chain() {
     let n = 1500;
     let dir = chain_generations(n);
     for format in ["text", "json", "junit", "codequality", "markdown"] {
-        let out = Command::new(env!("CARGO_BIN_EXE_safe-switch"))
+        let out = Command::new(BIN)
             .current_dir(dir.path())
             .args(["diff", "old", "new", "--protect", "sshd", "--format", format])
             .env("NO_COLOR", "1")
@@ -418,7 +418,7 @@ fn names_cannot_inject_markup_or_escapes() {
         std::fs::write(units.join("app.service.d").join(evil), drop_in).unwrap();
     }
     for format in ["text", "json", "junit", "codequality", "markdown"] {
-        let out = Command::new(env!("CARGO_BIN_EXE_safe-switch"))
+        let out = Command::new(BIN)
             .current_dir(dir.path())
             .args(["diff", "old", "new", "--format", format])
             .env("NO_COLOR", "1")

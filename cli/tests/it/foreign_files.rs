@@ -9,23 +9,18 @@
 //! content. The golden cases of the same names snapshot the messages;
 //! FIFOs cannot be committed, so those generations are made here.
 
-#![allow(clippy::unwrap_used, clippy::expect_used, reason = "tests may panic")]
-
 use std::fs;
 use std::os::unix::fs::symlink;
 use std::os::unix::process::CommandExt as _;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-const BIN: &str = env!("CARGO_BIN_EXE_safe-switch");
+use crate::support::{BIN, golden};
+
 const FORMATS: [&str; 5] = ["text", "json", "junit", "codequality", "markdown"];
 /// An environment variable whose value must never be printed.
 const ENV_MARKER: (&str, &str) = ("SAFE_SWITCH_TEST_ENVIRON_MARKER", "environ-marker-7f3a9c");
-
-fn golden(case: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/golden").join(case)
-}
 
 /// What one run printed.
 struct Run {

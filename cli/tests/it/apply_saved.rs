@@ -9,23 +9,14 @@
 //! under `CI=true` they fail when they cannot run, elsewhere they skip with
 //! a message.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-mod hermetic;
-
-use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::path::PathBuf;
 
 use plan_model::Action;
 use safe_switch_cli::saved::{PlanKey, SavedPlan};
 use safe_switch_cli::test_hooks;
-use testbed::{Config, Generation, Output, TestBed};
+use testbed::{Config, Generation, TestBed};
 
-const BIN: &str = env!("CARGO_BIN_EXE_safe-switch");
-
-fn daemon(env: &str) -> String {
-    format!("[Unit]\nDescription=daemon\n\n[Service]\nEnvironment={env}\nExecStart=/bin/sleep infinity\n")
-}
+use crate::support::{BED_STATE_DIR, bed_file, daemon, path_str as s, safe_switch, safe_switch_with};
 
 /// Generation A: sshd, a daemon that will change, and one that stays.
 fn generation_a() -> Generation {
@@ -51,39 +42,16 @@ fn setup() -> Setup {
     Setup { bed, a: a_path, b, dir: tempfile::tempdir().unwrap() }
 }
 
-fn safe_switch(bed: &TestBed, args: &[&str]) -> Output {
-    safe_switch_with(bed, args, &[])
-}
-
-/// Like [`safe_switch`], with extra environment variables (the test-only
-/// ones of `safe_switch_cli::test_hooks`).
-fn safe_switch_with(bed: &TestBed, args: &[&str], env: &[(&str, &str)]) -> Output {
-    let mut cmd = bed.command(BIN);
-    hermetic::in_bed(&mut cmd, bed).args(args).env("NO_COLOR", "1");
-    cmd.envs(env.iter().copied());
-    testbed::exec::run(&mut cmd, Duration::from_secs(120)).expect("safe-switch runs")
-}
-
 /// This bed's saved-plan key, as `plan --out` created it.
 fn bed_key(bed: &TestBed) -> PlanKey {
-    let dir = bed.run_dir().join(hermetic::BED_STATE_DIR.trim_start_matches("/run/"));
+    let dir = bed.run_dir().join(BED_STATE_DIR.trim_start_matches("/run/"));
     PlanKey::load(&dir).unwrap().expect("plan --out created the key")
 }
 
 /// Writes a policy file inside the bed, at `/run/policy/NAME`; returns the
 /// path as the bed sees it.
 fn bed_policy(bed: &TestBed, name: &str, text: &str) -> String {
-    use std::os::unix::fs::PermissionsExt as _;
-    let dir = bed.run_dir().join("policy");
-    std::fs::create_dir_all(&dir).unwrap();
-    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
-    std::fs::write(dir.join(name), text).unwrap();
-    std::fs::set_permissions(dir.join(name), std::fs::Permissions::from_mode(0o644)).unwrap();
-    format!("/run/policy/{name}")
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
+    bed_file(bed, &format!("policy/{name}"), text, 0o755, 0o644)
 }
 
 /// `plan --out` into the setup's directory; returns the file.
@@ -118,9 +86,7 @@ fn states(st: &Setup) -> std::collections::BTreeMap<String, testbed::UnitState> 
 
 #[test]
 fn a_fresh_saved_plan_is_applied_exactly() {
-    if !testbed::available("a_fresh_saved_plan_is_applied_exactly") {
-        return;
-    }
+    testbed::require!(bed);
     let st = setup();
     let file = save_plan(&st);
     let before = states(&st);
@@ -136,9 +102,7 @@ fn a_fresh_saved_plan_is_applied_exactly() {
 
 #[test]
 fn a_unit_restarted_by_someone_else_makes_the_plan_stale() {
-    if !testbed::available("a_unit_restarted_by_someone_else_makes_the_plan_stale") {
-        return;
-    }
+    testbed::require!(bed);
     let st = setup();
     let file = save_plan(&st);
     // changed.service is in the plan; an operator restarts it by hand.
@@ -157,9 +121,7 @@ fn a_unit_restarted_by_someone_else_makes_the_plan_stale() {
 
 #[test]
 fn a_different_running_generation_makes_the_plan_stale() {
-    if !testbed::available("a_different_running_generation_makes_the_plan_stale") {
-        return;
-    }
+    testbed::require!(bed);
     let st = setup();
     let file = save_plan(&st);
     // Someone else switched to another generation (here only the link
@@ -181,9 +143,7 @@ fn a_different_running_generation_makes_the_plan_stale() {
 
 #[test]
 fn a_hand_edited_plan_file_is_refused() {
-    if !testbed::available("a_hand_edited_plan_file_is_refused") {
-        return;
-    }
+    testbed::require!(bed);
     let st = setup();
     let file = save_plan(&st);
     let before = states(&st);
@@ -257,9 +217,7 @@ fn a_hand_edited_plan_file_is_refused() {
 
 #[test]
 fn an_isolated_apply_checks_and_applies_in_its_transient_unit() {
-    if !testbed::available("an_isolated_apply_checks_and_applies_in_its_transient_unit") {
-        return;
-    }
+    testbed::require!(bed);
     let st = setup();
     let file = save_plan(&st);
     // Stale first: the refusal (exit 3) comes back through the transient
@@ -296,9 +254,7 @@ fn setup_sshd_changes() -> Setup {
 /// protection of sshd the plan does not have: refused as stale.
 #[test]
 fn a_forged_plan_without_the_protections_is_refused() {
-    if !testbed::available("a_forged_plan_without_the_protections_is_refused") {
-        return;
-    }
+    testbed::require!(bed);
     let st = setup_sshd_changes();
     let system = bed_policy(&st.bed, "system.toml", "protect = [\"sshd\"]\n");
     let with_policy = [(test_hooks::SYSTEM_POLICY, system.as_str())];
@@ -362,9 +318,7 @@ fn a_forged_plan_without_the_protections_is_refused() {
 
 #[test]
 fn a_plan_from_another_host_or_outside_the_store_is_refused() {
-    if !testbed::available("a_plan_from_another_host_or_outside_the_store_is_refused") {
-        return;
-    }
+    testbed::require!(bed);
     let st = setup();
     let file = save_plan(&st);
     assert!(SavedPlan::load(&file).unwrap().mac.is_some(), "plan --out as root signs the plan");

@@ -3,15 +3,13 @@
 //! packages changed, in the text and in the JSON plan.
 //!
 //! Needs a Nix that can build into this machine's store
-//! (`testbed::nix::available`). Under CI it fails when it cannot run;
+//! (`testbed::require!(nix)`). Under CI it fails when it cannot run;
 //! elsewhere it skips with a message.
-
-#![allow(clippy::unwrap_used, clippy::expect_used, reason = "tests may panic")]
-
-mod hermetic;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
+
+use crate::support::{BIN, hermetic};
 
 /// Builds two generations whose toplevels carry a unit file and depend on
 /// packages: `hello` 1.0 → 1.1, `tool` removed, `docker` added.
@@ -57,8 +55,8 @@ in {{
 }
 
 fn safe_switch(args: &[&Path], json: bool) -> (i32, String, String) {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_safe-switch"));
-    hermetic::hermetic(&mut cmd).arg("diff").args(args).env("NO_COLOR", "1");
+    let mut cmd = Command::new(BIN);
+    hermetic(&mut cmd).arg("diff").args(args).env("NO_COLOR", "1");
     if json {
         cmd.arg("--json");
     }
@@ -72,9 +70,7 @@ fn safe_switch(args: &[&Path], json: bool) -> (i32, String, String) {
 
 #[test]
 fn diff_of_store_generations_shows_package_changes() {
-    if !testbed::nix::available("diff_of_store_generations_shows_package_changes") {
-        return;
-    }
+    testbed::require!(nix);
     let dir = tempfile::tempdir().expect("temp dir");
     let (old, new) = build_generations(dir.path());
 

@@ -2,14 +2,10 @@
 //! protection by label, the `launchctl` commands and the plist diffs,
 //! through the binary, on the launchd planner's fixture generations.
 
-#![allow(clippy::unwrap_used, clippy::expect_used, reason = "tests may panic")]
-
-mod hermetic;
-
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-const BIN: &str = env!("CARGO_BIN_EXE_safe-switch");
+use crate::support::{BIN, hermetic, text, write_policy};
 
 fn fixture(case: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../crates/launchd-plan/tests/fixtures").join(case)
@@ -25,28 +21,15 @@ fn diff(case: &str, args: &[&str]) -> Output {
 /// Like [`diff`], with a policy file of the given text.
 fn diff_with_policy(case: &str, policy: &str, args: &[&str]) -> Output {
     let dir = tempfile::tempdir().unwrap();
-    hermetic::hermetic(&mut Command::new(BIN))
+    hermetic(&mut Command::new(BIN))
         .current_dir(fixture(case))
         .env_remove("SAFE_SWITCH_PLATFORM")
         .env("NO_COLOR", "1")
         .args(["diff", "old", "new", "--live", "live.json", "--policy"])
-        .arg(policy_file(dir.path(), policy))
+        .arg(write_policy(&dir.path().join("policy.toml"), policy))
         .args(args)
         .output()
         .unwrap()
-}
-
-/// A policy file that passes the ownership checks.
-fn policy_file(dir: &Path, text: &str) -> PathBuf {
-    use std::os::unix::fs::PermissionsExt as _;
-    let path = dir.join("policy.toml");
-    std::fs::write(&path, text).unwrap();
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
-    path
-}
-
-fn text(out: &Output) -> (String, String) {
-    (String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
 }
 
 /// The lines of the text plan's command section.

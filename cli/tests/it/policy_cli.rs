@@ -9,22 +9,14 @@
 //! (see `cli/src/test_hooks.rs`). The same attacks against `switch` and
 //! `apply` on a real systemd are in `apply_saved.rs` and `live_switch.rs`.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-mod hermetic;
-
 use std::os::unix::fs::PermissionsExt as _;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output};
 use std::time::Duration;
 
 use safe_switch_cli::test_hooks;
 
-const BIN: &str = env!("CARGO_BIN_EXE_safe-switch");
-
-fn case(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/golden").join(name)
-}
+use crate::support::{BIN, NOWHERE, golden as case, text, write_policy as write};
 
 /// `diff old new --live live.json ARGS` in `case`, with `system` as the
 /// system policy, no caller cgroup unless `cgroup` names one.
@@ -35,7 +27,7 @@ fn diff(case: &Path, system: &Path, cgroup: Option<&Path>, args: &[&str]) -> Out
         .current_dir(case)
         .env("NO_COLOR", "1")
         .env(test_hooks::SYSTEM_POLICY, system)
-        .env(test_hooks::PROC_CGROUP, cgroup.unwrap_or(Path::new(hermetic::NOWHERE)));
+        .env(test_hooks::PROC_CGROUP, cgroup.unwrap_or(Path::new(NOWHERE)));
     let child = cmd.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).spawn().unwrap();
     wait_bounded(child, Duration::from_secs(30))
 }
@@ -62,22 +54,12 @@ fn refused(out: &Output) -> Vec<String> {
     plan.protection.refusals.iter().map(|r| r.unit.clone()).collect()
 }
 
-fn text(out: &Output) -> (String, String) {
-    (String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
-}
-
 /// A directory for policy files that passes root's checks: private, in a
 /// sticky /tmp.
 fn policy_dir() -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     dir
-}
-
-fn write(path: &Path, text: &str) -> PathBuf {
-    std::fs::write(path, text).unwrap();
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o644)).unwrap();
-    path.to_owned()
 }
 
 const REFUSE_NGINX: &str = "protect = [\"nginx\"]\nmode = \"refuse\"\n";
@@ -149,7 +131,7 @@ fn an_implicit_protection_is_off_only_when_every_policy_says_so() {
 fn a_cgroup_file_cannot_replace_the_callers_own_cgroup() {
     let c = case("protect-self-cgroup-service");
     let own = c.join("cgroup");
-    let none = Path::new(hermetic::NOWHERE);
+    let none = Path::new(NOWHERE);
     let protected = diff(&c, none, Some(&own), &[]);
     let (stdout, _) = text(&protected);
     assert!(stdout.contains("gitlab-runner.service [implicit: holds this process"), "{stdout}");
@@ -178,12 +160,7 @@ fn a_fifo_as_the_system_policy_is_an_error_not_a_hang() {
 
 #[test]
 fn as_root_a_policy_others_could_change_is_refused() {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    if unsafe { libc::geteuid() } != 0 {
-        assert!(std::env::var_os("CI").is_none(), "this test needs root under CI");
-        eprintln!("SKIPPED as_root_a_policy_others_could_change_is_refused: needs root");
-        return;
-    }
+    testbed::require!(root);
     let dir = policy_dir();
     let open = dir.path().join("open");
     std::fs::create_dir(&open).unwrap();

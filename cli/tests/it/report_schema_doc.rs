@@ -3,8 +3,6 @@
 //! key it contains must appear in the document, as must each `Rule`
 //! identifier declared in the plan model.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
 use std::collections::BTreeSet;
 use std::path::Path;
 

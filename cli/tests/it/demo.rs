@@ -8,17 +8,15 @@
 //! Needs root and namespaces (two test beds): under `CI=true` it fails
 //! when it cannot run, elsewhere it skips with a message.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
 use testbed::demo::{self, Options};
+
+use crate::support::BIN;
 
 #[test]
 fn the_demo_shows_what_protection_changes() {
-    if !testbed::available("the_demo_shows_what_protection_changes") {
-        return;
-    }
+    testbed::require!(bed);
     let options = Options {
-        safe_switch: env!("CARGO_BIN_EXE_safe-switch").into(),
+        safe_switch: BIN.into(),
         protect: "sshd,gitlab-runner".to_owned(),
         no_isolate: false,
         keep: false,

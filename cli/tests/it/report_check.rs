@@ -7,25 +7,18 @@
 //! fails. These tests need root and namespaces: under `CI=true` they fail
 //! when they cannot run, elsewhere they skip with a message.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-mod hermetic;
-
 use std::path::Path;
-use std::time::Duration;
 
 use testbed::{Config, Generation, Output, TestBed};
 
-const BIN: &str = env!("CARGO_BIN_EXE_safe-switch");
+use crate::support::safe_switch;
 
 fn oneshot(v: &str) -> String {
-    format!(
-        "[Unit]\nDescription=net setup\n\n[Service]\nType=oneshot\nRemainAfterExit=yes\nEnvironment=V={v}\nExecStart=/bin/true\n"
-    )
+    testbed::unit::oneshot("net setup", &format!("Environment=V={v}\nExecStart=/bin/true\n"))
 }
 
 fn daemon(v: &str) -> String {
-    format!("[Unit]\nDescription=app\n\n[Service]\nEnvironment=V={v}\nExecStart=/bin/sleep infinity\n")
+    testbed::unit::daemon("app", &format!("V={v}"))
 }
 
 fn generation_a() -> Generation {
@@ -37,16 +30,12 @@ fn generation_a() -> Generation {
 }
 
 fn check(bed: &TestBed, args: &[&str]) -> Output {
-    let mut cmd = bed.command(BIN);
-    hermetic::in_bed(&mut cmd, bed).arg("check").args(args).env("NO_COLOR", "1");
-    testbed::exec::run(&mut cmd, Duration::from_secs(120)).expect("safe-switch runs")
+    safe_switch(bed, &[&["check"], args].concat())
 }
 
 #[test]
 fn check_gates_on_protected_units_and_changes_nothing() {
-    if !testbed::available("check_gates_on_protected_units_and_changes_nothing") {
-        return;
-    }
+    testbed::require!(bed);
     let a = generation_a();
     let bed = TestBed::boot(&Config::new(a.clone())).expect("test bed boots");
     let current = bed.current_generation().unwrap();

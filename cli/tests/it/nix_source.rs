@@ -10,20 +10,16 @@
 //! These tests need a writable Nix store (root): under `CI=true` they fail
 //! when they cannot run, elsewhere they skip with a message.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-mod hermetic;
-
 use std::process::{Command, Output};
 
 use testbed::flakes::Fixtures;
 
-const BIN: &str = env!("CARGO_BIN_EXE_safe-switch");
+use crate::support::{BIN, hermetic, in_bed};
 
 /// The binary with the offline Nix configuration and the platform fixed to
 /// NixOS (the fixtures' base has `nixosConfigurations.vm`).
 fn safe_switch(fx: &Fixtures, cmd: &mut Command) {
-    hermetic::hermetic(cmd).envs(fx.env()).env("SAFE_SWITCH_PLATFORM", "nixos");
+    hermetic(cmd).envs(fx.env()).env("SAFE_SWITCH_PLATFORM", "nixos");
 }
 
 fn run(fx: &Fixtures, args: &[&str]) -> Output {
@@ -38,9 +34,7 @@ fn stderr(out: &Output) -> String {
 
 #[test]
 fn a_broken_overlay_is_a_clear_error_with_exit_1() {
-    if !testbed::nix::available("a_broken_overlay_is_a_clear_error_with_exit_1") {
-        return;
-    }
+    testbed::require!(nix);
     let fx = Fixtures::new();
     let (base, overlay) = (fx.flake("base"), fx.flake("overlay-broken"));
     for command in ["plan", "check", "switch"] {
@@ -59,9 +53,7 @@ fn a_broken_overlay_is_a_clear_error_with_exit_1() {
 
 #[test]
 fn missing_outputs_and_flakes_are_named() {
-    if !testbed::nix::available("missing_outputs_and_flakes_are_named") {
-        return;
-    }
+    testbed::require!(nix);
     let fx = Fixtures::new();
     let base = fx.flake("base");
     let out = run(&fx, &["plan", "--flake", &fx.flake("overlay-missing"), "--base", &base]);
@@ -102,17 +94,8 @@ fn missing_outputs_and_flakes_are_named() {
 /// cause and the setting that fixes it.
 #[test]
 fn a_build_failing_for_the_host_s_nix_set_up_names_the_cause_and_the_fix() {
-    let test = "a_build_failing_for_the_host_s_nix_set_up_names_the_cause_and_the_fix";
-    if !testbed::nix::available(test) {
-        return;
-    }
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    if unsafe { libc::geteuid() } != 0 {
-        // Nix uses build users only when it runs as root.
-        assert!(std::env::var("CI").as_deref() != Ok("true"), "{test}: needs root");
-        eprintln!("SKIPPED {test}: needs root (Nix uses build users only for root)");
-        return;
-    }
+    // Root: Nix uses build users only when it runs as root.
+    testbed::require!(nix, root);
     let fx = Fixtures::new();
     // A unit no earlier run has built, so that Nix has to build.
     let overlay = fx.path("overlay").join("flake.nix");
@@ -169,11 +152,7 @@ fn a_missing_nix_is_a_clear_error() {
 /// running generation and live systemd.
 #[test]
 fn compose_build_and_plan_against_a_live_systemd() {
-    if !testbed::nix::available("compose_build_and_plan_against_a_live_systemd")
-        || !testbed::available("compose_build_and_plan_against_a_live_systemd")
-    {
-        return;
-    }
+    testbed::require!(nix, bed);
     let fx = Fixtures::new();
     // The running generation has an older base-web.service (another
     // ExecStart) than the base now builds.
@@ -184,7 +163,7 @@ fn compose_build_and_plan_against_a_live_systemd() {
 
     let mut cmd = bed.command(BIN);
     safe_switch(&fx, &mut cmd);
-    hermetic::in_bed(&mut cmd, &bed);
+    in_bed(&mut cmd, &bed);
     let out = cmd
         .args(["plan", "--json", "--show-wrapper", "--flake", &fx.flake("overlay")])
         .args(["--base", &fx.flake("base"), "--host", "vm"])
@@ -232,7 +211,7 @@ fn compose_build_and_plan_against_a_live_systemd() {
     let web_pid = bed.main_pid("base-web.service").unwrap();
     let mut cmd = bed.command(BIN);
     safe_switch(&fx, &mut cmd);
-    hermetic::in_bed(&mut cmd, &bed);
+    in_bed(&mut cmd, &bed);
     let out = cmd
         .args(["switch", "--json", "--flake", &fx.flake("overlay")])
         .args(["--base", &fx.flake("base"), "--host", "vm"])

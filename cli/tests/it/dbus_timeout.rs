@@ -9,14 +9,14 @@
 //! deadline is shortened with `SAFE_SWITCH_TEST_DBUS_TIMEOUT_MS` (read by
 //! debug builds only).
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
 use std::io::{Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
+
+use crate::support::BIN;
 
 /// The deadline the binary is given.
 const DEADLINE_MS: u64 = 700;
@@ -96,7 +96,7 @@ fn hello_reply() -> Vec<u8> {
 /// Runs the binary against the bus at `socket`, killing it past [`BOUND`].
 fn run(socket: &Path, args: &[&str]) -> (Output, Duration) {
     let started = Instant::now();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_safe-switch"))
+    let mut child = Command::new(BIN)
         .args(args)
         .env("DBUS_SYSTEM_BUS_ADDRESS", format!("unix:path={}", socket.display()))
         .env("SAFE_SWITCH_TEST_DBUS_TIMEOUT_MS", DEADLINE_MS.to_string())
@@ -121,24 +121,17 @@ fn run(socket: &Path, args: &[&str]) -> (Output, Duration) {
     (child.wait_with_output().unwrap(), elapsed)
 }
 
-fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    unsafe { libc::geteuid() == 0 }
-}
-
 /// Runs `plan` (and, as root, `switch`) against the fake bus and checks
 /// the exit code and that the error names `call` and says nothing changed.
 fn check_commands(socket: &Path, call: &str) {
     let toplevel = example("b");
     let toplevel = toplevel.to_str().unwrap();
     let mut commands = vec![vec!["plan", "--toplevel", toplevel]];
-    if is_root() {
+    match testbed::require::root_reason() {
         // Without --no-isolate the switch connects before it takes the
         // lock or writes anything.
-        commands.push(vec!["switch", "--toplevel", toplevel]);
-    } else {
-        assert!(std::env::var("CI").as_deref() != Ok("true"), "the switch case needs root under CI=true");
-        eprintln!("SKIPPED the switch case: needs root");
+        None => commands.push(vec!["switch", "--toplevel", toplevel]),
+        Some(reason) => testbed::require::skip_or_fail("the switch case", &reason),
     }
     for args in commands {
         let (out, elapsed) = run(socket, &args);

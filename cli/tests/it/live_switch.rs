@@ -11,24 +11,16 @@
 //! These tests need root and namespaces: under `CI=true` they fail when
 //! they cannot run, elsewhere they skip with a message.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-mod hermetic;
-
 use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
-use testbed::{Config, Generation, Output, TestBed};
+use testbed::{Config, Generation, TestBed};
 
-const BIN: &str = env!("CARGO_BIN_EXE_safe-switch");
-
-fn daemon(env: &str) -> String {
-    format!("[Unit]\nDescription=daemon\n\n[Service]\nEnvironment={env}\nExecStart=/bin/sleep infinity\n")
-}
+use crate::support::{BIN, bed_file, daemon, in_bed, path_str, safe_switch, safe_switch_with};
 
 fn oneshot(exec: &str) -> String {
-    format!("[Unit]\nDescription=oneshot\n\n[Service]\nType=oneshot\nRemainAfterExit=yes\nExecStart={exec}\n")
+    testbed::unit::oneshot("oneshot", &format!("ExecStart={exec}\n"))
 }
 
 /// Generation A: sshd, a daemon that will change, one that will be removed.
@@ -48,20 +40,10 @@ fn boot(a: &Generation) -> TestBed {
     bed
 }
 
-fn safe_switch(bed: &TestBed, args: &[&str]) -> Output {
-    let mut cmd = bed.command(BIN);
-    hermetic::in_bed(&mut cmd, bed).args(args);
-    testbed::exec::run(&mut cmd, Duration::from_secs(120)).expect("safe-switch runs")
-}
-
 fn spawn_switch(bed: &TestBed, args: &[&str]) -> Child {
     let mut cmd = bed.command(BIN);
-    hermetic::in_bed(&mut cmd, bed).args(args).stdout(Stdio::piped()).stderr(Stdio::piped());
+    in_bed(&mut cmd, bed).args(args).stdout(Stdio::piped()).stderr(Stdio::piped());
     cmd.spawn().expect("safe-switch starts")
-}
-
-fn path_str(p: &Path) -> &str {
-    p.to_str().expect("utf-8 path")
 }
 
 fn wait_for(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
@@ -81,9 +63,7 @@ fn nothing_changed(bed: &TestBed, before_current: &Path) {
 
 #[test]
 fn switch_applies_the_plan_and_keeps_protected_units() {
-    if !testbed::available("switch_applies_the_plan_and_keeps_protected_units") {
-        return;
-    }
+    testbed::require!(bed);
     let a = generation_a();
     let bed = boot(&a);
     let b = bed
@@ -112,9 +92,7 @@ fn switch_applies_the_plan_and_keeps_protected_units() {
 
 #[test]
 fn a_unit_that_fails_to_start_is_reported_and_the_others_are_still_handled() {
-    if !testbed::available("a_unit_that_fails_to_start_is_reported_and_the_others_are_still_handled") {
-        return;
-    }
+    testbed::require!(bed);
     let a = generation_a();
     let bed = boot(&a);
     let b = bed
@@ -146,9 +124,7 @@ fn a_unit_that_fails_to_start_is_reported_and_the_others_are_still_handled() {
 
 #[test]
 fn a_job_that_hangs_times_out_and_is_cancelled() {
-    if !testbed::available("a_job_that_hangs_times_out_and_is_cancelled") {
-        return;
-    }
+    testbed::require!(bed);
     let a =
         generation_a().service("hangs.service", oneshot("/bin/true")).wanted_by("hangs.service", "multi-user.target");
     let bed = boot(&a);
@@ -175,16 +151,14 @@ fn a_job_that_hangs_times_out_and_is_cancelled() {
 
 #[test]
 fn dbus_unreachable_is_a_clear_error_before_any_change() {
-    if !testbed::available("dbus_unreachable_is_a_clear_error_before_any_change") {
-        return;
-    }
+    testbed::require!(bed);
     let a = generation_a();
     let bed = boot(&a);
     let current = bed.current_generation().unwrap();
     let b = bed.build_generation(&a.clone().renamed("b").service("changed.service", daemon("V=2"))).unwrap();
     for extra in [&["--no-isolate"][..], &[][..]] {
         let mut cmd = bed.command(BIN);
-        hermetic::in_bed(&mut cmd, &bed).args(["switch", "--toplevel", path_str(&b)]).args(extra);
+        in_bed(&mut cmd, &bed).args(["switch", "--toplevel", path_str(&b)]).args(extra);
         cmd.env("DBUS_SYSTEM_BUS_ADDRESS", "unix:path=/run/no-such-bus");
         let out = testbed::exec::run(&mut cmd, Duration::from_secs(60)).unwrap();
         assert_eq!(out.code(), Some(1), "{out:?}");
@@ -196,9 +170,7 @@ fn dbus_unreachable_is_a_clear_error_before_any_change() {
 
 #[test]
 fn a_toplevel_without_activate_is_refused_before_any_change() {
-    if !testbed::available("a_toplevel_without_activate_is_refused_before_any_change") {
-        return;
-    }
+    testbed::require!(bed);
     let a = generation_a();
     let bed = boot(&a);
     let current = bed.current_generation().unwrap();
@@ -218,9 +190,7 @@ fn a_toplevel_without_activate_is_refused_before_any_change() {
 
 #[test]
 fn a_second_concurrent_switch_gets_a_lock_error_and_touches_nothing() {
-    if !testbed::available("a_second_concurrent_switch_gets_a_lock_error_and_touches_nothing") {
-        return;
-    }
+    testbed::require!(bed);
     let a = generation_a();
     let bed = boot(&a);
     // The first switch's activation waits until the test lets it go on.
@@ -254,9 +224,7 @@ fn a_second_concurrent_switch_gets_a_lock_error_and_touches_nothing() {
 
 #[test]
 fn not_root_can_plan_but_not_switch() {
-    if !testbed::available("not_root_can_plan_but_not_switch") {
-        return;
-    }
+    testbed::require!(bed);
     let a = generation_a();
     let bed = boot(&a);
     let current = bed.current_generation().unwrap();
@@ -267,7 +235,7 @@ fn not_root_can_plan_but_not_switch() {
     let as_nobody = |args: &[&str]| {
         let mut cmd = bed.command("setpriv");
         cmd.args(["--reuid=65534", "--regid=65534", "--clear-groups", BIN]).args(args);
-        hermetic::in_bed(&mut cmd, &bed);
+        in_bed(&mut cmd, &bed);
         testbed::exec::run(&mut cmd, Duration::from_secs(60)).unwrap()
     };
     let plan = as_nobody(&["plan", "--toplevel", path_str(&b), "--json"]);
@@ -316,9 +284,7 @@ fn kill_in_bed(bed: &TestBed, pid: &str) {
 
 #[test]
 fn an_apply_killed_in_the_middle_is_reported_and_resumed_by_the_next_run() {
-    if !testbed::available("an_apply_killed_in_the_middle_is_reported_and_resumed_by_the_next_run") {
-        return;
-    }
+    testbed::require!(bed);
     let a = generation_a();
     let bed = boot(&a);
     let b = bed.build_generation(&slow_b(&a)).unwrap();
@@ -361,9 +327,7 @@ fn an_apply_killed_in_the_middle_is_reported_and_resumed_by_the_next_run() {
 
 #[test]
 fn an_isolated_switch_finishes_when_its_caller_is_killed() {
-    if !testbed::available("an_isolated_switch_finishes_when_its_caller_is_killed") {
-        return;
-    }
+    testbed::require!(bed);
     let a = generation_a();
     let bed = boot(&a);
     let b = bed
@@ -390,9 +354,7 @@ fn an_isolated_switch_finishes_when_its_caller_is_killed() {
 
 #[test]
 fn an_isolated_switch_relays_output_and_exit_status() {
-    if !testbed::available("an_isolated_switch_relays_output_and_exit_status") {
-        return;
-    }
+    testbed::require!(bed);
     let a = generation_a();
     let bed = boot(&a);
     let b = bed
@@ -414,9 +376,7 @@ fn an_isolated_switch_relays_output_and_exit_status() {
 
 #[test]
 fn rollback_on_failure_switches_back_with_the_same_protections() {
-    if !testbed::available("rollback_on_failure_switches_back_with_the_same_protections") {
-        return;
-    }
+    testbed::require!(bed);
     let a = generation_a();
     let bed = boot(&a);
     let current = bed.current_generation().unwrap();
@@ -449,9 +409,7 @@ fn rollback_on_failure_switches_back_with_the_same_protections() {
 
 #[test]
 fn a_changed_system_conf_re_executes_systemd_and_jobs_still_complete() {
-    if !testbed::available("a_changed_system_conf_re_executes_systemd_and_jobs_still_complete") {
-        return;
-    }
+    testbed::require!(bed);
     let a = generation_a();
     let bed = boot(&a);
     let b = bed
@@ -481,9 +439,7 @@ fn a_changed_system_conf_re_executes_systemd_and_jobs_still_complete() {
 
 #[test]
 fn a_plan_refused_by_protection_exits_3_before_any_change() {
-    if !testbed::available("a_plan_refused_by_protection_exits_3_before_any_change") {
-        return;
-    }
+    testbed::require!(bed);
     let a = generation_a();
     let bed = boot(&a);
     let current = bed.current_generation().unwrap();
@@ -507,9 +463,7 @@ fn a_plan_refused_by_protection_exits_3_before_any_change() {
 
 #[test]
 fn a_resumed_apply_keeps_its_hands_off_what_is_protected_now() {
-    if !testbed::available("a_resumed_apply_keeps_its_hands_off_what_is_protected_now") {
-        return;
-    }
+    testbed::require!(bed);
     // r.service changes in B with X-StopIfChanged=false: it is restarted
     // after the activation, which is where the first apply is killed.
     let a = generation_a().service("r.service", daemon("V=1"));
@@ -561,9 +515,7 @@ fn a_resumed_apply_keeps_its_hands_off_what_is_protected_now() {
 
 #[test]
 fn of_two_isolated_switches_started_at_once_the_loser_reports_the_lock() {
-    if !testbed::available("of_two_isolated_switches_started_at_once_the_loser_reports_the_lock") {
-        return;
-    }
+    testbed::require!(bed);
     let a = generation_a();
     let bed = boot(&a);
     // The winner's activation waits until the test lets it go on, so it
@@ -611,25 +563,6 @@ fn of_two_isolated_switches_started_at_once_the_loser_reports_the_lock() {
     }
 }
 
-/// Writes a file inside the bed at `/run/<rel>` with `mode`, its directory
-/// with `dir_mode`; returns the path as the bed sees it.
-fn bed_file(bed: &TestBed, rel: &str, text: &str, dir_mode: u32, mode: u32) -> String {
-    use std::os::unix::fs::PermissionsExt as _;
-    let path = bed.run_dir().join(rel);
-    let dir = path.parent().unwrap();
-    std::fs::create_dir_all(dir).unwrap();
-    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(dir_mode)).unwrap();
-    std::fs::write(&path, text).unwrap();
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
-    format!("/run/{rel}")
-}
-
-fn safe_switch_with(bed: &TestBed, args: &[&str], env: &[(&str, &str)]) -> Output {
-    let mut cmd = bed.command(BIN);
-    hermetic::in_bed(&mut cmd, bed).args(args).envs(env.iter().copied());
-    testbed::exec::run(&mut cmd, Duration::from_secs(120)).expect("safe-switch runs")
-}
-
 /// With a root-owned system policy `protect = ["sshd"]`, `mode = "refuse"`:
 /// `--on-protected defer` and `--policy EMPTY` do not weaken it, in
 /// process or isolated; a policy in a directory others may write is
@@ -637,9 +570,7 @@ fn safe_switch_with(bed: &TestBed, args: &[&str], env: &[(&str, &str)]) -> Outpu
 /// the unit the caller runs in.
 #[test]
 fn the_policy_cannot_be_weakened_from_the_command_line() {
-    if !testbed::available("the_policy_cannot_be_weakened_from_the_command_line") {
-        return;
-    }
+    testbed::require!(bed);
     use safe_switch_cli::test_hooks::{PROC_CGROUP, SYSTEM_POLICY};
     let a = generation_a();
     let bed = boot(&a);
@@ -711,9 +642,7 @@ fn the_policy_cannot_be_weakened_from_the_command_line() {
 
 #[test]
 fn a_protect_typo_is_a_usage_error_before_any_change() {
-    if !testbed::available("a_protect_typo_is_a_usage_error_before_any_change") {
-        return;
-    }
+    testbed::require!(bed);
     let a = generation_a();
     let bed = boot(&a);
     let current = bed.current_generation().unwrap();

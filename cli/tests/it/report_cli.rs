@@ -5,21 +5,15 @@
 //! second run, the JSON file is the `--json` output, and bad `--report`
 //! values fail before anything is written.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-mod hermetic;
-
 use std::collections::BTreeSet;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-fn golden() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/golden")
-}
+use crate::support::{BIN, diff_args as base_args, golden, golden_dir, hermetic};
 
 fn report_cases() -> Vec<PathBuf> {
-    let mut cases: Vec<PathBuf> = fs::read_dir(golden())
+    let mut cases: Vec<PathBuf> = fs::read_dir(golden_dir())
         .unwrap()
         .map(|e| e.unwrap().path())
         .filter(|p| p.file_name().unwrap().to_string_lossy().starts_with("report-"))
@@ -29,24 +23,8 @@ fn report_cases() -> Vec<PathBuf> {
     cases
 }
 
-fn base_args(case: &Path) -> Vec<String> {
-    let mut args = vec!["diff".to_owned(), "old".to_owned(), "new".to_owned()];
-    if case.join("live.json").exists() {
-        args.extend(["--live".to_owned(), "live.json".to_owned()]);
-    }
-    if let Ok(text) = fs::read_to_string(case.join("args")) {
-        args.extend(text.lines().map(str::trim).filter(|l| !l.is_empty()).map(str::to_owned));
-    }
-    args
-}
-
 fn run(case: &Path, args: &[String]) -> Output {
-    hermetic::hermetic(&mut Command::new(env!("CARGO_BIN_EXE_safe-switch")))
-        .args(args)
-        .current_dir(case)
-        .env("NO_COLOR", "1")
-        .output()
-        .unwrap()
+    hermetic(&mut Command::new(BIN)).args(args).current_dir(case).env("NO_COLOR", "1").output().unwrap()
 }
 
 fn xmllint_ok(file: &Path) -> Option<Result<(), String>> {
@@ -132,7 +110,7 @@ fn every_format_is_written_valid_and_stable() {
 
 #[test]
 fn bad_report_values_fail_before_anything_is_written() {
-    let case = golden().join("report-protect-deferred");
+    let case = golden("report-protect-deferred");
     let dir = tempfile::tempdir().unwrap();
     let good = dir.path().join("r.xml");
     for (bad, needle) in [("xml=out.xml", "\"xml\""), ("junit", "FORMAT=PATH"), ("junit=", "empty")] {
@@ -160,13 +138,9 @@ fn bad_report_values_fail_before_anything_is_written() {
 /// Runs the binary on a terminal (a pseudo-terminal from util-linux's
 /// `script`) and returns what it printed.
 fn on_a_terminal(case: &Path, no_color: Option<&str>) -> Option<String> {
-    let bin = env!("CARGO_BIN_EXE_safe-switch");
-    let cmd = format!("{bin} {}", base_args(case).join(" "));
+    let cmd = format!("{BIN} {}", base_args(case).join(" "));
     let mut script = Command::new("script");
-    hermetic::hermetic(&mut script)
-        .args(["-q", "-e", "-c", &cmd, "/dev/null"])
-        .current_dir(case)
-        .env_remove("NO_COLOR");
+    hermetic(&mut script).args(["-q", "-e", "-c", &cmd, "/dev/null"]).current_dir(case).env_remove("NO_COLOR");
     if let Some(v) = no_color {
         script.env("NO_COLOR", v);
     }
@@ -182,7 +156,7 @@ fn on_a_terminal(case: &Path, no_color: Option<&str>) -> Option<String> {
 
 #[test]
 fn colours_on_a_terminal_unless_no_color_is_set() {
-    let case = golden().join("report-service-changed");
+    let case = golden("report-service-changed");
     let Some(tty) = on_a_terminal(&case, None) else { return };
     assert!(tty.contains("\x1b[32m+"), "no coloured diff on a terminal:\n{tty}");
     let Some(plain) = on_a_terminal(&case, Some("1")) else { return };
@@ -192,7 +166,7 @@ fn colours_on_a_terminal_unless_no_color_is_set() {
     let Some(empty) = on_a_terminal(&case, Some("")) else { return };
     assert!(empty.contains("\x1b["), "{empty}");
     // A pipe gets no colours either.
-    let out = hermetic::hermetic(&mut Command::new(env!("CARGO_BIN_EXE_safe-switch")))
+    let out = hermetic(&mut Command::new(BIN))
         .args(base_args(&case))
         .current_dir(&case)
         .env_remove("NO_COLOR")
@@ -221,7 +195,7 @@ fn a_closed_pipe_ends_quietly() {
     let formats = ["text", "json", "junit", "codequality", "markdown"];
     let runs = formats.iter().map(|f| vec!["--format", f]).chain([vec!["--explain", "s*"]]);
     for extra in runs {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_safe-switch"))
+        let mut child = Command::new(BIN)
             .current_dir(dir.path())
             .args(["diff", "old", "new"])
             .args(&extra)
@@ -238,9 +212,8 @@ fn a_closed_pipe_ends_quietly() {
         assert!(stderr.is_empty(), "{extra:?}: nothing on standard error: {stderr}");
     }
     // Standard error on the same closed pipe, after a warning was printed.
-    let bin = env!("CARGO_BIN_EXE_safe-switch");
     let script =
-        format!("'{bin}' diff old new --protect 'nothing*' 2>&1 | head -c 1 >/dev/null; echo ${{PIPESTATUS[0]}}");
+        format!("'{BIN}' diff old new --protect 'nothing*' 2>&1 | head -c 1 >/dev/null; echo ${{PIPESTATUS[0]}}");
     let out = Command::new("bash").arg("-c").arg(&script).current_dir(dir.path()).output().unwrap();
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "0", "{}", String::from_utf8_lossy(&out.stderr));
 }
@@ -251,10 +224,8 @@ fn a_closed_pipe_ends_quietly() {
 #[test]
 fn reports_are_written_as_sudo_s_caller() {
     use std::os::unix::fs::{MetadataExt, PermissionsExt};
-    if !testbed::available("reports_are_written_as_sudo_s_caller") {
-        return;
-    }
-    let case = golden().join("report-protect-deferred");
+    testbed::require!(root);
+    let case = golden("report-protect-deferred");
     let dir = tempfile::tempdir().unwrap();
     let (root_only, open) = (dir.path().join("root-only"), dir.path().join("open"));
     fs::create_dir(&root_only).unwrap();
@@ -266,7 +237,7 @@ fn reports_are_written_as_sudo_s_caller() {
     let run_as_sudo = |report: &Path| {
         let mut args = base_args(&case);
         args.extend(["--report".to_owned(), format!("json={}", report.display())]);
-        Command::new(env!("CARGO_BIN_EXE_safe-switch"))
+        Command::new(BIN)
             .args(&args)
             .current_dir(&case)
             .env("SUDO_UID", nobody)

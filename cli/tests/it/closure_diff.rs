@@ -2,8 +2,6 @@
 //! binary against real Nix stores, found through Nix's own environment
 //! variables, and its errors on bad input.
 
-#![allow(clippy::unwrap_used, clippy::expect_used, reason = "tests may panic")]
-
 use std::os::unix::fs::PermissionsExt as _;
 use std::os::unix::process::CommandExt as _;
 use std::path::Path;
@@ -11,8 +9,10 @@ use std::process::{Command, Output};
 
 use testbed::store::{TempStore, generations, store_path};
 
+use crate::support::BIN;
+
 fn safe_switch() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_safe-switch"));
+    let mut c = Command::new(BIN);
     for var in ["NIX_REMOTE", "NIX_STORE_DIR", "NIX_STORE", "NIX_STATE_DIR", "NIX_DB_DIR"] {
         c.env_remove(var);
     }
@@ -30,9 +30,7 @@ fn text(bytes: &[u8]) -> String {
 
 #[test]
 fn text_and_json() {
-    if !testbed::nix::available("closure_diff::text_and_json") {
-        return;
-    }
+    testbed::require!(nix);
     let g = generations(21, 60, 20);
     let store = TempStore::new();
     store.register(&g.entries);
@@ -57,9 +55,7 @@ fn text_and_json() {
 
 #[test]
 fn links_and_the_fallback() {
-    if !testbed::nix::available("closure_diff::links_and_the_fallback") {
-        return;
-    }
+    testbed::require!(nix);
     let g = generations(22, 30, 5);
     let store = TempStore::new();
     store.register(&g.entries);
@@ -88,9 +84,7 @@ fn links_and_the_fallback() {
 
 #[test]
 fn bad_input_is_a_clear_error() {
-    if !testbed::nix::available("closure_diff::bad_input_is_a_clear_error") {
-        return;
-    }
+    testbed::require!(nix);
     let g = generations(23, 10, 2);
     let store = TempStore::new();
     store.register(&g.entries);
@@ -143,7 +137,7 @@ fn no_permission() {
     let bin_dir = tempfile::tempdir().unwrap();
     std::fs::set_permissions(bin_dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     let bin = bin_dir.path().join("safe-switch");
-    std::fs::copy(env!("CARGO_BIN_EXE_safe-switch"), &bin).unwrap();
+    testbed::exec::copy_executable(Path::new(BIN), &bin).unwrap();
     let home = tempfile::tempdir().unwrap();
     std::fs::set_permissions(home.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
     let out = Command::new(&bin)

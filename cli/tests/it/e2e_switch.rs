@@ -21,18 +21,16 @@
 //! These tests need root and namespaces: under `CI=true` they fail when
 //! they cannot run, elsewhere they skip with a message.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-mod hermetic;
-
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
 
 use plan_model::{Action, Plan, Rule};
+use testbed::unit::daemon;
 use testbed::{Config, Generation, Output, TestBed, UnitState};
 
-const BIN: &str = env!("CARGO_BIN_EXE_safe-switch");
+use crate::support::{self, path_str};
+
 const TICK: Duration = Duration::from_millis(200);
 /// The longest pause between two ticks that still counts as "no gap":
 /// 25 tick intervals. It catches a session that stalled (held up by a
@@ -45,14 +43,7 @@ const MAX_GAP: Duration = Duration::from_secs(5);
 const SSHD_DEPS: &str = "Requires=ssh-host-keys.service\nAfter=ssh-host-keys.service\nPartOf=firewall.service\n";
 
 fn oneshot(description: &str, env: &str) -> String {
-    format!(
-        "[Unit]\nDescription={description}\n\n[Service]\nType=oneshot\nRemainAfterExit=yes\n\
-         Environment={env}\nExecStart=/bin/true\n"
-    )
-}
-
-fn daemon(description: &str, env: &str) -> String {
-    format!("[Unit]\nDescription={description}\n\n[Service]\nEnvironment={env}\nExecStart=/bin/sleep infinity\n")
+    testbed::unit::oneshot(description, &format!("Environment={env}\nExecStart=/bin/true\n"))
 }
 
 fn generation_a() -> Generation {
@@ -129,11 +120,11 @@ fn boot() -> TestBed {
     TestBed::boot(&Config::new(generation_a())).unwrap_or_else(|e| panic!("test bed: {e}"))
 }
 
-/// Runs safe-switch inside the bed.
+/// Runs safe-switch inside the bed, with `toplevel` as the new generation.
 fn safe_switch(bed: &TestBed, args: &[&str], toplevel: &Path) -> Output {
-    let mut cmd = bed.command(BIN);
-    hermetic::in_bed(&mut cmd, bed).args(args).arg("--toplevel").arg(toplevel);
-    testbed::exec::run(&mut cmd, Duration::from_secs(180)).unwrap()
+    let mut args = args.to_vec();
+    args.extend(["--toplevel", path_str(toplevel)]);
+    support::safe_switch(bed, &args)
 }
 
 fn states(bed: &TestBed) -> BTreeMap<String, UnitState> {
@@ -144,9 +135,7 @@ fn states(bed: &TestBed) -> BTreeMap<String, UnitState> {
 
 #[test]
 fn protected_switch_keeps_the_ssh_session_and_does_what_the_plan_said() {
-    if !testbed::available("protected_switch_keeps_the_ssh_session_and_does_what_the_plan_said") {
-        return;
-    }
+    testbed::require!(bed);
     protected_switch(&["--no-isolate"]);
 }
 
@@ -154,9 +143,7 @@ fn protected_switch_keeps_the_ssh_session_and_does_what_the_plan_said() {
 /// the bed's systemd, which the command waits for.
 #[test]
 fn protected_switch_in_a_transient_unit() {
-    if !testbed::available("protected_switch_in_a_transient_unit") {
-        return;
-    }
+    testbed::require!(bed);
     protected_switch(&[]);
 }
 
@@ -245,9 +232,7 @@ fn protected_switch(extra: &[&str]) {
 
 #[test]
 fn control_without_protection_restarts_sshd() {
-    if !testbed::available("control_without_protection_restarts_sshd") {
-        return;
-    }
+    testbed::require!(bed);
     let bed = boot();
     let b = bed.build_generation(&generation_b()).unwrap();
     let before = states(&bed);
