@@ -9,7 +9,7 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use crate::error::{Error, Result, io};
+use crate::error::{Error, Result};
 
 /// The captured result of a finished program.
 #[derive(Clone, Debug)]
@@ -68,15 +68,29 @@ pub(crate) fn describe(cmd: &Command) -> String {
 /// Runs `cmd` to completion with captured output, killing it when it runs
 /// longer than `timeout`. Standard input is closed.
 pub fn run(cmd: &mut Command, timeout: Duration) -> Result<Output> {
+    run_with_input(cmd, None, timeout)
+}
+
+/// Like [`run`], with `input` as the program's standard input when given.
+fn run_with_input(cmd: &mut Command, input: Option<&[u8]>, timeout: Duration) -> Result<Output> {
     let command = describe(cmd);
     let mut child = cmd
-        .stdin(Stdio::null())
+        .stdin(if input.is_some() { Stdio::piped() } else { Stdio::null() })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .map_err(|source| Error::Spawn { command: command.clone(), source })?;
     let stdout = drain(child.stdout.take());
     let stderr = drain(child.stderr.take());
+    if let (Some(input), Some(mut stdin)) = (input, child.stdin.take()) {
+        // Written on a thread of its own, so that a program that prints
+        // before it reads never blocks; a program that stops reading fails
+        // by itself. Dropping the pipe ends the input.
+        let input = input.to_vec();
+        thread::spawn(move || {
+            let _ = stdin.write_all(&input);
+        });
+    }
     let status = wait_timeout(&mut child, timeout);
     let status = match status {
         Some(status) => status,
@@ -229,24 +243,8 @@ const WRITE_TIMEOUT: Duration = Duration::from_secs(60);
 pub fn write_executable(path: &Path, text: &str) -> Result<()> {
     let mut cmd = Command::new("/bin/sh");
     cmd.args(["-c", "cat > \"$1\" && chmod 0755 \"$1\"", "sh"]).arg(path);
-    let command = describe(&cmd);
-    let mut child = cmd
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|source| Error::Spawn { command: command.clone(), source })?;
-    let stderr = drain(child.stderr.take());
-    // Dropping standard input closes it: `cat` sees the end.
-    let written = child.stdin.take().map_or(Ok(()), |mut stdin| stdin.write_all(text.as_bytes()));
-    let Some(status) = wait_timeout(&mut child, WRITE_TIMEOUT) else {
-        let _ = child.kill();
-        let _ = child.wait();
-        return Err(Error::Timeout { what: command, timeout: WRITE_TIMEOUT });
-    };
-    let output = Output { command, status, stdout: String::new(), stderr: stderr.join().unwrap_or_default() };
-    output.check()?;
-    written.map_err(io("writing", path))
+    run_with_input(&mut cmd, Some(text.as_bytes()), WRITE_TIMEOUT)?.check()?;
+    Ok(())
 }
 
 /// Copies the program `from` to `to` (mode 0755) with `cp`, for the reason
