@@ -194,13 +194,7 @@ fn a_second_concurrent_switch_gets_a_lock_error_and_touches_nothing() {
     let a = generation_a();
     let bed = boot(&a);
     // The first switch's activation waits until the test lets it go on.
-    let b = bed
-        .build_generation(
-            &a.clone().renamed("b").service("changed.service", daemon("V=2")).activate_lines(
-                "touch /run/testbed/activating\nwhile [ ! -e /run/testbed/go-on ]; do sleep 0.05; done",
-            ),
-        )
-        .unwrap();
+    let b = bed.build_generation(&held_b(&a)).unwrap();
     let c = bed.build_generation(&a.clone().renamed("c").service("removed.service", daemon("V=3"))).unwrap();
     let first = spawn_switch(&bed, &["switch", "--toplevel", path_str(&b), "--no-isolate"]);
     wait_for("the first switch to activate", Duration::from_secs(60), || {
@@ -263,6 +257,22 @@ fn make_readable(root: &Path) {
     }
 }
 
+/// Generation B that changes sshd too, whose protection then touches
+/// the plan.
+fn sshd_changed_b(a: &Generation) -> Generation {
+    a.clone().renamed("b").sshd_with("", "Environment=VERSION=2\n").service("changed.service", daemon("V=2"))
+}
+
+/// Generation B whose activation holds the switch (and its lock) until
+/// the test lets it go on: it touches `/run/testbed/activating`, then waits
+/// for `/run/testbed/go-on`.
+fn held_b(a: &Generation) -> Generation {
+    a.clone()
+        .renamed("b")
+        .service("changed.service", daemon("V=2"))
+        .activate_lines("touch /run/testbed/activating\nwhile [ ! -e /run/testbed/go-on ]; do sleep 0.05; done")
+}
+
 /// Generation B for the interruption tests: its activation stops (the
 /// first time only) until the test has killed the switch.
 fn slow_b(a: &Generation) -> Generation {
@@ -282,22 +292,29 @@ fn kill_in_bed(bed: &TestBed, pid: &str) {
     assert!(out.success(), "{out:?}");
 }
 
+/// Starts a switch to a [`slow_b`] generation, waits until its activation
+/// stopped, and kills the switch and its activation script where they
+/// stand; returns the progress record the switch had written.
+fn interrupt(bed: &TestBed, args: &[&str]) -> serde_json::Value {
+    let first = spawn_switch(bed, args);
+    let pid_file = bed.run_dir().join("testbed/activate.pid");
+    wait_for("the activation to start", Duration::from_secs(60), || pid_file.exists());
+    let progress: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(bed.run_dir().join("safe-switch/progress.json")).unwrap())
+            .unwrap();
+    kill_in_bed(bed, &progress["pid"].to_string());
+    kill_in_bed(bed, &std::fs::read_to_string(&pid_file).unwrap());
+    let _ = first.wait_with_output();
+    progress
+}
+
 #[test]
 fn an_apply_killed_in_the_middle_is_reported_and_resumed_by_the_next_run() {
     testbed::require!(bed);
     let a = generation_a();
     let bed = boot(&a);
     let b = bed.build_generation(&slow_b(&a)).unwrap();
-    let first = spawn_switch(&bed, &["switch", "--toplevel", path_str(&b), "--no-isolate"]);
-    let pid_file = bed.run_dir().join("testbed/activate.pid");
-    wait_for("the activation to start", Duration::from_secs(60), || pid_file.exists());
-    let progress: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(bed.run_dir().join("safe-switch/progress.json")).unwrap())
-            .unwrap();
-    // Kill the switch and its activation script where they stand.
-    kill_in_bed(&bed, &progress["pid"].to_string());
-    kill_in_bed(&bed, &std::fs::read_to_string(&pid_file).unwrap());
-    let _ = first.wait_with_output();
+    interrupt(&bed, &["switch", "--toplevel", path_str(&b), "--no-isolate"]);
     assert_eq!(bed.active_state("changed.service").unwrap(), "inactive", "the stop phase ran");
     assert_ne!(bed.current_generation().unwrap(), b);
 
@@ -330,13 +347,7 @@ fn an_isolated_switch_finishes_when_its_caller_is_killed() {
     testbed::require!(bed);
     let a = generation_a();
     let bed = boot(&a);
-    let b = bed
-        .build_generation(
-            &a.clone().renamed("b").service("changed.service", daemon("V=2")).activate_lines(
-                "touch /run/testbed/activating\nwhile [ ! -e /run/testbed/go-on ]; do sleep 0.05; done",
-            ),
-        )
-        .unwrap();
+    let b = bed.build_generation(&held_b(&a)).unwrap();
     let mut caller = spawn_switch(&bed, &["switch", "--toplevel", path_str(&b)]);
     wait_for("the activation to start", Duration::from_secs(60), || bed.run_dir().join("testbed/activating").exists());
     // The caller goes away (as a dropped SSH connection would take it).
@@ -443,11 +454,7 @@ fn a_plan_refused_by_protection_exits_3_before_any_change() {
     let a = generation_a();
     let bed = boot(&a);
     let current = bed.current_generation().unwrap();
-    let b = bed
-        .build_generation(
-            &a.clone().renamed("b").sshd_with("", "Environment=VERSION=2\n").service("changed.service", daemon("V=2")),
-        )
-        .unwrap();
+    let b = bed.build_generation(&sshd_changed_b(&a)).unwrap();
     let sshd = bed.unit_states(&["sshd.service"]).unwrap()["sshd.service"].clone();
     for extra in [&["--no-isolate"][..], &[][..]] {
         let mut args = vec!["switch", "--toplevel", path_str(&b), "--protect", "sshd", "--on-protected", "refuse"];
@@ -475,16 +482,8 @@ fn a_resumed_apply_keeps_its_hands_off_what_is_protected_now() {
             "[Unit]\nDescription=r\n\n[Service]\nEnvironment=V=2\nExecStart=/bin/sleep infinity\nX-StopIfChanged=false\n",
         ))
         .unwrap();
-    let first = spawn_switch(&bed, &["switch", "--toplevel", path_str(&b), "--protect", "sshd", "--no-isolate"]);
-    let pid_file = bed.run_dir().join("testbed/activate.pid");
-    wait_for("the activation to start", Duration::from_secs(60), || pid_file.exists());
-    let progress: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(bed.run_dir().join("safe-switch/progress.json")).unwrap())
-            .unwrap();
+    let progress = interrupt(&bed, &["switch", "--toplevel", path_str(&b), "--protect", "sshd", "--no-isolate"]);
     assert!(progress["plan"].to_string().contains("r.service"), "the first plan restarts r.service");
-    kill_in_bed(&bed, &progress["pid"].to_string());
-    kill_in_bed(&bed, &std::fs::read_to_string(&pid_file).unwrap());
-    let _ = first.wait_with_output();
     let r = bed.unit_states(&["r.service"]).unwrap()["r.service"].clone();
 
     // In refuse mode, the resume is refused and nothing more is done.
@@ -520,13 +519,7 @@ fn of_two_isolated_switches_started_at_once_the_loser_reports_the_lock() {
     let bed = boot(&a);
     // The winner's activation waits until the test lets it go on, so it
     // holds the lock while the loser's isolated run starts.
-    let b = bed
-        .build_generation(
-            &a.clone().renamed("b").service("changed.service", daemon("V=2")).activate_lines(
-                "touch /run/testbed/activating\nwhile [ ! -e /run/testbed/go-on ]; do sleep 0.05; done",
-            ),
-        )
-        .unwrap();
+    let b = bed.build_generation(&held_b(&a)).unwrap();
     // Both callers pass their own check of the lock before either
     // isolated run takes it: the race is lost in the transient unit.
     for round in 0..5 {
@@ -575,11 +568,7 @@ fn the_policy_cannot_be_weakened_from_the_command_line() {
     let a = generation_a();
     let bed = boot(&a);
     let current = bed.current_generation().unwrap();
-    let b = bed
-        .build_generation(
-            &a.clone().renamed("b").sshd_with("", "Environment=VERSION=2\n").service("changed.service", daemon("V=2")),
-        )
-        .unwrap();
+    let b = bed.build_generation(&sshd_changed_b(&a)).unwrap();
     let sshd = bed.unit_states(&["sshd.service"]).unwrap()["sshd.service"].clone();
     let changed = bed.unit_states(&["changed.service"]).unwrap()["changed.service"].clone();
     let system = bed_file(&bed, "policy/system.toml", "protect = [\"sshd\"]\nmode = \"refuse\"\n", 0o755, 0o644);
@@ -646,11 +635,7 @@ fn a_protect_typo_is_a_usage_error_before_any_change() {
     let a = generation_a();
     let bed = boot(&a);
     let current = bed.current_generation().unwrap();
-    let b = bed
-        .build_generation(
-            &a.clone().renamed("b").sshd_with("", "Environment=VERSION=2\n").service("changed.service", daemon("V=2")),
-        )
-        .unwrap();
+    let b = bed.build_generation(&sshd_changed_b(&a)).unwrap();
     let sshd = bed.unit_states(&["sshd.service"]).unwrap()["sshd.service"].clone();
     for extra in [&["--no-isolate"][..], &[][..]] {
         let mut args = vec!["switch", "--toplevel", path_str(&b), "--protect", "sshdd"];
