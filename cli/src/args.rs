@@ -136,7 +136,7 @@ pub struct CheckArgs {
 
 /// How a switch is carried out.
 #[derive(Debug, Args, Clone)]
-pub struct ApplyOptions {
+pub struct ExecutionArgs {
     /// Seconds to wait for each systemd job.
     #[arg(long, value_name = "SECONDS", default_value_t = 90)]
     pub job_timeout: u64,
@@ -169,7 +169,7 @@ pub struct SwitchArgs {
     pub output: OutputArgs,
     /// How to apply.
     #[command(flatten)]
-    pub apply: ApplyOptions,
+    pub apply: ExecutionArgs,
 }
 
 /// Arguments of `apply`.
@@ -179,7 +179,7 @@ pub struct ApplyArgs {
     pub plan: PathBuf,
     /// How to apply.
     #[command(flatten)]
-    pub apply: ApplyOptions,
+    pub apply: ExecutionArgs,
     /// The cgroup of the process that asked for an isolated apply, handed
     /// over in the run directory; protected besides this process's own.
     #[arg(long, value_name = "PATH", hide = true)]
@@ -239,21 +239,7 @@ pub struct ProtectArgs {
     pub recorded: Option<systemd_plan::protect::Request>,
 }
 
-/// Report formats.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
-pub enum Format {
-    /// Human-readable text.
-    #[default]
-    Text,
-    /// The versioned JSON plan (docs/plan-schema.md).
-    Json,
-    /// JUnit XML.
-    Junit,
-    /// GitLab Code Quality JSON.
-    Codequality,
-    /// Markdown for a merge-request comment or a job summary.
-    Markdown,
-}
+pub use plan_report::Format;
 
 /// Output options shared by the planning commands.
 #[derive(Debug, Args, Clone, Default)]

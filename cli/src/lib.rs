@@ -4,11 +4,28 @@
 //! Architecture Invariant: decisions about units are made in the library
 //! crates; this crate only wires inputs to them and renders their results.
 
+/// Writes a line to standard error, ignoring a failed write: a reader
+/// that went away (`safe-switch ... 2>&1 | head`) must not make the
+/// program panic, as `eprintln!` would.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr().lock(), $($arg)*);
+    }};
+}
+
+/// Writes text to standard error, as [`say!`] without the newline.
+macro_rules! say_text {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = write!(std::io::stderr().lock(), $($arg)*);
+    }};
+}
+
 pub mod args;
 pub mod cmd;
 pub mod exit;
 pub mod protect;
-pub mod render;
 pub mod report;
 pub mod saved;
 pub mod source;
@@ -35,7 +52,7 @@ pub fn main() -> ExitCode {
             if err.downcast_ref::<cmd::switch::LockHeld>().is_some_and(|held| held.isolated) {
                 return ExitCode::from(cmd::switch::LOCK_HELD_STATUS);
             }
-            eprintln!("error: {err:#}");
+            say!("error: {err:#}");
             ExitCode::from(exit::error_code(&err))
         }
     }

@@ -28,13 +28,12 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
 use plan_model::policy::{Policy, Selector};
-use plan_model::{Action, LiveState, Mode, Plan, ProtectionSource, Rule};
+use plan_model::{LiveState, Mode, Plan, ProtectionSource};
 use systemd_plan::GenerationUnits;
 use systemd_plan::protect::{self, Analysis, Explanation, Request, UnitNames};
 
 use crate::args::{Format, OnProtected, ProtectArgs};
 use crate::exit::Outcome;
-use crate::report::{Blocker, chain_line};
 
 /// Where the policy file is looked for when `--policy` is not given.
 pub const DEFAULT_POLICY: &str = "/etc/safe-switch/policy.toml";
@@ -73,15 +72,9 @@ impl ProtectReport {
         }
         let explanations: Vec<Explanation> = units.iter().map(|u| protect::explain(plan, &self.analysis, u)).collect();
         match format {
-            Format::Text => Ok(explanations.iter().map(render_explanation).collect()),
-            Format::Json => {
-                let json: Vec<serde_json::Value> = explanations.iter().map(explanation_json).collect();
-                Ok(format!("{}\n", serde_json::to_string_pretty(&json)?))
-            }
-            other => Err(crate::exit::usage(format!(
-                "--explain prints text or JSON, not {}",
-                crate::report::format_name(other)
-            ))),
+            Format::Text => Ok(plan_report::explain_text(&explanations)),
+            Format::Json => Ok(plan_report::explain_json(&explanations)),
+            other => Err(crate::exit::usage(format!("--explain prints text or JSON, not {}", other.name()))),
         }
     }
 }
@@ -148,7 +141,7 @@ pub fn protect_plan(
         })
         .collect();
     for w in &warnings {
-        eprintln!("warning: {w}");
+        say!("warning: {w}");
     }
     Ok(ProtectReport { analysis, warnings, request })
 }
@@ -233,7 +226,7 @@ pub fn asked(args: &ProtectArgs) -> anyhow::Result<Asked> {
             .filter(|(p, _)| p.mode == Some(Mode::Refuse))
             .map(|(_, path)| path.display().to_string())
             .collect();
-        eprintln!(
+        say!(
             "note: --on-protected defer does not apply: the policy file {} says mode = \"refuse\", and the command line can only make protection stricter",
             paths.join(" and ")
         );
@@ -252,7 +245,7 @@ fn request(args: &ProtectArgs) -> anyhow::Result<Request> {
         .map(|(text, source)| {
             let selector = Selector::parse(&text).map_err(|e| match &source {
                 ProtectionSource::CommandLine => crate::exit::usage(format!("--protect {text:?}: {}", e.reason)),
-                _ => anyhow::anyhow!("{}: {text:?}: {}", protect::source_label(&source), e.reason),
+                _ => anyhow::anyhow!("{}: {text:?}: {}", source.label(), e.reason),
             })?;
             Ok((selector, source))
         })
@@ -356,8 +349,7 @@ fn read_policy(path: &Path) -> anyhow::Result<Policy> {
     use std::io::Read as _;
     use std::os::unix::fs::OpenOptionsExt as _;
     let name = || format!("policy file {}", path.display());
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    let euid = unsafe { libc::geteuid() };
+    let euid = rustix::process::geteuid().as_raw();
     let (physical, flags) = if euid == 0 {
         let physical = match trusted_path(path) {
             Ok(p) => p,
@@ -413,8 +405,7 @@ fn file_kind(meta: &fs::Metadata) -> &'static str {
 /// may have been removed by someone other than root. Only checked when
 /// running as root.
 fn check_missing_system_policy(path: &Path) -> anyhow::Result<()> {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    if unsafe { libc::geteuid() } != 0 {
+    if !rustix::process::geteuid().is_root() {
         return Ok(());
     }
     let Some(dir) = path.parent() else { return Ok(()) };
@@ -557,7 +548,7 @@ fn caller_cgroups(hand_over: Option<&Path>) -> anyhow::Result<Vec<String>> {
                 let extra = protect::cgroup::cgroup_path(&text).map(str::to_owned);
                 out.extend(extra.filter(|c| !out.contains(c)));
             }
-            Err(why) => eprintln!("warning: ignoring --cgroup-file {}: {why}", path.display()),
+            Err(why) => say!("warning: ignoring --cgroup-file {}: {why}", path.display()),
         }
     }
     Ok(out)
@@ -599,195 +590,10 @@ fn read_hand_over(path: &Path) -> Result<String, String> {
     Ok(text)
 }
 
-/// Renders the protection section of a text plan: the protections in
-/// force, then every deferred or refused action with its reason chain.
-pub fn render_text(out: &mut String, plan: &Plan) {
-    let p = &plan.protection;
-    let mode = match p.mode {
-        Mode::Defer => "defer",
-        Mode::Refuse => "refuse",
-    };
-    let _ = writeln!(out, "\nprotection (mode: {mode}):");
-    // Implicit protections of units this machine does not have (dbus-broker
-    // on a dbus-daemon host, say) are summed up in one line.
-    let absent: Vec<&str> = p
-        .protected
-        .iter()
-        .filter(|e| e.units.is_empty() && matches!(e.source, ProtectionSource::Implicit { .. }))
-        .map(|e| e.selector.as_str())
-        .collect();
-    for entry in p.protected.iter().filter(|e| !absent.contains(&e.selector.as_str())) {
-        let units = if entry.units.is_empty() { "no such unit".to_owned() } else { entry.units.join(", ") };
-        let allow = if entry.allow.is_empty() {
-            String::new()
-        } else {
-            let verbs: Vec<&str> = entry.allow.iter().map(|a| a.as_str()).collect();
-            format!("; may {}", verbs.join(", "))
-        };
-        let _ = writeln!(out, "  {} [{}{allow}]: {units}", entry.selector, protect::source_label(&entry.source));
-    }
-    if !absent.is_empty() {
-        let _ = writeln!(out, "  implicit, not present here: {}", absent.join(", "));
-    }
-    let deferred: Vec<_> = plan.units.iter().filter_map(|u| Some((u, u.deferral.as_ref()?))).collect();
-    if !deferred.is_empty() {
-        // launchd jobs cannot pick up a new plist without a restart, so a
-        // deferred job keeps its old plist; systemd units get the new file.
-        let old_plists = deferred.iter().any(|(u, _)| u.reasons.iter().any(|r| r.rule == Rule::OldPlistKept));
-        out.push_str(if old_plists {
-            "  deferred (the old plists stay installed and the jobs loaded as they are):\n"
-        } else {
-            "  deferred (the new unit files are installed; the running units stay as they are):\n"
-        });
-        for (unit, d) in deferred {
-            let _ = writeln!(out, "    {}", touch_line(&d.actions, "deferred", &Blocker::of_deferral(&unit.unit, d)));
-        }
-    }
-    if p.refused {
-        out.push_str("  refused: see the top of the plan\n");
-    }
-}
-
-/// Renders the refusal that leads a refused plan: how many units touch a
-/// protected unit, then each with its reason chain.
-pub fn render_refusal(out: &mut String, plan: &Plan) {
-    let refusals = &plan.protection.refusals;
-    let _ = writeln!(
-        out,
-        "REFUSED: nothing will be changed: {} unit{} would touch a protected unit",
-        refusals.len(),
-        if refusals.len() == 1 { "" } else { "s" }
-    );
-    for r in refusals {
-        let _ = writeln!(out, "  {}", touch_line(&r.actions, "refused", &Blocker::of_refusal(r)));
-    }
-}
-
-/// One deferred or refused action:
-/// `network-setup.service: stop, start deferred: stopping it stops
-/// protected sshd.service (sshd.service Requires=network-setup.service)`.
-fn touch_line(actions: &[Action], verb: &str, blocker: &Blocker<'_>) -> String {
-    let actions: Vec<&str> = actions.iter().map(|a| a.as_str()).collect();
-    format!("{}: {} {verb}: {}", blocker.unit, actions.join(", "), chain_line(blocker))
-}
-
-/// The JSON form of an [`Explanation`].
-fn explanation_json(e: &Explanation) -> serde_json::Value {
-    let jobs: Vec<serde_json::Value> = e
-        .touches
-        .iter()
-        .map(|(action, touches)| {
-            let touches: Vec<serde_json::Value> = touches
-                .iter()
-                .map(|t| {
-                    let blocker = Blocker {
-                        unit: &e.unit,
-                        touches: &t.touches,
-                        effect: t.effect,
-                        chain: &t.chain,
-                        cause: Some(*action),
-                        omitted: t.omitted,
-                    };
-                    serde_json::json!({
-                        "touches": t.touches,
-                        "effect": t.effect,
-                        "chain": t.chain,
-                        "why": chain_line(&blocker),
-                    })
-                })
-                .collect();
-            serde_json::json!({ "action": action, "touches": touches })
-        })
-        .collect();
-    serde_json::json!({
-        "unit": e.unit,
-        "running": e.running,
-        "actions": e.actions,
-        "reasons": e.reasons,
-        "deferral": e.deferral,
-        "refusal": e.refusal,
-        "protected_by": e.protected_by,
-        "jobs": jobs,
-        "relations": e.relations,
-    })
-}
-
-/// Renders an [`Explanation`] as text.
-fn render_explanation(e: &Explanation) -> String {
-    let mut out = String::new();
-    let _ = writeln!(out, "{}:", e.unit);
-    if !e.known {
-        let _ = writeln!(out, "  not a unit of either generation, the live state or the plan");
-        return out;
-    }
-    let _ = writeln!(out, "  running: {}", if e.running { "yes" } else { "no" });
-    let actions: Vec<&str> = e.actions.iter().map(|a| a.as_str()).collect();
-    let _ =
-        writeln!(out, "  planned: {}", if actions.is_empty() { "no action".to_owned() } else { actions.join(", ") });
-    for r in &e.reasons {
-        let _ = write!(out, "    {}: {}", r.rule.id(), r.rule.explain());
-        if let Some(detail) = &r.detail {
-            let _ = write!(out, " ({detail})");
-        }
-        out.push('\n');
-    }
-    if let Some(d) = &e.deferral {
-        let _ = writeln!(out, "  {}", touch_line(&d.actions, "deferred", &Blocker::of_deferral(&e.unit, d)));
-    }
-    if let Some(r) = &e.refusal {
-        let _ = writeln!(out, "  {}", touch_line(&r.actions, "refused", &Blocker::of_refusal(r)));
-    }
-    if e.protected_by.is_empty() {
-        let _ = writeln!(out, "  protected: no");
-    } else {
-        for p in &e.protected_by {
-            let _ = writeln!(out, "  protected by {} [{}]", p.selector, protect::source_label(&p.source));
-        }
-    }
-    let blocked =
-        e.deferral.as_ref().map(|d| (&d.actions, d.cause)).or(e.refusal.as_ref().map(|r| (&r.actions, r.cause)));
-    for (action, touches) in &e.touches {
-        if touches.is_empty() {
-            match blocked {
-                Some((actions, Some(cause))) if actions.contains(action) && cause != *action => {
-                    let _ = writeln!(
-                        out,
-                        "  {action}: touches no protected unit by itself; held back with the {cause}, as its other half"
-                    );
-                }
-                _ => {
-                    let _ = writeln!(out, "  {action}: touches no protected unit");
-                }
-            }
-        }
-        for t in touches {
-            let blocker = Blocker {
-                unit: &e.unit,
-                touches: &t.touches,
-                effect: t.effect,
-                chain: &t.chain,
-                cause: Some(*action),
-                omitted: t.omitted,
-            };
-            let _ = writeln!(out, "  {action}: {}", chain_line(&blocker));
-        }
-    }
-    if e.relations.is_empty() {
-        let _ = writeln!(out, "  relations: none");
-    } else {
-        let _ = writeln!(out, "  relations:");
-        for r in &e.relations {
-            let _ = writeln!(out, "    {} {}={}", r.from, r.relation, r.to);
-        }
-    }
-    out
-}
-
 #[cfg(test)]
 #[allow(clippy::unwrap_used, reason = "tests fail loudly on bad fixtures")]
 mod tests {
     use super::*;
-    use plan_model::Edge;
     use plan_model::policy::ImplicitProtections;
 
     #[test]
@@ -804,8 +610,7 @@ mod tests {
     }
 
     fn is_root() -> bool {
-        // SAFETY: geteuid has no preconditions and cannot fail.
-        unsafe { libc::geteuid() == 0 }
+        rustix::process::geteuid().is_root()
     }
 
     fn write_policy(path: &Path, text: &str, mode: u32) {
@@ -818,7 +623,7 @@ mod tests {
     fn directories_on_the_way_must_be_roots_alone() {
         if !is_root() {
             assert!(std::env::var_os("CI").is_none(), "this test needs root under CI");
-            eprintln!("SKIPPED directories_on_the_way_must_be_roots_alone: needs root");
+            say!("SKIPPED directories_on_the_way_must_be_roots_alone: needs root");
             return;
         }
         use std::os::unix::fs::PermissionsExt as _;
@@ -872,9 +677,7 @@ mod tests {
     fn a_fifo_or_a_directory_as_the_policy_is_an_error_not_a_hang() {
         let dir = tempfile::tempdir().unwrap();
         let fifo = dir.path().join("policy.toml");
-        let c = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).unwrap();
-        // SAFETY: `c` is a valid NUL-terminated path.
-        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o644) }, 0);
+        rustix::fs::mkfifoat(rustix::fs::CWD, &fifo, rustix::fs::Mode::from_raw_mode(0o644)).unwrap();
         let err = format!("{:#}", read_policy(&fifo).unwrap_err());
         assert!(err.contains("not a regular file (a FIFO)"), "{err}");
         let err = format!("{:#}", read_policy(dir.path()).unwrap_err());
@@ -906,45 +709,5 @@ mod tests {
         assert_eq!(u.implicit, ImplicitProtections { dbus: true, logind: false, caller: true });
         assert_eq!(u.caller_cgroups.len(), 2);
         assert_eq!(u.mode, Mode::Refuse);
-    }
-
-    #[test]
-    fn touch_lines_follow_the_jobs_along_the_chain() {
-        let edge =
-            |from: &str, relation: &str, to: &str| Edge { from: from.into(), relation: relation.into(), to: to.into() };
-        let requires = vec![edge("sshd.service", "Requires", "network-setup.service")];
-        let blocker = Blocker {
-            unit: "network-setup.service",
-            touches: "sshd.service",
-            effect: Action::Restart,
-            chain: &requires,
-            cause: Some(Action::Restart),
-            omitted: 0,
-        };
-        assert_eq!(
-            touch_line(&[Action::Restart], "deferred", &blocker),
-            "network-setup.service: restart deferred: restarting it restarts protected sshd.service \
-             (sshd.service Requires=network-setup.service)"
-        );
-        let conflict = vec![
-            edge("maintenance.service", "Conflicts", "sshd.service"),
-            edge("multi-user.target", "Wants", "maintenance.service"),
-        ];
-        let blocker = Blocker {
-            unit: "multi-user.target",
-            touches: "sshd.service",
-            effect: Action::Stop,
-            chain: &conflict,
-            cause: Some(Action::Start),
-            omitted: 0,
-        };
-        assert_eq!(
-            touch_line(&[Action::Start], "deferred", &blocker),
-            "multi-user.target: start deferred: starting it starts maintenance.service \
-             (multi-user.target Wants=maintenance.service), which stops protected sshd.service \
-             (maintenance.service Conflicts=sshd.service)"
-        );
-        let own = Blocker { unit: "sshd.service", touches: "sshd.service", chain: &[], ..blocker };
-        assert_eq!(chain_line(&own), "sshd.service is protected");
     }
 }

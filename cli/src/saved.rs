@@ -305,7 +305,7 @@ fn covered_bytes(saved: &SavedPlan) -> Vec<u8> {
 /// The digest of a saved plan: `sha256:` and the SHA-256 of
 /// [`covered_bytes`].
 pub fn digest(saved: &SavedPlan) -> String {
-    format!("sha256:{}", crate::report::codequality::hex(&Sha256::digest(covered_bytes(saved))))
+    format!("sha256:{}", hex::encode(Sha256::digest(covered_bytes(saved))))
 }
 
 /// Where the saved-plan key is kept: `/var/lib/safe-switch`, or in a debug
@@ -415,7 +415,7 @@ impl PlanKey {
 
     /// `hmac-sha256:` and the hex HMAC-SHA256 of `bytes`.
     fn mac(&self, bytes: &[u8]) -> String {
-        format!("hmac-sha256:{}", crate::report::codequality::hex(&self.tag(bytes)))
+        format!("hmac-sha256:{}", hex::encode(self.tag(bytes)))
     }
 
     fn tag(&self, bytes: &[u8]) -> Vec<u8> {
@@ -426,7 +426,7 @@ impl PlanKey {
 
     /// Tells, in constant time, whether `mac` is this key's MAC of `bytes`.
     fn verifies(&self, bytes: &[u8], mac: &str) -> bool {
-        let Some(tag) = mac.strip_prefix("hmac-sha256:").and_then(unhex) else {
+        let Some(tag) = mac.strip_prefix("hmac-sha256:").and_then(|h| hex::decode(h).ok()) else {
             return false;
         };
         let Ok(mut m) = <HmacSha256 as KeyInit>::new_from_slice(&self.0) else {
@@ -442,29 +442,15 @@ fn unreachable_key_length() -> HmacSha256 {
     <HmacSha256 as KeyInit>::new(&Default::default())
 }
 
-fn unhex(s: &str) -> Option<Vec<u8>> {
-    if !s.len().is_multiple_of(2) {
-        return None;
-    }
-    (0..s.len()).step_by(2).map(|i| s.get(i..i + 2).and_then(|b| u8::from_str_radix(b, 16).ok())).collect()
-}
-
 /// Fills `buf` from the kernel's random number generator.
 fn fill_random(buf: &mut [u8]) -> std::io::Result<()> {
     let mut filled = 0;
     while filled < buf.len() {
-        let rest = &mut buf[filled..];
-        // SAFETY: the pointer and length describe `rest`, which is valid
-        // for writes for the duration of the call.
-        let n = unsafe { libc::getrandom(rest.as_mut_ptr().cast(), rest.len(), 0) };
-        if n < 0 {
-            let err = std::io::Error::last_os_error();
-            if err.kind() == ErrorKind::Interrupted {
-                continue;
-            }
-            return Err(err);
+        match rustix::rand::getrandom(&mut buf[filled..], rustix::rand::GetRandomFlags::empty()) {
+            Ok(n) => filled += n,
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(e) => return Err(e.into()),
         }
-        filled += n as usize;
     }
     Ok(())
 }
@@ -472,12 +458,12 @@ fn fill_random(buf: &mut [u8]) -> std::io::Result<()> {
 /// Checks that a saved plan was written by root on this host: its MAC is
 /// what this host's key gives. `key` is `None` when the host has no key
 /// yet (no plan was ever signed here).
-pub fn verify_mac(saved: &SavedPlan, key: Option<&PlanKey>) -> Result<(), Refusal> {
+pub fn verify_mac(saved: &SavedPlan, key: Option<&PlanKey>) -> Result<(), Rejection> {
     match (&saved.mac, key) {
         (Some(mac), Some(key)) if key.verifies(&covered_bytes(saved), mac) => Ok(()),
-        (None, _) => Err(Refusal::NotFromThisHost("it carries no MAC (was it written as root?)".to_owned())),
-        (Some(_), None) => Err(Refusal::NotFromThisHost("this host has no saved-plan key yet".to_owned())),
-        (Some(_), Some(_)) => Err(Refusal::NotFromThisHost("its MAC does not match this host's key".to_owned())),
+        (None, _) => Err(Rejection::NotFromThisHost("it carries no MAC (was it written as root?)".to_owned())),
+        (Some(_), None) => Err(Rejection::NotFromThisHost("this host has no saved-plan key yet".to_owned())),
+        (Some(_), Some(_)) => Err(Rejection::NotFromThisHost("its MAC does not match this host's key".to_owned())),
     }
 }
 
@@ -491,17 +477,17 @@ pub fn store_dir() -> PathBuf {
 /// change after it was built, any other directory can (its `activate`
 /// could be swapped between `plan` and `apply`). `canonical` is the
 /// target's canonical path.
-pub fn check_target_in_store(canonical: &Path, store: &Path) -> Result<(), Refusal> {
+pub fn check_target_in_store(canonical: &Path, store: &Path) -> Result<(), Rejection> {
     let store = std::fs::canonicalize(store).unwrap_or_else(|_| store.to_owned());
     if canonical.parent() == Some(store.as_path()) {
         return Ok(());
     }
-    Err(Refusal::TargetOutsideStore { target: canonical.display().to_string(), store: store.display().to_string() })
+    Err(Rejection::TargetOutsideStore { target: canonical.display().to_string(), store: store.display().to_string() })
 }
 
 /// Why a saved plan is not carried out.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Refusal {
+pub enum Rejection {
     /// The digest does not match the content.
     DigestMismatch {
         /// The digest in the file.
@@ -544,35 +530,35 @@ pub struct UnitChange {
     pub what: String,
 }
 
-impl fmt::Display for Refusal {
+impl fmt::Display for Rejection {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Refusal::DigestMismatch { recorded, computed } => write!(
+            Rejection::DigestMismatch { recorded, computed } => write!(
                 f,
                 "the plan file was changed after it was written: its digest is {recorded} but its content hashes to {computed}"
             ),
-            Refusal::NotFromThisHost(why) => write!(
+            Rejection::NotFromThisHost(why) => write!(
                 f,
                 "the plan was not written by root on this host: {why}; write it with `safe-switch plan --out` as root here"
             ),
-            Refusal::TargetOutsideStore { target, store } => write!(
+            Rejection::TargetOutsideStore { target, store } => write!(
                 f,
                 "the target toplevel {target} is not in the Nix store ({store}): it could have changed since it was planned \
                  (its activation script is what `apply` runs); use `safe-switch switch`, or a toplevel built into the store"
             ),
-            Refusal::Inconsistent(what) => write!(f, "the plan file does not match its recorded inputs: {what}"),
-            Refusal::RunningGenerationChanged { recorded, now } => {
+            Rejection::Inconsistent(what) => write!(f, "the plan file does not match its recorded inputs: {what}"),
+            Rejection::RunningGenerationChanged { recorded, now } => {
                 write!(f, "the plan is stale: it was made on running generation {recorded}, but {now} is running now")
             }
-            Refusal::TargetChanged(what) => write!(f, "the plan is stale: {what}"),
-            Refusal::UnitsChanged(changes) => {
+            Rejection::TargetChanged(what) => write!(f, "the plan is stale: {what}"),
+            Rejection::UnitsChanged(changes) => {
                 write!(f, "the plan is stale: units changed since it was made:")?;
                 for c in changes {
                     write!(f, "\n  {}: {}", c.unit, c.what)?;
                 }
                 Ok(())
             }
-            Refusal::PlanMismatch(what) => write!(
+            Rejection::PlanMismatch(what) => write!(
                 f,
                 "the plan file does not match a fresh plan from its recorded inputs ({what}); \
                  it was edited, or the machine changed since: plan again"
@@ -581,28 +567,28 @@ impl fmt::Display for Refusal {
     }
 }
 
-impl std::error::Error for Refusal {}
+impl std::error::Error for Rejection {}
 
 /// Checks the digest and that the plan agrees with its recorded inputs.
-pub fn verify_digest(saved: &SavedPlan) -> Result<(), Refusal> {
+pub fn verify_digest(saved: &SavedPlan) -> Result<(), Rejection> {
     let computed = digest(saved);
     if computed != saved.digest {
-        return Err(Refusal::DigestMismatch { recorded: saved.digest.clone(), computed });
+        return Err(Rejection::DigestMismatch { recorded: saved.digest.clone(), computed });
     }
     if saved.plan.old.path != saved.inputs.running_generation {
-        return Err(Refusal::Inconsistent(format!(
+        return Err(Rejection::Inconsistent(format!(
             "plan.old.path is {} but the recorded running generation is {}",
             saved.plan.old.path, saved.inputs.running_generation
         )));
     }
     if saved.plan.new.path != saved.inputs.target_toplevel {
-        return Err(Refusal::Inconsistent(format!(
+        return Err(Rejection::Inconsistent(format!(
             "plan.new.path is {} but the recorded target is {}",
             saved.plan.new.path, saved.inputs.target_toplevel
         )));
     }
     if saved.plan.protection.refused {
-        return Err(Refusal::Inconsistent("the plan is refused by protection and cannot be applied".to_owned()));
+        return Err(Rejection::Inconsistent("the plan is refused by protection and cannot be applied".to_owned()));
     }
     Ok(())
 }
@@ -622,22 +608,22 @@ pub struct Observed<'a> {
 /// Checks a saved plan against the machine as it is now, and against a
 /// plan computed again from the recorded inputs and today's live state.
 /// Call [`verify_digest`] first.
-pub fn check_fresh(saved: &SavedPlan, now: &Observed<'_>, replanned: &Plan) -> Result<(), Refusal> {
+pub fn check_fresh(saved: &SavedPlan, now: &Observed<'_>, replanned: &Plan) -> Result<(), Rejection> {
     if now.running_generation != saved.inputs.running_generation {
-        return Err(Refusal::RunningGenerationChanged {
+        return Err(Rejection::RunningGenerationChanged {
             recorded: saved.inputs.running_generation.clone(),
             now: now.running_generation.to_owned(),
         });
     }
     match now.target_toplevel {
         None => {
-            return Err(Refusal::TargetChanged(format!(
+            return Err(Rejection::TargetChanged(format!(
                 "the target toplevel {} no longer exists",
                 saved.inputs.target_toplevel
             )));
         }
         Some(t) if t != saved.inputs.target_toplevel => {
-            return Err(Refusal::TargetChanged(format!(
+            return Err(Rejection::TargetChanged(format!(
                 "the target toplevel {} now resolves to {t}",
                 saved.inputs.target_toplevel
             )));
@@ -646,10 +632,10 @@ pub fn check_fresh(saved: &SavedPlan, now: &Observed<'_>, replanned: &Plan) -> R
     }
     let changes = live_changes(&saved.inputs.live, now.live);
     if !changes.is_empty() {
-        return Err(Refusal::UnitsChanged(changes));
+        return Err(Rejection::UnitsChanged(changes));
     }
     if let Some(diff) = first_difference(&saved.plan, replanned) {
-        return Err(Refusal::PlanMismatch(diff));
+        return Err(Rejection::PlanMismatch(diff));
     }
     Ok(())
 }
@@ -824,15 +810,15 @@ mod tests {
         assert_eq!(verify_digest(&compact), Ok(()));
         let mut edited = s.clone();
         edited.plan.units[0].actions = vec![Action::Reload];
-        assert!(matches!(verify_digest(&edited), Err(Refusal::DigestMismatch { .. })));
+        assert!(matches!(verify_digest(&edited), Err(Rejection::DigestMismatch { .. })));
         let mut edited = s.clone();
         edited.inputs.live.insert("a.service".into(), None);
-        assert!(matches!(verify_digest(&edited), Err(Refusal::DigestMismatch { .. })));
+        assert!(matches!(verify_digest(&edited), Err(Rejection::DigestMismatch { .. })));
         // A resealed plan whose own paths disagree with its inputs.
         let mut p = s.plan.clone();
         p.old.path = "/elsewhere".into();
         let resealed = SavedPlan::new(p, s.inputs.clone());
-        assert!(matches!(verify_digest(&resealed), Err(Refusal::Inconsistent(_))));
+        assert!(matches!(verify_digest(&resealed), Err(Rejection::Inconsistent(_))));
     }
 
     #[test]
@@ -844,9 +830,9 @@ mod tests {
         assert_eq!(check_fresh(&s, &ok, &fresh), Ok(()));
 
         let other = Observed { running_generation: "/other", ..ok.clone() };
-        assert!(matches!(check_fresh(&s, &other, &fresh), Err(Refusal::RunningGenerationChanged { .. })));
+        assert!(matches!(check_fresh(&s, &other, &fresh), Err(Rejection::RunningGenerationChanged { .. })));
         let gone = Observed { target_toplevel: None, ..ok.clone() };
-        assert!(matches!(check_fresh(&s, &gone, &fresh), Err(Refusal::TargetChanged(_))));
+        assert!(matches!(check_fresh(&s, &gone, &fresh), Err(Rejection::TargetChanged(_))));
 
         let restarted = live("2222", 11);
         let err = check_fresh(&s, &Observed { live: &restarted, ..ok.clone() }, &fresh).unwrap_err();
@@ -879,15 +865,14 @@ mod tests {
     }
 
     fn is_root() -> bool {
-        // SAFETY: geteuid has no preconditions and cannot fail.
-        unsafe { libc::geteuid() == 0 }
+        rustix::process::geteuid().is_root()
     }
 
     #[test]
     fn a_plan_signed_with_this_hosts_key_verifies_and_no_other_does() {
         if !is_root() {
             assert!(std::env::var_os("CI").is_none(), "this test needs root under CI");
-            eprintln!("SKIPPED a_plan_signed_with_this_hosts_key_verifies_and_no_other_does: needs root");
+            say!("SKIPPED a_plan_signed_with_this_hosts_key_verifies_and_no_other_does: needs root");
             return;
         }
         let here = tempfile::tempdir().unwrap();
@@ -906,13 +891,13 @@ mod tests {
         assert_eq!(std::fs::read_dir(&key_dir).unwrap().count(), 1);
 
         let mut s = saved();
-        assert!(matches!(verify_mac(&s, Some(&key)), Err(Refusal::NotFromThisHost(_))), "unsigned");
+        assert!(matches!(verify_mac(&s, Some(&key)), Err(Rejection::NotFromThisHost(_))), "unsigned");
         s.sign(&key);
         assert!(s.mac.as_deref().unwrap().starts_with("hmac-sha256:"));
         assert_eq!(verify_mac(&s, Some(&key)), Ok(()));
         let back: SavedPlan = serde_json::from_str(&s.to_json()).unwrap();
         assert_eq!(verify_mac(&back, Some(&key)), Ok(()), "survives the file");
-        assert!(matches!(verify_mac(&s, None), Err(Refusal::NotFromThisHost(_))));
+        assert!(matches!(verify_mac(&s, None), Err(Rejection::NotFromThisHost(_))));
 
         // Another host's key.
         let other = PlanKey::load_or_create(&elsewhere.path().join("state")).unwrap();
@@ -924,7 +909,7 @@ mod tests {
         edited.plan.units[0].actions.clear();
         edited.digest = digest(&edited);
         assert_eq!(verify_digest(&edited), Ok(()));
-        assert!(matches!(verify_mac(&edited, Some(&key)), Err(Refusal::NotFromThisHost(_))));
+        assert!(matches!(verify_mac(&edited, Some(&key)), Err(Rejection::NotFromThisHost(_))));
         let mut garbage = s.clone();
         garbage.mac = Some("hmac-sha256:zz".into());
         assert!(verify_mac(&garbage, Some(&key)).is_err());
@@ -934,7 +919,7 @@ mod tests {
     fn a_key_others_could_read_or_write_is_refused() {
         if !is_root() {
             assert!(std::env::var_os("CI").is_none(), "this test needs root under CI");
-            eprintln!("SKIPPED a_key_others_could_read_or_write_is_refused: needs root");
+            say!("SKIPPED a_key_others_could_read_or_write_is_refused: needs root");
             return;
         }
         use std::os::unix::fs::PermissionsExt as _;
@@ -957,12 +942,29 @@ mod tests {
     }
 
     #[test]
+    fn a_mac_is_read_as_plain_hex_only() {
+        let key = PlanKey([7; KEY_BYTES]);
+        // A message whose MAC has a byte below 0x10: `+a` spells it too
+        // for a parser of signed numbers, and must not verify.
+        let zero_pair = |mac: &str| mac.as_bytes().chunks(2).skip(6).position(|c| c[0] == b'0');
+        let (bytes, mac) =
+            (0..=u8::MAX).map(|i| (vec![i], key.mac(&[i]))).find(|(_, m)| zero_pair(m).is_some()).unwrap();
+        let hex = mac.strip_prefix("hmac-sha256:").unwrap();
+        assert!(key.verifies(&bytes, &mac));
+        assert!(key.verifies(&bytes, &format!("hmac-sha256:{}", hex.to_uppercase())));
+        let at = zero_pair(&mac).unwrap() * 2;
+        let signed = format!("hmac-sha256:{}+{}", &hex[..at], &hex[at + 1..]);
+        assert!(!key.verifies(&bytes, &signed), "{signed}");
+        assert!(!key.verifies(&bytes, &mac[..mac.len() - 1]), "odd length");
+    }
+
+    #[test]
     fn only_a_target_in_the_store_is_applied() {
         let store = tempfile::tempdir().unwrap();
         let store = std::fs::canonicalize(store.path()).unwrap();
         assert_eq!(check_target_in_store(&store.join("abc-nixos-system"), &store), Ok(()));
         let err = check_target_in_store(Path::new("/srv/result"), &store).unwrap_err();
-        assert!(matches!(err, Refusal::TargetOutsideStore { .. }));
+        assert!(matches!(err, Rejection::TargetOutsideStore { .. }));
         assert!(err.to_string().contains("not in the Nix store"), "{err}");
         assert!(check_target_in_store(&store.join("abc/inner"), &store).is_err());
     }

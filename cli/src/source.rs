@@ -126,9 +126,9 @@ pub fn resolve_with(source: &SourceArgs, options: &ResolveOptions) -> anyhow::Re
     };
     let request = request(source, flake, options)?;
     if source.show_wrapper {
-        eprintln!("safe-switch: wrapper flake:\n{}", request.wrapper().render());
+        say!("safe-switch: wrapper flake:\n{}", request.wrapper().render());
     }
-    let composer = Composer::new(options.nix.clone()).with_announce(|step| eprintln!("safe-switch: {step}"));
+    let composer = Composer::new(options.nix.clone()).with_announce(|step| say!("safe-switch: {step}"));
     let built = composer.build(&request).map_err(|e| explain(e, options))?;
     Ok(Resolved { toplevel: built.toplevel, provenance: built.provenance })
 }
@@ -205,12 +205,13 @@ pub fn detect_platform() -> anyhow::Result<Platform> {
 }
 
 /// This machine's short host name, as `nixos-rebuild` and `darwin-rebuild`
-/// use it to pick a configuration.
+/// use it to pick a configuration: the kernel's (`uname`), or on macOS
+/// the local host name (`scutil`).
 pub fn hostname() -> Option<String> {
     let raw = if cfg!(target_os = "macos") {
         command_output("scutil", &["--get", "LocalHostName"])
     } else {
-        std::fs::read_to_string("/proc/sys/kernel/hostname").ok().or_else(|| command_output("hostname", &[]))
+        Some(rustix::system::uname().nodename().to_string_lossy().into_owned())
     }?;
     let short = raw.trim().split('.').next().unwrap_or("").to_owned();
     (!short.is_empty()).then_some(short)

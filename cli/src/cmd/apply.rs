@@ -22,8 +22,8 @@ use crate::args;
 use crate::cmd::plan::{self as live, CURRENT_SYSTEM};
 use crate::cmd::switch;
 use crate::exit::Outcome;
-use crate::report::{self, Report, Style};
-use crate::saved::{self, Observed, PlanKey, Refusal, SavedPlan};
+use crate::saved::{self, Observed, PlanKey, Rejection, SavedPlan};
+use plan_report::Report;
 
 /// Runs `apply`.
 pub fn run(args: args::ApplyArgs) -> anyhow::Result<Outcome> {
@@ -33,7 +33,7 @@ pub fn run(args: args::ApplyArgs) -> anyhow::Result<Outcome> {
     }
     let target = Path::new(&saved.inputs.target_toplevel);
     if !target.exists() {
-        let refusal = Refusal::TargetChanged(format!("the target toplevel {} no longer exists", target.display()));
+        let refusal = Rejection::TargetChanged(format!("the target toplevel {} no longer exists", target.display()));
         return Ok(refuse(&args.plan, &refusal));
     }
     switch::preflight(target)?;
@@ -52,7 +52,7 @@ pub fn run(args: args::ApplyArgs) -> anyhow::Result<Outcome> {
         if run.is_locked()? {
             anyhow::bail!(
                 "another safe-switch is running (lock {} is held); nothing was changed",
-                run.path().join("lock").display()
+                run.lock_path().display()
             );
         }
         // The caller's cgroup is protected in the isolated apply too: a
@@ -89,7 +89,7 @@ pub fn run(args: args::ApplyArgs) -> anyhow::Result<Outcome> {
     let current = current.display().to_string();
     if current != saved.inputs.running_generation {
         let refusal =
-            Refusal::RunningGenerationChanged { recorded: saved.inputs.running_generation.clone(), now: current };
+            Rejection::RunningGenerationChanged { recorded: saved.inputs.running_generation.clone(), now: current };
         return Ok(refuse(&args.plan, &refusal));
     }
     let fresh = live::live_plan(Path::new(CURRENT_SYSTEM), target, &protect, &mut bus)?;
@@ -100,19 +100,19 @@ pub fn run(args: args::ApplyArgs) -> anyhow::Result<Outcome> {
         return Ok(refuse(&args.plan, &refusal));
     }
 
-    eprintln!("applying the saved plan {} ({})", args.plan.display(), saved.digest);
-    let text = report::render(
-        crate::args::Format::Text,
+    say!("applying the saved plan {} ({})", args.plan.display(), saved.digest);
+    let text = plan_report::render(
+        plan_report::Format::Text,
         &Report { plan: &saved.plan, diffs: &[], commands: &[] },
-        Style::for_stdout(),
+        crate::report::stdout_style(),
     );
     std::io::Write::write_all(&mut std::io::stdout().lock(), text.as_bytes())?;
     switch::apply_plan(&mut bus, &run, &saved.plan, &args.apply, &protect)
 }
 
 /// Says why the saved plan is refused and returns the exit outcome.
-fn refuse(path: &Path, refusal: &Refusal) -> Outcome {
-    eprintln!("refused to apply {}: {refusal}", path.display());
-    eprintln!("nothing was changed");
+fn refuse(path: &Path, refusal: &Rejection) -> Outcome {
+    say!("refused to apply {}: {refusal}", path.display());
+    say!("nothing was changed");
     Outcome::Blocked
 }

@@ -16,7 +16,9 @@ use plan_model::Plan;
 use crate::args::{self, FailOn};
 use crate::cmd::plan as live;
 use crate::exit::Outcome;
-use crate::report::{self, Report};
+use plan_report::Report;
+
+use crate::report;
 
 /// Runs `check`.
 pub fn run(args: args::CheckArgs) -> anyhow::Result<Outcome> {
@@ -33,7 +35,7 @@ pub fn run(args: args::CheckArgs) -> anyhow::Result<Outcome> {
     report::write_outputs(&Report { plan: &lp.plan, diffs: &lp.diffs, commands: &[] }, &args.output)?;
     let outcome = outcome(&lp.plan, args.fail_on);
     if outcome == Outcome::Blocked {
-        eprintln!("{}", blocked_message(&lp.plan, args.fail_on));
+        say!("{}", blocked_message(&lp.plan, args.fail_on));
     }
     Ok(outcome)
 }
@@ -49,7 +51,7 @@ pub fn outcome(plan: &Plan, fail_on: FailOn) -> Outcome {
 }
 
 fn blocked_message(plan: &Plan, fail_on: FailOn) -> String {
-    let units: Vec<String> = report::blockers(plan).iter().map(|b| b.unit.to_owned()).collect();
+    let units: Vec<String> = plan_report::blockers(plan).iter().map(|b| b.unit.to_owned()).collect();
     let what = if plan.protection.refused { "refused" } else { "blocked" };
     let flag = match fail_on {
         FailOn::Blocked => "blocked",
@@ -80,11 +82,13 @@ mod tests {
                 changes: vec![],
                 deferral: deferred.then(|| Deferral {
                     actions: vec![Action::Restart],
-                    touches: "sshd.service".into(),
-                    effect: Action::Stop,
-                    chain: vec![],
-                    cause: None,
-                    omitted: 0,
+                    touch: plan_model::Touch {
+                        touches: "sshd.service".into(),
+                        effect: Action::Stop,
+                        chain: vec![],
+                        cause: None,
+                        omitted: 0,
+                    },
                 }),
             }],
             steps: vec![],

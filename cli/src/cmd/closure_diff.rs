@@ -40,8 +40,8 @@ pub fn attach_to_plan(plan: &mut plan_model::Plan, old: &Path, new: &Path) {
     if !in_store(old) || !in_store(new) {
         return;
     }
-    match closure_diff(old, new).and_then(|d| Ok(serde_json::to_value(d)?)) {
-        Ok(value) => plan.packages = Some(value),
+    match closure_diff(old, new) {
+        Ok(diff) => plan.packages = Some(diff),
         Err(err) => plan.diagnostics.push(plan_model::Diagnostic {
             severity: plan_model::Severity::Warning,
             message: format!("the package diff is not available: {err:#}"),
@@ -59,14 +59,14 @@ pub fn run(args: args::ClosureDiffArgs) -> anyhow::Result<Outcome> {
     // different answer has an explanation; it does not change the result.
     let reasons: Vec<&String> = [&diff.old, &diff.new].into_iter().filter_map(|s| s.fallback_reason.as_ref()).collect();
     if let Some(reason) = reasons.first() {
-        eprintln!("note: read the closures with `nix path-info` because the database failed: {reason}");
+        say!("note: read the closures with `nix path-info` because the database failed: {reason}");
     }
     let mut out = std::io::stdout().lock();
     if args.json {
         serde_json::to_writer_pretty(&mut out, &diff)?;
         writeln!(out)?;
     } else {
-        write!(out, "{}", diff.render_text())?;
+        write!(out, "{}", plan_report::packages::text(&diff))?;
     }
     out.flush()?;
     Ok(Outcome::Ok)

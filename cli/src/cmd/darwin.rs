@@ -12,12 +12,14 @@
 use std::path::Path;
 
 use anyhow::Context;
-use launchd_plan::{Generation, Host, LaunchdLive, LaunchdPlan, Policy, Selector};
+use launchd_plan::{GenerationJobs, Host, LabelMatcher, LaunchdLive, LaunchdPlan, Request};
 use plan_model::ProtectionSource;
 
 use crate::args::{self, ProtectArgs};
 use crate::exit::Outcome;
-use crate::report::{self, Report, UnitDiff, unit_diff};
+use plan_report::Report;
+
+use crate::report;
 
 /// The directories of a nix-darwin toplevel that hold jobs.
 const JOB_DIRS: [&str; 3] = ["Library/LaunchDaemons", "Library/LaunchAgents", "user/Library/LaunchAgents"];
@@ -49,7 +51,7 @@ pub fn diff(args: &args::DiffArgs) -> anyhow::Result<Outcome> {
         // A refused plan has no commands; the plan says why.
         Err(_) => Vec::new(),
     };
-    let diffs = plist_diffs(&planned, &old, &new);
+    let diffs = launchd_plan::plist_diffs(&planned, &old, &new);
     report::write_outputs(&Report { plan: &planned.plan, diffs: &diffs, commands: &commands }, &args.output)?;
     Ok(crate::protect::outcome(&planned.plan))
 }
@@ -61,7 +63,7 @@ fn build(
     new: &Path,
     live: Option<&Path>,
     protect: &ProtectArgs,
-) -> anyhow::Result<(LaunchdPlan, Generation, Generation)> {
+) -> anyhow::Result<(LaunchdPlan, GenerationJobs, GenerationJobs)> {
     let old_generation = launchd_plan::load_generation(old)?;
     let new_generation = launchd_plan::load_generation(new)?;
     let live = match live {
@@ -122,7 +124,7 @@ fn close_labels(wanted: &str, labels: &[&str]) -> Vec<String> {
 /// The protection policy: the policy file's selectors and mode, plus
 /// `--protect` and `--on-protected`. The implicit protections of a systemd
 /// host (D-Bus, logind, the caller's cgroup) have no launchd counterpart.
-fn policy(args: &ProtectArgs) -> anyhow::Result<Policy> {
+fn policy(args: &ProtectArgs) -> anyhow::Result<Request> {
     let asked = crate::protect::asked(args)?;
     let selectors = asked
         .selectors
@@ -132,45 +134,8 @@ fn policy(args: &ProtectArgs) -> anyhow::Result<Policy> {
                 ProtectionSource::Policy { path } => format!("policy file {path}"),
                 _ => "--protect".to_owned(),
             };
-            Selector::new(&text, source).with_context(|| format!("{place}: {text:?}"))
+            LabelMatcher::new(&text, source).with_context(|| format!("{place}: {text:?}"))
         })
         .collect::<anyhow::Result<_>>()?;
-    Ok(Policy { mode: asked.mode, selectors })
-}
-
-/// Unified diffs of the plists that changed, for each job in the plan,
-/// from the bytes the planner read. Binary plists are shown as the XML
-/// they decode to.
-fn plist_diffs(planned: &LaunchdPlan, old: &Generation, new: &Generation) -> Vec<UnitDiff> {
-    let mut out = Vec::new();
-    for unit in &planned.plan.units {
-        let Some(target) = planned.jobs.get(&unit.unit) else { continue };
-        let file_name = [&target.source, &target.installed]
-            .into_iter()
-            .flatten()
-            .find_map(|p| Path::new(p).file_name().map(|f| f.to_string_lossy().into_owned()))
-            .unwrap_or_else(|| format!("{}.plist", target.label));
-        let rel = format!("{}/{file_name}", target.scope.generation_dir());
-        let text = |g: &Generation| {
-            g.jobs
-                .iter()
-                .find(|j| j.scope == target.scope && j.file_name == file_name)
-                .and_then(|j| plist_text(&j.bytes))
-        };
-        out.extend(unit_diff::file_diff(&unit.unit, rel, text(old), text(new)));
-    }
-    out
-}
-
-/// A plist as text: XML as it is, a binary plist converted to XML.
-fn plist_text(bytes: &[u8]) -> Option<String> {
-    if !bytes.starts_with(b"bplist")
-        && let Ok(text) = std::str::from_utf8(bytes)
-    {
-        return Some(text.to_owned());
-    }
-    let value = plist::Value::from_reader(std::io::Cursor::new(bytes)).ok()?;
-    let mut xml = Vec::new();
-    value.to_writer_xml(&mut xml).ok()?;
-    String::from_utf8(xml).ok()
+    Ok(Request { mode: asked.mode, selectors })
 }

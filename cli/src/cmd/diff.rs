@@ -16,7 +16,7 @@ use plan_model::{LiveState, Plan};
 
 use crate::args;
 use crate::exit::Outcome;
-use crate::report::UnitDiff;
+use plan_model::FileDiff;
 
 /// Runs `diff`.
 pub fn run(args: args::DiffArgs) -> anyhow::Result<Outcome> {
@@ -41,7 +41,7 @@ pub fn build(args: &args::DiffArgs) -> anyhow::Result<Plan> {
 
 /// Like [`build`], also returning what protection found (for `--explain`)
 /// and the diffs of the unit files the plan was made from.
-fn build_protected(args: &args::DiffArgs) -> anyhow::Result<(Plan, crate::protect::ProtectReport, Vec<UnitDiff>)> {
+fn build_protected(args: &args::DiffArgs) -> anyhow::Result<(Plan, crate::protect::ProtectReport, Vec<FileDiff>)> {
     let (old, new) = systemd_plan::load_pair(&args.old, &args.new);
     let (old, new) = (old?, new?);
     let live = match &args.live {
@@ -51,7 +51,7 @@ fn build_protected(args: &args::DiffArgs) -> anyhow::Result<(Plan, crate::protec
     let mut plan = systemd_plan::plan(&old, &new, &live);
     crate::cmd::closure_diff::attach_to_plan(&mut plan, &args.old, &args.new);
     let protection = crate::protect::protect_plan(&mut plan, &old, &new, &live, &args.protect)?;
-    let diffs = crate::report::unit_diff::unit_diffs(&plan, &old, &new);
+    let diffs = systemd_plan::unit_diffs(&plan, &old, &new);
     Ok((plan, protection, diffs))
 }
 

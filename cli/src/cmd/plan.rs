@@ -53,7 +53,7 @@ pub struct LivePlan {
     /// What protection found (for `--explain`).
     pub protection: crate::protect::ProtectReport,
     /// The diffs of the unit files the plan was made from.
-    pub diffs: Vec<crate::report::UnitDiff>,
+    pub diffs: Vec<plan_model::FileDiff>,
 }
 
 /// Runs `plan`.
@@ -82,11 +82,10 @@ pub fn run(args: args::PlanArgs) -> anyhow::Result<Outcome> {
 fn save_plan(lp: &LivePlan, out: &Path) -> anyhow::Result<()> {
     let inputs = crate::saved::record_inputs(&lp.old, &lp.new, &lp.plan, &lp.live, &lp.protection.request);
     let mut saved = crate::saved::SavedPlan::new(lp.plan.clone(), inputs);
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    if unsafe { libc::geteuid() } == 0 {
+    if rustix::process::geteuid().is_root() {
         saved.sign(&crate::saved::PlanKey::load_or_create(&crate::saved::state_dir())?);
     } else {
-        eprintln!(
+        say!(
             "warning: {} carries no MAC (only root can sign a plan with this host's key): `apply` will refuse it",
             out.display()
         );
@@ -152,8 +151,8 @@ fn dbus_timeout() -> std::time::Duration {
 /// was. Unreadable run directories are not an error for planning.
 pub fn report_interrupted(run: &RunDir) {
     if let Ok(Some(i)) = run.interrupted() {
-        eprint!("warning: {}", i.describe());
-        eprintln!("  `safe-switch switch` resumes it before switching.");
+        say_text!("warning: {}", i.describe());
+        say!("  `safe-switch switch` resumes it before switching.");
     }
 }
 
@@ -175,7 +174,7 @@ pub fn live_plan(
     let mut plan = systemd_plan::plan(&old, &new, &live);
     crate::cmd::closure_diff::attach_to_plan(&mut plan, &old_path, &new_path);
     let protection = crate::protect::protect_plan(&mut plan, &old, &new, &live, protect)?;
-    let diffs = crate::report::unit_diff::unit_diffs(&plan, &old, &new);
+    let diffs = systemd_plan::unit_diffs(&plan, &old, &new);
     Ok(LivePlan { plan, live, old: old_path, new: new_path, protection, diffs })
 }
 

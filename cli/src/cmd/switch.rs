@@ -36,6 +36,8 @@ use systemd_live::{
     TransientSpec,
 };
 
+use plan_report::Blocker;
+
 use crate::args::{self, ProtectArgs};
 use crate::cmd::plan::{self as live, CURRENT_SYSTEM};
 use crate::exit::Outcome;
@@ -69,10 +71,7 @@ pub fn run(args: args::SwitchArgs) -> anyhow::Result<Outcome> {
     if !args.apply.no_isolate {
         let mut bus = live::connect()?;
         if run.is_locked()? {
-            bail!(
-                "another safe-switch is running (lock {} is held); nothing was changed",
-                run.path().join("lock").display()
-            );
+            bail!("another safe-switch is running (lock {} is held); nothing was changed", run.lock_path().display());
         }
         // The caller's own cgroup, always: a `--cgroup-file` given on the
         // command line is not handed on (see `isolate`).
@@ -86,7 +85,7 @@ pub fn run(args: args::SwitchArgs) -> anyhow::Result<Outcome> {
         // evaluating the flake again.
         let resolved_file = match (&args.source.flake, &args.source.resolved_file) {
             (Some(_), None) => {
-                let path = hand_over_path(&run, "resolved")?;
+                let path = run.hand_over_path("resolved")?;
                 crate::source::write_resolved(&path, &resolved)?;
                 extra.extend(["--resolved-file".to_owned(), path.display().to_string()]);
                 Some(path)
@@ -109,7 +108,7 @@ pub fn run(args: args::SwitchArgs) -> anyhow::Result<Outcome> {
     lp.plan.new.provenance = Some(resolved.provenance);
     live::print_plan(&lp, &args.output)?;
     if lp.plan.protection.refused {
-        eprintln!("refused: the switch would touch a protected unit (see the plan above); nothing was changed");
+        say!("refused: the switch would touch a protected unit (see the plan above); nothing was changed");
         return Ok(Outcome::Blocked);
     }
     apply_plan(&mut bus, &run, &lp.plan, &args.apply, &args.protect)
@@ -151,8 +150,7 @@ pub fn lock(run: &RunDir, isolated: bool) -> anyhow::Result<systemd_live::LockGu
 /// Refuses, before any change, what cannot be switched: a caller that is
 /// not root and a toplevel without an executable `activate`.
 pub fn preflight(toplevel: &Path) -> anyhow::Result<()> {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    if unsafe { libc::geteuid() } != 0 {
+    if !rustix::process::geteuid().is_root() {
         bail!(
             "switch must run as root (it stops and starts units and runs the activation script); \
              nothing was changed. `safe-switch plan` shows the plan without root"
@@ -179,7 +177,7 @@ pub fn preflight(toplevel: &Path) -> anyhow::Result<()> {
 }
 
 /// The executor's options from the command line.
-pub fn apply_options(a: &args::ApplyOptions) -> ApplyOptions {
+pub fn apply_options(a: &args::ExecutionArgs) -> ApplyOptions {
     ApplyOptions { job_timeout: Duration::from_secs(a.job_timeout.max(1)), ..ApplyOptions::default() }
 }
 
@@ -201,16 +199,14 @@ pub fn finish_interrupted(
     let Some(mut interrupted) = run.interrupted()? else {
         return Ok(None);
     };
-    eprint!("{}", interrupted.describe());
+    say_text!("{}", interrupted.describe());
     let target = interrupted.progress.plan.new.path.clone();
     let plan = reprotect_remaining(mgr, &interrupted.progress, protect).with_context(|| {
         format!("cannot plan what remains of the interrupted switch to {target}; nothing more was changed")
     })?;
     if plan.protection.refused {
-        let mut text = String::new();
-        crate::protect::render_text(&mut text, &plan);
-        eprint!("{text}");
-        eprintln!(
+        say_text!("{}", plan_report::text::refusal_text(&plan));
+        say!(
             "refused to finish the interrupted switch to {target}: what remains of it would touch a unit protected now; nothing more was changed"
         );
         return Ok(Some(Outcome::Blocked));
@@ -219,28 +215,22 @@ pub fn finish_interrupted(
         interrupted.progress.plan.units.iter().filter(|u| u.deferral.is_some()).map(|u| u.unit.as_str()).collect();
     for unit in plan.units.iter().filter(|u| u.deferral.is_some() && !before.contains(u.unit.as_str())) {
         if let Some(d) = &unit.deferral {
-            let actions: Vec<&str> = d.actions.iter().map(|a| a.as_str()).collect();
-            eprintln!(
-                "  {}: {} deferred: it would {} {}, protected now",
-                unit.unit,
-                actions.join(", "),
-                d.effect,
-                d.touches
-            );
+            let line = plan_report::text::touch_line(&d.actions, "deferred", &Blocker::of_deferral(&unit.unit, d));
+            say!("  {line} (protected now)");
         }
     }
-    eprintln!("resuming it first, with the protections in force now");
+    say!("resuming it first, with the protections in force now");
     interrupted.progress.plan = plan;
     let report = systemd_live::resume(interrupted, mgr, &mut ProcessHost, run, options, &mut StderrProgress)?;
-    eprint!("{}", report_text(&report));
+    say_text!("{}", report_text(&report));
     if report.aborted.is_some() {
         bail!("the interrupted switch to {target} could not be finished (see above); run again to resume it");
     }
     if !report.success() {
-        eprintln!("the interrupted switch to {target} finished with failures; not switching further");
+        say!("the interrupted switch to {target} finished with failures; not switching further");
         return Ok(Some(Outcome::UnitsFailed));
     }
-    eprintln!("the interrupted switch to {target} is finished");
+    say!("the interrupted switch to {target} is finished");
     Ok(None)
 }
 
@@ -287,26 +277,26 @@ pub fn apply_plan(
     bus: &mut dyn ServiceManager,
     run: &RunDir,
     plan: &Plan,
-    apply: &args::ApplyOptions,
+    apply: &args::ExecutionArgs,
     protect: &ProtectArgs,
 ) -> anyhow::Result<Outcome> {
     let options = apply_options(apply);
     let report = systemd_live::apply(plan, bus, &mut ProcessHost, run, &options, &mut StderrProgress)?;
-    eprint!("{}", report_text(&report));
+    say_text!("{}", report_text(&report));
     if report.success() {
-        eprintln!("switched to {}", plan.new.path);
+        say!("switched to {}", plan.new.path);
         return Ok(Outcome::Ok);
     }
     if apply.rollback_on_failure {
-        eprintln!("rolling back to {} with the same protections", plan.old.path);
+        say!("rolling back to {} with the same protections", plan.old.path);
         let back = live::live_plan(Path::new(CURRENT_SYSTEM), Path::new(&plan.old.path), protect, bus)
             .context("cannot plan the rollback")?;
         let rb = systemd_live::apply(&back.plan, bus, &mut ProcessHost, run, &options, &mut StderrProgress)?;
-        eprint!("rollback:\n{}", report_text(&rb));
+        say_text!("rollback:\n{}", report_text(&rb));
         if rb.success() {
-            eprintln!("rolled back to {}; the switch to {} failed (see above)", plan.old.path, plan.new.path);
+            say!("rolled back to {}; the switch to {} failed (see above)", plan.old.path, plan.new.path);
         } else {
-            eprintln!("the rollback to {} failed as well (see above)", plan.old.path);
+            say!("the rollback to {} failed as well (see above)", plan.old.path);
         }
         if rb.aborted.is_some() {
             bail!("the rollback stopped early; run `safe-switch switch` again to resume it");
@@ -333,7 +323,7 @@ pub fn save_caller_cgroup(run: &RunDir) -> anyhow::Result<Option<PathBuf>> {
     let Ok(text) = std::fs::read_to_string(proc_file) else {
         return Ok(None);
     };
-    let path = hand_over_path(run, "caller-cgroup")?;
+    let path = run.hand_over_path("caller-cgroup")?;
     write_private(&path, text.as_bytes())?;
     Ok(Some(path))
 }
@@ -350,19 +340,6 @@ fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
         .open(path)
         .with_context(|| format!("{}: cannot write", path.display()))?;
     file.write_all(bytes).with_context(|| format!("{}: cannot write", path.display()))
-}
-
-/// Where this process leaves a file for its isolated apply to read: in
-/// the run directory (created if needed, mode 0700), named after `what`
-/// and this process. The caller removes it once the apply has ended.
-fn hand_over_path(run: &RunDir, what: &str) -> anyhow::Result<PathBuf> {
-    use std::os::unix::fs::DirBuilderExt as _;
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(run.path())
-        .with_context(|| format!("{}: cannot create", run.path().display()))?;
-    Ok(run.path().join(format!("{what}-{}", std::process::id())))
 }
 
 /// The environment variables handed to the isolated apply: [`PASSED_ENV`],
@@ -406,9 +383,7 @@ pub fn isolate(bus: &mut SystemdBus, run: &RunDir, extra_args: &[String]) -> any
         std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0)
     );
     let unit = format!("safe-switch-{id}.service");
-    let stdout = run.path().join(format!("{unit}.stdout"));
-    let stderr = run.path().join(format!("{unit}.stderr"));
-    std::fs::create_dir_all(run.path()).with_context(|| format!("{}: cannot create", run.path().display()))?;
+    let (stdout, stderr) = run.unit_output_paths(&unit)?;
     let spec = TransientSpec {
         unit: unit.clone(),
         description: "safe-switch apply".to_owned(),
@@ -418,7 +393,7 @@ pub fn isolate(bus: &mut SystemdBus, run: &RunDir, extra_args: &[String]) -> any
         stdout: stdout.clone(),
         stderr: stderr.clone(),
     };
-    eprintln!(
+    say!(
         "applying in the transient unit {unit}: the switch goes on even if this connection drops; its output is kept in {}",
         stderr.display()
     );
@@ -444,10 +419,7 @@ pub fn isolate(bus: &mut SystemdBus, run: &RunDir, extra_args: &[String]) -> any
         // Another safe-switch took the lock between this process's check
         // and the isolated run's start.
         TransientExit::Exited(code) if code == i32::from(LOCK_HELD_STATUS) => {
-            bail!(
-                "another safe-switch is running (lock {} is held); nothing was changed",
-                run.path().join("lock").display()
-            )
+            bail!("another safe-switch is running (lock {} is held); nothing was changed", run.lock_path().display())
         }
         TransientExit::Exited(code) => {
             bail!("the switch in {unit} exited with status {code} (see above)")

@@ -172,10 +172,10 @@ fn protected_switch(extra: &[&str]) {
     {
         let entry = plan.unit(unit).unwrap_or_else(|| panic!("{unit} is in the plan: {}", out.stdout));
         let deferral = entry.deferral.as_ref().unwrap_or_else(|| panic!("{unit} is deferred: {entry:#?}"));
-        assert_eq!(deferral.touches, "sshd.service", "{entry:#?}");
+        assert_eq!(deferral.touch.touches, "sshd.service", "{entry:#?}");
         assert!(entry.actions.is_empty(), "{entry:#?}");
         let relations: Vec<(&str, &str, &str)> =
-            deferral.chain.iter().map(|e| (e.from.as_str(), e.relation.as_str(), e.to.as_str())).collect();
+            deferral.touch.chain.iter().map(|e| (e.from.as_str(), e.relation.as_str(), e.to.as_str())).collect();
         match relation {
             Some(relation) => {
                 assert_eq!(relations, [("sshd.service", relation, unit)], "{entry:#?}")

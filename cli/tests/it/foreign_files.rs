@@ -46,12 +46,8 @@ fn run_all_formats(dir: &Path, args: &[&str]) -> Vec<Run> {
         // the parent.
         unsafe {
             cmd.pre_exec(|| {
-                let limit = libc::rlimit { rlim_cur: 2 << 30, rlim_max: 2 << 30 };
-                if libc::setrlimit(libc::RLIMIT_AS, &limit) == 0 {
-                    Ok(())
-                } else {
-                    Err(std::io::Error::last_os_error())
-                }
+                let limit = rustix::process::Rlimit { current: Some(2 << 30), maximum: Some(2 << 30) };
+                Ok(rustix::process::setrlimit(rustix::process::Resource::As, limit)?)
             });
         }
         let out = testbed::exec::run(&mut cmd, Duration::from_secs(60))

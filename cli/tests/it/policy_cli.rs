@@ -149,9 +149,7 @@ fn a_cgroup_file_cannot_replace_the_callers_own_cgroup() {
 fn a_fifo_as_the_system_policy_is_an_error_not_a_hang() {
     let dir = policy_dir();
     let fifo = dir.path().join("policy.toml");
-    let c_path = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).unwrap();
-    // SAFETY: `c_path` is a valid NUL-terminated path.
-    assert_eq!(unsafe { libc::mkfifo(c_path.as_ptr(), 0o644) }, 0);
+    rustix::fs::mkfifoat(rustix::fs::CWD, &fifo, rustix::fs::Mode::from_raw_mode(0o644)).unwrap();
     let out = diff(&case("protect-direct-changed"), &fifo, None, &[]);
     let (_, stderr) = text(&out);
     assert_eq!(out.status.code(), Some(1), "{stderr}");

@@ -7,12 +7,12 @@ use std::collections::BTreeSet;
 use std::path::Path;
 use std::process::Command;
 
+use plan_model::FileDiff;
 use plan_model::{
     Action, Deferral, Diagnostic, Edge, FORMAT_VERSION, Generation, Mode, Plan, ProtectedUnit, Protection,
     ProtectionSource, Reason, Refusal, Rule, Severity, Step, UnitPlan,
 };
-use safe_switch_cli::args::Format;
-use safe_switch_cli::report::{self, Report, Style, UnitDiff, codequality, markdown};
+use plan_report::{Format, Report, Style, codequality, markdown};
 
 use crate::support::BIN;
 
@@ -72,11 +72,13 @@ fn deferred(old: &str, new: &str) -> Plan {
     let mut net = unit("network-setup.service", &[], Rule::StopStart);
     net.deferral = Some(Deferral {
         actions: vec![Action::Stop, Action::Start],
-        touches: "sshd.service".to_owned(),
-        effect: Action::Stop,
-        chain: chain(),
-        cause: None,
-        omitted: 0,
+        touch: plan_model::Touch {
+            touches: "sshd.service".to_owned(),
+            effect: Action::Stop,
+            chain: chain(),
+            cause: None,
+            omitted: 0,
+        },
     });
     plan.units.push(net);
     plan.units.sort_by(|a, b| a.unit.cmp(&b.unit));
@@ -101,11 +103,13 @@ fn refused(old: &str, new: &str) -> Plan {
         refusals: vec![Refusal {
             unit: "network-setup.service".to_owned(),
             actions: vec![Action::Stop, Action::Start],
-            touches: "sshd.service".to_owned(),
-            effect: Action::Stop,
-            chain: chain(),
-            cause: None,
-            omitted: 0,
+            touch: plan_model::Touch {
+                touches: "sshd.service".to_owned(),
+                effect: Action::Stop,
+                chain: chain(),
+                cause: None,
+                omitted: 0,
+            },
         }],
     };
     plan
@@ -117,7 +121,7 @@ fn plans() -> Vec<(&'static str, Plan)> {
 }
 
 fn render(format: Format, plan: &Plan) -> String {
-    report::render(format, &Report { plan, diffs: &[], commands: &[] }, Style::default())
+    plan_report::render(format, &Report { plan, diffs: &[], commands: &[] }, Style::default())
 }
 
 fn schema() -> std::path::PathBuf {
@@ -298,8 +302,8 @@ fn markdown_stays_under_its_limit_and_says_what_it_left_out() {
     for i in 0..20_000 {
         plan.units.push(unit(&format!("worker-{i:05}.service"), &[Action::Restart], Rule::UnitChanged));
     }
-    let diffs: Vec<UnitDiff> = (0..300)
-        .map(|i| UnitDiff {
+    let diffs: Vec<FileDiff> = (0..300)
+        .map(|i| FileDiff {
             unit: format!("worker-{i:05}.service"),
             path: format!("etc/systemd/system/worker-{i:05}.service"),
             diff: format!("--- a\n+++ b\n@@ -1 +1 @@\n-{}\n+{}\n", "x".repeat(2000), "y".repeat(2000)),
@@ -317,7 +321,7 @@ fn markdown_stays_under_its_limit_and_says_what_it_left_out() {
     assert!(small.contains("**Truncated**"));
 
     let plan = deferred("/old", "/new");
-    let diffs = vec![UnitDiff {
+    let diffs = vec![FileDiff {
         unit: "app.service".to_owned(),
         path: "etc/systemd/system/app.service".to_owned(),
         diff: "--- a/x\n+++ b/x\n@@ -1 +1 @@\n-ExecStart=/bin/a\n+ExecStart=/bin/b\n".to_owned(),
@@ -331,16 +335,16 @@ fn markdown_stays_under_its_limit_and_says_what_it_left_out() {
 #[test]
 fn text_has_colours_only_when_asked() {
     let plan = deferred("/old", "/new");
-    let diffs = vec![UnitDiff {
+    let diffs = vec![FileDiff {
         unit: "app.service".to_owned(),
         path: "etc/systemd/system/app.service".to_owned(),
         diff: "--- a/x\n+++ b/x\n@@ -1 +1 @@\n-old\n+new\n".to_owned(),
     }];
     let report = Report { plan: &plan, diffs: &diffs, commands: &[] };
-    let plain = report::render(Format::Text, &report, Style { color: false });
+    let plain = plan_report::render(Format::Text, &report, Style { color: false });
     assert!(!plain.contains('\x1b'), "{plain}");
     assert!(plain.contains("\n+new\n"), "{plain}");
-    let colored = report::render(Format::Text, &report, Style { color: true });
+    let colored = plan_report::render(Format::Text, &report, Style { color: true });
     assert!(colored.contains("\x1b[32m+new\x1b[0m"), "{colored}");
     assert!(colored.contains("\x1b[31m-old\x1b[0m"), "{colored}");
 }

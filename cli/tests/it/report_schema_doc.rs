@@ -59,11 +59,13 @@ fn full_plan() -> Plan {
             }],
             deferral: Some(Deferral {
                 actions: vec![Action::Stop],
-                touches: "b".into(),
-                effect: Action::Stop,
-                chain: vec![edge.clone()],
-                cause: None,
-                omitted: 0,
+                touch: plan_model::Touch {
+                    touches: "b".into(),
+                    effect: Action::Stop,
+                    chain: vec![edge.clone()],
+                    cause: None,
+                    omitted: 0,
+                },
             }),
         }],
         steps: vec![
@@ -93,11 +95,13 @@ fn full_plan() -> Plan {
             refusals: vec![Refusal {
                 unit: "a.service".into(),
                 actions: vec![Action::Restart],
-                touches: "b".into(),
-                effect: Action::Stop,
-                chain: vec![edge],
-                cause: None,
-                omitted: 0,
+                touch: plan_model::Touch {
+                    touches: "b".into(),
+                    effect: Action::Stop,
+                    chain: vec![edge],
+                    cause: None,
+                    omitted: 0,
+                },
             }],
         },
         diagnostics: vec![Diagnostic {
@@ -107,7 +111,7 @@ fn full_plan() -> Plan {
             path: Some("/f".into()),
             line: Some(3),
         }],
-        packages: Some(serde_json::json!({
+        packages: Some(serde_json::from_value(serde_json::json!({
             "old": {"root": "/nix/store/a-nixos-system", "paths": 2, "nar_size": 10, "source": "database", "fallback_reason": "x"},
             "new": {"root": "/nix/store/b-nixos-system", "paths": 2, "nar_size": 12, "source": "database"},
             "changed": [{"name": "hello", "old_versions": ["1.0"], "new_versions": ["1.1"], "direction": "upgrade", "old_size": 1, "new_size": 2, "size_delta": 1}],
@@ -117,7 +121,8 @@ fn full_plan() -> Plan {
             "paths_added": 1,
             "paths_removed": 1,
             "size_delta": 2
-        })),
+        }))
+        .unwrap()),
     }
 }
 

@@ -93,7 +93,7 @@ fn main() {
         ms(ours_cpu),
         ms(best)
     );
-    println!("  {}", d.render_summary());
+    println!("  {}", plan_report::packages::summary(&d));
 
     // Where the time goes: reading (both closures, one snapshot) and the
     // pure diff.

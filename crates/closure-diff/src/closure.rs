@@ -14,18 +14,7 @@ pub struct PathInfo {
     pub nar_size: u64,
 }
 
-/// Where a closure was read from.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Source {
-    /// Nix's SQLite database, opened read-only.
-    Database,
-    /// `nix path-info --json --recursive`.
-    NixPathInfo,
-    /// Built in memory (tests, snapshots).
-    #[default]
-    Memory,
-}
+pub use plan_model::packages::Source;
 
 /// The closure of one root store path.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

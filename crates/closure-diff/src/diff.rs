@@ -12,110 +12,11 @@ use std::collections::{HashMap, HashSet};
 type FastMap<K, V> = HashMap<K, V, foldhash::fast::FixedState>;
 type FastSet<K> = HashSet<K, foldhash::fast::FixedState>;
 
-use serde::{Deserialize, Serialize};
+pub use plan_model::packages::{ClosureDiff, ClosureSummary, Package, Rebuilt, VersionChange};
 
-use crate::closure::{Closure, Source};
+use crate::closure::Closure;
 use crate::name::{split_base_name, split_name};
-use crate::version::{Direction, classify, compare_versions};
-
-/// One side of the diff, summarised.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ClosureSummary {
-    /// The root store path.
-    pub root: String,
-    /// How many store paths the closure holds.
-    pub paths: usize,
-    /// The sum of their NAR sizes, in bytes.
-    pub nar_size: u64,
-    /// Where the closure was read from.
-    pub source: Source,
-    /// Why the database was not used, when it was not.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub fallback_reason: Option<String>,
-}
-
-/// A package whose set of versions changed.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct VersionChange {
-    /// The package name.
-    pub name: String,
-    /// Its versions in the old closure, in version order.
-    pub old_versions: Vec<String>,
-    /// Its versions in the new closure, in version order.
-    pub new_versions: Vec<String>,
-    /// Which way the versions moved.
-    pub direction: Direction,
-    /// Its size in the old closure, in bytes.
-    pub old_size: u64,
-    /// Its size in the new closure, in bytes.
-    pub new_size: u64,
-    /// `new_size - old_size`.
-    pub size_delta: i64,
-}
-
-/// A package present on one side only.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Package {
-    /// The package name.
-    pub name: String,
-    /// Its versions, in version order (a single empty string when the
-    /// store path name carries no version).
-    pub versions: Vec<String>,
-    /// Its size in bytes.
-    pub size: u64,
-}
-
-/// A package with the same versions on both sides whose store paths
-/// differ (rebuilt because a dependency or its recipe changed).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Rebuilt {
-    /// The package name.
-    pub name: String,
-    /// Its versions, in version order.
-    pub versions: Vec<String>,
-    /// Its size in the old closure, in bytes.
-    pub old_size: u64,
-    /// Its size in the new closure, in bytes.
-    pub new_size: u64,
-    /// `new_size - old_size`.
-    pub size_delta: i64,
-}
-
-/// Which packages change between two closures, and how much.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ClosureDiff {
-    /// The old closure.
-    pub old: ClosureSummary,
-    /// The new closure.
-    pub new: ClosureSummary,
-    /// Packages whose versions changed, by name.
-    pub changed: Vec<VersionChange>,
-    /// Packages only in the new closure, by name.
-    pub added: Vec<Package>,
-    /// Packages only in the old closure, by name.
-    pub removed: Vec<Package>,
-    /// Packages with unchanged versions but different store paths, by
-    /// name.
-    pub rebuilt: Vec<Rebuilt>,
-    /// Store paths only in the new closure.
-    pub paths_added: usize,
-    /// Store paths only in the old closure.
-    pub paths_removed: usize,
-    /// `new.nar_size - old.nar_size`.
-    pub size_delta: i64,
-}
-
-impl ClosureDiff {
-    /// Whether the two closures hold exactly the same store paths.
-    pub fn is_empty(&self) -> bool {
-        self.paths_added == 0 && self.paths_removed == 0
-    }
-
-    /// How many changed packages moved in the given direction.
-    pub fn count(&self, direction: Direction) -> usize {
-        self.changed.iter().filter(|c| c.direction == direction).count()
-    }
-}
+use crate::version::{classify, compare_versions};
 
 /// A package's distinct versions within one closure. Nearly every
 /// package has exactly one, so the first lives inline and only further

@@ -6,13 +6,14 @@
 //! - [`name`] splits store path names into package name, version and
 //!   output, and [`version`] orders versions the way `nix-env` does;
 //! - [`diff()`] compares two [`Closure`] values and returns a
-//!   [`ClosureDiff`], which renders as text ([`ClosureDiff::render_text`])
-//!   or serialises to JSON;
+//!   [`ClosureDiff`] (a value of `plan_model::packages`; `plan-report`
+//!   renders it as text), which serialises to JSON;
 //! - [`store`] resolves links such as `/run/current-system` to store paths
 //!   and reads closures from Nix's database (read-only), falling back to
-//!   `nix path-info` when the database cannot be used.
+//!   `nix path-info` (run through nix-compose's `NixRunner`) when the
+//!   database cannot be used.
 //!
-//! Architecture Invariant: `name`, `version`, `diff` and `render` do no
+//! Architecture Invariant: `name`, `version` and `diff` do no
 //! I/O; only `store`, `db` and `path_info` touch the file system or run
 //! programs, and nothing in the crate ever writes to the store or its
 //! database.
@@ -25,7 +26,7 @@
 //!     "./result".as_ref(),
 //!     &options,
 //! )?;
-//! print!("{}", d.render_text());
+//! println!("{} paths added", d.paths_added);
 //! # Ok::<(), closure_diff::Error>(())
 //! ```
 
@@ -34,11 +35,13 @@ pub mod db;
 pub mod diff;
 pub mod name;
 pub mod path_info;
-pub mod render;
 pub mod store;
 pub mod version;
 
 pub use closure::{Closure, PathInfo, Source};
 pub use diff::{ClosureDiff, ClosureSummary, Package, Rebuilt, VersionChange, diff};
-pub use store::{Error, Options, SourcePolicy, diff_store_paths, read_closure, resolve_store_path};
+pub use store::{
+    Error, Options, SourcePolicy, diff_store_paths, diff_store_paths_with, read_closure, read_closure_with,
+    resolve_store_path,
+};
 pub use version::Direction;

@@ -7,10 +7,14 @@
 //! object keyed by store path. Invalid paths show up as `"valid": false`
 //! in the first shape and as `null` in the second. Both are accepted, and
 //! paths given as bare base names are put under the store directory.
+//!
+//! `nix` runs through nix-compose's [`NixRunner`], like every other call to
+//! Nix, so that the fallback can be tested with a fake.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::ffi::OsString;
+use std::path::Path;
 
+use nix_compose::{NixError, NixRunner, StderrMode};
 use serde_json::Value;
 
 use crate::closure::PathInfo;
@@ -18,15 +22,9 @@ use crate::closure::PathInfo;
 /// Why `nix path-info` did not produce a closure.
 #[derive(Debug, thiserror::Error)]
 pub enum CommandError {
-    /// The program could not be started.
-    #[error("cannot run {}", program.display())]
-    Spawn {
-        /// The program.
-        program: PathBuf,
-        /// The operating system's error.
-        #[source]
-        source: std::io::Error,
-    },
+    /// `nix` could not be run.
+    #[error(transparent)]
+    Nix(#[from] NixError),
     /// The program ran and failed.
     #[error("`{command}` exited with {status}: {stderr}")]
     Failed {
@@ -55,12 +53,10 @@ pub enum CommandError {
     },
 }
 
-/// The arguments of the `nix path-info` call (after the program name).
+/// The arguments of the `nix path-info` call (after the program name and
+/// the options the runner gives every call).
 pub fn args(store_path: &str, store_uri: Option<&str>) -> Vec<String> {
-    let mut args: Vec<String> = ["--extra-experimental-features", "nix-command", "path-info", "--json", "--recursive"]
-        .iter()
-        .map(|s| (*s).to_owned())
-        .collect();
+    let mut args: Vec<String> = ["path-info", "--json", "--recursive"].iter().map(|s| (*s).to_owned()).collect();
     if let Some(uri) = store_uri {
         args.push("--store".to_owned());
         args.push(uri.to_owned());
@@ -69,32 +65,28 @@ pub fn args(store_path: &str, store_uri: Option<&str>) -> Vec<String> {
     args
 }
 
-/// Runs `nix path-info` and parses its output.
+/// Runs `nix path-info` through `nix` and parses its output.
 pub fn read(
-    nix: &Path,
+    nix: &dyn NixRunner,
     store_dir: &Path,
     store_uri: Option<&str>,
     store_path: &str,
 ) -> Result<Vec<PathInfo>, CommandError> {
     let argv = args(store_path, store_uri);
-    let command = format!("{} {}", nix.display(), argv.join(" "));
-    let output = Command::new(nix)
-        .args(&argv)
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|source| CommandError::Spawn { program: nix.to_path_buf(), source })?;
-    if !output.status.success() {
-        let stderr = String::from_utf8_lossy(&output.stderr);
+    let command = format!("nix {}", argv.join(" "));
+    let output = nix.run(&argv.iter().map(OsString::from).collect::<Vec<_>>(), StderrMode::Capture)?;
+    if !output.success {
         // Every Nix version words an unknown path this way; it is an
         // answer about the path, not a failure of the command.
-        if stderr.contains(&format!("path '{store_path}' is not valid")) {
+        if output.stderr.contains(&format!("path '{store_path}' is not valid")) {
             return Err(CommandError::NotValid { command, store_path: store_path.to_owned() });
         }
-        let tail: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+        let tail: Vec<&str> = output.stderr.lines().filter(|l| !l.trim().is_empty()).collect();
         let tail = tail[tail.len().saturating_sub(3)..].join(" / ");
-        return Err(CommandError::Failed { command, status: output.status.to_string(), stderr: tail });
+        let status = output.code.map_or_else(|| "a signal".to_owned(), |code| format!("exit status: {code}"));
+        return Err(CommandError::Failed { command, status, stderr: tail });
     }
-    parse(&output.stdout, store_dir, store_path).map_err(|e| match e {
+    parse(output.stdout.as_bytes(), store_dir, store_path).map_err(|e| match e {
         ParseError::NotValid => CommandError::NotValid { command, store_path: store_path.to_owned() },
         ParseError::Bad(detail) => CommandError::Parse { command, detail },
     })

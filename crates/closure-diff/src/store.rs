@@ -5,6 +5,8 @@ use std::collections::VecDeque;
 use std::ffi::OsString;
 use std::path::{Component, Path, PathBuf};
 
+use nix_compose::{NixCommand, NixRunner};
+
 use crate::closure::{Closure, Source};
 use crate::db::{Database, DbError};
 use crate::diff::{ClosureDiff, diff};
@@ -238,8 +240,9 @@ fn push_front(queue: &mut VecDeque<OsString>, path: &Path) {
 }
 
 /// Reads the closures of several inputs, from the database in one
-/// snapshot when it can, else one by one through `nix path-info`.
-fn read_all(inputs: &[&Path], options: &Options) -> Result<Vec<Closure>, Error> {
+/// snapshot when it can, else one by one through `nix path-info`, run by
+/// `nix`.
+fn read_all(inputs: &[&Path], options: &Options, nix: &dyn NixRunner) -> Result<Vec<Closure>, Error> {
     let roots = inputs.iter().map(|i| resolve_store_path(i, &options.store_dir)).collect::<Result<Vec<_>, _>>()?;
     let not_valid = |store_path: &str| {
         let input = roots
@@ -254,7 +257,7 @@ fn read_all(inputs: &[&Path], options: &Options) -> Result<Vec<Closure>, Error> 
     let via_command = |fallback_reason: Option<String>| -> Result<Vec<Closure>, (String, CommandError)> {
         let mut closures = Vec::with_capacity(roots.len());
         for root in &roots {
-            let paths = path_info::read(&options.nix, &options.store_dir, options.store_uri.as_deref(), root)
+            let paths = path_info::read(nix, &options.store_dir, options.store_uri.as_deref(), root)
                 .map_err(|e| (root.clone(), e))?;
             closures.push(Closure {
                 root: root.clone(),
@@ -303,20 +306,168 @@ fn read_all(inputs: &[&Path], options: &Options) -> Result<Vec<Closure>, Error> 
     })
 }
 
+/// The `nix` program of `options`.
+fn nix_command(options: &Options) -> NixCommand {
+    NixCommand { program: options.nix.clone(), ..NixCommand::default() }
+}
+
 /// Reads the closure of the store path `input` leads to.
 pub fn read_closure(input: &Path, options: &Options) -> Result<Closure, Error> {
-    let mut list = read_all(&[input], options)?;
+    read_closure_with(input, options, &nix_command(options))
+}
+
+/// [`read_closure`], running `nix` through `nix` (a fake in tests).
+pub fn read_closure_with(input: &Path, options: &Options, nix: &dyn NixRunner) -> Result<Closure, Error> {
+    let mut list = read_all(&[input], options, nix)?;
     list.pop().ok_or_else(|| Error::NotValid { input: input.to_path_buf(), store_path: String::new() })
 }
 
 /// Reads the closures of two store paths (or links to them, such as
 /// `/run/current-system`) and compares them.
 pub fn diff_store_paths(old: &Path, new: &Path, options: &Options) -> Result<ClosureDiff, Error> {
-    let mut both = read_all(&[old, new], options)?.into_iter();
+    diff_store_paths_with(old, new, options, &nix_command(options))
+}
+
+/// [`diff_store_paths`], running `nix` through `nix` (a fake in tests).
+pub fn diff_store_paths_with(
+    old: &Path,
+    new: &Path,
+    options: &Options,
+    nix: &dyn NixRunner,
+) -> Result<ClosureDiff, Error> {
+    let mut both = read_all(&[old, new], options, nix)?.into_iter();
     match (both.next(), both.next()) {
         (Some(old), Some(new)) => Ok(diff(&old, &new)),
         // `read_all` returns one closure per input; this arm only keeps
         // the function total.
         _ => Err(Error::NotValid { input: new.to_path_buf(), store_path: String::new() }),
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, reason = "tests may unwrap")]
+mod tests {
+    use std::cell::RefCell;
+
+    use nix_compose::{NixError, NixOutput, StderrMode};
+
+    use super::*;
+    use crate::path_info::CommandError;
+
+    const OLD: &str = "g2xavc2jpzqxqql693khkwfkdb59d00d-app-2.3";
+    const NEW: &str = "k9xavc2jpzqxqql693khkwfkdb59d00d-app-2.4";
+    const LIB: &str = "y3pan8q3lzkbkm1yh9drr4ckb75qdz4d-libfoo-1.0";
+
+    /// `nix path-info` as a function of the root asked for; the calls are
+    /// recorded.
+    struct FakeNix {
+        answer: fn(&str) -> Result<NixOutput, NixError>,
+        calls: RefCell<Vec<Vec<String>>>,
+    }
+
+    impl FakeNix {
+        fn new(answer: fn(&str) -> Result<NixOutput, NixError>) -> Self {
+            FakeNix { answer, calls: RefCell::new(Vec::new()) }
+        }
+    }
+
+    impl NixRunner for FakeNix {
+        fn run(&self, args: &[OsString], stderr: StderrMode) -> Result<NixOutput, NixError> {
+            assert_eq!(stderr, StderrMode::Capture);
+            let args: Vec<String> = args.iter().map(|a| a.to_string_lossy().into_owned()).collect();
+            let root = args.last().cloned().unwrap_or_default();
+            self.calls.borrow_mut().push(args);
+            (self.answer)(&root)
+        }
+    }
+
+    /// Nix 2.19's object shape: the root and libfoo, with base names.
+    fn closure_of(root: &str) -> Result<NixOutput, NixError> {
+        let base = root.rsplit('/').next().unwrap();
+        let size = if base == OLD { 100 } else { 120 };
+        let stdout = format!(r#"{{"{base}":{{"narSize":{size}}},"{LIB}":{{"narSize":7}}}}"#);
+        Ok(NixOutput { success: true, code: Some(0), stdout, stderr: String::new() })
+    }
+
+    fn failing(stderr: String) -> Result<NixOutput, NixError> {
+        Ok(NixOutput { success: false, code: Some(1), stdout: String::new(), stderr })
+    }
+
+    /// A store directory (empty: only the names of its paths are read)
+    /// and options whose database does not exist.
+    fn store() -> (tempfile::TempDir, Options) {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("store")).unwrap();
+        let options = Options {
+            store_dir: dir.path().join("store"),
+            db_path: dir.path().join("no/db.sqlite"),
+            ..Options::default()
+        };
+        (dir, options)
+    }
+
+    #[test]
+    fn a_database_that_cannot_be_opened_falls_back_to_nix_path_info() {
+        let (_dir, options) = store();
+        let (old, new) = (options.store_dir.join(OLD), options.store_dir.join(NEW));
+        let nix = FakeNix::new(closure_of);
+        let d = diff_store_paths_with(&old, &new, &options, &nix).unwrap();
+        assert_eq!(d.changed.len(), 1, "{d:?}");
+        assert_eq!((d.changed[0].name.as_str(), d.size_delta), ("app", 20));
+        let store_dir = options.store_dir.clone();
+        let root = |base: &str| store_dir.join(base).display().to_string();
+        let path_info =
+            |root: String| ["path-info", "--json", "--recursive"].map(str::to_owned).into_iter().chain([root]);
+        let expected: Vec<Vec<String>> = [OLD, NEW].iter().map(|b| path_info(root(b)).collect()).collect();
+        assert_eq!(*nix.calls.borrow(), expected);
+
+        let closure = read_closure_with(&old, &options, &nix).unwrap();
+        assert_eq!(closure.source, Source::NixPathInfo);
+        assert!(closure.fallback_reason.unwrap().contains("no/db.sqlite"));
+        let mut paths: Vec<&str> = closure.paths.iter().map(|p| p.path.as_str()).collect();
+        paths.sort_unstable();
+        assert_eq!(paths, [root(OLD), root(LIB)]);
+
+        // A store of its own is named to Nix; without the fallback, the
+        // database's error is the answer.
+        let remote = Options { store_uri: Some("ssh-ng://builder".into()), source: SourcePolicy::NixOnly, ..options };
+        read_closure_with(&old, &remote, &nix).unwrap();
+        let last = nix.calls.borrow().last().cloned().unwrap();
+        assert_eq!(last[3..], ["--store".to_owned(), "ssh-ng://builder".to_owned(), root(OLD)]);
+        let db_only = Options { source: SourcePolicy::DatabaseOnly, ..remote };
+        let calls = nix.calls.borrow().len();
+        assert!(matches!(read_closure_with(&old, &db_only, &nix), Err(Error::Database { .. })));
+        assert_eq!(nix.calls.borrow().len(), calls, "nix is not asked");
+    }
+
+    #[test]
+    fn what_nix_path_info_answers_is_told_apart_from_its_failures() {
+        let (_dir, options) = store();
+        let old = options.store_dir.join(OLD);
+
+        // Nix's word for a path it does not have: the path is not valid.
+        let nix = FakeNix::new(|root| failing(format!("error: path '{root}' is not valid\n")));
+        let err = read_closure_with(&old, &options, &nix).unwrap_err();
+        assert!(matches!(&err, Error::NotValid { store_path, .. } if store_path.ends_with(OLD)), "{err:?}");
+
+        // Any other failure: both reasons, and the end of Nix's report.
+        let nix = FakeNix::new(|_| failing("warning: a\n\nerror: b\n  c\n  d\n".to_owned()));
+        let err = read_closure_with(&old, &options, &nix).unwrap_err();
+        let Error::Unreadable { command, .. } = &err else { panic!("{err:?}") };
+        let CommandError::Failed { command: line, status, stderr } = command.as_ref() else { panic!("{command:?}") };
+        assert_eq!(line, &format!("nix path-info --json --recursive {}", old.display()));
+        assert_eq!((status.as_str(), stderr.as_str()), ("exit status: 1", "error: b /   c /   d"));
+        let msg = err.to_string();
+        assert!(msg.contains("no/db.sqlite") && msg.contains("exited with exit status: 1"), "{msg}");
+
+        // Output that is not Nix's JSON, and a `nix` that cannot run.
+        let nix = FakeNix::new(|_| Ok(NixOutput { success: true, code: Some(0), ..NixOutput::default() }));
+        let nix_only = Options { source: SourcePolicy::NixOnly, ..options };
+        let err = read_closure_with(&old, &nix_only, &nix).unwrap_err();
+        assert!(matches!(&err, Error::Command { source: CommandError::Parse { .. }, .. }), "{err:?}");
+        let nix = FakeNix::new(|_| Err(NixError::NotFound { program: "/nowhere/bin/nix".into() }));
+        let err = read_closure_with(&old, &nix_only, &nix).unwrap_err();
+        assert!(matches!(&err, Error::Command { source: CommandError::Nix(_), .. }), "{err:?}");
+        assert!(chain(&err).contains("/nowhere/bin/nix"), "{}", chain(&err));
     }
 }

@@ -10,8 +10,6 @@
 
 use std::cmp::Ordering;
 
-use serde::{Deserialize, Serialize};
-
 /// Compares two versions with `nix-env`'s ordering.
 pub fn compare_versions(a: &str, b: &str) -> Ordering {
     let mut ca = Components::new(a);
@@ -132,20 +130,7 @@ fn ordered_prefix(version: &str) -> Option<&str> {
     None
 }
 
-/// How a package's version moved.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Direction {
-    /// Every old version is older than every new one.
-    Upgrade,
-    /// Every old version is newer than every new one.
-    Downgrade,
-    /// The versions cannot be ordered (commit hashes with equal prefixes).
-    Unordered,
-    /// Some versions moved up and others down, or versions were only
-    /// added to or dropped from a set that other versions remain in.
-    Mixed,
-}
+pub use plan_model::packages::Direction;
 
 /// Orders two versions, or returns `None` when they cannot be ordered
 /// because they differ only in a commit-hash part.

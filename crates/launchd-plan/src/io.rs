@@ -14,7 +14,7 @@ use std::path::Path;
 use generation_fs::{Entry, GenerationDir, Limit, Resolved};
 
 use crate::error::LoadError;
-use crate::job::{Generation, Installed, Job, Scope};
+use crate::job::{GenerationJobs, Installed, Job, Scope};
 use crate::live::LaunchdLive;
 
 /// The most read from a plist.
@@ -29,7 +29,7 @@ const NIX_CONF_LIMIT: Limit = Limit::new(1 << 20, "a Nix configuration file");
 /// than user agents have no `user/`). Links are followed inside the
 /// generation and into the Nix store, as the generation's entries are
 /// links into the store; a link elsewhere is an error.
-pub fn load_generation(toplevel: &Path) -> Result<Generation, LoadError> {
+pub fn load_generation(toplevel: &Path) -> Result<GenerationJobs, LoadError> {
     // A mistyped toplevel must not read as a generation without jobs, which
     // would plan the removal of every job.
     fs::read_dir(toplevel).map_err(|source| io_error(toplevel, source))?;
@@ -64,7 +64,7 @@ pub fn load_generation(toplevel: &Path) -> Result<Generation, LoadError> {
             jobs.push(Job::parse(scope, &name, &path.display().to_string(), bytes)?);
         }
     }
-    Ok(Generation {
+    Ok(GenerationJobs {
         path: toplevel.display().to_string(),
         jobs,
         nix_conf: read_generation_file(&g, toplevel, "etc/nix/nix.conf")?,
@@ -104,8 +104,8 @@ fn not_a_plist(path: &Path) -> LoadError {
 pub fn load_installed(
     root: &Path,
     home: Option<&Path>,
-    old: &Generation,
-    new: &Generation,
+    old: &GenerationJobs,
+    new: &GenerationJobs,
 ) -> Result<Installed, LoadError> {
     let mut wanted: Vec<(Scope, &str)> =
         old.jobs.iter().chain(&new.jobs).map(|j| (j.scope, j.file_name.as_str())).collect();

@@ -109,7 +109,7 @@ impl Job {
 
 /// The launchd-relevant content of one nix-darwin generation.
 #[derive(Clone, Debug, Default, PartialEq)]
-pub struct Generation {
+pub struct GenerationJobs {
     /// The toplevel path, as it should appear in plans and operations.
     pub path: String,
     /// Every plist of the generation.
@@ -120,7 +120,7 @@ pub struct Generation {
     pub nix_machines: Option<Vec<u8>>,
 }
 
-impl Generation {
+impl GenerationJobs {
     /// Returns the job with this scope and file name.
     pub fn job(&self, scope: Scope, file_name: &str) -> Option<&Job> {
         self.jobs.iter().find(|j| j.scope == scope && j.file_name == file_name)

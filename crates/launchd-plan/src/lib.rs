@@ -6,7 +6,7 @@
 //! ([`LaunchdLive`], what `launchctl print` and `launchctl list` report, as a
 //! JSON value; [`parse_print`] and [`parse_list`] read real captures) and,
 //! optionally, the installed plists ([`load_installed`]); and a protection
-//! [`Policy`]. Output: a [`LaunchdPlan`], the shared [`plan_model::Plan`]
+//! [`Request`]. Output: a [`LaunchdPlan`], the shared [`plan_model::Plan`]
 //! keyed by job label plus where each job lives, which [`operations`] turns
 //! into [`Operation`]s whose [`Operation::argv`] is the exact command line.
 //!
@@ -77,6 +77,7 @@
 #![warn(missing_docs)]
 
 mod capture;
+mod diffs;
 mod error;
 mod io;
 mod job;
@@ -86,10 +87,11 @@ mod planner;
 mod policy;
 
 pub use capture::{CaptureError, parse_list, parse_print};
+pub use diffs::plist_diffs;
 pub use error::{LoadError, OpsError, SelectorError};
 pub use io::{load_generation, load_installed, load_live};
-pub use job::{Generation, Installed, Job, Scope, flatten};
+pub use job::{GenerationJobs, Installed, Job, Scope, flatten};
 pub use live::{LaunchdLive, LiveJob, PrimaryUser};
 pub use ops::{Domain, Launchctl, Operation, operations};
 pub use planner::{Host, JobTarget, LaunchdPlan, NIX_DAEMON_LABEL, plan};
-pub use policy::{Policy, Selector};
+pub use policy::{LabelMatcher, Request};

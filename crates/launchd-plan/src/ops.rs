@@ -266,7 +266,7 @@ fn scope_order(scope: Scope) -> usize {
 }
 
 fn refused_labels(plan: &LaunchdPlan) -> Vec<String> {
-    let mut labels: Vec<String> = plan.plan.protection.refusals.iter().map(|r| r.touches.clone()).collect();
+    let mut labels: Vec<String> = plan.plan.protection.refusals.iter().map(|r| r.touch.touches.clone()).collect();
     labels.sort();
     labels.dedup();
     labels

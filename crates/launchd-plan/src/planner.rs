@@ -1,5 +1,5 @@
 //! The planner: old generation, new generation, live state and protection
-//! policy in, a [`LaunchdPlan`] out. Pure: no IO, no clock, no environment.
+//! protection request in, a [`LaunchdPlan`] out. Pure: no IO, no clock, no environment.
 //!
 //! The decisions follow nix-darwin's launchd activation, with three
 //! deliberate refinements that a careful operator would make by hand:
@@ -15,10 +15,10 @@ use plan_model::{
     Rule, Severity, UnitPlan,
 };
 
-use crate::job::{Generation, Installed, Job, Scope};
+use crate::job::{GenerationJobs, Installed, Job, Scope};
 use crate::live::{LaunchdLive, LiveJob};
 use crate::ops::Domain;
-use crate::policy::Policy;
+use crate::policy::Request;
 
 /// The label nix-darwin gives the Nix daemon it manages.
 pub const NIX_DAEMON_LABEL: &str = "org.nixos.nix-daemon";
@@ -99,7 +99,7 @@ pub struct Host {
 }
 
 /// Plans the launchd part of a switch from `old` to `new`.
-pub fn plan(old: &Generation, new: &Generation, host: &Host, policy: &Policy) -> LaunchdPlan {
+pub fn plan(old: &GenerationJobs, new: &GenerationJobs, host: &Host, request: &Request) -> LaunchdPlan {
     let live = &host.live;
     let mut diagnostics = Vec::new();
     let names = unit_names(old, new, &mut diagnostics);
@@ -175,11 +175,11 @@ pub fn plan(old: &Generation, new: &Generation, host: &Host, policy: &Policy) ->
         new: plan_model::Generation { path: new.path.clone(), ..Default::default() },
         units: units.into_values().collect(),
         steps: Vec::new(),
-        protection: Protection { mode: policy.mode, ..Protection::default() },
+        protection: Protection { mode: request.mode, ..Protection::default() },
         diagnostics,
         packages: None,
     };
-    apply_protection(&mut plan, &jobs, old, new, live, policy);
+    apply_protection(&mut plan, &jobs, old, new, live, request);
     LaunchdPlan { plan, jobs }
 }
 
@@ -263,8 +263,8 @@ fn key_changes(old: &Job, new: &Job) -> Vec<KeyChange> {
 /// Names every job by its label; a label found in two scopes is qualified
 /// with the scope (`user-agent:org.nixos.x`) so unit names stay unique.
 fn unit_names(
-    old: &Generation,
-    new: &Generation,
+    old: &GenerationJobs,
+    new: &GenerationJobs,
     diagnostics: &mut Vec<Diagnostic>,
 ) -> BTreeMap<(Scope, String), String> {
     let mut scopes_by_label: BTreeMap<String, BTreeSet<Scope>> = BTreeMap::new();
@@ -327,7 +327,7 @@ fn job_target(
     file_name: &str,
     label: &str,
     loaded_label: Option<String>,
-    new: &Generation,
+    new: &GenerationJobs,
     in_new: bool,
     live: &LaunchdLive,
 ) -> JobTarget {
@@ -372,8 +372,8 @@ fn loaded_state<'a>(live: &'a LaunchdLive, scope: Scope, label: &str) -> Loaded<
 /// planned here as `kickstart -k` unless the plist change already restarts
 /// the daemon.
 fn nix_conf_restart(
-    old: &Generation,
-    new: &Generation,
+    old: &GenerationJobs,
+    new: &GenerationJobs,
     live: &LaunchdLive,
     units: &mut BTreeMap<String, UnitPlan>,
     jobs: &mut BTreeMap<String, JobTarget>,
@@ -441,17 +441,17 @@ fn nix_conf_restart(
 fn apply_protection(
     plan: &mut Plan,
     jobs: &BTreeMap<String, JobTarget>,
-    old: &Generation,
-    new: &Generation,
+    old: &GenerationJobs,
+    new: &GenerationJobs,
     live: &LaunchdLive,
-    policy: &Policy,
+    request: &Request,
 ) {
     let mut known: BTreeSet<String> = plan.units.iter().map(|u| u.unit.clone()).collect();
     known.extend(old.jobs.iter().chain(&new.jobs).map(|j| j.label_or_stem().to_owned()));
     for domain in [live.system.as_ref(), live.gui.as_ref()].into_iter().flatten() {
         known.extend(domain.keys().cloned());
     }
-    for selector in &policy.selectors {
+    for selector in &request.selectors {
         plan.protection.protected.push(ProtectedUnit {
             selector: selector.text().to_owned(),
             source: selector.source().clone(),
@@ -465,7 +465,7 @@ fn apply_protection(
             continue;
         };
         let labels = [Some(target.label.as_str()), target.loaded_label.as_deref()];
-        let protected = policy.selectors.iter().any(|s| labels.iter().flatten().any(|l| s.matches(l)));
+        let protected = request.selectors.iter().any(|s| labels.iter().flatten().any(|l| s.matches(l)));
         let effect = if entry.actions.contains(&Action::Restart) {
             Action::Restart
         } else if entry.actions.contains(&Action::Stop) {
@@ -476,7 +476,7 @@ fn apply_protection(
         if !protected {
             continue;
         }
-        match policy.mode {
+        match request.mode {
             Mode::Defer => {
                 let plist_involved = entry
                     .reasons
@@ -512,11 +512,13 @@ fn apply_protection(
                 }
                 entry.deferral = Some(Deferral {
                     actions: std::mem::take(&mut entry.actions),
-                    touches: target.label.clone(),
-                    effect,
-                    chain: Vec::new(),
-                    cause: None,
-                    omitted: 0,
+                    touch: plan_model::Touch {
+                        touches: target.label.clone(),
+                        effect,
+                        chain: Vec::new(),
+                        cause: None,
+                        omitted: 0,
+                    },
                 });
             }
             Mode::Refuse => {
@@ -524,11 +526,13 @@ fn apply_protection(
                 plan.protection.refusals.push(Refusal {
                     unit: entry.unit.clone(),
                     actions: entry.actions.clone(),
-                    touches: target.label.clone(),
-                    effect,
-                    chain: Vec::new(),
-                    cause: None,
-                    omitted: 0,
+                    touch: plan_model::Touch {
+                        touches: target.label.clone(),
+                        effect,
+                        chain: Vec::new(),
+                        cause: None,
+                        omitted: 0,
+                    },
                 });
                 let verb = if effect == Action::Stop { "stop" } else { "restart" };
                 plan.diagnostics.push(Diagnostic {

@@ -14,39 +14,39 @@ use crate::error::SelectorError;
 
 /// What protection applies to a switch.
 #[derive(Clone, Debug, Default)]
-pub struct Policy {
+pub struct Request {
     /// Defer or refuse.
     pub mode: Mode,
     /// The selectors in force.
-    pub selectors: Vec<Selector>,
+    pub selectors: Vec<LabelMatcher>,
 }
 
-impl Policy {
+impl Request {
     /// Compiles selectors that all come from the same source, e.g. the
     /// command line's `--protect` list.
     pub fn from_selectors<S: AsRef<str>>(
         mode: Mode,
         selectors: &[S],
         source: &ProtectionSource,
-    ) -> Result<Policy, SelectorError> {
+    ) -> Result<Request, SelectorError> {
         let selectors =
-            selectors.iter().map(|s| Selector::new(s.as_ref(), source.clone())).collect::<Result<_, _>>()?;
-        Ok(Policy { mode, selectors })
+            selectors.iter().map(|s| LabelMatcher::new(s.as_ref(), source.clone())).collect::<Result<_, _>>()?;
+        Ok(Request { mode, selectors })
     }
 }
 
 /// One compiled protection selector.
 #[derive(Clone, Debug)]
-pub struct Selector {
+pub struct LabelMatcher {
     text: String,
     source: ProtectionSource,
     matcher: GlobMatcher,
     short: bool,
 }
 
-impl Selector {
+impl LabelMatcher {
     /// Compiles a selector. Globs use `*`, `?`, `[...]` and `{a,b}`.
-    pub fn new(text: &str, source: ProtectionSource) -> Result<Selector, SelectorError> {
+    pub fn new(text: &str, source: ProtectionSource) -> Result<LabelMatcher, SelectorError> {
         let invalid = |reason: &str| SelectorError { selector: text.to_owned(), reason: reason.to_owned() };
         if text.is_empty() {
             return Err(invalid("it is empty"));
@@ -55,7 +55,7 @@ impl Selector {
             return Err(invalid("labels contain no '/', spaces or control characters"));
         }
         let glob = Glob::new(text).map_err(|e| invalid(&e.kind().to_string()))?;
-        Ok(Selector { text: text.to_owned(), source, matcher: glob.compile_matcher(), short: !text.contains('.') })
+        Ok(LabelMatcher { text: text.to_owned(), source, matcher: glob.compile_matcher(), short: !text.contains('.') })
     }
 
     /// The selector as written.
@@ -82,8 +82,8 @@ impl Selector {
 mod tests {
     use super::*;
 
-    fn sel(s: &str) -> Selector {
-        Selector::new(s, ProtectionSource::CommandLine).unwrap()
+    fn sel(s: &str) -> LabelMatcher {
+        LabelMatcher::new(s, ProtectionSource::CommandLine).unwrap()
     }
 
     #[test]
@@ -99,9 +99,9 @@ mod tests {
 
     #[test]
     fn rejects_bad_selectors() {
-        let err = Selector::new("a/b", ProtectionSource::CommandLine).unwrap_err();
+        let err = LabelMatcher::new("a/b", ProtectionSource::CommandLine).unwrap_err();
         assert!(err.to_string().contains("\"a/b\""), "{err}");
-        assert!(Selector::new("org.[x", ProtectionSource::CommandLine).is_err());
-        assert!(Selector::new("", ProtectionSource::CommandLine).is_err());
+        assert!(LabelMatcher::new("org.[x", ProtectionSource::CommandLine).is_err());
+        assert!(LabelMatcher::new("", ProtectionSource::CommandLine).is_err());
     }
 }

@@ -16,6 +16,7 @@
 
 pub mod json;
 mod live;
+pub mod packages;
 mod plan;
 pub mod policy;
 mod source;
@@ -23,7 +24,7 @@ pub mod unit_name;
 
 pub use live::{LiveState, LiveUnit};
 pub use plan::{
-    Action, CHAIN_ENDS, Deferral, Diagnostic, Edge, FORMAT_VERSION, Generation, KeyChange, Mode, Phase, Plan,
-    ProtectedUnit, Protection, ProtectionSource, Reason, Refusal, Rule, Severity, Step, UnitPlan,
+    Action, CHAIN_ENDS, Deferral, Diagnostic, Edge, Explanation, FORMAT_VERSION, FileDiff, Generation, KeyChange, Mode,
+    Phase, Plan, ProtectedUnit, Protection, ProtectionSource, Reason, Refusal, Rule, Severity, Step, Touch, UnitPlan,
 };
 pub use source::{FlakeInput, Provenance};

@@ -33,12 +33,11 @@ pub struct Plan {
     /// the planner could not model.
     #[serde(default)]
     pub diagnostics: Vec<Diagnostic>,
-    /// Which packages the switch changes: the JSON form of a closure diff
-    /// (`closure-diff` crate), present when both generations are store
-    /// paths whose closures could be read. Kept as a JSON value so this
-    /// model does not depend on how closures are read.
+    /// Which packages the switch changes: the closure diff of the two
+    /// generations, present when both are store paths whose closures could
+    /// be read.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub packages: Option<serde_json::Value>,
+    pub packages: Option<crate::packages::ClosureDiff>,
 }
 
 /// Identifies a generation (a system toplevel).
@@ -148,6 +147,24 @@ pub enum Phase {
     Restart,
     /// Unit starts.
     Start,
+}
+
+impl Phase {
+    /// Every phase, in the order a switch runs them. The one order: the
+    /// executor carries the phases out in it, and the reports list them in
+    /// it.
+    pub const ORDER: [Phase; 10] = [
+        Phase::Swapoff,
+        Phase::Stop,
+        Phase::Skip,
+        Phase::Activate,
+        Phase::Reexec,
+        Phase::DaemonReload,
+        Phase::SysinitReactivation,
+        Phase::Reload,
+        Phase::Restart,
+        Phase::Start,
+    ];
 }
 
 /// A rule that fired and its particulars.
@@ -420,21 +437,9 @@ pub struct Refusal {
     pub unit: String,
     /// Those actions.
     pub actions: Vec<Action>,
-    /// The protected unit that would be touched.
-    pub touches: String,
-    /// What would happen to it (`stop` or `restart`).
-    pub effect: Action,
-    /// The relations from the protected unit back to this unit, as in
-    /// [`Deferral::chain`].
-    pub chain: Vec<Edge>,
-    /// The action whose consequences reach the protected unit, as in
-    /// [`Deferral::cause`].
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub cause: Option<Action>,
-    /// Relations left out of the middle of `chain`, as in
-    /// [`Deferral::omitted`].
-    #[serde(default, skip_serializing_if = "is_zero")]
-    pub omitted: usize,
+    /// What they would do to the protected unit.
+    #[serde(flatten)]
+    pub touch: Touch,
 }
 
 /// One protection and the units it matched.
@@ -472,24 +477,112 @@ pub enum ProtectionSource {
     },
 }
 
-/// Actions removed from a unit because they would touch a protected unit.
+impl ProtectionSource {
+    /// A short label for where a protection came from: `--protect`,
+    /// `policy PATH`, `implicit: WHY`.
+    pub fn label(&self) -> String {
+        match self {
+            ProtectionSource::CommandLine => "--protect".to_owned(),
+            ProtectionSource::Policy { path } => format!("policy {path}"),
+            ProtectionSource::Implicit { why } => format!("implicit: {why}"),
+        }
+    }
+}
+
+/// Why a unit gets its action, for `--explain`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Explanation {
+    /// The unit.
+    pub unit: String,
+    /// Whether it counts as running.
+    pub running: bool,
+    /// The actions still planned.
+    pub actions: Vec<Action>,
+    /// The rules that gave it those actions.
+    pub reasons: Vec<Reason>,
+    /// What protection did to it in `defer` mode.
+    pub deferral: Option<Deferral>,
+    /// What protection found in `refuse` mode.
+    pub refusal: Option<Refusal>,
+    /// Protections that cover the unit itself.
+    pub protected_by: Vec<ProtectedUnit>,
+    /// For each job the plan has (or had) for the unit, every protected unit
+    /// it would touch.
+    pub touches: Vec<(Action, Vec<Touch>)>,
+    /// Every relation naming the unit, in forward form.
+    pub relations: Vec<Edge>,
+    /// Whether the unit appears in either generation, the live state or the
+    /// plan at all.
+    pub known: bool,
+}
+
+/// The unified diff of one file of a unit (a unit file, a drop-in, a
+/// launchd plist) between the two generations, as the reports show it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FileDiff {
+    /// The unit (or launchd job) the file belongs to.
+    pub unit: String,
+    /// The file, relative to the generation (`etc/systemd/system/a.service`).
+    pub path: String,
+    /// The unified diff, with `a/` and `b/` headers, ending in a newline.
+    pub diff: String,
+}
+
+impl FileDiff {
+    /// Lines of context around each change.
+    const CONTEXT: usize = 3;
+
+    /// The diff of one of `unit`'s files, shown as `path`, from its text in
+    /// each generation (`None` where it is missing, which reads as empty);
+    /// `None` when the two read the same. A path with line breaks or other
+    /// control characters is shown escaped (`\n`), so that each header
+    /// stays one line.
+    pub fn between(unit: &str, path: String, old: Option<&str>, new: Option<&str>) -> Option<FileDiff> {
+        let (old, new) = (old.unwrap_or_default(), new.unwrap_or_default());
+        if old == new {
+            return None;
+        }
+        let shown = path.escape_default().to_string();
+        let mut diff = similar::TextDiff::from_lines(old, new)
+            .unified_diff()
+            .context_radius(Self::CONTEXT)
+            .header(&format!("a/{shown}"), &format!("b/{shown}"))
+            .to_string();
+        if !diff.ends_with('\n') {
+            diff.push('\n');
+        }
+        Some(FileDiff { unit: unit.to_owned(), path, diff })
+    }
+}
+
+/// Actions that protection removed from a unit, and why.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Deferral {
     /// The actions that will not be carried out.
     pub actions: Vec<Action>,
-    /// The protected unit that would have been touched.
+    /// What they would have done to the protected unit.
+    #[serde(flatten)]
+    pub touch: Touch,
+}
+
+/// What an action would do to a protected unit, and the chain of
+/// relations through which it gets there. In the JSON form its keys sit
+/// beside those of the [`Deferral`] or [`Refusal`] that holds it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Touch {
+    /// The protected unit.
     pub touches: String,
-    /// What would have happened to it (`stop` or `restart`).
+    /// What would happen to it (`stop` or `restart`).
     pub effect: Action,
-    /// The relations from the protected unit back to this unit; empty when
-    /// the unit is itself protected. A long chain keeps its ends: the
-    /// relations nearest the protected unit and nearest this unit, with
-    /// [`Deferral::omitted`] counting those left out between them, so that
-    /// a report stays linear in the number of units.
+    /// The relations from the protected unit back to the acting unit;
+    /// empty when that unit is itself protected. A long chain keeps its
+    /// ends: the relations nearest the protected unit and nearest the
+    /// acting unit, with [`Touch::omitted`] counting those left out between
+    /// them, so that a report stays linear in the number of units.
     pub chain: Vec<Edge>,
-    /// The action of this unit whose consequences reach the protected unit
-    /// (the start of a target that pulls in a conflicting unit, say), when
-    /// known.
+    /// The action of the acting unit whose consequences reach the
+    /// protected unit (the start of a target that pulls in a conflicting
+    /// unit, say), when known.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cause: Option<Action>,
     /// How many relations were left out of the middle of `chain`.
@@ -498,7 +591,7 @@ pub struct Deferral {
 }
 
 /// How many relations a long reason chain keeps at each end. When
-/// relations were left out ([`Deferral::omitted`] is not zero), the last
+/// relations were left out ([`Touch::omitted`] is not zero), the last
 /// `CHAIN_ENDS` relations of the chain are those nearest the blocked unit
 /// and the ones before them lead up to the protected unit.
 pub const CHAIN_ENDS: usize = 4;
@@ -594,6 +687,22 @@ mod tests {
     fn rule_ids_are_kebab_case() {
         assert_eq!(Rule::RestartIfChangedFalse.id(), "restart-if-changed-false");
         assert_eq!(Rule::StopStart.id(), "stop-start");
+    }
+
+    #[test]
+    fn the_phase_order_is_the_declaration_order_and_holds_every_phase() {
+        assert!(Phase::ORDER.windows(2).all(|w| w[0] < w[1]), "{:?}", Phase::ORDER);
+        let actions = [Action::Stop, Action::Reload, Action::Restart, Action::Start, Action::Skip];
+        let steps = [
+            Step::Swapoff { device: "/dev/sda2".into() },
+            Step::Activate { script: "/b/activate".into() },
+            Step::Reexec { reasons: vec![] },
+            Step::DaemonReload,
+            Step::RestartSysinitReactivation,
+        ];
+        let used: Vec<Phase> = actions.iter().map(|a| a.phase()).chain(steps.iter().map(Step::phase)).collect();
+        assert!(used.iter().all(|p| Phase::ORDER.contains(p)), "{used:?}");
+        assert_eq!(used.len(), Phase::ORDER.len(), "every phase is an action's or a step's");
     }
 
     #[test]

@@ -351,7 +351,7 @@ async fn props(conn: &Connection, path: OwnedObjectPath) -> Result<PropsProxy<'s
 
 fn bytes_hex(v: Option<&OwnedVariant>) -> String {
     match v.map(|v| &**v) {
-        Some(Variant::Array(a)) => a.iter().filter_map(|x| u8::try_from(x).ok()).map(|b| format!("{b:02x}")).collect(),
+        Some(Variant::Array(a)) => hex::encode(a.iter().filter_map(|x| u8::try_from(x).ok()).collect::<Vec<u8>>()),
         _ => String::new(),
     }
 }
@@ -414,7 +414,7 @@ async fn raw_get(conn: &Connection, path: &OwnedObjectPath, name: &str) -> zbus:
 /// Builds a [`LiveUnit`] from the `Unit` interface's properties. Pure, so
 /// the conversion is tested without a bus.
 pub(crate) fn live_unit_from(mut unit: UnitProps, main_pid: u32, exec_main_status: i32) -> LiveUnit {
-    let invocation_id = unit.invocation_id.take().unwrap_or_default().iter().map(|b| format!("{b:02x}")).collect();
+    let invocation_id = hex::encode(unit.invocation_id.take().unwrap_or_default());
     let active_state = unit.active_state.take().unwrap_or_default();
     let sub_state = unit.sub_state.take().unwrap_or_default();
     let load_state = unit.load_state.take().unwrap_or_default();

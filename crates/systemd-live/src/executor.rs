@@ -289,18 +289,7 @@ fn phases_of(plan: &Plan) -> Vec<(Phase, Vec<(JobKind, String)>)> {
             .unwrap_or_default()
     };
     let mut out = Vec::new();
-    let order = [
-        Phase::Swapoff,
-        Phase::Stop,
-        Phase::Activate,
-        Phase::Reexec,
-        Phase::DaemonReload,
-        Phase::SysinitReactivation,
-        Phase::Reload,
-        Phase::Restart,
-        Phase::Start,
-    ];
-    for phase in order {
+    for phase in Phase::ORDER {
         let js = match phase {
             Phase::Stop => jobs(Action::Stop),
             Phase::Reload => jobs(Action::Reload),
@@ -328,26 +317,7 @@ fn now_unix() -> u64 {
 
 /// The status of protected units before the switch, persisted with the
 /// progress so that a resumed apply checks against the same baseline.
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
-struct Baseline(BTreeMap<String, UnitStatus>);
-
-fn baseline_path(run: &RunDir) -> PathBuf {
-    run.path().join("protected-before.json")
-}
-
-/// The units failed before the switch, persisted like the baseline.
-fn failed_before_path(run: &RunDir) -> PathBuf {
-    run.path().join("failed-before.json")
-}
-
-/// Records which units are failed before the first action. A manager
-/// that cannot list them leaves the record empty: every unit failed
-/// afterwards then counts against the switch, as in NixOS.
-fn record_failed_before(mgr: &mut dyn ServiceManager, run: &RunDir) -> Result<(), Error> {
-    let failed = mgr.failed_units().unwrap_or_default();
-    let path = failed_before_path(run);
-    std::fs::write(&path, serde_json::to_string(&failed).unwrap_or_default()).map_err(|e| Error::io(&path, e))
-}
+type Baseline = BTreeMap<String, UnitStatus>;
 
 /// Carries out `plan`. The caller holds the run directory's lock.
 ///
@@ -364,10 +334,12 @@ pub fn apply(
     progress: &mut dyn Progress,
 ) -> Result<ApplyReport, Error> {
     let protected = protected_units(plan);
-    let before = Baseline(mgr.unit_status(&protected)?);
-    let path = baseline_path(run);
-    std::fs::write(&path, serde_json::to_string(&before).unwrap_or_default()).map_err(|e| Error::io(&path, e))?;
-    record_failed_before(mgr, run)?;
+    let before: Baseline = mgr.unit_status(&protected)?;
+    run.save_protected_before(&before)?;
+    // A manager that cannot list the failed units leaves the record empty:
+    // every unit failed afterwards then counts against the switch, as in
+    // NixOS.
+    run.save_failed_before(&mgr.failed_units().unwrap_or_default())?;
     let file = ProgressFile {
         plan: plan.clone(),
         started_unix: now_unix(),
@@ -418,25 +390,22 @@ pub fn resume(
     progress: &mut dyn Progress,
 ) -> Result<ApplyReport, Error> {
     let mut file = interrupted.progress;
-    let path = baseline_path(run);
-    let mut before = match std::fs::read_to_string(&path) {
-        Ok(t) => {
-            serde_json::from_str(&t).map_err(|e| Error::BadProgress { path: path.clone(), message: e.to_string() })?
-        }
-        Err(_) => Baseline::default(),
-    };
-    let unknown: Vec<String> = protected_units(&file.plan).into_iter().filter(|u| !before.0.contains_key(u)).collect();
+    let mut before = run.protected_before()?;
+    let unknown: Vec<String> = protected_units(&file.plan).into_iter().filter(|u| !before.contains_key(u)).collect();
     if !unknown.is_empty() {
-        before.0.extend(mgr.unit_status(&unknown)?);
-        std::fs::write(&path, serde_json::to_string(&before).unwrap_or_default()).map_err(|e| Error::io(&path, e))?;
+        before.extend(mgr.unit_status(&unknown)?);
+        run.save_protected_before(&before)?;
     }
     file.pid = std::process::id();
     run.save(&file)?;
     Ok(carry_out(file, &before, mgr, host, run, opts, progress))
 }
 
+/// Carries out the phases of `file.plan` not done yet, in
+/// [`Phase::ORDER`], then checks for failed units and disturbed protected
+/// units (against `before`).
 fn carry_out(
-    mut file: ProgressFile,
+    file: ProgressFile,
     before: &Baseline,
     mgr: &mut dyn ServiceManager,
     host: &mut dyn Host,
@@ -445,7 +414,7 @@ fn carry_out(
     progress: &mut dyn Progress,
 ) -> ApplyReport {
     let plan = file.plan.clone();
-    let mut report = ApplyReport {
+    let report = ApplyReport {
         new: plan.new.path.clone(),
         phases: Vec::new(),
         not_done: Vec::new(),
@@ -455,265 +424,326 @@ fn carry_out(
         already_failed: Vec::new(),
         protected: Vec::new(),
     };
-    let mut failed_jobs: Vec<JobRecord> = Vec::new();
-    let phases = phases_of(&plan);
-    for (phase, jobs) in &phases {
+    let mut ex = Execution { file, report, failed_jobs: Vec::new(), mgr, host, run, opts, progress };
+    for (phase, jobs) in phases_of(&plan) {
+        ex.phase(&plan, phase, &jobs);
+    }
+    ex.check_failed_units(&plan);
+    let names: Vec<String> = before.keys().cloned().collect();
+    let after = ex.mgr.unit_status(&names);
+    ex.report.protected = protected_checks(before, after);
+    ex.finish()
+}
+
+/// An apply under way: the progress it persists, the report it builds,
+/// and what it carries the plan out with.
+struct Execution<'a> {
+    file: ProgressFile,
+    report: ApplyReport,
+    /// The jobs that did not succeed, over all phases.
+    failed_jobs: Vec<JobRecord>,
+    mgr: &'a mut dyn ServiceManager,
+    host: &'a mut dyn Host,
+    run: &'a RunDir,
+    opts: &'a ApplyOptions,
+    progress: &'a mut dyn Progress,
+}
+
+impl Execution<'_> {
+    /// Carries out one phase, unless it is done already (a resumed apply)
+    /// or the apply has stopped, and records its state before and after.
+    fn phase(&mut self, plan: &Plan, phase: Phase, jobs: &[(JobKind, String)]) {
         // By phase, not by position: a resumed plan, planned again with
         // the protections in force then, may have lost a phase's jobs.
-        let state = file.phases.iter().find(|(p, _)| p == phase).map(|(_, s)| *s).unwrap_or(PhaseState::Pending);
+        let state = self.file.phases.iter().find(|(p, _)| *p == phase).map(|(_, s)| *s).unwrap_or(PhaseState::Pending);
         if state == PhaseState::Done {
-            continue;
+            return;
         }
-        if report.aborted.is_some() {
-            report.not_done.push(*phase);
-            continue;
+        if self.report.aborted.is_some() {
+            self.report.not_done.push(phase);
+            return;
         }
-        set_state(&mut file, *phase, PhaseState::Running);
-        if let Err(e) = run.save(&file) {
-            report.aborted = Some(format!("cannot record progress: {e}"));
-            report.not_done.push(*phase);
-            continue;
+        set_state(&mut self.file, phase, PhaseState::Running);
+        if let Err(e) = self.run.save(&self.file) {
+            self.report.aborted = Some(format!("cannot record progress: {e}"));
+            self.report.not_done.push(phase);
+            return;
         }
         let record = match phase {
             Phase::Stop | Phase::Reload | Phase::Restart | Phase::Start => {
-                // Jobs of this phase that finished successfully in an
-                // interrupted run are not queued again.
-                let already: BTreeSet<(JobKind, String)> = if state == PhaseState::Running {
-                    file.jobs.iter().filter(|j| j.result.is_done()).map(|j| (j.kind, j.unit.clone())).collect()
-                } else {
-                    BTreeSet::new()
-                };
-                let todo: Vec<(JobKind, String)> =
-                    jobs.iter().filter(|(k, u)| !already.contains(&(*k, u.clone()))).cloned().collect();
-                let names: Vec<&str> = jobs.iter().map(|(_, u)| u.as_str()).collect();
-                progress.phase(*phase, &format!("{} the following units: {}", verb(*phase), names.join(", ")));
-                let result = mgr.run_jobs(&todo, opts.job_timeout, &mut |o| {
-                    progress.job(o);
-                    file.jobs.push(PersistedJob { kind: o.kind, unit: o.unit.clone(), result: o.result.clone() });
-                    // Progress is best effort while jobs run: a failed
-                    // write must not leave jobs unawaited.
-                    let _ = run.save(&file);
-                });
-                match result {
-                    Ok(outcomes) => {
-                        let mut recs: Vec<JobRecord> = jobs
-                            .iter()
-                            .filter(|(k, u)| already.contains(&(*k, u.clone())))
-                            .map(|(k, u)| JobRecord { kind: *k, unit: u.clone(), result: JobResult::Done })
-                            .collect();
-                        recs.extend(outcomes.into_iter().map(|o| JobRecord {
-                            kind: o.kind,
-                            unit: o.unit,
-                            result: o.result,
-                        }));
-                        // A failed stop is reported but does not fail the
-                        // phase, as in NixOS's switch: the unit's later start
-                        // or the final check shows whether it matters.
-                        let ok = recs.iter().all(|j| j.result.is_done());
-                        failed_jobs.extend(recs.iter().filter(|j| !j.result.is_done()).cloned());
-                        PhaseRecord { phase: *phase, jobs: recs, note: None, ok }
-                    }
-                    Err(e) => {
-                        report.aborted = Some(format!("{} phase: {e}", phase_name(*phase)));
-                        PhaseRecord { phase: *phase, jobs: Vec::new(), note: Some(e.to_string()), ok: false }
-                    }
-                }
+                self.unit_jobs(phase, jobs, state == PhaseState::Running)
             }
-            Phase::Swapoff => {
-                let mut notes = Vec::new();
-                let mut ok = true;
-                for step in &plan.steps {
-                    if let Step::Swapoff { device } = step {
-                        progress.phase(*phase, &format!("stopping swap device: {device}"));
-                        if let Err(e) = host.swapoff(device) {
-                            notes.push(format!("failed to stop swapping to {device}: {e}"));
-                            ok = false;
-                        }
-                    }
-                }
-                PhaseRecord {
-                    phase: *phase,
-                    jobs: Vec::new(),
-                    note: Some(if ok { "done".into() } else { notes.join("; ") }),
-                    ok,
-                }
-            }
-            Phase::Activate => {
-                let script = plan
-                    .steps
-                    .iter()
-                    .find_map(|s| match s {
-                        Step::Activate { script } => Some(PathBuf::from(script)),
-                        _ => None,
-                    })
-                    .unwrap_or_else(|| Path::new(&plan.new.path).join("activate"));
-                progress.phase(*phase, "activating the configuration...");
-                match host.activate(&script, Path::new(&plan.new.path)) {
-                    Ok(0) => {
-                        PhaseRecord { phase: *phase, jobs: Vec::new(), note: Some("exit status 0".into()), ok: true }
-                    }
-                    // NixOS's switch carries on after a failed activation
-                    // script: the units still need their jobs.
-                    Ok(code) => {
-                        progress.note(&format!("the activation script {} exited with status {code}", script.display()));
-                        PhaseRecord {
-                            phase: *phase,
-                            jobs: Vec::new(),
-                            note: Some(format!("exit status {code}")),
-                            ok: false,
-                        }
-                    }
-                    Err(e) => {
-                        report.aborted = Some(e.to_string());
-                        PhaseRecord { phase: *phase, jobs: Vec::new(), note: Some(e.to_string()), ok: false }
-                    }
-                }
-            }
-            Phase::Reexec => {
-                progress.phase(*phase, "restarting systemd...");
-                step_record(*phase, mgr.reexecute(opts.reload_timeout), &mut report)
-            }
-            Phase::DaemonReload => {
-                progress.phase(*phase, "reloading the service manager...");
-                let r = mgr.reset_failed().and_then(|()| mgr.daemon_reload(opts.reload_timeout));
-                step_record(*phase, r, &mut report)
-            }
-            Phase::SysinitReactivation => {
-                const TARGET: &str = "sysinit-reactivation.target";
-                match mgr.unit_status(&[TARGET.to_owned()]) {
-                    Ok(st) if st.get(TARGET).is_some_and(|s| s.load_state == "loaded") => {
-                        progress.phase(*phase, &format!("restarting {TARGET}"));
-                        match mgr.run_jobs(&[(JobKind::Restart, TARGET.to_owned())], opts.job_timeout, &mut |o| {
-                            progress.job(o)
-                        }) {
-                            Ok(outcomes) => {
-                                let recs: Vec<JobRecord> = outcomes
-                                    .into_iter()
-                                    .map(|o| JobRecord { kind: o.kind, unit: o.unit, result: o.result })
-                                    .collect();
-                                let ok = recs.iter().all(|j| j.result.is_done());
-                                failed_jobs.extend(recs.iter().filter(|j| !j.result.is_done()).cloned());
-                                PhaseRecord { phase: *phase, jobs: recs, note: None, ok }
-                            }
-                            Err(e) => step_record(*phase, Err(e), &mut report),
-                        }
-                    }
-                    Ok(_) => PhaseRecord {
-                        phase: *phase,
-                        jobs: Vec::new(),
-                        note: Some(format!("{TARGET} does not exist: skipped")),
-                        ok: true,
-                    },
-                    Err(e) => step_record(*phase, Err(e), &mut report),
-                }
-            }
-            Phase::Skip => PhaseRecord { phase: *phase, jobs: Vec::new(), note: None, ok: true },
+            Phase::Swapoff => self.swapoff(plan),
+            Phase::Activate => self.activate(plan),
+            Phase::Reexec => self.reexec(),
+            Phase::DaemonReload => self.daemon_reload(),
+            Phase::SysinitReactivation => self.sysinit_reactivation(),
+            Phase::Skip => PhaseRecord { phase, jobs: Vec::new(), note: None, ok: true },
         };
-        let finished = report.aborted.is_none();
-        report.phases.push(record);
+        let finished = self.report.aborted.is_none();
+        self.report.phases.push(record);
         if finished {
-            set_state(&mut file, *phase, PhaseState::Done);
-            let _ = run.save(&file);
+            set_state(&mut self.file, phase, PhaseState::Done);
+            let _ = self.run.save(&self.file);
         }
     }
 
-    // Which units failed: those whose job failed, and every unit the plan
-    // names that is failed now. The latter catches a start that succeeded
-    // and a service that died right after, and new units that a target
-    // pulled in (their start is not a job of ours: the target's start job
-    // succeeds even when a unit it wants fails). Units that are only
-    // stopped are left out: being inactive is what was asked of them.
+    /// The jobs of a stop, reload, restart or start phase, queued as one
+    /// batch; every finished job is persisted as it finishes. In a phase
+    /// that was `running` when an apply was interrupted, the jobs that
+    /// succeeded then are not queued again, and are reported done.
+    fn unit_jobs(&mut self, phase: Phase, jobs: &[(JobKind, String)], resumed: bool) -> PhaseRecord {
+        let already: BTreeSet<(JobKind, String)> = if resumed {
+            self.file.jobs.iter().filter(|j| j.result.is_done()).map(|j| (j.kind, j.unit.clone())).collect()
+        } else {
+            BTreeSet::new()
+        };
+        let todo: Vec<(JobKind, String)> =
+            jobs.iter().filter(|(k, u)| !already.contains(&(*k, u.clone()))).cloned().collect();
+        let names: Vec<&str> = jobs.iter().map(|(_, u)| u.as_str()).collect();
+        self.progress.phase(phase, &format!("{} the following units: {}", verb(phase), names.join(", ")));
+        let (file, run, progress) = (&mut self.file, self.run, &mut *self.progress);
+        let result = self.mgr.run_jobs(&todo, self.opts.job_timeout, &mut |o| {
+            progress.job(o);
+            file.jobs.push(PersistedJob { kind: o.kind, unit: o.unit.clone(), result: o.result.clone() });
+            // Progress is best effort while jobs run: a failed write must
+            // not leave jobs unawaited.
+            let _ = run.save(file);
+        });
+        match result {
+            Ok(outcomes) => {
+                let mut recs: Vec<JobRecord> = jobs
+                    .iter()
+                    .filter(|(k, u)| already.contains(&(*k, u.clone())))
+                    .map(|(k, u)| JobRecord { kind: *k, unit: u.clone(), result: JobResult::Done })
+                    .collect();
+                recs.extend(outcomes.into_iter().map(JobRecord::from));
+                self.jobs_record(phase, recs)
+            }
+            Err(e) => {
+                self.report.aborted = Some(format!("{} phase: {e}", phase_name(phase)));
+                noted(phase, e.to_string(), false)
+            }
+        }
+    }
+
+    /// The record of a phase whose jobs ran. A failed job fails the phase
+    /// but does not stop the apply; a failed stop included, as in NixOS's
+    /// switch: the unit's later start or the final check shows whether it
+    /// matters.
+    fn jobs_record(&mut self, phase: Phase, jobs: Vec<JobRecord>) -> PhaseRecord {
+        let ok = jobs.iter().all(|j| j.result.is_done());
+        self.failed_jobs.extend(jobs.iter().filter(|j| !j.result.is_done()).cloned());
+        PhaseRecord { phase, jobs, note: None, ok }
+    }
+
+    /// Stops swapping to the devices the plan lists; a failure is noted
+    /// and the apply goes on.
+    fn swapoff(&mut self, plan: &Plan) -> PhaseRecord {
+        let mut notes = Vec::new();
+        for step in &plan.steps {
+            if let Step::Swapoff { device } = step {
+                self.progress.phase(Phase::Swapoff, &format!("stopping swap device: {device}"));
+                if let Err(e) = self.host.swapoff(device) {
+                    notes.push(format!("failed to stop swapping to {device}: {e}"));
+                }
+            }
+        }
+        if notes.is_empty() {
+            noted(Phase::Swapoff, "done", true)
+        } else {
+            noted(Phase::Swapoff, notes.join("; "), false)
+        }
+    }
+
+    /// Runs the new generation's activation script. A script that exits
+    /// with a failure fails the phase and the apply goes on, as NixOS's
+    /// switch does: the units still need their jobs. One that cannot be
+    /// started stops the apply.
+    fn activate(&mut self, plan: &Plan) -> PhaseRecord {
+        let script = plan
+            .steps
+            .iter()
+            .find_map(|s| match s {
+                Step::Activate { script } => Some(PathBuf::from(script)),
+                _ => None,
+            })
+            .unwrap_or_else(|| Path::new(&plan.new.path).join("activate"));
+        self.progress.phase(Phase::Activate, "activating the configuration...");
+        match self.host.activate(&script, Path::new(&plan.new.path)) {
+            Ok(0) => noted(Phase::Activate, "exit status 0", true),
+            Ok(code) => {
+                self.progress.note(&format!("the activation script {} exited with status {code}", script.display()));
+                noted(Phase::Activate, format!("exit status {code}"), false)
+            }
+            Err(e) => {
+                self.report.aborted = Some(e.to_string());
+                noted(Phase::Activate, e.to_string(), false)
+            }
+        }
+    }
+
+    /// Re-executes the service manager.
+    fn reexec(&mut self) -> PhaseRecord {
+        self.progress.phase(Phase::Reexec, "restarting systemd...");
+        let r = self.mgr.reexecute(self.opts.reload_timeout);
+        self.step(Phase::Reexec, r)
+    }
+
+    /// Resets failed units, then reloads the service manager.
+    fn daemon_reload(&mut self) -> PhaseRecord {
+        self.progress.phase(Phase::DaemonReload, "reloading the service manager...");
+        let r = self.mgr.reset_failed().and_then(|()| self.mgr.daemon_reload(self.opts.reload_timeout));
+        self.step(Phase::DaemonReload, r)
+    }
+
+    /// Restarts `sysinit-reactivation.target` when the manager has it
+    /// loaded; skipped otherwise.
+    fn sysinit_reactivation(&mut self) -> PhaseRecord {
+        const TARGET: &str = "sysinit-reactivation.target";
+        const PHASE: Phase = Phase::SysinitReactivation;
+        match self.mgr.unit_status(&[TARGET.to_owned()]) {
+            Ok(st) if st.get(TARGET).is_some_and(|s| s.load_state == "loaded") => {
+                self.progress.phase(PHASE, &format!("restarting {TARGET}"));
+                let progress = &mut *self.progress;
+                let job = [(JobKind::Restart, TARGET.to_owned())];
+                match self.mgr.run_jobs(&job, self.opts.job_timeout, &mut |o| progress.job(o)) {
+                    Ok(outcomes) => self.jobs_record(PHASE, outcomes.into_iter().map(JobRecord::from).collect()),
+                    Err(e) => self.step(PHASE, Err(e)),
+                }
+            }
+            Ok(_) => noted(PHASE, format!("{TARGET} does not exist: skipped"), true),
+            Err(e) => self.step(PHASE, Err(e)),
+        }
+    }
+
+    /// The record of a step; a step that failed stops the apply.
+    fn step(&mut self, phase: Phase, r: Result<(), Error>) -> PhaseRecord {
+        match r {
+            Ok(()) => noted(phase, "done", true),
+            Err(e) => {
+                self.report.aborted = Some(format!("{} phase: {e}", phase_name(phase)));
+                noted(phase, e.to_string(), false)
+            }
+        }
+    }
+
+    /// Which units failed: those whose job failed, and every unit the plan
+    /// acted on that is failed now; then every other unit failed now, apart
+    /// from those failed before the switch; then their `systemctl status`.
+    fn check_failed_units(&mut self, plan: &Plan) {
+        let acted = acted_on(plan, &self.failed_jobs);
+        match self.mgr.unit_status(&acted) {
+            Ok(status) => self.report.failed.extend(failures(status, &self.failed_jobs)),
+            Err(e) => {
+                if self.report.aborted.is_none() {
+                    self.report.aborted = Some(format!("cannot read unit status after the switch: {e}"));
+                }
+            }
+        }
+        // Every other unit that is failed now: one the switch failed through
+        // a dependency counts against it; one that was failed before and that
+        // the switch did not act on is listed apart (NixOS's switch counts
+        // both; see the golden README's table of differences).
+        if let Ok(now) = self.mgr.failed_units() {
+            let failed_before = self.run.failed_before();
+            let others: Vec<String> = now.into_iter().filter(|u| !acted.contains(u)).collect();
+            if let Ok(status) = self.mgr.unit_status(&others) {
+                for (unit, st) in status {
+                    let failure = UnitFailure { unit, status: st, job: None };
+                    if failed_before.contains(&failure.unit) {
+                        self.report.already_failed.push(failure);
+                    } else {
+                        self.report.failed.push(failure);
+                    }
+                }
+            }
+        }
+        if !self.report.failed.is_empty() {
+            let names: Vec<String> = self.report.failed.iter().map(|f| f.unit.clone()).collect();
+            self.report.failed_status = self.host.status_text(&names);
+        }
+    }
+
+    /// Ends the apply: a complete one becomes the run directory's last
+    /// record, and its records of the state before are removed; one that
+    /// stopped early stays to be resumed.
+    fn finish(mut self) -> ApplyReport {
+        if self.report.aborted.is_none() {
+            self.file.finished = true;
+            let _ = self.run.finish(&self.file);
+            self.run.remove_before_records();
+        }
+        self.report
+    }
+}
+
+impl From<JobOutcome> for JobRecord {
+    fn from(o: JobOutcome) -> Self {
+        JobRecord { kind: o.kind, unit: o.unit, result: o.result }
+    }
+}
+
+/// The record of a phase without jobs.
+fn noted(phase: Phase, note: impl Into<String>, ok: bool) -> PhaseRecord {
+    PhaseRecord { phase, jobs: Vec::new(), note: Some(note.into()), ok }
+}
+
+/// The units whose state after the switch is the switch's doing, sorted:
+/// every unit the plan names but those it only stops (being inactive is
+/// what was asked of them), and every unit a job failed for.
+fn acted_on(plan: &Plan, failed_jobs: &[JobRecord]) -> Vec<String> {
     let mut acted: BTreeSet<String> = plan
         .units
         .iter()
         .filter(|u| u.actions.is_empty() || u.actions.iter().any(|a| !matches!(a, Action::Stop)))
         .map(|u| u.unit.clone())
         .collect();
-    let any_timeout = failed_jobs.iter().any(|j| matches!(j.result, JobResult::TimedOut { .. }));
     acted.extend(failed_jobs.iter().map(|j| j.unit.clone()));
-    let acted: Vec<String> = acted.into_iter().collect();
-    match mgr.unit_status(&acted) {
-        Ok(status) => {
-            for (unit, st) in status {
-                let job = failed_jobs.iter().rfind(|j| j.unit == unit).cloned();
-                // After a job timed out, a unit still half-way through a
-                // state change is one that hung: a dependency of the job
-                // that timed out, queued by systemd rather than by us.
-                let hung = any_timeout && matches!(st.active_state.as_str(), "activating" | "deactivating");
-                if job.is_some() || st.is_failed() || hung {
-                    report.failed.push(UnitFailure { unit, status: st, job });
-                }
-            }
-        }
-        Err(e) => {
-            if report.aborted.is_none() {
-                report.aborted = Some(format!("cannot read unit status after the switch: {e}"));
-            }
-        }
-    }
-    // Every other unit that is failed now: one the switch failed through
-    // a dependency counts against it; one that was failed before and that
-    // the switch did not act on is listed apart (NixOS's switch counts
-    // both; see the golden README's table of differences).
-    if let Ok(now) = mgr.failed_units() {
-        let failed_before: BTreeSet<String> = std::fs::read_to_string(failed_before_path(run))
-            .ok()
-            .and_then(|t| serde_json::from_str(&t).ok())
-            .unwrap_or_default();
-        let others: Vec<String> = now.into_iter().filter(|u| !acted.contains(u)).collect();
-        if let Ok(status) = mgr.unit_status(&others) {
-            for (unit, st) in status {
-                let failure = UnitFailure { unit, status: st, job: None };
-                if failed_before.contains(&failure.unit) {
-                    report.already_failed.push(failure);
-                } else {
-                    report.failed.push(failure);
-                }
-            }
-        }
-    }
-    if !report.failed.is_empty() {
-        let names: Vec<String> = report.failed.iter().map(|f| f.unit.clone()).collect();
-        report.failed_status = host.status_text(&names);
-    }
+    acted.into_iter().collect()
+}
 
-    // Every protected unit that was running before must still run the same
-    // process in the same invocation.
-    let names: Vec<String> = before.0.keys().cloned().collect();
-    match mgr.unit_status(&names) {
-        Ok(after) => {
-            for (unit, b) in &before.0 {
-                if !b.is_running() {
-                    continue;
-                }
+/// The failures among units the switch acted on, from their `status`
+/// now: a unit whose job failed, a unit failed now (a start that
+/// succeeded and a service that died right after; a new unit a target
+/// pulled in, whose start is not a job of ours: the target's start job
+/// succeeds even when a unit it wants fails), and after a job timed out,
+/// a unit still half-way through a state change: a dependency of the job
+/// that timed out, queued by systemd rather than by us, that hung.
+fn failures(status: BTreeMap<String, UnitStatus>, failed_jobs: &[JobRecord]) -> Vec<UnitFailure> {
+    let any_timeout = failed_jobs.iter().any(|j| matches!(j.result, JobResult::TimedOut { .. }));
+    let mut out = Vec::new();
+    for (unit, st) in status {
+        let job = failed_jobs.iter().rfind(|j| j.unit == unit).cloned();
+        let hung = any_timeout && matches!(st.active_state.as_str(), "activating" | "deactivating");
+        if job.is_some() || st.is_failed() || hung {
+            out.push(UnitFailure { unit, status: st, job });
+        }
+    }
+    out
+}
+
+/// The check of every protected unit that was running `before`: it must
+/// still run the same process in the same invocation `after`. When the
+/// status after cannot be read, each of them is reported disturbed.
+fn protected_checks(before: &Baseline, after: Result<BTreeMap<String, UnitStatus>, Error>) -> Vec<ProtectedCheck> {
+    let running = before.iter().filter(|(_, b)| b.is_running());
+    match after {
+        Ok(after) => running
+            .map(|(unit, b)| {
                 let a = after.get(unit).cloned().unwrap_or_default();
-                report.protected.push(ProtectedCheck {
-                    unit: unit.clone(),
-                    before: b.clone(),
-                    disturbed: disturbance(b, &a),
-                    after: a,
-                });
-            }
-        }
-        Err(e) => {
-            for (unit, b) in before.0.iter().filter(|(_, b)| b.is_running()) {
-                report.protected.push(ProtectedCheck {
-                    unit: unit.clone(),
-                    before: b.clone(),
-                    after: UnitStatus::default(),
-                    disturbed: Some(format!("could not be checked: {e}")),
-                });
-            }
-        }
+                ProtectedCheck { unit: unit.clone(), before: b.clone(), disturbed: disturbance(b, &a), after: a }
+            })
+            .collect(),
+        Err(e) => running
+            .map(|(unit, b)| ProtectedCheck {
+                unit: unit.clone(),
+                before: b.clone(),
+                after: UnitStatus::default(),
+                disturbed: Some(format!("could not be checked: {e}")),
+            })
+            .collect(),
     }
-
-    if report.aborted.is_none() {
-        file.finished = true;
-        let _ = run.finish(&file);
-        let _ = std::fs::remove_file(baseline_path(run));
-        let _ = std::fs::remove_file(failed_before_path(run));
-    }
-    report
 }
 
 /// Records the state of `phase` in the progress, adding the phase when
@@ -722,16 +752,6 @@ fn set_state(file: &mut ProgressFile, phase: Phase, state: PhaseState) {
     match file.phases.iter_mut().find(|(p, _)| *p == phase) {
         Some(entry) => entry.1 = state,
         None => file.phases.push((phase, state)),
-    }
-}
-
-fn step_record(phase: Phase, r: Result<(), Error>, report: &mut ApplyReport) -> PhaseRecord {
-    match r {
-        Ok(()) => PhaseRecord { phase, jobs: Vec::new(), note: Some("done".into()), ok: true },
-        Err(e) => {
-            report.aborted = Some(format!("{} phase: {e}", phase_name(phase)));
-            PhaseRecord { phase, jobs: Vec::new(), note: Some(e.to_string()), ok: false }
-        }
     }
 }
 
@@ -874,11 +894,13 @@ mod tests {
         let mut deferred = unit("cascade.service", &[]);
         deferred.deferral = Some(Deferral {
             actions: vec![Action::Restart],
-            touches: "sshd.service".into(),
-            effect: Action::Restart,
-            chain: vec![],
-            cause: None,
-            omitted: 0,
+            touch: plan_model::Touch {
+                touches: "sshd.service".into(),
+                effect: Action::Restart,
+                chain: vec![],
+                cause: None,
+                omitted: 0,
+            },
         });
         let p = plan(
             vec![
@@ -1078,11 +1100,13 @@ mod tests {
         let r_entry = rest.units.iter_mut().find(|u| u.unit == "r.service").unwrap();
         r_entry.deferral = Some(Deferral {
             actions: std::mem::take(&mut r_entry.actions),
-            touches: "r.service".into(),
-            effect: Action::Restart,
-            chain: vec![],
-            cause: None,
-            omitted: 0,
+            touch: plan_model::Touch {
+                touches: "r.service".into(),
+                effect: Action::Restart,
+                chain: vec![],
+                cause: None,
+                omitted: 0,
+            },
         });
         rest.protection.protected.push(ProtectedUnit {
             selector: "r".into(),
@@ -1126,6 +1150,73 @@ mod tests {
         let report = resume(interrupted, &mut m, &mut host, &run, &opts(), &mut Quiet::default()).unwrap();
         assert!(report.protected_disturbed(), "{}", report.render_text());
         assert!(report.render_text().contains("PROTECTED UNIT DISTURBED: r.service"), "{}", report.render_text());
+    }
+
+    fn status(active: &str, sub: &str, pid: u32) -> UnitStatus {
+        UnitStatus {
+            load_state: "loaded".into(),
+            active_state: active.into(),
+            sub_state: sub.into(),
+            main_pid: pid,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn units_only_stopped_are_not_checked_for_failure_and_units_of_failed_jobs_are() {
+        let p = plan(
+            vec![
+                unit("gone.service", &[Action::Stop]),
+                unit("moved.service", &[Action::Stop, Action::Start]),
+                unit("kept.service", &[Action::Skip]),
+            ],
+            &[],
+        );
+        let failed = [JobRecord {
+            kind: JobKind::Stop,
+            unit: "gone.service".into(),
+            result: JobResult::Failed { systemd_result: "failed".into() },
+        }];
+        assert_eq!(acted_on(&p, &[]), ["kept.service", "moved.service"]);
+        assert_eq!(acted_on(&p, &failed), ["gone.service", "kept.service", "moved.service"]);
+    }
+
+    #[test]
+    fn a_unit_half_way_through_a_change_failed_only_when_a_job_timed_out() {
+        let status: BTreeMap<String, UnitStatus> = [
+            ("dep.service".to_owned(), status("activating", "start", 7)),
+            ("fine.service".to_owned(), status("active", "running", 8)),
+            ("dead.service".to_owned(), status("failed", "failed", 0)),
+        ]
+        .into();
+        let names = |f: Vec<UnitFailure>| f.into_iter().map(|f| f.unit).collect::<Vec<_>>();
+        assert_eq!(names(failures(status.clone(), &[])), ["dead.service"]);
+        let timed_out =
+            [JobRecord { kind: JobKind::Start, unit: "top.target".into(), result: JobResult::TimedOut { seconds: 1 } }];
+        assert_eq!(names(failures(status, &timed_out)), ["dead.service", "dep.service"]);
+    }
+
+    #[test]
+    fn protected_units_not_running_before_are_not_checked_and_an_unreadable_state_is_a_disturbance() {
+        let before: Baseline = [
+            ("sshd.service".to_owned(), status("active", "running", 10)),
+            ("idle.service".to_owned(), status("inactive", "dead", 0)),
+        ]
+        .into();
+        let after: BTreeMap<String, UnitStatus> = [
+            ("sshd.service".to_owned(), status("active", "running", 10)),
+            ("idle.service".to_owned(), status("active", "running", 11)),
+        ]
+        .into();
+        let checks = protected_checks(&before, Ok(after));
+        assert_eq!(checks.len(), 1, "{checks:?}");
+        assert_eq!((checks[0].unit.as_str(), checks[0].disturbed.as_deref()), ("sshd.service", None));
+
+        let err = Error::Call { call: "GetAll(sshd.service)".into(), message: "gone".into() };
+        let checks = protected_checks(&before, Err(err));
+        assert_eq!(checks.len(), 1, "{checks:?}");
+        let what = checks[0].disturbed.as_deref().unwrap();
+        assert!(what.starts_with("could not be checked: D-Bus call GetAll(sshd.service) failed"), "{what}");
     }
 
     #[test]

@@ -10,7 +10,7 @@
 //!   (feature `fake`) implements it in memory for tests.
 //! - [`RunDir`] owns `/run/safe-switch/`: the exclusive lock and the
 //!   persisted progress of an apply, so that an interrupted apply can say
-//!   where it stopped and be resumed.
+//!   where it stopped and be resumed, and every other file kept there.
 //! - [`apply`] (the executor) carries out a plan phase by phase, exactly as
 //!   listed, checks job results and protected units, and returns an
 //!   [`ApplyReport`].

@@ -1,21 +1,23 @@
-//! `/run/safe-switch/`: the lock that keeps two switches apart and the
-//! persisted progress of the apply in flight.
+//! `/run/safe-switch/`: the lock that keeps two switches apart, the
+//! persisted progress of the apply in flight, the state it checks against
+//! afterwards, and the files a switch hands to its isolated apply. Every
+//! path in the directory is named here.
 //!
 //! The directory lives on `/run` on purpose: it is a tmpfs, so the record
 //! of an interrupted apply survives a lost SSH session or a killed CI job,
 //! but not a reboot, after which the interrupted switch no longer matters
 //! (the boot generation is what runs).
 
-use std::fs::{File, OpenOptions};
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs::{File, OpenOptions, TryLockError};
 use std::io::Write;
-use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 
 use plan_model::{Phase, Plan};
 use serde::{Deserialize, Serialize};
 
 use crate::Error;
-use crate::manager::{JobKind, JobResult};
+use crate::manager::{JobKind, JobResult, UnitStatus};
 
 /// The run directory used on a real host.
 pub const DEFAULT_RUN_DIR: &str = "/run/safe-switch";
@@ -23,6 +25,8 @@ pub const DEFAULT_RUN_DIR: &str = "/run/safe-switch";
 const PROGRESS: &str = "progress.json";
 const LAST: &str = "last.json";
 const LOCK: &str = "lock";
+const PROTECTED_BEFORE: &str = "protected-before.json";
+const FAILED_BEFORE: &str = "failed-before.json";
 
 /// The run directory.
 #[derive(Clone, Debug)]
@@ -167,28 +171,28 @@ impl RunDir {
         &self.path
     }
 
-    fn ensure(&self) -> Result<(), Error> {
+    /// Creates the directory (mode 0700) unless it exists.
+    pub fn create(&self) -> Result<(), Error> {
         use std::os::unix::fs::DirBuilderExt;
         std::fs::DirBuilder::new().recursive(true).mode(0o700).create(&self.path).map_err(|e| Error::io(&self.path, e))
+    }
+
+    /// The lock file.
+    pub fn lock_path(&self) -> PathBuf {
+        self.path.join(LOCK)
     }
 
     /// Takes the exclusive lock without waiting. Fails with
     /// [`Error::Locked`] when another process holds it.
     pub fn lock(&self) -> Result<LockGuard, Error> {
-        self.ensure()?;
-        let path = self.path.join(LOCK);
+        self.create()?;
+        let path = self.lock_path();
         let file = OpenOptions::new().create(true).append(true).open(&path).map_err(|e| Error::io(&path, e))?;
-        // SAFETY: flock only reads the descriptor, which `file` keeps open
-        // for the duration of the call.
-        let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-        if rc != 0 {
-            let err = std::io::Error::last_os_error();
-            if err.raw_os_error() == Some(libc::EWOULDBLOCK) {
-                return Err(Error::Locked { path });
-            }
-            return Err(Error::io(&path, err));
+        match file.try_lock() {
+            Ok(()) => Ok(LockGuard { _file: file, path }),
+            Err(TryLockError::WouldBlock) => Err(Error::Locked { path }),
+            Err(TryLockError::Error(e)) => Err(Error::io(&path, e)),
         }
-        Ok(LockGuard { _file: file, path })
     }
 
     /// Tells whether another process holds the lock, without keeping it.
@@ -224,7 +228,7 @@ impl RunDir {
     /// Writes the progress atomically (write, fsync, rename), so a crash
     /// leaves either the old or the new record, never half of one.
     pub fn save(&self, progress: &ProgressFile) -> Result<(), Error> {
-        self.ensure()?;
+        self.create()?;
         let path = self.progress_path();
         let tmp = self.path.join(format!("{PROGRESS}.tmp"));
         let text = serde_json::to_string_pretty(progress).unwrap_or_default();
@@ -240,6 +244,59 @@ impl RunDir {
         self.save(progress)?;
         let last = self.path.join(LAST);
         std::fs::rename(self.progress_path(), &last).map_err(|e| Error::io(&last, e))
+    }
+
+    /// Where a switch leaves a file for its isolated apply to read: in the
+    /// directory (created if needed), named after `what` and this process.
+    /// The caller removes it once the apply has ended.
+    pub fn hand_over_path(&self, what: &str) -> Result<PathBuf, Error> {
+        self.create()?;
+        Ok(self.path.join(format!("{what}-{}", std::process::id())))
+    }
+
+    /// The files that keep the standard output and error of the transient
+    /// `unit` an isolated apply runs in (the directory is created if
+    /// needed).
+    pub fn unit_output_paths(&self, unit: &str) -> Result<(PathBuf, PathBuf), Error> {
+        self.create()?;
+        Ok((self.path.join(format!("{unit}.stdout")), self.path.join(format!("{unit}.stderr"))))
+    }
+
+    /// Records the status of the protected units before the first action.
+    pub(crate) fn save_protected_before(&self, status: &BTreeMap<String, UnitStatus>) -> Result<(), Error> {
+        let path = self.path.join(PROTECTED_BEFORE);
+        std::fs::write(&path, serde_json::to_string(status).unwrap_or_default()).map_err(|e| Error::io(&path, e))
+    }
+
+    /// The status of the protected units before the first action, as
+    /// recorded; empty when there is no record to read.
+    pub(crate) fn protected_before(&self) -> Result<BTreeMap<String, UnitStatus>, Error> {
+        let path = self.path.join(PROTECTED_BEFORE);
+        match std::fs::read_to_string(&path) {
+            Ok(t) => serde_json::from_str(&t).map_err(|e| Error::BadProgress { path, message: e.to_string() }),
+            Err(_) => Ok(BTreeMap::new()),
+        }
+    }
+
+    /// Records which units are failed before the first action.
+    pub(crate) fn save_failed_before(&self, units: &BTreeSet<String>) -> Result<(), Error> {
+        let path = self.path.join(FAILED_BEFORE);
+        std::fs::write(&path, serde_json::to_string(units).unwrap_or_default()).map_err(|e| Error::io(&path, e))
+    }
+
+    /// The units failed before the first action, as recorded; none when
+    /// the record cannot be read.
+    pub(crate) fn failed_before(&self) -> BTreeSet<String> {
+        std::fs::read_to_string(self.path.join(FAILED_BEFORE))
+            .ok()
+            .and_then(|t| serde_json::from_str(&t).ok())
+            .unwrap_or_default()
+    }
+
+    /// Removes the records of the state before the apply, once it is done.
+    pub(crate) fn remove_before_records(&self) {
+        let _ = std::fs::remove_file(self.path.join(PROTECTED_BEFORE));
+        let _ = std::fs::remove_file(self.path.join(FAILED_BEFORE));
     }
 }
 
@@ -258,5 +315,44 @@ mod tests {
         assert!(err.to_string().contains("another safe-switch is running"));
         drop(g);
         rd.lock().unwrap();
+    }
+
+    #[test]
+    fn hand_over_and_output_files_are_in_the_directory_it_creates_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let rd = RunDir::new(dir.path().join("rs"));
+        let path = rd.hand_over_path("caller-cgroup").unwrap();
+        assert_eq!(path, rd.path().join(format!("caller-cgroup-{}", std::process::id())));
+        assert_eq!(std::fs::metadata(rd.path()).unwrap().permissions().mode() & 0o777, 0o700);
+        std::fs::remove_dir(rd.path()).unwrap();
+        let (out, err) = rd.unit_output_paths("safe-switch-1.service").unwrap();
+        assert_eq!(out, rd.path().join("safe-switch-1.service.stdout"));
+        assert_eq!(err, rd.path().join("safe-switch-1.service.stderr"));
+        assert_eq!(std::fs::metadata(rd.path()).unwrap().permissions().mode() & 0o777, 0o700);
+        assert_eq!(rd.lock_path(), rd.path().join("lock"));
+    }
+
+    #[test]
+    fn the_records_of_the_state_before_round_trip_and_are_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let rd = RunDir::new(dir.path());
+        assert!(rd.protected_before().unwrap().is_empty(), "no record: nothing known");
+        assert!(rd.failed_before().is_empty());
+        let status = UnitStatus { active_state: "active".into(), main_pid: 7, ..Default::default() };
+        let before: BTreeMap<String, UnitStatus> = [("sshd.service".to_owned(), status)].into();
+        rd.save_protected_before(&before).unwrap();
+        rd.save_failed_before(&["flaky.service".to_owned()].into()).unwrap();
+        assert!(dir.path().join("protected-before.json").is_file());
+        assert!(dir.path().join("failed-before.json").is_file());
+        assert_eq!(rd.protected_before().unwrap(), before);
+        assert_eq!(rd.failed_before(), ["flaky.service".to_owned()].into());
+        rd.remove_before_records();
+        assert!(rd.protected_before().unwrap().is_empty());
+        assert!(rd.failed_before().is_empty());
+
+        std::fs::write(dir.path().join("protected-before.json"), "{").unwrap();
+        let err = rd.protected_before().unwrap_err();
+        assert!(matches!(err, Error::BadProgress { .. }), "{err}");
     }
 }

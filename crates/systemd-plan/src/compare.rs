@@ -1,6 +1,6 @@
 //! Comparing two versions of a unit, as NixOS's switch compares them.
 //!
-//! The verdict is one of equal, reload or restart:
+//! The needs is one of equal, reload or restart:
 //!
 //! - `[Install]` is never compared: it only matters to `systemctl enable`,
 //!   and NixOS installs units through `.wants` links instead.
@@ -16,7 +16,7 @@
 //!   So do two or more sections that exist only in the new version.
 //!
 //! Every differing key is reported as a [`KeyChange`], ignored keys
-//! included, so a reader sees all that changed and the verdict explains
+//! included, so a reader sees all that changed and the needs explains
 //! which keys mattered.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -60,9 +60,9 @@ pub const IGNORED_UNIT_KEYS: &[&str] = &[
 
 /// What a difference between two versions of a unit needs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Verdict {
+pub enum Needs {
     /// Nothing (no difference, or only ignored keys differ).
-    Equal,
+    Nothing,
     /// A reload.
     Reload,
     /// A restart (or stop and start).
@@ -73,8 +73,8 @@ pub enum Verdict {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Comparison {
     /// What the difference needs.
-    pub verdict: Verdict,
-    /// For [`Verdict::Reload`], the rules that asked for it.
+    pub needs: Needs,
+    /// For [`Needs::Reload`], the rules that asked for it.
     pub reload_rules: Vec<Rule>,
     /// Every key that differs, in section and key order.
     pub changes: Vec<KeyChange>,
@@ -127,17 +127,17 @@ pub fn compare_units(old: &UnitFile, new: &UnitFile) -> Comparison {
     if new_sections >= 2 {
         restart = true;
     }
-    let verdict = if restart {
-        Verdict::Restart
+    let needs = if restart {
+        Needs::Restart
     } else if reload_rules.is_empty() {
-        Verdict::Equal
+        Needs::Nothing
     } else {
-        Verdict::Reload
+        Needs::Reload
     };
-    if verdict != Verdict::Reload {
+    if needs != Needs::Reload {
         reload_rules.clear();
     }
-    Comparison { verdict, reload_rules: reload_rules.into_iter().collect(), changes }
+    Comparison { needs, reload_rules: reload_rules.into_iter().collect(), changes }
 }
 
 #[cfg(test)]
@@ -151,33 +151,30 @@ mod tests {
         UnitFile::parse("x.service", Path::new("x.service"), text).unwrap()
     }
 
-    fn verdict(old: &str, new: &str) -> Verdict {
-        compare_units(&unit(old), &unit(new)).verdict
+    fn needs(old: &str, new: &str) -> Needs {
+        compare_units(&unit(old), &unit(new)).needs
     }
 
     #[test]
     fn classifies_like_nixos() {
         let base = "[Unit]\nDescription=a\n[Service]\nExecStart=/bin/a\n";
-        assert_eq!(verdict(base, base), Verdict::Equal);
-        assert_eq!(verdict(base, "[Unit]\nDescription=b\n[Service]\nExecStart=/bin/a\n"), Verdict::Equal);
-        assert_eq!(verdict(base, "[Unit]\nDescription=a\n[Service]\nExecStart=/bin/b\n"), Verdict::Restart);
+        assert_eq!(needs(base, base), Needs::Nothing);
+        assert_eq!(needs(base, "[Unit]\nDescription=b\n[Service]\nExecStart=/bin/a\n"), Needs::Nothing);
+        assert_eq!(needs(base, "[Unit]\nDescription=a\n[Service]\nExecStart=/bin/b\n"), Needs::Restart);
         assert_eq!(
-            verdict(base, "[Unit]\nDescription=a\nX-Reload-Triggers=/x\n[Service]\nExecStart=/bin/a\n"),
-            Verdict::Reload
+            needs(base, "[Unit]\nDescription=a\nX-Reload-Triggers=/x\n[Service]\nExecStart=/bin/a\n"),
+            Needs::Reload
         );
         assert_eq!(
-            verdict("[Unit]\nX-Reload-Triggers=/x\n[Service]\nExecStart=/bin/a\n", "[Service]\nExecStart=/bin/a\n"),
-            Verdict::Equal
+            needs("[Unit]\nX-Reload-Triggers=/x\n[Service]\nExecStart=/bin/a\n", "[Service]\nExecStart=/bin/a\n"),
+            Needs::Nothing
         );
-        assert_eq!(verdict(base, &format!("{base}ExecReload=/bin/kill -HUP $MAINPID\n")), Verdict::Reload);
-        assert_eq!(verdict(&format!("{base}ExecReload=/bin/r\n"), base), Verdict::Equal);
-        assert_eq!(verdict("[Mount]\nWhat=a\nOptions=ro\n", "[Mount]\nWhat=a\nOptions=rw\n"), Verdict::Reload);
-        assert_eq!(verdict("[Mount]\nWhat=a\n", "[Mount]\nWhat=a\nOptions=rw\n"), Verdict::Restart);
-        assert_eq!(verdict(base, &format!("{base}[Install]\nWantedBy=multi-user.target\n")), Verdict::Equal);
-        assert_eq!(
-            verdict("[Service]\nA=b\n", "[Service]\nA=b\n[Unit]\nDescription=x\n[X-Foo]\nB=c\n"),
-            Verdict::Restart
-        );
+        assert_eq!(needs(base, &format!("{base}ExecReload=/bin/kill -HUP $MAINPID\n")), Needs::Reload);
+        assert_eq!(needs(&format!("{base}ExecReload=/bin/r\n"), base), Needs::Nothing);
+        assert_eq!(needs("[Mount]\nWhat=a\nOptions=ro\n", "[Mount]\nWhat=a\nOptions=rw\n"), Needs::Reload);
+        assert_eq!(needs("[Mount]\nWhat=a\n", "[Mount]\nWhat=a\nOptions=rw\n"), Needs::Restart);
+        assert_eq!(needs(base, &format!("{base}[Install]\nWantedBy=multi-user.target\n")), Needs::Nothing);
+        assert_eq!(needs("[Service]\nA=b\n", "[Service]\nA=b\n[Unit]\nDescription=x\n[X-Foo]\nB=c\n"), Needs::Restart);
     }
 
     #[test]
@@ -186,7 +183,7 @@ mod tests {
             &unit("[Unit]\nDescription=a\n[Service]\nExecStart=/bin/a\n"),
             &unit("[Unit]\nDescription=b\nX-Reload-Triggers=/t\n[Service]\nExecStart=/bin/b\n"),
         );
-        assert_eq!(c.verdict, Verdict::Restart);
+        assert_eq!(c.needs, Needs::Restart);
         assert!(c.reload_rules.is_empty());
         let keys: Vec<_> = c.changes.iter().map(|k| format!("{}.{}", k.section, k.key)).collect();
         assert_eq!(keys, ["Service.ExecStart", "Unit.Description", "Unit.X-Reload-Triggers"]);

@@ -62,6 +62,7 @@
 //! give the same plan, byte for byte.
 
 pub mod compare;
+pub mod diffs;
 pub mod fstab;
 pub mod generation;
 pub mod loader;
@@ -69,7 +70,8 @@ pub mod planner;
 pub mod protect;
 pub mod unit_file;
 
-pub use compare::{Comparison, Verdict, compare_units};
+pub use compare::{Comparison, Needs, compare_units};
+pub use diffs::unit_diffs;
 pub use generation::{FileIdentity, GenerationUnits, ManagedUnit};
 pub use loader::{Layout, LoadError, load, load_pair, unit_directory};
 pub use plan_model::{LiveState, Plan};

@@ -29,7 +29,7 @@ use plan_model::{
     UnitPlan, unit_name,
 };
 
-use crate::compare::{Verdict, compare_units};
+use crate::compare::{Needs, compare_units};
 use crate::fstab::{Fstab, automount_unit, mount_unit};
 use crate::generation::GenerationUnits;
 use crate::unit_file::UnitFile;
@@ -355,7 +355,7 @@ impl<'a> Planner<'a> {
             match (old.get(name), new.get(name)) {
                 (Some(o), Some(n)) => {
                     let differs = match (o.is_masked(), n.is_masked()) {
-                        (false, false) => compare_units(o, n).verdict != Verdict::Equal,
+                        (false, false) => compare_units(o, n).needs != Needs::Nothing,
                         (a, b) => a != b,
                     };
                     if differs {
@@ -447,19 +447,19 @@ impl<'a> Planner<'a> {
                 self.target(name, new_unit);
                 continue;
             }
-            match comparison.verdict {
-                Verdict::Restart => {
+            match comparison.needs {
+                Needs::Restart => {
                     self.reason(name, Rule::UnitChanged, None);
                     self.modified(name, Some(new_unit), false);
                 }
-                Verdict::Reload => {
+                Needs::Reload => {
                     if !self.is(name, Set::Restart) {
                         for rule in comparison.reload_rules {
                             self.set(name, Set::Reload, rule, None);
                         }
                     }
                 }
-                Verdict::Equal => {
+                Needs::Nothing => {
                     if !comparison.changes.is_empty() {
                         self.note(name, Rule::IgnoredKeysChanged, None);
                     }

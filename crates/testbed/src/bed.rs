@@ -149,8 +149,7 @@ impl Config {
 /// Whether this process can host a test bed: root, and the programs it
 /// uses are installed. Returns the reason when it cannot.
 pub fn unsupported_reason() -> Option<String> {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    if unsafe { libc::geteuid() } != 0 {
+    if !rustix::process::geteuid().is_root() {
         return Some("it must run as root (it creates PID and mount namespaces)".to_owned());
     }
     for program in [
@@ -319,9 +318,7 @@ impl TestBed {
             cmd.pre_exec(|| {
                 // Dies with the thread that booted the bed; --kill-child then
                 // takes systemd down too.
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
+                rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::KILL))?;
                 Ok(())
             });
         }
@@ -621,13 +618,10 @@ impl TestBed {
             return Ok(());
         }
         self.torn_down = true;
-        if self.pid != 0 {
-            // SAFETY: kill has no memory-safety preconditions; the PID is
-            // the namespace's PID 1, which is unshare's child and cannot be
-            // reused before unshare reaps it.
-            unsafe {
-                libc::kill(self.pid as libc::pid_t, libc::SIGKILL);
-            }
+        // The PID is the namespace's PID 1, which is unshare's child and
+        // cannot be reused before unshare reaps it.
+        if let Some(pid) = i32::try_from(self.pid).ok().and_then(rustix::process::Pid::from_raw) {
+            let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
         }
         // unshare exits once its child is gone, and the kernel reaps every
         // process of the namespace before the namespace's init is reaped.

@@ -311,7 +311,7 @@ mod tests {
             write_executable(&path, "#!/bin/sh\nexit 7\n").unwrap();
             match Command::new(&path).status() {
                 Ok(status) => assert_eq!(status.code(), Some(7)),
-                Err(err) if err.raw_os_error() == Some(libc::ETXTBSY) => busy += 1,
+                Err(err) if err.kind() == std::io::ErrorKind::ExecutableFileBusy => busy += 1,
                 Err(err) => panic!("{}: {err}", path.display()),
             }
         }

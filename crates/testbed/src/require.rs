@@ -11,8 +11,7 @@
 
 /// Why this process does not run as root, or `None` when it does.
 pub fn root_reason() -> Option<String> {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    if unsafe { libc::geteuid() } == 0 { None } else { Some("it must run as root".to_owned()) }
+    if rustix::process::geteuid().is_root() { None } else { Some("it must run as root".to_owned()) }
 }
 
 /// Under `CI=true`, panics: `test` must run there. Elsewhere prints

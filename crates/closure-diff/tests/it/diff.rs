@@ -73,8 +73,8 @@ fn every_kind_of_change() {
     let openssl = d.changed.iter().find(|c| c.name == "openssl").unwrap();
     assert_eq!(openssl.size_delta, 4096);
     assert_eq!(d.size_delta, i64::try_from(new.nar_size()).unwrap() - i64::try_from(old.nar_size()).unwrap());
-    insta::assert_snapshot!("text", d.render_text());
-    insta::assert_snapshot!("summary", d.render_summary());
+    insta::assert_snapshot!("text", plan_report::packages::text(&d));
+    insta::assert_snapshot!("summary", plan_report::packages::summary(&d));
     insta::assert_json_snapshot!("json", d);
 }
 
@@ -85,7 +85,7 @@ fn identical_closures() {
     assert!(d.is_empty());
     assert!(d.changed.is_empty() && d.added.is_empty() && d.removed.is_empty() && d.rebuilt.is_empty());
     assert_eq!(d.size_delta, 0);
-    insta::assert_snapshot!(d.render_text());
+    insta::assert_snapshot!(plan_report::packages::text(&d));
 }
 
 #[test]

@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use launchd_plan::{
-    Host, LaunchdPlan, LoadError, Policy, load_generation, load_installed, load_live, operations, plan,
+    Host, LaunchdPlan, LoadError, Request, load_generation, load_installed, load_live, operations, plan,
 };
 use plan_model::{Mode, ProtectionSource};
 use serde::Deserialize;
@@ -54,9 +54,9 @@ pub(crate) fn run_case(case: &str) -> Result<LaunchdPlan, LoadError> {
     let policy = match std::fs::read_to_string(dir.join("policy.json")) {
         Ok(text) => {
             let file: PolicyFile = serde_json::from_str(&text).unwrap();
-            Policy::from_selectors(file.mode, &file.protect, &ProtectionSource::CommandLine).unwrap()
+            Request::from_selectors(file.mode, &file.protect, &ProtectionSource::CommandLine).unwrap()
         }
-        Err(_) => Policy::default(),
+        Err(_) => Request::default(),
     };
     Ok(plan(&old, &new, &host, &policy))
 }

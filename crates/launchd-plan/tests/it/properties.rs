@@ -53,10 +53,10 @@ fn protected_changed_job_keeps_its_old_plist_in_defer_mode() {
     assert!(runner.actions.is_empty());
     let deferral = runner.deferral.as_ref().unwrap();
     assert_eq!(deferral.actions, [Action::Restart]);
-    assert_eq!(deferral.effect, Action::Restart);
+    assert_eq!(deferral.touch.effect, Action::Restart);
     assert!(runner.reasons.iter().any(|r| r.rule == Rule::OldPlistKept));
     let removed = plan.plan.unit("org.nixos.github-runner-ci1").unwrap();
-    assert_eq!(removed.deferral.as_ref().unwrap().effect, Action::Stop);
+    assert_eq!(removed.deferral.as_ref().unwrap().touch.effect, Action::Stop);
 
     // Nothing at all touches the protected jobs: no launchctl call names
     // them and neither of their plists is replaced or deleted.
@@ -78,7 +78,7 @@ fn protected_changed_job_refuses_the_plan_in_refuse_mode() {
     assert_eq!(plan.plan.protection.mode, Mode::Refuse);
     assert!(plan.plan.protection.refused);
     assert!(plan.plan.deferred().next().is_none());
-    let touched: Vec<&str> = plan.plan.protection.refusals.iter().map(|r| r.touches.as_str()).collect();
+    let touched: Vec<&str> = plan.plan.protection.refusals.iter().map(|r| r.touch.touches.as_str()).collect();
     assert_eq!(touched, ["org.nixos.github-runner-ci1", "org.nixos.gitlab-runner"]);
     assert_eq!(
         operations(&plan),

@@ -38,7 +38,7 @@ use std::hash::{BuildHasherDefault, Hasher};
 use petgraph::Direction::{Incoming, Outgoing};
 use petgraph::graph::{DiGraph, EdgeIndex, NodeIndex};
 use petgraph::visit::EdgeRef;
-use plan_model::{Action, CHAIN_ENDS, Edge, LiveState, unit_name};
+use plan_model::{Action, CHAIN_ENDS, Edge, LiveState, Touch, unit_name};
 
 use crate::generation::GenerationUnits;
 use crate::unit_file::UnitFile;
@@ -671,7 +671,13 @@ impl UnitGraph {
             };
             if matches!(j, Job::Stop | Job::Restart) && self.running[n.index()] {
                 if protected.contains(name) && found_units.insert(n) {
-                    found.push(Touch { touches: name.to_owned(), effect: j.action(), chain: chain(), omitted: 0 });
+                    found.push(Touch {
+                        touches: name.to_owned(),
+                        effect: j.action(),
+                        chain: chain(),
+                        cause: Some(job.action()),
+                        omitted: 0,
+                    });
                 }
                 for e in self.graph.edges_directed(n, Outgoing) {
                     if *e.weight() == Relation::Triggers
@@ -684,6 +690,7 @@ impl UnitGraph {
                             touches: self.graph[e.target()].clone(),
                             effect: Action::Stop,
                             chain: edges,
+                            cause: Some(job.action()),
                             omitted: 0,
                         });
                     }
@@ -719,21 +726,6 @@ fn join(n: NodeIndex, job: Job) -> usize {
 
 fn split(state: usize) -> (NodeIndex, Job) {
     (NodeIndex::new(state / 3), Job::ALL[state % 3])
-}
-
-/// A protected unit, the effect on it, and the relations that lead there
-/// from the protected unit back to the acting unit.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Touch {
-    /// The protected unit.
-    pub touches: String,
-    /// `stop` or `restart`.
-    pub effect: Action,
-    /// The chain, starting at the protected unit.
-    pub chain: Vec<Edge>,
-    /// Relations left out of the middle of a long chain (the chain keeps
-    /// [`CHAIN_ENDS`] relations at each end).
-    pub omitted: usize,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -776,6 +768,7 @@ impl Reach {
     /// chain take linear space.
     pub fn touch(&self, graph: &UnitGraph, unit: &str, job: Job) -> Option<Touch> {
         let mut state = graph.state_of(unit, job)?;
+        let job = job.action();
         let first = self.hops.get(state).copied().flatten()?;
         let origin = self.origins.get(first.origin)?;
         // Nearest this unit first; the tail holds the relations nearest the
@@ -810,6 +803,7 @@ impl Reach {
             touches: graph.graph[origin.protected].clone(),
             effect: origin.effect.action(),
             chain: edges,
+            cause: Some(job),
             omitted,
         })
     }

@@ -27,11 +27,11 @@ use std::collections::{BTreeSet, HashSet};
 use globset::{Glob, GlobSet, GlobSetBuilder};
 use plan_model::policy::{ImplicitProtections, Selector};
 use plan_model::{
-    Action, Deferral, Diagnostic, LiveState, Mode, Plan, ProtectedUnit, ProtectionSource, Reason, Refusal, Severity,
-    unit_name,
+    Action, Deferral, Diagnostic, LiveState, Mode, Plan, ProtectedUnit, ProtectionSource, Refusal, Severity, unit_name,
 };
 
-pub use graph::{Job, Reach, Relation, Touch, UnitGraph};
+pub use graph::{Job, Reach, Relation, UnitGraph};
+pub use plan_model::{Explanation, Touch};
 
 use crate::generation::GenerationUnits;
 
@@ -132,29 +132,18 @@ pub fn protect(
                     .filter(|a| matches!(a, Action::Stop | Action::Restart | Action::Start))
                     .collect();
                 entry.actions.retain(|a| !deferred.contains(a));
-                entry.deferral = Some(Deferral {
-                    actions: deferred,
-                    touches: first.touches,
-                    effect: first.effect,
-                    chain: first.chain,
-                    cause: Some(cause),
-                    omitted: first.omitted,
-                });
+                entry.deferral = Some(Deferral { actions: deferred, touch: Touch { cause: Some(cause), ..first } });
             }
             Mode::Refuse => plan.protection.refusals.push(Refusal {
                 unit: entry.unit.clone(),
                 actions: touching.iter().map(|(a, _)| *a).collect(),
-                touches: first.touches,
-                effect: first.effect,
-                chain: first.chain,
-                cause: Some(cause),
-                omitted: first.omitted,
+                touch: Touch { cause: Some(cause), ..first },
             }),
         }
     }
     plan.protection.refused = !plan.protection.refusals.is_empty();
     for u in &unknown {
-        let mut message = format!("protection selector {:?} ({}) matches no unit", u.selector, source_label(&u.source));
+        let mut message = format!("protection selector {:?} ({}) matches no unit", u.selector, u.source.label());
         if !u.close.is_empty() {
             message.push_str(&format!("; did you mean {}?", u.close.join(", ")));
         }
@@ -170,15 +159,6 @@ pub fn protect(
         });
     }
     Analysis { graph, unknown, protected }
-}
-
-/// A short label for where a protection came from.
-pub fn source_label(source: &ProtectionSource) -> String {
-    match source {
-        ProtectionSource::CommandLine => "--protect".to_owned(),
-        ProtectionSource::Policy { path } => format!("policy {path}"),
-        ProtectionSource::Implicit { why } => format!("implicit: {why}"),
-    }
 }
 
 fn compile(selector: &Selector) -> Option<GlobSet> {
@@ -310,33 +290,6 @@ fn implicit_protections(request: &Request, universe: &UnitNames<'_>) -> Vec<Prot
         }
     }
     out
-}
-
-/// Why a unit gets its action, for `--explain`.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Explanation {
-    /// The unit.
-    pub unit: String,
-    /// Whether it counts as running.
-    pub running: bool,
-    /// The actions still planned.
-    pub actions: Vec<Action>,
-    /// The rules that gave it those actions.
-    pub reasons: Vec<Reason>,
-    /// What protection did to it in `defer` mode.
-    pub deferral: Option<Deferral>,
-    /// What protection found in `refuse` mode.
-    pub refusal: Option<Refusal>,
-    /// Protections that cover the unit itself.
-    pub protected_by: Vec<ProtectedUnit>,
-    /// For each job the plan has (or had) for the unit, every protected unit
-    /// it would touch.
-    pub touches: Vec<(Action, Vec<Touch>)>,
-    /// Every relation naming the unit, in forward form.
-    pub relations: Vec<plan_model::Edge>,
-    /// Whether the unit appears in either generation, the live state or the
-    /// plan at all.
-    pub known: bool,
 }
 
 /// Explains the action a unit gets in a protected plan.

@@ -85,9 +85,12 @@ fn requires_chain_three_deep_defers_with_chain() {
     let d = p.units[0].deferral.as_ref().expect("deferred");
     assert!(p.units[0].actions.is_empty());
     assert_eq!(d.actions, vec![Action::Restart]);
-    assert_eq!(d.touches, "a.service");
-    assert_eq!(d.effect, Action::Restart);
-    assert_eq!(d.chain, vec![edge("a.service", "Requires", "b.service"), edge("b.service", "Requires", "c.service")]);
+    assert_eq!(d.touch.touches, "a.service");
+    assert_eq!(d.touch.effect, Action::Restart);
+    assert_eq!(
+        d.touch.chain,
+        vec![edge("a.service", "Requires", "b.service"), edge("b.service", "Requires", "c.service")]
+    );
 }
 
 #[test]
@@ -104,7 +107,11 @@ fn restart_stops_at_units_that_are_not_running_but_stop_does_not() {
 
     let mut p = plan(&[("c.service", &[Action::Stop])]);
     protect(&mut p, &units, &units, &state, &request(&["a.service"], Mode::Defer));
-    assert_eq!(p.units[0].deferral.as_ref().unwrap().effect, Action::Stop, "stop jobs pass through inactive units");
+    assert_eq!(
+        p.units[0].deferral.as_ref().unwrap().touch.effect,
+        Action::Stop,
+        "stop jobs pass through inactive units"
+    );
 }
 
 #[test]
@@ -115,7 +122,7 @@ fn stop_and_start_halves_are_deferred_together() {
     protect(&mut p, &units, &units, &state, &request(&["a"], Mode::Defer));
     let d = p.units[0].deferral.as_ref().unwrap();
     assert_eq!(d.actions, vec![Action::Stop, Action::Start]);
-    assert_eq!(d.chain, vec![edge("a.service", "BindsTo", "b.service")]);
+    assert_eq!(d.touch.chain, vec![edge("a.service", "BindsTo", "b.service")]);
 }
 
 #[test]
@@ -130,8 +137,8 @@ fn live_reverse_properties_are_turned_around() {
     protect(&mut p, &empty, &empty, &state, &request(&["sshd", "part.service"], Mode::Defer));
     let d = p.units[0].deferral.as_ref().unwrap();
     // Both are one step away; the tie goes to the first protected name.
-    assert_eq!(d.touches, "part.service");
-    assert_eq!(d.chain, vec![edge("part.service", "PartOf", "net.service")]);
+    assert_eq!(d.touch.touches, "part.service");
+    assert_eq!(d.touch.chain, vec![edge("part.service", "PartOf", "net.service")]);
 }
 
 #[test]
@@ -140,8 +147,11 @@ fn conflicts_work_in_both_directions_for_starts() {
     let state = live(&[("sshd.service", "active", &[]), ("other.service", "active", &[("Conflicts", &["x.service"])])]);
     let mut p = plan(&[("new.service", &[Action::Start]), ("x.service", &[Action::Start])]);
     protect(&mut p, &units, &units, &state, &request(&["sshd", "other.service"], Mode::Defer));
-    assert_eq!(p.units[0].deferral.as_ref().unwrap().chain, vec![edge("new.service", "Conflicts", "sshd.service")]);
-    assert_eq!(p.units[1].deferral.as_ref().unwrap().touches, "other.service");
+    assert_eq!(
+        p.units[0].deferral.as_ref().unwrap().touch.chain,
+        vec![edge("new.service", "Conflicts", "sshd.service")]
+    );
+    assert_eq!(p.units[1].deferral.as_ref().unwrap().touch.touches, "other.service");
 }
 
 #[test]
@@ -154,7 +164,7 @@ fn cycles_terminate() {
     let state = live(&[("a.service", "active", &[]), ("b.service", "active", &[]), ("c.service", "active", &[])]);
     let mut p = plan(&[("a.service", &[Action::Restart]), ("d.service", &[Action::Start])]);
     protect(&mut p, &units, &units, &state, &request(&["c.service"], Mode::Defer));
-    assert_eq!(p.units[0].deferral.as_ref().unwrap().touches, "c.service");
+    assert_eq!(p.units[0].deferral.as_ref().unwrap().touch.touches, "c.service");
     assert!(p.units[1].deferral.is_none());
 }
 
@@ -182,8 +192,8 @@ fn socket_of_a_protected_instance_is_guarded() {
     let mut p = plan(&[("sshd.socket", &[Action::Stop, Action::Start])]);
     let analysis = protect(&mut p, &units, &units, &state, &request(&["sshd@*.service"], Mode::Defer));
     let d = p.units[0].deferral.as_ref().unwrap();
-    assert_eq!(d.touches, "sshd@1-10.0.0.1:22-10.0.0.2:5555.service");
-    assert_eq!(d.chain, vec![edge("sshd.socket", "Triggers", "sshd@1-10.0.0.1:22-10.0.0.2:5555.service")]);
+    assert_eq!(d.touch.touches, "sshd@1-10.0.0.1:22-10.0.0.2:5555.service");
+    assert_eq!(d.touch.chain, vec![edge("sshd.socket", "Triggers", "sshd@1-10.0.0.1:22-10.0.0.2:5555.service")]);
     assert_eq!(
         analysis.protected.iter().collect::<Vec<_>>(),
         ["sshd@.service", "sshd@1-10.0.0.1:22-10.0.0.2:5555.service"]
@@ -238,7 +248,7 @@ fn dbus_may_be_reloaded_but_not_restarted() {
     let mut p = plan(&[("dbus.service", &[Action::Restart])]);
     protect(&mut p, &units, &units, &state, &request(&[], Mode::Defer));
     let d = p.units[0].deferral.as_ref().unwrap();
-    assert_eq!((d.touches.as_str(), d.chain.len()), ("dbus.service", 0));
+    assert_eq!((d.touch.touches.as_str(), d.touch.chain.len()), ("dbus.service", 0));
 
     let mut p = plan(&[("dbus.service", &[Action::Restart])]);
     let mut no_implicit = request(&[], Mode::Defer);

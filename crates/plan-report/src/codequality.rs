@@ -24,7 +24,9 @@ use plan_model::{Action, Plan, Severity};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
-use super::{ItemStatus, Report, UnitDiff, Verdict, action_items, chain_line, reasons_line};
+use plan_model::FileDiff;
+
+use crate::{ItemStatus, Report, Verdict, action_items, chain_line, reasons_line};
 
 /// Where a generation keeps its units; findings about a unit point there,
 /// relative to the generation, since the plan does not know which file of
@@ -72,7 +74,7 @@ pub fn render(report: &Report<'_>) -> String {
 /// Where a finding about `unit` points: its unit file, unless the diffs
 /// show only other files of it changing (a drop-in, a launchd plist); then
 /// the first of those.
-fn unit_path(unit: &str, diffs: &[UnitDiff]) -> String {
+fn unit_path(unit: &str, diffs: &[FileDiff]) -> String {
     let fragment = format!("{UNIT_DIR}/{unit}");
     let changed: Vec<&str> = diffs.iter().filter(|d| d.unit == unit).map(|d| d.path.as_str()).collect();
     match changed.first() {
@@ -83,7 +85,7 @@ fn unit_path(unit: &str, diffs: &[UnitDiff]) -> String {
 
 /// Lists the findings of a plan, without duplicate fingerprints, pointing
 /// each unit's findings at the file that changed (see [`unit_path`]).
-pub fn findings(plan: &Plan, diffs: &[UnitDiff]) -> Vec<Finding> {
+pub fn findings(plan: &Plan, diffs: &[FileDiff]) -> Vec<Finding> {
     let mut out = Vec::new();
     for item in action_items(plan) {
         let unit = &item.unit.unit;
@@ -187,12 +189,7 @@ fn fingerprint(parts: &[&str]) -> String {
         h.update([0x1f]);
         h.update(p.as_bytes());
     }
-    hex(&h.finalize())
-}
-
-/// Lowercase hex of a byte string.
-pub(crate) fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    hex::encode(h.finalize())
 }
 
 /// Replaces `/nix/store/<hash>-` with `/nix/store/`, so that a message that
@@ -220,7 +217,7 @@ mod tests {
 
     #[test]
     fn findings_point_at_the_file_that_changed() {
-        let diff = |unit: &str, path: &str| UnitDiff { unit: unit.into(), path: path.into(), diff: String::new() };
+        let diff = |unit: &str, path: &str| FileDiff { unit: unit.into(), path: path.into(), diff: String::new() };
         let diffs = [
             diff("a.service", "etc/systemd/system/a.service.d/override.conf"),
             diff("b.service", "etc/systemd/system/b.service"),

@@ -22,8 +22,7 @@ use plan_model::Plan;
 use quick_xml::Writer;
 use quick_xml::events::{BytesDecl, BytesText, Event};
 
-use super::text::step_line;
-use super::{ItemStatus, Report, Verdict, action_items, blockers, chain_line, reasons_line};
+use crate::{ItemStatus, Report, Verdict, action_items, blockers, chain_line, reasons_line};
 
 /// The `classname` of unit test cases.
 const UNITS: &str = "safe-switch.units";
@@ -74,8 +73,8 @@ fn cases(plan: &Plan) -> Vec<Case> {
                     item.blocker.map(|b| chain_line(&b)).unwrap_or_else(|| "touches a protected unit".to_owned());
                 let mut text = format!("{} {}: {chain}\n", item.action, item.unit.unit);
                 if let Some(b) = &item.blocker {
-                    text.push_str(&format!("reason chain, from the protected unit {}:\n", b.touches));
-                    for e in b.chain {
+                    text.push_str(&format!("reason chain, from the protected unit {}:\n", b.touch.touches));
+                    for e in &b.touch.chain {
                         text.push_str(&format!("  {} {}={}\n", e.from, e.relation, e.to));
                     }
                 }
@@ -102,7 +101,7 @@ fn cases(plan: &Plan) -> Vec<Case> {
             plan_model::Step::RestartSysinitReactivation => "restart sysinit-reactivation.target".to_owned(),
         };
         let name = format!("step {}: {kind}", i + 1);
-        cases.push(Case { classname: STEPS, name, outcome: Outcome::Pass, out: step_line(step) });
+        cases.push(Case { classname: STEPS, name, outcome: Outcome::Pass, out: crate::text::step_line(step) });
     }
     let gate = match Verdict::of(plan) {
         Verdict::Safe => Outcome::Pass,

@@ -12,8 +12,7 @@ use std::fmt::Write as _;
 
 use plan_model::{Action, Plan, Severity};
 
-use super::text::step_line;
-use super::{Report, Verdict, action_items, chain_line, reasons_line};
+use crate::{Report, Verdict, action_items, chain_line, reasons_line};
 
 /// The default size limit, safely under GitHub's 1 MiB per step.
 pub const LIMIT: usize = 1_000_000;
@@ -62,7 +61,7 @@ pub fn render(report: &Report<'_>, limit: usize) -> String {
     if !plan.steps.is_empty() {
         b.push("### Steps\n\n");
         for (n, step) in plan.steps.iter().enumerate() {
-            b.row(&format!("{}. {}\n", n + 1, inline(&step_line(step))));
+            b.row(&format!("{}. {}\n", n + 1, inline(&crate::text::step_line(step))));
         }
         b.push("\n");
     }

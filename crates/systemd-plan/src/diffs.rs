@@ -1,4 +1,5 @@
-//! Unified diffs of the unit files that changed between two generations.
+//! The unit files that changed between two generations, as diffs for the
+//! reports.
 //!
 //! A generation (a NixOS or synthetic toplevel) keeps its units under
 //! `etc/systemd/system/`: the unit file itself, and drop-ins in
@@ -15,35 +16,21 @@
 use std::collections::BTreeSet;
 use std::path::Path;
 
-use plan_model::Plan;
-use similar::TextDiff;
-use systemd_plan::GenerationUnits;
+use plan_model::{FileDiff, Plan};
+
+use crate::generation::GenerationUnits;
 
 /// Where a generation keeps its system units.
 const UNIT_DIR: &str = "etc/systemd/system";
 
-/// Lines of context around each change.
-const CONTEXT: usize = 3;
-
-/// The unified diff of one unit file (or drop-in).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct UnitDiff {
-    /// The unit the file belongs to.
-    pub unit: String,
-    /// The file, relative to the generation (`etc/systemd/system/a.service`).
-    pub path: String,
-    /// The unified diff, with `a/` and `b/` headers, ending in a newline.
-    pub diff: String,
-}
-
 /// Diffs the files of every unit in the plan between the two loaded
 /// generations. Files that are equal, or missing in both, are left out.
-pub fn unit_diffs(plan: &Plan, old: &GenerationUnits, new: &GenerationUnits) -> Vec<UnitDiff> {
+pub fn unit_diffs(plan: &Plan, old: &GenerationUnits, new: &GenerationUnits) -> Vec<FileDiff> {
     let mut out = Vec::new();
     for unit in &plan.units {
         for rel in unit_files(&unit.unit, old, new) {
             let (a, b) = (old.unit_file_text(&rel), new.unit_file_text(&rel));
-            out.extend(file_diff(&unit.unit, format!("{UNIT_DIR}/{rel}"), a.map(str::to_owned), b.map(str::to_owned)));
+            out.extend(FileDiff::between(&unit.unit, format!("{UNIT_DIR}/{rel}"), a, b));
         }
     }
     out
@@ -65,28 +52,6 @@ fn unit_files(unit: &str, old: &GenerationUnits, new: &GenerationUnits) -> Vec<S
         drop_ins.extend(file.own_drop_ins().iter().filter_map(|p| rel(p)));
     }
     main.into_iter().chain(drop_ins).collect()
-}
-
-/// The diff of one of `unit`'s files, shown as `path`, from its text in
-/// each generation (`None` where it is missing, which reads as empty);
-/// `None` when the two read the same.
-pub fn file_diff(unit: &str, path: String, old: Option<String>, new: Option<String>) -> Option<UnitDiff> {
-    let (old, new) = (old.unwrap_or_default(), new.unwrap_or_default());
-    (old != new).then(|| UnitDiff { unit: unit.to_owned(), diff: unified(&old, &new, &path), path })
-}
-
-/// Returns a unified diff of two texts with `a/PATH` and `b/PATH` headers.
-/// A path with line breaks or other control characters is shown escaped
-/// (`\n`), so that each header stays one line.
-pub fn unified(old: &str, new: &str, path: &str) -> String {
-    let diff = TextDiff::from_lines(old, new);
-    let path = path.escape_default().to_string();
-    let mut text =
-        diff.unified_diff().context_radius(CONTEXT).header(&format!("a/{path}"), &format!("b/{path}")).to_string();
-    if !text.ends_with('\n') {
-        text.push('\n');
-    }
-    text
 }
 
 #[cfg(test)]
@@ -136,7 +101,7 @@ mod tests {
         fs::write(old.join(UNIT_DIR).join("m.service"), "[Service]\nExecStart=/bin/m\n").unwrap();
         std::os::unix::fs::symlink("/dev/null", new.join(UNIT_DIR).join("m.service")).unwrap();
 
-        let (old_units, new_units) = (systemd_plan::load(&old).unwrap(), systemd_plan::load(&new).unwrap());
+        let (old_units, new_units) = (crate::load(&old).unwrap(), crate::load(&new).unwrap());
         let units = ["a.service", "g@tty1.service", "m.service", "same.service"];
         let diffs = unit_diffs(&plan(&units), &old_units, &new_units);
         let paths: Vec<&str> = diffs.iter().map(|d| d.path.as_str()).collect();
@@ -164,7 +129,7 @@ mod tests {
             fs::create_dir_all(g.join(UNIT_DIR)).unwrap();
             fs::write(g.join(UNIT_DIR).join("a.service"), format!("[Service]\n{text}")).unwrap();
         }
-        let (old_units, new_units) = (systemd_plan::load(&old).unwrap(), systemd_plan::load(&new).unwrap());
+        let (old_units, new_units) = (crate::load(&old).unwrap(), crate::load(&new).unwrap());
         fs::write(new.join(UNIT_DIR).join("a.service"), "[Service]\nExecStart=/bin/swapped\n").unwrap();
         let diffs = unit_diffs(&plan(&["a.service"]), &old_units, &new_units);
         assert_eq!(diffs.len(), 1);

@@ -1,34 +1,68 @@
-//! Reports: the plan rendered in the formats people and CI systems read.
+//! The plan as people and CI systems read it: text, JSON, JUnit, GitLab
+//! Code Quality and Markdown.
 //!
-//! Every planning command (`diff`, `plan`, `check`) ends the same way: it
-//! hands its [`Plan`] and the diffs of the unit files it was made from to
-//! [`write_outputs`], which prints one format on standard output and writes
-//! any `--report FORMAT=PATH` files. The renderers themselves are pure
-//! functions from a [`Report`] to a string, one module per format, so that
-//! golden tests can snapshot them without touching the disk.
+//! Every renderer is a pure function from a [`Report`] (the plan, the
+//! diffs of the files it was made from, the commands that carry it out)
+//! to a string, one module per format, so that the planners' crates and
+//! the golden tests can test what users read without touching the disk.
+//! Colour is decided by the caller ([`Style`]) and applied while the text
+//! is written, never by matching lines afterwards.
 //!
-//! Architecture Invariant: renderers never decide anything about units. They
-//! only present what the plan says; a verdict such as "blocked" is derived
-//! from the plan with the same helpers (`Plan::touches_protected`) that the
-//! exit-code policy uses, so a report can never disagree with the exit code.
+//! Architecture Invariant: renderers never decide anything about units.
+//! They only present what the plan says; a verdict such as "blocked" is
+//! derived from the plan with the same helpers (`Plan::touches_protected`)
+//! that the exit-code policy uses, so a report can never disagree with the
+//! exit code. No IO: nothing here reads a file or writes one.
 
 pub mod codequality;
+mod explain;
 pub mod json;
 pub mod junit;
 pub mod markdown;
+pub mod packages;
 pub mod text;
-pub mod unit_diff;
 
-use std::fs;
-use std::io::{IsTerminal, Write};
-use std::path::{Path, PathBuf};
+use plan_model::{Action, Edge, FileDiff, Plan, Touch, UnitPlan};
 
-use anyhow::Context;
-use plan_model::{Action, Edge, Plan, UnitPlan};
+pub use explain::{explain_json, explain_text};
 
-use crate::args::{Format, OutputArgs};
+/// The report formats.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
+pub enum Format {
+    /// Human-readable text.
+    #[default]
+    Text,
+    /// The versioned JSON plan (docs/plan-schema.md).
+    Json,
+    /// JUnit XML.
+    Junit,
+    /// GitLab Code Quality JSON.
+    Codequality,
+    /// Markdown for a merge-request comment or a job summary.
+    Markdown,
+}
 
-pub use unit_diff::UnitDiff;
+impl Format {
+    /// Every format, in the order the command line lists them.
+    pub const ALL: [Format; 5] = [Format::Text, Format::Json, Format::Junit, Format::Codequality, Format::Markdown];
+
+    /// The format's name, as the command line spells it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Format::Text => "text",
+            Format::Json => "json",
+            Format::Junit => "junit",
+            Format::Codequality => "codequality",
+            Format::Markdown => "markdown",
+        }
+    }
+
+    /// The format a name spells, in any case.
+    pub fn from_name(name: &str) -> Option<Format> {
+        Format::ALL.into_iter().find(|f| f.name().eq_ignore_ascii_case(name))
+    }
+}
 
 /// Everything a renderer may show: the plan and the unified diffs of the
 /// unit files that changed between the two generations.
@@ -39,7 +73,7 @@ pub struct Report<'a> {
     /// Unified diffs of changed unit files, sorted by unit then path, from
     /// the texts the planner parsed. Empty when the generations were not
     /// loaded (a saved plan being applied).
-    pub diffs: &'a [UnitDiff],
+    pub diffs: &'a [FileDiff],
     /// The commands that carry the plan out, in order, as shell command
     /// lines: the `launchctl` calls and file operations of a nix-darwin
     /// plan. Empty for systemd plans, whose steps are part of the plan.
@@ -53,46 +87,6 @@ pub struct Style {
     pub color: bool,
 }
 
-impl Style {
-    /// The style for standard output: colours only on a terminal, and never
-    /// when `NO_COLOR` is set to a non-empty value (<https://no-color.org>).
-    pub fn for_stdout() -> Style {
-        let no_color = std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty());
-        Style { color: !no_color && std::io::stdout().is_terminal() }
-    }
-}
-
-/// One `--report FORMAT=PATH` request.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ReportFile {
-    /// The format to write.
-    pub format: Format,
-    /// Where to write it.
-    pub path: PathBuf,
-}
-
-/// Parses one `--report FORMAT=PATH` value (clap's value parser, so a bad
-/// one is a usage error naming it).
-pub fn parse_report_file(value: &str) -> Result<ReportFile, String> {
-    let Some((format, path)) = value.split_once('=') else {
-        return Err("expected FORMAT=PATH, e.g. junit=report.xml (formats: text, json, junit, codequality, markdown)"
-            .to_owned());
-    };
-    let format = parse_format(format).map_err(|e| e.to_string())?;
-    if path.is_empty() {
-        return Err("the path after '=' is empty".to_owned());
-    }
-    Ok(ReportFile { format, path: PathBuf::from(path) })
-}
-
-/// Parses a format name as the command line spells it.
-pub fn parse_format(name: &str) -> anyhow::Result<Format> {
-    use clap::ValueEnum;
-    Format::from_str(name, true).map_err(|_| {
-        anyhow::anyhow!("unknown report format {name:?} (formats: text, json, junit, codequality, markdown)")
-    })
-}
-
 /// Renders one format. Text is rendered with `style`; files never get
 /// colours, so callers pass `Style::default()` for them.
 pub fn render(format: Format, report: &Report<'_>, style: Style) -> String {
@@ -102,106 +96,6 @@ pub fn render(format: Format, report: &Report<'_>, style: Style) -> String {
         Format::Junit => junit::render(report),
         Format::Codequality => codequality::render(report),
         Format::Markdown => markdown::render(report, markdown::LIMIT),
-    }
-}
-
-/// Prints the standard-output format and writes every `--report` file.
-///
-/// The `--report` values are parsed before anything is written, so a typo
-/// in the last one does not leave the others half written. Each file is
-/// written to a temporary sibling and renamed into place, so a CI job never
-/// picks up a truncated report.
-pub fn write_outputs(report: &Report<'_>, output: &OutputArgs) -> anyhow::Result<()> {
-    for file in &output.report {
-        let text = render(file.format, report, Style::default());
-        write_atomically(&file.path, text.as_bytes()).with_context(|| {
-            format!("cannot write the {} report to {}", format_name(file.format), file.path.display())
-        })?;
-    }
-    let text = render(output.stdout_format(), report, Style::for_stdout());
-    let mut out = std::io::stdout().lock();
-    out.write_all(text.as_bytes())?;
-    out.flush()?;
-    Ok(())
-}
-
-/// Prints and writes the reports of a systemd plan with its unit-file
-/// diffs ([`unit_diff::unit_diffs`]).
-pub fn write_plan(plan: &Plan, diffs: &[UnitDiff], output: &OutputArgs) -> anyhow::Result<()> {
-    write_outputs(&Report { plan, diffs, commands: &[] }, output)
-}
-
-/// Writes `bytes` to `path` through a temporary file in the same directory,
-/// renamed into place. A path that exists and is not a plain file (a
-/// symbolic link, `/dev/stdout`, a named pipe) is written in place instead:
-/// renaming over it would replace the link or device node itself.
-///
-/// Run as root through sudo, the file is written with the file-system
-/// identity of the user who ran sudo (see [`as_invoking_user`]): a sudo
-/// rule that lets a CI user run safe-switch must not let it write a report
-/// over `/etc/sudoers`.
-pub fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    as_invoking_user(|| write_atomically_here(path, bytes))
-}
-
-fn write_atomically_here(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    if let Ok(meta) = fs::symlink_metadata(path)
-        && !meta.file_type().is_file()
-    {
-        return fs::write(path, bytes);
-    }
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    let mut tmp = tempfile::Builder::new().prefix(".safe-switch-").suffix(".tmp").tempfile_in(&dir)?;
-    tmp.write_all(bytes)?;
-    tmp.as_file().sync_all()?;
-    tmp.persist(path).map_err(|e| e.error)?;
-    Ok(())
-}
-
-/// Runs `f` with the file-system user and group of the user who ran
-/// safe-switch through sudo (`SUDO_UID`, `SUDO_GID`), when this process
-/// runs as root and they name another user; otherwise runs `f` as it is.
-/// The kernel then checks the paths `f` opens as that user's.
-///
-/// Only the file-system identity changes (`setfsuid`, `setfsgid`, for
-/// this thread), and it is restored before returning; the supplementary
-/// groups stay root's.
-pub fn as_invoking_user<T>(f: impl FnOnce() -> std::io::Result<T>) -> std::io::Result<T> {
-    let id = |name: &str| std::env::var(name).ok().and_then(|v| v.parse::<u32>().ok());
-    let (Some(uid), Some(gid)) = (id("SUDO_UID"), id("SUDO_GID")) else { return f() };
-    if uid == 0 || !rustix::process::geteuid().is_root() {
-        return f();
-    }
-    // SAFETY: setfsgid and setfsuid take plain integers, change only this
-    // thread's credentials and cannot fail in a way that breaks memory
-    // safety; success is checked by reading the value back.
-    let (old_gid, old_uid) = unsafe { (libc::setfsgid(gid), libc::setfsuid(uid)) };
-    // SAFETY: as above; `u32::MAX` (-1) only reads the current value.
-    let now = unsafe { (libc::setfsgid(u32::MAX), libc::setfsuid(u32::MAX)) };
-    let result = if now == (gid as i32, uid as i32) {
-        f()
-    } else {
-        Err(std::io::Error::other(format!("cannot take the file-system identity of uid {uid} (sudo's caller)")))
-    };
-    // SAFETY: as above, back to the identity this thread had.
-    unsafe {
-        libc::setfsuid(old_uid as u32);
-        libc::setfsgid(old_gid as u32);
-    }
-    result
-}
-
-/// The command-line name of a format.
-pub fn format_name(format: Format) -> &'static str {
-    match format {
-        Format::Text => "text",
-        Format::Json => "json",
-        Format::Junit => "junit",
-        Format::Codequality => "codequality",
-        Format::Markdown => "markdown",
     }
 }
 
@@ -254,40 +148,26 @@ pub struct ActionItem<'a> {
     pub blocker: Option<Blocker<'a>>,
 }
 
-/// Why an action touches a protected unit (from a [`plan_model::Deferral`]
-/// or a [`plan_model::Refusal`]).
+/// Why an action touches a protected unit: the unit that holds the
+/// action and what it would do (from a [`plan_model::Deferral`] or a
+/// [`plan_model::Refusal`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Blocker<'a> {
     /// The unit that holds the action.
     pub unit: &'a str,
-    /// The protected unit that would be touched.
-    pub touches: &'a str,
-    /// What would happen to it.
-    pub effect: Action,
-    /// The relations from the protected unit back to `unit`.
-    pub chain: &'a [Edge],
-    /// The action of `unit` whose consequences reach the protected unit.
-    pub cause: Option<Action>,
-    /// Relations left out of the middle of `chain`.
-    pub omitted: usize,
+    /// What the action would do to the protected unit.
+    pub touch: &'a Touch,
 }
 
 impl<'a> Blocker<'a> {
     /// The blocker a deferral records for `unit`.
     pub fn of_deferral(unit: &'a str, d: &'a plan_model::Deferral) -> Blocker<'a> {
-        Blocker { unit, touches: &d.touches, effect: d.effect, chain: &d.chain, cause: d.cause, omitted: d.omitted }
+        Blocker { unit, touch: &d.touch }
     }
 
     /// The blocker a refusal records.
     pub fn of_refusal(r: &'a plan_model::Refusal) -> Blocker<'a> {
-        Blocker {
-            unit: &r.unit,
-            touches: &r.touches,
-            effect: r.effect,
-            chain: &r.chain,
-            cause: r.cause,
-            omitted: r.omitted,
-        }
+        Blocker { unit: &r.unit, touch: &r.touch }
     }
 }
 
@@ -382,21 +262,22 @@ pub fn reasons_line(unit: &UnitPlan) -> String {
 /// many relations are missing. A blocker without its cause (a plan saved
 /// by an older version) is told without the jobs.
 pub fn chain_line(b: &Blocker<'_>) -> String {
-    if b.chain.is_empty() {
-        return if b.touches == b.unit {
-            format!("{} is protected", b.touches)
+    let t = b.touch;
+    if t.chain.is_empty() {
+        return if t.touches == b.unit {
+            format!("{} is protected", t.touches)
         } else {
-            format!("it would {} protected {}", b.effect, b.touches)
+            format!("it would {} protected {}", t.effect, t.touches)
         };
     }
-    let Some(cause) = b.cause else {
-        let links: Vec<String> = b.chain.iter().map(edge_text).collect();
-        return format!("it would {} protected {} ({})", b.effect, b.touches, links.join(", "));
+    let Some(cause) = t.cause else {
+        let links: Vec<String> = t.chain.iter().map(edge_text).collect();
+        return format!("it would {} protected {} ({})", t.effect, t.touches, links.join(", "));
     };
     // The chain runs from the protected unit back to this one; split it
     // where relations were left out.
-    let gap = if b.omitted > 0 { b.chain.len().saturating_sub(plan_model::CHAIN_ENDS) } else { 0 };
-    let (near_protected, near_unit) = b.chain.split_at(gap);
+    let gap = if t.omitted > 0 { t.chain.len().saturating_sub(plan_model::CHAIN_ENDS) } else { 0 };
+    let (near_protected, near_unit) = t.chain.split_at(gap);
     let mut steps = Vec::new();
     let mut unit = b.unit;
     let mut job = cause;
@@ -409,7 +290,7 @@ pub fn chain_line(b: &Blocker<'_>) -> String {
     // After a gap, the jobs are worked out backwards from the effect on
     // the protected unit.
     let mut tail = Vec::new();
-    let (mut unit, mut job) = (b.touches, b.effect);
+    let (mut unit, mut job) = (t.touches.as_str(), t.effect);
     for edge in near_protected {
         tail.push((unit, job, edge));
         let (prev, prev_job) = step_backward(unit, job, edge);
@@ -424,7 +305,11 @@ pub fn chain_line(b: &Blocker<'_>) -> String {
         out.push_str(&clause(next, *next_job, edge, b));
     }
     if !tail.is_empty() {
-        out.push_str(&format!(", then {} more relation{}, then", b.omitted, if b.omitted == 1 { "" } else { "s" }));
+        out.push_str(&format!(
+            ", then {} more relation{}, then",
+            b.touch.omitted,
+            if b.touch.omitted == 1 { "" } else { "s" }
+        ));
         for (i, (next, next_job, edge)) in tail.iter().rev().enumerate() {
             if i > 0 {
                 out.push_str(", which");
@@ -437,9 +322,10 @@ pub fn chain_line(b: &Blocker<'_>) -> String {
 
 /// ` stops protected sshd.service (sshd.service Requires=a.service)`.
 fn clause(unit: &str, job: Action, edge: &Edge, b: &Blocker<'_>) -> String {
-    let activation = edge.relation == "Triggers" && edge.to == b.touches && unit == b.touches;
+    let touches = b.touch.touches.as_str();
+    let activation = edge.relation == "Triggers" && edge.to == touches && unit == touches;
     let what = if activation { "the activation of " } else { "" };
-    let protected = if unit == b.touches { "protected " } else { "" };
+    let protected = if unit == touches { "protected " } else { "" };
     format!(" {} {what}{protected}{unit} ({})", third_person(job), edge_text(edge))
 }
 
@@ -517,44 +403,4 @@ pub fn printable(s: &str) -> std::borrow::Cow<'_, str> {
 /// `sshd.service Requires=network-setup.service`.
 pub fn edge_text(edge: &Edge) -> String {
     format!("{} {}={}", edge.from, edge.relation, edge.to)
-}
-
-#[cfg(test)]
-#[allow(clippy::unwrap_used, clippy::expect_used)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn links_and_devices_are_written_in_place() {
-        let dir = tempfile::tempdir().unwrap();
-        let target = dir.path().join("real.xml");
-        let link = dir.path().join("link.xml");
-        fs::write(&target, "old").unwrap();
-        std::os::unix::fs::symlink(&target, &link).unwrap();
-        write_atomically(&link, b"new").unwrap();
-        assert!(fs::symlink_metadata(&link).unwrap().file_type().is_symlink(), "the link was replaced");
-        assert_eq!(fs::read_to_string(&target).unwrap(), "new");
-        let plain = dir.path().join("plain.xml");
-        write_atomically(&plain, b"x").unwrap();
-        write_atomically(&plain, b"y").unwrap();
-        assert_eq!(fs::read_to_string(&plain).unwrap(), "y");
-        let names: Vec<_> = fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
-        assert_eq!(names.len(), 3, "temporary files left behind: {names:?}");
-        write_atomically(Path::new("/dev/null"), b"z").unwrap();
-    }
-
-    #[test]
-    fn report_values_parse_and_bad_ones_are_named() {
-        assert_eq!(
-            parse_report_file("junit=out/r.xml").unwrap(),
-            ReportFile { format: Format::Junit, path: "out/r.xml".into() }
-        );
-        assert_eq!(parse_report_file("CodeQuality=cq.json").unwrap().format, Format::Codequality);
-        let err = parse_report_file("xml=r.xml").unwrap_err();
-        assert!(err.contains("\"xml\""), "{err}");
-        let err = parse_report_file("junit").unwrap_err();
-        assert!(err.contains("FORMAT=PATH"), "{err}");
-        let err = parse_report_file("junit=").unwrap_err();
-        assert!(err.contains("empty"), "{err}");
-    }
 }

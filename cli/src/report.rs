@@ -1,0 +1,176 @@
+//! Writing the reports: the renderers are the `plan-report` crate; this
+//! module parses `--report FORMAT=PATH`, prints one format on standard
+//! output and writes the files.
+//!
+//! Every planning command (`diff`, `plan`, `check`) ends the same way: it
+//! hands its [`Report`] to [`write_outputs`].
+
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use plan_report::{Format, Report, Style};
+
+use crate::args::OutputArgs;
+
+/// The style for standard output: colours only on a terminal that takes
+/// them, never with `NO_COLOR` (<https://no-color.org>), as anstream
+/// decides it (`CLICOLOR_FORCE` forces them).
+pub fn stdout_style() -> Style {
+    let choice = anstream::AutoStream::choice(&std::io::stdout());
+    Style { color: !matches!(choice, anstream::ColorChoice::Never) }
+}
+
+/// One `--report FORMAT=PATH` request.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReportFile {
+    /// The format to write.
+    pub format: Format,
+    /// Where to write it.
+    pub path: PathBuf,
+}
+
+/// Parses one `--report FORMAT=PATH` value (clap's value parser, so a bad
+/// one is a usage error naming it).
+pub fn parse_report_file(value: &str) -> Result<ReportFile, String> {
+    let Some((format, path)) = value.split_once('=') else {
+        return Err("expected FORMAT=PATH, e.g. junit=report.xml (formats: text, json, junit, codequality, markdown)"
+            .to_owned());
+    };
+    let format = Format::from_name(format).ok_or_else(|| {
+        format!("unknown report format {format:?} (formats: text, json, junit, codequality, markdown)")
+    })?;
+    if path.is_empty() {
+        return Err("the path after '=' is empty".to_owned());
+    }
+    Ok(ReportFile { format, path: PathBuf::from(path) })
+}
+
+/// Prints the standard-output format and writes every `--report` file.
+///
+/// The `--report` values are parsed before anything is written, so a typo
+/// in the last one does not leave the others half written. Each file is
+/// written to a temporary sibling and renamed into place, so a CI job never
+/// picks up a truncated report.
+pub fn write_outputs(report: &Report<'_>, output: &OutputArgs) -> anyhow::Result<()> {
+    for file in &output.report {
+        let text = plan_report::render(file.format, report, Style::default());
+        write_atomically(&file.path, text.as_bytes())
+            .with_context(|| format!("cannot write the {} report to {}", file.format.name(), file.path.display()))?;
+    }
+    let text = plan_report::render(output.stdout_format(), report, stdout_style());
+    let mut out = std::io::stdout().lock();
+    out.write_all(text.as_bytes())?;
+    out.flush()?;
+    Ok(())
+}
+
+/// Prints and writes the reports of a systemd plan with its unit-file
+/// diffs ([`systemd_plan::unit_diffs`]).
+pub fn write_plan(plan: &plan_model::Plan, diffs: &[plan_model::FileDiff], output: &OutputArgs) -> anyhow::Result<()> {
+    write_outputs(&Report { plan, diffs, commands: &[] }, output)
+}
+
+/// Writes `bytes` to `path` through a temporary file in the same directory,
+/// renamed into place. A path that exists and is not a plain file (a
+/// symbolic link, `/dev/stdout`, a named pipe) is written in place instead:
+/// renaming over it would replace the link or device node itself.
+///
+/// Run as root through sudo, the file is written with the file-system
+/// identity of the user who ran sudo (see [`as_invoking_user`]): a sudo
+/// rule that lets a CI user run safe-switch must not let it write a report
+/// over `/etc/sudoers`.
+pub fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    as_invoking_user(|| write_atomically_here(path, bytes))
+}
+
+fn write_atomically_here(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    if let Ok(meta) = fs::symlink_metadata(path)
+        && !meta.file_type().is_file()
+    {
+        return fs::write(path, bytes);
+    }
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let mut tmp = tempfile::Builder::new().prefix(".safe-switch-").suffix(".tmp").tempfile_in(&dir)?;
+    tmp.write_all(bytes)?;
+    tmp.as_file().sync_all()?;
+    tmp.persist(path).map_err(|e| e.error)?;
+    Ok(())
+}
+
+/// Runs `f` with the file-system user and group of the user who ran
+/// safe-switch through sudo (`SUDO_UID`, `SUDO_GID`), when this process
+/// runs as root and they name another user; otherwise runs `f` as it is.
+/// The kernel then checks the paths `f` opens as that user's.
+///
+/// Only the file-system identity changes (`setfsuid`, `setfsgid`, for
+/// this thread), and it is restored before returning; the supplementary
+/// groups stay root's.
+pub fn as_invoking_user<T>(f: impl FnOnce() -> std::io::Result<T>) -> std::io::Result<T> {
+    let id = |name: &str| std::env::var(name).ok().and_then(|v| v.parse::<u32>().ok());
+    let (Some(uid), Some(gid)) = (id("SUDO_UID"), id("SUDO_GID")) else { return f() };
+    if uid == 0 || !rustix::process::geteuid().is_root() {
+        return f();
+    }
+    // SAFETY: setfsgid and setfsuid take plain integers, change only this
+    // thread's credentials and cannot fail in a way that breaks memory
+    // safety; success is checked by reading the value back.
+    let (old_gid, old_uid) = unsafe { (libc::setfsgid(gid), libc::setfsuid(uid)) };
+    // SAFETY: as above; `u32::MAX` (-1) only reads the current value.
+    let now = unsafe { (libc::setfsgid(u32::MAX), libc::setfsuid(u32::MAX)) };
+    let result = if now == (gid as i32, uid as i32) {
+        f()
+    } else {
+        Err(std::io::Error::other(format!("cannot take the file-system identity of uid {uid} (sudo's caller)")))
+    };
+    // SAFETY: as above, back to the identity this thread had.
+    unsafe {
+        libc::setfsuid(old_uid as u32);
+        libc::setfsgid(old_gid as u32);
+    }
+    result
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn links_and_devices_are_written_in_place() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("real.xml");
+        let link = dir.path().join("link.xml");
+        fs::write(&target, "old").unwrap();
+        std::os::unix::fs::symlink(&target, &link).unwrap();
+        write_atomically(&link, b"new").unwrap();
+        assert!(fs::symlink_metadata(&link).unwrap().file_type().is_symlink(), "the link was replaced");
+        assert_eq!(fs::read_to_string(&target).unwrap(), "new");
+        let plain = dir.path().join("plain.xml");
+        write_atomically(&plain, b"x").unwrap();
+        write_atomically(&plain, b"y").unwrap();
+        assert_eq!(fs::read_to_string(&plain).unwrap(), "y");
+        let names: Vec<_> = fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(names.len(), 3, "temporary files left behind: {names:?}");
+        write_atomically(Path::new("/dev/null"), b"z").unwrap();
+    }
+
+    #[test]
+    fn report_values_parse_and_bad_ones_are_named() {
+        assert_eq!(
+            parse_report_file("junit=out/r.xml").unwrap(),
+            ReportFile { format: Format::Junit, path: "out/r.xml".into() }
+        );
+        assert_eq!(parse_report_file("CodeQuality=cq.json").unwrap().format, Format::Codequality);
+        let err = parse_report_file("xml=r.xml").unwrap_err();
+        assert!(err.contains("\"xml\""), "{err}");
+        let err = parse_report_file("junit").unwrap_err();
+        assert!(err.contains("FORMAT=PATH"), "{err}");
+        let err = parse_report_file("junit=").unwrap_err();
+        assert!(err.contains("empty"), "{err}");
+    }
+}
