@@ -10,9 +10,6 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, reason = "a benchmark may panic")]
 
-#[path = "../tests/common/mod.rs"]
-mod common;
-
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -61,13 +58,18 @@ fn main() {
         return;
     }
 
-    let g = common::generations(90, PATHS, CHANGES);
-    let store = common::TempStore::new();
+    let g = testbed::store::generations(90, PATHS, CHANGES);
+    let store = testbed::store::TempStore::new();
     let t = Instant::now();
     store.register(&g.entries);
     println!("registered {} store paths with nix-store --load-db in {}", g.entries.len(), ms(t.elapsed()));
 
-    let options = Options { source: SourcePolicy::DatabaseOnly, ..store.options() };
+    let options = Options {
+        db_path: store.db_path(),
+        store_uri: Some(store.uri()),
+        source: SourcePolicy::DatabaseOnly,
+        ..Options::default()
+    };
     let mut times = Vec::new();
     let mut cpu_times = Vec::new();
     let mut last = None;

@@ -48,7 +48,7 @@ use std::collections::BTreeMap;
 use std::fs;
 use std::io::Read;
 use std::net::TcpStream;
-use std::os::unix::fs::{PermissionsExt, symlink};
+use std::os::unix::fs::symlink;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -182,31 +182,18 @@ pub fn unsupported_reason() -> Option<String> {
         .clone()
 }
 
-/// Decides whether a test that needs a test bed runs. Returns `true` when
-/// it can. Otherwise, under `CI=true` it panics (such tests must run in
-/// CI), and elsewhere it prints why the test is skipped and returns
-/// `false`.
+/// Decides whether something that needs a test bed (a benchmark; tests
+/// use [`require!`](macro@crate::require)) runs. Returns `true` when it
+/// can. Otherwise, under `CI=true` it panics, and elsewhere it prints why
+/// `test` is skipped and returns `false`.
 pub fn available(test: &str) -> bool {
     match unsupported_reason() {
         None => true,
         Some(reason) => {
-            skip_or_fail(test, &reason);
+            crate::require::skip_or_fail(test, &reason);
             false
         }
     }
-}
-
-/// Under `CI=true`, panics: `test` must run there. Elsewhere prints
-/// `SKIPPED <test>: <reason>`.
-pub(crate) fn skip_or_fail(test: &str, reason: &str) {
-    if std::env::var("CI").is_ok_and(|v| v == "true") {
-        panic!("{test}: cannot run under CI=true: {reason}");
-    }
-    // Written to the process's standard error directly, not with
-    // eprintln!, which the test harness captures and hides for passing
-    // tests: a skip must be seen.
-    use std::io::Write;
-    let _ = writeln!(std::io::stderr(), "SKIPPED {test}: {reason}");
 }
 
 /// What `systemctl show` says about a unit at one moment.
@@ -307,9 +294,7 @@ impl TestBed {
 
         let cgroup = format!("testbed-{id}");
         let script = root.join("boot.sh");
-        fs::write(&script, boot_script(&root, &generation, &cgroup_roots(), &cgroup, &config.target))
-            .map_err(io("writing", &script))?;
-        fs::set_permissions(&script, fs::Permissions::from_mode(0o755)).map_err(io("chmod", &script))?;
+        exec::write_executable(&script, &boot_script(&root, &generation, &cgroup_roots(), &cgroup, &config.target))?;
 
         let console_path = root.join("console.log");
         let console = fs::File::create(&console_path).map_err(io("creating", &console_path))?;

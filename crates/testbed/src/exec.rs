@@ -3,7 +3,8 @@
 //! Every program the test bed starts is awaited with a timeout: a wedged
 //! `systemctl` or `ssh` must fail a test, not hang the test run.
 
-use std::io::Read;
+use std::io::{Read, Write};
+use std::path::Path;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -67,15 +68,29 @@ pub(crate) fn describe(cmd: &Command) -> String {
 /// Runs `cmd` to completion with captured output, killing it when it runs
 /// longer than `timeout`. Standard input is closed.
 pub fn run(cmd: &mut Command, timeout: Duration) -> Result<Output> {
+    run_with_input(cmd, None, timeout)
+}
+
+/// Like [`run`], with `input` as the program's standard input when given.
+fn run_with_input(cmd: &mut Command, input: Option<&[u8]>, timeout: Duration) -> Result<Output> {
     let command = describe(cmd);
     let mut child = cmd
-        .stdin(Stdio::null())
+        .stdin(if input.is_some() { Stdio::piped() } else { Stdio::null() })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .map_err(|source| Error::Spawn { command: command.clone(), source })?;
     let stdout = drain(child.stdout.take());
     let stderr = drain(child.stderr.take());
+    if let (Some(input), Some(mut stdin)) = (input, child.stdin.take()) {
+        // Written on a thread of its own, so that a program that prints
+        // before it reads never blocks; a program that stops reading fails
+        // by itself. Dropping the pipe ends the input.
+        let input = input.to_vec();
+        thread::spawn(move || {
+            let _ = stdin.write_all(&input);
+        });
+    }
     let status = wait_timeout(&mut child, timeout);
     let status = match status {
         Some(status) => status,
@@ -216,6 +231,31 @@ pub fn run_streamed(
     }
 }
 
+/// How long writing or copying one executable may take.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Writes `text` to `path` as an executable file (mode 0755) through a
+/// child process, so that no descriptor of the file open for writing ever
+/// exists in this process. A test process starts programs from many
+/// threads at once; a child forked while this process held the file open
+/// for writing keeps that descriptor until it execs, and running the file
+/// at that moment fails with "Text file busy" (ETXTBSY).
+pub fn write_executable(path: &Path, text: &str) -> Result<()> {
+    let mut cmd = Command::new("/bin/sh");
+    cmd.args(["-c", "cat > \"$1\" && chmod 0755 \"$1\"", "sh"]).arg(path);
+    run_with_input(&mut cmd, Some(text.as_bytes()), WRITE_TIMEOUT)?.check()?;
+    Ok(())
+}
+
+/// Copies the program `from` to `to` (mode 0755) with `cp`, for the reason
+/// [`write_executable`] gives: the copy is never open for writing in this
+/// process.
+pub fn copy_executable(from: &Path, to: &Path) -> Result<()> {
+    run(Command::new("cp").arg("--").arg(from).arg(to), WRITE_TIMEOUT)?.check()?;
+    run(Command::new("chmod").arg("0755").arg(to), WRITE_TIMEOUT)?.check()?;
+    Ok(())
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
@@ -245,5 +285,43 @@ mod tests {
         let err =
             run_streamed(Command::new("/bin/sleep").arg("10"), Duration::from_millis(200), true, |_| {}).unwrap_err();
         assert!(matches!(err, Error::Timeout { .. }), "{err:?}");
+    }
+
+    /// An executable written while other threads start programs runs at
+    /// once: no child of theirs holds it open for writing.
+    #[test]
+    fn an_executable_written_while_other_threads_spawn_programs_runs() {
+        use std::sync::Arc;
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let dir = tempfile::tempdir().unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let spawners: Vec<_> = (0..4)
+            .map(|_| {
+                let stop = Arc::clone(&stop);
+                thread::spawn(move || {
+                    while !stop.load(Ordering::Relaxed) {
+                        let _ = Command::new("/bin/true").status();
+                    }
+                })
+            })
+            .collect();
+        let mut busy = 0;
+        for i in 0..300 {
+            let path = dir.path().join(format!("run{i}"));
+            write_executable(&path, "#!/bin/sh\nexit 7\n").unwrap();
+            match Command::new(&path).status() {
+                Ok(status) => assert_eq!(status.code(), Some(7)),
+                Err(err) if err.kind() == std::io::ErrorKind::ExecutableFileBusy => busy += 1,
+                Err(err) => panic!("{}: {err}", path.display()),
+            }
+        }
+        stop.store(true, Ordering::Relaxed);
+        for spawner in spawners {
+            spawner.join().unwrap();
+        }
+        assert_eq!(busy, 0, "{busy} of 300 runs failed with ETXTBSY");
+        let copy = dir.path().join("copy");
+        copy_executable(&dir.path().join("run0"), &copy).unwrap();
+        assert_eq!(Command::new(&copy).status().unwrap().code(), Some(7));
     }
 }

@@ -194,6 +194,42 @@ where
     }
 }
 
+/// One of the strings of `list`, as a strategy for generators that build
+/// inputs from known pieces.
+pub fn select(list: &'static [&'static str]) -> impl Strategy<Value = String> + Clone {
+    proptest::sample::select(list).prop_map(str::to_owned)
+}
+
+/// Set in the process [`alone`] starts, to the name of the test it runs.
+const ALONE: &str = "TESTBED_ALONE";
+
+/// Runs the calling test `test` (its name as the harness prints it,
+/// [`test_name!`](crate::test_name)) again in a process of its own: this
+/// test binary, filtered to that one test. Returns `true` in that process,
+/// where the test goes on; in the calling one it waits for the run, panics
+/// when it failed, and returns `false`.
+///
+/// For tests whose figures depend on the whole process: the peak memory
+/// Linux reports for a child (`ru_maxrss`) includes the high-water mark of
+/// the process that started it (carried across the child's exec), and
+/// beside the other tests of a binary that process holds their memory too.
+pub fn alone(test: &str) -> bool {
+    if std::env::var_os(ALONE).is_some_and(|v| v == test) {
+        return true;
+    }
+    let exe = std::env::current_exe().unwrap_or_else(|err| panic!("{test}: this test binary: {err}"));
+    let out = std::process::Command::new(&exe)
+        .args([test, "--exact", "--nocapture", "--test-threads=1"])
+        .env(ALONE, test)
+        .output()
+        .unwrap_or_else(|err| panic!("{test}: running {} again: {err}", exe.display()));
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    eprint!("{stdout}{stderr}");
+    assert!(out.status.success(), "{test} failed in a process of its own ({})", out.status);
+    assert!(stdout.contains("test result: ok. 1 passed"), "{test} did not run in a process of its own:\n{stdout}");
+    false
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {

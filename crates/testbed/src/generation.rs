@@ -37,7 +37,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
-use std::os::unix::fs::{PermissionsExt, symlink};
+use std::os::unix::fs::symlink;
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result, io};
@@ -388,8 +388,8 @@ impl Generation {
         }
         if self.activate == Activate::Standard {
             let path = top.join("activate");
-            write(&path, &activate_script(&self.name, store.is_some().then_some(top.as_path()), &self.activate_lines))?;
-            fs::set_permissions(&path, fs::Permissions::from_mode(0o755)).map_err(io("chmod", &path))?;
+            let script = activate_script(&self.name, store.is_some().then_some(top.as_path()), &self.activate_lines);
+            crate::exec::write_executable(&path, &script)?;
         }
         Ok(top)
     }

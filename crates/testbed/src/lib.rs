@@ -26,6 +26,11 @@
 //!   has one, so a wedged bed fails a test instead of hanging it.
 //! - [`fuzz`]: what the property tests that fuzz safe-switch's inputs
 //!   share: a fixed-seed runner, a watchdog and a counting allocator.
+//! - [`require!`]: the first line of a test that needs root, a bed or a
+//!   Nix that builds; it skips or fails the test when the machine lacks it.
+//! - [`store`]: Nix stores in temporary directories, filled with generated
+//!   closures; [`flakes`]: a private copy of the fixture flakes; [`unit`]:
+//!   unit file text for test generations.
 //!
 //! # Inside a bed
 //!
@@ -50,7 +55,7 @@
 //! use testbed::{Config, Generation, TestBed};
 //!
 //! # fn main() -> Result<(), testbed::Error> {
-//! if !testbed::available("example") { return Ok(()); }
+//! # if testbed::unsupported_reason().is_some() { return Ok(()); }
 //! let a = Generation::new("a")
 //!     .sshd()
 //!     .service("job.service", "[Service]\nExecStart=/bin/sleep infinity\n");
@@ -70,18 +75,22 @@
 //!
 //! Root, Linux namespaces, and the Debian packages `systemd`, `dbus`,
 //! `openssh-server`, `openssh-client` and `util-linux` (`scripts/deps`
-//! installs them). Tests call [`available`] first: it skips with a message
-//! when the machine cannot host a bed, and fails under `CI=true`.
+//! installs them). Tests start with [`require!`]`(bed)`: it skips with a
+//! message when the machine cannot host a bed, and fails under `CI=true`.
 
 mod bed;
 pub mod demo;
 mod error;
 pub mod example;
 pub mod exec;
+pub mod flakes;
 pub mod fuzz;
 mod generation;
 pub mod nix;
+pub mod require;
 mod ssh;
+pub mod store;
+pub mod unit;
 
 pub use bed::{BASE_UNITS, Config, JOURNAL_UNITS, LOGIND_UNITS, TestBed, UnitState, available, unsupported_reason};
 pub use error::{Error, Result};

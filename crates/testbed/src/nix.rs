@@ -10,7 +10,7 @@
 //! nothing is fetched from the network. It is passed as `NIX_CONFIG`, so
 //! the machine's own `nix.conf` is left alone.
 //!
-//! [`available`] runs a real tiny build (a derivation whose builder is
+//! [`unusable_reason`] runs a real tiny build (a derivation whose builder is
 //! `/bin/sh`) once per test process: finding `nix` and being root is not
 //! enough to know that Nix can build.
 
@@ -134,7 +134,8 @@ fn out_path(stdout: &str) -> Option<String> {
     Some(rest[..rest.find('"')?].to_owned())
 }
 
-/// Decides whether a test that runs Nix runs. Returns `true` when Nix can
+/// Decides whether something that runs Nix (a benchmark; tests use
+/// [`require!`](macro@crate::require)) runs. Returns `true` when Nix can
 /// build here. Otherwise, under `CI=true` it panics with the probe's
 /// reason (Nix's own error), and elsewhere it prints
 /// `SKIPPED <test>: <why>` and returns `false`.
@@ -142,7 +143,7 @@ pub fn available(test: &str) -> bool {
     match unusable_reason() {
         None => true,
         Some(reason) => {
-            crate::bed::skip_or_fail(test, &reason);
+            crate::require::skip_or_fail(test, &reason);
             false
         }
     }
@@ -176,9 +177,7 @@ mod tests {
 
     #[test]
     fn a_nix_that_cannot_build_is_reported_with_nix_s_error() {
-        if !available("a_nix_that_cannot_build_is_reported_with_nix_s_error") {
-            return;
-        }
+        crate::require!(nix);
         // `nix` runs, but its store (a daemon that is not there) cannot
         // build: the probe says so in Nix's words.
         let reason = probe(&[("NIX_REMOTE", "unix:///nonexistent/daemon-socket")]).unwrap();

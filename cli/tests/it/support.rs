@@ -1,0 +1,127 @@
+//! What the tests that run the binary share: runs that do not depend on
+//! the machine, on the host or inside a test bed, and the golden cases.
+//!
+//! The binary under test is a debug build, which reads the test-only
+//! variables of `safe_switch_cli::test_hooks`: [`hermetic`] points the
+//! system policy at a file that does not exist, so a machine with
+//! `/etc/safe-switch/policy.toml` gives the same results as one without;
+//! [`in_bed`] also keeps the saved-plan key inside a test bed (its `/run`)
+//! and takes the bed's generations directory as the Nix store.
+
+use std::os::unix::fs::PermissionsExt as _;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use safe_switch_cli::test_hooks;
+use testbed::{Output, TestBed};
+
+/// The binary under test.
+pub(crate) const BIN: &str = env!("CARGO_BIN_EXE_safe-switch");
+
+/// A path that does not exist.
+pub(crate) const NOWHERE: &str = "/nonexistent/safe-switch-test";
+
+/// Where [`in_bed`] keeps the saved-plan key, inside the bed.
+pub(crate) const BED_STATE_DIR: &str = "/run/safe-switch-state";
+
+/// How long one run of the binary inside a bed may take before it is
+/// killed and fails the test.
+const IN_BED_DEADLINE: Duration = Duration::from_secs(180);
+
+/// No system policy for this run of the binary.
+pub(crate) fn hermetic(cmd: &mut Command) -> &mut Command {
+    // Reports are written as sudo's caller when these are set.
+    cmd.env(test_hooks::SYSTEM_POLICY, NOWHERE).env_remove("SUDO_UID").env_remove("SUDO_GID")
+}
+
+/// A run inside `bed` (a command from `TestBed::command`): no system
+/// policy, the saved-plan key in the bed's `/run`, and the bed's
+/// generations as the Nix store.
+pub(crate) fn in_bed<'a>(cmd: &'a mut Command, bed: &TestBed) -> &'a mut Command {
+    hermetic(cmd).env(test_hooks::STATE_DIR, BED_STATE_DIR).env(test_hooks::STORE_DIR, generations(bed))
+}
+
+/// The directory the bed builds its generations in.
+fn generations(bed: &TestBed) -> PathBuf {
+    bed.current_generation().ok().and_then(|g| g.parent().map(Path::to_path_buf)).unwrap_or_default()
+}
+
+/// Runs the binary inside `bed` ([`in_bed`], no colours) with `args`.
+pub(crate) fn safe_switch(bed: &TestBed, args: &[&str]) -> Output {
+    safe_switch_with(bed, args, &[])
+}
+
+/// Like [`safe_switch`], with extra environment variables (the test-only
+/// ones of `safe_switch_cli::test_hooks`).
+pub(crate) fn safe_switch_with(bed: &TestBed, args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut cmd = bed.command(BIN);
+    in_bed(&mut cmd, bed).args(args).env("NO_COLOR", "1").envs(env.iter().copied());
+    testbed::exec::run(&mut cmd, IN_BED_DEADLINE).expect("safe-switch runs")
+}
+
+/// A path as an argument.
+pub(crate) fn path_str(p: &Path) -> &str {
+    p.to_str().expect("utf-8 path")
+}
+
+/// A service of a test generation that runs until stopped; changing `env`
+/// changes it.
+pub(crate) fn daemon(env: &str) -> String {
+    testbed::unit::daemon("daemon", env)
+}
+
+/// Writes a file inside the bed at `/run/<rel>` with `mode`, its directory
+/// with `dir_mode`; returns the path as the bed sees it.
+pub(crate) fn bed_file(bed: &TestBed, rel: &str, text: &str, dir_mode: u32, mode: u32) -> String {
+    let path = bed.run_dir().join(rel);
+    let dir = path.parent().unwrap();
+    std::fs::create_dir_all(dir).unwrap();
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(dir_mode)).unwrap();
+    std::fs::write(&path, text).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+    format!("/run/{rel}")
+}
+
+/// Writes a policy file (or any file) that passes root's checks of the
+/// file itself (mode 0644); returns its path.
+pub(crate) fn write_policy(path: &Path, text: &str) -> PathBuf {
+    std::fs::write(path, text).unwrap();
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o644)).unwrap();
+    path.to_owned()
+}
+
+/// The golden cases' directory, `tests/golden`.
+pub(crate) fn golden_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/golden")
+}
+
+/// One golden case's directory.
+pub(crate) fn golden(case: &str) -> PathBuf {
+    golden_dir().join(case)
+}
+
+/// The non-empty lines of a case's file (`args`, `formats`), trimmed; none
+/// when it does not exist.
+pub(crate) fn lines(path: &Path) -> Vec<String> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => text.lines().map(str::trim).filter(|l| !l.is_empty()).map(str::to_owned).collect(),
+        Err(_) => Vec::new(),
+    }
+}
+
+/// A golden case's command line, run inside the case's directory:
+/// `diff old new [--live live.json] [ARGS...]`.
+pub(crate) fn diff_args(case: &Path) -> Vec<String> {
+    let mut args = vec!["diff".to_owned(), "old".to_owned(), "new".to_owned()];
+    if case.join("live.json").exists() {
+        args.extend(["--live".to_owned(), "live.json".to_owned()]);
+    }
+    args.extend(lines(&case.join("args")));
+    args
+}
+
+/// Standard output and standard error of a run, as text.
+pub(crate) fn text(out: &std::process::Output) -> (String, String) {
+    (String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+}
