@@ -181,7 +181,7 @@ pub fn record_inputs(old: &Path, new: &Path, plan: &Plan, live: &LiveState, requ
 #[serde(deny_unknown_fields)]
 pub struct RecordedUnit {
     /// `ActiveState`.
-    pub active_state: String,
+    pub active_state: plan_model::ActiveState,
     /// `MainPID` (0 when none).
     pub main_pid: u32,
     /// `InvocationID` (empty when none).

@@ -45,13 +45,114 @@ pub struct LiveState {
     pub pending_reload: Vec<String>,
 }
 
+/// A unit's `ActiveState`, as systemd reports it. The JSON form is the
+/// state's name (`"active"`); a name this version does not know is kept
+/// as it is.
+#[derive(Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(from = "String", into = "String")]
+pub enum ActiveState {
+    /// `active`.
+    Active,
+    /// `reloading`.
+    Reloading,
+    /// `inactive`.
+    #[default]
+    Inactive,
+    /// `failed`.
+    Failed,
+    /// `activating`.
+    Activating,
+    /// `deactivating`.
+    Deactivating,
+    /// `maintenance`.
+    Maintenance,
+    /// `refreshing`.
+    Refreshing,
+    /// Any other name.
+    Other(String),
+}
+
+impl ActiveState {
+    /// The state's name, as systemd spells it.
+    pub fn as_str(&self) -> &str {
+        match self {
+            ActiveState::Active => "active",
+            ActiveState::Reloading => "reloading",
+            ActiveState::Inactive => "inactive",
+            ActiveState::Failed => "failed",
+            ActiveState::Activating => "activating",
+            ActiveState::Deactivating => "deactivating",
+            ActiveState::Maintenance => "maintenance",
+            ActiveState::Refreshing => "refreshing",
+            ActiveState::Other(name) => name,
+        }
+    }
+
+    /// Running or starting: `active`, `activating`, `reloading`,
+    /// `refreshing`.
+    pub fn is_running(&self) -> bool {
+        matches!(self, ActiveState::Active | ActiveState::Activating | ActiveState::Reloading | ActiveState::Refreshing)
+    }
+
+    /// Up, or on its way up: `active` or `activating` (what NixOS's
+    /// switch examines and reloads).
+    pub fn is_up(&self) -> bool {
+        matches!(self, ActiveState::Active | ActiveState::Activating)
+    }
+
+    /// Half-way through a change: `activating` or `deactivating`.
+    pub fn is_changing(&self) -> bool {
+        matches!(self, ActiveState::Activating | ActiveState::Deactivating)
+    }
+}
+
+impl From<String> for ActiveState {
+    fn from(name: String) -> ActiveState {
+        ActiveState::from(name.as_str())
+    }
+}
+
+impl From<&str> for ActiveState {
+    fn from(name: &str) -> ActiveState {
+        match name {
+            "active" => ActiveState::Active,
+            "reloading" => ActiveState::Reloading,
+            "inactive" => ActiveState::Inactive,
+            "failed" => ActiveState::Failed,
+            "activating" => ActiveState::Activating,
+            "deactivating" => ActiveState::Deactivating,
+            "maintenance" => ActiveState::Maintenance,
+            "refreshing" => ActiveState::Refreshing,
+            other => ActiveState::Other(other.to_owned()),
+        }
+    }
+}
+
+impl From<ActiveState> for String {
+    fn from(state: ActiveState) -> String {
+        state.as_str().to_owned()
+    }
+}
+
+impl PartialEq<&str> for ActiveState {
+    fn eq(&self, name: &&str) -> bool {
+        self.as_str() == *name
+    }
+}
+
+impl std::fmt::Display for ActiveState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// One loaded unit as the service manager reports it.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LiveUnit {
     /// `ActiveState`: `active`, `reloading`, `inactive`, `failed`,
     /// `activating`, `deactivating` (or `maintenance`, `refreshing`).
-    pub active_state: String,
+    pub active_state: ActiveState,
     /// `SubState`, e.g. `running`, `exited`, `dead`, `auto-restart`.
     #[serde(default)]
     pub sub_state: String,
@@ -109,13 +210,13 @@ impl LiveUnit {
     /// sense of NixOS's switch: not inactive and not following another unit.
     /// Failed, activating, deactivating and reloading units are included.
     pub fn is_active_before(&self) -> bool {
-        self.following.is_empty() && self.active_state != "inactive"
+        self.following.is_empty() && self.active_state != ActiveState::Inactive
     }
 
     /// Tells whether the unit is running or starting (`active`,
     /// `activating`, `reloading`, `refreshing`).
     pub fn is_running(&self) -> bool {
-        matches!(self.active_state.as_str(), "active" | "activating" | "reloading" | "refreshing")
+        self.active_state.is_running()
     }
 }
 

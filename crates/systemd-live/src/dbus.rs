@@ -427,7 +427,7 @@ pub(crate) fn live_unit_from(mut unit: UnitProps, main_pid: u32, exec_main_statu
         .filter_map(|(key, v)| v.filter(|v| !v.is_empty()).map(|v| (key.to_owned(), v)))
         .collect::<BTreeMap<_, _>>();
     LiveUnit {
-        active_state,
+        active_state: active_state.into(),
         sub_state,
         load_state,
         fragment_path,
@@ -560,7 +560,7 @@ impl SystemdBus {
         answered(name, replies.map(|(p, r)| (p, Some(r))), self.timeout)?;
         let mut st = UnitStatus {
             load_state: string_of(load),
-            active_state: string_of(active),
+            active_state: string_of(active).into(),
             sub_state: string_of(sub),
             invocation_id: bytes_hex(inv.ok().as_ref()),
             ..Default::default()
@@ -904,7 +904,7 @@ mod tests {
             ..Default::default()
         };
         let u = live_unit_from(props, 42, 3);
-        assert_eq!(u.active_state, "active");
+        assert_eq!(u.active_state, plan_model::ActiveState::Active);
         assert_eq!(u.sub_state, "running");
         assert_eq!(u.fragment_path, "/etc/systemd/system/a.service");
         assert_eq!(u.drop_in_paths, vec!["/etc/systemd/system/a.service.d/x.conf"]);

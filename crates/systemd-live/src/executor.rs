@@ -715,7 +715,7 @@ fn failures(status: BTreeMap<String, UnitStatus>, failed_jobs: &[JobRecord]) -> 
     let mut out = Vec::new();
     for (unit, st) in status {
         let job = failed_jobs.iter().rfind(|j| j.unit == unit).cloned();
-        let hung = any_timeout && matches!(st.active_state.as_str(), "activating" | "deactivating");
+        let hung = any_timeout && st.active_state.is_changing();
         if job.is_some() || st.is_failed() || hung {
             out.push(UnitFailure { unit, status: st, job });
         }
@@ -768,7 +768,7 @@ fn verb(phase: Phase) -> &'static str {
 impl UnitStatus {
     /// Tells whether the unit is running or starting.
     pub fn is_running(&self) -> bool {
-        matches!(self.active_state.as_str(), "active" | "activating" | "reloading" | "refreshing")
+        self.active_state.is_running()
     }
 }
 
@@ -958,10 +958,10 @@ mod tests {
         let r = apply(&p, &mut m, &mut FakeHost::default(), &run, &opts(), &mut Quiet::default()).unwrap();
         assert!(!r.success());
         assert!(r.aborted.is_none());
-        assert_eq!(m.units["good.service"].status.active_state, "active");
+        assert_eq!(m.units["good.service"].status.active_state, plan_model::ActiveState::Active);
         let failed: Vec<&str> = r.failed.iter().map(|f| f.unit.as_str()).collect();
         assert_eq!(failed, vec!["bad.service", "slow.service"]);
-        assert_eq!(r.failed[0].status.active_state, "failed");
+        assert_eq!(r.failed[0].status.active_state, plan_model::ActiveState::Failed);
         assert_eq!(r.failed[1].job.as_ref().unwrap().result, JobResult::TimedOut { seconds: 1 });
         assert_eq!(r.failed_status.as_deref(), Some("status of bad.service slow.service"));
         let text = r.render_text();
@@ -1229,7 +1229,7 @@ mod tests {
         let mut host = FakeHost { exit: 2, ..Default::default() };
         let r = apply(&p, &mut m, &mut host, &run, &opts(), &mut Quiet::default()).unwrap();
         assert!(!r.success());
-        assert_eq!(m.units["b.service"].status.active_state, "active");
+        assert_eq!(m.units["b.service"].status.active_state, plan_model::ActiveState::Active);
         assert!(r.render_text().contains("activate: exit status 2"), "{}", r.render_text());
     }
 }

@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::time::Duration;
 
-use plan_model::{Action, LiveState};
+use plan_model::{Action, ActiveState, LiveState};
 use serde::{Deserialize, Serialize};
 
 use crate::Error;
@@ -117,7 +117,7 @@ pub struct UnitStatus {
     /// `LoadState` (`not-found` when the manager does not know the unit).
     pub load_state: String,
     /// `ActiveState`.
-    pub active_state: String,
+    pub active_state: ActiveState,
     /// `SubState`.
     pub sub_state: String,
     /// `MainPID` (services only; 0 otherwise).
@@ -137,7 +137,7 @@ impl UnitStatus {
     /// switch decides it: `failed`, or a service waiting to auto-restart
     /// after a non-zero exit.
     pub fn is_failed(&self) -> bool {
-        self.active_state == "failed" || (self.sub_state == "auto-restart" && self.exec_main_status != 0)
+        self.active_state == ActiveState::Failed || (self.sub_state == "auto-restart" && self.exec_main_status != 0)
     }
 
     /// One line: `failed (Result=exit-code, status=3)`.
@@ -206,7 +206,9 @@ pub trait ServiceManager {
             .snapshot()?
             .units
             .into_iter()
-            .filter(|(_, u)| u.active_state == "failed" || (u.sub_state == "auto-restart" && u.exec_main_status != 0))
+            .filter(|(_, u)| {
+                u.active_state == ActiveState::Failed || (u.sub_state == "auto-restart" && u.exec_main_status != 0)
+            })
             .map(|(name, _)| name)
             .collect())
     }

@@ -82,7 +82,7 @@ pub fn assumed_live_state(old: &GenerationUnits) -> LiveState {
 
 fn assumed(fragment_path: String) -> LiveUnit {
     LiveUnit {
-        active_state: "active".to_owned(),
+        active_state: plan_model::ActiveState::Active,
         sub_state: "running".to_owned(),
         fragment_path,
         ..LiveUnit::default()
@@ -417,7 +417,7 @@ impl<'a> Planner<'a> {
                 continue;
             }
             let Some(old_unit) = self.old.unit(name).filter(|u| !u.is_masked()) else { continue };
-            if !matches!(state.active_state.as_str(), "active" | "activating") {
+            if !state.active_state.is_up() {
                 continue;
             }
             let new_unit = self.new.unit(name);
@@ -708,8 +708,7 @@ impl<'a> Planner<'a> {
         let reloads: Vec<String> =
             self.entries.iter().filter(|(_, e)| e.reload).map(|(name, _)| name.clone()).collect();
         for name in reloads {
-            let running =
-                self.live.get(&name).is_some_and(|u| matches!(u.active_state.as_str(), "active" | "activating"));
+            let running = self.live.get(&name).is_some_and(|u| u.active_state.is_up());
             if running {
                 continue;
             }

@@ -33,7 +33,7 @@ fn live(units: &[LiveEntry<'_>]) -> LiveState {
             deps.iter().map(|(p, ts)| ((*p).to_owned(), ts.iter().map(|t| (*t).to_owned()).collect())).collect();
         state
             .units
-            .insert((*name).to_owned(), LiveUnit { active_state: (*active).to_owned(), deps, ..LiveUnit::default() });
+            .insert((*name).to_owned(), LiveUnit { active_state: (*active).into(), deps, ..LiveUnit::default() });
     }
     state
 }

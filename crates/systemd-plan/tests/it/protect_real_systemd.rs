@@ -65,7 +65,8 @@ fn probe(verb: &str, target: &str, job: Job) -> (BTreeSet<String>, BTreeSet<Stri
     let generation = systemd_plan::load(&bed.current_generation().unwrap()).expect("the generation loads");
     let mut live = LiveState::default();
     for (name, state) in &before {
-        live.units.insert(name.clone(), LiveUnit { active_state: state.active_state.clone(), ..LiveUnit::default() });
+        live.units
+            .insert(name.clone(), LiveUnit { active_state: state.active_state.as_str().into(), ..LiveUnit::default() });
     }
     let graph = UnitGraph::build(&generation, &generation, &live);
     let everything: HashSet<&str> = UNITS.iter().copied().collect();
