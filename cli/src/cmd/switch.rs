@@ -227,3 +227,76 @@ pub(crate) fn apply_plan(
     }
     Ok(Outcome::UnitsFailed)
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use plan_model::{Action, FORMAT_VERSION, Generation, Plan, Protection, UnitPlan};
+    use systemd_live::fake::{Behaviour, FakeManager};
+
+    use super::*;
+
+    fn plan(units: &[(&str, Action)]) -> Plan {
+        Plan {
+            format_version: FORMAT_VERSION,
+            old: Generation { path: "/gen/a".into(), ..Generation::default() },
+            new: Generation { path: "/gen/b".into(), ..Generation::default() },
+            units: units
+                .iter()
+                .map(|(unit, action)| UnitPlan {
+                    unit: (*unit).into(),
+                    actions: vec![*action],
+                    reasons: vec![],
+                    changes: vec![],
+                    deferral: None,
+                })
+                .collect(),
+            steps: vec![],
+            protection: Protection::default(),
+            diagnostics: vec![],
+            packages: None,
+        }
+    }
+
+    fn options() -> args::ExecutionArgs {
+        args::ExecutionArgs { job_timeout: 5, no_isolate: true, isolated: false, rollback_on_failure: false }
+    }
+
+    /// The outcome of an apply on the fake manager: done, or a unit that
+    /// failed (exit 4), with nothing left to resume either way.
+    #[test]
+    fn an_apply_ends_in_its_outcome_and_leaves_nothing_to_resume() {
+        let dir = tempfile::tempdir().unwrap();
+        let run = RunDir::new(dir.path());
+        let mut m = FakeManager::new();
+        m.inactive("good.service");
+        m.inactive("bad.service").behaviour = Behaviour::FailsToStart;
+        let protect = ProtectArgs::default();
+
+        let done = apply_plan(&mut m, &run, &plan(&[("good.service", Action::Start)]), &options(), &protect);
+        assert_eq!(done.unwrap(), Outcome::Ok);
+        assert_eq!(m.units["good.service"].status.active_state, "active");
+
+        let failed = apply_plan(&mut m, &run, &plan(&[("bad.service", Action::Start)]), &options(), &protect);
+        assert_eq!(failed.unwrap(), Outcome::UnitsFailed);
+        assert!(run.interrupted().unwrap().is_none(), "a finished apply leaves nothing to resume");
+        assert!(finish_interrupted(&mut m, &run, &apply_options(&options()), &protect).unwrap().is_none());
+    }
+
+    /// A manager that goes away in the middle is an error that says what
+    /// was done; the next run finds the apply to resume.
+    #[test]
+    fn an_apply_cut_short_is_an_error_and_left_to_resume() {
+        let dir = tempfile::tempdir().unwrap();
+        let run = RunDir::new(dir.path());
+        let mut m = FakeManager::new();
+        m.running("a.service");
+        m.running("b.service");
+        m.unreachable_after_jobs = Some(1);
+        let p = plan(&[("a.service", Action::Stop), ("b.service", Action::Start)]);
+        let err = apply_plan(&mut m, &run, &p, &options(), &ProtectArgs::default()).unwrap_err();
+        assert!(format!("{err:#}").contains("stopped early"), "{err:#}");
+        let interrupted = run.interrupted().unwrap().expect("the apply is left to resume");
+        assert_eq!(interrupted.progress.plan.new.path, "/gen/b");
+    }
+}
