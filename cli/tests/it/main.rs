@@ -35,3 +35,4 @@ mod report_cli;
 mod report_formats;
 mod report_schema_doc;
 mod system_manager;
+mod tidy;
