@@ -231,31 +231,13 @@ pub(crate) fn apply_plan(
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
-    use plan_model::{Action, FORMAT_VERSION, Generation, Plan, Protection, UnitPlan};
+    use plan_model::{Action, Plan, UnitPlan};
     use systemd_live::fake::{Behaviour, FakeManager};
 
     use super::*;
 
     fn plan(units: &[(&str, Action)]) -> Plan {
-        Plan {
-            format_version: FORMAT_VERSION,
-            old: Generation { path: "/gen/a".into(), ..Generation::default() },
-            new: Generation { path: "/gen/b".into(), ..Generation::default() },
-            units: units
-                .iter()
-                .map(|(unit, action)| UnitPlan {
-                    unit: (*unit).into(),
-                    actions: vec![*action],
-                    reasons: vec![],
-                    changes: vec![],
-                    deferral: None,
-                })
-                .collect(),
-            steps: vec![],
-            protection: Protection::default(),
-            diagnostics: vec![],
-            packages: None,
-        }
+        Plan::between("/gen/a", "/gen/b", units.iter().map(|(unit, action)| UnitPlan::new(unit, &[*action])).collect())
     }
 
     fn options() -> args::ExecutionArgs {

@@ -40,6 +40,38 @@ pub struct Plan {
     pub packages: Option<crate::packages::ClosureDiff>,
 }
 
+impl Plan {
+    /// A plan between two generations, named by their paths, with the
+    /// given units and nothing else yet (no steps, protection, diagnostics
+    /// or packages).
+    pub fn between(old: &str, new: &str, units: Vec<UnitPlan>) -> Plan {
+        let generation = |path: &str| Generation { path: path.to_owned(), ..Generation::default() };
+        Plan {
+            format_version: FORMAT_VERSION,
+            old: generation(old),
+            new: generation(new),
+            units,
+            steps: Vec::new(),
+            protection: Protection::default(),
+            diagnostics: Vec::new(),
+            packages: None,
+        }
+    }
+}
+
+impl UnitPlan {
+    /// A unit's entry with these actions and nothing else yet.
+    pub fn new(unit: &str, actions: &[Action]) -> UnitPlan {
+        UnitPlan {
+            unit: unit.to_owned(),
+            actions: actions.to_vec(),
+            reasons: Vec::new(),
+            changes: Vec::new(),
+            deferral: None,
+        }
+    }
+}
+
 /// Identifies a generation (a system toplevel).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Generation {

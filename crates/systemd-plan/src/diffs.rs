@@ -58,29 +58,11 @@ fn unit_files(unit: &str, old: &GenerationUnits, new: &GenerationUnits) -> Vec<S
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
-    use plan_model::{FORMAT_VERSION, Generation, Protection, UnitPlan};
+    use plan_model::UnitPlan;
     use std::fs;
 
     fn plan(units: &[&str]) -> Plan {
-        Plan {
-            format_version: FORMAT_VERSION,
-            old: Generation::default(),
-            new: Generation::default(),
-            units: units
-                .iter()
-                .map(|u| UnitPlan {
-                    unit: (*u).into(),
-                    actions: vec![],
-                    reasons: vec![],
-                    changes: vec![],
-                    deferral: None,
-                })
-                .collect(),
-            steps: vec![],
-            protection: Protection::default(),
-            diagnostics: vec![],
-            packages: None,
-        }
+        Plan::between("", "", units.iter().map(|u| UnitPlan::new(u, &[])).collect())
     }
 
     #[test]

@@ -6,9 +6,7 @@ use std::collections::{BTreeMap, HashSet};
 use std::path::Path;
 
 use plan_model::policy::Selector;
-use plan_model::{
-    Action, Edge, FORMAT_VERSION, Generation, LiveState, LiveUnit, Mode, Plan, Protection, ProtectionSource, UnitPlan,
-};
+use plan_model::{Action, Edge, LiveState, LiveUnit, Mode, Plan, ProtectionSource, UnitPlan};
 
 use super::*;
 use crate::UnitFile;
@@ -39,25 +37,7 @@ fn live(units: &[LiveEntry<'_>]) -> LiveState {
 }
 
 fn plan(actions: &[(&str, &[Action])]) -> Plan {
-    Plan {
-        format_version: FORMAT_VERSION,
-        old: Generation::default(),
-        new: Generation::default(),
-        units: actions
-            .iter()
-            .map(|(unit, acts)| UnitPlan {
-                unit: (*unit).to_owned(),
-                actions: acts.to_vec(),
-                reasons: vec![],
-                changes: vec![],
-                deferral: None,
-            })
-            .collect(),
-        steps: vec![],
-        protection: Protection::default(),
-        diagnostics: vec![],
-        packages: None,
-    }
+    Plan::between("", "", actions.iter().map(|(unit, acts)| UnitPlan::new(unit, acts)).collect())
 }
 
 fn request(selectors: &[&str], mode: Mode) -> Request {
