@@ -4,12 +4,14 @@
 //! is made and protected, and it ends in `--explain` or the reports. Each
 //! command runs the same steps from here, in the same order.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use plan_model::{LiveState, Plan};
 use systemd_live::{RunDir, ServiceManager, SystemdBus};
+use systemd_plan::GenerationUnits;
 
 use crate::args::{OutputArgs, ProtectArgs, SourceArgs};
 
@@ -113,14 +115,93 @@ pub(crate) fn live_plan(
         .with_context(|| format!("{}: cannot resolve the running generation", current.display()))?;
     let new_path = std::fs::canonicalize(toplevel)
         .with_context(|| format!("{}: cannot resolve the toplevel", toplevel.display()))?;
-    let old = systemd_plan::load(&old_path)?;
-    let new = systemd_plan::load(&new_path)?;
-    let live = mgr.snapshot().context("cannot read the live state from systemd")?;
+    let (old, new) = systemd_plan::load_pair(&old_path, &new_path);
+    let (old, new) = (old?, new?);
+    let request = crate::protect::request(protect)?;
+    let live = read_live(&old, &new, &request, mgr).context("cannot read the live state from systemd")?;
     let mut plan = systemd_plan::plan(&old, &new, &live);
     crate::cmd::closure_diff::attach_to_plan(&mut plan, &old_path, &new_path);
     let protection = crate::protect::protect_plan(&mut plan, &old, &new, &live, protect)?;
     let diffs = systemd_plan::unit_diffs(&plan, &old, &new);
     Ok(LivePlan { plan, live, old: old_path, new: new_path, protection, diffs })
+}
+
+/// Reads what a plan needs of the live host, and nothing more: the loaded
+/// units with their states (one `ListUnits`), the fragment paths of the
+/// units NixOS's switch examines (active ones the old generation has),
+/// and the dependencies of the units protection asks for
+/// ([`systemd_plan::protect::live_dependencies_wanted`]), round after
+/// round until it asks for nothing new. Nothing asked makes systemd work
+/// out a unit's file state.
+pub(crate) fn read_live(
+    old: &GenerationUnits,
+    new: &GenerationUnits,
+    request: &systemd_plan::protect::Request,
+    mgr: &mut dyn ServiceManager,
+) -> Result<LiveState, systemd_live::Error> {
+    let mut live = mgr.list_units()?;
+    let examined: Vec<String> = live
+        .units
+        .iter()
+        .filter(|(name, u)| {
+            u.is_active_before() && u.load_state == "loaded" && old.unit(name).is_some_and(|f| !f.is_masked())
+        })
+        .map(|(name, _)| name.clone())
+        .collect();
+    for (unit, path) in mgr.fragment_paths(&examined)? {
+        if let Some(u) = live.units.get_mut(&unit) {
+            u.fragment_path = path;
+        }
+    }
+    let mut asked = BTreeSet::new();
+    loop {
+        // Units that want the same properties are read in one batch.
+        let mut batches: BTreeMap<&[&str], Vec<String>> = BTreeMap::new();
+        for (unit, properties) in systemd_plan::protect::live_dependencies_wanted(old, new, &live, request) {
+            if asked.insert(unit.clone()) {
+                batches.entry(properties).or_default().push(unit);
+            }
+        }
+        if batches.is_empty() {
+            return Ok(live);
+        }
+        for (properties, units) in batches {
+            for (unit, deps) in mgr.dependencies(&units, properties)? {
+                if let Some(u) = live.units.get_mut(&unit) {
+                    u.deps = deps;
+                    u.deps_unread = false;
+                }
+            }
+        }
+    }
+}
+
+/// With `SAFE_SWITCH_STATS=1` in the environment, says on standard error
+/// how many calls the command made to the service manager (for the
+/// benchmarks; it changes nothing else).
+pub(crate) fn report_stats(mgr: &dyn ServiceManager) {
+    if std::env::var_os("SAFE_SWITCH_STATS").is_some_and(|v| v == "1") {
+        say!("stats: {} calls to the service manager", mgr.calls_made());
+    }
+}
+
+/// Reads the main process and invocation of every unit a saved plan
+/// records (each unit the plan names or protects), into the plan's live
+/// state: what `plan --out` records and `apply` compares, to tell that no
+/// one restarted them since.
+pub(crate) fn read_processes(lp: &mut LivePlan, mgr: &mut dyn ServiceManager) -> anyhow::Result<()> {
+    let mut units: BTreeSet<String> = lp.plan.units.iter().map(|u| u.unit.clone()).collect();
+    units.extend(lp.plan.protection.protected.iter().flat_map(|p| p.units.iter().cloned()));
+    let units: Vec<String> = units.into_iter().filter(|u| lp.live.units.contains_key(u)).collect();
+    let status = mgr.unit_status(&units).context("cannot read the units' processes from systemd")?;
+    for (unit, st) in status {
+        if let Some(u) = lp.live.units.get_mut(&unit) {
+            u.main_pid = st.main_pid;
+            u.invocation_id = st.invocation_id;
+            u.exec_main_status = st.exec_main_status;
+        }
+    }
+    Ok(())
 }
 
 /// Plans from the running generation to the resolved target against

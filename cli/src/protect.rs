@@ -234,7 +234,7 @@ pub(crate) fn asked(args: &ProtectArgs) -> anyhow::Result<Asked> {
 /// Builds the analysis request from the options, the policy files, the
 /// caller's cgroup and, for `apply`, the protections recorded in the saved
 /// plan (which only add).
-fn request(args: &ProtectArgs) -> anyhow::Result<Request> {
+pub(crate) fn request(args: &ProtectArgs) -> anyhow::Result<Request> {
     let asked = asked(args)?;
     let selectors: Vec<(Selector, ProtectionSource)> = asked
         .selectors

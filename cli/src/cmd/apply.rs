@@ -76,7 +76,8 @@ pub(crate) fn run(args: args::ApplyArgs) -> anyhow::Result<Outcome> {
             Rejection::RunningGenerationChanged { recorded: saved.inputs.running_generation.clone(), now: current };
         return Ok(refuse(&args.plan, &refusal));
     }
-    let fresh = host::live_plan(Path::new(CURRENT_SYSTEM), target, &protect, &mut bus)?;
+    let mut fresh = host::live_plan(Path::new(CURRENT_SYSTEM), target, &protect, &mut bus)?;
+    host::read_processes(&mut fresh, &mut bus)?;
     let canonical_target = canonical_target.display().to_string();
     let observed =
         Observed { running_generation: &current, target_toplevel: Some(&canonical_target), live: &fresh.live };

@@ -23,6 +23,7 @@ pub(crate) fn run(args: args::CheckArgs) -> anyhow::Result<Outcome> {
     let mut bus = host::connect()?;
     host::report_interrupted(&systemd_live::RunDir::system());
     let lp = host::plan_to(&target, &args.protect, &mut bus)?;
+    host::report_stats(&bus);
     let outcome = outcome(&lp.plan, args.fail_on);
     if host::explain(&lp, &args.protect, &args.output)? {
         return Ok(outcome);

@@ -21,9 +21,11 @@ pub(crate) fn run(args: args::PlanArgs) -> anyhow::Result<Outcome> {
     let target = host::resolve_source(&args.source, &args.protect)?;
     let mut bus = host::connect()?;
     host::report_interrupted(&systemd_live::RunDir::system());
-    let lp = host::plan_to(&target, &args.protect, &mut bus)?;
+    let mut lp = host::plan_to(&target, &args.protect, &mut bus)?;
+    host::report_stats(&bus);
     if !host::explain(&lp, &args.protect, &args.output)? {
         if let Some(out) = &args.out {
+            host::read_processes(&mut lp, &mut bus)?;
             save_plan(&lp, out)?;
         }
         host::print(&lp, &args.output)?;

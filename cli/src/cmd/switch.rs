@@ -161,13 +161,14 @@ fn reprotect_remaining(
     let mut plan = systemd_live::remaining(progress);
     let old = systemd_plan::load(Path::new(&plan.old.path))?;
     let new = systemd_plan::load(Path::new(&plan.new.path))?;
-    let live = mgr.snapshot().context("cannot read the live state from systemd")?;
     let mut args = protect.clone();
     let earlier = crate::protect::recorded_in(&progress.plan);
     args.recorded = Some(match &args.recorded {
         Some(recorded) => crate::protect::union(recorded, earlier),
         None => earlier,
     });
+    let request = crate::protect::request(&args)?;
+    let live = host::read_live(&old, &new, &request, mgr).context("cannot read the live state from systemd")?;
     crate::protect::protect_plan(&mut plan, &old, &new, &live, &args)?;
     Ok(plan)
 }

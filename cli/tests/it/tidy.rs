@@ -27,6 +27,8 @@ const RULES: &[(&str, &[(&str, May)])] = &[
         "systemd-live",
         &[
             ("rundir.rs", May { fs: true, ..NONE }),
+            // The unit search path's directories, read for fragment paths.
+            ("search_path.rs", May { fs: true, ..NONE }),
             // The running manager's binary, `/proc/1/exe`, read with the
             // snapshot.
             ("dbus.rs", May { fs: true, dbus: true, ..NONE }),

@@ -22,7 +22,7 @@ pub mod policy;
 mod source;
 pub mod unit_name;
 
-pub use live::{ActiveState, LiveState, LiveUnit};
+pub use live::{ActiveState, DEPENDENCY_PROPERTIES, LiveState, LiveUnit};
 pub use plan::{
     Action, CHAIN_ENDS, Deferral, Diagnostic, Edge, Explanation, FORMAT_VERSION, FileDiff, Generation, KeyChange, Mode,
     Phase, Plan, ProtectedUnit, Protection, ProtectionSource, Reason, Refusal, Rule, Severity, Step, Touch, UnitPlan,

@@ -10,6 +10,31 @@ use serde::{Deserialize, Serialize};
 
 use crate::json::Object;
 
+/// The dependency properties the protection analysis reads, in both
+/// directions: every relation through which a job on one unit can reach
+/// another (`systemd_plan::protect::Relation`): the keys of
+/// [`LiveUnit::deps`].
+pub const DEPENDENCY_PROPERTIES: [&str; 18] = [
+    "Requires",
+    "Requisite",
+    "Wants",
+    "BindsTo",
+    "PartOf",
+    "Upholds",
+    "Conflicts",
+    "PropagatesStopTo",
+    "Triggers",
+    "RequiredBy",
+    "RequisiteOf",
+    "WantedBy",
+    "BoundBy",
+    "ConsistsOf",
+    "UpheldBy",
+    "ConflictedBy",
+    "StopPropagatedFrom",
+    "TriggeredBy",
+];
+
 /// The live state of the service manager: every loaded unit, by name.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -160,17 +185,22 @@ pub struct LiveUnit {
     #[serde(default = "loaded")]
     pub load_state: String,
     /// `FragmentPath`: the file the unit was loaded from; empty for
-    /// transient and some generated units.
+    /// transient and some generated units. A live state read from systemd
+    /// has it for the units a plan examines (active units of the old
+    /// generation) only.
     #[serde(default)]
     pub fragment_path: String,
-    /// `DropInPaths`.
+    /// `DropInPaths`, when a live-state file gives them; nothing plans
+    /// with them, and a live state read from systemd leaves them out.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub drop_in_paths: Vec<String>,
     /// The `following` field of `ListUnits`: set for aliases that follow
     /// another unit (device units mostly); such entries are not examined.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub following: String,
-    /// `MainPID` of a service (0 when none).
+    /// `MainPID` of a service (0 when none). A live state read from
+    /// systemd has it, and the invocation, for the units a saved plan
+    /// records only.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub main_pid: u32,
     /// `InvocationID`, as 32 lowercase hex digits (empty when none).
@@ -185,6 +215,11 @@ pub struct LiveUnit {
     /// `TriggeredBy`, ...). Only non-empty lists are kept.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub deps: BTreeMap<String, Vec<String>>,
+    /// Whether `deps` was left unread: a live state listed from the
+    /// manager reads a unit's dependencies only where protection needs
+    /// them. A live state read from JSON has them as given.
+    #[serde(skip)]
+    pub deps_unread: bool,
 }
 
 /// The units, each given as a JSON object (see [`crate::json`]).

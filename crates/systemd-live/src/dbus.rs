@@ -20,14 +20,17 @@ use std::task::{Poll, Waker};
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
-use futures_util::future::{join, join4};
+use futures_util::future::join4;
 use futures_util::stream::{self, TryStreamExt};
 use plan_model::{LiveState, LiveUnit};
 use zbus::proxy::CacheProperties;
 use zbus::{Connection, OwnedObjectPath, OwnedVariant, Variant};
 
 use crate::Error;
-use crate::manager::{JobKind, JobOutcome, JobResult, ServiceManager, TransientExit, TransientSpec, UnitStatus};
+use crate::manager::{
+    Dependencies, JobKind, JobOutcome, JobResult, ServiceManager, TransientExit, TransientSpec, UnitStatus,
+};
+use crate::search_path::SearchPath;
 
 const UNIT_INTERFACE: &str = "org.freedesktop.systemd1.Unit";
 const SERVICE_INTERFACE: &str = "org.freedesktop.systemd1.Service";
@@ -40,111 +43,6 @@ const UNITS_IN_FLIGHT: usize = 40;
 
 /// How many job calls are in flight at once, for the same reason.
 const CALLS_IN_FLIGHT: usize = 96;
-
-/// The properties of `org.freedesktop.systemd1.Unit` a snapshot keeps:
-/// the states and files, and every relation through which a job on one
-/// unit can reach another, in both directions.
-/// Deserializing into this struct, rather than a map of variants, skips
-/// the other hundred-odd properties without allocating for them, which
-/// is most of the client's work in a snapshot.
-#[derive(Debug, Default, zbus::DeserializeDict, zbus::Type)]
-#[zbus(signature = "a{sv}")]
-pub(crate) struct UnitProps {
-    #[zbus(rename = "ActiveState")]
-    active_state: Option<String>,
-    #[zbus(rename = "SubState")]
-    sub_state: Option<String>,
-    #[zbus(rename = "LoadState")]
-    load_state: Option<String>,
-    #[zbus(rename = "FragmentPath")]
-    fragment_path: Option<String>,
-    #[zbus(rename = "DropInPaths")]
-    drop_in_paths: Option<Vec<String>>,
-    #[zbus(rename = "Following")]
-    following: Option<String>,
-    #[zbus(rename = "InvocationID")]
-    invocation_id: Option<Vec<u8>>,
-    #[zbus(rename = "Requires")]
-    requires: Option<Vec<String>>,
-    #[zbus(rename = "Requisite")]
-    requisite: Option<Vec<String>>,
-    #[zbus(rename = "Wants")]
-    wants: Option<Vec<String>>,
-    #[zbus(rename = "BindsTo")]
-    binds_to: Option<Vec<String>>,
-    #[zbus(rename = "PartOf")]
-    part_of: Option<Vec<String>>,
-    #[zbus(rename = "Upholds")]
-    upholds: Option<Vec<String>>,
-    #[zbus(rename = "Conflicts")]
-    conflicts: Option<Vec<String>>,
-    #[zbus(rename = "PropagatesStopTo")]
-    propagates_stop_to: Option<Vec<String>>,
-    #[zbus(rename = "PropagatesReloadTo")]
-    propagates_reload_to: Option<Vec<String>>,
-    #[zbus(rename = "Triggers")]
-    triggers: Option<Vec<String>>,
-    #[zbus(rename = "OnFailure")]
-    on_failure: Option<Vec<String>>,
-    #[zbus(rename = "OnSuccess")]
-    on_success: Option<Vec<String>>,
-    #[zbus(rename = "RequiredBy")]
-    required_by: Option<Vec<String>>,
-    #[zbus(rename = "RequisiteOf")]
-    requisite_of: Option<Vec<String>>,
-    #[zbus(rename = "WantedBy")]
-    wanted_by: Option<Vec<String>>,
-    #[zbus(rename = "BoundBy")]
-    bound_by: Option<Vec<String>>,
-    #[zbus(rename = "ConsistsOf")]
-    consists_of: Option<Vec<String>>,
-    #[zbus(rename = "UpheldBy")]
-    upheld_by: Option<Vec<String>>,
-    #[zbus(rename = "ConflictedBy")]
-    conflicted_by: Option<Vec<String>>,
-    #[zbus(rename = "StopPropagatedFrom")]
-    stop_propagated_from: Option<Vec<String>>,
-    #[zbus(rename = "ReloadPropagatedFrom")]
-    reload_propagated_from: Option<Vec<String>>,
-    #[zbus(rename = "TriggeredBy")]
-    triggered_by: Option<Vec<String>>,
-    #[zbus(rename = "OnFailureOf")]
-    on_failure_of: Option<Vec<String>>,
-    #[zbus(rename = "OnSuccessOf")]
-    on_success_of: Option<Vec<String>>,
-}
-
-impl UnitProps {
-    /// The dependency lists, by property name.
-    fn deps(self) -> [(&'static str, Option<Vec<String>>); 24] {
-        [
-            ("Requires", self.requires),
-            ("Requisite", self.requisite),
-            ("Wants", self.wants),
-            ("BindsTo", self.binds_to),
-            ("PartOf", self.part_of),
-            ("Upholds", self.upholds),
-            ("Conflicts", self.conflicts),
-            ("PropagatesStopTo", self.propagates_stop_to),
-            ("PropagatesReloadTo", self.propagates_reload_to),
-            ("Triggers", self.triggers),
-            ("OnFailure", self.on_failure),
-            ("OnSuccess", self.on_success),
-            ("RequiredBy", self.required_by),
-            ("RequisiteOf", self.requisite_of),
-            ("WantedBy", self.wanted_by),
-            ("BoundBy", self.bound_by),
-            ("ConsistsOf", self.consists_of),
-            ("UpheldBy", self.upheld_by),
-            ("ConflictedBy", self.conflicted_by),
-            ("StopPropagatedFrom", self.stop_propagated_from),
-            ("ReloadPropagatedFrom", self.reload_propagated_from),
-            ("TriggeredBy", self.triggered_by),
-            ("OnFailureOf", self.on_failure_of),
-            ("OnSuccessOf", self.on_success_of),
-        ]
-    }
-}
 
 #[zbus::proxy(
     interface = "org.freedesktop.systemd1.Manager",
@@ -203,9 +101,6 @@ trait Unit {
 
 #[zbus::proxy(interface = "org.freedesktop.DBus.Properties", default_service = "org.freedesktop.systemd1")]
 trait Props {
-    #[zbus(name = "GetAll")]
-    fn get_all_unit(&self, interface: &str) -> zbus::Result<UnitProps>;
-
     fn get(&self, interface: &str, name: &str) -> zbus::Result<OwnedVariant>;
 }
 
@@ -215,6 +110,10 @@ pub struct SystemdBus {
     address: String,
     /// How long any one call may wait for its reply.
     timeout: Duration,
+    /// Each listed unit's object path, from the last `ListUnits`.
+    paths: Mutex<HashMap<String, OwnedObjectPath>>,
+    /// Method calls made on the connection, for benchmarks.
+    calls: std::sync::atomic::AtomicUsize,
 }
 
 impl std::fmt::Debug for SystemdBus {
@@ -322,7 +221,7 @@ impl SystemdBus {
                     }
                 }
             })?;
-            Ok(SystemdBus { conn, address, timeout })
+            Ok(SystemdBus { conn, address, timeout, paths: Mutex::default(), calls: Default::default() })
         })
     }
 
@@ -381,63 +280,20 @@ fn string_of(v: Result<OwnedVariant, zbus::Error>) -> String {
     v.ok().and_then(|v| String::try_from(v).ok()).unwrap_or_default()
 }
 
-/// `GetAll` of the Unit interface as one plain method call: a snapshot
-/// makes hundreds of them, and a proxy per unit object costs more than the
-/// call itself.
-async fn raw_get_all_unit(conn: &Connection, path: &OwnedObjectPath) -> zbus::Result<UnitProps> {
-    let reply = conn
-        .call_method(
-            Some("org.freedesktop.systemd1"),
-            path.as_str(),
-            Some("org.freedesktop.DBus.Properties"),
-            "GetAll",
-            &(UNIT_INTERFACE,),
-        )
-        .await?;
-    reply.body().deserialize()
-}
-
-/// `Get` of one Service property as one plain method call.
-async fn raw_get(conn: &Connection, path: &OwnedObjectPath, name: &str) -> zbus::Result<OwnedVariant> {
+/// `Get` of one property as one plain method call: a snapshot makes
+/// hundreds of them, and a proxy per unit object costs more than the call
+/// itself.
+async fn raw_get(conn: &Connection, path: &OwnedObjectPath, interface: &str, name: &str) -> zbus::Result<OwnedVariant> {
     let reply = conn
         .call_method(
             Some("org.freedesktop.systemd1"),
             path.as_str(),
             Some("org.freedesktop.DBus.Properties"),
             "Get",
-            &(SERVICE_INTERFACE, name),
+            &(interface, name),
         )
         .await?;
     reply.body().deserialize()
-}
-
-/// Builds a [`LiveUnit`] from the `Unit` interface's properties. Pure, so
-/// the conversion is tested without a bus.
-pub(crate) fn live_unit_from(mut unit: UnitProps, main_pid: u32, exec_main_status: i32) -> LiveUnit {
-    let invocation_id = hex::encode(unit.invocation_id.take().unwrap_or_default());
-    let active_state = unit.active_state.take().unwrap_or_default();
-    let sub_state = unit.sub_state.take().unwrap_or_default();
-    let load_state = unit.load_state.take().unwrap_or_default();
-    let fragment_path = unit.fragment_path.take().unwrap_or_default();
-    let drop_in_paths = unit.drop_in_paths.take().unwrap_or_default();
-    let following = unit.following.take().unwrap_or_default();
-    let deps = unit
-        .deps()
-        .into_iter()
-        .filter_map(|(key, v)| v.filter(|v| !v.is_empty()).map(|v| (key.to_owned(), v)))
-        .collect::<BTreeMap<_, _>>();
-    LiveUnit {
-        active_state: active_state.into(),
-        sub_state,
-        load_state,
-        fragment_path,
-        drop_in_paths,
-        following,
-        main_pid,
-        invocation_id,
-        exec_main_status,
-        deps,
-    }
 }
 
 /// A future that resolves after `d`, driven by a short-lived thread so it
@@ -486,55 +342,123 @@ fn job_id(path: &str) -> Option<u32> {
 }
 
 impl SystemdBus {
-    async fn snapshot_async(&self) -> Result<LiveState, Error> {
+    /// Counts `n` method calls.
+    fn count(&self, n: usize) {
+        self.calls.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    async fn list_units_async(&self) -> Result<LiveState, Error> {
         let manager = manager(&self.conn).await?;
+        self.count(1);
         let listed = manager.list_units().await.map_err(call_err("ListUnits", self.timeout))?;
-        // One GetAll per unit for the Unit interface, plus MainPID and
-        // ExecMainStatus for services, all in flight at once: the bus and
-        // systemd answer them back to back instead of one round trip each.
-        let fetches = listed.into_iter().map(|entry| {
-            let (name, active, sub, path) = (entry.0, entry.3, entry.4, entry.6);
-            async move {
-                let conn = &self.conn;
-                let path = &path;
-                // MainPID only means something for a service that is not
-                // inactive, and ExecMainStatus is only looked at for a
-                // service waiting to restart or failed (to tell a failed
-                // auto-restart). Asking only then saves a call or two per
-                // unit, which is most of a snapshot's messages.
-                let service = name.ends_with(".service");
-                let want_pid = service && active != "inactive";
-                let want_status = service && (sub == "auto-restart" || active == "failed");
-                let (unit, (pid, status)) = join(raw_get_all_unit(conn, path), async {
-                    let pid = async { if want_pid { Some(raw_get(conn, path, "MainPID").await) } else { None } };
-                    let status =
-                        async { if want_status { Some(raw_get(conn, path, "ExecMainStatus").await) } else { None } };
-                    join(pid, status).await
-                })
-                .await;
-                let unit = match unit {
-                    Ok(u) => u,
-                    // A unit can be garbage-collected between ListUnits and
-                    // GetAll; it is simply not loaded any more.
-                    Err(zbus::Error::MethodError(..)) => return Ok(None),
-                    Err(e) => return Err(call_err(format!("GetAll({name})"), self.timeout)(e)),
-                };
-                // A property that cannot be read counts as 0, except when
-                // systemd did not answer at all.
-                answered(&name, [("MainPID", pid.as_ref()), ("ExecMainStatus", status.as_ref())], self.timeout)?;
-                let (main_pid, status) = (pid.map_or(0, u32_of), status.map_or(0, i32_of));
-                Ok::<_, Error>(Some((name, live_unit_from(unit, main_pid, status))))
-            }
-        });
-        let units = stream::iter(fetches)
-            .buffer_unordered(UNITS_IN_FLIGHT)
-            .try_collect::<Vec<_>>()
-            .await?
+        let mut paths = HashMap::with_capacity(listed.len());
+        let units = listed
             .into_iter()
-            .flatten()
+            .map(|(name, _description, load, active, sub, following, path, ..)| {
+                paths.insert(name.clone(), path);
+                let unit = LiveUnit {
+                    active_state: active.into(),
+                    sub_state: sub,
+                    load_state: load,
+                    following,
+                    deps_unread: true,
+                    ..LiveUnit::default()
+                };
+                (name, unit)
+            })
             .collect();
+        if let Ok(mut cache) = self.paths.lock() {
+            *cache = paths;
+        }
         let manager_exe = std::fs::canonicalize("/proc/1/exe").ok().map(|p| p.to_string_lossy().into_owned());
         Ok(LiveState { units, manager_exe, ..Default::default() })
+    }
+
+    /// The object path of a unit: from the last listing, else `GetUnit`;
+    /// `None` for a unit that is not loaded.
+    async fn unit_path(&self, unit: &str) -> Result<Option<OwnedObjectPath>, Error> {
+        if let Some(path) = self.paths.lock().ok().and_then(|c| c.get(unit).cloned()) {
+            return Ok(Some(path));
+        }
+        self.count(1);
+        match manager(&self.conn).await?.get_unit(unit).await {
+            Ok(path) => Ok(Some(path)),
+            Err(e) if is_timeout(&e) => Err(Error::Timeout { call: format!("GetUnit({unit})"), timeout: self.timeout }),
+            Err(_) => Ok(None),
+        }
+    }
+
+    /// Reads properties of the `Unit` interface of many units, pipelined:
+    /// `properties` of each of `units`. A unit that went away in between
+    /// is left out; a property that cannot be read is left out too.
+    async fn unit_properties(
+        &self,
+        units: &[String],
+        properties: &[&str],
+    ) -> Result<BTreeMap<String, Vec<(String, OwnedVariant)>>, Error> {
+        let reads = units.iter().flat_map(|unit| properties.iter().map(move |p| (unit, *p))).map(
+            |(unit, property)| async move {
+                let Some(path) = self.unit_path(unit).await? else { return Ok(None) };
+                self.count(1);
+                match raw_get(&self.conn, &path, UNIT_INTERFACE, property).await {
+                    Ok(value) => Ok(Some((unit.clone(), property.to_owned(), value))),
+                    Err(e) if is_timeout(&e) => {
+                        Err(Error::Timeout { call: format!("Get({unit} {property})"), timeout: self.timeout })
+                    }
+                    Err(_) => Ok(None),
+                }
+            },
+        );
+        let read: Vec<Option<(String, String, OwnedVariant)>> =
+            stream::iter(reads).buffer_unordered(CALLS_IN_FLIGHT).try_collect().await?;
+        let mut out: BTreeMap<String, Vec<(String, OwnedVariant)>> = BTreeMap::new();
+        for (unit, property, value) in read.into_iter().flatten() {
+            out.entry(unit).or_default().push((property, value));
+        }
+        Ok(out)
+    }
+
+    /// `FragmentPath` of each unit: told by the unit search path where it
+    /// can be ([`SearchPath`]), read from systemd for the rest.
+    async fn fragment_paths_async(&self, units: &[String]) -> Result<BTreeMap<String, String>, Error> {
+        let search = SearchPath::read(std::path::Path::new("/"));
+        let mut out = BTreeMap::new();
+        let mut asked = Vec::new();
+        for unit in units {
+            match search.fragment(unit) {
+                Some(path) => {
+                    out.insert(unit.clone(), path);
+                }
+                None => asked.push(unit.clone()),
+            }
+        }
+        let read = self.unit_properties(&asked, &["FragmentPath"]).await?;
+        out.extend(read.into_iter().filter_map(|(unit, mut values)| {
+            let (_, value) = values.pop()?;
+            Some((unit, String::try_from(value).ok()?))
+        }));
+        Ok(out)
+    }
+
+    async fn dependencies_async(
+        &self,
+        units: &[String],
+        properties: &[&str],
+    ) -> Result<BTreeMap<String, Dependencies>, Error> {
+        let read = self.unit_properties(units, properties).await?;
+        Ok(read
+            .into_iter()
+            .map(|(unit, values)| {
+                let deps = values
+                    .into_iter()
+                    .filter_map(|(property, value)| {
+                        let names = Vec::<String>::try_from(value).ok().filter(|v| !v.is_empty())?;
+                        Some((property, names))
+                    })
+                    .collect();
+                (unit, deps)
+            })
+            .collect())
     }
 
     async fn status_async(&self, name: &str) -> Result<UnitStatus, Error> {
@@ -788,8 +712,20 @@ impl SystemdBus {
 }
 
 impl ServiceManager for SystemdBus {
-    fn snapshot(&mut self) -> Result<LiveState, Error> {
-        zbus::block_on(self.snapshot_async())
+    fn list_units(&mut self) -> Result<LiveState, Error> {
+        zbus::block_on(self.list_units_async())
+    }
+
+    fn fragment_paths(&mut self, units: &[String]) -> Result<BTreeMap<String, String>, Error> {
+        zbus::block_on(self.fragment_paths_async(units))
+    }
+
+    fn dependencies(&mut self, units: &[String], properties: &[&str]) -> Result<BTreeMap<String, Dependencies>, Error> {
+        zbus::block_on(self.dependencies_async(units, properties))
+    }
+
+    fn calls_made(&self) -> usize {
+        self.calls.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     fn unit_status(&mut self, units: &[String]) -> Result<BTreeMap<String, UnitStatus>, Error> {
@@ -889,31 +825,6 @@ impl ServiceManager for SystemdBus {
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn converts_unit_properties() {
-        let props = UnitProps {
-            active_state: Some("active".into()),
-            sub_state: Some("running".into()),
-            load_state: Some("loaded".into()),
-            fragment_path: Some("/etc/systemd/system/a.service".into()),
-            drop_in_paths: Some(vec!["/etc/systemd/system/a.service.d/x.conf".into()]),
-            part_of: Some(vec!["b.service".into()]),
-            requires: Some(vec![]),
-            invocation_id: Some(vec![0xab, 0x01]),
-            ..Default::default()
-        };
-        let u = live_unit_from(props, 42, 3);
-        assert_eq!(u.active_state, plan_model::ActiveState::Active);
-        assert_eq!(u.sub_state, "running");
-        assert_eq!(u.fragment_path, "/etc/systemd/system/a.service");
-        assert_eq!(u.drop_in_paths, vec!["/etc/systemd/system/a.service.d/x.conf"]);
-        assert_eq!(u.invocation_id, "ab01");
-        assert_eq!(u.main_pid, 42);
-        assert_eq!(u.exec_main_status, 3);
-        assert_eq!(u.deps.get("PartOf").unwrap(), &vec!["b.service".to_owned()]);
-        assert!(!u.deps.contains_key("Requires"), "empty lists are dropped");
-    }
 
     #[test]
     fn job_ids_from_paths() {

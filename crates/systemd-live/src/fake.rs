@@ -220,30 +220,52 @@ impl ServiceManager for FakeManager {
         Ok(self.units.iter().filter(|(_, u)| u.status.is_failed()).map(|(n, _)| n.clone()).collect())
     }
 
-    fn snapshot(&mut self) -> Result<LiveState, Error> {
+    fn list_units(&mut self) -> Result<LiveState, Error> {
         self.check_reachable()?;
         self.calls.push(Call::Snapshot);
         let units = self
             .units
             .iter()
             .map(|(n, u)| {
-                let mut deps = BTreeMap::new();
-                if !u.part_of.is_empty() {
-                    deps.insert("PartOf".to_owned(), u.part_of.clone());
-                }
                 let live = LiveUnit {
                     active_state: u.status.active_state.clone(),
                     sub_state: u.status.sub_state.clone(),
                     load_state: u.status.load_state.clone(),
-                    main_pid: u.status.main_pid,
-                    invocation_id: u.status.invocation_id.clone(),
-                    deps,
+                    deps_unread: true,
                     ..Default::default()
                 };
                 (n.clone(), live)
             })
             .collect();
         Ok(LiveState { units, ..Default::default() })
+    }
+
+    fn fragment_paths(&mut self, units: &[String]) -> Result<BTreeMap<String, String>, Error> {
+        self.check_reachable()?;
+        Ok(units
+            .iter()
+            .filter(|u| self.units.contains_key(*u))
+            .map(|u| (u.clone(), format!("/etc/systemd/system/{u}")))
+            .collect())
+    }
+
+    fn dependencies(
+        &mut self,
+        units: &[String],
+        _properties: &[&str],
+    ) -> Result<BTreeMap<String, crate::Dependencies>, Error> {
+        self.check_reachable()?;
+        Ok(units
+            .iter()
+            .filter_map(|name| {
+                let unit = self.units.get(name)?;
+                let mut deps = BTreeMap::new();
+                if !unit.part_of.is_empty() {
+                    deps.insert("PartOf".to_owned(), unit.part_of.clone());
+                }
+                Some((name.clone(), deps))
+            })
+            .collect())
     }
 
     fn unit_status(&mut self, units: &[String]) -> Result<BTreeMap<String, UnitStatus>, Error> {

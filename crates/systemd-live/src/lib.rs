@@ -26,6 +26,7 @@ mod executor;
 pub mod fake;
 mod manager;
 mod rundir;
+mod search_path;
 
 pub use dbus::{DEFAULT_CALL_TIMEOUT, SystemdBus};
 pub use error::Error;
@@ -33,5 +34,7 @@ pub use executor::{
     ApplyOptions, ApplyReport, Host, JobRecord, PhaseRecord, ProcessHost, Progress, ProtectedCheck, StderrProgress,
     UnitFailure, apply, remaining, resume,
 };
-pub use manager::{JobKind, JobOutcome, JobResult, ServiceManager, TransientExit, TransientSpec, UnitStatus};
+pub use manager::{
+    Dependencies, JobKind, JobOutcome, JobResult, ServiceManager, TransientExit, TransientSpec, UnitStatus,
+};
 pub use rundir::{DEFAULT_RUN_DIR, Interrupted, LockGuard, PersistedJob, PhaseState, ProgressFile, RunDir, phase_name};

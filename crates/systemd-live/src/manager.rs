@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::time::Duration;
 
-use plan_model::{Action, ActiveState, LiveState};
+use plan_model::{Action, ActiveState, DEPENDENCY_PROPERTIES, LiveState};
 use serde::{Deserialize, Serialize};
 
 use crate::Error;
@@ -186,13 +186,64 @@ pub enum TransientExit {
     Unknown(String),
 }
 
+/// A unit's dependency properties, by property name (`Requires`,
+/// `RequiredBy`, ...), the non-empty ones.
+pub type Dependencies = BTreeMap<String, Vec<String>>;
+
 /// What the executor needs from a service manager.
 ///
 /// Every method re-reads state from the manager; nothing is cached between
 /// calls, because the point of most calls is to see what changed.
 pub trait ServiceManager {
-    /// Takes a snapshot of every loaded unit.
-    fn snapshot(&mut self) -> Result<LiveState, Error>;
+    /// Lists the loaded units with their load, active and sub states and
+    /// whom they follow: one call, and nothing that makes the manager
+    /// work out anything per unit. Every unit's dependencies are marked as
+    /// not read ([`plan_model::LiveUnit::deps_unread`]).
+    fn list_units(&mut self) -> Result<LiveState, Error>;
+
+    /// Reads `FragmentPath` of each of `units` (units the manager does not
+    /// have loaded are left out).
+    fn fragment_paths(&mut self, units: &[String]) -> Result<BTreeMap<String, String>, Error>;
+
+    /// Reads `properties` (dependency properties, such as
+    /// [`DEPENDENCY_PROPERTIES`]) of each of `units`, the non-empty ones
+    /// by property name.
+    fn dependencies(&mut self, units: &[String], properties: &[&str]) -> Result<BTreeMap<String, Dependencies>, Error>;
+
+    /// Everything about every loaded unit: the listing, every unit's
+    /// fragment path and dependencies, and the main process and invocation
+    /// of every unit that is not inactive. A plan needs far less (see
+    /// `safe-switch`'s live planning); this is for tests and tools.
+    fn snapshot(&mut self) -> Result<LiveState, Error> {
+        let mut live = self.list_units()?;
+        let names: Vec<String> = live.units.keys().cloned().collect();
+        let fragments = self.fragment_paths(&names)?;
+        let mut deps = self.dependencies(&names, &DEPENDENCY_PROPERTIES)?;
+        let up: Vec<String> = live
+            .units
+            .iter()
+            .filter(|(_, u)| u.active_state != ActiveState::Inactive)
+            .map(|(n, _)| n.clone())
+            .collect();
+        let status = self.unit_status(&up)?;
+        for (name, unit) in &mut live.units {
+            unit.fragment_path = fragments.get(name).cloned().unwrap_or_default();
+            unit.deps = deps.remove(name).unwrap_or_default();
+            unit.deps_unread = false;
+            if let Some(st) = status.get(name) {
+                unit.main_pid = st.main_pid;
+                unit.invocation_id = st.invocation_id.clone();
+                unit.exec_main_status = st.exec_main_status;
+            }
+        }
+        Ok(live)
+    }
+
+    /// How many calls this manager has made so far (D-Bus method calls for
+    /// the real one), for benchmarks and `SAFE_SWITCH_STATS`.
+    fn calls_made(&self) -> usize {
+        0
+    }
 
     /// Reads the current status of the given units. Units the manager does
     /// not know come back with `load_state` `not-found`.
@@ -202,15 +253,16 @@ pub trait ServiceManager {
     /// after a main process that failed (`auto-restart` with a non-zero
     /// `ExecMainStatus`), as NixOS's switch counts them.
     fn failed_units(&mut self) -> Result<BTreeSet<String>, Error> {
-        Ok(self
-            .snapshot()?
-            .units
-            .into_iter()
-            .filter(|(_, u)| {
-                u.active_state == ActiveState::Failed || (u.sub_state == "auto-restart" && u.exec_main_status != 0)
-            })
-            .map(|(name, _)| name)
-            .collect())
+        let live = self.list_units()?;
+        let mut failed: BTreeSet<String> =
+            live.units.iter().filter(|(_, u)| u.active_state == ActiveState::Failed).map(|(n, _)| n.clone()).collect();
+        let restarting: Vec<String> =
+            live.units.iter().filter(|(_, u)| u.sub_state == "auto-restart").map(|(n, _)| n.clone()).collect();
+        if !restarting.is_empty() {
+            let status = self.unit_status(&restarting)?;
+            failed.extend(status.into_iter().filter(|(_, st)| st.exec_main_status != 0).map(|(n, _)| n));
+        }
+        Ok(failed)
     }
 
     /// Queues all `jobs` at once (mode `replace`) and waits until each has

@@ -761,6 +761,13 @@ impl Reach {
         }
     }
 
+    /// Tells whether any job on `unit` would touch a protected unit.
+    pub fn reaches(&self, graph: &UnitGraph, unit: &str) -> bool {
+        Job::ALL
+            .iter()
+            .any(|&job| graph.state_of(unit, job).is_some_and(|s| self.hops.get(s).is_some_and(Option::is_some)))
+    }
+
     /// Tells whether a job on `unit` would touch a protected unit, and
     /// which, with the chain of relations. A chain longer than
     /// `2 * CHAIN_ENDS` relations keeps its ends and counts the rest in

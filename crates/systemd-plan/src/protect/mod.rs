@@ -22,7 +22,7 @@
 pub mod cgroup;
 mod graph;
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 
 use globset::{Glob, GlobSet, GlobSetBuilder};
 use plan_model::policy::{ImplicitProtections, Selector};
@@ -86,26 +86,7 @@ pub fn protect(
 ) -> Analysis {
     let graph = UnitGraph::build(old, new, live);
     let universe = UnitNames::of_graph(&graph);
-    let mut protections = Vec::new();
-    let mut unknown = Vec::new();
-    for (selector, source) in &request.selectors {
-        let units = matching(selector, &universe);
-        if units.is_empty() {
-            unknown.push(UnknownSelector {
-                selector: selector.as_str().to_owned(),
-                source: source.clone(),
-                close: close_matches(selector, &universe),
-            });
-        }
-        protections.push(ProtectedUnit {
-            selector: selector.as_str().to_owned(),
-            source: source.clone(),
-            units,
-            allow: Vec::new(),
-        });
-    }
-    protections.extend(implicit_protections(request, &universe));
-
+    let (protections, unknown) = resolve(request, &universe);
     let protected: BTreeSet<String> = protections.iter().flat_map(|p| p.units.iter().cloned()).collect();
     let names: Vec<&str> = protected.iter().map(String::as_str).collect();
     let reach = graph.reach(&names);
@@ -159,6 +140,76 @@ pub fn protect(
         });
     }
     Analysis { graph, unknown, protected }
+}
+
+/// Matches the request's selectors and implicit protections against the
+/// known unit names: every protection in force, and the explicit
+/// selectors that matched nothing.
+fn resolve(request: &Request, universe: &UnitNames<'_>) -> (Vec<ProtectedUnit>, Vec<UnknownSelector>) {
+    let mut protections = Vec::new();
+    let mut unknown = Vec::new();
+    for (selector, source) in &request.selectors {
+        let units = matching(selector, universe);
+        if units.is_empty() {
+            unknown.push(UnknownSelector {
+                selector: selector.as_str().to_owned(),
+                source: source.clone(),
+                close: close_matches(selector, universe),
+            });
+        }
+        protections.push(ProtectedUnit {
+            selector: selector.as_str().to_owned(),
+            source: source.clone(),
+            units,
+            allow: Vec::new(),
+        });
+    }
+    protections.extend(implicit_protections(request, universe));
+    (protections, unknown)
+}
+
+/// What points at a unit from elsewhere that can stop or restart it: a
+/// unit that conflicts with it, one that propagates its stop to it, the
+/// socket, timer or path that activates it. For a protected unit of a
+/// generation, its own file says the rest.
+pub const INTO_PROTECTED: [&str; 3] = ["ConflictedBy", "StopPropagatedFrom", "TriggeredBy"];
+
+/// The live dependency properties [`protect`] would use and that the live
+/// state lacks ([`plan_model::LiveUnit::deps_unread`]), by unit: of a
+/// running protected unit, what points at it from outside the
+/// generations ([`INTO_PROTECTED`]; every property for one in neither
+/// generation, such as the caller's session); of a running unit in neither
+/// generation from which a job reaches a protected unit, every property
+/// ([`plan_model::DEPENDENCY_PROPERTIES`]). The generations' own units are
+/// read from their files.
+///
+/// Read these, put them into the live state, and ask again, until it
+/// asks for nothing new: each answer can lead further.
+pub fn live_dependencies_wanted(
+    old: &GenerationUnits,
+    new: &GenerationUnits,
+    live: &LiveState,
+    request: &Request,
+) -> BTreeMap<String, &'static [&'static str]> {
+    let graph = UnitGraph::build(old, new, live);
+    let universe = UnitNames::of_graph(&graph);
+    let (protections, _) = resolve(request, &universe);
+    let protected: BTreeSet<&str> = protections.iter().flat_map(|p| p.units.iter().map(String::as_str)).collect();
+    let reach = graph.reach(&protected.iter().copied().collect::<Vec<_>>());
+    let unread_and_running = |u: &str| live.get(u).is_some_and(|l| l.deps_unread && l.is_running());
+    let foreign = |u: &str| !old.has_unit(u) && !new.has_unit(u);
+    let mut wanted = BTreeMap::new();
+    for unit in protected.iter().copied().filter(|u| unread_and_running(u)) {
+        let properties: &'static [&'static str] =
+            if foreign(unit) { &plan_model::DEPENDENCY_PROPERTIES } else { &INTO_PROTECTED };
+        wanted.insert(unit.to_owned(), properties);
+    }
+    for unit in graph.known_units() {
+        if foreign(unit) && unread_and_running(unit) && reach.reaches(&graph, unit) {
+            wanted.insert(unit.to_owned(), &plan_model::DEPENDENCY_PROPERTIES[..]);
+        }
+    }
+    wanted
 }
 
 fn compile(selector: &Selector) -> Option<GlobSet> {

@@ -1,0 +1,179 @@
+//! How long `safe-switch plan` takes on a real systemd, cold and warm.
+//!
+//! For each size N (500, 2,000 and 10,000 by default; `PLAN_BENCH_SIZES=500,2000`
+//! to choose), boots a test bed whose generation A runs N services, builds
+//! a generation B that changes N/10 of them, and runs
+//! `safe-switch plan --toplevel B --json` inside the bed:
+//!
+//! - cold: right after `systemctl daemon-reload`, as on a host after any
+//!   switch (systemd has dropped every cache a query may fill);
+//! - warm: the same plan again.
+//!
+//! Prints the median, minimum and maximum wall time, the peak resident
+//! memory of the process, and the number of calls it made to systemd
+//! (`SAFE_SWITCH_STATS=1`). With `PLAN_BENCH_VS=COMMAND`, runs COMMAND with
+//! B's path as its argument inside the bed the same way, for a side-by-side
+//! figure (e.g. a wrapper around NixOS's `switch-to-configuration
+//! dry-activate`). Times include entering the bed's namespaces with
+//! `nsenter`, printed apart. Needs root; skips with a message otherwise.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::os::unix::process::ExitStatusExt as _;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use testbed::{Config, Generation, TestBed};
+
+const RUNS: usize = 9;
+const BIN: &str = env!("CARGO_BIN_EXE_safe-switch");
+
+/// One run: wall time, peak resident memory in KiB, and standard error.
+struct Run {
+    wall: Duration,
+    max_rss_kib: u64,
+    stderr: String,
+}
+
+/// Runs `cmd` to the end and measures it: the wall time and the largest
+/// resident set of the process and the children it waited for (`wait4`).
+fn measure(cmd: &mut Command) -> Run {
+    cmd.stdout(Stdio::null()).stderr(Stdio::piped());
+    let start = Instant::now();
+    let mut child = cmd.spawn().expect("starts");
+    let mut stderr = String::new();
+    let mut pipe = child.stderr.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        use std::io::Read as _;
+        let mut s = String::new();
+        let _ = pipe.read_to_string(&mut s);
+        s
+    });
+    let mut status = 0;
+    // SAFETY: a zeroed rusage is a valid value for wait4 to fill, and the
+    // pid is this process's own child, waited for once.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    let pid = i32::try_from(child.id()).unwrap();
+    // SAFETY: as above.
+    let waited = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
+    let wall = start.elapsed();
+    assert_eq!(waited, pid, "wait4");
+    stderr.push_str(&reader.join().unwrap());
+    let status = std::process::ExitStatus::from_raw(status);
+    assert!(matches!(status.code(), Some(0 | 3)), "{status:?}: {stderr}");
+    std::mem::forget(child);
+    Run { wall, max_rss_kib: u64::try_from(usage.ru_maxrss).unwrap_or(0), stderr }
+}
+
+fn calls(stderr: &str) -> Option<u64> {
+    stderr.lines().find_map(|l| l.strip_prefix("stats: ")?.split_whitespace().next()?.parse().ok())
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+fn summary(label: &str, runs: &[Run]) {
+    let mut walls: Vec<Duration> = runs.iter().map(|r| r.wall).collect();
+    walls.sort();
+    let rss = runs.iter().map(|r| r.max_rss_kib).max().unwrap_or(0);
+    let calls = runs.iter().filter_map(|r| calls(&r.stderr)).max();
+    println!(
+        "  {label:<34} median {:>8.1} ms  (min {:>7.1}, max {:>7.1})  peak RSS {:>6.1} MiB{}",
+        ms(walls[walls.len() / 2]),
+        ms(walls[0]),
+        ms(walls[walls.len() - 1]),
+        rss as f64 / 1024.0,
+        calls.map(|c| format!("  {c} calls")).unwrap_or_default()
+    );
+}
+
+fn service(version: u32) -> String {
+    format!("[Unit]\nDescription=bench\n\n[Service]\nEnvironment=V={version}\nExecStart=/bin/sleep infinity\n")
+}
+
+fn bench(n: usize) {
+    let mut a = Generation::new("a");
+    for i in 0..n {
+        let name = format!("bench-{i:05}.service");
+        a = a.service(&name, service(1)).wanted_by(&name, "multi-user.target");
+    }
+    let mut b = a.clone().renamed("b");
+    for i in (0..n).step_by(10) {
+        b = b.service(&format!("bench-{i:05}.service"), service(2));
+    }
+    let mut config = Config::new(a);
+    config.timeout = Duration::from_secs(60 + n as u64 / 10);
+    let booted = Instant::now();
+    let bed = TestBed::boot(&config).expect("test bed boots");
+    let deadline = Instant::now() + config.timeout;
+    loop {
+        let out = bed.systemctl(&["list-units", "--state=active", "--no-legend", "bench-*"]).unwrap_or_default();
+        if out.lines().count() >= n {
+            break;
+        }
+        assert!(Instant::now() < deadline, "only {} of {n} services came up", out.lines().count());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let target = bed.build_generation(&b).expect("generation B");
+    println!("{n} active services, {} changed (bed up in {:.1} s):", n / 10, booted.elapsed().as_secs_f64());
+
+    let plan = |bed: &TestBed| {
+        let mut cmd = bed.command(BIN);
+        cmd.args(["plan", "--toplevel"]).arg(&target).arg("--json").env("SAFE_SWITCH_STATS", "1");
+        cmd
+    };
+    let reload = |bed: &TestBed| {
+        bed.systemctl(&["daemon-reload"]).expect("daemon-reload");
+    };
+    let nsenter: Vec<Run> = (0..RUNS).map(|_| measure(&mut bed.command("/bin/true"))).collect();
+    let cold: Vec<Run> = (0..RUNS)
+        .map(|_| {
+            reload(&bed);
+            measure(&mut plan(&bed))
+        })
+        .collect();
+    let _ = measure(&mut plan(&bed));
+    let warm: Vec<Run> = (0..RUNS).map(|_| measure(&mut plan(&bed))).collect();
+    summary("safe-switch plan, cold", &cold);
+    summary("safe-switch plan, warm", &warm);
+    if let Ok(vs) = std::env::var("PLAN_BENCH_VS") {
+        let other = |bed: &TestBed| {
+            let mut cmd = bed.command(&vs);
+            cmd.arg(&target);
+            cmd
+        };
+        let cold: Vec<Run> = (0..RUNS)
+            .map(|_| {
+                reload(&bed);
+                measure(&mut other(&bed))
+            })
+            .collect();
+        let warm: Vec<Run> = (0..RUNS).map(|_| measure(&mut other(&bed))).collect();
+        let name = Path::new(&vs).file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or(vs.clone());
+        summary(&format!("{name}, cold"), &cold);
+        summary(&format!("{name}, warm"), &warm);
+    }
+    summary("(entering the bed: nsenter /bin/true)", &nsenter);
+}
+
+fn main() {
+    if !testbed::available("plan benchmark") {
+        return;
+    }
+    let sizes: Vec<usize> = std::env::var("PLAN_BENCH_SIZES")
+        .ok()
+        .map(|s| s.split(',').filter_map(|n| n.trim().parse().ok()).collect())
+        .unwrap_or_else(|| vec![500, 2000, 10000]);
+    println!(
+        "safe-switch plan on a test bed, {RUNS} runs each ({} cores)",
+        std::thread::available_parallelism().map_or(0, |n| n.get())
+    );
+    for n in sizes {
+        bench(n);
+    }
+    if let Ok(load) = std::fs::read_to_string("/proc/loadavg") {
+        println!("load average at the end: {}", load.split_whitespace().take(3).collect::<Vec<_>>().join(" "));
+    }
+}
