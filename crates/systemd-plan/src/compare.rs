@@ -19,25 +19,25 @@
 //! included, so a reader sees all that changed and the needs explains
 //! which keys mattered.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 
 use itertools::{EitherOrBoth, Itertools as _};
 
 use plan_model::{KeyChange, Rule};
 
-use crate::unit_file::{Section, UnitFile};
+use crate::unit_file::{Section, SortedMap, UnitFile};
 
 /// Walks two maps with sorted string keys side by side, in key order:
 /// each key of either map with its value in each (`None` where a map lacks
 /// the key).
 fn zip_sorted<'a, V>(
-    a: &'a BTreeMap<String, V>,
-    b: &'a BTreeMap<String, V>,
+    a: &'a SortedMap<V>,
+    b: &'a SortedMap<V>,
 ) -> impl Iterator<Item = (&'a str, Option<&'a V>, Option<&'a V>)> {
-    a.iter().merge_join_by(b, |(ka, _), (kb, _)| ka.cmp(kb)).map(|pair| match pair {
-        EitherOrBoth::Both((k, va), (_, vb)) => (k.as_str(), Some(va), Some(vb)),
-        EitherOrBoth::Left((k, va)) => (k.as_str(), Some(va), None),
-        EitherOrBoth::Right((k, vb)) => (k.as_str(), None, Some(vb)),
+    a.iter().merge_join_by(b.iter(), |(ka, _), (kb, _)| ka.cmp(kb)).map(|pair| match pair {
+        EitherOrBoth::Both((k, va), (_, vb)) => (k, Some(va), Some(vb)),
+        EitherOrBoth::Left((k, va)) => (k, Some(va), None),
+        EitherOrBoth::Right((k, vb)) => (k, None, Some(vb)),
     })
 }
 
@@ -89,7 +89,7 @@ pub fn compare_units(old: &UnitFile, new: &UnitFile) -> Comparison {
     // Sections and keys are sorted maps: one merge walk over both versions
     // visits every (section, key) pair once, in order, without building a
     // set of keys or looking each one up again.
-    let empty = Section::new();
+    let empty = Section::default();
     for (section, old_keys, new_keys) in zip_sorted(&old.sections, &new.sections) {
         if section == "Install" || old_keys == new_keys {
             continue;

@@ -30,8 +30,51 @@ use std::path::{Path, PathBuf};
 /// The most characters of a line that a [`ParseError`] quotes.
 pub const QUOTED_LINE: usize = 80;
 
+/// Names mapped to values, sorted by name: a vector, which takes a
+/// fraction of a `BTreeMap`'s memory for the handful of entries a unit's
+/// section holds (a planned host has thousands of units, each parsed
+/// twice).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SortedMap<V>(Vec<(String, V)>);
+
+impl<V> Default for SortedMap<V> {
+    fn default() -> Self {
+        SortedMap(Vec::new())
+    }
+}
+
+impl<V> SortedMap<V> {
+    /// The value of `name`.
+    pub fn get(&self, name: &str) -> Option<&V> {
+        self.0.binary_search_by(|(k, _)| k.as_str().cmp(name)).ok().map(|i| &self.0[i].1)
+    }
+
+    /// The entries, by name.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &V)> {
+        self.0.iter().map(|(k, v)| (k.as_str(), v))
+    }
+
+    /// How many entries.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Tells whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl<V> From<BTreeMap<String, V>> for SortedMap<V> {
+    fn from(map: BTreeMap<String, V>) -> Self {
+        let mut entries: Vec<(String, V)> = map.into_iter().collect();
+        entries.shrink_to_fit();
+        SortedMap(entries)
+    }
+}
+
 /// The keys of one section, each with its values in assignment order.
-pub type Section = BTreeMap<String, Vec<String>>;
+pub type Section = SortedMap<Vec<String>>;
 
 /// A syntax error in a unit file or drop-in.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -53,7 +96,10 @@ pub struct UnitFile {
     pub(crate) drop_ins: Vec<PathBuf>,
     pub(crate) own_drop_ins: Vec<PathBuf>,
     pub(crate) masked: bool,
-    pub(crate) sections: BTreeMap<String, Section>,
+    /// The sections, once [`UnitFile::finish`] has folded them.
+    pub(crate) sections: SortedMap<Section>,
+    /// The sections while files are folded in.
+    pub(crate) folding: BTreeMap<String, BTreeMap<String, Vec<String>>>,
 }
 
 impl UnitFile {
@@ -97,7 +143,7 @@ impl UnitFile {
 
     /// Iterates over the sections in name order.
     pub fn sections(&self) -> impl Iterator<Item = (&str, &Section)> {
-        self.sections.iter().map(|(name, section)| (name.as_str(), section))
+        self.sections.iter()
     }
 
     /// Returns one section.
@@ -193,7 +239,7 @@ impl UnitFile {
                 .strip_suffix(']')
                 .filter(|name| !name.is_empty() && !name.contains(['[', ']']))
                 .ok_or_else(|| error(format!("invalid section header {}", quote(line))))?;
-            self.sections.entry(name.to_owned()).or_default();
+            self.folding.entry(name.to_owned()).or_default();
             *section = Some(name.to_owned());
             return Ok(());
         }
@@ -209,7 +255,7 @@ impl UnitFile {
         // Look up before inserting: most keys go into an existing section,
         // and cloning names for every line would dominate loading.
         // Every section was inserted when its header was read.
-        let Some(keys) = self.sections.get_mut(section.as_str()) else { return Ok(()) };
+        let Some(keys) = self.folding.get_mut(section.as_str()) else { return Ok(()) };
         if !keys.contains_key(key) {
             keys.insert(key.to_owned(), Vec::new());
         }
@@ -227,10 +273,23 @@ impl UnitFile {
     /// sections left empty, so that `Key=` compares equal to no `Key` at
     /// all, as it does for systemd.
     pub(crate) fn finish(&mut self) {
-        for section in self.sections.values_mut() {
-            section.retain(|_, values| !values.is_empty());
-        }
-        self.sections.retain(|_, keys| !keys.is_empty());
+        let folded = std::mem::take(&mut self.folding);
+        let sections: BTreeMap<String, Section> = folded
+            .into_iter()
+            .map(|(name, keys)| {
+                let keys: BTreeMap<String, Vec<String>> = keys
+                    .into_iter()
+                    .filter(|(_, values)| !values.is_empty())
+                    .map(|(key, mut values)| {
+                        values.shrink_to_fit();
+                        (key, values)
+                    })
+                    .collect();
+                (name, SortedMap::from(keys))
+            })
+            .filter(|(_, keys)| !keys.is_empty())
+            .collect();
+        self.sections = SortedMap::from(sections);
     }
 }
 

@@ -349,7 +349,7 @@ impl UnitGraph {
         // whose specifiers cannot be known here are left out.
         let expand = |word: &str| unit_name::expand_specifiers(word, name);
         if let Some(section) = unit.section("Unit") {
-            for (key, values) in section {
+            for (key, values) in section.iter() {
                 // systemd splits list settings at ASCII white space.
                 let words = values.iter().flat_map(|v| v.split_ascii_whitespace()).filter_map(expand);
                 if key == "StopPropagatedFrom" {

@@ -199,7 +199,7 @@ fn unit_files_parse_without_panic_in_linear_memory() {
                 let mut total = 0;
                 for (section, keys) in unit.sections() {
                     prop_assert!(!section.is_empty() && section.len() <= text.len());
-                    for (key, values) in keys {
+                    for (key, values) in keys.iter() {
                         prop_assert!(!values.is_empty(), "{section}.{key}: a key without values is dropped");
                         for v in values {
                             total += v.len();
