@@ -115,14 +115,14 @@ pub(crate) fn live_plan(
         .with_context(|| format!("{}: cannot resolve the running generation", current.display()))?;
     let new_path = std::fs::canonicalize(toplevel)
         .with_context(|| format!("{}: cannot resolve the toplevel", toplevel.display()))?;
-    let (old, new) = systemd_plan::load_pair(&old_path, &new_path);
+    let (old, new) = timed("load", || systemd_plan::load_pair(&old_path, &new_path));
     let (old, new) = (old?, new?);
     let request = crate::protect::request(protect)?;
-    let live = read_live(&old, &new, &request, mgr).context("cannot read the live state from systemd")?;
-    let mut plan = systemd_plan::plan(&old, &new, &live);
+    let live = timed("live", || read_live(&old, &new, &request, mgr)).context("cannot read the live state from systemd")?;
+    let mut plan = timed("plan", || systemd_plan::plan(&old, &new, &live));
     crate::cmd::closure_diff::attach_to_plan(&mut plan, &old_path, &new_path);
-    let protection = crate::protect::protect_plan(&mut plan, &old, &new, &live, protect)?;
-    let diffs = systemd_plan::unit_diffs(&plan, &old, &new);
+    let protection = timed("protect", || crate::protect::protect_plan(&mut plan, &old, &new, &live, protect))?;
+    let diffs = timed("diffs", || systemd_plan::unit_diffs(&plan, &old, &new));
     Ok(LivePlan { plan, live, old: old_path, new: new_path, protection, diffs })
 }
 
@@ -130,7 +130,7 @@ pub(crate) fn live_plan(
 /// units with their states (one `ListUnits`), the fragment paths of the
 /// units NixOS's switch examines (active ones the old generation has),
 /// and the dependencies of the units protection asks for
-/// ([`systemd_plan::protect::live_dependencies_wanted`]), round after
+/// ([`systemd_plan::protect::DependencyReading`]), round after
 /// round until it asks for nothing new. Nothing asked makes systemd work
 /// out a unit's file state.
 pub(crate) fn read_live(
@@ -139,7 +139,7 @@ pub(crate) fn read_live(
     request: &systemd_plan::protect::Request,
     mgr: &mut dyn ServiceManager,
 ) -> Result<LiveState, systemd_live::Error> {
-    let mut live = mgr.list_units()?;
+    let mut live = timed("list", || mgr.list_units())?;
     let examined: Vec<String> = live
         .units
         .iter()
@@ -148,25 +148,24 @@ pub(crate) fn read_live(
         })
         .map(|(name, _)| name.clone())
         .collect();
-    for (unit, path) in mgr.fragment_paths(&examined)? {
+    for (unit, path) in timed("frag", || mgr.fragment_paths(&examined))? {
         if let Some(u) = live.units.get_mut(&unit) {
             u.fragment_path = path;
         }
     }
-    let mut asked = BTreeSet::new();
+    let mut reading = systemd_plan::protect::DependencyReading::new(old, new, &live, request);
     loop {
         // Units that want the same properties are read in one batch.
         let mut batches: BTreeMap<&[&str], Vec<String>> = BTreeMap::new();
-        for (unit, properties) in systemd_plan::protect::live_dependencies_wanted(old, new, &live, request) {
-            if asked.insert(unit.clone()) {
-                batches.entry(properties).or_default().push(unit);
-            }
+        for (unit, properties) in reading.wanted(&live) {
+            batches.entry(properties).or_default().push(unit);
         }
         if batches.is_empty() {
             return Ok(live);
         }
         for (properties, units) in batches {
             for (unit, deps) in mgr.dependencies(&units, properties)? {
+                reading.learn(&unit, &deps);
                 if let Some(u) = live.units.get_mut(&unit) {
                     u.deps = deps;
                     u.deps_unread = false;
@@ -180,9 +179,32 @@ pub(crate) fn read_live(
 /// how many calls the command made to the service manager (for the
 /// benchmarks; it changes nothing else).
 pub(crate) fn report_stats(mgr: &dyn ServiceManager) {
-    if std::env::var_os("SAFE_SWITCH_STATS").is_some_and(|v| v == "1") {
-        say!("stats: {} calls to the service manager", mgr.calls_made());
+    if stats_wanted() {
+        let phases = PHASES.lock().map(|p| p.clone()).unwrap_or_default();
+        let phases: Vec<String> =
+            phases.iter().map(|(name, took)| format!("{name} {:.1} ms", took.as_secs_f64() * 1000.0)).collect();
+        say!("stats: {} calls to the service manager; {}", mgr.calls_made(), phases.join(", "));
     }
+}
+
+/// Whether `SAFE_SWITCH_STATS=1` asks for the figures.
+fn stats_wanted() -> bool {
+    std::env::var_os("SAFE_SWITCH_STATS").is_some_and(|v| v == "1")
+}
+
+/// How long each phase of planning took, for [`report_stats`].
+static PHASES: std::sync::Mutex<Vec<(&str, std::time::Duration)>> = std::sync::Mutex::new(Vec::new());
+
+/// Runs one phase of planning, timing it when the figures are wanted.
+fn timed<T>(phase: &'static str, f: impl FnOnce() -> T) -> T {
+    let start = std::time::Instant::now();
+    let out = f();
+    if stats_wanted()
+        && let Ok(mut phases) = PHASES.lock()
+    {
+        phases.push((phase, start.elapsed()));
+    }
+    out
 }
 
 /// Reads the main process and invocation of every unit a saved plan

@@ -32,7 +32,7 @@
 //! each other), so every walk is an iterative breadth-first search with a
 //! visited set; nothing recurses.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::hash::{BuildHasherDefault, Hasher};
 
 use petgraph::Direction::{Incoming, Outgoing};
@@ -337,6 +337,27 @@ impl UnitGraph {
             }
         }
         g
+    }
+
+    /// Adds the dependency properties systemd reported for `unit` (read
+    /// after the graph was built), as [`UnitGraph::build`] adds those of
+    /// the live state. A relation the graph has already may be added a
+    /// second time, which changes nothing a walk finds.
+    pub fn add_live_dependencies(&mut self, unit: &str, deps: &BTreeMap<String, Vec<String>>) {
+        let me = self.node(unit);
+        for (property, targets) in deps {
+            let Some((relation, reverse)) = Relation::from_property(property) else { continue };
+            for target in targets {
+                let other = self.node(target);
+                let (a, b) = if reverse { (other, me) } else { (me, other) };
+                if a != b {
+                    self.graph.add_edge(a, b, relation);
+                }
+            }
+        }
+        // Units only named by the answer are not running as far as the
+        // graph knows, as when built.
+        self.running.resize(self.graph.node_count(), false);
     }
 
     fn add_unit_file(&mut self, name: &str, unit: &UnitFile, instances: &[&str]) {

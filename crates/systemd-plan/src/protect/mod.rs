@@ -174,42 +174,65 @@ fn resolve(request: &Request, universe: &UnitNames<'_>) -> (Vec<ProtectedUnit>, 
 /// generation, its own file says the rest.
 pub const INTO_PROTECTED: [&str; 3] = ["ConflictedBy", "StopPropagatedFrom", "TriggeredBy"];
 
-/// The live dependency properties [`protect`] would use and that the live
-/// state lacks ([`plan_model::LiveUnit::deps_unread`]), by unit: of a
-/// running protected unit, what points at it from outside the
+/// Which live dependency properties [`protect`] would use that the live
+/// state lacks ([`plan_model::LiveUnit::deps_unread`]), round after round:
+/// of a running protected unit, what points at it from outside the
 /// generations ([`INTO_PROTECTED`]; every property for one in neither
 /// generation, such as the caller's session); of a running unit in neither
 /// generation from which a job reaches a protected unit, every property
 /// ([`plan_model::DEPENDENCY_PROPERTIES`]). The generations' own units are
 /// read from their files.
 ///
-/// Read these, put them into the live state, and ask again, until it
-/// asks for nothing new: each answer can lead further.
-pub fn live_dependencies_wanted(
-    old: &GenerationUnits,
-    new: &GenerationUnits,
-    live: &LiveState,
-    request: &Request,
-) -> BTreeMap<String, &'static [&'static str]> {
-    let graph = UnitGraph::build(old, new, live);
-    let universe = UnitNames::of_graph(&graph);
-    let (protections, _) = resolve(request, &universe);
-    let protected: BTreeSet<&str> = protections.iter().flat_map(|p| p.units.iter().map(String::as_str)).collect();
-    let reach = graph.reach(&protected.iter().copied().collect::<Vec<_>>());
-    let unread_and_running = |u: &str| live.get(u).is_some_and(|l| l.deps_unread && l.is_running());
-    let foreign = |u: &str| !old.has_unit(u) && !new.has_unit(u);
-    let mut wanted = BTreeMap::new();
-    for unit in protected.iter().copied().filter(|u| unread_and_running(u)) {
-        let properties: &'static [&'static str] =
-            if foreign(unit) { &plan_model::DEPENDENCY_PROPERTIES } else { &INTO_PROTECTED };
-        wanted.insert(unit.to_owned(), properties);
+/// Ask [`DependencyReading::wanted`], read those, hand each answer to
+/// [`DependencyReading::learn`], and ask again until it asks for nothing:
+/// each answer can lead further. The relation graph is built once; an
+/// answer adds its relations to it.
+pub struct DependencyReading<'g> {
+    old: &'g GenerationUnits,
+    new: &'g GenerationUnits,
+    graph: UnitGraph,
+    protected: Vec<String>,
+    asked: HashSet<String>,
+}
+
+impl<'g> DependencyReading<'g> {
+    /// Starts from the generations and the live state as listed (no
+    /// dependencies read yet, or some).
+    pub fn new(old: &'g GenerationUnits, new: &'g GenerationUnits, live: &LiveState, request: &Request) -> Self {
+        let graph = UnitGraph::build(old, new, live);
+        let universe = UnitNames::of_graph(&graph);
+        let (protections, _) = resolve(request, &universe);
+        let protected: BTreeSet<String> = protections.into_iter().flat_map(|p| p.units).collect();
+        DependencyReading { old, new, graph, protected: protected.into_iter().collect(), asked: HashSet::new() }
     }
-    for unit in graph.known_units() {
-        if foreign(unit) && unread_and_running(unit) && reach.reaches(&graph, unit) {
-            wanted.insert(unit.to_owned(), &plan_model::DEPENDENCY_PROPERTIES[..]);
+
+    /// The units to read next and the properties to read of each, none
+    /// asked before.
+    pub fn wanted(&mut self, live: &LiveState) -> BTreeMap<String, &'static [&'static str]> {
+        let (old, new) = (self.old, self.new);
+        let protected: Vec<&str> = self.protected.iter().map(String::as_str).collect();
+        let reach = self.graph.reach(&protected);
+        let unread_and_running = |u: &str| live.get(u).is_some_and(|l| l.deps_unread && l.is_running());
+        let foreign = |u: &str| !old.has_unit(u) && !new.has_unit(u);
+        let mut wanted = BTreeMap::new();
+        for &unit in protected.iter().filter(|u| unread_and_running(u)) {
+            let properties: &'static [&'static str] =
+                if foreign(unit) { &plan_model::DEPENDENCY_PROPERTIES } else { &INTO_PROTECTED };
+            wanted.insert(unit.to_owned(), properties);
         }
+        for unit in self.graph.known_units() {
+            if foreign(unit) && unread_and_running(unit) && reach.reaches(&self.graph, unit) {
+                wanted.insert(unit.to_owned(), &plan_model::DEPENDENCY_PROPERTIES[..]);
+            }
+        }
+        wanted.retain(|unit, _| self.asked.insert(unit.clone()));
+        wanted
     }
-    wanted
+
+    /// Adds what systemd answered for `unit`: its dependency properties.
+    pub fn learn(&mut self, unit: &str, deps: &BTreeMap<String, Vec<String>>) {
+        self.graph.add_live_dependencies(unit, deps);
+    }
 }
 
 fn compile(selector: &Selector) -> Option<GlobSet> {
