@@ -101,7 +101,7 @@ fn bench(n: usize) {
     }
     let mut b = a.clone().renamed("b");
     for i in (0..n).step_by(10) {
-        b = b.service(&format!("bench-{i:05}.service"), service(2));
+        b = b.service(format!("bench-{i:05}.service"), service(2));
     }
     let mut config = Config::new(a);
     config.timeout = Duration::from_secs(60 + n as u64 / 10);

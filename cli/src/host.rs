@@ -115,10 +115,18 @@ pub(crate) fn live_plan(
         .with_context(|| format!("{}: cannot resolve the running generation", current.display()))?;
     let new_path = std::fs::canonicalize(toplevel)
         .with_context(|| format!("{}: cannot resolve the toplevel", toplevel.display()))?;
-    let (old, new) = timed("load", || systemd_plan::load_pair(&old_path, &new_path));
+    // The generations are read while systemd lists its units: neither
+    // needs the other, and each takes about as long.
+    let ((old, new), listed) = std::thread::scope(|scope| {
+        let loading = scope.spawn(|| timed("load", || systemd_plan::load_pair(&old_path, &new_path)));
+        let listed = timed("list-units", || mgr.list_units());
+        (loading.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)), listed)
+    });
     let (old, new) = (old?, new?);
     let request = crate::protect::request(protect)?;
-    let live = timed("live", || read_live(&old, &new, &request, mgr)).context("cannot read the live state from systemd")?;
+    let listed = listed.context("cannot read the live state from systemd")?;
+    let live = timed("live", || complete_live(&old, &new, &request, mgr, listed))
+        .context("cannot read the live state from systemd")?;
     let mut plan = timed("plan", || systemd_plan::plan(&old, &new, &live));
     crate::cmd::closure_diff::attach_to_plan(&mut plan, &old_path, &new_path);
     let protection = timed("protect", || crate::protect::protect_plan(&mut plan, &old, &new, &live, protect))?;
@@ -139,7 +147,19 @@ pub(crate) fn read_live(
     request: &systemd_plan::protect::Request,
     mgr: &mut dyn ServiceManager,
 ) -> Result<LiveState, systemd_live::Error> {
-    let mut live = timed("list", || mgr.list_units())?;
+    let listed = mgr.list_units()?;
+    complete_live(old, new, request, mgr, listed)
+}
+
+/// [`read_live`] after `ListUnits`: what else the plan needs of the units
+/// `listed`.
+fn complete_live(
+    old: &GenerationUnits,
+    new: &GenerationUnits,
+    request: &systemd_plan::protect::Request,
+    mgr: &mut dyn ServiceManager,
+    mut live: LiveState,
+) -> Result<LiveState, systemd_live::Error> {
     let examined: Vec<String> = live
         .units
         .iter()
@@ -148,7 +168,7 @@ pub(crate) fn read_live(
         })
         .map(|(name, _)| name.clone())
         .collect();
-    for (unit, path) in timed("frag", || mgr.fragment_paths(&examined))? {
+    for (unit, path) in mgr.fragment_paths(&examined)? {
         if let Some(u) = live.units.get_mut(&unit) {
             u.fragment_path = path;
         }

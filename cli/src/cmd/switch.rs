@@ -159,8 +159,8 @@ fn reprotect_remaining(
     protect: &ProtectArgs,
 ) -> anyhow::Result<Plan> {
     let mut plan = systemd_live::remaining(progress);
-    let old = systemd_plan::load(Path::new(&plan.old.path))?;
-    let new = systemd_plan::load(Path::new(&plan.new.path))?;
+    let (old, new) = systemd_plan::load_pair(Path::new(&plan.old.path), Path::new(&plan.new.path));
+    let (old, new) = (old?, new?);
     let mut args = protect.clone();
     let earlier = crate::protect::recorded_in(&progress.plan);
     args.recorded = Some(match &args.recorded {
@@ -230,7 +230,7 @@ pub(crate) fn apply_plan(
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use plan_model::{Action, Plan, UnitPlan};
     use systemd_live::fake::{Behaviour, FakeManager};

@@ -185,6 +185,44 @@ pub enum Entry {
     Masked,
 }
 
+/// A directory entry seen without being followed: whether it is a link
+/// and where to ([`GenerationDir::peek`]). Two generations of one machine
+/// mostly link the same files of the store; comparing peeks tells which
+/// entries need reading only once ([`Peek::same_file`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Peek {
+    /// What `readlink` said: `Some(target)` for a link, `None` for
+    /// anything else, unknown when the fast path is not available.
+    seen: Option<Seen>,
+    /// The file's physical path, where it is certain to be the same file
+    /// for every generation that names it the same way: a link to an
+    /// absolute path in a store that the generation itself is in, or a
+    /// file that is no link.
+    file: Option<PathBuf>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Seen {
+    Link(PathBuf),
+    NotLink,
+}
+
+impl Peek {
+    /// Tells whether two entries, peeked in the same or in different
+    /// generations, are certainly the same file, so that what one read
+    /// holds for the other.
+    pub fn same_file(&self, other: &Peek) -> bool {
+        self.file.is_some() && self.file == other.file
+    }
+
+    /// The physical path that [`Peek::same_file`] compares: two entries
+    /// with the same one are the same file. `None` when that cannot be
+    /// told without following the entry.
+    pub fn identity(&self) -> Option<&Path> {
+        self.file.as_deref()
+    }
+}
+
 /// Reads a file of the host by its path, following the host's links: a
 /// file that a generation's link names where the caller allows it
 /// (NixOS's `etc/fstab -> /etc/fstab`), or a host file that is no part of
@@ -332,7 +370,43 @@ impl GenerationDir {
     /// the generation and the store, and anything else but a regular file
     /// are errors naming `shown`.
     pub fn read_entry(&self, dir: &Path, name: &str, shown: &Path, limit: Limit) -> Result<Entry, ReadError> {
-        match self.open_fast(dir, name) {
+        let peek = self.peek(dir, name);
+        self.read_peeked(dir, name, &peek, shown, limit)
+    }
+
+    /// Looks at `name` in the physical directory `dir` without following
+    /// it (one `readlink`), for [`GenerationDir::read_peeked`] and
+    /// [`Peek::same_file`].
+    pub fn peek(&self, dir: &Path, name: &str) -> Peek {
+        if !self.openat2.get() {
+            return Peek::default();
+        }
+        let read = self.with_dir_fd(dir, |fd| rustix::fs::readlinkat(fd, name, Vec::new()));
+        let seen = match read {
+            Some(Err(Errno::INVAL)) => Seen::NotLink,
+            None | Some(Err(_)) => return Peek::default(),
+            Some(Ok(target)) => Seen::Link(PathBuf::from(OsString::from_vec(target.into_bytes()))),
+        };
+        let file = match &seen {
+            Seen::NotLink => Some(dir.join(name)),
+            Seen::Link(target) if target.is_absolute() && !self.inside_first => {
+                self.store_of(target).map(|(store, rest)| store.physical.join(rest))
+            }
+            Seen::Link(_) => None,
+        };
+        Peek { seen: Some(seen), file }
+    }
+
+    /// [`GenerationDir::read_entry`] for an entry already peeked.
+    pub fn read_peeked(
+        &self,
+        dir: &Path,
+        name: &str,
+        peek: &Peek,
+        shown: &Path,
+        limit: Limit,
+    ) -> Result<Entry, ReadError> {
+        match self.open_fast(dir, name, peek) {
             Some(Fast::Masked) => return Ok(Entry::Masked),
             Some(Fast::File(file)) => return read_open(file, shown, limit, true),
             None => {}
@@ -345,6 +419,17 @@ impl GenerationDir {
             Resolved::Outside { link, target, .. } => Err(ReadError::Outside { path: shown.to_owned(), link, target }),
             Resolved::Found(physical) => read_open(self.open_physical(&physical, shown)?, shown, limit, true),
         }
+    }
+
+    /// Runs `f` on `dir` opened as a handle for `*at` calls; the last one
+    /// is kept open, as entries are read directory by directory.
+    fn with_dir_fd<T>(&self, dir: &Path, f: impl FnOnce(BorrowedFd<'_>) -> T) -> Option<T> {
+        let mut last_dir = self.last_dir.borrow_mut();
+        if last_dir.as_ref().is_none_or(|(path, _)| path != dir) {
+            *last_dir = Some((dir.to_owned(), open_dir_fd(dir)?));
+        }
+        let (_, fd) = last_dir.as_ref()?;
+        Some(f(fd.as_fd()))
     }
 
     /// Tells whether a physical path is inside the generation or a store.
@@ -457,30 +542,25 @@ impl GenerationDir {
     /// the kernel within the generation or the store, or `None` when the
     /// walk must decide (a link out, a dangling link, a loop, no
     /// `openat2`).
-    fn open_fast(&self, dir: &Path, name: &str) -> Option<Fast> {
+    fn open_fast(&self, dir: &Path, name: &str, peek: &Peek) -> Option<Fast> {
         if !self.openat2.get() {
             return None;
         }
-        let mut last_dir = self.last_dir.borrow_mut();
-        if last_dir.as_ref().is_none_or(|(path, _)| path != dir) {
-            *last_dir = Some((dir.to_owned(), open_dir_fd(dir)?));
-        }
-        let (_, dir_fd) = last_dir.as_ref()?;
-        let target = match rustix::fs::readlinkat(dir_fd, name, Vec::new()) {
+        let target = match peek.seen.as_ref()? {
             // Not a link: the file itself, in a directory already resolved.
-            Err(Errno::INVAL) => {
-                return rustix::fs::openat(dir_fd, name, OPEN_FLAGS | OFlags::NOFOLLOW, Mode::empty())
+            Seen::NotLink => {
+                return self
+                    .with_dir_fd(dir, |fd| rustix::fs::openat(fd, name, OPEN_FLAGS | OFlags::NOFOLLOW, Mode::empty()))?
                     .ok()
                     .map(|fd| Fast::File(fd.into()));
             }
-            Err(_) => return None,
-            Ok(target) => PathBuf::from(OsString::from_vec(target.into_bytes())),
+            Seen::Link(target) => target,
         };
         if target == Path::new("/dev/null") {
             return Some(Fast::Masked);
         }
         if target.is_absolute() {
-            let (store, rest) = self.store_of(&target)?;
+            let (store, rest) = self.store_of(target)?;
             if self.inside_first {
                 let inside = target.strip_prefix("/").ok()?;
                 match self.open_beneath(self.root_fd.as_ref()?.as_fd(), inside) {
@@ -498,7 +578,7 @@ impl GenerationDir {
             None if dir.starts_with(&self.root) => (self.root_fd.as_ref()?.as_fd(), self.root.as_path()),
             None => return None,
         };
-        let rel = dir.strip_prefix(jail).ok()?.join(&target);
+        let rel = dir.strip_prefix(jail).ok()?.join(target);
         self.open_beneath(jail_fd, &rel).ok().map(Fast::File)
     }
 
@@ -610,8 +690,10 @@ fn read_open(mut file: fs::File, shown: &Path, limit: Limit, masks: bool) -> Res
         };
         return Err(not_regular(shown, what));
     }
-    // One read for the size `fstat` gave and one to see the end; never
-    // more than the limit and one byte, to tell a longer file.
+    // One read for the size `fstat` gave; another only when the file is
+    // not that size (a file that grew or a size the kernel does not know,
+    // as in /proc). Never more than the limit and one byte, to tell a
+    // longer file.
     let max = usize::try_from(limit.bytes.saturating_add(1)).unwrap_or(usize::MAX);
     let hint = usize::try_from(meta.len()).unwrap_or(usize::MAX).saturating_add(1);
     let mut bytes = vec![0; hint.min(max)];
@@ -626,7 +708,12 @@ fn read_open(mut file: fs::File, shown: &Path, limit: Limit, masks: bool) -> Res
         }
         match file.read(&mut bytes[filled..]) {
             Ok(0) => break,
-            Ok(n) => filled += n,
+            Ok(n) => {
+                filled += n;
+                if filled > 0 && filled < max && u64::try_from(filled).is_ok_and(|f| f == meta.len()) {
+                    break;
+                }
+            }
             Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
             Err(err) => return Err(io_err(err)),
         }

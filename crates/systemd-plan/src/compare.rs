@@ -20,6 +20,7 @@
 //! which keys mattered.
 
 use std::collections::BTreeSet;
+use std::sync::Arc;
 
 use itertools::{EitherOrBoth, Itertools as _};
 
@@ -82,6 +83,9 @@ pub struct Comparison {
 
 /// Compares two versions of a unit.
 pub fn compare_units(old: &UnitFile, new: &UnitFile) -> Comparison {
+    if Arc::ptr_eq(&old.sections, &new.sections) {
+        return Comparison { needs: Needs::Nothing, reload_rules: Vec::new(), changes: Vec::new() };
+    }
     let mut restart = false;
     let mut reload_rules = BTreeSet::new();
     let mut changes = Vec::new();

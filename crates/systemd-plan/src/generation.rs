@@ -63,7 +63,7 @@ pub struct GenerationUnits {
     pub(crate) unit_dir: PathBuf,
     /// The text of every system unit file and drop-in read, by its path
     /// relative to `unit_dir`.
-    pub(crate) unit_files: BTreeMap<String, String>,
+    pub(crate) unit_files: BTreeMap<String, std::sync::Arc<str>>,
     pub(crate) fstab: Option<Fstab>,
     pub(crate) system_conf: Option<FileIdentity>,
     pub(crate) systemd_exe: Option<FileIdentity>,
@@ -112,7 +112,7 @@ impl GenerationUnits {
     /// (`a.service`, `a.service.d/10-x.conf`); `None` for a mask or a
     /// file the generation does not have.
     pub fn unit_file_text(&self, rel: &str) -> Option<&str> {
-        self.unit_files.get(rel).map(String::as_str)
+        self.unit_files.get(rel).map(|text| &**text)
     }
 
     /// Returns the unit as systemd would load it from this generation.

@@ -33,12 +33,13 @@ use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
 
-use generation_fs::{Entry, GenerationDir, Limit, ReadError, Resolved};
-use plan_model::unit_name;
+use generation_fs::{GenerationDir, Limit, ReadError, Resolved};
 
 use crate::fstab::Fstab;
 use crate::generation::{FileIdentity, GenerationUnits};
 use crate::unit_file::{ParseError, UnitFile};
+
+mod scan;
 
 /// The most read from a unit file or drop-in. systemd reads lines of up to
 /// 1 MiB; no real unit comes near this.
@@ -149,20 +150,6 @@ fn outside_error(resolved: &Resolved, shown: &Path) -> LoadError {
     }
 }
 
-/// A unit file or drop-in as found on disk.
-enum Source {
-    Masked,
-    Text { shown: PathBuf, text: String },
-}
-
-/// Reads one unit file or drop-in, `name` in the physical directory `dir`.
-fn read_source(g: &GenerationDir, dir: &Path, name: &str, shown: &Path) -> Result<Source, LoadError> {
-    match g.read_entry(dir, name, shown, UNIT_FILE_LIMIT)? {
-        Entry::Masked => Ok(Source::Masked),
-        Entry::Bytes(bytes) => Ok(Source::Text { shown: shown.to_owned(), text: utf8(shown, bytes)? }),
-    }
-}
-
 /// Checks that a file's bytes are UTF-8, naming the line of the first bad
 /// byte.
 fn utf8(shown: &Path, bytes: Vec<u8>) -> Result<String, LoadError> {
@@ -213,20 +200,76 @@ type Links = BTreeMap<String, BTreeMap<String, Vec<String>>>;
 /// The kinds of link directories next to unit files.
 const LINK_KINDS: [&str; 3] = ["wants", "requires", "upholds"];
 
+/// A generation opened, with its system unit directory found and listed.
+struct Opened {
+    shown_root: PathBuf,
+    g: GenerationDir,
+    unit_dir_shown: PathBuf,
+    unit_dir: PathBuf,
+    names: Vec<String>,
+    managed: Option<Managed>,
+}
+
+impl Opened {
+    fn open(root: &Path) -> Result<Opened, LoadError> {
+        match fs::metadata(root) {
+            Ok(meta) if meta.is_dir() => {}
+            Ok(_) => {
+                return Err(LoadError::NotAGeneration { path: root.to_owned(), reason: "not a directory".into() });
+            }
+            Err(err) => return Err(LoadError::NotAGeneration { path: root.to_owned(), reason: err.to_string() }),
+        }
+        let g = GenerationDir::open(root)?;
+        let (unit_dir_shown, unit_dir, managed) = locate_units(&g, root)?;
+        let names = list_dir(&unit_dir_shown, &unit_dir)?;
+        Ok(Opened { shown_root: root.to_owned(), g, unit_dir_shown, unit_dir, names, managed })
+    }
+
+    fn dir(&self) -> scan::Dir<'_> {
+        scan::Dir { root: &self.shown_root, shown: &self.unit_dir_shown, physical: &self.unit_dir, names: &self.names }
+    }
+}
+
 /// Loads a generation directory.
 pub fn load(root: &Path) -> Result<GenerationUnits, LoadError> {
-    match fs::metadata(root) {
-        Ok(meta) if meta.is_dir() => {}
-        Ok(_) => {
-            return Err(LoadError::NotAGeneration { path: root.to_owned(), reason: "not a directory".into() });
-        }
-        Err(err) => return Err(LoadError::NotAGeneration { path: root.to_owned(), reason: err.to_string() }),
-    }
-    let shown_root = root;
-    let g = &GenerationDir::open(root)?;
-    let (unit_dir_shown, unit_dir, managed) = locate_units(g, shown_root)?;
-    let read = read_unit_dir(g, &unit_dir_shown, &unit_dir)?;
-    let mut units = read.units;
+    let opened = Opened::open(root)?;
+    let (scan, _) = scan::scan_dirs(Some(&opened.dir()), None);
+    let scan = scan.unwrap_or_else(|| Ok(scan::Scan::default()))?;
+    finish(opened, &scan, None)
+}
+
+/// Loads two generations at once. Most of their files are the same files
+/// of the store: each is read once, and the units made of them are parsed
+/// once (see [`scan`]).
+pub fn load_pair(old: &Path, new: &Path) -> (Result<GenerationUnits, LoadError>, Result<GenerationUnits, LoadError>) {
+    let (old, new) = (Opened::open(old), Opened::open(new));
+    let (old_dir, new_dir) = (old.as_ref().ok().map(Opened::dir), new.as_ref().ok().map(Opened::dir));
+    let (old_scan, new_scan) = scan::scan_dirs(old_dir.as_ref(), new_dir.as_ref());
+    let scanned = |opened: Result<Opened, LoadError>, scan: scan::Outcome| {
+        let scan = scan.unwrap_or_else(|| Ok(scan::Scan::default()));
+        opened.and_then(|opened| Ok((opened, scan?)))
+    };
+    let old = scanned(old, old_scan);
+    let old = old.and_then(|(opened, scan)| Ok((finish(opened, &scan, None)?, scan)));
+    let twin = old.as_ref().ok().map(|(units, scan)| (scan, &units.units));
+    let new = scanned(new, new_scan).and_then(|(opened, scan)| finish(opened, &scan, twin));
+    (old.map(|(units, _)| units), new)
+}
+
+/// Puts a generation together from its scanned unit directory and reads
+/// the rest: user units, fstab, system.conf, the systemd binary's identity,
+/// init-interface-version and the activation script. `twin` is the other
+/// generation's scan and units, whose parsed units this one shares where
+/// they are made of the same files.
+fn finish(
+    opened: Opened,
+    scan: &scan::Scan,
+    twin: Option<(&scan::Scan, &BTreeMap<String, UnitFile>)>,
+) -> Result<GenerationUnits, LoadError> {
+    let Opened { shown_root, g, unit_dir_shown, managed, .. } = opened;
+    let g = &g;
+    let shown_root = shown_root.as_path();
+    let mut units = scan::units(scan, twin)?;
     // system-manager masks units through systemd (`MaskUnitFiles`), not in
     // its unit directory: its masked units are masked units here too.
     for (name, entry) in managed.iter().flatten() {
@@ -238,7 +281,14 @@ pub fn load(root: &Path) -> Result<GenerationUnits, LoadError> {
     // managers; a generation without them is fine.
     let user_dir_shown = shown_root.join("etc/systemd/user");
     let user_units = match resolve_dir(g, "etc/systemd/user", &user_dir_shown)? {
-        Some(dir) => read_unit_dir(g, &user_dir_shown, &dir)?.units,
+        Some(physical) => {
+            let names = list_dir(&user_dir_shown, &physical)?;
+            let dir = scan::Dir { root: shown_root, shown: &user_dir_shown, physical: &physical, names: &names };
+            match scan::scan_dirs(Some(&dir), None).0 {
+                Some(scan) => scan::units(&scan?, None)?,
+                None => BTreeMap::new(),
+            }
+        }
         None => BTreeMap::new(),
     };
 
@@ -261,9 +311,9 @@ pub fn load(root: &Path) -> Result<GenerationUnits, LoadError> {
         root: shown_root.to_owned(),
         units,
         user_units,
-        deps: read.deps,
+        deps: scan.deps.clone(),
         unit_dir: unit_dir_shown,
-        unit_files: read.files,
+        unit_files: scan.texts(),
         fstab,
         system_conf,
         systemd_exe,
@@ -310,105 +360,6 @@ fn locate_units(g: &GenerationDir, shown_root: &Path) -> Result<(PathBuf, PathBu
         return Ok((shown, dir, Some(managed)));
     }
     Err(LoadError::NoUnitDirectory { path: shown_root.to_owned() })
-}
-
-/// What one unit directory holds.
-struct UnitDir {
-    /// The units with their drop-ins merged.
-    units: BTreeMap<String, UnitFile>,
-    /// The `.wants`/`.requires`/`.upholds` links.
-    deps: Links,
-    /// The text of every unit file and drop-in, by its path relative to
-    /// the directory.
-    files: BTreeMap<String, String>,
-}
-
-/// Reads one unit directory (`etc/systemd/system` or `etc/systemd/user`).
-fn read_unit_dir(g: &GenerationDir, dir_shown: &Path, dir: &Path) -> Result<UnitDir, LoadError> {
-    let mut fragments: BTreeMap<String, Source> = BTreeMap::new();
-    let mut drop_in_dirs: BTreeMap<String, Vec<(String, Source)>> = BTreeMap::new();
-    let mut deps = Links::new();
-
-    for name in list_dir(dir_shown, dir)? {
-        let shown = dir_shown.join(&name);
-        if let Some(unit) = name.strip_suffix(".d").filter(|u| unit_name::is_valid(u)) {
-            let Some(dir) = resolve_dir_in(g, dir, &name, &shown)? else { continue };
-            let mut files = Vec::new();
-            for file in list_dir(&shown, &dir)? {
-                if file.ends_with(".conf") {
-                    files.push((file.clone(), read_source(g, &dir, &file, &shown.join(&file))?));
-                }
-            }
-            drop_in_dirs.insert(unit.to_owned(), files);
-        } else if let Some((unit, kind)) =
-            name.rsplit_once('.').filter(|(u, k)| LINK_KINDS.contains(k) && unit_name::is_valid(u))
-        {
-            let Some(dir) = resolve_dir_in(g, dir, &name, &shown)? else { continue };
-            let linked = list_dir(&shown, &dir)?.into_iter().filter(|n| unit_name::is_valid(n)).collect();
-            deps.entry(unit.to_owned()).or_default().insert(kind.to_owned(), linked);
-        } else if unit_name::is_valid(&name) {
-            fragments.insert(name.clone(), read_source(g, dir, &name, &shown)?);
-        }
-    }
-
-    let mut units = BTreeMap::new();
-    let names: std::collections::BTreeSet<&String> = fragments.keys().chain(drop_in_dirs.keys()).collect();
-    for name in names {
-        let template = unit_name::split_instance(name).map(|(template, _)| template);
-        let fragment = fragments.get(name).or_else(|| template.as_ref().and_then(|t| fragments.get(t)));
-        let Some(fragment) = fragment else {
-            // Drop-ins without a fragment do not make a unit.
-            continue;
-        };
-        let mut unit = UnitFile { name: name.clone(), ..UnitFile::default() };
-        let Source::Text { shown, text } = fragment else {
-            unit.masked = true;
-            units.insert(name.clone(), unit);
-            continue;
-        };
-        unit.apply(shown, text)?;
-        unit.fragment = Some(shown.clone());
-
-        // systemd orders all drop-ins of a unit by file name; a drop-in in
-        // the instance's own directory replaces the template's drop-in of
-        // the same name, and a link to /dev/null removes it.
-        let mut by_name: BTreeMap<&str, &Source> = BTreeMap::new();
-        if let Some(template) = &template {
-            for (file, source) in drop_in_dirs.get(template).into_iter().flatten() {
-                by_name.insert(file, source);
-            }
-        }
-        for (file, source) in drop_in_dirs.get(name).into_iter().flatten() {
-            by_name.insert(file, source);
-            if let Source::Text { shown, .. } = source {
-                unit.own_drop_ins.push(shown.clone());
-            }
-        }
-        for source in by_name.values() {
-            if let Source::Text { shown, text } = source {
-                unit.apply(shown, text)?;
-                unit.drop_ins.push(shown.clone());
-            }
-        }
-        unit.finish();
-        units.insert(name.clone(), unit);
-    }
-
-    // Keep what was read, for the reports' diffs.
-    let mut files = BTreeMap::new();
-    for (name, source) in fragments {
-        if let Source::Text { text, .. } = source {
-            files.insert(name, text);
-        }
-    }
-    for (unit, drop_ins) in drop_in_dirs {
-        for (file, source) in drop_ins {
-            if let Source::Text { text, .. } = source {
-                files.insert(format!("{unit}.d/{file}"), text);
-            }
-        }
-    }
-    Ok(UnitDir { units, deps, files })
 }
 
 /// The unit directory of a system-manager toplevel and the units it
@@ -458,17 +409,6 @@ fn bounded(message: &str) -> String {
         Some((end, _)) => format!("{}...", &message[..end]),
         None => message.to_owned(),
     }
-}
-
-/// Loads two generations at once, the new one on a second thread: loading
-/// is dominated by file-system calls, which overlap well.
-pub fn load_pair(old: &Path, new: &Path) -> (Result<GenerationUnits, LoadError>, Result<GenerationUnits, LoadError>) {
-    std::thread::scope(|scope| {
-        let handle = scope.spawn(|| load(new));
-        let old = load(old);
-        let new = handle.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic));
-        (old, new)
-    })
 }
 
 /// The identity of `etc/systemd/system.conf` for the re-exec decision:
@@ -707,5 +647,96 @@ mod tests {
         symlink("a.service", units.join("b.service")).unwrap();
         let err = load(dir.path()).unwrap_err();
         assert!(matches!(err, LoadError::Read(ReadError::Loop { .. })), "{err}");
+    }
+
+    /// A store (a directory named `store`) holding two generations `a` and
+    /// `b` of `n` units each, linked by absolute paths as NixOS links
+    /// them; every tenth unit differs in `b`. Unit 1 has a drop-in in
+    /// both, the same file.
+    fn store_pair(n: usize) -> (tempfile::TempDir, PathBuf, PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = dir.path().join("store");
+        for (side, changed) in [("a", false), ("b", true)] {
+            let units = store.join(side).join("etc/systemd/system");
+            fs::create_dir_all(&units).unwrap();
+            for i in 0..n {
+                let name = format!("u-{i:04}.service");
+                let version = if changed && i % 10 == 0 { 2 } else { 1 };
+                let path = store.join(format!("{i:04}-v{version}-unit/{name}"));
+                write(&path, &format!("[Service]\nExecStart=/bin/u {i}\nEnvironment=V={version}\n"));
+                symlink(&path, units.join(&name)).unwrap();
+            }
+            let drop_in = store.join("dd-drop-in/over.conf");
+            write(&drop_in, "[Service]\nNice=5\n");
+            fs::create_dir_all(units.join("u-0001.service.d")).unwrap();
+            symlink(&drop_in, units.join("u-0001.service.d/over.conf")).unwrap();
+        }
+        let (a, b) = (store.join("a"), store.join("b"));
+        (dir, a, b)
+    }
+
+    #[test]
+    fn a_pair_reads_the_files_both_generations_link_once_and_loads_what_each_alone_loads() {
+        let (_dir, a, b) = store_pair(700);
+        let (old, new) = load_pair(&a, &b);
+        let (old, new) = (old.unwrap(), new.unwrap());
+        assert_eq!(old.units, load(&a).unwrap().units);
+        assert_eq!(new.units, load(&b).unwrap().units);
+        assert_eq!(new.unit_files, load(&b).unwrap().unit_files);
+        let text_shared = |rel: &str| std::sync::Arc::ptr_eq(&old.unit_files[rel], &new.unit_files[rel]);
+        let shared = |name: &str| {
+            text_shared(name) && std::sync::Arc::ptr_eq(&old.units[name].sections, &new.units[name].sections)
+        };
+        assert!(shared("u-0001.service") && text_shared("u-0001.service.d/over.conf") && shared("u-0699.service"));
+        assert!(!text_shared("u-0000.service") && !text_shared("u-0690.service"));
+        assert!(!std::sync::Arc::ptr_eq(&old.units["u-0690.service"].sections, &new.units["u-0690.service"].sections));
+        assert_eq!(new.unit("u-0690.service").unwrap().values("Service", "Environment"), ["V=2"]);
+        assert_eq!(new.unit("u-0001.service").unwrap().get("Service", "Nice"), Some("5"));
+        // Paths are each generation's own.
+        assert_eq!(
+            new.unit("u-0001.service").unwrap().fragment(),
+            Some(b.join("etc/systemd/system/u-0001.service").as_path())
+        );
+        assert_eq!(
+            new.unit("u-0001.service").unwrap().drop_ins(),
+            [b.join("etc/systemd/system/u-0001.service.d/over.conf")]
+        );
+    }
+
+    #[test]
+    fn generations_outside_a_store_share_nothing_their_own_stores_hold() {
+        // The same absolute link names each fixture's own file.
+        let dir = tempfile::tempdir().unwrap();
+        for (side, version) in [("a", 1), ("b", 2)] {
+            let root = dir.path().join(side);
+            write(&root.join("nix/store/abc-unit/x.service"), &format!("[Service]\nEnvironment=V={version}\n"));
+            fs::create_dir_all(root.join("etc/systemd/system")).unwrap();
+            symlink("/nix/store/abc-unit/x.service", root.join("etc/systemd/system/x.service")).unwrap();
+        }
+        let (old, new) = load_pair(&dir.path().join("a"), &dir.path().join("b"));
+        assert_eq!(old.unwrap().unit("x.service").unwrap().values("Service", "Environment"), ["V=1"]);
+        assert_eq!(new.unwrap().unit("x.service").unwrap().values("Service", "Environment"), ["V=2"]);
+    }
+
+    #[test]
+    fn each_generation_of_a_pair_fails_alone_at_its_first_bad_file_in_name_order() {
+        let (_dir, a, b) = store_pair(700);
+        // Two bad files far apart (read by different threads): the first
+        // by name is named, as when read alone.
+        for name in ["u-0100.service", "u-0600.service"] {
+            fs::remove_file(a.join("etc/systemd/system").join(name)).unwrap();
+            symlink("/nowhere/at/all", a.join("etc/systemd/system").join(name)).unwrap();
+        }
+        let (old, new) = load_pair(&a, &b);
+        let err = old.unwrap_err().to_string();
+        assert!(err.contains("u-0100.service"), "{err}");
+        assert_eq!(err, load(&a).unwrap_err().to_string());
+        assert_eq!(new.unwrap().units, load(&b).unwrap().units);
+        // A file the new generation alone has wrong.
+        write(&b.join("etc/systemd/system/u-0300.service.d/bad.conf"), "no key here\n");
+        let (old, new) = load_pair(&b, &b.clone());
+        let (old, new) = (old.unwrap_err().to_string(), new.unwrap_err().to_string());
+        assert!(new.contains("u-0300.service.d/bad.conf:1"), "{new}");
+        assert_eq!(old, new);
     }
 }

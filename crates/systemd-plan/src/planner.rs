@@ -806,20 +806,22 @@ impl<'a> Planner<'a> {
     /// Units new in this generation that nothing starts, with why.
     fn new_units(&mut self) {
         self.pulled_in();
+        let new = self.new;
+        let noted: Vec<&str> = new
+            .units()
+            .filter(|(name, unit)| !unit_name::is_template(name) && !unit.is_masked() && !self.old.has_unit(name))
+            .filter(|(name, _)| !self.entries.get(*name).is_some_and(|e| e.start || e.restart || e.informative))
+            .map(|(name, _)| name)
+            .collect();
+        // What links to those units (a host links thousands of units;
+        // only these need naming).
         let mut pulled_by: BTreeMap<&str, BTreeSet<String>> = BTreeMap::new();
-        for (unit, kind, linked) in self.new.linked_all() {
-            for name in linked {
+        for (unit, kind, linked) in new.linked_all() {
+            for name in linked.iter().filter(|n| noted.binary_search(&n.as_str()).is_ok()) {
                 pulled_by.entry(name.as_str()).or_default().insert(format!("{unit} ({kind})"));
             }
         }
-        let new = self.new;
-        for (name, unit) in new.units() {
-            if unit_name::is_template(name) || unit.is_masked() || self.old.has_unit(name) {
-                continue;
-            }
-            if self.entries.get(name).is_some_and(|e| e.start || e.restart || e.informative) {
-                continue;
-            }
+        for name in noted {
             let detail = match pulled_by.get(name) {
                 Some(by) => format!(
                     "pulled in by {}, which the switch does not start",

@@ -26,6 +26,7 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 /// The most characters of a line that a [`ParseError`] quotes.
 pub const QUOTED_LINE: usize = 80;
@@ -96,21 +97,26 @@ pub struct UnitFile {
     pub(crate) drop_ins: Vec<PathBuf>,
     pub(crate) own_drop_ins: Vec<PathBuf>,
     pub(crate) masked: bool,
-    /// The sections, once [`UnitFile::finish`] has folded them.
-    pub(crate) sections: SortedMap<Section>,
-    /// The sections while files are folded in.
-    pub(crate) folding: BTreeMap<String, BTreeMap<String, Vec<String>>>,
+    /// The sections, folded from the unit's files ([`Folding`]).
+    pub(crate) sections: Arc<SortedMap<Section>>,
 }
+
+/// A unit's files being folded into its sections, one after the other.
+#[derive(Debug, Default)]
+pub(crate) struct Folding(BTreeMap<String, BTreeMap<String, Vec<String>>>);
 
 impl UnitFile {
     /// Parses a single file's text as a unit named `name` (for tests and
-    /// tools; the loader merges drop-ins with [`UnitFile::apply`]).
+    /// tools; the loader merges drop-ins with [`Folding`]).
     pub fn parse(name: &str, path: &Path, text: &str) -> Result<UnitFile, ParseError> {
-        let mut unit = UnitFile { name: name.to_owned(), ..UnitFile::default() };
-        unit.apply(path, text)?;
-        unit.fragment = Some(path.to_owned());
-        unit.finish();
-        Ok(unit)
+        let mut folding = Folding::default();
+        folding.apply(path, text)?;
+        Ok(UnitFile {
+            name: name.to_owned(),
+            fragment: Some(path.to_owned()),
+            sections: folding.finish(),
+            ..UnitFile::default()
+        })
     }
 
     /// The unit's name. For an instance that has no fragment or drop-ins
@@ -139,6 +145,13 @@ impl UnitFile {
     /// Tells whether the unit is masked (its fragment links to `/dev/null`).
     pub fn is_masked(&self) -> bool {
         self.masked
+    }
+
+    /// Tells whether two units have the same settings (their names, paths
+    /// and masks aside). Units of two generations made of the same files
+    /// share their parsed settings, which makes this one comparison.
+    pub fn same_settings(&self, other: &UnitFile) -> bool {
+        Arc::ptr_eq(&self.sections, &other.sections) || self.sections == other.sections
     }
 
     /// Iterates over the sections in name order.
@@ -181,8 +194,10 @@ impl UnitFile {
     pub fn bool_or(&self, section: &str, key: &str, default: bool) -> bool {
         self.get_bool(section, key).unwrap_or(default)
     }
+}
 
-    /// Folds one file's text into this unit.
+impl Folding {
+    /// Folds one file's text in.
     pub(crate) fn apply(&mut self, path: &Path, text: &str) -> Result<(), ParseError> {
         let mut section: Option<String> = None;
         let mut continued: Option<(String, u32)> = None;
@@ -239,7 +254,7 @@ impl UnitFile {
                 .strip_suffix(']')
                 .filter(|name| !name.is_empty() && !name.contains(['[', ']']))
                 .ok_or_else(|| error(format!("invalid section header {}", quote(line))))?;
-            self.folding.entry(name.to_owned()).or_default();
+            self.0.entry(name.to_owned()).or_default();
             *section = Some(name.to_owned());
             return Ok(());
         }
@@ -255,7 +270,7 @@ impl UnitFile {
         // Look up before inserting: most keys go into an existing section,
         // and cloning names for every line would dominate loading.
         // Every section was inserted when its header was read.
-        let Some(keys) = self.folding.get_mut(section.as_str()) else { return Ok(()) };
+        let Some(keys) = self.0.get_mut(section.as_str()) else { return Ok(()) };
         if !keys.contains_key(key) {
             keys.insert(key.to_owned(), Vec::new());
         }
@@ -272,9 +287,9 @@ impl UnitFile {
     /// Drops keys that an empty assignment left without values, and
     /// sections left empty, so that `Key=` compares equal to no `Key` at
     /// all, as it does for systemd.
-    pub(crate) fn finish(&mut self) {
-        let folded = std::mem::take(&mut self.folding);
-        let sections: BTreeMap<String, Section> = folded
+    pub(crate) fn finish(self) -> Arc<SortedMap<Section>> {
+        let sections: BTreeMap<String, Section> = self
+            .0
             .into_iter()
             .map(|(name, keys)| {
                 let keys: BTreeMap<String, Vec<String>> = keys
@@ -289,7 +304,7 @@ impl UnitFile {
             })
             .filter(|(_, keys)| !keys.is_empty())
             .collect();
-        self.sections = SortedMap::from(sections);
+        Arc::new(SortedMap::from(sections))
     }
 }
 

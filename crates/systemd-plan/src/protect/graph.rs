@@ -280,10 +280,7 @@ impl UnitGraph {
             for (name, unit) in generation.units() {
                 // Most units are the same on both sides of a switch; their
                 // relations were read from the old generation already.
-                if is_new
-                    && old
-                        .unit(name)
-                        .is_some_and(|o| o.is_masked() == unit.is_masked() && o.sections().eq(unit.sections()))
+                if is_new && old.unit(name).is_some_and(|o| o.is_masked() == unit.is_masked() && o.same_settings(unit))
                 {
                     continue;
                 }
