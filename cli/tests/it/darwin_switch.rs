@@ -410,3 +410,41 @@ fn the_simulator_answers_as_launchctl_does() {
     assert_eq!(job.pid, mac.pid("org.nixos.nix-daemon"));
     assert_eq!(job.runs, Some(1));
 }
+
+#[test]
+fn an_interrupted_switch_is_described_and_resumed_by_the_next() {
+    let mac = Mac::new();
+    let (a, b) = generations(&mac.user);
+    mac.boot(&a.job(stubborn("org.nixos.stubborn", "1", 3)));
+    let new = mac.write(&b.job(stubborn("org.nixos.stubborn", "2", 3)));
+    // Killed while it waits for a boot-out.
+    let mut child = mac
+        .command(&["switch", "--no-isolate", "--toplevel", new.to_str().unwrap()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    for _ in 0..1000 {
+        if mac.sim.calls().iter().any(|c| c == "bootout system/org.nixos.stubborn") {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let plan = mac.safe_switch(&["plan", "--toplevel", new.to_str().unwrap()]);
+    assert!(plan.stderr.contains("an earlier launchd switch"), "{}", text(&plan));
+
+    let out = mac.safe_switch(&["switch", "--no-isolate", "--toplevel", new.to_str().unwrap()]);
+    assert_eq!(out.code(), Some(0), "{}", text(&out));
+    assert!(out.stderr.contains("was interrupted"), "{}", text(&out));
+    assert!(out.stderr.contains("is finished"), "{}", text(&out));
+    assert!(mac.pid("org.nixos.stubborn").is_some(), "{}", text(&out));
+    assert!(mac.pid("org.nixos.docker").is_some());
+    assert!(!mac.sim.loaded("system/org.nixos.collectd"));
+    assert_eq!(mac.current_system(), new);
+    // The activation ran in the interrupted switch, was not run again by
+    // the resume, and ran once more for the switch asked for now (to the
+    // same generation, as a second `darwin-rebuild switch` would).
+    assert_eq!(mac.markers().iter().filter(|m| *m == "etc").count(), 2, "{}", text(&out));
+}

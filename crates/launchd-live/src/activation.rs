@@ -188,7 +188,7 @@ pub fn cut(text: &str) -> Result<Cut, MarkerError> {
             let what = if start == launchd {
                 "the launchd and userLaunchd steps"
             } else if start == tail {
-                "/run/current-system"
+                "the end of the script, which links the current system,"
             } else {
                 "a nix-daemon step"
             };
