@@ -43,6 +43,18 @@ const PASSED_ENV: &[&str] = &[
 /// process built and showed. The hand-over files are removed afterwards.
 pub(crate) fn run_isolated(run: &RunDir, built: Option<&Resolved>) -> anyhow::Result<Outcome> {
     let mut bus = crate::host::connect()?;
+    hand_over(run, built, |run, extra| isolate(&mut bus, run, extra))
+}
+
+/// Checks that no other safe-switch holds the lock, writes the hand-over
+/// files (the caller's cgroup, the built generation), runs `isolated`
+/// with the options that name them, and removes them afterwards. Shared
+/// by the systemd and the launchd isolation.
+pub(crate) fn hand_over(
+    run: &RunDir,
+    built: Option<&Resolved>,
+    isolated: impl FnOnce(&RunDir, &[String]) -> anyhow::Result<Outcome>,
+) -> anyhow::Result<Outcome> {
     if run.is_locked()? {
         return Err(LockHeld { path: run.lock_path(), isolated: false }.into());
     }
@@ -58,7 +70,7 @@ pub(crate) fn run_isolated(run: &RunDir, built: Option<&Resolved>) -> anyhow::Re
         extra.extend(["--resolved-file".to_owned(), path.display().to_string()]);
         files.push(path);
     }
-    let outcome = isolate(&mut bus, run, &extra);
+    let outcome = isolated(run, &extra);
     for path in files {
         let _ = std::fs::remove_file(path);
     }
@@ -153,23 +165,15 @@ fn without_cgroup_file(args: impl Iterator<Item = String>) -> Vec<String> {
 /// Runs this very command line again, with `--no-isolate`, as a transient
 /// service, relays its output and returns its outcome.
 fn isolate(bus: &mut SystemdBus, run: &RunDir, extra_args: &[String]) -> anyhow::Result<Outcome> {
-    let exe = std::env::current_exe().context("cannot find this program's path")?;
-    let mut argv = vec![exe.display().to_string()];
-    argv.extend(without_cgroup_file(std::env::args().skip(1)));
-    argv.extend(["--no-isolate".to_owned(), "--isolated".to_owned()]);
-    argv.extend(extra_args.iter().cloned());
-    let id = format!(
-        "{}-{}",
-        std::process::id(),
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0)
-    );
+    let argv = isolated_argv(extra_args)?;
+    let id = isolated_id();
     let unit = format!("safe-switch-{id}.service");
     let (stdout, stderr) = run.unit_output_paths(&unit)?;
     let spec = TransientSpec {
         unit: unit.clone(),
         description: "safe-switch apply".to_owned(),
         argv,
-        environment: passed_env().filter_map(|k| std::env::var(k).ok().map(|v| format!("{k}={v}"))).collect(),
+        environment: isolated_env().into_iter().map(|(k, v)| format!("{k}={v}")).collect(),
         working_directory: std::env::current_dir().ok(),
         stdout: stdout.clone(),
         stderr: stderr.clone(),
@@ -191,16 +195,7 @@ fn isolate(bus: &mut SystemdBus, run: &RunDir, extra_args: &[String]) -> anyhow:
     let _ = std::fs::remove_file(&stdout);
     let _ = std::fs::remove_file(&stderr);
     match exit {
-        TransientExit::Exited(code) => match crate::exit::of_isolated_run(code) {
-            IsolatedExit::Outcome(outcome) => Ok(outcome),
-            IsolatedExit::Usage => {
-                Err(crate::exit::usage(format!("the switch in {unit} refused its command line (see above)")))
-            }
-            // Another safe-switch took the lock between this process's
-            // check and the isolated run's start.
-            IsolatedExit::LockHeld => Err(LockHeld { path: run.lock_path(), isolated: false }.into()),
-            IsolatedExit::Failed => bail!("the switch in {unit} exited with status {code} (see above)"),
-        },
+        TransientExit::Exited(code) => isolated_outcome(code, &unit, run),
         TransientExit::Killed(sig) => bail!(
             "the switch in {unit} was killed by signal {sig}; run `safe-switch switch` again to see where it stopped and resume it"
         ),
@@ -210,21 +205,63 @@ fn isolate(bus: &mut SystemdBus, run: &RunDir, extra_args: &[String]) -> anyhow:
     }
 }
 
+/// The command line of the isolated run: this very command line, without
+/// `--cgroup-file`, with `--no-isolate --isolated` and the hand-over
+/// options.
+pub(crate) fn isolated_argv(extra_args: &[String]) -> anyhow::Result<Vec<String>> {
+    let exe = std::env::current_exe().context("cannot find this program's path")?;
+    let mut argv = vec![exe.display().to_string()];
+    argv.extend(without_cgroup_file(std::env::args().skip(1)));
+    argv.extend(["--no-isolate".to_owned(), "--isolated".to_owned()]);
+    argv.extend(extra_args.iter().cloned());
+    Ok(argv)
+}
+
+/// The environment of the isolated run: the variables it is handed
+/// ([`passed_env`]) that are set here.
+pub(crate) fn isolated_env() -> Vec<(String, String)> {
+    passed_env().filter_map(|k| std::env::var(k).ok().map(|v| (k.to_owned(), v))).collect()
+}
+
+/// A name for the isolated run, unique on this host.
+pub(crate) fn isolated_id() -> String {
+    format!(
+        "{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0)
+    )
+}
+
+/// The outcome of an isolated run (`what` names where it ran) that exited
+/// with `code`.
+pub(crate) fn isolated_outcome(code: i32, what: &str, run: &RunDir) -> anyhow::Result<Outcome> {
+    match crate::exit::of_isolated_run(code) {
+        IsolatedExit::Outcome(outcome) => Ok(outcome),
+        IsolatedExit::Usage => {
+            Err(crate::exit::usage(format!("the switch in {what} refused its command line (see above)")))
+        }
+        // Another safe-switch took the lock between this process's
+        // check and the isolated run's start.
+        IsolatedExit::LockHeld => Err(LockHeld { path: run.lock_path(), isolated: false }.into()),
+        IsolatedExit::Failed => bail!("the switch in {what} exited with status {code} (see above)"),
+    }
+}
+
 /// Copies what a file gained since the last call to one of this process's
 /// streams. Write errors are ignored: the caller may have gone away, and
 /// the switch must not depend on it.
-struct Relay {
+pub(crate) struct Relay {
     path: PathBuf,
     offset: u64,
     to: Box<dyn Write>,
 }
 
 impl Relay {
-    fn new(path: PathBuf, to: Box<dyn Write>) -> Relay {
+    pub(crate) fn new(path: PathBuf, to: Box<dyn Write>) -> Relay {
         Relay { path, offset: 0, to }
     }
 
-    fn pump(&mut self) {
+    pub(crate) fn pump(&mut self) {
         let Ok(mut f) = File::open(&self.path) else {
             return;
         };

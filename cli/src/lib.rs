@@ -24,6 +24,7 @@ macro_rules! say_text {
 
 mod args;
 mod cmd;
+mod darwin;
 mod exit;
 mod host;
 mod isolate;

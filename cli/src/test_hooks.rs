@@ -12,6 +12,8 @@
 //! | `SAFE_SWITCH_TEST_PROC_CGROUP` | `/proc/self/cgroup` |
 //! | `SAFE_SWITCH_TEST_STATE_DIR` | `/var/lib/safe-switch` (the saved-plan key) |
 //! | `SAFE_SWITCH_TEST_STORE_DIR` | `/nix/store` (where `apply` accepts a target) |
+//! | `SAFE_SWITCH_TEST_DARWIN_ROOT` | `/` of a nix-darwin host: `/run/current-system`, `/run/safe-switch`, `/Library`, the users' homes, `/nix/var/nix/profiles`; a switch there needs no root |
+//! | `SAFE_SWITCH_TEST_LAUNCHCTL` | `/bin/launchctl` (the launchd simulator of the `testbed` crate) |
 //!
 //! A release build (`cfg(not(debug_assertions))`) ignores them: nothing a
 //! caller puts in the environment changes which policy applies, which
@@ -28,8 +30,12 @@ pub const PROC_CGROUP: &str = "SAFE_SWITCH_TEST_PROC_CGROUP";
 pub const STATE_DIR: &str = "SAFE_SWITCH_TEST_STATE_DIR";
 /// Replaces the Nix store directory for `apply`'s check of the target.
 pub const STORE_DIR: &str = "SAFE_SWITCH_TEST_STORE_DIR";
+/// Replaces `/` for the paths of a nix-darwin host.
+pub const DARWIN_ROOT: &str = "SAFE_SWITCH_TEST_DARWIN_ROOT";
+/// Replaces `/bin/launchctl`.
+pub const LAUNCHCTL: &str = "SAFE_SWITCH_TEST_LAUNCHCTL";
 /// Every test-only variable, for handing them on to an isolated apply.
-pub const ALL: &[&str] = &[SYSTEM_POLICY, PROC_CGROUP, STATE_DIR, STORE_DIR];
+pub const ALL: &[&str] = &[SYSTEM_POLICY, PROC_CGROUP, STATE_DIR, STORE_DIR, DARWIN_ROOT, LAUNCHCTL];
 
 /// Whether this build honours the test-only variables.
 pub const ENABLED: bool = cfg!(debug_assertions);

@@ -19,6 +19,9 @@ use crate::host;
 
 /// Runs `check`.
 pub(crate) fn run(args: args::CheckArgs) -> anyhow::Result<Outcome> {
+    if crate::darwin::is_darwin_host() {
+        return crate::darwin::check(args);
+    }
     let target = host::resolve_source(&args.source, &args.protect)?;
     let mut bus = host::connect()?;
     host::report_interrupted(&systemd_live::RunDir::system());

@@ -81,7 +81,7 @@ fn build(
 /// Fails when a `--protect` name matched no job (see
 /// [`crate::protect::reject_typos`]); close matches are the labels, or
 /// their last part, nearest to it.
-fn reject_typos(planned: &LaunchdPlan) -> anyhow::Result<()> {
+pub(crate) fn reject_typos(planned: &LaunchdPlan) -> anyhow::Result<()> {
     let labels: Vec<&str> = planned
         .plan
         .protection
@@ -124,7 +124,7 @@ fn close_labels(wanted: &str, labels: &[&str]) -> Vec<String> {
 /// The protection policy: the policy file's selectors and mode, plus
 /// `--protect` and `--on-protected`. The implicit protections of a systemd
 /// host (D-Bus, logind, the caller's cgroup) have no launchd counterpart.
-fn policy(args: &ProtectArgs) -> anyhow::Result<Request> {
+pub(crate) fn policy(args: &ProtectArgs) -> anyhow::Result<Request> {
     let asked = crate::protect::asked(args)?;
     let selectors = asked
         .selectors

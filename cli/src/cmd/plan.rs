@@ -18,6 +18,9 @@ use crate::host::{self, LivePlan};
 
 /// Runs `plan`.
 pub(crate) fn run(args: args::PlanArgs) -> anyhow::Result<Outcome> {
+    if crate::darwin::is_darwin_host() {
+        return crate::darwin::plan(args);
+    }
     let target = host::resolve_source(&args.source, &args.protect)?;
     let mut bus = host::connect()?;
     host::report_interrupted(&systemd_live::RunDir::system());

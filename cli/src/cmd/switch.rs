@@ -38,6 +38,9 @@ use crate::host;
 
 /// Runs `switch`.
 pub(crate) fn run(args: args::SwitchArgs) -> anyhow::Result<Outcome> {
+    if crate::darwin::is_darwin_host() {
+        return crate::darwin::switch(args);
+    }
     let target = host::resolve_source(&args.source, &args.protect)?;
     preflight(&target.toplevel)?;
     let run = RunDir::system();

@@ -20,6 +20,7 @@ mod support;
 mod apply_saved;
 mod closure_diff;
 mod darwin_diff;
+mod darwin_switch;
 mod dbus_timeout;
 mod demo;
 mod e2e_switch;

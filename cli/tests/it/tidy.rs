@@ -21,6 +21,18 @@ const RULES: &[(&str, &[(&str, May)])] = &[
     ("plan-report", &[]),
     ("systemd-plan", &[("loader.rs", May { fs: true, ..NONE })]),
     ("launchd-plan", &[("io.rs", May { fs: true, ..NONE })]),
+    (
+        "launchd-live",
+        &[
+            // `LaunchctlProgram`: the one place `launchctl` runs.
+            ("launchctl.rs", May { process: true, ..NONE }),
+            // `DarwinHost`: plists, links, the profile, the activation
+            // script, and `id` for a user's account.
+            ("host.rs", May { fs: true, process: true, ..NONE }),
+            // The progress record.
+            ("executor.rs", May { fs: true, ..NONE }),
+        ],
+    ),
     ("generation-fs", &[("lib.rs", May { fs: true, ..NONE })]),
     ("closure-diff", &[("store.rs", May { fs: true, ..NONE }), ("db.rs", May { fs: true, ..NONE })]),
     (

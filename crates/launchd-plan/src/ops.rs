@@ -16,13 +16,15 @@
 use std::fmt;
 
 use plan_model::{Action, Rule, UnitPlan};
+use serde::{Deserialize, Serialize};
 
 use crate::error::OpsError;
 use crate::job::Scope;
 use crate::planner::{JobTarget, LaunchdPlan};
 
 /// A launchd domain.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum Domain {
     /// The `system` domain (LaunchDaemons).
     System,
@@ -40,7 +42,8 @@ impl fmt::Display for Domain {
 }
 
 /// One `launchctl` call.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "call", rename_all = "kebab-case")]
 pub enum Launchctl {
     /// `launchctl bootout <domain>/<label>`: stop the job and forget it.
     /// The service-target form is used because it works after the plist is
@@ -110,7 +113,8 @@ impl Launchctl {
 }
 
 /// One step of carrying out a launchd plan.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "kebab-case")]
 pub enum Operation {
     /// A `launchctl` call.
     Launchctl(Launchctl),

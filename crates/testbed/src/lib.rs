@@ -28,6 +28,8 @@
 //!   share: a fixed-seed runner, a watchdog and a counting allocator.
 //! - [`require!`]: the first line of a test that needs root, a bed or a
 //!   Nix that builds; it skips or fails the test when the machine lacks it.
+//! - [`launchd`]: a launchd simulator (a stand-in `launchctl`) and
+//!   nix-darwin generations, for the nix-darwin path's tests.
 //! - [`store`]: Nix stores in temporary directories, filled with generated
 //!   closures; [`flakes`]: a private copy of the fixture flakes; [`unit`]:
 //!   unit file text for test generations.
@@ -86,6 +88,7 @@ pub mod exec;
 pub mod flakes;
 pub mod fuzz;
 mod generation;
+pub mod launchd;
 pub mod nix;
 pub mod require;
 mod ssh;

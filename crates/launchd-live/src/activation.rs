@@ -1,0 +1,204 @@
+//! nix-darwin's `activate` without its launchd steps: a pure function of
+//! the script's text.
+//!
+//! nix-darwin inlines every activation snippet into one script, in a fixed
+//! order (`… etc, defaults, userDefaults, launchd, userLaunchd,
+//! nix-daemon, time, …, postActivation`), and ends it by pointing
+//! `/run/current-system` at the generation. The section comments survive
+//! into the script, and they are the markers [`cut`] looks for:
+//!
+//! | section | marker (a line of its own) | what is taken out |
+//! |---|---|---|
+//! | launchd | `# Set up launchd services in /Library/LaunchAgents and /Library/LaunchDaemons`, then `echo "setting up launchd services..."` | everything up to the nix-daemon section, the userLaunchd section with it |
+//! | userLaunchd | `# Set up user launchd services in ~/Library/LaunchAgents` or `echo "setting up user launchd services..."` (optional) | (with the launchd section) |
+//! | nix-daemon (managed Nix) | ``# Follow up on the `/etc/nix/nix.custom.conf` check.`` | the `launchctl kill HUP` block and the `launchctl kickstart` wait loop; the `nix.custom.conf` move stays |
+//! | nix-daemon (`nix.enable = false`) | `# Restore unmanaged Nix daemon if present` | the block that copies the unmanaged daemon's plist back and loads it |
+//! | the end | `# Make this configuration the current configuration.` | the rest of the script: `/run/current-system` and its GC root are set once the launchd part is done |
+//!
+//! Each marker must appear exactly once and in this order; anything else
+//! (an older or newer nix-darwin, a hand-written script) is a
+//! [`MarkerError`], and nothing is run.
+
+use thiserror::Error;
+
+/// The launchd section's first line.
+pub const LAUNCHD_MARKER: &str = "# Set up launchd services in /Library/LaunchAgents and /Library/LaunchDaemons";
+/// The launchd section's second line (its start).
+const LAUNCHD_ECHO: &str = "echo \"setting up launchd services...\"";
+/// The userLaunchd section's first line, in the versions that have it.
+const USER_MARKERS: [&str; 2] =
+    ["# Set up user launchd services in ~/Library/LaunchAgents", "echo \"setting up user launchd services...\""];
+/// The nix-daemon section's first line, with a managed Nix.
+pub const NIX_DAEMON_MARKER: &str = "# Follow up on the `/etc/nix/nix.custom.conf` check.";
+/// The nix-daemon section's first line, with `nix.enable = false`.
+pub const NIX_UNMANAGED_MARKER: &str = "# Restore unmanaged Nix daemon if present";
+/// The first line of the script's end, which sets `/run/current-system`.
+pub const TAIL_MARKER: &str = "# Make this configuration the current configuration.";
+
+/// Which nix-daemon section the script has.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NixDaemon {
+    /// A managed Nix: the daemon gets SIGHUP when `nix.conf` changed.
+    Managed,
+    /// `nix.enable = false`: the script restores an unmanaged daemon's
+    /// plist when the old generation managed it.
+    Unmanaged,
+}
+
+/// The activation script with its launchd steps taken out.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Cut {
+    /// The script to run.
+    pub script: String,
+    /// The nix-daemon section found.
+    pub nix_daemon: NixDaemon,
+    /// The users the launchd sections act as (`sudo --user=NAME`): the
+    /// primary user, when the generation has agents.
+    pub users: Vec<String>,
+    /// What was taken out, as `(first line, last line)`, 1-based, for the
+    /// progress messages.
+    pub removed: Vec<(usize, usize)>,
+}
+
+/// The script does not have the layout [`cut`] knows.
+#[derive(Debug, Error, PartialEq, Eq)]
+#[error(
+    "the activation script does not have the launchd sections of the nix-darwin versions safe-switch knows ({what}); refusing to run it, nothing was changed"
+)]
+pub struct MarkerError {
+    /// What was not as expected.
+    pub what: String,
+}
+
+fn missing(what: impl Into<String>) -> MarkerError {
+    MarkerError { what: what.into() }
+}
+
+/// The one line whose trimmed text is one of `markers`; an error when
+/// there is none or more than one.
+fn one(lines: &[&str], markers: &[&str], name: &str) -> Result<usize, MarkerError> {
+    let found: Vec<usize> =
+        lines.iter().enumerate().filter(|(_, l)| markers.contains(&l.trim())).map(|(i, _)| i).collect();
+    match found.as_slice() {
+        [i] => Ok(*i),
+        [] => Err(missing(format!("no {name} marker {:?}", markers[0]))),
+        _ => Err(missing(format!("the {name} marker {:?} appears {} times", markers[0], found.len()))),
+    }
+}
+
+/// The first line at or after `from` and before `to` that starts (trimmed)
+/// with `prefix`.
+fn find(lines: &[&str], from: usize, to: usize, prefix: &str) -> Option<usize> {
+    (from..to).find(|&i| lines[i].trim_start().starts_with(prefix))
+}
+
+/// The block from the line starting with `opener` to the first following
+/// line that is `closer`, which must contain a line starting with `needs`.
+fn block(
+    lines: &[&str],
+    from: usize,
+    to: usize,
+    opener: &str,
+    closer: &str,
+    needs: &str,
+) -> Result<(usize, usize), MarkerError> {
+    let start = find(lines, from, to, opener).ok_or_else(|| missing(format!("no line starting {opener:?}")))?;
+    let end = (start + 1..to)
+        .find(|&i| lines[i].trim() == closer)
+        .ok_or_else(|| missing(format!("no {closer:?} after {opener:?}")))?;
+    if find(lines, start, end, needs).is_none() {
+        return Err(missing(format!("no {needs:?} between {opener:?} and {closer:?}")));
+    }
+    Ok((start, end))
+}
+
+/// Takes the launchd steps and the final `/run/current-system` update out
+/// of an activation script (see the module docs).
+pub fn cut(text: &str) -> Result<Cut, MarkerError> {
+    let lines: Vec<&str> = text.split_inclusive('\n').collect();
+    let launchd = one(&lines, &[LAUNCHD_MARKER], "launchd")?;
+    if !lines.get(launchd + 1).is_some_and(|l| l.trim().starts_with(LAUNCHD_ECHO)) {
+        return Err(missing(format!("the launchd marker is not followed by {LAUNCHD_ECHO:?}")));
+    }
+    let daemon = one(&lines, &[NIX_DAEMON_MARKER, NIX_UNMANAGED_MARKER], "nix-daemon")?;
+    let tail = one(&lines, &[TAIL_MARKER], "end")?;
+    if !(launchd < daemon && daemon < tail) {
+        return Err(missing("the launchd, nix-daemon and end markers are not in this order"));
+    }
+    for (i, line) in lines.iter().enumerate() {
+        if USER_MARKERS.contains(&line.trim()) && !(launchd < i && i < daemon) {
+            return Err(missing(format!(
+                "the userLaunchd marker on line {} is not between launchd and nix-daemon",
+                i + 1
+            )));
+        }
+    }
+    let tail_text: String = lines[tail..].concat();
+    if !tail_text.contains("/run/current-system") {
+        return Err(missing("the end of the script does not set /run/current-system"));
+    }
+
+    let mut removed = vec![(launchd, daemon - 1)];
+    let nix_daemon = if lines[daemon].trim() == NIX_DAEMON_MARKER {
+        removed.push(block(
+            &lines,
+            daemon,
+            tail,
+            "if ! diff /etc/nix/nix.conf /run/current-system/etc/nix/nix.conf",
+            "fi",
+            "launchctl kill HUP system/org.nixos.nix-daemon",
+        )?);
+        removed.push(block(
+            &lines,
+            daemon,
+            tail,
+            "while ! nix-store --store daemon",
+            "done",
+            "launchctl kickstart system/org.nixos.nix-daemon",
+        )?);
+        NixDaemon::Managed
+    } else {
+        let (_, end) = block(
+            &lines,
+            daemon,
+            tail,
+            "if [[",
+            "fi",
+            "launchctl load -w /Library/LaunchDaemons/org.nixos.nix-daemon.plist",
+        )?;
+        removed.push((daemon, end));
+        NixDaemon::Unmanaged
+    };
+    removed.push((tail, lines.len() - 1));
+
+    let mut users = Vec::new();
+    for &line in &lines[launchd..daemon] {
+        for (_, rest) in line.match_indices("sudo --user=").map(|(at, m)| (at, &line[at + m.len()..])) {
+            let name = rest.split_whitespace().next().unwrap_or("").trim_matches('\'');
+            if !name.is_empty() && !users.iter().any(|u| u == name) {
+                users.push(name.to_owned());
+            }
+        }
+    }
+
+    let mut script = String::new();
+    let mut i = 0;
+    while i < lines.len() {
+        if let Some(&(start, end)) = removed.iter().find(|(s, _)| *s == i) {
+            let what = if start == launchd {
+                "the launchd and userLaunchd steps"
+            } else if start == tail {
+                "the end of the script, which links the current system,"
+            } else {
+                "a nix-daemon step"
+            };
+            script.push_str(&format!("# safe-switch: {what} (lines {}-{}) carried out natively\n", start + 1, end + 1));
+            i = end + 1;
+        } else {
+            script.push_str(lines[i]);
+            i += 1;
+        }
+    }
+    removed.sort_unstable();
+    Ok(Cut { script, nix_daemon, users, removed: removed.into_iter().map(|(s, e)| (s + 1, e + 1)).collect() })
+}
