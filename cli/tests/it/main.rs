@@ -27,6 +27,7 @@ mod e2e_switch;
 mod foreign_files;
 mod fuzz_pipeline;
 mod golden;
+mod live_calls;
 mod live_switch;
 mod nix_source;
 mod packages_in_plan;

@@ -221,7 +221,9 @@ impl SystemdBus {
                     }
                 }
             })?;
-            Ok(SystemdBus { conn, address, timeout, paths: Mutex::default(), calls: Default::default() })
+            // The first call made is that Subscribe.
+            let calls = std::sync::atomic::AtomicUsize::new(1);
+            Ok(SystemdBus { conn, address, timeout, paths: Mutex::default(), calls })
         })
     }
 
