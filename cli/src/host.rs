@@ -118,7 +118,8 @@ pub(crate) fn live_plan(
     let (old, new) = timed("load", || systemd_plan::load_pair(&old_path, &new_path));
     let (old, new) = (old?, new?);
     let request = crate::protect::request(protect)?;
-    let live = timed("live", || read_live(&old, &new, &request, mgr)).context("cannot read the live state from systemd")?;
+    let live =
+        timed("live", || read_live(&old, &new, &request, mgr)).context("cannot read the live state from systemd")?;
     let mut plan = timed("plan", || systemd_plan::plan(&old, &new, &live));
     crate::cmd::closure_diff::attach_to_plan(&mut plan, &old_path, &new_path);
     let protection = timed("protect", || crate::protect::protect_plan(&mut plan, &old, &new, &live, protect))?;
