@@ -49,6 +49,9 @@ pub(crate) struct LivePlan {
     pub protection: crate::protect::ProtectReport,
     /// The diffs of the unit files the plan was made from.
     pub diffs: Vec<plan_model::FileDiff>,
+    /// The deferrals earlier switches left pending, and what this plan
+    /// does to each (filled by [`plan_to`]).
+    pub earlier: Vec<plan_model::Earlier>,
 }
 
 /// The toplevel to switch to (built first for `--flake`), canonicalized,
@@ -124,7 +127,7 @@ pub(crate) fn live_plan(
     crate::cmd::closure_diff::attach_to_plan(&mut plan, &old_path, &new_path);
     let protection = timed("protect", || crate::protect::protect_plan(&mut plan, &old, &new, &live, protect))?;
     let diffs = timed("diffs", || systemd_plan::unit_diffs(&plan, &old, &new));
-    Ok(LivePlan { plan, live, old: old_path, new: new_path, protection, diffs })
+    Ok(LivePlan { plan, live, old: old_path, new: new_path, protection, diffs, earlier: Vec::new() })
 }
 
 /// Reads what a plan needs of the live host, and nothing more: the loaded
@@ -228,7 +231,8 @@ pub(crate) fn read_processes(lp: &mut LivePlan, mgr: &mut dyn ServiceManager) ->
 }
 
 /// Plans from the running generation to the resolved target against
-/// `mgr`, recording where the target came from.
+/// `mgr`, recording where the target came from, with what the plan does
+/// to the deferrals earlier switches left pending.
 pub(crate) fn plan_to(
     target: &crate::source::Resolved,
     protect: &ProtectArgs,
@@ -236,6 +240,7 @@ pub(crate) fn plan_to(
 ) -> anyhow::Result<LivePlan> {
     let mut lp = live_plan(&running_generation(), &target.toplevel, protect, mgr)?;
     lp.plan.new.provenance = Some(target.provenance.clone());
+    lp.earlier = crate::pending::preview(&RunDir::system(), &lp.plan, mgr);
     Ok(lp)
 }
 
@@ -251,7 +256,7 @@ pub(crate) fn explain(lp: &LivePlan, protect: &ProtectArgs, output: &OutputArgs)
 /// Prints the plan in the requested format and writes the `--report`
 /// files.
 pub(crate) fn print(lp: &LivePlan, output: &OutputArgs) -> anyhow::Result<()> {
-    crate::report::write_plan(&lp.plan, &lp.diffs, output)
+    crate::report::write_plan(&lp.plan, &lp.diffs, &lp.earlier, output)
 }
 
 #[cfg(test)]

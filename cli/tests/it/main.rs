@@ -26,6 +26,7 @@ mod e2e_switch;
 mod foreign_files;
 mod fuzz_pipeline;
 mod golden;
+mod live_settle;
 mod live_switch;
 mod nix_source;
 mod packages_in_plan;

@@ -230,6 +230,28 @@ impl Pending {
         self.deferrals.sort_by(|a, b| (a.manager, &a.unit).cmp(&(b.manager, &b.unit)));
     }
 
+    /// The record as it stands with the units of `manager` as they are in
+    /// `live`: a deferral whose unit was restarted or stopped since (see
+    /// [`Pending::merge`]) is dropped, the rest is kept as it is.
+    pub fn checked(&self, manager: Manager, live: &LiveState) -> Merged {
+        let mut pending = Pending { format_version: PENDING_FORMAT_VERSION, deferrals: Vec::new() };
+        let mut earlier = Vec::new();
+        for d in &self.deferrals {
+            if d.manager != manager {
+                pending.deferrals.push(d.clone());
+                continue;
+            }
+            let fate = if instance(live, &d.unit).is_none_or(|now| now != d.invocation) {
+                Fate::RestartedSince
+            } else {
+                pending.deferrals.push(d.clone());
+                Fate::StillPending
+            };
+            earlier.push(Earlier { deferral: d.clone(), fate });
+        }
+        Merged { pending, earlier }
+    }
+
     /// Merges the plan of a switch of `manager` into the record, as it
     /// stands once the plan is carried out:
     ///
@@ -247,10 +269,12 @@ impl Pending {
     ///   the unit's invocation in `live` and `now_unix`.
     ///
     /// A refused plan changes nothing but drops what was restarted since.
-    /// `live` must carry the invocation of every unit the record names and
-    /// the plan defers. Deferrals of other managers are kept as they are.
+    /// `live` must carry the state and invocation of every unit the record
+    /// names and the plan defers; a unit that is not running has no
+    /// instance (an empty invocation), so one stopped since is no longer
+    /// pending either. Deferrals of other managers are kept as they are.
     pub fn merge(&self, plan: &Plan, manager: Manager, live: &LiveState, now_unix: u64) -> Merged {
-        let invocation = |unit: &str| live.get(unit).map(|u| u.invocation_id.clone());
+        let invocation = |unit: &str| instance(live, unit);
         let mut out = Pending { format_version: PENDING_FORMAT_VERSION, deferrals: Vec::new() };
         let mut earlier = Vec::new();
         for d in &self.deferrals {
@@ -315,6 +339,12 @@ impl Pending {
         out.sort();
         Merged { pending: out, earlier }
     }
+}
+
+/// The running instance of `unit` in `live`: its invocation while it runs,
+/// empty when it does not; `None` when it is not loaded.
+fn instance(live: &LiveState, unit: &str) -> Option<String> {
+    live.get(unit).map(|u| if u.is_running() { u.invocation_id.clone() } else { String::new() })
 }
 
 /// Tells whether these actions replace the running process: a stop or a
@@ -449,6 +479,29 @@ mod tests {
         assert_eq!(again.touch.touches, "sshd.service");
         assert_eq!((again.from.as_str(), again.generation.as_str(), again.since_unix), ("/gen/a", "/gen/c", 100));
         assert_eq!(merged.pending.get(Manager::Systemd, "kept.service").unwrap().generation, "/gen/c");
+    }
+
+    #[test]
+    fn a_unit_stopped_since_is_no_longer_pending_and_a_deferred_start_of_one_not_running_is() {
+        let earlier = Pending {
+            format_version: PENDING_FORMAT_VERSION,
+            deferrals: vec![
+                record("stopped.service", &[Action::Restart], "i1"),
+                record("idle.target", &[Action::Start], ""),
+            ],
+        };
+        let mut now = live(&[("stopped.service", "i1"), ("idle.target", "i9")]);
+        for unit in now.units.values_mut() {
+            unit.active_state = "inactive".into();
+        }
+        let merged = earlier.merge(&Plan::between("/gen/b", "/gen/c", vec![]), Manager::Systemd, &now, 9);
+        let fates: Vec<Fate> = merged.earlier.iter().map(|e| e.fate).collect();
+        assert_eq!(fates, [Fate::RestartedSince, Fate::StillPending]);
+        // Checked as they stand, without a plan: the same, and nothing else
+        // changes.
+        let checked = earlier.checked(Manager::Systemd, &now);
+        assert_eq!(checked.earlier.iter().map(|e| e.fate).collect::<Vec<_>>(), fates);
+        assert_eq!(checked.pending.deferrals, vec![record("idle.target", &[Action::Start], "")]);
     }
 
     #[test]

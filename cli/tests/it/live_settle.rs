@@ -1,0 +1,261 @@
+//! Deferred actions converge, on a real systemd: a switch defers the
+//! restart of a CI runner whose job runs as a child process, `pending`
+//! lists it, and `settle --when-idle` restarts the runner once the job has
+//! ended, while sshd stays protected and an SSH session keeps ticking.
+//! Also: `--wait` that runs out, and the lock against a switch and a
+//! second settle.
+//!
+//! The runner counts its starts in `/run/testbed/runner-starts`; on its
+//! first start it runs a job (a child process in its control group) until
+//! `/run/testbed/job-done` exists. Every assertion is checked against the
+//! bed with `systemctl` and those files, independently of the code under
+//! test.
+//!
+//! These tests need root and namespaces: under `CI=true` they fail when
+//! they cannot run, elsewhere they skip with a message.
+
+use std::path::PathBuf;
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+use testbed::{Config, Generation, Output, TestBed, UnitState};
+
+use crate::support::{BIN, daemon, in_bed, path_str, safe_switch};
+
+const RUNNER: &str = "runner.service";
+const TICK: Duration = Duration::from_millis(200);
+/// The longest pause between two ticks that still counts as "no gap" (see
+/// `e2e_switch.rs`): it catches a stalled session, it is no speed goal.
+const MAX_GAP: Duration = Duration::from_secs(5);
+
+/// A CI runner: its first start runs a job that lasts until
+/// `/run/testbed/job-done` exists; changing `concurrent` changes the unit.
+fn runner(concurrent: u32) -> String {
+    format!(
+        "[Unit]\nDescription=CI runner\n\n[Service]\nEnvironment=CONCURRENT={concurrent}\n\
+         ExecStartPre=/bin/sh -c 'echo started >> /run/testbed/runner-starts'\n\
+         ExecStart=/bin/sh -c 'if [ $$(wc -l < /run/testbed/runner-starts) -le 1 ]; then \
+         (while [ ! -e /run/testbed/job-done ]; do sleep 0.1; done) & fi; exec sleep infinity'\n\
+         KillMode=mixed\n"
+    )
+}
+
+fn generation_a() -> Generation {
+    Generation::new("a")
+        .sshd()
+        .service(RUNNER, runner(1))
+        .wanted_by(RUNNER, "multi-user.target")
+        .service("exporter.service", daemon("V=1"))
+        .wanted_by("exporter.service", "multi-user.target")
+}
+
+/// B changes the runner and the exporter; sshd stays as it is.
+fn generation_b() -> Generation {
+    generation_a().renamed("b").service(RUNNER, runner(2)).service("exporter.service", daemon("V=2"))
+}
+
+fn wait_for(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !cond() {
+        assert!(start.elapsed() < timeout, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Boots A with the runner's job running.
+fn boot() -> TestBed {
+    let bed = TestBed::boot(&Config::new(generation_a())).expect("test bed boots");
+    for unit in [RUNNER, "exporter.service"] {
+        bed.wait_for_state(unit, "active").unwrap();
+    }
+    wait_for("the runner's job to run", Duration::from_secs(30), || job_running(&bed));
+    bed
+}
+
+/// Whether the runner's job runs: a process of the bed polls for
+/// `job-done`.
+fn job_running(bed: &TestBed) -> bool {
+    let out = bed.run(&["pgrep", "-f", "job-done"]).unwrap();
+    !out.stdout.trim().is_empty()
+}
+
+fn starts(bed: &TestBed) -> usize {
+    std::fs::read_to_string(bed.run_dir().join("testbed/runner-starts")).unwrap_or_default().lines().count()
+}
+
+fn end_job(bed: &TestBed) {
+    std::fs::write(bed.run_dir().join("testbed/job-done"), "").unwrap();
+}
+
+fn state(bed: &TestBed, unit: &str) -> UnitState {
+    bed.unit_states(&[unit]).unwrap()[unit].clone()
+}
+
+fn spawn(bed: &TestBed, args: &[&str]) -> Child {
+    let mut cmd = bed.command(BIN);
+    in_bed(&mut cmd, bed).args(args).env("NO_COLOR", "1").stdout(Stdio::piped()).stderr(Stdio::piped());
+    cmd.spawn().expect("safe-switch starts")
+}
+
+/// Waits for a spawned run to end, within a deadline.
+fn finish(mut child: Child) -> Output {
+    let start = Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if start.elapsed() > Duration::from_secs(120) {
+            let _ = child.kill();
+            panic!("safe-switch did not end");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = child.wait_with_output().unwrap();
+    Output {
+        command: "safe-switch".to_owned(),
+        status: out.status,
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+/// Switches to B, protecting sshd and the runner: the runner's restart is
+/// deferred and recorded. Returns B.
+fn switch_deferring_the_runner(bed: &TestBed) -> PathBuf {
+    let b = bed.build_generation(&generation_b()).unwrap();
+    let out = safe_switch(bed, &["switch", "--toplevel", path_str(&b), "--protect", "sshd,runner", "--no-isolate"]);
+    assert_eq!(out.code(), Some(0), "{out:?}");
+    assert_eq!(bed.current_generation().unwrap(), b);
+    b
+}
+
+#[test]
+fn settle_when_idle_restarts_the_runner_once_its_job_ends() {
+    testbed::require!(bed);
+    let bed = boot();
+    let sshd = state(&bed, "sshd.service");
+    let runner_before = state(&bed, RUNNER);
+    let mut session = bed.ssh_session(TICK).unwrap();
+    session.wait_for_ticks(3, Duration::from_secs(10)).unwrap();
+
+    switch_deferring_the_runner(&bed);
+    assert_eq!(state(&bed, RUNNER), runner_before, "the switch restarted the protected runner");
+    assert!(job_running(&bed));
+
+    // `pending` lists the deferral, in text and JSON; exit 3.
+    let out = safe_switch(&bed, &["pending"]);
+    assert_eq!(out.code(), Some(3), "{out:?}");
+    assert!(out.stdout.contains("pending: 1 unit with deferred actions"), "{}", out.stdout);
+    assert!(out.stdout.contains("runner.service: stop, start deferred since"), "{}", out.stdout);
+    let out = safe_switch(&bed, &["pending", "--json"]);
+    assert_eq!(out.code(), Some(3), "{out:?}");
+    let record: plan_model::Pending = serde_json::from_str(&out.stdout).unwrap();
+    let entry = record.get(plan_model::Manager::Systemd, RUNNER).expect("the runner is pending");
+    assert_eq!(entry.invocation, runner_before.invocation_id);
+    assert_eq!(record.deferrals.len(), 1, "{}", out.stdout);
+
+    // settle waits while the job runs...
+    let settle = spawn(&bed, &["settle", "--when-idle", "--protect", "sshd"]);
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(state(&bed, RUNNER), runner_before, "the runner was restarted while its job ran");
+    assert_eq!(starts(&bed), 1);
+    // ...and restarts the runner once it has ended.
+    end_job(&bed);
+    let out = finish(settle);
+    assert_eq!(out.code(), Some(0), "{out:?}");
+    assert!(out.stderr.contains("waiting for runner.service to be idle"), "{}", out.stderr);
+    assert!(out.stdout.contains("runner.service"), "the plan is shown: {}", out.stdout);
+    let runner_after = state(&bed, RUNNER);
+    assert!(runner_after.is_active(), "{runner_after:?}");
+    assert_ne!(runner_after.main_pid, runner_before.main_pid);
+    assert_ne!(runner_after.invocation_id, runner_before.invocation_id);
+    assert_eq!(starts(&bed), 2, "the runner was restarted once");
+    assert_eq!(bed.unit_property(RUNNER, "Environment").unwrap(), "CONCURRENT=2");
+
+    let out = safe_switch(&bed, &["pending"]);
+    assert_eq!(out.code(), Some(0), "{out:?}");
+    assert!(out.stdout.contains("nothing is pending"), "{}", out.stdout);
+
+    // sshd was protected throughout, and the session went on.
+    assert_eq!(state(&bed, "sshd.service"), sshd, "sshd was touched");
+    let n = session.tick_count();
+    session.wait_for_ticks(n + 5, Duration::from_secs(10)).unwrap();
+    let report = session.finish();
+    assert!(report.alive_at_end, "the session ended: {report:#?}");
+    assert!(report.consecutive(), "ticks were lost or restarted: {report:#?}");
+    assert!(report.max_gap() < MAX_GAP, "a gap of {:?} in the ticks: {report:#?}", report.max_gap());
+}
+
+#[test]
+fn settle_whose_wait_runs_out_exits_3_and_changes_nothing() {
+    testbed::require!(bed);
+    let bed = boot();
+    let runner_before = state(&bed, RUNNER);
+    switch_deferring_the_runner(&bed);
+    let record = std::fs::read_to_string(bed.run_dir().join("safe-switch/pending.json")).unwrap();
+    for isolation in [&["--no-isolate"][..], &[][..]] {
+        let mut args = vec!["settle", "--when-idle", "--wait", "2s", "--protect", "sshd"];
+        args.extend_from_slice(isolation);
+        let out = safe_switch(&bed, &args);
+        assert_eq!(out.code(), Some(3), "{isolation:?}: {out:?}");
+        assert!(out.stderr.contains("still busy after 2s: runner.service"), "{}", out.stderr);
+        assert_eq!(state(&bed, RUNNER), runner_before, "{isolation:?}");
+        assert_eq!(starts(&bed), 1);
+        assert!(job_running(&bed));
+        let after = std::fs::read_to_string(bed.run_dir().join("safe-switch/pending.json")).unwrap();
+        let parse = |t: &str| serde_json::from_str::<plan_model::Pending>(t).unwrap().deferrals[0].clone();
+        assert_eq!(parse(&after).invocation, parse(&record).invocation, "{isolation:?}");
+        assert_eq!(safe_switch(&bed, &["pending"]).code(), Some(3));
+    }
+    // Without --when-idle, the protection in force decides: the runner
+    // protected, nothing is done and it stays pending.
+    let out = safe_switch(&bed, &["settle", "--protect", "sshd,runner", "--no-isolate"]);
+    assert_eq!(out.code(), Some(3), "{out:?}");
+    assert!(out.stderr.contains("still pending:"), "{}", out.stderr);
+    assert!(out.stderr.contains("runner.service is protected"), "{}", out.stderr);
+    assert_eq!(state(&bed, RUNNER), runner_before);
+}
+
+/// A switch whose activation holds the lock until the test lets it go on.
+fn held_c() -> Generation {
+    generation_b()
+        .renamed("c")
+        .service("exporter.service", daemon("V=3"))
+        .activate_lines("touch /run/testbed/activating\nwhile [ ! -e /run/testbed/go-on ]; do sleep 0.05; done")
+}
+
+#[test]
+fn settle_meets_the_lock_of_a_switch_and_of_another_settle() {
+    testbed::require!(bed);
+    let bed = boot();
+    let runner_before = state(&bed, RUNNER);
+    switch_deferring_the_runner(&bed);
+
+    // A switch holds the lock: a settle that does not wait is refused and
+    // changes nothing; one that waits goes on once the switch is done.
+    let c = bed.build_generation(&held_c()).unwrap();
+    let switch = spawn(&bed, &["switch", "--toplevel", path_str(&c), "--protect", "sshd,runner", "--no-isolate"]);
+    wait_for("the switch to activate", Duration::from_secs(60), || bed.run_dir().join("testbed/activating").exists());
+    let out = safe_switch(&bed, &["settle", "--protect", "sshd", "--no-isolate"]);
+    assert_eq!(out.code(), Some(1), "{out:?}");
+    assert!(out.stderr.contains("another safe-switch is running"), "{}", out.stderr);
+    assert_eq!(state(&bed, RUNNER), runner_before);
+    // Two settles wait, one for the lock and both for the job.
+    let one = spawn(&bed, &["settle", "--when-idle", "--wait", "100s", "--protect", "sshd", "--no-isolate"]);
+    let two = spawn(&bed, &["settle", "--when-idle", "--protect", "sshd"]);
+    std::thread::sleep(Duration::from_secs(1));
+    std::fs::write(bed.run_dir().join("testbed/go-on"), "").unwrap();
+    let out = finish(switch);
+    assert_eq!(out.code(), Some(0), "{out:?}");
+    assert_eq!(bed.current_generation().unwrap(), c);
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(state(&bed, RUNNER), runner_before, "the runner was restarted while its job ran");
+    end_job(&bed);
+    let (one, two) = (finish(one), finish(two));
+    assert_eq!(one.code(), Some(0), "{one:?}");
+    assert_eq!(two.code(), Some(0), "{two:?}");
+    assert!(one.stderr.contains("waiting for another safe-switch to finish"), "{}", one.stderr);
+    // The restart happened once, by one of them.
+    assert_eq!(starts(&bed), 2, "{}\n{}", one.stderr, two.stderr);
+    let settled = [&one, &two].iter().filter(|o| o.stderr.contains("settling runner.service")).count();
+    assert_eq!(settled, 1, "{}\n{}", one.stderr, two.stderr);
+    assert_ne!(state(&bed, RUNNER).invocation_id, runner_before.invocation_id);
+    assert_eq!(safe_switch(&bed, &["pending"]).code(), Some(0));
+}
