@@ -15,6 +15,9 @@ use systemd_plan::GenerationUnits;
 
 use crate::args::{OutputArgs, ProtectArgs, SourceArgs};
 
+/// Where the units of a NixOS generation are installed.
+pub(crate) const UNIT_DIR: &str = "/etc/systemd/system";
+
 /// Where NixOS keeps the running generation.
 pub(crate) const CURRENT_SYSTEM: &str = "/run/current-system";
 
@@ -114,6 +117,19 @@ pub(crate) fn live_plan(
     protect: &ProtectArgs,
     mgr: &mut dyn ServiceManager,
 ) -> anyhow::Result<LivePlan> {
+    live_plan_with(current, toplevel, protect, mgr, &|_| {})
+}
+
+/// [`live_plan`], with the live state adjusted by `adjust` before planning
+/// (`settle` makes a unit whose file is gone since look as it was when its
+/// actions were deferred).
+pub(crate) fn live_plan_with(
+    current: &Path,
+    toplevel: &Path,
+    protect: &ProtectArgs,
+    mgr: &mut dyn ServiceManager,
+    adjust: &dyn Fn(&mut LiveState),
+) -> anyhow::Result<LivePlan> {
     let old_path = std::fs::canonicalize(current)
         .with_context(|| format!("{}: cannot resolve the running generation", current.display()))?;
     let new_path = std::fs::canonicalize(toplevel)
@@ -121,8 +137,9 @@ pub(crate) fn live_plan(
     let (old, new) = timed("load", || systemd_plan::load_pair(&old_path, &new_path));
     let (old, new) = (old?, new?);
     let request = crate::protect::request(protect)?;
-    let live =
+    let mut live =
         timed("live", || read_live(&old, &new, &request, mgr)).context("cannot read the live state from systemd")?;
+    adjust(&mut live);
     let mut plan = timed("plan", || systemd_plan::plan(&old, &new, &live));
     crate::cmd::closure_diff::attach_to_plan(&mut plan, &old_path, &new_path);
     let protection = timed("protect", || crate::protect::protect_plan(&mut plan, &old, &new, &live, protect))?;

@@ -24,13 +24,13 @@ pub(crate) fn read(run: &RunDir) -> anyhow::Result<Pending> {
     })
 }
 
-/// The state and invocation of `units` now, as a live state holding them
-/// (a unit systemd does not know is left out: gone).
+/// The state and invocation of `units` now, as a live state holding them.
+/// A unit whose file is gone is still there while it runs (systemd says
+/// `not-found` and `active`); one that does not run has no instance.
 pub(crate) fn instances(mgr: &mut dyn ServiceManager, units: &[String]) -> anyhow::Result<LiveState> {
     let status = mgr.unit_status(units).context("cannot read the units' invocations from systemd")?;
     let units = status
         .into_iter()
-        .filter(|(_, st)| st.load_state != "not-found")
         .map(|(name, st)| {
             let unit = LiveUnit {
                 active_state: st.active_state,

@@ -235,7 +235,19 @@ impl Settler<'_> {
         let mut plans = Vec::new();
         let mut diffs = Vec::new();
         for (from, units) in &groups {
-            let lp = host::live_plan(Path::new(from), &current, &self.args.protect, mgr).with_context(|| {
+            // A unit whose file the running generation no longer has is
+            // listed without one: it runs what `from` had, as recorded.
+            let orphans = |live: &mut plan_model::LiveState| {
+                for unit in units {
+                    if let Some(u) = live.units.get_mut(unit)
+                        && u.is_active_before()
+                        && u.fragment_path.is_empty()
+                    {
+                        u.fragment_path = format!("{}/{unit}", host::UNIT_DIR);
+                    }
+                }
+            };
+            let lp = host::live_plan_with(Path::new(from), &current, &self.args.protect, mgr, &orphans).with_context(|| {
                 format!(
                     "cannot plan the deferrals of {} again from {from}, the generation their running instance was started from; nothing was changed",
                     units.iter().cloned().collect::<Vec<_>>().join(", ")

@@ -14,7 +14,7 @@
 //! These tests need root and namespaces: under `CI=true` they fail when
 //! they cannot run, elsewhere they skip with a message.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
@@ -245,6 +245,12 @@ fn settle_meets_the_lock_of_a_switch_and_of_another_settle() {
     let out = finish(switch);
     assert_eq!(out.code(), Some(0), "{out:?}");
     assert_eq!(bed.current_generation().unwrap(), c);
+    // The switch to C kept the runner's deferral: still from A, now for C.
+    let record = std::fs::read_to_string(bed.run_dir().join("safe-switch/pending.json")).unwrap();
+    let record: plan_model::Pending = serde_json::from_str(&record).unwrap();
+    let entry = record.get(plan_model::Manager::Systemd, RUNNER).unwrap();
+    assert!(entry.from.ends_with("/a"), "{entry:?}");
+    assert_eq!(Path::new(&entry.generation), c, "{entry:?}");
     std::thread::sleep(Duration::from_secs(1));
     assert_eq!(state(&bed, RUNNER), runner_before, "the runner was restarted while its job ran");
     end_job(&bed);
@@ -257,5 +263,45 @@ fn settle_meets_the_lock_of_a_switch_and_of_another_settle() {
     let settled = [&one, &two].iter().filter(|o| o.stderr.contains("settling runner.service")).count();
     assert_eq!(settled, 1, "{}\n{}", one.stderr, two.stderr);
     assert_ne!(state(&bed, RUNNER).invocation_id, runner_before.invocation_id);
+    assert_eq!(safe_switch(&bed, &["pending"]).code(), Some(0));
+}
+
+/// A deferral is planned again, not replayed: the runner's file changed
+/// again since (it gets C's), the exporter went away (it is stopped), and
+/// the web server's file went back to what its running instance was
+/// started with (nothing is done to it).
+#[test]
+fn settle_plans_again_what_changed_since() {
+    testbed::require!(bed);
+    let a = generation_a().service("web.service", daemon("V=1")).wanted_by("web.service", "multi-user.target");
+    let bed = TestBed::boot(&Config::new(a.clone())).expect("test bed boots");
+    for unit in [RUNNER, "exporter.service", "web.service"] {
+        bed.wait_for_state(unit, "active").unwrap();
+    }
+    end_job(&bed);
+    let (runner_before, web) = (state(&bed, RUNNER), state(&bed, "web.service"));
+    let protect = "sshd,runner,exporter,web";
+    let b = a.clone().renamed("b").service(RUNNER, runner(2)).service("exporter.service", daemon("V=2"));
+    let b = bed.build_generation(&b.service("web.service", daemon("V=2"))).unwrap();
+    let c = a.renamed("c").service(RUNNER, runner(3)).without("exporter.service");
+    let c = bed.build_generation(&c).unwrap();
+    for target in [&b, &c] {
+        let out = safe_switch(&bed, &["switch", "--toplevel", path_str(target), "--protect", protect, "--no-isolate"]);
+        assert_eq!(out.code(), Some(0), "{out:?}");
+    }
+    assert_eq!(state(&bed, RUNNER), runner_before);
+    assert_eq!(bed.active_state("exporter.service").unwrap(), "active", "the stop was deferred");
+    let out = safe_switch(&bed, &["pending", "--json"]);
+    let record: plan_model::Pending = serde_json::from_str(&out.stdout).unwrap();
+    let units: Vec<&str> = record.deferrals.iter().map(|d| d.unit.as_str()).collect();
+    assert_eq!(units, ["exporter.service", RUNNER, "web.service"], "{}", out.stdout);
+
+    let out = safe_switch(&bed, &["settle", "--protect", "sshd", "--no-isolate"]);
+    assert_eq!(out.code(), Some(0), "{out:?}");
+    assert_eq!(bed.unit_property(RUNNER, "Environment").unwrap(), "CONCURRENT=3", "C's runner runs");
+    assert_ne!(state(&bed, RUNNER).invocation_id, runner_before.invocation_id);
+    assert_eq!(bed.active_state("exporter.service").unwrap(), "inactive", "the unit C removed is stopped");
+    assert_eq!(state(&bed, "web.service"), web, "the web server runs what C has: nothing to do");
+    assert!(out.stderr.contains("web.service: nothing left to do"), "{}", out.stderr);
     assert_eq!(safe_switch(&bed, &["pending"]).code(), Some(0));
 }

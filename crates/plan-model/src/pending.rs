@@ -354,16 +354,20 @@ fn replaces_process(actions: &[Action]) -> bool {
 }
 
 /// Tells whether `done` (the actions a plan carries out on a unit) settles
-/// every action of `deferred`: a stop or restart is settled by a stop or a
-/// restart (the deferred instance is gone either way), a reload by a
-/// reload, stop or restart, a start by a start or restart.
+/// every action of `deferred`. A deferral that would replace the running
+/// process (a stop or restart, or a stop and a start) is settled by
+/// anything that replaces it: the instance it was about is gone either
+/// way. Otherwise each action must be done: a reload by a reload, stop or
+/// restart, a start by a start or restart.
 fn carries_out(done: &[Action], deferred: &[Action]) -> bool {
+    if replaces_process(deferred) {
+        return replaces_process(done);
+    }
     let has = |wanted: &[Action]| done.iter().any(|a| wanted.contains(a));
     deferred.iter().all(|a| match a {
-        Action::Stop | Action::Restart => has(&[Action::Stop, Action::Restart]),
         Action::Reload => has(&[Action::Reload, Action::Stop, Action::Restart]),
         Action::Start => has(&[Action::Start, Action::Restart]),
-        Action::Skip => true,
+        Action::Stop | Action::Restart | Action::Skip => true,
     })
 }
 
@@ -527,6 +531,7 @@ mod tests {
         use Action::*;
         assert!(carries_out(&[Stop], &[Restart]));
         assert!(carries_out(&[Restart], &[Stop, Start]));
+        assert!(carries_out(&[Stop], &[Stop, Start]), "a unit removed since: its instance is gone");
         assert!(!carries_out(&[Reload], &[Restart]));
         assert!(carries_out(&[Restart], &[Reload]));
         assert!(!carries_out(&[Start], &[Reload]));
