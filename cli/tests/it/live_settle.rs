@@ -184,7 +184,7 @@ fn settle_when_idle_restarts_the_runner_once_its_job_ends() {
 }
 
 #[test]
-fn settle_whose_wait_runs_out_exits_3_and_changes_nothing() {
+fn settle_whose_wait_runs_out_exits_3_and_changes_nothing_and_an_idle_command_decides() {
     testbed::require!(bed);
     let bed = boot();
     let runner_before = state(&bed, RUNNER);
@@ -211,6 +211,22 @@ fn settle_whose_wait_runs_out_exits_3_and_changes_nothing() {
     assert!(out.stderr.contains("still pending:"), "{}", out.stderr);
     assert!(out.stderr.contains("runner.service is protected"), "{}", out.stderr);
     assert_eq!(state(&bed, RUNNER), runner_before);
+
+    // With --idle-command, the command decides instead of the control
+    // group (a runner whose jobs run elsewhere): busy while it fails...
+    let idle_command = "[ \"$SAFE_SWITCH_UNIT\" = runner.service ] && [ -e /run/testbed/idle ]";
+    let args = ["settle", "--when-idle", "--idle-command", idle_command, "--wait", "2s", "--protect", "sshd"];
+    let out = safe_switch(&bed, &args);
+    assert_eq!(out.code(), Some(3), "{out:?}");
+    assert!(out.stderr.contains("waiting for runner.service to be idle: the idle command exited"), "{}", out.stderr);
+    assert_eq!(state(&bed, RUNNER), runner_before);
+    // ...idle once it exits 0, although a process runs in the runner.
+    std::fs::write(bed.run_dir().join("testbed/idle"), "").unwrap();
+    let out = safe_switch(&bed, &args);
+    assert_eq!(out.code(), Some(0), "{out:?}");
+    assert_ne!(state(&bed, RUNNER).invocation_id, runner_before.invocation_id);
+    assert_eq!(starts(&bed), 2);
+    assert_eq!(safe_switch(&bed, &["pending"]).code(), Some(0));
 }
 
 /// A switch whose activation holds the lock until the test lets it go on.
