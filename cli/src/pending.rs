@@ -16,12 +16,17 @@ use systemd_live::{RunDir, ServiceManager};
 /// Reads the record; an invalid one is an error that names the file and
 /// says that nothing was changed.
 pub(crate) fn read(run: &RunDir) -> anyhow::Result<Pending> {
-    run.read_pending().with_context(|| {
-        format!(
-            "cannot read the record of pending deferrals; nothing was changed (remove {} to start a new record)",
-            run.pending_path().display()
-        )
-    })
+    match run.read_pending() {
+        Err(systemd_live::Error::Io { path, source }) if source.kind() == std::io::ErrorKind::PermissionDenied => {
+            anyhow::bail!("{}: permission denied: the record of pending deferrals is root's", path.display())
+        }
+        read => read.with_context(|| {
+            format!(
+                "cannot read the record of pending deferrals; nothing was changed (remove {} to start a new record)",
+                run.pending_path().display()
+            )
+        }),
+    }
 }
 
 /// The state and invocation of `units` now, as a live state holding them.

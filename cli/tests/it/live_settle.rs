@@ -321,3 +321,47 @@ fn settle_plans_again_what_changed_since() {
     assert!(out.stderr.contains("web.service: nothing left to do"), "{}", out.stderr);
     assert_eq!(safe_switch(&bed, &["pending"]).code(), Some(0));
 }
+
+/// A record that is not one (corrupt, or a link elsewhere) is an error
+/// naming the file that never quotes it: `pending`, `settle` and `switch`
+/// change nothing; `plan`, which changes nothing anyway, warns.
+#[test]
+fn a_bad_record_stops_settle_and_switch_before_any_change() {
+    testbed::require!(bed);
+    let bed = boot();
+    end_job(&bed);
+    let b = switch_deferring_the_runner(&bed);
+    let runner_before = state(&bed, RUNNER);
+    let c = bed.build_generation(&generation_b().renamed("c").service("exporter.service", daemon("V=3"))).unwrap();
+    let exporter = state(&bed, "exporter.service");
+    let record = bed.run_dir().join("safe-switch/pending.json");
+    let secret = bed.run_dir().join("secret");
+    std::fs::write(&secret, "{\"format_version\": 1, \"token\": \"hunter2-secret\"}\n").unwrap();
+    for bad in ["garbage", "link"] {
+        let _ = std::fs::remove_file(&record);
+        if bad == "link" {
+            std::os::unix::fs::symlink("/run/secret", &record).unwrap();
+        } else {
+            std::fs::write(&record, "token=hunter2-secret\n").unwrap();
+        }
+        let runs: [&[&str]; 4] = [
+            &["pending"],
+            &["settle", "--protect", "sshd", "--no-isolate"],
+            &["settle", "--protect", "sshd"],
+            &["switch", "--toplevel", path_str(&c), "--protect", "sshd", "--no-isolate"],
+        ];
+        for args in runs {
+            let out = safe_switch(&bed, args);
+            assert_eq!(out.code(), Some(1), "{bad}: {args:?}: {out:?}");
+            assert!(out.stderr.contains("/run/safe-switch/pending.json"), "{bad}: {args:?}: {}", out.stderr);
+            assert!(!out.stderr.contains("hunter2"), "{bad}: {args:?}: {}", out.stderr);
+            assert_eq!(state(&bed, RUNNER), runner_before, "{bad}: {args:?}");
+            assert_eq!(state(&bed, "exporter.service"), exporter, "{bad}: {args:?}");
+            assert_eq!(bed.current_generation().unwrap(), b, "{bad}: {args:?}");
+        }
+        let out = safe_switch(&bed, &["plan", "--toplevel", path_str(&c)]);
+        assert_eq!(out.code(), Some(0), "{bad}: {out:?}");
+        assert!(out.stderr.contains("warning: /run/safe-switch/pending.json"), "{bad}: {}", out.stderr);
+        assert!(!out.stderr.contains("hunter2") && !out.stdout.contains("hunter2"), "{bad}: {out:?}");
+    }
+}
