@@ -139,6 +139,16 @@ fn settle_when_idle_restarts_the_runner_once_its_job_ends() {
     assert_eq!(state(&bed, RUNNER), runner_before, "the switch restarted the protected runner");
     assert!(job_running(&bed));
 
+    // `plan` shows it among the earlier deferrals.
+    let out = safe_switch(&bed, &["plan", "--toplevel", path_str(&bed.current_generation().unwrap())]);
+    assert_eq!(out.code(), Some(0), "{out:?}");
+    assert!(
+        out.stdout.contains("pending from earlier switches:\n  runner.service: stop, start deferred since"),
+        "{}",
+        out.stdout
+    );
+    assert!(out.stdout.contains("runner.service is protected; still pending"), "{}", out.stdout);
+
     // `pending` lists the deferral, in text and JSON; exit 3.
     let out = safe_switch(&bed, &["pending"]);
     assert_eq!(out.code(), Some(3), "{out:?}");

@@ -348,6 +348,7 @@ pub trait ServiceManager {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
@@ -361,5 +362,17 @@ mod tests {
         assert_eq!(Idleness::of(0, &[]), Idleness::Idle, "a target, or a unit with nothing running");
         assert_eq!(Idleness::of(10, &[process(10), process(11)]), Idleness::Busy { others: vec![process(11)] });
         assert!(!Idleness::of(0, &[process(12)]).is_idle(), "a process without a main one: busy");
+    }
+
+    #[test]
+    fn a_runner_on_the_fake_manager_is_busy_until_its_job_ends() {
+        let mut m = crate::fake::FakeManager::new();
+        m.running("runner.service").children = vec![4242];
+        let busy = Idleness::read(&mut m, "runner.service").unwrap();
+        assert!(matches!(&busy, Idleness::Busy { others } if others.iter().map(|p| p.pid).eq([4242])), "{busy:?}");
+        // A restart ends the job with the old process.
+        m.run_jobs(&[(JobKind::Restart, "runner.service".into())], Duration::from_secs(1), &mut |_| {}).unwrap();
+        assert_eq!(Idleness::read(&mut m, "runner.service").unwrap(), Idleness::Idle);
+        assert!(Idleness::read(&mut m, "nope.service").is_err());
     }
 }
