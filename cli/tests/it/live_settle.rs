@@ -264,9 +264,18 @@ fn settle_meets_the_lock_of_a_switch_and_of_another_settle() {
     assert!(out.stderr.contains("another safe-switch is running"), "{}", out.stderr);
     assert_eq!(state(&bed, RUNNER), runner_before);
     // Two settles wait, one for the lock and both for the job.
-    let one = spawn(&bed, &["settle", "--when-idle", "--wait", "100s", "--protect", "sshd", "--no-isolate"]);
+    let log = tempfile::NamedTempFile::new().unwrap();
+    let mut cmd = bed.command(BIN);
+    in_bed(&mut cmd, &bed)
+        .args(["settle", "--when-idle", "--wait", "100s", "--protect", "sshd", "--no-isolate"])
+        .stdout(Stdio::null())
+        .stderr(log.reopen().unwrap());
+    let one = cmd.spawn().unwrap();
     let two = spawn(&bed, &["settle", "--when-idle", "--protect", "sshd"]);
-    std::thread::sleep(Duration::from_secs(1));
+    let said = || std::fs::read_to_string(log.path()).unwrap();
+    wait_for("a settle to wait for the lock", Duration::from_secs(60), || {
+        said().contains("waiting for another safe-switch to finish (lock /run/safe-switch/lock is held)")
+    });
     std::fs::write(bed.run_dir().join("testbed/go-on"), "").unwrap();
     let out = finish(switch);
     assert_eq!(out.code(), Some(0), "{out:?}");
@@ -281,13 +290,12 @@ fn settle_meets_the_lock_of_a_switch_and_of_another_settle() {
     assert_eq!(state(&bed, RUNNER), runner_before, "the runner was restarted while its job ran");
     end_job(&bed);
     let (one, two) = (finish(one), finish(two));
-    assert_eq!(one.code(), Some(0), "{one:?}");
+    assert_eq!(one.code(), Some(0), "{one:?}: {}", said());
     assert_eq!(two.code(), Some(0), "{two:?}");
-    assert!(one.stderr.contains("waiting for another safe-switch to finish"), "{}", one.stderr);
     // The restart happened once, by one of them.
-    assert_eq!(starts(&bed), 2, "{}\n{}", one.stderr, two.stderr);
-    let settled = [&one, &two].iter().filter(|o| o.stderr.contains("settling runner.service")).count();
-    assert_eq!(settled, 1, "{}\n{}", one.stderr, two.stderr);
+    assert_eq!(starts(&bed), 2, "{}\n{}", said(), two.stderr);
+    let settled = [said(), two.stderr.clone()].iter().filter(|e| e.contains("settling runner.service")).count();
+    assert_eq!(settled, 1, "{}\n{}", said(), two.stderr);
     assert_ne!(state(&bed, RUNNER).invocation_id, runner_before.invocation_id);
     assert_eq!(safe_switch(&bed, &["pending"]).code(), Some(0));
 }
