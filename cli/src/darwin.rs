@@ -187,7 +187,10 @@ fn print(dp: &DarwinPlan, output: &OutputArgs) -> anyhow::Result<()> {
         Err(_) => Vec::new(),
     };
     let diffs = launchd_plan::plist_diffs(&dp.planned, &dp.old, &dp.new);
-    crate::report::write_outputs(&Report { plan: &dp.planned.plan, diffs: &diffs, commands: &commands }, output)
+    crate::report::write_outputs(
+        &Report { plan: &dp.planned.plan, diffs: &diffs, commands: &commands, pending: &[] },
+        output,
+    )
 }
 
 fn no_explain(protect: &ProtectArgs) -> anyhow::Result<()> {
@@ -254,7 +257,7 @@ pub(crate) fn switch(args: args::SwitchArgs) -> anyhow::Result<Outcome> {
     if !args.apply.no_isolate {
         let built = (args.source.flake.is_some() && args.source.resolved_file.is_none()).then_some(&target);
         let mut launchd = env.launchd(Duration::from_secs(60));
-        return crate::isolate::hand_over(&run, built, |run, extra| isolate(&mut launchd, run, extra));
+        return crate::isolate::hand_over(&run, built, true, |run, extra| isolate(&mut launchd, run, extra));
     }
     let _lock = crate::isolate::lock(&run, args.apply.isolated)?;
     let mut launchd = env.launchd(timeout.max(Duration::from_secs(60)));

@@ -28,7 +28,7 @@ use zbus::{Connection, OwnedObjectPath, OwnedVariant, Variant};
 
 use crate::Error;
 use crate::manager::{
-    Dependencies, JobKind, JobOutcome, JobResult, ServiceManager, TransientExit, TransientSpec, UnitStatus,
+    Dependencies, JobKind, JobOutcome, JobResult, ServiceManager, TransientExit, TransientSpec, UnitProcess, UnitStatus,
 };
 use crate::search_path::SearchPath;
 
@@ -78,6 +78,8 @@ trait Manager {
     fn reset_failed(&self) -> zbus::Result<()>;
 
     fn cancel_job(&self, id: u32) -> zbus::Result<()>;
+
+    fn get_unit_processes(&self, name: &str) -> zbus::Result<Vec<(String, u32, String)>>;
 
     fn start_transient_unit(
         &self,
@@ -750,6 +752,18 @@ impl ServiceManager for SystemdBus {
         on_done: &mut dyn FnMut(&JobOutcome),
     ) -> Result<Vec<JobOutcome>, Error> {
         zbus::block_on(self.run_jobs_async(jobs, timeout, on_done))
+    }
+
+    fn unit_processes(&mut self, unit: &str) -> Result<Vec<UnitProcess>, Error> {
+        self.count(1);
+        let listed = zbus::block_on(async {
+            manager(&self.conn)
+                .await?
+                .get_unit_processes(unit)
+                .await
+                .map_err(call_err(format!("GetUnitProcesses({unit})"), self.timeout))
+        })?;
+        Ok(listed.into_iter().map(|(cgroup, pid, command)| UnitProcess { cgroup, pid, command }).collect())
     }
 
     fn daemon_reload(&mut self, timeout: Duration) -> Result<(), Error> {
