@@ -30,8 +30,8 @@ mod rundir;
 pub use dbus::{DEFAULT_CALL_TIMEOUT, SystemdBus};
 pub use error::Error;
 pub use executor::{
-    ApplyOptions, ApplyReport, Host, JobRecord, PhaseRecord, ProcessHost, Progress, ProtectedCheck, StderrProgress,
-    UnitFailure, apply, remaining, resume,
+    ApplyOptions, ApplyReport, Host, JobRecord, LeftUnit, PhaseRecord, ProcessHost, Progress, ProtectedCheck,
+    StderrProgress, UnitFailure, apply, remaining, resume,
 };
 pub use manager::{JobKind, JobOutcome, JobResult, ServiceManager, TransientExit, TransientSpec, UnitStatus};
 pub use rundir::{DEFAULT_RUN_DIR, Interrupted, LockGuard, PersistedJob, PhaseState, ProgressFile, RunDir, phase_name};
