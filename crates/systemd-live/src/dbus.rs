@@ -653,7 +653,14 @@ impl SystemdBus {
                 JobEvent::Signal(Some(Ok(msg))) => {
                     let Some((job, unit, result)) = job_removed(&msg) else { continue };
                     if let Some(waiting) = batch.pending.remove(&job) {
-                        batch.finish(waiting.index, job_result(&result));
+                        // A job cancelled here for its timeout ends
+                        // "canceled": that is the timeout.
+                        let r = if waiting.cancelling && result == "canceled" {
+                            JobResult::TimedOut { seconds: timeout.as_secs() }
+                        } else {
+                            job_result(&result)
+                        };
+                        batch.finish(waiting.index, r);
                     } else if ours.contains(unit.as_str()) {
                         early.insert(job, result);
                     }
@@ -673,7 +680,8 @@ impl SystemdBus {
                         None => {
                             let now = Instant::now();
                             let next_check = if signals_open { now + FIRST_JOB_CHECK.min(timeout) } else { now };
-                            let waiting = Waiting { index, queued_at: now, next_check, checking: false };
+                            let waiting =
+                                Waiting { index, queued_at: now, next_check, checking: false, cancelling: false };
                             batch.pending.insert(path, waiting);
                         }
                     }
@@ -706,6 +714,7 @@ impl SystemdBus {
                         w.checking = true;
                         let (kind, unit) = &jobs[w.index];
                         let cancel = now >= w.queued_at + timeout;
+                        w.cancelling |= cancel;
                         checks.push(check_job(&self.conn, &manager, path.clone(), *kind, unit, cancel));
                     }
                 }
@@ -1117,6 +1126,8 @@ struct Waiting {
     next_check: Instant,
     /// Whether a check is under way.
     checking: bool,
+    /// Whether it is being cancelled for its timeout.
+    cancelling: bool,
 }
 
 /// The jobs of one `run_jobs` call and how far they got.
@@ -1316,7 +1327,7 @@ mod tests {
     /// has not come; outcomes go to `done`.
     fn waiting<'a>(jobs: &'a [(JobKind, String)], ago: Duration, done: &'a mut dyn FnMut(&JobOutcome)) -> Batch<'a> {
         let queued_at = Instant::now().checked_sub(ago).unwrap();
-        let waiting = Waiting { index: 0, queued_at, next_check: queued_at, checking: true };
+        let waiting = Waiting { index: 0, queued_at, next_check: queued_at, checking: true, cancelling: false };
         let pending = [("/org/freedesktop/systemd1/job/7".to_owned(), waiting)].into();
         Batch { jobs, timeout: Duration::from_secs(90), on_done: done, results: vec![None; jobs.len()], pending }
     }
