@@ -109,6 +109,8 @@ impl Progress for Phases {
 
 struct Run {
     total: Duration,
+    /// CPU time of this process (the client side) during the switch.
+    cpu: Duration,
     /// Each phase, and what comes before and after, with its time.
     phases: Vec<(Result<Phase, &'static str>, Duration)>,
 }
@@ -123,10 +125,12 @@ fn switch(bed: &TestBed, bus: &mut SystemdBus, to: &Path, n: usize) -> Run {
     let run_dir = tempfile::tempdir_in("/dev/shm").unwrap();
     let run = RunDir::new(run_dir.path());
     let mut progress = Phases::default();
+    let cpu_before = cpu_time();
     let started = Instant::now();
     let report = apply(&plan(&from, to, n), bus, &mut BedHost(bed), &run, &ApplyOptions::default(), &mut progress)
         .expect("the apply begins");
     let end = Instant::now();
+    let cpu = cpu_time().saturating_sub(cpu_before);
     let total = end - started;
     assert!(
         report.success() && progress.not_done.is_empty(),
@@ -149,7 +153,7 @@ fn switch(bed: &TestBed, bus: &mut SystemdBus, to: &Path, n: usize) -> Run {
         phases.push((Ok(*phase), until - *began));
     }
     phases.push((Err("check"), end - last_job));
-    Run { total, phases }
+    Run { total, cpu, phases }
 }
 
 /// How long systemd itself takes for the same jobs, queued by `systemctl`
@@ -168,6 +172,17 @@ fn systemctl_baseline(bed: &TestBed, n: usize) -> Duration {
         })
         .collect();
     median(times)
+}
+
+/// User and system CPU time of this process so far, from `/proc/self/stat`.
+fn cpu_time() -> Duration {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the command name, which is in parentheses.
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 = [11, 12].iter().filter_map(|i| fields.get(*i)?.parse::<u64>().ok()).sum();
+    let hz = rustix::param::clock_ticks_per_second().max(1);
+    Duration::from_millis(ticks * 1000 / hz)
 }
 
 fn ms(d: Duration) -> f64 {
@@ -212,6 +227,8 @@ fn measure(n: usize) -> Duration {
         .map(|(p, ds)| format!("{} {:.0} ms", p.map_or_else(|s| s, phase_name), ms(median(ds))))
         .collect();
     println!("    median by phase: {}", phases.join(", "));
+    let cpu = median(runs.iter().map(|r| r.cpu).collect());
+    println!("    CPU time of the client (this process) per switch: median {:.1} ms", ms(cpu));
     println!(
         "    for comparison, `systemctl stop` then `systemctl start` of the same services (systemd's private socket, no activation, no checks): median {:.1} ms",
         ms(baseline)
