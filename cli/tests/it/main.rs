@@ -37,5 +37,6 @@ mod report_check;
 mod report_cli;
 mod report_formats;
 mod report_schema_doc;
+mod scale_switch;
 mod system_manager;
 mod tidy;

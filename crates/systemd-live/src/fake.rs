@@ -4,9 +4,10 @@
 //! active state, a main PID and an invocation ID that change the way a
 //! stop, start, restart or reload changes them; `PartOf=` propagation of
 //! stops and restarts (so a cascade into a protected unit can be seen);
-//! units whose start fails or hangs; and a fault that makes the manager
-//! unreachable after a number of jobs, to simulate an interrupted apply;
-//! and processes besides the main one in a unit (a CI runner's job).
+//! units whose start fails or hangs, or whose job calls go unanswered;
+//! a fault that makes the manager unreachable after a number of jobs, to
+//! simulate an interrupted apply; and processes besides the main one in a
+//! unit (a CI runner's job).
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -28,6 +29,9 @@ pub enum Behaviour {
     FailsToStart,
     /// Its start job never finishes (the executor's timeout applies).
     Hangs,
+    /// No call that queues a job for it is ever answered: its jobs end
+    /// [`JobResult::NoReply`] and do nothing.
+    NoReply,
 }
 
 /// One fake unit.
@@ -172,6 +176,7 @@ impl FakeManager {
                 JobResult::Failed { systemd_result: "failed".into() }
             }
             Behaviour::Hangs => JobResult::TimedOut { seconds: 0 },
+            Behaviour::NoReply => JobResult::NoReply { message: format!("StartUnit {name}, asked twice") },
         }
     }
 
@@ -180,8 +185,12 @@ impl FakeManager {
     }
 
     fn job(&mut self, kind: JobKind, name: &str, timeout: Duration) -> JobResult {
-        if !self.units.contains_key(name) {
-            return JobResult::NotQueued { message: format!("Unit {name} not found.") };
+        match self.units.get(name) {
+            None => return JobResult::NotQueued { message: format!("Unit {name} not found.") },
+            Some(u) if u.behaviour == Behaviour::NoReply => {
+                return JobResult::NoReply { message: format!("the {kind} of {name}, asked twice") };
+            }
+            Some(_) => {}
         }
         let r = match kind {
             JobKind::Stop => {

@@ -32,8 +32,8 @@ mod search_path;
 pub use dbus::{DEFAULT_CALL_TIMEOUT, SystemdBus};
 pub use error::Error;
 pub use executor::{
-    ApplyOptions, ApplyReport, Host, JobRecord, PhaseRecord, ProcessHost, Progress, ProtectedCheck, StderrProgress,
-    UnitFailure, apply, remaining, resume,
+    ApplyOptions, ApplyReport, Host, JobRecord, LeftUnit, PhaseRecord, ProcessHost, Progress, ProtectedCheck,
+    StderrProgress, UnitFailure, apply, remaining, resume,
 };
 pub use manager::{
     Dependencies, Idleness, JobKind, JobOutcome, JobResult, ServiceManager, TransientExit, TransientSpec, UnitProcess,

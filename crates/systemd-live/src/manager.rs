@@ -81,6 +81,13 @@ pub enum JobResult {
         /// systemd's error message.
         message: String,
     },
+    /// systemd did not answer, even when asked again: whether the job was
+    /// queued, and how it ended, is not known. This says nothing about
+    /// the unit; the phase cannot be counted as done.
+    NoReply {
+        /// What went unanswered.
+        message: String,
+    },
 }
 
 impl JobResult {
@@ -96,6 +103,7 @@ impl JobResult {
             JobResult::Failed { systemd_result } => systemd_result.clone(),
             JobResult::TimedOut { seconds } => format!("timed out after {seconds} s, cancelled"),
             JobResult::NotQueued { message } => format!("not queued: {message}"),
+            JobResult::NoReply { message } => format!("no reply from systemd, outcome unknown: {message}"),
         }
     }
 }
@@ -315,10 +323,15 @@ pub trait ServiceManager {
         Ok(failed)
     }
 
-    /// Queues all `jobs` at once (mode `replace`) and waits until each has
-    /// finished or `timeout` has passed since it was queued. A job that
-    /// times out is cancelled. `on_done` is called as each job finishes.
-    /// Returns one outcome per job, in the order given.
+    /// Queues `jobs` (mode `replace`) and waits until each has finished
+    /// or `timeout` has passed since it was queued. A job that times out
+    /// is cancelled. `on_done` is called as each job finishes. Returns one
+    /// outcome per job, in the order given.
+    ///
+    /// The jobs are queued together, so that the manager orders them by
+    /// their dependencies, up to a limit of jobs at once that the
+    /// implementation sets (systemd over D-Bus: 256); a larger batch is
+    /// queued as a sliding window, the next job as soon as one finished.
     fn run_jobs(
         &mut self,
         jobs: &[(JobKind, String)],
