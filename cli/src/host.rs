@@ -188,7 +188,7 @@ fn complete_live(
         })
         .map(|(name, _)| name.clone())
         .collect();
-    for (unit, path) in mgr.fragment_paths(&examined)? {
+    for (unit, path) in timed("fragments", || mgr.fragment_paths(&examined))? {
         if let Some(u) = live.units.get_mut(&unit) {
             u.fragment_path = path;
         }
@@ -204,7 +204,7 @@ fn complete_live(
             return Ok(live);
         }
         for (properties, units) in batches {
-            for (unit, deps) in mgr.dependencies(&units, properties)? {
+            for (unit, deps) in timed("dependencies", || mgr.dependencies(&units, properties))? {
                 reading.learn(&unit, &deps);
                 if let Some(u) = live.units.get_mut(&unit) {
                     u.deps = deps;
