@@ -1,16 +1,19 @@
-//! `plan`, `check` and `switch` on a nix-darwin host: the same pipeline as
-//! on systemd (resolve the new generation, read the live state, plan from
-//! the running generation with protection, print the same reports, take
-//! the lock, isolate, carry the plan out, check, roll back), with launchd
+//! `plan`, `check`, `switch` and `apply` on a nix-darwin host: the same
+//! pipeline as on systemd (resolve the new generation, read the live state,
+//! plan from the running generation with protection, print the same
+//! reports, save a plan and check it again before applying it, take the
+//! lock, isolate, carry the plan out, check, roll back), with launchd
 //! behind `launchctl` ([`launchd_live`]) instead of systemd over D-Bus.
 //!
 //! A host is a nix-darwin one when its running generation
 //! (`/run/current-system`) has nix-darwin's layout and no systemd units
 //! (see [`crate::cmd::darwin::is_darwin_pair`]). The live state is
 //! `launchctl print` of each label the two generations and the protection
-//! name. A switch runs the new generation's `activate` without its launchd
-//! steps, then the plan's `launchctl` operations, then points
-//! `/run/current-system` and the system profile at the new generation.
+//! name. A switch runs the new generation's `activate` up to its launchd
+//! steps, then the plan's `launchctl` operations, then the rest of
+//! `activate`, then points `/run/current-system` and the system profile at
+//! the new generation. A saved plan is the systemd one's format
+//! ([`crate::saved`]) with the jobs' state in place of the units'.
 //! Its isolation from a dropped connection is a launchd job of its own
 //! (`safe-switch.<id>` in the `system` domain), whose output this process
 //! relays.
@@ -21,12 +24,13 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use launchd_live::{DarwinHost, LaunchctlProgram, Launchd, ProgressFile};
 use launchd_plan::{Domain, GenerationJobs, Host, LaunchdLive, LaunchdPlan, PrimaryUser, Request};
-use plan_model::{Diagnostic, Mode, Severity};
+use plan_model::{Diagnostic, LiveState, Mode, Severity};
 use plan_report::Report;
 use systemd_live::RunDir;
 
-use crate::args::{self, OutputArgs, ProtectArgs};
+use crate::args::{self, ExecutionArgs, OutputArgs, ProtectArgs};
 use crate::exit::Outcome;
+use crate::saved::{self, Observed, PlanKey, Rejection, SavedPlan};
 
 /// Where a nix-darwin host keeps what safe-switch needs: `/`, and
 /// `launchctl`. Tests point both elsewhere ([`crate::test_hooks`]).
@@ -123,11 +127,11 @@ fn read_script(path: &Path) -> Result<String, launchd_live::Error> {
 }
 
 /// Plans the switch from the running generation to `toplevel` against
-/// launchd's live state, with protection.
+/// launchd's live state, with the protection `request`.
 pub(crate) fn plan_to(
     env: &DarwinEnv,
     toplevel: &Path,
-    protect: &ProtectArgs,
+    request: &Request,
     launchd: &mut dyn Launchd,
 ) -> anyhow::Result<DarwinPlan> {
     let current = env.current_system();
@@ -136,8 +140,11 @@ pub(crate) fn plan_to(
     let new_path = std::fs::canonicalize(toplevel)
         .with_context(|| format!("{}: cannot resolve the toplevel", toplevel.display()))?;
     let old = launchd_plan::load_generation(&old_path)?;
-    let new = launchd_plan::load_generation(&new_path)?;
+    let mut new = launchd_plan::load_generation(&new_path)?;
     let cut = cut_activation(&new_path);
+    // What `services.openssh.enable` does, planned with the jobs so that
+    // protection covers it.
+    new.remote_login = cut.as_ref().ok().and_then(|c| c.remote_login);
     // The primary user, as the launchd sections name it (`sudo --user=`):
     // the new generation's, else the running one's.
     let user = match &cut {
@@ -152,20 +159,21 @@ pub(crate) fn plan_to(
         }
         None => None,
     };
-    let request = crate::cmd::darwin::policy(protect)?;
-    let extra: Vec<String> = request
+    let mut extra: Vec<String> = request
         .selectors
         .iter()
         .map(|s| s.text().to_owned())
         .filter(|t| t.contains('.') && !t.contains(['*', '?', '[', '{']))
         .collect();
+    if new.remote_login.is_some() {
+        extra.push(launchd_plan::SSHD_LABEL.to_owned());
+    }
     let reading =
         launchd_live::read_live(launchd, &old, &new, primary_user, &extra).context("cannot read launchd's state")?;
     let home = reading.live.primary_user.as_ref().map(|u| env.path(&u.home));
     let installed = launchd_plan::load_installed(&env.root, home.as_deref(), &old, &new)?;
     let host = Host { live: reading.live.clone(), installed: Some(installed) };
-    let mut planned = launchd_plan::plan(&old, &new, &host, &request);
-    crate::cmd::darwin::reject_typos(&planned)?;
+    let mut planned = launchd_plan::plan(&old, &new, &host, request);
     for warning in reading.warnings {
         planned.plan.diagnostics.push(diagnostic(Severity::Warning, warning));
     }
@@ -207,21 +215,33 @@ fn report_interrupted(env: &DarwinEnv) {
     }
 }
 
+/// Plans against this host with the options' protection, refusing a
+/// `--protect` name that matches no job.
+fn plan_asked(
+    env: &DarwinEnv,
+    toplevel: &Path,
+    protect: &ProtectArgs,
+    launchd: &mut dyn Launchd,
+) -> anyhow::Result<(DarwinPlan, Request)> {
+    let request = crate::cmd::darwin::policy(protect)?;
+    let dp = plan_to(env, toplevel, &request, launchd)?;
+    crate::cmd::darwin::reject_typos(&dp.planned)?;
+    Ok((dp, request))
+}
+
 /// `plan` on a nix-darwin host.
 pub(crate) fn plan(args: args::PlanArgs) -> anyhow::Result<Outcome> {
     no_explain(&args.protect)?;
-    if let Some(out) = &args.out {
-        return Err(crate::exit::usage(format!(
-            "--out {}: saved plans (`plan --out`, `apply`) are not supported on nix-darwin hosts yet; use `switch`",
-            out.display()
-        )));
-    }
     let target = crate::host::resolve_source(&args.source, &args.protect)?;
     let env = DarwinEnv::get();
     report_interrupted(&env);
     let mut launchd = env.launchd(Duration::from_secs(60));
-    let mut dp = plan_to(&env, &target.toplevel, &args.protect, &mut launchd)?;
+    let (mut dp, request) = plan_asked(&env, &target.toplevel, &args.protect, &mut launchd)?;
     dp.planned.plan.new.provenance = Some(target.provenance);
+    if let Some(out) = &args.out {
+        let inputs = saved::record_launchd_inputs(&dp.planned, &dp.live, &request);
+        crate::cmd::plan::save(dp.planned.plan.clone(), inputs, out)?;
+    }
     print(&dp, &args.output)?;
     Ok(crate::protect::outcome(&dp.planned.plan))
 }
@@ -233,7 +253,7 @@ pub(crate) fn check(args: args::CheckArgs) -> anyhow::Result<Outcome> {
     let env = DarwinEnv::get();
     report_interrupted(&env);
     let mut launchd = env.launchd(Duration::from_secs(60));
-    let mut dp = plan_to(&env, &target.toplevel, &args.protect, &mut launchd)?;
+    let (mut dp, _) = plan_asked(&env, &target.toplevel, &args.protect, &mut launchd)?;
     dp.planned.plan.new.provenance = Some(target.provenance);
     print(&dp, &args.output)?;
     let outcome = crate::cmd::check::outcome(&dp.planned.plan, args.fail_on);
@@ -262,14 +282,27 @@ pub(crate) fn switch(args: args::SwitchArgs) -> anyhow::Result<Outcome> {
     if let Some(outcome) = finish_interrupted(&env, &mut launchd, &options, &args.protect)? {
         return Ok(outcome);
     }
-    let mut dp = plan_to(&env, &target.toplevel, &args.protect, &mut launchd)?;
+    let (mut dp, request) = plan_asked(&env, &target.toplevel, &args.protect, &mut launchd)?;
     dp.planned.plan.new.provenance = Some(target.provenance.clone());
     print(&dp, &args.output)?;
     if dp.planned.plan.protection.refused {
         say!("refused: the switch would touch a protected launchd job (see the plan above); nothing was changed");
         return Ok(Outcome::Blocked);
     }
-    let report = carry_out(&env, &dp, &mut launchd, &options)?;
+    finish(&env, &dp, &mut launchd, &options, &args.apply, &request)
+}
+
+/// Carries out a plan (the caller holds the lock), says how it went, and
+/// rolls back when it failed and `--rollback-on-failure` asks for it.
+fn finish(
+    env: &DarwinEnv,
+    dp: &DarwinPlan,
+    launchd: &mut dyn Launchd,
+    options: &launchd_live::Options,
+    apply: &ExecutionArgs,
+    request: &Request,
+) -> anyhow::Result<Outcome> {
+    let report = carry_out(env, dp, launchd, options)?;
     say_text!("{}", report.render_text());
     if report.success() {
         say!("switched to {}", dp.planned.plan.new.path);
@@ -278,11 +311,11 @@ pub(crate) fn switch(args: args::SwitchArgs) -> anyhow::Result<Outcome> {
     if let Some(why) = &report.stopped {
         say!("the switch to {} stopped: {why}", dp.planned.plan.new.path);
     }
-    if args.apply.rollback_on_failure {
+    if apply.rollback_on_failure {
         let old = dp.planned.plan.old.path.clone();
         say!("rolling back to {old} with the same protections");
-        let back = plan_to(&env, Path::new(&old), &args.protect, &mut launchd).context("cannot plan the rollback")?;
-        let rb = carry_out(&env, &back, &mut launchd, &options).context("cannot roll back")?;
+        let back = plan_to(env, Path::new(&old), request, launchd).context("cannot plan the rollback")?;
+        let rb = carry_out(env, &back, launchd, options).context("cannot roll back")?;
         say_text!("rollback:\n{}", rb.render_text());
         if rb.success() {
             say!("rolled back to {old}; the switch to {} failed (see above)", dp.planned.plan.new.path);
@@ -291,6 +324,108 @@ pub(crate) fn switch(args: args::SwitchArgs) -> anyhow::Result<Outcome> {
         }
     }
     Ok(Outcome::UnitsFailed)
+}
+
+/// `apply` on a nix-darwin host: the checks of [`crate::saved`] (digest,
+/// MAC, a target in the Nix store, the running generation, the state of
+/// every job the plan names, a fresh plan with the recorded protections
+/// plus those in force now), then the saved plan carried out as `switch`
+/// carries out its own: lock, isolation as a launchd job, progress,
+/// checks, rollback.
+pub(crate) fn apply(args: args::ApplyArgs) -> anyhow::Result<Outcome> {
+    let refuse = |r: &Rejection| Ok(crate::cmd::apply::refuse(&args.plan, r));
+    let saved = SavedPlan::load(&args.plan)?;
+    if let Err(refusal) = saved::verify_digest(&saved) {
+        return refuse(&refusal);
+    }
+    if saved.inputs.launchd.is_none() {
+        return refuse(&Rejection::Inconsistent(
+            "it was made for systemd, and this host runs nix-darwin (launchd)".to_owned(),
+        ));
+    }
+    let env = DarwinEnv::get();
+    let target = Path::new(&saved.inputs.target_toplevel);
+    if !target.exists() {
+        return refuse(&Rejection::TargetChanged(format!("the target toplevel {} no longer exists", target.display())));
+    }
+    preflight(&env, target)?;
+    let key = PlanKey::load(&saved::state_dir())?;
+    if let Err(refusal) = saved::verify_mac(&saved, key.as_ref()) {
+        return refuse(&refusal);
+    }
+    let canonical_target = std::fs::canonicalize(target)
+        .with_context(|| format!("{}: cannot resolve the target toplevel; nothing was changed", target.display()))?;
+    if let Err(refusal) = saved::check_target_in_store(&canonical_target, &saved::store_dir()) {
+        return refuse(&refusal);
+    }
+    let run = env.run_dir();
+    if !args.apply.no_isolate {
+        let mut launchd = env.launchd(Duration::from_secs(60));
+        return crate::isolate::hand_over(&run, None, |run, extra| isolate(&mut launchd, run, extra));
+    }
+    let _lock = crate::isolate::lock(&run, args.apply.isolated)?;
+    let timeout = Duration::from_secs(args.apply.job_timeout.max(1));
+    let mut launchd = env.launchd(timeout.max(Duration::from_secs(60)));
+    let options = launchd_live::Options { job_timeout: timeout, ..launchd_live::Options::default() };
+    if let Some(interrupted) = env.progress().interrupted()? {
+        bail!(
+            "{}an earlier switch was interrupted; finish it with `safe-switch switch` and plan again; nothing was changed",
+            interrupted.describe()
+        );
+    }
+    let current = env.current_system();
+    let current = std::fs::canonicalize(&current)
+        .with_context(|| format!("{}: cannot resolve the running generation; nothing was changed", current.display()))?
+        .display()
+        .to_string();
+    if current != saved.inputs.running_generation {
+        return refuse(&Rejection::RunningGenerationChanged {
+            recorded: saved.inputs.running_generation.clone(),
+            now: current,
+        });
+    }
+    // Plan again against launchd as it is now, with the recorded
+    // protections plus those in force now (the system policy as it is
+    // today): a plan made with fewer gets other actions, and is refused.
+    let request =
+        union(saved.inputs.protection.to_launchd_request()?, crate::cmd::darwin::policy(&ProtectArgs::default())?);
+    let mut dp = plan_to(&env, &canonical_target, &request, &mut launchd)?;
+    let canonical_target = canonical_target.display().to_string();
+    let no_units = LiveState::default();
+    let observed = Observed {
+        running_generation: &current,
+        target_toplevel: Some(&canonical_target),
+        live: &no_units,
+        launchd: Some(&dp.live),
+    };
+    if let Err(refusal) = saved::check_fresh(&saved, &observed, &dp.planned.plan) {
+        return refuse(&refusal);
+    }
+
+    say!("applying the saved plan {} ({})", args.plan.display(), saved.digest);
+    let text = plan_report::render(
+        plan_report::Format::Text,
+        &Report { plan: &saved.plan, diffs: &[], commands: &[] },
+        crate::report::stdout_style(),
+    );
+    std::io::Write::write_all(&mut std::io::stdout().lock(), text.as_bytes())?;
+    // The saved actions, which are the fresh plan's; the fresh plan's
+    // protections, which hold at least the recorded ones, for the check
+    // afterwards.
+    dp.planned.plan = plan_model::Plan { protection: dp.planned.plan.protection.clone(), ..saved.plan.clone() };
+    finish(&env, &dp, &mut launchd, &options, &args.apply, &request)
+}
+
+/// The recorded protections and those in force now: every selector of
+/// both, the stricter mode.
+fn union(recorded: Request, now: Request) -> Request {
+    let mut selectors = recorded.selectors;
+    for selector in now.selectors {
+        if !selectors.iter().any(|s| s.text() == selector.text() && s.source() == selector.source()) {
+            selectors.push(selector);
+        }
+    }
+    Request { mode: recorded.mode.stricter(now.mode), selectors }
 }
 
 /// Refuses, before any change, what cannot be switched: a caller that is
@@ -336,7 +471,7 @@ fn carry_out(
         );
     }
     let ops = launchd_plan::operations(&dp.planned)?;
-    let steps = launchd_live::steps(&dp.planned, cut.script.clone(), &ops);
+    let steps = launchd_live::steps(&dp.planned, cut, &ops);
     let before = launchd_live::protected_running(&dp.planned.plan, &dp.live);
     let mut machine = env.host();
     Ok(launchd_live::apply(

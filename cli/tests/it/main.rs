@@ -19,6 +19,7 @@ mod support;
 
 mod apply_saved;
 mod closure_diff;
+mod darwin_apply;
 mod darwin_diff;
 mod darwin_switch;
 mod dbus_timeout;
