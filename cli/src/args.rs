@@ -33,6 +33,12 @@ pub(crate) enum Command {
     Switch(SwitchArgs),
     /// Carry out exactly a plan saved with `plan --out`.
     Apply(ApplyArgs),
+    /// List the deferred actions earlier switches left pending: exit 3
+    /// when there are any.
+    Pending(PendingArgs),
+    /// Carry out the pending deferred actions that the protections in
+    /// force allow, re-planned against the running generation.
+    Settle(SettleArgs),
     /// Show which packages change between two store paths.
     ClosureDiff(ClosureDiffArgs),
 }
@@ -49,6 +55,10 @@ pub(crate) struct DiffArgs {
     /// counts as active.
     #[arg(long, value_name = "STATE.json")]
     pub live: Option<PathBuf>,
+    /// A record of deferrals earlier switches left pending (the form of
+    /// /run/safe-switch/pending.json): the plan shows what it does to each.
+    #[arg(long, value_name = "PENDING.json")]
+    pub pending: Option<PathBuf>,
     /// Protection.
     #[command(flatten)]
     pub protect: ProtectArgs,
@@ -186,6 +196,84 @@ pub(crate) struct ApplyArgs {
     pub cgroup_file: Option<PathBuf>,
 }
 
+/// Arguments of `pending`.
+#[derive(Debug, Args)]
+pub(crate) struct PendingArgs {
+    /// Output.
+    #[command(flatten)]
+    pub output: OutputArgs,
+}
+
+/// Arguments of `settle`.
+#[derive(Debug, Args)]
+pub(crate) struct SettleArgs {
+    /// Settle only the deferrals of these units: names (`gitlab-runner`
+    /// covers gitlab-runner.service), full unit names or globs, as
+    /// `--protect` takes them. Default: every pending deferral.
+    #[arg(value_name = "UNITS", value_delimiter = ',')]
+    pub units: Vec<String>,
+    /// Protection: what stays protected while settling.
+    #[command(flatten)]
+    pub protect: ProtectArgs,
+    /// Output: the re-planned actions.
+    #[command(flatten)]
+    pub output: OutputArgs,
+    /// Wait until each unit is idle before acting on it: nothing but its
+    /// main process runs in its control group (for a CI runner, no job).
+    #[arg(long)]
+    pub when_idle: bool,
+    /// How long to wait for units to become idle (and for another
+    /// safe-switch's lock): `90s`, `10m`, `1h30m`, or seconds. Then exit 3,
+    /// nothing done for the units still busy. Default: no limit.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub wait: Option<std::time::Duration>,
+    /// With `--when-idle`: a unit is idle when this shell command exits 0
+    /// (instead of when its control group holds only its main process);
+    /// `SAFE_SWITCH_UNIT` names the unit. For runners whose jobs run
+    /// elsewhere, such as a Docker executor.
+    #[arg(long, value_name = "CMD", requires = "when_idle")]
+    pub idle_command: Option<String>,
+    /// Seconds to wait for each systemd job.
+    #[arg(long, value_name = "SECONDS", default_value_t = 90)]
+    pub job_timeout: u64,
+    /// Run in this process instead of a transient systemd unit.
+    #[arg(long)]
+    pub no_isolate: bool,
+    /// Set by the calling safe-switch on the run it isolates.
+    #[arg(long, hide = true)]
+    pub isolated: bool,
+}
+
+/// Parses a duration: a number of seconds, or numbers each followed by
+/// `ms`, `s`, `m` or `h` (`90s`, `10m`, `1h30m`).
+pub(crate) fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
+    let bad = || format!("{text:?} is not a duration (e.g. 90s, 10m, 1h30m, or seconds)");
+    let text = text.trim();
+    if !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit()) {
+        return text.parse::<u64>().map(std::time::Duration::from_secs).map_err(|_| bad());
+    }
+    let mut total = std::time::Duration::ZERO;
+    let mut rest = text;
+    while !rest.is_empty() {
+        let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
+        let unit_len = rest[digits..].bytes().take_while(u8::is_ascii_alphabetic).count();
+        if digits == 0 || unit_len == 0 {
+            return Err(bad());
+        }
+        let n: u64 = rest[..digits].parse().map_err(|_| bad())?;
+        let part = match &rest[digits..digits + unit_len] {
+            "ms" => std::time::Duration::from_millis(n),
+            "s" => std::time::Duration::from_secs(n),
+            "m" | "min" => std::time::Duration::from_secs(n.checked_mul(60).ok_or_else(bad)?),
+            "h" => std::time::Duration::from_secs(n.checked_mul(3600).ok_or_else(bad)?),
+            _ => return Err(bad()),
+        };
+        total = total.checked_add(part).ok_or_else(bad)?;
+        rest = &rest[digits + unit_len..];
+    }
+    if text.is_empty() { Err(bad()) } else { Ok(total) }
+}
+
 /// Arguments of `closure-diff`.
 #[derive(Debug, Args)]
 pub(crate) struct ClosureDiffArgs {
@@ -259,5 +347,26 @@ impl OutputArgs {
     /// The format for standard output.
     pub(crate) fn stdout_format(&self) -> Format {
         if self.json { Format::Json } else { self.format }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    #[test]
+    fn durations_parse_and_bad_ones_are_named() {
+        assert_eq!(parse_duration("2s").unwrap(), Duration::from_secs(2));
+        assert_eq!(parse_duration("90").unwrap(), Duration::from_secs(90));
+        assert_eq!(parse_duration("1h30m").unwrap(), Duration::from_secs(5400));
+        assert_eq!(parse_duration("10m").unwrap(), Duration::from_secs(600));
+        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
+        for bad in ["", "s", "2x", "1.5s", "-1s", "99999999999999999999h"] {
+            let err = parse_duration(bad).unwrap_err();
+            assert!(err.contains("is not a duration"), "{bad}: {err}");
+        }
     }
 }

@@ -195,7 +195,10 @@ fn print(dp: &DarwinPlan, output: &OutputArgs) -> anyhow::Result<()> {
         Err(_) => Vec::new(),
     };
     let diffs = launchd_plan::plist_diffs(&dp.planned, &dp.old, &dp.new);
-    crate::report::write_outputs(&Report { plan: &dp.planned.plan, diffs: &diffs, commands: &commands }, output)
+    crate::report::write_outputs(
+        &Report { plan: &dp.planned.plan, diffs: &diffs, commands: &commands, pending: &[] },
+        output,
+    )
 }
 
 fn no_explain(protect: &ProtectArgs) -> anyhow::Result<()> {
@@ -274,7 +277,7 @@ pub(crate) fn switch(args: args::SwitchArgs) -> anyhow::Result<Outcome> {
     if !args.apply.no_isolate {
         let built = (args.source.flake.is_some() && args.source.resolved_file.is_none()).then_some(&target);
         let mut launchd = env.launchd(Duration::from_secs(60));
-        return crate::isolate::hand_over(&run, built, |run, extra| isolate(&mut launchd, run, extra));
+        return crate::isolate::hand_over(&run, built, true, |run, extra| isolate(&mut launchd, run, extra));
     }
     let _lock = crate::isolate::lock(&run, args.apply.isolated)?;
     let mut launchd = env.launchd(timeout.max(Duration::from_secs(60)));
@@ -361,7 +364,7 @@ pub(crate) fn apply(args: args::ApplyArgs) -> anyhow::Result<Outcome> {
     let run = env.run_dir();
     if !args.apply.no_isolate {
         let mut launchd = env.launchd(Duration::from_secs(60));
-        return crate::isolate::hand_over(&run, None, |run, extra| isolate(&mut launchd, run, extra));
+        return crate::isolate::hand_over(&run, None, true, |run, extra| isolate(&mut launchd, run, extra));
     }
     let _lock = crate::isolate::lock(&run, args.apply.isolated)?;
     let timeout = Duration::from_secs(args.apply.job_timeout.max(1));
@@ -403,11 +406,7 @@ pub(crate) fn apply(args: args::ApplyArgs) -> anyhow::Result<Outcome> {
     }
 
     say!("applying the saved plan {} ({})", args.plan.display(), saved.digest);
-    let text = plan_report::render(
-        plan_report::Format::Text,
-        &Report { plan: &saved.plan, diffs: &[], commands: &[] },
-        crate::report::stdout_style(),
-    );
+    let text = plan_report::render(plan_report::Format::Text, &Report::of(&saved.plan), crate::report::stdout_style());
     std::io::Write::write_all(&mut std::io::stdout().lock(), text.as_bytes())?;
     // The saved actions, which are the fresh plan's; the fresh plan's
     // protections, which hold at least the recorded ones, for the check

@@ -15,6 +15,9 @@ use systemd_plan::GenerationUnits;
 
 use crate::args::{OutputArgs, ProtectArgs, SourceArgs};
 
+/// Where the units of a NixOS generation are installed.
+pub(crate) const UNIT_DIR: &str = "/etc/systemd/system";
+
 /// Where NixOS keeps the running generation.
 pub(crate) const CURRENT_SYSTEM: &str = "/run/current-system";
 
@@ -49,6 +52,9 @@ pub(crate) struct LivePlan {
     pub protection: crate::protect::ProtectReport,
     /// The diffs of the unit files the plan was made from.
     pub diffs: Vec<plan_model::FileDiff>,
+    /// The deferrals earlier switches left pending, and what this plan
+    /// does to each (filled by [`plan_to`]).
+    pub earlier: Vec<plan_model::Earlier>,
 }
 
 /// The toplevel to switch to (built first for `--flake`), canonicalized,
@@ -111,6 +117,19 @@ pub(crate) fn live_plan(
     protect: &ProtectArgs,
     mgr: &mut dyn ServiceManager,
 ) -> anyhow::Result<LivePlan> {
+    live_plan_with(current, toplevel, protect, mgr, &|_| {})
+}
+
+/// [`live_plan`], with the live state adjusted by `adjust` before planning
+/// (`settle` makes a unit whose file is gone since look as it was when its
+/// actions were deferred).
+pub(crate) fn live_plan_with(
+    current: &Path,
+    toplevel: &Path,
+    protect: &ProtectArgs,
+    mgr: &mut dyn ServiceManager,
+    adjust: &dyn Fn(&mut LiveState),
+) -> anyhow::Result<LivePlan> {
     let old_path = std::fs::canonicalize(current)
         .with_context(|| format!("{}: cannot resolve the running generation", current.display()))?;
     let new_path = std::fs::canonicalize(toplevel)
@@ -125,13 +144,14 @@ pub(crate) fn live_plan(
     let (old, new) = (old?, new?);
     let request = crate::protect::request(protect)?;
     let listed = listed.context("cannot read the live state from systemd")?;
-    let live = timed("live", || complete_live(&old, &new, &request, mgr, listed))
+    let mut live = timed("live", || complete_live(&old, &new, &request, mgr, listed))
         .context("cannot read the live state from systemd")?;
+    adjust(&mut live);
     let mut plan = timed("plan", || systemd_plan::plan(&old, &new, &live));
     crate::cmd::closure_diff::attach_to_plan(&mut plan, &old_path, &new_path);
     let protection = timed("protect", || crate::protect::protect_plan(&mut plan, &old, &new, &live, protect))?;
     let diffs = timed("diffs", || systemd_plan::unit_diffs(&plan, &old, &new));
-    Ok(LivePlan { plan, live, old: old_path, new: new_path, protection, diffs })
+    Ok(LivePlan { plan, live, old: old_path, new: new_path, protection, diffs, earlier: Vec::new() })
 }
 
 /// Reads what a plan needs of the live host, and nothing more: the loaded
@@ -247,7 +267,8 @@ pub(crate) fn read_processes(lp: &mut LivePlan, mgr: &mut dyn ServiceManager) ->
 }
 
 /// Plans from the running generation to the resolved target against
-/// `mgr`, recording where the target came from.
+/// `mgr`, recording where the target came from, with what the plan does
+/// to the deferrals earlier switches left pending.
 pub(crate) fn plan_to(
     target: &crate::source::Resolved,
     protect: &ProtectArgs,
@@ -255,6 +276,7 @@ pub(crate) fn plan_to(
 ) -> anyhow::Result<LivePlan> {
     let mut lp = live_plan(&running_generation(), &target.toplevel, protect, mgr)?;
     lp.plan.new.provenance = Some(target.provenance.clone());
+    lp.earlier = crate::pending::preview(&RunDir::system(), &lp.plan, mgr);
     Ok(lp)
 }
 
@@ -270,7 +292,7 @@ pub(crate) fn explain(lp: &LivePlan, protect: &ProtectArgs, output: &OutputArgs)
 /// Prints the plan in the requested format and writes the `--report`
 /// files.
 pub(crate) fn print(lp: &LivePlan, output: &OutputArgs) -> anyhow::Result<()> {
-    crate::report::write_plan(&lp.plan, &lp.diffs, output)
+    crate::report::write_plan(&lp.plan, &lp.diffs, &lp.earlier, output)
 }
 
 #[cfg(test)]

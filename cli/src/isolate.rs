@@ -1,4 +1,4 @@
-//! Isolation: `switch` and `apply` run again inside a transient systemd
+//! Isolation: `switch`, `apply` and `settle` run again inside a transient systemd
 //! unit (as `systemd-run --collect --pipe` would start it), so that a
 //! dropped SSH connection or a killed CI job cannot leave a half-switched
 //! host. This process relays the isolated run's output and exit status.
@@ -37,25 +37,28 @@ const PASSED_ENV: &[&str] = &[
 ];
 
 /// Runs the command line of this process again, isolated, after checking
-/// that no other safe-switch holds the lock, and hands it over what it
-/// must not work out again: the caller's cgroup (always; protected in the
-/// isolated run too) and, for a built `--flake`, the generation this
-/// process built and showed. The hand-over files are removed afterwards.
-pub(crate) fn run_isolated(run: &RunDir, built: Option<&Resolved>) -> anyhow::Result<Outcome> {
+/// that no other safe-switch holds the lock (when `check_lock`: a run
+/// that waits for the lock skips it), and hands it over what it must not
+/// work out again: the caller's cgroup (always; protected in the isolated
+/// run too) and, for a built `--flake`, the generation this process built
+/// and showed. The hand-over files are removed afterwards.
+pub(crate) fn run_isolated(run: &RunDir, built: Option<&Resolved>, check_lock: bool) -> anyhow::Result<Outcome> {
     let mut bus = crate::host::connect()?;
-    hand_over(run, built, |run, extra| isolate(&mut bus, run, extra))
+    hand_over(run, built, check_lock, |run, extra| isolate(&mut bus, run, extra))
 }
 
-/// Checks that no other safe-switch holds the lock, writes the hand-over
-/// files (the caller's cgroup, the built generation), runs `isolated`
-/// with the options that name them, and removes them afterwards. Shared
-/// by the systemd and the launchd isolation.
+/// Checks that no other safe-switch holds the lock (with `check_lock`),
+/// writes the hand-over files (the caller's cgroup, the built
+/// generation), runs `isolated` with the options that name them, and
+/// removes them afterwards. Shared by the systemd and the launchd
+/// isolation.
 pub(crate) fn hand_over(
     run: &RunDir,
     built: Option<&Resolved>,
+    check_lock: bool,
     isolated: impl FnOnce(&RunDir, &[String]) -> anyhow::Result<Outcome>,
 ) -> anyhow::Result<Outcome> {
-    if run.is_locked()? {
+    if check_lock && run.is_locked()? {
         return Err(LockHeld { path: run.lock_path(), isolated: false }.into());
     }
     let mut extra: Vec<String> = Vec::new();

@@ -28,6 +28,7 @@ mod darwin;
 mod exit;
 mod host;
 mod isolate;
+mod pending;
 mod protect;
 mod report;
 pub mod saved;
@@ -69,6 +70,8 @@ fn run(cli: Cli) -> anyhow::Result<Outcome> {
         Command::Check(a) => cmd::check::run(a),
         Command::Switch(a) => cmd::switch::run(a),
         Command::Apply(a) => cmd::apply::run(a),
+        Command::Pending(a) => cmd::pending::run(a),
+        Command::Settle(a) => cmd::settle::run(a),
         Command::ClosureDiff(a) => cmd::closure_diff::run(a),
     }
 }

@@ -67,13 +67,30 @@ pub(crate) fn write_outputs(report: &Report<'_>, output: &OutputArgs) -> anyhow:
 }
 
 /// Prints and writes the reports of a systemd plan with its unit-file
-/// diffs ([`systemd_plan::unit_diffs`]).
+/// diffs ([`systemd_plan::unit_diffs`]) and what it does to the deferrals
+/// earlier switches left pending.
 pub(crate) fn write_plan(
     plan: &plan_model::Plan,
     diffs: &[plan_model::FileDiff],
+    pending: &[plan_model::Earlier],
     output: &OutputArgs,
 ) -> anyhow::Result<()> {
-    write_outputs(&Report { plan, diffs, commands: &[] }, output)
+    write_outputs(&Report { plan, diffs, commands: &[], pending }, output)
+}
+
+/// Prints and writes the reports of the record of pending deferrals
+/// (`safe-switch pending`), as [`write_outputs`] does those of a plan.
+pub(crate) fn write_pending(pending: &plan_model::Pending, output: &OutputArgs) -> anyhow::Result<()> {
+    for file in &output.report {
+        let text = plan_report::render_pending(file.format, pending, Style::default());
+        write_atomically(&file.path, text.as_bytes())
+            .with_context(|| format!("cannot write the {} report to {}", file.format.name(), file.path.display()))?;
+    }
+    let text = plan_report::render_pending(output.stdout_format(), pending, stdout_style());
+    let mut out = std::io::stdout().lock();
+    out.write_all(text.as_bytes())?;
+    out.flush()?;
+    Ok(())
 }
 
 /// Writes `bytes` to `path` through a temporary file in the same directory,

@@ -59,9 +59,10 @@ pub(crate) fn run(args: args::ApplyArgs) -> anyhow::Result<Outcome> {
     if !args.apply.no_isolate {
         // The caller's cgroup is protected in the isolated apply too: a
         // fresh plan that would touch it differs from the saved one.
-        return crate::isolate::run_isolated(&run, None);
+        return crate::isolate::run_isolated(&run, None, true);
     }
     let _lock = crate::isolate::lock(&run, args.apply.isolated)?;
+    crate::pending::read(&run)?;
     let mut bus = host::connect()?;
     if let Some(interrupted) = run.interrupted()? {
         anyhow::bail!(
@@ -99,11 +100,7 @@ pub(crate) fn run(args: args::ApplyArgs) -> anyhow::Result<Outcome> {
     }
 
     say!("applying the saved plan {} ({})", args.plan.display(), saved.digest);
-    let text = plan_report::render(
-        plan_report::Format::Text,
-        &Report { plan: &saved.plan, diffs: &[], commands: &[] },
-        crate::report::stdout_style(),
-    );
+    let text = plan_report::render(plan_report::Format::Text, &Report::of(&saved.plan), crate::report::stdout_style());
     std::io::Write::write_all(&mut std::io::stdout().lock(), text.as_bytes())?;
     switch::apply_plan(&mut bus, &run, &saved.plan, &args.apply, &protect)
 }

@@ -52,7 +52,10 @@ pub(crate) fn diff(args: &args::DiffArgs) -> anyhow::Result<Outcome> {
         Err(_) => Vec::new(),
     };
     let diffs = launchd_plan::plist_diffs(&planned, &old, &new);
-    report::write_outputs(&Report { plan: &planned.plan, diffs: &diffs, commands: &commands }, &args.output)?;
+    report::write_outputs(
+        &Report { plan: &planned.plan, diffs: &diffs, commands: &commands, pending: &[] },
+        &args.output,
+    )?;
     Ok(crate::protect::outcome(&planned.plan))
 }
 

@@ -6,13 +6,18 @@
 //! [`systemd_plan::assumed_live_state`]), plans, and prints the plan. It
 //! needs no systemd and changes nothing. Two nix-darwin generations are
 //! planned for launchd instead (see [`crate::cmd::darwin`]).
+//!
+//! `--pending PENDING.json` takes a record of deferrals earlier switches
+//! left pending (the form of `/run/safe-switch/pending.json`) and shows
+//! what the plan does to each, as `plan` does on a host: how a switch
+//! merges into the record, offline.
 
 use std::fs;
 use std::io::Write;
 use std::path::Path;
 
 use anyhow::bail;
-use plan_model::{LiveState, Plan};
+use plan_model::{LiveState, Pending, Plan};
 
 use crate::args;
 use crate::exit::Outcome;
@@ -23,20 +28,28 @@ pub(crate) fn run(args: args::DiffArgs) -> anyhow::Result<Outcome> {
     if crate::cmd::darwin::is_darwin_pair(&args.old, &args.new) {
         return crate::cmd::darwin::diff(&args);
     }
-    let (plan, protection, diffs) = build_protected(&args)?;
+    let earlier_record = args.pending.as_deref().map(load_pending).transpose()?;
+    let (plan, protection, diffs, live) = build_protected(&args)?;
     if let Some(unit) = &args.protect.explain {
         let text = protection.explain(&plan, unit, args.output.stdout_format())?;
         std::io::stdout().lock().write_all(text.as_bytes())?;
         return Ok(crate::protect::outcome(&plan));
     }
-    crate::report::write_plan(&plan, &diffs, &args.output)?;
+    // The time of new deferrals does not show: only the earlier ones are
+    // reported.
+    let earlier =
+        earlier_record.map(|p| p.merge(&plan, plan_model::Manager::Systemd, &live, 0).earlier).unwrap_or_default();
+    crate::report::write_plan(&plan, &diffs, &earlier, &args.output)?;
     Ok(crate::protect::outcome(&plan))
 }
 
 /// Loads the inputs named on the command line, plans and applies
-/// protection; also returns what protection found (for `--explain`)
-/// and the diffs of the unit files the plan was made from.
-fn build_protected(args: &args::DiffArgs) -> anyhow::Result<(Plan, crate::protect::ProtectReport, Vec<FileDiff>)> {
+/// protection; also returns what protection found (for `--explain`),
+/// the diffs of the unit files the plan was made from and the live state
+/// it was made with.
+fn build_protected(
+    args: &args::DiffArgs,
+) -> anyhow::Result<(Plan, crate::protect::ProtectReport, Vec<FileDiff>, LiveState)> {
     let (old, new) = systemd_plan::load_pair(&args.old, &args.new);
     let (old, new) = (old?, new?);
     let live = match &args.live {
@@ -47,7 +60,31 @@ fn build_protected(args: &args::DiffArgs) -> anyhow::Result<(Plan, crate::protec
     crate::cmd::closure_diff::attach_to_plan(&mut plan, &args.old, &args.new);
     let protection = crate::protect::protect_plan(&mut plan, &old, &new, &live, &args.protect)?;
     let diffs = systemd_plan::unit_diffs(&plan, &old, &new);
-    Ok((plan, protection, diffs))
+    Ok((plan, protection, diffs, live))
+}
+
+/// The largest `--pending` file read.
+const PENDING_LIMIT: u64 = 16 << 20;
+
+/// Reads a record of pending deferrals, naming the file in every error
+/// and never quoting it: a regular file of at most 16 MiB, of this
+/// version's form.
+fn load_pending(path: &Path) -> anyhow::Result<Pending> {
+    use std::io::Read as _;
+    let meta =
+        fs::metadata(path).map_err(|e| anyhow::anyhow!("{}: cannot read pending deferrals: {e}", path.display()))?;
+    if !meta.is_file() {
+        bail!("{}: cannot read pending deferrals: not a regular file", path.display());
+    }
+    let mut text = String::new();
+    let read = fs::File::open(path).and_then(|f| f.take(PENDING_LIMIT + 1).read_to_string(&mut text));
+    if let Err(e) = read {
+        bail!("{}: cannot read pending deferrals: {e}", path.display());
+    }
+    if text.len() as u64 > PENDING_LIMIT {
+        bail!("{}: cannot read pending deferrals: larger than {} MiB", path.display(), PENDING_LIMIT >> 20);
+    }
+    Pending::from_json(&text).map_err(|e| anyhow::anyhow!("{}: invalid pending deferrals: {e}", path.display()))
 }
 
 /// Reads a live-state snapshot, naming the file in every error.

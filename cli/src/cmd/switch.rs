@@ -22,6 +22,10 @@
 //! 6. With `--rollback-on-failure`, a failed unit or a disturbed protected
 //!    unit makes it switch back to the previous generation with the same
 //!    protections, and both results are reported.
+//! 7. What the switch deferred is merged into the record of pending
+//!    deferrals (`/run/safe-switch/pending.json`, see [`crate::pending`]),
+//!    which `safe-switch pending` lists and `safe-switch settle` carries
+//!    out.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
@@ -49,9 +53,12 @@ pub(crate) fn run(args: args::SwitchArgs) -> anyhow::Result<Outcome> {
         // switch to the generation this process built and showed, without
         // evaluating the flake again.
         let built = (args.source.flake.is_some() && args.source.resolved_file.is_none()).then_some(&target);
-        return crate::isolate::run_isolated(&run, built);
+        return crate::isolate::run_isolated(&run, built, true);
     }
     let _lock = crate::isolate::lock(&run, args.apply.isolated)?;
+    // The record of earlier deferrals is merged after the apply: one that
+    // cannot be read stops the switch before any change.
+    crate::pending::read(&run)?;
     let mut bus = host::connect()?;
     let options = apply_options(&args.apply);
     if let Some(outcome) = finish_interrupted(&mut bus, &run, &options, &args.protect)? {
@@ -140,8 +147,10 @@ pub(crate) fn finish_interrupted(
     }
     say!("resuming it first, with the protections in force now");
     interrupted.progress.plan = plan;
+    let resumed = interrupted.progress.plan.clone();
     let report = systemd_live::resume(interrupted, mgr, &mut ProcessHost, run, options, &mut StderrProgress)?;
     say_text!("{}", report_text(&report));
+    crate::pending::record(run, &resumed, mgr);
     if report.aborted.is_some() {
         bail!("the interrupted switch to {target} could not be finished (see above); run again to resume it");
     }
@@ -176,7 +185,8 @@ fn reprotect_remaining(
     Ok(plan)
 }
 
-fn report_text(report: &ApplyReport) -> String {
+/// What an apply did, as text, with the status of the units that failed.
+pub(crate) fn report_text(report: &ApplyReport) -> String {
     let mut s = report.render_text();
     if let Some(status) = &report.failed_status {
         s.push_str(status);
@@ -203,6 +213,7 @@ pub(crate) fn apply_plan(
     let options = apply_options(apply);
     let report = systemd_live::apply(plan, bus, &mut ProcessHost, run, &options, &mut StderrProgress)?;
     say_text!("{}", report_text(&report));
+    crate::pending::record(run, plan, bus);
     if report.success() {
         say!("switched to {}", plan.new.path);
         return Ok(Outcome::Ok);
@@ -213,6 +224,7 @@ pub(crate) fn apply_plan(
             .context("cannot plan the rollback")?;
         let rb = systemd_live::apply(&back.plan, bus, &mut ProcessHost, run, &options, &mut StderrProgress)?;
         say_text!("rollback:\n{}", report_text(&rb));
+        crate::pending::record(run, &back.plan, bus);
         if rb.success() {
             say!("rolled back to {}; the switch to {} failed (see above)", plan.old.path, plan.new.path);
         } else {

@@ -121,7 +121,7 @@ fn plans() -> Vec<(&'static str, Plan)> {
 }
 
 fn render(format: Format, plan: &Plan) -> String {
-    plan_report::render(format, &Report { plan, diffs: &[], commands: &[] }, Style::default())
+    plan_report::render(format, &Report { plan, diffs: &[], commands: &[], pending: &[] }, Style::default())
 }
 
 fn schema() -> std::path::PathBuf {
@@ -309,14 +309,14 @@ fn markdown_stays_under_its_limit_and_says_what_it_left_out() {
             diff: format!("--- a\n+++ b\n@@ -1 +1 @@\n-{}\n+{}\n", "x".repeat(2000), "y".repeat(2000)),
         })
         .collect();
-    let full = markdown::render(&Report { plan: &plan, diffs: &diffs, commands: &[] }, markdown::LIMIT);
+    let full = markdown::render(&Report { plan: &plan, diffs: &diffs, commands: &[], pending: &[] }, markdown::LIMIT);
     assert!(full.len() <= markdown::LIMIT, "{} bytes", full.len());
     assert!(full.len() < 1024 * 1024);
     assert!(full.contains("**Truncated**"), "no truncation note");
     // The blocked units come first and survive truncation.
     assert!(full.contains("`network-setup.service` | stop |"), "{}", &full[..2000]);
 
-    let small = markdown::render(&Report { plan: &plan, diffs: &diffs, commands: &[] }, 20_000);
+    let small = markdown::render(&Report { plan: &plan, diffs: &diffs, commands: &[], pending: &[] }, 20_000);
     assert!(small.len() <= 20_000, "{}", small.len());
     assert!(small.contains("**Truncated**"));
 
@@ -326,7 +326,7 @@ fn markdown_stays_under_its_limit_and_says_what_it_left_out() {
         path: "etc/systemd/system/app.service".to_owned(),
         diff: "--- a/x\n+++ b/x\n@@ -1 +1 @@\n-ExecStart=/bin/a\n+ExecStart=/bin/b\n".to_owned(),
     }];
-    let md = markdown::render(&Report { plan: &plan, diffs: &diffs, commands: &[] }, markdown::LIMIT);
+    let md = markdown::render(&Report { plan: &plan, diffs: &diffs, commands: &[], pending: &[] }, markdown::LIMIT);
     assert!(!md.contains("Truncated"));
     assert!(md.contains("<details><summary><code>app.service</code>"), "{md}");
     assert!(md.contains("```diff\n--- a/x\n"), "{md}");
@@ -340,7 +340,7 @@ fn text_has_colours_only_when_asked() {
         path: "etc/systemd/system/app.service".to_owned(),
         diff: "--- a/x\n+++ b/x\n@@ -1 +1 @@\n-old\n+new\n".to_owned(),
     }];
-    let report = Report { plan: &plan, diffs: &diffs, commands: &[] };
+    let report = Report { plan: &plan, diffs: &diffs, commands: &[], pending: &[] };
     let plain = plan_report::render(Format::Text, &report, Style { color: false });
     assert!(!plain.contains('\x1b'), "{plain}");
     assert!(plain.contains("\n+new\n"), "{plain}");
@@ -459,4 +459,115 @@ fn names_cannot_inject_markup_or_escapes() {
             }
         }
     }
+}
+
+fn pending_deferral(unit: &str, actions: &[Action]) -> plan_model::PendingDeferral {
+    plan_model::PendingDeferral {
+        manager: plan_model::Manager::Systemd,
+        unit: unit.to_owned(),
+        actions: actions.to_vec(),
+        from: "/nix/store/00000000000000000000000000000000-a".into(),
+        generation: "/nix/store/11111111111111111111111111111111-b".into(),
+        invocation: "0123456789abcdef0123456789abcdef".into(),
+        since_unix: 1_740_823_200,
+        reasons: vec![Reason { rule: Rule::UnitChanged, detail: None }],
+        touch: plan_model::Touch {
+            touches: "sshd.service".into(),
+            effect: Action::Stop,
+            chain: chain(),
+            cause: Some(Action::Stop),
+            omitted: 0,
+        },
+    }
+}
+
+/// `safe-switch pending` in every format, empty and not: JUnit validates
+/// and fails one case per pending action, Code Quality has one finding per
+/// action with unique fingerprints, JSON is the record itself, Markdown
+/// and text name each unit; a unit name cannot inject markup.
+#[test]
+fn pending_deferrals_in_every_format() {
+    let record = plan_model::Pending {
+        deferrals: vec![
+            pending_deferral("network-setup.service", &[Action::Stop, Action::Start]),
+            pending_deferral("odd<b>*[x](y)`.service", &[Action::Restart]),
+        ],
+        ..plan_model::Pending::default()
+    };
+    let empty = plan_model::Pending::default();
+    for (name, pending) in [("empty", &empty), ("two", &record)] {
+        let render = |format| plan_report::render_pending(format, pending, Style::default());
+        let xml = render(Format::Junit);
+        if let Some((ok, err)) = xmllint(&xml) {
+            assert!(ok, "{name}: the JUnit report does not validate:\n{err}\n{xml}");
+        }
+        let (_, cases) = parse_junit(&xml);
+        let failed: Vec<&str> = cases.iter().filter(|c| c.failure.is_some()).map(|c| c.name.as_str()).collect();
+        let findings: Vec<serde_json::Value> = serde_json::from_str(&render(Format::Codequality)).unwrap();
+        let fingerprints: BTreeSet<&str> = findings.iter().map(|f| f["fingerprint"].as_str().unwrap()).collect();
+        assert_eq!(fingerprints.len(), findings.len(), "{name}");
+        assert_eq!(&plan_model::Pending::from_json(&render(Format::Json)).unwrap(), pending);
+        let (text, md) = (render(Format::Text), render(Format::Markdown));
+        if pending.is_empty() {
+            assert_eq!(cases.len(), 1, "{name}: one passing case");
+            assert!(failed.is_empty() && findings.is_empty(), "{name}");
+            assert!(text.contains("nothing is pending") && md.contains("nothing is pending"), "{text}\n{md}");
+        } else {
+            assert_eq!(
+                failed,
+                [
+                    "pending stop network-setup.service",
+                    "pending start network-setup.service",
+                    "pending restart odd<b>*[x](y)`.service"
+                ]
+            );
+            assert_eq!(findings.len(), 3);
+            assert!(findings.iter().all(|f| f["check_name"] == "safe-switch/pending" && f["severity"] == "major"));
+            assert!(text.contains(
+                "network-setup.service: stop, start deferred since 2025-03-01 10:00 UTC: stopping it stops protected sshd.service (sshd.service Requires=network-setup.service)"
+            ), "{text}");
+            assert!(md.contains("| `network-setup.service` | stop, start | 2025-03-01 10:00 UTC |"), "{md}");
+            // The odd name is shown in a code span, as text.
+            assert!(md.contains("| `` odd<b>*[x](y)`.service `` |"), "{md}");
+            assert_eq!(md.matches("<b>").count(), 1, "markup from a unit name: {md}");
+        }
+    }
+}
+
+/// A plan's reports with deferrals earlier switches left pending: JUnit
+/// still validates and skips what stays pending (the plan's exit code does
+/// not count them), and the JSON is the plan with `pending` after its own
+/// keys.
+#[test]
+fn earlier_deferrals_in_a_plans_reports() {
+    use plan_model::{Earlier, Fate};
+    let (o, n) = ("/nix/store/00000000000000000000000000000000-old", "/nix/store/11111111111111111111111111111111-new");
+    let plan = deferred(o, n);
+    let earlier = [
+        Earlier { deferral: pending_deferral("runner.service", &[Action::Restart]), fate: Fate::StillPending },
+        Earlier { deferral: pending_deferral("web.service", &[Action::Restart]), fate: Fate::CarriedOut },
+    ];
+    let report = Report { pending: &earlier, ..Report::of(&plan) };
+    let xml = plan_report::render(Format::Junit, &report, Style::default());
+    if let Some((ok, err)) = xmllint(&xml) {
+        assert!(ok, "the JUnit report does not validate:\n{err}\n{xml}");
+    }
+    let (_, cases) = parse_junit(&xml);
+    let runner = cases.iter().find(|c| c.name == "pending restart runner.service").unwrap();
+    assert!(runner.skipped && runner.failure.is_none(), "{runner:?}");
+    let web = cases.iter().find(|c| c.name == "pending restart web.service").unwrap();
+    assert!(!web.skipped && web.failure.is_none(), "{web:?}");
+    let json = plan_report::render(Format::Json, &report, Style::default());
+    let value: serde_json::Value = serde_json::from_str(&json).unwrap();
+    let keys: Vec<&String> = value.as_object().unwrap().keys().collect();
+    assert_eq!(keys.last().map(|k| k.as_str()), Some("pending"), "{keys:?}");
+    assert_eq!(value["pending"][1]["fate"], "carried-out");
+    assert_eq!(serde_json::from_str::<Plan>(&json).unwrap(), plan, "the plan reads back as it was");
+    let cq: Vec<serde_json::Value> =
+        serde_json::from_str(&plan_report::render(Format::Codequality, &report, Style::default())).unwrap();
+    let pending: Vec<&serde_json::Value> = cq.iter().filter(|f| f["check_name"] == "safe-switch/pending").collect();
+    assert_eq!(pending.len(), 1, "only what stays pending: {cq:?}");
+    let text = plan_report::render(Format::Text, &report, Style::default());
+    assert!(text.contains("pending from earlier switches:\n  runner.service: restart deferred since"), "{text}");
+    assert!(text.contains("; carried out by this switch"), "{text}");
 }

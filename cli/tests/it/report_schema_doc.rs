@@ -171,6 +171,30 @@ fn every_json_key_is_documented() {
         },
     );
     keys(&serde_json::to_value(&saved).unwrap(), &mut found);
+    // The earlier deferrals of a plan's report, and the record itself.
+    let deferral = plan_model::PendingDeferral {
+        manager: plan_model::Manager::Systemd,
+        unit: "a.service".into(),
+        actions: vec![Action::Restart],
+        from: "/a".into(),
+        generation: "/b".into(),
+        invocation: "0".into(),
+        since_unix: 1,
+        reasons: vec![Reason { rule: Rule::UnitChanged, detail: None }],
+        touch: plan_model::Touch {
+            touches: "b".into(),
+            effect: Action::Stop,
+            chain: vec![Edge { from: "a".into(), relation: "Requires".into(), to: "b".into() }],
+            cause: Some(Action::Stop),
+            omitted: 1,
+        },
+    };
+    let earlier = [plan_model::Earlier { deferral: deferral.clone(), fate: plan_model::Fate::StillPending }];
+    let full = full_plan();
+    let report = plan_report::Report { pending: &earlier, ..plan_report::Report::of(&full) };
+    keys(&serde_json::from_str(&plan_report::json::render(&report)).unwrap(), &mut found);
+    let record = plan_model::Pending { deferrals: vec![deferral], ..plan_model::Pending::default() };
+    keys(&serde_json::from_str(&record.to_json()).unwrap(), &mut found);
     found.remove("a.service");
     found.remove("system/a");
     let missing: Vec<&String> = found.iter().filter(|k| !doc.contains(&format!("`{k}`"))).collect();
@@ -190,6 +214,11 @@ fn every_json_key_is_documented() {
         "composed",
         "defer",
         "refuse",
+        "systemd",
+        "still-pending",
+        "deferred-again",
+        "carried-out",
+        "restarted-since",
     ] {
         assert!(doc.contains(&format!("`{value}`")), "docs/plan-schema.md does not mention `{value}`");
     }

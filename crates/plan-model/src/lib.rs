@@ -17,12 +17,14 @@
 pub mod json;
 mod live;
 pub mod packages;
+mod pending;
 mod plan;
 pub mod policy;
 mod source;
 pub mod unit_name;
 
 pub use live::{ActiveState, DEPENDENCY_PROPERTIES, LiveState, LiveUnit};
+pub use pending::{Earlier, Fate, Manager, Merged, PENDING_FORMAT_VERSION, Pending, PendingDeferral, PendingError};
 pub use plan::{
     Action, CHAIN_ENDS, Deferral, Diagnostic, Edge, Explanation, FORMAT_VERSION, FileDiff, Generation, KeyChange, Mode,
     Phase, Plan, ProtectedUnit, Protection, ProtectionSource, Reason, Refusal, Rule, Severity, Step, Touch, UnitPlan,

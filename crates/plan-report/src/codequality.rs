@@ -8,6 +8,7 @@
 //! |-------|----------|------|
 //! | `safe-switch/refused` | blocker | an action touches a protected unit and the switch is refused |
 //! | `safe-switch/deferred` | critical | protection dropped an action |
+//! | `safe-switch/pending` | major | an action an earlier switch deferred is still pending (and this plan leaves it so) |
 //! | `safe-switch/diagnostic` | minor / info | a planner warning / note |
 //! | `safe-switch/stop`, `safe-switch/restart` | info | a running unit is interrupted |
 //! | `safe-switch/skip` | info | a unit changed but is deliberately left running |
@@ -20,7 +21,7 @@
 
 use std::collections::BTreeSet;
 
-use plan_model::{Action, Plan, Severity};
+use plan_model::{Action, Earlier, Fate, Pending, PendingDeferral, Plan, Severity};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
@@ -66,9 +67,43 @@ pub struct Lines {
 
 /// Renders the Code Quality report.
 pub fn render(report: &Report<'_>) -> String {
-    let mut s = serde_json::to_string_pretty(&findings(report.plan, report.diffs)).unwrap_or_else(|_| "[]".to_owned());
+    let mut findings = findings(report.plan, report.diffs);
+    // Deferred again: already a `deferred` finding of the plan.
+    let still = report.pending.iter().filter(|e: &&Earlier| e.fate == Fate::StillPending);
+    findings.extend(still.flat_map(|e| pending_findings(&e.deferral)));
+    to_json(&findings)
+}
+
+/// Renders the record of pending deferrals: one finding per pending
+/// action.
+pub fn render_pending(pending: &Pending) -> String {
+    to_json(&pending.deferrals.iter().flat_map(pending_findings).collect::<Vec<_>>())
+}
+
+fn to_json(findings: &[Finding]) -> String {
+    let mut s = serde_json::to_string_pretty(findings).unwrap_or_else(|_| "[]".to_owned());
     s.push('\n');
     s
+}
+
+/// The findings of one pending deferral, one per action.
+fn pending_findings(d: &PendingDeferral) -> Vec<Finding> {
+    let check_name = "safe-switch/pending".to_owned();
+    d.actions
+        .iter()
+        .map(|action| Finding {
+            description: format!(
+                "{action} {} is pending since {}: {}",
+                d.unit,
+                crate::utc_time(d.since_unix),
+                chain_line(&crate::Blocker { unit: &d.unit, touch: &d.touch })
+            ),
+            check_name: check_name.clone(),
+            fingerprint: fingerprint(&[&check_name, &d.unit, action.as_str()]),
+            severity: "major",
+            location: Location { path: format!("{UNIT_DIR}/{}", d.unit), lines: Lines { begin: 1 } },
+        })
+        .collect()
 }
 
 /// Where a finding about `unit` points: its unit file, unless the diffs

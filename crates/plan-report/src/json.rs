@@ -1,11 +1,32 @@
-//! The JSON report: the versioned plan itself (`docs/plan-schema.md`).
+//! The JSON report: the versioned plan itself (`docs/plan-schema.md`),
+//! with the deferrals earlier switches left pending under `pending` when
+//! there are any.
 //!
 //! Keys come out in the order the plan model declares its fields, so two
 //! runs over the same inputs give byte-identical files that diff cleanly.
 
-use plan_model::Plan;
+use plan_model::{Earlier, Plan};
+use serde::Serialize;
+
+use crate::Report;
+
+/// The plan, and after its own keys the earlier deferrals.
+#[derive(Serialize)]
+struct WithPending<'a> {
+    #[serde(flatten)]
+    plan: &'a Plan,
+    #[serde(skip_serializing_if = "<[Earlier]>::is_empty")]
+    pending: &'a [Earlier],
+}
 
 /// Renders the plan as pretty-printed JSON with a trailing newline.
-pub fn render(plan: &Plan) -> String {
-    plan.to_json()
+pub fn render(report: &Report<'_>) -> String {
+    if report.pending.is_empty() {
+        return report.plan.to_json();
+    }
+    // Serializing plain structs of strings and vectors cannot fail.
+    let mut s =
+        serde_json::to_string_pretty(&WithPending { plan: report.plan, pending: report.pending }).unwrap_or_default();
+    s.push('\n');
+    s
 }

@@ -10,7 +10,14 @@
 //! refused are reported as skipped. Global steps (activation script,
 //! daemon-reload, re-exec) are test cases of their own, and one more test
 //! case, `protection`, carries the gate's verdict so that a refused plan
-//! always shows at least one failure.
+//! always shows at least one failure. Actions earlier switches deferred
+//! and that are still pending after this plan are skipped test cases
+//! (`pending restart gitlab-runner.service`); they do not fail the plan,
+//! whose exit code does not count them.
+//!
+//! The record of pending deferrals alone (`safe-switch pending`) is one
+//! failed test case per pending action, or one passing `pending` case when
+//! nothing is pending.
 //!
 //! Test case names are unique within the report: GitLab keeps only the
 //! first of several test cases with the same name.
@@ -18,11 +25,13 @@
 use std::borrow::Cow;
 use std::io;
 
-use plan_model::Plan;
+use plan_model::{Earlier, Pending, Plan};
 use quick_xml::Writer;
 use quick_xml::events::{BytesDecl, BytesText, Event};
 
-use crate::{ItemStatus, Report, Verdict, action_items, blockers, chain_line, reasons_line};
+use crate::{
+    ItemStatus, Report, Verdict, action_items, blockers, chain_line, pending_generations, pending_line, reasons_line,
+};
 
 /// The `classname` of unit test cases.
 const UNITS: &str = "safe-switch.units";
@@ -30,6 +39,8 @@ const UNITS: &str = "safe-switch.units";
 const STEPS: &str = "safe-switch.steps";
 /// The `classname` of the verdict test case.
 const GATE: &str = "safe-switch.protection";
+/// The `classname` of deferrals pending from earlier switches.
+const PENDING: &str = "safe-switch.pending";
 
 /// One test case before it is written.
 struct Case {
@@ -48,13 +59,83 @@ enum Outcome {
 
 /// Renders the JUnit XML report.
 pub fn render(report: &Report<'_>) -> String {
-    let cases = cases(report.plan);
-    // Writing into a Vec cannot fail; an error here would be a bug in the
-    // writer, and an empty report is the least harmful answer to it.
-    let bytes = write(report.plan, &cases).unwrap_or_default();
-    let mut s = String::from_utf8(bytes).unwrap_or_default();
+    let plan = report.plan;
+    let mut cases = cases(plan);
+    cases.extend(earlier_cases(report.pending));
+    let diags: Vec<String> = plan
+        .diagnostics
+        .iter()
+        .map(|d| {
+            let sev =
+                serde_json::to_value(d.severity).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default();
+            match &d.unit {
+                Some(u) => format!("{sev} [{u}]: {}", d.message),
+                None => format!("{sev}: {}", d.message),
+            }
+        })
+        .collect();
+    finish(write("safe-switch plan", &properties(plan), &cases, &diags.join("\n")))
+}
+
+/// Renders the record of pending deferrals: one failed test case per
+/// pending action.
+pub fn render_pending(pending: &Pending) -> String {
+    let mut cases = Vec::new();
+    for d in &pending.deferrals {
+        let line = pending_line(d);
+        for action in &d.actions {
+            cases.push(Case {
+                classname: PENDING,
+                name: format!("pending {action} {}", d.unit),
+                outcome: Outcome::Failure {
+                    kind: "pending",
+                    message: format!("pending: {}", chain_line(&crate::Blocker { unit: &d.unit, touch: &d.touch })),
+                    text: format!("{line}\n{}\n", pending_generations(d)),
+                },
+                out: String::new(),
+            });
+        }
+    }
+    if cases.is_empty() {
+        cases.push(Case {
+            classname: PENDING,
+            name: "pending".to_owned(),
+            outcome: Outcome::Pass,
+            out: "nothing is pending".to_owned(),
+        });
+    }
+    let props =
+        [("format_version", pending.format_version.to_string()), ("pending", pending.deferrals.len().to_string())];
+    finish(write("safe-switch pending", &props, &cases, ""))
+}
+
+/// The XML as text with a final newline. Writing into a Vec cannot fail;
+/// an error there would be a bug in the writer, and an empty report is the
+/// least harmful answer to it.
+fn finish(written: io::Result<Vec<u8>>) -> String {
+    let mut s = String::from_utf8(written.unwrap_or_default()).unwrap_or_default();
     s.push('\n');
     s
+}
+
+/// The deferrals of earlier switches: skipped while still pending, passed
+/// once this plan settles them.
+fn earlier_cases(earlier: &[Earlier]) -> Vec<Case> {
+    let mut cases = Vec::new();
+    for e in earlier {
+        let d = &e.deferral;
+        let text = format!("{}; {}", pending_line(d), e.fate.describe());
+        for action in &d.actions {
+            let outcome = if e.fate.is_pending() { Outcome::Skipped(text.clone()) } else { Outcome::Pass };
+            cases.push(Case {
+                classname: PENDING,
+                name: format!("pending {action} {}", d.unit),
+                outcome,
+                out: text.clone(),
+            });
+        }
+    }
+    cases
 }
 
 fn cases(plan: &Plan) -> Vec<Case> {
@@ -120,11 +201,12 @@ fn cases(plan: &Plan) -> Vec<Case> {
     cases
 }
 
-fn write(plan: &Plan, cases: &[Case]) -> io::Result<Vec<u8>> {
+/// Writes one test suite with its properties, cases and a closing
+/// `<system-out>` (when `system_out` is not empty).
+fn write(suite_name: &str, props: &[(&str, String)], cases: &[Case], system_out: &str) -> io::Result<Vec<u8>> {
     let tests = cases.len().to_string();
     let failures = cases.iter().filter(|c| matches!(c.outcome, Outcome::Failure { .. })).count().to_string();
     let skipped = cases.iter().filter(|c| matches!(c.outcome, Outcome::Skipped(_))).count().to_string();
-    let suite_name = "safe-switch plan";
     let mut w = Writer::new_with_indent(Vec::new(), b' ', 2);
     w.write_event(Event::Decl(BytesDecl::new("1.0", Some("UTF-8"), None)))?;
     w.create_element("testsuites")
@@ -147,27 +229,12 @@ fn write(plan: &Plan, cases: &[Case]) -> io::Result<Vec<u8>> {
                     ("time", "0"),
                 ])
                 .write_inner_content(|w| {
-                    write_properties(w, plan)?;
+                    write_properties(w, props)?;
                     for case in cases {
                         write_case(w, case)?;
                     }
-                    let diags: Vec<String> = plan
-                        .diagnostics
-                        .iter()
-                        .map(|d| {
-                            let sev = serde_json::to_value(d.severity)
-                                .ok()
-                                .and_then(|v| v.as_str().map(str::to_owned))
-                                .unwrap_or_default();
-                            match &d.unit {
-                                Some(u) => format!("{sev} [{u}]: {}", d.message),
-                                None => format!("{sev}: {}", d.message),
-                            }
-                        })
-                        .collect();
-                    if !diags.is_empty() {
-                        w.create_element("system-out")
-                            .write_text_content(BytesText::new(&xml_safe(&diags.join("\n"))))?;
+                    if !system_out.is_empty() {
+                        w.create_element("system-out").write_text_content(BytesText::new(&xml_safe(system_out)))?;
                     }
                     Ok(())
                 })?;
@@ -176,23 +243,26 @@ fn write(plan: &Plan, cases: &[Case]) -> io::Result<Vec<u8>> {
     Ok(w.into_inner())
 }
 
-fn write_properties(w: &mut Writer<Vec<u8>>, plan: &Plan) -> io::Result<()> {
+/// The properties of a plan's test suite.
+fn properties(plan: &Plan) -> [(&'static str, String); 6] {
     let mode = match plan.protection.mode {
         plan_model::Mode::Defer => "defer",
         plan_model::Mode::Refuse => "refuse",
     };
     let protected: Vec<&str> = plan.protection.protected.iter().map(|p| p.selector.as_str()).collect();
-    let protected = protected.join(",");
-    let props = [
+    [
         ("format_version", plan.format_version.to_string()),
         ("old", plan.old.path.clone()),
         ("new", plan.new.path.clone()),
         ("verdict", Verdict::of(plan).as_str().to_owned()),
         ("protection.mode", mode.to_owned()),
-        ("protection.selectors", protected),
-    ];
+        ("protection.selectors", protected.join(",")),
+    ]
+}
+
+fn write_properties(w: &mut Writer<Vec<u8>>, props: &[(&str, String)]) -> io::Result<()> {
     w.create_element("properties").write_inner_content(|w| {
-        for (name, value) in &props {
+        for (name, value) in props {
             w.create_element("property")
                 .with_attributes([("name", *name), ("value", xml_safe(value).as_ref())])
                 .write_empty()?;

@@ -2,9 +2,12 @@
 //! Code Quality and Markdown.
 //!
 //! Every renderer is a pure function from a [`Report`] (the plan, the
-//! diffs of the files it was made from, the commands that carry it out)
-//! to a string, one module per format, so that the planners' crates and
-//! the golden tests can test what users read without touching the disk.
+//! diffs of the files it was made from, the commands that carry it out,
+//! the deferrals earlier switches left pending) to a string, one module
+//! per format, so that the planners' crates and the golden tests can test
+//! what users read without touching the disk. The same modules render the
+//! record of pending deferrals alone ([`render_pending`], for `safe-switch
+//! pending`), with the same wording.
 //! Colour is decided by the caller ([`Style`]) and applied while the text
 //! is written, never by matching lines afterwards.
 //!
@@ -22,7 +25,7 @@ pub mod markdown;
 pub mod packages;
 pub mod text;
 
-use plan_model::{Action, Edge, FileDiff, Plan, Touch, UnitPlan};
+use plan_model::{Action, Earlier, Edge, FileDiff, Pending, PendingDeferral, Plan, Touch, UnitPlan};
 
 pub use explain::{explain_json, explain_text};
 
@@ -78,6 +81,18 @@ pub struct Report<'a> {
     /// lines: the `launchctl` calls and file operations of a nix-darwin
     /// plan. Empty for systemd plans, whose steps are part of the plan.
     pub commands: &'a [String],
+    /// The deferrals earlier switches left pending, with what this plan
+    /// does to each. Empty when none were pending (or they are not known:
+    /// an offline `diff` without `--pending`).
+    pub pending: &'a [Earlier],
+}
+
+impl<'a> Report<'a> {
+    /// The report of a plan alone: no diffs, commands or earlier
+    /// deferrals.
+    pub fn of(plan: &'a Plan) -> Report<'a> {
+        Report { plan, diffs: &[], commands: &[], pending: &[] }
+    }
 }
 
 /// How text output is decorated.
@@ -92,11 +107,62 @@ pub struct Style {
 pub fn render(format: Format, report: &Report<'_>, style: Style) -> String {
     match format {
         Format::Text => text::render(report, style),
-        Format::Json => json::render(report.plan),
+        Format::Json => json::render(report),
         Format::Junit => junit::render(report),
         Format::Codequality => codequality::render(report),
         Format::Markdown => markdown::render(report, markdown::LIMIT),
     }
+}
+
+/// Renders the record of deferred actions still pending (what `safe-switch
+/// pending` prints) in one format: the record itself as JSON, and in the
+/// other formats each deferred action as a blocked item.
+pub fn render_pending(format: Format, pending: &Pending, style: Style) -> String {
+    match format {
+        Format::Text => text::render_pending(pending, style),
+        Format::Json => pending.to_json(),
+        Format::Junit => junit::render_pending(pending),
+        Format::Codequality => codequality::render_pending(pending),
+        Format::Markdown => markdown::render_pending(pending, markdown::LIMIT),
+    }
+}
+
+/// One pending deferral as one line:
+/// `gitlab-runner.service: restart deferred since 2025-03-01 10:00 UTC:
+/// gitlab-runner.service is protected`.
+pub fn pending_line(d: &PendingDeferral) -> String {
+    let actions: Vec<&str> = d.actions.iter().map(|a| a.as_str()).collect();
+    format!(
+        "{}: {} deferred since {}: {}",
+        d.unit,
+        actions.join(", "),
+        utc_time(d.since_unix),
+        chain_line(&Blocker { unit: &d.unit, touch: &d.touch })
+    )
+}
+
+/// Where a pending deferral's running instance came from and what is
+/// installed: `running as started from /nix/store/...-a; the unit file of
+/// /nix/store/...-b is installed`.
+pub fn pending_generations(d: &PendingDeferral) -> String {
+    format!("running as started from {}; the unit file of {} is installed", d.from, d.generation)
+}
+
+/// A time as `2025-03-01 10:00 UTC`, from seconds since the epoch.
+pub fn utc_time(unix: u64) -> String {
+    // Days to a civil date (Howard Hinnant's `civil_from_days`).
+    let days = (unix / 86_400) as i64;
+    let secs = unix % 86_400;
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!("{year:04}-{month:02}-{day:02} {:02}:{:02} UTC", secs / 3_600, secs % 3_600 / 60)
 }
 
 /// The verdict a gate reports, derived from the plan alone.
@@ -403,4 +469,17 @@ pub fn printable(s: &str) -> std::borrow::Cow<'_, str> {
 /// `sshd.service Requires=network-setup.service`.
 pub fn edge_text(edge: &Edge) -> String {
     format!("{} {}={}", edge.from, edge.relation, edge.to)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn times_read_as_utc_dates() {
+        assert_eq!(utc_time(0), "1970-01-01 00:00 UTC");
+        assert_eq!(utc_time(951_827_696), "2000-02-29 12:34 UTC");
+        assert_eq!(utc_time(1_740_823_200), "2025-03-01 10:00 UTC");
+        assert_eq!(utc_time(4_102_444_799), "2099-12-31 23:59 UTC");
+    }
 }

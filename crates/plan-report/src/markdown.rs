@@ -4,15 +4,16 @@
 //! GitHub drops a step summary larger than 1 MiB entirely, so the report is
 //! built section by section under a byte budget ([`LIMIT`]), most important
 //! first: the verdict and the blocked actions, then the planned actions,
-//! the steps, the diagnostics and last the unit-file diffs (each in a
+//! the steps, the deferrals pending from earlier switches, the diagnostics
+//! and last the unit-file diffs (each in a
 //! collapsible `<details>` block). What does not fit is counted and named
 //! in a closing note instead of being cut mid-line.
 
 use std::fmt::Write as _;
 
-use plan_model::{Action, Plan, Severity};
+use plan_model::{Action, Pending, PendingDeferral, Plan, Severity};
 
-use crate::{Report, Verdict, action_items, chain_line, reasons_line};
+use crate::{Report, Verdict, action_items, chain_line, reasons_line, utc_time};
 
 /// The default size limit, safely under GitHub's 1 MiB per step.
 pub const LIMIT: usize = 1_000_000;
@@ -72,6 +73,14 @@ pub fn render(report: &Report<'_>, limit: usize) -> String {
         b.row(&format!("### Commands, in order\n\n{fence}sh\n{text}{fence}\n\n"));
     }
 
+    if !report.pending.is_empty() {
+        b.push("### Pending from earlier switches\n\n| Unit | Actions | Deferred since | Why | After this switch |\n|---|---|---|---|---|\n");
+        for e in report.pending {
+            b.row(&format!("{} {} |\n", pending_row(&e.deferral), cell(e.fate.describe())));
+        }
+        b.push("\n");
+    }
+
     if !plan.diagnostics.is_empty() {
         b.push("### Diagnostics\n\n");
         for d in &plan.diagnostics {
@@ -104,6 +113,33 @@ pub fn render(report: &Report<'_>, limit: usize) -> String {
     }
 
     b.finish()
+}
+
+/// Renders the record of pending deferrals, at most `limit` bytes long.
+pub fn render_pending(pending: &Pending, limit: usize) -> String {
+    let mut b = Budget::new(limit);
+    let n = pending.deferrals.len();
+    if n == 0 {
+        b.push("## safe-switch: nothing is pending\n\nNo deferred action waits to be carried out.\n");
+        return b.finish();
+    }
+    b.push(&format!(
+        "## safe-switch: {n} unit{} with deferred actions pending\n\n| Unit | Actions | Deferred since | Why |\n|---|---|---|---|\n",
+        if n == 1 { "" } else { "s" }
+    ));
+    for d in &pending.deferrals {
+        b.row(&format!("{}\n", pending_row(d)));
+    }
+    b.push("\n`safe-switch settle` carries out what the protections in force allow (`--when-idle`: once each unit is idle).\n");
+    b.finish()
+}
+
+/// The first cells of a pending deferral's row, up to the closing pipe of
+/// its reason: `| unit | actions | since | why |`.
+fn pending_row(d: &PendingDeferral) -> String {
+    let actions: Vec<&str> = d.actions.iter().map(|a| a.as_str()).collect();
+    let why = chain_line(&crate::Blocker { unit: &d.unit, touch: &d.touch });
+    format!("| {} | {} | {} | {} |", code(&d.unit), actions.join(", "), utc_time(d.since_unix), cell(&why))
 }
 
 fn header(plan: &Plan) -> String {

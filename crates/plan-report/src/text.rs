@@ -16,9 +16,11 @@
 use std::fmt::Write as _;
 
 use anstyle::{AnsiColor, Style as Ansi};
-use plan_model::{Action, KeyChange, Mode, Phase, Plan, ProtectionSource, Rule, Severity, Step, UnitPlan};
+use plan_model::{
+    Action, Earlier, KeyChange, Mode, Pending, Phase, Plan, ProtectionSource, Rule, Severity, Step, UnitPlan,
+};
 
-use crate::{Blocker, Report, Style, Verdict, chain_line, printable};
+use crate::{Blocker, Report, Style, Verdict, chain_line, pending_generations, pending_line, printable};
 
 /// What a line is, for its colour.
 #[derive(Clone, Copy)]
@@ -101,6 +103,7 @@ pub fn render(report: &Report<'_>, style: Style) -> String {
     }
     units(&mut out, plan);
     protection(&mut out, plan);
+    earlier(&mut out, report.pending);
     packages(&mut out, plan);
     diagnostics(&mut out, plan);
     if !report.commands.is_empty() {
@@ -269,6 +272,43 @@ fn protection(out: &mut Out, plan: &Plan) {
     if p.refused {
         out.line(Kind::Blocked, "  refused: see the top of the plan");
     }
+}
+
+/// The deferrals earlier switches left pending, each with what this plan
+/// does to it.
+fn earlier(out: &mut Out, earlier: &[Earlier]) {
+    if earlier.is_empty() {
+        return;
+    }
+    out.blank();
+    out.line(Kind::Heading, "pending from earlier switches:");
+    for e in earlier {
+        let kind = if e.fate.is_pending() { Kind::Blocked } else { Kind::Plain };
+        out.line(kind, &printable(&format!("  {}; {}", pending_line(&e.deferral), e.fate.describe())));
+    }
+}
+
+/// The record of pending deferrals as `safe-switch pending` prints it:
+/// how many units have deferred actions, then each with its reason and
+/// generations, and what carries them out.
+pub fn render_pending(pending: &Pending, style: Style) -> String {
+    let verdict = if pending.is_empty() { Verdict::Safe } else { Verdict::Deferred };
+    let mut out = Out { text: String::new(), style, verdict };
+    let n = pending.deferrals.len();
+    if n == 0 {
+        out.plain("nothing is pending: no deferred action waits to be carried out");
+        return out.text;
+    }
+    out.line(Kind::Heading, &format!("pending: {n} unit{} with deferred actions", if n == 1 { "" } else { "s" }));
+    for d in &pending.deferrals {
+        out.line(Kind::Blocked, &printable(&format!("  {}", pending_line(d))));
+        out.plain(&printable(&format!("    {}", pending_generations(d))));
+    }
+    out.blank();
+    out.plain(
+        "`safe-switch settle` carries out what the protections in force allow (`--when-idle`: once each unit is idle)",
+    );
+    out.text
 }
 
 /// One deferred or refused action:

@@ -9,9 +9,9 @@
 //! Every public method runs its async body with `zbus::block_on`, so the
 //! rest of the crate stays synchronous. Inside, calls are pipelined: a
 //! snapshot issues every `GetAll` at once and joins the replies, and a
-//! phase queues all its jobs before awaiting any of them.
+//! phase queues its jobs while it reads their signals.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::future::Future;
 use std::num::NonZeroUsize;
 use std::pin::pin;
@@ -20,15 +20,15 @@ use std::task::{Poll, Waker};
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
-use futures_util::future::join4;
-use futures_util::stream::{self, TryStreamExt};
+use futures_util::future::{join, join4};
+use futures_util::stream::{self, FuturesUnordered, TryStreamExt};
 use plan_model::{LiveState, LiveUnit};
 use zbus::proxy::CacheProperties;
 use zbus::{Connection, OwnedObjectPath, OwnedVariant, Variant};
 
 use crate::Error;
 use crate::manager::{
-    Dependencies, JobKind, JobOutcome, JobResult, ServiceManager, TransientExit, TransientSpec, UnitStatus,
+    Dependencies, JobKind, JobOutcome, JobResult, ServiceManager, TransientExit, TransientSpec, UnitProcess, UnitStatus,
 };
 use crate::search_path::SearchPath;
 
@@ -78,6 +78,8 @@ trait Manager {
     fn reset_failed(&self) -> zbus::Result<()>;
 
     fn cancel_job(&self, id: u32) -> zbus::Result<()>;
+
+    fn get_unit_processes(&self, name: &str) -> zbus::Result<Vec<(String, u32, String)>>;
 
     fn start_transient_unit(
         &self,
@@ -192,8 +194,16 @@ impl SystemdBus {
     pub fn connect_with_timeout(timeout: Duration) -> Result<SystemdBus, Error> {
         let address = std::env::var("DBUS_SYSTEM_BUS_ADDRESS")
             .unwrap_or_else(|_| "unix:path=/var/run/dbus/system_bus_socket".to_owned());
+        SystemdBus::connect_to(&address, timeout)
+    }
+
+    /// Like [`SystemdBus::connect_with_timeout`], to the bus at `address`
+    /// (a D-Bus address such as `unix:path=/run/dbus/system_bus_socket`)
+    /// whatever the environment says.
+    pub fn connect_to(address: &str, timeout: Duration) -> Result<SystemdBus, Error> {
+        let address = address.to_owned();
         zbus::block_on(async {
-            let build = zbus::connection::Builder::system()
+            let build = zbus::connection::Builder::address(address.as_str())
                 // A phase of hundreds of jobs produces as many JobRemoved
                 // signals; they must not fill the queue while the calls
                 // that queue the jobs are still waiting for replies.
@@ -221,7 +231,9 @@ impl SystemdBus {
                     }
                 }
             })?;
-            Ok(SystemdBus { conn, address, timeout, paths: Mutex::default(), calls: Default::default() })
+            // The first call made is that Subscribe.
+            let calls = std::sync::atomic::AtomicUsize::new(1);
+            Ok(SystemdBus { conn, address, timeout, paths: Mutex::default(), calls })
         })
     }
 
@@ -508,6 +520,16 @@ impl SystemdBus {
         Ok(st)
     }
 
+    /// Queues `jobs` and awaits their ends, all in one loop that never
+    /// stops reading: the `JobRemoved` signals as they come (a signal
+    /// stream left unread fills up and stops the connection from reading
+    /// replies), the replies of at most [`CALLS_IN_FLIGHT`] calls, and at
+    /// most [`JOBS_IN_FLIGHT`] jobs queued at once. A job whose signal is
+    /// late is not taken for timed out: systemd is asked whether it still
+    /// exists (`GetJob`) and, when it does not, where its unit is; only a
+    /// job still there at its timeout is cancelled and timed out. A call
+    /// that gets no answer is made once more, then reported as
+    /// [`JobResult::NoReply`].
     async fn run_jobs_async(
         &self,
         jobs: &[(JobKind, String)],
@@ -516,75 +538,118 @@ impl SystemdBus {
     ) -> Result<Vec<JobOutcome>, Error> {
         let manager = manager(&self.conn).await?;
         // The signal stream exists before the first job is queued, so no
-        // JobRemoved can be missed, however fast a job finishes.
-        let mut removed =
-            manager.receive_job_removed().await.map_err(call_err("AddMatch(JobRemoved)", self.timeout))?;
-        let queued_at = Instant::now();
-        let calls = jobs.iter().map(|(kind, unit)| {
-            let m = &manager;
-            async move {
-                let r = match kind {
-                    JobKind::Stop => m.stop_unit(unit, "replace").await,
-                    JobKind::Reload => m.reload_unit(unit, "replace").await,
-                    JobKind::Restart => m.restart_unit(unit, "replace").await,
-                    JobKind::Start => m.start_unit(unit, "replace").await,
-                };
-                r.map(|p| p.as_str().to_owned()).map_err(|e| {
-                    if is_timeout(&e) {
-                        format!("no reply within {:?}; the job may have been queued all the same", self.timeout)
-                    } else {
-                        error_message(&e)
-                    }
-                })
+        // JobRemoved can be missed, however fast a job finishes; and it is
+        // read all along, between the calls too.
+        let mut removed = signal_stream(&self.conn, "JobRemoved", SIGNALS_QUEUED, self.timeout).await?;
+        let ours: HashSet<&str> = jobs.iter().map(|(_, unit)| unit.as_str()).collect();
+        let mut batch = Batch { jobs, timeout, on_done, results: vec![None; jobs.len()], pending: HashMap::new() };
+        // Signals of our units whose call has not been answered yet: the
+        // signal can be read before the reply that names its job.
+        let mut early: HashMap<String, String> = HashMap::new();
+        let mut calls = FuturesUnordered::new();
+        let mut checks = FuturesUnordered::new();
+        let mut next = 0;
+        let mut tick = Box::pin(delay(JOB_TICK));
+        let mut signals_open = true;
+        loop {
+            while next < jobs.len()
+                && calls.len() + checks.len() < CALLS_IN_FLIGHT
+                && calls.len() + batch.pending.len() < JOBS_IN_FLIGHT
+            {
+                calls.push(queue_job(&manager, jobs[next].0, &jobs[next].1, next, false));
+                next += 1;
             }
-        });
-        let replies: Vec<Result<String, String>> = stream::iter(calls).buffered(CALLS_IN_FLIGHT).collect().await;
-        let mut results: Vec<Option<JobResult>> = vec![None; jobs.len()];
-        let mut pending: HashMap<String, usize> = HashMap::new();
-        for (i, reply) in replies.into_iter().enumerate() {
-            match reply {
-                Ok(path) => {
-                    pending.insert(path, i);
-                }
-                Err(message) => {
-                    let r = JobResult::NotQueued { message };
-                    on_done(&JobOutcome { unit: jobs[i].1.clone(), kind: jobs[i].0, result: r.clone() });
-                    results[i] = Some(r);
-                }
-            }
-        }
-        let deadline = queued_at + timeout;
-        while !pending.is_empty() {
-            let left = deadline.saturating_duration_since(Instant::now());
-            let Some(next) = with_timeout(left, removed.next()).await else {
+            if next == jobs.len() && calls.is_empty() && checks.is_empty() && batch.pending.is_empty() {
                 break;
-            };
-            let Some(signal) = next else { break };
-            let Ok(args) = signal.args() else { continue };
-            if let Some(i) = pending.remove(args.job.as_str()) {
-                let r = if args.result == "done" {
-                    JobResult::Done
-                } else {
-                    JobResult::Failed { systemd_result: args.result.clone() }
-                };
-                on_done(&JobOutcome { unit: jobs[i].1.clone(), kind: jobs[i].0, result: r.clone() });
-                results[i] = Some(r);
+            }
+            // Signals first, so that a job's signal is always seen before
+            // an answer about it that came later.
+            let event = std::future::poll_fn(|cx| {
+                if signals_open && let Poll::Ready(signal) = removed.poll_next_unpin(cx) {
+                    return Poll::Ready(JobEvent::Signal(signal));
+                }
+                if let Poll::Ready(Some(queued)) = calls.poll_next_unpin(cx) {
+                    return Poll::Ready(JobEvent::Queued(queued));
+                }
+                if let Poll::Ready(Some(checked)) = checks.poll_next_unpin(cx) {
+                    return Poll::Ready(JobEvent::Checked(checked));
+                }
+                tick.as_mut().poll(cx).map(|()| JobEvent::Tick)
+            })
+            .await;
+            match event {
+                JobEvent::Signal(Some(Ok(msg))) => {
+                    let Some((job, unit, result)) = job_removed(&msg) else { continue };
+                    if let Some(waiting) = batch.pending.remove(&job) {
+                        // A job cancelled here for its timeout ends
+                        // "canceled": that is the timeout.
+                        let r = if waiting.cancelling && result == "canceled" {
+                            JobResult::TimedOut { seconds: timeout.as_secs() }
+                        } else {
+                            job_result(&result)
+                        };
+                        batch.finish(waiting.index, r);
+                    } else if ours.contains(unit.as_str()) {
+                        early.insert(job, result);
+                    }
+                }
+                JobEvent::Signal(Some(Err(_))) => {}
+                JobEvent::Signal(None) => {
+                    // The connection is gone: every job still waiting is
+                    // asked about (and those calls will tell).
+                    signals_open = false;
+                    let now = Instant::now();
+                    batch.pending.values_mut().for_each(|w| w.next_check = now);
+                }
+                JobEvent::Queued((index, _, Ok(path))) => {
+                    let path = path.as_str().to_owned();
+                    match early.remove(&path) {
+                        Some(result) => batch.finish(index, job_result(&result)),
+                        None => {
+                            let now = Instant::now();
+                            let next_check = if signals_open { now + FIRST_JOB_CHECK.min(timeout) } else { now };
+                            let waiting =
+                                Waiting { index, queued_at: now, next_check, checking: false, cancelling: false };
+                            batch.pending.insert(path, waiting);
+                        }
+                    }
+                }
+                JobEvent::Queued((index, retried, Err(e))) => {
+                    let (kind, unit) = &jobs[index];
+                    if !unanswered(&e) {
+                        batch.finish(index, JobResult::NotQueued { message: error_message(&e) });
+                    } else if !retried {
+                        // With mode "replace", queueing the same job again
+                        // is harmless: it merges with the job the first
+                        // call may have queued, or replaces it.
+                        calls.push(queue_job(&manager, *kind, unit, index, true));
+                    } else {
+                        let message = format!("{} {unit}, asked twice: {}", job_call(*kind), error_message(&e));
+                        batch.finish(index, JobResult::NoReply { message });
+                    }
+                }
+                JobEvent::Checked((path, check)) => batch.checked(&path, check),
+                JobEvent::Tick => {
+                    tick = Box::pin(delay(JOB_TICK));
+                    let now = Instant::now();
+                    for (path, w) in &mut batch.pending {
+                        if calls.len() + checks.len() >= CALLS_IN_FLIGHT {
+                            break;
+                        }
+                        if w.checking || now < w.next_check {
+                            continue;
+                        }
+                        w.checking = true;
+                        let (kind, unit) = &jobs[w.index];
+                        let cancel = now >= w.queued_at + timeout;
+                        w.cancelling |= cancel;
+                        checks.push(check_job(&self.conn, &manager, path.clone(), *kind, unit, cancel));
+                    }
+                }
             }
         }
-        // Whatever is still pending ran out of time: cancel it, so that it
-        // does not hold up the jobs of later phases.
-        let timed_out: Vec<(String, usize)> = pending.into_iter().collect();
-        for (path, i) in &timed_out {
-            if let Some(id) = job_id(path) {
-                // The job may have finished in the meantime; a failed
-                // cancel then means there was nothing left to cancel.
-                let _ = manager.cancel_job(id).await;
-            }
-            let r = JobResult::TimedOut { seconds: timeout.as_secs() };
-            on_done(&JobOutcome { unit: jobs[*i].1.clone(), kind: jobs[*i].0, result: r.clone() });
-            results[*i] = Some(r);
-        }
-        Ok(results
+        Ok(batch
+            .results
             .into_iter()
             .zip(jobs)
             .map(|(r, (kind, unit))| JobOutcome {
@@ -598,30 +663,58 @@ impl SystemdBus {
     async fn reload_like(&self, reexec: bool, timeout: Duration) -> Result<(), Error> {
         let what = if reexec { "re-exec" } else { "daemon-reload" };
         let manager = manager(&self.conn).await?;
-        let mut reloading = manager.receive_reloading().await.map_err(call_err("AddMatch(Reloading)", self.timeout))?;
-        if reexec {
-            // systemd drops its bus connection while it re-executes, so the
-            // reply may never come; the Reloading(false) signal, sent once
-            // the new instance is up, is what tells that it is done.
-            let _ = with_timeout(Duration::from_secs(5), manager.reexecute()).await;
-        } else {
-            manager.reload().await.map_err(call_err("Reload", self.timeout))?;
-        }
+        let mut reloading = signal_stream(&self.conn, "Reloading", NonZeroUsize::MIN, self.timeout).await?;
+        let call = async {
+            if reexec {
+                // systemd drops its bus connection while it re-executes, so
+                // the reply may never come; the Reloading(false) signal,
+                // sent once the new instance is up, is what tells that it
+                // is done.
+                let _ = with_timeout(Duration::from_secs(5), manager.reexecute()).await;
+                None
+            } else {
+                // systemd answers Reload once the reload is done.
+                Some(manager.reload().await)
+            }
+        };
+        // The call and the signal are awaited together: the signal stream
+        // is read while the call waits.
         let wait = async {
-            while let Some(sig) = reloading.next().await {
-                if let Ok(args) = sig.args()
-                    && !args.active
-                {
-                    return true;
+            let mut call = pin!(call);
+            let (mut answered, mut signals_open) = (false, true);
+            loop {
+                let event = std::future::poll_fn(|cx| {
+                    if signals_open && let Poll::Ready(signal) = reloading.poll_next_unpin(cx) {
+                        return Poll::Ready(Err(signal));
+                    }
+                    if !answered && let Poll::Ready(reply) = call.as_mut().poll(cx) {
+                        return Poll::Ready(Ok(reply));
+                    }
+                    Poll::Pending
+                })
+                .await;
+                match event {
+                    Err(Some(Ok(msg))) => {
+                        if let Ok((false,)) = msg.body().deserialize::<(bool,)>() {
+                            return Ok(());
+                        }
+                    }
+                    Err(Some(Err(_))) => {}
+                    Err(None) => signals_open = false,
+                    // A reload that takes longer than the call deadline is
+                    // still awaited, by its signal.
+                    Ok(Some(Err(e))) if !is_timeout(&e) => return Err(call_err("Reload", self.timeout)(e)),
+                    Ok(Some(Ok(()))) => return Ok(()),
+                    Ok(_) => answered = true,
+                }
+                if answered && !signals_open {
+                    return Err(Error::ReloadTimeout { what, seconds: timeout.as_secs() });
                 }
             }
-            false
         };
         match with_timeout(timeout, wait).await {
-            Some(true) => {}
-            _ => {
-                return Err(Error::ReloadTimeout { what, seconds: timeout.as_secs() });
-            }
+            Some(done) => done?,
+            None => return Err(Error::ReloadTimeout { what, seconds: timeout.as_secs() }),
         }
         if reexec {
             // systemd carries its subscribers over a re-exec; subscribing
@@ -667,21 +760,26 @@ impl SystemdBus {
         if let Some(dir) = &spec.working_directory {
             properties.push(("WorkingDirectory", Variant::from(dir.to_string_lossy().into_owned())));
         }
-        let mut removed =
-            manager.receive_job_removed().await.map_err(call_err("AddMatch(JobRemoved)", self.timeout))?;
-        let job = manager
-            .start_transient_unit(&spec.unit, "fail", &properties, &[])
+        let mut removed = signal_stream(&self.conn, "JobRemoved", SIGNALS_QUEUED, self.timeout).await?;
+        // The signals that come while the call waits are kept: the start
+        // job can end before its reply is read.
+        let mut seen: HashMap<String, String> = HashMap::new();
+        let call = manager.start_transient_unit(&spec.unit, "fail", &properties, &[]);
+        let job = reading_job_signals(call, &mut removed, &mut seen)
             .await
             .map_err(call_err(format!("StartTransientUnit({})", spec.unit), self.timeout))?;
         // A Type=exec unit's start job ends as soon as its program runs; a
         // bus that never says so gets the call deadline, and the job is
         // cancelled so that the unit cannot start behind the caller's back.
         let started = async {
-            while let Some(sig) = removed.next().await {
-                if let Ok(args) = sig.args()
-                    && args.job.as_str() == job.as_str()
+            if let Some(result) = seen.remove(job.as_str()) {
+                return Some(result);
+            }
+            while let Some(msg) = removed.next().await {
+                if let Some((path, _, result)) = msg.ok().as_ref().and_then(job_removed)
+                    && path == job.as_str()
                 {
-                    return Some(args.result.clone());
+                    return Some(result);
                 }
             }
             None
@@ -708,6 +806,304 @@ impl SystemdBus {
             }
         }
         manager.get_unit(&spec.unit).await.map_err(call_err(format!("GetUnit({})", spec.unit), self.timeout))
+    }
+}
+
+/// How many jobs a batch keeps queued at once. systemd watches the client
+/// of every job queued over the bus with a match rule of its own bus
+/// connection, and the bus daemon allows a connection 512 match rules
+/// (`max_match_rules_per_connection`); when systemd cannot add one, it
+/// drops its connection to the bus, and with it every reply and signal
+/// in flight and every client's `Subscribe` (which a batch of 600 jobs at
+/// once did). Half the limit leaves room for systemd's own rules and for
+/// other clients' jobs. A larger batch is queued as a sliding window, so
+/// systemd orders a job only against the jobs queued with it.
+const JOBS_IN_FLIGHT: usize = 256;
+
+/// How long a job may go without its `JobRemoved` signal before systemd is
+/// asked whether it still exists; after each answer that it does, twice
+/// as long (from when it was queued), up to the job timeout.
+const FIRST_JOB_CHECK: Duration = Duration::from_secs(5);
+
+/// How often a batch looks at its jobs' deadlines and checks.
+const JOB_TICK: Duration = Duration::from_millis(250);
+
+/// How many signals a stream holds between two reads. The streams are
+/// read continuously; this absorbs bursts. A full queue would stop the
+/// connection from reading anything else, replies included.
+const SIGNALS_QUEUED: NonZeroUsize = match NonZeroUsize::new(4096) {
+    Some(n) => n,
+    None => NonZeroUsize::MIN,
+};
+
+/// How long to wait before a job call that got no answer is made again.
+const RETRY_PAUSE: Duration = Duration::from_secs(1);
+
+/// A stream of the manager's signal `member`, holding up to `queued`
+/// signals between reads.
+async fn signal_stream(
+    conn: &Connection,
+    member: &'static str,
+    queued: NonZeroUsize,
+    timeout: Duration,
+) -> Result<zbus::MessageStream, Error> {
+    let rule = zbus::MatchRule::builder()
+        .msg_type(zbus::message::Type::Signal)
+        .sender("org.freedesktop.systemd1")
+        .path("/org/freedesktop/systemd1")
+        .interface("org.freedesktop.systemd1.Manager")
+        .member(member)
+        .build()
+        .map_err(|e| Error::Call { call: format!("AddMatch({member})"), message: error_message(&e) })?;
+    zbus::MessageStream::for_match_rule(rule, conn, Some(queued))
+        .await
+        .map_err(call_err(format!("AddMatch({member})"), timeout))
+}
+
+/// A `JobRemoved` signal's job path, unit and result.
+fn job_removed(msg: &zbus::Message) -> Option<(String, String, String)> {
+    let (_, job, unit, result): (u32, OwnedObjectPath, String, String) = msg.body().deserialize().ok()?;
+    Some((job.as_str().to_owned(), unit, result))
+}
+
+fn job_result(systemd_result: &str) -> JobResult {
+    if systemd_result == "done" {
+        JobResult::Done
+    } else {
+        JobResult::Failed { systemd_result: systemd_result.to_owned() }
+    }
+}
+
+/// The manager's method for a job.
+fn job_call(kind: JobKind) -> &'static str {
+    match kind {
+        JobKind::Stop => "StopUnit",
+        JobKind::Reload => "ReloadUnit",
+        JobKind::Restart => "RestartUnit",
+        JobKind::Start => "StartUnit",
+    }
+}
+
+/// Tells whether a call went unanswered (no reply in time, systemd away
+/// from the bus, the connection lost) rather than refused.
+fn unanswered(e: &zbus::Error) -> bool {
+    systemd_away(e) || matches!(e, zbus::Error::InputOutput(_))
+}
+
+/// Awaits `call` while reading `signals`, keeping the job path and result
+/// of every `JobRemoved` that comes meanwhile in `seen`.
+async fn reading_job_signals<T>(
+    call: impl Future<Output = T>,
+    signals: &mut zbus::MessageStream,
+    seen: &mut HashMap<String, String>,
+) -> T {
+    let mut call = pin!(call);
+    let mut open = true;
+    std::future::poll_fn(|cx| {
+        while open {
+            match signals.poll_next_unpin(cx) {
+                Poll::Ready(Some(msg)) => {
+                    if let Some((job, _, result)) = msg.ok().as_ref().and_then(job_removed) {
+                        seen.insert(job, result);
+                    }
+                }
+                Poll::Ready(None) => open = false,
+                Poll::Pending => break,
+            }
+        }
+        call.as_mut().poll(cx)
+    })
+    .await
+}
+
+/// Queues one job; `again` after a first call went unanswered.
+async fn queue_job(
+    m: &ManagerProxy<'_>,
+    kind: JobKind,
+    unit: &str,
+    index: usize,
+    again: bool,
+) -> (usize, bool, zbus::Result<OwnedObjectPath>) {
+    if again {
+        delay(RETRY_PAUSE).await;
+        // systemd may have left the bus and come back, without the
+        // subscription that makes it send JobRemoved to us.
+        let _ = m.subscribe().await;
+    }
+    let r = match kind {
+        JobKind::Stop => m.stop_unit(unit, "replace").await,
+        JobKind::Reload => m.reload_unit(unit, "replace").await,
+        JobKind::Restart => m.restart_unit(unit, "replace").await,
+        JobKind::Start => m.start_unit(unit, "replace").await,
+    };
+    (index, again, r)
+}
+
+/// What systemd says about a job whose `JobRemoved` has not come.
+enum JobCheck {
+    /// It is still queued or running; cancelled, when asked to.
+    Exists {
+        /// Whether it was cancelled.
+        cancelled: bool,
+    },
+    /// It is gone; the unit's `ActiveState` and `SubState` now.
+    Gone(String, String),
+    /// systemd did not answer.
+    Unanswered(String),
+}
+
+/// Asks systemd whether the job at `path` still exists (`GetJob`), and when
+/// it does not, what state its unit is in. With `cancel`, a job that still
+/// exists is cancelled.
+async fn check_job(
+    conn: &Connection,
+    m: &ManagerProxy<'_>,
+    path: String,
+    kind: JobKind,
+    unit: &str,
+    cancel: bool,
+) -> (String, JobCheck) {
+    let Some(id) = job_id(&path) else {
+        return (path, JobCheck::Gone(String::new(), String::new()));
+    };
+    let reply = conn
+        .call_method(
+            Some("org.freedesktop.systemd1"),
+            "/org/freedesktop/systemd1",
+            Some("org.freedesktop.systemd1.Manager"),
+            "GetJob",
+            &(id,),
+        )
+        .await;
+    let check = match reply {
+        Ok(_) => {
+            if cancel {
+                // The job may finish in the meantime; a failed cancel then
+                // means there was nothing left to cancel.
+                let _ = m.cancel_job(id).await;
+            }
+            JobCheck::Exists { cancelled: cancel }
+        }
+        Err(zbus::Error::MethodError(name, ..)) if name.as_str() == "org.freedesktop.systemd1.NoSuchJob" => {
+            // Its signal was lost (systemd left the bus, or the
+            // subscription did): subscribe again for the jobs to come.
+            let _ = m.subscribe().await;
+            match unit_state(conn, m, unit).await {
+                Ok((active, sub)) => JobCheck::Gone(active, sub),
+                Err(e) => JobCheck::Unanswered(format!("the state of {unit}: {}", error_message(&e))),
+            }
+        }
+        Err(e) => JobCheck::Unanswered(format!("GetJob({id}) for the {kind} of {unit}: {}", error_message(&e))),
+    };
+    (path, check)
+}
+
+/// A unit's `ActiveState` and `SubState`; `inactive`/`dead` for a unit
+/// systemd no longer has loaded.
+async fn unit_state(conn: &Connection, m: &ManagerProxy<'_>, unit: &str) -> zbus::Result<(String, String)> {
+    let path = match m.get_unit(unit).await {
+        Ok(path) => path,
+        Err(zbus::Error::MethodError(name, ..)) if name.as_str() == "org.freedesktop.systemd1.NoSuchUnit" => {
+            return Ok(("inactive".to_owned(), "dead".to_owned()));
+        }
+        Err(e) => return Err(e),
+    };
+    let get = |name: &'static str| {
+        let path = &path;
+        async move {
+            let reply = conn
+                .call_method(
+                    Some("org.freedesktop.systemd1"),
+                    path.as_str(),
+                    Some("org.freedesktop.DBus.Properties"),
+                    "Get",
+                    &(UNIT_INTERFACE, name),
+                )
+                .await?;
+            let value: OwnedVariant = reply.body().deserialize()?;
+            Ok::<_, zbus::Error>(String::try_from(value).unwrap_or_default())
+        }
+    };
+    let (active, sub) = join(get("ActiveState"), get("SubState")).await;
+    Ok((active?, sub?))
+}
+
+/// Tells whether a unit in `active_state` is where `kind` takes it, so
+/// that a job whose end was not signalled can count as done.
+fn reached(kind: JobKind, active_state: &str) -> bool {
+    match kind {
+        JobKind::Stop => matches!(active_state, "inactive" | "failed"),
+        JobKind::Start | JobKind::Restart | JobKind::Reload => matches!(active_state, "active" | "reloading"),
+    }
+}
+
+/// What happens while a batch of jobs runs.
+enum JobEvent {
+    Signal(Option<zbus::Result<zbus::Message>>),
+    Queued((usize, bool, zbus::Result<OwnedObjectPath>)),
+    Checked((String, JobCheck)),
+    Tick,
+}
+
+/// A queued job awaiting its end.
+struct Waiting {
+    /// Its position in the batch.
+    index: usize,
+    queued_at: Instant,
+    /// When systemd is asked about it, if its signal has not come by then.
+    next_check: Instant,
+    /// Whether a check is under way.
+    checking: bool,
+    /// Whether it is being cancelled for its timeout.
+    cancelling: bool,
+}
+
+/// The jobs of one `run_jobs` call and how far they got.
+struct Batch<'a> {
+    jobs: &'a [(JobKind, String)],
+    timeout: Duration,
+    on_done: &'a mut dyn FnMut(&JobOutcome),
+    results: Vec<Option<JobResult>>,
+    /// The queued jobs by job path.
+    pending: HashMap<String, Waiting>,
+}
+
+impl Batch<'_> {
+    fn finish(&mut self, index: usize, result: JobResult) {
+        let (kind, unit) = &self.jobs[index];
+        (self.on_done)(&JobOutcome { unit: unit.clone(), kind: *kind, result: result.clone() });
+        self.results[index] = Some(result);
+    }
+
+    /// Takes in systemd's answer about a job whose signal had not come.
+    fn checked(&mut self, path: &str, check: JobCheck) {
+        // A job whose signal came meanwhile is no longer pending.
+        let Some(w) = self.pending.get_mut(path) else { return };
+        w.checking = false;
+        let now = Instant::now();
+        let deadline = w.queued_at + self.timeout;
+        let (kind, unit) = &self.jobs[w.index];
+        let index = w.index;
+        let result = match check {
+            JobCheck::Exists { cancelled: true } => JobResult::TimedOut { seconds: self.timeout.as_secs() },
+            // Its deadline may have passed while systemd answered: the
+            // next check then cancels it.
+            JobCheck::Exists { cancelled: false } => {
+                w.next_check = (now + (now - w.queued_at)).min(deadline);
+                return;
+            }
+            JobCheck::Gone(active, _) if reached(*kind, &active) => JobResult::Done,
+            JobCheck::Gone(active, sub) => JobResult::Failed {
+                systemd_result: format!("unknown (its end was not signalled; {unit} is {active}/{sub})"),
+            },
+            JobCheck::Unanswered(message) if now >= deadline => JobResult::NoReply { message },
+            JobCheck::Unanswered(_) => {
+                w.next_check = (now + FIRST_JOB_CHECK).min(deadline);
+                return;
+            }
+        };
+        self.pending.remove(path);
+        self.finish(index, result);
     }
 }
 
@@ -748,6 +1144,18 @@ impl ServiceManager for SystemdBus {
         on_done: &mut dyn FnMut(&JobOutcome),
     ) -> Result<Vec<JobOutcome>, Error> {
         zbus::block_on(self.run_jobs_async(jobs, timeout, on_done))
+    }
+
+    fn unit_processes(&mut self, unit: &str) -> Result<Vec<UnitProcess>, Error> {
+        self.count(1);
+        let listed = zbus::block_on(async {
+            manager(&self.conn)
+                .await?
+                .get_unit_processes(unit)
+                .await
+                .map_err(call_err(format!("GetUnitProcesses({unit})"), self.timeout))
+        })?;
+        Ok(listed.into_iter().map(|(cgroup, pid, command)| UnitProcess { cgroup, pid, command }).collect())
     }
 
     fn daemon_reload(&mut self, timeout: Duration) -> Result<(), Error> {
@@ -840,6 +1248,206 @@ mod tests {
         assert_eq!(err.to_string(), "D-Bus call ListUnits got no reply within 25s");
         let refused = zbus::Error::from(std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "refused"));
         assert!(matches!(call_err("ListUnits", Duration::from_secs(25))(refused), Error::Call { .. }));
+    }
+
+    /// A batch of `jobs` whose first job was queued `ago` and whose signal
+    /// has not come; outcomes go to `done`.
+    fn waiting<'a>(jobs: &'a [(JobKind, String)], ago: Duration, done: &'a mut dyn FnMut(&JobOutcome)) -> Batch<'a> {
+        let queued_at = Instant::now().checked_sub(ago).unwrap();
+        let waiting = Waiting { index: 0, queued_at, next_check: queued_at, checking: true, cancelling: false };
+        let pending = [("/org/freedesktop/systemd1/job/7".to_owned(), waiting)].into();
+        Batch { jobs, timeout: Duration::from_secs(90), on_done: done, results: vec![None; jobs.len()], pending }
+    }
+
+    const JOB: &str = "/org/freedesktop/systemd1/job/7";
+
+    #[test]
+    fn a_job_without_its_signal_is_judged_by_what_systemd_says_of_it() {
+        let gone = |kind: JobKind, active: &str| {
+            let jobs = [(kind, "a.service".to_owned())];
+            let mut seen = Vec::new();
+            let mut done = |o: &JobOutcome| seen.push(o.result.clone());
+            let mut batch = waiting(&jobs, Duration::from_secs(6), &mut done);
+            batch.checked(JOB, JobCheck::Gone(active.to_owned(), "x".to_owned()));
+            assert!(batch.pending.is_empty());
+            let result = batch.results[0].clone().unwrap();
+            assert_eq!(seen, std::slice::from_ref(&result), "reported as it ends");
+            result
+        };
+        // Gone, and its unit where the job takes it: done, not timed out.
+        assert_eq!(gone(JobKind::Stop, "inactive"), JobResult::Done);
+        assert_eq!(gone(JobKind::Stop, "failed"), JobResult::Done);
+        assert_eq!(gone(JobKind::Start, "active"), JobResult::Done);
+        assert_eq!(gone(JobKind::Restart, "active"), JobResult::Done);
+        assert_eq!(gone(JobKind::Reload, "active"), JobResult::Done);
+        // Gone, its unit elsewhere: it ended otherwise, unseen.
+        assert_eq!(
+            gone(JobKind::Start, "failed"),
+            JobResult::Failed {
+                systemd_result: "unknown (its end was not signalled; a.service is failed/x)".to_owned()
+            }
+        );
+        assert!(matches!(gone(JobKind::Stop, "active"), JobResult::Failed { .. }));
+    }
+
+    #[test]
+    fn a_job_still_there_is_waited_for_until_its_timeout_and_only_then_timed_out() {
+        let jobs = [(JobKind::Start, "a.service".to_owned())];
+        let mut seen = Vec::new();
+        let mut done = |o: &JobOutcome| seen.push(o.result.clone());
+        let mut batch = waiting(&jobs, Duration::from_secs(6), &mut done);
+        batch.checked(JOB, JobCheck::Exists { cancelled: false });
+        let w = &batch.pending[JOB];
+        assert!(!w.checking);
+        // Asked again twice as long after it was queued.
+        let again = w.next_check.duration_since(w.queued_at);
+        assert!(again >= Duration::from_secs(12) && again < Duration::from_secs(13), "{again:?}");
+        batch.checked(JOB, JobCheck::Unanswered("GetJob(7): no reply".into()));
+        assert!(batch.results[0].is_none(), "an unanswered question before the timeout is asked again");
+
+        // Past its timeout, it is cancelled first, then timed out.
+        let mut batch = waiting(&jobs, Duration::from_secs(91), &mut done);
+        batch.checked(JOB, JobCheck::Exists { cancelled: false });
+        assert!(batch.results[0].is_none());
+        assert!(batch.pending[JOB].next_check <= Instant::now(), "checked again at once, to cancel it");
+        batch.checked(JOB, JobCheck::Exists { cancelled: true });
+        assert_eq!(batch.results[0], Some(JobResult::TimedOut { seconds: 90 }));
+        let mut batch = waiting(&jobs, Duration::from_secs(91), &mut done);
+        batch.checked(JOB, JobCheck::Unanswered("GetJob(7): no reply".into()));
+        assert_eq!(batch.results[0], Some(JobResult::NoReply { message: "GetJob(7): no reply".into() }));
+        // A job whose signal came while it was being checked is left alone.
+        batch.checked(JOB, JobCheck::Exists { cancelled: true });
+        assert_eq!(seen.len(), 2);
+    }
+
+    /// Against a real systemd in a test bed, on the bed's bus.
+    mod live {
+        use testbed::{Config, Generation, TestBed};
+
+        use super::*;
+
+        fn oneshot(lines: &str) -> String {
+            format!("[Service]\nType=oneshot\nRemainAfterExit=yes\n{lines}")
+        }
+
+        /// The match rule a batch's JobRemoved stream adds.
+        fn job_removed_rule() -> String {
+            zbus::MatchRule::builder()
+                .msg_type(zbus::message::Type::Signal)
+                .sender("org.freedesktop.systemd1")
+                .path("/org/freedesktop/systemd1")
+                .interface("org.freedesktop.systemd1.Manager")
+                .member("JobRemoved")
+                .build()
+                .unwrap()
+                .to_string()
+        }
+
+        #[test]
+        fn a_job_whose_signal_is_lost_is_judged_by_systemd_s_answer_not_timed_out() {
+            testbed::require!(bed);
+            let generation = Generation::new("a")
+                .unit("slow.service", oneshot("ExecStartPre=/bin/sleep 2\nExecStart=/bin/true\n"))
+                .unit("broken.service", oneshot("ExecStartPre=/bin/sleep 2\nExecStart=/bin/false\n"));
+            let bed = TestBed::boot(&Config::new(generation)).unwrap();
+            let bus = SystemdBus::connect_to(&bed.dbus_address(), DEFAULT_CALL_TIMEOUT).unwrap();
+            let jobs = [(JobKind::Start, "slow.service".to_owned()), (JobKind::Start, "broken.service".to_owned())];
+            let started = Instant::now();
+            let mut seen = Vec::new();
+            let mut on_done = |o: &JobOutcome| seen.push(o.unit.clone());
+            // Once both jobs are queued, and while they still run, the bus
+            // is told to stop sending JobRemoved here: their signals are
+            // lost, as when systemd leaves the bus for a moment.
+            let (outcomes, unmatched) =
+                zbus::block_on(join(bus.run_jobs_async(&jobs, Duration::from_secs(30), &mut on_done), async {
+                    delay(Duration::from_millis(500)).await;
+                    bus.conn
+                        .call_method(
+                            Some("org.freedesktop.DBus"),
+                            "/org/freedesktop/DBus",
+                            Some("org.freedesktop.DBus"),
+                            "RemoveMatch",
+                            &(job_removed_rule(),),
+                        )
+                        .await
+                }));
+            unmatched.expect("the batch's match rule is removed");
+            let outcomes = outcomes.unwrap();
+            let took = started.elapsed();
+            assert_eq!(outcomes[0].result, JobResult::Done, "{outcomes:?}");
+            assert_eq!(
+                outcomes[1].result,
+                JobResult::Failed {
+                    systemd_result: "unknown (its end was not signalled; broken.service is failed/failed)".into()
+                },
+            );
+            seen.sort();
+            assert_eq!(seen, ["broken.service", "slow.service"], "each reported once");
+            assert!(took < Duration::from_secs(15), "asked systemd at the first check, not at the timeout: {took:?}");
+            assert_eq!(bed.active_state("slow.service").unwrap(), "active");
+        }
+
+        #[test]
+        fn a_daemon_reload_is_done_when_systemd_answers_even_if_its_signal_never_comes() {
+            testbed::require!(bed);
+            let bed = TestBed::boot(&Config::new(Generation::new("a"))).unwrap();
+            let mut bus = SystemdBus::connect_to(&bed.dbus_address(), DEFAULT_CALL_TIMEOUT).unwrap();
+            // Without a subscriber, systemd sends no Reloading signal, as
+            // after it left the bus and came back.
+            zbus::block_on(bus.conn.call_method(
+                Some("org.freedesktop.systemd1"),
+                "/org/freedesktop/systemd1",
+                Some("org.freedesktop.systemd1.Manager"),
+                "Unsubscribe",
+                &(),
+            ))
+            .unwrap();
+            let started = Instant::now();
+            bus.daemon_reload(Duration::from_secs(20)).unwrap();
+            assert!(started.elapsed() < Duration::from_secs(10), "{:?}", started.elapsed());
+        }
+
+        /// Sends `signal` to the bed's systemd; SIGCONT again when dropped.
+        struct Paused(u32);
+
+        impl Paused {
+            fn send(&self, signal: rustix::process::Signal) {
+                let pid = rustix::process::Pid::from_raw(i32::try_from(self.0).unwrap()).unwrap();
+                rustix::process::kill_process(pid, signal).unwrap();
+            }
+        }
+
+        impl Drop for Paused {
+            fn drop(&mut self) {
+                self.send(rustix::process::Signal::CONT);
+            }
+        }
+
+        #[test]
+        fn a_job_call_systemd_never_answers_is_asked_again_then_reported_as_unanswered() {
+            testbed::require!(bed);
+            let generation = Generation::new("a").unit("idle.service", "[Service]\nExecStart=/bin/sleep infinity\n");
+            let bed = TestBed::boot(&Config::new(generation)).unwrap();
+            let mut bus = SystemdBus::connect_to(&bed.dbus_address(), Duration::from_secs(2)).unwrap();
+            let paused = Paused(bed.pid());
+            paused.send(rustix::process::Signal::STOP);
+            let jobs = [(JobKind::Start, "idle.service".to_owned())];
+            let started = Instant::now();
+            let outcomes = bus.run_jobs(&jobs, Duration::from_secs(30), &mut |_| {}).unwrap();
+            let took = started.elapsed();
+            drop(paused);
+            match &outcomes[0].result {
+                JobResult::NoReply { message } => {
+                    assert!(message.starts_with("StartUnit idle.service, asked twice: "), "{message}");
+                }
+                other => panic!("not reported as unanswered: {other:?}"),
+            }
+            // Two calls of 2 s, a pause and a Subscribe in between.
+            assert!(took >= Duration::from_secs(5), "asked twice: {took:?}");
+            // systemd, running again, answers normally.
+            let outcomes = bus.run_jobs(&jobs, Duration::from_secs(30), &mut |_| {}).unwrap();
+            assert_eq!(outcomes[0].result, JobResult::Done);
+        }
     }
 
     #[test]

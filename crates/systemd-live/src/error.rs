@@ -61,6 +61,14 @@ pub enum Error {
         /// What is wrong.
         message: String,
     },
+    /// The record of pending deferrals is not valid.
+    #[error("{path}: not a valid record of pending deferrals: {message}")]
+    BadPending {
+        /// The file concerned.
+        path: PathBuf,
+        /// What is wrong, without quoting the file.
+        message: String,
+    },
     /// The activation script could not be started.
     #[error("cannot run the activation script {path}: {source}")]
     Activate {

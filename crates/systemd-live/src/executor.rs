@@ -176,6 +176,19 @@ pub struct ProtectedCheck {
     pub disturbed: Option<String>,
 }
 
+/// A unit an apply that stopped early left before the plan was carried
+/// out for it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeftUnit {
+    /// The unit.
+    pub unit: String,
+    /// Its state when the apply stopped; `None` when it could not be read.
+    pub status: Option<UnitStatus>,
+    /// What the plan still does to it, in order: the next run's resume
+    /// carries it out.
+    pub remaining: Vec<Action>,
+}
+
 /// What an apply did.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ApplyReport {
@@ -189,6 +202,10 @@ pub struct ApplyReport {
     /// Why the apply stopped early.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub aborted: Option<String>,
+    /// When it stopped early: every unit the plan still acts on, with its
+    /// state then, sorted by unit.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub left: Vec<LeftUnit>,
     /// Units that failed.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub failed: Vec<UnitFailure>,
@@ -255,6 +272,12 @@ impl ApplyReport {
             let names: Vec<&str> = self.not_done.iter().map(|p| phase_name(*p)).collect();
             s.push_str(&format!("not done: {}\n", names.join(", ")));
         }
+        if !self.left.is_empty() {
+            s.push_str("left as they are until the next run resumes the switch:\n");
+            for ((state, remaining), units) in left_groups(&self.left) {
+                s.push_str(&format!("  {state}, still to {remaining}: {}\n", units.join(", ")));
+            }
+        }
         if !self.failed.is_empty() {
             s.push_str("warning: the following units failed:\n");
             for f in &self.failed {
@@ -278,6 +301,26 @@ impl ApplyReport {
         }
         s
     }
+}
+
+/// The units left by an apply that stopped early, grouped by their state
+/// (`inactive/dead`) and what remains to do (`start`, `stop, then
+/// start`), in the order of the first unit of each group.
+fn left_groups(left: &[LeftUnit]) -> Vec<((String, String), Vec<&str>)> {
+    let mut groups: Vec<((String, String), Vec<&str>)> = Vec::new();
+    for l in left {
+        let state = match &l.status {
+            Some(st) => format!("{}/{}", st.active_state, st.sub_state),
+            None => "state unknown".to_owned(),
+        };
+        let remaining = l.remaining.iter().map(|a| a.as_str()).collect::<Vec<_>>().join(", then ");
+        let key = (state, remaining);
+        match groups.iter_mut().find(|(k, _)| *k == key) {
+            Some((_, units)) => units.push(&l.unit),
+            None => groups.push((key, vec![&l.unit])),
+        }
+    }
+    groups
 }
 
 /// The phases of `plan` that have work, in execution order, with their
@@ -419,6 +462,7 @@ fn carry_out(
         phases: Vec::new(),
         not_done: Vec::new(),
         aborted: None,
+        left: Vec::new(),
         failed: Vec::new(),
         failed_status: None,
         already_failed: Vec::new(),
@@ -429,6 +473,9 @@ fn carry_out(
         ex.phase(&plan, phase, &jobs);
     }
     ex.check_failed_units(&plan);
+    if ex.report.aborted.is_some() {
+        ex.report.left = ex.left_units();
+    }
     let names: Vec<String> = before.keys().cloned().collect();
     let after = ex.mgr.unit_status(&names);
     ex.report.protected = protected_checks(before, after);
@@ -531,10 +578,41 @@ impl Execution<'_> {
     /// but does not stop the apply; a failed stop included, as in NixOS's
     /// switch: the unit's later start or the final check shows whether it
     /// matters.
+    ///
+    /// A job systemd did not answer for is not a failure of its unit: its
+    /// outcome is unknown, so the phase cannot count as done. The apply
+    /// stops there, and the next run queues that job again.
     fn jobs_record(&mut self, phase: Phase, jobs: Vec<JobRecord>) -> PhaseRecord {
         let ok = jobs.iter().all(|j| j.result.is_done());
-        self.failed_jobs.extend(jobs.iter().filter(|j| !j.result.is_done()).cloned());
+        let unanswered: Vec<&str> =
+            jobs.iter().filter(|j| matches!(j.result, JobResult::NoReply { .. })).map(|j| j.unit.as_str()).collect();
+        if !unanswered.is_empty() && self.report.aborted.is_none() {
+            self.report.aborted = Some(format!(
+                "{} phase: systemd did not answer for {} of its jobs ({}), so their outcome is not known",
+                phase_name(phase),
+                unanswered.len(),
+                unanswered.join(", ")
+            ));
+        }
+        self.failed_jobs.extend(
+            jobs.iter().filter(|j| !j.result.is_done() && !matches!(j.result, JobResult::NoReply { .. })).cloned(),
+        );
         PhaseRecord { phase, jobs, note: None, ok }
+    }
+
+    /// Every unit the plan still acts on, as the next run would resume it,
+    /// with its state now.
+    fn left_units(&mut self) -> Vec<LeftUnit> {
+        let rest = remaining(&self.file);
+        let left: Vec<(String, Vec<Action>)> = rest
+            .units
+            .into_iter()
+            .map(|u| (u.unit, u.actions.into_iter().filter(|a| JobKind::for_action(*a).is_some()).collect()))
+            .filter(|(_, actions): &(String, Vec<Action>)| !actions.is_empty())
+            .collect();
+        let names: Vec<String> = left.iter().map(|(u, _)| u.clone()).collect();
+        let mut status = self.mgr.unit_status(&names).unwrap_or_default();
+        left.into_iter().map(|(unit, remaining)| LeftUnit { status: status.remove(&unit), unit, remaining }).collect()
     }
 
     /// Stops swapping to the devices the plan lists; a failure is noted
@@ -1066,6 +1144,95 @@ mod tests {
         );
         assert_eq!(host.activated.len(), 1, "activation ran once");
         assert!(run.interrupted().unwrap().is_none());
+    }
+
+    #[test]
+    fn a_job_systemd_did_not_answer_for_stops_the_apply_without_failing_its_unit_and_the_resume_finishes_it() {
+        let mut m = FakeManager::new();
+        m.running("a.service").behaviour = Behaviour::NoReply;
+        m.running("b.service");
+        m.inactive("c.service");
+        let p = plan(
+            vec![
+                unit("a.service", &[Action::Stop, Action::Start]),
+                unit("b.service", &[Action::Stop, Action::Start]),
+                unit("c.service", &[Action::Start]),
+            ],
+            &[],
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let run = RunDir::new(dir.path());
+        let mut host = FakeHost::default();
+        let r = apply(&p, &mut m, &mut host, &run, &opts(), &mut Quiet::default()).unwrap();
+        let text = r.render_text();
+        assert_eq!(
+            r.aborted.as_deref(),
+            Some("stop phase: systemd did not answer for 1 of its jobs (a.service), so their outcome is not known"),
+            "{text}"
+        );
+        assert!(r.failed.is_empty(), "no reply is not a failed unit: {text}");
+        assert!(host.activated.is_empty(), "nothing after the stop phase ran");
+        assert!(
+            text.contains("stop: 1 of 2 jobs done; failed: a.service (no reply from systemd, outcome unknown:"),
+            "{text}"
+        );
+        // Exactly which units are where, and what remains for each.
+        let left: Vec<(&str, String, Vec<Action>)> = r
+            .left
+            .iter()
+            .map(|l| (l.unit.as_str(), l.status.as_ref().unwrap().active_state.to_string(), l.remaining.clone()))
+            .collect();
+        assert_eq!(
+            left,
+            [
+                ("a.service", "active".to_owned(), vec![Action::Stop, Action::Start]),
+                ("b.service", "inactive".to_owned(), vec![Action::Start]),
+                ("c.service", "inactive".to_owned(), vec![Action::Start]),
+            ]
+        );
+        assert!(text.contains("left as they are until the next run resumes the switch:\n"), "{text}");
+        assert!(text.contains("\n  active/running, still to stop, then start: a.service\n"), "{text}");
+        assert!(text.contains("\n  inactive/dead, still to start: b.service, c.service\n"), "{text}");
+
+        // The stop phase is not done: the next run queues the unanswered
+        // stop again, and carries out the rest.
+        let interrupted = run.interrupted().unwrap().expect("progress is kept");
+        assert!(interrupted.describe().contains("stopped during: stop"), "{}", interrupted.describe());
+        m.units.get_mut("a.service").unwrap().behaviour = Behaviour::Runs;
+        m.calls.clear();
+        let r = resume(interrupted, &mut m, &mut host, &run, &opts(), &mut Quiet::default()).unwrap();
+        assert!(r.success(), "{}", r.render_text());
+        assert!(r.left.is_empty());
+        assert_eq!(
+            m.jobs(),
+            [
+                (JobKind::Stop, "a.service".to_owned()),
+                (JobKind::Start, "a.service".to_owned()),
+                (JobKind::Start, "b.service".to_owned()),
+                (JobKind::Start, "c.service".to_owned()),
+            ]
+        );
+        for u in ["a.service", "b.service", "c.service"] {
+            assert_eq!(m.units[u].status.active_state, plan_model::ActiveState::Active, "{u}");
+        }
+    }
+
+    #[test]
+    fn an_apply_that_stops_early_names_the_units_it_left_even_when_their_state_cannot_be_read() {
+        let mut m = FakeManager::new();
+        m.running("a.service");
+        m.inactive("b.service");
+        let p = plan(vec![unit("a.service", &[Action::Restart]), unit("b.service", &[Action::Start])], &[]);
+        let dir = tempfile::tempdir().unwrap();
+        let run = RunDir::new(dir.path());
+        // The bus goes away after the restart.
+        m.unreachable_after_jobs = Some(1);
+        let r = apply(&p, &mut m, &mut FakeHost::default(), &run, &opts(), &mut Quiet::default()).unwrap();
+        assert!(r.aborted.as_deref().unwrap().starts_with("start phase:"), "{:?}", r.aborted);
+        let left: Vec<(&str, bool, &[Action])> =
+            r.left.iter().map(|l| (l.unit.as_str(), l.status.is_some(), l.remaining.as_slice())).collect();
+        assert_eq!(left, [("b.service", false, &[Action::Start][..])], "the restart is done");
+        assert!(r.render_text().contains("\n  state unknown, still to start: b.service\n"), "{}", r.render_text());
     }
 
     /// An apply of `p` interrupted after its first job (the bus goes

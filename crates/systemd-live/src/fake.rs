@@ -4,8 +4,10 @@
 //! active state, a main PID and an invocation ID that change the way a
 //! stop, start, restart or reload changes them; `PartOf=` propagation of
 //! stops and restarts (so a cascade into a protected unit can be seen);
-//! units whose start fails or hangs; and a fault that makes the manager
-//! unreachable after a number of jobs, to simulate an interrupted apply.
+//! units whose start fails or hangs, or whose job calls go unanswered;
+//! a fault that makes the manager unreachable after a number of jobs, to
+//! simulate an interrupted apply; and processes besides the main one in a
+//! unit (a CI runner's job).
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -13,7 +15,9 @@ use std::time::Duration;
 use plan_model::{LiveState, LiveUnit};
 
 use crate::Error;
-use crate::manager::{JobKind, JobOutcome, JobResult, ServiceManager, TransientExit, TransientSpec, UnitStatus};
+use crate::manager::{
+    JobKind, JobOutcome, JobResult, ServiceManager, TransientExit, TransientSpec, UnitProcess, UnitStatus,
+};
 
 /// How a fake unit reacts to a start or restart.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -25,6 +29,9 @@ pub enum Behaviour {
     FailsToStart,
     /// Its start job never finishes (the executor's timeout applies).
     Hangs,
+    /// No call that queues a job for it is ever answered: its jobs end
+    /// [`JobResult::NoReply`] and do nothing.
+    NoReply,
 }
 
 /// One fake unit.
@@ -37,6 +44,9 @@ pub struct FakeUnit {
     /// Units it is `PartOf=`: stopping or restarting them does the same to
     /// this unit.
     pub part_of: Vec<String>,
+    /// Processes in its control group besides its main process (a CI
+    /// runner's job); they end when the unit stops or restarts.
+    pub children: Vec<u32>,
 }
 
 /// A call the fake received, in order.
@@ -54,6 +64,8 @@ pub enum Call {
     ResetFailed,
     /// `run_transient`.
     Transient(String),
+    /// `unit_processes`.
+    Processes(String),
 }
 
 /// The fake service manager.
@@ -130,6 +142,7 @@ impl FakeManager {
         u.status.active_state = "inactive".into();
         u.status.sub_state = "dead".into();
         u.status.main_pid = 0;
+        u.children.clear();
     }
 
     fn start(&mut self, name: &str) -> JobResult {
@@ -163,6 +176,7 @@ impl FakeManager {
                 JobResult::Failed { systemd_result: "failed".into() }
             }
             Behaviour::Hangs => JobResult::TimedOut { seconds: 0 },
+            Behaviour::NoReply => JobResult::NoReply { message: format!("StartUnit {name}, asked twice") },
         }
     }
 
@@ -171,8 +185,12 @@ impl FakeManager {
     }
 
     fn job(&mut self, kind: JobKind, name: &str, timeout: Duration) -> JobResult {
-        if !self.units.contains_key(name) {
-            return JobResult::NotQueued { message: format!("Unit {name} not found.") };
+        match self.units.get(name) {
+            None => return JobResult::NotQueued { message: format!("Unit {name} not found.") },
+            Some(u) if u.behaviour == Behaviour::NoReply => {
+                return JobResult::NoReply { message: format!("the {kind} of {name}, asked twice") };
+            }
+            Some(_) => {}
         }
         let r = match kind {
             JobKind::Stop => {
@@ -301,6 +319,21 @@ impl ServiceManager for FakeManager {
             out.push(o);
         }
         Ok(out)
+    }
+
+    fn unit_processes(&mut self, unit: &str) -> Result<Vec<UnitProcess>, Error> {
+        self.check_reachable()?;
+        self.calls.push(Call::Processes(unit.to_owned()));
+        let Some(u) = self.units.get(unit) else {
+            return Err(Error::Call { call: format!("GetUnitProcesses({unit})"), message: "no such unit".into() });
+        };
+        let main = (u.status.main_pid != 0).then_some(u.status.main_pid);
+        let cgroup = format!("/system.slice/{unit}");
+        Ok(main
+            .into_iter()
+            .chain(u.children.iter().copied())
+            .map(|pid| UnitProcess { cgroup: cgroup.clone(), pid, command: format!("process {pid}") })
+            .collect())
     }
 
     fn daemon_reload(&mut self, _timeout: Duration) -> Result<(), Error> {

@@ -10,7 +10,8 @@
 //!   (feature `fake`) implements it in memory for tests.
 //! - [`RunDir`] owns `/run/safe-switch/`: the exclusive lock and the
 //!   persisted progress of an apply, so that an interrupted apply can say
-//!   where it stopped and be resumed, and every other file kept there.
+//!   where it stopped and be resumed, the record of deferred actions still
+//!   pending, and every other file kept there.
 //! - [`apply`] (the executor) carries out a plan phase by phase, exactly as
 //!   listed, checks job results and protected units, and returns an
 //!   [`ApplyReport`].
@@ -31,10 +32,11 @@ mod search_path;
 pub use dbus::{DEFAULT_CALL_TIMEOUT, SystemdBus};
 pub use error::Error;
 pub use executor::{
-    ApplyOptions, ApplyReport, Host, JobRecord, PhaseRecord, ProcessHost, Progress, ProtectedCheck, StderrProgress,
-    UnitFailure, apply, remaining, resume,
+    ApplyOptions, ApplyReport, Host, JobRecord, LeftUnit, PhaseRecord, ProcessHost, Progress, ProtectedCheck,
+    StderrProgress, UnitFailure, apply, remaining, resume,
 };
 pub use manager::{
-    Dependencies, JobKind, JobOutcome, JobResult, ServiceManager, TransientExit, TransientSpec, UnitStatus,
+    Dependencies, Idleness, JobKind, JobOutcome, JobResult, ServiceManager, TransientExit, TransientSpec, UnitProcess,
+    UnitStatus,
 };
 pub use rundir::{DEFAULT_RUN_DIR, Interrupted, LockGuard, PersistedJob, PhaseState, ProgressFile, RunDir, phase_name};

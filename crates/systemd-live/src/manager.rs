@@ -81,6 +81,13 @@ pub enum JobResult {
         /// systemd's error message.
         message: String,
     },
+    /// systemd did not answer, even when asked again: whether the job was
+    /// queued, and how it ended, is not known. This says nothing about
+    /// the unit; the phase cannot be counted as done.
+    NoReply {
+        /// What went unanswered.
+        message: String,
+    },
 }
 
 impl JobResult {
@@ -96,6 +103,7 @@ impl JobResult {
             JobResult::Failed { systemd_result } => systemd_result.clone(),
             JobResult::TimedOut { seconds } => format!("timed out after {seconds} s, cancelled"),
             JobResult::NotQueued { message } => format!("not queued: {message}"),
+            JobResult::NoReply { message } => format!("no reply from systemd, outcome unknown: {message}"),
         }
     }
 }
@@ -152,6 +160,56 @@ impl UnitStatus {
             s.push_str(&format!(", main process killed by signal {}", self.exec_main_status));
         }
         s
+    }
+}
+
+/// One process of a unit, as systemd's `GetUnitProcesses` lists it: every
+/// process of the unit's control group and its sub-groups, and its main
+/// and control processes wherever they are.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UnitProcess {
+    /// The control group it is in.
+    pub cgroup: String,
+    /// The process (a thread-group leader: threads are not listed apart).
+    pub pid: u32,
+    /// Its command line, as systemd shows it.
+    pub command: String,
+}
+
+/// Whether a unit is idle: nothing runs in it but its main process.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Idleness {
+    /// Its control group holds its main process (with that process's
+    /// threads) and nothing else, or nothing at all.
+    Idle,
+    /// Other processes run in it: a CI runner's job, a reload, a helper.
+    Busy {
+        /// Those processes.
+        others: Vec<UnitProcess>,
+    },
+}
+
+impl Idleness {
+    /// Judges a unit's processes against its main process (0 when it has
+    /// none): idle when no other process is listed. systemd lists thread
+    /// groups, so the main process's threads never count.
+    pub fn of(main_pid: u32, processes: &[UnitProcess]) -> Idleness {
+        let others: Vec<UnitProcess> = processes.iter().filter(|p| p.pid != main_pid).cloned().collect();
+        if others.is_empty() { Idleness::Idle } else { Idleness::Busy { others } }
+    }
+
+    /// Asks `mgr` whether `unit` is idle now: its main process and every
+    /// process of its control group, read afresh.
+    pub fn read(mgr: &mut dyn ServiceManager, unit: &str) -> Result<Idleness, Error> {
+        let status = mgr.unit_status(&[unit.to_owned()])?;
+        let main_pid = status.get(unit).map(|s| s.main_pid).unwrap_or(0);
+        let processes = mgr.unit_processes(unit)?;
+        Ok(Idleness::of(main_pid, &processes))
+    }
+
+    /// Tells whether the unit is idle.
+    pub fn is_idle(&self) -> bool {
+        matches!(self, Idleness::Idle)
     }
 }
 
@@ -265,16 +323,26 @@ pub trait ServiceManager {
         Ok(failed)
     }
 
-    /// Queues all `jobs` at once (mode `replace`) and waits until each has
-    /// finished or `timeout` has passed since it was queued. A job that
-    /// times out is cancelled. `on_done` is called as each job finishes.
-    /// Returns one outcome per job, in the order given.
+    /// Queues `jobs` (mode `replace`) and waits until each has finished
+    /// or `timeout` has passed since it was queued. A job that times out
+    /// is cancelled. `on_done` is called as each job finishes. Returns one
+    /// outcome per job, in the order given.
+    ///
+    /// The jobs are queued together, so that the manager orders them by
+    /// their dependencies, up to a limit of jobs at once that the
+    /// implementation sets (systemd over D-Bus: 256); a larger batch is
+    /// queued as a sliding window, the next job as soon as one finished.
     fn run_jobs(
         &mut self,
         jobs: &[(JobKind, String)],
         timeout: Duration,
         on_done: &mut dyn FnMut(&JobOutcome),
     ) -> Result<Vec<JobOutcome>, Error>;
+
+    /// The processes of `unit` (`GetUnitProcesses`): every process of its
+    /// control group, on cgroup v1, hybrid and v2 hosts alike. A unit
+    /// without a control group (a target) has none.
+    fn unit_processes(&mut self, unit: &str) -> Result<Vec<UnitProcess>, Error>;
 
     /// `daemon-reload`, waiting for `Reloading(false)` up to `timeout`.
     fn daemon_reload(&mut self, timeout: Duration) -> Result<(), Error>;
@@ -290,4 +358,34 @@ pub trait ServiceManager {
     /// calling `tick` about ten times a second meanwhile (to relay its
     /// output). The unit is garbage-collected afterwards.
     fn run_transient(&mut self, spec: &TransientSpec, tick: &mut dyn FnMut()) -> Result<TransientExit, Error>;
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn process(pid: u32) -> UnitProcess {
+        UnitProcess { cgroup: "/system.slice/runner.service".into(), pid, command: format!("cmd {pid}") }
+    }
+
+    #[test]
+    fn a_unit_is_idle_when_nothing_but_its_main_process_runs_in_it() {
+        assert_eq!(Idleness::of(10, &[process(10)]), Idleness::Idle);
+        assert_eq!(Idleness::of(0, &[]), Idleness::Idle, "a target, or a unit with nothing running");
+        assert_eq!(Idleness::of(10, &[process(10), process(11)]), Idleness::Busy { others: vec![process(11)] });
+        assert!(!Idleness::of(0, &[process(12)]).is_idle(), "a process without a main one: busy");
+    }
+
+    #[test]
+    fn a_runner_on_the_fake_manager_is_busy_until_its_job_ends() {
+        let mut m = crate::fake::FakeManager::new();
+        m.running("runner.service").children = vec![4242];
+        let busy = Idleness::read(&mut m, "runner.service").unwrap();
+        assert!(matches!(&busy, Idleness::Busy { others } if others.iter().map(|p| p.pid).eq([4242])), "{busy:?}");
+        // A restart ends the job with the old process.
+        m.run_jobs(&[(JobKind::Restart, "runner.service".into())], Duration::from_secs(1), &mut |_| {}).unwrap();
+        assert_eq!(Idleness::read(&mut m, "runner.service").unwrap(), Idleness::Idle);
+        assert!(Idleness::read(&mut m, "nope.service").is_err());
+    }
 }

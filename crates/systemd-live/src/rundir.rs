@@ -1,19 +1,22 @@
 //! `/run/safe-switch/`: the lock that keeps two switches apart, the
 //! persisted progress of the apply in flight, the state it checks against
-//! afterwards, and the files a switch hands to its isolated apply. Every
-//! path in the directory is named here.
+//! afterwards, the files a switch hands to its isolated apply, and the
+//! record of deferred actions still pending. Every path in the directory
+//! is named here.
 //!
 //! The directory lives on `/run` on purpose: it is a tmpfs, so the record
 //! of an interrupted apply survives a lost SSH session or a killed CI job,
 //! but not a reboot, after which the interrupted switch no longer matters
-//! (the boot generation is what runs).
+//! (the boot generation is what runs). The same holds for deferred
+//! actions: after a reboot every unit runs its installed file, and nothing
+//! is pending.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{File, OpenOptions, TryLockError};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use plan_model::{Phase, Plan};
+use plan_model::{Pending, Phase, Plan};
 use serde::{Deserialize, Serialize};
 
 use crate::Error;
@@ -27,6 +30,11 @@ const LAST: &str = "last.json";
 const LOCK: &str = "lock";
 const PROTECTED_BEFORE: &str = "protected-before.json";
 const FAILED_BEFORE: &str = "failed-before.json";
+const PENDING: &str = "pending.json";
+
+/// The largest record of pending deferrals read (far more than the
+/// deferrals of every unit of a large host).
+const PENDING_LIMIT: u64 = 16 << 20;
 
 /// The run directory.
 #[derive(Clone, Debug)]
@@ -265,6 +273,66 @@ impl RunDir {
         Ok((self.path.join(format!("{unit}.stdout")), self.path.join(format!("{unit}.stderr"))))
     }
 
+    /// The record of deferred actions still pending.
+    pub fn pending_path(&self) -> PathBuf {
+        self.path.join(PENDING)
+    }
+
+    /// Reads the record of deferred actions still pending; an empty one
+    /// when there is none. The file must be a regular file (a link or a
+    /// FIFO is refused without being opened) of at most 16 MiB, and a
+    /// record of this version ([`Pending::from_json`]): anything else is an
+    /// [`Error::BadPending`] naming the file, whose message never quotes
+    /// it.
+    pub fn read_pending(&self) -> Result<Pending, Error> {
+        use std::io::Read as _;
+        let path = self.pending_path();
+        let bad = |message: String| Error::BadPending { path: path.clone(), message };
+        let meta = match std::fs::symlink_metadata(&path) {
+            Ok(meta) => meta,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Pending::default()),
+            Err(e) => return Err(Error::io(&path, e)),
+        };
+        if !meta.file_type().is_file() {
+            return Err(bad("not a regular file".to_owned()));
+        }
+        if meta.len() > PENDING_LIMIT {
+            return Err(bad(format!("larger than {} MiB", PENDING_LIMIT >> 20)));
+        }
+        let mut text = String::new();
+        File::open(&path).and_then(|f| f.take(PENDING_LIMIT + 1).read_to_string(&mut text)).map_err(|e| {
+            match e.kind() {
+                std::io::ErrorKind::InvalidData => bad("not UTF-8 text".to_owned()),
+                _ => Error::io(&path, e),
+            }
+        })?;
+        if text.len() as u64 > PENDING_LIMIT {
+            return Err(bad(format!("larger than {} MiB", PENDING_LIMIT >> 20)));
+        }
+        Pending::from_json(&text).map_err(|e| bad(e.to_string()))
+    }
+
+    /// Writes the record of deferred actions still pending atomically
+    /// (write, fsync, rename), or removes it when nothing is pending.
+    pub fn save_pending(&self, pending: &Pending) -> Result<(), Error> {
+        let path = self.pending_path();
+        if pending.is_empty() {
+            return match std::fs::remove_file(&path) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(Error::io(&path, e)),
+                _ => Ok(()),
+            };
+        }
+        self.create()?;
+        let mut tmp = tempfile::Builder::new()
+            .prefix(&format!(".{PENDING}."))
+            .tempfile_in(&self.path)
+            .map_err(|e| Error::io(&self.path, e))?;
+        tmp.write_all(pending.to_json().as_bytes()).map_err(|e| Error::io(&path, e))?;
+        tmp.as_file().sync_data().map_err(|e| Error::io(&path, e))?;
+        tmp.persist(&path).map_err(|e| Error::io(&path, e.error))?;
+        Ok(())
+    }
+
     /// Records the status of the protected units before the first action.
     pub(crate) fn save_protected_before(&self, status: &BTreeMap<String, UnitStatus>) -> Result<(), Error> {
         let path = self.path.join(PROTECTED_BEFORE);
@@ -334,6 +402,61 @@ mod tests {
         assert_eq!(err, rd.path().join("safe-switch-1.service.stderr"));
         assert_eq!(std::fs::metadata(rd.path()).unwrap().permissions().mode() & 0o777, 0o700);
         assert_eq!(rd.lock_path(), rd.path().join("lock"));
+    }
+
+    #[test]
+    fn the_pending_record_round_trips_and_a_bad_one_is_an_error_naming_it() {
+        use plan_model::{Action, Manager, PendingDeferral, Touch};
+        let dir = tempfile::tempdir().unwrap();
+        let rd = RunDir::new(dir.path().join("rs"));
+        assert!(rd.read_pending().unwrap().is_empty(), "no record: nothing pending");
+        let touch =
+            Touch { touches: "a.service".into(), effect: Action::Restart, chain: vec![], cause: None, omitted: 0 };
+        let pending = Pending {
+            deferrals: vec![PendingDeferral {
+                manager: Manager::Systemd,
+                unit: "a.service".into(),
+                actions: vec![Action::Restart],
+                from: "/gen/a".into(),
+                generation: "/gen/b".into(),
+                invocation: "0123".into(),
+                since_unix: 1,
+                reasons: vec![],
+                touch,
+            }],
+            ..Pending::default()
+        };
+        rd.save_pending(&pending).unwrap();
+        assert_eq!(rd.read_pending().unwrap(), pending);
+        let names: Vec<_> = std::fs::read_dir(rd.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(names, ["pending.json"], "nothing but the record is left");
+        rd.save_pending(&Pending::default()).unwrap();
+        assert!(!rd.pending_path().exists(), "an empty record is removed");
+        rd.save_pending(&Pending::default()).unwrap();
+
+        let bad = |rd: &RunDir| match rd.read_pending().unwrap_err() {
+            Error::BadPending { path, message } => {
+                assert_eq!(path, rd.pending_path());
+                message
+            }
+            other => panic!("{other}"),
+        };
+        std::fs::write(rd.pending_path(), "token=secret-value\n").unwrap();
+        let message = bad(&rd);
+        assert!(!message.contains("secret-value"), "{message}");
+        std::fs::write(rd.pending_path(), b"\xff\xfe").unwrap();
+        assert_eq!(bad(&rd), "not UTF-8 text");
+        std::fs::remove_file(rd.pending_path()).unwrap();
+        std::os::unix::fs::symlink("/etc/passwd", rd.pending_path()).unwrap();
+        assert_eq!(bad(&rd), "not a regular file");
+        std::fs::remove_file(rd.pending_path()).unwrap();
+        std::fs::File::create(rd.pending_path()).unwrap().set_len(PENDING_LIMIT + 1).unwrap();
+        assert_eq!(bad(&rd), "larger than 16 MiB");
+        let err = rd.read_pending().unwrap_err().to_string();
+        assert!(
+            err.starts_with(&format!("{}: not a valid record of pending deferrals", rd.pending_path().display())),
+            "{err}"
+        );
     }
 
     #[test]

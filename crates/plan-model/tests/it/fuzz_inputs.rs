@@ -1,5 +1,6 @@
 //! Fuzzing the model's parsers: the policy file, protection selectors, the
-//! live-state JSON and the unit-name helpers.
+//! live-state JSON, the record of pending deferrals and the unit-name
+//! helpers.
 //!
 //! The generators build TOML-ish policy text from the policy's own keys
 //! and values (and broken ones), and live states from the JSON shapes
@@ -9,7 +10,7 @@
 //! linear in the input.
 
 use plan_model::policy::{Policy, Selector};
-use plan_model::{LiveState, unit_name};
+use plan_model::{LiveState, Manager, Pending, unit_name};
 use proptest::prelude::*;
 use serde_json::{Map, Value, json};
 use testbed::fuzz::{self, peak_memory, select};
@@ -263,6 +264,79 @@ fn live_states_parse_without_panic_and_round_trip() {
     });
 }
 
+const DEFERRAL_FIELDS: &[&str] =
+    &["manager", "unit", "actions", "from", "generation", "invocation", "since_unix", "reasons", "touch"];
+
+/// A field of a pending deferral: mostly of the right type, sometimes not.
+fn deferral_field(field: &str) -> BoxedStrategy<Value> {
+    let right: BoxedStrategy<Value> = match field {
+        "manager" => select(&["systemd", "launchd", ""]).prop_map(Value::from).boxed(),
+        "actions" => prop::collection::vec(select(&["stop", "start", "restart", "reload", "skip", "kill"]), 0..4)
+            .prop_map(|v| json!(v))
+            .boxed(),
+        "since_unix" => any::<u64>().prop_map(Value::from).boxed(),
+        "reasons" => prop::collection::vec(select(&["unit-changed", "stop-start", "bogus"]), 0..3)
+            .prop_map(|v| json!(v.iter().map(|r| json!({ "rule": r })).collect::<Vec<_>>()))
+            .boxed(),
+        "touch" => (selector_text(), select(&["stop", "restart", "x"]), prop::collection::vec(selector_text(), 0..3))
+            .prop_map(|(t, effect, chain)| {
+                let chain: Vec<Value> =
+                    chain.iter().map(|c| json!({ "from": c, "relation": "Requires", "to": t })).collect();
+                json!({ "touches": t, "effect": effect, "chain": chain })
+            })
+            .boxed(),
+        _ => selector_text().prop_map(Value::from).boxed(),
+    };
+    prop_oneof![6 => right, 1 => json_value(), 1 => Just(json!(-1))].boxed()
+}
+
+/// A record of pending deferrals: mostly shaped like one (every field,
+/// or some), sometimes any JSON, as text, sometimes cut short.
+fn pending_text() -> impl Strategy<Value = String> {
+    let all = Just(DEFERRAL_FIELDS.to_vec());
+    let some = prop::collection::vec(prop::sample::select(DEFERRAL_FIELDS), 0..9);
+    let deferral = prop_oneof![3 => all, 1 => some]
+        .prop_flat_map(|names| {
+            names
+                .into_iter()
+                .map(|n| deferral_field(n).prop_map(move |v| (n.to_owned(), v)).boxed())
+                .collect::<Vec<BoxedStrategy<(String, Value)>>>()
+        })
+        .prop_map(|fields| Value::Object(fields.into_iter().collect()));
+    let deferrals = prop::collection::vec(prop_oneof![8 => deferral, 1 => json_value()], 0..6);
+    let shaped = (deferrals, prop_oneof![4 => Just(json!(1)), 1 => json_value()])
+        .prop_map(|(deferrals, version)| json!({ "format_version": version, "deferrals": deferrals }));
+    let value = prop_oneof![6 => shaped, 1 => json_value(), 1 => Just(json!([]))];
+    (value, any::<bool>(), 0..100usize).prop_map(|(value, cut, at)| {
+        let text = serde_json::to_string_pretty(&value).unwrap();
+        let mut end = if cut { text.len() * at / 100 } else { text.len() };
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text[..end].to_owned()
+    })
+}
+
+#[test]
+fn pending_records_parse_without_panic_and_round_trip() {
+    fuzz::check("pending records", 1024, pending_text(), |text| {
+        let (result, peak) = peak_memory(|| Pending::from_json(&text));
+        prop_assert!(peak <= memory_bound(text.len()), "{peak} bytes for {} bytes of JSON", text.len());
+        match result {
+            Ok(pending) => {
+                prop_assert_eq!(Pending::from_json(&pending.to_json()).unwrap(), pending.clone());
+                // Checked against a live state that knows none of its
+                // units: everything is dropped, nothing panics.
+                let checked = pending.checked(Manager::Systemd, &LiveState::default());
+                prop_assert!(checked.pending.is_empty());
+                prop_assert_eq!(checked.earlier.len(), pending.deferrals.len());
+            }
+            Err(err) => prop_assert!(err.to_string().len() <= 8 * text.len() + 512),
+        }
+        Ok(())
+    });
+}
+
 /// Nesting far deeper than any real input: serde_json's and toml's
 /// recursion limits must turn it into an error, not a stack overflow.
 #[test]
@@ -272,6 +346,7 @@ fn deep_nesting_is_an_error_not_a_stack_overflow() {
         let objects = format!("{}{}", "{\"units\":".repeat(depth), "}".repeat(depth));
         for text in [&arrays, &objects] {
             assert!(LiveState::from_json(text).is_err(), "depth {depth}");
+            assert!(Pending::from_json(text).is_err(), "depth {depth}");
         }
         for text in [format!("protect = {arrays}"), format!("mode = {}1{}", "{a=".repeat(depth), "}".repeat(depth))] {
             assert!(Policy::parse(&text).is_err(), "depth {depth}");

@@ -1,6 +1,7 @@
 //! The zbus adapter against a real systemd: a snapshot's states, PIDs,
 //! invocation IDs and dependency lists match what `systemctl` reports, and
-//! jobs, daemon-reload and failures come back as systemd reports them.
+//! jobs, daemon-reload and failures come back as systemd reports them, and
+//! a unit's processes tell whether it is idle.
 //!
 //! The adapter connects from the host to the test bed's bus through
 //! `DBUS_SYSTEM_BUS_ADDRESS`, as it would on a host whose bus is elsewhere.
@@ -9,7 +10,7 @@
 
 use std::time::Duration;
 
-use systemd_live::{JobKind, JobResult, ServiceManager, SystemdBus};
+use systemd_live::{Idleness, JobKind, JobResult, ServiceManager, SystemdBus};
 use testbed::{Config, Generation, TestBed};
 
 #[test]
@@ -21,11 +22,18 @@ fn the_adapter_sees_and_drives_a_real_systemd() {
         .service("firewall.service", "[Service]\nType=oneshot\nRemainAfterExit=yes\nExecStart=/bin/true\n")
         .wanted_by("firewall.service", "multi-user.target")
         .dropin("web.service", "env.conf", "[Service]\nEnvironment=A=1\n")
-        .service("broken.service", "[Service]\nType=oneshot\nExecStart=/bin/false\n");
+        .service("broken.service", "[Service]\nType=oneshot\nExecStart=/bin/false\n")
+        // A runner whose job is a child process, until /run/job-done.
+        .service(
+            "runner.service",
+            "[Service]\nExecStart=/bin/sh -c '(while [ ! -e /run/job-done ]; do sleep 0.1; done) & exec sleep infinity'\n",
+        )
+        .wanted_by("runner.service", "multi-user.target");
     let bed = TestBed::boot(&Config::new(generation)).unwrap();
     // Boot returns once the bus is up; the units may still be starting.
     bed.wait_for_state("web.service", "active").unwrap();
     bed.wait_for_state("firewall.service", "active").unwrap();
+    bed.wait_for_state("runner.service", "active").unwrap();
     // SAFETY: this is the only test of this binary (`tests/it`), so no
     // other thread reads the environment while it changes. A second test
     // needs the adapter to take the address instead.
@@ -77,6 +85,29 @@ fn the_adapter_sees_and_drives_a_real_systemd() {
         matches!(&refused[0].result, JobResult::NotQueued { message } if message.contains("nope.service")),
         "{refused:?}"
     );
+
+    // The runner is busy while its job runs, and idle once it ended; a
+    // target has no processes.
+    let runner = bed.main_pid("runner.service").unwrap();
+    let processes = bus.unit_processes("runner.service").unwrap();
+    assert!(processes.iter().any(|p| p.pid == runner), "{processes:?}");
+    assert!(processes.iter().all(|p| p.cgroup.ends_with("/runner.service")), "{processes:?}");
+    match Idleness::read(&mut bus, "runner.service").unwrap() {
+        Idleness::Busy { others } => {
+            // The job's shell, and its `sleep` at times.
+            assert!(others.iter().any(|p| p.command.contains("job-done")), "{others:?}");
+            assert!(others.iter().all(|p| p.pid != runner), "{others:?}");
+        }
+        Idleness::Idle => panic!("the runner's job runs: {processes:?}"),
+    }
+    std::fs::write(bed.run_dir().join("job-done"), "").unwrap();
+    let start = std::time::Instant::now();
+    while !Idleness::read(&mut bus, "runner.service").unwrap().is_idle() {
+        assert!(start.elapsed() < Duration::from_secs(30), "the runner never became idle");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(bus.unit_processes("multi-user.target").unwrap(), vec![]);
+    assert!(bus.unit_processes("nope.service").is_err());
 
     bus.reset_failed().unwrap();
     bus.daemon_reload(Duration::from_secs(60)).unwrap();
