@@ -558,6 +558,7 @@ fn unreachable_key_length() -> HmacSha256 {
 }
 
 /// Fills `buf` from the kernel's random number generator.
+#[cfg(target_os = "linux")]
 fn fill_random(buf: &mut [u8]) -> std::io::Result<()> {
     let mut filled = 0;
     while filled < buf.len() {
@@ -568,6 +569,14 @@ fn fill_random(buf: &mut [u8]) -> std::io::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Fills `buf` from the kernel's random number generator (macOS has no
+/// `getrandom`; its `/dev/urandom` never blocks).
+#[cfg(not(target_os = "linux"))]
+fn fill_random(buf: &mut [u8]) -> std::io::Result<()> {
+    use std::io::Read as _;
+    std::fs::File::open("/dev/urandom")?.read_exact(buf)
 }
 
 /// Checks that a saved plan was written by root on this host: its MAC is
