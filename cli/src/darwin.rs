@@ -18,14 +18,16 @@
 //! (`safe-switch.<id>` in the `system` domain), whose output this process
 //! relays.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
 use launchd_live::{DarwinHost, LaunchctlProgram, Launchd, ProgressFile};
-use launchd_plan::{Domain, GenerationJobs, Host, LaunchdLive, LaunchdPlan, PrimaryUser, Request};
-use plan_model::{Diagnostic, LiveState, Mode, Severity};
+use launchd_plan::{Domain, GenerationJobs, Host, JobTarget, LaunchdLive, LaunchdPlan, PrimaryUser, Request};
+use plan_model::{ActiveState, Diagnostic, Earlier, LiveState, LiveUnit, Manager, Mode, Pending, Plan, Rule, Severity};
 use plan_report::Report;
+use sha2::Digest as _;
 use systemd_live::RunDir;
 
 use crate::args::{self, ExecutionArgs, OutputArgs, ProtectArgs};
@@ -187,16 +189,16 @@ fn diagnostic(severity: Severity, message: String) -> Diagnostic {
     Diagnostic { severity, message, unit: None, path: None, line: None }
 }
 
-/// Prints the plan with its commands and plist diffs, and writes the
-/// `--report` files.
-fn print(dp: &DarwinPlan, output: &OutputArgs) -> anyhow::Result<()> {
+/// Prints the plan with its commands, plist diffs and what it does to
+/// earlier deferrals, and writes the `--report` files.
+fn print(dp: &DarwinPlan, earlier: &[Earlier], output: &OutputArgs) -> anyhow::Result<()> {
     let commands: Vec<String> = match launchd_plan::operations(&dp.planned) {
         Ok(ops) => ops.iter().map(ToString::to_string).collect(),
         Err(_) => Vec::new(),
     };
     let diffs = launchd_plan::plist_diffs(&dp.planned, &dp.old, &dp.new);
     crate::report::write_outputs(
-        &Report { plan: &dp.planned.plan, diffs: &diffs, commands: &commands, pending: &[] },
+        &Report { plan: &dp.planned.plan, diffs: &diffs, commands: &commands, pending: earlier },
         output,
     )
 }
@@ -245,7 +247,8 @@ pub(crate) fn plan(args: args::PlanArgs) -> anyhow::Result<Outcome> {
         let inputs = saved::record_launchd_inputs(&dp.planned, &dp.live, &request);
         crate::cmd::plan::save(dp.planned.plan.clone(), inputs, out)?;
     }
-    print(&dp, &args.output)?;
+    let earlier = earlier_deferrals(&env, &mut launchd, &dp);
+    print(&dp, &earlier, &args.output)?;
     Ok(crate::protect::outcome(&dp.planned.plan))
 }
 
@@ -258,7 +261,8 @@ pub(crate) fn check(args: args::CheckArgs) -> anyhow::Result<Outcome> {
     let mut launchd = env.launchd(Duration::from_secs(60));
     let (mut dp, _) = plan_asked(&env, &target.toplevel, &args.protect, &mut launchd)?;
     dp.planned.plan.new.provenance = Some(target.provenance);
-    print(&dp, &args.output)?;
+    let earlier = earlier_deferrals(&env, &mut launchd, &dp);
+    print(&dp, &earlier, &args.output)?;
     let outcome = crate::cmd::check::outcome(&dp.planned.plan, args.fail_on);
     if outcome == Outcome::Blocked {
         say!("check failed: the switch touches a protected launchd job (see the plan above)");
@@ -280,6 +284,9 @@ pub(crate) fn switch(args: args::SwitchArgs) -> anyhow::Result<Outcome> {
         return crate::isolate::hand_over(&run, built, true, |run, extra| isolate(&mut launchd, run, extra));
     }
     let _lock = crate::isolate::lock(&run, args.apply.isolated)?;
+    // The record of earlier deferrals is merged after the switch: one that
+    // cannot be read stops it before any change.
+    crate::pending::read(&run)?;
     let mut launchd = env.launchd(timeout.max(Duration::from_secs(60)));
     let options = launchd_live::Options { job_timeout: timeout, ..launchd_live::Options::default() };
     if let Some(outcome) = finish_interrupted(&env, &mut launchd, &options, &args.protect)? {
@@ -287,7 +294,8 @@ pub(crate) fn switch(args: args::SwitchArgs) -> anyhow::Result<Outcome> {
     }
     let (mut dp, request) = plan_asked(&env, &target.toplevel, &args.protect, &mut launchd)?;
     dp.planned.plan.new.provenance = Some(target.provenance.clone());
-    print(&dp, &args.output)?;
+    let earlier = earlier_deferrals(&env, &mut launchd, &dp);
+    print(&dp, &earlier, &args.output)?;
     if dp.planned.plan.protection.refused {
         say!("refused: the switch would touch a protected launchd job (see the plan above); nothing was changed");
         return Ok(Outcome::Blocked);
@@ -307,6 +315,8 @@ fn finish(
 ) -> anyhow::Result<Outcome> {
     let report = carry_out(env, dp, launchd, options)?;
     say_text!("{}", report.render_text());
+    let user = dp.live.primary_user.as_ref();
+    record_deferrals(env, launchd, &dp.planned.plan, &dp.planned.jobs, user);
     if report.success() {
         say!("switched to {}", dp.planned.plan.new.path);
         return Ok(Outcome::Ok);
@@ -320,6 +330,7 @@ fn finish(
         let back = plan_to(env, Path::new(&old), request, launchd).context("cannot plan the rollback")?;
         let rb = carry_out(env, &back, launchd, options).context("cannot roll back")?;
         say_text!("rollback:\n{}", rb.render_text());
+        record_deferrals(env, launchd, &back.planned.plan, &back.planned.jobs, back.live.primary_user.as_ref());
         if rb.success() {
             say!("rolled back to {old}; the switch to {} failed (see above)", dp.planned.plan.new.path);
         } else {
@@ -367,6 +378,7 @@ pub(crate) fn apply(args: args::ApplyArgs) -> anyhow::Result<Outcome> {
         return crate::isolate::hand_over(&run, None, true, |run, extra| isolate(&mut launchd, run, extra));
     }
     let _lock = crate::isolate::lock(&run, args.apply.isolated)?;
+    crate::pending::read(&run)?;
     let timeout = Duration::from_secs(args.apply.job_timeout.max(1));
     let mut launchd = env.launchd(timeout.max(Duration::from_secs(60)));
     let options = launchd_live::Options { job_timeout: timeout, ..launchd_live::Options::default() };
@@ -524,8 +536,10 @@ fn finish_interrupted(
         say!("  deferred: {line}");
     }
     say!("resuming it first, with the protections in force now");
+    let resumed = progress.plan.clone();
     let report = launchd_live::resume(progress, launchd, &mut env.host(), &file, options, &mut launchd_live::Stderr)?;
     say_text!("{}", report.render_text());
+    record_deferrals(env, launchd, &resumed, &BTreeMap::new(), running_primary_user(env).as_ref());
     if !report.success() {
         say!("the interrupted switch to {target} finished with failures; not switching further");
         return Ok(Some(Outcome::UnitsFailed));
@@ -603,4 +617,203 @@ fn isolate(launchd: &mut dyn Launchd, run: &RunDir, extra: &[String]) -> anyhow:
         );
     }
     crate::isolate::isolated_outcome(i32::try_from(code).unwrap_or(1), &format!("the launchd job system/{label}"), run)
+}
+
+/// The most bytes of an installed plist read for its digest.
+const PLIST_LIMIT: u64 = 1 << 20;
+
+/// The primary user of the running generation, as its `activate` names it.
+fn running_primary_user(env: &DarwinEnv) -> Option<PrimaryUser> {
+    let current = std::fs::canonicalize(env.current_system()).ok()?;
+    let name = cut_activation(&current).ok()?.users.into_iter().next()?;
+    let account = launchd_live::account(&name).ok()?;
+    Some(PrimaryUser { name, uid: account.uid, home: account.home })
+}
+
+/// What identifies, now, the instance of each job that `pending` records
+/// (of launchd) or `plan` defers, as the record of pending deferrals keeps
+/// it (see [`Manager::Launchd`]): a live state holding every such job that
+/// is loaded, with that identity as its invocation. A job whose domain
+/// does not answer keeps its recorded identity.
+fn job_instances(
+    env: &DarwinEnv,
+    launchd: &mut dyn Launchd,
+    pending: &Pending,
+    plan: Option<&Plan>,
+    jobs: &BTreeMap<String, JobTarget>,
+    user: Option<&PrimaryUser>,
+) -> LiveState {
+    let mut wanted: BTreeMap<&str, (Vec<Rule>, Option<&str>)> = BTreeMap::new();
+    for d in pending.deferrals.iter().filter(|d| d.manager == Manager::Launchd) {
+        wanted.insert(&d.unit, (d.reasons.iter().map(|r| r.rule).collect(), Some(&d.invocation)));
+    }
+    for unit in plan.into_iter().flat_map(Plan::deferred) {
+        let recorded = wanted.get(unit.unit.as_str()).and_then(|(_, r)| *r);
+        wanted.insert(&unit.unit, (unit.reasons.iter().map(|r| r.rule).collect(), recorded));
+    }
+    let mut live = LiveState::default();
+    for (name, (rules, recorded)) in wanted {
+        // Only a restart for a changed nix.conf is done by restarting the
+        // process; anything else by loading another plist.
+        let by_pid = !rules.is_empty() && rules.iter().all(|r| *r == Rule::NixConfChanged);
+        let mut unanswered = false;
+        let mut found = None;
+        for (domain, label) in job_places(name, jobs.get(name), user) {
+            match launchd_live::print(launchd, domain, &label) {
+                Ok(Some(job)) => {
+                    found = Some(job_identity(env, domain, &label, &job, by_pid, user));
+                    break;
+                }
+                Ok(None) => {}
+                Err(_) => unanswered = true,
+            }
+        }
+        let invocation = match (found, recorded) {
+            (Some(id), _) => id,
+            (None, Some(recorded)) if unanswered => recorded.to_owned(),
+            (None, _) => continue,
+        };
+        let unit = LiveUnit { active_state: ActiveState::Active, invocation_id: invocation, ..LiveUnit::default() };
+        live.units.insert(name.to_owned(), unit);
+    }
+    live
+}
+
+/// Where a job a plan names (`unit`) may be loaded: its plan's domain and
+/// label when the plan has it; else, by the name (`daemon:LABEL`,
+/// `agent:LABEL` when a label is shared), the `system` domain and then
+/// the primary user's GUI domain.
+fn job_places(unit: &str, target: Option<&JobTarget>, user: Option<&PrimaryUser>) -> Vec<(Domain, String)> {
+    if let Some(t) = target
+        && let Some(domain) = t.domain
+    {
+        return vec![(domain, t.loaded_label.clone().unwrap_or_else(|| t.label.clone()))];
+    }
+    let gui = user.map(|u| Domain::Gui(u.uid));
+    let (domains, label) = match unit.split_once(':') {
+        Some(("daemon", label)) => (vec![Some(Domain::System)], label),
+        Some(("agent" | "user-agent", label)) => (vec![gui], label),
+        _ => (vec![Some(Domain::System), gui], unit),
+    };
+    domains.into_iter().flatten().map(|d| (d, label.to_owned())).collect()
+}
+
+/// The identity of a loaded job's instance: the digest of the plist
+/// installed for it (nix-darwin names it after the label), or `loaded`
+/// when it has none there (macOS's own sshd); with `by_pid`, its pid too.
+fn job_identity(
+    env: &DarwinEnv,
+    domain: Domain,
+    label: &str,
+    job: &launchd_plan::LiveJob,
+    by_pid: bool,
+    user: Option<&PrimaryUser>,
+) -> String {
+    let mut dirs = Vec::new();
+    match domain {
+        Domain::System => dirs.push("/Library/LaunchDaemons".to_owned()),
+        Domain::Gui(_) => {
+            dirs.push("/Library/LaunchAgents".to_owned());
+            dirs.extend(user.map(|u| format!("{}/Library/LaunchAgents", u.home.trim_end_matches('/'))));
+        }
+    }
+    let plist = dirs.iter().find_map(|dir| read_installed(&env.path(&format!("{dir}/{label}.plist"))));
+    let mut id = match plist {
+        Some(bytes) => format!("plist sha256:{}", hex::encode(sha2::Sha256::digest(&bytes))),
+        None => "loaded".to_owned(),
+    };
+    if by_pid {
+        id.push_str(&match job.pid {
+            Some(pid) => format!(", pid {pid}"),
+            None => ", not running".to_owned(),
+        });
+    }
+    id
+}
+
+/// An installed plist's bytes: a regular file, opened without blocking,
+/// at most [`PLIST_LIMIT`] of it; `None` when there is none.
+fn read_installed(path: &Path) -> Option<Vec<u8>> {
+    use rustix::fs::{Mode, OFlags};
+    use std::io::Read as _;
+    let flags = OFlags::RDONLY | OFlags::NONBLOCK | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    let file = std::fs::File::from(rustix::fs::open(path, flags, Mode::empty()).ok()?);
+    if !file.metadata().ok()?.is_file() {
+        return None;
+    }
+    let mut bytes = Vec::new();
+    file.take(PLIST_LIMIT).read_to_end(&mut bytes).ok()?;
+    Some(bytes)
+}
+
+/// What a plan does to the launchd deferrals earlier switches left
+/// pending, for its reports. A record that cannot be read (not root)
+/// shows nothing; an invalid one is a warning.
+fn earlier_deferrals(env: &DarwinEnv, launchd: &mut dyn Launchd, dp: &DarwinPlan) -> Vec<Earlier> {
+    let pending = match env.run_dir().read_pending() {
+        Ok(p) if p.deferrals.iter().all(|d| d.manager != Manager::Launchd) => return Vec::new(),
+        Ok(p) => p,
+        Err(systemd_live::Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::PermissionDenied => {
+            return Vec::new();
+        }
+        Err(e) => {
+            say!("warning: {e}; the deferrals of earlier switches are not shown");
+            return Vec::new();
+        }
+    };
+    let user = dp.live.primary_user.as_ref();
+    let live = job_instances(env, launchd, &pending, Some(&dp.planned.plan), &dp.planned.jobs, user);
+    pending.merge(&dp.planned.plan, Manager::Launchd, &live, crate::pending::now_unix()).earlier
+}
+
+/// Merges a plan that was just carried out (all of it, or as far as it
+/// got) into the record of pending deferrals, as a switch on systemd does
+/// ([`crate::pending::record`]): what it deferred is added, what it
+/// carried out, or what was reloaded since, is dropped. The caller holds
+/// the lock. A failure is a warning: the switch itself is done.
+fn record_deferrals(
+    env: &DarwinEnv,
+    launchd: &mut dyn Launchd,
+    plan: &Plan,
+    jobs: &BTreeMap<String, JobTarget>,
+    user: Option<&PrimaryUser>,
+) {
+    let run = env.run_dir();
+    let pending = match run.read_pending() {
+        Ok(p) => p,
+        Err(e) => return say!("warning: the deferrals of this switch were not recorded: {e}"),
+    };
+    if pending.deferrals.iter().all(|d| d.manager != Manager::Launchd) && plan.deferred().next().is_none() {
+        return;
+    }
+    let live = job_instances(env, launchd, &pending, Some(plan), jobs, user);
+    let merged = pending.merge(plan, Manager::Launchd, &live, crate::pending::now_unix()).pending;
+    if let Err(e) = run.save_pending(&merged) {
+        say!("warning: the deferrals of this switch were not recorded: {e}");
+    }
+}
+
+/// `pending` on a nix-darwin host: the record, less the launchd deferrals
+/// whose job was reloaded or unloaded since.
+pub(crate) fn pending(args: args::PendingArgs) -> anyhow::Result<Outcome> {
+    let env = DarwinEnv::get();
+    let record = crate::pending::read(&env.run_dir())?;
+    let pending = if record.deferrals.iter().all(|d| d.manager != Manager::Launchd) {
+        record
+    } else {
+        let mut launchd = env.launchd(Duration::from_secs(60));
+        let user = running_primary_user(&env);
+        let live = job_instances(&env, &mut launchd, &record, None, &BTreeMap::new(), user.as_ref());
+        record.checked(Manager::Launchd, &live).pending
+    };
+    crate::report::write_pending(&pending, &args.output)?;
+    Ok(if pending.is_empty() { Outcome::Ok } else { Outcome::Blocked })
+}
+
+/// `settle` on a nix-darwin host: not built; refused before any change.
+pub(crate) fn settle() -> anyhow::Result<Outcome> {
+    Err(crate::exit::usage(
+        "settle is not built for nix-darwin hosts yet; `safe-switch pending` lists the deferred launchd jobs, \
+         and a later `safe-switch switch` that does not protect a job carries its deferral out; nothing was changed",
+    ))
 }

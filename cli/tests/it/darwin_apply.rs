@@ -73,6 +73,10 @@ fn a_saved_plan_is_applied_exactly_and_isolated() {
     assert_ne!(mac.pid(EXPORTER), Some(exporter), "node-exporter was reloaded");
     assert!(mac.pid("org.nixos.docker").is_some());
     assert_eq!(mac.markers(), other_steps());
+    // Its deferral is recorded, as a switch's.
+    let pending = mac.safe_switch(&["pending"]);
+    assert_eq!(pending.code(), Some(3), "{}", text(&pending));
+    assert!(pending.stdout.contains("org.nixos.gitlab-runner: restart deferred"), "{}", text(&pending));
 }
 
 #[test]

@@ -529,6 +529,10 @@ fn remote_login_turned_off_keeps_a_protected_sshd_and_records_the_deferral() {
     let calls = mac.sim.calls();
     assert!(calls[booted..].iter().all(|c| !c.contains("com.openssh.sshd") || c.starts_with("print ")), "{calls:?}");
     assert_eq!(mac.current_system(), new);
+    // Recorded as pending, while sshd stays loaded.
+    let pending = mac.safe_switch(&["pending"]);
+    assert_eq!(pending.code(), Some(3), "{}", text(&pending));
+    assert!(pending.stdout.contains("com.openssh.sshd: stop deferred"), "{}", text(&pending));
 
     // In refuse mode, nothing is done at all.
     let mac = Mac::new();

@@ -21,6 +21,7 @@ mod apply_saved;
 mod closure_diff;
 mod darwin_apply;
 mod darwin_diff;
+mod darwin_pending;
 mod darwin_switch;
 mod dbus_timeout;
 mod demo;
