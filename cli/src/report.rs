@@ -128,32 +128,87 @@ fn write_atomically_here(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 /// runs as root and they name another user; otherwise runs `f` as it is.
 /// The kernel then checks the paths `f` opens as that user's.
 ///
-/// Only the file-system identity changes (`setfsuid`, `setfsgid`, for
-/// this thread), and it is restored before returning; the supplementary
-/// groups stay root's.
+/// Only this thread's identity changes, and it is restored before
+/// returning: on Linux the file-system identity (`setfsuid`, `setfsgid`;
+/// the supplementary groups stay root's), on macOS the thread's effective
+/// identity (`pthread_setugid_np`, which also drops the supplementary
+/// groups for the thread).
 pub(crate) fn as_invoking_user<T>(f: impl FnOnce() -> std::io::Result<T>) -> std::io::Result<T> {
     let id = |name: &str| std::env::var(name).ok().and_then(|v| v.parse::<u32>().ok());
     let (Some(uid), Some(gid)) = (id("SUDO_UID"), id("SUDO_GID")) else { return f() };
     if uid == 0 || !rustix::process::geteuid().is_root() {
         return f();
     }
-    // SAFETY: setfsgid and setfsuid take plain integers, change only this
-    // thread's credentials and cannot fail in a way that breaks memory
-    // safety; success is checked by reading the value back.
-    let (old_gid, old_uid) = unsafe { (libc::setfsgid(gid), libc::setfsuid(uid)) };
-    // SAFETY: as above; `u32::MAX` (-1) only reads the current value.
-    let now = unsafe { (libc::setfsgid(u32::MAX), libc::setfsuid(u32::MAX)) };
-    let result = if now == (gid as i32, uid as i32) {
-        f()
-    } else {
-        Err(std::io::Error::other(format!("cannot take the file-system identity of uid {uid} (sudo's caller)")))
-    };
-    // SAFETY: as above, back to the identity this thread had.
-    unsafe {
-        libc::setfsuid(old_uid as u32);
-        libc::setfsgid(old_gid as u32);
+    thread_identity::with(uid, gid, f)
+}
+
+/// Taking another user's identity for the current thread.
+#[cfg(target_os = "linux")]
+mod thread_identity {
+    /// Runs `f` with the file-system identity `uid`, `gid`.
+    pub(super) fn with<T>(uid: u32, gid: u32, f: impl FnOnce() -> std::io::Result<T>) -> std::io::Result<T> {
+        // SAFETY: setfsgid and setfsuid take plain integers, change only
+        // this thread's credentials and cannot fail in a way that breaks
+        // memory safety; success is checked by reading the value back.
+        let (old_gid, old_uid) = unsafe { (libc::setfsgid(gid), libc::setfsuid(uid)) };
+        // SAFETY: as above; `u32::MAX` (-1) only reads the current value.
+        let now = unsafe { (libc::setfsgid(u32::MAX), libc::setfsuid(u32::MAX)) };
+        let result = if now == (gid as i32, uid as i32) {
+            f()
+        } else {
+            Err(std::io::Error::other(format!("cannot take the file-system identity of uid {uid} (sudo's caller)")))
+        };
+        // SAFETY: as above, back to the identity this thread had.
+        unsafe {
+            libc::setfsuid(old_uid as u32);
+            libc::setfsgid(old_gid as u32);
+        }
+        result
     }
-    result
+}
+
+/// Taking another user's identity for the current thread.
+#[cfg(target_os = "macos")]
+mod thread_identity {
+    /// `KAUTH_UID_NONE` and `KAUTH_GID_NONE` (`<sys/kauth.h>`): back to
+    /// the process's identity.
+    const NONE: u32 = !0 - 100;
+
+    // SAFETY: the declaration is that of `<pthread.h>` (libsystem_pthread,
+    // macOS 10.4 and later).
+    unsafe extern "C" {
+        fn pthread_setugid_np(uid: libc::uid_t, gid: libc::gid_t) -> libc::c_int;
+    }
+
+    /// Runs `f` with the effective identity `uid`, `gid` for this thread.
+    pub(super) fn with<T>(uid: u32, gid: u32, f: impl FnOnce() -> std::io::Result<T>) -> std::io::Result<T> {
+        // SAFETY: takes plain integers and changes only this thread's
+        // credentials; its result is checked.
+        if unsafe { pthread_setugid_np(uid, gid) } != 0 {
+            let e = std::io::Error::last_os_error();
+            return Err(std::io::Error::other(format!("cannot take the identity of uid {uid} (sudo's caller): {e}")));
+        }
+        let now = (rustix::process::geteuid().as_raw(), rustix::process::getegid().as_raw());
+        let result = if now == (uid, gid) {
+            f()
+        } else {
+            Err(std::io::Error::other(format!("cannot take the identity of uid {uid} (sudo's caller)")))
+        };
+        // SAFETY: as above, back to the process's identity.
+        unsafe { pthread_setugid_np(NONE, NONE) };
+        result
+    }
+}
+
+/// Taking another user's identity for the current thread: not built here.
+#[cfg(not(any(target_os = "linux", target_os = "macos")))]
+mod thread_identity {
+    /// Refuses: there is no known per-thread way on this system.
+    pub(super) fn with<T>(uid: u32, _: u32, _: impl FnOnce() -> std::io::Result<T>) -> std::io::Result<T> {
+        Err(std::io::Error::other(format!(
+            "cannot write as uid {uid} (sudo's caller) on this system; run safe-switch as that user or as root itself"
+        )))
+    }
 }
 
 #[cfg(test)]

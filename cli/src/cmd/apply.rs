@@ -27,8 +27,17 @@ use crate::saved::{self, Observed, PlanKey, Rejection, SavedPlan};
 
 /// Runs `apply`.
 pub(crate) fn run(args: args::ApplyArgs) -> anyhow::Result<Outcome> {
+    if crate::darwin::is_darwin_host() {
+        return crate::darwin::apply(args);
+    }
     let saved = SavedPlan::load(&args.plan)?;
     if let Err(refusal) = saved::verify_digest(&saved) {
+        return Ok(refuse(&args.plan, &refusal));
+    }
+    if saved.inputs.launchd.is_some() {
+        let refusal = Rejection::Inconsistent(
+            "it was made for launchd (a nix-darwin host), and this host runs systemd".to_owned(),
+        );
         return Ok(refuse(&args.plan, &refusal));
     }
     let target = Path::new(&saved.inputs.target_toplevel);
@@ -80,8 +89,12 @@ pub(crate) fn run(args: args::ApplyArgs) -> anyhow::Result<Outcome> {
     let mut fresh = host::live_plan(Path::new(CURRENT_SYSTEM), target, &protect, &mut bus)?;
     host::read_processes(&mut fresh, &mut bus)?;
     let canonical_target = canonical_target.display().to_string();
-    let observed =
-        Observed { running_generation: &current, target_toplevel: Some(&canonical_target), live: &fresh.live };
+    let observed = Observed {
+        running_generation: &current,
+        target_toplevel: Some(&canonical_target),
+        live: &fresh.live,
+        launchd: None,
+    };
     if let Err(refusal) = saved::check_fresh(&saved, &observed, &fresh.plan) {
         return Ok(refuse(&args.plan, &refusal));
     }
@@ -93,7 +106,7 @@ pub(crate) fn run(args: args::ApplyArgs) -> anyhow::Result<Outcome> {
 }
 
 /// Says why the saved plan is refused and returns the exit outcome.
-fn refuse(path: &Path, refusal: &Rejection) -> Outcome {
+pub(crate) fn refuse(path: &Path, refusal: &Rejection) -> Outcome {
     say!("refused to apply {}: {refusal}", path.display());
     say!("nothing was changed");
     Outcome::Blocked

@@ -67,6 +67,9 @@ pub(crate) fn run(args: args::SettleArgs) -> anyhow::Result<Outcome> {
             "settle does not take --explain; `safe-switch pending` lists what is pending and why",
         ));
     }
+    if crate::darwin::is_darwin_host() {
+        return crate::darwin::settle();
+    }
     let selectors = args
         .units
         .iter()

@@ -19,7 +19,9 @@ mod support;
 
 mod apply_saved;
 mod closure_diff;
+mod darwin_apply;
 mod darwin_diff;
+mod darwin_pending;
 mod darwin_switch;
 mod dbus_timeout;
 mod demo;

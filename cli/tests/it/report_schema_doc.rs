@@ -10,7 +10,9 @@ use plan_model::{
     Action, Deferral, Diagnostic, Edge, FORMAT_VERSION, FlakeInput, Generation, KeyChange, Mode, Plan, ProtectedUnit,
     Protection, ProtectionSource, Provenance, Reason, Refusal, Rule, Severity, Step, UnitPlan,
 };
-use safe_switch_cli::saved::{Inputs, RecordedProtection, RecordedSelector, RecordedUnit, SavedPlan};
+use safe_switch_cli::saved::{
+    Inputs, RecordedJob, RecordedLaunchd, RecordedProtection, RecordedSelector, RecordedUnit, SavedPlan,
+};
 
 fn doc() -> String {
     std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/plan-schema.md")).unwrap()
@@ -163,6 +165,9 @@ fn every_json_key_is_documented() {
                 caller_cgroups: vec!["/system.slice/gitlab-runner.service".into()],
             },
             live: [("a.service".to_owned(), Some(RecordedUnit::default()))].into(),
+            launchd: Some(RecordedLaunchd {
+                jobs: [("system/a".to_owned(), Some(RecordedJob { pid: Some(1), runs: Some(1) }))].into(),
+            }),
         },
     );
     keys(&serde_json::to_value(&saved).unwrap(), &mut found);
@@ -191,6 +196,7 @@ fn every_json_key_is_documented() {
     let record = plan_model::Pending { deferrals: vec![deferral], ..plan_model::Pending::default() };
     keys(&serde_json::from_str(&record.to_json()).unwrap(), &mut found);
     found.remove("a.service");
+    found.remove("system/a");
     let missing: Vec<&String> = found.iter().filter(|k| !doc.contains(&format!("`{k}`"))).collect();
     assert!(missing.is_empty(), "docs/plan-schema.md does not document {missing:?}");
     // Enumerated values too.

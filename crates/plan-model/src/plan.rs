@@ -311,6 +311,13 @@ pub enum Rule {
     NixConfChanged,
     /// A protected launchd job keeps its old plist installed and loaded.
     OldPlistKept,
+    /// nix-darwin's `services.openssh.enable = true` and Remote Login is
+    /// off: macOS's own sshd (`com.openssh.sshd`) is enabled and
+    /// bootstrapped.
+    RemoteLoginOn,
+    /// nix-darwin's `services.openssh.enable = false` and Remote Login is
+    /// on: macOS's own sshd is booted out and disabled.
+    RemoteLoginOff,
     /// system-manager: the unit file's store path changed, so its
     /// activation reloads the unit when it has `ExecReload`, restarts it
     /// otherwise, and starts it when it is not running
@@ -375,6 +382,8 @@ impl Rule {
             Rule::JobNotLoaded => "launchd job not loaded: bootstrapped",
             Rule::NixConfChanged => "nix.conf or machines changed: Nix daemon restarted",
             Rule::OldPlistKept => "protected: old plist kept installed and loaded",
+            Rule::RemoteLoginOn => "services.openssh.enable = true: macOS's sshd enabled and bootstrapped",
+            Rule::RemoteLoginOff => "services.openssh.enable = false: macOS's sshd booted out and disabled",
             Rule::StorePathChanged => "unit file's store path changed: reloaded if it has ExecReload, else restarted",
             Rule::MaskedStop => "masked by system-manager: stopped on every activation",
         }

@@ -25,7 +25,7 @@ pub mod markdown;
 pub mod packages;
 pub mod text;
 
-use plan_model::{Action, Earlier, Edge, FileDiff, Pending, PendingDeferral, Plan, Touch, UnitPlan};
+use plan_model::{Action, Earlier, Edge, FileDiff, Manager, Pending, PendingDeferral, Plan, Touch, UnitPlan};
 
 pub use explain::{explain_json, explain_text};
 
@@ -141,11 +141,29 @@ pub fn pending_line(d: &PendingDeferral) -> String {
     )
 }
 
+/// What carries pending deferrals out, as the reports of `safe-switch
+/// pending` end: `settle`, or for launchd jobs (nix-darwin, where there is
+/// no `settle` yet) a later switch that does not protect them.
+pub fn pending_hint(pending: &Pending) -> &'static str {
+    if pending.deferrals.iter().all(|d| d.manager == Manager::Launchd) {
+        "a later `safe-switch switch` that does not protect a job carries its deferral out (`safe-switch settle` is not built for nix-darwin hosts yet)"
+    } else {
+        "`safe-switch settle` carries out what the protections in force allow (`--when-idle`: once each unit is idle)"
+    }
+}
+
 /// Where a pending deferral's running instance came from and what is
 /// installed: `running as started from /nix/store/...-a; the unit file of
-/// /nix/store/...-b is installed`.
+/// /nix/store/...-b is installed`. A launchd job keeps its old plist
+/// installed and loaded: `loaded from the plist of ...-a; the plist of
+/// ...-b is not installed yet`.
 pub fn pending_generations(d: &PendingDeferral) -> String {
-    format!("running as started from {}; the unit file of {} is installed", d.from, d.generation)
+    match d.manager {
+        Manager::Launchd => {
+            format!("loaded from the plist of {}; the plist of {} is not installed yet", d.from, d.generation)
+        }
+        _ => format!("running as started from {}; the unit file of {} is installed", d.from, d.generation),
+    }
 }
 
 /// A time as `2025-03-01 10:00 UTC`, from seconds since the epoch.

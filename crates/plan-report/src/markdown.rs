@@ -130,7 +130,7 @@ pub fn render_pending(pending: &Pending, limit: usize) -> String {
     for d in &pending.deferrals {
         b.row(&format!("{}\n", pending_row(d)));
     }
-    b.push("\n`safe-switch settle` carries out what the protections in force allow (`--when-idle`: once each unit is idle).\n");
+    b.push(&format!("\n{}.\n", crate::pending_hint(pending)));
     b.finish()
 }
 

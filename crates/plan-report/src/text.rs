@@ -20,7 +20,7 @@ use plan_model::{
     Action, Earlier, KeyChange, Mode, Pending, Phase, Plan, ProtectionSource, Rule, Severity, Step, UnitPlan,
 };
 
-use crate::{Blocker, Report, Style, Verdict, chain_line, pending_generations, pending_line, printable};
+use crate::{Blocker, Report, Style, Verdict, chain_line, pending_generations, pending_hint, pending_line, printable};
 
 /// What a line is, for its colour.
 #[derive(Clone, Copy)]
@@ -305,9 +305,7 @@ pub fn render_pending(pending: &Pending, style: Style) -> String {
         out.plain(&printable(&format!("    {}", pending_generations(d))));
     }
     out.blank();
-    out.plain(
-        "`safe-switch settle` carries out what the protections in force allow (`--when-idle`: once each unit is idle)",
-    );
+    out.plain(pending_hint(pending));
     out.text
 }
 

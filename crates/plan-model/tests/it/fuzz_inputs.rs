@@ -325,11 +325,13 @@ fn pending_records_parse_without_panic_and_round_trip() {
         match result {
             Ok(pending) => {
                 prop_assert_eq!(Pending::from_json(&pending.to_json()).unwrap(), pending.clone());
-                // Checked against a live state that knows none of its
-                // units: everything is dropped, nothing panics.
-                let checked = pending.checked(Manager::Systemd, &LiveState::default());
-                prop_assert!(checked.pending.is_empty());
-                prop_assert_eq!(checked.earlier.len(), pending.deferrals.len());
+                // Checked, for each manager, against a live state that
+                // knows none of its units: everything is dropped, nothing
+                // panics.
+                let systemd = pending.checked(Manager::Systemd, &LiveState::default());
+                let launchd = systemd.pending.checked(Manager::Launchd, &LiveState::default());
+                prop_assert!(launchd.pending.is_empty());
+                prop_assert_eq!(systemd.earlier.len() + launchd.earlier.len(), pending.deferrals.len());
             }
             Err(err) => prop_assert!(err.to_string().len() <= 8 * text.len() + 512),
         }
