@@ -93,6 +93,7 @@ pub mod nix;
 pub mod require;
 mod ssh;
 pub mod store;
+pub mod system_manager;
 pub mod unit;
 
 pub use bed::{BASE_UNITS, Config, JOURNAL_UNITS, LOGIND_UNITS, TestBed, UnitState, available, unsupported_reason};
