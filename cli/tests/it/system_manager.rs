@@ -215,15 +215,17 @@ fn a_protected_switch_keeps_sshd_and_the_runner_and_the_state_file_tells_the_tru
 }
 
 /// The control: without protection the same switch restarts sshd and the
-/// runner, and the state file has B's store paths for every unit.
+/// runner, and the state file has B's store paths for every unit. It runs
+/// isolated, in a transient unit of the bed's systemd.
 #[test]
 fn without_protection_sshd_and_the_runner_are_restarted() {
     testbed::require!(bed);
     let bed = boot(&generation_a());
     let b = bed.build_generation(&generation_b()).unwrap();
     let before = states(&bed);
-    let out = safe_switch(&bed, &["switch", "--toplevel", path_str(&b), "--no-isolate"]);
+    let out = safe_switch(&bed, &["switch", "--toplevel", path_str(&b)]);
     assert_eq!(out.code(), Some(0), "{out:?}");
+    assert!(out.stderr.contains("safe-switch-"), "isolated in a transient unit: {}", out.stderr);
     let after = states(&bed);
     for unit in ["sshd.service", "gitlab-runner.service", "metrics.service"] {
         assert!(after[unit].is_active(), "{unit}: {:?}", after[unit]);
@@ -409,4 +411,70 @@ fn a_switch_killed_between_steps_is_resumed_by_the_next_run_and_the_state_file_s
     check_switched(&bed, &before, &a, &b);
     check_pending(&bed);
     assert!(!bed.run_dir().join("safe-switch/progress.json").exists());
+}
+
+/// A switch whose new unit fails rolls back to the generation it came
+/// from, system-manager's profile before the switch, with the same
+/// protection: A's engine registers A again and places its files, and the
+/// state file is A's.
+#[test]
+fn a_failed_switch_rolls_back_to_the_profiles_previous_generation() {
+    testbed::require!(bed);
+    let bed = boot(&generation_a());
+    let a = bed.system_manager_profile().unwrap();
+    let a_units = unit_dir(&bed);
+    let b = bed
+        .build_generation(
+            &generation_b().service("broken.service", oneshot("broken", "ExecStart=/bin/sh -c 'exit 3'\n")),
+        )
+        .unwrap();
+    let before = states(&bed);
+    let out = safe_switch(
+        &bed,
+        &["switch", "--toplevel", path_str(&b), "--protect", "sshd", "--rollback-on-failure", "--no-isolate"],
+    );
+    assert_eq!(out.code(), Some(4), "{out:?}");
+    assert!(out.stderr.contains("broken.service: failed/failed"), "{}", out.stderr);
+    assert!(out.stderr.contains(&format!("rolled back to {}", a.display())), "{}", out.stderr);
+    assert_eq!(
+        bed.engine_log(),
+        [
+            "preActivationAssertions b",
+            "register-profile b",
+            "prepopulate b",
+            "preActivationAssertions b",
+            "preActivationAssertions a",
+            "register-profile a",
+            "prepopulate a",
+            "preActivationAssertions a",
+        ]
+    );
+    assert_eq!(bed.system_manager_profile().unwrap(), a);
+    assert_eq!(unit_dir(&bed), a_units);
+    let after = states(&bed);
+    assert_eq!(after["sshd.service"], before["sshd.service"], "sshd was protected both ways");
+    assert!(after["legacy.service"].is_active(), "A's unit runs again");
+    assert!(!after["cache.service"].is_active(), "B's new unit is stopped");
+    assert_eq!(bed.system_manager_state().unwrap()["services"], Value::Object(services_of(&a)));
+}
+
+/// `plan --out` then `apply` of the saved plan: the same switch.
+#[test]
+fn a_saved_plan_is_applied_on_a_system_manager_host() {
+    testbed::require!(bed);
+    let bed = boot(&generation_a());
+    let a = bed.system_manager_profile().unwrap();
+    let b = bed.build_generation(&generation_b()).unwrap();
+    let before = states(&bed);
+    let dir = tempfile::tempdir().unwrap();
+    let saved = dir.path().join("plan.json");
+    let out = safe_switch(
+        &bed,
+        &["plan", "--toplevel", path_str(&b), "--protect", "sshd,gitlab-runner", "--out", path_str(&saved)],
+    );
+    assert_eq!(out.code(), Some(0), "{out:?}");
+    let out = safe_switch(&bed, &["apply", path_str(&saved), "--no-isolate"]);
+    assert_eq!(out.code(), Some(0), "{out:?}");
+    check_switched(&bed, &before, &a, &b);
+    check_pending(&bed);
 }
