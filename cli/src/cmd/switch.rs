@@ -150,6 +150,10 @@ pub(crate) fn finish_interrupted(
     let resumed = interrupted.progress.plan.clone();
     let report = crate::sysmgr::resume(interrupted, mgr, run, options)?;
     say_text!("{}", report_text(&report));
+    if report.unchanged {
+        let why = report.aborted.as_deref().unwrap_or("a check failed");
+        bail!("the interrupted switch to {target} was refused ({why}); nothing more was changed");
+    }
     crate::pending::record(run, &resumed, mgr);
     if report.aborted.is_none() {
         crate::sysmgr::sync_state(run, &resumed);
