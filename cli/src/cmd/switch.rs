@@ -154,10 +154,7 @@ pub(crate) fn finish_interrupted(
         let why = report.aborted.as_deref().unwrap_or("a check failed");
         bail!("the interrupted switch to {target} was refused ({why}); nothing more was changed");
     }
-    crate::pending::record(run, &resumed, mgr);
-    if report.aborted.is_none() {
-        crate::sysmgr::sync_state(run, &resumed);
-    }
+    record(run, &resumed, &report, mgr);
     if report.aborted.is_some() {
         bail!("the interrupted switch to {target} could not be finished (see above); run again to resume it");
     }
@@ -192,6 +189,16 @@ fn reprotect_remaining(
     Ok(plan)
 }
 
+/// Records what `plan` deferred ([`crate::pending::record`]) and, when it
+/// was carried out to the end, brings a system-manager host's state file
+/// up to date with the record ([`crate::sysmgr::sync_state`]).
+fn record(run: &RunDir, plan: &Plan, report: &ApplyReport, mgr: &mut dyn ServiceManager) {
+    crate::pending::record(run, plan, mgr);
+    if report.aborted.is_none() {
+        crate::sysmgr::sync_state(run, plan);
+    }
+}
+
 /// What an apply did, as text, with the status of the units that failed.
 pub(crate) fn report_text(report: &ApplyReport) -> String {
     let mut s = report.render_text();
@@ -224,10 +231,7 @@ pub(crate) fn apply_plan(
         let why = report.aborted.as_deref().unwrap_or("a check failed");
         bail!("the switch to {} was refused ({why}); nothing was changed", plan.new.path);
     }
-    crate::pending::record(run, plan, bus);
-    if report.aborted.is_none() {
-        crate::sysmgr::sync_state(run, plan);
-    }
+    record(run, plan, &report, bus);
     if report.success() {
         say!("switched to {}", plan.new.path);
         return Ok(Outcome::Ok);
@@ -246,10 +250,7 @@ pub(crate) fn apply_plan(
                 plan.old.path
             );
         }
-        crate::pending::record(run, &back.plan, bus);
-        if rb.aborted.is_none() {
-            crate::sysmgr::sync_state(run, &back.plan);
-        }
+        record(run, &back.plan, &rb, bus);
         if rb.success() {
             say!("rolled back to {}; the switch to {} failed (see above)", plan.old.path, plan.new.path);
         } else {
