@@ -21,15 +21,12 @@ pub(crate) const UNIT_DIR: &str = "/etc/systemd/system";
 /// Where NixOS keeps the running generation.
 pub(crate) const CURRENT_SYSTEM: &str = "/run/current-system";
 
-/// Where system-manager registers the generation it activated. On a
-/// system-manager host `/run/current-system` links to `/run/system-manager`,
-/// which is not a toplevel.
-pub(crate) const SYSTEM_MANAGER_PROFILE: &str = "/nix/var/nix/profiles/system-manager-profiles/system-manager";
-
 /// The running generation to plan from: `/run/current-system`, or
-/// system-manager's profile when only that is a toplevel.
+/// system-manager's profile (where it registers the generation it
+/// activated) when only that is a toplevel: on a system-manager host
+/// `/run/current-system` links to `/run/system-manager`, which is not one.
 pub(crate) fn running_generation() -> PathBuf {
-    pick_running(Path::new(CURRENT_SYSTEM), Path::new(SYSTEM_MANAGER_PROFILE))
+    pick_running(Path::new(CURRENT_SYSTEM), &crate::sysmgr::SystemManagerEnv::get().profile())
 }
 
 fn pick_running(current: &Path, profile: &Path) -> PathBuf {

@@ -33,6 +33,7 @@ mod protect;
 mod report;
 pub mod saved;
 mod source;
+mod sysmgr;
 pub mod test_hooks;
 
 use std::process::ExitCode;

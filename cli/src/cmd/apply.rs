@@ -22,7 +22,7 @@ use systemd_live::RunDir;
 use crate::args;
 use crate::cmd::switch;
 use crate::exit::Outcome;
-use crate::host::{self, CURRENT_SYSTEM};
+use crate::host;
 use crate::saved::{self, Observed, PlanKey, Rejection, SavedPlan};
 
 /// Runs `apply`.
@@ -78,15 +78,17 @@ pub(crate) fn run(args: args::ApplyArgs) -> anyhow::Result<Outcome> {
     // protections than apply today gets other actions, and is refused.
     let mut protect = saved.inputs.protection.to_args()?;
     protect.cgroup_file = args.cgroup_file.clone();
-    let current = std::fs::canonicalize(CURRENT_SYSTEM)
-        .with_context(|| format!("{CURRENT_SYSTEM}: cannot resolve the running generation; nothing was changed"))?;
+    let running = host::running_generation();
+    let current = std::fs::canonicalize(&running).with_context(|| {
+        format!("{}: cannot resolve the running generation; nothing was changed", running.display())
+    })?;
     let current = current.display().to_string();
     if current != saved.inputs.running_generation {
         let refusal =
             Rejection::RunningGenerationChanged { recorded: saved.inputs.running_generation.clone(), now: current };
         return Ok(refuse(&args.plan, &refusal));
     }
-    let mut fresh = host::live_plan(Path::new(CURRENT_SYSTEM), target, &protect, &mut bus)?;
+    let mut fresh = host::live_plan(&running, target, &protect, &mut bus)?;
     host::read_processes(&mut fresh, &mut bus)?;
     let canonical_target = canonical_target.display().to_string();
     let observed = Observed {

@@ -76,6 +76,8 @@ fn full_plan() -> Plan {
             Step::Reexec { reasons: vec!["x".into()] },
             Step::DaemonReload,
             Step::RestartSysinitReactivation,
+            Step::Assertions { script: "/new/bin/preActivationAssertions".into() },
+            Step::Mask { units: vec!["ssh.service".into()] },
         ],
         protection: Protection {
             mode: Mode::Refuse,

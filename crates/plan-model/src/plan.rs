@@ -155,7 +155,9 @@ impl std::fmt::Display for Action {
     }
 }
 
-/// The phases of a switch, in the order NixOS's switch runs them.
+/// The phases of a switch. A plan runs them in one of two orders:
+/// NixOS's ([`Phase::ORDER`]) or system-manager's
+/// ([`Phase::SYSTEM_MANAGER_ORDER`]); [`Plan::phase_order`] says which.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Phase {
@@ -179,11 +181,27 @@ pub enum Phase {
     Restart,
     /// Unit starts.
     Start,
+    /// system-manager: the generation's pre-activation assertions.
+    Assertions,
+    /// system-manager: the generation registered as system-manager's
+    /// profile.
+    RegisterProfile,
+    /// system-manager: the generation's `/etc` files and services map put
+    /// in place, no unit touched.
+    Prepopulate,
+    /// system-manager: restart of `userborn.service`.
+    Userborn,
+    /// system-manager: `systemd-tmpfiles` on the generation's rules.
+    Tmpfiles,
+    /// system-manager: the units the generation masks, masked.
+    Mask,
+    /// system-manager: its state file, as the switch left the units.
+    SystemManagerState,
 }
 
 impl Phase {
-    /// Every phase, in the order a switch runs them. The one order: the
-    /// executor carries the phases out in it, and the reports list them in
+    /// Every phase of a NixOS switch, in the order it runs them: the
+    /// executor carries such a plan out in it, and the reports list it in
     /// it.
     pub const ORDER: [Phase; 10] = [
         Phase::Swapoff,
@@ -196,6 +214,29 @@ impl Phase {
         Phase::Reload,
         Phase::Restart,
         Phase::Start,
+    ];
+
+    /// Every phase of a system-manager switch, in the order of
+    /// system-manager's own activation: the files and state first (the
+    /// generation's own engine), then daemon-reload,
+    /// `sysinit-reactivation.target`, userborn and tmpfiles, then the
+    /// units (stops after the daemon-reload: systemd keeps a running unit
+    /// whose file is gone), the masks, and the state file last.
+    pub const SYSTEM_MANAGER_ORDER: [Phase; 14] = [
+        Phase::Assertions,
+        Phase::RegisterProfile,
+        Phase::Prepopulate,
+        Phase::DaemonReload,
+        Phase::SysinitReactivation,
+        Phase::Userborn,
+        Phase::Tmpfiles,
+        Phase::Stop,
+        Phase::Skip,
+        Phase::Reload,
+        Phase::Restart,
+        Phase::Start,
+        Phase::Mask,
+        Phase::SystemManagerState,
     ];
 }
 
@@ -426,6 +467,40 @@ pub enum Step {
     DaemonReload,
     /// Restart `sysinit-reactivation.target`.
     RestartSysinitReactivation,
+    /// system-manager: run the new generation's
+    /// `bin/preActivationAssertions`; a failure stops the switch before
+    /// any change.
+    Assertions {
+        /// Path of the script.
+        script: String,
+    },
+    /// system-manager: register the new generation as its profile, with
+    /// the generation's `bin/register-profile`.
+    RegisterProfile {
+        /// Path of the script.
+        script: String,
+    },
+    /// system-manager: put the new generation's `/etc` files in place and
+    /// its services map in the state file, without starting, stopping or
+    /// reloading anything, with the generation's `bin/prepopulate`.
+    Prepopulate {
+        /// Path of the script.
+        script: String,
+    },
+    /// system-manager: restart `userborn.service` when it exists.
+    RestartUserborn,
+    /// system-manager: `systemd-tmpfiles --create --remove` on the
+    /// generation's `tmpfiles.d` rules.
+    Tmpfiles,
+    /// system-manager: mask the units the generation masks, then
+    /// daemon-reload.
+    Mask {
+        /// The units, sorted.
+        units: Vec<String>,
+    },
+    /// system-manager: write its state file as the switch leaves the
+    /// units: a unit whose action was deferred keeps its old store path.
+    SystemManagerState,
 }
 
 impl Step {
@@ -437,7 +512,19 @@ impl Step {
             Step::Reexec { .. } => Phase::Reexec,
             Step::DaemonReload => Phase::DaemonReload,
             Step::RestartSysinitReactivation => Phase::SysinitReactivation,
+            Step::Assertions { .. } => Phase::Assertions,
+            Step::RegisterProfile { .. } => Phase::RegisterProfile,
+            Step::Prepopulate { .. } => Phase::Prepopulate,
+            Step::RestartUserborn => Phase::Userborn,
+            Step::Tmpfiles => Phase::Tmpfiles,
+            Step::Mask { .. } => Phase::Mask,
+            Step::SystemManagerState => Phase::SystemManagerState,
         }
+    }
+
+    /// Whether the step is one of system-manager's activation.
+    pub fn is_system_managers(&self) -> bool {
+        Phase::SYSTEM_MANAGER_ORDER.contains(&self.phase()) && !Phase::ORDER.contains(&self.phase())
     }
 }
 
@@ -710,6 +797,13 @@ impl Plan {
         self.steps.iter().any(|s| s.phase() == phase)
     }
 
+    /// The order this plan's phases run in: system-manager's when it has a
+    /// step of system-manager's activation, else NixOS's. (A plan with
+    /// unit actions only runs them in the same order either way.)
+    pub fn phase_order(&self) -> &'static [Phase] {
+        if self.steps.iter().any(Step::is_system_managers) { &Phase::SYSTEM_MANAGER_ORDER } else { &Phase::ORDER }
+    }
+
     /// Returns the plan as pretty-printed JSON with a trailing newline.
     pub fn to_json(&self) -> String {
         // Serializing plain structs of strings and vectors cannot fail.
@@ -744,6 +838,39 @@ mod tests {
         let used: Vec<Phase> = actions.iter().map(|a| a.phase()).chain(steps.iter().map(Step::phase)).collect();
         assert!(used.iter().all(|p| Phase::ORDER.contains(p)), "{used:?}");
         assert_eq!(used.len(), Phase::ORDER.len(), "every phase is an action's or a step's");
+    }
+
+    #[test]
+    fn a_system_manager_plan_runs_in_system_managers_order_with_every_one_of_its_phases() {
+        let actions = [Action::Stop, Action::Reload, Action::Restart, Action::Start, Action::Skip];
+        let steps = [
+            Step::Assertions { script: "/b/bin/preActivationAssertions".into() },
+            Step::RegisterProfile { script: "/b/bin/register-profile".into() },
+            Step::Prepopulate { script: "/b/bin/prepopulate".into() },
+            Step::DaemonReload,
+            Step::RestartSysinitReactivation,
+            Step::RestartUserborn,
+            Step::Tmpfiles,
+            Step::Mask { units: vec!["ssh.service".into()] },
+            Step::SystemManagerState,
+        ];
+        let mut used: Vec<Phase> = actions.iter().map(|a| a.phase()).chain(steps.iter().map(Step::phase)).collect();
+        used.sort();
+        let mut order = Phase::SYSTEM_MANAGER_ORDER.to_vec();
+        order.sort();
+        assert_eq!(used, order, "every phase is an action's or a step's");
+        // The stops come after the files and the daemon-reload, as in
+        // system-manager's activation, unlike NixOS's.
+        let at = |p: Phase| Phase::SYSTEM_MANAGER_ORDER.iter().position(|q| *q == p).unwrap();
+        assert!(at(Phase::Prepopulate) < at(Phase::DaemonReload) && at(Phase::DaemonReload) < at(Phase::Stop));
+        assert!(at(Phase::Start) < at(Phase::SystemManagerState));
+
+        let mut plan = Plan::between("/a", "/b", vec![]);
+        assert_eq!(plan.phase_order(), Phase::ORDER);
+        plan.steps = vec![Step::DaemonReload, Step::RestartSysinitReactivation];
+        assert_eq!(plan.phase_order(), Phase::ORDER);
+        plan.steps = steps.to_vec();
+        assert_eq!(plan.phase_order(), Phase::SYSTEM_MANAGER_ORDER);
     }
 
     #[test]

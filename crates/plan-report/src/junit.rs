@@ -180,6 +180,13 @@ fn cases(plan: &Plan) -> Vec<Case> {
             plan_model::Step::Reexec { .. } => "re-execute the service manager".to_owned(),
             plan_model::Step::DaemonReload => "daemon-reload".to_owned(),
             plan_model::Step::RestartSysinitReactivation => "restart sysinit-reactivation.target".to_owned(),
+            plan_model::Step::Assertions { .. } => "pre-activation assertions".to_owned(),
+            plan_model::Step::RegisterProfile { .. } => "register the profile".to_owned(),
+            plan_model::Step::Prepopulate { .. } => "files and state (prepopulate)".to_owned(),
+            plan_model::Step::RestartUserborn => "restart userborn.service".to_owned(),
+            plan_model::Step::Tmpfiles => "tmpfiles".to_owned(),
+            plan_model::Step::Mask { .. } => "mask units".to_owned(),
+            plan_model::Step::SystemManagerState => "system-manager state file".to_owned(),
         };
         let name = format!("step {}: {kind}", i + 1);
         cases.push(Case { classname: STEPS, name, outcome: Outcome::Pass, out: crate::text::step_line(step) });

@@ -124,7 +124,7 @@ fn phase_lines(plan: &Plan) -> Vec<String> {
         (!units.is_empty()).then(|| format!("{verb}: {}", units.join(", ")))
     };
     let mut lines = Vec::new();
-    for phase in Phase::ORDER {
+    for &phase in plan.phase_order() {
         match phase {
             Phase::Stop => lines.extend(unit_line("stopping the following units", Action::Stop)),
             Phase::Skip => lines.extend(unit_line("NOT restarting the following changed units", Action::Skip)),
@@ -148,6 +148,17 @@ pub fn step_line(step: &Step) -> String {
         Step::Reexec { reasons } => format!("restarting systemd ({})", reasons.join("; ")),
         Step::DaemonReload => "reloading systemd (daemon-reload)".to_owned(),
         Step::RestartSysinitReactivation => "restarting sysinit-reactivation.target".to_owned(),
+        Step::Assertions { script } => format!("checking the pre-activation assertions: {script}"),
+        Step::RegisterProfile { script } => format!("registering the profile: {script}"),
+        Step::Prepopulate { script } => {
+            format!("placing the files and the services map, no unit touched: {script}")
+        }
+        Step::RestartUserborn => "restarting userborn.service, when it exists".to_owned(),
+        Step::Tmpfiles => "creating files from the generation's tmpfiles.d rules (systemd-tmpfiles)".to_owned(),
+        Step::Mask { units } => format!("masking the following units: {}", units.join(", ")),
+        Step::SystemManagerState => {
+            "writing system-manager's state file (units deferred keep their old store paths)".to_owned()
+        }
     }
 }
 

@@ -49,6 +49,15 @@ pub trait Host {
     /// Returns a human-readable status of failed units (`systemctl status`),
     /// when one can be had.
     fn status_text(&mut self, units: &[String]) -> Option<String>;
+    /// Carries out a step of system-manager's activation that is not the
+    /// service manager's (the generation's own engine: assertions,
+    /// register-profile, prepopulate; tmpfiles; masking; the state file).
+    /// Returns a short note on what happened, or why it failed. A host
+    /// that is not a system-manager one has none of these steps.
+    fn engine_step(&mut self, step: &Step, plan: &Plan) -> Result<String, String> {
+        let _ = plan;
+        Err(format!("not a system-manager host: cannot carry out the {} step", phase_name(step.phase())))
+    }
 }
 
 /// The host's real processes.
@@ -219,6 +228,11 @@ pub struct ApplyReport {
     /// The check of every protected unit that was running before.
     #[serde(default)]
     pub protected: Vec<ProtectedCheck>,
+    /// The apply stopped at a check before any change (system-manager's
+    /// pre-activation assertions): nothing was changed, and nothing is
+    /// left to resume.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub unchanged: bool,
 }
 
 impl ApplyReport {
@@ -271,6 +285,9 @@ impl ApplyReport {
         if !self.not_done.is_empty() {
             let names: Vec<&str> = self.not_done.iter().map(|p| phase_name(*p)).collect();
             s.push_str(&format!("not done: {}\n", names.join(", ")));
+        }
+        if self.unchanged {
+            s.push_str("nothing was changed\n");
         }
         if !self.left.is_empty() {
             s.push_str("left as they are until the next run resumes the switch:\n");
@@ -332,7 +349,7 @@ fn phases_of(plan: &Plan) -> Vec<(Phase, Vec<(JobKind, String)>)> {
             .unwrap_or_default()
     };
     let mut out = Vec::new();
-    for phase in Phase::ORDER {
+    for &phase in plan.phase_order() {
         let js = match phase {
             Phase::Stop => jobs(Action::Stop),
             Phase::Reload => jobs(Action::Reload),
@@ -444,9 +461,9 @@ pub fn resume(
     Ok(carry_out(file, &before, mgr, host, run, opts, progress))
 }
 
-/// Carries out the phases of `file.plan` not done yet, in
-/// [`Phase::ORDER`], then checks for failed units and disturbed protected
-/// units (against `before`).
+/// Carries out the phases of `file.plan` not done yet, in its order
+/// ([`Plan::phase_order`]), then checks for failed units and disturbed
+/// protected units (against `before`).
 fn carry_out(
     file: ProgressFile,
     before: &Baseline,
@@ -467,13 +484,16 @@ fn carry_out(
         failed_status: None,
         already_failed: Vec::new(),
         protected: Vec::new(),
+        unchanged: false,
     };
     let mut ex = Execution { file, report, failed_jobs: Vec::new(), mgr, host, run, opts, progress };
     for (phase, jobs) in phases_of(&plan) {
         ex.phase(&plan, phase, &jobs);
     }
-    ex.check_failed_units(&plan);
-    if ex.report.aborted.is_some() {
+    if !ex.report.unchanged {
+        ex.check_failed_units(&plan);
+    }
+    if ex.report.aborted.is_some() && !ex.report.unchanged {
         ex.report.left = ex.left_units();
     }
     let names: Vec<String> = before.keys().cloned().collect();
@@ -524,7 +544,14 @@ impl Execution<'_> {
             Phase::Activate => self.activate(plan),
             Phase::Reexec => self.reexec(),
             Phase::DaemonReload => self.daemon_reload(),
-            Phase::SysinitReactivation => self.sysinit_reactivation(),
+            Phase::SysinitReactivation => self.restart_if_loaded(phase, "sysinit-reactivation.target"),
+            Phase::Userborn => self.restart_if_loaded(phase, "userborn.service"),
+            Phase::Assertions => self.engine(plan, phase, Failure::Refuses),
+            Phase::RegisterProfile | Phase::Prepopulate | Phase::SystemManagerState => {
+                self.engine(plan, phase, Failure::Stops)
+            }
+            Phase::Tmpfiles => self.engine(plan, phase, Failure::GoesOn),
+            Phase::Mask => self.mask(plan),
             Phase::Skip => PhaseRecord { phase, jobs: Vec::new(), note: None, ok: true },
         };
         let finished = self.report.aborted.is_none();
@@ -675,23 +702,64 @@ impl Execution<'_> {
         self.step(Phase::DaemonReload, r)
     }
 
-    /// Restarts `sysinit-reactivation.target` when the manager has it
-    /// loaded; skipped otherwise.
-    fn sysinit_reactivation(&mut self) -> PhaseRecord {
-        const TARGET: &str = "sysinit-reactivation.target";
-        const PHASE: Phase = Phase::SysinitReactivation;
-        match self.mgr.unit_status(&[TARGET.to_owned()]) {
-            Ok(st) if st.get(TARGET).is_some_and(|s| s.load_state == "loaded") => {
-                self.progress.phase(PHASE, &format!("restarting {TARGET}"));
+    /// Restarts `unit` (`sysinit-reactivation.target`, `userborn.service`)
+    /// when the manager has it loaded; skipped otherwise.
+    fn restart_if_loaded(&mut self, phase: Phase, unit: &str) -> PhaseRecord {
+        match self.mgr.unit_status(&[unit.to_owned()]) {
+            Ok(st) if st.get(unit).is_some_and(|s| s.load_state == "loaded") => {
+                self.progress.phase(phase, &format!("restarting {unit}"));
                 let progress = &mut *self.progress;
-                let job = [(JobKind::Restart, TARGET.to_owned())];
+                let job = [(JobKind::Restart, unit.to_owned())];
                 match self.mgr.run_jobs(&job, self.opts.job_timeout, &mut |o| progress.job(o)) {
-                    Ok(outcomes) => self.jobs_record(PHASE, outcomes.into_iter().map(JobRecord::from).collect()),
-                    Err(e) => self.step(PHASE, Err(e)),
+                    Ok(outcomes) => self.jobs_record(phase, outcomes.into_iter().map(JobRecord::from).collect()),
+                    Err(e) => self.step(phase, Err(e)),
                 }
             }
-            Ok(_) => noted(PHASE, format!("{TARGET} does not exist: skipped"), true),
-            Err(e) => self.step(PHASE, Err(e)),
+            Ok(_) => noted(phase, format!("{unit} does not exist: skipped"), true),
+            Err(e) => self.step(phase, Err(e)),
+        }
+    }
+
+    /// A step of system-manager's activation the host carries out (see
+    /// [`Host::engine_step`]). What a failure does depends on the step:
+    /// the assertions refuse the switch before any change, a failed
+    /// profile, prepopulate or state file stops the apply there (the next
+    /// run resumes it), and a failed tmpfiles fails the phase while the
+    /// apply goes on, as in system-manager's activation.
+    fn engine(&mut self, plan: &Plan, phase: Phase, failure: Failure) -> PhaseRecord {
+        let Some(step) = plan.steps.iter().find(|s| s.phase() == phase) else {
+            return noted(phase, "not in the plan: skipped", true);
+        };
+        self.progress.phase(phase, &engine_line(step));
+        match self.host.engine_step(step, plan) {
+            Ok(note) => noted(phase, note, true),
+            Err(why) => {
+                self.progress.note(&format!("{} failed: {why}", phase_name(phase)));
+                match failure {
+                    Failure::GoesOn => {}
+                    Failure::Stops => self.report.aborted = Some(format!("{} phase: {why}", phase_name(phase))),
+                    Failure::Refuses => {
+                        self.report.aborted = Some(format!("{} phase: {why}", phase_name(phase)));
+                        self.report.unchanged = true;
+                    }
+                }
+                noted(phase, why, false)
+            }
+        }
+    }
+
+    /// Masks the units the plan's mask step lists (by the host), then
+    /// reloads the service manager, as system-manager does after its unit
+    /// actions. A failure fails the phase; the apply goes on.
+    fn mask(&mut self, plan: &Plan) -> PhaseRecord {
+        let record = self.engine(plan, Phase::Mask, Failure::GoesOn);
+        if !record.ok {
+            return record;
+        }
+        let r = self.mgr.daemon_reload(self.opts.reload_timeout);
+        match r {
+            Ok(()) => record,
+            Err(e) => noted(Phase::Mask, format!("masked, but the daemon-reload after it failed: {e}"), false),
         }
     }
 
@@ -745,14 +813,38 @@ impl Execution<'_> {
 
     /// Ends the apply: a complete one becomes the run directory's last
     /// record, and its records of the state before are removed; one that
-    /// stopped early stays to be resumed.
+    /// stopped early stays to be resumed, unless it changed nothing.
     fn finish(mut self) -> ApplyReport {
-        if self.report.aborted.is_none() {
+        if self.report.aborted.is_none() || self.report.unchanged {
             self.file.finished = true;
             let _ = self.run.finish(&self.file);
             self.run.remove_before_records();
         }
         self.report
+    }
+}
+
+/// What a failed step of system-manager's activation does to the apply.
+#[derive(Clone, Copy)]
+enum Failure {
+    /// Nothing was changed yet: the apply ends, with nothing to resume.
+    Refuses,
+    /// The apply stops there; the next run resumes it.
+    Stops,
+    /// The phase fails, and the apply goes on.
+    GoesOn,
+}
+
+/// The progress line of a step of system-manager's activation.
+fn engine_line(step: &Step) -> String {
+    match step {
+        Step::Assertions { script } => format!("checking the pre-activation assertions ({script})..."),
+        Step::RegisterProfile { script } => format!("registering the profile ({script})..."),
+        Step::Prepopulate { script } => format!("placing the files and the services map ({script})..."),
+        Step::Tmpfiles => "creating files from the generation's tmpfiles.d rules...".to_owned(),
+        Step::Mask { units } => format!("masking the following units: {}", units.join(", ")),
+        Step::SystemManagerState => "writing system-manager's state file...".to_owned(),
+        other => format!("{}...", phase_name(other.phase())),
     }
 }
 
@@ -899,6 +991,69 @@ mod tests {
         fn status_text(&mut self, units: &[String]) -> Option<String> {
             Some(format!("status of {}", units.join(" ")))
         }
+    }
+
+    /// A system-manager host whose engine steps succeed, but those it is
+    /// told to fail, and are recorded.
+    #[derive(Default)]
+    struct EngineHost {
+        steps: Vec<Phase>,
+        fail: Vec<Phase>,
+    }
+
+    impl Host for EngineHost {
+        fn activate(&mut self, _script: &Path, _toplevel: &Path) -> Result<i32, Error> {
+            panic!("a system-manager plan never runs an activation script");
+        }
+        fn swapoff(&mut self, _device: &str) -> Result<(), String> {
+            Ok(())
+        }
+        fn status_text(&mut self, _units: &[String]) -> Option<String> {
+            None
+        }
+        fn engine_step(&mut self, step: &Step, _plan: &Plan) -> Result<String, String> {
+            self.steps.push(step.phase());
+            if self.fail.contains(&step.phase()) {
+                Err(format!("{} exited with status 1", phase_name(step.phase())))
+            } else {
+                Ok("done".to_owned())
+            }
+        }
+    }
+
+    /// A plan of system-manager's: its steps, a removed unit, a changed
+    /// one, the target started.
+    fn system_manager_plan() -> Plan {
+        let mut p = plan(
+            vec![
+                unit("gone.service", &[Action::Stop]),
+                unit("web.service", &[Action::Restart]),
+                unit("system-manager.target", &[Action::Start]),
+            ],
+            &["sshd.service"],
+        );
+        p.steps = vec![
+            Step::Assertions { script: "/gen/b/bin/preActivationAssertions".into() },
+            Step::RegisterProfile { script: "/gen/b/bin/register-profile".into() },
+            Step::Prepopulate { script: "/gen/b/bin/prepopulate".into() },
+            Step::DaemonReload,
+            Step::RestartSysinitReactivation,
+            Step::RestartUserborn,
+            Step::Tmpfiles,
+            Step::Mask { units: vec!["ssh.service".into()] },
+            Step::SystemManagerState,
+        ];
+        p
+    }
+
+    fn system_manager_units() -> FakeManager {
+        let mut m = FakeManager::new();
+        m.running("sshd.service");
+        m.running("gone.service");
+        m.running("web.service");
+        m.running("userborn.service");
+        m.inactive("system-manager.target");
+        m
     }
 
     #[derive(Default)]
@@ -1101,6 +1256,121 @@ mod tests {
         assert!(what.contains("MainPID changed"), "{what}");
         assert!(what.contains("InvocationID changed"), "{what}");
         assert!(r.render_text().contains("PROTECTED UNIT DISTURBED: sshd.service"));
+    }
+
+    #[test]
+    fn a_system_manager_plan_runs_in_system_managers_order() {
+        let mut m = system_manager_units();
+        let dir = tempfile::tempdir().unwrap();
+        let run = RunDir::new(dir.path());
+        let mut host = EngineHost::default();
+        let mut progress = Quiet::default();
+        let r = apply(&system_manager_plan(), &mut m, &mut host, &run, &opts(), &mut progress).unwrap();
+        assert!(r.success(), "{}", r.render_text());
+        let phases: Vec<Phase> = r.phases.iter().map(|p| p.phase).collect();
+        assert_eq!(
+            phases,
+            [
+                Phase::Assertions,
+                Phase::RegisterProfile,
+                Phase::Prepopulate,
+                Phase::DaemonReload,
+                Phase::SysinitReactivation,
+                Phase::Userborn,
+                Phase::Tmpfiles,
+                Phase::Stop,
+                Phase::Restart,
+                Phase::Start,
+                Phase::Mask,
+                Phase::SystemManagerState,
+            ]
+        );
+        assert_eq!(
+            host.steps,
+            [
+                Phase::Assertions,
+                Phase::RegisterProfile,
+                Phase::Prepopulate,
+                Phase::Tmpfiles,
+                Phase::Mask,
+                Phase::SystemManagerState
+            ]
+        );
+        // The stop comes after the daemon-reload, and the masks are
+        // followed by one more.
+        assert_eq!(
+            m.calls,
+            [
+                Call::ResetFailed,
+                Call::DaemonReload,
+                Call::Job(JobKind::Restart, "userborn.service".into()),
+                Call::Job(JobKind::Stop, "gone.service".into()),
+                Call::Job(JobKind::Restart, "web.service".into()),
+                Call::Job(JobKind::Start, "system-manager.target".into()),
+                Call::DaemonReload,
+            ]
+        );
+        assert!(r.render_text().contains("sysinit-reactivation: sysinit-reactivation.target does not exist: skipped"));
+        assert!(run.interrupted().unwrap().is_none());
+    }
+
+    #[test]
+    fn failed_assertions_change_nothing_and_leave_nothing_to_resume() {
+        let mut m = system_manager_units();
+        let dir = tempfile::tempdir().unwrap();
+        let run = RunDir::new(dir.path());
+        let mut host = EngineHost { fail: vec![Phase::Assertions], ..Default::default() };
+        let r = apply(&system_manager_plan(), &mut m, &mut host, &run, &opts(), &mut Quiet::default()).unwrap();
+        assert!(r.unchanged && !r.success());
+        assert_eq!(r.aborted.as_deref(), Some("assertions phase: assertions exited with status 1"));
+        assert_eq!(host.steps, [Phase::Assertions]);
+        assert!(m.calls.is_empty(), "{:?}", m.calls);
+        assert!(r.left.is_empty() && r.failed.is_empty());
+        let text = r.render_text();
+        assert!(text.contains("\nnothing was changed\n"), "{text}");
+        assert!(text.contains("not done: register-profile, prepopulate, daemon-reload"), "{text}");
+        assert!(run.interrupted().unwrap().is_none(), "nothing to resume");
+    }
+
+    #[test]
+    fn a_failed_prepopulate_stops_the_apply_there_and_the_next_run_resumes_from_it() {
+        let mut m = system_manager_units();
+        let dir = tempfile::tempdir().unwrap();
+        let run = RunDir::new(dir.path());
+        let mut host = EngineHost { fail: vec![Phase::Prepopulate], ..Default::default() };
+        let r = apply(&system_manager_plan(), &mut m, &mut host, &run, &opts(), &mut Quiet::default()).unwrap();
+        assert!(!r.unchanged);
+        assert_eq!(r.aborted.as_deref(), Some("prepopulate phase: prepopulate exited with status 1"));
+        assert_eq!(host.steps, [Phase::Assertions, Phase::RegisterProfile, Phase::Prepopulate]);
+        assert!(m.calls.is_empty(), "nothing after prepopulate ran: {:?}", m.calls);
+        assert_eq!(r.not_done.first(), Some(&Phase::DaemonReload));
+        let interrupted = run.interrupted().unwrap().expect("left to resume");
+        assert!(interrupted.describe().contains("stopped during: prepopulate"), "{}", interrupted.describe());
+
+        let mut host = EngineHost::default();
+        let r = resume(interrupted, &mut m, &mut host, &run, &opts(), &mut Quiet::default()).unwrap();
+        assert!(r.success(), "{}", r.render_text());
+        assert_eq!(host.steps, [Phase::Prepopulate, Phase::Tmpfiles, Phase::Mask, Phase::SystemManagerState]);
+        assert!(m.calls.contains(&Call::Job(JobKind::Stop, "gone.service".into())));
+    }
+
+    #[test]
+    fn a_failed_tmpfiles_fails_its_phase_and_the_units_are_still_handled() {
+        let mut m = system_manager_units();
+        let dir = tempfile::tempdir().unwrap();
+        let run = RunDir::new(dir.path());
+        let mut host = EngineHost { fail: vec![Phase::Tmpfiles], ..Default::default() };
+        let r = apply(&system_manager_plan(), &mut m, &mut host, &run, &opts(), &mut Quiet::default()).unwrap();
+        assert!(!r.success() && r.aborted.is_none(), "{}", r.render_text());
+        assert!(r.render_text().contains("tmpfiles: tmpfiles exited with status 1\n"), "{}", r.render_text());
+        assert!(m.calls.contains(&Call::Job(JobKind::Restart, "web.service".into())));
+        assert_eq!(host.steps.last(), Some(&Phase::SystemManagerState));
+    }
+
+    #[test]
+    fn a_plain_host_has_no_system_manager_steps() {
+        let err = ProcessHost.engine_step(&Step::Tmpfiles, &system_manager_plan()).unwrap_err();
+        assert_eq!(err, "not a system-manager host: cannot carry out the tmpfiles step");
     }
 
     #[test]

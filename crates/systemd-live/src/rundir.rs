@@ -31,6 +31,7 @@ const LOCK: &str = "lock";
 const PROTECTED_BEFORE: &str = "protected-before.json";
 const FAILED_BEFORE: &str = "failed-before.json";
 const PENDING: &str = "pending.json";
+const SYSTEM_MANAGER_STATE_BEFORE: &str = "system-manager-state-before.json";
 
 /// The largest record of pending deferrals read (far more than the
 /// deferrals of every unit of a large host).
@@ -160,6 +161,13 @@ pub fn phase_name(phase: Phase) -> &'static str {
         Phase::Reload => "reload",
         Phase::Restart => "restart",
         Phase::Start => "start",
+        Phase::Assertions => "assertions",
+        Phase::RegisterProfile => "register-profile",
+        Phase::Prepopulate => "prepopulate",
+        Phase::Userborn => "userborn",
+        Phase::Tmpfiles => "tmpfiles",
+        Phase::Mask => "mask",
+        Phase::SystemManagerState => "system-manager-state",
     }
 }
 
@@ -271,6 +279,14 @@ impl RunDir {
     pub fn unit_output_paths(&self, unit: &str) -> Result<(PathBuf, PathBuf), Error> {
         self.create()?;
         Ok((self.path.join(format!("{unit}.stdout")), self.path.join(format!("{unit}.stderr"))))
+    }
+
+    /// The copy of system-manager's state file as it was before the apply
+    /// in flight (on a system-manager host): what a unit whose actions
+    /// were deferred keeps in the state file. Kept with the progress, so
+    /// that a resumed apply still has it.
+    pub fn system_manager_state_before_path(&self) -> PathBuf {
+        self.path.join(SYSTEM_MANAGER_STATE_BEFORE)
     }
 
     /// The record of deferred actions still pending.

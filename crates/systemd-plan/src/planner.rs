@@ -274,16 +274,26 @@ impl<'a> Planner<'a> {
     ) {
         let live = self.live;
         let running = |name: &str| live.units.get(name).is_some_and(|u| u.is_running());
-        let message = "a system-manager generation: the plan shows what system-manager's own activation does \
-                       (files and daemon-reload first, then the stops, then reload-or-restart and the start of \
-                       system-manager.target); safe-switch plans and checks system-manager hosts but does not \
-                       switch them yet";
+        let message = "a system-manager generation: planned in the order of system-manager's own activation \
+                       (its assertions, profile, files and state first, with the generation's own engine; then \
+                       daemon-reload, the stops, reload-or-restart and the start of system-manager.target), \
+                       which a switch carries out without the actions protection defers";
         self.diagnose(Severity::Info, message.to_owned(), Some(&self.new.root().join("services/services.json")));
-        if let Some(script) = self.new.activate() {
-            self.steps.push(Step::Activate { script: script.display().to_string() });
+        let script = |name: &str| self.new.root().join("bin").join(name).display().to_string();
+        self.steps.extend([
+            Step::Assertions { script: script("preActivationAssertions") },
+            Step::RegisterProfile { script: script("register-profile") },
+            Step::Prepopulate { script: script("prepopulate") },
+            Step::DaemonReload,
+            Step::RestartSysinitReactivation,
+            Step::RestartUserborn,
+            Step::Tmpfiles,
+        ]);
+        let masked: Vec<String> = new_managed.iter().filter(|(_, e)| e.masked).map(|(n, _)| n.clone()).collect();
+        if !masked.is_empty() {
+            self.steps.push(Step::Mask { units: masked });
         }
-        self.steps.push(Step::DaemonReload);
-        self.steps.push(Step::RestartSysinitReactivation);
+        self.steps.push(Step::SystemManagerState);
 
         for (name, old_entry) in old_managed.iter().filter(|(_, e)| !e.masked) {
             if new_managed.contains_key(name) {
