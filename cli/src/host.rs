@@ -220,7 +220,25 @@ pub(crate) fn report_stats(mgr: &dyn ServiceManager) {
         let phases = PHASES.lock().map(|p| p.clone()).unwrap_or_default();
         let phases: Vec<String> =
             phases.iter().map(|(name, took)| format!("{name} {:.1} ms", took.as_secs_f64() * 1000.0)).collect();
-        say!("stats: {} calls to the service manager; {}", mgr.calls_made(), phases.join(", "));
+        say!("stats: {} calls to the service manager; {}{}", mgr.calls_made(), phases.join(", "), memory());
+    }
+}
+
+/// This process's resident memory so far, by kind, as `/proc/self/status`
+/// tells it (Linux only; empty elsewhere).
+fn memory() -> String {
+    let Ok(status) = std::fs::read_to_string("/proc/self/status") else { return String::new() };
+    let kib = |key: &str| {
+        status.lines().find_map(|l| l.strip_prefix(key)?.trim().strip_suffix(" kB")?.trim().parse::<u64>().ok())
+    };
+    match (kib("VmHWM:"), kib("RssAnon:"), kib("RssFile:")) {
+        (Some(peak), Some(anon), Some(file)) => format!(
+            "; peak resident {:.1} MiB (now {:.1} MiB anonymous, {:.1} MiB mapped files)",
+            peak as f64 / 1024.0,
+            anon as f64 / 1024.0,
+            file as f64 / 1024.0
+        ),
+        _ => String::new(),
     }
 }
 
