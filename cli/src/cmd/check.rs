@@ -93,6 +93,8 @@ mod tests {
             protection: Protection { refused, ..Protection::default() },
             diagnostics: vec![],
             packages: None,
+            reboot: Vec::new(),
+            kernel_modules: Vec::new(),
         }
     }
 

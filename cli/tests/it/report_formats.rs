@@ -46,6 +46,8 @@ fn base(old: &str, new: &str) -> Plan {
             line: None,
         }],
         packages: None,
+        reboot: Vec::new(),
+        kernel_modules: Vec::new(),
     }
 }
 
