@@ -619,6 +619,26 @@ mod tests {
     }
 
     #[test]
+    fn files_of_generations_in_a_store_are_known_by_their_content_not_their_paths() {
+        // Two generations, two store paths, one kernel file each, the same.
+        let dir = tempfile::tempdir().unwrap();
+        let store = dir.path().join("store");
+        for side in ["a", "b"] {
+            let root = store.join(side);
+            fs::create_dir_all(root.join("etc/systemd/system")).unwrap();
+            write(&root.join("kernel"), "the same kernel");
+            write(&root.join("kernel-modules/lib/modules/6.6.1/extra/a.ko"), "a");
+        }
+        let (a, b) = load_pair(&store.join("a"), &store.join("b"));
+        let (a, b) = (a.unwrap().boot, b.unwrap().boot);
+        assert_eq!(a.kernel, b.kernel);
+        assert!(a.kernel.as_deref().unwrap().starts_with("sha256:"), "{:?}", a.kernel);
+        let (ta, tb) = (a.modules.unwrap(), b.modules.unwrap());
+        assert_eq!((&ta.identity, &tb.identity), (&None, &None));
+        assert_eq!(ta.releases["6.6.1"].modules, tb.releases["6.6.1"].modules);
+    }
+
+    #[test]
     fn a_module_tree_that_leads_out_nowhere_or_around_in_circles_is_an_error() {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path().join("gen");

@@ -7,7 +7,9 @@
 //! out of the store is identified by the path it names, unfollowed, as the
 //! systemd binary is); the module tree is walked, bounded in depth and in
 //! entries, and a module file is identified by its store path, or by the
-//! digest of its content when it is in no store. Nothing of these files
+//! digest of its content when it is in no store or in the generation
+//! itself (two generations are two store paths even where a file of each
+//! is the same). Nothing of these files
 //! reaches a report but their names and store paths.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -61,9 +63,20 @@ pub(super) fn must_list(old: &GenerationDir, new: &GenerationDir) -> bool {
 /// The store path `kernel-modules` leads to, when it leads to one.
 fn tree_identity(g: &GenerationDir) -> Option<String> {
     match g.resolve(Path::new("kernel-modules"), Path::new("kernel-modules")).ok()? {
-        Resolved::Found(physical) => g.store_path(&physical).map(|p| p.display().to_string()),
+        Resolved::Found(physical) => store_path(g, &physical),
         _ => None,
     }
+}
+
+/// The store path of a file the generation links to in another store path:
+/// what identifies it without reading it. A file of the generation itself
+/// has none (two generations are two store paths, even where their files
+/// are the same), nor has a file in no store.
+fn store_path(g: &GenerationDir, physical: &Path) -> Option<String> {
+    if physical.starts_with(g.root()) && !physical.starts_with(g.root().join("nix/store")) {
+        return None;
+    }
+    g.store_path(physical).map(|p| p.display().to_string())
 }
 
 /// A file the generation links to, identified without reading it: the
@@ -72,8 +85,8 @@ fn tree_identity(g: &GenerationDir) -> Option<String> {
 /// identified by its content.
 fn link_identity(g: &GenerationDir, rel: &str, shown: &Path) -> Result<Option<String>, LoadError> {
     Ok(match g.resolve(Path::new(rel), shown)? {
-        Resolved::Found(physical) => match g.store_path(&physical) {
-            Some(path) => Some(path.display().to_string()),
+        Resolved::Found(physical) => match store_path(g, &physical) {
+            Some(path) => Some(path),
             None if physical.is_dir() => Some(format!("directory {}", g.show(&physical).display())),
             None => Some(digest(&g.read(&physical, shown, MODULE_LIMIT)?)),
         },
@@ -115,7 +128,7 @@ fn module_tree(g: &GenerationDir, shown_root: &Path, list: bool) -> Result<Optio
         outside @ Resolved::Outside { .. } => return Err(outside_error(&outside, &shown)),
         _ => return Ok(None),
     };
-    let identity = g.store_path(&physical).map(|p| p.display().to_string());
+    let identity = store_path(g, &physical);
     let modules_shown = shown.join("lib/modules");
     let modules_dir = match g.resolve_in(&physical, "lib", &modules_shown)? {
         Resolved::Found(lib) if lib.is_dir() => match g.resolve_in(&lib, "modules", &modules_shown)? {
@@ -235,8 +248,8 @@ impl Walk<'_> {
     /// A module file's identity: its store path, or the digest of its
     /// content when it is in no store.
     fn identity(&mut self, physical: &Path, shown: &Path) -> Result<String, LoadError> {
-        if let Some(path) = self.g.store_path(physical) {
-            return Ok(path.display().to_string());
+        if let Some(path) = store_path(self.g, physical) {
+            return Ok(path);
         }
         let bytes = self.g.read(physical, shown, MODULE_LIMIT)?;
         self.bytes += bytes.len() as u64;
