@@ -232,6 +232,7 @@ pub(crate) fn plan(args: args::PlanArgs) -> anyhow::Result<Outcome> {
 /// `check` on a nix-darwin host.
 pub(crate) fn check(args: args::CheckArgs) -> anyhow::Result<Outcome> {
     no_explain(&args.protect)?;
+    crate::cmd::check::fail_on_alone(&args.fail_on)?;
     let target = crate::host::resolve_source(&args.source, &args.protect)?;
     let env = DarwinEnv::get();
     report_interrupted(&env);
@@ -239,7 +240,7 @@ pub(crate) fn check(args: args::CheckArgs) -> anyhow::Result<Outcome> {
     let mut dp = plan_to(&env, &target.toplevel, &args.protect, &mut launchd)?;
     dp.planned.plan.new.provenance = Some(target.provenance);
     print(&dp, &args.output)?;
-    let outcome = crate::cmd::check::outcome(&dp.planned.plan, args.fail_on);
+    let outcome = crate::cmd::check::outcome(&dp.planned.plan, &args.fail_on);
     if outcome == Outcome::Blocked {
         say!("check failed: the switch touches a protected launchd job (see the plan above)");
     }

@@ -14,6 +14,7 @@
 //! | `SAFE_SWITCH_TEST_STORE_DIR` | `/nix/store` (where `apply` accepts a target) |
 //! | `SAFE_SWITCH_TEST_DARWIN_ROOT` | `/` of a nix-darwin host: `/run/current-system`, `/run/safe-switch`, `/Library`, the users' homes, `/nix/var/nix/profiles`; a switch there needs no root |
 //! | `SAFE_SWITCH_TEST_LAUNCHCTL` | `/bin/launchctl` (the launchd simulator of the `testbed` crate) |
+//! | `SAFE_SWITCH_TEST_KERNEL_ROOT` | `/` of the kernel state a plan reads: `/proc/modules`, `/sys/module`, `/run/booted-system`, `/run/reboot-required` (see `crate::kernel`) |
 //!
 //! A release build (`cfg(not(debug_assertions))`) ignores them: nothing a
 //! caller puts in the environment changes which policy applies, which
@@ -34,8 +35,10 @@ pub const STORE_DIR: &str = "SAFE_SWITCH_TEST_STORE_DIR";
 pub const DARWIN_ROOT: &str = "SAFE_SWITCH_TEST_DARWIN_ROOT";
 /// Replaces `/bin/launchctl`.
 pub const LAUNCHCTL: &str = "SAFE_SWITCH_TEST_LAUNCHCTL";
+/// Replaces `/` for the kernel state a plan reads.
+pub const KERNEL_ROOT: &str = "SAFE_SWITCH_TEST_KERNEL_ROOT";
 /// Every test-only variable, for handing them on to an isolated apply.
-pub const ALL: &[&str] = &[SYSTEM_POLICY, PROC_CGROUP, STATE_DIR, STORE_DIR, DARWIN_ROOT, LAUNCHCTL];
+pub const ALL: &[&str] = &[SYSTEM_POLICY, PROC_CGROUP, STATE_DIR, STORE_DIR, DARWIN_ROOT, LAUNCHCTL, KERNEL_ROOT];
 
 /// Whether this build honours the test-only variables.
 pub const ENABLED: bool = cfg!(debug_assertions);
