@@ -30,11 +30,43 @@ const MAX_MODULES: usize = 10_000;
 /// Fills the kernel fields of `live` from this host. What cannot be read
 /// is said on standard error and left unknown.
 pub(crate) fn read_into(live: &mut LiveState) {
-    let root = crate::test_hooks::path(crate::test_hooks::KERNEL_ROOT).unwrap_or_else(|| PathBuf::from("/"));
+    let root = root();
     let release = rustix::system::uname().release().to_str().ok().filter(|r| is_kernel_release(r)).map(str::to_owned);
     if let Err(err) = read_below(&root, release, live) {
         say!("warning: cannot read the loaded kernel modules ({err}); the plan does not know them");
     }
+}
+
+/// `/` of the kernel state, or the test hook's directory.
+fn root() -> PathBuf {
+    crate::test_hooks::path(crate::test_hooks::KERNEL_ROOT).unwrap_or_else(|| PathBuf::from("/"))
+}
+
+/// Tells whether `/run/reboot-required` exists: something asked for a
+/// reboot.
+pub(crate) fn reboot_marker() -> bool {
+    std::fs::symlink_metadata(root().join("run/reboot-required")).is_ok()
+}
+
+/// What still waits for the next boot after an apply of `plan`, as lines
+/// to say: the plan's reasons, and a reboot the activation asked for
+/// during the switch (`/run/reboot-required` appeared). `marker_before`
+/// is whether the marker existed before the apply.
+pub(crate) fn after_apply(plan: &plan_model::Plan, marker_before: bool, marker_after: bool) -> Vec<String> {
+    let mut lines = Vec::new();
+    if plan.needs_reboot() {
+        lines.push(format!(
+            "needs a reboot: part of this switch takes effect only at the next boot ({}); nothing was restarted in \
+             its place",
+            plan_report::reboot_reasons(plan)
+        ));
+    }
+    if marker_after && !marker_before {
+        lines.push(
+            "needs a reboot: the activation asked for one (/run/reboot-required appeared during the switch)".to_owned(),
+        );
+    }
+    lines
 }
 
 /// [`read_into`] below `root`, with the running kernel's release.
@@ -128,6 +160,23 @@ mod tests {
         // The result is a live state that reads back.
         let again = LiveState::from_json(&serde_json::to_string(&live).unwrap()).unwrap();
         assert_eq!(again, live);
+    }
+
+    #[test]
+    fn after_an_apply_what_waits_for_the_boot_is_said() {
+        let mut plan = plan_model::Plan::between("/a", "/b", vec![]);
+        assert!(after_apply(&plan, false, false).is_empty());
+        assert!(after_apply(&plan, true, true).is_empty(), "a marker from before is the plan's to say");
+        assert_eq!(
+            after_apply(&plan, false, true),
+            ["needs a reboot: the activation asked for one (/run/reboot-required appeared during the switch)"]
+        );
+        plan.reboot.push(plan_model::Reboot { reason: plan_model::RebootReason::Kernel, detail: "x".into() });
+        assert_eq!(
+            after_apply(&plan, true, true),
+            ["needs a reboot: part of this switch takes effect only at the next boot (kernel); nothing was \
+              restarted in its place"]
+        );
     }
 
     #[test]

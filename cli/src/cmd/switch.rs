@@ -211,8 +211,12 @@ pub(crate) fn apply_plan(
     protect: &ProtectArgs,
 ) -> anyhow::Result<Outcome> {
     let options = apply_options(apply);
+    let marker = crate::kernel::reboot_marker();
     let report = systemd_live::apply(plan, bus, &mut ProcessHost, run, &options, &mut StderrProgress)?;
     say_text!("{}", report_text(&report));
+    for line in crate::kernel::after_apply(plan, marker, crate::kernel::reboot_marker()) {
+        say!("{line}");
+    }
     crate::pending::record(run, plan, bus);
     if report.success() {
         say!("switched to {}", plan.new.path);
