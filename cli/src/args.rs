@@ -122,7 +122,9 @@ pub(crate) enum FailOn {
     Blocked,
     /// Fail only when actions were deferred.
     Deferred,
-    /// Never fail because of protection.
+    /// Fail when part of the switch takes effect only at the next boot.
+    Reboot,
+    /// Never fail.
     Never,
 }
 
@@ -139,9 +141,10 @@ pub(crate) struct CheckArgs {
     /// Output.
     #[command(flatten)]
     pub output: OutputArgs,
-    /// When to exit 3.
-    #[arg(long, value_enum, default_value_t = FailOn::Blocked)]
-    pub fail_on: FailOn,
+    /// When to exit 3: any of these (comma-separated or repeated;
+    /// `never` alone).
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "blocked")]
+    pub fail_on: Vec<FailOn>,
 }
 
 /// How a switch is carried out.

@@ -255,6 +255,7 @@ pub(crate) fn plan(args: args::PlanArgs) -> anyhow::Result<Outcome> {
 /// `check` on a nix-darwin host.
 pub(crate) fn check(args: args::CheckArgs) -> anyhow::Result<Outcome> {
     no_explain(&args.protect)?;
+    crate::cmd::check::fail_on_alone(&args.fail_on)?;
     let target = crate::host::resolve_source(&args.source, &args.protect)?;
     let env = DarwinEnv::get();
     report_interrupted(&env);
@@ -263,7 +264,7 @@ pub(crate) fn check(args: args::CheckArgs) -> anyhow::Result<Outcome> {
     dp.planned.plan.new.provenance = Some(target.provenance);
     let earlier = earlier_deferrals(&env, &mut launchd, &dp);
     print(&dp, &earlier, &args.output)?;
-    let outcome = crate::cmd::check::outcome(&dp.planned.plan, args.fail_on);
+    let outcome = crate::cmd::check::outcome(&dp.planned.plan, &args.fail_on);
     if outcome == Outcome::Blocked {
         say!("check failed: the switch touches a protected launchd job (see the plan above)");
     }

@@ -28,6 +28,7 @@ mod darwin;
 mod exit;
 mod host;
 mod isolate;
+mod kernel;
 mod pending;
 mod protect;
 mod report;

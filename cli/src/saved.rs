@@ -946,6 +946,8 @@ mod tests {
             protection: Protection::default(),
             diagnostics: vec![],
             packages: None,
+            reboot: Vec::new(),
+            kernel_modules: Vec::new(),
         }
     }
 

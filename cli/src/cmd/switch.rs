@@ -225,11 +225,15 @@ pub(crate) fn apply_plan(
     protect: &ProtectArgs,
 ) -> anyhow::Result<Outcome> {
     let options = apply_options(apply);
+    let marker = crate::kernel::reboot_marker();
     let report = crate::sysmgr::apply(plan, bus, run, &options)?;
     say_text!("{}", report_text(&report));
     if report.unchanged {
         let why = report.aborted.as_deref().unwrap_or("a check failed");
         bail!("the switch to {} was refused ({why}); nothing was changed", plan.new.path);
+    }
+    for line in crate::kernel::after_apply(plan, marker, crate::kernel::reboot_marker()) {
+        say!("{line}");
     }
     record(run, plan, &report, bus);
     if report.success() {

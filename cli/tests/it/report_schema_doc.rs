@@ -127,6 +127,15 @@ fn full_plan() -> Plan {
             "size_delta": 2
         }))
         .unwrap()),
+        reboot: vec![plan_model::Reboot { reason: plan_model::RebootReason::Kernel, detail: "x".into() }],
+        kernel_modules: vec![plan_model::KernelModule {
+            module: "wireguard".into(),
+            release: "6.6.1".into(),
+            path: "extra/wireguard.ko".into(),
+            change: plan_model::ModuleChange::Added,
+            usable: plan_model::ModuleUse::AfterReboot,
+            detail: "x".into(),
+        }],
     }
 }
 
@@ -221,6 +230,17 @@ fn every_json_key_is_documented() {
         "deferred-again",
         "carried-out",
         "restarted-since",
+        "kernel",
+        "initrd",
+        "kernel-modules",
+        "dbus",
+        "activation",
+        "added",
+        "changed",
+        "now",
+        "after-reboot",
+        "unreachable",
+        "unknown",
     ] {
         assert!(doc.contains(&format!("`{value}`")), "docs/plan-schema.md does not mention `{value}`");
     }

@@ -326,6 +326,21 @@ impl GenerationDir {
         }
     }
 
+    /// A physical path that a resolution found, as links into the store
+    /// name it (`/nix/store/...-linux-6.6/bzImage`): for a path in a store,
+    /// and for one in a fixture's own `nix/store`, which stands for the
+    /// machine's. `None` for a path in no store (a file of a generation
+    /// that is not in a store). Two paths with the same store path are the
+    /// same file, as store paths are.
+    pub fn store_path(&self, physical: &Path) -> Option<PathBuf> {
+        if self.inside_first
+            && let Ok(rest) = physical.strip_prefix(self.root.join("nix/store"))
+        {
+            return Some(Path::new(NIX_STORE).join(rest));
+        }
+        self.stores.iter().find_map(|store| Some(store.logical.join(physical.strip_prefix(&store.physical).ok()?)))
+    }
+
     /// Resolves `rel`, a path inside the generation. `shown` names the
     /// file in errors.
     pub fn resolve(&self, rel: &Path, shown: &Path) -> Result<Resolved, ReadError> {
@@ -857,6 +872,24 @@ mod tests {
         assert_eq!(named, Resolved::Found(store.canonicalize().unwrap().join("aaaa-unit")));
         let named = g.resolve_named(Path::new("/etc"), Path::new("x.json"), Path::new("x.json")).unwrap();
         assert!(matches!(named, Resolved::Outside { .. }), "{named:?}");
+        // Store paths are named as the links name them.
+        let Resolved::Found(a) = g.resolve(Path::new("etc/r.service"), Path::new("r")).unwrap() else { panic!() };
+        assert_eq!(g.store_path(&a), Some(store.join("aaaa-unit/a.service")));
+        assert_eq!(g.store_path(&g.root().join("etc")), Some(store.join("gen/etc")));
+        assert_eq!(g.store_path(&tmp.path().join("elsewhere")), None);
+    }
+
+    #[test]
+    fn a_fixtures_own_store_stands_for_the_machines() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("gen");
+        write(&root.join("nix/store/aaaa-linux/bzImage"), "k");
+        write(&root.join("etc/plain"), "p");
+        symlink("/nix/store/aaaa-linux/bzImage", root.join("kernel")).unwrap();
+        let g = open(&root);
+        let Resolved::Found(kernel) = g.resolve(Path::new("kernel"), Path::new("kernel")).unwrap() else { panic!() };
+        assert_eq!(g.store_path(&kernel), Some(PathBuf::from("/nix/store/aaaa-linux/bzImage")));
+        assert_eq!(g.store_path(&g.root().join("etc/plain")), None);
     }
 
     #[test]

@@ -185,6 +185,8 @@ pub fn plan(old: &GenerationJobs, new: &GenerationJobs, host: &Host, request: &R
         protection: Protection { mode: request.mode, ..Protection::default() },
         diagnostics,
         packages: None,
+        reboot: Vec::new(),
+        kernel_modules: Vec::new(),
     };
     apply_protection(&mut plan, &jobs, old, new, live, request);
     LaunchdPlan { plan, jobs }

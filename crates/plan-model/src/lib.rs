@@ -14,6 +14,7 @@
 
 #![warn(missing_docs)]
 
+mod boot;
 pub mod json;
 mod live;
 pub mod packages;
@@ -23,7 +24,11 @@ pub mod policy;
 mod source;
 pub mod unit_name;
 
-pub use live::{ActiveState, DEPENDENCY_PROPERTIES, LiveState, LiveUnit};
+pub use boot::{KernelModule, ModuleChange, ModuleUse, Reboot, RebootReason};
+pub use live::{
+    ActiveState, DEPENDENCY_PROPERTIES, LiveState, LiveUnit, LoadedModule, is_kernel_release, is_module_name,
+    is_module_version,
+};
 pub use pending::{Earlier, Fate, Manager, Merged, PENDING_FORMAT_VERSION, Pending, PendingDeferral, PendingError};
 pub use plan::{
     Action, CHAIN_ENDS, Deferral, Diagnostic, Edge, Explanation, FORMAT_VERSION, FileDiff, Generation, KeyChange, Mode,

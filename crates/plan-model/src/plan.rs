@@ -38,6 +38,14 @@ pub struct Plan {
     /// be read.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub packages: Option<crate::packages::ClosureDiff>,
+    /// What of the switch takes effect only at the next boot, in the order
+    /// of [`crate::RebootReason`]; empty when nothing does. Always written.
+    #[serde(default)]
+    pub reboot: Vec<crate::Reboot>,
+    /// The kernel modules the new generation adds or changes, sorted by
+    /// release and path, with when each can be used.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub kernel_modules: Vec<crate::KernelModule>,
 }
 
 impl Plan {
@@ -55,6 +63,8 @@ impl Plan {
             protection: Protection::default(),
             diagnostics: Vec::new(),
             packages: None,
+            reboot: Vec::new(),
+            kernel_modules: Vec::new(),
         }
     }
 }
@@ -792,6 +802,11 @@ impl Plan {
         self.protection.refused || self.deferred().next().is_some()
     }
 
+    /// Tells whether part of the switch takes effect only at the next boot.
+    pub fn needs_reboot(&self) -> bool {
+        !self.reboot.is_empty()
+    }
+
     /// Tells whether the plan contains a global step of this phase.
     pub fn has_step(&self, phase: Phase) -> bool {
         self.steps.iter().any(|s| s.phase() == phase)
@@ -890,11 +905,19 @@ mod tests {
             protection: Protection::default(),
             diagnostics: vec![],
             packages: None,
+            reboot: vec![crate::Reboot { reason: crate::RebootReason::KernelModules, detail: "x".into() }],
+            kernel_modules: vec![],
         };
         let json = plan.to_json();
         let back: Plan = serde_json::from_str(&json).unwrap();
         assert_eq!(back, plan);
         assert_eq!(plan.units_with(Action::Start), vec!["x.service"]);
         assert!(json.contains("\"step\": \"daemon-reload\""), "{json}");
+        assert!(json.contains("\"reason\": \"kernel-modules\""), "{json}");
+        // A plan written before the field existed reads as needing none.
+        let mut old: serde_json::Value = serde_json::from_str(&json).unwrap();
+        old.as_object_mut().unwrap().remove("reboot");
+        let back: Plan = serde_json::from_value(old).unwrap();
+        assert!(!back.needs_reboot());
     }
 }

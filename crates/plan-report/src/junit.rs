@@ -15,6 +15,13 @@
 //! (`pending restart gitlab-runner.service`); they do not fail the plan,
 //! whose exit code does not count them.
 //!
+//! What waits for the next boot is one skipped test case per reason
+//! (`reboot 1: kernel`, its detail as the message), and each kernel module
+//! the new generation adds or changes a test case of its own, passed when
+//! it is usable now and skipped otherwise: a reboot is not a failure of
+//! the plan unless `check --fail-on reboot` makes it one, and the exit
+//! code says so.
+//!
 //! The record of pending deferrals alone (`safe-switch pending`) is one
 //! failed test case per pending action, or one passing `pending` case when
 //! nothing is pending.
@@ -41,6 +48,11 @@ const STEPS: &str = "safe-switch.steps";
 const GATE: &str = "safe-switch.protection";
 /// The `classname` of deferrals pending from earlier switches.
 const PENDING: &str = "safe-switch.pending";
+/// The `classname` of what waits for the next boot.
+const REBOOT: &str = "safe-switch.reboot";
+/// The `classname` of the kernel modules the new generation adds or
+/// changes.
+const MODULES: &str = "safe-switch.kernel-modules";
 
 /// One test case before it is written.
 struct Case {
@@ -191,6 +203,22 @@ fn cases(plan: &Plan) -> Vec<Case> {
         let name = format!("step {}: {kind}", i + 1);
         cases.push(Case { classname: STEPS, name, outcome: Outcome::Pass, out: crate::text::step_line(step) });
     }
+    for (i, r) in plan.reboot.iter().enumerate() {
+        cases.push(Case {
+            classname: REBOOT,
+            name: format!("reboot {}: {}", i + 1, r.reason),
+            outcome: Outcome::Skipped(format!("needs a reboot: {}", crate::reboot_line(r))),
+            out: crate::reboot_line(r),
+        });
+    }
+    for m in &plan.kernel_modules {
+        let line = crate::module_line(m);
+        let outcome = match m.usable {
+            plan_model::ModuleUse::Now => Outcome::Pass,
+            _ => Outcome::Skipped(line.clone()),
+        };
+        cases.push(Case { classname: MODULES, name: format!("module {}/{}", m.release, m.path), outcome, out: line });
+    }
     let gate = match Verdict::of(plan) {
         Verdict::Safe => Outcome::Pass,
         v => {
@@ -251,7 +279,7 @@ fn write(suite_name: &str, props: &[(&str, String)], cases: &[Case], system_out:
 }
 
 /// The properties of a plan's test suite.
-fn properties(plan: &Plan) -> [(&'static str, String); 6] {
+fn properties(plan: &Plan) -> [(&'static str, String); 7] {
     let mode = match plan.protection.mode {
         plan_model::Mode::Defer => "defer",
         plan_model::Mode::Refuse => "refuse",
@@ -264,6 +292,7 @@ fn properties(plan: &Plan) -> [(&'static str, String); 6] {
         ("verdict", Verdict::of(plan).as_str().to_owned()),
         ("protection.mode", mode.to_owned()),
         ("protection.selectors", protected.join(",")),
+        ("reboot", crate::reboot_reasons(plan).replace(", ", ",")),
     ]
 }
 

@@ -25,7 +25,10 @@ pub mod markdown;
 pub mod packages;
 pub mod text;
 
-use plan_model::{Action, Earlier, Edge, FileDiff, Manager, Pending, PendingDeferral, Plan, Touch, UnitPlan};
+use plan_model::{
+    Action, Earlier, Edge, FileDiff, KernelModule, Manager, ModuleUse, Pending, PendingDeferral, Plan, Reboot, Touch,
+    UnitPlan,
+};
 
 pub use explain::{explain_json, explain_text};
 
@@ -318,6 +321,37 @@ pub fn action_items(plan: &Plan) -> Vec<ActionItem<'_>> {
 pub fn blockers(plan: &Plan) -> Vec<Blocker<'_>> {
     let mut seen = std::collections::BTreeSet::new();
     action_items(plan).into_iter().filter_map(|i| i.blocker).filter(|b| seen.insert(b.unit)).collect()
+}
+
+/// One reason for a reboot as one line: `kernel: the kernel changes:
+/// /nix/store/...-linux-6.6.1/bzImage -> /nix/store/...-linux-6.6.2/bzImage`.
+pub fn reboot_line(r: &Reboot) -> String {
+    format!("{}: {}", r.reason, r.detail)
+}
+
+/// When a module can be used, in words: `usable now`, `usable after a
+/// reboot`, `not reachable by modprobe`, `usable: not known`.
+pub fn usable_words(usable: ModuleUse) -> &'static str {
+    match usable {
+        ModuleUse::Now => "usable now",
+        ModuleUse::AfterReboot => "usable after a reboot",
+        ModuleUse::Unreachable => "not reachable by modprobe",
+        ModuleUse::Unknown => "usable: not known",
+    }
+}
+
+/// One kernel module as one line: `wireguard (6.6.1,
+/// extra/wireguard.ko.xz): added, usable now: built for the running
+/// kernel 6.6.1 and listed in modules.dep`.
+pub fn module_line(m: &KernelModule) -> String {
+    format!("{} ({}, {}): {}, {}: {}", m.module, m.release, m.path, m.change.as_str(), usable_words(m.usable), m.detail)
+}
+
+/// The reboot reasons of a plan, once each, in order: `kernel, initrd`.
+pub fn reboot_reasons(plan: &Plan) -> String {
+    let mut names: Vec<&str> = plan.reboot.iter().map(|r| r.reason.as_str()).collect();
+    names.dedup();
+    names.join(", ")
 }
 
 /// The reasons of a unit as one line: `stop-start: stopped before ...`.

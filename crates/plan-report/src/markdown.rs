@@ -13,7 +13,7 @@ use std::fmt::Write as _;
 
 use plan_model::{Action, Pending, PendingDeferral, Plan, Severity};
 
-use crate::{Report, Verdict, action_items, chain_line, reasons_line, utc_time};
+use crate::{Report, Verdict, action_items, chain_line, reasons_line, reboot_reasons, usable_words, utc_time};
 
 /// The default size limit, safely under GitHub's 1 MiB per step.
 pub const LIMIT: usize = 1_000_000;
@@ -44,6 +44,14 @@ pub fn render(report: &Report<'_>, limit: usize) -> String {
         b.push("\n");
     }
 
+    if !plan.reboot.is_empty() {
+        b.push("### Needs a reboot: these take effect only at the next boot\n\n| Reason | What |\n|---|---|\n");
+        for r in &plan.reboot {
+            b.row(&format!("| {} | {} |\n", code(r.reason.as_str()), cell(&r.detail)));
+        }
+        b.push("\n");
+    }
+
     let planned: Vec<_> = plan.units.iter().filter(|u| !u.actions.is_empty()).collect();
     if !planned.is_empty() {
         let title = if plan.protection.refused {
@@ -63,6 +71,22 @@ pub fn render(report: &Report<'_>, limit: usize) -> String {
         b.push("### Steps\n\n");
         for (n, step) in plan.steps.iter().enumerate() {
             b.row(&format!("{}. {}\n", n + 1, inline(&crate::text::step_line(step))));
+        }
+        b.push("\n");
+    }
+
+    if !plan.kernel_modules.is_empty() {
+        b.push("### Kernel modules the new generation adds or changes\n\n| Module | Release | File | Change | When | Why |\n|---|---|---|---|---|---|\n");
+        for m in &plan.kernel_modules {
+            b.row(&format!(
+                "| {} | {} | {} | {} | {} | {} |\n",
+                code(&m.module),
+                code(&m.release),
+                code(&m.path),
+                m.change.as_str(),
+                usable_words(m.usable),
+                cell(&m.detail)
+            ));
         }
         b.push("\n");
     }
@@ -181,6 +205,13 @@ fn header(plan: &Plan) -> String {
             }
         })
         .collect();
+    if plan.needs_reboot() {
+        let _ = writeln!(
+            s,
+            "**Needs a reboot** ({}): part of this switch takes effect only at the next boot.\n",
+            inline(&reboot_reasons(plan))
+        );
+    }
     if !protected.is_empty() {
         let mode = match plan.protection.mode {
             plan_model::Mode::Defer => "defer",

@@ -17,10 +17,13 @@ use std::fmt::Write as _;
 
 use anstyle::{AnsiColor, Style as Ansi};
 use plan_model::{
-    Action, Earlier, KeyChange, Mode, Pending, Phase, Plan, ProtectionSource, Rule, Severity, Step, UnitPlan,
+    Action, Earlier, KeyChange, Mode, ModuleUse, Pending, Phase, Plan, ProtectionSource, Rule, Severity, Step, UnitPlan,
 };
 
-use crate::{Blocker, Report, Style, Verdict, chain_line, pending_generations, pending_hint, pending_line, printable};
+use crate::{
+    Blocker, Report, Style, Verdict, chain_line, module_line, pending_generations, pending_hint, pending_line, printable,
+    reboot_line,
+};
 
 /// What a line is, for its colour.
 #[derive(Clone, Copy)]
@@ -101,7 +104,9 @@ pub fn render(report: &Report<'_>, style: Style) -> String {
             out.plain(&printable(&line));
         }
     }
+    reboot(&mut out, plan);
     units(&mut out, plan);
+    kernel_modules(&mut out, plan);
     protection(&mut out, plan);
     earlier(&mut out, report.pending);
     packages(&mut out, plan);
@@ -159,6 +164,35 @@ pub fn step_line(step: &Step) -> String {
         Step::SystemManagerState => {
             "writing system-manager's state file (units deferred keep their old store paths)".to_owned()
         }
+    }
+}
+
+/// What waits for the next boot, right after what the switch does.
+fn reboot(out: &mut Out, plan: &Plan) {
+    if plan.reboot.is_empty() {
+        return;
+    }
+    out.blank();
+    out.line(
+        Kind::Heading,
+        "needs a reboot: these changes take effect only at the next boot (nothing is restarted in their place):",
+    );
+    for r in &plan.reboot {
+        out.line(Kind::Warning, &printable(&format!("  {}", reboot_line(r))));
+    }
+}
+
+/// The kernel modules the new generation adds or changes, each with when
+/// it can be used.
+fn kernel_modules(out: &mut Out, plan: &Plan) {
+    if plan.kernel_modules.is_empty() {
+        return;
+    }
+    out.blank();
+    out.line(Kind::Heading, "kernel modules the new generation adds or changes:");
+    for m in &plan.kernel_modules {
+        let kind = if m.usable == ModuleUse::Now { Kind::Plain } else { Kind::Warning };
+        out.line(kind, &printable(&format!("  {}", module_line(m))));
     }
 }
 

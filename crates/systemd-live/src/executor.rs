@@ -1108,6 +1108,8 @@ mod tests {
             },
             diagnostics: vec![],
             packages: None,
+            reboot: Vec::new(),
+            kernel_modules: Vec::new(),
         }
     }
 
