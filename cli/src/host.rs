@@ -143,7 +143,7 @@ pub(crate) fn live_plan_with(
     let listed = listed.context("cannot read the live state from systemd")?;
     let mut live = timed("live", || complete_live(&old, &new, &request, mgr, listed))
         .context("cannot read the live state from systemd")?;
-    crate::kernel::read_into(&mut live);
+    timed("kernel", || crate::kernel::read_into(&mut live));
     adjust(&mut live);
     let mut plan = timed("plan", || systemd_plan::plan(&old, &new, &live));
     crate::cmd::closure_diff::attach_to_plan(&mut plan, &old_path, &new_path);
