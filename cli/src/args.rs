@@ -41,6 +41,34 @@ pub(crate) enum Command {
     Settle(SettleArgs),
     /// Show which packages change between two store paths.
     ClosureDiff(ClosureDiffArgs),
+    /// Print a shell completion script on standard output.
+    Completions(CompletionsArgs),
+    /// Print the manual page (roff) on standard output, or write one page
+    /// per command into a directory.
+    Man(ManArgs),
+}
+
+/// Arguments of `completions`.
+#[derive(Debug, Args)]
+pub(crate) struct CompletionsArgs {
+    /// The shell: bash, zsh, fish, elvish or powershell.
+    #[arg(value_enum)]
+    pub shell: clap_complete::Shell,
+}
+
+/// Arguments of `man`.
+#[derive(Debug, Args)]
+pub(crate) struct ManArgs {
+    /// Write `safe-switch.1` and one page per command
+    /// (`safe-switch-plan.1`, ...) into this directory instead.
+    #[arg(long, value_name = "DIR")]
+    pub dir: Option<PathBuf>,
+}
+
+/// The command line's definition, as clap builds it: what the completion
+/// scripts and the manual pages are generated from.
+pub fn command() -> clap::Command {
+    <Cli as clap::CommandFactory>::command()
 }
 
 /// Arguments of `diff`.

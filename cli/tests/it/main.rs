@@ -30,6 +30,7 @@ mod golden;
 mod live_calls;
 mod live_settle;
 mod live_switch;
+mod manual;
 mod nix_source;
 mod packages_in_plan;
 mod policy_cli;
