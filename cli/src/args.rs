@@ -222,6 +222,10 @@ pub(crate) struct ApplyArgs {
     /// over in the run directory; protected besides this process's own.
     #[arg(long, value_name = "PATH", hide = true)]
     pub cgroup_file: Option<PathBuf>,
+    /// Also write the OpenMetrics report of the plan and of how the apply
+    /// ended: `openmetrics=PATH`. May repeat.
+    #[arg(long, value_name = "openmetrics=PATH", value_parser = crate::report::parse_report_file)]
+    pub report: Vec<crate::report::ReportFile>,
 }
 
 /// Arguments of `pending`.

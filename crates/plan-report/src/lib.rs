@@ -1,5 +1,5 @@
 //! The plan as people and CI systems read it: text, JSON, JUnit, GitLab
-//! Code Quality and Markdown.
+//! Code Quality, Markdown and OpenMetrics.
 //!
 //! Every renderer is a pure function from a [`Report`] (the plan, the
 //! diffs of the files it was made from, the commands that carry it out,
@@ -22,10 +22,12 @@ mod explain;
 pub mod json;
 pub mod junit;
 pub mod markdown;
+pub mod openmetrics;
 pub mod packages;
 pub mod text;
 
 use plan_model::{Action, Earlier, Edge, FileDiff, Pending, PendingDeferral, Plan, Touch, UnitPlan};
+use serde::Deserialize as _;
 
 pub use explain::{explain_json, explain_text};
 
@@ -44,11 +46,14 @@ pub enum Format {
     Codequality,
     /// Markdown for a merge-request comment or a job summary.
     Markdown,
+    /// OpenMetrics text, for node-exporter's textfile collector.
+    Openmetrics,
 }
 
 impl Format {
     /// Every format, in the order the command line lists them.
-    pub const ALL: [Format; 5] = [Format::Text, Format::Json, Format::Junit, Format::Codequality, Format::Markdown];
+    pub const ALL: [Format; 6] =
+        [Format::Text, Format::Json, Format::Junit, Format::Codequality, Format::Markdown, Format::Openmetrics];
 
     /// The format's name, as the command line spells it.
     pub fn name(self) -> &'static str {
@@ -58,6 +63,7 @@ impl Format {
             Format::Junit => "junit",
             Format::Codequality => "codequality",
             Format::Markdown => "markdown",
+            Format::Openmetrics => "openmetrics",
         }
     }
 
@@ -111,6 +117,7 @@ pub fn render(format: Format, report: &Report<'_>, style: Style) -> String {
         Format::Junit => junit::render(report),
         Format::Codequality => codequality::render(report),
         Format::Markdown => markdown::render(report, markdown::LIMIT),
+        Format::Openmetrics => openmetrics::render(report),
     }
 }
 
@@ -124,6 +131,7 @@ pub fn render_pending(format: Format, pending: &Pending, style: Style) -> String
         Format::Junit => junit::render_pending(pending),
         Format::Codequality => codequality::render_pending(pending),
         Format::Markdown => markdown::render_pending(pending, markdown::LIMIT),
+        Format::Openmetrics => openmetrics::render_pending(pending),
     }
 }
 
@@ -163,6 +171,35 @@ pub fn utc_time(unix: u64) -> String {
     let month = if mp < 10 { mp + 3 } else { mp - 9 };
     let year = yoe + era * 400 + i64::from(month <= 2);
     format!("{year:04}-{month:02}-{day:02} {:02}:{:02} UTC", secs / 3_600, secs % 3_600 / 60)
+}
+
+/// One reason a switch needs a reboot, as the plan's `reboot` array lists
+/// it: `{"reason": "kernel", "detail": "..."}`.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct RebootNeed {
+    /// What changed: `kernel`, `initrd`, `kernel-modules`, `dbus`,
+    /// `systemd`, `activation`.
+    pub reason: String,
+    /// What exactly, for a reader.
+    #[serde(default)]
+    pub detail: String,
+}
+
+/// The reboot needs a plan lists in its JSON form's `reboot` array; none
+/// when it has no such field. Read from the JSON form, so that plans
+/// written before the field existed read as needing no reboot.
+pub fn reboot_needs(plan: &Plan) -> Vec<RebootNeed> {
+    serde_json::to_value(plan).ok().and_then(|v| reboot_needs_in(&v).ok()).unwrap_or_default()
+}
+
+/// The reboot needs in a plan's JSON form (the `reboot` array of an
+/// object); none when the field is absent or null. A field of another
+/// shape is an error.
+pub fn reboot_needs_in(plan: &serde_json::Value) -> Result<Vec<RebootNeed>, serde_json::Error> {
+    match plan.get("reboot") {
+        None | Some(serde_json::Value::Null) => Ok(Vec::new()),
+        Some(v) => Vec::<RebootNeed>::deserialize(v),
+    }
 }
 
 /// The verdict a gate reports, derived from the plan alone.
