@@ -18,10 +18,26 @@ pub(crate) fn completions(a: CompletionsArgs) -> anyhow::Result<Outcome> {
     let mut cmd = args::command();
     let mut script = Vec::new();
     clap_complete::generate(a.shell, &mut cmd, NAME, &mut script);
+    if a.shell == clap_complete::Shell::Bash {
+        script = fix_bash(&script);
+    }
     let mut out = std::io::stdout().lock();
     out.write_all(&script)?;
     out.flush()?;
     Ok(Outcome::Ok)
+}
+
+/// Mends clap_complete's bash script for a program whose name has a
+/// hyphen (clap-rs/clap#6421): it names the state of `safe-switch plan`
+/// `safe__switch__subcmd__plan` while completing the words, but labels the
+/// case that completes its options `safe__subcmd__switch__subcmd__plan`, so
+/// no option of any command was ever offered. The labels are renamed to
+/// the state's spelling.
+fn fix_bash(script: &[u8]) -> Vec<u8> {
+    let text = String::from_utf8_lossy(script);
+    let wrong = format!("{}__subcmd__", NAME.replace('-', "__subcmd__"));
+    let right = format!("{}__subcmd__", NAME.replace('-', "__"));
+    text.replace(&wrong, &right).into_bytes()
 }
 
 /// Runs `man`: the page of `safe-switch` on standard output, or with

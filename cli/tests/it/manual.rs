@@ -63,25 +63,26 @@ fn every_shell_s_completions_name_every_command() {
 
 /// bash's completion function, loaded into bash, completes the word after
 /// `safe-switch` (and after each command that has commands of its own) to
-/// exactly the commands there are.
+/// the commands there are, and `--` after each command to its options.
 #[test]
 fn bash_completes_every_command() {
     let dir = tempfile::tempdir().unwrap();
     let script = dir.path().join("safe-switch.bash");
     std::fs::write(&script, run(&["completions", "bash"])).unwrap();
-    let complete = |words: &[&str]| -> Vec<String> {
-        // The line typed so far, with the cursor on an empty last word.
+    let complete = |words: &[&str], cur: &str| -> Vec<String> {
+        // The line typed so far, with the cursor at the end of `cur`.
         let mut line: Vec<&str> = vec!["safe-switch"];
         line.extend_from_slice(words);
-        line.push("");
+        line.push(cur);
         let quoted: Vec<String> = line.iter().map(|w| format!("'{w}'")).collect();
         let program = format!(
             "source '{}'\nCOMP_WORDS=({})\nCOMP_CWORD={}\nCOMP_LINE='{}'\nCOMP_POINT=${{#COMP_LINE}}\n\
-             _safe__switch safe-switch '' '{}'\nprintf '%s\\n' \"${{COMPREPLY[@]}}\"\n",
+             _safe__switch safe-switch '{}' '{}'\nprintf '%s\\n' \"${{COMPREPLY[@]}}\"\n",
             script.display(),
             quoted.join(" "),
             line.len() - 1,
             line.join(" "),
+            cur,
             line[line.len() - 2],
         );
         let out = Command::new("bash").args(["--norc", "--noprofile", "-c", &program]).output().unwrap();
@@ -93,7 +94,7 @@ fn bash_completes_every_command() {
     parents.extend(paths.iter().filter(|p| paths.iter().any(|q| q.len() == p.len() + 1 && q.starts_with(p))).cloned());
     for parent in parents {
         let words: Vec<&str> = parent.iter().map(String::as_str).collect();
-        let offered = complete(&words);
+        let offered = complete(&words, "");
         for path in paths.iter().filter(|p| p.len() == parent.len() + 1 && p.starts_with(&parent)) {
             let name = path.last().unwrap();
             assert!(
@@ -101,6 +102,27 @@ fn bash_completes_every_command() {
                 "`safe-switch {} <TAB>` does not offer {name}: {offered:?}",
                 words.join(" ")
             );
+        }
+    }
+    // Each command's own options, from its definition.
+    let mut root = safe_switch_cli::command();
+    root.build();
+    for path in &paths {
+        let mut cmd = &root;
+        for name in path {
+            cmd = cmd.find_subcommand(name).unwrap();
+        }
+        let words: Vec<&str> = path.iter().map(String::as_str).collect();
+        let offered = complete(&words, "--");
+        for arg in cmd.get_arguments().filter(|a| !a.is_hide_set()) {
+            if let Some(long) = arg.get_long() {
+                let option = format!("--{long}");
+                assert!(
+                    offered.contains(&option),
+                    "`safe-switch {} --<TAB>` does not offer {option}: {offered:?}",
+                    words.join(" ")
+                );
+            }
         }
     }
 }
