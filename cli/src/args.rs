@@ -41,11 +41,43 @@ pub(crate) enum Command {
     Settle(SettleArgs),
     /// Show which packages change between two store paths.
     ClosureDiff(ClosureDiffArgs),
+    /// Work with reports: merge the plans of several hosts into one.
+    Report(ReportArgs),
     /// Print a shell completion script on standard output.
     Completions(CompletionsArgs),
     /// Print the manual page (roff) on standard output, or write one page
     /// per command into a directory.
     Man(ManArgs),
+}
+
+/// Arguments of `report`.
+#[derive(Debug, Args)]
+pub(crate) struct ReportArgs {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: ReportCommand,
+}
+
+/// The subcommands of `report`.
+#[derive(Debug, Subcommand)]
+pub(crate) enum ReportCommand {
+    /// Merge the plans of several hosts into one report per format: a
+    /// JUnit test suite per host, Markdown with a table of hosts, Code
+    /// Quality findings per host, one JSON document.
+    Merge(MergeArgs),
+}
+
+/// Arguments of `report merge`.
+#[derive(Debug, Args)]
+pub(crate) struct MergeArgs {
+    /// A host and its plan: the JSON report (`plan --json`, `--report
+    /// json=PATH`) or the saved plan (`plan --out`). Host names are
+    /// letters, digits, `.`, `-`, `_` and `:`.
+    #[arg(value_name = "HOST=PLAN.json", required = true, value_parser = crate::cmd::merge::parse_host_file)]
+    pub hosts: Vec<crate::cmd::merge::HostFile>,
+    /// Output.
+    #[command(flatten)]
+    pub output: OutputArgs,
 }
 
 /// Arguments of `completions`.

@@ -74,6 +74,9 @@ fn run(cli: Cli) -> anyhow::Result<Outcome> {
         Command::Pending(a) => cmd::pending::run(a),
         Command::Settle(a) => cmd::settle::run(a),
         Command::ClosureDiff(a) => cmd::closure_diff::run(a),
+        Command::Report(a) => match a.command {
+            args::ReportCommand::Merge(m) => cmd::merge::run(m),
+        },
         Command::Completions(a) => cmd::manual::completions(a),
         Command::Man(a) => cmd::manual::man(a),
     }

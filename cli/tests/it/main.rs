@@ -37,6 +37,7 @@ mod policy_cli;
 mod report_check;
 mod report_cli;
 mod report_formats;
+mod report_merge;
 mod report_openmetrics;
 mod report_schema_doc;
 mod scale_switch;

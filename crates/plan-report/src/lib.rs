@@ -101,6 +101,88 @@ impl<'a> Report<'a> {
     }
 }
 
+/// One host's report in a merged report (`safe-switch report merge`): the
+/// host's name, its plan's report and the reboot needs its plan file lists.
+#[derive(Clone, Copy, Debug)]
+pub struct HostReport<'a> {
+    /// The host, as named on the command line (checked there: letters,
+    /// digits, `.`, `-`, `_`, `:`).
+    pub host: &'a str,
+    /// Its plan, with the deferrals earlier switches left pending there.
+    pub report: Report<'a>,
+    /// Why its switch needs a reboot; empty when it does not.
+    pub reboot: &'a [RebootNeed],
+}
+
+/// Renders the reports of several hosts as one, in one format: a JUnit
+/// test suite per host, Code Quality findings whose fingerprints cover the
+/// host, a Markdown table of hosts before their details (under 1 MiB), one
+/// JSON document, OpenMetrics samples labelled with the host, or text.
+pub fn render_hosts(format: Format, hosts: &[HostReport<'_>], style: Style) -> String {
+    let pairs: Vec<(&str, Report<'_>)> = hosts.iter().map(|h| (h.host, h.report)).collect();
+    match format {
+        Format::Text => text::render_hosts(hosts, style),
+        Format::Json => json::render_hosts(hosts),
+        Format::Junit => junit::render_hosts(&pairs),
+        Format::Codequality => codequality::render_hosts(&pairs),
+        Format::Markdown => markdown::render_hosts(hosts, markdown::LIMIT),
+        Format::Openmetrics => {
+            let metrics: Vec<(Option<&str>, openmetrics::HostMetrics<'_>)> = hosts
+                .iter()
+                .map(|h| {
+                    let mut m = openmetrics::HostMetrics::of_report(&h.report);
+                    m.reboot = Some(!h.reboot.is_empty());
+                    (Some(h.host), m)
+                })
+                .collect();
+            openmetrics::render_hosts(&metrics)
+        }
+    }
+}
+
+/// How many units have deferred actions pending on the host now, of the
+/// earlier deferrals a plan's report shows: all but those whose unit was
+/// restarted or stopped since.
+pub fn pending_now(earlier: &[Earlier]) -> usize {
+    earlier.iter().filter(|e| e.fate != plan_model::Fate::RestartedSince).count()
+}
+
+/// How many unit actions of a plan go ahead, were deferred or refused.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct ActionCounts {
+    /// Actions the plan lists: carried out, or held back with a refused
+    /// switch.
+    pub planned: usize,
+    /// Actions protection deferred.
+    pub deferred: usize,
+    /// Actions that make the switch refused.
+    pub refused: usize,
+}
+
+impl ActionCounts {
+    /// The counts of a plan's [`action_items`].
+    pub fn of(plan: &Plan) -> ActionCounts {
+        let mut c = ActionCounts::default();
+        for item in action_items(plan) {
+            match item.status {
+                ItemStatus::Planned | ItemStatus::HeldByRefusal => c.planned += 1,
+                ItemStatus::Deferred => c.deferred += 1,
+                ItemStatus::Refused => c.refused += 1,
+            }
+        }
+        c
+    }
+}
+
+/// At most 500 characters of a text from an input, with `...` when cut.
+pub(crate) fn clip(s: &str) -> std::borrow::Cow<'_, str> {
+    const MAX: usize = 500;
+    match s.char_indices().nth(MAX) {
+        Some((i, _)) => std::borrow::Cow::Owned(format!("{}...", &s[..i])),
+        None => std::borrow::Cow::Borrowed(s),
+    }
+}
+
 /// How text output is decorated.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Style {

@@ -28,7 +28,7 @@ use std::fmt::Write as _;
 
 use plan_model::{Pending, Plan};
 
-use crate::{ItemStatus, Report, Verdict, action_items, reboot_needs};
+use crate::{ActionCounts, Report, Verdict, reboot_needs};
 
 /// How the last apply on a host ended, for the `safe_switch_last_apply_*`
 /// families.
@@ -60,9 +60,14 @@ pub struct HostMetrics<'a> {
 
 impl<'a> HostMetrics<'a> {
     /// What a plan's report knows: the plan and the earlier deferrals it
-    /// shows (each a unit with deferred actions pending now).
+    /// shows (those whose unit was not restarted since are pending now).
     pub fn of_report(report: &Report<'a>) -> HostMetrics<'a> {
-        HostMetrics { plan: Some(report.plan), reboot: None, pending: Some(report.pending.len()), apply: None }
+        HostMetrics {
+            plan: Some(report.plan),
+            reboot: None,
+            pending: Some(crate::pending_now(report.pending)),
+            apply: None,
+        }
     }
 }
 
@@ -121,11 +126,10 @@ pub fn render_hosts(hosts: &[(Option<&str>, HostMetrics<'_>)]) -> String {
             families[i].samples.push((labels(extra), value));
         };
         if let Some(plan) = m.plan {
-            let items = action_items(plan);
-            let count = |f: &dyn Fn(ItemStatus) -> bool| items.iter().filter(|i| f(i.status)).count().to_string();
-            add(0, Some(("fate", "planned")), count(&|s| matches!(s, ItemStatus::Planned | ItemStatus::HeldByRefusal)));
-            add(0, Some(("fate", "deferred")), count(&|s| s == ItemStatus::Deferred));
-            add(0, Some(("fate", "refused")), count(&|s| s == ItemStatus::Refused));
+            let c = ActionCounts::of(plan);
+            add(0, Some(("fate", "planned")), c.planned.to_string());
+            add(0, Some(("fate", "deferred")), c.deferred.to_string());
+            add(0, Some(("fate", "refused")), c.refused.to_string());
             let verdict = Verdict::of(plan);
             for v in [Verdict::Safe, Verdict::Deferred, Verdict::Refused] {
                 add(1, Some(("verdict", v.as_str())), flag(v == verdict));
