@@ -337,6 +337,12 @@ fn switch_and_apply_write_how_they_ended() {
     testbed::require!(bed);
     let a = Generation::new("a").sshd().service("app.service", daemon("V=1")).service("runner.service", daemon("V=1"));
     let bed = TestBed::boot(&Config::new(a.clone())).expect("test bed boots");
+    // Boot returns once sshd listens; the plan counts the others' actions.
+    let started = std::time::Instant::now();
+    while !["app.service", "runner.service"].iter().all(|u| bed.active_state(u).is_ok_and(|s| s == "active")) {
+        assert!(started.elapsed() < std::time::Duration::from_secs(60), "the services did not start");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
     let b = bed
         .build_generation(
             &a.clone().renamed("b").service("app.service", daemon("V=2")).service("runner.service", daemon("V=2")),
