@@ -24,6 +24,7 @@ mod darwin_switch;
 mod dbus_timeout;
 mod demo;
 mod e2e_switch;
+mod fleet_ansible;
 mod foreign_files;
 mod fuzz_pipeline;
 mod golden;
