@@ -5,7 +5,7 @@
 //! plans, too large, or not regular files are errors naming the file.
 
 use std::collections::BTreeSet;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
 use plan_model::{Action, Plan, Reason, Rule, UnitPlan};
@@ -251,5 +251,4 @@ fn bad_plan_files_are_errors_naming_the_file() {
         assert!(stderr.contains(expected), "{expected}: {stderr}");
         assert!(!written.exists(), "a report was written");
     }
-    let _: PathBuf = written;
 }
