@@ -41,6 +41,66 @@ pub(crate) enum Command {
     Settle(SettleArgs),
     /// Show which packages change between two store paths.
     ClosureDiff(ClosureDiffArgs),
+    /// Work with reports: merge the plans of several hosts into one.
+    Report(ReportArgs),
+    /// Print a shell completion script on standard output.
+    Completions(CompletionsArgs),
+    /// Print the manual page (roff) on standard output, or write one page
+    /// per command into a directory.
+    Man(ManArgs),
+}
+
+/// Arguments of `report`.
+#[derive(Debug, Args)]
+pub(crate) struct ReportArgs {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: ReportCommand,
+}
+
+/// The subcommands of `report`.
+#[derive(Debug, Subcommand)]
+pub(crate) enum ReportCommand {
+    /// Merge the plans of several hosts into one report per format: a
+    /// JUnit test suite per host, Markdown with a table of hosts, Code
+    /// Quality findings per host, one JSON document.
+    Merge(MergeArgs),
+}
+
+/// Arguments of `report merge`.
+#[derive(Debug, Args)]
+pub(crate) struct MergeArgs {
+    /// A host and its plan: the JSON report (`plan --json`, `--report
+    /// json=PATH`) or the saved plan (`plan --out`). Host names are
+    /// letters, digits, `.`, `-`, `_` and `:`.
+    #[arg(value_name = "HOST=PLAN.json", required = true, value_parser = crate::cmd::merge::parse_host_file)]
+    pub hosts: Vec<crate::cmd::merge::HostFile>,
+    /// Output.
+    #[command(flatten)]
+    pub output: OutputArgs,
+}
+
+/// Arguments of `completions`.
+#[derive(Debug, Args)]
+pub(crate) struct CompletionsArgs {
+    /// The shell: bash, zsh, fish, elvish or powershell.
+    #[arg(value_enum)]
+    pub shell: clap_complete::Shell,
+}
+
+/// Arguments of `man`.
+#[derive(Debug, Args)]
+pub(crate) struct ManArgs {
+    /// Write `safe-switch.1` and one page per command
+    /// (`safe-switch-plan.1`, ...) into this directory instead.
+    #[arg(long, value_name = "DIR")]
+    pub dir: Option<PathBuf>,
+}
+
+/// The command line's definition, as clap builds it: what the completion
+/// scripts and the manual pages are generated from.
+pub fn command() -> clap::Command {
+    <Cli as clap::CommandFactory>::command()
 }
 
 /// Arguments of `diff`.
@@ -197,6 +257,10 @@ pub(crate) struct ApplyArgs {
     /// over in the run directory; protected besides this process's own.
     #[arg(long, value_name = "PATH", hide = true)]
     pub cgroup_file: Option<PathBuf>,
+    /// Also write the OpenMetrics report of the plan and of how the apply
+    /// ended: `openmetrics=PATH`. May repeat.
+    #[arg(long, value_name = "openmetrics=PATH", value_parser = crate::report::parse_report_file)]
+    pub report: Vec<crate::report::ReportFile>,
 }
 
 /// Arguments of `pending`.

@@ -34,13 +34,12 @@ pub(crate) struct ReportFile {
 /// Parses one `--report FORMAT=PATH` value (clap's value parser, so a bad
 /// one is a usage error naming it).
 pub(crate) fn parse_report_file(value: &str) -> Result<ReportFile, String> {
+    let names: Vec<&str> = Format::ALL.iter().map(|f| f.name()).collect();
     let Some((format, path)) = value.split_once('=') else {
-        return Err("expected FORMAT=PATH, e.g. junit=report.xml (formats: text, json, junit, codequality, markdown)"
-            .to_owned());
+        return Err(format!("expected FORMAT=PATH, e.g. junit=report.xml (formats: {})", names.join(", ")));
     };
-    let format = Format::from_name(format).ok_or_else(|| {
-        format!("unknown report format {format:?} (formats: text, json, junit, codequality, markdown)")
-    })?;
+    let format = Format::from_name(format)
+        .ok_or_else(|| format!("unknown report format {format:?} (formats: {})", names.join(", ")))?;
     if path.is_empty() {
         return Err("the path after '=' is empty".to_owned());
     }
@@ -91,6 +90,42 @@ pub(crate) fn write_pending(pending: &plan_model::Pending, output: &OutputArgs) 
     out.write_all(text.as_bytes())?;
     out.flush()?;
     Ok(())
+}
+
+/// Writes the `--report openmetrics=PATH` files of a `switch` or `apply`
+/// once it is over: the plan's metrics (when there is a plan), the units
+/// still pending in the record the apply left, and how the apply ended
+/// (`result`: its outcome, or its error's exit code) and how long it ran
+/// since `started`. Other formats are left as they were written. A file
+/// that cannot be written is a warning: the apply's outcome stands.
+pub(crate) fn write_apply_metrics(
+    files: &[ReportFile],
+    plan: Option<&plan_model::Plan>,
+    run: &systemd_live::RunDir,
+    result: &anyhow::Result<crate::exit::Outcome>,
+    started: std::time::Instant,
+) {
+    let files: Vec<&ReportFile> = files.iter().filter(|f| f.format == Format::Openmetrics).collect();
+    if files.is_empty() {
+        return;
+    }
+    let exit_code = match result {
+        Ok(outcome) => outcome.code(),
+        Err(err) => crate::exit::error_code(err),
+    };
+    let finished = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    let apply = plan_report::openmetrics::ApplyResult {
+        exit_code,
+        duration_seconds: started.elapsed().as_secs_f64(),
+        finished_unix: finished.as_secs_f64(),
+    };
+    let pending = run.read_pending().ok().map(|p| p.deferrals.len());
+    let text = plan_report::openmetrics::render_apply(plan, pending, apply);
+    for file in files {
+        if let Err(err) = write_atomically(&file.path, text.as_bytes()) {
+            say!("warning: cannot write the openmetrics report to {}: {err}", file.path.display());
+        }
+    }
 }
 
 /// Writes `bytes` to `path` through a temporary file in the same directory,

@@ -389,7 +389,7 @@ impl SavedPlan {
 
 /// Reads a regular file as UTF-8, non-blocking (a FIFO cannot hang the
 /// run) and up to `max` bytes.
-fn read_bounded(path: &Path, max: u64) -> anyhow::Result<String> {
+pub(crate) fn read_bounded(path: &Path, max: u64) -> anyhow::Result<String> {
     let file = std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY).open(path)?;
     if !file.metadata()?.is_file() {
         bail!("not a regular file");

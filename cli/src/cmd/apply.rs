@@ -25,8 +25,26 @@ use crate::exit::Outcome;
 use crate::host;
 use crate::saved::{self, Observed, PlanKey, Rejection, SavedPlan};
 
-/// Runs `apply`.
+/// Runs `apply`, then writes its `--report openmetrics=PATH` files (the
+/// process the caller started does, once the isolated apply is over).
 pub(crate) fn run(args: args::ApplyArgs) -> anyhow::Result<Outcome> {
+    if let Some(other) = args.report.iter().find(|r| r.format != plan_report::Format::Openmetrics) {
+        return Err(crate::exit::usage(format!(
+            "apply writes only the openmetrics report, not {}",
+            other.format.name()
+        )));
+    }
+    let (started, isolated, reports, file) =
+        (std::time::Instant::now(), args.apply.isolated, args.report.clone(), args.plan.clone());
+    let outcome = apply(args);
+    if !isolated {
+        let plan = SavedPlan::load(&file).ok().map(|saved| saved.plan);
+        crate::report::write_apply_metrics(&reports, plan.as_ref(), &RunDir::system(), &outcome, started);
+    }
+    outcome
+}
+
+fn apply(args: args::ApplyArgs) -> anyhow::Result<Outcome> {
     if crate::darwin::is_darwin_host() {
         return crate::darwin::apply(args);
     }

@@ -69,11 +69,15 @@ pub(crate) fn run(args: args::SwitchArgs) -> anyhow::Result<Outcome> {
     }
     let lp = host::plan_to(&target, &args.protect, &mut bus)?;
     host::print(&lp, &args.output)?;
-    if lp.plan.protection.refused {
+    let started = std::time::Instant::now();
+    let outcome = if lp.plan.protection.refused {
         say!("refused: the switch would touch a protected unit (see the plan above); nothing was changed");
-        return Ok(Outcome::Blocked);
-    }
-    apply_plan(&mut bus, &run, &lp.plan, &args.apply, &args.protect)
+        Ok(Outcome::Blocked)
+    } else {
+        apply_plan(&mut bus, &run, &lp.plan, &args.apply, &args.protect)
+    };
+    crate::report::write_apply_metrics(&args.output.report, Some(&lp.plan), &run, &outcome, started);
+    outcome
 }
 
 /// Refuses, before any change, what cannot be switched: a caller that is

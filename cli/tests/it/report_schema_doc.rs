@@ -206,6 +206,10 @@ fn every_json_key_is_documented() {
     keys(&serde_json::from_str(&plan_report::json::render(&report)).unwrap(), &mut found);
     let record = plan_model::Pending { deferrals: vec![deferral], ..plan_model::Pending::default() };
     keys(&serde_json::from_str(&record.to_json()).unwrap(), &mut found);
+    // The merged document of several hosts.
+    let reboot = [plan_report::RebootNeed { reason: "kernel".into(), detail: "x".into() }];
+    let hosts = [plan_report::HostReport { host: "h", report, reboot: &reboot }];
+    keys(&serde_json::from_str(&plan_report::json::render_hosts(&hosts)).unwrap(), &mut found);
     found.remove("a.service");
     found.remove("system/a");
     let missing: Vec<&String> = found.iter().filter(|k| !doc.contains(&format!("`{k}`"))).collect();

@@ -71,11 +71,33 @@ pub struct Lines {
 
 /// Renders the Code Quality report.
 pub fn render(report: &Report<'_>) -> String {
+    to_json(&report_findings(report))
+}
+
+/// Renders the reports of several hosts (`safe-switch report merge`) as
+/// one list: each finding's description starts with its host, and its
+/// fingerprint covers the host, so the same finding on two hosts is two
+/// findings, each keeping its identity from one pipeline to the next.
+pub fn render_hosts(hosts: &[(&str, Report<'_>)]) -> String {
+    let mut all = Vec::new();
+    for (host, report) in hosts {
+        for mut f in report_findings(report) {
+            f.fingerprint = fingerprint(&["host", host, &f.fingerprint]);
+            f.description = format!("{host}: {}", f.description);
+            all.push(f);
+        }
+    }
+    to_json(&all)
+}
+
+/// The findings of a plan's report: the plan's, then the deferrals of
+/// earlier switches it leaves pending.
+fn report_findings(report: &Report<'_>) -> Vec<Finding> {
     let mut findings = findings(report.plan, report.diffs);
     // Deferred again: already a `deferred` finding of the plan.
     let still = report.pending.iter().filter(|e: &&Earlier| e.fate == Fate::StillPending);
     findings.extend(still.flat_map(|e| pending_findings(&e.deferral)));
-    to_json(&findings)
+    findings
 }
 
 /// Renders the record of pending deferrals: one finding per pending

@@ -13,7 +13,10 @@ use std::fmt::Write as _;
 
 use plan_model::{Action, Pending, PendingDeferral, Plan, Severity};
 
-use crate::{Report, Verdict, action_items, chain_line, reasons_line, reboot_reasons, usable_words, utc_time};
+use crate::{
+    ActionCounts, HostReport, Report, Verdict, action_items, chain_line, reasons_line, reboot_reasons, usable_words,
+    utc_time,
+};
 
 /// The default size limit, safely under GitHub's 1 MiB per step.
 pub const LIMIT: usize = 1_000_000;
@@ -23,10 +26,96 @@ const RESERVE: usize = 400;
 
 /// Renders the Markdown report, at most `limit` bytes long.
 pub fn render(report: &Report<'_>, limit: usize) -> String {
+    render_titled(report, limit, "safe-switch")
+}
+
+/// The least room a host's details are given in a merged report; hosts
+/// after the budget fell below it are named in the closing note instead.
+const MIN_HOST_DETAILS: usize = 2_000;
+
+/// Renders the reports of several hosts (`safe-switch report merge`), at
+/// most `limit` bytes long: a table of the hosts (verdict, action counts,
+/// pending deferrals, reboot), then each host's report as [`render`] makes
+/// it, under a heading naming the host: the refused hosts first, then the
+/// deferred ones, then the rest. The table comes first and is cut last;
+/// as many hosts as can have [`MIN_HOST_DETAILS`] bytes each get an equal
+/// share of what is left (a host that needs less leaves more to the next),
+/// and the hosts whose details are not shown are counted in a closing
+/// note.
+pub fn render_hosts(hosts: &[HostReport<'_>], limit: usize) -> String {
+    let mut b = Budget::new(limit);
+    let verdicts: Vec<Verdict> = hosts.iter().map(|h| Verdict::of(h.report.plan)).collect();
+    let count = |v: Verdict| verdicts.iter().filter(|x| **x == v).count();
+    let reboots = hosts.iter().filter(|h| !h.reboot.is_empty()).count();
+    b.push(&format!(
+        "## safe-switch: {} host{}: {} safe, {} deferred, {} refused, {} needing a reboot\n\n",
+        hosts.len(),
+        if hosts.len() == 1 { "" } else { "s" },
+        count(Verdict::Safe),
+        count(Verdict::Deferred),
+        count(Verdict::Refused),
+        reboots
+    ));
+    b.push("| Host | Verdict | Planned | Deferred | Refused | Pending | Reboot |\n|---|---|---:|---:|---:|---:|---|\n");
+    for (h, v) in hosts.iter().zip(&verdicts) {
+        let c = ActionCounts::of(h.report.plan);
+        let reboot = if h.reboot.is_empty() {
+            "no".to_owned()
+        } else {
+            let reasons: Vec<&str> = h.reboot.iter().map(|r| r.reason.as_str()).collect();
+            format!("yes: {}", cell(&reasons.join(", ")))
+        };
+        b.row(&format!(
+            "| {} | {} | {} | {} | {} | {} | {reboot} |\n",
+            code(h.host),
+            v.as_str(),
+            c.planned,
+            c.deferred,
+            c.refused,
+            crate::pending_now(h.report.pending)
+        ));
+    }
+    b.push("\n");
+    // The details of the refused hosts first, then the deferred ones, then
+    // the rest, each group in the order given.
+    let mut order: Vec<usize> = (0..hosts.len()).collect();
+    order.sort_by_key(|&i| std::cmp::Reverse(verdicts[i] as u8));
+    let shown = if b.full { 0 } else { (b.room() / MIN_HOST_DETAILS).min(hosts.len()) };
+    let mut left_out = hosts.len() - shown;
+    for (n, &i) in order.iter().take(shown).enumerate() {
+        let h = &hosts[i];
+        let share = b.room() / (shown - n);
+        if b.full || share < MIN_HOST_DETAILS {
+            left_out += 1;
+            continue;
+        }
+        let mut reboot = String::new();
+        for r in h.reboot {
+            let _ =
+                writeln!(reboot, "- **reboot needed** ({}): {}", inline(&r.reason), inline(&crate::clip(&r.detail)));
+        }
+        if !reboot.is_empty() {
+            reboot.push('\n');
+        }
+        let mut details = render_titled(&h.report, share.saturating_sub(reboot.len()), &code(h.host));
+        details.push_str(&reboot);
+        b.push(&details);
+    }
+    if left_out > 0 {
+        b.note(&format!(
+            "\n> **Truncated** to stay under {limit} bytes: the details of {left_out} host(s) are not shown. \
+             The merged JSON report has every plan.\n"
+        ));
+    }
+    b.finish()
+}
+
+/// [`render`] with another title before the verdict (a host's name).
+fn render_titled(report: &Report<'_>, limit: usize, title: &str) -> String {
     let plan = report.plan;
     let mut b = Budget::new(limit);
 
-    b.push(&header(plan));
+    b.push(&header(plan, title));
 
     let items = action_items(plan);
     let blocked: Vec<_> = items.iter().filter(|i| i.status.is_blocked()).collect();
@@ -166,14 +255,14 @@ fn pending_row(d: &PendingDeferral) -> String {
     format!("| {} | {} | {} | {} |", code(&d.unit), actions.join(", "), utc_time(d.since_unix), cell(&why))
 }
 
-fn header(plan: &Plan) -> String {
+fn header(plan: &Plan, title: &str) -> String {
     let mut s = String::new();
     let verdict = match Verdict::of(plan) {
         Verdict::Safe => "safe: nothing touches a protected unit",
         Verdict::Deferred => "deferred: some actions touch a protected unit and will not be carried out",
         Verdict::Refused => "refused: the switch touches a protected unit",
     };
-    let _ = writeln!(s, "## safe-switch: {verdict}\n");
+    let _ = writeln!(s, "## {title}: {verdict}\n");
     let _ = writeln!(s, "{} → {}\n", code(&plan.old.path), code(&plan.new.path));
     let count = |a: Action| plan.units.iter().filter(|u| u.actions.contains(&a)).count();
     let blocked = action_items(plan).iter().filter(|i| i.status.is_blocked()).count();
@@ -238,6 +327,18 @@ impl Budget {
 
     fn fits(&self, s: &str) -> bool {
         self.out.len() + s.len() + RESERVE <= self.limit
+    }
+
+    /// The bytes still free, the reserve for the closing note kept.
+    fn room(&self) -> usize {
+        self.limit.saturating_sub(self.out.len() + RESERVE)
+    }
+
+    /// Appends a closing note into the reserve kept for it.
+    fn note(&mut self, s: &str) {
+        if self.out.len() + s.len() <= self.limit {
+            self.out.push_str(s);
+        }
     }
 
     /// Appends a heading or separator; once the budget is spent, nothing

@@ -21,8 +21,8 @@ use plan_model::{
 };
 
 use crate::{
-    Blocker, Report, Style, Verdict, chain_line, module_line, pending_generations, pending_hint, pending_line, printable,
-    reboot_line,
+    Blocker, HostReport, Report, Style, Verdict, chain_line, module_line, pending_generations, pending_hint,
+    pending_line, printable, reboot_line,
 };
 
 /// What a line is, for its colour.
@@ -119,6 +119,76 @@ pub fn render(report: &Report<'_>, style: Style) -> String {
         }
     }
     diffs(&mut out, report);
+    out.text
+}
+
+/// Renders the reports of several hosts: a line over all of them, a table
+/// of the hosts (verdict, action counts, deferrals pending, reboot), then
+/// each host's report as [`render`] makes it, under a line naming the host.
+pub fn render_hosts(hosts: &[HostReport<'_>], style: Style) -> String {
+    let verdicts: Vec<Verdict> = hosts.iter().map(|h| Verdict::of(h.report.plan)).collect();
+    let count = |v: Verdict| verdicts.iter().filter(|x| **x == v).count();
+    let worst = verdicts.iter().copied().max_by_key(|v| *v as u8).unwrap_or(Verdict::Safe);
+    let mut out = Out { text: String::new(), style, verdict: worst };
+    let reboots = hosts.iter().filter(|h| !h.reboot.is_empty()).count();
+    out.line(
+        Kind::Heading,
+        &format!(
+            "{} host{}: {} safe, {} deferred, {} refused, {} needing a reboot",
+            hosts.len(),
+            if hosts.len() == 1 { "" } else { "s" },
+            count(Verdict::Safe),
+            count(Verdict::Deferred),
+            count(Verdict::Refused),
+            reboots
+        ),
+    );
+    out.blank();
+    let rows: Vec<[String; 7]> = hosts
+        .iter()
+        .zip(&verdicts)
+        .map(|(h, v)| {
+            let c = crate::ActionCounts::of(h.report.plan);
+            let reboot: Vec<&str> = h.reboot.iter().map(|r| r.reason.as_str()).collect();
+            [
+                printable(h.host).into_owned(),
+                v.as_str().to_owned(),
+                c.planned.to_string(),
+                c.deferred.to_string(),
+                c.refused.to_string(),
+                crate::pending_now(h.report.pending).to_string(),
+                if reboot.is_empty() { "no".to_owned() } else { printable(&reboot.join(",")).into_owned() },
+            ]
+        })
+        .collect();
+    let head = ["HOST", "VERDICT", "PLANNED", "DEFERRED", "REFUSED", "PENDING", "REBOOT"].map(str::to_owned);
+    let mut widths = head.clone().map(|h| h.chars().count());
+    for row in &rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let line = |row: &[String; 7]| {
+        let cells: Vec<String> = row.iter().zip(widths).map(|(c, w)| format!("{c:<w$}")).collect();
+        cells.join("  ").trim_end().to_owned()
+    };
+    out.line(Kind::Heading, &line(&head));
+    for (row, v) in rows.iter().zip(&verdicts) {
+        let kind = if *v == Verdict::Safe { Kind::Plain } else { Kind::Blocked };
+        let saved = out.verdict;
+        out.verdict = *v;
+        out.line(kind, &line(row));
+        out.verdict = saved;
+    }
+    for (h, v) in hosts.iter().zip(&verdicts) {
+        out.blank();
+        out.verdict = *v;
+        out.line(Kind::Heading, &format!("== {}: {} ==", printable(h.host), v.as_str()));
+        for r in h.reboot {
+            out.line(Kind::Warning, &printable(&format!("reboot needed ({}): {}", r.reason, crate::clip(&r.detail))));
+        }
+        out.text.push_str(&render(&h.report, style));
+    }
     out.text
 }
 
