@@ -254,7 +254,12 @@ fn cases(plan: &Plan) -> Vec<Case> {
             plan_model::ModuleUse::Now => Outcome::Pass,
             _ => Outcome::Skipped(line.clone()),
         };
-        cases.push(Case { classname: MODULES.to_owned(), name: format!("module {}/{}", m.release, m.path), outcome, out: line });
+        cases.push(Case {
+            classname: MODULES.to_owned(),
+            name: format!("module {}/{}", m.release, m.path),
+            outcome,
+            out: line,
+        });
     }
     let gate = match Verdict::of(plan) {
         Verdict::Safe => Outcome::Pass,
