@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 use plan_model::{LiveState, Plan};
 use systemd_live::{RunDir, ServiceManager, SystemdBus};
-use systemd_plan::GenerationUnits;
+use systemd_plan::{GenerationUnits, LoadError};
 
 use crate::args::{OutputArgs, ProtectArgs, SourceArgs};
 
@@ -127,21 +127,62 @@ pub(crate) fn live_plan_with(
     mgr: &mut dyn ServiceManager,
     adjust: &dyn Fn(&mut LiveState),
 ) -> anyhow::Result<LivePlan> {
-    let old_path = std::fs::canonicalize(current)
-        .with_context(|| format!("{}: cannot resolve the running generation", current.display()))?;
-    let new_path = std::fs::canonicalize(toplevel)
-        .with_context(|| format!("{}: cannot resolve the toplevel", toplevel.display()))?;
-    // The generations are read while systemd lists its units: neither
-    // needs the other, and each takes about as long.
-    let ((old, new), listed) = std::thread::scope(|scope| {
-        let loading = scope.spawn(|| timed("load", || systemd_plan::load_pair(&old_path, &new_path)));
-        let listed = timed("list-units", || mgr.list_units());
-        (loading.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)), listed)
-    });
-    let (old, new) = (old?, new?);
-    let request = crate::protect::request(protect)?;
-    let listed = listed.context("cannot read the live state from systemd")?;
-    let mut live = timed("live", || complete_live(&old, &new, &request, mgr, listed))
+    live_plan_loading(Loading::start(current, toplevel)?, protect, mgr, adjust)
+}
+
+/// The two generations of a plan, read in the background. A planning
+/// command starts reading them before it connects to systemd: reading
+/// takes longer than connecting and listing the units, and needs neither.
+pub(crate) struct Loading {
+    old: PathBuf,
+    new: PathBuf,
+    thread: std::thread::JoinHandle<(Result<GenerationUnits, LoadError>, Result<GenerationUnits, LoadError>)>,
+}
+
+impl Loading {
+    /// Starts reading `current` (usually `/run/current-system`) and
+    /// `toplevel`, each resolved first.
+    pub(crate) fn start(current: &Path, toplevel: &Path) -> anyhow::Result<Loading> {
+        let old = std::fs::canonicalize(current)
+            .with_context(|| format!("{}: cannot resolve the running generation", current.display()))?;
+        let new = std::fs::canonicalize(toplevel)
+            .with_context(|| format!("{}: cannot resolve the toplevel", toplevel.display()))?;
+        let (o, n) = (old.clone(), new.clone());
+        let thread = std::thread::Builder::new()
+            .name("load".to_owned())
+            .spawn(move || timed("load", || systemd_plan::load_pair(&o, &n)))
+            .context("cannot start reading the generations")?;
+        Ok(Loading { old, new, thread })
+    }
+
+    /// Waits for both generations.
+    fn finish(self) -> anyhow::Result<(PathBuf, PathBuf, GenerationUnits, GenerationUnits)> {
+        let (old, new) = self.thread.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+        Ok((self.old, self.new, old?, new?))
+    }
+}
+
+/// [`live_plan_with`], with the generations already being read.
+pub(crate) fn live_plan_loading(
+    loading: Loading,
+    protect: &ProtectArgs,
+    mgr: &mut dyn ServiceManager,
+    adjust: &dyn Fn(&mut LiveState),
+) -> anyhow::Result<LivePlan> {
+    // While the generations are read: the units systemd has, and the
+    // relations of the running protected units among them (of those the
+    // generations turn out to have, only what points at them from
+    // elsewhere is kept, as if read afterwards).
+    let request = crate::protect::request(protect);
+    let listed = timed("list-units", || mgr.list_units());
+    let listed = match (&request, listed) {
+        (Ok(request), Ok(live)) => read_protected(request, mgr, live),
+        (_, listed) => listed.map(|live| (live, Vec::new())),
+    };
+    let (old_path, new_path, old, new) = loading.finish()?;
+    let request = request?;
+    let (listed, read_early) = listed.context("cannot read the live state from systemd")?;
+    let mut live = timed("live", || complete_live(&old, &new, &request, mgr, listed, &read_early))
         .context("cannot read the live state from systemd")?;
     timed("kernel", || crate::kernel::read_into(&mut live));
     adjust(&mut live);
@@ -150,6 +191,30 @@ pub(crate) fn live_plan_with(
     let protection = timed("protect", || crate::protect::protect_plan(&mut plan, &old, &new, &live, protect))?;
     let diffs = timed("diffs", || systemd_plan::unit_diffs(&plan, &old, &new));
     Ok(LivePlan { plan, live, old: old_path, new: new_path, protection, diffs, earlier: Vec::new() })
+}
+
+/// Reads every relation property of the running units `request` protects
+/// that the live state names ([`systemd_plan::protect::running_protected`]);
+/// returns the live state with them, and the units read.
+fn read_protected(
+    request: &systemd_plan::protect::Request,
+    mgr: &mut dyn ServiceManager,
+    mut live: LiveState,
+) -> Result<(LiveState, Vec<String>), systemd_live::Error> {
+    let units = systemd_plan::protect::running_protected(&live, request);
+    if units.is_empty() {
+        return Ok((live, units));
+    }
+    let read = timed("protected", || mgr.dependencies(&units, &plan_model::DEPENDENCY_PROPERTIES))?;
+    let mut done = Vec::new();
+    for (unit, deps) in read {
+        if let Some(u) = live.units.get_mut(&unit) {
+            u.deps = deps;
+            u.deps_unread = false;
+            done.push(unit);
+        }
+    }
+    Ok((live, done))
 }
 
 /// Reads what a plan needs of the live host, and nothing more: the loaded
@@ -166,18 +231,29 @@ pub(crate) fn read_live(
     mgr: &mut dyn ServiceManager,
 ) -> Result<LiveState, systemd_live::Error> {
     let listed = mgr.list_units()?;
-    complete_live(old, new, request, mgr, listed)
+    complete_live(old, new, request, mgr, listed, &[])
 }
 
 /// [`read_live`] after `ListUnits`: what else the plan needs of the units
-/// `listed`.
+/// `listed`. Of the units whose relations were `read_early`, before the
+/// generations were known, those a generation has keep only what points
+/// at them from elsewhere ([`systemd_plan::protect::INTO_PROTECTED`]),
+/// as if read now: their files say the rest.
 fn complete_live(
     old: &GenerationUnits,
     new: &GenerationUnits,
     request: &systemd_plan::protect::Request,
     mgr: &mut dyn ServiceManager,
     mut live: LiveState,
+    read_early: &[String],
 ) -> Result<LiveState, systemd_live::Error> {
+    for name in read_early {
+        if (old.has_unit(name) || new.has_unit(name))
+            && let Some(u) = live.units.get_mut(name)
+        {
+            u.deps.retain(|property, _| systemd_plan::protect::INTO_PROTECTED.contains(&property.as_str()));
+        }
+    }
     let examined: Vec<String> = live
         .units
         .iter()
@@ -290,7 +366,24 @@ pub(crate) fn plan_to(
     protect: &ProtectArgs,
     mgr: &mut dyn ServiceManager,
 ) -> anyhow::Result<LivePlan> {
-    let mut lp = live_plan(&running_generation(), &target.toplevel, protect, mgr)?;
+    plan_loading(target, start_loading(target)?, protect, mgr)
+}
+
+/// Starts reading the running generation and the resolved target, for
+/// [`plan_loading`].
+pub(crate) fn start_loading(target: &crate::source::Resolved) -> anyhow::Result<Loading> {
+    Loading::start(&running_generation(), &target.toplevel)
+}
+
+/// [`plan_to`], with the generations already being read
+/// ([`start_loading`]).
+pub(crate) fn plan_loading(
+    target: &crate::source::Resolved,
+    loading: Loading,
+    protect: &ProtectArgs,
+    mgr: &mut dyn ServiceManager,
+) -> anyhow::Result<LivePlan> {
+    let mut lp = live_plan_loading(loading, protect, mgr, &|_| {})?;
     lp.plan.new.provenance = Some(target.provenance.clone());
     lp.earlier = crate::pending::preview(&RunDir::system(), &lp.plan, mgr);
     Ok(lp)

@@ -28,9 +28,11 @@ pub(crate) fn run(args: args::CheckArgs) -> anyhow::Result<Outcome> {
     }
     fail_on_alone(&args.fail_on)?;
     let target = host::resolve_source(&args.source, &args.protect)?;
+    // Reading the generations overlaps connecting to systemd.
+    let loading = host::start_loading(&target)?;
     let mut bus = host::connect()?;
     host::report_interrupted(&systemd_live::RunDir::system());
-    let lp = host::plan_to(&target, &args.protect, &mut bus)?;
+    let lp = host::plan_loading(&target, loading, &args.protect, &mut bus)?;
     host::report_stats(&bus);
     let outcome = outcome(&lp.plan, &args.fail_on);
     if host::explain(&lp, &args.protect, &args.output)? {

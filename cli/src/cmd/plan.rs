@@ -22,9 +22,11 @@ pub(crate) fn run(args: args::PlanArgs) -> anyhow::Result<Outcome> {
         return crate::darwin::plan(args);
     }
     let target = host::resolve_source(&args.source, &args.protect)?;
+    // Reading the generations overlaps connecting to systemd.
+    let loading = host::start_loading(&target)?;
     let mut bus = host::connect()?;
     host::report_interrupted(&systemd_live::RunDir::system());
-    let mut lp = host::plan_to(&target, &args.protect, &mut bus)?;
+    let mut lp = host::plan_loading(&target, loading, &args.protect, &mut bus)?;
     host::report_stats(&bus);
     if !host::explain(&lp, &args.protect, &args.output)? {
         if let Some(out) = &args.out {

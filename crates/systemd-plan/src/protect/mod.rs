@@ -168,6 +168,19 @@ fn resolve(request: &Request, universe: &UnitNames<'_>) -> (Vec<ProtectedUnit>, 
     (protections, unknown)
 }
 
+/// The running units `request` protects, as far as the live state alone
+/// tells: what can be asked of systemd while the generations are still
+/// being read. Every running unit is in the live state, so the full
+/// resolution (against both generations too) finds no running protected
+/// unit that this misses.
+pub fn running_protected(live: &LiveState, request: &Request) -> Vec<String> {
+    let universe: UnitNames<'_> = live.units.keys().map(String::as_str).collect();
+    let (protections, _) = resolve(request, &universe);
+    let running: BTreeSet<String> =
+        protections.into_iter().flat_map(|p| p.units).filter(|u| live.get(u).is_some_and(|l| l.is_running())).collect();
+    running.into_iter().collect()
+}
+
 /// What points at a unit from elsewhere that can stop or restart it: a
 /// unit that conflicts with it, one that propagates its stop to it, the
 /// socket, timer or path that activates it. For a protected unit of a
