@@ -775,6 +775,7 @@ mod tests {
                 },
             ],
             steps: vec![],
+            consequences: Vec::new(),
             protection: Protection::default(),
             diagnostics: vec![],
             packages: None,

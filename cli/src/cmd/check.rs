@@ -90,6 +90,7 @@ mod tests {
                 }),
             }],
             steps: vec![],
+            consequences: Vec::new(),
             protection: Protection { refused, ..Protection::default() },
             diagnostics: vec![],
             packages: None,

@@ -37,6 +37,7 @@ fn base(old: &str, new: &str) -> Plan {
             unit("sshd.service", &[Action::Skip], Rule::RestartIfChangedFalse),
         ],
         steps: vec![Step::Activate { script: format!("{new}/activate") }, Step::DaemonReload],
+        consequences: Vec::new(),
         protection: Protection::default(),
         diagnostics: vec![Diagnostic {
             severity: Severity::Warning,

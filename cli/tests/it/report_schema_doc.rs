@@ -75,6 +75,7 @@ fn full_plan() -> Plan {
             Step::DaemonReload,
             Step::RestartSysinitReactivation,
         ],
+        consequences: Vec::new(),
         protection: Protection {
             mode: Mode::Refuse,
             protected: vec![

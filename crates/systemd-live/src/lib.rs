@@ -37,6 +37,9 @@ pub use executor::{
 };
 pub use manager::{
     Dependencies, Idleness, JobKind, JobOutcome, JobResult, ServiceManager, TransientExit, TransientSpec, UnitProcess,
-    UnitStatus,
+    UnitStatus, WatchedJobs,
 };
-pub use rundir::{DEFAULT_RUN_DIR, Interrupted, LockGuard, PersistedJob, PhaseState, ProgressFile, RunDir, phase_name};
+pub use rundir::{
+    DEFAULT_RUN_DIR, Interrupted, LOG_KEEP, LockGuard, LogFile, PersistedJob, PhaseState, ProgressFile, RunDir,
+    phase_name,
+};
