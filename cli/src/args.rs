@@ -59,6 +59,10 @@ pub(crate) struct DiffArgs {
     /// /run/safe-switch/pending.json): the plan shows what it does to each.
     #[arg(long, value_name = "PENDING.json")]
     pub pending: Option<PathBuf>,
+    /// What an apply of this plan did (the `applied` object of a switch's
+    /// JSON report): the reports show it as `switch` and `apply` do.
+    #[arg(long, value_name = "APPLIED.json")]
+    pub applied: Option<PathBuf>,
     /// Protection.
     #[command(flatten)]
     pub protect: ProtectArgs,
@@ -190,6 +194,9 @@ pub(crate) struct ApplyArgs {
     /// How to apply.
     #[command(flatten)]
     pub apply: ExecutionArgs,
+    /// Where the reports of the plan and of what the apply did go.
+    #[command(flatten)]
+    pub output: OutputArgs,
     /// The cgroup of the process that asked for an isolated apply, handed
     /// over in the run directory; protected besides this process's own.
     #[arg(long, value_name = "PATH", hide = true)]

@@ -188,7 +188,7 @@ fn print(dp: &DarwinPlan, output: &OutputArgs) -> anyhow::Result<()> {
     };
     let diffs = launchd_plan::plist_diffs(&dp.planned, &dp.old, &dp.new);
     crate::report::write_outputs(
-        &Report { plan: &dp.planned.plan, diffs: &diffs, commands: &commands, pending: &[] },
+        &Report { plan: &dp.planned.plan, diffs: &diffs, commands: &commands, pending: &[], applied: None },
         output,
     )
 }

@@ -23,6 +23,7 @@ use crate::args;
 use crate::cmd::switch;
 use crate::exit::Outcome;
 use crate::host::{self, CURRENT_SYSTEM};
+use crate::report::Applying;
 use crate::saved::{self, Observed, PlanKey, Rejection, SavedPlan};
 
 /// Runs `apply`.
@@ -87,9 +88,9 @@ pub(crate) fn run(args: args::ApplyArgs) -> anyhow::Result<Outcome> {
     }
 
     say!("applying the saved plan {} ({})", args.plan.display(), saved.digest);
-    let text = plan_report::render(plan_report::Format::Text, &Report::of(&saved.plan), crate::report::stdout_style());
-    std::io::Write::write_all(&mut std::io::stdout().lock(), text.as_bytes())?;
-    switch::apply_plan(&mut bus, &run, &saved.plan, &args.apply, &protect)
+    let reports = Applying { report: Report::of(&saved.plan), output: &args.output };
+    reports.before()?;
+    switch::apply_plan(&mut bus, &run, &saved.plan, &args.apply, &protect, Some(&reports))
 }
 
 /// Says why the saved plan is refused and returns the exit outcome.

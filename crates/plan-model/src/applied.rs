@@ -264,6 +264,12 @@ pub struct ApplyReport {
 }
 
 impl ApplyReport {
+    /// Reads an apply report from its JSON form (the `applied` object of
+    /// a switch's JSON report). Errors never quote a value from the text.
+    pub fn from_json(text: &str) -> Result<ApplyReport, crate::json::JsonError> {
+        crate::json::object_from_str(text)
+    }
+
     /// Tells whether everything went as planned: every phase ran and
     /// succeeded, no unit failed and no protected unit was disturbed.
     pub fn success(&self) -> bool {

@@ -118,6 +118,18 @@ impl EffectKind {
         }
     }
 
+    /// What systemd did, as a verb in the past: `restarted`, `ran a job
+    /// on` (for [`EffectKind::Job`]).
+    pub fn past(self) -> &'static str {
+        match self {
+            EffectKind::Start => "started",
+            EffectKind::Stop => "stopped",
+            EffectKind::Restart => "restarted",
+            EffectKind::Reload => "reloaded",
+            EffectKind::Job => "ran a job on",
+        }
+    }
+
     /// Tells whether actions `done` (planned ones, or planned and
     /// predicted ones) account for this effect: a restart is a restart or
     /// a stop and a start; a start of a unit that was not running is a

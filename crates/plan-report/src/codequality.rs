@@ -6,6 +6,10 @@
 //!
 //! | check | severity | when |
 //! |-------|----------|------|
+//! | `safe-switch/disturbed` | blocker | after the apply, a protected unit was disturbed (another process or invocation, or systemd acted on it outside the plan) |
+//! | `safe-switch/unplanned` | critical | during the apply, systemd acted on a unit the plan neither lists nor predicts |
+//! | `safe-switch/unit-failed` | critical | after the apply, a unit it acted on (or caused to fail) is failed |
+//! | `safe-switch/stopped-early` | critical | the apply stopped before its last phase |
 //! | `safe-switch/refused` | blocker | an action touches a protected unit and the switch is refused |
 //! | `safe-switch/deferred` | critical | protection dropped an action |
 //! | `safe-switch/pending` | major | an action an earlier switch deferred is still pending (and this plan leaves it so) |
@@ -21,7 +25,7 @@
 
 use std::collections::BTreeSet;
 
-use plan_model::{Action, Earlier, Fate, Pending, PendingDeferral, Plan, Severity};
+use plan_model::{Action, ApplyReport, Earlier, Fate, Pending, PendingDeferral, Plan, Severity};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
@@ -67,11 +71,13 @@ pub struct Lines {
 
 /// Renders the Code Quality report.
 pub fn render(report: &Report<'_>) -> String {
-    let mut findings = findings(report.plan, report.diffs);
+    // What the apply did comes first: it is what happened, not a plan.
+    let mut out = report.applied.map(|a| applied_findings(a, report.diffs)).unwrap_or_default();
+    out.extend(findings(report.plan, report.diffs));
     // Deferred again: already a `deferred` finding of the plan.
     let still = report.pending.iter().filter(|e: &&Earlier| e.fate == Fate::StillPending);
-    findings.extend(still.flat_map(|e| pending_findings(&e.deferral)));
-    to_json(&findings)
+    out.extend(still.flat_map(|e| pending_findings(&e.deferral)));
+    to_json(&out)
 }
 
 /// Renders the record of pending deferrals: one finding per pending
@@ -116,6 +122,58 @@ fn unit_path(unit: &str, diffs: &[FileDiff]) -> String {
         Some(first) if !changed.contains(&fragment.as_str()) => (*first).to_owned(),
         _ => fragment,
     }
+}
+
+/// The findings of an apply: protected units disturbed, unplanned
+/// effects, failed units, an apply that stopped early.
+pub fn applied_findings(a: &ApplyReport, diffs: &[FileDiff]) -> Vec<Finding> {
+    let mut out = Vec::new();
+    let mut push = |check: &str, severity: &'static str, unit: Option<&str>, what: &str, description: String| {
+        let check_name = format!("safe-switch/{check}");
+        let path = unit.map_or_else(|| UNIT_DIR.to_owned(), |u| unit_path(u, diffs));
+        out.push(Finding {
+            fingerprint: fingerprint(&[&check_name, unit.unwrap_or("apply"), what]),
+            description,
+            check_name,
+            severity,
+            location: Location { path, lines: Lines { begin: 1 } },
+        });
+    };
+    for c in &a.protected {
+        if let Some(what) = &c.disturbed {
+            push(
+                "disturbed",
+                "blocker",
+                Some(&c.unit),
+                "check",
+                format!("protected {} was disturbed by the switch: {what}", c.unit),
+            );
+        }
+    }
+    if let Some(o) = &a.observed {
+        for e in o.unplanned() {
+            let (check, severity) = if e.protected { ("disturbed", "blocker") } else { ("unplanned", "critical") };
+            push(
+                check,
+                severity,
+                Some(&e.unit),
+                e.effect.as_str(),
+                format!(
+                    "during the switch systemd {} {}, which the plan neither lists nor predicts{}",
+                    e.effect.past(),
+                    e.unit,
+                    if e.protected { " (a protected unit)" } else { "" }
+                ),
+            );
+        }
+    }
+    for f in &a.failed {
+        push("unit-failed", "critical", Some(&f.unit), "failed", format!("{} failed: {}", f.unit, f.status.summary()));
+    }
+    if let Some(why) = &a.aborted {
+        push("stopped-early", "critical", None, "aborted", format!("the switch stopped early: {why}"));
+    }
+    out
 }
 
 /// Lists the findings of a plan, without duplicate fingerprints, pointing
