@@ -28,6 +28,7 @@ mod foreign_files;
 mod fuzz_pipeline;
 mod golden;
 mod live_calls;
+mod live_observe;
 mod live_settle;
 mod live_switch;
 mod nix_source;

@@ -82,10 +82,11 @@ pub struct Observed {
     /// How many more jobs were seen than kept.
     pub dropped: usize,
     /// The units' states before the first job: every loaded unit's
-    /// `ActiveState`, and the invocation of those the plan names.
+    /// `ActiveState`, and the invocation of those the plan names and of
+    /// every running one.
     pub before: BTreeMap<String, Activity>,
-    /// Their states after the last phase, for the units the plan names and
-    /// those a job was seen for.
+    /// Their states after the last phase: the same, and the invocation of
+    /// every unit a job was seen for.
     pub after: BTreeMap<String, Activity>,
 }
 

@@ -1431,13 +1431,16 @@ impl ServiceManager for SystemdBus {
     fn activity(&mut self, units: &[String]) -> Result<BTreeMap<String, Activity>, Error> {
         zbus::block_on(async {
             let live = self.list_units_async().await?;
+            let mut wanted: std::collections::BTreeSet<String> = units.iter().cloned().collect();
+            wanted.extend(live.units.iter().filter(|(_, u)| u.is_running()).map(|(n, _)| n.clone()));
+            let wanted: Vec<String> = wanted.into_iter().collect();
             let mut out: BTreeMap<String, Activity> = live
                 .units
                 .into_iter()
                 .map(|(name, u)| (name, Activity { active_state: u.active_state, invocation_id: None }))
                 .collect();
-            let read = self.unit_properties(units, &["InvocationID"]).await?;
-            for unit in units {
+            let read = self.unit_properties(&wanted, &["InvocationID"]).await?;
+            for unit in &wanted {
                 let invocation = read.get(unit).and_then(|values| values.first()).map(|(_, v)| bytes_hex(Some(v)));
                 out.entry(unit.clone()).or_default().invocation_id = Some(invocation.unwrap_or_default());
             }

@@ -412,7 +412,9 @@ impl ServiceManager for FakeManager {
             .iter()
             .map(|(n, u)| (n.clone(), Activity { active_state: u.status.active_state.clone(), invocation_id: None }))
             .collect();
-        for unit in units {
+        let running = self.units.iter().filter(|(_, u)| u.status.is_running()).map(|(n, _)| n);
+        let read: std::collections::BTreeSet<&String> = units.iter().chain(running).collect();
+        for unit in read {
             let status = self.units.get(unit).map(|u| u.status.clone()).unwrap_or_default();
             out.insert(
                 unit.clone(),

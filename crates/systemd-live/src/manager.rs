@@ -242,15 +242,19 @@ pub trait ServiceManager {
     fn stop_watching(&mut self) -> WatchedJobs;
 
     /// Every loaded unit's `ActiveState`, and the `InvocationID` of each
-    /// of `units` (empty for one that has none, or is not loaded).
+    /// of `units` and of every unit that is running (empty for one that
+    /// has none, or is not loaded): a restart shows as another
+    /// invocation, whichever job did it.
     fn activity(&mut self, units: &[String]) -> Result<BTreeMap<String, Activity>, Error> {
         let live = self.list_units()?;
+        let mut read: BTreeSet<String> = units.iter().cloned().collect();
+        read.extend(live.units.iter().filter(|(_, u)| u.is_running()).map(|(n, _)| n.clone()));
         let mut out: BTreeMap<String, Activity> = live
             .units
             .into_iter()
             .map(|(name, u)| (name, Activity { active_state: u.active_state, invocation_id: None }))
             .collect();
-        for (name, st) in self.unit_status(units)? {
+        for (name, st) in self.unit_status(&read.into_iter().collect::<Vec<_>>())? {
             out.insert(name, Activity { active_state: st.active_state, invocation_id: Some(st.invocation_id) });
         }
         Ok(out)
