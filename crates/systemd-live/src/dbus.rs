@@ -207,23 +207,7 @@ impl SystemdBus {
     pub fn connect_to(address: &str, timeout: Duration) -> Result<SystemdBus, Error> {
         let address = address.to_owned();
         zbus::block_on(async {
-            let build = zbus::connection::Builder::address(address.as_str())
-                // A phase of hundreds of jobs produces as many JobRemoved
-                // signals; they must not fill the queue while the calls
-                // that queue the jobs are still waiting for replies.
-                .max_queued(NonZeroUsize::new(1 << 16).unwrap_or(NonZeroUsize::MIN))
-                .method_timeout(timeout)
-                .build();
-            // zbus's method timeout starts with the first call after the
-            // handshake; the handshake (with its Hello) has its own.
-            let conn = match with_timeout(timeout, build).await {
-                Some(conn) => {
-                    conn.map_err(|e| Error::Connect { address: address.clone(), message: error_message(&e) })?
-                }
-                None => {
-                    return Err(Error::Timeout { call: format!("Hello (connection set-up on {address})"), timeout });
-                }
-            };
+            let conn = open(&address, timeout).await?;
             let manager = manager(&conn).await?;
             manager.subscribe().await.map_err(|e| {
                 if is_timeout(&e) {
@@ -244,6 +228,24 @@ impl SystemdBus {
     /// The bus address in use.
     pub fn address(&self) -> &str {
         &self.address
+    }
+}
+
+/// A connection to the bus at `address`, with `timeout` as the deadline
+/// of its set-up and of every call made on it.
+async fn open(address: &str, timeout: Duration) -> Result<Connection, Error> {
+    let build = zbus::connection::Builder::address(address)
+        // A phase of hundreds of jobs produces as many JobRemoved
+        // signals; they must not fill the queue while the calls
+        // that queue the jobs are still waiting for replies.
+        .max_queued(NonZeroUsize::new(1 << 16).unwrap_or(NonZeroUsize::MIN))
+        .method_timeout(timeout)
+        .build();
+    // zbus's method timeout starts with the first call after the
+    // handshake; the handshake (with its Hello) has its own.
+    match with_timeout(timeout, build).await {
+        Some(conn) => conn.map_err(|e| Error::Connect { address: address.to_owned(), message: error_message(&e) }),
+        None => Err(Error::Timeout { call: format!("Hello (connection set-up on {address})"), timeout }),
     }
 }
 
@@ -827,8 +829,12 @@ const TYPES_IN_FLIGHT: usize = 64;
 
 /// A watch of every job systemd runs: its signal streams, read all along
 /// by a thread of its own, so that nothing fills up however long the
-/// caller does something else (an activation script, a re-exec).
+/// caller does something else (an activation script, a re-exec). It has
+/// a bus connection of its own: its reads of job types do not count
+/// against the pending replies the bus allows the connection that queues
+/// the jobs, and its signals never hold that connection's replies back.
 struct JobWatch {
+    conn: Connection,
     seen: Arc<Mutex<Seen>>,
     stop: Arc<Flag>,
     thread: Option<std::thread::JoinHandle<()>>,
@@ -1401,24 +1407,38 @@ impl ServiceManager for SystemdBus {
 
     fn watch_jobs(&mut self, keep: usize) -> Result<(), Error> {
         drop(self.watch.take());
-        let (new, removed) = zbus::block_on(async {
-            let new = signal_stream(&self.conn, "JobNew", SIGNALS_QUEUED, self.timeout).await?;
-            let removed = signal_stream(&self.conn, "JobRemoved", SIGNALS_QUEUED, self.timeout).await?;
-            Ok::<_, Error>((new, removed))
+        let (conn, new, removed) = zbus::block_on(async {
+            let conn = open(&self.address, self.timeout).await?;
+            let new = signal_stream(&conn, "JobNew", SIGNALS_QUEUED, self.timeout).await?;
+            let removed = signal_stream(&conn, "JobRemoved", SIGNALS_QUEUED, self.timeout).await?;
+            manager(&conn).await?.subscribe().await.map_err(call_err("Subscribe", self.timeout))?;
+            Ok::<_, Error>((conn, new, removed))
         })?;
         let seen = Arc::new(Mutex::new(Seen { keep, ..Seen::default() }));
         let stop = Arc::new(Flag::default());
-        let (conn, thread_seen, thread_stop) = (self.conn.clone(), Arc::clone(&seen), Arc::clone(&stop));
+        let (thread_conn, thread_seen, thread_stop) = (conn.clone(), Arc::clone(&seen), Arc::clone(&stop));
         let thread = std::thread::Builder::new()
             .name("safe-switch-watch".to_owned())
-            .spawn(move || zbus::block_on(watch_jobs_loop(conn, new, removed, thread_seen, thread_stop)))
+            .spawn(move || zbus::block_on(watch_jobs_loop(thread_conn, new, removed, thread_seen, thread_stop)))
             .map_err(|e| Error::Call { call: "AddMatch(JobNew)".to_owned(), message: e.to_string() })?;
-        self.watch = Some(JobWatch { seen, stop, thread: Some(thread) });
+        self.watch = Some(JobWatch { conn, seen, stop, thread: Some(thread) });
         Ok(())
     }
 
     fn stop_watching(&mut self) -> WatchedJobs {
         let Some(mut watch) = self.watch.take() else { return WatchedJobs::default() };
+        // Every signal the other connection has seen was routed to this
+        // one too: a round trip to the bus makes sure it has been read.
+        let _ = zbus::block_on(with_timeout(
+            self.timeout,
+            watch.conn.call_method(
+                Some("org.freedesktop.DBus"),
+                "/org/freedesktop/DBus",
+                Some("org.freedesktop.DBus.Peer"),
+                "Ping",
+                &(),
+            ),
+        ));
         let until = Instant::now() + WATCH_GRACE;
         while watch.jobs_open() && Instant::now() < until {
             std::thread::sleep(Duration::from_millis(20));
@@ -1661,6 +1681,37 @@ mod tests {
             assert_eq!(seen, ["broken.service", "slow.service"], "each reported once");
             assert!(took < Duration::from_secs(15), "asked systemd at the first check, not at the timeout: {took:?}");
             assert_eq!(bed.active_state("slow.service").unwrap(), "active");
+        }
+
+        #[test]
+        fn a_watch_sees_every_job_whoever_queued_it_while_the_caller_does_something_else_and_keeps_a_bound() {
+            testbed::require!(bed);
+            let generation = Generation::new("a")
+                .unit("a.service", oneshot("ExecStart=/bin/true\n"))
+                .unit("b.service", oneshot("ExecStart=/bin/true\n"))
+                .unit("c.service", oneshot("ExecStart=/bin/true\n"));
+            let bed = TestBed::boot(&Config::new(generation)).unwrap();
+            let mut bus = SystemdBus::connect_to(&bed.dbus_address(), DEFAULT_CALL_TIMEOUT).unwrap();
+            bus.watch_jobs(100).unwrap();
+            let ours = [(JobKind::Start, "a.service".to_owned())];
+            assert_eq!(bus.run_jobs(&ours, Duration::from_secs(30), &mut |_| {}).unwrap()[0].result, JobResult::Done);
+            // Someone else's jobs, while this client reads nothing.
+            bed.systemctl(&["start", "b.service", "c.service"]).unwrap();
+            std::thread::sleep(Duration::from_millis(500));
+            let seen = bus.stop_watching();
+            let jobs: Vec<(&str, bool, Option<&str>)> =
+                seen.jobs.iter().map(|j| (j.unit.as_str(), j.ours, j.result.as_deref())).collect();
+            assert!(jobs.contains(&("a.service", true, Some("done"))), "{jobs:?}");
+            assert!(jobs.contains(&("b.service", false, Some("done"))), "{jobs:?}");
+            assert!(jobs.contains(&("c.service", false, Some("done"))), "{jobs:?}");
+            assert_eq!(seen.dropped, 0);
+            assert_eq!(bus.stop_watching(), WatchedJobs::default(), "no watch runs any more");
+
+            // Past its bound, a watch counts what it does not keep.
+            bus.watch_jobs(1).unwrap();
+            bed.systemctl(&["restart", "a.service", "b.service", "c.service"]).unwrap();
+            let seen = bus.stop_watching();
+            assert_eq!((seen.jobs.len(), seen.dropped), (1, 2), "{seen:?}");
         }
 
         #[test]
