@@ -176,7 +176,8 @@ fn consequences(plan: &Plan, graph: &UnitGraph) -> Vec<Consequence> {
                 }
                 effect => own.contains(&effect),
             };
-            !accounted && !(c.unit == SYSINIT_REACTIVATION && plan.has_step(Phase::SysinitReactivation))
+            let step = c.unit == SYSINIT_REACTIVATION && plan.has_step(Phase::SysinitReactivation);
+            !accounted && !step
         })
         .collect()
 }
