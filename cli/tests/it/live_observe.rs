@@ -86,9 +86,17 @@ fn a_restart_the_plan_does_not_know_about_is_reported_as_unplanned() {
     let plan = wrong_saved_plan(&bed, &b, "sshd", "victim.service", "PartOf=web.service");
     let victim = bed.unit_states(&["victim.service"]).unwrap()["victim.service"].clone();
 
-    let out = safe_switch(&bed, &["apply", &plan, "--no-isolate", "--report", "json=/run/report.json"]);
+    let out = safe_switch(&bed, &["apply", &plan, "--no-isolate", "--report", "json=/run/report.json", "--json"]);
     // Not protected: reported, not a failure.
     assert_eq!(out.code(), Some(0), "{out:?}");
+    // Standard output is one document, the plan with what the apply did,
+    // as the file is.
+    let stdout: serde_json::Value = serde_json::from_str(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", out.stdout));
+    assert_eq!(
+        stdout,
+        serde_json::from_str::<serde_json::Value>(&std::fs::read_to_string(bed.run_dir().join("report.json")).unwrap())
+            .unwrap()
+    );
     // Its job reads `restart`, or `start` once systemd has done the stop
     // half of it: the new invocation tells the restart.
     assert!(out.stderr.contains("UNPLANNED: victim.service: restart (active -> active; jobs: "), "{}", out.stderr);
