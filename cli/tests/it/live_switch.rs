@@ -82,6 +82,10 @@ fn switch_applies_the_plan_and_keeps_protected_units() {
     assert_eq!(out.code(), Some(0), "{out:?}");
     assert!(out.stderr.contains("protected sshd.service: untouched"), "{}", out.stderr);
     assert_exact("switch_applies_the_plan_and_keeps_protected_units", &out);
+    // The activation's output was shown as it came, and kept.
+    assert!(out.stderr.contains("activating the configuration...\nsetting up /etc...\n"), "{}", out.stderr);
+    let log = std::fs::read_to_string(bed.run_dir().join("safe-switch/activation.log")).unwrap();
+    assert!(log.ends_with("setting up /etc...\n[safe-switch: the activation script exited with status 0]\n"), "{log}");
     assert_eq!(bed.current_generation().unwrap(), b);
     let after = bed.unit_states(&["sshd.service"]).unwrap()["sshd.service"].clone();
     assert_eq!(after, sshd, "sshd was touched");
@@ -344,6 +348,12 @@ fn an_apply_killed_in_the_middle_is_reported_and_resumed_by_the_next_run() {
     assert_eq!(bed.active_state("changed.service").unwrap(), "active");
     assert_eq!(bed.active_state("new.service").unwrap(), "active");
     assert!(!bed.run_dir().join("safe-switch/progress.json").exists());
+    // The log of the activation's output kept the interrupted run's, the
+    // resume's and the switch's that followed in the same run.
+    let log = std::fs::read_to_string(bed.run_dir().join("safe-switch/activation.log")).unwrap();
+    assert_eq!(log.matches("setting up /etc...\n").count(), 3, "{log}");
+    assert!(log.contains("[safe-switch: resumed by process "), "{log}");
+    assert_eq!(log.matches("[safe-switch: the activation script exited with status 0]\n").count(), 2, "{log}");
 }
 
 #[test]

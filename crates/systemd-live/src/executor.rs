@@ -249,6 +249,9 @@ pub fn apply(
     progress: &mut dyn Progress,
 ) -> Result<ApplyReport, Error> {
     let protected = protected_units(plan);
+    // An apply that follows another in the same run (the switch after
+    // the resume of an interrupted one, a rollback) adds to its log.
+    let fresh_log = run.last_apply_pid() != Some(std::process::id());
     let before: Baseline = mgr.unit_status(&protected)?;
     run.save_protected_before(&before)?;
     // A manager that cannot list the failed units leaves the record empty:
@@ -264,7 +267,10 @@ pub fn apply(
         finished: false,
     };
     run.save(&file)?;
-    let log = run.open_log(true)?;
+    let mut log = run.open_log(fresh_log)?;
+    if !fresh_log {
+        let _ = writeln!(log, "[safe-switch: another apply of the same run, to {}]", plan.new.path);
+    }
     Ok(carry_out(file, &before, mgr, host, run, log, opts, progress))
 }
 
@@ -1484,8 +1490,17 @@ mod tests {
         assert!(log.text.starts_with("[safe-switch: /gen/b/activate /gen/b]\nactivation 1 of"), "{}", log.text);
         assert!(log.text.contains("[safe-switch: resumed by process "), "{}", log.text);
         assert!(r.render_text().contains("output of the activation and the phases' programs: "), "{}", r.render_text());
-        // The next apply starts a log of its own.
+        // An apply that follows in the same run adds to it...
         let r = apply(&p, &mut m, &mut host, &run, &opts(), &mut Quiet::default()).unwrap();
-        assert!(!r.log.unwrap().text.contains("resumed"));
+        let text = r.log.unwrap().text;
+        assert!(text.contains("resumed") && text.contains("[safe-switch: another apply of the same run, to /gen/b]"));
+        // ...and the apply of another run starts a log of its own.
+        let last = dir.path().join("last.json");
+        let record = std::fs::read_to_string(&last).unwrap();
+        let other = record.replacen(&format!("\"pid\": {}", std::process::id()), "\"pid\": 1", 1);
+        assert_ne!(other, record);
+        std::fs::write(&last, other).unwrap();
+        let r = apply(&p, &mut m, &mut host, &run, &opts(), &mut Quiet::default()).unwrap();
+        assert!(r.log.unwrap().text.starts_with("[safe-switch: /gen/b/activate /gen/b]\n"));
     }
 }

@@ -329,6 +329,20 @@ impl RunDir {
     }
 
     /// Records the status of the protected units before the first action.
+    /// The process that made the last apply recorded here: the one in
+    /// progress or interrupted, else the last one finished.
+    pub fn last_apply_pid(&self) -> Option<u32> {
+        #[derive(Deserialize)]
+        struct Pid {
+            pid: u32,
+        }
+        [self.progress_path(), self.path.join(LAST)]
+            .iter()
+            .find_map(|path| std::fs::read_to_string(path).ok())
+            .and_then(|text| serde_json::from_str::<Pid>(&text).ok())
+            .map(|p| p.pid)
+    }
+
     /// The log of the output of the apply's activation script and of its
     /// phases' programs.
     pub fn log_path(&self) -> PathBuf {
