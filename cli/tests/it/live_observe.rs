@@ -15,7 +15,7 @@ use std::path::PathBuf;
 
 use testbed::{Config, Generation, TestBed};
 
-use crate::support::{path_str, safe_switch};
+use crate::support::{assert_exact, path_str, safe_switch};
 
 /// A web server whose change restarts it in place (`X-StopIfChanged=false`).
 fn web(version: u32) -> String {
@@ -157,4 +157,47 @@ fn an_unplanned_reload_of_a_protected_unit_is_exit_4_though_its_process_is_the_s
     assert_eq!(unplanned(&applied), [("victim.service".to_owned(), "reload".to_owned(), true)]);
     let check = applied["protected"].as_array().unwrap().iter().find(|c| c["unit"] == "victim.service").cloned();
     assert_eq!(check.map(|c| c.get("disturbed").is_none()), Some(true), "{applied:#}");
+}
+
+/// The same tie, in the generations: the plan predicts the restart it
+/// causes, and the apply sees nothing it did not expect.
+#[test]
+fn a_restart_the_plan_predicts_is_not_unplanned() {
+    testbed::require!(bed);
+    let helper = "[Unit]\nDescription=helper\nPartOf=web.service\n\n[Service]\nExecStart=/bin/sleep infinity\n";
+    let a = Generation::new("a").sshd().service("web.service", web(1)).service("helper.service", helper);
+    let bed = TestBed::boot(&Config::new(a.clone())).expect("test bed boots");
+    for unit in ["web.service", "helper.service"] {
+        bed.wait_for_state(unit, "active").unwrap();
+    }
+    let b = bed.build_generation(&a.renamed("b").service("web.service", web(2))).unwrap();
+    let helper_before = bed.unit_states(&["helper.service"]).unwrap()["helper.service"].clone();
+    let out = safe_switch(&bed, &["switch", "--toplevel", path_str(&b), "--protect", "sshd", "--no-isolate", "--json"]);
+    assert_eq!(out.code(), Some(0), "{out:?}");
+    let predicted: Vec<usize> = crate::support::observed(&out).iter().map(|(_, _, p)| *p).collect();
+    assert_exact("a_restart_the_plan_predicts_is_not_unplanned", &out);
+    assert_eq!(predicted, [1], "{}", out.stderr);
+    assert_ne!(
+        bed.unit_states(&["helper.service"]).unwrap()["helper.service"].invocation_id,
+        helper_before.invocation_id
+    );
+    let report: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+    let consequences = report["consequences"].as_array().unwrap();
+    assert!(
+        consequences
+            .iter()
+            .any(|c| c["unit"] == "helper.service" && c["effect"] == "restart" && c["by"] == "web.service"),
+        "{report:#}"
+    );
+    let effect = report["applied"]["observed"]["effects"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["unit"] == "helper.service")
+        .cloned();
+    assert_eq!(
+        effect.map(|e| (e["class"].clone(), e["by"].clone())),
+        Some(("predicted".into(), "web.service".into())),
+        "{report:#}"
+    );
 }

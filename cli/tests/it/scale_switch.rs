@@ -70,7 +70,7 @@ fn a_thousand_changed_services_are_switched_in_one_run() {
     assert_eq!(out.code(), Some(0), "{report}");
     // Every restart systemd ran was the plan's.
     let seen = crate::support::observed(&out);
-    let (effects, unplanned) = seen.first().copied().unwrap_or_else(|| panic!("no observation: {report}"));
+    let (effects, unplanned, _) = seen.first().copied().unwrap_or_else(|| panic!("no observation: {report}"));
     println!("a_thousand_changed_services_are_switched_in_one_run: observed {effects} effects, {unplanned} unplanned");
     assert_eq!(unplanned, 0, "{report}");
     assert!(effects >= SERVICES, "{effects} effects seen for {SERVICES} restarts: {report}");

@@ -128,8 +128,9 @@ pub(crate) fn text(out: &std::process::Output) -> (String, String) {
 
 /// What each apply a run made (a switch, the resume before it, its
 /// rollback) saw systemd do, from the line its report has: how many
-/// effects it observed and how many of them were unplanned.
-pub(crate) fn observed(out: &Output) -> Vec<(usize, usize)> {
+/// effects it observed, how many of them were unplanned, and how many
+/// predicted.
+pub(crate) fn observed(out: &Output) -> Vec<(usize, usize, usize)> {
     out.stderr
         .lines()
         .filter(|l| l.starts_with("observed ") && l.ends_with(" jobs systemd ran"))
@@ -139,7 +140,8 @@ pub(crate) fn observed(out: &Output) -> Vec<(usize, usize)> {
             };
             let effects = number(line["observed ".len()..].split(" effects").next());
             let unplanned = number(line.split(" predicted, ").nth(1).and_then(|r| r.split(" unplanned").next()));
-            (effects, unplanned)
+            let predicted = number(line.split(" planned, ").nth(1).and_then(|r| r.split(" predicted").next()));
+            (effects, unplanned, predicted)
         })
         .collect()
 }
@@ -151,9 +153,10 @@ pub(crate) fn observed(out: &Output) -> Vec<(usize, usize)> {
 pub(crate) fn assert_exact(test: &str, out: &Output) -> usize {
     let seen = observed(out);
     assert!(!seen.is_empty(), "{test}: no observation in the output: {}", out.stderr);
-    let effects: usize = seen.iter().map(|(e, _)| e).sum();
-    let unplanned: usize = seen.iter().map(|(_, u)| u).sum();
-    println!("{test}: observed {effects} effects, {unplanned} unplanned");
+    let effects: usize = seen.iter().map(|(e, _, _)| e).sum();
+    let unplanned: usize = seen.iter().map(|(_, u, _)| u).sum();
+    let predicted: usize = seen.iter().map(|(_, _, p)| p).sum();
+    println!("{test}: observed {effects} effects, {unplanned} unplanned ({predicted} of them predicted)");
     assert_eq!(unplanned, 0, "{test}: unplanned effects on a correct plan: {}", out.stderr);
     effects
 }
