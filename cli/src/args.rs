@@ -41,6 +41,66 @@ pub(crate) enum Command {
     Settle(SettleArgs),
     /// Show which packages change between two store paths.
     ClosureDiff(ClosureDiffArgs),
+    /// Work with reports: merge the plans of several hosts into one.
+    Report(ReportArgs),
+    /// Print a shell completion script on standard output.
+    Completions(CompletionsArgs),
+    /// Print the manual page (roff) on standard output, or write one page
+    /// per command into a directory.
+    Man(ManArgs),
+}
+
+/// Arguments of `report`.
+#[derive(Debug, Args)]
+pub(crate) struct ReportArgs {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: ReportCommand,
+}
+
+/// The subcommands of `report`.
+#[derive(Debug, Subcommand)]
+pub(crate) enum ReportCommand {
+    /// Merge the plans of several hosts into one report per format: a
+    /// JUnit test suite per host, Markdown with a table of hosts, Code
+    /// Quality findings per host, one JSON document.
+    Merge(MergeArgs),
+}
+
+/// Arguments of `report merge`.
+#[derive(Debug, Args)]
+pub(crate) struct MergeArgs {
+    /// A host and its plan: the JSON report (`plan --json`, `--report
+    /// json=PATH`) or the saved plan (`plan --out`). Host names are
+    /// letters, digits, `.`, `-`, `_` and `:`.
+    #[arg(value_name = "HOST=PLAN.json", required = true, value_parser = crate::cmd::merge::parse_host_file)]
+    pub hosts: Vec<crate::cmd::merge::HostFile>,
+    /// Output.
+    #[command(flatten)]
+    pub output: OutputArgs,
+}
+
+/// Arguments of `completions`.
+#[derive(Debug, Args)]
+pub(crate) struct CompletionsArgs {
+    /// The shell: bash, zsh, fish, elvish or powershell.
+    #[arg(value_enum)]
+    pub shell: clap_complete::Shell,
+}
+
+/// Arguments of `man`.
+#[derive(Debug, Args)]
+pub(crate) struct ManArgs {
+    /// Write `safe-switch.1` and one page per command
+    /// (`safe-switch-plan.1`, ...) into this directory instead.
+    #[arg(long, value_name = "DIR")]
+    pub dir: Option<PathBuf>,
+}
+
+/// The command line's definition, as clap builds it: what the completion
+/// scripts and the manual pages are generated from.
+pub fn command() -> clap::Command {
+    <Cli as clap::CommandFactory>::command()
 }
 
 /// Arguments of `diff`.
@@ -126,7 +186,9 @@ pub(crate) enum FailOn {
     Blocked,
     /// Fail only when actions were deferred.
     Deferred,
-    /// Never fail because of protection.
+    /// Fail when part of the switch takes effect only at the next boot.
+    Reboot,
+    /// Never fail.
     Never,
 }
 
@@ -143,9 +205,10 @@ pub(crate) struct CheckArgs {
     /// Output.
     #[command(flatten)]
     pub output: OutputArgs,
-    /// When to exit 3.
-    #[arg(long, value_enum, default_value_t = FailOn::Blocked)]
-    pub fail_on: FailOn,
+    /// When to exit 3: any of these (comma-separated or repeated;
+    /// `never` alone).
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "blocked")]
+    pub fail_on: Vec<FailOn>,
 }
 
 /// How a switch is carried out.
@@ -194,7 +257,8 @@ pub(crate) struct ApplyArgs {
     /// How to apply.
     #[command(flatten)]
     pub apply: ExecutionArgs,
-    /// Where the reports of the plan and of what the apply did go.
+    /// Where the reports of the plan and of what the apply did go
+    /// (`--report openmetrics=PATH` also holds how the apply ended).
     #[command(flatten)]
     pub output: OutputArgs,
     /// The cgroup of the process that asked for an isolated apply, handed

@@ -5,7 +5,7 @@
 //! | 0 | done, or the plan is safe |
 //! | 1 | error: nothing was changed unless the message says otherwise |
 //! | 2 | usage error |
-//! | 3 | refused or blocked: something would touch a protected unit; for `pending` and `settle`, something is still pending |
+//! | 3 | refused or blocked: something would touch a protected unit; for `check`, what `--fail-on` names holds (a reboot, say); for `pending` and `settle`, something is still pending |
 //! | 4 | applied, but units failed because of it, or a protected unit was disturbed |
 
 use std::process::ExitCode;
@@ -110,7 +110,8 @@ Exit codes:
   0  done, or the plan is safe
   1  error (nothing was changed unless the message says otherwise)
   2  usage error
-  3  refused or blocked: something would touch a protected unit (pending,
-     settle: something is still pending)
+  3  refused or blocked: something would touch a protected unit (check: what
+     --fail-on names holds, such as a reboot; pending, settle: something is
+     still pending)
   4  applied, but units failed because of it (units failed before that it did
      not act on are listed apart), or a protected unit was disturbed";

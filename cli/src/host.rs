@@ -21,15 +21,12 @@ pub(crate) const UNIT_DIR: &str = "/etc/systemd/system";
 /// Where NixOS keeps the running generation.
 pub(crate) const CURRENT_SYSTEM: &str = "/run/current-system";
 
-/// Where system-manager registers the generation it activated. On a
-/// system-manager host `/run/current-system` links to `/run/system-manager`,
-/// which is not a toplevel.
-pub(crate) const SYSTEM_MANAGER_PROFILE: &str = "/nix/var/nix/profiles/system-manager-profiles/system-manager";
-
 /// The running generation to plan from: `/run/current-system`, or
-/// system-manager's profile when only that is a toplevel.
+/// system-manager's profile (where it registers the generation it
+/// activated) when only that is a toplevel: on a system-manager host
+/// `/run/current-system` links to `/run/system-manager`, which is not one.
 pub(crate) fn running_generation() -> PathBuf {
-    pick_running(Path::new(CURRENT_SYSTEM), Path::new(SYSTEM_MANAGER_PROFILE))
+    pick_running(Path::new(CURRENT_SYSTEM), &crate::sysmgr::SystemManagerEnv::get().profile())
 }
 
 fn pick_running(current: &Path, profile: &Path) -> PathBuf {
@@ -146,6 +143,7 @@ pub(crate) fn live_plan_with(
     let listed = listed.context("cannot read the live state from systemd")?;
     let mut live = timed("live", || complete_live(&old, &new, &request, mgr, listed))
         .context("cannot read the live state from systemd")?;
+    timed("kernel", || crate::kernel::read_into(&mut live));
     adjust(&mut live);
     let mut plan = timed("plan", || systemd_plan::plan(&old, &new, &live));
     crate::cmd::closure_diff::attach_to_plan(&mut plan, &old_path, &new_path);
@@ -188,7 +186,7 @@ fn complete_live(
         })
         .map(|(name, _)| name.clone())
         .collect();
-    for (unit, path) in mgr.fragment_paths(&examined)? {
+    for (unit, path) in timed("fragments", || mgr.fragment_paths(&examined))? {
         if let Some(u) = live.units.get_mut(&unit) {
             u.fragment_path = path;
         }
@@ -204,7 +202,7 @@ fn complete_live(
             return Ok(live);
         }
         for (properties, units) in batches {
-            for (unit, deps) in mgr.dependencies(&units, properties)? {
+            for (unit, deps) in timed("dependencies", || mgr.dependencies(&units, properties))? {
                 reading.learn(&unit, &deps);
                 if let Some(u) = live.units.get_mut(&unit) {
                     u.deps = deps;
@@ -223,7 +221,25 @@ pub(crate) fn report_stats(mgr: &dyn ServiceManager) {
         let phases = PHASES.lock().map(|p| p.clone()).unwrap_or_default();
         let phases: Vec<String> =
             phases.iter().map(|(name, took)| format!("{name} {:.1} ms", took.as_secs_f64() * 1000.0)).collect();
-        say!("stats: {} calls to the service manager; {}", mgr.calls_made(), phases.join(", "));
+        say!("stats: {} calls to the service manager; {}{}", mgr.calls_made(), phases.join(", "), memory());
+    }
+}
+
+/// This process's resident memory so far, by kind, as `/proc/self/status`
+/// tells it (Linux only; empty elsewhere).
+fn memory() -> String {
+    let Ok(status) = std::fs::read_to_string("/proc/self/status") else { return String::new() };
+    let kib = |key: &str| {
+        status.lines().find_map(|l| l.strip_prefix(key)?.trim().strip_suffix(" kB")?.trim().parse::<u64>().ok())
+    };
+    match (kib("VmHWM:"), kib("RssAnon:"), kib("RssFile:")) {
+        (Some(peak), Some(anon), Some(file)) => format!(
+            "; peak resident {:.1} MiB (now {:.1} MiB anonymous, {:.1} MiB mapped files)",
+            peak as f64 / 1024.0,
+            anon as f64 / 1024.0,
+            file as f64 / 1024.0
+        ),
+        _ => String::new(),
     }
 }
 

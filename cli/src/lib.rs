@@ -28,17 +28,20 @@ mod darwin;
 mod exit;
 mod host;
 mod isolate;
+mod kernel;
 mod pending;
 mod protect;
 mod report;
 pub mod saved;
 mod source;
+mod sysmgr;
 pub mod test_hooks;
 
 use std::process::ExitCode;
 
 use clap::Parser;
 
+pub use crate::args::command;
 use crate::args::{Cli, Command};
 use crate::exit::Outcome;
 
@@ -73,6 +76,11 @@ fn run(cli: Cli) -> anyhow::Result<Outcome> {
         Command::Pending(a) => cmd::pending::run(a),
         Command::Settle(a) => cmd::settle::run(a),
         Command::ClosureDiff(a) => cmd::closure_diff::run(a),
+        Command::Report(a) => match a.command {
+            args::ReportCommand::Merge(m) => cmd::merge::run(m),
+        },
+        Command::Completions(a) => cmd::manual::completions(a),
+        Command::Man(a) => cmd::manual::man(a),
     }
 }
 

@@ -41,13 +41,12 @@ pub(crate) struct ReportFile {
 /// Parses one `--report FORMAT=PATH` value (clap's value parser, so a bad
 /// one is a usage error naming it).
 pub(crate) fn parse_report_file(value: &str) -> Result<ReportFile, String> {
+    let names: Vec<&str> = Format::ALL.iter().map(|f| f.name()).collect();
     let Some((format, path)) = value.split_once('=') else {
-        return Err("expected FORMAT=PATH, e.g. junit=report.xml (formats: text, json, junit, codequality, markdown)"
-            .to_owned());
+        return Err(format!("expected FORMAT=PATH, e.g. junit=report.xml (formats: {})", names.join(", ")));
     };
-    let format = Format::from_name(format).ok_or_else(|| {
-        format!("unknown report format {format:?} (formats: text, json, junit, codequality, markdown)")
-    })?;
+    let format = Format::from_name(format)
+        .ok_or_else(|| format!("unknown report format {format:?} (formats: {})", names.join(", ")))?;
     if path.is_empty() {
         return Err("the path after '=' is empty".to_owned());
     }
@@ -154,6 +153,42 @@ pub(crate) fn write_pending(pending: &plan_model::Pending, output: &OutputArgs) 
     Ok(())
 }
 
+/// Writes the `--report openmetrics=PATH` files of a `switch` or `apply`
+/// once it is over: the plan's metrics (when there is a plan), the units
+/// still pending in the record the apply left, and how the apply ended
+/// (`result`: its outcome, or its error's exit code) and how long it ran
+/// since `started`. Other formats are left as they were written. A file
+/// that cannot be written is a warning: the apply's outcome stands.
+pub(crate) fn write_apply_metrics(
+    files: &[ReportFile],
+    plan: Option<&plan_model::Plan>,
+    run: &systemd_live::RunDir,
+    result: &anyhow::Result<crate::exit::Outcome>,
+    started: std::time::Instant,
+) {
+    let files: Vec<&ReportFile> = files.iter().filter(|f| f.format == Format::Openmetrics).collect();
+    if files.is_empty() {
+        return;
+    }
+    let exit_code = match result {
+        Ok(outcome) => outcome.code(),
+        Err(err) => crate::exit::error_code(err),
+    };
+    let finished = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    let apply = plan_report::openmetrics::ApplyResult {
+        exit_code,
+        duration_seconds: started.elapsed().as_secs_f64(),
+        finished_unix: finished.as_secs_f64(),
+    };
+    let pending = run.read_pending().ok().map(|p| p.deferrals.len());
+    let text = plan_report::openmetrics::render_apply(plan, pending, apply);
+    for file in files {
+        if let Err(err) = write_atomically(&file.path, text.as_bytes()) {
+            say!("warning: cannot write the openmetrics report to {}: {err}", file.path.display());
+        }
+    }
+}
+
 /// Writes `bytes` to `path` through a temporary file in the same directory,
 /// renamed into place. A path that exists and is not a plain file (a
 /// symbolic link, `/dev/stdout`, a named pipe) is written in place instead:
@@ -189,32 +224,87 @@ fn write_atomically_here(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 /// runs as root and they name another user; otherwise runs `f` as it is.
 /// The kernel then checks the paths `f` opens as that user's.
 ///
-/// Only the file-system identity changes (`setfsuid`, `setfsgid`, for
-/// this thread), and it is restored before returning; the supplementary
-/// groups stay root's.
+/// Only this thread's identity changes, and it is restored before
+/// returning: on Linux the file-system identity (`setfsuid`, `setfsgid`;
+/// the supplementary groups stay root's), on macOS the thread's effective
+/// identity (`pthread_setugid_np`, which also drops the supplementary
+/// groups for the thread).
 pub(crate) fn as_invoking_user<T>(f: impl FnOnce() -> std::io::Result<T>) -> std::io::Result<T> {
     let id = |name: &str| std::env::var(name).ok().and_then(|v| v.parse::<u32>().ok());
     let (Some(uid), Some(gid)) = (id("SUDO_UID"), id("SUDO_GID")) else { return f() };
     if uid == 0 || !rustix::process::geteuid().is_root() {
         return f();
     }
-    // SAFETY: setfsgid and setfsuid take plain integers, change only this
-    // thread's credentials and cannot fail in a way that breaks memory
-    // safety; success is checked by reading the value back.
-    let (old_gid, old_uid) = unsafe { (libc::setfsgid(gid), libc::setfsuid(uid)) };
-    // SAFETY: as above; `u32::MAX` (-1) only reads the current value.
-    let now = unsafe { (libc::setfsgid(u32::MAX), libc::setfsuid(u32::MAX)) };
-    let result = if now == (gid as i32, uid as i32) {
-        f()
-    } else {
-        Err(std::io::Error::other(format!("cannot take the file-system identity of uid {uid} (sudo's caller)")))
-    };
-    // SAFETY: as above, back to the identity this thread had.
-    unsafe {
-        libc::setfsuid(old_uid as u32);
-        libc::setfsgid(old_gid as u32);
+    thread_identity::with(uid, gid, f)
+}
+
+/// Taking another user's identity for the current thread.
+#[cfg(target_os = "linux")]
+mod thread_identity {
+    /// Runs `f` with the file-system identity `uid`, `gid`.
+    pub(super) fn with<T>(uid: u32, gid: u32, f: impl FnOnce() -> std::io::Result<T>) -> std::io::Result<T> {
+        // SAFETY: setfsgid and setfsuid take plain integers, change only
+        // this thread's credentials and cannot fail in a way that breaks
+        // memory safety; success is checked by reading the value back.
+        let (old_gid, old_uid) = unsafe { (libc::setfsgid(gid), libc::setfsuid(uid)) };
+        // SAFETY: as above; `u32::MAX` (-1) only reads the current value.
+        let now = unsafe { (libc::setfsgid(u32::MAX), libc::setfsuid(u32::MAX)) };
+        let result = if now == (gid as i32, uid as i32) {
+            f()
+        } else {
+            Err(std::io::Error::other(format!("cannot take the file-system identity of uid {uid} (sudo's caller)")))
+        };
+        // SAFETY: as above, back to the identity this thread had.
+        unsafe {
+            libc::setfsuid(old_uid as u32);
+            libc::setfsgid(old_gid as u32);
+        }
+        result
     }
-    result
+}
+
+/// Taking another user's identity for the current thread.
+#[cfg(target_os = "macos")]
+mod thread_identity {
+    /// `KAUTH_UID_NONE` and `KAUTH_GID_NONE` (`<sys/kauth.h>`): back to
+    /// the process's identity.
+    const NONE: u32 = !0 - 100;
+
+    // SAFETY: the declaration is that of `<pthread.h>` (libsystem_pthread,
+    // macOS 10.4 and later).
+    unsafe extern "C" {
+        fn pthread_setugid_np(uid: libc::uid_t, gid: libc::gid_t) -> libc::c_int;
+    }
+
+    /// Runs `f` with the effective identity `uid`, `gid` for this thread.
+    pub(super) fn with<T>(uid: u32, gid: u32, f: impl FnOnce() -> std::io::Result<T>) -> std::io::Result<T> {
+        // SAFETY: takes plain integers and changes only this thread's
+        // credentials; its result is checked.
+        if unsafe { pthread_setugid_np(uid, gid) } != 0 {
+            let e = std::io::Error::last_os_error();
+            return Err(std::io::Error::other(format!("cannot take the identity of uid {uid} (sudo's caller): {e}")));
+        }
+        let now = (rustix::process::geteuid().as_raw(), rustix::process::getegid().as_raw());
+        let result = if now == (uid, gid) {
+            f()
+        } else {
+            Err(std::io::Error::other(format!("cannot take the identity of uid {uid} (sudo's caller)")))
+        };
+        // SAFETY: as above, back to the process's identity.
+        unsafe { pthread_setugid_np(NONE, NONE) };
+        result
+    }
+}
+
+/// Taking another user's identity for the current thread: not built here.
+#[cfg(not(any(target_os = "linux", target_os = "macos")))]
+mod thread_identity {
+    /// Refuses: there is no known per-thread way on this system.
+    pub(super) fn with<T>(uid: u32, _: u32, _: impl FnOnce() -> std::io::Result<T>) -> std::io::Result<T> {
+        Err(std::io::Error::other(format!(
+            "cannot write as uid {uid} (sudo's caller) on this system; run safe-switch as that user or as root itself"
+        )))
+    }
 }
 
 #[cfg(test)]

@@ -8,6 +8,10 @@
 //! digest covers all of it, and an HMAC-SHA256 keyed by a secret only root
 //! on this host can read ([`PlanKey`]) authenticates it.
 //!
+//! A plan for launchd (a nix-darwin host) is the same file: its units are
+//! jobs, its selectors labels, and the live state it records is each job's
+//! (`pid`, `runs`) by service target, in [`Inputs::launchd`].
+//!
 //! `apply` carries out exactly the saved actions, but only while the plan
 //! is still true. It refuses, before changing anything, when
 //!
@@ -21,7 +25,10 @@
 //! - the running generation or the target toplevel is not what was
 //!   recorded;
 //! - a unit the plan names changed state, was restarted (a new
-//!   `InvocationID` or `MainPID`), appeared or disappeared;
+//!   `InvocationID` or `MainPID`; for a launchd job a new `pid` or `runs`),
+//!   appeared or disappeared;
+//! - the plan was made for the other service manager (launchd on a
+//!   systemd host, or the reverse);
 //! - planning again from the recorded inputs, with the recorded protections
 //!   plus those in force now (the current system policy, this process's
 //!   cgroup: protection only adds), against today's live state gives a
@@ -42,6 +49,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
 use hmac::{KeyInit, Mac};
+use launchd_plan::{Domain, LabelMatcher, LaunchdLive, LaunchdPlan, LiveJob};
 use plan_model::policy::{ImplicitProtections, Selector};
 use plan_model::{LiveState, Mode, Plan, ProtectionSource};
 use serde::{Deserialize, Serialize};
@@ -88,8 +96,38 @@ pub struct Inputs {
     /// these plus those in force then.
     pub protection: RecordedProtection,
     /// The live state of every unit the plan names, by unit name; `null`
-    /// for a unit that was not loaded.
+    /// for a unit that was not loaded. Empty for a launchd plan.
     pub live: BTreeMap<String, Option<RecordedUnit>>,
+    /// For a launchd plan (a nix-darwin host), the state of its jobs;
+    /// absent for a systemd plan.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub launchd: Option<RecordedLaunchd>,
+}
+
+/// The launchd state a plan was made against.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RecordedLaunchd {
+    /// Every job the plan names or protects, by service target
+    /// (`system/<label>`, `gui/<uid>/<label>`); `null` for a job that was
+    /// not loaded.
+    pub jobs: BTreeMap<String, Option<RecordedJob>>,
+}
+
+/// The recorded state of one loaded launchd job.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RecordedJob {
+    /// Its process, while it runs.
+    pub pid: Option<u32>,
+    /// How often launchd started it, when `launchctl print` says.
+    pub runs: Option<u64>,
+}
+
+impl RecordedJob {
+    fn from_live(job: &LiveJob) -> RecordedJob {
+        RecordedJob { pid: job.pid, runs: job.runs }
+    }
 }
 
 /// The protections a plan was made with: everything the policy files, the
@@ -143,6 +181,34 @@ impl RecordedProtection {
         }
     }
 
+    /// Records the protection request a launchd plan was made with: its
+    /// selectors and mode (launchd has no implicit protections).
+    pub fn from_launchd(request: &launchd_plan::Request) -> RecordedProtection {
+        RecordedProtection {
+            selectors: request
+                .selectors
+                .iter()
+                .map(|s| RecordedSelector { selector: s.text().to_owned(), source: s.source().clone() })
+                .collect(),
+            mode: request.mode,
+            implicit: ImplicitProtections { dbus: false, logind: false, caller: false },
+            caller_cgroups: Vec::new(),
+        }
+    }
+
+    /// The recorded protections as a launchd request.
+    pub fn to_launchd_request(&self) -> anyhow::Result<launchd_plan::Request> {
+        let selectors = self
+            .selectors
+            .iter()
+            .map(|r| {
+                LabelMatcher::new(&r.selector, r.source.clone())
+                    .map_err(|e| anyhow::anyhow!("the saved plan records an invalid selector: {e}"))
+            })
+            .collect::<anyhow::Result<_>>()?;
+        Ok(launchd_plan::Request { mode: self.mode, selectors })
+    }
+
     /// The recorded protections as a request.
     pub fn to_request(&self) -> anyhow::Result<Request> {
         let selectors = self
@@ -173,7 +239,56 @@ pub fn record_inputs(old: &Path, new: &Path, plan: &Plan, live: &LiveState, requ
         target_toplevel: new.display().to_string(),
         protection: RecordedProtection::from_request(request),
         live: record_live(plan, live),
+        launchd: None,
     }
+}
+
+/// Records the inputs of a launchd plan made against `live` with the
+/// protection `request`.
+pub fn record_launchd_inputs(planned: &LaunchdPlan, live: &LaunchdLive, request: &launchd_plan::Request) -> Inputs {
+    let mut targets: Vec<String> = Vec::new();
+    for unit in &planned.plan.units {
+        let Some(job) = planned.jobs.get(&unit.unit) else { continue };
+        let Some(domain) = job.domain else { continue };
+        targets.push(service_target(domain, job.loaded_label.as_deref().unwrap_or(&job.label)));
+    }
+    let gui = live.primary_user.as_ref().map(|u| Domain::Gui(u.uid));
+    for label in planned.plan.protection.protected.iter().flat_map(|p| &p.units) {
+        let in_gui = live.gui.as_ref().is_some_and(|g| g.contains_key(label));
+        let domain = match gui {
+            Some(gui) if in_gui && !live.system.as_ref().is_some_and(|s| s.contains_key(label)) => gui,
+            _ => Domain::System,
+        };
+        targets.push(service_target(domain, label));
+    }
+    let jobs = targets.into_iter().map(|t| (t.clone(), observe_job(live, &t))).collect();
+    Inputs {
+        running_generation: planned.plan.old.path.clone(),
+        target_toplevel: planned.plan.new.path.clone(),
+        protection: RecordedProtection::from_launchd(request),
+        live: BTreeMap::new(),
+        launchd: Some(RecordedLaunchd { jobs }),
+    }
+}
+
+fn service_target(domain: Domain, label: &str) -> String {
+    format!("{domain}/{label}")
+}
+
+/// A job's state in `live`, by service target; `None` when it is not
+/// loaded (or its domain is not the primary user's, or not read).
+fn observe_job(live: &LaunchdLive, target: &str) -> Option<RecordedJob> {
+    let job = if let Some(label) = target.strip_prefix("system/") {
+        live.system.as_ref()?.get(label)
+    } else {
+        let (uid, label) = target.strip_prefix("gui/")?.split_once('/')?;
+        let uid: u32 = uid.parse().ok()?;
+        if live.primary_user.as_ref()?.uid != uid {
+            return None;
+        }
+        live.gui.as_ref()?.get(label)
+    };
+    job.map(RecordedJob::from_live)
 }
 
 /// The recorded live state of one unit.
@@ -274,7 +389,7 @@ impl SavedPlan {
 
 /// Reads a regular file as UTF-8, non-blocking (a FIFO cannot hang the
 /// run) and up to `max` bytes.
-fn read_bounded(path: &Path, max: u64) -> anyhow::Result<String> {
+pub(crate) fn read_bounded(path: &Path, max: u64) -> anyhow::Result<String> {
     let file = std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY).open(path)?;
     if !file.metadata()?.is_file() {
         bail!("not a regular file");
@@ -443,6 +558,7 @@ fn unreachable_key_length() -> HmacSha256 {
 }
 
 /// Fills `buf` from the kernel's random number generator.
+#[cfg(target_os = "linux")]
 fn fill_random(buf: &mut [u8]) -> std::io::Result<()> {
     let mut filled = 0;
     while filled < buf.len() {
@@ -453,6 +569,14 @@ fn fill_random(buf: &mut [u8]) -> std::io::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Fills `buf` from the kernel's random number generator (macOS has no
+/// `getrandom`; its `/dev/urandom` never blocks).
+#[cfg(not(target_os = "linux"))]
+fn fill_random(buf: &mut [u8]) -> std::io::Result<()> {
+    use std::io::Read as _;
+    std::fs::File::open("/dev/urandom")?.read_exact(buf)
 }
 
 /// Checks that a saved plan was written by root on this host: its MAC is
@@ -601,8 +725,10 @@ pub struct Observed<'a> {
     /// The target toplevel as it resolves now (its canonical path), or
     /// `None` when it no longer exists.
     pub target_toplevel: Option<&'a str>,
-    /// The live state now.
+    /// The live state now (systemd's).
     pub live: &'a LiveState,
+    /// launchd's state now, on a nix-darwin host.
+    pub launchd: Option<&'a LaunchdLive>,
 }
 
 /// Checks a saved plan against the machine as it is now, and against a
@@ -630,7 +756,20 @@ pub fn check_fresh(saved: &SavedPlan, now: &Observed<'_>, replanned: &Plan) -> R
         }
         Some(_) => {}
     }
-    let changes = live_changes(&saved.inputs.live, now.live);
+    let changes = match (&saved.inputs.launchd, now.launchd) {
+        (None, None) => live_changes(&saved.inputs.live, now.live),
+        (Some(recorded), Some(live)) => launchd_changes(&recorded.jobs, live),
+        (Some(_), None) => {
+            return Err(Rejection::Inconsistent(
+                "it was made for launchd (a nix-darwin host), and this host runs systemd".to_owned(),
+            ));
+        }
+        (None, Some(_)) => {
+            return Err(Rejection::Inconsistent(
+                "it was made for systemd, and this host runs nix-darwin (launchd)".to_owned(),
+            ));
+        }
+    };
     if !changes.is_empty() {
         return Err(Rejection::UnitsChanged(changes));
     }
@@ -671,6 +810,35 @@ pub fn live_changes(recorded: &BTreeMap<String, Option<RecordedUnit>>, live: &Li
             }
         };
         out.push(UnitChange { unit: unit.clone(), what });
+    }
+    out
+}
+
+/// Compares recorded launchd jobs with launchd's state now.
+pub fn launchd_changes(recorded: &BTreeMap<String, Option<RecordedJob>>, live: &LaunchdLive) -> Vec<UnitChange> {
+    let number = |n: Option<u64>| n.map_or("none".to_owned(), |n| n.to_string());
+    let mut out = Vec::new();
+    for (target, before) in recorded {
+        let after = observe_job(live, target);
+        let what = match (before, &after) {
+            (None, None) => continue,
+            (None, Some(_)) => "was not loaded, now loaded".to_owned(),
+            (Some(_), None) => "was loaded, now not loaded".to_owned(),
+            (Some(b), Some(a)) => {
+                let mut parts = Vec::new();
+                if b.pid != a.pid {
+                    parts.push(format!("pid {} -> {}", number(b.pid.map(u64::from)), number(a.pid.map(u64::from))));
+                }
+                if b.runs != a.runs {
+                    parts.push(format!("runs {} -> {} (restarted by someone else)", number(b.runs), number(a.runs)));
+                }
+                if parts.is_empty() {
+                    continue;
+                }
+                parts.join(", ")
+            }
+        };
+        out.push(UnitChange { unit: target.clone(), what });
     }
     out
 }
@@ -779,6 +947,8 @@ mod tests {
             protection: Protection::default(),
             diagnostics: vec![],
             packages: None,
+            reboot: Vec::new(),
+            kernel_modules: Vec::new(),
         }
     }
 
@@ -789,6 +959,7 @@ mod tests {
             target_toplevel: "/new".into(),
             protection: RecordedProtection::default(),
             live: record_live(&p, &live("1111", 10)),
+            launchd: None,
         };
         SavedPlan::new(p, inputs)
     }
@@ -827,7 +998,7 @@ mod tests {
         let s = saved();
         let fresh = plan();
         let now = live("1111", 10);
-        let ok = Observed { running_generation: "/old", target_toplevel: Some("/new"), live: &now };
+        let ok = Observed { running_generation: "/old", target_toplevel: Some("/new"), live: &now, launchd: None };
         assert_eq!(check_fresh(&s, &ok, &fresh), Ok(()));
 
         let other = Observed { running_generation: "/other", ..ok.clone() };

@@ -14,10 +14,13 @@
 //! | `SAFE_SWITCH_TEST_STORE_DIR` | `/nix/store` (where `apply` accepts a target) |
 //! | `SAFE_SWITCH_TEST_DARWIN_ROOT` | `/` of a nix-darwin host: `/run/current-system`, `/run/safe-switch`, `/Library`, the users' homes, `/nix/var/nix/profiles`; a switch there needs no root |
 //! | `SAFE_SWITCH_TEST_LAUNCHCTL` | `/bin/launchctl` (the launchd simulator of the `testbed` crate) |
+//! | `SAFE_SWITCH_TEST_SYSTEM_MANAGER_ROOT` | `/` of a system-manager host: its state file (`/var/lib/system-manager/state`) and its profile (`/nix/var/nix/profiles/system-manager-profiles`) |
+//! | `SAFE_SWITCH_TEST_KERNEL_ROOT` | `/` of the kernel state a plan reads: `/proc/modules`, `/sys/module`, `/run/booted-system`, `/run/reboot-required` (see `crate::kernel`) |
 //!
 //! A release build (`cfg(not(debug_assertions))`) ignores them: nothing a
 //! caller puts in the environment changes which policy applies, which
-//! cgroup is protected, which key signs a plan or where a target must be.
+//! cgroup is protected, which key signs a plan, where a target must be or
+//! which state file a system-manager switch keeps.
 
 use std::ffi::OsString;
 use std::path::PathBuf;
@@ -34,8 +37,14 @@ pub const STORE_DIR: &str = "SAFE_SWITCH_TEST_STORE_DIR";
 pub const DARWIN_ROOT: &str = "SAFE_SWITCH_TEST_DARWIN_ROOT";
 /// Replaces `/bin/launchctl`.
 pub const LAUNCHCTL: &str = "SAFE_SWITCH_TEST_LAUNCHCTL";
+/// Replaces `/` for the state file and the profile of a system-manager
+/// host.
+pub const SYSTEM_MANAGER_ROOT: &str = "SAFE_SWITCH_TEST_SYSTEM_MANAGER_ROOT";
+/// Replaces `/` for the kernel state a plan reads.
+pub const KERNEL_ROOT: &str = "SAFE_SWITCH_TEST_KERNEL_ROOT";
 /// Every test-only variable, for handing them on to an isolated apply.
-pub const ALL: &[&str] = &[SYSTEM_POLICY, PROC_CGROUP, STATE_DIR, STORE_DIR, DARWIN_ROOT, LAUNCHCTL];
+pub const ALL: &[&str] =
+    &[SYSTEM_POLICY, PROC_CGROUP, STATE_DIR, STORE_DIR, DARWIN_ROOT, LAUNCHCTL, SYSTEM_MANAGER_ROOT, KERNEL_ROOT];
 
 /// Whether this build honours the test-only variables.
 pub const ENABLED: bool = cfg!(debug_assertions);

@@ -22,14 +22,36 @@ use systemd_live::RunDir;
 use crate::args;
 use crate::cmd::switch;
 use crate::exit::Outcome;
-use crate::host::{self, CURRENT_SYSTEM};
+use crate::host;
 use crate::report::Applying;
 use crate::saved::{self, Observed, PlanKey, Rejection, SavedPlan};
 
-/// Runs `apply`.
+/// Runs `apply`, then writes its `--report openmetrics=PATH` files (the
+/// process the caller started does, once the isolated apply is over; the
+/// other formats are written by the apply itself, before and after).
 pub(crate) fn run(args: args::ApplyArgs) -> anyhow::Result<Outcome> {
+    let (started, isolated, reports, file) =
+        (std::time::Instant::now(), args.apply.isolated, args.output.report.clone(), args.plan.clone());
+    let outcome = apply(args);
+    if !isolated {
+        let plan = SavedPlan::load(&file).ok().map(|saved| saved.plan);
+        crate::report::write_apply_metrics(&reports, plan.as_ref(), &RunDir::system(), &outcome, started);
+    }
+    outcome
+}
+
+fn apply(args: args::ApplyArgs) -> anyhow::Result<Outcome> {
+    if crate::darwin::is_darwin_host() {
+        return crate::darwin::apply(args);
+    }
     let saved = SavedPlan::load(&args.plan)?;
     if let Err(refusal) = saved::verify_digest(&saved) {
+        return Ok(refuse(&args.plan, &refusal));
+    }
+    if saved.inputs.launchd.is_some() {
+        let refusal = Rejection::Inconsistent(
+            "it was made for launchd (a nix-darwin host), and this host runs systemd".to_owned(),
+        );
         return Ok(refuse(&args.plan, &refusal));
     }
     let target = Path::new(&saved.inputs.target_toplevel);
@@ -70,19 +92,25 @@ pub(crate) fn run(args: args::ApplyArgs) -> anyhow::Result<Outcome> {
     // protections than apply today gets other actions, and is refused.
     let mut protect = saved.inputs.protection.to_args()?;
     protect.cgroup_file = args.cgroup_file.clone();
-    let current = std::fs::canonicalize(CURRENT_SYSTEM)
-        .with_context(|| format!("{CURRENT_SYSTEM}: cannot resolve the running generation; nothing was changed"))?;
+    let running = host::running_generation();
+    let current = std::fs::canonicalize(&running).with_context(|| {
+        format!("{}: cannot resolve the running generation; nothing was changed", running.display())
+    })?;
     let current = current.display().to_string();
     if current != saved.inputs.running_generation {
         let refusal =
             Rejection::RunningGenerationChanged { recorded: saved.inputs.running_generation.clone(), now: current };
         return Ok(refuse(&args.plan, &refusal));
     }
-    let mut fresh = host::live_plan(Path::new(CURRENT_SYSTEM), target, &protect, &mut bus)?;
+    let mut fresh = host::live_plan(&running, target, &protect, &mut bus)?;
     host::read_processes(&mut fresh, &mut bus)?;
     let canonical_target = canonical_target.display().to_string();
-    let observed =
-        Observed { running_generation: &current, target_toplevel: Some(&canonical_target), live: &fresh.live };
+    let observed = Observed {
+        running_generation: &current,
+        target_toplevel: Some(&canonical_target),
+        live: &fresh.live,
+        launchd: None,
+    };
     if let Err(refusal) = saved::check_fresh(&saved, &observed, &fresh.plan) {
         return Ok(refuse(&args.plan, &refusal));
     }
@@ -94,7 +122,7 @@ pub(crate) fn run(args: args::ApplyArgs) -> anyhow::Result<Outcome> {
 }
 
 /// Says why the saved plan is refused and returns the exit outcome.
-fn refuse(path: &Path, refusal: &Rejection) -> Outcome {
+pub(crate) fn refuse(path: &Path, refusal: &Rejection) -> Outcome {
     say!("refused to apply {}: {refusal}", path.display());
     say!("nothing was changed");
     Outcome::Blocked

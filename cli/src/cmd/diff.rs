@@ -115,14 +115,50 @@ fn load_applied(path: &Path) -> anyhow::Result<plan_model::ApplyReport> {
         .map_err(|e| anyhow::anyhow!("{}: invalid apply report: {e}", path.display()))
 }
 
-/// Reads a live-state snapshot, naming the file in every error.
+/// The largest live-state snapshot read (one of a host with thousands of
+/// units and their dependencies is a few MiB).
+const LIVE_LIMIT: generation_fs::Limit = generation_fs::Limit::new(64 << 20, "a live state");
+
+/// Reads a live-state snapshot, naming the file in every error: a regular
+/// file, opened without blocking, of at most 64 MiB.
 pub(crate) fn load_live(path: &Path) -> anyhow::Result<LiveState> {
-    let text = match fs::read_to_string(path) {
-        Ok(text) => text,
-        Err(err) => bail!("{}: cannot read live state: {err}", path.display()),
+    let bytes = match generation_fs::read_host(path, path, LIVE_LIMIT) {
+        Ok(Some(bytes)) => bytes,
+        Ok(None) => bail!("{}: cannot read live state: No such file or directory (os error 2)", path.display()),
+        Err(generation_fs::ReadError::Io { source, .. }) => {
+            bail!("{}: cannot read live state: {source}", path.display())
+        }
+        Err(err) => bail!("{err}"),
+    };
+    let Ok(text) = String::from_utf8(bytes) else {
+        bail!("{}: invalid live state: not UTF-8", path.display());
     };
     match LiveState::from_json(&text) {
         Ok(live) => Ok(live),
         Err(err) => bail!("{}: invalid live state: {err}", path.display()),
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_live_state_is_read_bounded_and_without_blocking() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("live.json");
+        assert!(std::process::Command::new("mkfifo").arg(&fifo).status().unwrap().success());
+        let err = load_live(&fifo).unwrap_err().to_string();
+        assert_eq!(err, format!("{}: cannot read live state: a FIFO, not a regular file", fifo.display()));
+        std::fs::remove_file(&fifo).unwrap();
+        std::fs::File::create(&fifo).unwrap().set_len(LIVE_LIMIT.bytes + 1).unwrap();
+        let err = load_live(&fifo).unwrap_err().to_string();
+        assert_eq!(err, format!("{}: larger than 64 MiB, the most read from a live state", fifo.display()));
+        std::fs::write(&fifo, b"{\"units\": {}, \"kernel_release\": \"\xff\"}").unwrap();
+        let err = load_live(&fifo).unwrap_err().to_string();
+        assert_eq!(err, format!("{}: invalid live state: not UTF-8", fifo.display()));
+        std::fs::write(&fifo, r#"{"kernel_release": "6.6.1", "loaded_modules": {"wireguard": {}}}"#).unwrap();
+        assert_eq!(load_live(&fifo).unwrap().kernel_release.as_deref(), Some("6.6.1"));
     }
 }

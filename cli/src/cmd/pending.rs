@@ -17,6 +17,9 @@ use crate::host;
 
 /// Runs `pending`.
 pub(crate) fn run(args: args::PendingArgs) -> anyhow::Result<Outcome> {
+    if crate::darwin::is_darwin_host() {
+        return crate::darwin::pending(args);
+    }
     let run = RunDir::system();
     let record = crate::pending::read(&run)?;
     let pending = if record.is_empty() {

@@ -36,12 +36,18 @@ pub(crate) fn run(args: args::PlanArgs) -> anyhow::Result<Outcome> {
     Ok(crate::protect::outcome(&lp.plan))
 }
 
-/// Writes the saved plan for `apply`, with its MAC when running as root
-/// (creating this host's key on first use). Without root there is no MAC,
-/// and `apply` will refuse the plan; a warning says so.
+/// Writes the saved plan for `apply`.
 fn save_plan(lp: &LivePlan, out: &Path) -> anyhow::Result<()> {
     let inputs = crate::saved::record_inputs(&lp.old, &lp.new, &lp.plan, &lp.live, &lp.protection.request);
-    let mut saved = crate::saved::SavedPlan::new(lp.plan.clone(), inputs);
+    save(lp.plan.clone(), inputs, out)
+}
+
+/// Writes a saved plan (systemd's or launchd's) for `apply`, with its MAC
+/// when running as root (creating this host's key on first use). Without
+/// root there is no MAC, and `apply` will refuse the plan; a warning says
+/// so.
+pub(crate) fn save(plan: plan_model::Plan, inputs: crate::saved::Inputs, out: &Path) -> anyhow::Result<()> {
+    let mut saved = crate::saved::SavedPlan::new(plan, inputs);
     if rustix::process::geteuid().is_root() {
         saved.sign(&crate::saved::PlanKey::load_or_create(&crate::saved::state_dir())?);
     } else {

@@ -21,7 +21,9 @@
 //!    round; the others are checked once more right before their jobs are
 //!    queued.
 //! 5. The rest is carried out by the executor (progress file, protected
-//!    units checked afterwards), and the plan is merged into the record.
+//!    units checked afterwards), and the plan is merged into the record
+//!    (on a system-manager host, its state file then gives the units
+//!    settled the running generation's entries).
 //!
 //! Between rounds the lock is not held: a settle waiting for a CI runner
 //! to finish its job never blocks a switch. It waits for the lock instead
@@ -66,6 +68,9 @@ pub(crate) fn run(args: args::SettleArgs) -> anyhow::Result<Outcome> {
         return Err(crate::exit::usage(
             "settle does not take --explain; `safe-switch pending` lists what is pending and why",
         ));
+    }
+    if crate::darwin::is_darwin_host() {
+        return crate::darwin::settle();
     }
     let selectors = args
         .units
@@ -325,6 +330,9 @@ impl Settler<'_> {
                 self.failed |= !report.success();
             }
             crate::pending::record_into(self.run, &mut record, &done, mgr);
+            // On a system-manager host, what was settled is what its state
+            // file says now.
+            crate::sysmgr::sync_state(self.run, &done);
         }
         if !busy.is_empty() {
             return Ok(Round::Busy(busy));

@@ -4,7 +4,9 @@
 //! The order of a switch:
 //!
 //! 1. Checks that change nothing: root, the toplevel exists and has an
-//!    executable `activate`, systemd answers on the system bus, no other
+//!    executable `activate` (a system-manager generation: its engine's
+//!    wrappers, and a state file safe-switch can read, see
+//!    [`crate::sysmgr`]), systemd answers on the system bus, no other
 //!    safe-switch holds `/run/safe-switch/lock`.
 //! 2. Unless `--no-isolate`, the same command line runs again inside a
 //!    transient service (`safe-switch-<id>.service`, as `systemd-run
@@ -17,8 +19,9 @@
 //! 4. The plan is made (as `safe-switch plan` prints it) and printed. A plan
 //!    refused by protection stops here with exit 3.
 //! 5. The executor carries it out (stop, activate, re-exec, daemon-reload,
-//!    `sysinit-reactivation.target`, reload, restart, start), then checks
-//!    every protected unit.
+//!    `sysinit-reactivation.target`, reload, restart, start; a
+//!    system-manager plan in system-manager's order), then checks every
+//!    protected unit.
 //! 6. With `--rollback-on-failure`, a failed unit or a disturbed protected
 //!    unit makes it switch back to the previous generation with the same
 //!    protections, and both results are reported.
@@ -34,7 +37,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use plan_model::Plan;
 use plan_report::Blocker;
-use systemd_live::{ApplyOptions, ApplyReport, ProcessHost, RunDir, ServiceManager, StderrProgress};
+use systemd_live::{ApplyOptions, ApplyReport, RunDir, ServiceManager};
 
 use crate::args::{self, ProtectArgs};
 use crate::exit::Outcome;
@@ -67,17 +70,22 @@ pub(crate) fn run(args: args::SwitchArgs) -> anyhow::Result<Outcome> {
     }
     let lp = host::plan_to(&target, &args.protect, &mut bus)?;
     let reports = Applying { report: lp.report(), output: &args.output };
-    if lp.plan.protection.refused {
+    let started = std::time::Instant::now();
+    let outcome = if lp.plan.protection.refused {
         reports.refused()?;
         say!("refused: the switch would touch a protected unit (see the plan above); nothing was changed");
-        return Ok(Outcome::Blocked);
-    }
-    reports.before()?;
-    apply_plan(&mut bus, &run, &lp.plan, &args.apply, &args.protect, Some(&reports))
+        Ok(Outcome::Blocked)
+    } else {
+        reports.before()?;
+        apply_plan(&mut bus, &run, &lp.plan, &args.apply, &args.protect, Some(&reports))
+    };
+    crate::report::write_apply_metrics(&args.output.report, Some(&lp.plan), &run, &outcome, started);
+    outcome
 }
 
 /// Refuses, before any change, what cannot be switched: a caller that is
-/// not root and a toplevel without an executable `activate`.
+/// not root and a toplevel without an executable `activate` (or, for a
+/// system-manager generation, see [`crate::sysmgr::preflight`]).
 pub(crate) fn preflight(toplevel: &Path) -> anyhow::Result<()> {
     if !rustix::process::geteuid().is_root() {
         bail!(
@@ -85,12 +93,8 @@ pub(crate) fn preflight(toplevel: &Path) -> anyhow::Result<()> {
              nothing was changed. `safe-switch plan` shows the plan without root"
         );
     }
-    if let Ok((_, systemd_plan::Layout::SystemManager)) = systemd_plan::unit_directory(toplevel) {
-        bail!(
-            "{}: a system-manager generation; safe-switch plans and checks system-manager hosts \
-             (`safe-switch plan`, `check`) but does not switch them yet; nothing was changed",
-            toplevel.display()
-        );
+    if crate::sysmgr::is_generation(toplevel) {
+        return crate::sysmgr::preflight(toplevel);
     }
     let activate = toplevel.join("activate");
     let meta = std::fs::metadata(&activate).with_context(|| {
@@ -151,9 +155,13 @@ pub(crate) fn finish_interrupted(
     say!("resuming it first, with the protections in force now");
     interrupted.progress.plan = plan;
     let resumed = interrupted.progress.plan.clone();
-    let report = systemd_live::resume(interrupted, mgr, &mut ProcessHost, run, options, &mut StderrProgress)?;
+    let report = crate::sysmgr::resume(interrupted, mgr, run, options)?;
     say_text!("{}", report_text(&report));
-    crate::pending::record(run, &resumed, mgr);
+    if report.unchanged {
+        let why = report.aborted.as_deref().unwrap_or("a check failed");
+        bail!("the interrupted switch to {target} was refused ({why}); nothing more was changed");
+    }
+    record(run, &resumed, &report, mgr);
     if report.aborted.is_some() {
         bail!("the interrupted switch to {target} could not be finished (see above); run again to resume it");
     }
@@ -188,6 +196,16 @@ fn reprotect_remaining(
     Ok(plan)
 }
 
+/// Records what `plan` deferred ([`crate::pending::record`]) and, when it
+/// was carried out to the end, brings a system-manager host's state file
+/// up to date with the record ([`crate::sysmgr::sync_state`]).
+fn record(run: &RunDir, plan: &Plan, report: &ApplyReport, mgr: &mut dyn ServiceManager) {
+    crate::pending::record(run, plan, mgr);
+    if report.aborted.is_none() {
+        crate::sysmgr::sync_state(run, plan);
+    }
+}
+
 /// What an apply did, as text, with the status of the units that failed:
 /// the `applied` section of the text report, as standard error shows it.
 pub(crate) fn report_text(report: &ApplyReport) -> String {
@@ -211,9 +229,20 @@ pub(crate) fn apply_plan(
     reports: Option<&Applying<'_>>,
 ) -> anyhow::Result<Outcome> {
     let options = apply_options(apply);
-    let report = systemd_live::apply(plan, bus, &mut ProcessHost, run, &options, &mut StderrProgress)?;
+    let marker = crate::kernel::reboot_marker();
+    let report = crate::sysmgr::apply(plan, bus, run, &options)?;
     say_text!("{}", report_text(&report));
-    crate::pending::record(run, plan, bus);
+    if report.unchanged {
+        if let Some(reports) = reports {
+            reports.after(&report)?;
+        }
+        let why = report.aborted.as_deref().unwrap_or("a check failed");
+        bail!("the switch to {} was refused ({why}); nothing was changed", plan.new.path);
+    }
+    for line in crate::kernel::after_apply(plan, marker, crate::kernel::reboot_marker()) {
+        say!("{line}");
+    }
+    record(run, plan, &report, bus);
     if let Some(reports) = reports {
         reports.after(&report)?;
     }
@@ -225,9 +254,17 @@ pub(crate) fn apply_plan(
         say!("rolling back to {} with the same protections", plan.old.path);
         let back = host::live_plan(&host::running_generation(), Path::new(&plan.old.path), protect, bus)
             .context("cannot plan the rollback")?;
-        let rb = systemd_live::apply(&back.plan, bus, &mut ProcessHost, run, &options, &mut StderrProgress)?;
+        let rb = crate::sysmgr::apply(&back.plan, bus, run, &options)?;
         say_text!("rollback:\n{}", report_text(&rb));
-        crate::pending::record(run, &back.plan, bus);
+        if rb.unchanged {
+            let why = rb.aborted.as_deref().unwrap_or("a check failed");
+            bail!(
+                "the switch to {} failed (see above), and the rollback to {} was refused ({why})",
+                plan.new.path,
+                plan.old.path
+            );
+        }
+        record(run, &back.plan, &rb, bus);
         if rb.success() {
             say!("rolled back to {}; the switch to {} failed (see above)", plan.old.path, plan.new.path);
         } else {

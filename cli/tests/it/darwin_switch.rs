@@ -3,6 +3,7 @@
 //! real processes, below a root directory standing for the Mac's `/`
 //! (`SAFE_SWITCH_TEST_DARWIN_ROOT`), with generations laid out as
 //! nix-darwin's (their `activate` included). No root and no Mac needed.
+//! [`Mac`] is shared with the saved-plan tests (`darwin_apply`).
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -11,19 +12,23 @@ use std::time::Duration;
 use safe_switch_cli::test_hooks;
 use testbed::launchd::{DarwinGeneration, DarwinJob, STEPS_AFTER, STEPS_BEFORE, Simulator};
 
+/// Where macOS keeps its own sshd's plist.
+const SSH_PLIST: &str = "/System/Library/LaunchDaemons/ssh.plist";
+
 use crate::support::{BIN, hermetic};
 
 /// A Mac in a temporary directory: its root, its Nix store, the markers
-/// its activation scripts leave, and launchd.
-struct Mac {
-    _dir: tempfile::TempDir,
-    root: PathBuf,
-    store: PathBuf,
-    markers: PathBuf,
-    sim: Simulator,
-    user: String,
-    uid: u32,
-    home: String,
+/// its activation scripts leave, launchd, and the saved-plan key's
+/// directory.
+pub(crate) struct Mac {
+    pub dir: tempfile::TempDir,
+    pub root: PathBuf,
+    pub store: PathBuf,
+    pub markers: PathBuf,
+    pub sim: Simulator,
+    pub user: String,
+    pub uid: u32,
+    pub home: String,
 }
 
 fn sh(script: &str) -> String {
@@ -32,12 +37,12 @@ fn sh(script: &str) -> String {
 }
 
 /// A daemon that sleeps; `version` changes its plist.
-fn daemon(label: &str, version: &str) -> DarwinJob {
+pub(crate) fn daemon(label: &str, version: &str) -> DarwinJob {
     DarwinJob::daemon(label, &format!("exec /bin/sleep 3600 # {version}"))
 }
 
 impl Mac {
-    fn new() -> Mac {
+    pub(crate) fn new() -> Mac {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path().join("root");
         for d in ["Library/LaunchDaemons", "Library/LaunchAgents", "run", "nix/var/nix/profiles", "nix/var/nix/gcroots"]
@@ -56,21 +61,21 @@ impl Mac {
             uid: sh("id -u").parse().unwrap(),
             user,
             home,
-            _dir: dir,
+            dir,
         }
     }
 
-    fn path(&self, absolute: &str) -> PathBuf {
+    pub(crate) fn path(&self, absolute: &str) -> PathBuf {
         self.root.join(absolute.trim_start_matches('/'))
     }
 
-    fn write(&self, g: &DarwinGeneration) -> PathBuf {
+    pub(crate) fn write(&self, g: &DarwinGeneration) -> PathBuf {
         g.write(&self.store, &self.root, &self.markers).unwrap()
     }
 
     /// Boots generation `g` as nix-darwin leaves a Mac: its plists
     /// installed, its jobs loaded, `/run/current-system` pointing at it.
-    fn boot(&self, g: &DarwinGeneration) -> PathBuf {
+    pub(crate) fn boot(&self, g: &DarwinGeneration) -> PathBuf {
         let toplevel = self.write(g);
         std::os::unix::fs::symlink(&toplevel, self.path("/run/current-system")).unwrap();
         for job in &g.jobs {
@@ -91,36 +96,49 @@ impl Mac {
         toplevel
     }
 
-    fn command(&self, args: &[&str]) -> Command {
+    pub(crate) fn command(&self, args: &[&str]) -> Command {
         let mut cmd = Command::new(BIN);
         hermetic(&mut cmd)
             .env(test_hooks::DARWIN_ROOT, &self.root)
             .env(test_hooks::LAUNCHCTL, self.sim.launchctl())
+            .env(test_hooks::STATE_DIR, self.dir.path().join("state"))
+            .env(test_hooks::STORE_DIR, &self.store)
             .env_remove("SAFE_SWITCH_PLATFORM")
             .env("NO_COLOR", "1")
             .args(args);
         cmd
     }
 
-    fn safe_switch(&self, args: &[&str]) -> testbed::Output {
+    pub(crate) fn safe_switch(&self, args: &[&str]) -> testbed::Output {
         testbed::exec::run(&mut self.command(args), Duration::from_secs(120)).unwrap()
     }
 
-    fn markers(&self) -> Vec<String> {
+    pub(crate) fn markers(&self) -> Vec<String> {
         std::fs::read_to_string(&self.markers).unwrap_or_default().lines().map(str::to_owned).collect()
     }
 
-    fn pid(&self, label: &str) -> Option<u32> {
+    pub(crate) fn pid(&self, label: &str) -> Option<u32> {
         self.sim.pid(&format!("system/{label}"))
     }
 
-    fn current_system(&self) -> PathBuf {
+    pub(crate) fn current_system(&self) -> PathBuf {
         std::fs::read_link(self.path("/run/current-system")).unwrap()
+    }
+
+    /// Installs macOS's own sshd (`com.openssh.sshd`, a sleeping daemon
+    /// here) and turns Remote Login on: loads it; returns its pid.
+    fn remote_login_on(&self) -> u32 {
+        let plist = self.path(SSH_PLIST);
+        std::fs::create_dir_all(plist.parent().unwrap()).unwrap();
+        std::fs::write(&plist, daemon("com.openssh.sshd", "macos").plist()).unwrap();
+        let out = self.sim.run(&["bootstrap", "system", plist.to_str().unwrap()]).unwrap();
+        assert!(out.success(), "{out:?}");
+        self.sim.wait_running("system/com.openssh.sshd").unwrap()
     }
 }
 
 /// The steps of nix-darwin's activation other than the launchd ones.
-fn other_steps() -> Vec<String> {
+pub(crate) fn other_steps() -> Vec<String> {
     let mut steps: Vec<String> = STEPS_BEFORE.iter().map(|(n, _)| (*n).to_owned()).collect();
     steps.push("nix-daemon".to_owned());
     steps.extend(STEPS_AFTER.iter().map(|(n, _)| (*n).to_owned()));
@@ -130,7 +148,7 @@ fn other_steps() -> Vec<String> {
 /// Generation A of a CI runner, and B: the runner, the Nix daemon (and
 /// nix.conf) and node-exporter changed, collectd removed, docker added;
 /// the user agent backup unchanged.
-fn generations(user: &str) -> (DarwinGeneration, DarwinGeneration) {
+pub(crate) fn generations(user: &str) -> (DarwinGeneration, DarwinGeneration) {
     let a = DarwinGeneration::new("a", user)
         .job(daemon("org.nixos.nix-daemon", "nix-2.28"))
         .job(daemon("org.nixos.gitlab-runner", "runner-17"))
@@ -148,7 +166,7 @@ fn generations(user: &str) -> (DarwinGeneration, DarwinGeneration) {
     (a, b)
 }
 
-fn text(out: &testbed::Output) -> String {
+pub(crate) fn text(out: &testbed::Output) -> String {
     format!("--- stdout\n{}\n--- stderr\n{}", out.stdout, out.stderr)
 }
 
@@ -447,4 +465,119 @@ fn an_interrupted_switch_is_described_and_resumed_by_the_next() {
     // the resume, and ran once more for the switch asked for now (to the
     // same generation, as a second `darwin-rebuild switch` would).
     assert_eq!(mac.markers().iter().filter(|m| *m == "etc").count(), 2, "{}", text(&out));
+}
+
+#[test]
+fn the_steps_after_the_launchd_sections_run_after_the_launchctl_operations() {
+    let mac = Mac::new();
+    let (a, b) = generations(&mac.user);
+    mac.boot(&a);
+    let new = mac.write(&b);
+    // launchctl's commands go into the marker file too, in order.
+    mac.sim.journal_to(&mac.markers).unwrap();
+    let out = mac.safe_switch(&["switch", "--no-isolate", "--toplevel", new.to_str().unwrap()]);
+    assert_eq!(out.code(), Some(0), "{}", text(&out));
+    let lines = mac.markers();
+    let at = |step: &str| lines.iter().position(|l| l == step).unwrap_or_else(|| panic!("{step}: {lines:#?}"));
+    let changes: Vec<usize> = (0..lines.len())
+        .filter(|&i| lines[i].starts_with("launchctl ") && !lines[i].starts_with("launchctl print "))
+        .collect();
+    assert!(changes.len() > 5, "{lines:#?}");
+    // nix-darwin's order: userDefaults, launchd, userLaunchd, nix-daemon,
+    // time, …, postActivation.
+    let (last_before, first_after) = (at(STEPS_BEFORE[STEPS_BEFORE.len() - 1].0), at("nix-daemon"));
+    assert!(changes.iter().all(|&i| last_before < i && i < first_after), "{lines:#?}");
+    assert!(at("time") > first_after && at("postActivation") > at("homebrew"), "{lines:#?}");
+    let steps: Vec<String> = lines.iter().filter(|l| !l.starts_with("launchctl ")).cloned().collect();
+    assert_eq!(steps, other_steps());
+}
+
+#[test]
+fn an_activation_that_fails_after_launchd_leaves_the_current_system() {
+    let mac = Mac::new();
+    let (a, mut b) = generations(&mac.user);
+    let old = mac.boot(&a);
+    b.fail_in = Some("homebrew".to_owned());
+    let new = mac.write(&b);
+    let out = mac.safe_switch(&["switch", "--no-isolate", "--toplevel", new.to_str().unwrap()]);
+    assert_eq!(out.code(), Some(4), "{}", text(&out));
+    assert!(
+        out.stderr.contains("the rest of the activation script, after its launchd steps: FAILED"),
+        "{}",
+        text(&out)
+    );
+    // The launchd part was carried out, the end of the script was not.
+    assert!(mac.pid("org.nixos.docker").is_some(), "{}", text(&out));
+    assert_eq!(mac.markers().last().map(String::as_str), Some("homebrew"));
+    assert_eq!(mac.current_system(), old);
+}
+
+#[test]
+fn remote_login_turned_off_keeps_a_protected_sshd_and_records_the_deferral() {
+    let mac = Mac::new();
+    let (a, b) = generations(&mac.user);
+    let sshd = mac.remote_login_on();
+    mac.boot(&a);
+    let new = mac.write(&DarwinGeneration { openssh: Some(false), ..b });
+    let booted = mac.sim.calls().len();
+    let out = mac.safe_switch(&["switch", "--no-isolate", "--toplevel", new.to_str().unwrap(), "--protect", "sshd"]);
+    assert_eq!(out.code(), Some(0), "{}", text(&out));
+    assert!(out.stdout.contains("com.openssh.sshd: stop deferred"), "{}", text(&out));
+    assert!(out.stderr.contains("protected com.openssh.sshd: untouched"), "{}", text(&out));
+    assert_eq!(mac.sim.pid("system/com.openssh.sshd"), Some(sshd));
+    assert!(!mac.sim.disabled("system/com.openssh.sshd"));
+    let calls = mac.sim.calls();
+    assert!(calls[booted..].iter().all(|c| !c.contains("com.openssh.sshd") || c.starts_with("print ")), "{calls:?}");
+    assert_eq!(mac.current_system(), new);
+    // Recorded as pending, while sshd stays loaded.
+    let pending = mac.safe_switch(&["pending"]);
+    assert_eq!(pending.code(), Some(3), "{}", text(&pending));
+    assert!(pending.stdout.contains("com.openssh.sshd: stop deferred"), "{}", text(&pending));
+
+    // In refuse mode, nothing is done at all.
+    let mac = Mac::new();
+    let (a, b) = generations(&mac.user);
+    mac.remote_login_on();
+    let old = mac.boot(&a);
+    let new = mac.write(&DarwinGeneration { openssh: Some(false), ..b });
+    let out = mac.safe_switch(&[
+        "switch",
+        "--no-isolate",
+        "--toplevel",
+        new.to_str().unwrap(),
+        "--protect",
+        "sshd",
+        "--on-protected",
+        "refuse",
+    ]);
+    assert_eq!(out.code(), Some(3), "{}", text(&out));
+    assert!(mac.markers().is_empty());
+    assert_eq!(mac.current_system(), old);
+}
+
+#[test]
+fn remote_login_is_turned_off_and_on_as_nix_darwin_does_when_sshd_is_not_protected() {
+    let mac = Mac::new();
+    let (a, b) = generations(&mac.user);
+    mac.remote_login_on();
+    mac.boot(&a);
+    let new = mac.write(&DarwinGeneration { openssh: Some(false), ..b.clone() });
+    mac.sim.journal_to(&mac.markers).unwrap();
+    let out = mac.safe_switch(&["switch", "--no-isolate", "--toplevel", new.to_str().unwrap()]);
+    assert_eq!(out.code(), Some(0), "{}", text(&out));
+    assert!(out.stdout.contains("launchctl bootout system/com.openssh.sshd"), "{}", text(&out));
+    assert!(!mac.sim.loaded("system/com.openssh.sshd"));
+    assert!(mac.sim.disabled("system/com.openssh.sshd"));
+    assert!(mac.path(SSH_PLIST).exists(), "macOS's plist is never deleted");
+    // Where nix-darwin does it: with the launchd steps.
+    let lines = mac.markers();
+    let bootout = lines.iter().position(|l| l == "launchctl bootout system/com.openssh.sshd").unwrap();
+    assert!(bootout < lines.iter().position(|l| l == "nix-daemon").unwrap(), "{lines:#?}");
+
+    // And on again.
+    let on = mac.write(&DarwinGeneration { openssh: Some(true), ..b.renamed("c") });
+    let out = mac.safe_switch(&["switch", "--no-isolate", "--toplevel", on.to_str().unwrap()]);
+    assert_eq!(out.code(), Some(0), "{}", text(&out));
+    assert!(mac.sim.wait_running("system/com.openssh.sshd").is_ok());
+    assert!(!mac.sim.disabled("system/com.openssh.sshd"));
 }

@@ -211,9 +211,45 @@ fn fstab() -> impl Strategy<Value = Option<String>> {
     prop::option::of(prop::collection::vec(line, 0..5).prop_map(|l| l.join("\n")))
 }
 
+/// What a generation boots: a kernel, its command line, NixOS's switch
+/// inhibitors and a module tree (`(release, path, in modules.dep,
+/// content)`), each well or badly shaped.
+#[derive(Clone, Debug)]
+struct BootSpec {
+    kernel: String,
+    params: String,
+    inhibitors: String,
+    modules: Vec<(String, String, bool, String)>,
+}
+
+fn boot() -> impl Strategy<Value = Option<BootSpec>> {
+    let module = (
+        select(&["6.6.1", "6.6.2", "weird release"]),
+        select(&["kernel/fs/a.ko", "extra/b.ko.xz", "extra/c.ko.zst", "d.ko.gz", "extra/notes.txt", ".ko"]),
+        any::<bool>(),
+        select(&["v1", "v2"]),
+    );
+    let spec = (
+        select(&["k1", "k2"]),
+        select(&["loglevel=4", "loglevel=7", "\u{1b}[31m"]),
+        prop_oneof![
+            12 => select(&[
+                r#"{"dbus-implementation":"dbus"}"#,
+                r#"{"dbus-implementation":"broker","nixos-release":"25.11"}"#,
+                "{}",
+            ]),
+            1 => select(&["[]", "{", r#"{"a":1}"#]),
+        ],
+        prop::collection::vec(module, 0..5),
+    )
+        .prop_map(|(kernel, params, inhibitors, modules)| BootSpec { kernel, params, inhibitors, modules });
+    prop::option::weighted(0.5, spec)
+}
+
 /// One generation.
 #[derive(Clone, Debug)]
 struct GenerationSpec {
+    boot: Option<BootSpec>,
     units: Vec<(String, UnitEntry)>,
     fstab: Option<String>,
     system_conf: Option<String>,
@@ -235,6 +271,7 @@ fn generations() -> impl Strategy<Value = (GenerationSpec, GenerationSpec)> {
     let confs = (conf.clone(), same_or(conf));
     let interface = prop::option::weighted(0.8, select(&["systemd 1\n", "systemd 2\n", ""]));
     let interfaces = (interface.clone(), prop::option::weighted(0.1, interface));
+    let boots = (boot(), same_or(boot()));
     (
         prop::collection::vec((select(UNITS), unit_entry(), same_or(unit_entry())), 2..24),
         fstabs,
@@ -242,9 +279,11 @@ fn generations() -> impl Strategy<Value = (GenerationSpec, GenerationSpec)> {
         interfaces,
         (any::<bool>(), any::<bool>()),
         (prop::option::weighted(0.03, broken()), prop::option::weighted(0.03, broken())),
+        boots,
     )
-        .prop_map(|(units, fstabs, confs, interfaces, activate, broken)| {
+        .prop_map(|(units, fstabs, confs, interfaces, activate, broken, boots)| {
             let old = GenerationSpec {
+                boot: boots.0.clone(),
                 units: units.iter().map(|(name, old, _)| (name.clone(), old.clone())).collect(),
                 fstab: fstabs.0.clone(),
                 system_conf: confs.0.clone(),
@@ -253,6 +292,7 @@ fn generations() -> impl Strategy<Value = (GenerationSpec, GenerationSpec)> {
                 broken: broken.0,
             };
             let new = GenerationSpec {
+                boot: boots.1.unwrap_or(boots.0),
                 units: units.into_iter().map(|(name, old, new)| (name, new.unwrap_or(old))).collect(),
                 fstab: fstabs.1.unwrap_or(fstabs.0),
                 system_conf: confs.1.unwrap_or(confs.0),
@@ -301,7 +341,23 @@ fn live_state() -> impl Strategy<Value = Option<Value>> {
             .collect();
         json!({ "units": units })
     });
-    prop::option::of(units)
+    let kernel = (
+        prop::option::of(select(&["6.6.1", "6.6.2"])),
+        prop::collection::btree_map(select(&["a", "b", "c_d"]), prop::option::of(select(&["1.0", "2.0"])), 0..3),
+        any::<bool>(),
+    );
+    prop::option::of((units, kernel)).prop_map(|state| {
+        state.map(|(mut state, (release, loaded, marker))| {
+            if let Some(release) = release {
+                state["kernel_release"] = json!(release);
+            }
+            let loaded: serde_json::Map<String, Value> =
+                loaded.into_iter().map(|(name, v)| (name.to_owned(), json!({ "version": v }))).collect();
+            state["loaded_modules"] = Value::Object(loaded);
+            state["reboot_required"] = json!(marker);
+            state
+        })
+    })
 }
 
 /// Protections and options of one run.
@@ -450,6 +506,22 @@ fn write_generation(root: &Path, spec: &GenerationSpec) -> usize {
     if let Some(text) = &spec.interface {
         write(&root.join("init-interface-version"), text, &mut size);
     }
+    if let Some(boot) = &spec.boot {
+        write(&root.join("kernel"), &boot.kernel, &mut size);
+        write(&root.join("kernel-params"), &boot.params, &mut size);
+        write(&root.join("switch-inhibitors"), &boot.inhibitors, &mut size);
+        let mut deps: std::collections::BTreeMap<&str, String> = Default::default();
+        for (release, path, listed, content) in &boot.modules {
+            let dir = root.join("kernel-modules/lib/modules").join(release);
+            write(&dir.join(path), content, &mut size);
+            if *listed {
+                deps.entry(release).or_default().push_str(&format!("{path}: \n"));
+            }
+        }
+        for (release, text) in deps {
+            write(&root.join("kernel-modules/lib/modules").join(release).join("modules.dep"), &text, &mut size);
+        }
+    }
     if spec.activate {
         write(&root.join("activate"), "#!/bin/sh\n", &mut size);
         fs::set_permissions(root.join("activate"), fs::Permissions::from_mode(0o755)).unwrap();
@@ -576,6 +648,8 @@ fn pipeline_case(case: &Case) -> Result<(), TestCaseError> {
         stats.units += plan.units.len();
         stats.deferred += plan.deferred().count();
         stats.refused += usize::from(plan.protection.refused);
+        stats.reboot += usize::from(plan.needs_reboot());
+        stats.modules += plan.kernel_modules.len();
     }
     if let Some(unit) = &case.options.explain {
         let mut explain = args.clone();
@@ -752,6 +826,10 @@ struct Stats {
     deferred: usize,
     /// Plans refused by protection.
     refused: usize,
+    /// Plans that need a reboot.
+    reboot: usize,
+    /// Kernel modules in all plans.
+    modules: usize,
 }
 
 impl Stats {
@@ -783,6 +861,8 @@ static STATS: std::sync::Mutex<Stats> = std::sync::Mutex::new(Stats {
     units: 0,
     deferred: 0,
     refused: 0,
+    reboot: 0,
+    modules: 0,
 });
 
 #[test]

@@ -14,6 +14,10 @@
 //! safe-switch diff old new [--live live.json] [ARGS...] --format F -> snapshots/format-F.snap
 //! ```
 //!
+//! A case with a `merge` file instead of generations runs `safe-switch
+//! report merge` with the file's lines (`HOST=PLAN.json`, the plans inside
+//! the case) as its arguments, in the same three forms.
+//!
 //! The runs do not depend on the machine: the system policy file and the
 //! process's cgroup are redirected through the debug-build-only variables
 //! of `safe_switch_cli::test_hooks` (to a file that does not exist, or the
@@ -75,7 +79,13 @@ fn run(case: &Path, args: &[String]) -> (i32, String) {
 
 fn check_case(case: &Path) {
     let name = case.file_name().unwrap().to_string_lossy().into_owned();
-    let base = diff_args(case);
+    let base = if case.join("merge").exists() {
+        let mut args = vec!["report".to_owned(), "merge".to_owned()];
+        args.extend(lines(&case.join("merge")));
+        args
+    } else {
+        diff_args(case)
+    };
 
     let mut settings = insta::Settings::clone_current();
     settings.set_snapshot_path(case.join("snapshots"));
@@ -120,8 +130,9 @@ fn golden_cases() {
         if !name.starts_with(&filter) {
             continue;
         }
-        if !case.join("old").is_dir() || !case.join("new").is_dir() {
-            failures.push(format!("{name}: a case needs old/ and new/ directories"));
+        let merge = case.join("merge").exists();
+        if !merge && (!case.join("old").is_dir() || !case.join("new").is_dir()) {
+            failures.push(format!("{name}: a case needs old/ and new/ directories, or a merge file"));
             continue;
         }
         if let Err(panic) = catch_unwind(AssertUnwindSafe(|| check_case(case))) {

@@ -95,6 +95,41 @@ fn switch_applies_the_plan_and_keeps_protected_units() {
     assert!(!bed.run_dir().join("safe-switch/progress.json").exists());
 }
 
+/// A switch that needs a reboot carries out what it can and says what
+/// waits, restarting nothing in its place; an activation that asks for a
+/// reboot is heard.
+#[test]
+fn a_switch_that_needs_a_reboot_says_so_after_the_apply() {
+    testbed::require!(bed);
+    let a = generation_a().file("kernel", "kernel 1");
+    let bed = boot(&a);
+    let b = bed
+        .build_generation(
+            &a.clone()
+                .renamed("b")
+                .file("kernel", "kernel 2")
+                .service("changed.service", daemon("V=2"))
+                .activate_lines("touch /run/reboot-required\n"),
+        )
+        .unwrap();
+    let sshd = bed.unit_states(&["sshd.service"]).unwrap()["sshd.service"].clone();
+    let out = safe_switch(&bed, &["switch", "--toplevel", path_str(&b), "--protect", "sshd", "--no-isolate"]);
+    assert_eq!(out.code(), Some(0), "{out:?}");
+    assert!(out.stdout.contains("needs a reboot: these changes take effect only at the next boot"), "{}", out.stdout);
+    assert!(
+        out.stderr.contains("needs a reboot: part of this switch takes effect only at the next boot (kernel)"),
+        "{}",
+        out.stderr
+    );
+    assert!(out.stderr.contains("the activation asked for one (/run/reboot-required appeared"), "{}", out.stderr);
+    assert_eq!(bed.current_generation().unwrap(), b);
+    assert_eq!(bed.unit_states(&["sshd.service"]).unwrap()["sshd.service"], sshd, "sshd was touched");
+    // The next plan knows the marker.
+    let out = safe_switch(&bed, &["plan", "--toplevel", path_str(&b), "--json"]);
+    let plan: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+    assert_eq!(plan["reboot"][0]["reason"], "activation", "{plan}");
+}
+
 #[test]
 fn a_unit_that_fails_to_start_is_reported_and_the_others_are_still_handled() {
     testbed::require!(bed);

@@ -109,3 +109,78 @@ fn check_gates_on_protected_units_and_changes_nothing() {
     assert_eq!(bed.unit_states(&units).unwrap(), before);
     assert!(!Path::new(&bed.run_dir().join("safe-switch/progress.json")).exists());
 }
+
+/// A generation with a kernel and a module tree for the release the test
+/// machine runs, whose `modules.dep` lists `modules`.
+fn booting(name: &str, kernel: &str, modules: &[&str]) -> Generation {
+    let release = rustix::system::uname().release().to_str().unwrap().to_owned();
+    let dir = format!("kernel-modules/lib/modules/{release}");
+    let mut g = generation_a().renamed(name).file("kernel", kernel);
+    let mut dep = String::new();
+    for m in modules {
+        g = g.file(format!("{dir}/{m}"), format!("module {m}"));
+        dep.push_str(&format!("{m}:\n"));
+    }
+    g.file(format!("{dir}/modules.dep"), dep)
+}
+
+#[test]
+fn check_fails_on_a_reboot_only_when_asked_and_reads_the_running_kernel() {
+    testbed::require!(bed);
+    let a = booting("a", "kernel 1", &["kernel/fs/base.ko"]);
+    let bed = TestBed::boot(&Config::new(a)).expect("test bed boots");
+    let modules = bed.build_generation(&booting("b", "kernel 1", &["kernel/fs/base.ko", "extra/ss_dummy.ko"])).unwrap();
+    let kernel = bed.build_generation(&booting("c", "kernel 2", &["kernel/fs/base.ko"])).unwrap();
+    let (m, k) = (modules.to_str().unwrap(), kernel.to_str().unwrap());
+    let release = rustix::system::uname().release().to_str().unwrap().to_owned();
+
+    // A module added for the running kernel, which nothing holds: usable
+    // now, no reboot, and the gate passes even when it fails on one.
+    let out = check(&bed, &["--toplevel", m, "--fail-on", "blocked,reboot", "--json"]);
+    assert_eq!(out.code(), Some(0), "{out:?}");
+    let plan: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+    assert_eq!(plan["reboot"], serde_json::json!([]), "{plan}");
+    let module = &plan["kernel_modules"][0];
+    assert_eq!(
+        (&module["module"], &module["release"], &module["usable"]),
+        (&"ss_dummy".into(), &release.clone().into(), &"now".into())
+    );
+
+    // The same module loaded already (in a kernel state made for the
+    // test): usable after a reboot, and `--fail-on reboot` fails.
+    let root = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(root.path().join("proc")).unwrap();
+    std::fs::create_dir_all(root.path().join("sys/module/ss_dummy")).unwrap();
+    std::fs::write(root.path().join("proc/modules"), "ss_dummy 16384 0 - Live 0x0\n").unwrap();
+    std::fs::write(root.path().join("sys/module/ss_dummy/version"), "0.9\n").unwrap();
+    let env = [(safe_switch_cli::test_hooks::KERNEL_ROOT, root.path().to_str().unwrap())];
+    let out = crate::support::safe_switch_with(&bed, &["check", "--toplevel", m, "--fail-on", "reboot"], &env);
+    assert_eq!(out.code(), Some(3), "{out:?}");
+    assert!(
+        out.stdout
+            .contains("kernel-modules: 1 module usable only after a reboot: ss_dummy (loaded already (version 0.9)"),
+        "{}",
+        out.stdout
+    );
+    assert!(
+        out.stderr.contains("check failed (--fail-on=reboot): the switch needs a reboot (kernel-modules)"),
+        "{}",
+        out.stderr
+    );
+
+    // Another kernel: a reboot; the default gate does not count it.
+    let out = check(&bed, &["--toplevel", k, "--json"]);
+    assert_eq!(out.code(), Some(0), "{out:?}");
+    let plan: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+    assert_eq!(plan["reboot"][0]["reason"], "kernel", "{plan}");
+    assert!(plan["reboot"][0]["detail"].as_str().unwrap().starts_with("the kernel changes: sha256:"), "{plan}");
+    assert_eq!(check(&bed, &["--toplevel", k, "--fail-on", "reboot"]).code(), Some(3));
+    let out = check(&bed, &["--toplevel", k, "--fail-on", "never,reboot"]);
+    assert_eq!(out.code(), Some(2), "{out:?}");
+
+    // A reboot asked for on the host (the marker in the bed's /run).
+    crate::support::bed_file(&bed, "reboot-required", "", 0o755, 0o644);
+    let out = check(&bed, &["--toplevel", m, "--fail-on", "reboot"]);
+    assert_eq!(out.code(), Some(3), "{out:?}");
+    assert!(out.stdout.contains("activation: /run/reboot-required exists"), "{}", out.stdout);
+}

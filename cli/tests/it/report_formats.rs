@@ -47,6 +47,8 @@ fn base(old: &str, new: &str) -> Plan {
             line: None,
         }],
         packages: None,
+        reboot: Vec::new(),
+        kernel_modules: Vec::new(),
     }
 }
 
@@ -116,9 +118,36 @@ fn refused(old: &str, new: &str) -> Plan {
     plan
 }
 
+/// A safe plan that needs a reboot: a new kernel and command line, and
+/// kernel modules usable now, after a reboot and never.
+fn rebooting(old: &str, new: &str) -> Plan {
+    use plan_model::{KernelModule, ModuleChange, ModuleUse, Reboot, RebootReason};
+    let mut plan = base(old, new);
+    let reboot = |reason, detail: String| Reboot { reason, detail };
+    plan.reboot = vec![
+        reboot(RebootReason::Kernel, format!("the kernel changes: {old}-linux/bzImage -> {new}-linux/bzImage")),
+        reboot(RebootReason::Kernel, "the kernel command line (kernel-params) changes".into()),
+        reboot(RebootReason::KernelModules, "1 module usable only after a reboot: zfs (<b>loaded</b>)".into()),
+    ];
+    let module = |name: &str, path: &str, usable| KernelModule {
+        module: name.into(),
+        release: "6.6.1".into(),
+        path: path.into(),
+        change: ModuleChange::Added,
+        usable,
+        detail: format!("why {name} | *"),
+    };
+    plan.kernel_modules = vec![
+        module("wireguard", "extra/wireguard.ko.xz", ModuleUse::Now),
+        module("zfs", "extra/zfs.ko.xz", ModuleUse::AfterReboot),
+        module("stray", "extra/stray.ko", ModuleUse::Unreachable),
+    ];
+    plan
+}
+
 fn plans() -> Vec<(&'static str, Plan)> {
     let (o, n) = ("/nix/store/00000000000000000000000000000000-old", "/nix/store/11111111111111111111111111111111-new");
-    vec![("safe", base(o, n)), ("deferred", deferred(o, n)), ("refused", refused(o, n))]
+    vec![("safe", base(o, n)), ("deferred", deferred(o, n)), ("refused", refused(o, n)), ("reboot", rebooting(o, n))]
 }
 
 fn render(format: Format, plan: &Plan) -> String {
@@ -232,6 +261,24 @@ fn junit_has_one_case_per_action_and_failures_carry_the_chain() {
         let failed: Vec<&Case> = cases.iter().filter(|c| c.failure.is_some()).collect();
         match name {
             "safe" => assert!(failed.is_empty(), "{failed:?}"),
+            "reboot" => {
+                // What waits for the boot is skipped, not failed: the exit
+                // code of a gate counts it only when asked to.
+                assert!(failed.is_empty(), "{failed:?}");
+                let skipped: Vec<&str> = cases.iter().filter(|c| c.skipped).map(|c| c.name.as_str()).collect();
+                assert_eq!(
+                    skipped,
+                    [
+                        "reboot 1: kernel",
+                        "reboot 2: kernel",
+                        "reboot 3: kernel-modules",
+                        "module 6.6.1/extra/zfs.ko.xz",
+                        "module 6.6.1/extra/stray.ko"
+                    ]
+                );
+                assert!(names.contains("module 6.6.1/extra/wireguard.ko.xz"));
+                assert!(suite.iter().any(|(k, v)| k == "skipped" && v == "5"), "{suite:?}");
+            }
             "deferred" | "refused" => {
                 let stop = cases.iter().find(|c| c.name == "stop network-setup.service").unwrap();
                 let (kind, text) = stop.failure.as_ref().unwrap();
@@ -288,6 +335,53 @@ fn codequality_parses_with_unique_stable_fingerprints() {
     let r =
         refused("/nix/store/00000000000000000000000000000000-old", "/nix/store/11111111111111111111111111111111-new");
     assert_ne!(fps(&a), fps(&r));
+}
+
+#[test]
+fn a_reboot_and_the_kernel_modules_are_plain_in_every_format() {
+    let (o, n) = ("/nix/store/00000000000000000000000000000000-old", "/nix/store/11111111111111111111111111111111-new");
+    let plan = rebooting(o, n);
+    let text = render(Format::Text, &plan);
+    let reboot_block = "needs a reboot: these changes take effect only at the next boot (nothing is restarted in their place):\n  kernel: the kernel changes: ";
+    assert!(text.contains(reboot_block), "{text}");
+    assert!(text.contains("  zfs (6.6.1, extra/zfs.ko.xz): added, usable after a reboot: why zfs | *\n"), "{text}");
+    assert!(text.find("needs a reboot").unwrap() < text.find("\nunits:\n").unwrap(), "right after the phases:\n{text}");
+    let md = markdown::render(&Report::of(&plan), markdown::LIMIT);
+    assert!(
+        md.contains(
+            "**Needs a reboot** (kernel, kernel-modules): part of this switch takes effect only at the next boot."
+        ),
+        "{md}"
+    );
+    assert!(
+        md.contains("| `kernel-modules` | 1 module usable only after a reboot: zfs (&lt;b&gt;loaded&lt;/b&gt;) |"),
+        "{md}"
+    );
+    assert!(
+        md.contains("| `stray` | `6.6.1` | `extra/stray.ko` | added | not reachable by modprobe | why stray \\| \\* |"),
+        "{md}"
+    );
+    let json: serde_json::Value = serde_json::from_str(&render(Format::Json, &plan)).unwrap();
+    assert_eq!(json["reboot"][0]["reason"], "kernel");
+    assert_eq!(json["kernel_modules"][1]["usable"], "after-reboot");
+    // A plan that needs none says so with an empty array.
+    let none: serde_json::Value = serde_json::from_str(&render(Format::Json, &base(o, n))).unwrap();
+    assert_eq!(none["reboot"], serde_json::json!([]));
+    assert!(none.get("kernel_modules").is_none());
+    // Code Quality: a finding per reason and per module, whose
+    // fingerprints stay when the store paths move.
+    let fps = |plan: &Plan| -> Vec<(String, String)> {
+        codequality::findings(plan, &[])
+            .into_iter()
+            .filter(|f| f.check_name == "safe-switch/reboot" || f.check_name == "safe-switch/kernel-module")
+            .map(|f| (f.fingerprint, f.severity.to_owned()))
+            .collect()
+    };
+    let moved =
+        rebooting("/nix/store/22222222222222222222222222222222-old", "/nix/store/33333333333333333333333333333333-new");
+    assert_eq!(fps(&plan), fps(&moved));
+    let severities: Vec<String> = fps(&plan).into_iter().map(|(_, s)| s).collect();
+    assert_eq!(severities, ["major", "major", "major", "info", "minor", "minor"]);
 }
 
 #[test]

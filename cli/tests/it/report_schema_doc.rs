@@ -10,7 +10,9 @@ use plan_model::{
     Action, Deferral, Diagnostic, Edge, FORMAT_VERSION, FlakeInput, Generation, KeyChange, Mode, Plan, ProtectedUnit,
     Protection, ProtectionSource, Provenance, Reason, Refusal, Rule, Severity, Step, UnitPlan,
 };
-use safe_switch_cli::saved::{Inputs, RecordedProtection, RecordedSelector, RecordedUnit, SavedPlan};
+use safe_switch_cli::saved::{
+    Inputs, RecordedJob, RecordedLaunchd, RecordedProtection, RecordedSelector, RecordedUnit, SavedPlan,
+};
 
 fn doc() -> String {
     std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/plan-schema.md")).unwrap()
@@ -74,6 +76,8 @@ fn full_plan() -> Plan {
             Step::Reexec { reasons: vec!["x".into()] },
             Step::DaemonReload,
             Step::RestartSysinitReactivation,
+            Step::Assertions { script: "/new/bin/preActivationAssertions".into() },
+            Step::Mask { units: vec!["ssh.service".into()] },
         ],
         consequences: vec![plan_model::Consequence {
             unit: "c.service".into(),
@@ -131,6 +135,15 @@ fn full_plan() -> Plan {
             "size_delta": 2
         }))
         .unwrap()),
+        reboot: vec![plan_model::Reboot { reason: plan_model::RebootReason::Kernel, detail: "x".into() }],
+        kernel_modules: vec![plan_model::KernelModule {
+            module: "wireguard".into(),
+            release: "6.6.1".into(),
+            path: "extra/wireguard.ko".into(),
+            change: plan_model::ModuleChange::Added,
+            usable: plan_model::ModuleUse::AfterReboot,
+            detail: "x".into(),
+        }],
     }
 }
 
@@ -173,6 +186,7 @@ fn full_applied(plan: &Plan) -> plan_model::ApplyReport {
         }],
         observed: Some(observation),
         log: Some(LogTail::of("/run/safe-switch/activation.log", 1 << 20, b"a\nb\n")),
+        unchanged: true,
     }
 }
 
@@ -213,6 +227,9 @@ fn every_json_key_is_documented() {
                 caller_cgroups: vec!["/system.slice/gitlab-runner.service".into()],
             },
             live: [("a.service".to_owned(), Some(RecordedUnit::default()))].into(),
+            launchd: Some(RecordedLaunchd {
+                jobs: [("system/a".to_owned(), Some(RecordedJob { pid: Some(1), runs: Some(1) }))].into(),
+            }),
         },
     );
     keys(&serde_json::to_value(&saved).unwrap(), &mut found);
@@ -241,7 +258,12 @@ fn every_json_key_is_documented() {
     keys(&serde_json::from_str(&plan_report::json::render(&report)).unwrap(), &mut found);
     let record = plan_model::Pending { deferrals: vec![deferral], ..plan_model::Pending::default() };
     keys(&serde_json::from_str(&record.to_json()).unwrap(), &mut found);
+    // The merged document of several hosts.
+    let reboot = [plan_report::RebootNeed { reason: "kernel".into(), detail: "x".into() }];
+    let hosts = [plan_report::HostReport { host: "h", report, reboot: &reboot }];
+    keys(&serde_json::from_str(&plan_report::json::render_hosts(&hosts)).unwrap(), &mut found);
     found.remove("a.service");
+    found.remove("system/a");
     let missing: Vec<&String> = found.iter().filter(|k| !doc.contains(&format!("`{k}`"))).collect();
     assert!(missing.is_empty(), "docs/plan-schema.md does not document {missing:?}");
     // Enumerated values too.
@@ -277,6 +299,17 @@ fn every_json_key_is_documented() {
         "restart",
         "reload",
         "job",
+        "kernel",
+        "initrd",
+        "kernel-modules",
+        "dbus",
+        "activation",
+        "added",
+        "changed",
+        "now",
+        "after-reboot",
+        "unreachable",
+        "unknown",
     ] {
         assert!(doc.contains(&format!("`{value}`")), "docs/plan-schema.md does not mention `{value}`");
     }

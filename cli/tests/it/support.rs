@@ -36,15 +36,14 @@ pub(crate) fn hermetic(cmd: &mut Command) -> &mut Command {
 }
 
 /// A run inside `bed` (a command from `TestBed::command`): no system
-/// policy, the saved-plan key in the bed's `/run`, and the bed's
-/// generations as the Nix store.
+/// policy, the saved-plan key in the bed's `/run`, the bed's generations
+/// as the Nix store, and system-manager's state file and profile those of
+/// the bed's system-manager host (below its `/run`), never the machine's.
 pub(crate) fn in_bed<'a>(cmd: &'a mut Command, bed: &TestBed) -> &'a mut Command {
-    hermetic(cmd).env(test_hooks::STATE_DIR, BED_STATE_DIR).env(test_hooks::STORE_DIR, generations(bed))
-}
-
-/// The directory the bed builds its generations in.
-fn generations(bed: &TestBed) -> PathBuf {
-    bed.current_generation().ok().and_then(|g| g.parent().map(Path::to_path_buf)).unwrap_or_default()
+    hermetic(cmd)
+        .env(test_hooks::STATE_DIR, BED_STATE_DIR)
+        .env(test_hooks::STORE_DIR, bed.store_dir())
+        .env(test_hooks::SYSTEM_MANAGER_ROOT, testbed::system_manager::SYSTEM_MANAGER_ROOT)
 }
 
 /// Runs the binary inside `bed` ([`in_bed`], no colours) with `args`.

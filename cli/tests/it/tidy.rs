@@ -48,6 +48,16 @@ const RULES: &[(&str, &[(&str, May)])] = &[
             ("executor.rs", May { process: true, ..NONE }),
         ],
     ),
+    (
+        "system-manager-live",
+        &[
+            // The state file.
+            ("state.rs", May { fs: true, ..NONE }),
+            // `SystemManagerHost`: the generation's engine wrappers,
+            // systemd-tmpfiles and systemctl mask, the state file.
+            ("host.rs", May { fs: true, process: true, ..NONE }),
+        ],
+    ),
     ("nix-compose", &[("runner.rs", May { process: true, ..NONE }), ("compose.rs", May { fs: true, ..NONE })]),
 ];
 

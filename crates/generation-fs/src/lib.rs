@@ -33,6 +33,7 @@
 //! can check the rule itself: `openat2(RESOLVE_BENEATH)` from the
 //! generation or the store directory, which fails on any absolute link and
 //! on any `..` that would leave it; the component-wise walk then decides.
+//! Elsewhere than on Linux (macOS) there is no `openat2`: the walk alone.
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashSet;
@@ -45,7 +46,7 @@ use std::os::unix::ffi::OsStringExt as _;
 use std::os::unix::fs::{FileTypeExt as _, MetadataExt as _};
 use std::path::{Component, Path, PathBuf};
 
-use rustix::fs::{Mode, OFlags, ResolveFlags};
+use rustix::fs::{Mode, OFlags};
 use rustix::io::Errno;
 
 /// The machine's Nix store.
@@ -300,7 +301,7 @@ impl GenerationDir {
             inside_first,
             dirs: RefCell::default(),
             last_dir: RefCell::default(),
-            openat2: Cell::new(true),
+            openat2: Cell::new(cfg!(target_os = "linux")),
             root,
         })
     }
@@ -323,6 +324,21 @@ impl GenerationDir {
             Ok(rel) => self.shown_root.join(rel),
             Err(_) => physical.to_owned(),
         }
+    }
+
+    /// A physical path that a resolution found, as links into the store
+    /// name it (`/nix/store/...-linux-6.6/bzImage`): for a path in a store,
+    /// and for one in a fixture's own `nix/store`, which stands for the
+    /// machine's. `None` for a path in no store (a file of a generation
+    /// that is not in a store). Two paths with the same store path are the
+    /// same file, as store paths are.
+    pub fn store_path(&self, physical: &Path) -> Option<PathBuf> {
+        if self.inside_first
+            && let Ok(rest) = physical.strip_prefix(self.root.join("nix/store"))
+        {
+            return Some(Path::new(NIX_STORE).join(rest));
+        }
+        self.stores.iter().find_map(|store| Some(store.logical.join(physical.strip_prefix(&store.physical).ok()?)))
     }
 
     /// Resolves `rel`, a path inside the generation. `shown` names the
@@ -586,13 +602,7 @@ impl GenerationDir {
     /// be relative and stay beneath it.
     fn open_beneath(&self, fd: BorrowedFd<'_>, rel: &Path) -> Result<fs::File, Errno> {
         let rel = if rel.as_os_str().is_empty() { Path::new(".") } else { rel };
-        match rustix::fs::openat2(
-            fd,
-            rel,
-            OPEN_FLAGS,
-            Mode::empty(),
-            ResolveFlags::BENEATH | ResolveFlags::NO_MAGICLINKS,
-        ) {
+        match openat2(fd, rel, Resolve::Beneath) {
             Ok(fd) => Ok(fd.into()),
             Err(err @ (Errno::NOSYS | Errno::PERM)) => {
                 self.openat2.set(false);
@@ -607,8 +617,7 @@ impl GenerationDir {
     fn open_physical(&self, physical: &Path, shown: &Path) -> Result<fs::File, ReadError> {
         let io_err = |err: Errno| ReadError::Io { path: shown.to_owned(), source: err.into() };
         if self.openat2.get() {
-            let resolve = ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS;
-            match rustix::fs::openat2(rustix::fs::CWD, physical, OPEN_FLAGS, Mode::empty(), resolve) {
+            match openat2(rustix::fs::CWD, physical, Resolve::NoSymlinks) {
                 Ok(fd) => return Ok(fd.into()),
                 Err(Errno::NOSYS | Errno::PERM) => self.openat2.set(false),
                 Err(err) => return Err(io_err(err)),
@@ -628,7 +637,39 @@ impl Store {
 
 /// Opens a directory as a handle for `*at` calls.
 fn open_dir_fd(dir: &Path) -> Option<OwnedFd> {
-    rustix::fs::open(dir, OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty()).ok()
+    rustix::fs::open(dir, DIR_FLAGS | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty()).ok()
+}
+
+/// How a directory handle is opened: `O_PATH` where there is one (Linux).
+#[cfg(target_os = "linux")]
+const DIR_FLAGS: OFlags = OFlags::PATH;
+#[cfg(not(target_os = "linux"))]
+const DIR_FLAGS: OFlags = OFlags::RDONLY;
+
+/// The rule `openat2` holds a resolution to.
+#[derive(Clone, Copy)]
+enum Resolve {
+    /// Beneath the directory: no absolute link, no `..` above it.
+    Beneath,
+    /// No symbolic link at all.
+    NoSymlinks,
+}
+
+/// `openat2` with [`OPEN_FLAGS`] and `resolve` (and never a magic link).
+#[cfg(target_os = "linux")]
+fn openat2<P: rustix::path::Arg>(fd: BorrowedFd<'_>, path: P, resolve: Resolve) -> Result<OwnedFd, Errno> {
+    use rustix::fs::ResolveFlags;
+    let resolve = match resolve {
+        Resolve::Beneath => ResolveFlags::BENEATH,
+        Resolve::NoSymlinks => ResolveFlags::NO_SYMLINKS,
+    } | ResolveFlags::NO_MAGICLINKS;
+    rustix::fs::openat2(fd, path, OPEN_FLAGS, Mode::empty(), resolve)
+}
+
+/// No `openat2` but on Linux: only the component-wise walk.
+#[cfg(not(target_os = "linux"))]
+fn openat2<P: rustix::path::Arg>(_: BorrowedFd<'_>, _: P, _: Resolve) -> Result<OwnedFd, Errno> {
+    Err(Errno::NOSYS)
 }
 
 /// Pushes `path`'s components onto the stack of parts still to resolve
@@ -663,8 +704,16 @@ fn not_regular(shown: &Path, what: &str) -> ReadError {
 }
 
 /// Tells whether a character device is `/dev/null` (1:3 on Linux).
+#[cfg(target_os = "linux")]
 fn is_dev_null(rdev: u64) -> bool {
     rustix::fs::major(rdev) == 1 && rustix::fs::minor(rdev) == 3
+}
+
+/// Tells whether a character device is `/dev/null` (its number differs
+/// between systems: the device of `/dev/null` itself).
+#[cfg(not(target_os = "linux"))]
+fn is_dev_null(rdev: u64) -> bool {
+    fs::metadata("/dev/null").is_ok_and(|m| m.rdev() == rdev)
 }
 
 /// Reads an opened file: a regular file, at most `limit` bytes; with
@@ -823,6 +872,24 @@ mod tests {
         assert_eq!(named, Resolved::Found(store.canonicalize().unwrap().join("aaaa-unit")));
         let named = g.resolve_named(Path::new("/etc"), Path::new("x.json"), Path::new("x.json")).unwrap();
         assert!(matches!(named, Resolved::Outside { .. }), "{named:?}");
+        // Store paths are named as the links name them.
+        let Resolved::Found(a) = g.resolve(Path::new("etc/r.service"), Path::new("r")).unwrap() else { panic!() };
+        assert_eq!(g.store_path(&a), Some(store.join("aaaa-unit/a.service")));
+        assert_eq!(g.store_path(&g.root().join("etc")), Some(store.join("gen/etc")));
+        assert_eq!(g.store_path(&tmp.path().join("elsewhere")), None);
+    }
+
+    #[test]
+    fn a_fixtures_own_store_stands_for_the_machines() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("gen");
+        write(&root.join("nix/store/aaaa-linux/bzImage"), "k");
+        write(&root.join("etc/plain"), "p");
+        symlink("/nix/store/aaaa-linux/bzImage", root.join("kernel")).unwrap();
+        let g = open(&root);
+        let Resolved::Found(kernel) = g.resolve(Path::new("kernel"), Path::new("kernel")).unwrap() else { panic!() };
+        assert_eq!(g.store_path(&kernel), Some(PathBuf::from("/nix/store/aaaa-linux/bzImage")));
+        assert_eq!(g.store_path(&g.root().join("etc/plain")), None);
     }
 
     #[test]

@@ -1,10 +1,15 @@
 //! The executor: carries out a launchd plan on a Mac, step by step, and
 //! checks the jobs afterwards.
 //!
-//! The steps, in order: the new generation's activation script without its
-//! launchd steps ([`crate::activation::cut`]); the plan's operations
-//! exactly as [`launchd_plan::operations`] lists them; then
-//! `/run/current-system` and the system profile. A boot-out is waited for
+//! The steps, in nix-darwin's order: the new generation's activation
+//! script up to its launchd steps ([`crate::activation::cut`]); the plan's
+//! operations exactly as [`launchd_plan::operations`] lists them; the rest
+//! of the activation script (the nix-daemon section without its
+//! `launchctl` calls, `time` … `postActivation`); then
+//! `/run/current-system` and the system profile. An activation part that
+//! fails stops the switch there: the steps after it are skipped, and
+//! `/run/current-system` and the profile stay as they were, as when
+//! nix-darwin's own script fails. A boot-out is waited for
 //! until `launchctl print` reports the job gone (launchd tears jobs down
 //! asynchronously), and a bootstrap that finds a teardown still under way
 //! (exit 5, 36 or 37) is tried again until the job timeout. Every step is
@@ -25,6 +30,7 @@ use plan_model::{Action, Plan};
 use serde::{Deserialize, Serialize};
 
 use crate::Error;
+use crate::activation::Cut;
 use crate::host::Machine;
 use crate::launchctl::{IN_PROGRESS, IO_ERROR, Launchd, NO_SUCH_PROCESS, NOW_IN_PROGRESS, command, print};
 
@@ -48,8 +54,13 @@ impl Default for Options {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "step", rename_all = "kebab-case")]
 pub enum Step {
-    /// The activation script without its launchd steps.
+    /// The activation script up to its launchd steps.
     Activate {
+        /// The script's text, as it is run.
+        script: String,
+    },
+    /// The rest of the activation script, after its launchd steps.
+    FinishActivation {
         /// The script's text, as it is run.
         script: String,
     },
@@ -76,7 +87,8 @@ impl Step {
     /// The step in a few words, as progress shows it.
     pub fn describe(&self) -> String {
         match self {
-            Step::Activate { .. } => "the activation script without its launchd steps".to_owned(),
+            Step::Activate { .. } => "the activation script up to its launchd steps".to_owned(),
+            Step::FinishActivation { .. } => "the rest of the activation script, after its launchd steps".to_owned(),
             Step::Operation { operation, .. } => operation.to_string(),
             Step::CurrentSystem { toplevel } => format!("ln -sfn {toplevel} /run/current-system"),
             Step::Profile { toplevel } => format!("set the system profile to {toplevel}"),
@@ -233,8 +245,7 @@ pub struct Report {
     pub new: String,
     /// The steps, with how each ended.
     pub steps: Vec<StepRecord>,
-    /// Why the switch stopped before its launchd steps (the activation
-    /// script failed).
+    /// Why the switch stopped (a part of the activation script failed).
     pub stopped: Option<String>,
     /// Jobs that failed.
     pub failed: Vec<JobFailure>,
@@ -307,15 +318,16 @@ impl Show for Stderr {
     }
 }
 
-/// The steps that carry out `planned` with `script` (the cut activation
-/// script) and `ops`.
-pub fn steps(planned: &LaunchdPlan, script: String, ops: &[Operation]) -> Vec<StepRecord> {
+/// The steps that carry out `planned` with the cut activation script and
+/// `ops`, in nix-darwin's order.
+pub fn steps(planned: &LaunchdPlan, cut: &Cut, ops: &[Operation]) -> Vec<StepRecord> {
     let pending = |step| StepRecord { step, state: StepState::Pending };
     let new = planned.plan.new.path.clone();
-    let mut out = vec![pending(Step::Activate { script })];
+    let mut out = vec![pending(Step::Activate { script: cut.before.clone() })];
     for op in ops {
         out.push(pending(Step::Operation { operation: op.clone(), label: label_of(planned, op) }));
     }
+    out.push(pending(Step::FinishActivation { script: cut.after.clone() }));
     out.push(pending(Step::CurrentSystem { toplevel: new.clone() }));
     out.push(pending(Step::Profile { toplevel: new }));
     out
@@ -326,7 +338,9 @@ fn label_of(planned: &LaunchdPlan, op: &Operation) -> String {
     let by_path =
         |path: &str| planned.jobs.values().find(|t| t.installed.as_deref() == Some(path)).map(|t| t.label.clone());
     match op {
-        Operation::Launchctl(Launchctl::Bootout { label, .. } | Launchctl::Enable { label, .. }) => label.clone(),
+        Operation::Launchctl(
+            Launchctl::Bootout { label, .. } | Launchctl::Enable { label, .. } | Launchctl::Disable { label, .. },
+        ) => label.clone(),
         Operation::Launchctl(Launchctl::Kickstart { label, .. }) => label.clone(),
         Operation::Launchctl(Launchctl::Bootstrap { path, .. }) => by_path(path).unwrap_or_else(|| path.clone()),
         Operation::InstallPlist { target, .. } => by_path(target).unwrap_or_else(|| target.clone()),
@@ -437,6 +451,8 @@ fn carry_out(
 ) -> Report {
     let mut report = Report { new: progress.plan.new.path.clone(), ..Report::default() };
     let mut failed_labels: Vec<String> = Vec::new();
+    // Whether the switch stopped before any launchd operation.
+    let mut before_launchd = false;
     for i in 0..progress.steps.len() {
         if progress.steps[i].state == StepState::Done {
             continue;
@@ -458,10 +474,17 @@ fn carry_out(
                 }
             }
         };
-        if let (StepState::Failed { message }, Step::Activate { .. }) = (&state, &step) {
-            report.stopped = Some(format!(
-                "{message}; its launchd steps, /run/current-system and the profile were left as they were"
-            ));
+        match (&state, &step) {
+            (StepState::Failed { message }, Step::Activate { .. }) => {
+                before_launchd = true;
+                report.stopped = Some(format!(
+                    "{message}; its launchd steps, the rest of it, /run/current-system and the profile were left as they were"
+                ));
+            }
+            (StepState::Failed { message }, Step::FinishActivation { .. }) => {
+                report.stopped = Some(format!("{message}; /run/current-system and the profile were left as they were"));
+            }
+            _ => {}
         }
         if let (StepState::Failed { .. }, Step::Operation { label, .. }) = (&state, &step) {
             failed_labels.push(label.clone());
@@ -472,7 +495,7 @@ fn carry_out(
         let _ = file.save(&progress);
     }
     report.steps = progress.steps.clone();
-    if report.stopped.is_none() {
+    if !before_launchd {
         check_jobs(&progress, launchd, &mut report);
     }
     check_protected(&progress, launchd, &mut report);
@@ -488,7 +511,7 @@ fn run_step(
     options: &Options,
 ) -> Result<(), String> {
     match step {
-        Step::Activate { script } => match machine.activate(script) {
+        Step::Activate { script } | Step::FinishActivation { script } => match machine.activate(script) {
             Ok(0) => Ok(()),
             Ok(code) => Err(format!("the activation script exited with status {code}")),
             Err(e) => Err(e.to_string()),

@@ -69,6 +69,7 @@ pub fn load_generation(toplevel: &Path) -> Result<GenerationJobs, LoadError> {
         jobs,
         nix_conf: read_generation_file(&g, toplevel, "etc/nix/nix.conf")?,
         nix_machines: read_generation_file(&g, toplevel, "etc/nix/machines")?,
+        remote_login: None,
     })
 }
 

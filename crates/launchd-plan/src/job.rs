@@ -118,6 +118,24 @@ pub struct GenerationJobs {
     pub nix_conf: Option<Vec<u8>>,
     /// `etc/nix/machines`, when the generation has one.
     pub nix_machines: Option<Vec<u8>>,
+    /// What the generation's activation does to macOS's own sshd
+    /// (`services.openssh.enable`), when the caller read it from the
+    /// generation's `activate`; `None` when it does nothing or was not
+    /// read. [`crate::load_generation`] leaves it `None`.
+    pub remote_login: Option<RemoteLogin>,
+}
+
+/// What nix-darwin's `services.openssh.enable` does to Remote Login
+/// (macOS's own sshd, [`crate::SSHD_LABEL`]), at the end of the launchd
+/// activation step.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RemoteLogin {
+    /// `true`: when Remote Login is off, `launchctl enable` and
+    /// `launchctl bootstrap` of `/System/Library/LaunchDaemons/ssh.plist`.
+    On,
+    /// `false`: when Remote Login is on, `launchctl bootout` and
+    /// `launchctl disable` of `system/com.openssh.sshd`.
+    Off,
 }
 
 impl GenerationJobs {

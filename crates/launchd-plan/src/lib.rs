@@ -48,6 +48,13 @@
 //!   bootstrapped (`start`), which nix-darwin never does;
 //! - `nix.conf` or `machines` changed with a managed Nix daemon:
 //!   `kickstart -k system/org.nixos.nix-daemon` (`restart`);
+//! - `services.openssh.enable` ([`GenerationJobs::remote_login`], read by
+//!   the caller from the generation's `activate`): macOS's own sshd,
+//!   `com.openssh.sshd`, enabled and bootstrapped from
+//!   `/System/Library/LaunchDaemons/ssh.plist` when it is not loaded
+//!   (`start`), or booted out and disabled when it is (`stop`), as
+//!   nix-darwin does when Remote Login is off or on; its plist is never
+//!   installed or deleted;
 //! - protection: a protected job that would be stopped or restarted is, in
 //!   defer mode, left alone entirely, its installed plist staying as it is
 //!   and the job loaded (recorded as a deferral plus an `old-plist-kept`
@@ -90,8 +97,8 @@ pub use capture::{CaptureError, parse_list, parse_print};
 pub use diffs::plist_diffs;
 pub use error::{LoadError, OpsError, SelectorError};
 pub use io::{load_generation, load_installed, load_live};
-pub use job::{GenerationJobs, Installed, Job, Scope, flatten};
+pub use job::{GenerationJobs, Installed, Job, RemoteLogin, Scope, flatten};
 pub use live::{LaunchdLive, LiveJob, PrimaryUser};
 pub use ops::{Domain, Launchctl, Operation, operations};
-pub use planner::{Host, JobTarget, LaunchdPlan, NIX_DAEMON_LABEL, plan};
+pub use planner::{Host, JobTarget, LaunchdPlan, NIX_DAEMON_LABEL, SSHD_LABEL, SSHD_PLIST, plan};
 pub use policy::{LabelMatcher, Request};

@@ -65,6 +65,15 @@ pub enum Launchctl {
         /// The job's label.
         label: String,
     },
+    /// `launchctl disable <domain>/<label>`: persist a "disabled"
+    /// override, so that the job is not loaded again at boot (Remote Login
+    /// turned off).
+    Disable {
+        /// The domain.
+        domain: Domain,
+        /// The job's label.
+        label: String,
+    },
     /// `launchctl bootstrap <domain> <plist>`: load the job; launchd starts
     /// it at once if it has `RunAtLoad` or `KeepAlive`.
     Bootstrap {
@@ -96,6 +105,9 @@ impl Launchctl {
             }
             Launchctl::Enable { domain, label } => {
                 argv.extend(["enable".to_owned(), format!("{domain}/{label}")]);
+            }
+            Launchctl::Disable { domain, label } => {
+                argv.extend(["disable".to_owned(), format!("{domain}/{label}")]);
             }
             Launchctl::Bootstrap { domain, path } => {
                 argv.extend(["bootstrap".to_owned(), domain.to_string(), path.clone()]);
@@ -180,7 +192,8 @@ fn shell_quote(word: &str) -> String {
 /// restarted without a plist change. Grouping the boot-outs first also gives
 /// launchd time to finish tearing jobs down before they are bootstrapped
 /// again. Deferred units get no operation at all: their installed plist
-/// stays as it is.
+/// stays as it is. Remote Login turned off is a boot-out followed by
+/// `disable`, as nix-darwin does it.
 pub fn operations(plan: &LaunchdPlan) -> Result<Vec<Operation>, OpsError> {
     if plan.plan.protection.refused {
         return Err(OpsError::Refused { labels: refused_labels(plan) });
@@ -213,7 +226,13 @@ pub fn operations(plan: &LaunchdPlan) -> Result<Vec<Operation>, OpsError> {
             && (has(Action::Stop) || reload)
         {
             let label = target.loaded_label.clone().unwrap_or_else(|| target.label.clone());
-            bootouts.push((std::cmp::Reverse(order), Operation::Launchctl(Launchctl::Bootout { domain, label })));
+            bootouts.push((
+                std::cmp::Reverse(order),
+                Operation::Launchctl(Launchctl::Bootout { domain, label: label.clone() }),
+            ));
+            if unit.reasons.iter().any(|r| r.rule == Rule::RemoteLoginOff) {
+                bootouts.push((std::cmp::Reverse(order), Operation::Launchctl(Launchctl::Disable { domain, label })));
+            }
         }
         if unit.reasons.iter().any(|r| r.rule == Rule::PlistRemoved)
             && let Some(path) = &target.installed

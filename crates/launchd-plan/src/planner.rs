@@ -15,13 +15,19 @@ use plan_model::{
     Rule, Severity, UnitPlan,
 };
 
-use crate::job::{GenerationJobs, Installed, Job, Scope};
+use crate::job::{GenerationJobs, Installed, Job, RemoteLogin, Scope};
 use crate::live::{LaunchdLive, LiveJob};
 use crate::ops::Domain;
 use crate::policy::Request;
 
 /// The label nix-darwin gives the Nix daemon it manages.
 pub const NIX_DAEMON_LABEL: &str = "org.nixos.nix-daemon";
+
+/// The label of macOS's own sshd (Remote Login).
+pub const SSHD_LABEL: &str = "com.openssh.sshd";
+
+/// The plist of macOS's own sshd, part of the system.
+pub const SSHD_PLIST: &str = "/System/Library/LaunchDaemons/ssh.plist";
 
 /// A plan for launchd jobs, with what the operations need to know about
 /// each job beyond the shared [`Plan`].
@@ -168,6 +174,7 @@ pub fn plan(old: &GenerationJobs, new: &GenerationJobs, host: &Host, request: &R
     }
 
     nix_conf_restart(old, new, live, &mut units, &mut jobs);
+    remote_login(new, live, &mut units, &mut jobs);
 
     let mut plan = Plan {
         format_version: FORMAT_VERSION,
@@ -179,6 +186,8 @@ pub fn plan(old: &GenerationJobs, new: &GenerationJobs, host: &Host, request: &R
         protection: Protection { mode: request.mode, ..Protection::default() },
         diagnostics,
         packages: None,
+        reboot: Vec::new(),
+        kernel_modules: Vec::new(),
     };
     apply_protection(&mut plan, &jobs, old, new, live, request);
     LaunchdPlan { plan, jobs }
@@ -430,6 +439,56 @@ fn nix_conf_restart(
             live,
         )
     });
+}
+
+/// Models what nix-darwin's `services.openssh.enable` appends to the
+/// launchd step: Remote Login (macOS's own sshd) turned on when it is off,
+/// or off when it is on. nix-darwin asks `systemsetup -getremotelogin`;
+/// the plan reads whether `com.openssh.sshd` is loaded, which is what
+/// Remote Login is. Its plist belongs to macOS: it is never installed or
+/// deleted.
+fn remote_login(
+    new: &GenerationJobs,
+    live: &LaunchdLive,
+    units: &mut BTreeMap<String, UnitPlan>,
+    jobs: &mut BTreeMap<String, JobTarget>,
+) {
+    let Some(wanted) = new.remote_login else {
+        return;
+    };
+    let loaded = loaded_state(live, Scope::Daemon, SSHD_LABEL);
+    let (action, rule) = match (wanted, loaded) {
+        (RemoteLogin::On, Loaded::No) => (Action::Start, Rule::RemoteLoginOn),
+        (RemoteLogin::Off, Loaded::Yes(_) | Loaded::Unknown) => (Action::Stop, Rule::RemoteLoginOff),
+        (RemoteLogin::On, _) | (RemoteLogin::Off, Loaded::No) => return,
+    };
+    if units.contains_key(SSHD_LABEL) {
+        // A generation that ships a plist of that label: the plist's
+        // entry stands, as the two would fight over one job.
+        return;
+    }
+    units.insert(
+        SSHD_LABEL.to_owned(),
+        UnitPlan {
+            unit: SSHD_LABEL.to_owned(),
+            actions: vec![action],
+            reasons: vec![Reason { rule, detail: loaded.detail() }],
+            changes: Vec::new(),
+            deferral: None,
+        },
+    );
+    jobs.insert(
+        SSHD_LABEL.to_owned(),
+        JobTarget {
+            label: SSHD_LABEL.to_owned(),
+            loaded_label: Some(SSHD_LABEL.to_owned()),
+            scope: Scope::Daemon,
+            domain: Some(Domain::System),
+            installed: Some(SSHD_PLIST.to_owned()),
+            source: None,
+            owner: None,
+        },
+    );
 }
 
 /// Records which jobs each selector protects, then defers or refuses every

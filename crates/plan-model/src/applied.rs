@@ -261,6 +261,11 @@ pub struct ApplyReport {
     /// programs, as kept in the run directory.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub log: Option<LogTail>,
+    /// The apply stopped at a check before any change (system-manager's
+    /// pre-activation assertions): nothing was changed, and nothing is
+    /// left to resume.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub unchanged: bool,
 }
 
 impl ApplyReport {
@@ -327,6 +332,9 @@ impl ApplyReport {
         if !self.not_done.is_empty() {
             let names: Vec<&str> = self.not_done.iter().map(|p| p.name()).collect();
             s.push_str(&format!("not done: {}\n", names.join(", ")));
+        }
+        if self.unchanged {
+            s.push_str("nothing was changed\n");
         }
         if !self.left.is_empty() {
             s.push_str("left as they are until the next run resumes the switch:\n");

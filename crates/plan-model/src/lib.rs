@@ -15,6 +15,7 @@
 #![warn(missing_docs)]
 
 mod applied;
+mod boot;
 pub mod json;
 mod live;
 pub mod observe;
@@ -28,7 +29,11 @@ pub mod unit_name;
 pub use applied::{
     ApplyReport, JobKind, JobRecord, JobResult, LeftUnit, LogTail, PhaseRecord, ProtectedCheck, UnitFailure, UnitStatus,
 };
-pub use live::{ActiveState, DEPENDENCY_PROPERTIES, LiveState, LiveUnit};
+pub use boot::{KernelModule, ModuleChange, ModuleUse, Reboot, RebootReason};
+pub use live::{
+    ActiveState, DEPENDENCY_PROPERTIES, LiveState, LiveUnit, LoadedModule, is_kernel_release, is_module_name,
+    is_module_version,
+};
 pub use pending::{Earlier, Fate, Manager, Merged, PENDING_FORMAT_VERSION, Pending, PendingDeferral, PendingError};
 pub use plan::{
     Action, CHAIN_ENDS, Consequence, Deferral, Diagnostic, Edge, Explanation, FORMAT_VERSION, FileDiff, Generation,

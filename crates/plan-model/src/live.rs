@@ -68,6 +68,101 @@ pub struct LiveState {
     /// (`/run/nixos/reload-list`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub pending_reload: Vec<String>,
+    /// The running kernel's release (`uname -r`), when known.
+    #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "kernel_release")]
+    pub kernel_release: Option<String>,
+    /// The kernel module tree that NixOS's `modprobe` reads for the
+    /// running kernel, when it is the booted generation's: where
+    /// `/run/booted-system/kernel-modules` leads, when it has
+    /// `lib/modules/<kernel_release>` (NixOS's kmod looks there before the
+    /// running generation's tree). Without it, `modprobe` reads the
+    /// running generation's tree, which is the new one after a switch.
+    #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "store_path")]
+    pub booted_kernel_modules: Option<String>,
+    /// The kernel modules loaded now (`/proc/modules`), by name, as the
+    /// kernel spells it (`-` read as `_`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty", deserialize_with = "loaded_modules")]
+    pub loaded_modules: BTreeMap<String, LoadedModule>,
+    /// `/run/reboot-required` exists: something (an activation script, a
+    /// package manager) asked for a reboot that has not happened yet.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub reboot_required: bool,
+}
+
+/// A loaded kernel module.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LoadedModule {
+    /// Its version (`/sys/module/<name>/version`), when it declares one.
+    #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "module_version")]
+    pub version: Option<String>,
+}
+
+/// The longest kernel release, module name and module version a live
+/// state may give.
+const KERNEL_WORD: usize = 64;
+
+/// Tells whether `s` is a kernel release as `uname -r` prints one: 1 to
+/// 64 letters, digits and `._+~-`.
+pub fn is_kernel_release(s: &str) -> bool {
+    (1..=KERNEL_WORD).contains(&s.len())
+        && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"._+~-".contains(&b))
+        && s != "."
+        && s != ".."
+}
+
+/// Tells whether `s` is a kernel module name: 1 to 64 letters, digits,
+/// `_` and `-`.
+pub fn is_module_name(s: &str) -> bool {
+    (1..=KERNEL_WORD).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
+/// Tells whether `s` can be a module's version: 1 to 64 printable ASCII
+/// characters.
+pub fn is_module_version(s: &str) -> bool {
+    (1..=KERNEL_WORD).contains(&s.len()) && s.bytes().all(|b| (0x20..0x7f).contains(&b))
+}
+
+fn kernel_release<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    checked(d, is_kernel_release, "kernel_release: not a kernel release (1 to 64 letters, digits and ._+~-)")
+}
+
+fn module_version<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    checked(d, is_module_version, "version: not a module version (1 to 64 printable ASCII characters)")
+}
+
+fn store_path<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    let valid = |s: &str| s.starts_with('/') && s.len() <= 4096 && !s.chars().any(char::is_control);
+    checked(d, valid, "booted_kernel_modules: not an absolute path")
+}
+
+/// An optional string that must pass `valid`; the error never quotes it.
+fn checked<'de, D: serde::Deserializer<'de>>(
+    d: D,
+    valid: fn(&str) -> bool,
+    message: &'static str,
+) -> Result<Option<String>, D::Error> {
+    let value = Option::<String>::deserialize(d)?;
+    match value {
+        Some(s) if !valid(&s) => Err(serde::de::Error::custom(message)),
+        other => Ok(other),
+    }
+}
+
+/// The loaded modules, each given as a JSON object, named as the kernel
+/// names modules.
+fn loaded_modules<'de, D: serde::Deserializer<'de>>(d: D) -> Result<BTreeMap<String, LoadedModule>, D::Error> {
+    let modules = BTreeMap::<String, Object<LoadedModule>>::deserialize(d)?;
+    if modules.keys().any(|name| !is_module_name(name)) {
+        return Err(serde::de::Error::custom(
+            "loaded_modules: a name that is not a module name (1 to 64 letters, digits, _ and -)",
+        ));
+    }
+    Ok(modules.into_iter().map(|(name, m)| (name.replace('-', "_"), m.0)).collect())
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 /// A unit's `ActiveState`, as systemd reports it. The JSON form is the
@@ -291,6 +386,41 @@ mod tests {
             let err = LiveState::from_json(text).unwrap_err();
             assert!(err.to_string().contains("expected a JSON object"), "{text}: {err}");
         }
+    }
+
+    #[test]
+    fn reads_the_kernel_fields_and_names_modules_as_the_kernel_does() {
+        let live = LiveState::from_json(
+            r#"{"kernel_release":"6.6.1-rt+","booted_kernel_modules":"/nix/store/a-kernel-modules",
+                "loaded_modules":{"wire-guard":{"version":"1.0.0"},"loop":{}},"reboot_required":true}"#,
+        )
+        .unwrap();
+        assert_eq!(live.kernel_release.as_deref(), Some("6.6.1-rt+"));
+        assert_eq!(live.loaded_modules["wire_guard"].version.as_deref(), Some("1.0.0"));
+        assert_eq!(live.loaded_modules["loop"].version, None);
+        assert!(live.reboot_required);
+        let again = LiveState::from_json(&serde_json::to_string(&live).unwrap()).unwrap();
+        assert_eq!(again, live);
+    }
+
+    #[test]
+    fn rejects_kernel_fields_that_are_not_what_the_kernel_writes_without_quoting_them() {
+        for (text, field) in [
+            (r#"{"kernel_release":"../../etc"}"#, "kernel_release"),
+            (r#"{"kernel_release":""}"#, "kernel_release"),
+            (r#"{"kernel_release":"6.6\u001b[31m"}"#, "kernel_release"),
+            (r#"{"booted_kernel_modules":"relative/path"}"#, "booted_kernel_modules"),
+            (r#"{"loaded_modules":{"a/b":{}}}"#, "loaded_modules"),
+            (r#"{"loaded_modules":{"a":{"version":"\u0007"}}}"#, "version"),
+            (r#"{"loaded_modules":{"a":["1.0"]}}"#, "expected a JSON object"),
+            (r#"{"loaded_modules":{"a":{"srcversion":"x"}}}"#, "unknown field"),
+        ] {
+            let err = LiveState::from_json(text).unwrap_err().to_string();
+            assert!(err.contains(field) && err.contains("line 1"), "{text}: {err}");
+            assert!(!err.contains("etc") && !err.contains("a/b") && !err.contains("relative"), "{text}: {err}");
+        }
+        let long = format!(r#"{{"kernel_release":"{}"}}"#, "6".repeat(65));
+        assert!(LiveState::from_json(&long).is_err());
     }
 
     #[test]

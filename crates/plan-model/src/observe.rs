@@ -23,6 +23,9 @@ use crate::{Action, ActiveState, Consequence, Phase, Plan};
 /// The unit the `sysinit-reactivation` step restarts.
 pub const SYSINIT_REACTIVATION: &str = "sysinit-reactivation.target";
 
+/// The unit system-manager's `userborn` step restarts.
+pub const USERBORN: &str = "userborn.service";
+
 /// A job systemd ran while the plan was carried out, as its signals
 /// (`JobNew`, `JobRemoved`) told.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -377,6 +380,9 @@ fn planned(plan: &Plan) -> BTreeMap<&str, BTreeSet<Action>> {
     }
     if plan.has_step(Phase::SysinitReactivation) {
         out.entry(SYSINIT_REACTIVATION).or_default().insert(Action::Restart);
+    }
+    if plan.has_step(Phase::Userborn) {
+        out.entry(USERBORN).or_default().insert(Action::Restart);
     }
     out
 }

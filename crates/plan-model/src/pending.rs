@@ -13,8 +13,8 @@
 //! longer pending, one the plan carries out is done, one the plan defers
 //! again takes the new reason, and the rest stay pending, now for the new
 //! generation. The record is generic over the service manager
-//! ([`Manager`]): a unit name for systemd; launchd job labels can be
-//! recorded the same way.
+//! ([`Manager`]): a unit name for systemd, a job for launchd (nix-darwin),
+//! each with what identifies its running instance.
 
 use serde::{Deserialize, Serialize};
 
@@ -57,6 +57,12 @@ pub enum Manager {
     /// `invocation` its `InvocationID`.
     #[default]
     Systemd,
+    /// launchd (nix-darwin): `unit` is a job as a launchd plan names it
+    /// (its label) and `invocation` what the job runs: the digest of its
+    /// installed plist (a protected job keeps its old plist loaded until
+    /// the deferral is carried out), and its pid when only a process
+    /// restart was deferred (the Nix daemon's, for a changed `nix.conf`).
+    Launchd,
 }
 
 /// The actions deferred on one unit that are still to be carried out.
@@ -78,7 +84,8 @@ pub struct PendingDeferral {
     pub generation: String,
     /// What identifies the running instance whose actions were deferred:
     /// systemd's `InvocationID` (32 hex digits; empty when the unit was not
-    /// running). Another one means the unit was restarted since.
+    /// running), or for launchd what [`Manager::Launchd`] says. Another one
+    /// means the unit was restarted since.
     pub invocation: String,
     /// Seconds since the epoch when the action was first deferred.
     pub since_unix: u64,

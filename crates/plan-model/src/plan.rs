@@ -44,6 +44,14 @@ pub struct Plan {
     /// be read.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub packages: Option<crate::packages::ClosureDiff>,
+    /// What of the switch takes effect only at the next boot, in the order
+    /// of [`crate::RebootReason`]; empty when nothing does. Always written.
+    #[serde(default)]
+    pub reboot: Vec<crate::Reboot>,
+    /// The kernel modules the new generation adds or changes, sorted by
+    /// release and path, with when each can be used.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub kernel_modules: Vec<crate::KernelModule>,
 }
 
 impl Plan {
@@ -62,6 +70,8 @@ impl Plan {
             protection: Protection::default(),
             diagnostics: Vec::new(),
             packages: None,
+            reboot: Vec::new(),
+            kernel_modules: Vec::new(),
         }
     }
 }
@@ -162,7 +172,9 @@ impl std::fmt::Display for Action {
     }
 }
 
-/// The phases of a switch, in the order NixOS's switch runs them.
+/// The phases of a switch. A plan runs them in one of two orders:
+/// NixOS's ([`Phase::ORDER`]) or system-manager's
+/// ([`Phase::SYSTEM_MANAGER_ORDER`]); [`Plan::phase_order`] says which.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Phase {
@@ -186,6 +198,22 @@ pub enum Phase {
     Restart,
     /// Unit starts.
     Start,
+    /// system-manager: the generation's pre-activation assertions.
+    Assertions,
+    /// system-manager: the generation registered as system-manager's
+    /// profile.
+    RegisterProfile,
+    /// system-manager: the generation's `/etc` files and services map put
+    /// in place, no unit touched.
+    Prepopulate,
+    /// system-manager: restart of `userborn.service`.
+    Userborn,
+    /// system-manager: `systemd-tmpfiles` on the generation's rules.
+    Tmpfiles,
+    /// system-manager: the units the generation masks, masked.
+    Mask,
+    /// system-manager: its state file, as the switch left the units.
+    SystemManagerState,
 }
 
 impl Phase {
@@ -202,11 +230,18 @@ impl Phase {
             Phase::Reload => "reload",
             Phase::Restart => "restart",
             Phase::Start => "start",
+            Phase::Assertions => "assertions",
+            Phase::RegisterProfile => "register-profile",
+            Phase::Prepopulate => "prepopulate",
+            Phase::Userborn => "userborn",
+            Phase::Tmpfiles => "tmpfiles",
+            Phase::Mask => "mask",
+            Phase::SystemManagerState => "system-manager-state",
         }
     }
 
-    /// Every phase, in the order a switch runs them. The one order: the
-    /// executor carries the phases out in it, and the reports list them in
+    /// Every phase of a NixOS switch, in the order it runs them: the
+    /// executor carries such a plan out in it, and the reports list it in
     /// it.
     pub const ORDER: [Phase; 10] = [
         Phase::Swapoff,
@@ -219,6 +254,29 @@ impl Phase {
         Phase::Reload,
         Phase::Restart,
         Phase::Start,
+    ];
+
+    /// Every phase of a system-manager switch, in the order of
+    /// system-manager's own activation: the files and state first (the
+    /// generation's own engine), then daemon-reload,
+    /// `sysinit-reactivation.target`, userborn and tmpfiles, then the
+    /// units (stops after the daemon-reload: systemd keeps a running unit
+    /// whose file is gone), the masks, and the state file last.
+    pub const SYSTEM_MANAGER_ORDER: [Phase; 14] = [
+        Phase::Assertions,
+        Phase::RegisterProfile,
+        Phase::Prepopulate,
+        Phase::DaemonReload,
+        Phase::SysinitReactivation,
+        Phase::Userborn,
+        Phase::Tmpfiles,
+        Phase::Stop,
+        Phase::Skip,
+        Phase::Reload,
+        Phase::Restart,
+        Phase::Start,
+        Phase::Mask,
+        Phase::SystemManagerState,
     ];
 }
 
@@ -334,6 +392,13 @@ pub enum Rule {
     NixConfChanged,
     /// A protected launchd job keeps its old plist installed and loaded.
     OldPlistKept,
+    /// nix-darwin's `services.openssh.enable = true` and Remote Login is
+    /// off: macOS's own sshd (`com.openssh.sshd`) is enabled and
+    /// bootstrapped.
+    RemoteLoginOn,
+    /// nix-darwin's `services.openssh.enable = false` and Remote Login is
+    /// on: macOS's own sshd is booted out and disabled.
+    RemoteLoginOff,
     /// system-manager: the unit file's store path changed, so its
     /// activation reloads the unit when it has `ExecReload`, restarts it
     /// otherwise, and starts it when it is not running
@@ -398,6 +463,8 @@ impl Rule {
             Rule::JobNotLoaded => "launchd job not loaded: bootstrapped",
             Rule::NixConfChanged => "nix.conf or machines changed: Nix daemon restarted",
             Rule::OldPlistKept => "protected: old plist kept installed and loaded",
+            Rule::RemoteLoginOn => "services.openssh.enable = true: macOS's sshd enabled and bootstrapped",
+            Rule::RemoteLoginOff => "services.openssh.enable = false: macOS's sshd booted out and disabled",
             Rule::StorePathChanged => "unit file's store path changed: reloaded if it has ExecReload, else restarted",
             Rule::MaskedStop => "masked by system-manager: stopped on every activation",
         }
@@ -440,6 +507,40 @@ pub enum Step {
     DaemonReload,
     /// Restart `sysinit-reactivation.target`.
     RestartSysinitReactivation,
+    /// system-manager: run the new generation's
+    /// `bin/preActivationAssertions`; a failure stops the switch before
+    /// any change.
+    Assertions {
+        /// Path of the script.
+        script: String,
+    },
+    /// system-manager: register the new generation as its profile, with
+    /// the generation's `bin/register-profile`.
+    RegisterProfile {
+        /// Path of the script.
+        script: String,
+    },
+    /// system-manager: put the new generation's `/etc` files in place and
+    /// its services map in the state file, without starting, stopping or
+    /// reloading anything, with the generation's `bin/prepopulate`.
+    Prepopulate {
+        /// Path of the script.
+        script: String,
+    },
+    /// system-manager: restart `userborn.service` when it exists.
+    RestartUserborn,
+    /// system-manager: `systemd-tmpfiles --create --remove` on the
+    /// generation's `tmpfiles.d` rules.
+    Tmpfiles,
+    /// system-manager: mask the units the generation masks, then
+    /// daemon-reload.
+    Mask {
+        /// The units, sorted.
+        units: Vec<String>,
+    },
+    /// system-manager: write its state file as the switch leaves the
+    /// units: a unit whose action was deferred keeps its old store path.
+    SystemManagerState,
 }
 
 impl Step {
@@ -451,7 +552,19 @@ impl Step {
             Step::Reexec { .. } => Phase::Reexec,
             Step::DaemonReload => Phase::DaemonReload,
             Step::RestartSysinitReactivation => Phase::SysinitReactivation,
+            Step::Assertions { .. } => Phase::Assertions,
+            Step::RegisterProfile { .. } => Phase::RegisterProfile,
+            Step::Prepopulate { .. } => Phase::Prepopulate,
+            Step::RestartUserborn => Phase::Userborn,
+            Step::Tmpfiles => Phase::Tmpfiles,
+            Step::Mask { .. } => Phase::Mask,
+            Step::SystemManagerState => Phase::SystemManagerState,
         }
+    }
+
+    /// Whether the step is one of system-manager's activation.
+    pub fn is_system_managers(&self) -> bool {
+        Phase::SYSTEM_MANAGER_ORDER.contains(&self.phase()) && !Phase::ORDER.contains(&self.phase())
     }
 }
 
@@ -742,9 +855,21 @@ impl Plan {
         self.protection.refused || self.deferred().next().is_some()
     }
 
+    /// Tells whether part of the switch takes effect only at the next boot.
+    pub fn needs_reboot(&self) -> bool {
+        !self.reboot.is_empty()
+    }
+
     /// Tells whether the plan contains a global step of this phase.
     pub fn has_step(&self, phase: Phase) -> bool {
         self.steps.iter().any(|s| s.phase() == phase)
+    }
+
+    /// The order this plan's phases run in: system-manager's when it has a
+    /// step of system-manager's activation, else NixOS's. (A plan with
+    /// unit actions only runs them in the same order either way.)
+    pub fn phase_order(&self) -> &'static [Phase] {
+        if self.steps.iter().any(Step::is_system_managers) { &Phase::SYSTEM_MANAGER_ORDER } else { &Phase::ORDER }
     }
 
     /// Returns the plan as pretty-printed JSON with a trailing newline.
@@ -784,6 +909,39 @@ mod tests {
     }
 
     #[test]
+    fn a_system_manager_plan_runs_in_system_managers_order_with_every_one_of_its_phases() {
+        let actions = [Action::Stop, Action::Reload, Action::Restart, Action::Start, Action::Skip];
+        let steps = [
+            Step::Assertions { script: "/b/bin/preActivationAssertions".into() },
+            Step::RegisterProfile { script: "/b/bin/register-profile".into() },
+            Step::Prepopulate { script: "/b/bin/prepopulate".into() },
+            Step::DaemonReload,
+            Step::RestartSysinitReactivation,
+            Step::RestartUserborn,
+            Step::Tmpfiles,
+            Step::Mask { units: vec!["ssh.service".into()] },
+            Step::SystemManagerState,
+        ];
+        let mut used: Vec<Phase> = actions.iter().map(|a| a.phase()).chain(steps.iter().map(Step::phase)).collect();
+        used.sort();
+        let mut order = Phase::SYSTEM_MANAGER_ORDER.to_vec();
+        order.sort();
+        assert_eq!(used, order, "every phase is an action's or a step's");
+        // The stops come after the files and the daemon-reload, as in
+        // system-manager's activation, unlike NixOS's.
+        let at = |p: Phase| Phase::SYSTEM_MANAGER_ORDER.iter().position(|q| *q == p).unwrap();
+        assert!(at(Phase::Prepopulate) < at(Phase::DaemonReload) && at(Phase::DaemonReload) < at(Phase::Stop));
+        assert!(at(Phase::Start) < at(Phase::SystemManagerState));
+
+        let mut plan = Plan::between("/a", "/b", vec![]);
+        assert_eq!(plan.phase_order(), Phase::ORDER);
+        plan.steps = vec![Step::DaemonReload, Step::RestartSysinitReactivation];
+        assert_eq!(plan.phase_order(), Phase::ORDER);
+        plan.steps = steps.to_vec();
+        assert_eq!(plan.phase_order(), Phase::SYSTEM_MANAGER_ORDER);
+    }
+
+    #[test]
     fn json_round_trip() {
         let plan = Plan {
             format_version: FORMAT_VERSION,
@@ -801,11 +959,19 @@ mod tests {
             protection: Protection::default(),
             diagnostics: vec![],
             packages: None,
+            reboot: vec![crate::Reboot { reason: crate::RebootReason::KernelModules, detail: "x".into() }],
+            kernel_modules: vec![],
         };
         let json = plan.to_json();
         let back: Plan = serde_json::from_str(&json).unwrap();
         assert_eq!(back, plan);
         assert_eq!(plan.units_with(Action::Start), vec!["x.service"]);
         assert!(json.contains("\"step\": \"daemon-reload\""), "{json}");
+        assert!(json.contains("\"reason\": \"kernel-modules\""), "{json}");
+        // A plan written before the field existed reads as needing none.
+        let mut old: serde_json::Value = serde_json::from_str(&json).unwrap();
+        old.as_object_mut().unwrap().remove("reboot");
+        let back: Plan = serde_json::from_value(old).unwrap();
+        assert!(!back.needs_reboot());
     }
 }

@@ -13,19 +13,25 @@
 //! | `safe-switch/refused` | blocker | an action touches a protected unit and the switch is refused |
 //! | `safe-switch/deferred` | critical | protection dropped an action |
 //! | `safe-switch/pending` | major | an action an earlier switch deferred is still pending (and this plan leaves it so) |
+//! | `safe-switch/reboot` | major | part of the switch takes effect only at the next boot |
+//! | `safe-switch/kernel-module` | minor / info | a module the new generation adds or changes, usable only after a reboot or not by `modprobe` / usable now |
 //! | `safe-switch/diagnostic` | minor / info | a planner warning / note |
 //! | `safe-switch/stop`, `safe-switch/restart` | info | a running unit is interrupted |
 //! | `safe-switch/skip` | info | a unit changed but is deliberately left running |
 //!
 //! A fingerprint is the SHA-256 of the check, the unit and the action (for a
-//! diagnostic: its unit, file and message, with store hashes removed), never
+//! diagnostic: its unit, file and message, with store hashes removed; for a
+//! reboot: its reason and its place among those of the same reason; for a
+//! module: its file under its release), never
 //! of line numbers or store paths, so the same finding keeps its identity
 //! from one pipeline to the next and GitLab can tell new findings from
 //! resolved ones.
 
 use std::collections::BTreeSet;
 
-use plan_model::{Action, ApplyReport, Earlier, Fate, Pending, PendingDeferral, Plan, Severity};
+use plan_model::{
+    Action, ApplyReport, Earlier, Fate, ModuleUse, Pending, PendingDeferral, Plan, RebootReason, Severity,
+};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
@@ -71,13 +77,35 @@ pub struct Lines {
 
 /// Renders the Code Quality report.
 pub fn render(report: &Report<'_>) -> String {
-    // What the apply did comes first: it is what happened, not a plan.
-    let mut out = report.applied.map(|a| applied_findings(a, report.diffs)).unwrap_or_default();
-    out.extend(findings(report.plan, report.diffs));
+    to_json(&report_findings(report))
+}
+
+/// Renders the reports of several hosts (`safe-switch report merge`) as
+/// one list: each finding's description starts with its host, and its
+/// fingerprint covers the host, so the same finding on two hosts is two
+/// findings, each keeping its identity from one pipeline to the next.
+pub fn render_hosts(hosts: &[(&str, Report<'_>)]) -> String {
+    let mut all = Vec::new();
+    for (host, report) in hosts {
+        for mut f in report_findings(report) {
+            f.fingerprint = fingerprint(&["host", host, &f.fingerprint]);
+            f.description = format!("{host}: {}", f.description);
+            all.push(f);
+        }
+    }
+    to_json(&all)
+}
+
+/// The findings of a report: what the apply did first (it is what
+/// happened, not a plan), then the plan's, then the deferrals of earlier
+/// switches it leaves pending.
+fn report_findings(report: &Report<'_>) -> Vec<Finding> {
+    let mut findings = report.applied.map(|a| applied_findings(a, report.diffs)).unwrap_or_default();
+    findings.extend(self::findings(report.plan, report.diffs));
     // Deferred again: already a `deferred` finding of the plan.
     let still = report.pending.iter().filter(|e: &&Earlier| e.fate == Fate::StillPending);
-    out.extend(still.flat_map(|e| pending_findings(&e.deferral)));
-    to_json(&out)
+    findings.extend(still.flat_map(|e| pending_findings(&e.deferral)));
+    findings
 }
 
 /// Renders the record of pending deferrals: one finding per pending
@@ -230,6 +258,41 @@ pub fn findings(plan: &Plan, diffs: &[FileDiff]) -> Vec<Finding> {
             check_name,
             severity: "blocker",
             location: Location { path: UNIT_DIR.to_owned(), lines: Lines { begin: 1 } },
+        });
+    }
+    for (i, r) in plan.reboot.iter().enumerate() {
+        let check_name = "safe-switch/reboot".to_owned();
+        let nth = plan.reboot[..i].iter().filter(|o| o.reason == r.reason).count().to_string();
+        let path = match r.reason {
+            RebootReason::Kernel => "kernel",
+            RebootReason::Initrd => "initrd",
+            RebootReason::KernelModules => "kernel-modules",
+            RebootReason::Dbus => "etc/systemd/system/dbus.service",
+            RebootReason::Systemd => "init-interface-version",
+            RebootReason::Activation => "switch-inhibitors",
+        };
+        out.push(Finding {
+            fingerprint: fingerprint(&[&check_name, r.reason.as_str(), &nth]),
+            description: format!("needs a reboot: {}", crate::reboot_line(r)),
+            check_name,
+            severity: "major",
+            location: Location { path: path.to_owned(), lines: Lines { begin: 1 } },
+        });
+    }
+    for m in &plan.kernel_modules {
+        let check_name = "safe-switch/kernel-module".to_owned();
+        out.push(Finding {
+            fingerprint: fingerprint(&[&check_name, &m.path]),
+            description: format!("kernel module {}", crate::module_line(m)),
+            check_name,
+            severity: match m.usable {
+                ModuleUse::Now | ModuleUse::Unknown => "info",
+                ModuleUse::AfterReboot | ModuleUse::Unreachable => "minor",
+            },
+            location: Location {
+                path: format!("kernel-modules/lib/modules/{}/{}", m.release, m.path),
+                lines: Lines { begin: 1 },
+            },
         });
     }
     for d in &plan.diagnostics {

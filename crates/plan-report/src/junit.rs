@@ -15,6 +15,13 @@
 //! (`pending restart gitlab-runner.service`); they do not fail the plan,
 //! whose exit code does not count them.
 //!
+//! What waits for the next boot is one skipped test case per reason
+//! (`reboot 1: kernel`, its detail as the message), and each kernel module
+//! the new generation adds or changes a test case of its own, passed when
+//! it is usable now and skipped otherwise: a reboot is not a failure of
+//! the plan unless `check --fail-on reboot` makes it one, and the exit
+//! code says so.
+//!
 //! Once the plan was carried out (`switch`, `apply`), the apply adds its
 //! own test cases: one per phase (failed when a job of it failed or the
 //! step did), one per unit that failed, one per protected unit checked
@@ -48,12 +55,17 @@ const STEPS: &str = "safe-switch.steps";
 const GATE: &str = "safe-switch.protection";
 /// The `classname` of deferrals pending from earlier switches.
 const PENDING: &str = "safe-switch.pending";
+/// The `classname` of what waits for the next boot.
+const REBOOT: &str = "safe-switch.reboot";
+/// The `classname` of the kernel modules the new generation adds or
+/// changes.
+const MODULES: &str = "safe-switch.kernel-modules";
 /// The `classname` of what the apply did.
 const APPLIED: &str = "safe-switch.applied";
 
 /// One test case before it is written.
 struct Case {
-    classname: &'static str,
+    classname: String,
     name: String,
     outcome: Outcome,
     /// Text for `<system-out>`: why the action happens.
@@ -66,12 +78,41 @@ enum Outcome {
     Failure { kind: &'static str, message: String, text: String },
 }
 
+/// One test suite before it is written.
+struct Suite<'a> {
+    name: &'a str,
+    props: Vec<(&'static str, String)>,
+    cases: Vec<Case>,
+    system_out: String,
+}
+
 /// Renders the JUnit XML report.
 pub fn render(report: &Report<'_>) -> String {
+    finish(write(&[suite("safe-switch plan", "", report)]))
+}
+
+/// Renders the reports of several hosts (`safe-switch report merge`): a
+/// test suite per host, named after it, whose test cases' classnames start
+/// with the host (`web-1.safe-switch.units`), so that the same unit on two
+/// hosts makes two test cases.
+pub fn render_hosts(hosts: &[(&str, Report<'_>)]) -> String {
+    let suites: Vec<Suite<'_>> = hosts
+        .iter()
+        .map(|(host, report)| {
+            let mut suite = suite(host, &format!("{host}."), report);
+            suite.props.insert(0, ("host", (*host).to_owned()));
+            suite
+        })
+        .collect();
+    finish(write(&suites))
+}
+
+/// The test suite of one plan, its classnames prefixed with `prefix`.
+fn suite<'a>(name: &'a str, prefix: &str, report: &Report<'_>) -> Suite<'a> {
     let plan = report.plan;
     let mut cases = cases(plan);
     cases.extend(earlier_cases(report.pending));
-    let mut props = properties(plan).to_vec();
+    let mut props: Vec<(&'static str, String)> = properties(plan).into();
     if let Some(applied) = report.applied {
         cases.extend(applied_cases(applied));
         props.push(("applied", crate::applied_verdict(applied).to_owned()));
@@ -85,6 +126,9 @@ pub fn render(report: &Report<'_>) -> String {
             ]);
         }
     }
+    for case in &mut cases {
+        case.classname.insert_str(0, prefix);
+    }
     let diags: Vec<String> = plan
         .diagnostics
         .iter()
@@ -97,7 +141,7 @@ pub fn render(report: &Report<'_>) -> String {
             }
         })
         .collect();
-    finish(write("safe-switch plan", &props, &cases, &diags.join("\n")))
+    Suite { name, props, cases, system_out: diags.join("\n") }
 }
 
 /// Renders the record of pending deferrals: one failed test case per
@@ -108,7 +152,7 @@ pub fn render_pending(pending: &Pending) -> String {
         let line = pending_line(d);
         for action in &d.actions {
             cases.push(Case {
-                classname: PENDING,
+                classname: PENDING.to_owned(),
                 name: format!("pending {action} {}", d.unit),
                 outcome: Outcome::Failure {
                     kind: "pending",
@@ -121,15 +165,15 @@ pub fn render_pending(pending: &Pending) -> String {
     }
     if cases.is_empty() {
         cases.push(Case {
-            classname: PENDING,
+            classname: PENDING.to_owned(),
             name: "pending".to_owned(),
             outcome: Outcome::Pass,
             out: "nothing is pending".to_owned(),
         });
     }
     let props =
-        [("format_version", pending.format_version.to_string()), ("pending", pending.deferrals.len().to_string())];
-    finish(write("safe-switch pending", &props, &cases, ""))
+        vec![("format_version", pending.format_version.to_string()), ("pending", pending.deferrals.len().to_string())];
+    finish(write(&[Suite { name: "safe-switch pending", props, cases, system_out: String::new() }]))
 }
 
 /// The XML as text with a final newline. Writing into a Vec cannot fail;
@@ -151,7 +195,7 @@ fn earlier_cases(earlier: &[Earlier]) -> Vec<Case> {
         for action in &d.actions {
             let outcome = if e.fate.is_pending() { Outcome::Skipped(text.clone()) } else { Outcome::Pass };
             cases.push(Case {
-                classname: PENDING,
+                classname: PENDING.to_owned(),
                 name: format!("pending {action} {}", d.unit),
                 outcome,
                 out: text.clone(),
@@ -185,12 +229,17 @@ fn applied_cases(a: &ApplyReport) -> Vec<Case> {
                 text: format!("{}\n", failed.join("\n")),
             }
         };
-        cases.push(Case { classname: APPLIED, name: format!("phase {}: {}", i + 1, p.phase.name()), outcome, out });
+        cases.push(Case {
+            classname: APPLIED.to_owned(),
+            name: format!("phase {}: {}", i + 1, p.phase.name()),
+            outcome,
+            out,
+        });
     }
     if let Some(why) = &a.aborted {
         let not_done: Vec<&str> = a.not_done.iter().map(|p| p.name()).collect();
         cases.push(Case {
-            classname: APPLIED,
+            classname: APPLIED.to_owned(),
             name: "finished".to_owned(),
             outcome: Outcome::Failure {
                 kind: "stopped-early",
@@ -203,7 +252,7 @@ fn applied_cases(a: &ApplyReport) -> Vec<Case> {
     for f in &a.failed {
         let summary = f.status.summary();
         cases.push(Case {
-            classname: APPLIED,
+            classname: APPLIED.to_owned(),
             name: format!("unit {}", f.unit),
             outcome: Outcome::Failure {
                 kind: "unit-failed",
@@ -233,12 +282,12 @@ fn applied_cases(a: &ApplyReport) -> Vec<Case> {
             },
         };
         let out = format!("MainPID {}, InvocationID {}", c.after.main_pid, c.after.invocation_id);
-        cases.push(Case { classname: APPLIED, name: format!("protected {}", c.unit), outcome, out });
+        cases.push(Case { classname: APPLIED.to_owned(), name: format!("protected {}", c.unit), outcome, out });
     }
     if let Some(o) = &a.observed {
         for e in o.unplanned() {
             cases.push(Case {
-                classname: APPLIED,
+                classname: APPLIED.to_owned(),
                 name: format!("unplanned {} {}", e.effect, e.unit),
                 outcome: Outcome::Failure {
                     kind: "unplanned",
@@ -260,7 +309,7 @@ fn applied_cases(a: &ApplyReport) -> Vec<Case> {
         if o.dropped > 0 {
             out.push_str(&format!("{}\n", o.dropped_note()));
         }
-        cases.push(Case { classname: APPLIED, name: "observed".to_owned(), outcome: Outcome::Pass, out });
+        cases.push(Case { classname: APPLIED.to_owned(), name: "observed".to_owned(), outcome: Outcome::Pass, out });
     }
     cases
 }
@@ -292,7 +341,7 @@ fn cases(plan: &Plan) -> Vec<Case> {
                 Outcome::Failure { kind, message: format!("{kind}: {chain}"), text }
             }
         };
-        cases.push(Case { classname: UNITS, name, outcome, out: reasons });
+        cases.push(Case { classname: UNITS.to_owned(), name, outcome, out: reasons });
     }
     for (i, step) in plan.steps.iter().enumerate() {
         // Steps can repeat (two swapoffs of different devices have different
@@ -307,9 +356,42 @@ fn cases(plan: &Plan) -> Vec<Case> {
             plan_model::Step::Reexec { .. } => "re-execute the service manager".to_owned(),
             plan_model::Step::DaemonReload => "daemon-reload".to_owned(),
             plan_model::Step::RestartSysinitReactivation => "restart sysinit-reactivation.target".to_owned(),
+            plan_model::Step::Assertions { .. } => "pre-activation assertions".to_owned(),
+            plan_model::Step::RegisterProfile { .. } => "register the profile".to_owned(),
+            plan_model::Step::Prepopulate { .. } => "files and state (prepopulate)".to_owned(),
+            plan_model::Step::RestartUserborn => "restart userborn.service".to_owned(),
+            plan_model::Step::Tmpfiles => "tmpfiles".to_owned(),
+            plan_model::Step::Mask { .. } => "mask units".to_owned(),
+            plan_model::Step::SystemManagerState => "system-manager state file".to_owned(),
         };
         let name = format!("step {}: {kind}", i + 1);
-        cases.push(Case { classname: STEPS, name, outcome: Outcome::Pass, out: crate::text::step_line(step) });
+        cases.push(Case {
+            classname: STEPS.to_owned(),
+            name,
+            outcome: Outcome::Pass,
+            out: crate::text::step_line(step),
+        });
+    }
+    for (i, r) in plan.reboot.iter().enumerate() {
+        cases.push(Case {
+            classname: REBOOT.to_owned(),
+            name: format!("reboot {}: {}", i + 1, r.reason),
+            outcome: Outcome::Skipped(format!("needs a reboot: {}", crate::reboot_line(r))),
+            out: crate::reboot_line(r),
+        });
+    }
+    for m in &plan.kernel_modules {
+        let line = crate::module_line(m);
+        let outcome = match m.usable {
+            plan_model::ModuleUse::Now => Outcome::Pass,
+            _ => Outcome::Skipped(line.clone()),
+        };
+        cases.push(Case {
+            classname: MODULES.to_owned(),
+            name: format!("module {}/{}", m.release, m.path),
+            outcome,
+            out: line,
+        });
     }
     let gate = match Verdict::of(plan) {
         Verdict::Safe => Outcome::Pass,
@@ -324,16 +406,23 @@ fn cases(plan: &Plan) -> Vec<Case> {
             Outcome::Failure { kind: v.as_str(), text: format!("{message}\n{}\n", blocked.join("\n")), message }
         }
     };
-    cases.push(Case { classname: GATE, name: "protection".to_owned(), outcome: gate, out: String::new() });
+    cases.push(Case { classname: GATE.to_owned(), name: "protection".to_owned(), outcome: gate, out: String::new() });
     cases
 }
 
-/// Writes one test suite with its properties, cases and a closing
-/// `<system-out>` (when `system_out` is not empty).
-fn write(suite_name: &str, props: &[(&str, String)], cases: &[Case], system_out: &str) -> io::Result<Vec<u8>> {
-    let tests = cases.len().to_string();
-    let failures = cases.iter().filter(|c| matches!(c.outcome, Outcome::Failure { .. })).count().to_string();
-    let skipped = cases.iter().filter(|c| matches!(c.outcome, Outcome::Skipped(_))).count().to_string();
+/// Counts of a list of test cases: tests, failures, skipped.
+fn counts(cases: &[Case]) -> (usize, usize, usize) {
+    let failures = cases.iter().filter(|c| matches!(c.outcome, Outcome::Failure { .. })).count();
+    let skipped = cases.iter().filter(|c| matches!(c.outcome, Outcome::Skipped(_))).count();
+    (cases.len(), failures, skipped)
+}
+
+/// Writes the test suites, each with its properties, cases and a closing
+/// `<system-out>` (when there is one), under one `<testsuites>` holding
+/// their totals.
+fn write(suites: &[Suite<'_>]) -> io::Result<Vec<u8>> {
+    let totals = suites.iter().map(|s| counts(&s.cases)).fold((0, 0, 0), |a, c| (a.0 + c.0, a.1 + c.1, a.2 + c.2));
+    let (tests, failures, skipped) = (totals.0.to_string(), totals.1.to_string(), totals.2.to_string());
     let mut w = Writer::new_with_indent(Vec::new(), b' ', 2);
     w.write_event(Event::Decl(BytesDecl::new("1.0", Some("UTF-8"), None)))?;
     w.create_element("testsuites")
@@ -346,32 +435,38 @@ fn write(suite_name: &str, props: &[(&str, String)], cases: &[Case], system_out:
             ("time", "0"),
         ])
         .write_inner_content(|w| {
-            w.create_element("testsuite")
-                .with_attributes([
-                    ("name", suite_name),
-                    ("tests", tests.as_str()),
-                    ("failures", failures.as_str()),
-                    ("errors", "0"),
-                    ("skipped", skipped.as_str()),
-                    ("time", "0"),
-                ])
-                .write_inner_content(|w| {
-                    write_properties(w, props)?;
-                    for case in cases {
-                        write_case(w, case)?;
-                    }
-                    if !system_out.is_empty() {
-                        w.create_element("system-out").write_text_content(BytesText::new(&xml_safe(system_out)))?;
-                    }
-                    Ok(())
-                })?;
+            for suite in suites {
+                let (tests, failures, skipped) = counts(&suite.cases);
+                let (tests, failures, skipped) = (tests.to_string(), failures.to_string(), skipped.to_string());
+                let name = xml_safe(suite.name);
+                w.create_element("testsuite")
+                    .with_attributes([
+                        ("name", name.as_ref()),
+                        ("tests", tests.as_str()),
+                        ("failures", failures.as_str()),
+                        ("errors", "0"),
+                        ("skipped", skipped.as_str()),
+                        ("time", "0"),
+                    ])
+                    .write_inner_content(|w| {
+                        write_properties(w, &suite.props)?;
+                        for case in &suite.cases {
+                            write_case(w, case)?;
+                        }
+                        if !suite.system_out.is_empty() {
+                            w.create_element("system-out")
+                                .write_text_content(BytesText::new(&xml_safe(&suite.system_out)))?;
+                        }
+                        Ok(())
+                    })?;
+            }
             Ok(())
         })?;
     Ok(w.into_inner())
 }
 
 /// The properties of a plan's test suite.
-fn properties(plan: &Plan) -> [(&'static str, String); 6] {
+fn properties(plan: &Plan) -> [(&'static str, String); 7] {
     let mode = match plan.protection.mode {
         plan_model::Mode::Defer => "defer",
         plan_model::Mode::Refuse => "refuse",
@@ -384,6 +479,7 @@ fn properties(plan: &Plan) -> [(&'static str, String); 6] {
         ("verdict", Verdict::of(plan).as_str().to_owned()),
         ("protection.mode", mode.to_owned()),
         ("protection.selectors", protected.join(",")),
+        ("reboot", crate::reboot_reasons(plan).replace(", ", ",")),
     ]
 }
 
@@ -403,7 +499,7 @@ fn write_case(w: &mut Writer<Vec<u8>>, case: &Case) -> io::Result<()> {
     let name = xml_safe(&case.name);
     let el = w.create_element("testcase").with_attributes([
         ("name", name.as_ref()),
-        ("classname", case.classname),
+        ("classname", xml_safe(&case.classname).as_ref()),
         ("time", "0"),
     ]);
     if matches!(case.outcome, Outcome::Pass) && case.out.is_empty() {

@@ -1,5 +1,5 @@
 //! The plan as people and CI systems read it: text, JSON, JUnit, GitLab
-//! Code Quality and Markdown.
+//! Code Quality, Markdown and OpenMetrics.
 //!
 //! Every renderer is a pure function from a [`Report`] (the plan, the
 //! diffs of the files it was made from, the commands that carry it out,
@@ -23,10 +23,15 @@ mod explain;
 pub mod json;
 pub mod junit;
 pub mod markdown;
+pub mod openmetrics;
 pub mod packages;
 pub mod text;
 
-use plan_model::{Action, ApplyReport, Earlier, Edge, FileDiff, Pending, PendingDeferral, Plan, Touch, UnitPlan};
+use plan_model::{
+    Action, ApplyReport, Earlier, Edge, FileDiff, KernelModule, Manager, ModuleUse, Pending, PendingDeferral, Plan,
+    Reboot, Touch, UnitPlan,
+};
+use serde::Deserialize as _;
 
 pub use explain::{explain_json, explain_text};
 
@@ -45,11 +50,14 @@ pub enum Format {
     Codequality,
     /// Markdown for a merge-request comment or a job summary.
     Markdown,
+    /// OpenMetrics text, for node-exporter's textfile collector.
+    Openmetrics,
 }
 
 impl Format {
     /// Every format, in the order the command line lists them.
-    pub const ALL: [Format; 5] = [Format::Text, Format::Json, Format::Junit, Format::Codequality, Format::Markdown];
+    pub const ALL: [Format; 6] =
+        [Format::Text, Format::Json, Format::Junit, Format::Codequality, Format::Markdown, Format::Openmetrics];
 
     /// The format's name, as the command line spells it.
     pub fn name(self) -> &'static str {
@@ -59,6 +67,7 @@ impl Format {
             Format::Junit => "junit",
             Format::Codequality => "codequality",
             Format::Markdown => "markdown",
+            Format::Openmetrics => "openmetrics",
         }
     }
 
@@ -115,6 +124,88 @@ pub fn applied_verdict(applied: &ApplyReport) -> &'static str {
     }
 }
 
+/// One host's report in a merged report (`safe-switch report merge`): the
+/// host's name, its plan's report and the reboot needs its plan file lists.
+#[derive(Clone, Copy, Debug)]
+pub struct HostReport<'a> {
+    /// The host, as named on the command line (checked there: letters,
+    /// digits, `.`, `-`, `_`, `:`).
+    pub host: &'a str,
+    /// Its plan, with the deferrals earlier switches left pending there.
+    pub report: Report<'a>,
+    /// Why its switch needs a reboot; empty when it does not.
+    pub reboot: &'a [RebootNeed],
+}
+
+/// Renders the reports of several hosts as one, in one format: a JUnit
+/// test suite per host, Code Quality findings whose fingerprints cover the
+/// host, a Markdown table of hosts before their details (under 1 MiB), one
+/// JSON document, OpenMetrics samples labelled with the host, or text.
+pub fn render_hosts(format: Format, hosts: &[HostReport<'_>], style: Style) -> String {
+    let pairs: Vec<(&str, Report<'_>)> = hosts.iter().map(|h| (h.host, h.report)).collect();
+    match format {
+        Format::Text => text::render_hosts(hosts, style),
+        Format::Json => json::render_hosts(hosts),
+        Format::Junit => junit::render_hosts(&pairs),
+        Format::Codequality => codequality::render_hosts(&pairs),
+        Format::Markdown => markdown::render_hosts(hosts, markdown::LIMIT),
+        Format::Openmetrics => {
+            let metrics: Vec<(Option<&str>, openmetrics::HostMetrics<'_>)> = hosts
+                .iter()
+                .map(|h| {
+                    let mut m = openmetrics::HostMetrics::of_report(&h.report);
+                    m.reboot = Some(!h.reboot.is_empty());
+                    (Some(h.host), m)
+                })
+                .collect();
+            openmetrics::render_hosts(&metrics)
+        }
+    }
+}
+
+/// How many units have deferred actions pending on the host now, of the
+/// earlier deferrals a plan's report shows: all but those whose unit was
+/// restarted or stopped since.
+pub fn pending_now(earlier: &[Earlier]) -> usize {
+    earlier.iter().filter(|e| e.fate != plan_model::Fate::RestartedSince).count()
+}
+
+/// How many unit actions of a plan go ahead, were deferred or refused.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct ActionCounts {
+    /// Actions the plan lists: carried out, or held back with a refused
+    /// switch.
+    pub planned: usize,
+    /// Actions protection deferred.
+    pub deferred: usize,
+    /// Actions that make the switch refused.
+    pub refused: usize,
+}
+
+impl ActionCounts {
+    /// The counts of a plan's [`action_items`].
+    pub fn of(plan: &Plan) -> ActionCounts {
+        let mut c = ActionCounts::default();
+        for item in action_items(plan) {
+            match item.status {
+                ItemStatus::Planned | ItemStatus::HeldByRefusal => c.planned += 1,
+                ItemStatus::Deferred => c.deferred += 1,
+                ItemStatus::Refused => c.refused += 1,
+            }
+        }
+        c
+    }
+}
+
+/// At most 500 characters of a text from an input, with `...` when cut.
+pub(crate) fn clip(s: &str) -> std::borrow::Cow<'_, str> {
+    const MAX: usize = 500;
+    match s.char_indices().nth(MAX) {
+        Some((i, _)) => std::borrow::Cow::Owned(format!("{}...", &s[..i])),
+        None => std::borrow::Cow::Borrowed(s),
+    }
+}
+
 /// How text output is decorated.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Style {
@@ -131,6 +222,7 @@ pub fn render(format: Format, report: &Report<'_>, style: Style) -> String {
         Format::Junit => junit::render(report),
         Format::Codequality => codequality::render(report),
         Format::Markdown => markdown::render(report, markdown::LIMIT),
+        Format::Openmetrics => openmetrics::render(report),
     }
 }
 
@@ -144,6 +236,7 @@ pub fn render_pending(format: Format, pending: &Pending, style: Style) -> String
         Format::Junit => junit::render_pending(pending),
         Format::Codequality => codequality::render_pending(pending),
         Format::Markdown => markdown::render_pending(pending, markdown::LIMIT),
+        Format::Openmetrics => openmetrics::render_pending(pending),
     }
 }
 
@@ -161,11 +254,29 @@ pub fn pending_line(d: &PendingDeferral) -> String {
     )
 }
 
+/// What carries pending deferrals out, as the reports of `safe-switch
+/// pending` end: `settle`, or for launchd jobs (nix-darwin, where there is
+/// no `settle` yet) a later switch that does not protect them.
+pub fn pending_hint(pending: &Pending) -> &'static str {
+    if pending.deferrals.iter().all(|d| d.manager == Manager::Launchd) {
+        "a later `safe-switch switch` that does not protect a job carries its deferral out (`safe-switch settle` is not built for nix-darwin hosts yet)"
+    } else {
+        "`safe-switch settle` carries out what the protections in force allow (`--when-idle`: once each unit is idle)"
+    }
+}
+
 /// Where a pending deferral's running instance came from and what is
 /// installed: `running as started from /nix/store/...-a; the unit file of
-/// /nix/store/...-b is installed`.
+/// /nix/store/...-b is installed`. A launchd job keeps its old plist
+/// installed and loaded: `loaded from the plist of ...-a; the plist of
+/// ...-b is not installed yet`.
 pub fn pending_generations(d: &PendingDeferral) -> String {
-    format!("running as started from {}; the unit file of {} is installed", d.from, d.generation)
+    match d.manager {
+        Manager::Launchd => {
+            format!("loaded from the plist of {}; the plist of {} is not installed yet", d.from, d.generation)
+        }
+        _ => format!("running as started from {}; the unit file of {} is installed", d.from, d.generation),
+    }
 }
 
 /// A time as `2025-03-01 10:00 UTC`, from seconds since the epoch.
@@ -183,6 +294,35 @@ pub fn utc_time(unix: u64) -> String {
     let month = if mp < 10 { mp + 3 } else { mp - 9 };
     let year = yoe + era * 400 + i64::from(month <= 2);
     format!("{year:04}-{month:02}-{day:02} {:02}:{:02} UTC", secs / 3_600, secs % 3_600 / 60)
+}
+
+/// One reason a switch needs a reboot, as the plan's `reboot` array lists
+/// it: `{"reason": "kernel", "detail": "..."}`.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct RebootNeed {
+    /// What changed: `kernel`, `initrd`, `kernel-modules`, `dbus`,
+    /// `systemd`, `activation`.
+    pub reason: String,
+    /// What exactly, for a reader.
+    #[serde(default)]
+    pub detail: String,
+}
+
+/// The reboot needs a plan lists in its JSON form's `reboot` array; none
+/// when it has no such field. Read from the JSON form, so that plans
+/// written before the field existed read as needing no reboot.
+pub fn reboot_needs(plan: &Plan) -> Vec<RebootNeed> {
+    serde_json::to_value(plan).ok().and_then(|v| reboot_needs_in(&v).ok()).unwrap_or_default()
+}
+
+/// The reboot needs in a plan's JSON form (the `reboot` array of an
+/// object); none when the field is absent or null. A field of another
+/// shape is an error.
+pub fn reboot_needs_in(plan: &serde_json::Value) -> Result<Vec<RebootNeed>, serde_json::Error> {
+    match plan.get("reboot") {
+        None | Some(serde_json::Value::Null) => Ok(Vec::new()),
+        Some(v) => Vec::<RebootNeed>::deserialize(v),
+    }
 }
 
 /// The verdict a gate reports, derived from the plan alone.
@@ -320,6 +460,37 @@ pub fn action_items(plan: &Plan) -> Vec<ActionItem<'_>> {
 pub fn blockers(plan: &Plan) -> Vec<Blocker<'_>> {
     let mut seen = std::collections::BTreeSet::new();
     action_items(plan).into_iter().filter_map(|i| i.blocker).filter(|b| seen.insert(b.unit)).collect()
+}
+
+/// One reason for a reboot as one line: `kernel: the kernel changes:
+/// /nix/store/...-linux-6.6.1/bzImage -> /nix/store/...-linux-6.6.2/bzImage`.
+pub fn reboot_line(r: &Reboot) -> String {
+    format!("{}: {}", r.reason, r.detail)
+}
+
+/// When a module can be used, in words: `usable now`, `usable after a
+/// reboot`, `not reachable by modprobe`, `usable: not known`.
+pub fn usable_words(usable: ModuleUse) -> &'static str {
+    match usable {
+        ModuleUse::Now => "usable now",
+        ModuleUse::AfterReboot => "usable after a reboot",
+        ModuleUse::Unreachable => "not reachable by modprobe",
+        ModuleUse::Unknown => "usable: not known",
+    }
+}
+
+/// One kernel module as one line: `wireguard (6.6.1,
+/// extra/wireguard.ko.xz): added, usable now: built for the running
+/// kernel 6.6.1 and listed in modules.dep`.
+pub fn module_line(m: &KernelModule) -> String {
+    format!("{} ({}, {}): {}, {}: {}", m.module, m.release, m.path, m.change.as_str(), usable_words(m.usable), m.detail)
+}
+
+/// The reboot reasons of a plan, once each, in order: `kernel, initrd`.
+pub fn reboot_reasons(plan: &Plan) -> String {
+    let mut names: Vec<&str> = plan.reboot.iter().map(|r| r.reason.as_str()).collect();
+    names.dedup();
+    names.join(", ")
 }
 
 /// The reasons of a unit as one line: `stop-start: stopped before ...`.

@@ -16,7 +16,10 @@ use std::fmt::Write as _;
 use plan_model::observe::Class;
 use plan_model::{Action, ApplyReport, Pending, PendingDeferral, Plan, Severity};
 
-use crate::{Report, Verdict, action_items, chain_line, reasons_line, utc_time};
+use crate::{
+    ActionCounts, HostReport, Report, Verdict, action_items, chain_line, reasons_line, reboot_reasons, usable_words,
+    utc_time,
+};
 
 /// The default size limit, safely under GitHub's 1 MiB per step.
 pub const LIMIT: usize = 1_000_000;
@@ -26,10 +29,96 @@ const RESERVE: usize = 400;
 
 /// Renders the Markdown report, at most `limit` bytes long.
 pub fn render(report: &Report<'_>, limit: usize) -> String {
+    render_titled(report, limit, "safe-switch")
+}
+
+/// The least room a host's details are given in a merged report; hosts
+/// after the budget fell below it are named in the closing note instead.
+const MIN_HOST_DETAILS: usize = 2_000;
+
+/// Renders the reports of several hosts (`safe-switch report merge`), at
+/// most `limit` bytes long: a table of the hosts (verdict, action counts,
+/// pending deferrals, reboot), then each host's report as [`render`] makes
+/// it, under a heading naming the host: the refused hosts first, then the
+/// deferred ones, then the rest. The table comes first and is cut last;
+/// as many hosts as can have [`MIN_HOST_DETAILS`] bytes each get an equal
+/// share of what is left (a host that needs less leaves more to the next),
+/// and the hosts whose details are not shown are counted in a closing
+/// note.
+pub fn render_hosts(hosts: &[HostReport<'_>], limit: usize) -> String {
+    let mut b = Budget::new(limit);
+    let verdicts: Vec<Verdict> = hosts.iter().map(|h| Verdict::of(h.report.plan)).collect();
+    let count = |v: Verdict| verdicts.iter().filter(|x| **x == v).count();
+    let reboots = hosts.iter().filter(|h| !h.reboot.is_empty()).count();
+    b.push(&format!(
+        "## safe-switch: {} host{}: {} safe, {} deferred, {} refused, {} needing a reboot\n\n",
+        hosts.len(),
+        if hosts.len() == 1 { "" } else { "s" },
+        count(Verdict::Safe),
+        count(Verdict::Deferred),
+        count(Verdict::Refused),
+        reboots
+    ));
+    b.push("| Host | Verdict | Planned | Deferred | Refused | Pending | Reboot |\n|---|---|---:|---:|---:|---:|---|\n");
+    for (h, v) in hosts.iter().zip(&verdicts) {
+        let c = ActionCounts::of(h.report.plan);
+        let reboot = if h.reboot.is_empty() {
+            "no".to_owned()
+        } else {
+            let reasons: Vec<&str> = h.reboot.iter().map(|r| r.reason.as_str()).collect();
+            format!("yes: {}", cell(&reasons.join(", ")))
+        };
+        b.row(&format!(
+            "| {} | {} | {} | {} | {} | {} | {reboot} |\n",
+            code(h.host),
+            v.as_str(),
+            c.planned,
+            c.deferred,
+            c.refused,
+            crate::pending_now(h.report.pending)
+        ));
+    }
+    b.push("\n");
+    // The details of the refused hosts first, then the deferred ones, then
+    // the rest, each group in the order given.
+    let mut order: Vec<usize> = (0..hosts.len()).collect();
+    order.sort_by_key(|&i| std::cmp::Reverse(verdicts[i] as u8));
+    let shown = if b.full { 0 } else { (b.room() / MIN_HOST_DETAILS).min(hosts.len()) };
+    let mut left_out = hosts.len() - shown;
+    for (n, &i) in order.iter().take(shown).enumerate() {
+        let h = &hosts[i];
+        let share = b.room() / (shown - n);
+        if b.full || share < MIN_HOST_DETAILS {
+            left_out += 1;
+            continue;
+        }
+        let mut reboot = String::new();
+        for r in h.reboot {
+            let _ =
+                writeln!(reboot, "- **reboot needed** ({}): {}", inline(&r.reason), inline(&crate::clip(&r.detail)));
+        }
+        if !reboot.is_empty() {
+            reboot.push('\n');
+        }
+        let mut details = render_titled(&h.report, share.saturating_sub(reboot.len()), &code(h.host));
+        details.push_str(&reboot);
+        b.push(&details);
+    }
+    if left_out > 0 {
+        b.note(&format!(
+            "\n> **Truncated** to stay under {limit} bytes: the details of {left_out} host(s) are not shown. \
+             The merged JSON report has every plan.\n"
+        ));
+    }
+    b.finish()
+}
+
+/// [`render`] with another title before the verdict (a host's name).
+fn render_titled(report: &Report<'_>, limit: usize, title: &str) -> String {
     let plan = report.plan;
     let mut b = Budget::new(limit);
 
-    b.push(&header(plan));
+    b.push(&header(plan, title));
 
     if let Some(applied) = report.applied {
         applied_section(&mut b, applied);
@@ -47,6 +136,14 @@ pub fn render(report: &Report<'_>, limit: usize) -> String {
         for i in blocked {
             let why = i.blocker.map(|b| chain_line(&b)).unwrap_or_default();
             b.row(&format!("| {} | {} | {} |\n", code(&i.unit.unit), i.action, cell(&why)));
+        }
+        b.push("\n");
+    }
+
+    if !plan.reboot.is_empty() {
+        b.push("### Needs a reboot: these take effect only at the next boot\n\n| Reason | What |\n|---|---|\n");
+        for r in &plan.reboot {
+            b.row(&format!("| {} | {} |\n", code(r.reason.as_str()), cell(&r.detail)));
         }
         b.push("\n");
     }
@@ -70,6 +167,22 @@ pub fn render(report: &Report<'_>, limit: usize) -> String {
         b.push("### Steps\n\n");
         for (n, step) in plan.steps.iter().enumerate() {
             b.row(&format!("{}. {}\n", n + 1, inline(&crate::text::step_line(step))));
+        }
+        b.push("\n");
+    }
+
+    if !plan.kernel_modules.is_empty() {
+        b.push("### Kernel modules the new generation adds or changes\n\n| Module | Release | File | Change | When | Why |\n|---|---|---|---|---|---|\n");
+        for m in &plan.kernel_modules {
+            b.row(&format!(
+                "| {} | {} | {} | {} | {} | {} |\n",
+                code(&m.module),
+                code(&m.release),
+                code(&m.path),
+                m.change.as_str(),
+                usable_words(m.usable),
+                cell(&m.detail)
+            ));
         }
         b.push("\n");
     }
@@ -240,7 +353,7 @@ pub fn render_pending(pending: &Pending, limit: usize) -> String {
     for d in &pending.deferrals {
         b.row(&format!("{}\n", pending_row(d)));
     }
-    b.push("\n`safe-switch settle` carries out what the protections in force allow (`--when-idle`: once each unit is idle).\n");
+    b.push(&format!("\n{}.\n", crate::pending_hint(pending)));
     b.finish()
 }
 
@@ -252,14 +365,14 @@ fn pending_row(d: &PendingDeferral) -> String {
     format!("| {} | {} | {} | {} |", code(&d.unit), actions.join(", "), utc_time(d.since_unix), cell(&why))
 }
 
-fn header(plan: &Plan) -> String {
+fn header(plan: &Plan, title: &str) -> String {
     let mut s = String::new();
     let verdict = match Verdict::of(plan) {
         Verdict::Safe => "safe: nothing touches a protected unit",
         Verdict::Deferred => "deferred: some actions touch a protected unit and will not be carried out",
         Verdict::Refused => "refused: the switch touches a protected unit",
     };
-    let _ = writeln!(s, "## safe-switch: {verdict}\n");
+    let _ = writeln!(s, "## {title}: {verdict}\n");
     let _ = writeln!(s, "{} → {}\n", code(&plan.old.path), code(&plan.new.path));
     let count = |a: Action| plan.units.iter().filter(|u| u.actions.contains(&a)).count();
     let blocked = action_items(plan).iter().filter(|i| i.status.is_blocked()).count();
@@ -291,6 +404,13 @@ fn header(plan: &Plan) -> String {
             }
         })
         .collect();
+    if plan.needs_reboot() {
+        let _ = writeln!(
+            s,
+            "**Needs a reboot** ({}): part of this switch takes effect only at the next boot.\n",
+            inline(&reboot_reasons(plan))
+        );
+    }
     if !protected.is_empty() {
         let mode = match plan.protection.mode {
             plan_model::Mode::Defer => "defer",
@@ -317,6 +437,18 @@ impl Budget {
 
     fn fits(&self, s: &str) -> bool {
         self.out.len() + s.len() + RESERVE <= self.limit
+    }
+
+    /// The bytes still free, the reserve for the closing note kept.
+    fn room(&self) -> usize {
+        self.limit.saturating_sub(self.out.len() + RESERVE)
+    }
+
+    /// Appends a closing note into the reserve kept for it.
+    fn note(&mut self, s: &str) {
+        if self.out.len() + s.len() <= self.limit {
+            self.out.push_str(s);
+        }
     }
 
     /// Appends a heading or separator; once the budget is spent, nothing

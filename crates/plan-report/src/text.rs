@@ -18,11 +18,14 @@ use std::fmt::Write as _;
 
 use anstyle::{AnsiColor, Style as Ansi};
 use plan_model::{
-    Action, ApplyReport, Earlier, KeyChange, Mode, Pending, Phase, Plan, ProtectionSource, Rule, Severity, Step,
-    UnitPlan,
+    Action, ApplyReport, Earlier, KeyChange, Mode, ModuleUse, Pending, Phase, Plan, ProtectionSource, Rule, Severity,
+    Step, UnitPlan,
 };
 
-use crate::{Blocker, Report, Style, Verdict, chain_line, pending_generations, pending_line, printable};
+use crate::{
+    Blocker, HostReport, Report, Style, Verdict, chain_line, module_line, pending_generations, pending_hint,
+    pending_line, printable, reboot_line,
+};
 
 /// What a line is, for its colour.
 #[derive(Clone, Copy)]
@@ -103,7 +106,9 @@ pub fn render(report: &Report<'_>, style: Style) -> String {
             out.plain(&printable(&line));
         }
     }
+    reboot(&mut out, plan);
     units(&mut out, plan);
+    kernel_modules(&mut out, plan);
     protection(&mut out, plan);
     earlier(&mut out, report.pending);
     packages(&mut out, plan);
@@ -153,6 +158,76 @@ fn applied_lines(out: &mut Out, applied: &ApplyReport) {
     }
 }
 
+/// Renders the reports of several hosts: a line over all of them, a table
+/// of the hosts (verdict, action counts, deferrals pending, reboot), then
+/// each host's report as [`render`] makes it, under a line naming the host.
+pub fn render_hosts(hosts: &[HostReport<'_>], style: Style) -> String {
+    let verdicts: Vec<Verdict> = hosts.iter().map(|h| Verdict::of(h.report.plan)).collect();
+    let count = |v: Verdict| verdicts.iter().filter(|x| **x == v).count();
+    let worst = verdicts.iter().copied().max_by_key(|v| *v as u8).unwrap_or(Verdict::Safe);
+    let mut out = Out { text: String::new(), style, verdict: worst };
+    let reboots = hosts.iter().filter(|h| !h.reboot.is_empty()).count();
+    out.line(
+        Kind::Heading,
+        &format!(
+            "{} host{}: {} safe, {} deferred, {} refused, {} needing a reboot",
+            hosts.len(),
+            if hosts.len() == 1 { "" } else { "s" },
+            count(Verdict::Safe),
+            count(Verdict::Deferred),
+            count(Verdict::Refused),
+            reboots
+        ),
+    );
+    out.blank();
+    let rows: Vec<[String; 7]> = hosts
+        .iter()
+        .zip(&verdicts)
+        .map(|(h, v)| {
+            let c = crate::ActionCounts::of(h.report.plan);
+            let reboot: Vec<&str> = h.reboot.iter().map(|r| r.reason.as_str()).collect();
+            [
+                printable(h.host).into_owned(),
+                v.as_str().to_owned(),
+                c.planned.to_string(),
+                c.deferred.to_string(),
+                c.refused.to_string(),
+                crate::pending_now(h.report.pending).to_string(),
+                if reboot.is_empty() { "no".to_owned() } else { printable(&reboot.join(",")).into_owned() },
+            ]
+        })
+        .collect();
+    let head = ["HOST", "VERDICT", "PLANNED", "DEFERRED", "REFUSED", "PENDING", "REBOOT"].map(str::to_owned);
+    let mut widths = head.clone().map(|h| h.chars().count());
+    for row in &rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let line = |row: &[String; 7]| {
+        let cells: Vec<String> = row.iter().zip(widths).map(|(c, w)| format!("{c:<w$}")).collect();
+        cells.join("  ").trim_end().to_owned()
+    };
+    out.line(Kind::Heading, &line(&head));
+    for (row, v) in rows.iter().zip(&verdicts) {
+        let kind = if *v == Verdict::Safe { Kind::Plain } else { Kind::Blocked };
+        let saved = out.verdict;
+        out.verdict = *v;
+        out.line(kind, &line(row));
+        out.verdict = saved;
+    }
+    for (h, v) in hosts.iter().zip(&verdicts) {
+        out.blank();
+        out.verdict = *v;
+        out.line(Kind::Heading, &format!("== {}: {} ==", printable(h.host), v.as_str()));
+        for r in h.reboot {
+            out.line(Kind::Warning, &printable(&format!("reboot needed ({}): {}", r.reason, crate::clip(&r.detail))));
+        }
+        out.text.push_str(&render(&h.report, style));
+    }
+    out.text
+}
+
 /// The phase lines, as NixOS's switch prints them, in its order.
 fn phase_lines(plan: &Plan) -> Vec<String> {
     let unit_line = |verb: &str, action: Action| {
@@ -160,7 +235,7 @@ fn phase_lines(plan: &Plan) -> Vec<String> {
         (!units.is_empty()).then(|| format!("{verb}: {}", units.join(", ")))
     };
     let mut lines = Vec::new();
-    for phase in Phase::ORDER {
+    for &phase in plan.phase_order() {
         match phase {
             Phase::Stop => lines.extend(unit_line("stopping the following units", Action::Stop)),
             Phase::Skip => lines.extend(unit_line("NOT restarting the following changed units", Action::Skip)),
@@ -184,6 +259,46 @@ pub fn step_line(step: &Step) -> String {
         Step::Reexec { reasons } => format!("restarting systemd ({})", reasons.join("; ")),
         Step::DaemonReload => "reloading systemd (daemon-reload)".to_owned(),
         Step::RestartSysinitReactivation => "restarting sysinit-reactivation.target".to_owned(),
+        Step::Assertions { script } => format!("checking the pre-activation assertions: {script}"),
+        Step::RegisterProfile { script } => format!("registering the profile: {script}"),
+        Step::Prepopulate { script } => {
+            format!("placing the files and the services map, no unit touched: {script}")
+        }
+        Step::RestartUserborn => "restarting userborn.service, when it exists".to_owned(),
+        Step::Tmpfiles => "creating files from the generation's tmpfiles.d rules (systemd-tmpfiles)".to_owned(),
+        Step::Mask { units } => format!("masking the following units: {}", units.join(", ")),
+        Step::SystemManagerState => {
+            "writing system-manager's state file (units deferred keep their old store paths)".to_owned()
+        }
+    }
+}
+
+/// What waits for the next boot, right after what the switch does.
+fn reboot(out: &mut Out, plan: &Plan) {
+    if plan.reboot.is_empty() {
+        return;
+    }
+    out.blank();
+    out.line(
+        Kind::Heading,
+        "needs a reboot: these changes take effect only at the next boot (nothing is restarted in their place):",
+    );
+    for r in &plan.reboot {
+        out.line(Kind::Warning, &printable(&format!("  {}", reboot_line(r))));
+    }
+}
+
+/// The kernel modules the new generation adds or changes, each with when
+/// it can be used.
+fn kernel_modules(out: &mut Out, plan: &Plan) {
+    if plan.kernel_modules.is_empty() {
+        return;
+    }
+    out.blank();
+    out.line(Kind::Heading, "kernel modules the new generation adds or changes:");
+    for m in &plan.kernel_modules {
+        let kind = if m.usable == ModuleUse::Now { Kind::Plain } else { Kind::Warning };
+        out.line(kind, &printable(&format!("  {}", module_line(m))));
     }
 }
 
@@ -341,9 +456,7 @@ pub fn render_pending(pending: &Pending, style: Style) -> String {
         out.plain(&printable(&format!("    {}", pending_generations(d))));
     }
     out.blank();
-    out.plain(
-        "`safe-switch settle` carries out what the protections in force allow (`--when-idle`: once each unit is idle)",
-    );
+    out.plain(pending_hint(pending));
     out.text
 }
 

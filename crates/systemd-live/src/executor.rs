@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use plan_model::observe::{Observation, Observed, SYSINIT_REACTIVATION, classify};
+use plan_model::observe::{Observation, Observed, SYSINIT_REACTIVATION, USERBORN, classify};
 use plan_model::{Action, Phase, Plan, Step};
 pub use plan_model::{ApplyReport, JobRecord, LeftUnit, PhaseRecord, ProtectedCheck, UnitFailure};
 
@@ -50,6 +50,16 @@ pub trait Host {
     /// Returns a human-readable status of failed units (`systemctl status`),
     /// when one can be had.
     fn status_text(&mut self, units: &[String]) -> Option<String>;
+    /// Carries out a step of system-manager's activation that is not the
+    /// service manager's (the generation's own engine: assertions,
+    /// register-profile, prepopulate; tmpfiles; masking; the state file),
+    /// the output of its programs shown as it comes and written to `log`.
+    /// Returns a short note on what happened, or why it failed. A host
+    /// that is not a system-manager one has none of these steps.
+    fn engine_step(&mut self, step: &Step, plan: &Plan, log: &mut dyn Write) -> Result<String, String> {
+        let _ = (plan, log);
+        Err(format!("not a system-manager host: cannot carry out the {} step", phase_name(step.phase())))
+    }
 }
 
 /// The host's real processes.
@@ -106,7 +116,7 @@ const OUTPUT_AFTER_EXIT: Duration = Duration::from_secs(1);
 /// what it writes to this process's standard error and to `log` as it
 /// comes. Its output is read until it has exited and its pipes are closed,
 /// or [`OUTPUT_AFTER_EXIT`] after it has exited.
-fn tee(mut child: std::process::Child, log: &mut dyn Write) -> std::io::Result<std::process::ExitStatus> {
+pub fn tee(mut child: std::process::Child, log: &mut dyn Write) -> std::io::Result<std::process::ExitStatus> {
     use std::io::Read;
     use std::sync::mpsc;
     let (tx, rx) = mpsc::channel::<Vec<u8>>();
@@ -204,7 +214,7 @@ fn phases_of(plan: &Plan) -> Vec<(Phase, Vec<(JobKind, String)>)> {
             .unwrap_or_default()
     };
     let mut out = Vec::new();
-    for phase in Phase::ORDER {
+    for &phase in plan.phase_order() {
         let js = match phase {
             Phase::Stop => jobs(Action::Stop),
             Phase::Reload => jobs(Action::Reload),
@@ -341,12 +351,16 @@ fn watched_units(plan: &Plan) -> Vec<String> {
     if plan.has_step(Phase::SysinitReactivation) {
         set.insert(SYSINIT_REACTIVATION.to_owned());
     }
+    if plan.has_step(Phase::Userborn) {
+        set.insert(USERBORN.to_owned());
+    }
     set.into_iter().collect()
 }
 
-/// Carries out the phases of `file.plan` not done yet, in
-/// [`Phase::ORDER`], watching what systemd does meanwhile, then checks for
-/// failed units and disturbed protected units (against `before`).
+/// Carries out the phases of `file.plan` not done yet, in its order
+/// ([`Plan::phase_order`]), watching what systemd does meanwhile, then
+/// checks for failed units and disturbed protected units (against
+/// `before`).
 #[allow(clippy::too_many_arguments)]
 fn carry_out(
     file: ProgressFile,
@@ -371,6 +385,7 @@ fn carry_out(
         protected: Vec::new(),
         observed: None,
         log: None,
+        unchanged: false,
     };
     let mut ex = Execution { file, report, failed_jobs: Vec::new(), mgr, host, run, log, opts, progress };
     let watched = ex.watch(&plan);
@@ -380,8 +395,10 @@ fn carry_out(
     if let Some(watched) = watched {
         ex.report.observed = ex.observed(&plan, watched);
     }
-    ex.check_failed_units(&plan);
-    if ex.report.aborted.is_some() {
+    if !ex.report.unchanged {
+        ex.check_failed_units(&plan);
+    }
+    if ex.report.aborted.is_some() && !ex.report.unchanged {
         ex.report.left = ex.left_units();
     }
     let names: Vec<String> = before.keys().cloned().collect();
@@ -481,7 +498,14 @@ impl Execution<'_> {
             Phase::Activate => self.activate(plan),
             Phase::Reexec => self.reexec(),
             Phase::DaemonReload => self.daemon_reload(),
-            Phase::SysinitReactivation => self.sysinit_reactivation(),
+            Phase::SysinitReactivation => self.restart_if_loaded(phase, SYSINIT_REACTIVATION),
+            Phase::Userborn => self.restart_if_loaded(phase, USERBORN),
+            Phase::Assertions => self.engine(plan, phase, Failure::Refuses),
+            Phase::RegisterProfile | Phase::Prepopulate | Phase::SystemManagerState => {
+                self.engine(plan, phase, Failure::Stops)
+            }
+            Phase::Tmpfiles => self.engine(plan, phase, Failure::GoesOn),
+            Phase::Mask => self.mask(plan),
             Phase::Skip => PhaseRecord { phase, jobs: Vec::new(), note: None, ok: true },
         };
         let finished = self.report.aborted.is_none();
@@ -638,23 +662,65 @@ impl Execution<'_> {
         self.step(Phase::DaemonReload, r)
     }
 
-    /// Restarts `sysinit-reactivation.target` when the manager has it
-    /// loaded; skipped otherwise.
-    fn sysinit_reactivation(&mut self) -> PhaseRecord {
-        const TARGET: &str = "sysinit-reactivation.target";
-        const PHASE: Phase = Phase::SysinitReactivation;
-        match self.mgr.unit_status(&[TARGET.to_owned()]) {
-            Ok(st) if st.get(TARGET).is_some_and(|s| s.load_state == "loaded") => {
-                self.progress.phase(PHASE, &format!("restarting {TARGET}"));
+    /// Restarts `unit` (`sysinit-reactivation.target`, `userborn.service`)
+    /// when the manager has it loaded; skipped otherwise.
+    fn restart_if_loaded(&mut self, phase: Phase, unit: &str) -> PhaseRecord {
+        match self.mgr.unit_status(&[unit.to_owned()]) {
+            Ok(st) if st.get(unit).is_some_and(|s| s.load_state == "loaded") => {
+                self.progress.phase(phase, &format!("restarting {unit}"));
                 let progress = &mut *self.progress;
-                let job = [(JobKind::Restart, TARGET.to_owned())];
+                let job = [(JobKind::Restart, unit.to_owned())];
                 match self.mgr.run_jobs(&job, self.opts.job_timeout, &mut |o| progress.job(o)) {
-                    Ok(outcomes) => self.jobs_record(PHASE, outcomes.into_iter().map(JobRecord::from).collect()),
-                    Err(e) => self.step(PHASE, Err(e)),
+                    Ok(outcomes) => self.jobs_record(phase, outcomes.into_iter().map(JobRecord::from).collect()),
+                    Err(e) => self.step(phase, Err(e)),
                 }
             }
-            Ok(_) => noted(PHASE, format!("{TARGET} does not exist: skipped"), true),
-            Err(e) => self.step(PHASE, Err(e)),
+            Ok(_) => noted(phase, format!("{unit} does not exist: skipped"), true),
+            Err(e) => self.step(phase, Err(e)),
+        }
+    }
+
+    /// A step of system-manager's activation the host carries out (see
+    /// [`Host::engine_step`]). What a failure does depends on the step:
+    /// the assertions refuse the switch before any change, a failed
+    /// profile, prepopulate or state file stops the apply there (the next
+    /// run resumes it), and a failed tmpfiles fails the phase while the
+    /// apply goes on, as in system-manager's activation.
+    fn engine(&mut self, plan: &Plan, phase: Phase, failure: Failure) -> PhaseRecord {
+        let Some(step) = plan.steps.iter().find(|s| s.phase() == phase) else {
+            return noted(phase, "not in the plan: skipped", true);
+        };
+        self.progress.phase(phase, &engine_line(step));
+        let _ = writeln!(self.log, "[safe-switch: the {} step]", phase_name(phase));
+        match self.host.engine_step(step, plan, &mut self.log) {
+            Ok(note) => noted(phase, note, true),
+            Err(why) => {
+                self.progress.note(&format!("{} failed: {why}", phase_name(phase)));
+                match failure {
+                    Failure::GoesOn => {}
+                    Failure::Stops => self.report.aborted = Some(format!("{} phase: {why}", phase_name(phase))),
+                    Failure::Refuses => {
+                        self.report.aborted = Some(format!("{} phase: {why}", phase_name(phase)));
+                        self.report.unchanged = true;
+                    }
+                }
+                noted(phase, why, false)
+            }
+        }
+    }
+
+    /// Masks the units the plan's mask step lists (by the host), then
+    /// reloads the service manager, as system-manager does after its unit
+    /// actions. A failure fails the phase; the apply goes on.
+    fn mask(&mut self, plan: &Plan) -> PhaseRecord {
+        let record = self.engine(plan, Phase::Mask, Failure::GoesOn);
+        if !record.ok {
+            return record;
+        }
+        let r = self.mgr.daemon_reload(self.opts.reload_timeout);
+        match r {
+            Ok(()) => record,
+            Err(e) => noted(Phase::Mask, format!("masked, but the daemon-reload after it failed: {e}"), false),
         }
     }
 
@@ -708,16 +774,40 @@ impl Execution<'_> {
 
     /// Ends the apply: a complete one becomes the run directory's last
     /// record, and its records of the state before are removed; one that
-    /// stopped early stays to be resumed.
+    /// stopped early stays to be resumed, unless it changed nothing.
     fn finish(mut self) -> ApplyReport {
         let _ = self.log.flush();
         self.report.log = self.run.log_tail();
-        if self.report.aborted.is_none() {
+        if self.report.aborted.is_none() || self.report.unchanged {
             self.file.finished = true;
             let _ = self.run.finish(&self.file);
             self.run.remove_before_records();
         }
         self.report
+    }
+}
+
+/// What a failed step of system-manager's activation does to the apply.
+#[derive(Clone, Copy)]
+enum Failure {
+    /// Nothing was changed yet: the apply ends, with nothing to resume.
+    Refuses,
+    /// The apply stops there; the next run resumes it.
+    Stops,
+    /// The phase fails, and the apply goes on.
+    GoesOn,
+}
+
+/// The progress line of a step of system-manager's activation.
+fn engine_line(step: &Step) -> String {
+    match step {
+        Step::Assertions { script } => format!("checking the pre-activation assertions ({script})..."),
+        Step::RegisterProfile { script } => format!("registering the profile ({script})..."),
+        Step::Prepopulate { script } => format!("placing the files and the services map ({script})..."),
+        Step::Tmpfiles => "creating files from the generation's tmpfiles.d rules...".to_owned(),
+        Step::Mask { units } => format!("masking the following units: {}", units.join(", ")),
+        Step::SystemManagerState => "writing system-manager's state file...".to_owned(),
+        other => format!("{}...", phase_name(other.phase())),
     }
 }
 
@@ -862,6 +952,70 @@ mod tests {
         }
     }
 
+    /// A system-manager host whose engine steps succeed, but those it is
+    /// told to fail, and are recorded.
+    #[derive(Default)]
+    struct EngineHost {
+        steps: Vec<Phase>,
+        fail: Vec<Phase>,
+    }
+
+    impl Host for EngineHost {
+        fn activate(&mut self, _script: &Path, _toplevel: &Path, _log: &mut dyn Write) -> Result<i32, Error> {
+            panic!("a system-manager plan never runs an activation script");
+        }
+        fn swapoff(&mut self, _device: &str, _log: &mut dyn Write) -> Result<(), String> {
+            Ok(())
+        }
+        fn status_text(&mut self, _units: &[String]) -> Option<String> {
+            None
+        }
+        fn engine_step(&mut self, step: &Step, _plan: &Plan, log: &mut dyn Write) -> Result<String, String> {
+            let _ = writeln!(log, "engine {}", phase_name(step.phase()));
+            self.steps.push(step.phase());
+            if self.fail.contains(&step.phase()) {
+                Err(format!("{} exited with status 1", phase_name(step.phase())))
+            } else {
+                Ok("done".to_owned())
+            }
+        }
+    }
+
+    /// A plan of system-manager's: its steps, a removed unit, a changed
+    /// one, the target started.
+    fn system_manager_plan() -> Plan {
+        let mut p = plan(
+            vec![
+                unit("gone.service", &[Action::Stop]),
+                unit("web.service", &[Action::Restart]),
+                unit("system-manager.target", &[Action::Start]),
+            ],
+            &["sshd.service"],
+        );
+        p.steps = vec![
+            Step::Assertions { script: "/gen/b/bin/preActivationAssertions".into() },
+            Step::RegisterProfile { script: "/gen/b/bin/register-profile".into() },
+            Step::Prepopulate { script: "/gen/b/bin/prepopulate".into() },
+            Step::DaemonReload,
+            Step::RestartSysinitReactivation,
+            Step::RestartUserborn,
+            Step::Tmpfiles,
+            Step::Mask { units: vec!["ssh.service".into()] },
+            Step::SystemManagerState,
+        ];
+        p
+    }
+
+    fn system_manager_units() -> FakeManager {
+        let mut m = FakeManager::new();
+        m.running("sshd.service");
+        m.running("gone.service");
+        m.running("web.service");
+        m.running("userborn.service");
+        m.inactive("system-manager.target");
+        m
+    }
+
     #[derive(Default)]
     struct Quiet(Vec<String>);
 
@@ -915,6 +1069,8 @@ mod tests {
             },
             diagnostics: vec![],
             packages: None,
+            reboot: Vec::new(),
+            kernel_modules: Vec::new(),
         }
     }
 
@@ -1063,6 +1219,137 @@ mod tests {
         assert!(what.contains("MainPID changed"), "{what}");
         assert!(what.contains("InvocationID changed"), "{what}");
         assert!(r.render_text().contains("PROTECTED UNIT DISTURBED: sshd.service"));
+    }
+
+    #[test]
+    fn a_system_manager_plan_runs_in_system_managers_order() {
+        let mut m = system_manager_units();
+        let dir = tempfile::tempdir().unwrap();
+        let run = RunDir::new(dir.path());
+        let mut host = EngineHost::default();
+        let mut progress = Quiet::default();
+        let r = apply(&system_manager_plan(), &mut m, &mut host, &run, &opts(), &mut progress).unwrap();
+        assert!(r.success(), "{}", r.render_text());
+        let phases: Vec<Phase> = r.phases.iter().map(|p| p.phase).collect();
+        assert_eq!(
+            phases,
+            [
+                Phase::Assertions,
+                Phase::RegisterProfile,
+                Phase::Prepopulate,
+                Phase::DaemonReload,
+                Phase::SysinitReactivation,
+                Phase::Userborn,
+                Phase::Tmpfiles,
+                Phase::Stop,
+                Phase::Restart,
+                Phase::Start,
+                Phase::Mask,
+                Phase::SystemManagerState,
+            ]
+        );
+        assert_eq!(
+            host.steps,
+            [
+                Phase::Assertions,
+                Phase::RegisterProfile,
+                Phase::Prepopulate,
+                Phase::Tmpfiles,
+                Phase::Mask,
+                Phase::SystemManagerState
+            ]
+        );
+        // The stop comes after the daemon-reload, and the masks are
+        // followed by one more.
+        assert_eq!(
+            m.calls,
+            [
+                Call::ResetFailed,
+                Call::DaemonReload,
+                Call::Job(JobKind::Restart, "userborn.service".into()),
+                Call::Job(JobKind::Stop, "gone.service".into()),
+                Call::Job(JobKind::Restart, "web.service".into()),
+                Call::Job(JobKind::Start, "system-manager.target".into()),
+                Call::DaemonReload,
+            ]
+        );
+        assert!(r.render_text().contains("sysinit-reactivation: sysinit-reactivation.target does not exist: skipped"));
+        assert!(run.interrupted().unwrap().is_none());
+        // What systemd was seen doing is the plan's, the restart of
+        // userborn included, and the engine's output is in the log.
+        let o = r.observed.as_ref().expect("the apply was watched");
+        let effects: Vec<(&str, &str, Class)> =
+            o.effects.iter().map(|e| (e.unit.as_str(), e.effect.as_str(), e.class)).collect();
+        assert_eq!(
+            effects,
+            [
+                ("gone.service", "stop", Class::Planned),
+                ("system-manager.target", "start", Class::Planned),
+                ("userborn.service", "restart", Class::Planned),
+                ("web.service", "restart", Class::Planned),
+            ]
+        );
+        let log = &r.log.as_ref().expect("the log is attached").text;
+        assert!(log.contains("[safe-switch: the prepopulate step]\nengine prepopulate\n"), "{log}");
+    }
+
+    #[test]
+    fn failed_assertions_change_nothing_and_leave_nothing_to_resume() {
+        let mut m = system_manager_units();
+        let dir = tempfile::tempdir().unwrap();
+        let run = RunDir::new(dir.path());
+        let mut host = EngineHost { fail: vec![Phase::Assertions], ..Default::default() };
+        let r = apply(&system_manager_plan(), &mut m, &mut host, &run, &opts(), &mut Quiet::default()).unwrap();
+        assert!(r.unchanged && !r.success());
+        assert_eq!(r.aborted.as_deref(), Some("assertions phase: assertions exited with status 1"));
+        assert_eq!(host.steps, [Phase::Assertions]);
+        assert!(m.calls.is_empty(), "{:?}", m.calls);
+        assert!(r.left.is_empty() && r.failed.is_empty());
+        let text = r.render_text();
+        assert!(text.contains("\nnothing was changed\n"), "{text}");
+        assert!(text.contains("not done: register-profile, prepopulate, daemon-reload"), "{text}");
+        assert!(run.interrupted().unwrap().is_none(), "nothing to resume");
+    }
+
+    #[test]
+    fn a_failed_prepopulate_stops_the_apply_there_and_the_next_run_resumes_from_it() {
+        let mut m = system_manager_units();
+        let dir = tempfile::tempdir().unwrap();
+        let run = RunDir::new(dir.path());
+        let mut host = EngineHost { fail: vec![Phase::Prepopulate], ..Default::default() };
+        let r = apply(&system_manager_plan(), &mut m, &mut host, &run, &opts(), &mut Quiet::default()).unwrap();
+        assert!(!r.unchanged);
+        assert_eq!(r.aborted.as_deref(), Some("prepopulate phase: prepopulate exited with status 1"));
+        assert_eq!(host.steps, [Phase::Assertions, Phase::RegisterProfile, Phase::Prepopulate]);
+        assert!(m.calls.is_empty(), "nothing after prepopulate ran: {:?}", m.calls);
+        assert_eq!(r.not_done.first(), Some(&Phase::DaemonReload));
+        let interrupted = run.interrupted().unwrap().expect("left to resume");
+        assert!(interrupted.describe().contains("stopped during: prepopulate"), "{}", interrupted.describe());
+
+        let mut host = EngineHost::default();
+        let r = resume(interrupted, &mut m, &mut host, &run, &opts(), &mut Quiet::default()).unwrap();
+        assert!(r.success(), "{}", r.render_text());
+        assert_eq!(host.steps, [Phase::Prepopulate, Phase::Tmpfiles, Phase::Mask, Phase::SystemManagerState]);
+        assert!(m.calls.contains(&Call::Job(JobKind::Stop, "gone.service".into())));
+    }
+
+    #[test]
+    fn a_failed_tmpfiles_fails_its_phase_and_the_units_are_still_handled() {
+        let mut m = system_manager_units();
+        let dir = tempfile::tempdir().unwrap();
+        let run = RunDir::new(dir.path());
+        let mut host = EngineHost { fail: vec![Phase::Tmpfiles], ..Default::default() };
+        let r = apply(&system_manager_plan(), &mut m, &mut host, &run, &opts(), &mut Quiet::default()).unwrap();
+        assert!(!r.success() && r.aborted.is_none(), "{}", r.render_text());
+        assert!(r.render_text().contains("tmpfiles: tmpfiles exited with status 1\n"), "{}", r.render_text());
+        assert!(m.calls.contains(&Call::Job(JobKind::Restart, "web.service".into())));
+        assert_eq!(host.steps.last(), Some(&Phase::SystemManagerState));
+    }
+
+    #[test]
+    fn a_plain_host_has_no_system_manager_steps() {
+        let err = ProcessHost.engine_step(&Step::Tmpfiles, &system_manager_plan(), &mut std::io::sink()).unwrap_err();
+        assert_eq!(err, "not a system-manager host: cannot carry out the tmpfiles step");
     }
 
     #[test]

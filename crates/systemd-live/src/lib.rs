@@ -33,7 +33,7 @@ pub use dbus::{DEFAULT_CALL_TIMEOUT, SystemdBus};
 pub use error::Error;
 pub use executor::{
     ApplyOptions, ApplyReport, Host, JobRecord, LeftUnit, PhaseRecord, ProcessHost, Progress, ProtectedCheck,
-    StderrProgress, UnitFailure, apply, remaining, resume,
+    StderrProgress, UnitFailure, apply, remaining, resume, tee,
 };
 pub use manager::{
     Dependencies, Idleness, JobKind, JobOutcome, JobResult, ServiceManager, TransientExit, TransientSpec, UnitProcess,

@@ -32,6 +32,7 @@ const PROTECTED_BEFORE: &str = "protected-before.json";
 const FAILED_BEFORE: &str = "failed-before.json";
 const PENDING: &str = "pending.json";
 const LOG: &str = "activation.log";
+const SYSTEM_MANAGER_STATE_BEFORE: &str = "system-manager-state-before.json";
 
 /// How much of the output of an apply's activation script and programs
 /// its log keeps: once the log holds twice as much, its start is dropped
@@ -266,6 +267,14 @@ impl RunDir {
     pub fn unit_output_paths(&self, unit: &str) -> Result<(PathBuf, PathBuf), Error> {
         self.create()?;
         Ok((self.path.join(format!("{unit}.stdout")), self.path.join(format!("{unit}.stderr"))))
+    }
+
+    /// The copy of system-manager's state file as it was before the apply
+    /// in flight (on a system-manager host): what a unit whose actions
+    /// were deferred keeps in the state file. Kept with the progress, so
+    /// that a resumed apply still has it.
+    pub fn system_manager_state_before_path(&self) -> PathBuf {
+        self.path.join(SYSTEM_MANAGER_STATE_BEFORE)
     }
 
     /// The record of deferred actions still pending.

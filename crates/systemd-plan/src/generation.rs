@@ -4,7 +4,7 @@
 //! and what the planner and the protection analysis read. Everything in it
 //! is already parsed; nothing here touches the file system.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 use plan_model::unit_name;
@@ -36,6 +36,63 @@ impl FileIdentity {
             _ => false,
         }
     }
+}
+
+/// What of a generation takes effect only when it is booted: its kernel,
+/// initrd and kernel command line, its kernel modules, and what it
+/// declares about switching into it (NixOS's switch inhibitors). Files
+/// are identified by their store path where they are in a store, so
+/// that two generations linking the same file compare equal without
+/// reading it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Boot {
+    /// The kernel image (`kernel`), by identity.
+    pub kernel: Option<String>,
+    /// The initrd (`initrd`), by identity.
+    pub initrd: Option<String>,
+    /// The kernel command line (`kernel-params`).
+    pub kernel_params: Option<String>,
+    /// The kernel modules (`kernel-modules/lib/modules`).
+    pub modules: Option<ModuleTree>,
+    /// NixOS's switch inhibitors (`switch-inhibitors`, a JSON object of
+    /// strings): values that, when they change, make NixOS's switch refuse
+    /// and ask for a reboot.
+    pub switch_inhibitors: Option<BTreeMap<String, String>>,
+}
+
+/// A generation's kernel module tree (`kernel-modules`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ModuleTree {
+    /// The store path `kernel-modules` leads to; `None` for a tree in no
+    /// store. Two trees with the same identity hold the same modules, and
+    /// a pair of such trees is not listed module by module.
+    pub identity: Option<String>,
+    /// Each kernel release directory (`lib/modules/<release>`).
+    pub releases: BTreeMap<String, ModuleRelease>,
+}
+
+/// The modules of one kernel release.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ModuleRelease {
+    /// Every module file (`.ko`, `.ko.xz`, `.ko.zst`, `.ko.gz`) by its
+    /// path relative to the release directory, with the file's identity
+    /// (its store path, or `sha256:` and its content's digest for a file
+    /// in no store). Empty when the tree was not listed.
+    pub modules: BTreeMap<String, String>,
+    /// The module paths `modules.dep` lists, relative to the release
+    /// directory: what `modprobe` can find.
+    pub dep: BTreeSet<String>,
+}
+
+/// The name `modprobe` knows a module file by: its file name without the
+/// module extensions (`wireguard` for `.../wireguard.ko.xz`); `None` for a
+/// file that is not a module.
+pub fn module_name(path: &str) -> Option<&str> {
+    let file = path.rsplit('/').next()?;
+    ["ko", "ko.xz", "ko.zst", "ko.gz"]
+        .iter()
+        .find_map(|ext| file.strip_suffix(ext)?.strip_suffix('.'))
+        .filter(|name| !name.is_empty())
 }
 
 /// One entry of a system-manager generation's `services/services.json`:
@@ -70,6 +127,7 @@ pub struct GenerationUnits {
     pub(crate) init_interface_version: Option<String>,
     pub(crate) activate: Option<PathBuf>,
     pub(crate) managed: Option<BTreeMap<String, ManagedUnit>>,
+    pub(crate) boot: Boot,
 }
 
 impl GenerationUnits {
@@ -182,6 +240,18 @@ impl GenerationUnits {
     /// The content of `init-interface-version`, trimmed, if present.
     pub fn init_interface_version(&self) -> Option<&str> {
         self.init_interface_version.as_deref()
+    }
+
+    /// What of the generation takes effect only when it is booted.
+    pub fn boot(&self) -> &Boot {
+        &self.boot
+    }
+
+    /// The same generation with `boot` as what it boots, for tests and
+    /// callers that have it from elsewhere.
+    pub fn with_boot(mut self, boot: Boot) -> GenerationUnits {
+        self.boot = boot;
+        self
     }
 
     /// The activation script's path, if the generation has one.

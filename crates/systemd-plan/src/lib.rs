@@ -12,7 +12,9 @@
 //!   [`Plan`]: per unit the actions (stop, reload, restart, start, skip),
 //!   the rules that fired and the unit-file keys that changed, plus the
 //!   global steps (swapoff, activation, re-exec, daemon-reload,
-//!   `sysinit-reactivation.target`).
+//!   `sysinit-reactivation.target`), and what only a reboot brings
+//!   ([`reboot`]: a new kernel, initrd or kernel modules, another D-Bus
+//!   implementation or init interface, a declared reboot).
 //!
 //! The rules are those of NixOS's `switch-to-configuration`; where that
 //! program misreads a unit file, this crate follows what systemd itself
@@ -68,11 +70,12 @@ pub mod generation;
 pub mod loader;
 pub mod planner;
 pub mod protect;
+pub mod reboot;
 pub mod unit_file;
 
 pub use compare::{Comparison, Needs, compare_units};
 pub use diffs::unit_diffs;
-pub use generation::{FileIdentity, GenerationUnits, ManagedUnit};
+pub use generation::{Boot, FileIdentity, GenerationUnits, ManagedUnit, ModuleRelease, ModuleTree, module_name};
 pub use loader::{Layout, LoadError, load, load_pair, unit_directory};
 pub use plan_model::{LiveState, Plan};
 pub use planner::{assumed_live_state, plan};

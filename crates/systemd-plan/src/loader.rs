@@ -39,6 +39,7 @@ use crate::fstab::Fstab;
 use crate::generation::{FileIdentity, GenerationUnits};
 use crate::unit_file::{ParseError, UnitFile};
 
+mod boot;
 mod scan;
 
 /// The most read from a unit file or drop-in. systemd reads lines of up to
@@ -235,7 +236,7 @@ pub fn load(root: &Path) -> Result<GenerationUnits, LoadError> {
     let opened = Opened::open(root)?;
     let (scan, _) = scan::scan_dirs(Some(&opened.dir()), None);
     let scan = scan.unwrap_or_else(|| Ok(scan::Scan::default()))?;
-    finish(opened, &scan, None)
+    finish(opened, &scan, None, true)
 }
 
 /// Loads two generations at once. Most of their files are the same files
@@ -243,6 +244,12 @@ pub fn load(root: &Path) -> Result<GenerationUnits, LoadError> {
 /// once (see [`scan`]).
 pub fn load_pair(old: &Path, new: &Path) -> (Result<GenerationUnits, LoadError>, Result<GenerationUnits, LoadError>) {
     let (old, new) = (Opened::open(old), Opened::open(new));
+    // Two trees of kernel modules that are the same store path hold the
+    // same modules: they are not listed.
+    let list_modules = match (&old, &new) {
+        (Ok(old), Ok(new)) => boot::must_list(&old.g, &new.g),
+        _ => true,
+    };
     let (old_dir, new_dir) = (old.as_ref().ok().map(Opened::dir), new.as_ref().ok().map(Opened::dir));
     let (old_scan, new_scan) = scan::scan_dirs(old_dir.as_ref(), new_dir.as_ref());
     let scanned = |opened: Result<Opened, LoadError>, scan: scan::Outcome| {
@@ -250,21 +257,23 @@ pub fn load_pair(old: &Path, new: &Path) -> (Result<GenerationUnits, LoadError>,
         opened.and_then(|opened| Ok((opened, scan?)))
     };
     let old = scanned(old, old_scan);
-    let old = old.and_then(|(opened, scan)| Ok((finish(opened, &scan, None)?, scan)));
+    let old = old.and_then(|(opened, scan)| Ok((finish(opened, &scan, None, list_modules)?, scan)));
     let twin = old.as_ref().ok().map(|(units, scan)| (scan, &units.units));
-    let new = scanned(new, new_scan).and_then(|(opened, scan)| finish(opened, &scan, twin));
+    let new = scanned(new, new_scan).and_then(|(opened, scan)| finish(opened, &scan, twin, list_modules));
     (old.map(|(units, _)| units), new)
 }
 
 /// Puts a generation together from its scanned unit directory and reads
 /// the rest: user units, fstab, system.conf, the systemd binary's identity,
-/// init-interface-version and the activation script. `twin` is the other
+/// init-interface-version, the activation script and what it boots (its
+/// module files only when `list_modules` is set). `twin` is the other
 /// generation's scan and units, whose parsed units this one shares where
 /// they are made of the same files.
 fn finish(
     opened: Opened,
     scan: &scan::Scan,
     twin: Option<(&scan::Scan, &BTreeMap<String, UnitFile>)>,
+    list_modules: bool,
 ) -> Result<GenerationUnits, LoadError> {
     let Opened { shown_root, g, unit_dir_shown, managed, .. } = opened;
     let g = &g;
@@ -306,6 +315,7 @@ fn finish(
         read_text(g, "init-interface-version", &init_path, INIT_INTERFACE_LIMIT)?.map(|text| text.trim().to_owned());
     let script = if managed.is_some() { "bin/activate" } else { "activate" };
     let activate = fs::symlink_metadata(g.root().join(script)).ok().map(|_| shown_root.join(script));
+    let boot = boot::read(g, shown_root, list_modules)?;
 
     Ok(GenerationUnits {
         root: shown_root.to_owned(),
@@ -320,6 +330,7 @@ fn finish(
         init_interface_version,
         activate,
         managed,
+        boot,
     })
 }
 
@@ -520,6 +531,146 @@ mod tests {
         assert!(err.to_string().contains("f.service: cannot read"), "{err}");
         let LoadError::Read(ReadError::Io { source, .. }) = err else { panic!("{err:?}") };
         assert_eq!(source.to_string(), "a FIFO, not a regular file");
+    }
+
+    /// A generation at `root` with a kernel, an initrd, a command line and
+    /// a module tree of release 6.6.1 in its own store, as NixOS lays them
+    /// out: the tree a `buildEnv` of links into the kernel's modules and an
+    /// extra module package.
+    fn booting_generation(root: &Path, tree: &str) {
+        fs::create_dir_all(root.join("etc/systemd/system")).unwrap();
+        let store = root.join("nix/store");
+        write(&store.join("aaaa-linux/bzImage"), "kernel");
+        symlink("/nix/store/aaaa-linux/bzImage", root.join("kernel")).unwrap();
+        symlink("/nix/store/bbbb-initrd/initrd", root.join("initrd")).unwrap();
+        write(&root.join("kernel-params"), "loglevel=4 init=/x\n");
+        write(&store.join("iiii-switch-inhibitors"), r#"{"dbus-implementation":"broker"}"#);
+        symlink("/nix/store/iiii-switch-inhibitors", root.join("switch-inhibitors")).unwrap();
+        let modules = store.join("kkkk-linux-modules/lib/modules/6.6.1");
+        write(&modules.join("kernel/drivers/net/dummy.ko.xz"), "dummy");
+        write(&modules.join("kernel/fs/loop.ko.zst"), "loop");
+        write(&store.join("wwww-wireguard/lib/modules/6.6.1/extra/wireguard.ko"), "wg");
+        let release = store.join(tree).join("lib/modules/6.6.1");
+        fs::create_dir_all(release.join("extra")).unwrap();
+        symlink("/nix/store/kkkk-linux-modules/lib/modules/6.6.1/kernel", release.join("kernel")).unwrap();
+        symlink("/nix/store/wwww-wireguard/lib/modules/6.6.1/extra/wireguard.ko", release.join("extra/wireguard.ko"))
+            .unwrap();
+        write(&release.join("extra/README"), "not a module");
+        // Headers and sources are not entered (this one leads nowhere).
+        symlink("/nix/store/dddd-linux-dev/lib/modules/6.6.1/build", release.join("build")).unwrap();
+        write(
+            &release.join("modules.dep"),
+            "kernel/drivers/net/dummy.ko.xz:\n/lib/modules/6.6.1/extra/wireguard.ko: kernel/fs/loop.ko.zst\n",
+        );
+        symlink(format!("/nix/store/{tree}"), root.join("kernel-modules")).unwrap();
+    }
+
+    #[test]
+    fn reads_what_a_generation_boots_without_reading_kernel_or_initrd() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("gen");
+        booting_generation(&root, "mmmm-kernel-modules");
+        let boot = load(&root).unwrap().boot;
+        assert_eq!(boot.kernel.as_deref(), Some("/nix/store/aaaa-linux/bzImage"));
+        assert_eq!(boot.initrd.as_deref(), Some("/nix/store/bbbb-initrd/initrd"));
+        assert_eq!(boot.kernel_params.as_deref(), Some("loglevel=4 init=/x"));
+        assert_eq!(boot.switch_inhibitors.unwrap()["dbus-implementation"], "broker");
+        let tree = boot.modules.unwrap();
+        assert_eq!(tree.identity.as_deref(), Some("/nix/store/mmmm-kernel-modules"));
+        let release = &tree.releases["6.6.1"];
+        let modules: Vec<(&str, &str)> = release.modules.iter().map(|(p, i)| (p.as_str(), i.as_str())).collect();
+        assert_eq!(
+            modules,
+            [
+                ("extra/wireguard.ko", "/nix/store/wwww-wireguard/lib/modules/6.6.1/extra/wireguard.ko"),
+                (
+                    "kernel/drivers/net/dummy.ko.xz",
+                    "/nix/store/kkkk-linux-modules/lib/modules/6.6.1/kernel/drivers/net/dummy.ko.xz"
+                ),
+                ("kernel/fs/loop.ko.zst", "/nix/store/kkkk-linux-modules/lib/modules/6.6.1/kernel/fs/loop.ko.zst"),
+            ]
+        );
+        let dep: Vec<&str> = release.dep.iter().map(String::as_str).collect();
+        assert_eq!(dep, ["extra/wireguard.ko", "kernel/drivers/net/dummy.ko.xz"]);
+        // A module file in no store is known by its content.
+        let plain = dir.path().join("plain");
+        fs::create_dir_all(plain.join("etc/systemd/system")).unwrap();
+        write(&plain.join("kernel-modules/lib/modules/6.6.1/extra/a.ko"), "a");
+        let tree = load(&plain).unwrap().boot.modules.unwrap();
+        assert_eq!(tree.identity, None);
+        let a = &tree.releases["6.6.1"].modules["extra/a.ko"];
+        assert!(a.starts_with("sha256:ca978112ca1bbdcafac231b39a23dc4da786eff8147c4e72b9807785afee48bb"), "{a}");
+    }
+
+    #[test]
+    fn a_pair_lists_two_module_trees_only_when_they_differ() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b, c) = (dir.path().join("a"), dir.path().join("b"), dir.path().join("c"));
+        booting_generation(&a, "mmmm-kernel-modules");
+        booting_generation(&b, "mmmm-kernel-modules");
+        booting_generation(&c, "nnnn-kernel-modules");
+        let (old, new) = load_pair(&a, &b);
+        let (old, new) = (old.unwrap().boot.modules.unwrap(), new.unwrap().boot.modules.unwrap());
+        assert!(old.releases["6.6.1"].modules.is_empty() && new.releases["6.6.1"].modules.is_empty());
+        assert_eq!(new.releases["6.6.1"].dep.len(), 2, "modules.dep is read all the same");
+        let (old, new) = load_pair(&a, &c);
+        assert_eq!(old.unwrap().boot.modules.unwrap().releases["6.6.1"].modules.len(), 3);
+        assert_eq!(new.unwrap().boot.modules.unwrap().releases["6.6.1"].modules.len(), 3);
+    }
+
+    #[test]
+    fn files_of_generations_in_a_store_are_known_by_their_content_not_their_paths() {
+        // Two generations, two store paths, one kernel file each, the same.
+        let dir = tempfile::tempdir().unwrap();
+        let store = dir.path().join("store");
+        for side in ["a", "b"] {
+            let root = store.join(side);
+            fs::create_dir_all(root.join("etc/systemd/system")).unwrap();
+            write(&root.join("kernel"), "the same kernel");
+            write(&root.join("kernel-modules/lib/modules/6.6.1/extra/a.ko"), "a");
+        }
+        let (a, b) = load_pair(&store.join("a"), &store.join("b"));
+        let (a, b) = (a.unwrap().boot, b.unwrap().boot);
+        assert_eq!(a.kernel, b.kernel);
+        assert!(a.kernel.as_deref().unwrap().starts_with("sha256:"), "{:?}", a.kernel);
+        let (ta, tb) = (a.modules.unwrap(), b.modules.unwrap());
+        assert_eq!((&ta.identity, &tb.identity), (&None, &None));
+        assert_eq!(ta.releases["6.6.1"].modules, tb.releases["6.6.1"].modules);
+    }
+
+    #[test]
+    fn a_module_tree_that_leads_out_nowhere_or_around_in_circles_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("gen");
+        booting_generation(&root, "mmmm-kernel-modules");
+        let extra = root.join("nix/store/mmmm-kernel-modules/lib/modules/6.6.1/extra");
+        let shown = |name: &str| root.join("kernel-modules/lib/modules/6.6.1/extra").join(name);
+        symlink("/etc/passwd", extra.join("passwd.ko")).unwrap();
+        let err = load(&root).unwrap_err().to_string();
+        assert!(err.starts_with(&format!("{}: ", shown("passwd.ko").display())), "{err}");
+        assert!(err.ends_with("passwd.ko links outside the generation and the Nix store (to /etc/passwd)"), "{err}");
+        fs::remove_file(extra.join("passwd.ko")).unwrap();
+        symlink("/nix/store/gone/x.ko", extra.join("gone.ko")).unwrap();
+        let err = load(&root).unwrap_err().to_string();
+        assert!(err.starts_with(&format!("{}: dangling symlink", shown("gone.ko").display())), "{err}");
+        fs::remove_file(extra.join("gone.ko")).unwrap();
+        symlink(".", extra.join("again")).unwrap();
+        let err = load(&root).unwrap_err().to_string();
+        assert!(err.ends_with("nested more than 16 directories deep"), "{err}");
+        fs::remove_file(extra.join("again")).unwrap();
+        // Switch inhibitors that are not what NixOS writes are named, not quoted.
+        let inhibitors = root.join("nix/store/iiii-switch-inhibitors");
+        fs::write(&inhibitors, "[\"SECRET\"]").unwrap();
+        let err = load(&root).unwrap_err().to_string();
+        assert_eq!(
+            err,
+            format!(
+                "{}: line 1: not a JSON object of strings, as NixOS writes its switch inhibitors",
+                root.join("switch-inhibitors").display()
+            )
+        );
+        fs::write(&inhibitors, "{\"a\": 1}").unwrap();
+        assert!(load(&root).unwrap_err().to_string().contains("not a JSON object of strings"));
     }
 
     /// Loads `root` on another thread, failing instead of hanging.

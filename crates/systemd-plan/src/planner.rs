@@ -53,10 +53,17 @@ const ROOT_MOUNTS: &[&str] = &["/", "/nix"];
 
 /// The live state assumed when none is given: every non-template, unmasked
 /// unit of the old generation is active and was loaded from
-/// `/etc/systemd/system`, and every fstab file system and swap of the old
-/// generation is active (as units from the fstab generator).
+/// `/etc/systemd/system`, every fstab file system and swap of the old
+/// generation is active (as units from the fstab generator), and the old
+/// generation's kernel runs (the release of its module tree, when it has
+/// exactly one), with no module loaded.
 pub fn assumed_live_state(old: &GenerationUnits) -> LiveState {
     let mut live = LiveState::default();
+    if let Some(tree) = &old.boot().modules
+        && tree.releases.len() == 1
+    {
+        live.kernel_release = tree.releases.keys().next().cloned();
+    }
     for (name, unit) in old.units() {
         if unit_name::is_template(name) || unit.is_masked() {
             continue;
@@ -126,6 +133,7 @@ pub fn plan(old: &GenerationUnits, new: &GenerationUnits, live: &LiveState) -> P
 
     let Planner { entries, steps, diagnostics, .. } = planner;
     let units = entries.into_iter().filter(|(_, e)| e.keep()).map(|(unit, e)| e.into_plan(unit)).collect();
+    let (reboot, kernel_modules) = crate::reboot::reboot(old, new, live);
     Plan {
         format_version: FORMAT_VERSION,
         old: old_generation,
@@ -136,6 +144,8 @@ pub fn plan(old: &GenerationUnits, new: &GenerationUnits, live: &LiveState) -> P
         protection: Default::default(),
         diagnostics,
         packages: None,
+        reboot,
+        kernel_modules,
     }
 }
 
@@ -275,16 +285,26 @@ impl<'a> Planner<'a> {
     ) {
         let live = self.live;
         let running = |name: &str| live.units.get(name).is_some_and(|u| u.is_running());
-        let message = "a system-manager generation: the plan shows what system-manager's own activation does \
-                       (files and daemon-reload first, then the stops, then reload-or-restart and the start of \
-                       system-manager.target); safe-switch plans and checks system-manager hosts but does not \
-                       switch them yet";
+        let message = "a system-manager generation: planned in the order of system-manager's own activation \
+                       (its assertions, profile, files and state first, with the generation's own engine; then \
+                       daemon-reload, the stops, reload-or-restart and the start of system-manager.target), \
+                       which a switch carries out without the actions protection defers";
         self.diagnose(Severity::Info, message.to_owned(), Some(&self.new.root().join("services/services.json")));
-        if let Some(script) = self.new.activate() {
-            self.steps.push(Step::Activate { script: script.display().to_string() });
+        let script = |name: &str| self.new.root().join("bin").join(name).display().to_string();
+        self.steps.extend([
+            Step::Assertions { script: script("preActivationAssertions") },
+            Step::RegisterProfile { script: script("register-profile") },
+            Step::Prepopulate { script: script("prepopulate") },
+            Step::DaemonReload,
+            Step::RestartSysinitReactivation,
+            Step::RestartUserborn,
+            Step::Tmpfiles,
+        ]);
+        let masked: Vec<String> = new_managed.iter().filter(|(_, e)| e.masked).map(|(n, _)| n.clone()).collect();
+        if !masked.is_empty() {
+            self.steps.push(Step::Mask { units: masked });
         }
-        self.steps.push(Step::DaemonReload);
-        self.steps.push(Step::RestartSysinitReactivation);
+        self.steps.push(Step::SystemManagerState);
 
         for (name, old_entry) in old_managed.iter().filter(|(_, e)| !e.masked) {
             if new_managed.contains_key(name) {
@@ -923,5 +943,27 @@ mod tests {
         let live = assumed_live_state(&old);
         assert_eq!(live.units.keys().collect::<Vec<_>>(), ["x.service"]);
         assert_eq!(live.units["x.service"].fragment_path, "/etc/systemd/system/x.service");
+    }
+
+    #[test]
+    fn without_a_live_state_the_old_generations_kernel_runs_and_the_plan_says_what_waits_for_the_boot() {
+        use crate::generation::{Boot, ModuleRelease, ModuleTree};
+        let tree = |identity: &str, release: &str| ModuleTree {
+            identity: Some(identity.into()),
+            releases: [(release.to_owned(), ModuleRelease::default())].into(),
+        };
+        let boot = |kernel: &str, modules| Boot { kernel: Some(kernel.into()), modules, ..Boot::default() };
+        let old = generation(&[]).with_boot(boot("/nix/store/a/bzImage", Some(tree("/nix/store/m1", "6.6.1"))));
+        let live = assumed_live_state(&old);
+        assert_eq!(live.kernel_release.as_deref(), Some("6.6.1"));
+        assert!(live.loaded_modules.is_empty() && live.booted_kernel_modules.is_none());
+        let new = generation(&[]).with_boot(boot("/nix/store/b/bzImage", Some(tree("/nix/store/m2", "6.6.2"))));
+        let p = plan(&old, &new, &live);
+        assert!(p.needs_reboot());
+        assert_eq!(p.reboot[0].detail, "the kernel changes: /nix/store/a/bzImage -> /nix/store/b/bzImage");
+        // Two releases: which one runs is not assumed.
+        let mut two = tree("/nix/store/m3", "6.6.1");
+        two.releases.insert("6.6.2".into(), ModuleRelease::default());
+        assert_eq!(assumed_live_state(&generation(&[]).with_boot(boot("/k", Some(two)))).kernel_release, None);
     }
 }

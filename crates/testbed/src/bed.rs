@@ -280,9 +280,17 @@ impl TestBed {
 
         let ctx = build_context(&root, &keys, port);
         let generation = config.generation.build(&root.join("store"), &ctx)?;
-        symlink(&generation, run.join("current-system")).map_err(io("linking", run.join("current-system")))?;
-
         let mut units: Vec<String> = BASE_UNITS.iter().map(|s| (*s).to_owned()).collect();
+        let boot_links = if config.generation.is_system_manager() {
+            // The host's own multi-user.target pulls in system-manager.target.
+            units.push("multi-user.target".to_owned());
+            set_up_system_manager(&run, &generation)?;
+            crate::system_manager::boot_links(&generation)?
+        } else {
+            symlink(&generation, run.join("current-system")).map_err(io("linking", run.join("current-system")))?;
+            (generation.join("etc/systemd/system"), generation.join("etc/systemd/system.conf"))
+        };
+
         if config.logind {
             units.extend(LOGIND_UNITS.iter().map(|s| (*s).to_owned()));
         }
@@ -294,7 +302,7 @@ impl TestBed {
 
         let cgroup = format!("testbed-{id}");
         let script = root.join("boot.sh");
-        exec::write_executable(&script, &boot_script(&root, &generation, &cgroup_roots(), &cgroup, &config.target))?;
+        exec::write_executable(&script, &boot_script(&root, &boot_links, &cgroup_roots(), &cgroup, &config.target))?;
 
         let console_path = root.join("console.log");
         let console = fs::File::create(&console_path).map_err(io("creating", &console_path))?;
@@ -449,6 +457,36 @@ impl TestBed {
     pub fn current_generation(&self) -> Result<PathBuf> {
         let link = self.run_dir().join("current-system");
         fs::read_link(&link).map_err(io("reading", link))
+    }
+
+    /// The system-manager host's root on the host, the bed's
+    /// [`crate::system_manager::SYSTEM_MANAGER_ROOT`].
+    pub fn system_manager_root(&self) -> PathBuf {
+        self.run_dir().join("testbed/system-manager")
+    }
+
+    /// system-manager's state file now, parsed.
+    pub fn system_manager_state(&self) -> Result<serde_json::Value> {
+        let path = self.system_manager_root().join(crate::system_manager::STATE_FILE);
+        let text = fs::read_to_string(&path).map_err(io("reading", &path))?;
+        serde_json::from_str(&text)
+            .map_err(|e| Error::Generation { generation: path.display().to_string(), reason: format!("not JSON: {e}") })
+    }
+
+    /// The generation system-manager's profile points to now.
+    pub fn system_manager_profile(&self) -> Result<PathBuf> {
+        let path = self.system_manager_root().join(crate::system_manager::PROFILE);
+        fs::canonicalize(&path).map_err(io("resolving", path))
+    }
+
+    /// The engine commands the stand-ins of system-manager generations
+    /// ran, in order, as `<command> <generation>`.
+    pub fn engine_log(&self) -> Vec<String> {
+        fs::read_to_string(self.run_dir().join("testbed/engine.log"))
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_owned)
+            .collect()
     }
 
     /// The names of the generations whose `activate` ran, in order.
@@ -651,6 +689,32 @@ impl std::fmt::Debug for TestBed {
     }
 }
 
+/// Makes the bed a host system-manager activated `generation` on:
+/// `/run/current-system` links to `/run/system-manager` (not a toplevel),
+/// and below [`crate::system_manager::SYSTEM_MANAGER_ROOT`] the profile and
+/// its GC root point at the generation, and the state file is the one the
+/// engine leaves.
+fn set_up_system_manager(run: &Path, generation: &Path) -> Result<()> {
+    use crate::system_manager::{PROFILE, STATE_FILE, initial_state};
+    let sw = run.join("system-manager/sw");
+    fs::create_dir_all(&sw).map_err(io("creating", &sw))?;
+    symlink("/run/system-manager", run.join("current-system")).map_err(io("linking", run.join("current-system")))?;
+    let root = run.join("testbed/system-manager");
+    let profile = root.join(PROFILE);
+    let profiles = profile.parent().unwrap_or(&root).to_path_buf();
+    let gcroots = root.join("nix/var/nix/gcroots");
+    let state = root.join(STATE_FILE);
+    for dir in [&profiles, &gcroots, &state.parent().unwrap_or(&root).to_path_buf()] {
+        fs::create_dir_all(dir).map_err(io("creating", dir))?;
+    }
+    let first = profiles.join("system-manager-1-link");
+    symlink(generation, &first).map_err(io("linking", &first))?;
+    symlink("system-manager-1-link", &profile).map_err(io("linking", &profile))?;
+    let gcroot = gcroots.join("system-manager-current");
+    symlink(generation, &gcroot).map_err(io("linking", &gcroot))?;
+    fs::write(&state, initial_state(generation)?).map_err(io("writing", &state))
+}
+
 fn build_context(root: &Path, keys: &SshKeys, port: u16) -> BuildContext {
     BuildContext {
         store: Some(root.join("store")),
@@ -803,8 +867,15 @@ fn sh_quote(path: &Path) -> String {
 }
 
 /// The script that builds the namespace's view of the system and becomes
-/// systemd.
-fn boot_script(root: &Path, generation: &Path, cgroup_roots: &[PathBuf], cgroup: &str, target: &str) -> String {
+/// systemd, with `/etc/systemd/system` and `/etc/systemd/system.conf`
+/// linked to `links`.
+fn boot_script(
+    root: &Path,
+    links: &(PathBuf, PathBuf),
+    cgroup_roots: &[PathBuf],
+    cgroup: &str,
+    target: &str,
+) -> String {
     let mut join = String::new();
     for hierarchy in cgroup_roots {
         let dir = hierarchy.join(cgroup);
@@ -818,8 +889,8 @@ set -eu
 mount --make-rprivate /
 {join}mount --bind {run} /run
 mount -t tmpfs -o mode=0755 testbed-etc-systemd /etc/systemd
-ln -s {generation}/etc/systemd/system /etc/systemd/system
-ln -s {generation}/etc/systemd/system.conf /etc/systemd/system.conf
+ln -s {unit_dir} /etc/systemd/system
+ln -s {system_conf} /etc/systemd/system.conf
 mount -t tmpfs -o mode=0755 testbed-generators /lib/systemd/system-generators
 mount --bind {units} /lib/systemd/system
 echo "testbed: exec systemd --unit={target}"
@@ -829,7 +900,8 @@ echo "testbed: exec systemd --unit={target}"
 exec /lib/systemd/systemd --system --unit={target} --log-target=console --log-level=notice --show-status=false
 "#,
         run = sh_quote(&root.join("run")),
-        generation = sh_quote(generation),
+        unit_dir = sh_quote(&links.0),
+        system_conf = sh_quote(&links.1),
         units = sh_quote(&root.join("distro-units")),
     )
 }

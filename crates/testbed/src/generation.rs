@@ -138,6 +138,7 @@ pub struct Generation {
     init_interface_version: Option<String>,
     system_conf: String,
     files: BTreeMap<PathBuf, String>,
+    system_manager: Option<crate::system_manager::Parts>,
 }
 
 impl Generation {
@@ -156,7 +157,44 @@ impl Generation {
             init_interface_version: Some(INIT_INTERFACE_VERSION.to_owned()),
             system_conf: DEFAULT_SYSTEM_CONF.to_owned(),
             files: BTreeMap::new(),
+            system_manager: None,
         }
+    }
+
+    /// Makes it a generation with numtide system-manager's layout instead
+    /// of NixOS's, with stand-ins for the engine's wrappers (see the
+    /// [`system_manager`](crate::system_manager) module). Units wanted by
+    /// `multi-user.target` are wanted by `system-manager.target`. Its
+    /// toplevel has no `activate`, `systemd` or `init-interface-version`.
+    pub fn system_manager(mut self) -> Self {
+        self.system_manager.get_or_insert_with(Default::default);
+        self
+    }
+
+    /// Whether it has system-manager's layout.
+    pub fn is_system_manager(&self) -> bool {
+        self.system_manager.is_some()
+    }
+
+    /// Adds shell lines to the stand-in for the engine's `wrapper`
+    /// (`preActivationAssertions`, `register-profile`, `prepopulate`,
+    /// `activate`), run before it does anything (e.g. `exit 1`, or a wait
+    /// for a file); makes it a system-manager generation.
+    pub fn engine_lines(mut self, wrapper: &str, lines: &str) -> Self {
+        let parts = self.system_manager.get_or_insert_with(Default::default);
+        let text = parts.engine_lines.entry(wrapper.to_owned()).or_default();
+        text.push_str(lines);
+        if !lines.ends_with('\n') {
+            text.push('\n');
+        }
+        self
+    }
+
+    /// Adds a `tmpfiles.d` rule file to the static `/etc` tree; makes it a
+    /// system-manager generation.
+    pub fn tmpfiles(mut self, name: impl Into<String>, text: impl Into<String>) -> Self {
+        self.system_manager.get_or_insert_with(Default::default).tmpfiles.insert(name.into(), text.into());
+        self
     }
 
     /// The generation's name (its directory name).
@@ -346,8 +384,6 @@ impl Generation {
         if top.exists() {
             return Err(self.invalid(format!("{} already exists", top.display())));
         }
-        let units_dir = top.join("etc/systemd/system");
-        mkdir(&units_dir)?;
 
         let mut units = self.units.clone();
         units.entry("multi-user.target".to_owned()).or_insert_with(|| MULTI_USER_TARGET.to_owned());
@@ -357,6 +393,21 @@ impl Generation {
                 ctx.sshd.as_ref().ok_or_else(|| self.invalid("it contains sshd but no sshd settings were given"))?;
             units.insert(SSHD_UNIT.to_owned(), self.sshd_unit(sshd, settings));
         }
+        if let Some(parts) = &self.system_manager {
+            let store = store.as_deref().ok_or_else(|| self.invalid("a system-manager generation needs a store"))?;
+            let content = crate::system_manager::Content {
+                name: &self.name,
+                units: &units,
+                dropins: &self.dropins,
+                wants: &self.wants,
+                system_conf: &self.system_conf,
+                parts,
+            };
+            crate::system_manager::build(&content, &top, store)?;
+            return Ok(top);
+        }
+        let units_dir = top.join("etc/systemd/system");
+        mkdir(&units_dir)?;
 
         for (name, text) in &units {
             place(store.as_deref(), &format!("unit-{name}"), text, &units_dir.join(name))?;
@@ -452,7 +503,7 @@ fn with_newline(lines: &str) -> String {
 
 /// A stable 64-bit FNV-1a hash, so store paths do not depend on the Rust
 /// version or process.
-fn fnv1a(data: &[u8]) -> u64 {
+pub(crate) fn fnv1a(data: &[u8]) -> u64 {
     data.iter().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3))
 }
 
@@ -471,7 +522,7 @@ fn place(store: Option<&Path>, label: &str, text: &str, path: &Path) -> Result<(
 
 /// Writes `text` into the store as `<store>/<hash>-<label>/<file>` (once per
 /// distinct content) and returns the file's path.
-fn store_file(store: &Path, label: &str, file: &str, text: &str) -> Result<PathBuf> {
+pub(crate) fn store_file(store: &Path, label: &str, file: &str, text: &str) -> Result<PathBuf> {
     let hash = fnv1a(format!("{label}\0{text}").as_bytes());
     let dir = store.join(format!("{hash:016x}-{label}"));
     let path = dir.join(file);
@@ -486,15 +537,15 @@ fn store_file(store: &Path, label: &str, file: &str, text: &str) -> Result<PathB
     Ok(path)
 }
 
-fn mkdir(dir: &Path) -> Result<()> {
+pub(crate) fn mkdir(dir: &Path) -> Result<()> {
     fs::create_dir_all(dir).map_err(io("creating", dir))
 }
 
-fn write(path: &Path, text: &str) -> Result<()> {
+pub(crate) fn write(path: &Path, text: &str) -> Result<()> {
     fs::write(path, text).map_err(io("writing", path))
 }
 
-fn link(target: &Path, path: &Path) -> Result<()> {
+pub(crate) fn link(target: &Path, path: &Path) -> Result<()> {
     symlink(target, path).map_err(io("linking", path))
 }
 

@@ -30,6 +30,11 @@
 //!   Nix that builds; it skips or fails the test when the machine lacks it.
 //! - [`launchd`]: a launchd simulator (a stand-in `launchctl`) and
 //!   nix-darwin generations, for the nix-darwin path's tests.
+//! - [`system_manager`]: generations with numtide system-manager's layout
+//!   ([`Generation::system_manager`]), whose engine wrappers are stand-ins
+//!   that behave as the engine's commands are documented to; a bed booted
+//!   from one is a system-manager host (its profile and state file below
+//!   [`system_manager::SYSTEM_MANAGER_ROOT`]).
 //! - [`store`]: Nix stores in temporary directories, filled with generated
 //!   closures; [`flakes`]: a private copy of the fixture flakes; [`unit`]:
 //!   unit file text for test generations.
@@ -93,6 +98,7 @@ pub mod nix;
 pub mod require;
 mod ssh;
 pub mod store;
+pub mod system_manager;
 pub mod unit;
 
 pub use bed::{BASE_UNITS, Config, JOURNAL_UNITS, LOGIND_UNITS, TestBed, UnitState, available, unsupported_reason};

@@ -1,8 +1,11 @@
 //! Direct checks of planner properties on the fixture cases, so a wrong
 //! snapshot accepted by mistake still fails here.
 
-use launchd_plan::{Launchctl, Operation, OpsError, operations};
-use plan_model::{Action, Mode, Rule};
+use launchd_plan::{
+    Host, Launchctl, LaunchdPlan, LiveJob, Operation, OpsError, RemoteLogin, Request, SSHD_LABEL, SSHD_PLIST,
+    load_generation, load_live, operations, plan,
+};
+use plan_model::{Action, Mode, ProtectionSource, Rule};
 
 use crate::fixtures::{NEW, run_case};
 
@@ -151,4 +154,70 @@ fn new_job_whose_label_is_loaded_is_booted_out_first() {
     let ops = argvs("added-already-loaded");
     assert_eq!(ops[0], ["launchctl", "bootout", "gui/501/org.nixos.spotifyd"]);
     assert_eq!(ops.last().unwrap()[..3], ["launchctl", "bootstrap", "gui/501"]);
+}
+
+/// The `unchanged` case with the new generation's `services.openssh.enable`
+/// read from its `activate`, and macOS's sshd loaded or not.
+fn remote_login(wanted: RemoteLogin, sshd_loaded: bool, protect: &[&str], mode: Mode) -> LaunchdPlan {
+    let dir = crate::fixtures::fixtures_dir().join("unchanged");
+    let old = load_generation(&dir.join("old")).unwrap();
+    let mut new = load_generation(&dir.join("new")).unwrap();
+    new.remote_login = Some(wanted);
+    let mut live = load_live(&dir.join("live.json")).unwrap();
+    if sshd_loaded {
+        let sshd = LiveJob { state: Some("not running".into()), runs: Some(3), ..LiveJob::default() };
+        live.system.as_mut().unwrap().insert(SSHD_LABEL.to_owned(), sshd);
+    }
+    let request = Request::from_selectors(mode, protect, &ProtectionSource::CommandLine).unwrap();
+    plan(&old, &new, &Host { live, installed: None }, &request)
+}
+
+#[test]
+fn remote_login_turned_off_boots_sshd_out_and_disables_it() {
+    let planned = remote_login(RemoteLogin::Off, true, &[], Mode::Defer);
+    let sshd = planned.plan.unit(SSHD_LABEL).unwrap();
+    assert_eq!(sshd.actions, [Action::Stop]);
+    assert_eq!(sshd.reasons[0].rule, Rule::RemoteLoginOff);
+    let ops: Vec<Vec<String>> = operations(&planned).unwrap().iter().map(Operation::argv).collect();
+    assert_eq!(
+        ops,
+        [["launchctl", "bootout", "system/com.openssh.sshd"], ["launchctl", "disable", "system/com.openssh.sshd"]],
+        "macOS's own plist is never deleted"
+    );
+    // Already off: nothing to do.
+    assert!(remote_login(RemoteLogin::Off, false, &[], Mode::Defer).plan.units.is_empty());
+}
+
+#[test]
+fn remote_login_turned_on_enables_and_bootstraps_macos_plist() {
+    let planned = remote_login(RemoteLogin::On, false, &[], Mode::Defer);
+    let sshd = planned.plan.unit(SSHD_LABEL).unwrap();
+    assert_eq!(sshd.actions, [Action::Start]);
+    assert_eq!(sshd.reasons[0].rule, Rule::RemoteLoginOn);
+    let ops: Vec<Vec<String>> = operations(&planned).unwrap().iter().map(Operation::argv).collect();
+    assert_eq!(
+        ops,
+        [
+            ["launchctl", "enable", "system/com.openssh.sshd"].as_slice(),
+            &["launchctl", "bootstrap", "system", SSHD_PLIST]
+        ],
+        "no plist is installed over macOS's"
+    );
+    assert!(remote_login(RemoteLogin::On, true, &[], Mode::Defer).plan.units.is_empty());
+}
+
+#[test]
+fn protected_sshd_is_not_booted_out_by_remote_login() {
+    let planned = remote_login(RemoteLogin::Off, true, &["sshd"], Mode::Defer);
+    let sshd = planned.plan.unit(SSHD_LABEL).unwrap();
+    assert!(sshd.actions.is_empty());
+    let deferral = sshd.deferral.as_ref().unwrap();
+    assert_eq!(deferral.actions, [Action::Stop]);
+    assert_eq!(deferral.touch.touches, SSHD_LABEL);
+    assert!(operations(&planned).unwrap().is_empty());
+    assert_eq!(planned.plan.protection.protected[0].units, [SSHD_LABEL]);
+
+    let refused = remote_login(RemoteLogin::Off, true, &["com.openssh.sshd"], Mode::Refuse);
+    assert!(refused.plan.protection.refused);
+    assert!(matches!(operations(&refused), Err(OpsError::Refused { .. })));
 }

@@ -223,14 +223,35 @@ fn live_unit() -> impl Strategy<Value = Value> {
 fn live_text() -> impl Strategy<Value = String> {
     let units = prop::collection::btree_map(selector_text(), prop_oneof![8 => live_unit(), 1 => json_value()], 0..6);
     let lists = prop::collection::vec(selector_text(), 0..3);
-    let shaped =
-        (units, lists.clone(), lists, prop::option::of(selector_text())).prop_map(|(units, restart, pending, exe)| {
+    // The kernel's fields: names shaped like the kernel's, or not.
+    let word = prop_oneof![3 => "[a-z0-9._+~-]{1,12}", 1 => selector_text(), 1 => "[a-z]{65}"];
+    let modules = prop::collection::btree_map(
+        word.clone(),
+        prop_oneof![3 => prop::option::of(word.clone()).prop_map(|v| json!({ "version": v })), 1 => json_value()],
+        0..4,
+    );
+    let kernel = (prop::option::of(word.clone()), prop::option::of(word), modules, prop::option::of(json_value()));
+    let shaped = (units, lists.clone(), lists, prop::option::of(selector_text()), kernel).prop_map(
+        |(units, restart, pending, exe, (release, booted, loaded, marker))| {
             let mut state = json!({ "units": units, "activation_restart_list": restart, "pending_start": pending });
             if let Some(exe) = exe {
                 state["manager_exe"] = json!(exe);
             }
+            if let Some(release) = release {
+                state["kernel_release"] = json!(release);
+            }
+            if let Some(booted) = booted {
+                state["booted_kernel_modules"] = json!(format!("/nix/store/{booted}"));
+            }
+            if !loaded.is_empty() {
+                state["loaded_modules"] = json!(loaded);
+            }
+            if let Some(marker) = marker {
+                state["reboot_required"] = marker;
+            }
             state
-        });
+        },
+    );
     let value = prop_oneof![6 => shaped, 1 => json_value(), 1 => Just(json!([])), 1 => Just(json!([{}, []]))];
     (value, any::<bool>(), 0..100usize).prop_map(|(value, cut, at)| {
         let text = serde_json::to_string_pretty(&value).unwrap();
@@ -325,11 +346,13 @@ fn pending_records_parse_without_panic_and_round_trip() {
         match result {
             Ok(pending) => {
                 prop_assert_eq!(Pending::from_json(&pending.to_json()).unwrap(), pending.clone());
-                // Checked against a live state that knows none of its
-                // units: everything is dropped, nothing panics.
-                let checked = pending.checked(Manager::Systemd, &LiveState::default());
-                prop_assert!(checked.pending.is_empty());
-                prop_assert_eq!(checked.earlier.len(), pending.deferrals.len());
+                // Checked, for each manager, against a live state that
+                // knows none of its units: everything is dropped, nothing
+                // panics.
+                let systemd = pending.checked(Manager::Systemd, &LiveState::default());
+                let launchd = systemd.pending.checked(Manager::Launchd, &LiveState::default());
+                prop_assert!(launchd.pending.is_empty());
+                prop_assert_eq!(systemd.earlier.len() + launchd.earlier.len(), pending.deferrals.len());
             }
             Err(err) => prop_assert!(err.to_string().len() <= 8 * text.len() + 512),
         }

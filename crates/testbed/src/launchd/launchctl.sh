@@ -12,6 +12,9 @@ here=$(cd "$(dirname "$0")/.." && pwd)
 state="$here/state"
 mkdir -p "$state/domains" "$state/disabled" "$state/faults"
 printf '%s\n' "$*" >> "$state/calls.log"
+# Also into a file the test names (its activation markers, to see the
+# order of the two).
+if [ -f "$state/journal" ]; then printf 'launchctl %s\n' "$*" >> "$(cat "$state/journal")"; fi
 
 now_ms() { echo $(( $(date +%s%N) / 1000000 )); }
 

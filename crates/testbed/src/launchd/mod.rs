@@ -9,7 +9,9 @@
 //!   with a given code a given number of times
 //!   ([`Simulator::fail_bootstrap`]); a job that ignores SIGTERM is killed
 //!   after its plist's `ExitTimeOut`. Dropping it kills every process it
-//!   started, by process group.
+//!   started, by process group. It can also write its commands into the
+//!   marker file of an activation ([`Simulator::journal_to`]), so that a
+//!   test sees in which order the two ran.
 //! - [`DarwinGeneration`]: a nix-darwin toplevel with the real layout
 //!   (`Library/LaunchDaemons`, `user/Library/LaunchAgents`, `etc/nix`,
 //!   `systemConfig`, `darwin-version`) and an `activate` laid out as
@@ -92,6 +94,20 @@ impl Simulator {
         std::fs::read_to_string(self.dir.path().join("state/calls.log"))
             .map(|t| t.lines().map(str::to_owned).collect())
             .unwrap_or_default()
+    }
+
+    /// Whether a job has a persisted "disabled" override (`launchctl
+    /// disable`), by service target.
+    pub fn disabled(&self, target: &str) -> bool {
+        let Some((domain, label)) = target.rsplit_once('/') else { return false };
+        self.dir.path().join("state/disabled").join(domain.replace('/', "_")).join(label).exists()
+    }
+
+    /// Also appends every command, as `launchctl ARGS`, to `path` (the
+    /// marker file of a generation's activation, to see the order of both).
+    pub fn journal_to(&self, path: &Path) -> Result<()> {
+        let file = self.dir.path().join("state/journal");
+        std::fs::write(&file, path.display().to_string()).map_err(io("writing", &file))
     }
 
     /// Makes the next `times` bootstraps of `label` fail with `code` (37:
@@ -264,6 +280,9 @@ pub struct DarwinGeneration {
     /// A step whose section fails (`false` after its marker), to test an
     /// activation that fails half-way.
     pub fail_in: Option<String>,
+    /// `services.openssh.enable`: `Some` appends nix-darwin's Remote Login
+    /// block to the launchd section.
+    pub openssh: Option<bool>,
 }
 
 impl DarwinGeneration {
@@ -275,6 +294,7 @@ impl DarwinGeneration {
             nix_conf: "experimental-features = nix-command flakes\n".to_owned(),
             primary_user: user.to_owned(),
             fail_in: None,
+            openssh: None,
         }
     }
 
@@ -361,6 +381,13 @@ impl DarwinGeneration {
             s.push_str(&format!(
                 "\nfor f in /run/current-system/Library/{dir}/*; do\n  [[ -e \"$f\" ]] || break  # handle when directory is empty\n  f=${{f#/run/current-system/Library/{dir}/}}\n\n  if [[ ! -e \"{out}/Library/{dir}/$f\" ]]; then\n    echo \"removing service $(basename \"$f\" .plist)\" >&2\n    launchctl unload \"/Library/{dir}/$f\" || true\n    if [[ -e \"/Library/{dir}/$f\" ]]; then\n      rm -f \"/Library/{dir}/$f\"\n    fi\n  fi\ndone\n"
             ));
+        }
+        // services.openssh.enable, as modules/services/openssh.nix appends
+        // it to the launchd section.
+        match self.openssh {
+            Some(true) => s.push_str("if [[ \"$(systemsetup -getremotelogin | sed 's/Remote Login: //')\" == \"Off\" ]]; then\n  launchctl enable system/com.openssh.sshd\n  launchctl bootstrap system /System/Library/LaunchDaemons/ssh.plist\nfi\n"),
+            Some(false) => s.push_str("if [[ \"$(systemsetup -getremotelogin | sed 's/Remote Login: //')\" == \"On\" ]]; then\n  launchctl bootout system/com.openssh.sshd\n  launchctl disable system/com.openssh.sshd\nfi\n"),
+            None => {}
         }
         s.push_str(&format!(
             "\necho launchd >> '{markers}'\n\n# Set up user launchd services in ~/Library/LaunchAgents\necho \"setting up user launchd services...\"\n\nsudo --user={user} -- mkdir -p ~{user}/Library/LaunchAgents\n"
