@@ -2,7 +2,9 @@
 //! units each, laid out as NixOS lays them out (every unit file an absolute
 //! link into the store, drop-ins, templates, sockets, `.wants` links).
 //!
-//! Run with `cargo bench -p systemd-plan --bench plan`. It prints the wall
+//! Run with `cargo bench -p systemd-plan --bench plan`
+//! (`PLAN_BENCH_UNITS=1000,2000,5000,10000` for other sizes, to see how the
+//! cost grows; the peak memory is then that of the largest so far). It prints the wall
 //! time of load+plan (best, median and worst of several rounds; the two
 //! generations load in parallel), the CPU time the same work took (which,
 //! unlike wall time, does not grow when other processes compete for the
@@ -19,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use plan_model::{LiveState, LiveUnit};
 
-/// Units per generation.
+/// Units per generation, unless `PLAN_BENCH_UNITS` says otherwise.
 const UNITS: usize = 5_000;
 /// Timed rounds.
 const ROUNDS: usize = 15;
@@ -31,7 +33,7 @@ fn write(path: &Path, text: &str) {
 
 /// Writes one generation. `version` changes every tenth service and every
 /// hundredth drop-in, so the plan has work to do.
-fn generation(root: &Path, version: u32) {
+fn generation(root: &Path, version: u32, count: usize) {
     let store = format!("nix/store/{version:08}-system-units");
     let units = root.join(&store);
     fs::create_dir_all(root.join("etc/systemd")).expect("create etc");
@@ -41,7 +43,7 @@ fn generation(root: &Path, version: u32) {
     write(&root.join("activate"), "#!/bin/sh\n");
     write(&root.join("etc/fstab"), "/dev/sda1 / ext4 defaults 0 1\n/dev/sda2 /nix ext4 defaults 0 2\n");
     let mut wants = Vec::new();
-    let services = UNITS - 100;
+    let services = count - 100;
     for i in 0..services {
         let name = format!("svc-{i:05}.service");
         let changed = if i % 10 == 0 { version } else { 0 };
@@ -126,10 +128,20 @@ fn peak_rss_kib() -> Option<u64> {
 }
 
 fn main() {
+    let sizes: Vec<usize> = std::env::var("PLAN_BENCH_UNITS")
+        .ok()
+        .map(|s| s.split(',').filter_map(|n| n.trim().parse().ok()).filter(|n| *n > 100).collect())
+        .unwrap_or_else(|| vec![UNITS]);
+    for units in sizes {
+        bench(units);
+    }
+}
+
+fn bench(units: usize) {
     let dir = tempfile::tempdir().expect("temporary directory");
     let (old_root, new_root) = (dir.path().join("old"), dir.path().join("new"));
-    generation(&old_root, 1);
-    generation(&new_root, 2);
+    generation(&old_root, 1, units);
+    generation(&new_root, 2, units);
     let before = peak_rss_kib().unwrap_or(0);
 
     let mut times: Vec<Duration> = Vec::new();
