@@ -119,6 +119,10 @@ pub(crate) struct DiffArgs {
     /// /run/safe-switch/pending.json): the plan shows what it does to each.
     #[arg(long, value_name = "PENDING.json")]
     pub pending: Option<PathBuf>,
+    /// What an apply of this plan did (the `applied` object of a switch's
+    /// JSON report): the reports show it as `switch` and `apply` do.
+    #[arg(long, value_name = "APPLIED.json")]
+    pub applied: Option<PathBuf>,
     /// Protection.
     #[command(flatten)]
     pub protect: ProtectArgs,
@@ -253,14 +257,14 @@ pub(crate) struct ApplyArgs {
     /// How to apply.
     #[command(flatten)]
     pub apply: ExecutionArgs,
+    /// Where the reports of the plan and of what the apply did go
+    /// (`--report openmetrics=PATH` also holds how the apply ended).
+    #[command(flatten)]
+    pub output: OutputArgs,
     /// The cgroup of the process that asked for an isolated apply, handed
     /// over in the run directory; protected besides this process's own.
     #[arg(long, value_name = "PATH", hide = true)]
     pub cgroup_file: Option<PathBuf>,
-    /// Also write the OpenMetrics report of the plan and of how the apply
-    /// ended: `openmetrics=PATH`. May repeat.
-    #[arg(long, value_name = "openmetrics=PATH", value_parser = crate::report::parse_report_file)]
-    pub report: Vec<crate::report::ReportFile>,
 }
 
 /// Arguments of `pending`.

@@ -198,7 +198,7 @@ fn print(dp: &DarwinPlan, earlier: &[Earlier], output: &OutputArgs) -> anyhow::R
     };
     let diffs = launchd_plan::plist_diffs(&dp.planned, &dp.old, &dp.new);
     crate::report::write_outputs(
-        &Report { plan: &dp.planned.plan, diffs: &diffs, commands: &commands, pending: earlier },
+        &Report { plan: &dp.planned.plan, diffs: &diffs, commands: &commands, pending: earlier, applied: None },
         output,
     )
 }
@@ -419,8 +419,7 @@ pub(crate) fn apply(args: args::ApplyArgs) -> anyhow::Result<Outcome> {
     }
 
     say!("applying the saved plan {} ({})", args.plan.display(), saved.digest);
-    let text = plan_report::render(plan_report::Format::Text, &Report::of(&saved.plan), crate::report::stdout_style());
-    std::io::Write::write_all(&mut std::io::stdout().lock(), text.as_bytes())?;
+    crate::report::write_outputs(&Report::of(&saved.plan), &args.output)?;
     // The saved actions, which are the fresh plan's; the fresh plan's
     // protections, which hold at least the recorded ones, for the check
     // afterwards.

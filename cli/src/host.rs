@@ -401,7 +401,20 @@ pub(crate) fn explain(lp: &LivePlan, protect: &ProtectArgs, output: &OutputArgs)
 /// Prints the plan in the requested format and writes the `--report`
 /// files.
 pub(crate) fn print(lp: &LivePlan, output: &OutputArgs) -> anyhow::Result<()> {
-    crate::report::write_plan(&lp.plan, &lp.diffs, &lp.earlier, output)
+    crate::report::write_outputs(&lp.report(), output)
+}
+
+impl LivePlan {
+    /// The report of the plan: its diffs and the earlier deferrals.
+    pub(crate) fn report(&self) -> plan_report::Report<'_> {
+        plan_report::Report {
+            plan: &self.plan,
+            diffs: &self.diffs,
+            commands: &[],
+            pending: &self.earlier,
+            applied: None,
+        }
+    }
 }
 
 #[cfg(test)]

@@ -22,6 +22,13 @@ pub(crate) fn stdout_style() -> Style {
     Style { color: !matches!(choice, anstream::ColorChoice::Never) }
 }
 
+/// The style for standard error, as [`stdout_style`] decides it for
+/// standard output.
+pub(crate) fn stderr_style() -> Style {
+    let choice = anstream::AutoStream::choice(&std::io::stderr());
+    Style { color: !matches!(choice, anstream::ColorChoice::Never) }
+}
+
 /// One `--report FORMAT=PATH` request.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct ReportFile {
@@ -53,11 +60,22 @@ pub(crate) fn parse_report_file(value: &str) -> Result<ReportFile, String> {
 /// written to a temporary sibling and renamed into place, so a CI job never
 /// picks up a truncated report.
 pub(crate) fn write_outputs(report: &Report<'_>, output: &OutputArgs) -> anyhow::Result<()> {
+    write_files(report, output)?;
+    write_stdout(report, output)
+}
+
+/// Writes every `--report` file.
+fn write_files(report: &Report<'_>, output: &OutputArgs) -> anyhow::Result<()> {
     for file in &output.report {
         let text = plan_report::render(file.format, report, Style::default());
         write_atomically(&file.path, text.as_bytes())
             .with_context(|| format!("cannot write the {} report to {}", file.format.name(), file.path.display()))?;
     }
+    Ok(())
+}
+
+/// Prints the standard-output format.
+fn write_stdout(report: &Report<'_>, output: &OutputArgs) -> anyhow::Result<()> {
     let text = plan_report::render(output.stdout_format(), report, stdout_style());
     let mut out = std::io::stdout().lock();
     out.write_all(text.as_bytes())?;
@@ -74,7 +92,50 @@ pub(crate) fn write_plan(
     pending: &[plan_model::Earlier],
     output: &OutputArgs,
 ) -> anyhow::Result<()> {
-    write_outputs(&Report { plan, diffs, commands: &[], pending }, output)
+    write_outputs(&Report { plan, diffs, commands: &[], pending, applied: None }, output)
+}
+
+/// The reports of a plan that `switch` or `apply` carries out: written
+/// once before the apply ([`Applying::before`]) and again with what it did
+/// ([`Applying::after`]).
+///
+/// The `--report` files hold the plan first and the plan with its
+/// `applied` section at the end, so that a file read after a dropped
+/// connection shows at least the plan. Standard output in text shows the
+/// plan before the apply (what the apply did follows on standard error,
+/// as its progress does); in the other formats it is one document,
+/// printed once the apply is done.
+pub(crate) struct Applying<'a> {
+    /// The plan and what goes with it.
+    pub report: Report<'a>,
+    /// Where the reports go.
+    pub output: &'a OutputArgs,
+}
+
+impl Applying<'_> {
+    /// The reports of the plan alone, before the apply.
+    pub(crate) fn before(&self) -> anyhow::Result<()> {
+        write_files(&self.report, self.output)?;
+        if self.output.stdout_format() == plan_report::Format::Text {
+            write_stdout(&self.report, self.output)?;
+        }
+        Ok(())
+    }
+
+    /// The reports of the plan refused by protection: nothing is applied.
+    pub(crate) fn refused(&self) -> anyhow::Result<()> {
+        write_outputs(&self.report, self.output)
+    }
+
+    /// The reports with what the apply did.
+    pub(crate) fn after(&self, applied: &plan_model::ApplyReport) -> anyhow::Result<()> {
+        let report = Report { applied: Some(applied), ..self.report };
+        write_files(&report, self.output)?;
+        if self.output.stdout_format() != plan_report::Format::Text {
+            write_stdout(&report, self.output)?;
+        }
+        Ok(())
+    }
 }
 
 /// Prints and writes the reports of the record of pending deferrals

@@ -943,6 +943,7 @@ mod tests {
                 },
             ],
             steps: vec![],
+            consequences: Vec::new(),
             protection: Protection::default(),
             diagnostics: vec![],
             packages: None,

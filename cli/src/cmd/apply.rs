@@ -23,19 +23,15 @@ use crate::args;
 use crate::cmd::switch;
 use crate::exit::Outcome;
 use crate::host;
+use crate::report::Applying;
 use crate::saved::{self, Observed, PlanKey, Rejection, SavedPlan};
 
 /// Runs `apply`, then writes its `--report openmetrics=PATH` files (the
-/// process the caller started does, once the isolated apply is over).
+/// process the caller started does, once the isolated apply is over; the
+/// other formats are written by the apply itself, before and after).
 pub(crate) fn run(args: args::ApplyArgs) -> anyhow::Result<Outcome> {
-    if let Some(other) = args.report.iter().find(|r| r.format != plan_report::Format::Openmetrics) {
-        return Err(crate::exit::usage(format!(
-            "apply writes only the openmetrics report, not {}",
-            other.format.name()
-        )));
-    }
     let (started, isolated, reports, file) =
-        (std::time::Instant::now(), args.apply.isolated, args.report.clone(), args.plan.clone());
+        (std::time::Instant::now(), args.apply.isolated, args.output.report.clone(), args.plan.clone());
     let outcome = apply(args);
     if !isolated {
         let plan = SavedPlan::load(&file).ok().map(|saved| saved.plan);
@@ -120,9 +116,9 @@ fn apply(args: args::ApplyArgs) -> anyhow::Result<Outcome> {
     }
 
     say!("applying the saved plan {} ({})", args.plan.display(), saved.digest);
-    let text = plan_report::render(plan_report::Format::Text, &Report::of(&saved.plan), crate::report::stdout_style());
-    std::io::Write::write_all(&mut std::io::stdout().lock(), text.as_bytes())?;
-    switch::apply_plan(&mut bus, &run, &saved.plan, &args.apply, &protect)
+    let reports = Applying { report: Report::of(&saved.plan), output: &args.output };
+    reports.before()?;
+    switch::apply_plan(&mut bus, &run, &saved.plan, &args.apply, &protect, Some(&reports))
 }
 
 /// Says why the saved plan is refused and returns the exit outcome.

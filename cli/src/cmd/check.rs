@@ -127,6 +127,7 @@ mod tests {
                 }),
             }],
             steps: vec![],
+            consequences: Vec::new(),
             protection: Protection { refused, ..Protection::default() },
             diagnostics: vec![],
             packages: None,

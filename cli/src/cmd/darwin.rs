@@ -53,7 +53,7 @@ pub(crate) fn diff(args: &args::DiffArgs) -> anyhow::Result<Outcome> {
     };
     let diffs = launchd_plan::plist_diffs(&planned, &old, &new);
     report::write_outputs(
-        &Report { plan: &planned.plan, diffs: &diffs, commands: &commands, pending: &[] },
+        &Report { plan: &planned.plan, diffs: &diffs, commands: &commands, pending: &[], applied: None },
         &args.output,
     )?;
     Ok(crate::protect::outcome(&planned.plan))

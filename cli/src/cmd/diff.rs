@@ -11,6 +11,10 @@
 //! left pending (the form of `/run/safe-switch/pending.json`) and shows
 //! what the plan does to each, as `plan` does on a host: how a switch
 //! merges into the record, offline.
+//!
+//! `--applied APPLIED.json` takes what an apply of the plan did (the
+//! `applied` object of a switch's JSON report) and shows it with the plan,
+//! in every format, as `switch` and `apply` report it.
 
 use std::fs;
 use std::io::Write;
@@ -29,6 +33,7 @@ pub(crate) fn run(args: args::DiffArgs) -> anyhow::Result<Outcome> {
         return crate::cmd::darwin::diff(&args);
     }
     let earlier_record = args.pending.as_deref().map(load_pending).transpose()?;
+    let applied = args.applied.as_deref().map(load_applied).transpose()?;
     let (plan, protection, diffs, live) = build_protected(&args)?;
     if let Some(unit) = &args.protect.explain {
         let text = protection.explain(&plan, unit, args.output.stdout_format())?;
@@ -39,7 +44,9 @@ pub(crate) fn run(args: args::DiffArgs) -> anyhow::Result<Outcome> {
     // reported.
     let earlier =
         earlier_record.map(|p| p.merge(&plan, plan_model::Manager::Systemd, &live, 0).earlier).unwrap_or_default();
-    crate::report::write_plan(&plan, &diffs, &earlier, &args.output)?;
+    let report =
+        plan_report::Report { plan: &plan, diffs: &diffs, commands: &[], pending: &earlier, applied: applied.as_ref() };
+    crate::report::write_outputs(&report, &args.output)?;
     Ok(crate::protect::outcome(&plan))
 }
 
@@ -63,7 +70,7 @@ fn build_protected(
     Ok((plan, protection, diffs, live))
 }
 
-/// The largest `--pending` file read.
+/// The largest `--pending` or `--applied` file read.
 const PENDING_LIMIT: u64 = 16 << 20;
 
 /// Reads a record of pending deferrals, naming the file in every error
@@ -85,6 +92,27 @@ fn load_pending(path: &Path) -> anyhow::Result<Pending> {
         bail!("{}: cannot read pending deferrals: larger than {} MiB", path.display(), PENDING_LIMIT >> 20);
     }
     Pending::from_json(&text).map_err(|e| anyhow::anyhow!("{}: invalid pending deferrals: {e}", path.display()))
+}
+
+/// Reads what an apply did, naming the file in every error and never
+/// quoting it: a regular file of at most 16 MiB.
+fn load_applied(path: &Path) -> anyhow::Result<plan_model::ApplyReport> {
+    use std::io::Read as _;
+    let meta =
+        fs::metadata(path).map_err(|e| anyhow::anyhow!("{}: cannot read the apply report: {e}", path.display()))?;
+    if !meta.is_file() {
+        bail!("{}: cannot read the apply report: not a regular file", path.display());
+    }
+    let mut text = String::new();
+    let read = fs::File::open(path).and_then(|f| f.take(PENDING_LIMIT + 1).read_to_string(&mut text));
+    if let Err(e) = read {
+        bail!("{}: cannot read the apply report: {e}", path.display());
+    }
+    if text.len() as u64 > PENDING_LIMIT {
+        bail!("{}: cannot read the apply report: larger than {} MiB", path.display(), PENDING_LIMIT >> 20);
+    }
+    plan_model::ApplyReport::from_json(&text)
+        .map_err(|e| anyhow::anyhow!("{}: invalid apply report: {e}", path.display()))
 }
 
 /// The largest live-state snapshot read (one of a host with thousands of

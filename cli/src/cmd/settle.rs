@@ -365,11 +365,12 @@ impl Settler<'_> {
     }
 }
 
-/// A plan cut down to `units`: their entries and refusals, no steps (the
-/// generation is already active), no diagnostics or packages of the
-/// whole switch.
+/// A plan cut down to `units`: their entries, refusals and consequences,
+/// no steps (the generation is already active), no diagnostics or
+/// packages of the whole switch.
 fn restrict(mut plan: Plan, units: &BTreeSet<String>) -> Plan {
     plan.units.retain(|u| units.contains(&u.unit));
+    plan.consequences.retain(|c| units.contains(&c.by));
     plan.steps.clear();
     plan.diagnostics.clear();
     plan.packages = None;
@@ -388,6 +389,7 @@ fn combine(plans: &[Plan], current: &Path) -> Plan {
     };
     for plan in plans.iter().skip(1) {
         combined.units.extend(plan.units.iter().cloned());
+        combined.consequences.extend(plan.consequences.iter().cloned());
         combined.protection.refusals.extend(plan.protection.refusals.iter().cloned());
         combined.protection.refused |= plan.protection.refused;
         let units: Vec<&str> = plan.units.iter().map(|u| u.unit.as_str()).collect();
@@ -404,6 +406,7 @@ fn combine(plans: &[Plan], current: &Path) -> Plan {
         });
     }
     combined.units.sort_by(|a, b| a.unit.cmp(&b.unit));
+    combined.consequences.sort_by(|a, b| (&a.unit, a.effect).cmp(&(&b.unit, b.effect)));
     combined
 }
 

@@ -42,6 +42,7 @@ use systemd_live::{ApplyOptions, ApplyReport, RunDir, ServiceManager};
 use crate::args::{self, ProtectArgs};
 use crate::exit::Outcome;
 use crate::host;
+use crate::report::Applying;
 
 /// Runs `switch`.
 pub(crate) fn run(args: args::SwitchArgs) -> anyhow::Result<Outcome> {
@@ -68,13 +69,15 @@ pub(crate) fn run(args: args::SwitchArgs) -> anyhow::Result<Outcome> {
         return Ok(outcome);
     }
     let lp = host::plan_to(&target, &args.protect, &mut bus)?;
-    host::print(&lp, &args.output)?;
+    let reports = Applying { report: lp.report(), output: &args.output };
     let started = std::time::Instant::now();
     let outcome = if lp.plan.protection.refused {
+        reports.refused()?;
         say!("refused: the switch would touch a protected unit (see the plan above); nothing was changed");
         Ok(Outcome::Blocked)
     } else {
-        apply_plan(&mut bus, &run, &lp.plan, &args.apply, &args.protect)
+        reports.before()?;
+        apply_plan(&mut bus, &run, &lp.plan, &args.apply, &args.protect, Some(&reports))
     };
     crate::report::write_apply_metrics(&args.output.report, Some(&lp.plan), &run, &outcome, started);
     outcome
@@ -203,22 +206,18 @@ fn record(run: &RunDir, plan: &Plan, report: &ApplyReport, mgr: &mut dyn Service
     }
 }
 
-/// What an apply did, as text, with the status of the units that failed.
+/// What an apply did, as text, with the status of the units that failed:
+/// the `applied` section of the text report, as standard error shows it.
 pub(crate) fn report_text(report: &ApplyReport) -> String {
-    let mut s = report.render_text();
-    if let Some(status) = &report.failed_status {
-        s.push_str(status);
-        if !status.ends_with('\n') {
-            s.push('\n');
-        }
-    }
-    s
+    plan_report::text::render_applied(report, crate::report::stderr_style())
 }
 
 /// Carries out `plan` (the caller holds the lock), prints what happened,
-/// and rolls back when asked to and needed. Returns the outcome: `Ok`,
-/// or `UnitsFailed` when a unit failed or a protected unit was disturbed.
-/// An apply that stopped early (systemd unreachable, a reload that never
+/// writes the `reports` again with it, and rolls back when asked to and
+/// needed. Returns the outcome: `Ok`, or `UnitsFailed` when a unit failed
+/// or a protected unit was disturbed (its process or invocation changed,
+/// or systemd acted on it where the plan did not say it would). An apply
+/// that stopped early (systemd unreachable, a reload that never
 /// finished) is an error that says which phases were done; the next run
 /// resumes it.
 pub(crate) fn apply_plan(
@@ -227,12 +226,16 @@ pub(crate) fn apply_plan(
     plan: &Plan,
     apply: &args::ExecutionArgs,
     protect: &ProtectArgs,
+    reports: Option<&Applying<'_>>,
 ) -> anyhow::Result<Outcome> {
     let options = apply_options(apply);
     let marker = crate::kernel::reboot_marker();
     let report = crate::sysmgr::apply(plan, bus, run, &options)?;
     say_text!("{}", report_text(&report));
     if report.unchanged {
+        if let Some(reports) = reports {
+            reports.after(&report)?;
+        }
         let why = report.aborted.as_deref().unwrap_or("a check failed");
         bail!("the switch to {} was refused ({why}); nothing was changed", plan.new.path);
     }
@@ -240,6 +243,9 @@ pub(crate) fn apply_plan(
         say!("{line}");
     }
     record(run, plan, &report, bus);
+    if let Some(reports) = reports {
+        reports.after(&report)?;
+    }
     if report.success() {
         say!("switched to {}", plan.new.path);
         return Ok(Outcome::Ok);
@@ -305,11 +311,11 @@ mod tests {
         m.inactive("bad.service").behaviour = Behaviour::FailsToStart;
         let protect = ProtectArgs::default();
 
-        let done = apply_plan(&mut m, &run, &plan(&[("good.service", Action::Start)]), &options(), &protect);
+        let done = apply_plan(&mut m, &run, &plan(&[("good.service", Action::Start)]), &options(), &protect, None);
         assert_eq!(done.unwrap(), Outcome::Ok);
         assert_eq!(m.units["good.service"].status.active_state, "active");
 
-        let failed = apply_plan(&mut m, &run, &plan(&[("bad.service", Action::Start)]), &options(), &protect);
+        let failed = apply_plan(&mut m, &run, &plan(&[("bad.service", Action::Start)]), &options(), &protect, None);
         assert_eq!(failed.unwrap(), Outcome::UnitsFailed);
         assert!(run.interrupted().unwrap().is_none(), "a finished apply leaves nothing to resume");
         assert!(finish_interrupted(&mut m, &run, &apply_options(&options()), &protect).unwrap().is_none());
@@ -326,7 +332,7 @@ mod tests {
         m.running("b.service");
         m.unreachable_after_jobs = Some(1);
         let p = plan(&[("a.service", Action::Stop), ("b.service", Action::Start)]);
-        let err = apply_plan(&mut m, &run, &p, &options(), &ProtectArgs::default()).unwrap_err();
+        let err = apply_plan(&mut m, &run, &p, &options(), &ProtectArgs::default(), None).unwrap_err();
         assert!(format!("{err:#}").contains("stopped early"), "{err:#}");
         let interrupted = run.interrupted().unwrap().expect("the apply is left to resume");
         assert_eq!(interrupted.progress.plan.new.path, "/gen/b");

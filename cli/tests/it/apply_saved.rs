@@ -92,6 +92,7 @@ fn a_fresh_saved_plan_is_applied_exactly() {
     let before = states(&st);
     let out = safe_switch(&st.bed, &["apply", s(&file), "--no-isolate"]);
     assert_eq!(out.code(), Some(0), "{out:?}");
+    crate::support::assert_exact("a_fresh_saved_plan_is_applied_exactly", &out);
     assert_eq!(st.bed.current_generation().unwrap(), st.b);
     let after = states(&st);
     assert_ne!(after["changed.service"].invocation_id, before["changed.service"].invocation_id, "not restarted");
@@ -233,6 +234,7 @@ fn an_isolated_apply_checks_and_applies_in_its_transient_unit() {
     let file = save_plan(&st);
     let out = safe_switch(&st.bed, &["apply", s(&file)]);
     assert_eq!(out.code(), Some(0), "{out:?}");
+    crate::support::assert_exact("an_isolated_apply_checks_and_applies_in_its_transient_unit", &out);
     assert_eq!(st.bed.current_generation().unwrap(), st.b);
     assert_ne!(states(&st)["changed.service"].invocation_id, before["changed.service"].invocation_id);
 }

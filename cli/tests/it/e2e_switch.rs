@@ -190,6 +190,7 @@ fn protected_switch(extra: &[&str]) {
     args.extend_from_slice(extra);
     let out = safe_switch(&bed, &args, &b);
     assert_eq!(out.code(), Some(0), "switch failed: {out:#?}");
+    support::assert_exact(&format!("protected_switch {extra:?}"), &out);
     let after = states(&bed);
 
     // The session went on, tick after tick, and is still going.
@@ -244,6 +245,7 @@ fn control_without_protection_restarts_sshd() {
 
     let out = safe_switch(&bed, &["switch", "--no-isolate"], &b);
     assert_eq!(out.code(), Some(0), "switch failed: {out:#?}");
+    support::assert_exact("control_without_protection_restarts_sshd", &out);
     let after = states(&bed);
     assert!(after["sshd.service"].is_active(), "{:?}", after["sshd.service"]);
     assert_ne!(after["sshd.service"].main_pid, before["sshd.service"].main_pid, "sshd was restarted");

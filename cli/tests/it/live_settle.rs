@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use testbed::{Config, Generation, Output, TestBed, UnitState};
 
-use crate::support::{BIN, daemon, in_bed, path_str, safe_switch};
+use crate::support::{BIN, assert_exact, daemon, in_bed, path_str, safe_switch};
 
 const RUNNER: &str = "runner.service";
 const TICK: Duration = Duration::from_millis(200);
@@ -122,6 +122,7 @@ fn switch_deferring_the_runner(bed: &TestBed) -> PathBuf {
     let b = bed.build_generation(&generation_b()).unwrap();
     let out = safe_switch(bed, &["switch", "--toplevel", path_str(&b), "--protect", "sshd,runner", "--no-isolate"]);
     assert_eq!(out.code(), Some(0), "{out:?}");
+    assert_exact("switch_deferring_the_runner", &out);
     assert_eq!(bed.current_generation().unwrap(), b);
     b
 }
@@ -234,6 +235,7 @@ fn settle_whose_wait_runs_out_exits_3_and_changes_nothing_and_an_idle_command_de
     std::fs::write(bed.run_dir().join("testbed/idle"), "").unwrap();
     let out = safe_switch(&bed, &args);
     assert_eq!(out.code(), Some(0), "{out:?}");
+    assert_exact("settle --idle-command", &out);
     assert_ne!(state(&bed, RUNNER).invocation_id, runner_before.invocation_id);
     assert_eq!(starts(&bed), 2);
     assert_eq!(safe_switch(&bed, &["pending"]).code(), Some(0));
@@ -322,6 +324,7 @@ fn settle_plans_again_what_changed_since() {
     for target in [&b, &c] {
         let out = safe_switch(&bed, &["switch", "--toplevel", path_str(target), "--protect", protect, "--no-isolate"]);
         assert_eq!(out.code(), Some(0), "{out:?}");
+        assert_exact("switches deferring three units", &out);
     }
     assert_eq!(state(&bed, RUNNER), runner_before);
     assert_eq!(bed.active_state("exporter.service").unwrap(), "active", "the stop was deferred");
@@ -332,6 +335,7 @@ fn settle_plans_again_what_changed_since() {
 
     let out = safe_switch(&bed, &["settle", "--protect", "sshd", "--no-isolate"]);
     assert_eq!(out.code(), Some(0), "{out:?}");
+    assert_exact("settle of three units", &out);
     assert_eq!(bed.unit_property(RUNNER, "Environment").unwrap(), "CONCURRENT=3", "C's runner runs");
     assert_ne!(state(&bed, RUNNER).invocation_id, runner_before.invocation_id);
     assert_eq!(bed.active_state("exporter.service").unwrap(), "inactive", "the unit C removed is stopped");

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use testbed::{Config, Generation, TestBed};
 
-use crate::support::{BIN, bed_file, daemon, in_bed, path_str, safe_switch, safe_switch_with};
+use crate::support::{BIN, assert_exact, bed_file, daemon, in_bed, path_str, safe_switch, safe_switch_with};
 
 fn oneshot(exec: &str) -> String {
     testbed::unit::oneshot("oneshot", &format!("ExecStart={exec}\n"))
@@ -81,6 +81,11 @@ fn switch_applies_the_plan_and_keeps_protected_units() {
     let out = safe_switch(&bed, &["switch", "--toplevel", path_str(&b), "--protect", "sshd", "--no-isolate"]);
     assert_eq!(out.code(), Some(0), "{out:?}");
     assert!(out.stderr.contains("protected sshd.service: untouched"), "{}", out.stderr);
+    assert_exact("switch_applies_the_plan_and_keeps_protected_units", &out);
+    // The activation's output was shown as it came, and kept.
+    assert!(out.stderr.contains("activating the configuration...\nsetting up /etc...\n"), "{}", out.stderr);
+    let log = std::fs::read_to_string(bed.run_dir().join("safe-switch/activation.log")).unwrap();
+    assert!(log.ends_with("setting up /etc...\n[safe-switch: the activation script exited with status 0]\n"), "{log}");
     assert_eq!(bed.current_generation().unwrap(), b);
     let after = bed.unit_states(&["sshd.service"]).unwrap()["sshd.service"].clone();
     assert_eq!(after, sshd, "sshd was touched");
@@ -144,6 +149,7 @@ fn a_unit_that_fails_to_start_is_reported_and_the_others_are_still_handled() {
     let changed_pid = bed.main_pid("changed.service").unwrap();
     let out = safe_switch(&bed, &["switch", "--toplevel", path_str(&b), "--no-isolate"]);
     assert_eq!(out.code(), Some(4), "{out:?}");
+    assert_exact("a_unit_that_fails_to_start_is_reported_and_the_others_are_still_handled", &out);
     assert!(out.stderr.contains("warning: the following units failed:"), "{}", out.stderr);
     assert!(
         out.stderr.contains("broken.service: failed/failed, result exit-code, main process exited with status 3"),
@@ -174,6 +180,7 @@ fn a_job_that_hangs_times_out_and_is_cancelled() {
         .unwrap();
     let out = safe_switch(&bed, &["switch", "--toplevel", path_str(&b), "--no-isolate", "--job-timeout", "1"]);
     assert_eq!(out.code(), Some(4), "{out:?}");
+    assert_exact("a_job_that_hangs_times_out_and_is_cancelled", &out);
     assert!(out.stderr.contains("failed to start hangs.service: timed out after 1 s, cancelled"), "{}", out.stderr);
     assert_eq!(bed.active_state("new.service").unwrap(), "active");
     // The hanging start was cancelled, not left in systemd's queue.
@@ -367,6 +374,7 @@ fn an_apply_killed_in_the_middle_is_reported_and_resumed_by_the_next_run() {
 
     let out = safe_switch(&bed, &["switch", "--toplevel", path_str(&b), "--no-isolate"]);
     assert_eq!(out.code(), Some(0), "{out:?}");
+    assert_exact("an_apply_killed_in_the_middle_is_reported_and_resumed_by_the_next_run", &out);
     assert!(out.stderr.contains("was interrupted"), "{}", out.stderr);
     assert!(out.stderr.contains("phases done: stop"), "{}", out.stderr);
     assert!(out.stderr.contains("stopped during: activate"), "{}", out.stderr);
@@ -375,6 +383,12 @@ fn an_apply_killed_in_the_middle_is_reported_and_resumed_by_the_next_run() {
     assert_eq!(bed.active_state("changed.service").unwrap(), "active");
     assert_eq!(bed.active_state("new.service").unwrap(), "active");
     assert!(!bed.run_dir().join("safe-switch/progress.json").exists());
+    // The log of the activation's output kept the interrupted run's, the
+    // resume's and the switch's that followed in the same run.
+    let log = std::fs::read_to_string(bed.run_dir().join("safe-switch/activation.log")).unwrap();
+    assert_eq!(log.matches("setting up /etc...\n").count(), 3, "{log}");
+    assert!(log.contains("[safe-switch: resumed by process "), "{log}");
+    assert_eq!(log.matches("[safe-switch: the activation script exited with status 0]\n").count(), 2, "{log}");
 }
 
 #[test]
@@ -413,6 +427,7 @@ fn an_isolated_switch_relays_output_and_exit_status() {
         .unwrap();
     let out = safe_switch(&bed, &["switch", "--toplevel", path_str(&b), "--protect", "sshd"]);
     assert_eq!(out.code(), Some(4), "{out:?}");
+    assert_exact("an_isolated_switch_relays_output_and_exit_status", &out);
     assert!(out.stderr.contains("applying in the transient unit safe-switch-"), "{}", out.stderr);
     assert!(out.stderr.contains("broken.service: failed/failed"), "{}", out.stderr);
     assert!(out.stdout.contains("broken.service"), "the plan is relayed on stdout: {}", out.stdout);
@@ -441,6 +456,8 @@ fn rollback_on_failure_switches_back_with_the_same_protections() {
         &["switch", "--toplevel", path_str(&b), "--protect", "sshd", "--rollback-on-failure", "--no-isolate"],
     );
     assert_eq!(out.code(), Some(4), "{out:?}");
+    assert_eq!(crate::support::observed(&out).len(), 2, "the switch and its rollback: {}", out.stderr);
+    assert_exact("rollback_on_failure_switches_back_with_the_same_protections", &out);
     assert!(out.stderr.contains("broken.service: failed/failed"), "{}", out.stderr);
     assert!(out.stderr.contains(&format!("rolling back to {}", current.display())), "{}", out.stderr);
     assert!(out.stderr.contains(&format!("rolled back to {}", current.display())), "{}", out.stderr);
@@ -470,6 +487,7 @@ fn a_changed_system_conf_re_executes_systemd_and_jobs_still_complete() {
     let sshd = bed.unit_states(&["sshd.service"]).unwrap()["sshd.service"].clone();
     let out = safe_switch(&bed, &["switch", "--toplevel", path_str(&b), "--protect", "sshd", "--no-isolate"]);
     assert_eq!(out.code(), Some(0), "{out:?}");
+    assert_exact("a_changed_system_conf_re_executes_systemd_and_jobs_still_complete", &out);
     assert!(out.stderr.contains("restarting systemd..."), "{}", out.stderr);
     assert!(out.stderr.contains("re-exec: done"), "{}", out.stderr);
     // The manager runs with the new system.conf, and the jobs queued after
@@ -536,6 +554,7 @@ fn a_resumed_apply_keeps_its_hands_off_what_is_protected_now() {
     // r.service, and says so.
     let out = safe_switch(&bed, &["switch", "--toplevel", path_str(&b), "--protect", "r,sshd", "--no-isolate"]);
     assert_eq!(out.code(), Some(0), "{out:?}");
+    assert_exact("a_resumed_apply_keeps_its_hands_off_what_is_protected_now", &out);
     assert!(out.stderr.contains("resuming it first"), "{}", out.stderr);
     assert!(out.stderr.contains("r.service: restart deferred"), "{}", out.stderr);
     assert_eq!(bed.current_generation().unwrap(), b);
@@ -646,6 +665,7 @@ fn the_policy_cannot_be_weakened_from_the_command_line() {
         args.extend_from_slice(isolation);
         let out = safe_switch_with(&bed, &args, &[(PROC_CGROUP, &cgroup)]);
         assert_eq!(out.code(), Some(0), "{out:?}");
+        assert_exact("the_policy_cannot_be_weakened_from_the_command_line", &out);
         if isolation.is_empty() {
             // The isolated run gets the caller's hand-over file instead.
             assert!(out.stderr.contains("applying in the transient unit"), "{}", out.stderr);

@@ -31,6 +31,7 @@ mod foreign_files;
 mod fuzz_pipeline;
 mod golden;
 mod live_calls;
+mod live_observe;
 mod live_settle;
 mod live_switch;
 mod manual;

@@ -72,15 +72,23 @@ fn every_format_is_written_valid_and_stable() {
         assert_eq!(names.len(), cases.len(), "{name}: repeated test case names");
         let failures = cases.iter().filter(|c| c.children().any(|n| n.has_tag_name("failure"))).count();
         // JUnit failures appear exactly when the plan touches a protected
-        // unit (its verdict property says how), and a refusal (exit 3 from
-        // `diff`) always shows as failures, so a CI system shows what made
-        // the job fail.
-        let verdict = doc
-            .descendants()
-            .find(|n| n.has_tag_name("property") && n.attribute("name") == Some("verdict"))
-            .and_then(|n| n.attribute("value"))
-            .unwrap();
-        assert_eq!(verdict != "safe", failures > 0, "{name}: verdict {verdict} with {failures} JUnit failures");
+        // unit (its verdict property says how) or, once it was carried
+        // out, when the apply did not go as planned; and a refusal (exit 3
+        // from `diff`) always shows as failures, so a CI system shows what
+        // made the job fail.
+        let property = |key: &str| {
+            doc.descendants()
+                .find(|n| n.has_tag_name("property") && n.attribute("name") == Some(key))
+                .and_then(|n| n.attribute("value"))
+        };
+        let verdict = property("verdict").unwrap();
+        let applied_ok =
+            property("applied").is_none_or(|a| a == "done") && property("observed.unplanned").is_none_or(|n| n == "0");
+        assert_eq!(
+            verdict != "safe" || !applied_ok,
+            failures > 0,
+            "{name}: verdict {verdict} with {failures} JUnit failures"
+        );
         assert_eq!(code == Some(3), verdict == "refused", "{name}: exit {code:?}, verdict {verdict}");
 
         let cq_text = fs::read_to_string(dir.path().join("cq.json")).unwrap();

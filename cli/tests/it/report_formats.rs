@@ -37,6 +37,7 @@ fn base(old: &str, new: &str) -> Plan {
             unit("sshd.service", &[Action::Skip], Rule::RestartIfChangedFalse),
         ],
         steps: vec![Step::Activate { script: format!("{new}/activate") }, Step::DaemonReload],
+        consequences: Vec::new(),
         protection: Protection::default(),
         diagnostics: vec![Diagnostic {
             severity: Severity::Warning,
@@ -150,7 +151,11 @@ fn plans() -> Vec<(&'static str, Plan)> {
 }
 
 fn render(format: Format, plan: &Plan) -> String {
-    plan_report::render(format, &Report { plan, diffs: &[], commands: &[], pending: &[] }, Style::default())
+    plan_report::render(
+        format,
+        &Report { plan, diffs: &[], commands: &[], pending: &[], applied: None },
+        Style::default(),
+    )
 }
 
 fn schema() -> std::path::PathBuf {
@@ -403,14 +408,18 @@ fn markdown_stays_under_its_limit_and_says_what_it_left_out() {
             diff: format!("--- a\n+++ b\n@@ -1 +1 @@\n-{}\n+{}\n", "x".repeat(2000), "y".repeat(2000)),
         })
         .collect();
-    let full = markdown::render(&Report { plan: &plan, diffs: &diffs, commands: &[], pending: &[] }, markdown::LIMIT);
+    let full = markdown::render(
+        &Report { plan: &plan, diffs: &diffs, commands: &[], pending: &[], applied: None },
+        markdown::LIMIT,
+    );
     assert!(full.len() <= markdown::LIMIT, "{} bytes", full.len());
     assert!(full.len() < 1024 * 1024);
     assert!(full.contains("**Truncated**"), "no truncation note");
     // The blocked units come first and survive truncation.
     assert!(full.contains("`network-setup.service` | stop |"), "{}", &full[..2000]);
 
-    let small = markdown::render(&Report { plan: &plan, diffs: &diffs, commands: &[], pending: &[] }, 20_000);
+    let small =
+        markdown::render(&Report { plan: &plan, diffs: &diffs, commands: &[], pending: &[], applied: None }, 20_000);
     assert!(small.len() <= 20_000, "{}", small.len());
     assert!(small.contains("**Truncated**"));
 
@@ -420,7 +429,10 @@ fn markdown_stays_under_its_limit_and_says_what_it_left_out() {
         path: "etc/systemd/system/app.service".to_owned(),
         diff: "--- a/x\n+++ b/x\n@@ -1 +1 @@\n-ExecStart=/bin/a\n+ExecStart=/bin/b\n".to_owned(),
     }];
-    let md = markdown::render(&Report { plan: &plan, diffs: &diffs, commands: &[], pending: &[] }, markdown::LIMIT);
+    let md = markdown::render(
+        &Report { plan: &plan, diffs: &diffs, commands: &[], pending: &[], applied: None },
+        markdown::LIMIT,
+    );
     assert!(!md.contains("Truncated"));
     assert!(md.contains("<details><summary><code>app.service</code>"), "{md}");
     assert!(md.contains("```diff\n--- a/x\n"), "{md}");
@@ -434,7 +446,7 @@ fn text_has_colours_only_when_asked() {
         path: "etc/systemd/system/app.service".to_owned(),
         diff: "--- a/x\n+++ b/x\n@@ -1 +1 @@\n-old\n+new\n".to_owned(),
     }];
-    let report = Report { plan: &plan, diffs: &diffs, commands: &[], pending: &[] };
+    let report = Report { plan: &plan, diffs: &diffs, commands: &[], pending: &[], applied: None };
     let plain = plan_report::render(Format::Text, &report, Style { color: false });
     assert!(!plain.contains('\x1b'), "{plain}");
     assert!(plain.contains("\n+new\n"), "{plain}");

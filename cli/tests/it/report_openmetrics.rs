@@ -318,15 +318,25 @@ fn apply_results_reboots_and_hosts() {
     assert_eq!(value(&samples, "safe_switch_pending_deferrals", &[("host", "web-1")]), Some(1.0));
 }
 
-/// `apply` writes no other report.
+/// `apply` takes a report of every format with the one `--report`
+/// option (openmetrics among them), and nothing that is not a format.
 #[test]
-fn apply_takes_only_the_openmetrics_report() {
+fn apply_takes_a_report_of_every_format() {
+    for format in ["text", "json", "junit", "codequality", "markdown", "openmetrics"] {
+        let out = hermetic(&mut Command::new(BIN))
+            .args(["apply", "/nonexistent/plan.json", "--report", &format!("{format}=r"), "--format", format])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{format}: {out:?}");
+        assert!(stderr.contains("/nonexistent/plan.json"), "{format}: the plan is read: {stderr}");
+    }
     let out = hermetic(&mut Command::new(BIN))
-        .args(["apply", "/nonexistent/plan.json", "--report", "junit=r.xml"])
+        .args(["apply", "/nonexistent/plan.json", "--report", "pdf=r.pdf"])
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(2), "{out:?}");
-    assert!(String::from_utf8_lossy(&out.stderr).contains("only the openmetrics report"), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown report format \"pdf\""), "{out:?}");
 }
 
 /// On a real systemd: an isolated `apply` and a `switch` whose new unit
@@ -368,8 +378,15 @@ fn switch_and_apply_write_how_they_ended() {
     assert_eq!(value(&m, "safe_switch_plan_actions", &[("fate", "deferred")]), Some(2.0), "runner's stop and start");
     assert_eq!(value(&m, "safe_switch_last_apply_exit_code", &[]), None);
 
-    let out = safe_switch(&bed, &["apply", s(&plan), "--report", &report]);
+    // The isolated apply writes the other formats with what it did; the
+    // process that started it, the metrics once it is over.
+    let junit = tmp.path().join("junit.xml");
+    let junit_report = format!("junit={}", junit.display());
+    let out = safe_switch(&bed, &["apply", s(&plan), "--report", &report, "--report", &junit_report]);
     assert_eq!(out.code(), Some(0), "{out:?}");
+    let xml = std::fs::read_to_string(&junit).unwrap();
+    assert!(xml.contains(r#"<testcase name="observed" classname="safe-switch.applied""#), "{xml}");
+    assert!(xml.contains(r#"<property name="observed.unplanned" value="0"/>"#), "{xml}");
     let m = read("apply");
     assert_eq!(value(&m, "safe_switch_last_apply_success", &[]), Some(1.0));
     assert_eq!(value(&m, "safe_switch_last_apply_exit_code", &[]), Some(0.0));

@@ -79,6 +79,14 @@ fn full_plan() -> Plan {
             Step::Assertions { script: "/new/bin/preActivationAssertions".into() },
             Step::Mask { units: vec!["ssh.service".into()] },
         ],
+        consequences: vec![plan_model::Consequence {
+            unit: "c.service".into(),
+            effect: Action::Restart,
+            by: "a.service".into(),
+            cause: Action::Restart,
+            chain: vec![edge.clone()],
+            omitted: 2,
+        }],
         protection: Protection {
             mode: Mode::Refuse,
             protected: vec![
@@ -136,6 +144,49 @@ fn full_plan() -> Plan {
             usable: plan_model::ModuleUse::AfterReboot,
             detail: "x".into(),
         }],
+    }
+}
+
+/// An apply report of `plan` with every optional field filled.
+fn full_applied(plan: &Plan) -> plan_model::ApplyReport {
+    use plan_model::observe::{Activity, Observed, SeenJob};
+    use plan_model::{ApplyReport, JobKind, JobRecord, JobResult, LeftUnit, LogTail, PhaseRecord, ProtectedCheck};
+    use plan_model::{Phase, UnitFailure, UnitStatus};
+    let status = UnitStatus { load_state: "loaded".into(), active_state: "failed".into(), ..UnitStatus::default() };
+    let job = JobRecord { kind: JobKind::Start, unit: "a.service".into(), result: JobResult::TimedOut { seconds: 9 } };
+    let failure = UnitFailure { unit: "a.service".into(), status: status.clone(), job: Some(job.clone()) };
+    let mut observed = Observed::default();
+    let up = |invocation: &str| Activity { active_state: "active".into(), invocation_id: Some(invocation.into()) };
+    observed.before.insert("b".into(), up("1"));
+    observed.after.insert("b".into(), up("2"));
+    observed.jobs = vec![SeenJob { unit: "b".into(), job_type: Some("restart".into()), result: None, ours: false }];
+    observed.dropped = 1;
+    let mut predicted = plan.clone();
+    predicted.consequences[0].unit = "b".into();
+    let mut observation = plan_model::observe::classify(&predicted, &observed);
+    observation.effects[0].protected = true;
+    observation.not_seen = plan.consequences.clone();
+    ApplyReport {
+        new: "/new".into(),
+        phases: vec![
+            PhaseRecord { phase: Phase::Start, jobs: vec![job], note: None, ok: false },
+            PhaseRecord { phase: Phase::Activate, jobs: vec![], note: Some("exit status 0".into()), ok: true },
+        ],
+        not_done: vec![Phase::Restart],
+        aborted: Some("x".into()),
+        left: vec![LeftUnit { unit: "a.service".into(), status: Some(status.clone()), remaining: vec![Action::Start] }],
+        failed: vec![failure.clone()],
+        failed_status: Some("x".into()),
+        already_failed: vec![failure],
+        protected: vec![ProtectedCheck {
+            unit: "b".into(),
+            before: status.clone(),
+            after: status,
+            disturbed: Some("x".into()),
+        }],
+        observed: Some(observation),
+        log: Some(LogTail::of("/run/safe-switch/activation.log", 1 << 20, b"a\nb\n")),
+        unchanged: true,
     }
 }
 
@@ -202,7 +253,8 @@ fn every_json_key_is_documented() {
     };
     let earlier = [plan_model::Earlier { deferral: deferral.clone(), fate: plan_model::Fate::StillPending }];
     let full = full_plan();
-    let report = plan_report::Report { pending: &earlier, ..plan_report::Report::of(&full) };
+    let applied = full_applied(&full);
+    let report = plan_report::Report { pending: &earlier, applied: Some(&applied), ..plan_report::Report::of(&full) };
     keys(&serde_json::from_str(&plan_report::json::render(&report)).unwrap(), &mut found);
     let record = plan_model::Pending { deferrals: vec![deferral], ..plan_model::Pending::default() };
     keys(&serde_json::from_str(&record.to_json()).unwrap(), &mut found);
@@ -234,6 +286,19 @@ fn every_json_key_is_documented() {
         "deferred-again",
         "carried-out",
         "restarted-since",
+        "done",
+        "failed",
+        "timed-out",
+        "not-queued",
+        "no-reply",
+        "planned",
+        "predicted",
+        "unplanned",
+        "start",
+        "stop",
+        "restart",
+        "reload",
+        "job",
         "kernel",
         "initrd",
         "kernel-modules",

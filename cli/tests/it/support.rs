@@ -124,3 +124,38 @@ pub(crate) fn diff_args(case: &Path) -> Vec<String> {
 pub(crate) fn text(out: &std::process::Output) -> (String, String) {
     (String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
 }
+
+/// What each apply a run made (a switch, the resume before it, its
+/// rollback) saw systemd do, from the line its report has: how many
+/// effects it observed, how many of them were unplanned, and how many
+/// predicted.
+pub(crate) fn observed(out: &Output) -> Vec<(usize, usize, usize)> {
+    out.stderr
+        .lines()
+        .filter(|l| l.starts_with("observed ") && l.ends_with(" jobs systemd ran"))
+        .map(|line| {
+            let number = |text: Option<&str>| {
+                text.and_then(|t| t.trim().parse::<usize>().ok()).unwrap_or_else(|| panic!("not a figure: {line}"))
+            };
+            let effects = number(line["observed ".len()..].split(" effects").next());
+            let unplanned = number(line.split(" predicted, ").nth(1).and_then(|r| r.split(" unplanned").next()));
+            let predicted = number(line.split(" planned, ").nth(1).and_then(|r| r.split(" predicted").next()));
+            (effects, unplanned, predicted)
+        })
+        .collect()
+}
+
+/// Checks that the applies of a run of correct plans saw systemd do
+/// nothing the plans did not list or predict, and says how much they saw
+/// (`observed 6 effects, 0 unplanned`): the figure is printed, not hidden.
+/// Returns the number of effects.
+pub(crate) fn assert_exact(test: &str, out: &Output) -> usize {
+    let seen = observed(out);
+    assert!(!seen.is_empty(), "{test}: no observation in the output: {}", out.stderr);
+    let effects: usize = seen.iter().map(|(e, _, _)| e).sum();
+    let unplanned: usize = seen.iter().map(|(_, u, _)| u).sum();
+    let predicted: usize = seen.iter().map(|(_, _, p)| p).sum();
+    println!("{test}: observed {effects} effects, {unplanned} unplanned ({predicted} of them predicted)");
+    assert_eq!(unplanned, 0, "{test}: unplanned effects on a correct plan: {}", out.stderr);
+    effects
+}

@@ -184,6 +184,16 @@ fn a_protected_switch_keeps_sshd_and_the_runner_and_the_state_file_tells_the_tru
     ] {
         assert!(out.stdout.contains(line) || out.stderr.contains(line), "{line}: {out:?}");
     }
+    // systemd did nothing the plan does not list, in system-manager's
+    // steps either; the engine's output is in the activation log.
+    crate::support::assert_exact(
+        "a_protected_switch_keeps_sshd_and_the_runner_and_the_state_file_tells_the_truth",
+        &out,
+    );
+    let log = std::fs::read_to_string(bed.run_dir().join("safe-switch/activation.log")).unwrap();
+    for step in ["assertions", "register-profile", "prepopulate", "tmpfiles", "system-manager-state"] {
+        assert!(log.contains(&format!("[safe-switch: the {step} step]\n")), "{step}: {log}");
+    }
 
     let n = session.tick_count();
     session.wait_for_ticks(n + 5, Duration::from_secs(10)).unwrap();
@@ -226,6 +236,7 @@ fn without_protection_sshd_and_the_runner_are_restarted() {
     let out = safe_switch(&bed, &["switch", "--toplevel", path_str(&b)]);
     assert_eq!(out.code(), Some(0), "{out:?}");
     assert!(out.stderr.contains("safe-switch-"), "isolated in a transient unit: {}", out.stderr);
+    crate::support::assert_exact("without_protection_sshd_and_the_runner_are_restarted", &out);
     let after = states(&bed);
     for unit in ["sshd.service", "gitlab-runner.service", "metrics.service"] {
         assert!(after[unit].is_active(), "{unit}: {:?}", after[unit]);
@@ -473,8 +484,18 @@ fn a_saved_plan_is_applied_on_a_system_manager_host() {
         &["plan", "--toplevel", path_str(&b), "--protect", "sshd,gitlab-runner", "--out", path_str(&saved)],
     );
     assert_eq!(out.code(), Some(0), "{out:?}");
-    let out = safe_switch(&bed, &["apply", path_str(&saved), "--no-isolate"]);
+    let out = safe_switch(&bed, &["apply", path_str(&saved), "--no-isolate", "--json"]);
     assert_eq!(out.code(), Some(0), "{out:?}");
     check_switched(&bed, &before, &a, &b);
     check_pending(&bed);
+    // The JSON report has what the apply did, in system-manager's order,
+    // and systemd did nothing the plan does not list.
+    crate::support::assert_exact("a_saved_plan_is_applied_on_a_system_manager_host", &out);
+    let report: Value = serde_json::from_str(&out.stdout).unwrap();
+    let phases: Vec<&str> =
+        report["applied"]["phases"].as_array().unwrap().iter().map(|p| p["phase"].as_str().unwrap()).collect();
+    assert_eq!(&phases[..3], ["assertions", "register-profile", "prepopulate"], "{phases:?}");
+    assert_eq!(phases.last(), Some(&"system-manager-state"), "{phases:?}");
+    assert_eq!(report["applied"]["observed"]["unplanned"], 0, "{}", out.stdout);
+    assert!(report["applied"]["log"]["text"].as_str().unwrap().contains("[safe-switch: the prepopulate step]"));
 }

@@ -182,6 +182,7 @@ pub fn plan(old: &GenerationJobs, new: &GenerationJobs, host: &Host, request: &R
         new: plan_model::Generation { path: new.path.clone(), ..Default::default() },
         units: units.into_values().collect(),
         steps: Vec::new(),
+        consequences: Vec::new(),
         protection: Protection { mode: request.mode, ..Protection::default() },
         diagnostics,
         packages: None,

@@ -14,9 +14,11 @@
 
 #![warn(missing_docs)]
 
+mod applied;
 mod boot;
 pub mod json;
 mod live;
+pub mod observe;
 pub mod packages;
 mod pending;
 mod plan;
@@ -24,6 +26,9 @@ pub mod policy;
 mod source;
 pub mod unit_name;
 
+pub use applied::{
+    ApplyReport, JobKind, JobRecord, JobResult, LeftUnit, LogTail, PhaseRecord, ProtectedCheck, UnitFailure, UnitStatus,
+};
 pub use boot::{KernelModule, ModuleChange, ModuleUse, Reboot, RebootReason};
 pub use live::{
     ActiveState, DEPENDENCY_PROPERTIES, LiveState, LiveUnit, LoadedModule, is_kernel_release, is_module_name,
@@ -31,7 +36,8 @@ pub use live::{
 };
 pub use pending::{Earlier, Fate, Manager, Merged, PENDING_FORMAT_VERSION, Pending, PendingDeferral, PendingError};
 pub use plan::{
-    Action, CHAIN_ENDS, Deferral, Diagnostic, Edge, Explanation, FORMAT_VERSION, FileDiff, Generation, KeyChange, Mode,
-    Phase, Plan, ProtectedUnit, Protection, ProtectionSource, Reason, Refusal, Rule, Severity, Step, Touch, UnitPlan,
+    Action, CHAIN_ENDS, Consequence, Deferral, Diagnostic, Edge, Explanation, FORMAT_VERSION, FileDiff, Generation,
+    KeyChange, Mode, Phase, Plan, ProtectedUnit, Protection, ProtectionSource, Reason, Refusal, Rule, Severity, Step,
+    Touch, UnitPlan,
 };
 pub use source::{FlakeInput, Provenance};

@@ -26,6 +26,12 @@ pub struct Plan {
     /// Global steps (swapoff, activation script, re-exec, daemon-reload,
     /// ...), in execution order.
     pub steps: Vec<Step>,
+    /// What systemd does to other units when it carries out the plan's
+    /// jobs: the stops, restarts and starts it adds along the units'
+    /// relations, for units the plan does not act on itself. The apply
+    /// compares what it observes with this list and the actions.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub consequences: Vec<Consequence>,
     /// What is protected and how protection changed this plan.
     #[serde(default)]
     pub protection: Protection,
@@ -60,6 +66,7 @@ impl Plan {
             new: generation(new),
             units,
             steps: Vec::new(),
+            consequences: Vec::new(),
             protection: Protection::default(),
             diagnostics: Vec::new(),
             packages: None,
@@ -210,6 +217,29 @@ pub enum Phase {
 }
 
 impl Phase {
+    /// The phase's name, as printed (`daemon-reload`, `re-exec`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Phase::Swapoff => "swapoff",
+            Phase::Stop => "stop",
+            Phase::Skip => "skip",
+            Phase::Activate => "activate",
+            Phase::Reexec => "re-exec",
+            Phase::DaemonReload => "daemon-reload",
+            Phase::SysinitReactivation => "sysinit-reactivation",
+            Phase::Reload => "reload",
+            Phase::Restart => "restart",
+            Phase::Start => "start",
+            Phase::Assertions => "assertions",
+            Phase::RegisterProfile => "register-profile",
+            Phase::Prepopulate => "prepopulate",
+            Phase::Userborn => "userborn",
+            Phase::Tmpfiles => "tmpfiles",
+            Phase::Mask => "mask",
+            Phase::SystemManagerState => "system-manager-state",
+        }
+    }
+
     /// Every phase of a NixOS switch, in the order it runs them: the
     /// executor carries such a plan out in it, and the reports list it in
     /// it.
@@ -728,6 +758,29 @@ pub struct Touch {
     pub omitted: usize,
 }
 
+/// A job systemd adds to carry out one of the plan's jobs: a stop,
+/// restart or start of a unit the plan does not act on, reached along the
+/// units' relations (`web-helper.service PartOf=web.service`: restarting
+/// `web.service` restarts `web-helper.service`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Consequence {
+    /// The unit systemd acts on.
+    pub unit: String,
+    /// What it does to it: `stop` or `restart` (of a running unit) or
+    /// `start` (of one that is not running).
+    pub effect: Action,
+    /// The unit whose planned job leads there.
+    pub by: String,
+    /// That job.
+    pub cause: Action,
+    /// The relations from `unit` back to `by`, as in [`Touch::chain`]
+    /// (a long chain keeps its ends).
+    pub chain: Vec<Edge>,
+    /// How many relations were left out of the middle of `chain`.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub omitted: usize,
+}
+
 /// How many relations a long reason chain keeps at each end. When
 /// relations were left out ([`Touch::omitted`] is not zero), the last
 /// `CHAIN_ENDS` relations of the chain are those nearest the blocked unit
@@ -902,6 +955,7 @@ mod tests {
                 deferral: None,
             }],
             steps: vec![Step::Activate { script: "/b/activate".into() }, Step::DaemonReload],
+            consequences: vec![],
             protection: Protection::default(),
             diagnostics: vec![],
             packages: None,

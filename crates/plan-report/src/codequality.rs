@@ -6,6 +6,10 @@
 //!
 //! | check | severity | when |
 //! |-------|----------|------|
+//! | `safe-switch/disturbed` | blocker | after the apply, a protected unit was disturbed (another process or invocation, or systemd acted on it outside the plan) |
+//! | `safe-switch/unplanned` | critical | during the apply, systemd acted on a unit the plan neither lists nor predicts |
+//! | `safe-switch/unit-failed` | critical | after the apply, a unit it acted on (or caused to fail) is failed |
+//! | `safe-switch/stopped-early` | critical | the apply stopped before its last phase |
 //! | `safe-switch/refused` | blocker | an action touches a protected unit and the switch is refused |
 //! | `safe-switch/deferred` | critical | protection dropped an action |
 //! | `safe-switch/pending` | major | an action an earlier switch deferred is still pending (and this plan leaves it so) |
@@ -25,7 +29,9 @@
 
 use std::collections::BTreeSet;
 
-use plan_model::{Action, Earlier, Fate, ModuleUse, Pending, PendingDeferral, Plan, RebootReason, Severity};
+use plan_model::{
+    Action, ApplyReport, Earlier, Fate, ModuleUse, Pending, PendingDeferral, Plan, RebootReason, Severity,
+};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
@@ -90,10 +96,12 @@ pub fn render_hosts(hosts: &[(&str, Report<'_>)]) -> String {
     to_json(&all)
 }
 
-/// The findings of a plan's report: the plan's, then the deferrals of
-/// earlier switches it leaves pending.
+/// The findings of a report: what the apply did first (it is what
+/// happened, not a plan), then the plan's, then the deferrals of earlier
+/// switches it leaves pending.
 fn report_findings(report: &Report<'_>) -> Vec<Finding> {
-    let mut findings = findings(report.plan, report.diffs);
+    let mut findings = report.applied.map(|a| applied_findings(a, report.diffs)).unwrap_or_default();
+    findings.extend(self::findings(report.plan, report.diffs));
     // Deferred again: already a `deferred` finding of the plan.
     let still = report.pending.iter().filter(|e: &&Earlier| e.fate == Fate::StillPending);
     findings.extend(still.flat_map(|e| pending_findings(&e.deferral)));
@@ -142,6 +150,58 @@ fn unit_path(unit: &str, diffs: &[FileDiff]) -> String {
         Some(first) if !changed.contains(&fragment.as_str()) => (*first).to_owned(),
         _ => fragment,
     }
+}
+
+/// The findings of an apply: protected units disturbed, unplanned
+/// effects, failed units, an apply that stopped early.
+pub fn applied_findings(a: &ApplyReport, diffs: &[FileDiff]) -> Vec<Finding> {
+    let mut out = Vec::new();
+    let mut push = |check: &str, severity: &'static str, unit: Option<&str>, what: &str, description: String| {
+        let check_name = format!("safe-switch/{check}");
+        let path = unit.map_or_else(|| UNIT_DIR.to_owned(), |u| unit_path(u, diffs));
+        out.push(Finding {
+            fingerprint: fingerprint(&[&check_name, unit.unwrap_or("apply"), what]),
+            description,
+            check_name,
+            severity,
+            location: Location { path, lines: Lines { begin: 1 } },
+        });
+    };
+    for c in &a.protected {
+        if let Some(what) = &c.disturbed {
+            push(
+                "disturbed",
+                "blocker",
+                Some(&c.unit),
+                "check",
+                format!("protected {} was disturbed by the switch: {what}", c.unit),
+            );
+        }
+    }
+    if let Some(o) = &a.observed {
+        for e in o.unplanned() {
+            let (check, severity) = if e.protected { ("disturbed", "blocker") } else { ("unplanned", "critical") };
+            push(
+                check,
+                severity,
+                Some(&e.unit),
+                e.effect.as_str(),
+                format!(
+                    "during the switch systemd {} {}, which the plan neither lists nor predicts{}",
+                    e.effect.past(),
+                    e.unit,
+                    if e.protected { " (a protected unit)" } else { "" }
+                ),
+            );
+        }
+    }
+    for f in &a.failed {
+        push("unit-failed", "critical", Some(&f.unit), "failed", format!("{} failed: {}", f.unit, f.status.summary()));
+    }
+    if let Some(why) = &a.aborted {
+        push("stopped-early", "critical", None, "aborted", format!("the switch stopped early: {why}"));
+    }
+    out
 }
 
 /// Lists the findings of a plan, without duplicate fingerprints, pointing

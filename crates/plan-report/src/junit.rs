@@ -22,6 +22,13 @@
 //! the plan unless `check --fail-on reboot` makes it one, and the exit
 //! code says so.
 //!
+//! Once the plan was carried out (`switch`, `apply`), the apply adds its
+//! own test cases: one per phase (failed when a job of it failed or the
+//! step did), one per unit that failed, one per protected unit checked
+//! (failed when disturbed), one per unplanned effect systemd was seen
+//! having (failed: the plan did not list it), and `observed`, which
+//! passes when nothing was unplanned and carries the counts.
+//!
 //! The record of pending deferrals alone (`safe-switch pending`) is one
 //! failed test case per pending action, or one passing `pending` case when
 //! nothing is pending.
@@ -32,7 +39,7 @@
 use std::borrow::Cow;
 use std::io;
 
-use plan_model::{Earlier, Pending, Plan};
+use plan_model::{ApplyReport, Earlier, Pending, Plan};
 use quick_xml::Writer;
 use quick_xml::events::{BytesDecl, BytesText, Event};
 
@@ -53,6 +60,8 @@ const REBOOT: &str = "safe-switch.reboot";
 /// The `classname` of the kernel modules the new generation adds or
 /// changes.
 const MODULES: &str = "safe-switch.kernel-modules";
+/// The `classname` of what the apply did.
+const APPLIED: &str = "safe-switch.applied";
 
 /// One test case before it is written.
 struct Case {
@@ -103,6 +112,20 @@ fn suite<'a>(name: &'a str, prefix: &str, report: &Report<'_>) -> Suite<'a> {
     let plan = report.plan;
     let mut cases = cases(plan);
     cases.extend(earlier_cases(report.pending));
+    let mut props: Vec<(&'static str, String)> = properties(plan).into();
+    if let Some(applied) = report.applied {
+        cases.extend(applied_cases(applied));
+        props.push(("applied", crate::applied_verdict(applied).to_owned()));
+        if let Some(o) = &applied.observed {
+            props.extend([
+                ("observed.effects", o.total().to_string()),
+                ("observed.planned", o.planned.to_string()),
+                ("observed.predicted", o.predicted.to_string()),
+                ("observed.unplanned", o.unplanned.to_string()),
+                ("observed.jobs", o.jobs.to_string()),
+            ]);
+        }
+    }
     for case in &mut cases {
         case.classname.insert_str(0, prefix);
     }
@@ -118,7 +141,7 @@ fn suite<'a>(name: &'a str, prefix: &str, report: &Report<'_>) -> Suite<'a> {
             }
         })
         .collect();
-    Suite { name, props: properties(plan).into(), cases, system_out: diags.join("\n") }
+    Suite { name, props, cases, system_out: diags.join("\n") }
 }
 
 /// Renders the record of pending deferrals: one failed test case per
@@ -178,6 +201,115 @@ fn earlier_cases(earlier: &[Earlier]) -> Vec<Case> {
                 out: text.clone(),
             });
         }
+    }
+    cases
+}
+
+/// What the apply did, as test cases.
+fn applied_cases(a: &ApplyReport) -> Vec<Case> {
+    let mut cases = Vec::new();
+    for (i, p) in a.phases.iter().enumerate() {
+        let done = p.jobs.iter().filter(|j| j.result.is_done()).count();
+        let out = match &p.note {
+            Some(note) => note.clone(),
+            None => format!("{done} of {} jobs done", p.jobs.len()),
+        };
+        let outcome = if p.ok {
+            Outcome::Pass
+        } else {
+            let failed: Vec<String> = p
+                .jobs
+                .iter()
+                .filter(|j| !j.result.is_done())
+                .map(|j| format!("{} {}: {}", j.kind, j.unit, j.result.describe()))
+                .collect();
+            Outcome::Failure {
+                kind: "phase-failed",
+                message: format!("{}: {out}", p.phase.name()),
+                text: format!("{}\n", failed.join("\n")),
+            }
+        };
+        cases.push(Case {
+            classname: APPLIED.to_owned(),
+            name: format!("phase {}: {}", i + 1, p.phase.name()),
+            outcome,
+            out,
+        });
+    }
+    if let Some(why) = &a.aborted {
+        let not_done: Vec<&str> = a.not_done.iter().map(|p| p.name()).collect();
+        cases.push(Case {
+            classname: APPLIED.to_owned(),
+            name: "finished".to_owned(),
+            outcome: Outcome::Failure {
+                kind: "stopped-early",
+                message: format!("stopped early: {why}"),
+                text: format!("not done: {}\n", not_done.join(", ")),
+            },
+            out: String::new(),
+        });
+    }
+    for f in &a.failed {
+        let summary = f.status.summary();
+        cases.push(Case {
+            classname: APPLIED.to_owned(),
+            name: format!("unit {}", f.unit),
+            outcome: Outcome::Failure {
+                kind: "unit-failed",
+                message: format!("{} failed: {summary}", f.unit),
+                text: f
+                    .job
+                    .as_ref()
+                    .map(|j| format!("{} {}: {}\n", j.kind, j.unit, j.result.describe()))
+                    .unwrap_or_default(),
+            },
+            out: String::new(),
+        });
+    }
+    for c in &a.protected {
+        let outside: Vec<String> = a
+            .unplanned_on_protected()
+            .filter(|e| e.unit == c.unit)
+            .map(|e| format!("{} outside the plan", e.effect))
+            .collect();
+        let disturbed = c.disturbed.clone().or_else(|| (!outside.is_empty()).then(|| outside.join(", ")));
+        let outcome = match disturbed {
+            None => Outcome::Pass,
+            Some(what) => Outcome::Failure {
+                kind: "protected-disturbed",
+                message: format!("protected {} disturbed: {what}", c.unit),
+                text: String::new(),
+            },
+        };
+        let out = format!("MainPID {}, InvocationID {}", c.after.main_pid, c.after.invocation_id);
+        cases.push(Case { classname: APPLIED.to_owned(), name: format!("protected {}", c.unit), outcome, out });
+    }
+    if let Some(o) = &a.observed {
+        for e in o.unplanned() {
+            cases.push(Case {
+                classname: APPLIED.to_owned(),
+                name: format!("unplanned {} {}", e.effect, e.unit),
+                outcome: Outcome::Failure {
+                    kind: "unplanned",
+                    message: format!(
+                        "systemd {} {}, which the plan neither lists nor predicts{}",
+                        e.effect.past(),
+                        e.unit,
+                        if e.protected { "; the unit is protected" } else { "" }
+                    ),
+                    text: format!("{}\n", plan_model::observe::effect_line(e)),
+                },
+                out: String::new(),
+            });
+        }
+        let mut out = format!("{}\n", o.summary());
+        for c in &o.not_seen {
+            out.push_str(&format!("predicted, not seen: {}\n", plan_model::observe::consequence_line(c)));
+        }
+        if o.dropped > 0 {
+            out.push_str(&format!("{}\n", o.dropped_note()));
+        }
+        cases.push(Case { classname: APPLIED.to_owned(), name: "observed".to_owned(), outcome: Outcome::Pass, out });
     }
     cases
 }

@@ -3,7 +3,8 @@
 //!
 //! Every renderer is a pure function from a [`Report`] (the plan, the
 //! diffs of the files it was made from, the commands that carry it out,
-//! the deferrals earlier switches left pending) to a string, one module
+//! the deferrals earlier switches left pending, and once it was carried
+//! out, what the apply did) to a string, one module
 //! per format, so that the planners' crates and the golden tests can test
 //! what users read without touching the disk. The same modules render the
 //! record of pending deferrals alone ([`render_pending`], for `safe-switch
@@ -27,8 +28,8 @@ pub mod packages;
 pub mod text;
 
 use plan_model::{
-    Action, Earlier, Edge, FileDiff, KernelModule, Manager, ModuleUse, Pending, PendingDeferral, Plan, Reboot, Touch,
-    UnitPlan,
+    Action, ApplyReport, Earlier, Edge, FileDiff, KernelModule, Manager, ModuleUse, Pending, PendingDeferral, Plan,
+    Reboot, Touch, UnitPlan,
 };
 use serde::Deserialize as _;
 
@@ -94,13 +95,32 @@ pub struct Report<'a> {
     /// does to each. Empty when none were pending (or they are not known:
     /// an offline `diff` without `--pending`).
     pub pending: &'a [Earlier],
+    /// What carrying the plan out did, once `switch` or `apply` has done
+    /// it: the phases, the failed and protected units, what systemd was
+    /// seen doing compared with the plan, the activation's output.
+    pub applied: Option<&'a ApplyReport>,
 }
 
 impl<'a> Report<'a> {
-    /// The report of a plan alone: no diffs, commands or earlier
-    /// deferrals.
+    /// The report of a plan alone: no diffs, commands, earlier deferrals
+    /// or apply.
     pub fn of(plan: &'a Plan) -> Report<'a> {
-        Report { plan, diffs: &[], commands: &[], pending: &[] }
+        Report { plan, diffs: &[], commands: &[], pending: &[], applied: None }
+    }
+}
+
+/// How an apply ended, in a few words, from the same helpers the exit
+/// code uses: `done`, `stopped early`, `a protected unit was disturbed`,
+/// `finished with failures`.
+pub fn applied_verdict(applied: &ApplyReport) -> &'static str {
+    if applied.aborted.is_some() {
+        "stopped early"
+    } else if applied.protected_disturbed() {
+        "a protected unit was disturbed"
+    } else if applied.success() {
+        "done"
+    } else {
+        "finished with failures"
     }
 }
 

@@ -3,7 +3,9 @@
 //!
 //! GitHub drops a step summary larger than 1 MiB entirely, so the report is
 //! built section by section under a byte budget ([`LIMIT`]), most important
-//! first: the verdict and the blocked actions, then the planned actions,
+//! first: the verdict, what the apply did once the plan was carried out
+//! (with the end of the activation's output, in a collapsible block), the
+//! blocked actions, then the planned actions,
 //! the steps, the deferrals pending from earlier switches, the diagnostics
 //! and last the unit-file diffs (each in a
 //! collapsible `<details>` block). What does not fit is counted and named
@@ -11,7 +13,8 @@
 
 use std::fmt::Write as _;
 
-use plan_model::{Action, Pending, PendingDeferral, Plan, Severity};
+use plan_model::observe::Class;
+use plan_model::{Action, ApplyReport, Pending, PendingDeferral, Plan, Severity};
 
 use crate::{
     ActionCounts, HostReport, Report, Verdict, action_items, chain_line, reasons_line, reboot_reasons, usable_words,
@@ -116,6 +119,10 @@ fn render_titled(report: &Report<'_>, limit: usize, title: &str) -> String {
     let mut b = Budget::new(limit);
 
     b.push(&header(plan, title));
+
+    if let Some(applied) = report.applied {
+        applied_section(&mut b, applied);
+    }
 
     let items = action_items(plan);
     let blocked: Vec<_> = items.iter().filter(|i| i.status.is_blocked()).collect();
@@ -226,6 +233,109 @@ fn render_titled(report: &Report<'_>, limit: usize, title: &str) -> String {
     }
 
     b.finish()
+}
+
+/// What the apply did: its verdict, each phase, what stopped it, the
+/// failed and protected units, what systemd was seen doing compared with
+/// the plan (every unplanned effect, the predictions not seen), and the
+/// end of the activation's output.
+fn applied_section(b: &mut Budget, a: &ApplyReport) {
+    b.push(&format!("### Applied: {}\n\n| Phase | Result |\n|---|---|\n", crate::applied_verdict(a)));
+    for p in &a.phases {
+        let done = p.jobs.iter().filter(|j| j.result.is_done()).count();
+        let mut result = match &p.note {
+            Some(note) => note.clone(),
+            None => format!("{done} of {} jobs done", p.jobs.len()),
+        };
+        let failed: Vec<String> = p
+            .jobs
+            .iter()
+            .filter(|j| !j.result.is_done())
+            .map(|j| format!("{} {} ({})", j.kind, j.unit, j.result.describe()))
+            .collect();
+        if !failed.is_empty() {
+            result.push_str(&format!("; failed: {}", failed.join(", ")));
+        }
+        let mark = if p.ok { "" } else { "❌ " };
+        b.row(&format!("| {} | {mark}{} |\n", p.phase.name(), cell(&result)));
+    }
+    for phase in &a.not_done {
+        b.row(&format!("| {} | not done |\n", phase.name()));
+    }
+    b.push("\n");
+    if let Some(why) = &a.aborted {
+        b.push(&format!("**Stopped early**: {}\n\n", inline(why)));
+    }
+    if !a.failed.is_empty() {
+        b.push("**Failed units**\n\n");
+        for f in &a.failed {
+            b.row(&format!("- {}: {}\n", code(&f.unit), inline(&f.status.summary())));
+        }
+        b.push("\n");
+    }
+    let outside = |unit: &str| -> Vec<String> {
+        a.unplanned_on_protected()
+            .filter(|e| e.unit == unit)
+            .map(|e| format!("{} outside the plan", e.effect))
+            .collect()
+    };
+    if !a.protected.is_empty() {
+        b.push("**Protected units**\n\n");
+        for c in &a.protected {
+            let outside = outside(&c.unit);
+            let line = match &c.disturbed {
+                Some(what) => format!("**disturbed**: {}", inline(what)),
+                None if !outside.is_empty() => format!("**disturbed**: {}", inline(&outside.join(", "))),
+                None => {
+                    format!("untouched (MainPID {}, InvocationID {})", c.after.main_pid, code(&c.after.invocation_id))
+                }
+            };
+            b.row(&format!("- {}: {line}\n", code(&c.unit)));
+        }
+        b.push("\n");
+    }
+    if let Some(o) = &a.observed {
+        let summary = o.summary();
+        let summary = summary.strip_prefix("observed ").unwrap_or(&summary);
+        b.push(&format!("#### Observed: {}\n\n", inline(summary)));
+        let unplanned: Vec<_> = o.effects.iter().filter(|e| e.class == Class::Unplanned).collect();
+        if !unplanned.is_empty() {
+            b.push("Unplanned: systemd did this although the plan neither lists nor predicts it.\n\n| Unit | Effect | Protected | State | Jobs |\n|---|---|---|---|---|\n");
+            for e in unplanned {
+                b.row(&format!(
+                    "| {} | {} | {} | {} → {} | {} |\n",
+                    code(&e.unit),
+                    e.effect,
+                    if e.protected { "**yes**" } else { "no" },
+                    e.before,
+                    e.after,
+                    cell(&e.jobs.join(", "))
+                ));
+            }
+            b.push("\n");
+        }
+        if !o.not_seen.is_empty() {
+            b.push("Predicted, not seen:\n\n");
+            for c in &o.not_seen {
+                b.row(&format!("- {}\n", inline(&plan_model::observe::consequence_line(c))));
+            }
+            b.push("\n");
+        }
+        if o.dropped > 0 {
+            b.push(&format!("> {}\n\n", inline(&o.dropped_note())));
+        }
+    }
+    if let Some(log) = &a.log {
+        let text = super::printable(&log.text);
+        let fence = fence_for(&text);
+        let shown = if log.cut { format!("the last {} bytes of", log.text.len()) } else { "all of".to_owned() };
+        b.diff(&format!(
+            "<details><summary>Output of the activation: {shown} <code>{}</code> ({} bytes)</summary>\n\n{fence}text\n{text}{}{fence}\n\n</details>\n\n",
+            html(&log.path),
+            log.bytes,
+            if text.is_empty() || text.ends_with('\n') { "" } else { "\n" },
+        ));
+    }
 }
 
 /// Renders the record of pending deferrals, at most `limit` bytes long.

@@ -6,8 +6,9 @@
 //! refusal instead. Then each unit with its actions, the rules that fired
 //! and the unit-file keys that changed; the protections in force and what
 //! they held back; the package changes; the diagnostics; the commands that
-//! carry a launchd plan out; and last the unified diffs of the files that
-//! changed.
+//! carry a launchd plan out; the unified diffs of the files that changed;
+//! and last, once the plan was carried out, what the apply did
+//! ([`render_applied`]).
 //!
 //! Everything that comes from the inputs (names, paths, values) is passed
 //! through [`printable`] first, so it cannot move the cursor or hide text.
@@ -17,7 +18,8 @@ use std::fmt::Write as _;
 
 use anstyle::{AnsiColor, Style as Ansi};
 use plan_model::{
-    Action, Earlier, KeyChange, Mode, ModuleUse, Pending, Phase, Plan, ProtectionSource, Rule, Severity, Step, UnitPlan,
+    Action, ApplyReport, Earlier, KeyChange, Mode, ModuleUse, Pending, Phase, Plan, ProtectionSource, Rule, Severity,
+    Step, UnitPlan,
 };
 
 use crate::{
@@ -119,7 +121,41 @@ pub fn render(report: &Report<'_>, style: Style) -> String {
         }
     }
     diffs(&mut out, report);
+    if let Some(applied) = report.applied {
+        out.blank();
+        out.line(Kind::Heading, &format!("applied: {}", crate::applied_verdict(applied)));
+        applied_lines(&mut out, applied);
+    }
     out.text
+}
+
+/// What an apply did, as text: the lines `switch` and `apply` print when
+/// the apply ends (each phase, what stopped it, the failed units and
+/// their status, what systemd was seen doing compared with the plan, the
+/// protected units, where the activation's output is kept).
+pub fn render_applied(applied: &ApplyReport, style: Style) -> String {
+    let verdict = if applied.protected_disturbed() { Verdict::Refused } else { Verdict::Deferred };
+    let mut out = Out { text: String::new(), style, verdict };
+    applied_lines(&mut out, applied);
+    out.text
+}
+
+fn applied_lines(out: &mut Out, applied: &ApplyReport) {
+    for line in applied.render_text().lines() {
+        let kind = if line.starts_with("PROTECTED UNIT DISTURBED") || line.starts_with("UNPLANNED") {
+            Kind::Blocked
+        } else if line.starts_with("warning:") || line.starts_with("stopped early") {
+            Kind::Warning
+        } else {
+            Kind::Plain
+        };
+        out.line(kind, &printable(line));
+    }
+    if let Some(status) = &applied.failed_status {
+        for line in status.lines() {
+            out.plain(&printable(line));
+        }
+    }
 }
 
 /// Renders the reports of several hosts: a line over all of them, a table

@@ -17,6 +17,7 @@
 //! generation's keep theirs ([`kept_after`]).
 
 use std::collections::BTreeSet;
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
@@ -122,8 +123,8 @@ impl SystemManagerHost {
 
     /// Right after `prepopulate`: the units whose actions are still to
     /// come or deferred get their entries from before back.
-    fn after_prepopulate(&self, plan: &Plan, script: &str) -> Result<String, String> {
-        run(&mut Command::new(script), script)?;
+    fn after_prepopulate(&self, plan: &Plan, script: &str, log: &mut dyn Write) -> Result<String, String> {
+        run(&mut Command::new(script), script, log)?;
         let before = self.before()?;
         let mut state = self.now(script)?;
         let keep = kept_until_acted(plan, &self.pending);
@@ -154,7 +155,7 @@ impl SystemManagerHost {
     /// placed in `/etc/tmpfiles.d` (the same files). A generation without
     /// rules runs nothing (system-manager would then run every rule of the
     /// host).
-    fn tmpfiles(&self) -> Result<String, String> {
+    fn tmpfiles(&self, log: &mut dyn Write) -> Result<String, String> {
         let Some(dir) = self.static_etc.as_ref().map(|d| d.join("tmpfiles.d")) else {
             return Ok("no static /etc tree: skipped".to_owned());
         };
@@ -169,39 +170,41 @@ impl SystemManagerHost {
             return Ok("no tmpfiles.d rules: skipped".to_owned());
         }
         rules.sort();
-        run(Command::new("systemd-tmpfiles").args(["--create", "--remove"]).args(&rules), "systemd-tmpfiles")?;
+        run(Command::new("systemd-tmpfiles").args(["--create", "--remove"]).args(&rules), "systemd-tmpfiles", log)?;
         Ok(format!("systemd-tmpfiles --create --remove on {}", count_of(rules.len(), "rule file")))
     }
 
     /// `systemctl mask --force` of `units` (the executor reloads systemd
     /// afterwards), as system-manager masks them (`MaskUnitFiles`, forced).
-    fn mask(&self, units: &[String]) -> Result<String, String> {
-        run(Command::new("systemctl").args(["mask", "--force", "--no-reload", "--"]).args(units), "systemctl mask")?;
+    fn mask(&self, units: &[String], log: &mut dyn Write) -> Result<String, String> {
+        let mut mask = Command::new("systemctl");
+        mask.args(["mask", "--force", "--no-reload", "--"]).args(units);
+        run(&mut mask, "systemctl mask", log)?;
         Ok(format!("masked {}", units.join(", ")))
     }
 }
 
 impl Host for SystemManagerHost {
-    fn activate(&mut self, script: &Path, toplevel: &Path) -> Result<i32, systemd_live::Error> {
-        self.processes.activate(script, toplevel)
+    fn activate(&mut self, script: &Path, toplevel: &Path, log: &mut dyn Write) -> Result<i32, systemd_live::Error> {
+        self.processes.activate(script, toplevel, log)
     }
 
-    fn swapoff(&mut self, device: &str) -> Result<(), String> {
-        self.processes.swapoff(device)
+    fn swapoff(&mut self, device: &str, log: &mut dyn Write) -> Result<(), String> {
+        self.processes.swapoff(device, log)
     }
 
     fn status_text(&mut self, units: &[String]) -> Option<String> {
         self.processes.status_text(units)
     }
 
-    fn engine_step(&mut self, step: &Step, plan: &Plan) -> Result<String, String> {
+    fn engine_step(&mut self, step: &Step, plan: &Plan, log: &mut dyn Write) -> Result<String, String> {
         match step {
             Step::Assertions { script } | Step::RegisterProfile { script } => {
-                run(&mut Command::new(script), script).map(|()| "exit status 0".to_owned())
+                run(&mut Command::new(script), script, log).map(|()| "exit status 0".to_owned())
             }
-            Step::Prepopulate { script } => self.after_prepopulate(plan, script),
-            Step::Tmpfiles => self.tmpfiles(),
-            Step::Mask { units } => self.mask(units),
+            Step::Prepopulate { script } => self.after_prepopulate(plan, script, log),
+            Step::Tmpfiles => self.tmpfiles(log),
+            Step::Mask { units } => self.mask(units, log),
             Step::SystemManagerState => self.final_state(plan),
             other => Err(format!("not a step of system-manager's activation: {other:?}")),
         }
@@ -209,14 +212,17 @@ impl Host for SystemManagerHost {
 }
 
 /// Runs a program with no input and its output on standard error (where
-/// the switch's progress goes; standard output holds the report).
-fn run(cmd: &mut Command, what: &str) -> Result<(), String> {
+/// the switch's progress goes; standard output holds the report) and in
+/// `log` (the apply's activation log).
+fn run(cmd: &mut Command, what: &str, log: &mut dyn Write) -> Result<(), String> {
     use std::os::unix::process::ExitStatusExt as _;
-    let status = cmd
+    let child = cmd
         .stdin(Stdio::null())
-        .stdout(std::io::stderr())
-        .status()
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
         .map_err(|e| format!("{what}: cannot run it: {e}"))?;
+    let status = systemd_live::tee(child, log).map_err(|e| format!("{what}: {e}"))?;
     match (status.code(), status.signal()) {
         (Some(0), _) => Ok(()),
         (Some(code), _) => Err(format!("{what} exited with status {code}")),
@@ -335,7 +341,11 @@ mod tests {
         let new_state = State::with_services(new.clone());
         std::fs::write(
             &script,
-            format!("#!/bin/sh\ncat > '{}' <<'EOF'\n{}\nEOF\n", state_file.display(), new_state.to_json()),
+            format!(
+                "#!/bin/sh\necho placing the files\necho a warning >&2\ncat > '{}' <<'EOF'\n{}\nEOF\n",
+                state_file.display(),
+                new_state.to_json()
+            ),
         )
         .unwrap();
         std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
@@ -343,8 +353,14 @@ mod tests {
         let mut host = SystemManagerHost::new(state_file.clone(), before, new.clone(), Pending::default(), None);
         let plan = plan();
         let script = script.display().to_string();
-        let note = host.engine_step(&Step::Prepopulate { script }, &plan).unwrap();
+        let mut log = Vec::new();
+        let note = host.engine_step(&Step::Prepopulate { script }, &plan, &mut log).unwrap();
         assert!(note.contains("4 units keep their entries from before"), "{note}");
+        let log = String::from_utf8(log).unwrap();
+        assert!(
+            log.contains("placing the files\n") && log.contains("a warning\n"),
+            "the engine's output is logged: {log}"
+        );
         let now = State::read(&state_file).unwrap().unwrap();
         let expected: Services = [
             ("gone.service", entry(Some("/old/gone"), false)),
@@ -356,7 +372,7 @@ mod tests {
         .collect();
         assert_eq!(now.services(), &expected, "nothing acted on yet: the old entries");
 
-        let note = host.engine_step(&Step::SystemManagerState, &plan).unwrap();
+        let note = host.engine_step(&Step::SystemManagerState, &plan, &mut std::io::sink()).unwrap();
         assert!(note.ends_with("kept from before the switch: sshd.service"), "{note}");
         let end = State::read(&state_file).unwrap().unwrap();
         let expected: Services = [
@@ -380,12 +396,19 @@ mod tests {
             Pending::default(),
             None,
         );
-        let err = host.engine_step(&Step::Assertions { script: "/bin/false".into() }, &plan()).unwrap_err();
+        let err = host
+            .engine_step(&Step::Assertions { script: "/bin/false".into() }, &plan(), &mut std::io::sink())
+            .unwrap_err();
         assert_eq!(err, "/bin/false exited with status 1");
         let missing = dir.path().join("bin/register-profile").display().to_string();
-        let err = host.engine_step(&Step::RegisterProfile { script: missing.clone() }, &plan()).unwrap_err();
+        let err = host
+            .engine_step(&Step::RegisterProfile { script: missing.clone() }, &plan(), &mut std::io::sink())
+            .unwrap_err();
         assert!(err.starts_with(&format!("{missing}: cannot run it: ")), "{err}");
-        assert!(host.engine_step(&Step::DaemonReload, &plan()).is_err());
-        assert_eq!(host.engine_step(&Step::Tmpfiles, &plan()).unwrap(), "no static /etc tree: skipped");
+        assert!(host.engine_step(&Step::DaemonReload, &plan(), &mut std::io::sink()).is_err());
+        assert_eq!(
+            host.engine_step(&Step::Tmpfiles, &plan(), &mut std::io::sink()).unwrap(),
+            "no static /etc tree: skipped"
+        );
     }
 }

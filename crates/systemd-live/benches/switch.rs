@@ -65,15 +65,16 @@ fn plan(old: &Path, new: &Path, n: usize) -> Plan {
 struct BedHost<'a>(&'a TestBed);
 
 impl Host for BedHost<'_> {
-    fn activate(&mut self, script: &Path, toplevel: &Path) -> Result<i32, Error> {
+    fn activate(&mut self, script: &Path, toplevel: &Path, log: &mut dyn std::io::Write) -> Result<i32, Error> {
         let mut cmd = self.0.command(script);
         cmd.arg(toplevel).env("NIXOS_ACTION", "switch");
         let out = testbed::exec::run(&mut cmd, Duration::from_secs(120))
             .map_err(|e| Error::Activate { path: script.to_owned(), source: std::io::Error::other(e.to_string()) })?;
+        let _ = log.write_all(out.stdout.as_bytes()).and_then(|()| log.write_all(out.stderr.as_bytes()));
         Ok(out.code().unwrap_or(-1))
     }
 
-    fn swapoff(&mut self, _device: &str) -> Result<(), String> {
+    fn swapoff(&mut self, _device: &str, _log: &mut dyn std::io::Write) -> Result<(), String> {
         Ok(())
     }
 

@@ -22,13 +22,15 @@ use std::time::{Duration, Instant};
 use futures_util::StreamExt;
 use futures_util::future::{join, join4};
 use futures_util::stream::{self, FuturesUnordered, TryStreamExt};
+use plan_model::observe::{Activity, SeenJob};
 use plan_model::{LiveState, LiveUnit};
 use zbus::proxy::CacheProperties;
 use zbus::{Connection, OwnedObjectPath, OwnedVariant, Variant};
 
 use crate::Error;
 use crate::manager::{
-    Dependencies, JobKind, JobOutcome, JobResult, ServiceManager, TransientExit, TransientSpec, UnitProcess, UnitStatus,
+    Dependencies, JobKind, JobOutcome, JobResult, ServiceManager, TransientExit, TransientSpec, UnitProcess,
+    UnitStatus, WatchedJobs,
 };
 use crate::search_path::SearchPath;
 
@@ -116,6 +118,8 @@ pub struct SystemdBus {
     paths: Mutex<HashMap<String, OwnedObjectPath>>,
     /// Method calls made on the connection, for benchmarks.
     calls: std::sync::atomic::AtomicUsize,
+    /// The watch of every job systemd runs, while one is in force.
+    watch: Option<JobWatch>,
 }
 
 impl std::fmt::Debug for SystemdBus {
@@ -203,23 +207,7 @@ impl SystemdBus {
     pub fn connect_to(address: &str, timeout: Duration) -> Result<SystemdBus, Error> {
         let address = address.to_owned();
         zbus::block_on(async {
-            let build = zbus::connection::Builder::address(address.as_str())
-                // A phase of hundreds of jobs produces as many JobRemoved
-                // signals; they must not fill the queue while the calls
-                // that queue the jobs are still waiting for replies.
-                .max_queued(NonZeroUsize::new(1 << 16).unwrap_or(NonZeroUsize::MIN))
-                .method_timeout(timeout)
-                .build();
-            // zbus's method timeout starts with the first call after the
-            // handshake; the handshake (with its Hello) has its own.
-            let conn = match with_timeout(timeout, build).await {
-                Some(conn) => {
-                    conn.map_err(|e| Error::Connect { address: address.clone(), message: error_message(&e) })?
-                }
-                None => {
-                    return Err(Error::Timeout { call: format!("Hello (connection set-up on {address})"), timeout });
-                }
-            };
+            let conn = open(&address, timeout).await?;
             let manager = manager(&conn).await?;
             manager.subscribe().await.map_err(|e| {
                 if is_timeout(&e) {
@@ -233,13 +221,31 @@ impl SystemdBus {
             })?;
             // The first call made is that Subscribe.
             let calls = std::sync::atomic::AtomicUsize::new(1);
-            Ok(SystemdBus { conn, address, timeout, paths: Mutex::default(), calls })
+            Ok(SystemdBus { conn, address, timeout, paths: Mutex::default(), calls, watch: None })
         })
     }
 
     /// The bus address in use.
     pub fn address(&self) -> &str {
         &self.address
+    }
+}
+
+/// A connection to the bus at `address`, with `timeout` as the deadline
+/// of its set-up and of every call made on it.
+async fn open(address: &str, timeout: Duration) -> Result<Connection, Error> {
+    let build = zbus::connection::Builder::address(address)
+        // A phase of hundreds of jobs produces as many JobRemoved
+        // signals; they must not fill the queue while the calls
+        // that queue the jobs are still waiting for replies.
+        .max_queued(NonZeroUsize::new(1 << 16).unwrap_or(NonZeroUsize::MIN))
+        .method_timeout(timeout)
+        .build();
+    // zbus's method timeout starts with the first call after the
+    // handshake; the handshake (with its Hello) has its own.
+    match with_timeout(timeout, build).await {
+        Some(conn) => conn.map_err(|e| Error::Connect { address: address.to_owned(), message: error_message(&e) }),
+        None => Err(Error::Timeout { call: format!("Hello (connection set-up on {address})"), timeout }),
     }
 }
 
@@ -603,6 +609,9 @@ impl SystemdBus {
                 }
                 JobEvent::Queued((index, _, Ok(path))) => {
                     let path = path.as_str().to_owned();
+                    if let Some(watch) = &self.watch {
+                        watch.ours(&path);
+                    }
                     match early.remove(&path) {
                         Some(result) => batch.finish(index, job_result(&result)),
                         None => {
@@ -807,6 +816,230 @@ impl SystemdBus {
         }
         manager.get_unit(&spec.unit).await.map_err(call_err(format!("GetUnit({})", spec.unit), self.timeout))
     }
+}
+
+/// How long [`ServiceManager::stop_watching`] waits for the jobs a watch
+/// saw queued to end: a unit a target pulled in may still be starting
+/// when the target's own job has ended.
+const WATCH_GRACE: Duration = Duration::from_secs(5);
+
+/// How many reads of a job's type a watch has in flight at once; a job
+/// seen while that many are waiting keeps its type unread.
+const TYPES_IN_FLIGHT: usize = 64;
+
+/// A watch of every job systemd runs: its signal streams, read all along
+/// by a thread of its own, so that nothing fills up however long the
+/// caller does something else (an activation script, a re-exec). It has
+/// a bus connection of its own: its reads of job types do not count
+/// against the pending replies the bus allows the connection that queues
+/// the jobs, and its signals never hold that connection's replies back.
+struct JobWatch {
+    conn: Connection,
+    seen: Arc<Mutex<Seen>>,
+    stop: Arc<Flag>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl JobWatch {
+    /// Marks the job at `path` as queued by this client.
+    fn ours(&self, path: &str) {
+        if let Ok(mut seen) = self.seen.lock() {
+            seen.ours(path);
+        }
+    }
+
+    /// Tells whether a job the watch saw queued has not ended yet.
+    fn jobs_open(&self) -> bool {
+        self.seen.lock().is_ok_and(|s| s.open > 0)
+    }
+
+    /// Stops the thread, once it has read what is already queued.
+    fn end(&mut self) {
+        self.stop.raise();
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+impl Drop for JobWatch {
+    fn drop(&mut self) {
+        self.end();
+    }
+}
+
+/// What a watch has seen.
+#[derive(Debug, Default)]
+struct Seen {
+    keep: usize,
+    jobs: Vec<SeenJob>,
+    /// Each kept job's position, by job path.
+    index: HashMap<String, usize>,
+    /// The paths of jobs seen but not kept.
+    left_out: HashSet<String>,
+    /// The paths of the jobs this client queued.
+    ours: HashSet<String>,
+    /// How many kept jobs have not ended.
+    open: usize,
+}
+
+impl Seen {
+    /// A job was queued (`JobNew`); returns its position when it is kept.
+    fn queued(&mut self, path: String, unit: String) -> Option<usize> {
+        if self.index.contains_key(&path) || self.left_out.contains(&path) {
+            return None;
+        }
+        self.keep(path, SeenJob { unit, job_type: None, result: None, ours: false }).inspect(|_| self.open += 1)
+    }
+
+    /// A job ended (`JobRemoved`). One whose start was not seen (queued
+    /// before the watch, or its signal lost) is kept all the same.
+    fn ended(&mut self, path: String, unit: String, result: String) {
+        match self.index.get(&path) {
+            Some(&i) => {
+                if let Some(job) = self.jobs.get_mut(i)
+                    && job.result.is_none()
+                {
+                    job.result = Some(result);
+                    self.open = self.open.saturating_sub(1);
+                }
+            }
+            None if !self.left_out.contains(&path) => {
+                let _ = self.keep(path, SeenJob { unit, job_type: None, result: Some(result), ours: false });
+            }
+            None => {}
+        }
+    }
+
+    fn keep(&mut self, path: String, mut job: SeenJob) -> Option<usize> {
+        if self.jobs.len() >= self.keep {
+            self.left_out.insert(path);
+            return None;
+        }
+        job.ours = self.ours.contains(&path);
+        self.index.insert(path, self.jobs.len());
+        self.jobs.push(job);
+        Some(self.jobs.len() - 1)
+    }
+
+    fn ours(&mut self, path: &str) {
+        self.ours.insert(path.to_owned());
+        if let Some(job) = self.index.get(path).and_then(|&i| self.jobs.get_mut(i)) {
+            job.ours = true;
+        }
+    }
+}
+
+/// A flag a thread waits on: raised once, wakes the waiting task.
+#[derive(Debug, Default)]
+struct Flag(Mutex<(bool, Option<Waker>)>);
+
+impl Flag {
+    fn raise(&self) {
+        if let Ok(mut state) = self.0.lock() {
+            state.0 = true;
+            if let Some(waker) = state.1.take() {
+                waker.wake();
+            }
+        }
+    }
+
+    fn poll(&self, cx: &mut std::task::Context<'_>) -> Poll<()> {
+        match self.0.lock() {
+            Ok(state) if state.0 => Poll::Ready(()),
+            Ok(mut state) => {
+                state.1 = Some(cx.waker().clone());
+                Poll::Pending
+            }
+            Err(_) => Poll::Ready(()),
+        }
+    }
+}
+
+/// What a watch's thread reads next.
+enum WatchEvent {
+    New(Option<zbus::Result<zbus::Message>>),
+    Removed(Option<zbus::Result<zbus::Message>>),
+    Typed((usize, Option<String>)),
+    Stop,
+}
+
+/// Reads a watch's signals until `stop` is raised: signals first, so that
+/// every signal already queued is read before the watch ends.
+async fn watch_jobs_loop(
+    conn: Connection,
+    mut new: zbus::MessageStream,
+    mut removed: zbus::MessageStream,
+    seen: Arc<Mutex<Seen>>,
+    stop: Arc<Flag>,
+) {
+    let mut types = FuturesUnordered::new();
+    let (mut new_open, mut removed_open) = (true, true);
+    loop {
+        let event = std::future::poll_fn(|cx| {
+            if new_open && let Poll::Ready(m) = new.poll_next_unpin(cx) {
+                return Poll::Ready(WatchEvent::New(m));
+            }
+            if removed_open && let Poll::Ready(m) = removed.poll_next_unpin(cx) {
+                return Poll::Ready(WatchEvent::Removed(m));
+            }
+            if let Poll::Ready(Some(typed)) = types.poll_next_unpin(cx) {
+                return Poll::Ready(WatchEvent::Typed(typed));
+            }
+            stop.poll(cx).map(|()| WatchEvent::Stop)
+        })
+        .await;
+        match event {
+            WatchEvent::New(Some(Ok(msg))) => {
+                let Ok((_, job, unit)) = msg.body().deserialize::<(u32, OwnedObjectPath, String)>() else { continue };
+                let path = job.as_str().to_owned();
+                let kept = seen.lock().ok().and_then(|mut s| s.queued(path.clone(), unit));
+                if let Some(i) = kept
+                    && types.len() < TYPES_IN_FLIGHT
+                {
+                    types.push(job_type(&conn, path, i));
+                }
+            }
+            WatchEvent::Removed(Some(Ok(msg))) => {
+                if let Some((path, unit, result)) = job_removed(&msg)
+                    && let Ok(mut s) = seen.lock()
+                {
+                    s.ended(path, unit, result);
+                }
+            }
+            WatchEvent::New(None) => new_open = false,
+            WatchEvent::Removed(None) => removed_open = false,
+            WatchEvent::New(Some(Err(_))) | WatchEvent::Removed(Some(Err(_))) => {}
+            WatchEvent::Typed((i, Some(job_type))) => {
+                if let Ok(mut s) = seen.lock()
+                    && let Some(job) = s.jobs.get_mut(i)
+                {
+                    job.job_type = Some(job_type);
+                }
+            }
+            WatchEvent::Typed((_, None)) => {}
+            WatchEvent::Stop => return,
+        }
+    }
+}
+
+/// The `JobType` of the job at `path`, while it exists.
+async fn job_type(conn: &Connection, path: String, index: usize) -> (usize, Option<String>) {
+    let reply = conn
+        .call_method(
+            Some("org.freedesktop.systemd1"),
+            path.as_str(),
+            Some("org.freedesktop.DBus.Properties"),
+            "Get",
+            &("org.freedesktop.systemd1.Job", "JobType"),
+        )
+        .await;
+    let job_type = reply
+        .ok()
+        .and_then(|r| r.body().deserialize::<OwnedVariant>().ok())
+        .and_then(|v| String::try_from(v).ok())
+        .filter(|t| !t.is_empty());
+    (index, job_type)
 }
 
 /// How many jobs a batch keeps queued at once. systemd watches the client
@@ -1172,6 +1405,69 @@ impl ServiceManager for SystemdBus {
         })
     }
 
+    fn watch_jobs(&mut self, keep: usize) -> Result<(), Error> {
+        drop(self.watch.take());
+        let (conn, new, removed) = zbus::block_on(async {
+            let conn = open(&self.address, self.timeout).await?;
+            let new = signal_stream(&conn, "JobNew", SIGNALS_QUEUED, self.timeout).await?;
+            let removed = signal_stream(&conn, "JobRemoved", SIGNALS_QUEUED, self.timeout).await?;
+            manager(&conn).await?.subscribe().await.map_err(call_err("Subscribe", self.timeout))?;
+            Ok::<_, Error>((conn, new, removed))
+        })?;
+        let seen = Arc::new(Mutex::new(Seen { keep, ..Seen::default() }));
+        let stop = Arc::new(Flag::default());
+        let (thread_conn, thread_seen, thread_stop) = (conn.clone(), Arc::clone(&seen), Arc::clone(&stop));
+        let thread = std::thread::Builder::new()
+            .name("safe-switch-watch".to_owned())
+            .spawn(move || zbus::block_on(watch_jobs_loop(thread_conn, new, removed, thread_seen, thread_stop)))
+            .map_err(|e| Error::Call { call: "AddMatch(JobNew)".to_owned(), message: e.to_string() })?;
+        self.watch = Some(JobWatch { conn, seen, stop, thread: Some(thread) });
+        Ok(())
+    }
+
+    fn stop_watching(&mut self) -> WatchedJobs {
+        let Some(mut watch) = self.watch.take() else { return WatchedJobs::default() };
+        // Every signal the other connection has seen was routed to this
+        // one too: a round trip to the bus makes sure it has been read.
+        let _ = zbus::block_on(with_timeout(
+            self.timeout,
+            watch.conn.call_method(
+                Some("org.freedesktop.DBus"),
+                "/org/freedesktop/DBus",
+                Some("org.freedesktop.DBus.Peer"),
+                "Ping",
+                &(),
+            ),
+        ));
+        let until = Instant::now() + WATCH_GRACE;
+        while watch.jobs_open() && Instant::now() < until {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        watch.end();
+        let seen = watch.seen.lock().map(|mut s| std::mem::take(&mut *s)).unwrap_or_default();
+        WatchedJobs { jobs: seen.jobs, dropped: seen.left_out.len() }
+    }
+
+    fn activity(&mut self, units: &[String]) -> Result<BTreeMap<String, Activity>, Error> {
+        zbus::block_on(async {
+            let live = self.list_units_async().await?;
+            let mut wanted: std::collections::BTreeSet<String> = units.iter().cloned().collect();
+            wanted.extend(live.units.iter().filter(|(_, u)| u.is_running()).map(|(n, _)| n.clone()));
+            let wanted: Vec<String> = wanted.into_iter().collect();
+            let mut out: BTreeMap<String, Activity> = live
+                .units
+                .into_iter()
+                .map(|(name, u)| (name, Activity { active_state: u.active_state, invocation_id: None }))
+                .collect();
+            let read = self.unit_properties(&wanted, &["InvocationID"]).await?;
+            for unit in &wanted {
+                let invocation = read.get(unit).and_then(|values| values.first()).map(|(_, v)| bytes_hex(Some(v)));
+                out.entry(unit.clone()).or_default().invocation_id = Some(invocation.unwrap_or_default());
+            }
+            Ok(out)
+        })
+    }
+
     fn run_transient(&mut self, spec: &TransientSpec, tick: &mut dyn FnMut()) -> Result<TransientExit, Error> {
         let path = zbus::block_on(self.run_transient_async(spec))?;
         // Poll rather than watch PropertiesChanged: ten reads a second are
@@ -1385,6 +1681,37 @@ mod tests {
             assert_eq!(seen, ["broken.service", "slow.service"], "each reported once");
             assert!(took < Duration::from_secs(15), "asked systemd at the first check, not at the timeout: {took:?}");
             assert_eq!(bed.active_state("slow.service").unwrap(), "active");
+        }
+
+        #[test]
+        fn a_watch_sees_every_job_whoever_queued_it_while_the_caller_does_something_else_and_keeps_a_bound() {
+            testbed::require!(bed);
+            let generation = Generation::new("a")
+                .unit("a.service", oneshot("ExecStart=/bin/true\n"))
+                .unit("b.service", oneshot("ExecStart=/bin/true\n"))
+                .unit("c.service", oneshot("ExecStart=/bin/true\n"));
+            let bed = TestBed::boot(&Config::new(generation)).unwrap();
+            let mut bus = SystemdBus::connect_to(&bed.dbus_address(), DEFAULT_CALL_TIMEOUT).unwrap();
+            bus.watch_jobs(100).unwrap();
+            let ours = [(JobKind::Start, "a.service".to_owned())];
+            assert_eq!(bus.run_jobs(&ours, Duration::from_secs(30), &mut |_| {}).unwrap()[0].result, JobResult::Done);
+            // Someone else's jobs, while this client reads nothing.
+            bed.systemctl(&["start", "b.service", "c.service"]).unwrap();
+            std::thread::sleep(Duration::from_millis(500));
+            let seen = bus.stop_watching();
+            let jobs: Vec<(&str, bool, Option<&str>)> =
+                seen.jobs.iter().map(|j| (j.unit.as_str(), j.ours, j.result.as_deref())).collect();
+            assert!(jobs.contains(&("a.service", true, Some("done"))), "{jobs:?}");
+            assert!(jobs.contains(&("b.service", false, Some("done"))), "{jobs:?}");
+            assert!(jobs.contains(&("c.service", false, Some("done"))), "{jobs:?}");
+            assert_eq!(seen.dropped, 0);
+            assert_eq!(bus.stop_watching(), WatchedJobs::default(), "no watch runs any more");
+
+            // Past its bound, a watch counts what it does not keep.
+            bus.watch_jobs(1).unwrap();
+            bed.systemctl(&["restart", "a.service", "b.service", "c.service"]).unwrap();
+            let seen = bus.stop_watching();
+            assert_eq!((seen.jobs.len(), seen.dropped), (1, 2), "{seen:?}");
         }
 
         #[test]

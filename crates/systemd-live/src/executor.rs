@@ -12,15 +12,16 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Stdio};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use plan_model::observe::{Observation, Observed, SYSINIT_REACTIVATION, USERBORN, classify};
 use plan_model::{Action, Phase, Plan, Step};
-use serde::{Deserialize, Serialize};
+pub use plan_model::{ApplyReport, JobRecord, LeftUnit, PhaseRecord, ProtectedCheck, UnitFailure};
 
 use crate::Error;
 use crate::manager::{JobKind, JobOutcome, JobResult, ServiceManager, UnitStatus};
-use crate::rundir::{Interrupted, PersistedJob, PhaseState, ProgressFile, RunDir, phase_name};
+use crate::rundir::{Interrupted, LogFile, PersistedJob, PhaseState, ProgressFile, RunDir, phase_name};
 
 /// How to carry a plan out.
 #[derive(Clone, Debug)]
@@ -40,22 +41,23 @@ impl Default for ApplyOptions {
 
 /// What the executor needs from the host besides the service manager.
 pub trait Host {
-    /// Runs the activation script of `toplevel` with inherited standard
-    /// streams and `NIXOS_ACTION=switch`; returns its exit status (a
-    /// negative number for a signal).
-    fn activate(&mut self, script: &Path, toplevel: &Path) -> Result<i32, Error>;
-    /// Stops swapping to `device`.
-    fn swapoff(&mut self, device: &str) -> Result<(), String>;
+    /// Runs the activation script of `toplevel` with
+    /// `NIXOS_ACTION=switch`, its output shown as it comes and written to
+    /// `log`; returns its exit status (a negative number for a signal).
+    fn activate(&mut self, script: &Path, toplevel: &Path, log: &mut dyn Write) -> Result<i32, Error>;
+    /// Stops swapping to `device`, its output written to `log`.
+    fn swapoff(&mut self, device: &str, log: &mut dyn Write) -> Result<(), String>;
     /// Returns a human-readable status of failed units (`systemctl status`),
     /// when one can be had.
     fn status_text(&mut self, units: &[String]) -> Option<String>;
     /// Carries out a step of system-manager's activation that is not the
     /// service manager's (the generation's own engine: assertions,
-    /// register-profile, prepopulate; tmpfiles; masking; the state file).
+    /// register-profile, prepopulate; tmpfiles; masking; the state file),
+    /// the output of its programs shown as it comes and written to `log`.
     /// Returns a short note on what happened, or why it failed. A host
     /// that is not a system-manager one has none of these steps.
-    fn engine_step(&mut self, step: &Step, plan: &Plan) -> Result<String, String> {
-        let _ = plan;
+    fn engine_step(&mut self, step: &Step, plan: &Plan, log: &mut dyn Write) -> Result<String, String> {
+        let _ = (plan, log);
         Err(format!("not a system-manager host: cannot carry out the {} step", phase_name(step.phase())))
     }
 }
@@ -65,22 +67,30 @@ pub trait Host {
 pub struct ProcessHost;
 
 impl Host for ProcessHost {
-    fn activate(&mut self, script: &Path, toplevel: &Path) -> Result<i32, Error> {
+    fn activate(&mut self, script: &Path, toplevel: &Path, log: &mut dyn Write) -> Result<i32, Error> {
         // The script's output goes to standard error with the rest of the
         // progress, so that standard output holds only the report (which
-        // may be JSON).
-        let status = Command::new(script)
+        // may be JSON), and to the log.
+        let child = Command::new(script)
             .arg(toplevel)
-            .stdout(std::io::stderr())
             .env("NIXOS_ACTION", "switch")
-            .status()
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
             .map_err(|source| Error::Activate { path: script.to_owned(), source })?;
+        let status = tee(child, log).map_err(|source| Error::Activate { path: script.to_owned(), source })?;
         use std::os::unix::process::ExitStatusExt;
         Ok(status.code().unwrap_or_else(|| -status.signal().unwrap_or(0)))
     }
 
-    fn swapoff(&mut self, device: &str) -> Result<(), String> {
-        match Command::new("swapoff").arg(device).status() {
+    fn swapoff(&mut self, device: &str, log: &mut dyn Write) -> Result<(), String> {
+        let child = Command::new("swapoff")
+            .arg(device)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| e.to_string())?;
+        match tee(child, log) {
             Ok(s) if s.success() => Ok(()),
             Ok(s) => Err(format!("swapoff exited with {s}")),
             Err(e) => Err(e.to_string()),
@@ -95,6 +105,69 @@ impl Host for ProcessHost {
             .ok()?;
         let text = String::from_utf8_lossy(&out.stdout).into_owned();
         (!text.trim().is_empty()).then_some(text)
+    }
+}
+
+/// How long, once a program has exited, its output is still read: a
+/// process it left behind may hold its pipes open for good.
+const OUTPUT_AFTER_EXIT: Duration = Duration::from_secs(1);
+
+/// Waits for `child`, whose standard output and error are pipes, copying
+/// what it writes to this process's standard error and to `log` as it
+/// comes. Its output is read until it has exited and its pipes are closed,
+/// or [`OUTPUT_AFTER_EXIT`] after it has exited.
+pub fn tee(mut child: std::process::Child, log: &mut dyn Write) -> std::io::Result<std::process::ExitStatus> {
+    use std::io::Read;
+    use std::sync::mpsc;
+    let (tx, rx) = mpsc::channel::<Vec<u8>>();
+    let readers: Vec<Box<dyn Read + Send>> = [
+        child.stdout.take().map(|o| Box::new(o) as Box<dyn Read + Send>),
+        child.stderr.take().map(|e| Box::new(e) as Box<dyn Read + Send>),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    for mut reader in readers {
+        let tx = tx.clone();
+        // Detached: a pipe a left-behind process holds keeps its reader
+        // waiting, and nothing waits for that reader.
+        std::thread::spawn(move || {
+            let mut buf = vec![0u8; 8192];
+            loop {
+                match reader.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => {
+                        if tx.send(buf[..n].to_vec()).is_err() {
+                            break;
+                        }
+                    }
+                }
+            }
+        });
+    }
+    drop(tx);
+    let mut exited: Option<(std::process::ExitStatus, std::time::Instant)> = None;
+    loop {
+        match rx.recv_timeout(Duration::from_millis(100)) {
+            Ok(chunk) => {
+                let _ = std::io::stderr().write_all(&chunk);
+                // The log is best effort: a full disk must not stop the
+                // switch half-way.
+                let _ = log.write_all(&chunk);
+            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+        }
+        match exited {
+            Some((_, at)) if at.elapsed() >= OUTPUT_AFTER_EXIT => break,
+            Some(_) => {}
+            None => exited = child.try_wait()?.map(|s| (s, std::time::Instant::now())),
+        }
+    }
+    let _ = log.flush();
+    match exited {
+        Some((status, _)) => Ok(status),
+        None => child.wait(),
     }
 }
 
@@ -130,214 +203,6 @@ impl Progress for StderrProgress {
     fn note(&mut self, line: &str) {
         let _ = writeln!(std::io::stderr(), "{line}");
     }
-}
-
-/// One job as carried out.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct JobRecord {
-    /// The job.
-    pub kind: JobKind,
-    /// The unit.
-    pub unit: String,
-    /// How it ended.
-    #[serde(flatten)]
-    pub result: JobResult,
-}
-
-/// One phase as carried out.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PhaseRecord {
-    /// The phase.
-    pub phase: Phase,
-    /// Its jobs, when it queues jobs.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub jobs: Vec<JobRecord>,
-    /// What happened, for steps (`exit status 0`, `not present: skipped`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub note: Option<String>,
-    /// Whether the phase succeeded as a whole.
-    pub ok: bool,
-}
-
-/// A unit that failed.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct UnitFailure {
-    /// The unit.
-    pub unit: String,
-    /// Its status after the switch.
-    pub status: UnitStatus,
-    /// The failed job, when one failed.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub job: Option<JobRecord>,
-}
-
-/// The check of one protected unit.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ProtectedCheck {
-    /// The unit.
-    pub unit: String,
-    /// Its status before the switch.
-    pub before: UnitStatus,
-    /// Its status after.
-    pub after: UnitStatus,
-    /// What changed, when something did; `None` means undisturbed.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub disturbed: Option<String>,
-}
-
-/// A unit an apply that stopped early left before the plan was carried
-/// out for it.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct LeftUnit {
-    /// The unit.
-    pub unit: String,
-    /// Its state when the apply stopped; `None` when it could not be read.
-    pub status: Option<UnitStatus>,
-    /// What the plan still does to it, in order: the next run's resume
-    /// carries it out.
-    pub remaining: Vec<Action>,
-}
-
-/// What an apply did.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ApplyReport {
-    /// The generation switched to.
-    pub new: String,
-    /// Phases carried out, in order.
-    pub phases: Vec<PhaseRecord>,
-    /// Phases not carried out because the apply stopped early.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub not_done: Vec<Phase>,
-    /// Why the apply stopped early.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub aborted: Option<String>,
-    /// When it stopped early: every unit the plan still acts on, with its
-    /// state then, sorted by unit.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub left: Vec<LeftUnit>,
-    /// Units that failed.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub failed: Vec<UnitFailure>,
-    /// `systemctl status` of the failed units, when available.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub failed_status: Option<String>,
-    /// Units failed after the switch that were failed before it too and
-    /// that it did not act on: listed, not counted against the switch.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub already_failed: Vec<UnitFailure>,
-    /// The check of every protected unit that was running before.
-    #[serde(default)]
-    pub protected: Vec<ProtectedCheck>,
-    /// The apply stopped at a check before any change (system-manager's
-    /// pre-activation assertions): nothing was changed, and nothing is
-    /// left to resume.
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub unchanged: bool,
-}
-
-impl ApplyReport {
-    /// Tells whether everything went as planned: every phase ran and
-    /// succeeded, no unit failed and no protected unit was disturbed.
-    pub fn success(&self) -> bool {
-        self.aborted.is_none()
-            && self.phases.iter().all(|p| p.ok)
-            && self.failed.is_empty()
-            && self.protected.iter().all(|c| c.disturbed.is_none())
-    }
-
-    /// Tells whether a protected unit was disturbed.
-    pub fn protected_disturbed(&self) -> bool {
-        self.protected.iter().any(|c| c.disturbed.is_some())
-    }
-
-    /// The jobs carried out, over all phases.
-    pub fn jobs(&self) -> impl Iterator<Item = &JobRecord> {
-        self.phases.iter().flat_map(|p| p.jobs.iter())
-    }
-
-    /// A summary for people: what was done, what failed, what was not
-    /// done.
-    pub fn render_text(&self) -> String {
-        let mut s = String::new();
-        for p in &self.phases {
-            let failed: Vec<String> = p
-                .jobs
-                .iter()
-                .filter(|j| !j.result.is_done())
-                .map(|j| format!("{} ({})", j.unit, j.result.describe()))
-                .collect();
-            let done = p.jobs.iter().filter(|j| j.result.is_done()).count();
-            let mut line = format!("{}: ", phase_name(p.phase));
-            if let Some(note) = &p.note {
-                line.push_str(note);
-            } else {
-                line.push_str(&format!("{done} of {} jobs done", p.jobs.len()));
-            }
-            if !failed.is_empty() {
-                line.push_str(&format!("; failed: {}", failed.join(", ")));
-            }
-            s.push_str(&line);
-            s.push('\n');
-        }
-        if let Some(why) = &self.aborted {
-            s.push_str(&format!("stopped early: {why}\n"));
-        }
-        if !self.not_done.is_empty() {
-            let names: Vec<&str> = self.not_done.iter().map(|p| phase_name(*p)).collect();
-            s.push_str(&format!("not done: {}\n", names.join(", ")));
-        }
-        if self.unchanged {
-            s.push_str("nothing was changed\n");
-        }
-        if !self.left.is_empty() {
-            s.push_str("left as they are until the next run resumes the switch:\n");
-            for ((state, remaining), units) in left_groups(&self.left) {
-                s.push_str(&format!("  {state}, still to {remaining}: {}\n", units.join(", ")));
-            }
-        }
-        if !self.failed.is_empty() {
-            s.push_str("warning: the following units failed:\n");
-            for f in &self.failed {
-                s.push_str(&format!("  {}: {}\n", f.unit, f.status.summary()));
-            }
-        }
-        if !self.already_failed.is_empty() {
-            s.push_str("note: these units were failed before the switch as well, and it did not act on them:\n");
-            for f in &self.already_failed {
-                s.push_str(&format!("  {}: {}\n", f.unit, f.status.summary()));
-            }
-        }
-        for c in &self.protected {
-            match &c.disturbed {
-                None => s.push_str(&format!(
-                    "protected {}: untouched (MainPID {}, InvocationID {})\n",
-                    c.unit, c.after.main_pid, c.after.invocation_id
-                )),
-                Some(what) => s.push_str(&format!("PROTECTED UNIT DISTURBED: {}: {what}\n", c.unit)),
-            }
-        }
-        s
-    }
-}
-
-/// The units left by an apply that stopped early, grouped by their state
-/// (`inactive/dead`) and what remains to do (`start`, `stop, then
-/// start`), in the order of the first unit of each group.
-fn left_groups(left: &[LeftUnit]) -> Vec<((String, String), Vec<&str>)> {
-    let mut groups: Vec<((String, String), Vec<&str>)> = Vec::new();
-    for l in left {
-        let state = match &l.status {
-            Some(st) => format!("{}/{}", st.active_state, st.sub_state),
-            None => "state unknown".to_owned(),
-        };
-        let remaining = l.remaining.iter().map(|a| a.as_str()).collect::<Vec<_>>().join(", then ");
-        let key = (state, remaining);
-        match groups.iter_mut().find(|(k, _)| *k == key) {
-            Some((_, units)) => units.push(&l.unit),
-            None => groups.push((key, vec![&l.unit])),
-        }
-    }
-    groups
 }
 
 /// The phases of `plan` that have work, in execution order, with their
@@ -394,6 +259,9 @@ pub fn apply(
     progress: &mut dyn Progress,
 ) -> Result<ApplyReport, Error> {
     let protected = protected_units(plan);
+    // An apply that follows another in the same run (the switch after
+    // the resume of an interrupted one, a rollback) adds to its log.
+    let fresh_log = run.last_apply_pid() != Some(std::process::id());
     let before: Baseline = mgr.unit_status(&protected)?;
     run.save_protected_before(&before)?;
     // A manager that cannot list the failed units leaves the record empty:
@@ -409,7 +277,11 @@ pub fn apply(
         finished: false,
     };
     run.save(&file)?;
-    Ok(carry_out(file, &before, mgr, host, run, opts, progress))
+    let mut log = run.open_log(fresh_log)?;
+    if !fresh_log {
+        let _ = writeln!(log, "[safe-switch: another apply of the same run, to {}]", plan.new.path);
+    }
+    Ok(carry_out(file, &before, mgr, host, run, log, opts, progress))
 }
 
 /// What is left of an interrupted apply's plan: its actions without those
@@ -458,18 +330,45 @@ pub fn resume(
     }
     file.pid = std::process::id();
     run.save(&file)?;
-    Ok(carry_out(file, &before, mgr, host, run, opts, progress))
+    // The output of the interrupted run is kept, and this run's follows.
+    let mut log = run.open_log(false)?;
+    let _ = writeln!(log, "[safe-switch: resumed by process {}]", file.pid);
+    Ok(carry_out(file, &before, mgr, host, run, log, opts, progress))
+}
+
+/// How many jobs systemd runs during an apply the executor keeps: far
+/// more than a switch of thousands of units runs; past it, jobs are
+/// counted, and the report says that the comparison may be incomplete.
+const KEPT_JOBS: usize = 20_000;
+
+/// The units whose invocation is read before and after an apply: those
+/// the plan names, the consequences it predicts, the protected units and
+/// the unit of its sysinit-reactivation step.
+fn watched_units(plan: &Plan) -> Vec<String> {
+    let mut set: BTreeSet<String> = plan.units.iter().map(|u| u.unit.clone()).collect();
+    set.extend(plan.consequences.iter().map(|c| c.unit.clone()));
+    set.extend(protected_units(plan));
+    if plan.has_step(Phase::SysinitReactivation) {
+        set.insert(SYSINIT_REACTIVATION.to_owned());
+    }
+    if plan.has_step(Phase::Userborn) {
+        set.insert(USERBORN.to_owned());
+    }
+    set.into_iter().collect()
 }
 
 /// Carries out the phases of `file.plan` not done yet, in its order
-/// ([`Plan::phase_order`]), then checks for failed units and disturbed
-/// protected units (against `before`).
+/// ([`Plan::phase_order`]), watching what systemd does meanwhile, then
+/// checks for failed units and disturbed protected units (against
+/// `before`).
+#[allow(clippy::too_many_arguments)]
 fn carry_out(
     file: ProgressFile,
     before: &Baseline,
     mgr: &mut dyn ServiceManager,
     host: &mut dyn Host,
     run: &RunDir,
+    log: LogFile,
     opts: &ApplyOptions,
     progress: &mut dyn Progress,
 ) -> ApplyReport {
@@ -484,11 +383,17 @@ fn carry_out(
         failed_status: None,
         already_failed: Vec::new(),
         protected: Vec::new(),
+        observed: None,
+        log: None,
         unchanged: false,
     };
-    let mut ex = Execution { file, report, failed_jobs: Vec::new(), mgr, host, run, opts, progress };
+    let mut ex = Execution { file, report, failed_jobs: Vec::new(), mgr, host, run, log, opts, progress };
+    let watched = ex.watch(&plan);
     for (phase, jobs) in phases_of(&plan) {
         ex.phase(&plan, phase, &jobs);
+    }
+    if let Some(watched) = watched {
+        ex.report.observed = ex.observed(&plan, watched);
     }
     if !ex.report.unchanged {
         ex.check_failed_units(&plan);
@@ -512,11 +417,60 @@ struct Execution<'a> {
     mgr: &'a mut dyn ServiceManager,
     host: &'a mut dyn Host,
     run: &'a RunDir,
+    /// Where the activation script's and the programs' output is kept.
+    log: LogFile,
     opts: &'a ApplyOptions,
     progress: &'a mut dyn Progress,
 }
 
+/// What a watch started with: the units whose invocation it reads, and
+/// their state before the first job.
+struct Watched {
+    units: Vec<String>,
+    before: BTreeMap<String, plan_model::observe::Activity>,
+}
+
 impl Execution<'_> {
+    /// Starts watching what systemd does, before the first job, and reads
+    /// the units' states. A manager that cannot be watched is noted, and
+    /// the apply goes on without the comparison.
+    fn watch(&mut self, plan: &Plan) -> Option<Watched> {
+        let units = watched_units(plan);
+        let started = self.mgr.watch_jobs(KEPT_JOBS).and_then(|()| self.mgr.activity(&units));
+        match started {
+            Ok(before) => Some(Watched { units, before }),
+            Err(e) => {
+                let _ = self.mgr.stop_watching();
+                self.progress.note(&format!(
+                    "warning: cannot watch what systemd does during the switch ({e}); it is not compared with the plan"
+                ));
+                None
+            }
+        }
+    }
+
+    /// Ends the watch after the last phase, reads the units' states again
+    /// (also of every unit a job was seen for), and compares what was
+    /// seen with the plan.
+    fn observed(&mut self, plan: &Plan, watched: Watched) -> Option<Observation> {
+        let seen = self.mgr.stop_watching();
+        let mut units: BTreeSet<String> = watched.units.into_iter().collect();
+        units.extend(seen.jobs.iter().map(|j| j.unit.clone()));
+        let units: Vec<String> = units.into_iter().collect();
+        match self.mgr.activity(&units) {
+            Ok(after) => Some(classify(
+                plan,
+                &Observed { jobs: seen.jobs, dropped: seen.dropped, before: watched.before, after },
+            )),
+            Err(e) => {
+                self.progress.note(&format!(
+                    "warning: cannot read the units' states after the switch ({e}); what systemd did is not compared with the plan"
+                ));
+                None
+            }
+        }
+    }
+
     /// Carries out one phase, unless it is done already (a resumed apply)
     /// or the apply has stopped, and records its state before and after.
     fn phase(&mut self, plan: &Plan, phase: Phase, jobs: &[(JobKind, String)]) {
@@ -544,8 +498,8 @@ impl Execution<'_> {
             Phase::Activate => self.activate(plan),
             Phase::Reexec => self.reexec(),
             Phase::DaemonReload => self.daemon_reload(),
-            Phase::SysinitReactivation => self.restart_if_loaded(phase, "sysinit-reactivation.target"),
-            Phase::Userborn => self.restart_if_loaded(phase, "userborn.service"),
+            Phase::SysinitReactivation => self.restart_if_loaded(phase, SYSINIT_REACTIVATION),
+            Phase::Userborn => self.restart_if_loaded(phase, USERBORN),
             Phase::Assertions => self.engine(plan, phase, Failure::Refuses),
             Phase::RegisterProfile | Phase::Prepopulate | Phase::SystemManagerState => {
                 self.engine(plan, phase, Failure::Stops)
@@ -649,7 +603,8 @@ impl Execution<'_> {
         for step in &plan.steps {
             if let Step::Swapoff { device } = step {
                 self.progress.phase(Phase::Swapoff, &format!("stopping swap device: {device}"));
-                if let Err(e) = self.host.swapoff(device) {
+                let _ = writeln!(self.log, "[safe-switch: swapoff {device}]");
+                if let Err(e) = self.host.swapoff(device, &mut self.log) {
                     notes.push(format!("failed to stop swapping to {device}: {e}"));
                 }
             }
@@ -675,7 +630,12 @@ impl Execution<'_> {
             })
             .unwrap_or_else(|| Path::new(&plan.new.path).join("activate"));
         self.progress.phase(Phase::Activate, "activating the configuration...");
-        match self.host.activate(&script, Path::new(&plan.new.path)) {
+        let _ = writeln!(self.log, "[safe-switch: {} {}]", script.display(), plan.new.path);
+        let ran = self.host.activate(&script, Path::new(&plan.new.path), &mut self.log);
+        if let Ok(code) = &ran {
+            let _ = writeln!(self.log, "[safe-switch: the activation script exited with status {code}]");
+        }
+        match ran {
             Ok(0) => noted(Phase::Activate, "exit status 0", true),
             Ok(code) => {
                 self.progress.note(&format!("the activation script {} exited with status {code}", script.display()));
@@ -731,7 +691,8 @@ impl Execution<'_> {
             return noted(phase, "not in the plan: skipped", true);
         };
         self.progress.phase(phase, &engine_line(step));
-        match self.host.engine_step(step, plan) {
+        let _ = writeln!(self.log, "[safe-switch: the {} step]", phase_name(phase));
+        match self.host.engine_step(step, plan, &mut self.log) {
             Ok(note) => noted(phase, note, true),
             Err(why) => {
                 self.progress.note(&format!("{} failed: {why}", phase_name(phase)));
@@ -815,6 +776,8 @@ impl Execution<'_> {
     /// record, and its records of the state before are removed; one that
     /// stopped early stays to be resumed, unless it changed nothing.
     fn finish(mut self) -> ApplyReport {
+        let _ = self.log.flush();
+        self.report.log = self.run.log_tail();
         if self.report.aborted.is_none() || self.report.unchanged {
             self.file.finished = true;
             let _ = self.run.finish(&self.file);
@@ -935,13 +898,6 @@ fn verb(phase: Phase) -> &'static str {
     }
 }
 
-impl UnitStatus {
-    /// Tells whether the unit is running or starting.
-    pub fn is_running(&self) -> bool {
-        self.active_state.is_running()
-    }
-}
-
 /// What changed about a protected unit, if anything.
 fn disturbance(before: &UnitStatus, after: &UnitStatus) -> Option<String> {
     let mut what = Vec::new();
@@ -970,6 +926,7 @@ fn or_none(s: &str) -> &str {
 mod tests {
     use super::*;
     use crate::fake::{Behaviour, Call, FakeManager};
+    use plan_model::observe::Class;
     use plan_model::{
         Deferral, FORMAT_VERSION, Generation, Mode, ProtectedUnit, Protection, ProtectionSource, Reason, Rule, UnitPlan,
     };
@@ -981,11 +938,13 @@ mod tests {
     }
 
     impl Host for FakeHost {
-        fn activate(&mut self, script: &Path, _toplevel: &Path) -> Result<i32, Error> {
+        fn activate(&mut self, script: &Path, _toplevel: &Path, log: &mut dyn Write) -> Result<i32, Error> {
             self.activated.push(script.to_owned());
+            let _ = writeln!(log, "activation {} of {}", self.activated.len(), script.display());
             Ok(self.exit)
         }
-        fn swapoff(&mut self, _device: &str) -> Result<(), String> {
+        fn swapoff(&mut self, device: &str, log: &mut dyn Write) -> Result<(), String> {
+            let _ = writeln!(log, "swapoff {device}");
             Ok(())
         }
         fn status_text(&mut self, units: &[String]) -> Option<String> {
@@ -1002,16 +961,17 @@ mod tests {
     }
 
     impl Host for EngineHost {
-        fn activate(&mut self, _script: &Path, _toplevel: &Path) -> Result<i32, Error> {
+        fn activate(&mut self, _script: &Path, _toplevel: &Path, _log: &mut dyn Write) -> Result<i32, Error> {
             panic!("a system-manager plan never runs an activation script");
         }
-        fn swapoff(&mut self, _device: &str) -> Result<(), String> {
+        fn swapoff(&mut self, _device: &str, _log: &mut dyn Write) -> Result<(), String> {
             Ok(())
         }
         fn status_text(&mut self, _units: &[String]) -> Option<String> {
             None
         }
-        fn engine_step(&mut self, step: &Step, _plan: &Plan) -> Result<String, String> {
+        fn engine_step(&mut self, step: &Step, _plan: &Plan, log: &mut dyn Write) -> Result<String, String> {
+            let _ = writeln!(log, "engine {}", phase_name(step.phase()));
             self.steps.push(step.phase());
             if self.fail.contains(&step.phase()) {
                 Err(format!("{} exited with status 1", phase_name(step.phase())))
@@ -1092,6 +1052,7 @@ mod tests {
                 Step::DaemonReload,
                 Step::RestartSysinitReactivation,
             ],
+            consequences: vec![],
             protection: Protection {
                 mode: Mode::Defer,
                 protected: protected
@@ -1314,6 +1275,22 @@ mod tests {
         );
         assert!(r.render_text().contains("sysinit-reactivation: sysinit-reactivation.target does not exist: skipped"));
         assert!(run.interrupted().unwrap().is_none());
+        // What systemd was seen doing is the plan's, the restart of
+        // userborn included, and the engine's output is in the log.
+        let o = r.observed.as_ref().expect("the apply was watched");
+        let effects: Vec<(&str, &str, Class)> =
+            o.effects.iter().map(|e| (e.unit.as_str(), e.effect.as_str(), e.class)).collect();
+        assert_eq!(
+            effects,
+            [
+                ("gone.service", "stop", Class::Planned),
+                ("system-manager.target", "start", Class::Planned),
+                ("userborn.service", "restart", Class::Planned),
+                ("web.service", "restart", Class::Planned),
+            ]
+        );
+        let log = &r.log.as_ref().expect("the log is attached").text;
+        assert!(log.contains("[safe-switch: the prepopulate step]\nengine prepopulate\n"), "{log}");
     }
 
     #[test]
@@ -1371,7 +1348,7 @@ mod tests {
 
     #[test]
     fn a_plain_host_has_no_system_manager_steps() {
-        let err = ProcessHost.engine_step(&Step::Tmpfiles, &system_manager_plan()).unwrap_err();
+        let err = ProcessHost.engine_step(&Step::Tmpfiles, &system_manager_plan(), &mut std::io::sink()).unwrap_err();
         assert_eq!(err, "not a system-manager host: cannot carry out the tmpfiles step");
     }
 
@@ -1670,5 +1647,147 @@ mod tests {
         assert!(!r.success());
         assert_eq!(m.units["b.service"].status.active_state, plan_model::ActiveState::Active);
         assert!(r.render_text().contains("activate: exit status 2"), "{}", r.render_text());
+    }
+
+    #[test]
+    fn what_systemd_does_is_compared_with_the_plan_and_nothing_of_a_correct_plan_is_unplanned() {
+        let mut m = FakeManager::new();
+        m.running("web.service");
+        m.running("web-helper.service").part_of = vec!["web.service".into()];
+        m.running("sshd.service");
+        m.inactive("new.service");
+        m.inactive("sysinit-reactivation.target");
+        let mut p = plan(
+            vec![unit("web.service", &[Action::Restart]), unit("new.service", &[Action::Start])],
+            &["sshd.service"],
+        );
+        // The plan predicts the restart of web-helper.service.
+        p.consequences = vec![plan_model::Consequence {
+            unit: "web-helper.service".into(),
+            effect: Action::Restart,
+            by: "web.service".into(),
+            cause: Action::Restart,
+            chain: vec![plan_model::Edge {
+                from: "web-helper.service".into(),
+                relation: "PartOf".into(),
+                to: "web.service".into(),
+            }],
+            omitted: 0,
+        }];
+        let dir = tempfile::tempdir().unwrap();
+        let run = RunDir::new(dir.path());
+        let r = apply(&p, &mut m, &mut FakeHost::default(), &run, &opts(), &mut Quiet::default()).unwrap();
+        assert!(r.success(), "{}", r.render_text());
+        let o = r.observed.as_ref().expect("the apply was watched");
+        let effects: Vec<(&str, &str, Class)> =
+            o.effects.iter().map(|e| (e.unit.as_str(), e.effect.as_str(), e.class)).collect();
+        assert_eq!(
+            effects,
+            [
+                ("new.service", "start", Class::Planned),
+                ("sysinit-reactivation.target", "start", Class::Planned),
+                ("web-helper.service", "restart", Class::Predicted),
+                ("web.service", "restart", Class::Planned),
+            ]
+        );
+        assert_eq!((o.jobs, o.ours, o.unplanned), (4, 3, 0));
+        assert!(
+            r.render_text()
+                .contains("observed 4 effects (3 planned, 1 predicted, 0 unplanned) of 4 jobs systemd ran\n"),
+            "{}",
+            r.render_text()
+        );
+    }
+
+    #[test]
+    fn an_unplanned_restart_is_reported_and_fails_the_apply_when_it_hits_a_protected_unit() {
+        let setup = |protect: &[&str]| {
+            let mut m = FakeManager::new();
+            m.running("web.service");
+            // PartOf=web.service, which the plan knows nothing about.
+            m.running("victim.service").part_of = vec!["web.service".into()];
+            let p = plan(vec![unit("web.service", &[Action::Restart])], protect);
+            (m, p)
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let run = RunDir::new(dir.path());
+        let (mut m, p) = setup(&[]);
+        let r = apply(&p, &mut m, &mut FakeHost::default(), &run, &opts(), &mut Quiet::default()).unwrap();
+        let o = r.observed.as_ref().unwrap();
+        let unplanned: Vec<(&str, &str, bool)> =
+            o.unplanned().map(|e| (e.unit.as_str(), e.effect.as_str(), e.protected)).collect();
+        assert_eq!(unplanned, [("victim.service", "restart", false)]);
+        assert!(r.success(), "an unplanned effect on an unprotected unit is reported, not a failure");
+        let text = r.render_text();
+        assert!(
+            text.contains("UNPLANNED: victim.service: restart (active -> active; jobs: restart: done)\n"),
+            "{text}"
+        );
+
+        let (mut m, p) = setup(&["victim.service"]);
+        let r = apply(&p, &mut m, &mut FakeHost::default(), &run, &opts(), &mut Quiet::default()).unwrap();
+        assert!(!r.success());
+        assert!(r.protected_disturbed());
+        assert_eq!(r.unplanned_on_protected().map(|e| e.unit.as_str()).collect::<Vec<_>>(), ["victim.service"]);
+    }
+
+    #[test]
+    fn an_unplanned_effect_on_a_protected_unit_fails_the_apply_even_when_its_process_is_the_same() {
+        let mut m = FakeManager::new();
+        m.running("web.service");
+        m.running("sshd.service").reloaded_with = vec!["web.service".into()];
+        let p = plan(vec![unit("web.service", &[Action::Reload])], &["sshd.service"]);
+        let dir = tempfile::tempdir().unwrap();
+        let run = RunDir::new(dir.path());
+        let before = m.units["sshd.service"].status.clone();
+        let r = apply(&p, &mut m, &mut FakeHost::default(), &run, &opts(), &mut Quiet::default()).unwrap();
+        assert_eq!(m.units["sshd.service"].status, before, "same process, same invocation");
+        assert!(r.protected.iter().all(|c| c.disturbed.is_none()), "the check of its process passes");
+        assert!(!r.success(), "{}", r.render_text());
+        let text = r.render_text();
+        assert!(
+            text.contains("UNPLANNED: sshd.service: reload (active -> active; jobs: reload: done) [protected]\n"),
+            "{text}"
+        );
+        assert!(text.contains("PROTECTED UNIT DISTURBED: sshd.service: reload outside the plan\n"), "{text}");
+        assert!(!text.contains("protected sshd.service: untouched"), "{text}");
+    }
+
+    #[test]
+    fn the_activation_output_is_kept_with_the_progress_and_a_resumed_apply_adds_to_it() {
+        let mut m = FakeManager::new();
+        m.running("a.service");
+        m.inactive("b.service");
+        let p = plan(vec![unit("a.service", &[Action::Stop, Action::Start]), unit("b.service", &[Action::Start])], &[]);
+        let dir = tempfile::tempdir().unwrap();
+        let run = RunDir::new(dir.path());
+        let mut host = FakeHost::default();
+        // Interrupted after the stop and the first start.
+        m.unreachable_after_jobs = Some(2);
+        let r = apply(&p, &mut m, &mut host, &run, &opts(), &mut Quiet::default()).unwrap();
+        assert!(r.aborted.is_some());
+        let log = r.log.as_ref().expect("the log is attached");
+        assert_eq!(log.path, dir.path().join("activation.log").display().to_string());
+        assert!(log.text.contains("[safe-switch: /gen/b/activate /gen/b]\nactivation 1 of /gen/b/activate\n[safe-switch: the activation script exited with status 0]\n"), "{}", log.text);
+        m.unreachable_after_jobs = None;
+        let interrupted = run.interrupted().unwrap().unwrap();
+        let r = resume(interrupted, &mut m, &mut host, &run, &opts(), &mut Quiet::default()).unwrap();
+        assert!(r.success(), "{}", r.render_text());
+        let log = r.log.as_ref().unwrap();
+        assert!(log.text.starts_with("[safe-switch: /gen/b/activate /gen/b]\nactivation 1 of"), "{}", log.text);
+        assert!(log.text.contains("[safe-switch: resumed by process "), "{}", log.text);
+        assert!(r.render_text().contains("output of the activation and the phases' programs: "), "{}", r.render_text());
+        // An apply that follows in the same run adds to it...
+        let r = apply(&p, &mut m, &mut host, &run, &opts(), &mut Quiet::default()).unwrap();
+        let text = r.log.unwrap().text;
+        assert!(text.contains("resumed") && text.contains("[safe-switch: another apply of the same run, to /gen/b]"));
+        // ...and the apply of another run starts a log of its own.
+        let last = dir.path().join("last.json");
+        let record = std::fs::read_to_string(&last).unwrap();
+        let other = record.replacen(&format!("\"pid\": {}", std::process::id()), "\"pid\": 1", 1);
+        assert_ne!(other, record);
+        std::fs::write(&last, other).unwrap();
+        let r = apply(&p, &mut m, &mut host, &run, &opts(), &mut Quiet::default()).unwrap();
+        assert!(r.log.unwrap().text.starts_with("[safe-switch: /gen/b/activate /gen/b]\n"));
     }
 }

@@ -3,7 +3,9 @@
 //! It models just enough of systemd to test the executor: units with an
 //! active state, a main PID and an invocation ID that change the way a
 //! stop, start, restart or reload changes them; `PartOf=` propagation of
-//! stops and restarts (so a cascade into a protected unit can be seen);
+//! stops and restarts and `PropagatesReloadTo=` of reloads (so a cascade
+//! into a protected unit can be seen); a watch that sees every job it
+//! runs, its own and those it adds, as systemd's signals would;
 //! units whose start fails or hangs, or whose job calls go unanswered;
 //! a fault that makes the manager unreachable after a number of jobs, to
 //! simulate an interrupted apply; and processes besides the main one in a
@@ -12,11 +14,12 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use plan_model::observe::{Activity, SeenJob};
 use plan_model::{LiveState, LiveUnit};
 
 use crate::Error;
 use crate::manager::{
-    JobKind, JobOutcome, JobResult, ServiceManager, TransientExit, TransientSpec, UnitProcess, UnitStatus,
+    JobKind, JobOutcome, JobResult, ServiceManager, TransientExit, TransientSpec, UnitProcess, UnitStatus, WatchedJobs,
 };
 
 /// How a fake unit reacts to a start or restart.
@@ -44,6 +47,8 @@ pub struct FakeUnit {
     /// Units it is `PartOf=`: stopping or restarting them does the same to
     /// this unit.
     pub part_of: Vec<String>,
+    /// Units whose reload reloads this unit too (`ReloadPropagatedFrom=`).
+    pub reloaded_with: Vec<String>,
     /// Processes in its control group besides its main process (a CI
     /// runner's job); they end when the unit stops or restarts.
     pub children: Vec<u32>,
@@ -78,6 +83,8 @@ pub struct FakeManager {
     /// When set, the manager becomes unreachable once this many jobs have
     /// been queued.
     pub unreachable_after_jobs: Option<usize>,
+    /// The watch in force: the jobs seen so far and how many it keeps.
+    watch: Option<(WatchedJobs, usize)>,
     next_pid: u32,
     next_invocation: u32,
     jobs_queued: usize,
@@ -184,6 +191,22 @@ impl FakeManager {
         self.units.iter().filter(|(_, u)| u.part_of.iter().any(|p| p == name)).map(|(n, _)| n.clone()).collect()
     }
 
+    /// Tells the watch, if there is one, that a job ran.
+    fn saw(&mut self, unit: &str, job_type: &str, result: &JobResult, ours: bool) {
+        let Some((seen, keep)) = &mut self.watch else { return };
+        if seen.jobs.len() >= *keep {
+            seen.dropped += 1;
+            return;
+        }
+        let result = match result {
+            JobResult::Done => Some("done".to_owned()),
+            JobResult::Failed { systemd_result } => Some(systemd_result.clone()),
+            JobResult::TimedOut { .. } => Some("canceled".to_owned()),
+            JobResult::NotQueued { .. } | JobResult::NoReply { .. } => return,
+        };
+        seen.jobs.push(SeenJob { unit: unit.to_owned(), job_type: Some(job_type.to_owned()), result, ours });
+    }
+
     fn job(&mut self, kind: JobKind, name: &str, timeout: Duration) -> JobResult {
         match self.units.get(name) {
             None => return JobResult::NotQueued { message: format!("Unit {name} not found.") },
@@ -197,6 +220,7 @@ impl FakeManager {
                 self.stop(name);
                 for d in self.dependents(name) {
                     self.stop(&d);
+                    self.saw(&d, "stop", &JobResult::Done, false);
                 }
                 JobResult::Done
             }
@@ -206,13 +230,29 @@ impl FakeManager {
                 self.stop(name);
                 let r = self.start(name);
                 for d in deps {
+                    // A try-restart: nothing for a unit that is not running.
+                    if !self.units.get(&d).is_some_and(|u| u.status.is_running()) {
+                        continue;
+                    }
                     self.stop(&d);
-                    self.start(&d);
+                    let r = self.start(&d);
+                    self.saw(&d, "restart", &r, false);
                 }
                 r
             }
             JobKind::Reload => match self.units.get(name) {
-                Some(u) if u.status.is_running() => JobResult::Done,
+                Some(u) if u.status.is_running() => {
+                    let with: Vec<String> = self
+                        .units
+                        .iter()
+                        .filter(|(_, u)| u.status.is_running() && u.reloaded_with.iter().any(|w| w == name))
+                        .map(|(n, _)| n.clone())
+                        .collect();
+                    for d in with {
+                        self.saw(&d, "reload", &JobResult::Done, false);
+                    }
+                    JobResult::Done
+                }
                 _ => JobResult::Failed { systemd_result: "invalid".into() },
             },
         };
@@ -314,6 +354,7 @@ impl ServiceManager for FakeManager {
             self.jobs_queued += 1;
             self.calls.push(Call::Job(*kind, unit.clone()));
             let result = self.job(*kind, unit, timeout);
+            self.saw(unit, kind.as_str(), &result, true);
             let o = JobOutcome { unit: unit.clone(), kind: *kind, result };
             on_done(&o);
             out.push(o);
@@ -352,6 +393,35 @@ impl ServiceManager for FakeManager {
         self.check_reachable()?;
         self.calls.push(Call::ResetFailed);
         Ok(())
+    }
+
+    fn watch_jobs(&mut self, keep: usize) -> Result<(), Error> {
+        self.check_reachable()?;
+        self.watch = Some((WatchedJobs::default(), keep));
+        Ok(())
+    }
+
+    fn stop_watching(&mut self) -> WatchedJobs {
+        self.watch.take().map(|(seen, _)| seen).unwrap_or_default()
+    }
+
+    fn activity(&mut self, units: &[String]) -> Result<BTreeMap<String, Activity>, Error> {
+        self.check_reachable()?;
+        let mut out: BTreeMap<String, Activity> = self
+            .units
+            .iter()
+            .map(|(n, u)| (n.clone(), Activity { active_state: u.status.active_state.clone(), invocation_id: None }))
+            .collect();
+        let running = self.units.iter().filter(|(_, u)| u.status.is_running()).map(|(n, _)| n);
+        let read: std::collections::BTreeSet<&String> = units.iter().chain(running).collect();
+        for unit in read {
+            let status = self.units.get(unit).map(|u| u.status.clone()).unwrap_or_default();
+            out.insert(
+                unit.clone(),
+                Activity { active_state: status.active_state, invocation_id: Some(status.invocation_id) },
+            );
+        }
+        Ok(out)
     }
 
     fn run_transient(&mut self, spec: &TransientSpec, tick: &mut dyn FnMut()) -> Result<TransientExit, Error> {

@@ -33,10 +33,13 @@ pub use dbus::{DEFAULT_CALL_TIMEOUT, SystemdBus};
 pub use error::Error;
 pub use executor::{
     ApplyOptions, ApplyReport, Host, JobRecord, LeftUnit, PhaseRecord, ProcessHost, Progress, ProtectedCheck,
-    StderrProgress, UnitFailure, apply, remaining, resume,
+    StderrProgress, UnitFailure, apply, remaining, resume, tee,
 };
 pub use manager::{
     Dependencies, Idleness, JobKind, JobOutcome, JobResult, ServiceManager, TransientExit, TransientSpec, UnitProcess,
-    UnitStatus,
+    UnitStatus, WatchedJobs,
 };
-pub use rundir::{DEFAULT_RUN_DIR, Interrupted, LockGuard, PersistedJob, PhaseState, ProgressFile, RunDir, phase_name};
+pub use rundir::{
+    DEFAULT_RUN_DIR, Interrupted, LOG_KEEP, LockGuard, LogFile, PersistedJob, PhaseState, ProgressFile, RunDir,
+    phase_name,
+};

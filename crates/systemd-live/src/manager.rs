@@ -10,103 +10,11 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::time::Duration;
 
-use plan_model::{Action, ActiveState, DEPENDENCY_PROPERTIES, LiveState};
-use serde::{Deserialize, Serialize};
+use plan_model::observe::{Activity, SeenJob};
+use plan_model::{ActiveState, DEPENDENCY_PROPERTIES, LiveState};
+pub use plan_model::{JobKind, JobResult, UnitStatus};
 
 use crate::Error;
-
-/// A job the executor queues for a unit.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum JobKind {
-    /// `StopUnit`.
-    Stop,
-    /// `ReloadUnit`.
-    Reload,
-    /// `RestartUnit`.
-    Restart,
-    /// `StartUnit`.
-    Start,
-}
-
-impl JobKind {
-    /// The job for a plan action; `None` for [`Action::Skip`], which does
-    /// nothing to the running unit.
-    pub fn for_action(action: Action) -> Option<JobKind> {
-        match action {
-            Action::Stop => Some(JobKind::Stop),
-            Action::Reload => Some(JobKind::Reload),
-            Action::Restart => Some(JobKind::Restart),
-            Action::Start => Some(JobKind::Start),
-            Action::Skip => None,
-        }
-    }
-
-    /// The verb, as printed.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            JobKind::Stop => "stop",
-            JobKind::Reload => "reload",
-            JobKind::Restart => "restart",
-            JobKind::Start => "start",
-        }
-    }
-}
-
-impl std::fmt::Display for JobKind {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-/// How a job ended.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "result", rename_all = "kebab-case")]
-pub enum JobResult {
-    /// systemd reported `done`.
-    Done,
-    /// systemd reported another result: `failed`, `timeout`, `dependency`,
-    /// `canceled`, `skipped`, `invalid`, ...
-    Failed {
-        /// systemd's result string.
-        systemd_result: String,
-    },
-    /// The job did not finish within the job timeout; it was cancelled.
-    TimedOut {
-        /// The limit, in seconds.
-        seconds: u64,
-    },
-    /// systemd refused to queue the job (the D-Bus call failed).
-    NotQueued {
-        /// systemd's error message.
-        message: String,
-    },
-    /// systemd did not answer, even when asked again: whether the job was
-    /// queued, and how it ended, is not known. This says nothing about
-    /// the unit; the phase cannot be counted as done.
-    NoReply {
-        /// What went unanswered.
-        message: String,
-    },
-}
-
-impl JobResult {
-    /// Tells whether the job succeeded.
-    pub fn is_done(&self) -> bool {
-        matches!(self, JobResult::Done)
-    }
-
-    /// A short description, e.g. `done`, `failed`, `timed out after 90 s`.
-    pub fn describe(&self) -> String {
-        match self {
-            JobResult::Done => "done".to_owned(),
-            JobResult::Failed { systemd_result } => systemd_result.clone(),
-            JobResult::TimedOut { seconds } => format!("timed out after {seconds} s, cancelled"),
-            JobResult::NotQueued { message } => format!("not queued: {message}"),
-            JobResult::NoReply { message } => format!("no reply from systemd, outcome unknown: {message}"),
-        }
-    }
-}
 
 /// The outcome of one job of a batch.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -117,50 +25,6 @@ pub struct JobOutcome {
     pub kind: JobKind,
     /// How it ended.
     pub result: JobResult,
-}
-
-/// The state of one unit, re-read (never cached) from the manager.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct UnitStatus {
-    /// `LoadState` (`not-found` when the manager does not know the unit).
-    pub load_state: String,
-    /// `ActiveState`.
-    pub active_state: ActiveState,
-    /// `SubState`.
-    pub sub_state: String,
-    /// `MainPID` (services only; 0 otherwise).
-    pub main_pid: u32,
-    /// `InvocationID` as 32 lowercase hex digits, or empty.
-    pub invocation_id: String,
-    /// `Result` of a service (`success`, `exit-code`, `timeout`, ...).
-    pub result: String,
-    /// `ExecMainCode` (1 exited, 2 killed, 3 dumped; 0 when it never ran).
-    pub exec_main_code: i32,
-    /// `ExecMainStatus`: the exit status or signal number.
-    pub exec_main_status: i32,
-}
-
-impl UnitStatus {
-    /// Tells whether the unit counts as failed after a switch, as NixOS's
-    /// switch decides it: `failed`, or a service waiting to auto-restart
-    /// after a non-zero exit.
-    pub fn is_failed(&self) -> bool {
-        self.active_state == ActiveState::Failed || (self.sub_state == "auto-restart" && self.exec_main_status != 0)
-    }
-
-    /// One line: `failed (Result=exit-code, status=3)`.
-    pub fn summary(&self) -> String {
-        let mut s = format!("{}/{}", self.active_state, self.sub_state);
-        if !self.result.is_empty() && self.result != "success" {
-            s.push_str(&format!(", result {}", self.result));
-        }
-        if self.exec_main_code == 1 && self.exec_main_status != 0 {
-            s.push_str(&format!(", main process exited with status {}", self.exec_main_status));
-        } else if self.exec_main_code >= 2 {
-            s.push_str(&format!(", main process killed by signal {}", self.exec_main_status));
-        }
-        s
-    }
 }
 
 /// One process of a unit, as systemd's `GetUnitProcesses` lists it: every
@@ -242,6 +106,16 @@ pub enum TransientExit {
     Killed(i32),
     /// The unit went away without an exit status being seen.
     Unknown(String),
+}
+
+/// The jobs a watch saw ([`ServiceManager::watch_jobs`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct WatchedJobs {
+    /// The jobs, in the order they were queued, at most as many as the
+    /// watch keeps.
+    pub jobs: Vec<SeenJob>,
+    /// How many more were seen.
+    pub dropped: usize,
 }
 
 /// A unit's dependency properties, by property name (`Requires`,
@@ -353,6 +227,38 @@ pub trait ServiceManager {
 
     /// `ResetFailed`.
     fn reset_failed(&mut self) -> Result<(), Error>;
+
+    /// Starts watching every job the manager runs (its `JobNew` and
+    /// `JobRemoved` signals, the job's type when it can be read in time),
+    /// whoever queued it, until [`ServiceManager::stop_watching`]: jobs
+    /// [`ServiceManager::run_jobs`] queues are marked as ours, by job
+    /// path. At most `keep` jobs are kept; the rest are counted. The watch
+    /// is read all along, whatever else the caller does meanwhile (runs
+    /// the activation script, waits for a reload).
+    fn watch_jobs(&mut self, keep: usize) -> Result<(), Error>;
+
+    /// Ends the watch, once the jobs it saw queued have ended or after a
+    /// short while, and returns what it saw; nothing when no watch runs.
+    fn stop_watching(&mut self) -> WatchedJobs;
+
+    /// Every loaded unit's `ActiveState`, and the `InvocationID` of each
+    /// of `units` and of every unit that is running (empty for one that
+    /// has none, or is not loaded): a restart shows as another
+    /// invocation, whichever job did it.
+    fn activity(&mut self, units: &[String]) -> Result<BTreeMap<String, Activity>, Error> {
+        let live = self.list_units()?;
+        let mut read: BTreeSet<String> = units.iter().cloned().collect();
+        read.extend(live.units.iter().filter(|(_, u)| u.is_running()).map(|(n, _)| n.clone()));
+        let mut out: BTreeMap<String, Activity> = live
+            .units
+            .into_iter()
+            .map(|(name, u)| (name, Activity { active_state: u.active_state, invocation_id: None }))
+            .collect();
+        for (name, st) in self.unit_status(&read.into_iter().collect::<Vec<_>>())? {
+            out.insert(name, Activity { active_state: st.active_state, invocation_id: Some(st.invocation_id) });
+        }
+        Ok(out)
+    }
 
     /// Starts `spec` as a transient service and waits until it has ended,
     /// calling `tick` about ten times a second meanwhile (to relay its

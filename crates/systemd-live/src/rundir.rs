@@ -1,8 +1,8 @@
 //! `/run/safe-switch/`: the lock that keeps two switches apart, the
 //! persisted progress of the apply in flight, the state it checks against
-//! afterwards, the files a switch hands to its isolated apply, and the
-//! record of deferred actions still pending. Every path in the directory
-//! is named here.
+//! afterwards, the output of its activation script and programs, the
+//! files a switch hands to its isolated apply, and the record of deferred
+//! actions still pending. Every path in the directory is named here.
 //!
 //! The directory lives on `/run` on purpose: it is a tmpfs, so the record
 //! of an interrupted apply survives a lost SSH session or a killed CI job,
@@ -13,10 +13,10 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{File, OpenOptions, TryLockError};
-use std::io::Write;
+use std::io::{Read, Seek, Write};
 use std::path::{Path, PathBuf};
 
-use plan_model::{Pending, Phase, Plan};
+use plan_model::{LogTail, Pending, Phase, Plan};
 use serde::{Deserialize, Serialize};
 
 use crate::Error;
@@ -31,7 +31,13 @@ const LOCK: &str = "lock";
 const PROTECTED_BEFORE: &str = "protected-before.json";
 const FAILED_BEFORE: &str = "failed-before.json";
 const PENDING: &str = "pending.json";
+const LOG: &str = "activation.log";
 const SYSTEM_MANAGER_STATE_BEFORE: &str = "system-manager-state-before.json";
+
+/// How much of the output of an apply's activation script and programs
+/// its log keeps: once the log holds twice as much, its start is dropped
+/// down to this.
+pub const LOG_KEEP: u64 = 1 << 20;
 
 /// The largest record of pending deferrals read (far more than the
 /// deferrals of every unit of a large host).
@@ -150,25 +156,7 @@ pub(crate) fn job_phase(kind: JobKind) -> Phase {
 
 /// The name of a phase, as printed.
 pub fn phase_name(phase: Phase) -> &'static str {
-    match phase {
-        Phase::Swapoff => "swapoff",
-        Phase::Stop => "stop",
-        Phase::Skip => "skip",
-        Phase::Activate => "activate",
-        Phase::Reexec => "re-exec",
-        Phase::DaemonReload => "daemon-reload",
-        Phase::SysinitReactivation => "sysinit-reactivation",
-        Phase::Reload => "reload",
-        Phase::Restart => "restart",
-        Phase::Start => "start",
-        Phase::Assertions => "assertions",
-        Phase::RegisterProfile => "register-profile",
-        Phase::Prepopulate => "prepopulate",
-        Phase::Userborn => "userborn",
-        Phase::Tmpfiles => "tmpfiles",
-        Phase::Mask => "mask",
-        Phase::SystemManagerState => "system-manager-state",
-    }
+    phase.name()
 }
 
 impl RunDir {
@@ -350,6 +338,62 @@ impl RunDir {
     }
 
     /// Records the status of the protected units before the first action.
+    /// The process that made the last apply recorded here: the one in
+    /// progress or interrupted, else the last one finished.
+    pub fn last_apply_pid(&self) -> Option<u32> {
+        #[derive(Deserialize)]
+        struct Pid {
+            pid: u32,
+        }
+        [self.progress_path(), self.path.join(LAST)]
+            .iter()
+            .find_map(|path| std::fs::read_to_string(path).ok())
+            .and_then(|text| serde_json::from_str::<Pid>(&text).ok())
+            .map(|p| p.pid)
+    }
+
+    /// The log of the output of the apply's activation script and of its
+    /// phases' programs.
+    pub fn log_path(&self) -> PathBuf {
+        self.path.join(LOG)
+    }
+
+    /// Opens the log for the apply about to run: emptied for a new apply
+    /// (`fresh`), appended to for one that resumes an interrupted apply,
+    /// whose output it keeps.
+    pub fn open_log(&self, fresh: bool) -> Result<LogFile, Error> {
+        self.create()?;
+        let path = self.log_path();
+        let mut options = OpenOptions::new();
+        options.create(true);
+        if fresh {
+            options.write(true).truncate(true);
+        } else {
+            options.append(true);
+        }
+        let file = options.open(&path).map_err(|e| Error::io(&path, e))?;
+        let len = file.metadata().map_err(|e| Error::io(&path, e))?.len();
+        let mut log = LogFile { file, path, len };
+        if fresh {
+            log.file = log.reopen()?;
+        }
+        Ok(log)
+    }
+
+    /// The end of the log, as the reports attach it; `None` when there is
+    /// no log or it cannot be read.
+    pub fn log_tail(&self) -> Option<LogTail> {
+        let path = self.log_path();
+        let mut file = File::open(&path).ok()?;
+        let total = file.metadata().ok()?.len();
+        // The tail and the kilobyte before it, where a line may start.
+        let from = total.saturating_sub(LogTail::LIMIT as u64 + 1024);
+        file.seek(std::io::SeekFrom::Start(from)).ok()?;
+        let mut end = Vec::new();
+        file.take(LogTail::LIMIT as u64 + 1024).read_to_end(&mut end).ok()?;
+        Some(LogTail::of(&path.to_string_lossy(), total, &end))
+    }
+
     pub(crate) fn save_protected_before(&self, status: &BTreeMap<String, UnitStatus>) -> Result<(), Error> {
         let path = self.path.join(PROTECTED_BEFORE);
         std::fs::write(&path, serde_json::to_string(status).unwrap_or_default()).map_err(|e| Error::io(&path, e))
@@ -387,10 +431,94 @@ impl RunDir {
     }
 }
 
+/// The log of an apply's output ([`RunDir::open_log`]): a file appended
+/// to, bounded by [`LOG_KEEP`].
+#[derive(Debug)]
+pub struct LogFile {
+    file: File,
+    path: PathBuf,
+    len: u64,
+}
+
+impl LogFile {
+    /// The file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The file opened for appending.
+    fn reopen(&self) -> Result<File, Error> {
+        OpenOptions::new().append(true).open(&self.path).map_err(|e| Error::io(&self.path, e))
+    }
+
+    /// Keeps the last [`LOG_KEEP`] bytes, after a line saying how many
+    /// were dropped, replacing the file in one rename.
+    fn compact(&mut self) -> std::io::Result<()> {
+        let mut file = File::open(&self.path)?;
+        let total = file.metadata()?.len();
+        file.seek(std::io::SeekFrom::Start(total.saturating_sub(LOG_KEEP)))?;
+        let mut tail = Vec::new();
+        file.take(LOG_KEEP).read_to_end(&mut tail)?;
+        let dir = self.path.parent().unwrap_or(Path::new("."));
+        let mut tmp = tempfile::Builder::new().prefix(&format!(".{LOG}.")).tempfile_in(dir)?;
+        let dropped = total - tail.len() as u64;
+        writeln!(tmp, "[safe-switch: the first {dropped} bytes of output were dropped, to keep the log bounded]")?;
+        tmp.write_all(&tail)?;
+        tmp.persist(&self.path).map_err(|e| e.error)?;
+        self.file = OpenOptions::new().append(true).open(&self.path)?;
+        self.len = self.file.metadata()?.len();
+        Ok(())
+    }
+}
+
+impl Write for LogFile {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.file.write_all(buf)?;
+        self.len += buf.len() as u64;
+        if self.len > 2 * LOG_KEEP {
+            self.compact()?;
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.file.flush()
+    }
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_log_is_bounded_keeps_its_end_and_a_resume_appends_to_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let rd = RunDir::new(dir.path().join("rs"));
+        assert!(rd.log_tail().is_none());
+        let mut log = rd.open_log(true).unwrap();
+        assert_eq!(log.path(), rd.path().join("activation.log"));
+        let line = [b'x'; 1023];
+        for _ in 0..3 * 1024 {
+            log.write_all(&line).unwrap();
+            log.write_all(b"\n").unwrap();
+        }
+        log.write_all(b"the end\n").unwrap();
+        drop(log);
+        let len = std::fs::metadata(rd.log_path()).unwrap().len();
+        assert!(len <= 2 * LOG_KEEP + 200, "{len}");
+        let text = std::fs::read_to_string(rd.log_path()).unwrap();
+        assert!(text.starts_with("[safe-switch: the first "), "{}", &text[..80]);
+        assert!(text.ends_with("xxx\nthe end\n"));
+        // A resume appends; a new apply starts afresh.
+        rd.open_log(false).unwrap().write_all(b"resumed\n").unwrap();
+        let tail = rd.log_tail().unwrap();
+        assert!(tail.cut && tail.text.ends_with("the end\nresumed\n"), "{:?}", &tail.text[tail.text.len() - 40..]);
+        assert_eq!(tail.bytes, std::fs::metadata(rd.log_path()).unwrap().len());
+        rd.open_log(true).unwrap().write_all(b"new\n").unwrap();
+        let tail = rd.log_tail().unwrap();
+        assert_eq!((tail.text.as_str(), tail.cut, tail.bytes), ("new\n", false, 4));
+    }
 
     #[test]
     fn second_lock_fails() {

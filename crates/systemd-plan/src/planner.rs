@@ -140,6 +140,7 @@ pub fn plan(old: &GenerationUnits, new: &GenerationUnits, live: &LiveState) -> P
         new: new_generation,
         units,
         steps,
+        consequences: Vec::new(),
         protection: Default::default(),
         diagnostics,
         packages: None,

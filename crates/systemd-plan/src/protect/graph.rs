@@ -38,7 +38,7 @@ use std::hash::{BuildHasherDefault, Hasher};
 use petgraph::Direction::{Incoming, Outgoing};
 use petgraph::graph::{DiGraph, EdgeIndex, NodeIndex};
 use petgraph::visit::EdgeRef;
-use plan_model::{Action, CHAIN_ENDS, Edge, LiveState, Touch, unit_name};
+use plan_model::{Action, CHAIN_ENDS, Consequence, Edge, LiveState, Touch, unit_name};
 
 use crate::generation::GenerationUnits;
 use crate::unit_file::UnitFile;
@@ -724,6 +724,98 @@ impl UnitGraph {
             }
         }
         found
+    }
+
+    /// The consequences of `jobs` (a plan's jobs, each a unit and the job
+    /// it gets): every job systemd adds to carry them out, followed
+    /// forwards from all of them at once, that acts on a unit: a stop or
+    /// restart of a running unit, a start of a known unit that is not
+    /// running, and a start of a running unit that one of them stops (it
+    /// comes back). Each is attributed to the nearest of `jobs`, with the
+    /// relations from the unit back to it (a long chain keeps its ends,
+    /// as in [`Reach::touch`]), sorted by unit and effect. The units of
+    /// `jobs` themselves are included when a job reaches them. Linear in
+    /// the size of the graph, whatever the number of jobs.
+    pub fn consequences(&self, jobs: &[(String, Job)]) -> Vec<Consequence> {
+        // For each state reached: the state it was reached from, the
+        // relation, and which of `jobs` it follows from.
+        let mut parent: Vec<Option<(usize, Option<EdgeIndex>, usize)>> = vec![None; self.graph.node_count() * 3];
+        let mut queue = VecDeque::new();
+        for (i, (unit, job)) in jobs.iter().enumerate() {
+            if let Some(s) = self.state_of(unit, *job)
+                && parent[s].is_none()
+            {
+                parent[s] = Some((s, None, i));
+                queue.push_back(s);
+            }
+        }
+        let mut reached = Vec::new();
+        let mut succ = Vec::new();
+        while let Some(state) = queue.pop_front() {
+            let (n, job) = split(state);
+            let Some((_, edge, origin)) = parent[state] else { continue };
+            let running = self.running[n.index()];
+            let acts = match job {
+                Job::Stop | Job::Restart => running,
+                Job::Start => !running && n.index() < self.known,
+            };
+            if edge.is_some() && acts {
+                reached.push(state);
+            }
+            self.successors(n, job, &mut succ);
+            for &(m, mjob, e) in &succ {
+                let s = join(m, mjob);
+                if parent[s].is_none() {
+                    parent[s] = Some((state, Some(e), origin));
+                    queue.push_back(s);
+                }
+            }
+        }
+        // A running unit that is stopped and gets a start job comes back.
+        let stopped: Vec<usize> = reached.iter().copied().filter(|&s| split(s).1 == Job::Stop).collect();
+        for s in stopped {
+            let start = join(split(s).0, Job::Start);
+            if parent[start].is_some_and(|(_, edge, _)| edge.is_some()) {
+                reached.push(start);
+            }
+        }
+        let mut out: Vec<Consequence> = reached
+            .into_iter()
+            .filter_map(|state| {
+                let (n, job) = split(state);
+                let (_, _, origin) = parent[state]?;
+                let (by, cause) = jobs.get(origin)?;
+                let mut head = Vec::new();
+                let mut tail = VecDeque::new();
+                let mut omitted = 0;
+                let mut s = state;
+                // Bounded by the number of states, as in `Reach::touch`.
+                for _ in 0..parent.len() {
+                    let Some((prev, Some(e), _)) = parent[s] else { break };
+                    if head.len() < CHAIN_ENDS {
+                        head.push(e);
+                    } else {
+                        tail.push_back(e);
+                        if tail.len() > CHAIN_ENDS {
+                            tail.pop_front();
+                            omitted += 1;
+                        }
+                    }
+                    s = prev;
+                }
+                let chain = head.into_iter().chain(tail).map(|e| self.edge(e)).collect();
+                Some(Consequence {
+                    unit: self.graph[n].clone(),
+                    effect: job.action(),
+                    by: by.clone(),
+                    cause: cause.action(),
+                    chain,
+                    omitted,
+                })
+            })
+            .collect();
+        out.sort_by(|a, b| (&a.unit, a.effect).cmp(&(&b.unit, b.effect)));
+        out
     }
 
     fn state_of(&self, unit: &str, job: Job) -> Option<usize> {

@@ -15,6 +15,9 @@
 //!    the actions of a unit that touches a protected unit move into its
 //!    [`Deferral`]; in `refuse` mode the plan is marked refused and every
 //!    such action is listed as a [`Refusal`].
+//! 4. Follow the jobs that remain forwards through the graph, and list
+//!    what systemd will do to other units with them: the plan's
+//!    [`Consequence`]s, which an apply compares with what it observes.
 //!
 //! Architecture Invariant: this module does no IO. The caller reads the
 //! policy file and `/proc/self/cgroup` and passes their content in.
@@ -25,9 +28,11 @@ mod graph;
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 
 use globset::{Glob, GlobSet, GlobSetBuilder};
+use plan_model::observe::SYSINIT_REACTIVATION;
 use plan_model::policy::{ImplicitProtections, Selector};
 use plan_model::{
-    Action, Deferral, Diagnostic, LiveState, Mode, Plan, ProtectedUnit, ProtectionSource, Refusal, Severity, unit_name,
+    Action, Consequence, Deferral, Diagnostic, LiveState, Mode, Phase, Plan, ProtectedUnit, ProtectionSource, Refusal,
+    Severity, unit_name,
 };
 
 pub use graph::{Job, Reach, Relation, UnitGraph};
@@ -123,6 +128,7 @@ pub fn protect(
         }
     }
     plan.protection.refused = !plan.protection.refusals.is_empty();
+    plan.consequences = consequences(plan, &graph);
     for u in &unknown {
         let mut message = format!("protection selector {:?} ({}) matches no unit", u.selector, u.source.label());
         if !u.close.is_empty() {
@@ -140,6 +146,40 @@ pub fn protect(
         });
     }
     Analysis { graph, unknown, protected }
+}
+
+/// What systemd does to other units when it carries out `plan`'s jobs
+/// (its units' actions and the restart of its sysinit-reactivation step):
+/// the graph's consequences of them, but those a unit's own actions
+/// already account for.
+fn consequences(plan: &Plan, graph: &UnitGraph) -> Vec<Consequence> {
+    let mut jobs: Vec<(String, Job)> = plan
+        .units
+        .iter()
+        .flat_map(|u| u.actions.iter().filter_map(|&a| Some((u.unit.clone(), Job::of_action(a)?))))
+        .collect();
+    if plan.has_step(Phase::SysinitReactivation) {
+        jobs.push((SYSINIT_REACTIVATION.to_owned(), Job::Restart));
+    }
+    let own = |unit: &str| -> BTreeSet<Action> {
+        plan.unit(unit).map(|u| u.actions.iter().copied().collect()).unwrap_or_default()
+    };
+    graph
+        .consequences(&jobs)
+        .into_iter()
+        .filter(|c| {
+            let own = own(&c.unit);
+            let accounted = match c.effect {
+                Action::Start => own.contains(&Action::Start) || own.contains(&Action::Restart),
+                Action::Restart => {
+                    own.contains(&Action::Restart) || (own.contains(&Action::Stop) && own.contains(&Action::Start))
+                }
+                effect => own.contains(&effect),
+            };
+            let step = c.unit == SYSINIT_REACTIVATION && plan.has_step(Phase::SysinitReactivation);
+            !accounted && !step
+        })
+        .collect()
 }
 
 /// Matches the request's selectors and implicit protections against the

@@ -360,3 +360,58 @@ fn relation_table_matches_discriminants() {
         assert_eq!(*r as usize, i, "{r:?}");
     }
 }
+
+#[test]
+fn the_plan_lists_what_systemd_does_to_other_units_with_its_jobs() {
+    let units = generation(&[
+        ("web.service", "[Unit]\nWants=cache.service\n"),
+        ("helper.service", "[Unit]\nPartOf=web.service\n"),
+        ("deep.service", "[Unit]\nBindsTo=helper.service\n"),
+        ("idle-helper.service", "[Unit]\nPartOf=web.service\n"),
+        ("cache.service", ""),
+        ("db.service", ""),
+        ("app.service", "[Unit]\nRequires=db.service\n"),
+        ("multi-user.target", "[Unit]\nWants=app.service\n"),
+        ("changed.service", "[Unit]\nPartOf=web.service\n"),
+    ]);
+    let state = live(&[
+        ("web.service", "active", &[]),
+        ("helper.service", "active", &[]),
+        ("deep.service", "active", &[]),
+        ("idle-helper.service", "inactive", &[]),
+        ("cache.service", "inactive", &[]),
+        ("db.service", "active", &[]),
+        ("app.service", "active", &[]),
+        ("multi-user.target", "active", &[]),
+        ("changed.service", "active", &[]),
+    ]);
+    let mut p = plan(&[
+        ("web.service", &[Action::Restart]),
+        ("db.service", &[Action::Stop]),
+        ("multi-user.target", &[Action::Start]),
+        ("changed.service", &[Action::Stop, Action::Start]),
+    ]);
+    protect(&mut p, &units, &units, &state, &request(&[], Mode::Defer));
+    let found: Vec<(&str, Action, &str, Action)> =
+        p.consequences.iter().map(|c| (c.unit.as_str(), c.effect, c.by.as_str(), c.cause)).collect();
+    assert_eq!(
+        found,
+        [
+            // Stopped with db.service, started again with the target.
+            ("app.service", Action::Stop, "db.service", Action::Stop),
+            ("app.service", Action::Start, "multi-user.target", Action::Start),
+            ("cache.service", Action::Start, "web.service", Action::Restart),
+            ("deep.service", Action::Restart, "web.service", Action::Restart),
+            ("helper.service", Action::Restart, "web.service", Action::Restart),
+        ],
+        "nothing for idle-helper.service (not running), nor for changed.service (its own stop and start)"
+    );
+    assert_eq!(
+        p.consequences[3].chain,
+        [edge("deep.service", "BindsTo", "helper.service"), edge("helper.service", "PartOf", "web.service")]
+    );
+    // A deferred action has no consequences.
+    let mut p = plan(&[("web.service", &[Action::Restart])]);
+    protect(&mut p, &units, &units, &state, &request(&["helper.service"], Mode::Defer));
+    assert!(p.consequences.is_empty(), "{:?}", p.consequences);
+}
