@@ -750,16 +750,9 @@ fn read_installed(path: &Path) -> Option<Vec<u8>> {
 /// pending, for its reports. A record that cannot be read (not root)
 /// shows nothing; an invalid one is a warning.
 fn earlier_deferrals(env: &DarwinEnv, launchd: &mut dyn Launchd, dp: &DarwinPlan) -> Vec<Earlier> {
-    let pending = match env.run_dir().read_pending() {
-        Ok(p) if p.deferrals.iter().all(|d| d.manager != Manager::Launchd) => return Vec::new(),
-        Ok(p) => p,
-        Err(systemd_live::Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::PermissionDenied => {
-            return Vec::new();
-        }
-        Err(e) => {
-            say!("warning: {e}; the deferrals of earlier switches are not shown");
-            return Vec::new();
-        }
+    let launchd_deferrals = |p: &plan_model::Pending| p.deferrals.iter().any(|d| d.manager == Manager::Launchd);
+    let Some(pending) = crate::pending::read_for_preview(&env.run_dir(), launchd_deferrals) else {
+        return Vec::new();
     };
     let user = dp.live.primary_user.as_ref();
     let live = job_instances(env, launchd, &pending, Some(&dp.planned.plan), &dp.planned.jobs, user);

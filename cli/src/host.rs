@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 use plan_model::{LiveState, Plan};
 use systemd_live::{RunDir, ServiceManager, SystemdBus};
-use systemd_plan::{GenerationUnits, LoadError};
+use systemd_plan::GenerationUnits;
 
 use crate::args::{OutputArgs, ProtectArgs, SourceArgs};
 
@@ -134,31 +134,41 @@ pub(crate) fn live_plan_with(
 /// command starts reading them before it connects to systemd: reading
 /// takes longer than connecting and listing the units, and needs neither.
 pub(crate) struct Loading {
-    old: PathBuf,
-    new: PathBuf,
-    thread: std::thread::JoinHandle<(Result<GenerationUnits, LoadError>, Result<GenerationUnits, LoadError>)>,
+    thread: std::thread::JoinHandle<anyhow::Result<Loaded>>,
+}
+
+/// Both generations, read, with their resolved paths.
+struct Loaded {
+    old_path: PathBuf,
+    new_path: PathBuf,
+    old: GenerationUnits,
+    new: GenerationUnits,
 }
 
 impl Loading {
-    /// Starts reading `current` (usually `/run/current-system`) and
-    /// `toplevel`, each resolved first.
+    /// Starts resolving and reading `current` (usually
+    /// `/run/current-system`) and `toplevel`. What goes wrong is told by
+    /// [`Loading::finish`], so that a command that cannot reach systemd
+    /// says that first, as it would without reading ahead.
     pub(crate) fn start(current: &Path, toplevel: &Path) -> anyhow::Result<Loading> {
-        let old = std::fs::canonicalize(current)
-            .with_context(|| format!("{}: cannot resolve the running generation", current.display()))?;
-        let new = std::fs::canonicalize(toplevel)
-            .with_context(|| format!("{}: cannot resolve the toplevel", toplevel.display()))?;
-        let (o, n) = (old.clone(), new.clone());
+        let (current, toplevel) = (current.to_owned(), toplevel.to_owned());
         let thread = std::thread::Builder::new()
             .name("load".to_owned())
-            .spawn(move || timed("load", || systemd_plan::load_pair(&o, &n)))
+            .spawn(move || {
+                let old_path = std::fs::canonicalize(&current)
+                    .with_context(|| format!("{}: cannot resolve the running generation", current.display()))?;
+                let new_path = std::fs::canonicalize(&toplevel)
+                    .with_context(|| format!("{}: cannot resolve the toplevel", toplevel.display()))?;
+                let (old, new) = timed("load", || systemd_plan::load_pair(&old_path, &new_path));
+                Ok(Loaded { old: old?, new: new?, old_path, new_path })
+            })
             .context("cannot start reading the generations")?;
-        Ok(Loading { old, new, thread })
+        Ok(Loading { thread })
     }
 
     /// Waits for both generations.
-    fn finish(self) -> anyhow::Result<(PathBuf, PathBuf, GenerationUnits, GenerationUnits)> {
-        let (old, new) = self.thread.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic));
-        Ok((self.old, self.new, old?, new?))
+    fn finish(self) -> anyhow::Result<Loaded> {
+        self.thread.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic))
     }
 }
 
@@ -179,7 +189,7 @@ pub(crate) fn live_plan_loading(
         (Ok(request), Ok(live)) => read_protected(request, mgr, live),
         (_, listed) => listed.map(|live| (live, Vec::new())),
     };
-    let (old_path, new_path, old, new) = loading.finish()?;
+    let Loaded { old_path, new_path, old, new } = loading.finish()?;
     let request = request?;
     let (listed, read_early) = listed.context("cannot read the live state from systemd")?;
     let mut live = timed("live", || complete_live(&old, &new, &request, mgr, listed, &read_early))

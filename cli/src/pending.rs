@@ -65,22 +65,27 @@ pub(crate) fn now_unix() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
 
+/// The record of pending deferrals, to show what a plan does to them:
+/// `None` when `relevant` finds nothing in it for this plan, when reading
+/// it needs root (a plan by another user), or, with a warning, when it
+/// cannot be read.
+pub(crate) fn read_for_preview(run: &RunDir, relevant: impl Fn(&Pending) -> bool) -> Option<Pending> {
+    match run.read_pending() {
+        Ok(p) => relevant(&p).then_some(p),
+        Err(systemd_live::Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::PermissionDenied => None,
+        Err(e) => {
+            say!("warning: {e}; the deferrals of earlier switches are not shown");
+            None
+        }
+    }
+}
+
 /// What `plan` would do to the deferrals earlier switches left pending, for
 /// the reports of `plan`, `check` and `switch`. A record that cannot be
 /// read (`plan` without root) shows nothing; an invalid one, or systemd
 /// not telling the units' invocations, is a warning.
 pub(crate) fn preview(run: &RunDir, plan: &Plan, mgr: &mut dyn ServiceManager) -> Vec<Earlier> {
-    let pending = match run.read_pending() {
-        Ok(p) if p.is_empty() => return Vec::new(),
-        Ok(p) => p,
-        Err(systemd_live::Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::PermissionDenied => {
-            return Vec::new();
-        }
-        Err(e) => {
-            say!("warning: {e}; the deferrals of earlier switches are not shown");
-            return Vec::new();
-        }
-    };
+    let Some(pending) = read_for_preview(run, |p| !p.is_empty()) else { return Vec::new() };
     match instances(mgr, &merge_units(&pending, plan)) {
         Ok(live) => pending.merge(plan, Manager::Systemd, &live, now_unix()).earlier,
         Err(e) => {

@@ -137,6 +137,21 @@ pub struct HostReport<'a> {
     pub reboot: &'a [RebootNeed],
 }
 
+/// The line over the reports of several hosts: how many, and how many of
+/// them are safe, deferred, refused and need a reboot.
+fn hosts_summary(hosts: &[HostReport<'_>]) -> String {
+    let count = |v: Verdict| hosts.iter().filter(|h| Verdict::of(h.report.plan) == v).count();
+    format!(
+        "{} host{}: {} safe, {} deferred, {} refused, {} needing a reboot",
+        hosts.len(),
+        if hosts.len() == 1 { "" } else { "s" },
+        count(Verdict::Safe),
+        count(Verdict::Deferred),
+        count(Verdict::Refused),
+        hosts.iter().filter(|h| !h.reboot.is_empty()).count()
+    )
+}
+
 /// Renders the reports of several hosts as one, in one format: a JUnit
 /// test suite per host, Code Quality findings whose fingerprints cover the
 /// host, a Markdown table of hosts before their details (under 1 MiB), one

@@ -48,17 +48,7 @@ const MIN_HOST_DETAILS: usize = 2_000;
 pub fn render_hosts(hosts: &[HostReport<'_>], limit: usize) -> String {
     let mut b = Budget::new(limit);
     let verdicts: Vec<Verdict> = hosts.iter().map(|h| Verdict::of(h.report.plan)).collect();
-    let count = |v: Verdict| verdicts.iter().filter(|x| **x == v).count();
-    let reboots = hosts.iter().filter(|h| !h.reboot.is_empty()).count();
-    b.push(&format!(
-        "## safe-switch: {} host{}: {} safe, {} deferred, {} refused, {} needing a reboot\n\n",
-        hosts.len(),
-        if hosts.len() == 1 { "" } else { "s" },
-        count(Verdict::Safe),
-        count(Verdict::Deferred),
-        count(Verdict::Refused),
-        reboots
-    ));
+    b.push(&format!("## safe-switch: {}\n\n", crate::hosts_summary(hosts)));
     b.push("| Host | Verdict | Planned | Deferred | Refused | Pending | Reboot |\n|---|---|---:|---:|---:|---:|---|\n");
     for (h, v) in hosts.iter().zip(&verdicts) {
         let c = ActionCounts::of(h.report.plan);

@@ -163,22 +163,9 @@ fn applied_lines(out: &mut Out, applied: &ApplyReport) {
 /// each host's report as [`render`] makes it, under a line naming the host.
 pub fn render_hosts(hosts: &[HostReport<'_>], style: Style) -> String {
     let verdicts: Vec<Verdict> = hosts.iter().map(|h| Verdict::of(h.report.plan)).collect();
-    let count = |v: Verdict| verdicts.iter().filter(|x| **x == v).count();
     let worst = verdicts.iter().copied().max_by_key(|v| *v as u8).unwrap_or(Verdict::Safe);
     let mut out = Out { text: String::new(), style, verdict: worst };
-    let reboots = hosts.iter().filter(|h| !h.reboot.is_empty()).count();
-    out.line(
-        Kind::Heading,
-        &format!(
-            "{} host{}: {} safe, {} deferred, {} refused, {} needing a reboot",
-            hosts.len(),
-            if hosts.len() == 1 { "" } else { "s" },
-            count(Verdict::Safe),
-            count(Verdict::Deferred),
-            count(Verdict::Refused),
-            reboots
-        ),
-    );
+    out.line(Kind::Heading, &crate::hosts_summary(hosts));
     out.blank();
     let rows: Vec<[String; 7]> = hosts
         .iter()
