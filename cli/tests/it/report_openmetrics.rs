@@ -322,8 +322,12 @@ fn apply_results_reboots_and_hosts() {
 /// option (openmetrics among them), and nothing that is not a format.
 #[test]
 fn apply_takes_a_report_of_every_format() {
+    // A failed apply still writes its OpenMetrics result: here, not in the
+    // source tree.
+    let dir = tempfile::tempdir().unwrap();
     for format in ["text", "json", "junit", "codequality", "markdown", "openmetrics"] {
         let out = hermetic(&mut Command::new(BIN))
+            .current_dir(dir.path())
             .args(["apply", "/nonexistent/plan.json", "--report", &format!("{format}=r"), "--format", format])
             .output()
             .unwrap();
@@ -332,6 +336,7 @@ fn apply_takes_a_report_of_every_format() {
         assert!(stderr.contains("/nonexistent/plan.json"), "{format}: the plan is read: {stderr}");
     }
     let out = hermetic(&mut Command::new(BIN))
+        .current_dir(dir.path())
         .args(["apply", "/nonexistent/plan.json", "--report", "pdf=r.pdf"])
         .output()
         .unwrap();
