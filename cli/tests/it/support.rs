@@ -147,15 +147,22 @@ pub(crate) fn observed(out: &Output) -> Vec<(usize, usize, usize)> {
 
 /// Checks that the applies of a run of correct plans saw systemd do
 /// nothing the plans did not list or predict, and says how much they saw
-/// (`observed 6 effects, 0 unplanned`): the figure is printed, not hidden.
+/// (`figure: ...: observed 6 effects, 0 unplanned`) on standard error,
+/// where a passing test's output is not hidden.
 /// Returns the number of effects.
 pub(crate) fn assert_exact(test: &str, out: &Output) -> usize {
+    use std::io::Write as _;
     let seen = observed(out);
     assert!(!seen.is_empty(), "{test}: no observation in the output: {}", out.stderr);
     let effects: usize = seen.iter().map(|(e, _, _)| e).sum();
     let unplanned: usize = seen.iter().map(|(_, u, _)| u).sum();
     let predicted: usize = seen.iter().map(|(_, _, p)| p).sum();
-    println!("{test}: observed {effects} effects, {unplanned} unplanned ({predicted} of them predicted)");
+    // Written to the process's standard error itself, which the test
+    // harness does not capture: the figure shows in every run.
+    let _ = writeln!(
+        std::io::stderr(),
+        "figure: {test}: observed {effects} effects, {unplanned} unplanned ({predicted} of them predicted)"
+    );
     assert_eq!(unplanned, 0, "{test}: unplanned effects on a correct plan: {}", out.stderr);
     effects
 }
