@@ -448,18 +448,7 @@ fn preflight(env: &DarwinEnv, toplevel: &Path) -> anyhow::Result<()> {
              nothing was changed. `safe-switch plan` shows the plan without root"
         );
     }
-    let activate = toplevel.join("activate");
-    let meta = std::fs::metadata(&activate).with_context(|| {
-        format!(
-            "{}: the toplevel has no activation script; refusing to switch, nothing was changed",
-            activate.display()
-        )
-    })?;
-    use std::os::unix::fs::PermissionsExt;
-    if !meta.is_file() || meta.permissions().mode() & 0o111 == 0 {
-        bail!("{}: not an executable file; refusing to switch, nothing was changed", activate.display());
-    }
-    Ok(())
+    crate::cmd::switch::require_executable(&toplevel.join("activate"), "the toplevel has no activation script")
 }
 
 /// Carries out a plan made against this host (the caller holds the lock).

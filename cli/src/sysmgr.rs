@@ -24,7 +24,6 @@
 //! generation's again.
 
 use std::collections::BTreeSet;
-use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
@@ -78,16 +77,8 @@ pub(crate) fn is_plan(plan: &Plan) -> bool {
 /// file safe-switch cannot read.
 pub(crate) fn preflight(toplevel: &Path) -> anyhow::Result<()> {
     for name in WRAPPERS {
-        let path = toplevel.join("bin").join(name);
-        let meta = std::fs::metadata(&path).with_context(|| {
-            format!(
-                "{}: the system-manager generation has no {name}; refusing to switch, nothing was changed",
-                path.display()
-            )
-        })?;
-        if !meta.is_file() || meta.permissions().mode() & 0o111 == 0 {
-            bail!("{}: not an executable file; refusing to switch, nothing was changed", path.display());
-        }
+        let missing = format!("the system-manager generation has no {name}");
+        crate::cmd::switch::require_executable(&toplevel.join("bin").join(name), &missing)?;
     }
     read_state(&SystemManagerEnv::get().state_file())?;
     Ok(())

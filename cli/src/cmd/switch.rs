@@ -96,15 +96,16 @@ pub(crate) fn preflight(toplevel: &Path) -> anyhow::Result<()> {
     if crate::sysmgr::is_generation(toplevel) {
         return crate::sysmgr::preflight(toplevel);
     }
-    let activate = toplevel.join("activate");
-    let meta = std::fs::metadata(&activate).with_context(|| {
-        format!(
-            "{}: the toplevel has no activation script; refusing to switch, nothing was changed",
-            activate.display()
-        )
-    })?;
+    require_executable(&toplevel.join("activate"), "the toplevel has no activation script")
+}
+
+/// Refuses, before any change, a program the switch is to run that is
+/// missing (`missing` says what it is) or not an executable file.
+pub(crate) fn require_executable(path: &Path, missing: &str) -> anyhow::Result<()> {
+    let meta = std::fs::metadata(path)
+        .with_context(|| format!("{}: {missing}; refusing to switch, nothing was changed", path.display()))?;
     if !meta.is_file() || meta.permissions().mode() & 0o111 == 0 {
-        bail!("{}: not an executable file; refusing to switch, nothing was changed", activate.display());
+        bail!("{}: not an executable file; refusing to switch, nothing was changed", path.display());
     }
     Ok(())
 }

@@ -301,11 +301,11 @@ fn string_of(v: Result<OwnedVariant, zbus::Error>) -> String {
 /// `Get` of one property as one plain method call: a snapshot makes
 /// hundreds of them, and a proxy per unit object costs more than the call
 /// itself.
-async fn raw_get(conn: &Connection, path: &OwnedObjectPath, interface: &str, name: &str) -> zbus::Result<OwnedVariant> {
+async fn raw_get(conn: &Connection, path: &str, interface: &str, name: &str) -> zbus::Result<OwnedVariant> {
     let reply = conn
         .call_method(
             Some("org.freedesktop.systemd1"),
-            path.as_str(),
+            path,
             Some("org.freedesktop.DBus.Properties"),
             "Get",
             &(interface, name),
@@ -418,7 +418,7 @@ impl SystemdBus {
             |(unit, property)| async move {
                 let Some(path) = self.unit_path(unit).await? else { return Ok(None) };
                 self.count(1);
-                match raw_get(&self.conn, &path, UNIT_INTERFACE, property).await {
+                match raw_get(&self.conn, path.as_str(), UNIT_INTERFACE, property).await {
                     Ok(value) => Ok(Some((unit.clone(), property.to_owned(), value))),
                     Err(e) if is_timeout(&e) => {
                         Err(Error::Timeout { call: format!("Get({unit} {property})"), timeout: self.timeout })
@@ -1025,18 +1025,9 @@ async fn watch_jobs_loop(
 
 /// The `JobType` of the job at `path`, while it exists.
 async fn job_type(conn: &Connection, path: String, index: usize) -> (usize, Option<String>) {
-    let reply = conn
-        .call_method(
-            Some("org.freedesktop.systemd1"),
-            path.as_str(),
-            Some("org.freedesktop.DBus.Properties"),
-            "Get",
-            &("org.freedesktop.systemd1.Job", "JobType"),
-        )
-        .await;
-    let job_type = reply
+    let job_type = raw_get(conn, &path, "org.freedesktop.systemd1.Job", "JobType")
+        .await
         .ok()
-        .and_then(|r| r.body().deserialize::<OwnedVariant>().ok())
         .and_then(|v| String::try_from(v).ok())
         .filter(|t| !t.is_empty());
     (index, job_type)
@@ -1244,17 +1235,9 @@ async fn unit_state(conn: &Connection, m: &ManagerProxy<'_>, unit: &str) -> zbus
     let get = |name: &'static str| {
         let path = &path;
         async move {
-            let reply = conn
-                .call_method(
-                    Some("org.freedesktop.systemd1"),
-                    path.as_str(),
-                    Some("org.freedesktop.DBus.Properties"),
-                    "Get",
-                    &(UNIT_INTERFACE, name),
-                )
-                .await?;
-            let value: OwnedVariant = reply.body().deserialize()?;
-            Ok::<_, zbus::Error>(String::try_from(value).unwrap_or_default())
+            Ok::<_, zbus::Error>(
+                String::try_from(raw_get(conn, path.as_str(), UNIT_INTERFACE, name).await?).unwrap_or_default(),
+            )
         }
     };
     let (active, sub) = join(get("ActiveState"), get("SubState")).await;
