@@ -114,8 +114,9 @@ pub struct SystemdBus {
     address: String,
     /// How long any one call may wait for its reply.
     timeout: Duration,
-    /// Each listed unit's object path, from the last `ListUnits`.
-    paths: Mutex<HashMap<String, OwnedObjectPath>>,
+    /// The names of the units the last `ListUnits` listed: loaded units,
+    /// whose object paths are made from their names ([`unit_object_path`]).
+    listed: Mutex<HashSet<Box<str>>>,
     /// Method calls made on the connection, for benchmarks.
     calls: std::sync::atomic::AtomicUsize,
     /// The watch of every job systemd runs, while one is in force.
@@ -221,7 +222,7 @@ impl SystemdBus {
             })?;
             // The first call made is that Subscribe.
             let calls = std::sync::atomic::AtomicUsize::new(1);
-            Ok(SystemdBus { conn, address, timeout, paths: Mutex::default(), calls, watch: None })
+            Ok(SystemdBus { conn, address, timeout, listed: Mutex::default(), calls, watch: None })
         })
     }
 
@@ -355,6 +356,28 @@ async fn with_timeout<T>(d: Duration, fut: impl Future<Output = T>) -> Option<T>
     .await
 }
 
+/// The object path systemd gives the unit `name` (its
+/// `unit_dbus_path_from_name`): under `/org/freedesktop/systemd1/unit/`,
+/// the name with every byte other than an ASCII letter, or a digit after
+/// the first byte, written as `_` and two lowercase hex digits.
+fn unit_object_path(name: &str) -> String {
+    use std::fmt::Write as _;
+    const PREFIX: &str = "/org/freedesktop/systemd1/unit/";
+    let mut path = String::with_capacity(PREFIX.len() + name.len() * 3);
+    path.push_str(PREFIX);
+    if name.is_empty() {
+        path.push('_');
+    }
+    for (i, b) in name.bytes().enumerate() {
+        if b.is_ascii_alphabetic() || (i > 0 && b.is_ascii_digit()) {
+            path.push(char::from(b));
+        } else {
+            let _ = write!(path, "_{b:02x}");
+        }
+    }
+    path
+}
+
 fn job_id(path: &str) -> Option<u32> {
     path.rsplit('/').next()?.parse().ok()
 }
@@ -369,11 +392,11 @@ impl SystemdBus {
         let manager = manager(&self.conn).await?;
         self.count(1);
         let listed = manager.list_units().await.map_err(call_err("ListUnits", self.timeout))?;
-        let mut paths = HashMap::with_capacity(listed.len());
+        let mut names = HashSet::with_capacity(listed.len());
         let units = listed
             .into_iter()
-            .map(|(name, _description, load, active, sub, following, path, ..)| {
-                paths.insert(name.clone(), path);
+            .map(|(name, _description, load, active, sub, following, ..)| {
+                names.insert(Box::from(name.as_str()));
                 let unit = LiveUnit {
                     active_state: active.into(),
                     sub_state: sub,
@@ -385,17 +408,20 @@ impl SystemdBus {
                 (name, unit)
             })
             .collect();
-        if let Ok(mut cache) = self.paths.lock() {
-            *cache = paths;
+        if let Ok(mut cache) = self.listed.lock() {
+            *cache = names;
         }
         let manager_exe = std::fs::canonicalize("/proc/1/exe").ok().map(|p| p.to_string_lossy().into_owned());
         Ok(LiveState { units, manager_exe, ..Default::default() })
     }
 
-    /// The object path of a unit: from the last listing, else `GetUnit`;
-    /// `None` for a unit that is not loaded.
+    /// The object path of a unit: made from its name when the last listing
+    /// has it, else asked with `GetUnit`; `None` for a unit that is not
+    /// loaded (a property read on a made-up path would load it).
     async fn unit_path(&self, unit: &str) -> Result<Option<OwnedObjectPath>, Error> {
-        if let Some(path) = self.paths.lock().ok().and_then(|c| c.get(unit).cloned()) {
+        if self.listed.lock().is_ok_and(|listed| listed.contains(unit))
+            && let Ok(path) = OwnedObjectPath::try_from(unit_object_path(unit))
+        {
             return Ok(Some(path));
         }
         self.count(1);
@@ -1512,6 +1538,26 @@ impl ServiceManager for SystemdBus {
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn unit_object_paths_are_made_as_systemd_makes_them() {
+        // Escapes of the kinds a real systemd's ListUnits shows: `.`, `-`,
+        // `@`, `\\`, `_`, a leading digit.
+        for (name, path) in [
+            ("sshd.service", "sshd_2eservice"),
+            ("getty@tty1.service", "getty_40tty1_2eservice"),
+            ("-.mount", "_2d_2emount"),
+            ("usr-lib-systemd-system\\x2dgenerators.mount", "usr_2dlib_2dsystemd_2dsystem_5cx2dgenerators_2emount"),
+            ("mnt-model_tools_env-v1.mount", "mnt_2dmodel_5ftools_5fenv_2dv1_2emount"),
+            ("blockdev@dev-vda.target", "blockdev_40dev_2dvda_2etarget"),
+            ("1password.service", "_31password_2eservice"),
+            ("bench-00120.service", "bench_2d00120_2eservice"),
+        ] {
+            assert_eq!(unit_object_path(name), format!("/org/freedesktop/systemd1/unit/{path}"), "{name}");
+        }
+        assert_eq!(unit_object_path(""), "/org/freedesktop/systemd1/unit/_");
+        assert_eq!(unit_object_path("é.service"), "/org/freedesktop/systemd1/unit/_c3_a9_2eservice");
+    }
 
     #[test]
     fn job_ids_from_paths() {
