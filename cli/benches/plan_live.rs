@@ -24,7 +24,7 @@
 //! each unit at every `daemon-reload`, looks at every other unit of the
 //! slice (`system.slice`) to see whether its cgroup must be set up again,
 //! which is quadratic (on a 2-core virtual machine, 10,000 services take
-//! about 5 minutes to start and each `daemon-reload` 2 minutes). And it
+//! 3 to 5 minutes to start and each `daemon-reload` 1 to 2 minutes). And it
 //! runs all the jobs that can run in one go, answering no bus call
 //! meanwhile: with 10,000 start jobs in one transaction (the boot's of
 //! `multi-user.target`, or one `start bench.target`) it did not answer for
@@ -33,8 +33,8 @@
 //! started by name, 500 per `systemctl start` (which asks for them one by
 //! one, and systemd answers the bus between them), then the two targets,
 //! whose wants are by then all active. At 10,000, run with
-//! `PLAN_BENCH_SIZES=10000 PLAN_BENCH_RUNS=5`: nine cold runs would spend
-//! half an hour in `daemon-reload`.
+//! `PLAN_BENCH_SIZES=10000 PLAN_BENCH_RUNS=5`: nine cold runs of safe-switch
+//! and nine of `PLAN_BENCH_VS` would spend half an hour in `daemon-reload`.
 //!
 //! On a machine that other work shares, run the built benchmark under
 //! `chrt -f 20`: the bed, started from it, then runs at that real-time
