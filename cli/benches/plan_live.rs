@@ -1,8 +1,8 @@
 //! How long `safe-switch plan` takes on a real systemd, cold and warm.
 //!
 //! For each size N (500, 1,000 and 2,000 by default; `PLAN_BENCH_SIZES=500,2000`
-//! to choose), boots a test bed whose generation A runs N services, builds
-//! a generation B that changes N/10 of them, and runs
+//! to choose, up to 10,000 and beyond), boots a test bed whose generation A
+//! runs N services, builds a generation B that changes N/10 of them, and runs
 //! `safe-switch plan --toplevel B --json` inside the bed:
 //!
 //! - cold: right after `systemctl daemon-reload`, as on a host after any
@@ -11,16 +11,30 @@
 //!
 //! Prints the median, minimum and maximum wall time, the peak resident
 //! memory of the process, and the number of calls it made to systemd
-//! (`SAFE_SWITCH_STATS=1`). With `PLAN_BENCH_VS=COMMAND`, runs COMMAND with
-//! B's path as its argument inside the bed the same way, for a side-by-side
-//! figure (e.g. a wrapper around NixOS's `switch-to-configuration
+//! (`SAFE_SWITCH_STATS=1`), of 9 runs each (`PLAN_BENCH_RUNS` to choose),
+//! and the time of the `daemon-reload`s. With `PLAN_BENCH_VS=COMMAND`, runs
+//! COMMAND with B's path as its argument inside the bed the same way, for a
+//! side-by-side figure (e.g. a wrapper around NixOS's `switch-to-configuration
 //! dry-activate`). Times include entering the bed's namespaces with
 //! `nsenter`, printed apart. Needs root; skips with a message otherwise.
 //!
-//! Larger beds do not come up with Debian 12's systemd (252): started with
-//! 5,000 linked unit files it takes longer than its 25-second bus deadline
-//! to answer the first `StartUnit`. How safe-switch's own cost grows
-//! beyond that is measured offline by `systemd-plan`'s `plan` benchmark.
+//! The services are wanted by `multi-user.target`, as NixOS's `wantedBy`
+//! makes them, and by a `bench.target`. Starting them is what makes a large
+//! bed slow: Debian 12's systemd (252), for each service it starts, and for
+//! each unit at every `daemon-reload`, looks at every other unit of the
+//! slice (`system.slice`) to see whether its cgroup must be set up again,
+//! which is quadratic (on a 2-core virtual machine, 10,000 services take
+//! 3 to 5 minutes to start and each `daemon-reload` 1 to 2 minutes). And it
+//! runs all the jobs that can run in one go, answering no bus call
+//! meanwhile: with 10,000 start jobs in one transaction (the boot's of
+//! `multi-user.target`, or one `start bench.target`) it did not answer for
+//! minutes, and the bed's first `systemctl start` failed at that client's
+//! 25-second timeout. So the bed boots `basic.target` and the services are
+//! started by name, 500 per `systemctl start` (which asks for them one by
+//! one, and systemd answers the bus between them), then the two targets,
+//! whose wants are by then all active. At 10,000, run with
+//! `PLAN_BENCH_SIZES=10000 PLAN_BENCH_RUNS=5`: nine cold runs of safe-switch
+//! and nine of `PLAN_BENCH_VS` would spend half an hour in `daemon-reload`.
 //!
 //! On a machine that other work shares, run the built benchmark under
 //! `chrt -f 20`: the bed, started from it, then runs at that real-time
@@ -35,7 +49,8 @@ use std::time::{Duration, Instant};
 
 use testbed::{Config, Generation, TestBed};
 
-const RUNS: usize = 9;
+/// Services started by one `systemctl start`.
+const CHUNK: usize = 500;
 const BIN: &str = env!("CARGO_BIN_EXE_safe-switch");
 
 /// One run: wall time, peak resident memory in KiB, and standard error.
@@ -83,16 +98,25 @@ fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
 
-fn summary(label: &str, runs: &[Run]) {
-    let mut walls: Vec<Duration> = runs.iter().map(|r| r.wall).collect();
+/// `median ... ms  (min ..., max ...)` of `walls`.
+fn spread(walls: &[Duration]) -> String {
+    let mut walls = walls.to_vec();
     walls.sort();
+    format!(
+        "median {:>8.1} ms  (min {:>7.1}, max {:>7.1})",
+        ms(walls[walls.len() / 2]),
+        ms(walls[0]),
+        ms(walls[walls.len() - 1])
+    )
+}
+
+fn summary(label: &str, runs: &[Run]) {
+    let walls: Vec<Duration> = runs.iter().map(|r| r.wall).collect();
     let rss = runs.iter().map(|r| r.max_rss_kib).max().unwrap_or(0);
     let calls = runs.iter().filter_map(|r| calls(&r.stderr)).max();
     println!(
-        "  {label:<34} median {:>8.1} ms  (min {:>7.1}, max {:>7.1})  peak RSS {:>6.1} MiB{}",
-        ms(walls[walls.len() / 2]),
-        ms(walls[0]),
-        ms(walls[walls.len() - 1]),
+        "  {label:<34} {}  peak RSS {:>6.1} MiB{}",
+        spread(&walls),
         rss as f64 / 1024.0,
         calls.map(|c| format!("  {c} calls")).unwrap_or_default()
     );
@@ -102,33 +126,32 @@ fn service(version: u32) -> String {
     format!("[Unit]\nDescription=bench\n\n[Service]\nEnvironment=V={version}\nExecStart=/bin/sleep infinity\n")
 }
 
-fn bench(n: usize) {
-    // The services hang off a target of their own, started once the bed is
-    // up: thousands of start jobs in the boot transaction would keep systemd
-    // busy past the bed's own deadlines for starting D-Bus.
+fn bench(n: usize, runs: usize) {
+    let name = |i: usize| format!("bench-{i:05}.service");
     let mut a = Generation::new("a").unit("bench.target", "[Unit]\nDescription=bench services\n");
     for i in 0..n {
-        let name = format!("bench-{i:05}.service");
-        a = a.service(&name, service(1)).wanted_by(&name, "bench.target");
+        a = a.service(name(i), service(1)).wanted_by(name(i), "bench.target");
     }
     let mut b = a.clone().renamed("b");
     for i in (0..n).step_by(10) {
-        b = b.service(format!("bench-{i:05}.service"), service(2));
+        b = b.service(name(i), service(2));
     }
     let mut config = Config::new(a);
+    // Not multi-user.target, which wants every service: see the module
+    // documentation.
+    config.target = "basic.target".to_owned();
     config.timeout = Duration::from_secs(60 + n as u64 / 10);
     let booted = Instant::now();
     let bed = TestBed::boot(&config).expect("test bed boots");
-    bed.systemctl(&["start", "--no-block", "bench.target"]).expect("bench.target queued");
-    let deadline = Instant::now() + config.timeout;
-    loop {
-        let out = bed.systemctl(&["list-units", "--state=active", "--no-legend", "bench-*"]).unwrap_or_default();
-        if out.lines().count() >= n {
-            break;
-        }
-        assert!(Instant::now() < deadline, "only {} of {n} services came up", out.lines().count());
-        std::thread::sleep(Duration::from_millis(200));
+    let names: Vec<String> = (0..n).map(name).collect();
+    for chunk in names.chunks(CHUNK) {
+        let mut start = vec!["start"];
+        start.extend(chunk.iter().map(String::as_str));
+        bed.systemctl(&start).expect("bench services start");
     }
+    bed.systemctl(&["start", "multi-user.target", "bench.target"]).expect("targets start");
+    let active = bed.systemctl(&["list-units", "--state=active", "--no-legend", "bench-*"]).unwrap_or_default();
+    assert_eq!(active.lines().count(), n, "active bench services");
     let target = bed.build_generation(&b).expect("generation B");
     println!("{n} active services, {} changed (bed up in {:.1} s):", n / 10, booted.elapsed().as_secs_f64());
 
@@ -137,18 +160,21 @@ fn bench(n: usize) {
         cmd.args(["plan", "--toplevel"]).arg(&target).arg("--json").env("SAFE_SWITCH_STATS", "1");
         cmd
     };
-    let reload = |bed: &TestBed| {
+    let mut reloads = Vec::new();
+    let mut reload = |bed: &TestBed| {
+        let start = Instant::now();
         bed.systemctl(&["daemon-reload"]).expect("daemon-reload");
+        reloads.push(start.elapsed());
     };
-    let nsenter: Vec<Run> = (0..RUNS).map(|_| measure(&mut bed.command("/bin/true"))).collect();
-    let cold: Vec<Run> = (0..RUNS)
+    let nsenter: Vec<Run> = (0..runs).map(|_| measure(&mut bed.command("/bin/true"))).collect();
+    let cold: Vec<Run> = (0..runs)
         .map(|_| {
             reload(&bed);
             measure(&mut plan(&bed))
         })
         .collect();
     let _ = measure(&mut plan(&bed));
-    let warm: Vec<Run> = (0..RUNS).map(|_| measure(&mut plan(&bed))).collect();
+    let warm: Vec<Run> = (0..runs).map(|_| measure(&mut plan(&bed))).collect();
     summary("safe-switch plan, cold", &cold);
     summary("safe-switch plan, warm", &warm);
     if let Ok(vs) = std::env::var("PLAN_BENCH_VS") {
@@ -157,18 +183,19 @@ fn bench(n: usize) {
             cmd.arg(&target);
             cmd
         };
-        let cold: Vec<Run> = (0..RUNS)
+        let cold: Vec<Run> = (0..runs)
             .map(|_| {
                 reload(&bed);
                 measure(&mut other(&bed))
             })
             .collect();
-        let warm: Vec<Run> = (0..RUNS).map(|_| measure(&mut other(&bed))).collect();
+        let warm: Vec<Run> = (0..runs).map(|_| measure(&mut other(&bed))).collect();
         let name = Path::new(&vs).file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or(vs.clone());
         summary(&format!("{name}, cold"), &cold);
         summary(&format!("{name}, warm"), &warm);
     }
     summary("(entering the bed: nsenter /bin/true)", &nsenter);
+    println!("  {:<34} {}", "(daemon-reload before a cold run)", spread(&reloads));
 }
 
 fn main() {
@@ -179,12 +206,14 @@ fn main() {
         .ok()
         .map(|s| s.split(',').filter_map(|n| n.trim().parse().ok()).collect())
         .unwrap_or_else(|| vec![500, 1000, 2000]);
+    let runs: usize =
+        std::env::var("PLAN_BENCH_RUNS").ok().and_then(|r| r.trim().parse().ok()).filter(|&r| r > 0).unwrap_or(9);
     println!(
-        "safe-switch plan on a test bed, {RUNS} runs each ({} cores)",
+        "safe-switch plan on a test bed, {runs} runs each ({} cores)",
         std::thread::available_parallelism().map_or(0, |n| n.get())
     );
     for n in sizes {
-        bench(n);
+        bench(n, runs);
     }
     if let Ok(load) = std::fs::read_to_string("/proc/loadavg") {
         println!("load average at the end: {}", load.split_whitespace().take(3).collect::<Vec<_>>().join(" "));
