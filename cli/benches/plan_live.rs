@@ -36,6 +36,9 @@
 //! `PLAN_BENCH_SIZES=10000 PLAN_BENCH_RUNS=5`: nine cold runs of safe-switch
 //! and nine of `PLAN_BENCH_VS` would spend half an hour in `daemon-reload`.
 //!
+//! With `PLAN_BENCH_WRAP=PROGRAM`, each plan runs as `PROGRAM BIN plan ...`
+//! (`scripts/link-order` traces the functions a plan runs that way).
+//!
 //! On a machine that other work shares, run the built benchmark under
 //! `chrt -f 20`: the bed, started from it, then runs at that real-time
 //! priority too, and the figures are those of a quiet machine.
@@ -155,8 +158,16 @@ fn bench(n: usize, runs: usize) {
     let target = bed.build_generation(&b).expect("generation B");
     println!("{n} active services, {} changed (bed up in {:.1} s):", n / 10, booted.elapsed().as_secs_f64());
 
+    let wrap = std::env::var("PLAN_BENCH_WRAP").ok();
     let plan = |bed: &TestBed| {
-        let mut cmd = bed.command(BIN);
+        let mut cmd = match &wrap {
+            Some(wrap) => {
+                let mut cmd = bed.command(wrap);
+                cmd.arg(BIN);
+                cmd
+            }
+            None => bed.command(BIN),
+        };
         cmd.args(["plan", "--toplevel"]).arg(&target).arg("--json").env("SAFE_SWITCH_STATS", "1");
         cmd
     };
