@@ -1,0 +1,186 @@
+//! Benchmark: the heap a plan holds at its peak.
+//!
+//! Loads the benchmarks' pair of generations (2,000 units each unless
+//! `PLAN_BENCH_UNITS` says otherwise; every tenth service changed), laid
+//! out twice: each generation with files of its own, as in the `plan`
+//! benchmark, and both in one store, where a file the new generation has
+//! unchanged is the old one's, as on a host. Then it does what
+//! `safe-switch plan` does with them, keeping what it keeps:
+//! asks what protection wants of the live state, plans, runs the
+//! protection analysis (the implicit protections, plus the units
+//! `HEAP_BENCH_PROTECT` lists, comma-separated) and makes the diffs. A
+//! counting global allocator records the bytes and blocks alive at the
+//! peak, and what is alive after each step.
+//!
+//! Run with `cargo bench -p systemd-plan --bench heap`.
+//!
+//! Bytes are what the program asked for. "malloc" estimates what glibc's
+//! allocator takes for the same blocks (8 bytes of header, 16-byte
+//! alignment, 32 bytes at least): the structures are made of many small
+//! blocks, so this is noticeably more.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+
+use plan_model::ProtectionSource;
+use plan_model::policy::Selector;
+use systemd_plan::protect::{DependencyReading, Request, protect};
+
+mod common;
+
+/// Counts live bytes and blocks, and keeps their most.
+struct Counting;
+
+static BYTES: AtomicUsize = AtomicUsize::new(0);
+static CHUNKS: AtomicUsize = AtomicUsize::new(0);
+static BLOCKS: AtomicUsize = AtomicUsize::new(0);
+static PEAK_BYTES: AtomicUsize = AtomicUsize::new(0);
+static PEAK_CHUNKS: AtomicUsize = AtomicUsize::new(0);
+static PEAK_BLOCKS: AtomicUsize = AtomicUsize::new(0);
+static ALLOCATIONS: AtomicUsize = AtomicUsize::new(0);
+
+/// What glibc's malloc takes for a block of `size` bytes.
+fn chunk(size: usize) -> usize {
+    ((size + 8 + 15) & !15).max(32)
+}
+
+impl Counting {
+    fn grow(size: usize, blocks: usize) {
+        let bytes = BYTES.fetch_add(size, Relaxed) + size;
+        let chunks = CHUNKS.fetch_add(chunk(size), Relaxed) + chunk(size);
+        let blocks = BLOCKS.fetch_add(blocks, Relaxed) + blocks;
+        if PEAK_BYTES.fetch_max(bytes, Relaxed) < bytes {
+            PEAK_BLOCKS.store(blocks, Relaxed);
+            PEAK_CHUNKS.store(chunks, Relaxed);
+        }
+    }
+
+    fn shrink(size: usize, blocks: usize) {
+        BYTES.fetch_sub(size, Relaxed);
+        CHUNKS.fetch_sub(chunk(size), Relaxed);
+        BLOCKS.fetch_sub(blocks, Relaxed);
+    }
+}
+
+// SAFETY: every call is passed on to the system allocator unchanged.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        // SAFETY: the caller's contract is the system allocator's.
+        let p = unsafe { System.alloc(layout) };
+        if !p.is_null() {
+            ALLOCATIONS.fetch_add(1, Relaxed);
+            Counting::grow(layout.size(), 1);
+        }
+        p
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: as above.
+        unsafe { System.dealloc(ptr, layout) };
+        Counting::shrink(layout.size(), 1);
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        // SAFETY: as above.
+        let p = unsafe { System.realloc(ptr, layout, new_size) };
+        if !p.is_null() {
+            ALLOCATIONS.fetch_add(1, Relaxed);
+            Counting::shrink(layout.size(), 1);
+            Counting::grow(new_size, 1);
+        }
+        p
+    }
+}
+
+#[global_allocator]
+static ALLOCATOR: Counting = Counting;
+
+/// What is alive now, less `base`.
+fn alive(base: (usize, usize, usize)) -> (usize, usize, usize) {
+    (
+        BYTES.load(Relaxed).saturating_sub(base.0),
+        CHUNKS.load(Relaxed).saturating_sub(base.1),
+        BLOCKS.load(Relaxed).saturating_sub(base.2),
+    )
+}
+
+fn show(label: &str, (bytes, chunks, blocks): (usize, usize, usize)) {
+    println!(
+        "{label:<34} {:>8.1} KiB in {blocks:>7} blocks (malloc ~{:>8.1} KiB)",
+        bytes as f64 / 1024.0,
+        chunks as f64 / 1024.0
+    );
+}
+
+fn main() {
+    let units: usize = std::env::var("PLAN_BENCH_UNITS")
+        .ok()
+        .and_then(|s| s.split(',').filter_map(|n| n.trim().parse().ok()).find(|n| *n > 100))
+        .unwrap_or(2_000);
+    let mut selectors = Vec::new();
+    for unit in std::env::var("HEAP_BENCH_PROTECT").unwrap_or_default().split(',').filter(|u| !u.is_empty()) {
+        selectors.push((Selector::parse(unit).expect("valid selector"), ProtectionSource::CommandLine));
+    }
+    let request = Request {
+        selectors,
+        caller_cgroups: vec!["/user.slice/user-0.slice/session-1.scope".into()],
+        ..Request::default()
+    };
+
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let (old_root, new_root) = (dir.path().join("old"), dir.path().join("new"));
+    common::generation(&old_root, 1, units);
+    common::generation(&new_root, 2, units);
+    println!("Each generation's files its own:");
+    measure(&old_root, &new_root, &request);
+    drop(dir);
+
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let store = dir.path().join("store");
+    let (old_root, new_root) = (store.join("old-system"), store.join("new-system"));
+    common::generation_in(common::Layout::Shared(&store), &old_root, 1, units);
+    common::generation_in(common::Layout::Shared(&store), &new_root, 2, units);
+    println!("\nOne store, the files of unchanged units shared:");
+    measure(&old_root, &new_root, &request);
+}
+
+/// Loads, plans, protects and makes the diffs, printing what is alive
+/// after each step and at the peak.
+fn measure(old_root: &std::path::Path, new_root: &std::path::Path, request: &Request) {
+    let base = (BYTES.load(Relaxed), CHUNKS.load(Relaxed), BLOCKS.load(Relaxed));
+    PEAK_BYTES.store(base.0, Relaxed);
+    let allocations = ALLOCATIONS.load(Relaxed);
+
+    let (old, new) = systemd_plan::load_pair(old_root, new_root);
+    let (old, new) = (old.expect("load old"), new.expect("load new"));
+    show("after loading both generations", alive(base));
+    let live = common::live(&old);
+    let mut reading = DependencyReading::new(&old, &new, &live, request);
+    assert!(reading.wanted(&live).is_empty(), "the fixture's live state has every unit's relations it needs");
+    drop(reading);
+    show("after the live state", alive(base));
+    let mut plan = systemd_plan::plan(&old, &new, &live);
+    show("after planning", alive(base));
+    let analysis = protect(&mut plan, &old, &new, &live, request);
+    show("after protection", alive(base));
+    let diffs = systemd_plan::unit_diffs(&plan, &old, &new);
+    show("after the diffs", alive(base));
+
+    let peak = PEAK_BYTES.load(Relaxed).saturating_sub(base.0);
+    let peak_chunks = PEAK_CHUNKS.load(Relaxed).saturating_sub(base.1);
+    let peak_blocks = PEAK_BLOCKS.load(Relaxed).saturating_sub(base.2);
+    println!(
+        "{} units per generation; plan: {} entries, {} consequences, {} diffs; graph: {} units, {} relations",
+        old.unit_names().count(),
+        plan.units.len(),
+        plan.consequences.len(),
+        diffs.len(),
+        analysis.graph.unit_count(),
+        analysis.graph.relation_count(),
+    );
+    show("peak", (peak, peak_chunks, peak_blocks));
+    println!("allocations made: {}", ALLOCATIONS.load(Relaxed) - allocations);
+    drop((old, new, live, plan, analysis, diffs));
+}
