@@ -32,7 +32,7 @@
 //! for name in generation.unit_names() {
 //!     let unit = generation.unit(name).expect("listed names resolve");
 //!     let requires: Vec<&str> = unit.words("Unit", "Requires");
-//!     let part_of: &[String] = unit.values("Unit", "PartOf");
+//!     let part_of: Vec<&str> = unit.values("Unit", "PartOf").to_vec();
 //!     let refuse = unit.bool_or("Unit", "RefuseManualStop", false);
 //!     # let _ = (requires, part_of, refuse);
 //! }
