@@ -93,7 +93,7 @@ pub struct Comparison {
 
 /// Compares two versions of a unit.
 pub fn compare_units(old: &UnitFile, new: &UnitFile) -> Comparison {
-    if Arc::ptr_eq(&old.sections, &new.sections) {
+    if Arc::ptr_eq(&old.settings, &new.settings) {
         return Comparison { needs: Needs::Nothing, reload_rules: Vec::new(), changes: Vec::new() };
     }
     let mut restart = false;
@@ -161,7 +161,7 @@ mod tests {
     use super::*;
 
     fn unit(text: &str) -> UnitFile {
-        UnitFile::parse("x.service", Path::new("x.service"), text).unwrap()
+        UnitFile::parse(Path::new("x.service"), text).unwrap()
     }
 
     fn needs(old: &str, new: &str) -> Needs {

@@ -36,7 +36,7 @@ use std::path::{Path, PathBuf};
 use generation_fs::{GenerationDir, Limit, ReadError, Resolved};
 
 use crate::fstab::Fstab;
-use crate::generation::{FileIdentity, GenerationUnits};
+use crate::generation::{FileIdentity, GenerationUnits, Links, Units};
 use crate::unit_file::{ParseError, UnitFile};
 
 mod boot;
@@ -195,11 +195,9 @@ fn resolve_dir_in(g: &GenerationDir, dir: &Path, name: &str, shown: &Path) -> Re
     as_dir(g.resolve_in(dir, name, shown)?, shown)
 }
 
-/// A unit directory's links: unit → kind (`wants`, ...) → linked units.
-type Links = BTreeMap<String, BTreeMap<String, Vec<String>>>;
-
-/// The kinds of link directories next to unit files.
-const LINK_KINDS: [&str; 3] = ["wants", "requires", "upholds"];
+/// A unit directory's links as read: unit → kind (one of
+/// [`crate::generation::LINK_KINDS`]) → linked units.
+type ReadLinks = BTreeMap<String, BTreeMap<&'static str, Vec<String>>>;
 
 /// A generation opened, with its system unit directory found and listed.
 struct Opened {
@@ -272,7 +270,7 @@ pub fn load_pair(old: &Path, new: &Path) -> (Result<GenerationUnits, LoadError>,
 fn finish(
     opened: Opened,
     scan: &scan::Scan,
-    twin: Option<(&scan::Scan, &BTreeMap<String, UnitFile>)>,
+    twin: Option<(&scan::Scan, &Units)>,
     list_modules: bool,
 ) -> Result<GenerationUnits, LoadError> {
     let Opened { shown_root, g, unit_dir_shown, managed, .. } = opened;
@@ -281,10 +279,10 @@ fn finish(
     let mut units = scan::units(scan, twin)?;
     // system-manager masks units through systemd (`MaskUnitFiles`), not in
     // its unit directory: its masked units are masked units here too.
-    for (name, entry) in managed.iter().flatten() {
-        if entry.masked {
-            units.insert(name.clone(), UnitFile { name: name.clone(), masked: true, ..UnitFile::default() });
-        }
+    let mut masks = managed.iter().flatten().filter(|(_, entry)| entry.masked).peekable();
+    if masks.peek().is_some() {
+        let masked = masks.map(|(name, _)| (name.as_str().into(), UnitFile { masked: true, ..UnitFile::default() }));
+        units = units.into_iter().chain(masked).collect();
     }
     // User units (`etc/systemd/user`), for what the plan says about user
     // managers; a generation without them is fine.
@@ -295,10 +293,10 @@ fn finish(
             let dir = scan::Dir { root: shown_root, shown: &user_dir_shown, physical: &physical, names: &names };
             match scan::scan_dirs(Some(&dir), None).0 {
                 Some(scan) => scan::units(&scan?, None)?,
-                None => BTreeMap::new(),
+                None => Units::default(),
             }
         }
-        None => BTreeMap::new(),
+        None => Units::default(),
     };
 
     let fstab = read_text(g, "etc/fstab", &shown_root.join("etc/fstab"), FSTAB_LIMIT)?.map(|text| Fstab::parse(&text));
@@ -321,9 +319,8 @@ fn finish(
         root: shown_root.to_owned(),
         units,
         user_units,
-        deps: scan.deps.clone(),
+        deps: Links::new(&scan.deps),
         unit_dir: unit_dir_shown,
-        unit_files: scan.texts(),
         fstab,
         system_conf,
         systemd_exe,
@@ -497,11 +494,18 @@ mod tests {
         assert!(g.unit("m.service").unwrap().is_masked());
         let one = g.unit("t@one.service").unwrap();
         assert_eq!(one.values("Service", "Environment"), ["X=template", "Z=one"]);
-        assert_eq!(one.own_drop_ins().len(), 1);
-        let two = g.unit("t@two.service").unwrap();
-        assert_eq!(two.name(), "t@.service");
+        assert_eq!(one.own_drop_ins().count(), 1);
+        assert_eq!(one.drop_ins().len(), 2);
+        assert_eq!(one.fragment_name("t@one.service").as_deref(), Some("t@.service"));
+        let (name, two) = g.unit_with_name("t@two.service").unwrap();
+        assert_eq!(name, "t@.service");
         assert_eq!(two.values("Service", "Environment"), ["X=template", "Y=template"]);
-        assert_eq!(g.linked("multi-user.target", "wants"), ["a.service"]);
+        assert_eq!(g.linked("multi-user.target", "wants").collect::<Vec<_>>(), ["a.service"]);
+        assert_eq!(g.linked("multi-user.target", "requires").count(), 0);
+        assert_eq!(
+            g.linked_all().map(|(u, k, n)| (u, k, n.count())).collect::<Vec<_>>(),
+            [("multi-user.target", "wants", 1)]
+        );
     }
 
     #[test]
@@ -833,24 +837,23 @@ mod tests {
         let (old, new) = (old.unwrap(), new.unwrap());
         assert_eq!(old.units, load(&a).unwrap().units);
         assert_eq!(new.units, load(&b).unwrap().units);
-        assert_eq!(new.unit_files, load(&b).unwrap().unit_files);
-        let text_shared = |rel: &str| std::sync::Arc::ptr_eq(&old.unit_files[rel], &new.unit_files[rel]);
-        let shared = |name: &str| {
-            text_shared(name) && std::sync::Arc::ptr_eq(&old.units[name].sections, &new.units[name].sections)
+        let text_shared = |rel: &str| {
+            std::ptr::eq(old.unit_file_text(rel).unwrap().as_ptr(), new.unit_file_text(rel).unwrap().as_ptr())
         };
+        let settings_shared = |name: &str| {
+            std::sync::Arc::ptr_eq(&old.units.get(name).unwrap().settings, &new.units.get(name).unwrap().settings)
+        };
+        let shared = |name: &str| text_shared(name) && settings_shared(name);
         assert!(shared("u-0001.service") && text_shared("u-0001.service.d/over.conf") && shared("u-0699.service"));
         assert!(!text_shared("u-0000.service") && !text_shared("u-0690.service"));
-        assert!(!std::sync::Arc::ptr_eq(&old.units["u-0690.service"].sections, &new.units["u-0690.service"].sections));
+        assert!(!settings_shared("u-0690.service"));
         assert_eq!(new.unit("u-0690.service").unwrap().values("Service", "Environment"), ["V=2"]);
         assert_eq!(new.unit("u-0001.service").unwrap().get("Service", "Nice"), Some("5"));
-        // Paths are each generation's own.
+        let unit = new.unit("u-0001.service").unwrap();
+        assert_eq!(unit.fragment(), Some(crate::unit_file::Fragment::Own));
         assert_eq!(
-            new.unit("u-0001.service").unwrap().fragment(),
-            Some(b.join("etc/systemd/system/u-0001.service").as_path())
-        );
-        assert_eq!(
-            new.unit("u-0001.service").unwrap().drop_ins(),
-            [b.join("etc/systemd/system/u-0001.service.d/over.conf")]
+            unit.drop_ins().iter().map(|d| (d.file_name(), d.is_own())).collect::<Vec<_>>(),
+            [("over.conf", true)]
         );
     }
 

@@ -31,6 +31,8 @@ use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use plan_model::unit_name;
+
 /// The most characters of a line that a [`ParseError`] quotes.
 pub const QUOTED_LINE: usize = 80;
 
@@ -308,15 +310,57 @@ pub struct ParseError {
 }
 
 /// One unit as systemd would load it: fragment plus drop-ins, merged.
+///
+/// A unit is known by its name in its generation
+/// ([`crate::GenerationUnits::unit_with_name`]): its files are named
+/// after it, relative to the unit directory.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct UnitFile {
-    pub(crate) name: String,
-    pub(crate) fragment: Option<PathBuf>,
-    pub(crate) drop_ins: Vec<PathBuf>,
-    pub(crate) own_drop_ins: Vec<PathBuf>,
-    pub(crate) masked: bool,
     /// The settings, folded from the unit's files ([`Folding`]).
-    pub(crate) sections: Arc<Settings>,
+    pub(crate) settings: Arc<Settings>,
+    /// The fragment's text as the loader read it.
+    pub(crate) text: Option<Arc<str>>,
+    pub(crate) fragment: Option<Fragment>,
+    /// Every drop-in applied, in the order applied.
+    pub(crate) drop_ins: Box<[DropIn]>,
+    pub(crate) masked: bool,
+}
+
+/// Which file is a unit's fragment.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fragment {
+    /// The unit's own (`<name>`).
+    Own,
+    /// For an instance, its template's (`foo@.service` for
+    /// `foo@bar.service`).
+    Template,
+}
+
+/// A drop-in of a unit: a file of the unit's own `<name>.d/` directory, or
+/// for an instance of its template's.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DropIn {
+    pub(crate) file: Box<str>,
+    pub(crate) own: bool,
+    pub(crate) text: Arc<str>,
+}
+
+impl DropIn {
+    /// The file's name in its directory (`10-override.conf`).
+    pub fn file_name(&self) -> &str {
+        &self.file
+    }
+
+    /// Tells whether the drop-in is in the unit's own directory (for an
+    /// instance: not the template's).
+    pub fn is_own(&self) -> bool {
+        self.own
+    }
+
+    /// The file's text, exactly as the loader read and parsed it.
+    pub fn text(&self) -> &str {
+        &self.text
+    }
 }
 
 /// A unit's files being folded into its settings, one after the other.
@@ -341,40 +385,44 @@ enum Line {
 }
 
 impl UnitFile {
-    /// Parses a single file's text as a unit named `name` (for tests and
-    /// tools; the loader merges drop-ins with [`Folding`]).
-    pub fn parse(name: &str, path: &Path, text: &str) -> Result<UnitFile, ParseError> {
+    /// Parses a single file's text as a unit whose fragment it is (for
+    /// tests and tools; the loader merges drop-ins with [`Folding`]).
+    /// `path` names the file in errors.
+    pub fn parse(path: &Path, text: &str) -> Result<UnitFile, ParseError> {
         let mut folding = Folding::default();
         folding.apply(path, text)?;
-        Ok(UnitFile {
-            name: name.to_owned(),
-            fragment: Some(path.to_owned()),
-            sections: folding.finish(),
-            ..UnitFile::default()
-        })
+        Ok(UnitFile { settings: folding.finish(), fragment: Some(Fragment::Own), ..UnitFile::default() })
     }
 
-    /// The unit's name. For an instance that has no fragment or drop-ins
-    /// of its own this is the template's name (`getty@.service`).
-    pub fn name(&self) -> &str {
-        &self.name
+    /// Which file is the unit's fragment; `None` for a masked unit.
+    pub fn fragment(&self) -> Option<Fragment> {
+        self.fragment
     }
 
-    /// The fragment's path inside the generation (before symlinks are
-    /// followed), or `None` for a masked unit.
-    pub fn fragment(&self) -> Option<&Path> {
-        self.fragment.as_deref()
+    /// The fragment's file name in the unit directory, for the unit
+    /// known as `name`: `name`, or its template's name.
+    pub fn fragment_name<'a>(&self, name: &'a str) -> Option<Cow<'a, str>> {
+        match self.fragment? {
+            Fragment::Own => Some(Cow::Borrowed(name)),
+            Fragment::Template => unit_name::split_instance(name).map(|(template, _)| Cow::Owned(template)),
+        }
+    }
+
+    /// The fragment's text as the loader read it; `None` for a masked
+    /// unit, and for one parsed from a text ([`UnitFile::parse`]).
+    pub fn text(&self) -> Option<&str> {
+        self.text.as_deref()
     }
 
     /// Every drop-in applied, in the order applied.
-    pub fn drop_ins(&self) -> &[PathBuf] {
+    pub fn drop_ins(&self) -> &[DropIn] {
         &self.drop_ins
     }
 
     /// The drop-ins from the unit's own `<name>.d/` directory (for an
-    /// instance: not the template's).
-    pub fn own_drop_ins(&self) -> &[PathBuf] {
-        &self.own_drop_ins
+    /// instance: not the template's), in the order applied.
+    pub fn own_drop_ins(&self) -> impl Iterator<Item = &DropIn> {
+        self.drop_ins.iter().filter(|d| d.own)
     }
 
     /// Tells whether the unit is masked (its fragment links to `/dev/null`).
@@ -386,28 +434,28 @@ impl UnitFile {
     /// and masks aside). Units of two generations made of the same files
     /// share their parsed settings, which makes this one comparison.
     pub fn same_settings(&self, other: &UnitFile) -> bool {
-        Arc::ptr_eq(&self.sections, &other.sections) || self.sections == other.sections
+        Arc::ptr_eq(&self.settings, &other.settings) || self.settings == other.settings
     }
 
     /// The unit's settings.
     pub fn settings(&self) -> &Settings {
-        &self.sections
+        &self.settings
     }
 
     /// Iterates over the sections in name order.
     pub fn sections(&self) -> impl Iterator<Item = (&str, Section<'_>)> {
-        self.sections.sections()
+        self.settings.sections()
     }
 
     /// Returns one section.
     pub fn section(&self, section: &str) -> Option<Section<'_>> {
-        self.sections.section(section)
+        self.settings.section(section)
     }
 
     /// Returns every value assigned to `key` in `section`, after resets;
     /// empty when the key is absent.
     pub fn values(&self, section: &str, key: &str) -> Values<'_> {
-        self.sections.values(section, key)
+        self.settings.values(section, key)
     }
 
     /// Returns the last value of `key` in `section`: what systemd uses for a
@@ -628,7 +676,7 @@ mod tests {
     use super::*;
 
     fn parse(text: &str) -> UnitFile {
-        UnitFile::parse("t.service", Path::new("t.service"), text).unwrap()
+        UnitFile::parse(Path::new("t.service"), text).unwrap()
     }
 
     #[test]
@@ -656,10 +704,9 @@ mod tests {
 
     #[test]
     fn garbage_names_file_and_line() {
-        let err = UnitFile::parse("t.service", Path::new("dir/t.service"), "[Unit]\nDescription=x\nthis is garbage\n")
-            .unwrap_err();
+        let err = UnitFile::parse(Path::new("dir/t.service"), "[Unit]\nDescription=x\nthis is garbage\n").unwrap_err();
         assert_eq!(err.to_string(), "dir/t.service:3: missing '=' in \"this is garbage\"");
-        let err = UnitFile::parse("t.service", Path::new("t"), "[Unit\n").unwrap_err();
+        let err = UnitFile::parse(Path::new("t"), "[Unit\n").unwrap_err();
         assert_eq!(err.line, 1);
     }
 
@@ -668,16 +715,16 @@ mod tests {
         let u = parse("\u{feff}[Unit]\nDescription=x\n");
         assert_eq!(u.get("Unit", "Description"), Some("x"));
         // Only at the start of the file.
-        let err = UnitFile::parse("t.service", Path::new("t"), "[Unit]\n\u{feff}A=b\n\u{feff}x\n").unwrap_err();
+        let err = UnitFile::parse(Path::new("t"), "[Unit]\n\u{feff}A=b\n\u{feff}x\n").unwrap_err();
         assert_eq!(err.line, 3);
     }
 
     #[test]
     fn errors_quote_a_bounded_part_of_the_line() {
         let long = format!("[Unit]\n{}\n", "é".repeat(5000));
-        let err = UnitFile::parse("t.service", Path::new("t"), &long).unwrap_err();
+        let err = UnitFile::parse(Path::new("t"), &long).unwrap_err();
         assert_eq!(err.message, format!("missing '=' in {:?}...", "é".repeat(QUOTED_LINE)));
-        let err = UnitFile::parse("t.service", Path::new("t"), &format!("[{}\n", "x".repeat(500))).unwrap_err();
+        let err = UnitFile::parse(Path::new("t"), &format!("[{}\n", "x".repeat(500))).unwrap_err();
         assert!(err.message.len() < 120, "{}", err.message);
     }
 

@@ -17,8 +17,9 @@ use std::sync::Arc;
 use generation_fs::{Entry, GenerationDir};
 use plan_model::unit_name;
 
-use super::{LINK_KINDS, Links, LoadError, UNIT_FILE_LIMIT, list_dir, resolve_dir_in, utf8};
-use crate::unit_file::{Folding, UnitFile};
+use super::{LoadError, ReadLinks, UNIT_FILE_LIMIT, list_dir, resolve_dir_in, utf8};
+use crate::generation::{LINK_KINDS, Units};
+use crate::unit_file::{DropIn, Folding, Fragment, UnitFile};
 
 /// Fewer names than this are read on the calling thread: starting threads
 /// would cost more than they save.
@@ -61,7 +62,7 @@ pub(super) struct Scan {
     /// Drop-in directories by unit, each file by name, sorted.
     pub(super) drop_in_dirs: BTreeMap<String, Vec<(String, Read)>>,
     /// The `.wants`/`.requires`/`.upholds` links.
-    pub(super) deps: Links,
+    pub(super) deps: ReadLinks,
 }
 
 impl Scan {
@@ -69,25 +70,6 @@ impl Scan {
         self.fragments.append(&mut other.fragments);
         self.drop_in_dirs.append(&mut other.drop_in_dirs);
         self.deps.append(&mut other.deps);
-    }
-
-    /// The text of every unit file and drop-in, by its path relative to
-    /// the directory.
-    pub(super) fn texts(&self) -> BTreeMap<String, Arc<str>> {
-        let mut files = BTreeMap::new();
-        for (name, read) in &self.fragments {
-            if let Source::Text { text, .. } = &read.source {
-                files.insert(name.clone(), Arc::clone(text));
-            }
-        }
-        for (unit, drop_ins) in &self.drop_in_dirs {
-            for (file, read) in drop_ins {
-                if let Source::Text { text, .. } = &read.source {
-                    files.insert(format!("{unit}.d/{file}"), Arc::clone(text));
-                }
-            }
-        }
-        files
     }
 }
 
@@ -204,12 +186,13 @@ fn scan_entry(
             }
         }
         scan.drop_in_dirs.insert(unit.to_owned(), files);
-    } else if let Some((unit, kind)) =
-        name.rsplit_once('.').filter(|(u, k)| LINK_KINDS.contains(k) && unit_name::is_valid(u))
-    {
+    } else if let Some((unit, kind)) = name.rsplit_once('.').and_then(|(u, k)| {
+        let kind = LINK_KINDS.iter().find(|&&known| known == k)?;
+        unit_name::is_valid(u).then_some((u, *kind))
+    }) {
         let Some(physical) = resolve_dir_in(g, dir.physical, name, &shown)? else { return Ok(()) };
         let linked = list_dir(&shown, &physical)?.into_iter().filter(|n| unit_name::is_valid(n)).collect();
-        scan.deps.entry(unit.to_owned()).or_default().insert(kind.to_owned(), linked);
+        scan.deps.entry(unit.to_owned()).or_default().insert(kind, linked);
     } else if unit_name::is_valid(name) {
         let twin = twin.and_then(|t| t.fragments.get(name));
         let read = read_source(g, dir.physical, name, dir.shown, twin)?;
@@ -252,11 +235,12 @@ fn read_source(
 /// systemd applies them.
 struct Inputs<'s> {
     fragment: &'s Source,
-    /// Every drop-in by file name: the template's, then the instance's own,
-    /// which replace the template's of the same name.
-    drop_ins: Vec<&'s Source>,
-    /// The instance's own drop-ins.
-    own: Vec<&'s Source>,
+    /// Whose fragment it is.
+    whose: Fragment,
+    /// Every drop-in by file name, with whether it is the unit's own: the
+    /// template's, then the instance's own, which replace the template's of
+    /// the same name.
+    drop_ins: Vec<(&'s str, bool, &'s Source)>,
 }
 
 impl Inputs<'_> {
@@ -264,7 +248,7 @@ impl Inputs<'_> {
     fn shared_with(&self, other: &Inputs<'_>) -> bool {
         self.fragment.shared_with(other.fragment)
             && self.drop_ins.len() == other.drop_ins.len()
-            && self.drop_ins.iter().zip(&other.drop_ins).all(|(a, b)| a.shared_with(b))
+            && self.drop_ins.iter().zip(&other.drop_ins).all(|(a, b)| a.2.shared_with(b.2))
     }
 }
 
@@ -272,70 +256,68 @@ impl Inputs<'_> {
 /// and drop-ins); `None` when it has no fragment.
 fn inputs<'s>(scan: &'s Scan, name: &str) -> Option<Inputs<'s>> {
     let template = unit_name::split_instance(name).map(|(template, _)| template);
-    let fragment = scan.fragments.get(name).or_else(|| template.as_ref().and_then(|t| scan.fragments.get(t)))?;
+    let (fragment, whose) = match scan.fragments.get(name) {
+        Some(own) => (own, Fragment::Own),
+        None => (template.as_ref().and_then(|t| scan.fragments.get(t))?, Fragment::Template),
+    };
     // systemd orders all drop-ins of a unit by file name; a drop-in in the
     // instance's own directory replaces the template's drop-in of the same
     // name, and a link to /dev/null removes it.
-    let mut by_name: BTreeMap<&str, &Source> = BTreeMap::new();
+    let mut by_name: BTreeMap<&str, (bool, &Source)> = BTreeMap::new();
     if let Some(template) = &template {
         for (file, read) in scan.drop_in_dirs.get(template).into_iter().flatten() {
-            by_name.insert(file, &read.source);
+            by_name.insert(file, (false, &read.source));
         }
     }
-    let mut own = Vec::new();
     for (file, read) in scan.drop_in_dirs.get(name).into_iter().flatten() {
-        by_name.insert(file, &read.source);
-        own.push(&read.source);
+        by_name.insert(file, (true, &read.source));
     }
-    Some(Inputs { fragment: &fragment.source, drop_ins: by_name.into_values().collect(), own })
+    let drop_ins = by_name.into_iter().map(|(file, (own, source))| (file, own, source)).collect();
+    Some(Inputs { fragment: &fragment.source, whose, drop_ins })
 }
 
 /// Puts the units of a scanned directory together: each fragment with its
 /// drop-ins, parsed. A unit whose every text is `twin`'s (the other
 /// generation's scan and units) takes its settings from there.
-pub(super) fn units(
-    scan: &Scan,
-    twin: Option<(&Scan, &BTreeMap<String, UnitFile>)>,
-) -> Result<BTreeMap<String, UnitFile>, LoadError> {
-    let mut units = BTreeMap::new();
+pub(super) fn units(scan: &Scan, twin: Option<(&Scan, &Units)>) -> Result<Units, LoadError> {
+    let mut units: Vec<(Box<str>, UnitFile)> = Vec::new();
     let names: std::collections::BTreeSet<&String> = scan.fragments.keys().chain(scan.drop_in_dirs.keys()).collect();
     for name in names {
         // Drop-ins without a fragment do not make a unit.
         let Some(inputs) = inputs(scan, name) else { continue };
-        let mut unit = UnitFile { name: name.clone(), ..UnitFile::default() };
         let Source::Text { shown, text } = inputs.fragment else {
-            unit.masked = true;
-            units.insert(name.clone(), unit);
+            units.push((name.as_str().into(), UnitFile { masked: true, ..UnitFile::default() }));
             continue;
         };
-        unit.fragment = Some(shown.clone());
-        unit.own_drop_ins = inputs.own.iter().filter_map(|s| shown_of(s)).collect();
-        unit.drop_ins = inputs.drop_ins.iter().filter_map(|s| shown_of(s)).collect();
+        let drop_ins = inputs.drop_ins.iter().filter_map(|&(file, own, source)| match source {
+            Source::Text { text, .. } => Some(DropIn { file: file.into(), own, text: Arc::clone(text) }),
+            Source::Masked => None,
+        });
+        let mut unit = UnitFile {
+            text: Some(Arc::clone(text)),
+            fragment: Some(inputs.whose),
+            drop_ins: drop_ins.collect(),
+            ..UnitFile::default()
+        };
         let same = twin.and_then(|(scan, units)| {
             let unit = units.get(name.as_str())?;
             inputs.shared_with(&self::inputs(scan, name)?).then_some(unit)
         });
         match same {
-            Some(same) => unit.sections = Arc::clone(&same.sections),
+            Some(same) => unit.settings = Arc::clone(&same.settings),
             None => {
                 let mut folding = Folding::default();
                 folding.apply(shown, text)?;
-                for source in &inputs.drop_ins {
+                for (_, _, source) in &inputs.drop_ins {
                     if let Source::Text { shown, text } = source {
                         folding.apply(shown, text)?;
                     }
                 }
-                unit.sections = folding.finish();
+                unit.settings = folding.finish();
             }
         }
-        units.insert(name.clone(), unit);
+        units.push((name.as_str().into(), unit));
     }
-    Ok(units)
-}
-
-fn shown_of(source: &Source) -> Option<PathBuf> {
-    match source {
-        Source::Text { shown, .. } => Some(shown.clone()),
-        Source::Masked => None,
-    }
+    // In name order already, each name once.
+    Ok(units.into_iter().collect())
 }

@@ -300,7 +300,7 @@ impl UnitGraph {
             for &instance in &instances {
                 // `unit` falls back to the template, whose name then differs;
                 // an instance with a file of its own was handled above.
-                if let Some(unit) = generation.unit(instance).filter(|u| u.name() != instance) {
+                if let Some((_, unit)) = generation.unit_with_name(instance).filter(|(name, _)| *name != instance) {
                     g.add_unit_file(instance, unit, &instances);
                 }
             }
