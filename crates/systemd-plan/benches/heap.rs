@@ -114,6 +114,12 @@ fn show(label: &str, (bytes, chunks, blocks): (usize, usize, usize)) {
     );
 }
 
+/// [`show`], with the peak so far.
+fn step(label: &str, base: (usize, usize, usize)) {
+    show(label, alive(base));
+    println!("{:<34} {:>8.1} KiB", "  peak so far", PEAK_BYTES.load(Relaxed).saturating_sub(base.0) as f64 / 1024.0);
+}
+
 fn main() {
     let units: usize = std::env::var("PLAN_BENCH_UNITS")
         .ok()
@@ -155,18 +161,23 @@ fn measure(old_root: &std::path::Path, new_root: &std::path::Path, request: &Req
 
     let (old, new) = systemd_plan::load_pair(old_root, new_root);
     let (old, new) = (old.expect("load old"), new.expect("load new"));
-    show("after loading both generations", alive(base));
+    step("after loading both generations", base);
     let live = common::live(&old);
     let mut reading = DependencyReading::new(&old, &new, &live, request);
     assert!(reading.wanted(&live).is_empty(), "the fixture's live state has every unit's relations it needs");
     drop(reading);
-    show("after the live state", alive(base));
+    step("after the live state", base);
     let mut plan = systemd_plan::plan(&old, &new, &live);
-    show("after planning", alive(base));
+    step("after planning", base);
     let analysis = protect(&mut plan, &old, &new, &live, request);
-    show("after protection", alive(base));
+    step("after protection", base);
     let diffs = systemd_plan::unit_diffs(&plan, &old, &new);
-    show("after the diffs", alive(base));
+    step("after the diffs", base);
+
+    let before_graph = alive((0, 0, 0));
+    let graph = systemd_plan::protect::UnitGraph::build(&old, &new, &live);
+    show("the relation graph, built alone", alive(before_graph));
+    drop(graph);
 
     let peak = PEAK_BYTES.load(Relaxed).saturating_sub(base.0);
     let peak_chunks = PEAK_CHUNKS.load(Relaxed).saturating_sub(base.1);

@@ -77,3 +77,21 @@ fn a_loaded_pair_of_generations_holds_its_texts_and_little_more() {
     println!("{held} bytes held for {units} units and {texts} bytes of text: {per_unit} bytes a unit besides");
     assert!(per_unit <= 400, "{per_unit} bytes a unit besides the texts");
 }
+
+#[test]
+fn the_relation_graph_holds_each_name_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    generation(&store, 1);
+    generation(&store, 2);
+    let (old, new) = systemd_plan::load_pair(&store.join("1-system"), &store.join("2-system"));
+    let (old, new) = (old.unwrap(), new.unwrap());
+    let live = systemd_plan::assumed_live_state(&old);
+    let before = held_memory();
+    let graph = systemd_plan::protect::UnitGraph::build(&old, &new, &live);
+    let held = usize::try_from(held_memory() - before).unwrap();
+    let per_unit = held / graph.unit_count();
+    println!("{held} bytes held for {} units and {} relations", graph.unit_count(), graph.relation_count());
+    // A node, its name, its relations and its entry in the name index.
+    assert!(per_unit <= 120, "{per_unit} bytes a unit");
+}
