@@ -63,16 +63,17 @@ impl IntoIterator for Units {
 impl<N: Into<Box<str>>> FromIterator<(N, UnitFile)> for Units {
     fn from_iter<I: IntoIterator<Item = (N, UnitFile)>>(iter: I) -> Self {
         let mut units: Vec<(Box<str>, UnitFile)> = iter.into_iter().map(|(n, u)| (n.into(), u)).collect();
-        // Stable: of equal names, the one given last stays last.
+        // Stable: of equal names, the one given last stays last, and moves
+        // into the place of the first.
         units.sort_by(|a, b| a.0.cmp(&b.0));
-        let mut kept: Vec<(Box<str>, UnitFile)> = Vec::with_capacity(units.len());
-        for (name, unit) in units {
-            match kept.last_mut() {
-                Some(last) if last.0 == name => last.1 = unit,
-                _ => kept.push((name, unit)),
+        units.dedup_by(|later, kept| {
+            let same = later.0 == kept.0;
+            if same {
+                std::mem::swap(&mut later.1, &mut kept.1);
             }
-        }
-        Units(kept.into_boxed_slice())
+            same
+        });
+        Units(units.into_boxed_slice())
     }
 }
 
@@ -106,18 +107,24 @@ impl Link {
 }
 
 impl Links {
-    /// The links of units to lists of units (`unit → kind → linked`),
-    /// kinds among [`LINK_KINDS`]; empty lists are left out.
-    pub(crate) fn new(links: &BTreeMap<String, BTreeMap<&'static str, Vec<String>>>) -> Links {
+    /// The links of units to lists of units (`unit → kind → linked`, the
+    /// names joined by [`Links::join`]), kinds among [`LINK_KINDS`]; empty
+    /// lists are left out.
+    pub(crate) fn new(links: &BTreeMap<String, BTreeMap<&'static str, Box<str>>>) -> Links {
         let mut out = Vec::new();
         for (unit, kinds) in links {
-            for (kind, linked) in kinds.iter().filter(|(_, linked)| !linked.is_empty()) {
+            for (kind, names) in kinds.iter().filter(|(_, names)| !names.is_empty()) {
                 let Some(kind) = LINK_KINDS.iter().position(|k| k == kind) else { continue };
                 let kind = u8::try_from(kind).unwrap_or(u8::MAX);
-                out.push(Link { unit: unit.as_str().into(), kind, names: linked.join("\n").into() });
+                out.push(Link { unit: unit.as_str().into(), kind, names: names.clone() });
             }
         }
         Links(out.into_boxed_slice())
+    }
+
+    /// Linked unit names, as a list holds them.
+    pub(crate) fn join(names: &[String]) -> Box<str> {
+        names.join("\n").into()
     }
 }
 
@@ -375,5 +382,24 @@ impl GenerationUnits {
     /// The activation script's path, if the generation has one.
     pub fn activate(&self) -> Option<&Path> {
         self.activate.as_deref()
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn units_are_sorted_and_the_last_of_a_name_counts() {
+        let masked = UnitFile { masked: true, ..UnitFile::default() };
+        let units: Units =
+            [("b.service", UnitFile::default()), ("a.service", UnitFile::default()), ("b.service", masked)]
+                .into_iter()
+                .collect();
+        assert_eq!(units.keys().collect::<Vec<_>>(), ["a.service", "b.service"]);
+        assert!(units.get("b.service").unwrap().is_masked() && !units.get("a.service").unwrap().is_masked());
+        assert_eq!(units.get_key_value("a.service").map(|(n, _)| n), Some("a.service"));
+        assert!(units.get("c.service").is_none());
     }
 }

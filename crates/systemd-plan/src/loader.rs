@@ -196,8 +196,9 @@ fn resolve_dir_in(g: &GenerationDir, dir: &Path, name: &str, shown: &Path) -> Re
 }
 
 /// A unit directory's links as read: unit → kind (one of
-/// [`crate::generation::LINK_KINDS`]) → linked units.
-type ReadLinks = BTreeMap<String, BTreeMap<&'static str, Vec<String>>>;
+/// [`crate::generation::LINK_KINDS`]) → linked units
+/// ([`crate::generation::Links::join`]).
+type ReadLinks = BTreeMap<String, BTreeMap<&'static str, Box<str>>>;
 
 /// A generation opened, with its system unit directory found and listed.
 struct Opened {
@@ -254,29 +255,29 @@ pub fn load_pair(old: &Path, new: &Path) -> (Result<GenerationUnits, LoadError>,
         let scan = scan.unwrap_or_else(|| Ok(scan::Scan::default()));
         opened.and_then(|opened| Ok((opened, scan?)))
     };
-    let old = scanned(old, old_scan);
-    let old = old.and_then(|(opened, scan)| Ok((finish(opened, &scan, None, list_modules)?, scan)));
-    let twin = old.as_ref().ok().map(|(units, scan)| (scan, &units.units));
+    // Each scan is dropped once its units are put together.
+    let old = scanned(old, old_scan).and_then(|(opened, scan)| finish(opened, &scan, None, list_modules));
+    let twin = old.as_ref().ok().map(|old| &old.units);
     let new = scanned(new, new_scan).and_then(|(opened, scan)| finish(opened, &scan, twin, list_modules));
-    (old.map(|(units, _)| units), new)
+    (old, new)
 }
 
 /// Puts a generation together from its scanned unit directory and reads
 /// the rest: user units, fstab, system.conf, the systemd binary's identity,
 /// init-interface-version, the activation script and what it boots (its
 /// module files only when `list_modules` is set). `twin` is the other
-/// generation's scan and units, whose parsed units this one shares where
-/// they are made of the same files.
+/// generation's units, whose parsed settings this one shares where they
+/// are made of the same texts.
 fn finish(
     opened: Opened,
     scan: &scan::Scan,
-    twin: Option<(&scan::Scan, &Units)>,
+    twin: Option<&Units>,
     list_modules: bool,
 ) -> Result<GenerationUnits, LoadError> {
     let Opened { shown_root, g, unit_dir_shown, managed, .. } = opened;
     let g = &g;
     let shown_root = shown_root.as_path();
-    let mut units = scan::units(scan, twin)?;
+    let mut units = scan::units(scan, &unit_dir_shown, twin)?;
     // system-manager masks units through systemd (`MaskUnitFiles`), not in
     // its unit directory: its masked units are masked units here too.
     let mut masks = managed.iter().flatten().filter(|(_, entry)| entry.masked).peekable();
@@ -292,7 +293,7 @@ fn finish(
             let names = list_dir(&user_dir_shown, &physical)?;
             let dir = scan::Dir { root: shown_root, shown: &user_dir_shown, physical: &physical, names: &names };
             match scan::scan_dirs(Some(&dir), None).0 {
-                Some(scan) => scan::units(&scan?, None)?,
+                Some(scan) => scan::units(&scan?, &user_dir_shown, None)?,
                 None => Units::default(),
             }
         }
@@ -506,6 +507,29 @@ mod tests {
             g.linked_all().map(|(u, k, n)| (u, k, n.count())).collect::<Vec<_>>(),
             [("multi-user.target", "wants", 1)]
         );
+    }
+
+    #[test]
+    fn syntax_errors_name_the_file_they_are_in() {
+        let dir = tempfile::tempdir().unwrap();
+        let units = dir.path().join("etc/systemd/system");
+        let cases: [(&[(&str, &str)], &str); 4] = [
+            (&[("a.service", "[Service]\nExecStart=/bin/a\nbad\n")], "a.service:3"),
+            (&[("a.service", "[Service]\n"), ("a.service.d/x.conf", "[Service]\n\nbad\n")], "a.service.d/x.conf:3"),
+            // An instance's file and its template's drop-in, the template
+            // without a file of its own.
+            (&[("t@one.service", "[Service]\n"), ("t@.service.d/x.conf", "bad\n")], "t@.service.d/x.conf:1"),
+            // An instance without a file, its template's, and its own drop-in.
+            (&[("t@.service", "[Service]\n"), ("t@one.service.d/x.conf", "[Unit\n")], "t@one.service.d/x.conf:1"),
+        ];
+        for (files, shown) in cases {
+            let _ = fs::remove_dir_all(&units);
+            for (rel, text) in files {
+                write(&units.join(rel), text);
+            }
+            let err = load(dir.path()).unwrap_err().to_string();
+            assert!(err.starts_with(&format!("{}: ", units.join(shown).display())), "{shown}: {err}");
+        }
     }
 
     #[test]
@@ -855,6 +879,29 @@ mod tests {
             unit.drop_ins().iter().map(|d| (d.file_name(), d.is_own())).collect::<Vec<_>>(),
             [("over.conf", true)]
         );
+    }
+
+    #[test]
+    fn a_unit_system_manager_masked_in_the_old_generation_has_its_settings_in_the_new_one() {
+        // Two system-manager generations in one store, with one static
+        // /etc tree: the old one masks x.service, the new one does not.
+        let dir = tempfile::tempdir().unwrap();
+        let store = dir.path().join("store");
+        write(&store.join("env/systemd/system/x.service"), "[Service]\nExecStart=/bin/x\n");
+        for (side, masked) in [("old", true), ("new", false)] {
+            let root = store.join(side);
+            let services = format!("{{\"x.service\": {{\"masked\": {masked}}}}}");
+            write(&root.join("services/services.json"), &services);
+            let static_env = store.join("env").display().to_string();
+            write(
+                &root.join("etcFiles/etcFiles.json"),
+                &format!("{{\"entries\": {{}}, \"staticEnv\": {static_env:?}}}"),
+            );
+        }
+        let (old, new) = load_pair(&store.join("old"), &store.join("new"));
+        assert!(old.unwrap().unit("x.service").unwrap().is_masked());
+        let new = new.unwrap();
+        assert_eq!(new.unit("x.service").unwrap().get("Service", "ExecStart"), Some("/bin/x"));
     }
 
     #[test]

@@ -309,6 +309,20 @@ pub struct ParseError {
     pub message: String,
 }
 
+/// A syntax error at a line of a text; [`LineError::at`] names the file.
+#[derive(Debug)]
+pub(crate) struct LineError {
+    line: u32,
+    message: String,
+}
+
+impl LineError {
+    /// The error, in the file at `path`.
+    pub(crate) fn at(self, path: &Path) -> ParseError {
+        ParseError { path: path.to_owned(), line: self.line, message: self.message }
+    }
+}
+
 /// One unit as systemd would load it: fragment plus drop-ins, merged.
 ///
 /// A unit is known by its name in its generation
@@ -390,7 +404,7 @@ impl UnitFile {
     /// `path` names the file in errors.
     pub fn parse(path: &Path, text: &str) -> Result<UnitFile, ParseError> {
         let mut folding = Folding::default();
-        folding.apply(path, text)?;
+        folding.apply(text).map_err(|err| err.at(path))?;
         Ok(UnitFile { settings: folding.finish(), fragment: Some(Fragment::Own), ..UnitFile::default() })
     }
 
@@ -486,11 +500,10 @@ impl UnitFile {
 
 impl<'t> Folding<'t> {
     /// Folds one file's text in.
-    pub(crate) fn apply(&mut self, path: &Path, text: &'t str) -> Result<(), ParseError> {
+    pub(crate) fn apply(&mut self, text: &'t str) -> Result<(), LineError> {
         self.bytes = self.bytes.saturating_add(text.len());
         if u32::try_from(self.bytes).is_err() {
-            let message = "the unit's files hold more than 4 GiB".to_owned();
-            return Err(ParseError { path: path.to_owned(), line: 1, message });
+            return Err(LineError { line: 1, message: "the unit's files hold more than 4 GiB".to_owned() });
         }
         let mut section: Option<Cow<'t, str>> = None;
         let mut continued: Option<(String, u32)> = None;
@@ -504,7 +517,7 @@ impl<'t> Folding<'t> {
             }
             if continued.is_none() && !ends_in_unescaped_backslash(raw) {
                 // The common case: a line of its own, parsed in place.
-                self.apply_line(path, &mut section, Cow::Borrowed(raw), number)?;
+                self.apply_line(&mut section, Cow::Borrowed(raw), number)?;
                 continue;
             }
             let (mut line, first) = match continued.take() {
@@ -520,25 +533,23 @@ impl<'t> Folding<'t> {
                 continued = Some((line, first));
                 continue;
             }
-            self.apply_line(path, &mut section, Cow::Owned(line), first)?;
+            self.apply_line(&mut section, Cow::Owned(line), first)?;
         }
         if let Some((line, first)) = continued {
             // A continuation at the end of the file: systemd keeps what came
             // before the backslash.
-            self.apply_line(path, &mut section, Cow::Owned(line), first)?;
+            self.apply_line(&mut section, Cow::Owned(line), first)?;
         }
         Ok(())
     }
 
     fn apply_line(
         &mut self,
-        path: &Path,
         section: &mut Option<Cow<'t, str>>,
         line: Cow<'t, str>,
         number: u32,
-    ) -> Result<(), ParseError> {
-        let parsed =
-            parse_line(&line).map_err(|message| ParseError { path: path.to_owned(), line: number, message })?;
+    ) -> Result<(), LineError> {
+        let parsed = parse_line(&line).map_err(|message| LineError { line: number, message })?;
         // A part of the line, borrowed from the file's text when the line is.
         let part = |range: Range<usize>| -> Cow<'t, str> {
             match &line {

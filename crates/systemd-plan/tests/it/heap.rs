@@ -6,7 +6,7 @@ use std::fs;
 use std::os::unix::fs::symlink;
 use std::path::Path;
 
-use testbed::fuzz::held_memory;
+use testbed::fuzz::{held_memory, peak_memory};
 
 /// Services per generation: few enough that the loader reads them on the
 /// calling thread, whose allocations the counting allocator counts.
@@ -67,15 +67,21 @@ fn a_loaded_pair_of_generations_holds_its_texts_and_little_more() {
     let texts = generation(&store, 1) + generation(&store, 2);
     let units = 2 * (SERVICES + 1);
     let before = held_memory();
-    let (old, new) = systemd_plan::load_pair(&store.join("1-system"), &store.join("2-system"));
+    let ((old, new), peak) = peak_memory(|| systemd_plan::load_pair(&store.join("1-system"), &store.join("2-system")));
     let (old, new) = (old.unwrap(), new.unwrap());
     let held = usize::try_from(held_memory() - before).unwrap();
+    let peak = usize::try_from(peak).unwrap();
     assert_eq!(old.unit_names().count() + new.unit_names().count(), units);
     // Every text is kept once, whichever generations have it; the rest
     // (names, settings, links) takes a few hundred bytes a unit.
     let per_unit = held.saturating_sub(texts) / units;
     println!("{held} bytes held for {units} units and {texts} bytes of text: {per_unit} bytes a unit besides");
     assert!(per_unit <= 400, "{per_unit} bytes a unit besides the texts");
+    // What reading takes on top, and lets go once done: what was read of
+    // each file, held until the units are put together.
+    let reading = (peak - held) / units;
+    println!("{peak} bytes at the peak of loading: {reading} bytes a unit more than held after");
+    assert!(reading <= 200, "{reading} bytes a unit while loading");
 }
 
 #[test]
