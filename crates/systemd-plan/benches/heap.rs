@@ -4,8 +4,10 @@
 //! `PLAN_BENCH_UNITS` says otherwise; every tenth service changed), laid
 //! out twice: each generation with files of its own, as in the `plan`
 //! benchmark, and both in one store, where a file the new generation has
-//! unchanged is the old one's, as on a host. Then it does what
-//! `safe-switch plan` does with them, keeping what it keeps:
+//! unchanged is the old one's, as on a host; and once more as the test bed
+//! of `cli/benches/plan_live.rs` has them (plain services wanted by a
+//! target, one store). Then it does what `safe-switch plan` does with
+//! them, keeping what it keeps:
 //! asks what protection wants of the live state, plans, runs the
 //! protection analysis (the implicit protections, plus the units
 //! `HEAP_BENCH_PROTECT` lists, comma-separated) and makes the diffs. A
@@ -140,7 +142,7 @@ fn main() {
     common::generation(&old_root, 1, units);
     common::generation(&new_root, 2, units);
     println!("Each generation's files its own:");
-    measure(&old_root, &new_root, &request);
+    measure(&old_root, &new_root, &request, common::live);
     drop(dir);
 
     let dir = tempfile::tempdir().expect("temporary directory");
@@ -149,12 +151,63 @@ fn main() {
     common::generation_in(common::Layout::Shared(&store), &old_root, 1, units);
     common::generation_in(common::Layout::Shared(&store), &new_root, 2, units);
     println!("\nOne store, the files of unchanged units shared:");
-    measure(&old_root, &new_root, &request);
+    measure(&old_root, &new_root, &request, common::live);
+    drop(dir);
+
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let store = dir.path().join("store");
+    plain(&store, 1, units);
+    plain(&store, 2, units);
+    println!("\nPlain services, as in the live plan benchmark's test bed:");
+    let live = systemd_plan::assumed_live_state;
+    measure(&store.join("1-system"), &store.join("2-system"), &request, live);
+}
+
+/// Writes a generation of `count` plain services into `store` as the live
+/// plan benchmark's test bed has them: each wanted by `bench.target` and
+/// `multi-user.target`, every tenth changed with `version`, each unit file
+/// linked from a store path of its own.
+fn plain(store: &std::path::Path, version: u32, count: usize) {
+    use std::fs;
+    use std::os::unix::fs::symlink;
+    let units = store.join(format!("{version}-units"));
+    let root = store.join(format!("{version}-system"));
+    fs::create_dir_all(root.join("etc/systemd")).expect("create etc");
+    symlink(&units, root.join("etc/systemd/system")).expect("link the unit directory");
+    for target in ["bench.target", "multi-user.target"] {
+        fs::create_dir_all(units.join(format!("{target}.wants"))).expect("create wants");
+        let file = store.join(format!("{target}-unit")).join(target);
+        if !file.exists() {
+            fs::create_dir_all(file.parent().expect("a parent")).expect("create store path");
+            fs::write(&file, format!("[Unit]\nDescription={target}\n")).expect("write unit");
+        }
+        symlink(&file, units.join(target)).expect("link unit");
+    }
+    for i in 0..count {
+        let name = format!("bench-{i:05}.service");
+        let v = if i % 10 == 0 { version } else { 1 };
+        let file = store.join(format!("{i:05}-{v}-unit")).join(&name);
+        if !file.exists() {
+            fs::create_dir_all(file.parent().expect("a parent")).expect("create store path");
+            let text =
+                format!("[Unit]\nDescription=bench\n\n[Service]\nEnvironment=V={v}\nExecStart=/bin/sleep infinity\n");
+            fs::write(&file, text).expect("write unit");
+        }
+        symlink(&file, units.join(&name)).expect("link unit");
+        for target in ["bench.target", "multi-user.target"] {
+            symlink(format!("../{name}"), units.join(format!("{target}.wants")).join(&name)).expect("link wants");
+        }
+    }
 }
 
 /// Loads, plans, protects and makes the diffs, printing what is alive
 /// after each step and at the peak.
-fn measure(old_root: &std::path::Path, new_root: &std::path::Path, request: &Request) {
+fn measure(
+    old_root: &std::path::Path,
+    new_root: &std::path::Path,
+    request: &Request,
+    live: fn(&systemd_plan::GenerationUnits) -> plan_model::LiveState,
+) {
     let base = (BYTES.load(Relaxed), CHUNKS.load(Relaxed), BLOCKS.load(Relaxed));
     PEAK_BYTES.store(base.0, Relaxed);
     let allocations = ALLOCATIONS.load(Relaxed);
@@ -162,7 +215,7 @@ fn measure(old_root: &std::path::Path, new_root: &std::path::Path, request: &Req
     let (old, new) = systemd_plan::load_pair(old_root, new_root);
     let (old, new) = (old.expect("load old"), new.expect("load new"));
     step("after loading both generations", base);
-    let live = common::live(&old);
+    let live = live(&old);
     let mut reading = DependencyReading::new(&old, &new, &live, request);
     assert!(reading.wanted(&live).is_empty(), "the fixture's live state has every unit's relations it needs");
     drop(reading);
@@ -174,14 +227,13 @@ fn measure(old_root: &std::path::Path, new_root: &std::path::Path, request: &Req
     let diffs = systemd_plan::unit_diffs(&plan, &old, &new);
     step("after the diffs", base);
 
+    let peak = PEAK_BYTES.load(Relaxed).saturating_sub(base.0);
+    let peak_chunks = PEAK_CHUNKS.load(Relaxed).saturating_sub(base.1);
+    let peak_blocks = PEAK_BLOCKS.load(Relaxed).saturating_sub(base.2);
     let before_graph = alive((0, 0, 0));
     let graph = systemd_plan::protect::UnitGraph::build(&old, &new, &live);
     show("the relation graph, built alone", alive(before_graph));
     drop(graph);
-
-    let peak = PEAK_BYTES.load(Relaxed).saturating_sub(base.0);
-    let peak_chunks = PEAK_CHUNKS.load(Relaxed).saturating_sub(base.1);
-    let peak_blocks = PEAK_BLOCKS.load(Relaxed).saturating_sub(base.2);
     println!(
         "{} units per generation; plan: {} entries, {} consequences, {} diffs; graph: {} units, {} relations",
         old.unit_names().count(),
