@@ -13,100 +13,17 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::fmt::Write as _;
 use std::fs;
-use std::os::unix::fs::symlink;
-use std::path::Path;
 use std::time::{Duration, Instant};
 
-use plan_model::{LiveState, LiveUnit};
+mod common;
+
+use common::{generation, live};
 
 /// Units per generation, unless `PLAN_BENCH_UNITS` says otherwise.
 const UNITS: usize = 5_000;
 /// Timed rounds.
 const ROUNDS: usize = 15;
-
-fn write(path: &Path, text: &str) {
-    fs::create_dir_all(path.parent().expect("paths in the tree have parents")).expect("create directory");
-    fs::write(path, text).expect("write file");
-}
-
-/// Writes one generation. `version` changes every tenth service and every
-/// hundredth drop-in, so the plan has work to do.
-fn generation(root: &Path, version: u32, count: usize) {
-    let store = format!("nix/store/{version:08}-system-units");
-    let units = root.join(&store);
-    fs::create_dir_all(root.join("etc/systemd")).expect("create etc");
-    fs::create_dir_all(&units).expect("create unit directory");
-    symlink(format!("/{store}"), root.join("etc/systemd/system")).expect("link unit dir");
-    write(&root.join("init-interface-version"), "systemd 2\n");
-    write(&root.join("activate"), "#!/bin/sh\n");
-    write(&root.join("etc/fstab"), "/dev/sda1 / ext4 defaults 0 1\n/dev/sda2 /nix ext4 defaults 0 2\n");
-    let mut wants = Vec::new();
-    let services = count - 100;
-    for i in 0..services {
-        let name = format!("svc-{i:05}.service");
-        let changed = if i % 10 == 0 { version } else { 0 };
-        let mut text = String::new();
-        let _ = write!(
-            text,
-            "[Unit]\nDescription=Service {i}\nAfter=network.target svc-{:05}.service\nRequires=svc-{:05}.service\n\
-             X-Restart-Triggers=/nix/store/{changed:08}-config-{i}\n\n[Service]\nType=simple\n\
-             ExecStart=/nix/store/aaaa-app/bin/app --id {i} --flag \\\n  --more-flags\nEnvironment=ID={i}\n\
-             Environment=\"PATH=/nix/store/bbbb-coreutils/bin\"\nRestart=always\nUser=svc{i}\n",
-            (i + 1) % services,
-            (i + 7) % services,
-        );
-        match i % 50 {
-            10 => text.push_str("X-RestartIfChanged=false\n"),
-            20 => text.push_str("X-ReloadIfChanged=true\nExecReload=/bin/kill -HUP $MAINPID\n"),
-            30 => text.push_str("X-StopIfChanged=false\n"),
-            _ => {}
-        }
-        text.push_str("\n[Install]\nWantedBy=multi-user.target\n");
-        let file = root.join(format!("nix/store/{i:05}-{version}-unit-{name}/{name}"));
-        write(&file, &text);
-        symlink(format!("/nix/store/{i:05}-{version}-unit-{name}/{name}"), units.join(&name)).expect("link unit");
-        if i % 20 == 0 {
-            let drop_in_version = if i % 100 == 0 { version } else { 0 };
-            write(
-                &units.join(format!("{name}.d/overrides.conf")),
-                &format!("[Service]\nNice={drop_in_version}\nLimitNOFILE=4096\n"),
-            );
-        }
-        if i % 25 == 0 {
-            write(&units.join(format!("svc-{i:05}.socket")), &format!("[Socket]\nListenStream=/run/svc-{i}.sock\n"));
-        }
-        wants.push(name);
-    }
-    for i in 0..50 {
-        write(&units.join(format!("tpl-{i}@.service")), &format!("[Service]\nExecStart=/bin/tpl {i} %i v{version}\n"));
-        write(&units.join(format!("other-{i}.target")), &format!("[Unit]\nDescription=Target {i}\n"));
-    }
-    write(&units.join("multi-user.target"), "[Unit]\nDescription=Multi-User System\n");
-    let wants_dir = units.join("multi-user.target.wants");
-    fs::create_dir_all(&wants_dir).expect("create wants");
-    for name in wants {
-        symlink(format!("../{name}"), wants_dir.join(&name)).expect("link wants");
-    }
-}
-
-/// The live state: every unit of the old generation active, plus a few
-/// template instances.
-fn live(old: &systemd_plan::GenerationUnits) -> LiveState {
-    let mut live = systemd_plan::assumed_live_state(old);
-    for i in 0..50 {
-        live.units.insert(
-            format!("tpl-{i}@x.service"),
-            LiveUnit {
-                active_state: "active".into(),
-                fragment_path: format!("/etc/systemd/system/tpl-{i}@.service"),
-                ..LiveUnit::default()
-            },
-        );
-    }
-    live
-}
 
 /// CPU time (user + system) of the whole process, all threads included,
 /// from `/proc/self/stat` (clock ticks, usually 10 ms). Unlike wall time

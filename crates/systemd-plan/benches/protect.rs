@@ -87,7 +87,8 @@ fn fixture() -> Fixture {
     let load = |version: &dyn Fn(usize) -> u32| {
         let units = (0..UNITS).map(|i| {
             let path = format!("/etc/systemd/system/{}", name(i));
-            UnitFile::parse(&name(i), Path::new(&path), &unit_text(i, version(i))).expect("generated unit parses")
+            let unit = UnitFile::parse(Path::new(&path), &unit_text(i, version(i))).expect("generated unit parses");
+            (name(i), unit)
         });
         GenerationUnits::from_units("/gen", units)
     };

@@ -26,20 +26,30 @@ use itertools::{EitherOrBoth, Itertools as _};
 
 use plan_model::{KeyChange, Rule};
 
-use crate::unit_file::{Section, SortedMap, UnitFile};
+use crate::unit_file::{Section, UnitFile, Values};
 
-/// Walks two maps with sorted string keys side by side, in key order:
-/// each key of either map with its value in each (`None` where a map lacks
-/// the key).
+/// Walks two sequences sorted by their string keys side by side, in key
+/// order: each key of either with its value in each (`None` where one
+/// lacks the key).
 fn zip_sorted<'a, V>(
-    a: &'a SortedMap<V>,
-    b: &'a SortedMap<V>,
-) -> impl Iterator<Item = (&'a str, Option<&'a V>, Option<&'a V>)> {
-    a.iter().merge_join_by(b.iter(), |(ka, _), (kb, _)| ka.cmp(kb)).map(|pair| match pair {
+    a: impl Iterator<Item = (&'a str, V)>,
+    b: impl Iterator<Item = (&'a str, V)>,
+) -> impl Iterator<Item = (&'a str, Option<V>, Option<V>)> {
+    a.merge_join_by(b, |(ka, _), (kb, _)| ka.cmp(kb)).map(|pair| match pair {
         EitherOrBoth::Both((k, va), (_, vb)) => (k, Some(va), Some(vb)),
         EitherOrBoth::Left((k, va)) => (k, Some(va), None),
         EitherOrBoth::Right((k, vb)) => (k, None, Some(vb)),
     })
+}
+
+/// The keys of a section, if there is one.
+fn keys<'a>(section: Option<Section<'a>>) -> impl Iterator<Item = (&'a str, Values<'a>)> {
+    section.into_iter().flat_map(|s| s.iter())
+}
+
+/// Values as the plan lists them.
+fn owned(values: Values<'_>) -> Vec<String> {
+    values.iter().map(str::to_owned).collect()
 }
 
 /// The `[Unit]` keys whose changes need no action.
@@ -83,7 +93,7 @@ pub struct Comparison {
 
 /// Compares two versions of a unit.
 pub fn compare_units(old: &UnitFile, new: &UnitFile) -> Comparison {
-    if Arc::ptr_eq(&old.sections, &new.sections) {
+    if Arc::ptr_eq(&old.settings, &new.settings) {
         return Comparison { needs: Needs::Nothing, reload_rules: Vec::new(), changes: Vec::new() };
     }
     let mut restart = false;
@@ -93,20 +103,19 @@ pub fn compare_units(old: &UnitFile, new: &UnitFile) -> Comparison {
     // Sections and keys are sorted maps: one merge walk over both versions
     // visits every (section, key) pair once, in order, without building a
     // set of keys or looking each one up again.
-    let empty = Section::default();
-    for (section, old_keys, new_keys) in zip_sorted(&old.sections, &new.sections) {
+    for (section, old_keys, new_keys) in zip_sorted(old.sections(), new.sections()) {
         if section == "Install" || old_keys == new_keys {
             continue;
         }
-        for (key, before, after) in zip_sorted(old_keys.unwrap_or(&empty), new_keys.unwrap_or(&empty)) {
+        for (key, before, after) in zip_sorted(keys(old_keys), keys(new_keys)) {
             if before == after {
                 continue;
             }
             changes.push(KeyChange {
                 section: section.to_owned(),
                 key: key.to_owned(),
-                old: before.cloned(),
-                new: after.cloned(),
+                old: before.map(owned),
+                new: after.map(owned),
             });
             match (section, key) {
                 ("Unit", "X-Reload-Triggers") => {
@@ -152,7 +161,7 @@ mod tests {
     use super::*;
 
     fn unit(text: &str) -> UnitFile {
-        UnitFile::parse("x.service", Path::new("x.service"), text).unwrap()
+        UnitFile::parse(Path::new("x.service"), text).unwrap()
     }
 
     fn needs(old: &str, new: &str) -> Needs {

@@ -14,7 +14,6 @@
 //! a diff can never show anything but what the plan was made from.
 
 use std::collections::BTreeSet;
-use std::path::Path;
 
 use plan_model::{FileDiff, Plan};
 
@@ -43,13 +42,11 @@ fn unit_files(unit: &str, old: &GenerationUnits, new: &GenerationUnits) -> Vec<S
     let mut main = BTreeSet::new();
     let mut drop_ins = BTreeSet::new();
     for generation in [old, new] {
-        let Some(file) = generation.unit(unit) else { continue };
-        let dir = generation.unit_dir();
-        let rel = |path: &Path| path.strip_prefix(dir).ok().map(|p| p.display().to_string());
+        let Some((name, file)) = generation.unit_with_name(unit) else { continue };
         // A masked unit has no fragment: its file in the other generation,
         // if any, shows what was masked.
-        main.extend(file.fragment().and_then(rel));
-        drop_ins.extend(file.own_drop_ins().iter().filter_map(|p| rel(p)));
+        main.extend(file.fragment_name(name).map(|f| f.into_owned()));
+        drop_ins.extend(file.own_drop_ins().map(|d| format!("{name}.d/{}", d.file_name())));
     }
     main.into_iter().chain(drop_ins).collect()
 }

@@ -10,7 +10,123 @@ use std::path::{Path, PathBuf};
 use plan_model::unit_name;
 
 use crate::fstab::Fstab;
-use crate::unit_file::UnitFile;
+use crate::unit_file::{Fragment, UnitFile};
+
+/// Units by name, sorted: a list, which takes far less memory than a map
+/// for the thousands of units of a host.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Units(Box<[(Box<str>, UnitFile)]>);
+
+impl Units {
+    /// The unit named `name`, with its name.
+    pub fn get_key_value(&self, name: &str) -> Option<(&str, &UnitFile)> {
+        let i = self.0.binary_search_by(|(n, _)| (**n).cmp(name)).ok()?;
+        self.0.get(i).map(|(n, u)| (&**n, u))
+    }
+
+    /// The unit named `name`.
+    pub fn get(&self, name: &str) -> Option<&UnitFile> {
+        self.get_key_value(name).map(|(_, u)| u)
+    }
+
+    /// The units with their names, in name order.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &UnitFile)> {
+        self.0.iter().map(|(n, u)| (&**n, u))
+    }
+
+    /// The names, in order.
+    pub fn keys(&self) -> impl Iterator<Item = &str> {
+        self.0.iter().map(|(n, _)| &**n)
+    }
+
+    /// How many units.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Tells whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl IntoIterator for Units {
+    type Item = (Box<str>, UnitFile);
+    type IntoIter = std::vec::IntoIter<(Box<str>, UnitFile)>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.0.into_vec().into_iter()
+    }
+}
+
+/// Of units given twice, the last one counts.
+impl<N: Into<Box<str>>> FromIterator<(N, UnitFile)> for Units {
+    fn from_iter<I: IntoIterator<Item = (N, UnitFile)>>(iter: I) -> Self {
+        let mut units: Vec<(Box<str>, UnitFile)> = iter.into_iter().map(|(n, u)| (n.into(), u)).collect();
+        // Stable: of equal names, the one given last stays last, and moves
+        // into the place of the first.
+        units.sort_by(|a, b| a.0.cmp(&b.0));
+        units.dedup_by(|later, kept| {
+            let same = later.0 == kept.0;
+            if same {
+                std::mem::swap(&mut later.1, &mut kept.1);
+            }
+            same
+        });
+        Units(units.into_boxed_slice())
+    }
+}
+
+/// The kinds of link directories next to unit files (`<unit>.wants/`...),
+/// sorted.
+pub(crate) const LINK_KINDS: [&str; 3] = ["requires", "upholds", "wants"];
+
+/// A unit directory's `.wants`, `.requires` and `.upholds` links: for each
+/// unit and kind, the linked names in one text, separated by newlines
+/// (no unit name holds one). Sorted by unit and kind.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Links(Box<[Link]>);
+
+/// The units one unit links in one kind of directory.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Link {
+    unit: Box<str>,
+    /// An index into [`LINK_KINDS`].
+    kind: u8,
+    names: Box<str>,
+}
+
+impl Link {
+    fn kind(&self) -> &'static str {
+        LINK_KINDS.get(usize::from(self.kind)).copied().unwrap_or_default()
+    }
+
+    fn names(&self) -> impl Iterator<Item = &str> + Clone {
+        self.names.split('\n').filter(|n| !n.is_empty())
+    }
+}
+
+impl Links {
+    /// The links of units to lists of units (`unit → kind → linked`, the
+    /// names joined by [`Links::join`]), kinds among [`LINK_KINDS`]; empty
+    /// lists are left out.
+    pub(crate) fn new(links: &BTreeMap<String, BTreeMap<&'static str, Box<str>>>) -> Links {
+        let mut out = Vec::new();
+        for (unit, kinds) in links {
+            for (kind, names) in kinds.iter().filter(|(_, names)| !names.is_empty()) {
+                let Some(kind) = LINK_KINDS.iter().position(|k| k == kind) else { continue };
+                let kind = u8::try_from(kind).unwrap_or(u8::MAX);
+                out.push(Link { unit: unit.as_str().into(), kind, names: names.clone() });
+            }
+        }
+        Links(out.into_boxed_slice())
+    }
+
+    /// Linked unit names, as a list holds them.
+    pub(crate) fn join(names: &[String]) -> Box<str> {
+        names.join("\n").into()
+    }
+}
 
 /// The identity of a file that is compared between generations (the
 /// systemd binary, `system.conf`).
@@ -113,14 +229,11 @@ pub struct ManagedUnit {
 #[derive(Clone, Debug, Default)]
 pub struct GenerationUnits {
     pub(crate) root: PathBuf,
-    pub(crate) units: BTreeMap<String, UnitFile>,
-    pub(crate) user_units: BTreeMap<String, UnitFile>,
-    pub(crate) deps: BTreeMap<String, BTreeMap<String, Vec<String>>>,
+    pub(crate) units: Units,
+    pub(crate) user_units: Units,
+    pub(crate) deps: Links,
     /// The system unit directory, as shown.
     pub(crate) unit_dir: PathBuf,
-    /// The text of every system unit file and drop-in read, by its path
-    /// relative to `unit_dir`.
-    pub(crate) unit_files: BTreeMap<String, std::sync::Arc<str>>,
     pub(crate) fstab: Option<Fstab>,
     pub(crate) system_conf: Option<FileIdentity>,
     pub(crate) systemd_exe: Option<FileIdentity>,
@@ -132,13 +245,12 @@ pub struct GenerationUnits {
 
 impl GenerationUnits {
     /// Builds a generation from parts, for tests and for callers that have
-    /// the units from elsewhere. `units` are keyed by their name.
-    pub fn from_units(root: impl Into<PathBuf>, units: impl IntoIterator<Item = UnitFile>) -> GenerationUnits {
-        GenerationUnits {
-            root: root.into(),
-            units: units.into_iter().map(|u| (u.name.clone(), u)).collect(),
-            ..GenerationUnits::default()
-        }
+    /// the units from elsewhere: each unit with its name.
+    pub fn from_units(
+        root: impl Into<PathBuf>,
+        units: impl IntoIterator<Item = (impl Into<Box<str>>, UnitFile)>,
+    ) -> GenerationUnits {
+        GenerationUnits { root: root.into(), units: units.into_iter().collect(), ..GenerationUnits::default() }
     }
 
     /// For a system-manager generation, the units it manages
@@ -148,7 +260,7 @@ impl GenerationUnits {
     }
 
     /// The user units (`etc/systemd/user`), by name, drop-ins merged.
-    pub fn user_units(&self) -> &BTreeMap<String, UnitFile> {
+    pub fn user_units(&self) -> &Units {
         &self.user_units
     }
 
@@ -167,10 +279,17 @@ impl GenerationUnits {
 
     /// The text of a system unit file or drop-in exactly as the loader read
     /// and parsed it, by its path relative to [`GenerationUnits::unit_dir`]
-    /// (`a.service`, `a.service.d/10-x.conf`); `None` for a mask or a
-    /// file the generation does not have.
+    /// (`a.service`, `a.service.d/10-x.conf`); `None` for a mask, a file
+    /// the generation does not have, and a file that is part of no unit
+    /// (drop-ins of a unit without a fragment, a masked unit's).
     pub fn unit_file_text(&self, rel: &str) -> Option<&str> {
-        self.unit_files.get(rel).map(|text| &**text)
+        match rel.split_once('/') {
+            Some((dir, file)) => {
+                let unit = self.units.get(dir.strip_suffix(".d")?)?;
+                unit.own_drop_ins().find(|d| d.file_name() == file).map(|d| d.text())
+            }
+            None => self.units.get(rel).filter(|u| u.fragment() == Some(Fragment::Own))?.text(),
+        }
     }
 
     /// Returns the unit as systemd would load it from this generation.
@@ -178,15 +297,21 @@ impl GenerationUnits {
     /// Names with a fragment or drop-in directory of their own are looked
     /// up directly. An instance without either (`getty@tty1.service`)
     /// falls back to its template (`getty@.service`) with the template's
-    /// drop-ins; the returned unit's [`UnitFile::name`] is then the
-    /// template's. Masked units are returned too: check
-    /// [`UnitFile::is_masked`].
+    /// drop-ins (see [`GenerationUnits::unit_with_name`]). Masked units
+    /// are returned too: check [`UnitFile::is_masked`].
     pub fn unit(&self, name: &str) -> Option<&UnitFile> {
-        if let Some(unit) = self.units.get(name) {
-            return Some(unit);
+        self.unit_with_name(name).map(|(_, unit)| unit)
+    }
+
+    /// Like [`GenerationUnits::unit`], with the name the unit is known by
+    /// in the generation: `name`, or for an instance that falls back to
+    /// its template, the template's.
+    pub fn unit_with_name(&self, name: &str) -> Option<(&str, &UnitFile)> {
+        if let Some(found) = self.units.get_key_value(name) {
+            return Some(found);
         }
         let (template, _) = unit_name::split_instance(name)?;
-        self.units.get(&template)
+        self.units.get_key_value(&template)
     }
 
     /// Tells whether `name` has a fragment of its own or through its
@@ -198,27 +323,27 @@ impl GenerationUnits {
     /// Iterates over every unit name with a fragment or drop-in directory of
     /// its own (templates included, as `foo@.service`), in name order.
     pub fn unit_names(&self) -> impl Iterator<Item = &str> {
-        self.units.keys().map(String::as_str)
+        self.units.keys()
     }
 
     /// Iterates over every unit with its merged content, in name order.
     pub fn units(&self) -> impl Iterator<Item = (&str, &UnitFile)> {
-        self.units.iter().map(|(name, unit)| (name.as_str(), unit))
+        self.units.iter()
     }
 
     /// Returns the units linked into `<unit>.<kind>/` (`kind` is `wants`,
     /// `requires` or `upholds`), as NixOS installs `wantedBy` and
     /// `requiredBy`.
-    pub fn linked(&self, unit: &str, kind: &str) -> &[String] {
-        self.deps.get(unit).and_then(|kinds| kinds.get(kind)).map_or(&[], Vec::as_slice)
+    pub fn linked(&self, unit: &str, kind: &str) -> impl Iterator<Item = &str> + Clone {
+        let start = self.deps.0.partition_point(|l| &*l.unit < unit);
+        let mut found = self.deps.0.get(start..).unwrap_or_default().iter().take_while(|l| &*l.unit == unit);
+        found.find(|l| l.kind() == kind).map(Link::names).into_iter().flatten()
     }
 
     /// Iterates over `(unit, kind, linked units)` for every `.wants`,
-    /// `.requires` and `.upholds` directory, in name order.
-    pub fn linked_all(&self) -> impl Iterator<Item = (&str, &str, &[String])> {
-        self.deps.iter().flat_map(|(unit, kinds)| {
-            kinds.iter().map(move |(kind, units)| (unit.as_str(), kind.as_str(), units.as_slice()))
-        })
+    /// `.requires` and `.upholds` directory that links any, in name order.
+    pub fn linked_all(&self) -> impl Iterator<Item = (&str, &'static str, impl Iterator<Item = &str> + Clone)> {
+        self.deps.0.iter().map(|l| (&*l.unit, l.kind(), l.names()))
     }
 
     /// The parsed `etc/fstab`, if the generation has one.
@@ -257,5 +382,24 @@ impl GenerationUnits {
     /// The activation script's path, if the generation has one.
     pub fn activate(&self) -> Option<&Path> {
         self.activate.as_deref()
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn units_are_sorted_and_the_last_of_a_name_counts() {
+        let masked = UnitFile { masked: true, ..UnitFile::default() };
+        let units: Units =
+            [("b.service", UnitFile::default()), ("a.service", UnitFile::default()), ("b.service", masked)]
+                .into_iter()
+                .collect();
+        assert_eq!(units.keys().collect::<Vec<_>>(), ["a.service", "b.service"]);
+        assert!(units.get("b.service").unwrap().is_masked() && !units.get("a.service").unwrap().is_masked());
+        assert_eq!(units.get_key_value("a.service").map(|(n, _)| n), Some("a.service"));
+        assert!(units.get("c.service").is_none());
     }
 }

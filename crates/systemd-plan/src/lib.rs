@@ -32,7 +32,7 @@
 //! for name in generation.unit_names() {
 //!     let unit = generation.unit(name).expect("listed names resolve");
 //!     let requires: Vec<&str> = unit.words("Unit", "Requires");
-//!     let part_of: &[String] = unit.values("Unit", "PartOf");
+//!     let part_of: Vec<&str> = unit.values("Unit", "PartOf").to_vec();
 //!     let refuse = unit.bool_or("Unit", "RefuseManualStop", false);
 //!     # let _ = (requires, part_of, refuse);
 //! }
@@ -42,9 +42,14 @@
 //! # Ok(()) }
 //! ```
 //!
-//! - [`GenerationUnits::unit`] returns the merged [`UnitFile`] for a name,
+//! - [`GenerationUnits::unit`] returns the merged [`UnitFile`] for a name
+//!   ([`GenerationUnits::unit_with_name`] with the name it was found
+//!   under: an instance's template's, when it falls back to it),
 //!   [`GenerationUnits::unit_names`] / [`GenerationUnits::units`] iterate
 //!   over all of them, [`GenerationUnits::linked`] lists `<unit>.wants/`.
+//!   A unit knows which of its files are its fragment and drop-ins
+//!   ([`UnitFile::fragment`], [`UnitFile::drop_ins`]) by name, relative to
+//!   the unit directory, and keeps their texts.
 //! - [`UnitFile::values`] returns every value of a key after resets,
 //!   [`UnitFile::get`] the last one, [`UnitFile::words`] the
 //!   whitespace-separated words of a list setting, and
@@ -75,8 +80,8 @@ pub mod unit_file;
 
 pub use compare::{Comparison, Needs, compare_units};
 pub use diffs::unit_diffs;
-pub use generation::{Boot, FileIdentity, GenerationUnits, ManagedUnit, ModuleRelease, ModuleTree, module_name};
+pub use generation::{Boot, FileIdentity, GenerationUnits, ManagedUnit, ModuleRelease, ModuleTree, Units, module_name};
 pub use loader::{Layout, LoadError, load, load_pair, unit_directory};
 pub use plan_model::{LiveState, Plan};
 pub use planner::{assumed_live_state, plan};
-pub use unit_file::{ParseError, UnitFile};
+pub use unit_file::{DropIn, Fragment, ParseError, Section, Settings, UnitFile, Values};

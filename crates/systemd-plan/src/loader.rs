@@ -36,7 +36,7 @@ use std::path::{Path, PathBuf};
 use generation_fs::{GenerationDir, Limit, ReadError, Resolved};
 
 use crate::fstab::Fstab;
-use crate::generation::{FileIdentity, GenerationUnits};
+use crate::generation::{FileIdentity, GenerationUnits, Links, Units};
 use crate::unit_file::{ParseError, UnitFile};
 
 mod boot;
@@ -195,11 +195,10 @@ fn resolve_dir_in(g: &GenerationDir, dir: &Path, name: &str, shown: &Path) -> Re
     as_dir(g.resolve_in(dir, name, shown)?, shown)
 }
 
-/// A unit directory's links: unit → kind (`wants`, ...) → linked units.
-type Links = BTreeMap<String, BTreeMap<String, Vec<String>>>;
-
-/// The kinds of link directories next to unit files.
-const LINK_KINDS: [&str; 3] = ["wants", "requires", "upholds"];
+/// A unit directory's links as read: unit → kind (one of
+/// [`crate::generation::LINK_KINDS`]) → linked units
+/// ([`crate::generation::Links::join`]).
+type ReadLinks = BTreeMap<String, BTreeMap<&'static str, Box<str>>>;
 
 /// A generation opened, with its system unit directory found and listed.
 struct Opened {
@@ -256,35 +255,35 @@ pub fn load_pair(old: &Path, new: &Path) -> (Result<GenerationUnits, LoadError>,
         let scan = scan.unwrap_or_else(|| Ok(scan::Scan::default()));
         opened.and_then(|opened| Ok((opened, scan?)))
     };
-    let old = scanned(old, old_scan);
-    let old = old.and_then(|(opened, scan)| Ok((finish(opened, &scan, None, list_modules)?, scan)));
-    let twin = old.as_ref().ok().map(|(units, scan)| (scan, &units.units));
+    // Each scan is dropped once its units are put together.
+    let old = scanned(old, old_scan).and_then(|(opened, scan)| finish(opened, &scan, None, list_modules));
+    let twin = old.as_ref().ok().map(|old| &old.units);
     let new = scanned(new, new_scan).and_then(|(opened, scan)| finish(opened, &scan, twin, list_modules));
-    (old.map(|(units, _)| units), new)
+    (old, new)
 }
 
 /// Puts a generation together from its scanned unit directory and reads
 /// the rest: user units, fstab, system.conf, the systemd binary's identity,
 /// init-interface-version, the activation script and what it boots (its
 /// module files only when `list_modules` is set). `twin` is the other
-/// generation's scan and units, whose parsed units this one shares where
-/// they are made of the same files.
+/// generation's units, whose parsed settings this one shares where they
+/// are made of the same texts.
 fn finish(
     opened: Opened,
     scan: &scan::Scan,
-    twin: Option<(&scan::Scan, &BTreeMap<String, UnitFile>)>,
+    twin: Option<&Units>,
     list_modules: bool,
 ) -> Result<GenerationUnits, LoadError> {
     let Opened { shown_root, g, unit_dir_shown, managed, .. } = opened;
     let g = &g;
     let shown_root = shown_root.as_path();
-    let mut units = scan::units(scan, twin)?;
+    let mut units = scan::units(scan, &unit_dir_shown, twin)?;
     // system-manager masks units through systemd (`MaskUnitFiles`), not in
     // its unit directory: its masked units are masked units here too.
-    for (name, entry) in managed.iter().flatten() {
-        if entry.masked {
-            units.insert(name.clone(), UnitFile { name: name.clone(), masked: true, ..UnitFile::default() });
-        }
+    let mut masks = managed.iter().flatten().filter(|(_, entry)| entry.masked).peekable();
+    if masks.peek().is_some() {
+        let masked = masks.map(|(name, _)| (name.as_str().into(), UnitFile { masked: true, ..UnitFile::default() }));
+        units = units.into_iter().chain(masked).collect();
     }
     // User units (`etc/systemd/user`), for what the plan says about user
     // managers; a generation without them is fine.
@@ -294,11 +293,11 @@ fn finish(
             let names = list_dir(&user_dir_shown, &physical)?;
             let dir = scan::Dir { root: shown_root, shown: &user_dir_shown, physical: &physical, names: &names };
             match scan::scan_dirs(Some(&dir), None).0 {
-                Some(scan) => scan::units(&scan?, None)?,
-                None => BTreeMap::new(),
+                Some(scan) => scan::units(&scan?, &user_dir_shown, None)?,
+                None => Units::default(),
             }
         }
-        None => BTreeMap::new(),
+        None => Units::default(),
     };
 
     let fstab = read_text(g, "etc/fstab", &shown_root.join("etc/fstab"), FSTAB_LIMIT)?.map(|text| Fstab::parse(&text));
@@ -321,9 +320,8 @@ fn finish(
         root: shown_root.to_owned(),
         units,
         user_units,
-        deps: scan.deps.clone(),
+        deps: Links::new(&scan.deps),
         unit_dir: unit_dir_shown,
-        unit_files: scan.texts(),
         fstab,
         system_conf,
         systemd_exe,
@@ -497,11 +495,41 @@ mod tests {
         assert!(g.unit("m.service").unwrap().is_masked());
         let one = g.unit("t@one.service").unwrap();
         assert_eq!(one.values("Service", "Environment"), ["X=template", "Z=one"]);
-        assert_eq!(one.own_drop_ins().len(), 1);
-        let two = g.unit("t@two.service").unwrap();
-        assert_eq!(two.name(), "t@.service");
+        assert_eq!(one.own_drop_ins().count(), 1);
+        assert_eq!(one.drop_ins().len(), 2);
+        assert_eq!(one.fragment_name("t@one.service").as_deref(), Some("t@.service"));
+        let (name, two) = g.unit_with_name("t@two.service").unwrap();
+        assert_eq!(name, "t@.service");
         assert_eq!(two.values("Service", "Environment"), ["X=template", "Y=template"]);
-        assert_eq!(g.linked("multi-user.target", "wants"), ["a.service"]);
+        assert_eq!(g.linked("multi-user.target", "wants").collect::<Vec<_>>(), ["a.service"]);
+        assert_eq!(g.linked("multi-user.target", "requires").count(), 0);
+        assert_eq!(
+            g.linked_all().map(|(u, k, n)| (u, k, n.count())).collect::<Vec<_>>(),
+            [("multi-user.target", "wants", 1)]
+        );
+    }
+
+    #[test]
+    fn syntax_errors_name_the_file_they_are_in() {
+        let dir = tempfile::tempdir().unwrap();
+        let units = dir.path().join("etc/systemd/system");
+        let cases: [(&[(&str, &str)], &str); 4] = [
+            (&[("a.service", "[Service]\nExecStart=/bin/a\nbad\n")], "a.service:3"),
+            (&[("a.service", "[Service]\n"), ("a.service.d/x.conf", "[Service]\n\nbad\n")], "a.service.d/x.conf:3"),
+            // An instance's file and its template's drop-in, the template
+            // without a file of its own.
+            (&[("t@one.service", "[Service]\n"), ("t@.service.d/x.conf", "bad\n")], "t@.service.d/x.conf:1"),
+            // An instance without a file, its template's, and its own drop-in.
+            (&[("t@.service", "[Service]\n"), ("t@one.service.d/x.conf", "[Unit\n")], "t@one.service.d/x.conf:1"),
+        ];
+        for (files, shown) in cases {
+            let _ = fs::remove_dir_all(&units);
+            for (rel, text) in files {
+                write(&units.join(rel), text);
+            }
+            let err = load(dir.path()).unwrap_err().to_string();
+            assert!(err.starts_with(&format!("{}: ", units.join(shown).display())), "{shown}: {err}");
+        }
     }
 
     #[test]
@@ -833,25 +861,47 @@ mod tests {
         let (old, new) = (old.unwrap(), new.unwrap());
         assert_eq!(old.units, load(&a).unwrap().units);
         assert_eq!(new.units, load(&b).unwrap().units);
-        assert_eq!(new.unit_files, load(&b).unwrap().unit_files);
-        let text_shared = |rel: &str| std::sync::Arc::ptr_eq(&old.unit_files[rel], &new.unit_files[rel]);
-        let shared = |name: &str| {
-            text_shared(name) && std::sync::Arc::ptr_eq(&old.units[name].sections, &new.units[name].sections)
+        let text_shared = |rel: &str| {
+            std::ptr::eq(old.unit_file_text(rel).unwrap().as_ptr(), new.unit_file_text(rel).unwrap().as_ptr())
         };
+        let settings_shared = |name: &str| {
+            std::sync::Arc::ptr_eq(&old.units.get(name).unwrap().settings, &new.units.get(name).unwrap().settings)
+        };
+        let shared = |name: &str| text_shared(name) && settings_shared(name);
         assert!(shared("u-0001.service") && text_shared("u-0001.service.d/over.conf") && shared("u-0699.service"));
         assert!(!text_shared("u-0000.service") && !text_shared("u-0690.service"));
-        assert!(!std::sync::Arc::ptr_eq(&old.units["u-0690.service"].sections, &new.units["u-0690.service"].sections));
+        assert!(!settings_shared("u-0690.service"));
         assert_eq!(new.unit("u-0690.service").unwrap().values("Service", "Environment"), ["V=2"]);
         assert_eq!(new.unit("u-0001.service").unwrap().get("Service", "Nice"), Some("5"));
-        // Paths are each generation's own.
+        let unit = new.unit("u-0001.service").unwrap();
+        assert_eq!(unit.fragment(), Some(crate::unit_file::Fragment::Own));
         assert_eq!(
-            new.unit("u-0001.service").unwrap().fragment(),
-            Some(b.join("etc/systemd/system/u-0001.service").as_path())
+            unit.drop_ins().iter().map(|d| (d.file_name(), d.is_own())).collect::<Vec<_>>(),
+            [("over.conf", true)]
         );
-        assert_eq!(
-            new.unit("u-0001.service").unwrap().drop_ins(),
-            [b.join("etc/systemd/system/u-0001.service.d/over.conf")]
-        );
+    }
+
+    #[test]
+    fn a_unit_system_manager_masked_in_the_old_generation_has_its_settings_in_the_new_one() {
+        // Two system-manager generations in one store, with one static
+        // /etc tree: the old one masks x.service, the new one does not.
+        let dir = tempfile::tempdir().unwrap();
+        let store = dir.path().join("store");
+        write(&store.join("env/systemd/system/x.service"), "[Service]\nExecStart=/bin/x\n");
+        for (side, masked) in [("old", true), ("new", false)] {
+            let root = store.join(side);
+            let services = format!("{{\"x.service\": {{\"masked\": {masked}}}}}");
+            write(&root.join("services/services.json"), &services);
+            let static_env = store.join("env").display().to_string();
+            write(
+                &root.join("etcFiles/etcFiles.json"),
+                &format!("{{\"entries\": {{}}, \"staticEnv\": {static_env:?}}}"),
+            );
+        }
+        let (old, new) = load_pair(&store.join("old"), &store.join("new"));
+        assert!(old.unwrap().unit("x.service").unwrap().is_masked());
+        let new = new.unwrap();
+        assert_eq!(new.unit("x.service").unwrap().get("Service", "ExecStart"), Some("/bin/x"));
     }
 
     #[test]

@@ -32,7 +32,7 @@ use plan_model::{
 use crate::compare::{Needs, compare_units};
 use crate::fstab::{Fstab, automount_unit, mount_unit};
 use crate::generation::GenerationUnits;
-use crate::unit_file::UnitFile;
+use crate::unit_file::{Fragment, UnitFile};
 
 /// Where NixOS installs the units it manages.
 const UNIT_DIR: &str = "/etc/systemd/system";
@@ -69,7 +69,7 @@ pub fn assumed_live_state(old: &GenerationUnits) -> LiveState {
             continue;
         }
         let fragment_path = match unit_name::split_instance(name) {
-            Some((template, _)) if !own_fragment(unit, name) => format!("{UNIT_DIR}/{template}"),
+            Some((template, _)) if !own_fragment(unit) => format!("{UNIT_DIR}/{template}"),
             _ => format!("{UNIT_DIR}/{name}"),
         };
         live.units.insert(name.to_owned(), assumed(fragment_path));
@@ -96,10 +96,10 @@ fn assumed(fragment_path: String) -> LiveUnit {
     }
 }
 
-/// Tells whether `unit` was loaded from a fragment named `name` (and not
-/// from its template's fragment).
-fn own_fragment(unit: &UnitFile, name: &str) -> bool {
-    unit.fragment().and_then(|p| p.file_name()).is_some_and(|f| f == name)
+/// Tells whether `unit` (found under its own name) was loaded from a
+/// fragment of its own (and not from its template's fragment).
+fn own_fragment(unit: &UnitFile) -> bool {
+    unit.fragment() == Some(Fragment::Own)
 }
 
 /// Plans the switch from `old` to `new` given the live state.
@@ -371,7 +371,7 @@ impl<'a> Planner<'a> {
     fn user_units(&mut self) {
         let (old, new) = (self.old.user_units(), self.new.user_units());
         let (mut changed, mut added, mut removed) = (Vec::new(), Vec::new(), Vec::new());
-        let names: BTreeSet<&String> = old.keys().chain(new.keys()).collect();
+        let names: BTreeSet<&str> = old.keys().chain(new.keys()).collect();
         for name in names {
             match (old.get(name), new.get(name)) {
                 (Some(o), Some(n)) => {
@@ -380,11 +380,11 @@ impl<'a> Planner<'a> {
                         (a, b) => a != b,
                     };
                     if differs {
-                        changed.push(name.as_str());
+                        changed.push(name);
                     }
                 }
-                (None, Some(_)) => added.push(name.as_str()),
-                (Some(_), None) => removed.push(name.as_str()),
+                (None, Some(_)) => added.push(name),
+                (Some(_), None) => removed.push(name),
                 (None, None) => {}
             }
         }
@@ -495,11 +495,11 @@ impl<'a> Planner<'a> {
         if unit_name::split_instance(name).is_none() {
             return false;
         }
-        let has_fragment = |g: &GenerationUnits| g.units.get(name).is_some_and(|u| own_fragment(u, name));
+        let has_fragment = |g: &GenerationUnits| g.units.get(name).is_some_and(own_fragment);
         if has_fragment(self.old) || has_fragment(self.new) {
             return false;
         }
-        let managed = |g: &GenerationUnits| g.units.get(name).is_some_and(|u| !u.own_drop_ins().is_empty());
+        let managed = |g: &GenerationUnits| g.units.get(name).is_some_and(|u| u.own_drop_ins().next().is_some());
         managed(self.old) && !managed(self.new)
     }
 
@@ -622,7 +622,7 @@ impl<'a> Planner<'a> {
     /// template's stem (`foo@`).
     fn base_name(&self, name: &str) -> String {
         if let Some((template, _)) = unit_name::split_instance(name) {
-            let own = |g: &GenerationUnits| g.units.get(name).is_some_and(|u| own_fragment(u, name));
+            let own = |g: &GenerationUnits| g.units.get(name).is_some_and(own_fragment);
             if !own(self.old) && !own(self.new) {
                 return unit_name::stem(&template).to_owned();
             }
@@ -810,7 +810,7 @@ impl<'a> Planner<'a> {
     fn pulls(&self, unit: &str) -> Vec<(String, &'static str)> {
         let mut out = Vec::new();
         for (kind, how) in [("wants", "Wants"), ("requires", "Requires"), ("upholds", "Upholds")] {
-            out.extend(self.new.linked(unit, kind).iter().map(|u| (u.clone(), how)));
+            out.extend(self.new.linked(unit, kind).map(|u| (u.to_owned(), how)));
         }
         if let Some(file) = self.new.unit(unit).filter(|u| !u.is_masked()) {
             for key in ["Wants", "Requires", "BindsTo", "Upholds"] {
@@ -838,8 +838,8 @@ impl<'a> Planner<'a> {
         // only these need naming).
         let mut pulled_by: BTreeMap<&str, BTreeSet<String>> = BTreeMap::new();
         for (unit, kind, linked) in new.linked_all() {
-            for name in linked.iter().filter(|n| noted.binary_search(&n.as_str()).is_ok()) {
-                pulled_by.entry(name.as_str()).or_default().insert(format!("{unit} ({kind})"));
+            for name in linked.filter(|n| noted.binary_search(n).is_ok()) {
+                pulled_by.entry(name).or_default().insert(format!("{unit} ({kind})"));
             }
         }
         for name in noted {
@@ -862,8 +862,8 @@ mod tests {
 
     use super::*;
 
-    fn unit(name: &str, text: &str) -> UnitFile {
-        UnitFile::parse(name, Path::new(name), text).unwrap()
+    fn unit(name: &str, text: &str) -> (String, UnitFile) {
+        (name.to_owned(), UnitFile::parse(Path::new(name), text).unwrap())
     }
 
     fn generation(units: &[(&str, &str)]) -> GenerationUnits {
@@ -896,7 +896,7 @@ mod tests {
     fn user_managers_are_named_only_when_something_is_left_undone() {
         let with_users = |units: &[(&str, &str)]| {
             let mut g = generation(&[("a.service", "[Service]\nExecStart=/bin/a\n")]);
-            g.user_units = units.iter().map(|(n, t)| ((*n).to_owned(), unit(n, t))).collect();
+            g.user_units = units.iter().map(|(n, t)| unit(n, t)).collect();
             g
         };
         let agent = ("agent.service", "[Service]\nExecStart=/bin/agent\n");
@@ -935,7 +935,7 @@ mod tests {
     #[test]
     fn assumed_live_state_skips_templates_and_masks() {
         let mut masked = unit("m.service", "");
-        masked.masked = true;
+        masked.1.masked = true;
         let old = GenerationUnits::from_units(
             "gen",
             [unit("t@.service", "[Service]\nExecStart=/bin/t\n"), unit("x.service", "[Unit]\n"), masked],

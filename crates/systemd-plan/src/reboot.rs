@@ -320,8 +320,8 @@ mod tests {
 
     const R: &str = "6.6.1";
 
-    fn unit(name: &str, text: &str) -> UnitFile {
-        UnitFile::parse(name, Path::new(name), text).unwrap()
+    fn unit(name: &str, text: &str) -> (String, UnitFile) {
+        (name.to_owned(), UnitFile::parse(Path::new(name), text).unwrap())
     }
 
     fn generation(units: &[(&str, &str)], boot: Boot) -> GenerationUnits {

@@ -88,6 +88,13 @@ unsafe impl GlobalAlloc for CountingAlloc {
     }
 }
 
+/// The memory (in bytes) this thread holds now: what it allocated less
+/// what it freed. Only meaningful when [`CountingAlloc`] is the global
+/// allocator; 0 otherwise.
+pub fn held_memory() -> i64 {
+    LIVE.with(Cell::get)
+}
+
 /// Runs `f` and returns its result with the most memory (in bytes) this
 /// thread held at once while it ran, above what it held before. Only
 /// meaningful when [`CountingAlloc`] is the global allocator; 0 otherwise.

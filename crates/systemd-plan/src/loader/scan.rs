@@ -17,8 +17,9 @@ use std::sync::Arc;
 use generation_fs::{Entry, GenerationDir};
 use plan_model::unit_name;
 
-use super::{LINK_KINDS, Links, LoadError, UNIT_FILE_LIMIT, list_dir, resolve_dir_in, utf8};
-use crate::unit_file::{Folding, UnitFile};
+use super::{LoadError, ReadLinks, UNIT_FILE_LIMIT, list_dir, resolve_dir_in, utf8};
+use crate::generation::{LINK_KINDS, Links, Units};
+use crate::unit_file::{DropIn, Folding, Fragment, UnitFile};
 
 /// Fewer names than this are read on the calling thread: starting threads
 /// would cost more than they save.
@@ -30,38 +31,33 @@ const MAX_THREADS: usize = 4;
 #[derive(Clone, Debug)]
 pub(super) enum Source {
     Masked,
-    Text { shown: PathBuf, text: Arc<str> },
+    Text(Arc<str>),
 }
 
-impl Source {
-    /// Tells whether two sources are the very same text read once (or
-    /// both masks).
-    fn shared_with(&self, other: &Source) -> bool {
-        match (self, other) {
-            (Source::Masked, Source::Masked) => true,
-            (Source::Text { text: a, .. }, Source::Text { text: b, .. }) => Arc::ptr_eq(a, b),
-            _ => false,
-        }
+/// The texts one entry of the old generation's unit directory led to,
+/// each with the identity of its file ([`generation_fs::Peek::identity`])
+/// and its name in a drop-in directory (empty for a unit file): what
+/// reading the same entry of the new generation may take instead of
+/// reading it again.
+#[derive(Debug, Default)]
+struct Seen(Vec<(String, PathBuf, Arc<str>)>);
+
+impl Seen {
+    /// The text of `file` if it was read from the file `identity`.
+    fn text(&self, file: &str, identity: &Path) -> Option<&Arc<str>> {
+        self.0.iter().find(|(f, i, _)| f == file && i == identity).map(|(_, _, text)| text)
     }
-}
-
-/// A unit file or drop-in read, with the identity of the file its entry
-/// led to ([`generation_fs::Peek::identity`]).
-#[derive(Debug)]
-pub(super) struct Read {
-    identity: Option<PathBuf>,
-    pub(super) source: Source,
 }
 
 /// A unit directory as read, before its units are put together.
 #[derive(Debug, Default)]
 pub(super) struct Scan {
     /// Unit files by name.
-    pub(super) fragments: BTreeMap<String, Read>,
+    pub(super) fragments: BTreeMap<String, Source>,
     /// Drop-in directories by unit, each file by name, sorted.
-    pub(super) drop_in_dirs: BTreeMap<String, Vec<(String, Read)>>,
+    pub(super) drop_in_dirs: BTreeMap<String, Vec<(String, Source)>>,
     /// The `.wants`/`.requires`/`.upholds` links.
-    pub(super) deps: Links,
+    pub(super) deps: ReadLinks,
 }
 
 impl Scan {
@@ -69,25 +65,6 @@ impl Scan {
         self.fragments.append(&mut other.fragments);
         self.drop_in_dirs.append(&mut other.drop_in_dirs);
         self.deps.append(&mut other.deps);
-    }
-
-    /// The text of every unit file and drop-in, by its path relative to
-    /// the directory.
-    pub(super) fn texts(&self) -> BTreeMap<String, Arc<str>> {
-        let mut files = BTreeMap::new();
-        for (name, read) in &self.fragments {
-            if let Source::Text { text, .. } = &read.source {
-                files.insert(name.clone(), Arc::clone(text));
-            }
-        }
-        for (unit, drop_ins) in &self.drop_in_dirs {
-            for (file, read) in drop_ins {
-                if let Source::Text { text, .. } = &read.source {
-                    files.insert(format!("{unit}.d/{file}"), Arc::clone(text));
-                }
-            }
-        }
-        files
     }
 }
 
@@ -148,20 +125,24 @@ fn merge(acc: &mut Outcome, part: Outcome) {
 fn scan_names(old: Option<&Dir<'_>>, new: Option<&Dir<'_>>, names: &[&str]) -> (Outcome, Outcome) {
     let (old_g, mut old_scan) = start(old);
     let (new_g, mut new_scan) = start(new);
+    // What the old generation's entry of the name at hand led to.
+    let mut seen = Seen::default();
+    let nothing = Seen::default();
     for &name in names {
+        seen.0.clear();
         if let (Some(dir), Some(g), Some(Ok(scan))) = (old, &old_g, &mut old_scan)
             && has(dir, name)
-            && let Err(err) = scan_entry(g, dir, name, scan, None)
+            && let Err(err) = scan_entry(g, dir, name, scan, &nothing, new.is_some().then_some(&mut seen))
         {
             old_scan = Some(Err(err));
         }
-        let twin = match &old_scan {
-            Some(Ok(scan)) => Some(scan),
-            _ => None,
-        };
+        if !matches!(old_scan, Some(Ok(_))) {
+            // As if the old generation had not been read.
+            seen.0.clear();
+        }
         if let (Some(dir), Some(g), Some(Ok(scan))) = (new, &new_g, &mut new_scan)
             && has(dir, name)
-            && let Err(err) = scan_entry(g, dir, name, scan, twin)
+            && let Err(err) = scan_entry(g, dir, name, scan, &seen, None)
         {
             new_scan = Some(Err(err));
         }
@@ -183,88 +164,100 @@ fn has(dir: &Dir<'_>, name: &str) -> bool {
 }
 
 /// Reads one entry of a unit directory into `scan`: a unit file, a drop-in
-/// directory or a link directory; anything else is skipped.
+/// directory or a link directory; anything else is skipped. What `twin`
+/// (the old generation's entry of the same name) read from the same files
+/// is taken instead of reading them again; what is read is noted in
+/// `seen`, when given.
 fn scan_entry(
     g: &GenerationDir,
     dir: &Dir<'_>,
     name: &str,
     scan: &mut Scan,
-    twin: Option<&Scan>,
+    twin: &Seen,
+    mut seen: Option<&mut Seen>,
 ) -> Result<(), LoadError> {
     let shown = dir.shown.join(name);
     if let Some(unit) = name.strip_suffix(".d").filter(|u| unit_name::is_valid(u)) {
         let Some(physical) = resolve_dir_in(g, dir.physical, name, &shown)? else { return Ok(()) };
-        let twins = twin.and_then(|t| t.drop_in_dirs.get(unit)).map_or(&[][..], Vec::as_slice);
         let mut files = Vec::new();
         for file in list_dir(&shown, &physical)? {
             if file.ends_with(".conf") {
-                let twin = twins.binary_search_by(|(f, _)| f.as_str().cmp(&file)).ok().map(|i| &twins[i].1);
-                let read = read_source(g, &physical, &file, &shown, twin)?;
-                files.push((file, read));
+                let source = read_source(g, &physical, &file, &shown, &file, twin, seen.as_deref_mut())?;
+                files.push((file, source));
             }
         }
         scan.drop_in_dirs.insert(unit.to_owned(), files);
-    } else if let Some((unit, kind)) =
-        name.rsplit_once('.').filter(|(u, k)| LINK_KINDS.contains(k) && unit_name::is_valid(u))
-    {
+    } else if let Some((unit, kind)) = name.rsplit_once('.').and_then(|(u, k)| {
+        let kind = LINK_KINDS.iter().find(|&&known| known == k)?;
+        unit_name::is_valid(u).then_some((u, *kind))
+    }) {
         let Some(physical) = resolve_dir_in(g, dir.physical, name, &shown)? else { return Ok(()) };
-        let linked = list_dir(&shown, &physical)?.into_iter().filter(|n| unit_name::is_valid(n)).collect();
-        scan.deps.entry(unit.to_owned()).or_default().insert(kind.to_owned(), linked);
+        let mut linked = list_dir(&shown, &physical)?;
+        linked.retain(|n| unit_name::is_valid(n));
+        scan.deps.entry(unit.to_owned()).or_default().insert(kind, Links::join(&linked));
     } else if unit_name::is_valid(name) {
-        let twin = twin.and_then(|t| t.fragments.get(name));
-        let read = read_source(g, dir.physical, name, dir.shown, twin)?;
-        scan.fragments.insert(name.to_owned(), read);
+        let source = read_source(g, dir.physical, name, dir.shown, "", twin, seen)?;
+        scan.fragments.insert(name.to_owned(), source);
     }
     Ok(())
 }
 
 /// Reads one unit file or drop-in, `name` in the physical directory `dir`
-/// shown as `dir_shown`. When `twin`, the other generation's entry of the
-/// same name, is the same file, its text is taken instead.
+/// shown as `dir_shown`; `file` is its name in a drop-in directory (empty
+/// for a unit file). When `twin` read the same file, its text is taken
+/// instead; a text read is noted in `seen`, when given.
 fn read_source(
     g: &GenerationDir,
     dir: &Path,
     name: &str,
     dir_shown: &Path,
-    twin: Option<&Read>,
-) -> Result<Read, LoadError> {
-    let shown = dir_shown.join(name);
+    file: &str,
+    twin: &Seen,
+    seen: Option<&mut Seen>,
+) -> Result<Source, LoadError> {
     let peek = g.peek(dir, name);
     let identity = peek.identity();
-    let same = |t: &&Read| identity.is_some() && t.identity.as_deref() == identity;
-    if let Some(Read { source: Source::Text { text, .. }, .. }) = twin.filter(same) {
-        return Ok(Read {
-            source: Source::Text { shown, text: Arc::clone(text) },
-            identity: identity.map(Path::to_owned),
-        });
+    if let Some(text) = identity.and_then(|identity| twin.text(file, identity)) {
+        return Ok(Source::Text(Arc::clone(text)));
     }
+    let shown = dir_shown.join(name);
     let source = match g.read_peeked(dir, name, &peek, &shown, UNIT_FILE_LIMIT)? {
         Entry::Masked => Source::Masked,
-        Entry::Bytes(bytes) => {
-            let text = utf8(&shown, bytes)?;
-            Source::Text { shown, text: Arc::from(text) }
-        }
+        Entry::Bytes(bytes) => Source::Text(Arc::from(utf8(&shown, bytes)?)),
     };
-    Ok(Read { identity: peek.identity().map(Path::to_owned), source })
+    if let (Some(seen), Some(identity), Source::Text(text)) = (seen, peek.identity(), &source) {
+        seen.0.push((file.to_owned(), identity.to_owned(), Arc::clone(text)));
+    }
+    Ok(source)
 }
 
 /// What makes up a unit: its fragment and its drop-ins, in the order
 /// systemd applies them.
 struct Inputs<'s> {
     fragment: &'s Source,
-    /// Every drop-in by file name: the template's, then the instance's own,
-    /// which replace the template's of the same name.
-    drop_ins: Vec<&'s Source>,
-    /// The instance's own drop-ins.
-    own: Vec<&'s Source>,
+    /// Whose fragment it is.
+    whose: Fragment,
+    /// Every drop-in by file name, with whether it is the unit's own: the
+    /// template's, then the instance's own, which replace the template's of
+    /// the same name.
+    drop_ins: Vec<(&'s str, bool, &'s Source)>,
 }
 
 impl Inputs<'_> {
-    /// Tells whether two units are made of the very same texts.
-    fn shared_with(&self, other: &Inputs<'_>) -> bool {
-        self.fragment.shared_with(other.fragment)
-            && self.drop_ins.len() == other.drop_ins.len()
-            && self.drop_ins.iter().zip(&other.drop_ins).all(|(a, b)| a.shared_with(b))
+    /// The texts folded into the unit's settings, in order.
+    fn texts(&self) -> impl Iterator<Item = &Arc<str>> {
+        let drop_ins = self.drop_ins.iter().map(|(_, _, source)| *source);
+        std::iter::once(self.fragment).chain(drop_ins).filter_map(|source| match source {
+            Source::Text(text) => Some(text),
+            Source::Masked => None,
+        })
+    }
+
+    /// Tells whether `unit` (of the other generation) is made of the very
+    /// same texts, read once: then its settings are these inputs'.
+    fn same_texts_as(&self, unit: &UnitFile) -> bool {
+        let theirs = unit.text.iter().chain(unit.drop_ins.iter().map(|d| &d.text));
+        unit.text.is_some() && self.texts().map(Arc::as_ptr).eq(theirs.map(Arc::as_ptr))
     }
 }
 
@@ -272,70 +265,74 @@ impl Inputs<'_> {
 /// and drop-ins); `None` when it has no fragment.
 fn inputs<'s>(scan: &'s Scan, name: &str) -> Option<Inputs<'s>> {
     let template = unit_name::split_instance(name).map(|(template, _)| template);
-    let fragment = scan.fragments.get(name).or_else(|| template.as_ref().and_then(|t| scan.fragments.get(t)))?;
+    let (fragment, whose) = match scan.fragments.get(name) {
+        Some(own) => (own, Fragment::Own),
+        None => (template.as_ref().and_then(|t| scan.fragments.get(t))?, Fragment::Template),
+    };
     // systemd orders all drop-ins of a unit by file name; a drop-in in the
     // instance's own directory replaces the template's drop-in of the same
     // name, and a link to /dev/null removes it.
-    let mut by_name: BTreeMap<&str, &Source> = BTreeMap::new();
+    let mut by_name: BTreeMap<&str, (bool, &Source)> = BTreeMap::new();
     if let Some(template) = &template {
-        for (file, read) in scan.drop_in_dirs.get(template).into_iter().flatten() {
-            by_name.insert(file, &read.source);
+        for (file, source) in scan.drop_in_dirs.get(template).into_iter().flatten() {
+            by_name.insert(file, (false, source));
         }
     }
-    let mut own = Vec::new();
-    for (file, read) in scan.drop_in_dirs.get(name).into_iter().flatten() {
-        by_name.insert(file, &read.source);
-        own.push(&read.source);
+    for (file, source) in scan.drop_in_dirs.get(name).into_iter().flatten() {
+        by_name.insert(file, (true, source));
     }
-    Some(Inputs { fragment: &fragment.source, drop_ins: by_name.into_values().collect(), own })
+    let drop_ins = by_name.into_iter().map(|(file, (own, source))| (file, own, source)).collect();
+    Some(Inputs { fragment, whose, drop_ins })
 }
 
 /// Puts the units of a scanned directory together: each fragment with its
-/// drop-ins, parsed. A unit whose every text is `twin`'s (the other
-/// generation's scan and units) takes its settings from there.
-pub(super) fn units(
-    scan: &Scan,
-    twin: Option<(&Scan, &BTreeMap<String, UnitFile>)>,
-) -> Result<BTreeMap<String, UnitFile>, LoadError> {
-    let mut units = BTreeMap::new();
+/// drop-ins, parsed. A unit made of the very texts of `twin`'s unit of
+/// the same name (the other generation's) takes its settings from there.
+/// Errors name the files under `dir_shown`, the directory as shown.
+pub(super) fn units(scan: &Scan, dir_shown: &Path, twin: Option<&Units>) -> Result<Units, LoadError> {
+    let mut units: Vec<(Box<str>, UnitFile)> = Vec::new();
     let names: std::collections::BTreeSet<&String> = scan.fragments.keys().chain(scan.drop_in_dirs.keys()).collect();
     for name in names {
         // Drop-ins without a fragment do not make a unit.
         let Some(inputs) = inputs(scan, name) else { continue };
-        let mut unit = UnitFile { name: name.clone(), ..UnitFile::default() };
-        let Source::Text { shown, text } = inputs.fragment else {
-            unit.masked = true;
-            units.insert(name.clone(), unit);
+        let Source::Text(text) = inputs.fragment else {
+            units.push((name.as_str().into(), UnitFile { masked: true, ..UnitFile::default() }));
             continue;
         };
-        unit.fragment = Some(shown.clone());
-        unit.own_drop_ins = inputs.own.iter().filter_map(|s| shown_of(s)).collect();
-        unit.drop_ins = inputs.drop_ins.iter().filter_map(|s| shown_of(s)).collect();
-        let same = twin.and_then(|(scan, units)| {
-            let unit = units.get(name.as_str())?;
-            inputs.shared_with(&self::inputs(scan, name)?).then_some(unit)
+        let drop_ins = inputs.drop_ins.iter().filter_map(|&(file, own, source)| match source {
+            Source::Text(text) => Some(DropIn { file: file.into(), own, text: Arc::clone(text) }),
+            Source::Masked => None,
         });
+        let mut unit = UnitFile {
+            text: Some(Arc::clone(text)),
+            fragment: Some(inputs.whose),
+            drop_ins: drop_ins.collect(),
+            ..UnitFile::default()
+        };
+        let same = twin.and_then(|units| units.get(name)).filter(|unit| inputs.same_texts_as(unit));
         match same {
-            Some(same) => unit.sections = Arc::clone(&same.sections),
+            Some(same) => unit.settings = Arc::clone(&same.settings),
             None => {
+                // The files' paths are made only to name one in an error.
+                let template = || unit_name::split_instance(name).map(|(template, _)| template).unwrap_or_default();
                 let mut folding = Folding::default();
-                folding.apply(shown, text)?;
-                for source in &inputs.drop_ins {
-                    if let Source::Text { shown, text } = source {
-                        folding.apply(shown, text)?;
+                folding.apply(text).map_err(|err| match inputs.whose {
+                    Fragment::Own => err.at(&dir_shown.join(name)),
+                    Fragment::Template => err.at(&dir_shown.join(template())),
+                })?;
+                for &(file, own, source) in &inputs.drop_ins {
+                    if let Source::Text(text) = source {
+                        folding.apply(text).map_err(|err| {
+                            let dir = format!("{}.d", if own { name.clone() } else { template() });
+                            err.at(&dir_shown.join(dir).join(file))
+                        })?;
                     }
                 }
-                unit.sections = folding.finish();
+                unit.settings = folding.finish();
             }
         }
-        units.insert(name.clone(), unit);
+        units.push((name.as_str().into(), unit));
     }
-    Ok(units)
-}
-
-fn shown_of(source: &Source) -> Option<PathBuf> {
-    match source {
-        Source::Text { shown, .. } => Some(shown.clone()),
-        Source::Masked => None,
-    }
+    // In name order already, each name once.
+    Ok(units.into_iter().collect())
 }

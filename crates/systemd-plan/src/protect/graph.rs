@@ -33,7 +33,9 @@
 //! visited set; nothing recurses.
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
-use std::hash::{BuildHasherDefault, Hasher};
+use std::hash::{BuildHasher as _, BuildHasherDefault, Hasher};
+
+use hashbrown::HashTable;
 
 use petgraph::Direction::{Incoming, Outgoing};
 use petgraph::graph::{DiGraph, EdgeIndex, NodeIndex};
@@ -188,8 +190,10 @@ impl Job {
 /// the unit it names), plus which units are running.
 #[derive(Debug, Default)]
 pub struct UnitGraph {
-    graph: DiGraph<String, Relation>,
-    index: HashMap<String, NodeIndex, BuildHasherDefault<WordHash>>,
+    graph: DiGraph<Box<str>, Relation>,
+    /// The node of each unit name, hashed and compared through the node's
+    /// name: each name is held once, by its node.
+    index: HashTable<NodeIndex>,
     /// Relations collected while building, deduplicated before they become
     /// edges.
     pending: Vec<(u32, u32, Relation)>,
@@ -237,6 +241,11 @@ impl Hasher for WordHash {
     }
 }
 
+/// The hash of a unit name in the name index.
+fn hash(name: &str) -> u64 {
+    BuildHasherDefault::<WordHash>::default().hash_one(name)
+}
+
 impl UnitGraph {
     /// Builds the graph from both generations and the live state.
     ///
@@ -248,7 +257,8 @@ impl UnitGraph {
         // Growing the name index rehashes every name it holds, so it is
         // sized once for every unit it will certainly hold.
         let units = live.units.len() + old.unit_names().count() + new.unit_names().count();
-        g.index.reserve(units);
+        let graph = &g.graph;
+        g.index.reserve(units, |&n| hash(&graph[n]));
         g.graph.reserve_nodes(units);
         g.pending.reserve(live.units.values().map(|u| u.deps.values().map(Vec::len).sum::<usize>()).sum::<usize>() * 2);
         // Every known unit is a node, so that a unit without relations can
@@ -300,7 +310,7 @@ impl UnitGraph {
             for &instance in &instances {
                 // `unit` falls back to the template, whose name then differs;
                 // an instance with a file of its own was handled above.
-                if let Some(unit) = generation.unit(instance).filter(|u| u.name() != instance) {
+                if let Some((_, unit)) = generation.unit_with_name(instance).filter(|(name, _)| *name != instance) {
                     g.add_unit_file(instance, unit, &instances);
                 }
             }
@@ -320,16 +330,19 @@ impl UnitGraph {
             let Some(relation) = Relation::ALL.get((key & 0xff) as usize) else { continue };
             g.graph.add_edge(NodeIndex::new(a as usize), NodeIndex::new(b as usize), *relation);
         }
+        // The nodes were reserved for every name, most of them given more
+        // than once.
+        g.graph.shrink_to_fit();
         g.running = vec![false; g.graph.node_count()];
         if live.units.is_empty() {
             for name in old.unit_names() {
-                if let Some(&n) = g.index.get(name) {
+                if let Some(n) = g.lookup(name) {
                     g.running[n.index()] = old.has_unit(name) && !unit_name::is_template(name);
                 }
             }
         }
         for (name, unit) in &live.units {
-            if let Some(&n) = g.index.get(name.as_str()) {
+            if let Some(n) = g.lookup(name) {
                 g.running[n.index()] = unit.is_running();
             }
         }
@@ -440,7 +453,7 @@ impl UnitGraph {
     /// names were validated (or came from systemd) when first added, so the
     /// check runs once per name, not once per relation.
     fn checked_node(&mut self, name: &str) -> Option<NodeIndex> {
-        if let Some(&n) = self.index.get(name) {
+        if let Some(n) = self.lookup(name) {
             return Some(n);
         }
         if name.contains('%') || !unit_name::is_valid(name) {
@@ -450,12 +463,20 @@ impl UnitGraph {
     }
 
     fn node(&mut self, name: &str) -> NodeIndex {
-        if let Some(&n) = self.index.get(name) {
+        let hash = hash(name);
+        let graph = &self.graph;
+        if let Some(&n) = self.index.find(hash, |&n| &*graph[n] == name) {
             return n;
         }
-        let n = self.graph.add_node(name.to_owned());
-        self.index.insert(name.to_owned(), n);
+        let n = self.graph.add_node(name.into());
+        let graph = &self.graph;
+        self.index.insert_unique(hash, n, |&n| self::hash(&graph[n]));
         n
+    }
+
+    /// The node of a unit name.
+    fn lookup(&self, name: &str) -> Option<NodeIndex> {
+        self.index.find(hash(name), |&n| &*self.graph[n] == name).copied()
     }
 
     /// The number of units in the graph.
@@ -471,29 +492,29 @@ impl UnitGraph {
     /// The units of either generation or the live state, in no particular
     /// order.
     pub fn known_units(&self) -> impl Iterator<Item = &str> {
-        self.graph.node_weights().take(self.known).map(String::as_str)
+        self.graph.node_weights().take(self.known).map(|name| &**name)
     }
 
     /// Tells whether `unit` is a unit of either generation or the live
     /// state (not only named by a relation).
     pub fn is_known(&self, unit: &str) -> bool {
-        self.index.get(unit).is_some_and(|n| n.index() < self.known)
+        self.lookup(unit).is_some_and(|n| n.index() < self.known)
     }
 
     /// Tells whether the graph knows the unit.
     pub fn contains(&self, unit: &str) -> bool {
-        self.index.contains_key(unit)
+        self.lookup(unit).is_some()
     }
 
     /// Tells whether a unit counts as running.
     pub fn is_running(&self, unit: &str) -> bool {
-        self.index.get(unit).is_some_and(|n| self.running[n.index()])
+        self.lookup(unit).is_some_and(|n| self.running[n.index()])
     }
 
     /// Every relation that names `unit` on either end, in forward form,
     /// sorted.
     pub fn relations_of(&self, unit: &str) -> Vec<Edge> {
-        let Some(&n) = self.index.get(unit) else { return Vec::new() };
+        let Some(n) = self.lookup(unit) else { return Vec::new() };
         let mut out: Vec<Edge> = self
             .graph
             .edges_directed(n, Outgoing)
@@ -507,9 +528,9 @@ impl UnitGraph {
     fn edge(&self, e: EdgeIndex) -> Edge {
         let (a, b) = self.graph.edge_endpoints(e).unwrap_or((NodeIndex::end(), NodeIndex::end()));
         Edge {
-            from: self.graph.node_weight(a).cloned().unwrap_or_default(),
+            from: self.graph.node_weight(a).map(|name| name.to_string()).unwrap_or_default(),
             relation: self.graph.edge_weight(e).map_or("", |r| r.key()).to_owned(),
-            to: self.graph.node_weight(b).cloned().unwrap_or_default(),
+            to: self.graph.node_weight(b).map(|name| name.to_string()).unwrap_or_default(),
         }
     }
 
@@ -615,7 +636,7 @@ impl UnitGraph {
         let mut names: Vec<&str> = protected.to_vec();
         names.sort_unstable();
         names.dedup();
-        let nodes: Vec<NodeIndex> = names.iter().filter_map(|u| self.index.get(*u).copied()).collect();
+        let nodes: Vec<NodeIndex> = names.iter().filter_map(|u| self.lookup(u)).collect();
         // Direct protections first, so that a unit that is protected in its
         // own right is reported as such rather than as a trigger.
         for &p in &nodes {
@@ -652,7 +673,7 @@ impl UnitGraph {
             for &(m, mjob, e) in &preds {
                 let s = join(m, mjob);
                 if reach.hops[s].is_none() {
-                    reach.hops[s] = Some(Hop { next: state, edge: Some(e), origin });
+                    reach.hops[s] = Some(Hop { next: small(state), edge: Some(e), origin });
                     queue.push_back(s);
                 }
             }
@@ -665,7 +686,7 @@ impl UnitGraph {
     /// slow, per-action form of [`UnitGraph::reach`], used by `--explain`
     /// (and by tests, as a cross-check).
     pub fn touches_from(&self, unit: &str, job: Job, protected: &HashSet<&str>) -> Vec<Touch> {
-        let Some(&start) = self.index.get(unit) else { return Vec::new() };
+        let Some(start) = self.lookup(unit) else { return Vec::new() };
         let mut parent: HashMap<usize, (usize, EdgeIndex)> = HashMap::new();
         let mut visited = HashSet::new();
         let mut queue = VecDeque::new();
@@ -677,7 +698,7 @@ impl UnitGraph {
         let mut succ = Vec::new();
         while let Some(state) = queue.pop_front() {
             let (n, j) = split(state);
-            let name = self.graph[n].as_str();
+            let name = &*self.graph[n];
             let chain = || {
                 let mut edges = Vec::new();
                 let mut s = state;
@@ -699,13 +720,13 @@ impl UnitGraph {
                 }
                 for e in self.graph.edges_directed(n, Outgoing) {
                     if *e.weight() == Relation::Triggers
-                        && protected.contains(self.graph[e.target()].as_str())
+                        && protected.contains(&*self.graph[e.target()])
                         && found_units.insert(e.target())
                     {
                         let mut edges = vec![self.edge(e.id())];
                         edges.extend(chain());
                         found.push(Touch {
-                            touches: self.graph[e.target()].clone(),
+                            touches: self.graph[e.target()].to_string(),
                             effect: Action::Stop,
                             chain: edges,
                             cause: Some(job.action()),
@@ -739,13 +760,13 @@ impl UnitGraph {
     pub fn consequences(&self, jobs: &[(String, Job)]) -> Vec<Consequence> {
         // For each state reached: the state it was reached from, the
         // relation, and which of `jobs` it follows from.
-        let mut parent: Vec<Option<(usize, Option<EdgeIndex>, usize)>> = vec![None; self.graph.node_count() * 3];
+        let mut parent: Vec<Option<(u32, Option<EdgeIndex>, u32)>> = vec![None; self.graph.node_count() * 3];
         let mut queue = VecDeque::new();
         for (i, (unit, job)) in jobs.iter().enumerate() {
             if let Some(s) = self.state_of(unit, *job)
                 && parent[s].is_none()
             {
-                parent[s] = Some((s, None, i));
+                parent[s] = Some((small(s), None, small(i)));
                 queue.push_back(s);
             }
         }
@@ -766,7 +787,7 @@ impl UnitGraph {
             for &(m, mjob, e) in &succ {
                 let s = join(m, mjob);
                 if parent[s].is_none() {
-                    parent[s] = Some((state, Some(e), origin));
+                    parent[s] = Some((small(state), Some(e), origin));
                     queue.push_back(s);
                 }
             }
@@ -784,7 +805,7 @@ impl UnitGraph {
             .filter_map(|state| {
                 let (n, job) = split(state);
                 let (_, _, origin) = parent[state]?;
-                let (by, cause) = jobs.get(origin)?;
+                let (by, cause) = jobs.get(origin as usize)?;
                 let mut head = Vec::new();
                 let mut tail = VecDeque::new();
                 let mut omitted = 0;
@@ -801,11 +822,11 @@ impl UnitGraph {
                             omitted += 1;
                         }
                     }
-                    s = prev;
+                    s = prev as usize;
                 }
                 let chain = head.into_iter().chain(tail).map(|e| self.edge(e)).collect();
                 Some(Consequence {
-                    unit: self.graph[n].clone(),
+                    unit: self.graph[n].to_string(),
                     effect: job.action(),
                     by: by.clone(),
                     cause: cause.action(),
@@ -819,7 +840,7 @@ impl UnitGraph {
     }
 
     fn state_of(&self, unit: &str, job: Job) -> Option<usize> {
-        self.index.get(unit).map(|&n| join(n, job))
+        self.lookup(unit).map(|n| join(n, job))
     }
 }
 
@@ -838,14 +859,24 @@ fn split(state: usize) -> (NodeIndex, Job) {
     (NodeIndex::new(state / 3), Job::ALL[state % 3])
 }
 
+/// A state or an index into a table of states, in 32 bits: a graph has
+/// fewer than a billion units, and the tables of a walk hold one entry
+/// per state.
+fn small(index: usize) -> u32 {
+    u32::try_from(index).unwrap_or(u32::MAX)
+}
+
 #[derive(Clone, Copy, Debug)]
 struct Hop {
     /// The state this one adds a job to, one step closer to the protected
     /// unit; equal to the state itself for a seed.
-    next: usize,
+    next: u32,
     edge: Option<EdgeIndex>,
-    origin: usize,
+    origin: u32,
 }
+
+// A walk's table holds one for each job on each unit.
+const _: () = assert!(size_of::<Option<Hop>>() <= 16);
 
 #[derive(Clone, Copy, Debug)]
 struct Origin {
@@ -866,7 +897,7 @@ impl Reach {
     fn seed(&mut self, n: NodeIndex, job: Job, origin: usize, queue: &mut VecDeque<usize>) {
         let s = join(n, job);
         if self.hops[s].is_none() {
-            self.hops[s] = Some(Hop { next: s, edge: None, origin });
+            self.hops[s] = Some(Hop { next: small(s), edge: None, origin: small(origin) });
             queue.push_back(s);
         }
     }
@@ -887,7 +918,7 @@ impl Reach {
         let mut state = graph.state_of(unit, job)?;
         let job = job.action();
         let first = self.hops.get(state).copied().flatten()?;
-        let origin = self.origins.get(first.origin)?;
+        let origin = self.origins.get(first.origin as usize)?;
         // Nearest this unit first; the tail holds the relations nearest the
         // protected unit.
         let mut head = Vec::new();
@@ -908,7 +939,7 @@ impl Reach {
                     omitted += 1;
                 }
             }
-            state = hop.next;
+            state = hop.next as usize;
         }
         let mut edges = head;
         edges.extend(tail.into_iter().map(|e| graph.edge(e)));
@@ -917,7 +948,7 @@ impl Reach {
         }
         edges.reverse();
         Some(Touch {
-            touches: graph.graph[origin.protected].clone(),
+            touches: graph.graph[origin.protected].to_string(),
             effect: origin.effect.action(),
             chain: edges,
             cause: Some(job),

@@ -15,7 +15,7 @@ fn generation(units: &[(&str, &str)]) -> GenerationUnits {
     GenerationUnits::from_units(
         "/units",
         units.iter().map(|(name, text)| {
-            UnitFile::parse(name, Path::new(&format!("/etc/systemd/system/{name}")), text).unwrap()
+            (*name, UnitFile::parse(Path::new(&format!("/etc/systemd/system/{name}")), text).unwrap())
         }),
     )
 }

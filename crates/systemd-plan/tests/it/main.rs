@@ -10,5 +10,7 @@ static ALLOC: testbed::fuzz::CountingAlloc = testbed::fuzz::CountingAlloc;
 
 // Unit files and fstab, fuzzed.
 mod fuzz_inputs;
+// What a loaded pair of generations holds.
+mod heap;
 // The protection analysis's propagation model against a real systemd.
 mod protect_real_systemd;
