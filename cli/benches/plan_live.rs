@@ -16,7 +16,10 @@
 //! COMMAND with B's path as its argument inside the bed the same way, for a
 //! side-by-side figure (e.g. a wrapper around NixOS's `switch-to-configuration
 //! dry-activate`). Times include entering the bed's namespaces with
-//! `nsenter`, printed apart. Needs root; skips with a message otherwise.
+//! `nsenter`, printed apart. The peak memory (`wait4`) is never less than
+//! this process's own when it starts the command, which the child shares
+//! until it runs its program: the `nsenter /bin/true` line shows that
+//! floor. Needs root; skips with a message otherwise.
 //!
 //! The services are wanted by `multi-user.target`, as NixOS's `wantedBy`
 //! makes them, and by a `bench.target`. Starting them is what makes a large
