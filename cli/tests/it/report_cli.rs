@@ -10,7 +10,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use crate::support::{BIN, diff_args as base_args, golden, golden_dir, hermetic};
+use crate::support::{BIN, diff_args as base_args, golden, golden_dir, hermetic, xmllint_ok};
 
 fn report_cases() -> Vec<PathBuf> {
     let mut cases: Vec<PathBuf> = fs::read_dir(golden_dir())
@@ -25,19 +25,6 @@ fn report_cases() -> Vec<PathBuf> {
 
 fn run(case: &Path, args: &[String]) -> Output {
     hermetic(&mut Command::new(BIN)).args(args).current_dir(case).env("NO_COLOR", "1").output().unwrap()
-}
-
-fn xmllint_ok(file: &Path) -> Option<Result<(), String>> {
-    let schema = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/schema/junit.xsd");
-    match Command::new("xmllint").arg("--noout").arg("--schema").arg(&schema).arg(file).output() {
-        Ok(out) if out.status.success() => Some(Ok(())),
-        Ok(out) => Some(Err(String::from_utf8_lossy(&out.stderr).into_owned())),
-        Err(err) => {
-            assert!(std::env::var("CI").as_deref() != Ok("true"), "xmllint is needed under CI=true: {err}");
-            eprintln!("skipping the schema validation: xmllint is not installed ({err})");
-            None
-        }
-    }
 }
 
 fn write_all(case: &Path, dir: &Path) -> Output {

@@ -13,7 +13,7 @@ use plan_report::{Format, HostReport, Report, Style};
 use serde_json::Value;
 
 use crate::report_openmetrics::{parse, value};
-use crate::support::{BIN, golden, hermetic};
+use crate::support::{BIN, golden, hermetic, xmllint_ok};
 
 /// The plans of the `merge-fleet` golden case, as `HOST=PATH` arguments.
 fn fleet_args() -> Vec<String> {
@@ -29,19 +29,6 @@ fn fleet_args() -> Vec<String> {
 
 fn merge(args: &[String], extra: &[&str]) -> std::process::Output {
     hermetic(&mut Command::new(BIN)).args(["report", "merge"]).args(args).args(extra).output().unwrap()
-}
-
-fn xmllint_ok(file: &Path) -> Option<Result<(), String>> {
-    let schema = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/schema/junit.xsd");
-    match Command::new("xmllint").arg("--noout").arg("--schema").arg(&schema).arg(file).output() {
-        Ok(out) if out.status.success() => Some(Ok(())),
-        Ok(out) => Some(Err(String::from_utf8_lossy(&out.stderr).into_owned())),
-        Err(err) => {
-            assert!(std::env::var("CI").as_deref() != Ok("true"), "xmllint is needed under CI=true: {err}");
-            eprintln!("skipping the schema validation: xmllint is not installed ({err})");
-            None
-        }
-    }
 }
 
 /// Checks the merged reports a fleet job uploads, as written by `report

@@ -59,6 +59,22 @@ pub(crate) fn safe_switch_with(bed: &TestBed, args: &[&str], env: &[(&str, &str)
     testbed::exec::run(&mut cmd, IN_BED_DEADLINE).expect("safe-switch runs")
 }
 
+/// Validates a JUnit file against `docs/schema/junit.xsd` with xmllint:
+/// `None` where xmllint is not installed (outside CI only), else whether
+/// it validates, with xmllint's complaint.
+pub(crate) fn xmllint_ok(file: &Path) -> Option<Result<(), String>> {
+    let schema = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/schema/junit.xsd");
+    match Command::new("xmllint").arg("--noout").arg("--schema").arg(&schema).arg(file).output() {
+        Ok(out) if out.status.success() => Some(Ok(())),
+        Ok(out) => Some(Err(String::from_utf8_lossy(&out.stderr).into_owned())),
+        Err(err) => {
+            assert!(std::env::var("CI").as_deref() != Ok("true"), "xmllint is needed under CI=true: {err}");
+            eprintln!("skipping the schema validation: xmllint is not installed ({err})");
+            None
+        }
+    }
+}
+
 /// A path as an argument.
 pub(crate) fn path_str(p: &Path) -> &str {
     p.to_str().expect("utf-8 path")

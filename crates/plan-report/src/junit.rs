@@ -417,37 +417,34 @@ fn counts(cases: &[Case]) -> (usize, usize, usize) {
     (cases.len(), failures, skipped)
 }
 
+/// The attributes `<testsuites>` and each `<testsuite>` carry: a name and
+/// the counts of `(tests, failures, skipped)`.
+fn suite_attributes(name: &str, (tests, failures, skipped): (usize, usize, usize)) -> [(&'static str, String); 6] {
+    [
+        ("name", xml_safe(name).into_owned()),
+        ("tests", tests.to_string()),
+        ("failures", failures.to_string()),
+        ("errors", "0".to_owned()),
+        ("skipped", skipped.to_string()),
+        ("time", "0".to_owned()),
+    ]
+}
+
 /// Writes the test suites, each with its properties, cases and a closing
 /// `<system-out>` (when there is one), under one `<testsuites>` holding
 /// their totals.
 fn write(suites: &[Suite<'_>]) -> io::Result<Vec<u8>> {
     let totals = suites.iter().map(|s| counts(&s.cases)).fold((0, 0, 0), |a, c| (a.0 + c.0, a.1 + c.1, a.2 + c.2));
-    let (tests, failures, skipped) = (totals.0.to_string(), totals.1.to_string(), totals.2.to_string());
+    let attributes = suite_attributes("safe-switch", totals);
     let mut w = Writer::new_with_indent(Vec::new(), b' ', 2);
     w.write_event(Event::Decl(BytesDecl::new("1.0", Some("UTF-8"), None)))?;
     w.create_element("testsuites")
-        .with_attributes([
-            ("name", "safe-switch"),
-            ("tests", tests.as_str()),
-            ("failures", failures.as_str()),
-            ("errors", "0"),
-            ("skipped", skipped.as_str()),
-            ("time", "0"),
-        ])
+        .with_attributes(attributes.iter().map(|(k, v)| (*k, v.as_str())))
         .write_inner_content(|w| {
             for suite in suites {
-                let (tests, failures, skipped) = counts(&suite.cases);
-                let (tests, failures, skipped) = (tests.to_string(), failures.to_string(), skipped.to_string());
-                let name = xml_safe(suite.name);
+                let attributes = suite_attributes(suite.name, counts(&suite.cases));
                 w.create_element("testsuite")
-                    .with_attributes([
-                        ("name", name.as_ref()),
-                        ("tests", tests.as_str()),
-                        ("failures", failures.as_str()),
-                        ("errors", "0"),
-                        ("skipped", skipped.as_str()),
-                        ("time", "0"),
-                    ])
+                    .with_attributes(attributes.iter().map(|(k, v)| (*k, v.as_str())))
                     .write_inner_content(|w| {
                         write_properties(w, &suite.props)?;
                         for case in &suite.cases {
